@@ -1,0 +1,63 @@
+"""netshim: run unmodified Python networking code on virtual, tunnelled or policed networks.
+
+Everything goes through a :class:`Stack`: :class:`VirtualNetwork` hosts for
+tests, :class:`HostStack` for the machine's own network.  The module-level
+:func:`connect_tcp`, :func:`listen_tcp`, :func:`open_udp` and
+:func:`getaddrinfo` use the current stack (see :func:`use_stack`).
+"""
+
+from ._errors import LocalProtocolError as LocalProtocolError
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteProtocolError as RemoteProtocolError
+from .stack import Stack as Stack
+from .stack import TcpListener as TcpListener
+from .stack import TcpStream as TcpStream
+from .stack import UdpSocket as UdpSocket
+from .stack import connect_tcp as connect_tcp
+from .stack import current_stack as current_stack
+from .stack import getaddrinfo as getaddrinfo
+from .stack import listen_tcp as listen_tcp
+from .stack import open_udp as open_udp
+from .stack import set_default_stack as set_default_stack
+from .stack import use_stack as use_stack
+from .stacks import HostStack as HostStack
+from .stacks import LinkConditions as LinkConditions
+from .stacks import VirtualHost as VirtualHost
+from .stacks import VirtualNetwork as VirtualNetwork
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "HostStack",
+    "LinkConditions",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Stack",
+    "TcpListener",
+    "TcpStream",
+    "UdpSocket",
+    "VirtualHost",
+    "VirtualNetwork",
+    "connect_tcp",
+    "current_stack",
+    "getaddrinfo",
+    "listen_tcp",
+    "open_udp",
+    "set_default_stack",
+    "use_stack",
+]
+
+
+def _fix_module_names() -> None:
+    # Show the public path in reprs and docs, as anyio's fix_package_names() does.
+    for name in __all__:
+        value = globals()[name]
+        if isinstance(value, type) or callable(value):
+            try:
+                value.__module__ = __name__
+            except (AttributeError, TypeError):
+                pass
+
+
+_fix_module_names()

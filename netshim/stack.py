@@ -1,0 +1,382 @@
+"""The Stack contract: the one seam between netshim's users and its networks.
+
+Everything above this module (the socket shim, the Node-style API, the gateway)
+speaks to a :class:`Stack` and never asks which one it is; everything below it
+(the virtual network, the host network, tunnels) implements it.  A stack
+offers four operations, all async on anyio so that they run under asyncio and
+trio alike:
+
+* :meth:`Stack.connect_tcp` gives a :class:`TcpStream`, an anyio byte stream
+  with half-close and the local and remote addresses as typed attributes;
+* :meth:`Stack.listen_tcp` gives a :class:`TcpListener` bound to a known
+  address, which yields incoming streams;
+* :meth:`Stack.open_udp` gives a :class:`UdpSocket` that sends and receives
+  datagrams with addresses;
+* :meth:`Stack.getaddrinfo` answers as :func:`socket.getaddrinfo` does.
+
+Failures are the operating system's: ``ConnectionRefusedError``,
+``ConnectionResetError``, ``BrokenPipeError``, ``TimeoutError`` and ``OSError``
+with ``errno`` set to ``EHOSTUNREACH``, ``ENETUNREACH``, ``EADDRINUSE`` or
+``EADDRNOTAVAIL``; name failures are ``socket.gaierror``.  anyio's own
+exceptions keep their anyio meaning: ``anyio.EndOfStream`` after the peer's
+FIN, ``anyio.ClosedResourceError`` when *this* side closed the object,
+``anyio.BusyResourceError`` when two tasks receive (or send) at once.
+
+Beside the contract the module keeps the *current stack* in a context
+variable, and offers :func:`connect_tcp`, :func:`listen_tcp`,
+:func:`open_udp` and :func:`getaddrinfo` on it, in the style of tcpip.js.
+"""
+
+from __future__ import annotations
+
+import socket
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeAlias
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute, TaskGroup
+
+from ._addresses import Address
+
+__all__ = [
+    "AddrInfo",
+    "Address",
+    "Stack",
+    "TcpListener",
+    "TcpStream",
+    "UdpSocket",
+    "connect_tcp",
+    "current_stack",
+    "getaddrinfo",
+    "listen_tcp",
+    "open_udp",
+    "set_default_stack",
+    "use_stack",
+]
+
+SockAddr: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
+AddrInfo: TypeAlias = tuple[socket.AddressFamily, socket.SocketKind, int, str, SockAddr]
+
+# Linux's default for the listen() backlog when the caller does not care
+# (SOMAXCONN before kernel 5.4); anyio uses the same figure.
+DEFAULT_BACKLOG = 128
+
+
+def _family_of(address: Address) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+
+
+class TcpStream(anyio.abc.ByteStream):
+    """A connected TCP stream.
+
+    ``receive(max_bytes)`` returns between 1 and ``max_bytes`` bytes as they
+    arrive; after the peer's FIN and once everything before it was read it
+    raises ``anyio.EndOfStream`` (every time it is called again).  It raises
+    ``ConnectionResetError`` once the peer reset the connection, after the
+    data that arrived before the reset was read.
+
+    ``send(data)`` returns once the stack accepted all of ``data``; it may
+    wait while the peer's receive window is full.  If it is cancelled, any
+    amount of ``data`` may have been sent.  After :meth:`send_eof` it raises
+    ``BrokenPipeError``, after a reset ``ConnectionResetError`` (or
+    ``BrokenPipeError`` when the peer had already closed, as Linux reports it).
+
+    ``send_eof()`` half-closes: the peer reads to ``EndOfStream`` while this
+    side can still receive.  ``aclose()`` closes both directions and is
+    idempotent; if unread data is waiting it resets the connection instead,
+    as a Linux ``close()`` does.  :meth:`abort` always resets.
+
+    Addresses are available as ``stream.extra(SocketAttribute.local_address)``
+    (and ``remote_address``, ``local_port``, ``remote_port``, ``family``), and
+    as the :attr:`local_address` / :attr:`remote_address` properties.
+    """
+
+    @property
+    @abstractmethod
+    def local_address(self) -> Address:
+        """``(ip, port)`` of this end."""
+
+    @property
+    @abstractmethod
+    def remote_address(self) -> Address:
+        """``(ip, port)`` of the peer."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Reset the connection: the peer's next operation raises ``ConnectionResetError``.
+
+        Data not yet delivered to the peer may be lost; this side is closed.
+        Idempotent, like :meth:`aclose`.
+        """
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            SocketAttribute.family: lambda: _family_of(self.local_address),
+            SocketAttribute.local_address: lambda: self.local_address,
+            SocketAttribute.local_port: lambda: self.local_address[1],
+            SocketAttribute.remote_address: lambda: self.remote_address,
+            SocketAttribute.remote_port: lambda: self.remote_address[1],
+        }
+
+
+class TcpListener(anyio.abc.Listener[TcpStream]):
+    """A bound, listening TCP socket.
+
+    ``await listener.accept()`` waits for the next connection; ``async for``
+    yields connections until the listener is closed (then it ends quietly).
+    Closing the listener resets connections still waiting to be accepted.
+    """
+
+    @property
+    @abstractmethod
+    def local_address(self) -> Address:
+        """``(ip, port)`` the listener is bound to; the port is the real one when 0 was asked."""
+
+    @abstractmethod
+    async def accept(self) -> TcpStream:
+        """The next incoming connection.
+
+        Raises ``anyio.ClosedResourceError`` if the listener is (or gets) closed.
+        """
+
+    async def serve(
+        self,
+        handler: Callable[[TcpStream], Any],
+        task_group: TaskGroup | None = None,
+    ) -> None:
+        """Accept forever, running ``handler(stream)`` in its own task for each connection.
+
+        The stream is closed when the handler returns.  Returns when the
+        listener is closed.  Without ``task_group`` the handlers run in a task
+        group of this call, which waits for them.
+        """
+
+        async def run(stream: TcpStream) -> None:
+            async with stream:
+                await handler(stream)
+
+        async with anyio.create_task_group() as own_group:
+            group = task_group or own_group
+            async for stream in self:
+                group.start_soon(run, stream)
+
+    def __aiter__(self) -> AsyncIterator[TcpStream]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[TcpStream]:
+        while True:
+            try:
+                stream = await self.accept()
+            except anyio.ClosedResourceError:
+                return
+            yield stream
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {
+            SocketAttribute.family: lambda: _family_of(self.local_address),
+            SocketAttribute.local_address: lambda: self.local_address,
+            SocketAttribute.local_port: lambda: self.local_address[1],
+        }
+
+
+class UdpSocket(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
+    """A bound UDP socket, optionally connected to one remote address.
+
+    ``send(data, address)`` sends one datagram; ``address`` may be omitted on
+    a connected socket.  Datagrams larger than the family allows (65,507
+    payload bytes over IPv4, 65,527 over IPv6) raise ``OSError(EMSGSIZE)``;
+    sending to a broadcast address without :attr:`broadcast` set raises
+    ``PermissionError(EACCES)``.
+
+    ``receive()`` waits for the next datagram and returns ``(data, (ip,
+    port))``.  A connected socket only receives from its remote address, and
+    as on Linux, after it sent to a port where nothing listens its next
+    ``send`` or ``receive`` raises ``ConnectionRefusedError`` once.
+
+    ``async for data, address in sock`` receives until the socket is closed.
+    """
+
+    @property
+    @abstractmethod
+    def local_address(self) -> Address:
+        """``(ip, port)`` the socket is bound to."""
+
+    @property
+    @abstractmethod
+    def remote_address(self) -> Address | None:
+        """The connected remote address, or ``None``."""
+
+    @property
+    @abstractmethod
+    def broadcast(self) -> bool:
+        """Whether sending to broadcast addresses is allowed (``SO_BROADCAST``)."""
+
+    @broadcast.setter
+    @abstractmethod
+    def broadcast(self, enabled: bool) -> None: ...
+
+    @abstractmethod
+    async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:
+        """Send one datagram to ``address`` (or the connected remote address)."""
+
+    @abstractmethod
+    async def receive(self) -> tuple[bytes, Address]:
+        """The next datagram and its sender."""
+
+    def __aiter__(self) -> AsyncIterator[tuple[bytes, Address]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[tuple[bytes, Address]]:
+        while True:
+            try:
+                yield await self.receive()
+            except anyio.ClosedResourceError:
+                return
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        attributes: dict[Any, Callable[[], Any]] = {
+            SocketAttribute.family: lambda: _family_of(self.local_address),
+            SocketAttribute.local_address: lambda: self.local_address,
+            SocketAttribute.local_port: lambda: self.local_address[1],
+        }
+        if self.remote_address is not None:
+            attributes[SocketAttribute.remote_address] = lambda: self.remote_address
+            attributes[SocketAttribute.remote_port] = lambda: self.remote_address[1]  # type: ignore[index]
+        return attributes
+
+
+class Stack(ABC):
+    """A network: what :func:`netshim.install` and the gateway route sockets through."""
+
+    @abstractmethod
+    async def connect_tcp(
+        self, host: str, port: int, *, local_address: tuple[str, int] | None = None
+    ) -> TcpStream:
+        """Open a TCP connection to ``host`` (an IP or a name) and ``port``.
+
+        Names resolve through the stack; each address is tried in order and
+        the first error is raised if all fail, as ``socket.create_connection``
+        does.  ``local_address`` binds the local end first.  Raises
+        ``ConnectionRefusedError``, ``TimeoutError``, ``OSError`` with
+        ``EHOSTUNREACH`` / ``ENETUNREACH`` / ``EADDRNOTAVAIL`` /
+        ``EADDRINUSE``, or ``socket.gaierror``.
+        """
+
+    @abstractmethod
+    async def listen_tcp(
+        self, host: str | None = None, port: int = 0, *, backlog: int = DEFAULT_BACKLOG
+    ) -> TcpListener:
+        """Listen on ``host`` and ``port``.
+
+        ``host`` ``None`` or ``""`` means every address of both families (one
+        dual-stack socket on ``::``, as Linux does by default); ``"0.0.0.0"``
+        every IPv4 address.  Port 0 picks a free ephemeral port.  Raises
+        ``OSError(EADDRINUSE)`` or ``OSError(EADDRNOTAVAIL)``.
+        """
+
+    @abstractmethod
+    async def open_udp(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        remote: tuple[str, int] | None = None,
+    ) -> UdpSocket:
+        """Bind a UDP socket, and connect it to ``remote`` if given."""
+
+    @abstractmethod
+    async def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | bytes | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[AddrInfo]:
+        """Resolve as :func:`socket.getaddrinfo` does, with the same return shape and errors."""
+
+    async def aclose(self) -> None:  # noqa: B027 - most stacks hold nothing to release
+        """Release what the stack holds (tunnels, background tasks). Idempotent."""
+
+
+_current_stack: ContextVar[Stack | None] = ContextVar("netshim_current_stack", default=None)
+_default_stack: Stack | None = None
+
+
+def set_default_stack(stack: Stack | None) -> Stack | None:
+    """Make ``stack`` the process-wide default and return the previous one.
+
+    ``None`` restores the built-in default, the host network.
+    """
+    global _default_stack
+    previous = _default_stack
+    _default_stack = stack
+    return previous
+
+
+def current_stack() -> Stack:
+    """The stack chosen by :func:`use_stack` in this context, else the default.
+
+    The default is the host network (:class:`netshim.HostStack`) unless
+    :func:`set_default_stack` chose another.
+    """
+    global _default_stack
+    stack = _current_stack.get()
+    if stack is not None:
+        return stack
+    if _default_stack is None:
+        from .stacks.host import HostStack
+
+        _default_stack = HostStack()
+    return _default_stack
+
+
+@contextmanager
+def use_stack(stack: Stack) -> Iterator[Stack]:
+    """Make ``stack`` the current stack inside the ``with`` block (and tasks started there)."""
+    token = _current_stack.set(stack)
+    try:
+        yield stack
+    finally:
+        _current_stack.reset(token)
+
+
+def connect_tcp(
+    host: str, port: int, *, local_address: tuple[str, int] | None = None
+) -> Awaitable[TcpStream]:
+    """:meth:`Stack.connect_tcp` on the current stack."""
+    return current_stack().connect_tcp(host, port, local_address=local_address)
+
+
+def listen_tcp(
+    host: str | None = None, port: int = 0, *, backlog: int = DEFAULT_BACKLOG
+) -> Awaitable[TcpListener]:
+    """:meth:`Stack.listen_tcp` on the current stack."""
+    return current_stack().listen_tcp(host, port, backlog=backlog)
+
+
+def open_udp(
+    host: str = "0.0.0.0", port: int = 0, *, remote: tuple[str, int] | None = None
+) -> Awaitable[UdpSocket]:
+    """:meth:`Stack.open_udp` on the current stack."""
+    return current_stack().open_udp(host, port, remote=remote)
+
+
+def getaddrinfo(
+    host: str | bytes | None,
+    port: str | bytes | int | None,
+    family: int = 0,
+    type: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+) -> Awaitable[list[AddrInfo]]:
+    """:meth:`Stack.getaddrinfo` on the current stack."""
+    return current_stack().getaddrinfo(host, port, family, type, proto, flags)

@@ -1,0 +1,337 @@
+"""HostStack: the Stack contract over the machine's own network.
+
+This is the baseline every other stack is measured against and, later, the
+gateway's default upstream.  It adds no policy.  TCP streams are anyio's own
+socket streams behind the contract's error model (anyio wraps network errors
+in ``BrokenResourceError``; the contract promises the ``OSError`` itself).
+UDP sockets drive a non-blocking socket directly so that Linux reports
+``ECONNREFUSED`` on connected sockets exactly as it does to C programs.
+Name lookups run the C library's ``getaddrinfo`` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
+from anyio.abc import SocketAttribute
+
+from .._addresses import Address, check_host, check_port, is_ip, parse_service
+from .._errors import connection_reset, message_too_long, os_error
+from ..stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, UdpSocket
+
+__all__ = ["HostStack"]
+
+# Largest UDP payload one IP packet carries: 65535 minus the 8-byte UDP header
+# and the 20-byte IPv4 header (IPv6's 40-byte header is outside its length field).
+MAX_UDP_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The OSError behind anyio's BrokenResourceError, or a reset when there is none."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError):
+        return cause
+    return connection_reset()
+
+
+def _short(sockaddr: Any) -> Address:
+    return (str(sockaddr[0]), int(sockaddr[1]))
+
+
+class _HostTcpStream(TcpStream):
+    __slots__ = ("_eof_sent", "_local", "_remote", "_stream")
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self._stream = stream
+        self._eof_sent = False
+        raw = stream.extra(SocketAttribute.raw_socket)
+        self._local = _short(raw.getsockname())
+        self._remote = _short(raw.getpeername())
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    @property
+    def remote_address(self) -> Address:
+        return self._remote
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self._stream.receive(max_bytes)
+        except anyio.BrokenResourceError as exc:
+            raise _unwrap(exc) from None
+
+    async def send(self, item: bytes) -> None:
+        if self._eof_sent:
+            raise os_error(errno.EPIPE, "send() after send_eof()")
+        try:
+            await self._stream.send(item)
+        except anyio.BrokenResourceError as exc:
+            raise _unwrap(exc) from None
+
+    async def send_eof(self) -> None:
+        self._eof_sent = True
+        try:
+            await self._stream.send_eof()
+        except anyio.BrokenResourceError as exc:
+            raise _unwrap(exc) from None
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def abort(self) -> None:
+        raw = self._stream.extra(SocketAttribute.raw_socket)
+        if raw.fileno() >= 0:
+            # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self._stream.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**self._stream.extra_attributes, **super().extra_attributes}
+
+
+class _HostTcpListener(TcpListener):
+    def __init__(self, listener: anyio.abc.SocketListener) -> None:
+        self._listener = listener
+        self._local = _short(listener.extra(SocketAttribute.raw_socket).getsockname())
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    async def accept(self) -> TcpStream:
+        while True:
+            try:
+                return _HostTcpStream(await self._listener.accept())
+            except OSError as exc:
+                # A connection reset while it waited in the queue; take the next.
+                if exc.errno in (errno.ECONNABORTED, errno.ENOTCONN):
+                    continue
+                raise
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**self._listener.extra_attributes, **super().extra_attributes}
+
+
+class _HostUdpSocket(UdpSocket):
+    def __init__(self, sock: socket.socket, remote: Address | None) -> None:
+        self._sock = sock
+        self._local = _short(sock.getsockname())
+        self._remote = remote
+        self._closed = False
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    @property
+    def remote_address(self) -> Address | None:
+        return self._remote
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST))
+
+    @broadcast.setter
+    def broadcast(self, enabled: bool) -> None:
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, int(enabled))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+
+    async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:
+        self._check_open()
+        limit = MAX_UDP_PAYLOAD[self._sock.family]
+        if len(data) > limit:
+            raise message_too_long(len(data), limit)
+        if address is not None:
+            address = (check_host(address[0], "send"), check_port(address[1], "send"))
+        elif self._remote is None:
+            raise os_error(errno.EDESTADDRREQ, "send() needs an address on an unconnected socket")
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                if address is None:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, address)
+                break
+            except BlockingIOError:
+                await anyio.wait_writable(self._sock)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    async def receive(self) -> tuple[bytes, Address]:
+        self._check_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data, sockaddr = self._sock.recvfrom(65536)
+                break
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+            except OSError:
+                if self._closed:
+                    raise anyio.ClosedResourceError from None
+                raise
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+        return data, _short(sockaddr)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self._sock)
+            self._sock.close()
+        await anyio.lowlevel.checkpoint()
+
+
+class HostStack(Stack):
+    """The machine's real network, through the contract.
+
+    Listening sockets set ``SO_REUSEADDR`` as asyncio's and anyio's servers do,
+    so a restarted server can rebind while old connections linger in
+    TIME-WAIT; a port another socket is *listening* on still gives
+    ``EADDRINUSE``.
+    """
+
+    def __repr__(self) -> str:
+        return "HostStack()"
+
+    async def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | bytes | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[AddrInfo]:
+        name = None if host is None else check_host(host, "getaddrinfo")
+        number = parse_service(port, type)
+        if name is None or is_ip(name):
+            # Numeric lookups never touch DNS, so they need no worker thread.
+            await anyio.lowlevel.checkpoint()
+            return socket.getaddrinfo(name, number, family, type, proto, flags)
+        return await anyio.to_thread.run_sync(
+            socket.getaddrinfo, name, number, family, type, proto, flags, abandon_on_cancel=True
+        )
+
+    async def connect_tcp(
+        self, host: str, port: int, *, local_address: tuple[str, int] | None = None
+    ) -> TcpStream:
+        port = check_port(port, "connect_tcp")
+        host = check_host(host, "connect_tcp")
+        family = 0
+        if local_address is not None:
+            local_address = (
+                check_host(local_address[0], "connect_tcp"),
+                check_port(local_address[1], "connect_tcp"),
+            )
+            family = socket.AF_INET6 if ":" in local_address[0] else socket.AF_INET
+        infos = await self.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        errors: list[OSError] = []
+        for info_family, _, _, _, sockaddr in infos:
+            try:
+                return await self._connect_one(info_family, sockaddr, local_address)
+            except OSError as exc:
+                errors.append(exc)
+        raise errors[0]
+
+    async def _connect_one(
+        self, family: int, sockaddr: Any, local_address: Address | None
+    ) -> TcpStream:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if local_address is not None:
+                sock.bind(local_address)
+            try:
+                sock.connect(sockaddr)
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise os_error(code, f"{sockaddr[0]}:{sockaddr[1]}") from None
+            stream = await anyio.abc.SocketStream.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return _HostTcpStream(stream)
+
+    async def listen_tcp(
+        self, host: str | None = None, port: int = 0, *, backlog: int = DEFAULT_BACKLOG
+    ) -> TcpListener:
+        port = check_port(port, "listen_tcp")
+        if host is None or host == "":
+            sock = self._dual_stack_socket(socket.SOCK_STREAM)
+            address: Any = ("::", port) if sock.family == socket.AF_INET6 else ("0.0.0.0", port)
+        else:
+            host = check_host(host, "listen_tcp")
+            infos = await self.getaddrinfo(
+                host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+            )
+            family, _, _, _, address = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            listener = await anyio.abc.SocketListener.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return _HostTcpListener(listener)
+
+    @staticmethod
+    def _dual_stack_socket(kind: int) -> socket.socket:
+        if socket.has_dualstack_ipv6():
+            sock = socket.socket(socket.AF_INET6, kind)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            return sock
+        return socket.socket(socket.AF_INET, kind)
+
+    async def open_udp(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        remote: tuple[str, int] | None = None,
+    ) -> UdpSocket:
+        port = check_port(port, "open_udp")
+        host = check_host(host, "open_udp")
+        infos = await self.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(address)
+            connected: Address | None = None
+            if remote is not None:
+                remote_port = check_port(remote[1], "open_udp")
+                remote_infos = await self.getaddrinfo(
+                    remote[0], remote_port, family, socket.SOCK_DGRAM
+                )
+                sock.connect(remote_infos[0][4])
+                connected = _short(sock.getpeername())
+        except BaseException:
+            sock.close()
+            raise
+        return _HostUdpSocket(sock, connected)

@@ -1,0 +1,535 @@
+"""A host on a virtual network, and the Stack it offers.
+
+A :class:`VirtualHost` owns addresses on the network's subnets plus its own
+loopback (``127.0.0.0/8`` and ``::1``), a table of bound ports per protocol,
+and a list of DNS servers.  Binding follows Linux without ``SO_REUSEADDR``
+between listeners: two bindings on one port conflict when their address sets
+overlap (``0.0.0.0`` covers every IPv4 address, a dual-stack ``::`` covers
+everything).  Ephemeral ports come from Linux's range, 32768-60999, starting
+at a point drawn from the network's seed.
+
+Routing: a destination on this host (its addresses, loopback, or the
+unspecified address, which Linux treats as local) stays here; an address some
+host owns is reached over the link between the two; an unowned address inside
+one of the network's subnets gives ``EHOSTUNREACH``, and one outside all of
+them ``ENETUNREACH``.  These errors come at once rather than after the ARP or
+route timeouts a kernel would wait, which keeps tests fast and deterministic.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import random
+import socket
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from ..._addresses import Address, IPAddress, check_host, check_port, parse_ip, parse_service
+from ..._errors import (
+    address_in_use,
+    address_not_available,
+    connection_refused,
+    connection_timed_out,
+    host_unreachable,
+    network_unreachable,
+    os_error,
+    permission_denied,
+)
+from ...stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, UdpSocket
+from .link import REORDER_HOLD
+from .tcp import FIN, Connection, Pipe, Segment, TcpServiceHandler, VirtualTcpListener, VirtualTcpStream
+from .udp import VirtualUdpSocket
+
+if TYPE_CHECKING:
+    from .network import VirtualNetwork
+
+__all__ = ["PortBinding", "VirtualHost"]
+
+EPHEMERAL_PORTS: Final = range(32768, 61000)
+_IPV4_ANY: Final = ipaddress.IPv4Address("0.0.0.0")
+_IPV6_ANY: Final = ipaddress.IPv6Address("::")
+_IPV4_LOOPBACK: Final = ipaddress.IPv4Address("127.0.0.1")
+_IPV6_LOOPBACK: Final = ipaddress.IPv6Address("::1")
+_BROADCAST: Final = ipaddress.IPv4Address("255.255.255.255")
+
+
+def _unmap(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _mapped(ip: IPAddress) -> str:
+    """How a dual-stack IPv6 socket shows an IPv4 peer."""
+    return f"::ffff:{ip}"
+
+
+class PortBinding:
+    """One bound port: which addresses it covers and what holds it."""
+
+    __slots__ = ("dual", "ip", "port", "protocol")
+
+    def __init__(self, protocol: str, ip: IPAddress, port: int, dual: bool) -> None:
+        self.protocol = protocol
+        self.ip = ip
+        self.port = port
+        # A "::" binding that also takes IPv4 (IPV6_V6ONLY off, Linux's default).
+        self.dual = dual
+
+    @property
+    def version(self) -> int:
+        return self.ip.version
+
+    @property
+    def address(self) -> Address:
+        return (str(self.ip), self.port)
+
+    def covers(self, ip: IPAddress) -> bool:
+        if self.ip.is_unspecified:
+            return ip.version == self.ip.version or (self.dual and ip.version == 4)
+        return self.ip == ip
+
+    def overlaps(self, other: PortBinding) -> bool:
+        if self.ip.is_unspecified:
+            return self.covers(other.ip) or (other.dual and self.ip.version == 4)
+        return other.covers(self.ip)
+
+    def __repr__(self) -> str:
+        return f"<PortBinding {self.protocol} {self.ip}:{self.port}{' dual' if self.dual else ''}>"
+
+
+class VirtualHost(Stack):
+    """A machine on a :class:`~netshim.VirtualNetwork`; a :class:`~netshim.stack.Stack`.
+
+    Made by :meth:`VirtualNetwork.add_host`; not constructed directly.
+    """
+
+    def __init__(
+        self,
+        network: VirtualNetwork,
+        name: str,
+        interfaces: Sequence[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    ) -> None:
+        self.network = network
+        self.name = name
+        self.interfaces = list(interfaces)
+        self._ports: dict[str, dict[int, list[PortBinding]]] = {"tcp": {}, "udp": {}}
+        self._owners: dict[int, dict[int, object]] = {}
+        self._ephemeral_rng = random.Random(f"{network.seed}/ports/{name}")
+        self._next_ephemeral = {
+            "tcp": self._ephemeral_rng.choice(EPHEMERAL_PORTS),
+            "udp": self._ephemeral_rng.choice(EPHEMERAL_PORTS),
+        }
+        self.listeners: dict[int, list[VirtualTcpListener]] = {}
+        self.udp_sockets: dict[int, list[VirtualUdpSocket]] = {}
+        self.resolvers: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<VirtualHost {self.name} {' '.join(str(i.ip) for i in self.interfaces)}>"
+
+    @property
+    def addresses(self) -> list[str]:
+        """This host's addresses on the network (not loopback), IPv4 first."""
+        return [str(i.ip) for i in self.interfaces]
+
+    def ips(self, version: int) -> list[IPAddress]:
+        return [i.ip for i in self.interfaces if i.version == version]
+
+    def owns(self, ip: IPAddress) -> bool:
+        ip = _unmap(ip)
+        return ip.is_loopback or ip.is_unspecified or any(i.ip == ip for i in self.interfaces)
+
+    # -- ports -------------------------------------------------------------
+
+    def bind(self, protocol: str, ip: IPAddress, port: int, *, dual: bool = False) -> PortBinding:
+        """Claim ``ip:port``; port 0 picks an ephemeral port. Raises EADDRINUSE/EADDRNOTAVAIL."""
+        if not self.owns(ip):
+            raise address_not_available((str(ip), port))
+        table = self._ports[protocol]
+        if port == 0:
+            port = self._ephemeral_port(protocol, ip, dual)
+        binding = PortBinding(protocol, ip, port, dual)
+        for other in table.get(port, ()):
+            if binding.overlaps(other):
+                raise address_in_use((str(ip), port))
+        table.setdefault(port, []).append(binding)
+        return binding
+
+    def _ephemeral_port(self, protocol: str, ip: IPAddress, dual: bool) -> int:
+        table = self._ports[protocol]
+        start = self._next_ephemeral[protocol]
+        port = start
+        probe = PortBinding(protocol, ip, 0, dual)
+        while True:
+            taken = table.get(port)
+            if not taken or not any(probe.overlaps(other) for other in taken):
+                nxt = port + 1
+                self._next_ephemeral[protocol] = nxt if nxt in EPHEMERAL_PORTS else EPHEMERAL_PORTS[0]
+                return port
+            port = port + 1 if port + 1 in EPHEMERAL_PORTS else EPHEMERAL_PORTS[0]
+            if port == start:
+                raise address_in_use((str(ip), 0))
+
+    def release(self, binding: PortBinding) -> None:
+        table = self._ports[binding.protocol]
+        bound = table.get(binding.port)
+        if bound is None:
+            return
+        try:
+            bound.remove(binding)
+        except ValueError:
+            return
+        if not bound:
+            del table[binding.port]
+
+    def _parse_local(self, host: str | None, port: object, function: str) -> tuple[IPAddress, int, bool]:
+        number = check_port(port, function)
+        if host is None or host == "":
+            return _IPV6_ANY, number, True
+        text = check_host(host, function)
+        ip = parse_ip(text)
+        if ip is None:
+            if text == "localhost":
+                return _IPV4_LOOPBACK, number, False
+            if text == self.name:
+                ips = self.ips(4) or self.ips(6)
+                if ips:
+                    return ips[0], number, False
+            raise address_not_available((text, number))
+        return ip, number, ip == _IPV6_ANY
+
+    # -- routing -------------------------------------------------------------
+
+    def source_for(self, destination: IPAddress) -> IPAddress:
+        """The address this host sends from to reach ``destination``."""
+        if destination.is_loopback or destination.is_unspecified:
+            return _IPV4_LOOPBACK if destination.version == 4 else _IPV6_LOOPBACK
+        candidates = [i for i in self.interfaces if i.version == destination.version]
+        for interface in candidates:
+            if destination in interface.network:
+                return interface.ip
+        if candidates:
+            return candidates[0].ip
+        raise network_unreachable((str(destination), 0))
+
+    def route(self, destination: IPAddress, port: int) -> VirtualHost:
+        """The host that owns ``destination``, or the error the kernel would give."""
+        if self.owns(destination):
+            return self
+        owner = self.network.owner_of(destination)
+        if owner is not None:
+            return owner
+        if self.network.subnet_of(destination) is not None:
+            raise host_unreachable((str(destination), port))
+        raise network_unreachable((str(destination), port))
+
+    # -- TCP -----------------------------------------------------------------
+
+    def find_listener(self, ip: IPAddress, port: int) -> VirtualTcpListener | None:
+        best: VirtualTcpListener | None = None
+        for listener in self.listeners.get(port, ()):
+            if listener.binding.covers(ip):
+                if not listener.binding.ip.is_unspecified:
+                    return listener
+                best = listener
+        return best
+
+    async def listen_tcp(
+        self, host: str | None = None, port: int = 0, *, backlog: int = DEFAULT_BACKLOG
+    ) -> TcpListener:
+        return self.listen_now(host, port, backlog=backlog)
+
+    def listen_now(
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        service: type[TcpServiceHandler] | None = None,
+    ) -> VirtualTcpListener:
+        """Listen without awaiting; with ``service``, each connection is served by callbacks."""
+        if isinstance(backlog, bool) or not isinstance(backlog, int):
+            raise TypeError(f"listen_tcp(): backlog must be an integer, not {backlog!r}")
+        ip, number, dual = self._parse_local(host, port, "listen_tcp")
+        binding = self.bind("tcp", ip, number, dual=dual)
+        # Linux clamps a negative backlog to 0 and a huge one to somaxconn.
+        listener = VirtualTcpListener(self, binding, max(0, min(backlog, 4096)))
+        listener.service = service
+        self.listeners.setdefault(binding.port, []).append(listener)
+        return listener
+
+    def release_listener(self, listener: VirtualTcpListener) -> None:
+        bound = self.listeners.get(listener.binding.port, [])
+        if listener in bound:
+            bound.remove(listener)
+
+    async def connect_tcp(
+        self, host: str, port: int, *, local_address: tuple[str, int] | None = None
+    ) -> TcpStream:
+        port = check_port(port, "connect_tcp")
+        text = check_host(host, "connect_tcp")
+        local: tuple[IPAddress, int] | None = None
+        if local_address is not None:
+            local_ip, local_port, _ = self._parse_local(
+                local_address[0], local_address[1], "connect_tcp"
+            )
+            local = (local_ip, local_port)
+        ip = parse_ip(text)
+        if ip is not None:
+            targets: list[IPAddress] = [ip]
+        else:
+            family = 0
+            if local is not None and not local[0].is_unspecified:
+                family = socket.AF_INET6 if local[0].version == 6 else socket.AF_INET
+            infos = await self.getaddrinfo(text, port, family, socket.SOCK_STREAM)
+            targets = [ipaddress.ip_address(info[4][0]) for info in infos]
+        errors: list[OSError] = []
+        for target in targets:
+            try:
+                return await self._connect_ip(target, port, local)
+            except OSError as exc:
+                errors.append(exc)
+        raise errors[0]
+
+    async def _connect_ip(
+        self, ip: IPAddress, port: int, local: tuple[IPAddress, int] | None
+    ) -> VirtualTcpStream:
+        network = self.network
+        ip = _unmap(ip)
+        if local is not None and not local[0].is_unspecified and local[0].version != ip.version:
+            raise os_error(errno.EAFNOSUPPORT, f"{local[0]} cannot reach {ip}")
+        destination_ip = ip
+        if ip.is_unspecified:
+            destination_ip = _IPV4_LOOPBACK if ip.version == 4 else _IPV6_LOOPBACK
+        source_ip = self.source_for(destination_ip)
+        if local is not None and not local[0].is_unspecified:
+            source_ip = local[0]
+        server_host = self.route(destination_ip, port)
+        link = network.link(self, server_host)
+        binding = self.bind("tcp", source_ip, local[1] if local else 0)
+        client_address = (str(source_ip), binding.port)
+        server_address = (str(destination_ip), port)
+        try:
+            with anyio.fail_after(network.connect_timeout):
+                await link.wait_healed()
+                delay = link.round_trip()
+                if delay:
+                    await anyio.sleep(delay)
+                await link.wait_healed()
+                listener = server_host.find_listener(destination_ip, port)
+                if listener is not None and listener.full:
+                    await listener.wait_for_room()
+        except TimeoutError:
+            self.release(binding)
+            raise connection_timed_out(server_address) from None
+        except BaseException:
+            self.release(binding)
+            raise
+        listener = server_host.find_listener(destination_ip, port)
+        if listener is None or listener.closed or network.is_refused(server_host, port):
+            self.release(binding)
+            network.observe_tcp_refused(client_address, server_address)
+            raise connection_refused(server_address)
+
+        conn = Connection(network, link, network.next_connection_id())
+        forward, backward = Pipe(), Pipe()
+        client = VirtualTcpStream(
+            conn, self, True, client_address, server_address, backward, forward, binding
+        )
+        server_local, server_remote = server_address, client_address
+        if listener.binding.dual and destination_ip.version == 4:
+            server_local = (_mapped(destination_ip), port)
+            server_remote = (_mapped(source_ip), binding.port)
+        server = VirtualTcpStream(
+            conn, server_host, False, server_local, server_remote, forward, backward, None
+        )
+        conn.client_end = client
+        conn.server_end = server
+        network.observe_tcp_open(conn.conn_id, client_address, server_address)
+        if listener.service is not None:
+            forward.sink = _service_sink(server, listener.service())
+        else:
+            listener.enqueue(server)
+        return client
+
+    # -- UDP -----------------------------------------------------------------
+
+    async def open_udp(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        remote: tuple[str, int] | None = None,
+    ) -> UdpSocket:
+        sock = self.open_udp_now(host, port)
+        if remote is not None:
+            try:
+                await self.connect_udp(sock, remote)
+            except BaseException:
+                sock.close_now()
+                raise
+        return sock
+
+    def open_udp_now(
+        self, host: str | None = "0.0.0.0", port: int = 0, *, socket_class: type[VirtualUdpSocket] = VirtualUdpSocket
+    ) -> VirtualUdpSocket:
+        ip, number, dual = self._parse_local(host, port, "open_udp")
+        binding = self.bind("udp", ip, number, dual=dual)
+        sock = socket_class(self, binding)
+        self.udp_sockets.setdefault(binding.port, []).append(sock)
+        return sock
+
+    async def connect_udp(self, sock: VirtualUdpSocket, remote: tuple[str, int]) -> None:
+        remote_port = check_port(remote[1], "open_udp")
+        address = await self.resolve_for_socket(
+            (check_host(remote[0], "open_udp"), remote_port), sock.version
+        )
+        ip = parse_ip(address[0])
+        assert ip is not None
+        if ip.version == 4 and sock.version == 6:
+            address = (_mapped(ip), remote_port)
+        sock.connect(address)
+
+    async def resolve_for_socket(self, address: Address, version: int) -> Address:
+        if parse_ip(address[0]) is not None:
+            return address
+        family = socket.AF_INET if version == 4 else 0
+        infos = await self.getaddrinfo(address[0], address[1], family, socket.SOCK_DGRAM)
+        return (str(infos[0][4][0]), address[1])
+
+    def release_udp(self, sock: VirtualUdpSocket) -> None:
+        bound = self.udp_sockets.get(sock.binding.port, [])
+        if sock in bound:
+            bound.remove(sock)
+
+    def is_broadcast(self, ip: IPAddress) -> bool:
+        if ip.version != 4:
+            return False
+        if ip == _BROADCAST:
+            return True
+        return any(
+            i.version == 4 and ip == i.network.broadcast_address for i in self.interfaces
+        )
+
+    def route_datagram(
+        self, sender: VirtualUdpSocket, ip: IPAddress, port: int, data: bytes
+    ) -> None:
+        """Send one datagram from ``sender`` to ``ip:port`` (no waiting)."""
+        network = self.network
+        ip = _unmap(ip)
+        if sender.version == 4 and ip.version == 6:
+            raise os_error(errno.EAFNOSUPPORT, f"an IPv4 socket cannot send to {ip}")
+        if sender.version == 6 and ip.version == 4 and not sender.binding.dual:
+            raise os_error(errno.ENETUNREACH, f"an IPv6-only socket cannot send to {ip}")
+        bound_ip = _unmap(sender.binding.ip)
+        if self.is_broadcast(ip):
+            if not sender.broadcast:
+                raise permission_denied(f"sending to broadcast address {ip} needs SO_BROADCAST")
+            source_ip = bound_ip if not bound_ip.is_unspecified else self.source_for(ip)
+            source = (str(source_ip), sender.binding.port)
+            network.observe_udp(source, (str(ip), port), data)
+            for host in network.hosts_on_broadcast(self, ip):
+                host.receive_datagram(self, source_ip, sender.binding.port, ip, port, data, sender)
+            return
+        destination_ip = ip
+        if ip.is_unspecified:
+            destination_ip = _IPV4_LOOPBACK if ip.version == 4 else _IPV6_LOOPBACK
+        source_ip = (
+            bound_ip if not bound_ip.is_unspecified else self.source_for(destination_ip)
+        )
+        try:
+            target = self.route(destination_ip, port)
+        except OSError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                # ARP gets no answer: the datagram is dropped, a connected socket hears of it.
+                network.observe_udp((str(source_ip), sender.binding.port), (str(ip), port), data)
+                if sender.remote_address is not None:
+                    sender.set_error(errno.EHOSTUNREACH)
+                return
+            raise
+        network.observe_udp((str(source_ip), sender.binding.port), (str(destination_ip), port), data)
+        target.receive_datagram(
+            self, source_ip, sender.binding.port, destination_ip, port, data, sender
+        )
+
+    def receive_datagram(
+        self,
+        origin: VirtualHost,
+        source_ip: IPAddress,
+        source_port: int,
+        destination_ip: IPAddress,
+        port: int,
+        data: bytes,
+        sender: VirtualUdpSocket | None,
+    ) -> None:
+        """A datagram from ``origin`` arrives on this host (after the link decides its fate)."""
+        link = self.network.link(origin, self)
+        if link.partitioned:
+            return
+        copies, held = link.datagram_fates()
+        if not copies:
+            return
+        target = self._find_udp_socket(destination_ip, port)
+        if target is None:
+            # ICMP port unreachable; only a connected sender is told (Linux).
+            if sender is not None and sender.remote_address is not None and not self.is_broadcast(destination_ip):
+                sender.set_error(errno.ECONNREFUSED)
+            return
+        at = link.delivery_time(origin.name, len(data))
+        if held:
+            at = (at or anyio.current_time()) + REORDER_HOLD
+        if target.binding.dual and source_ip.version == 4:
+            source = (_mapped(source_ip), source_port)
+        else:
+            source = (str(source_ip), source_port)
+        for _ in range(copies):
+            target.deliver(at, data, source)
+
+    def _find_udp_socket(self, ip: IPAddress, port: int) -> VirtualUdpSocket | None:
+        best: VirtualUdpSocket | None = None
+        for sock in self.udp_sockets.get(port, ()):
+            binding = sock.binding
+            if binding.covers(ip):
+                if not binding.ip.is_unspecified:
+                    return sock
+                best = sock
+            elif binding.ip.is_unspecified and self.is_broadcast(ip) and binding.version == 4:
+                best = best or sock
+        return best
+
+    # -- names ---------------------------------------------------------------
+
+    async def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | bytes | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[AddrInfo]:
+        from .resolver import getaddrinfo
+
+        number = parse_service(port, type)
+        name = None if host is None else check_host(host, "getaddrinfo")
+        return await getaddrinfo(self, name, number, family, type, proto, flags)
+
+
+def _service_sink(server: VirtualTcpStream, handler: TcpServiceHandler) -> Callable[[Segment], None]:
+    def sink(segment: Segment) -> None:
+        if server._closed:
+            return
+        if isinstance(segment, bytes):
+            reply = handler.data_received(segment)
+            if reply:
+                server.transmit(reply)
+        elif segment is FIN:
+            if handler.eof_received():
+                server.close_now()
+        else:
+            server.close_now()
+
+    return sink

@@ -1,0 +1,265 @@
+"""Names on the virtual network: the DNS server and each host's stub resolver.
+
+The server runs on the network's ``resolver`` host as callbacks (no task): a
+UDP socket on port 53 that answers each query as it arrives, and a TCP
+listener on port 53 whose connections are served as their bytes arrive.  Both
+answer from the network's zone with :func:`netshim.protocols.dns.answer_query`.
+
+Each host's :func:`getaddrinfo` behaves like glibc's with a plain
+``/etc/hosts`` and ``resolv.conf``: ``localhost`` and the host's own name are
+answered locally; other names are asked of the host's DNS servers in real DNS
+messages over virtual UDP (AAAA and A), retried over TCP when the answer is
+truncated, with glibc's timeout and attempts.  So the queries cross links,
+suffer their faults and show up in captures like real ones.  Errors are
+glibc's: ``EAI_NONAME`` for a name that does not exist, ``EAI_NODATA`` for a
+name without addresses, ``EAI_AGAIN`` when no server answers.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ..._addresses import Address, IPAddress, parse_ip
+from ..._errors import (
+    RemoteProtocolError,
+    name_not_known,
+    name_temporarily_unresolvable,
+    no_address_for_name,
+)
+from ...protocols.dns import (
+    DnsResponse,
+    DnsTcpFramer,
+    Zone,
+    answer_query,
+    build_query,
+    parse_response,
+)
+from ...stack import AddrInfo
+from .udp import VirtualUdpSocket
+
+if TYPE_CHECKING:
+    from .host import VirtualHost
+
+__all__ = ["getaddrinfo", "start_dns_server"]
+
+DNS_PORT = 53
+_RCODE_NXDOMAIN = 3
+
+
+class _DnsUdpServer(VirtualUdpSocket):
+    """A UDP socket that answers each query the moment it is delivered."""
+
+    zone: Zone
+
+    def deliver(self, at: float, data: bytes, source: Address) -> None:
+        if self.closed:
+            return
+        reply = answer_query(self.zone, data, max_udp_size=512)
+        if reply is None:
+            return
+        ip = parse_ip(source[0])
+        if ip is None:
+            return
+        try:
+            self.host.route_datagram(self, ip, source[1], reply)
+        except OSError:
+            pass  # The asker became unreachable; a real server would not notice either.
+
+
+def _tcp_service(zone: Zone) -> type:
+    class DnsTcpService:
+        """One DNS-over-TCP connection (RFC 7766): answers each framed query in turn."""
+
+        def __init__(self) -> None:
+            self.framer = DnsTcpFramer()
+
+        def data_received(self, data: bytes) -> bytes:
+            try:
+                self.framer.receive_data(data)
+                replies = []
+                while (message := self.framer.next_message()) is not None:
+                    reply = answer_query(zone, message, max_udp_size=None)
+                    if reply is not None:
+                        replies.append(DnsTcpFramer.frame(reply))
+            except RemoteProtocolError:
+                return b""
+            return b"".join(replies)
+
+        def eof_received(self) -> bool:
+            return True
+
+    return DnsTcpService
+
+
+def start_dns_server(host: VirtualHost, zone: Zone) -> None:
+    """Serve ``zone`` on port 53 of ``host``, over UDP and TCP, for both families."""
+    server = host.open_udp_now(None, DNS_PORT, socket_class=_DnsUdpServer)
+    assert isinstance(server, _DnsUdpServer)
+    server.zone = zone
+    host.listen_now(None, DNS_PORT, service=_tcp_service(zone))
+
+
+class _Unanswered(Exception):
+    """No server gave a usable answer."""
+
+
+async def _ask_udp(host: VirtualHost, server: IPAddress, payload: bytes, query_id: int,
+                   name: str, qtype: str) -> DnsResponse | None:
+    network = host.network
+    sock = host.open_udp_now("0.0.0.0" if server.version == 4 else "::", 0)
+    try:
+        sock.connect((str(server), DNS_PORT))
+        await sock.send(payload)
+        with anyio.move_on_after(network.dns_timeout):
+            while True:
+                data, _ = await sock.receive()
+                try:
+                    return parse_response(data, query_id=query_id, name=name, rtype=qtype)
+                except RemoteProtocolError:
+                    continue  # Not our answer (or garbage); keep waiting, as glibc does.
+        return None
+    except OSError:
+        return None
+    finally:
+        sock.close_now()
+
+
+async def _ask_tcp(host: VirtualHost, server: IPAddress, payload: bytes, query_id: int,
+                   name: str, qtype: str) -> DnsResponse | None:
+    network = host.network
+    with anyio.move_on_after(network.dns_timeout):
+        try:
+            stream = await host.connect_tcp(str(server), DNS_PORT)
+        except OSError:
+            return None
+        async with stream:
+            framer = DnsTcpFramer()
+            try:
+                await stream.send(DnsTcpFramer.frame(payload))
+                while True:
+                    framer.receive_data(await stream.receive())
+                    message = framer.next_message()
+                    if message is not None:
+                        return parse_response(message, query_id=query_id, name=name, rtype=qtype)
+            except (OSError, anyio.EndOfStream, RemoteProtocolError):
+                return None
+    return None
+
+
+async def query(host: VirtualHost, name: str, qtype: str) -> DnsResponse:
+    """Ask ``host``'s DNS servers for ``name``/``qtype`` as glibc's stub resolver does."""
+    network = host.network
+    servers = [ip for text in host.resolvers if (ip := parse_ip(text)) is not None]
+    own = host.ips(4) + host.ips(6)
+    # Ask over a family this host has, IPv4 first as glibc lists servers.
+    servers = [ip for ip in servers if ip.is_loopback or any(o.version == ip.version for o in own)]
+    for _ in range(max(1, network.dns_attempts)):
+        for server in servers:
+            query_id = network.rng.randrange(65536)
+            payload = build_query(name, qtype, query_id)
+            response = await _ask_udp(host, server, payload, query_id, name, qtype)
+            if response is not None and response.truncated:
+                response = await _ask_tcp(host, server, payload, query_id, name, qtype)
+            if response is not None:
+                return response
+    raise _Unanswered(name)
+
+
+async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAddress], str]:
+    qtypes = []
+    prefer_ipv6 = bool(host.ips(6))
+    if family in (0, socket.AF_INET6):
+        qtypes.append("AAAA")
+    if family in (0, socket.AF_INET):
+        qtypes.append("A")
+    if not prefer_ipv6:
+        qtypes.reverse()
+    found: list[IPAddress] = []
+    canonical = name
+    for qtype in qtypes:
+        try:
+            response = await query(host, name, qtype)
+        except _Unanswered:
+            raise name_temporarily_unresolvable(name) from None
+        if response.rcode == _RCODE_NXDOMAIN:
+            raise name_not_known(name)
+        if response.rcode != 0:
+            raise name_temporarily_unresolvable(name)
+        canonical = response.canonical_name or canonical
+        for text in response.addresses():
+            ip = parse_ip(text)
+            if ip is not None and ip not in found:
+                found.append(ip)
+    if not found:
+        raise no_address_for_name(name)
+    return found, canonical.rstrip(".")
+
+
+_SOCKET_TYPES = (
+    (socket.SOCK_STREAM, socket.IPPROTO_TCP),
+    (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+    (socket.SOCK_RAW, 0),
+)
+
+
+async def getaddrinfo(
+    host: VirtualHost,
+    name: str | None,
+    port: int,
+    family: int,
+    type: int,
+    proto: int,
+    flags: int,
+) -> list[AddrInfo]:
+    """``socket.getaddrinfo`` on ``host`` (arguments already checked)."""
+    if family not in (0, socket.AF_INET, socket.AF_INET6):
+        raise socket.gaierror(socket.EAI_FAMILY, "ai_family not supported")
+    canonical = name or ""
+    ips: list[IPAddress]
+    loopback = [parse_ip("::1"), parse_ip("127.0.0.1")]
+    if name is None:
+        ips = [parse_ip("::"), parse_ip("0.0.0.0")] if flags & socket.AI_PASSIVE else loopback  # type: ignore[list-item]
+    else:
+        ip = parse_ip(name)
+        if ip is not None:
+            wanted = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(family)
+            if wanted is not None and ip.version != wanted:
+                raise socket.gaierror(
+                    socket.EAI_ADDRFAMILY, f"Address family for hostname not supported ({name!r})"
+                )
+            ips = [ip]
+        elif flags & socket.AI_NUMERICHOST or name == "":
+            raise name_not_known(name)
+        elif name == "localhost" or name.endswith(".localhost"):
+            ips = loopback  # type: ignore[assignment]
+        elif name == host.name:
+            ips = host.ips(6) + host.ips(4)
+        else:
+            ips, canonical = await _lookup(host, name, family)
+    if family == socket.AF_INET:
+        ips = [ip for ip in ips if ip.version == 4]
+    elif family == socket.AF_INET6:
+        ips = [ip for ip in ips if ip.version == 6]
+    if not ips:
+        raise no_address_for_name(name or "")
+    kinds = [(k, p) for k, p in _SOCKET_TYPES if (not type or k == type) and (not proto or p == proto)]
+    if not kinds:
+        if type and proto:
+            raise socket.gaierror(socket.EAI_SOCKTYPE, "ai_socktype not supported")
+        kinds = [(socket.SocketKind(type) if type else socket.SOCK_STREAM, proto)]
+    results: list[AddrInfo] = []
+    for ip in ips:
+        for kind, protocol in kinds:
+            address: tuple[str, int] | tuple[str, int, int, int]
+            if ip.version == 6:
+                ip_family = socket.AF_INET6
+                address = (str(ip), port, 0, 0)
+            else:
+                ip_family = socket.AF_INET
+                address = (str(ip), port)
+            label = canonical if (flags & socket.AI_CANONNAME and not results) else ""
+            results.append((ip_family, socket.SocketKind(kind), protocol, label, address))
+    return results
