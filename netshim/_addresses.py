@@ -24,6 +24,7 @@ __all__ = [
     "is_ip",
     "parse_ip",
     "parse_service",
+    "service_socket_types",
 ]
 
 Address: TypeAlias = tuple[str, int]
@@ -146,6 +147,27 @@ def parse_service(port: object, socktype: int = 0) -> int:
             socket.EAI_SERVICE, f"Servname not supported for ai_socktype (port {port})"
         )
     return port
+
+
+def service_socket_types(port: object) -> tuple[int, ...] | None:
+    """For a service *name*, the socket types it is defined for (glibc lists only those).
+
+    ``None`` for numbers, which apply to every socket type.
+    """
+    if isinstance(port, bytes | bytearray):
+        port = bytes(port).decode("ascii")
+    if not isinstance(port, str) or port.isdigit():
+        return None
+    kinds = []
+    for kind, protocol in ((socket.SOCK_STREAM, "tcp"), (socket.SOCK_DGRAM, "udp")):
+        try:
+            socket.getservbyname(port, protocol)
+        except (OSError, AttributeError):
+            if port in _WELL_KNOWN_SERVICES and protocol == "tcp":
+                kinds.append(kind)
+            continue
+        kinds.append(kind)
+    return tuple(kinds)
 
 
 def format_address(address: tuple[str, int]) -> str:

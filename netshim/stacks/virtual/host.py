@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ..._addresses import Address, IPAddress, check_host, check_port, parse_ip, parse_service
+from ..._addresses import (
+    Address,
+    IPAddress,
+    check_host,
+    check_port,
+    parse_ip,
+    parse_service,
+    service_socket_types,
+)
 from ..._errors import (
     address_in_use,
     address_not_available,
@@ -515,7 +523,8 @@ class VirtualHost(Stack):
 
         number = parse_service(port, type)
         name = None if host is None else check_host(host, "getaddrinfo")
-        return await getaddrinfo(self, name, number, family, type, proto, flags)
+        kinds = service_socket_types(port)
+        return await getaddrinfo(self, name, number, family, type, proto, flags, kinds)
 
 
 def _service_sink(server: VirtualTcpStream, handler: TcpServiceHandler) -> Callable[[Segment], None]:

@@ -92,7 +92,8 @@ class VirtualNetwork:
             number = RESOLVER_HOST_NUMBER
             self.resolver = self.add_host(
                 "resolver",
-                [str(self.ipv4_subnet[number]), str(self.ipv6_subnet[number])],
+                # fd00::53 reads like 10.0.0.53 (0x53 in the last group).
+                [str(self.ipv4_subnet[number]), str(self.ipv6_subnet[0x53])],
             )
             self.resolver_addresses = self.resolver.addresses
             start_dns_server(self.resolver, self.zone)

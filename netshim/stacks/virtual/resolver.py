@@ -213,15 +213,20 @@ async def getaddrinfo(
     type: int,
     proto: int,
     flags: int,
+    service_kinds: tuple[int, ...] | None = None,
 ) -> list[AddrInfo]:
-    """``socket.getaddrinfo`` on ``host`` (arguments already checked)."""
+    """``socket.getaddrinfo`` on ``host`` (arguments already checked).
+
+    ``service_kinds`` limits the socket types when the port was a service name.
+    """
     if family not in (0, socket.AF_INET, socket.AF_INET6):
         raise socket.gaierror(socket.EAI_FAMILY, "ai_family not supported")
     canonical = name or ""
     ips: list[IPAddress]
     loopback = [parse_ip("::1"), parse_ip("127.0.0.1")]
     if name is None:
-        ips = [parse_ip("::"), parse_ip("0.0.0.0")] if flags & socket.AI_PASSIVE else loopback  # type: ignore[list-item]
+        # glibc lists the IPv4 wildcard first but the IPv6 loopback first.
+        ips = [parse_ip("0.0.0.0"), parse_ip("::")] if flags & socket.AI_PASSIVE else loopback  # type: ignore[list-item]
     else:
         ip = parse_ip(name)
         if ip is not None:
@@ -245,7 +250,13 @@ async def getaddrinfo(
         ips = [ip for ip in ips if ip.version == 6]
     if not ips:
         raise no_address_for_name(name or "")
-    kinds = [(k, p) for k, p in _SOCKET_TYPES if (not type or k == type) and (not proto or p == proto)]
+    kinds = [
+        (k, p)
+        for k, p in _SOCKET_TYPES
+        if (not type or k == type)
+        and (not proto or p == proto)
+        and (service_kinds is None or k in service_kinds)
+    ]
     if not kinds:
         if type and proto:
             raise socket.gaierror(socket.EAI_SOCKTYPE, "ai_socktype not supported")
