@@ -29,8 +29,8 @@ import sniffio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import netshim  # noqa: E402
-from netshim import Stack  # noqa: E402
+import netshim
+from netshim import Stack
 
 CHUNK = 64 * 1024
 
@@ -130,7 +130,9 @@ async def main(quick: bool) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
     arguments = parser.parse_args()

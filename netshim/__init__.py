@@ -6,6 +6,8 @@ tests, :class:`HostStack` for the machine's own network.  The module-level
 :func:`getaddrinfo` use the current stack (see :func:`use_stack`).
 """
 
+import contextlib
+
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
@@ -54,10 +56,8 @@ def _fix_module_names() -> None:
     for name in __all__:
         value = globals()[name]
         if isinstance(value, type) or callable(value):
-            try:
+            with contextlib.suppress(AttributeError, TypeError):
                 value.__module__ = __name__
-            except (AttributeError, TypeError):
-                pass
 
 
 _fix_module_names()

@@ -10,7 +10,6 @@ tshark opens.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -109,7 +108,8 @@ async def run_demo(pcap_path: Path) -> None:
                 _say("resolve nowhere.example", f"{type(exc).__name__}: {exc}")
 
             await listener.aclose()
-    print(f"capture: {pcap_path} ({os.path.getsize(pcap_path)} bytes; open it with wireshark or tshark)")
+    size = pcap_path.stat().st_size  # noqa: ASYNC240 - one stat, after the run
+    print(f"capture: {pcap_path} ({size} bytes; open it with wireshark or tshark)")
 
 
 def main(pcap: str | None = None) -> None:

@@ -115,7 +115,8 @@ def test_tcp_delivers_exactly_what_was_sent(
     )
     assert at_server == b"".join(forward)
     assert at_client == b"".join(backward)
-    assert not reset_server and not reset_client
+    assert not reset_server
+    assert not reset_client
 
 
 @settings(max_examples=40, deadline=None)

@@ -17,9 +17,9 @@ def network(seed: int = 0) -> tuple[VirtualNetwork, VirtualHost, VirtualHost, Vi
     return net, net.add_host("a"), net.add_host("b"), net.add_host("c")
 
 
-async def drain(sock: object, timeout: float = 0.05) -> list[bytes]:
+async def drain(sock: object, seconds: float = 0.05) -> list[bytes]:
     received = []
-    with anyio.move_on_after(timeout):
+    with anyio.move_on_after(seconds):
         while True:
             data, _ = await sock.receive()  # type: ignore[attr-defined]
             received.append(data)
@@ -56,7 +56,7 @@ async def test_connected_socket_filters_other_senders() -> None:
 
 
 async def test_connected_refusal_is_reported_once() -> None:
-    _, a, b, _ = network()
+    _, _, b, _ = network()
     client = await b.open_udp("0.0.0.0", 0, remote=("10.0.0.2", 5353))
     await client.send(b"?")
     with pytest.raises(ConnectionRefusedError):
@@ -128,7 +128,7 @@ async def loss_run(seed: int, **conditions: float) -> list[bytes]:
     client = await b.open_udp("0.0.0.0", 0)
     for number in range(1000):
         await client.send(number.to_bytes(2, "big"), ("10.0.0.2", 5000))
-    return await drain(server, timeout=0.1)
+    return await drain(server, seconds=0.1)
 
 
 async def test_loss_is_seeded_and_close_to_the_rate() -> None:
@@ -143,7 +143,9 @@ async def test_loss_is_seeded_and_close_to_the_rate() -> None:
 async def test_duplication_and_reordering() -> None:
     duplicated = await loss_run(1, duplicate=0.1)
     assert 1060 <= len(duplicated) <= 1140
-    assert sorted(set(duplicated)) == sorted(set(duplicated), key=lambda d: int.from_bytes(d, "big"))
+    assert sorted(set(duplicated)) == sorted(
+        set(duplicated), key=lambda d: int.from_bytes(d, "big")
+    )
     reordered = await loss_run(1, reorder=0.1)
     assert sorted(reordered) == sorted(n.to_bytes(2, "big") for n in range(1000))
     assert reordered != sorted(reordered), "some datagrams must arrive late"

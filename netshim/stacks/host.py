@@ -42,6 +42,13 @@ def _unwrap(exc: BaseException) -> BaseException:
     return connection_reset()
 
 
+def _getaddrinfo(
+    host: str | None, port: int, family: int, type: int, proto: int, flags: int
+) -> list[AddrInfo]:
+    # Only AF_INET and AF_INET6 are asked for, so the results have their shapes.
+    return socket.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
+
+
 def _short(sockaddr: Any) -> Address:
     return (str(sockaddr[0]), int(sockaddr[1]))
 
@@ -225,9 +232,9 @@ class HostStack(Stack):
         if name is None or is_ip(name):
             # Numeric lookups never touch DNS, so they need no worker thread.
             await anyio.lowlevel.checkpoint()
-            return socket.getaddrinfo(name, number, family, type, proto, flags)
+            return _getaddrinfo(name, number, family, type, proto, flags)
         return await anyio.to_thread.run_sync(
-            socket.getaddrinfo, name, number, family, type, proto, flags, abandon_on_cancel=True
+            _getaddrinfo, name, number, family, type, proto, flags, abandon_on_cancel=True
         )
 
     async def connect_tcp(
@@ -282,9 +289,7 @@ class HostStack(Stack):
             address: Any = ("::", port) if sock.family == socket.AF_INET6 else ("0.0.0.0", port)
         else:
             host = check_host(host, "listen_tcp")
-            infos = await self.getaddrinfo(
-                host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-            )
+            infos = await self.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
             family, _, _, _, address = infos[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
             if family == socket.AF_INET6:

@@ -48,7 +48,15 @@ from ..._errors import (
 )
 from ...stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, UdpSocket
 from .link import REORDER_HOLD
-from .tcp import FIN, Connection, Pipe, Segment, TcpServiceHandler, VirtualTcpListener, VirtualTcpStream
+from .tcp import (
+    FIN,
+    Connection,
+    Pipe,
+    Segment,
+    TcpServiceHandler,
+    VirtualTcpListener,
+    VirtualTcpStream,
+)
 from .udp import VirtualUdpSocket
 
 if TYPE_CHECKING:
@@ -175,7 +183,9 @@ class VirtualHost(Stack):
             taken = table.get(port)
             if not taken or not any(probe.overlaps(other) for other in taken):
                 nxt = port + 1
-                self._next_ephemeral[protocol] = nxt if nxt in EPHEMERAL_PORTS else EPHEMERAL_PORTS[0]
+                self._next_ephemeral[protocol] = (
+                    nxt if nxt in EPHEMERAL_PORTS else EPHEMERAL_PORTS[0]
+                )
                 return port
             port = port + 1 if port + 1 in EPHEMERAL_PORTS else EPHEMERAL_PORTS[0]
             if port == start:
@@ -193,7 +203,9 @@ class VirtualHost(Stack):
         if not bound:
             del table[binding.port]
 
-    def _parse_local(self, host: str | None, port: object, function: str) -> tuple[IPAddress, int, bool]:
+    def _parse_local(
+        self, host: str | None, port: object, function: str
+    ) -> tuple[IPAddress, int, bool]:
         number = check_port(port, function)
         if host is None or host == "":
             return _IPV6_ANY, number, True
@@ -256,7 +268,7 @@ class VirtualHost(Stack):
         port: int = 0,
         *,
         backlog: int = DEFAULT_BACKLOG,
-        service: type[TcpServiceHandler] | None = None,
+        service: Callable[[], TcpServiceHandler] | None = None,
     ) -> VirtualTcpListener:
         """Listen without awaiting; with ``service``, each connection is served by callbacks."""
         if isinstance(backlog, bool) or not isinstance(backlog, int):
@@ -382,7 +394,11 @@ class VirtualHost(Stack):
         return sock
 
     def open_udp_now(
-        self, host: str | None = "0.0.0.0", port: int = 0, *, socket_class: type[VirtualUdpSocket] = VirtualUdpSocket
+        self,
+        host: str | None = "0.0.0.0",
+        port: int = 0,
+        *,
+        socket_class: type[VirtualUdpSocket] = VirtualUdpSocket,
     ) -> VirtualUdpSocket:
         ip, number, dual = self._parse_local(host, port, "open_udp")
         binding = self.bind("udp", ip, number, dual=dual)
@@ -418,9 +434,7 @@ class VirtualHost(Stack):
             return False
         if ip == _BROADCAST:
             return True
-        return any(
-            i.version == 4 and ip == i.network.broadcast_address for i in self.interfaces
-        )
+        return any(i.version == 4 and ip == i.network.broadcast_address for i in self.interfaces)
 
     def route_datagram(
         self, sender: VirtualUdpSocket, ip: IPAddress, port: int, data: bytes
@@ -445,9 +459,7 @@ class VirtualHost(Stack):
         destination_ip = ip
         if ip.is_unspecified:
             destination_ip = _IPV4_LOOPBACK if ip.version == 4 else _IPV6_LOOPBACK
-        source_ip = (
-            bound_ip if not bound_ip.is_unspecified else self.source_for(destination_ip)
-        )
+        source_ip = bound_ip if not bound_ip.is_unspecified else self.source_for(destination_ip)
         try:
             target = self.route(destination_ip, port)
         except OSError as exc:
@@ -458,7 +470,9 @@ class VirtualHost(Stack):
                     sender.set_error(errno.EHOSTUNREACH)
                 return
             raise
-        network.observe_udp((str(source_ip), sender.binding.port), (str(destination_ip), port), data)
+        network.observe_udp(
+            (str(source_ip), sender.binding.port), (str(destination_ip), port), data
+        )
         target.receive_datagram(
             self, source_ip, sender.binding.port, destination_ip, port, data, sender
         )
@@ -483,7 +497,11 @@ class VirtualHost(Stack):
         target = self._find_udp_socket(destination_ip, port)
         if target is None:
             # ICMP port unreachable; only a connected sender is told (Linux).
-            if sender is not None and sender.remote_address is not None and not self.is_broadcast(destination_ip):
+            if (
+                sender is not None
+                and sender.remote_address is not None
+                and not self.is_broadcast(destination_ip)
+            ):
                 sender.set_error(errno.ECONNREFUSED)
             return
         at = link.delivery_time(origin.name, len(data))
@@ -527,7 +545,9 @@ class VirtualHost(Stack):
         return await getaddrinfo(self, name, number, family, type, proto, flags, kinds)
 
 
-def _service_sink(server: VirtualTcpStream, handler: TcpServiceHandler) -> Callable[[Segment], None]:
+def _service_sink(
+    server: VirtualTcpStream, handler: TcpServiceHandler
+) -> Callable[[Segment], None]:
     def sink(segment: Segment) -> None:
         if server._closed:
             return

@@ -165,7 +165,11 @@ class VirtualNetwork:
                 if ip in subnet:
                     return ipaddress.ip_interface(f"{ip}/{subnet.prefixlen}")
             return ipaddress.ip_interface(f"{ip}/{24 if ip.version == 4 else 64}")
-        if ip.version == 4 and (ip == interface.network.broadcast_address) and interface.network.prefixlen < 31:
+        if (
+            ip.version == 4
+            and (ip == interface.network.broadcast_address)
+            and interface.network.prefixlen < 31
+        ):
             raise ValueError(f"{ip} is the broadcast address of {interface.network}")
         return interface
 
@@ -174,7 +178,9 @@ class VirtualNetwork:
         try:
             return self._hosts[check_host(name, "host")]
         except KeyError:
-            raise KeyError(f"no host {name!r} on this network (hosts: {', '.join(sorted(self._hosts))})") from None
+            raise KeyError(
+                f"no host {name!r} on this network (hosts: {', '.join(sorted(self._hosts))})"
+            ) from None
 
     def __getitem__(self, name: str) -> VirtualHost:
         return self.host(name)
@@ -198,7 +204,9 @@ class VirtualNetwork:
             networks = [i.network for i in sender.interfaces if i.version == 4]
         else:
             networks = [
-                i.network for i in sender.interfaces if i.version == 4 and i.network.broadcast_address == ip
+                i.network
+                for i in sender.interfaces
+                if i.version == 4 and i.network.broadcast_address == ip
             ]
         return [
             host
@@ -372,4 +380,3 @@ class VirtualNetwork:
     def observe_udp(self, source: Address, destination: Address, data: bytes) -> None:
         for observer in self._observers:
             observer.udp_datagram(source, destination, data)
-

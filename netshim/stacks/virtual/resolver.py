@@ -17,6 +17,8 @@ name without addresses, ``EAI_AGAIN`` when no server answers.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
@@ -63,10 +65,9 @@ class _DnsUdpServer(VirtualUdpSocket):
         ip = parse_ip(source[0])
         if ip is None:
             return
-        try:
+        # If the asker became unreachable, a real server would not notice either.
+        with contextlib.suppress(OSError):
             self.host.route_datagram(self, ip, source[1], reply)
-        except OSError:
-            pass  # The asker became unreachable; a real server would not notice either.
 
 
 def _tcp_service(zone: Zone) -> type:
@@ -102,12 +103,13 @@ def start_dns_server(host: VirtualHost, zone: Zone) -> None:
     host.listen_now(None, DNS_PORT, service=_tcp_service(zone))
 
 
-class _Unanswered(Exception):
+class _UnansweredError(Exception):
     """No server gave a usable answer."""
 
 
-async def _ask_udp(host: VirtualHost, server: IPAddress, payload: bytes, query_id: int,
-                   name: str, qtype: str) -> DnsResponse | None:
+async def _ask_udp(
+    host: VirtualHost, server: IPAddress, payload: bytes, query_id: int, name: str, qtype: str
+) -> DnsResponse | None:
     network = host.network
     sock = host.open_udp_now("0.0.0.0" if server.version == 4 else "::", 0)
     try:
@@ -127,8 +129,9 @@ async def _ask_udp(host: VirtualHost, server: IPAddress, payload: bytes, query_i
         sock.close_now()
 
 
-async def _ask_tcp(host: VirtualHost, server: IPAddress, payload: bytes, query_id: int,
-                   name: str, qtype: str) -> DnsResponse | None:
+async def _ask_tcp(
+    host: VirtualHost, server: IPAddress, payload: bytes, query_id: int, name: str, qtype: str
+) -> DnsResponse | None:
     network = host.network
     with anyio.move_on_after(network.dns_timeout):
         try:
@@ -165,7 +168,7 @@ async def query(host: VirtualHost, name: str, qtype: str) -> DnsResponse:
                 response = await _ask_tcp(host, server, payload, query_id, name, qtype)
             if response is not None:
                 return response
-    raise _Unanswered(name)
+    raise _UnansweredError(name)
 
 
 async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAddress], str]:
@@ -182,7 +185,7 @@ async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAdd
     for qtype in qtypes:
         try:
             response = await query(host, name, qtype)
-        except _Unanswered:
+        except _UnansweredError:
             raise name_temporarily_unresolvable(name) from None
         if response.rcode == _RCODE_NXDOMAIN:
             raise name_not_known(name)
@@ -197,6 +200,11 @@ async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAdd
         raise no_address_for_name(name)
     return found, canonical.rstrip(".")
 
+
+_IPV4_ANY: IPAddress = ipaddress.IPv4Address("0.0.0.0")
+_IPV6_ANY: IPAddress = ipaddress.IPv6Address("::")
+_IPV4_LOOPBACK: IPAddress = ipaddress.IPv4Address("127.0.0.1")
+_IPV6_LOOPBACK: IPAddress = ipaddress.IPv6Address("::1")
 
 _SOCKET_TYPES = (
     (socket.SOCK_STREAM, socket.IPPROTO_TCP),
@@ -223,14 +231,14 @@ async def getaddrinfo(
         raise socket.gaierror(socket.EAI_FAMILY, "ai_family not supported")
     canonical = name or ""
     ips: list[IPAddress]
-    loopback = [parse_ip("::1"), parse_ip("127.0.0.1")]
+    loopback: list[IPAddress] = [_IPV6_LOOPBACK, _IPV4_LOOPBACK]
     if name is None:
         # glibc lists the IPv4 wildcard first but the IPv6 loopback first.
-        ips = [parse_ip("0.0.0.0"), parse_ip("::")] if flags & socket.AI_PASSIVE else loopback  # type: ignore[list-item]
+        ips = [_IPV4_ANY, _IPV6_ANY] if flags & socket.AI_PASSIVE else loopback
     else:
         ip = parse_ip(name)
         if ip is not None:
-            wanted = {socket.AF_INET: 4, socket.AF_INET6: 6}.get(family)
+            wanted = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}.get(family)
             if wanted is not None and ip.version != wanted:
                 raise socket.gaierror(
                     socket.EAI_ADDRFAMILY, f"Address family for hostname not supported ({name!r})"
@@ -239,7 +247,7 @@ async def getaddrinfo(
         elif flags & socket.AI_NUMERICHOST or name == "":
             raise name_not_known(name)
         elif name == "localhost" or name.endswith(".localhost"):
-            ips = loopback  # type: ignore[assignment]
+            ips = loopback
         elif name == host.name:
             ips = host.ips(6) + host.ips(4)
         else:

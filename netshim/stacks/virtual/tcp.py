@@ -369,9 +369,7 @@ class VirtualTcpStream(TcpStream):
             if segment is FIN:
                 self._eof_received = True
                 raise anyio.EndOfStream
-            self._receive_error = os_error(
-                errno.ECONNRESET, f"{self._remote[0]}:{self._remote[1]}"
-            )
+            self._receive_error = os_error(errno.ECONNRESET, f"{self._remote[0]}:{self._remote[1]}")
             raise self._receive_error
 
     def _take(self, pipe: Pipe, first: bytes, max_bytes: int) -> bytes:
@@ -456,7 +454,7 @@ class VirtualTcpListener(TcpListener):
         self._accept_event: anyio.Event | None = None
         self._room_waiters: list[anyio.Event] = []
         self.closed = False
-        self.service: TcpServiceHandler | Callable[[], TcpServiceHandler] | None = None
+        self.service: Callable[[], TcpServiceHandler] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.queue)} waiting"

@@ -97,7 +97,9 @@ class VirtualUdpSocket(UdpSocket):
         data = data if type(data) is bytes else bytes(data)
         if address is None:
             if self._remote is None:
-                raise os_error(errno.EDESTADDRREQ, "send() needs an address on an unconnected socket")
+                raise os_error(
+                    errno.EDESTADDRREQ, "send() needs an address on an unconnected socket"
+                )
             destination = self._remote
         else:
             destination = (check_host(address[0], "send"), check_port(address[1], "send"))

@@ -1,0 +1,1 @@
+"""Sans-I/O protocol cores: bytes in, values or events out, bytes back, never a socket."""

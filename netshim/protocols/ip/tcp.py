@@ -1,0 +1,417 @@
+"""TCP segments (RFC 9293 section 3.1): header, options, checksum and payload.
+
+Options are read into values for the kinds a stack acts on (MSS, window scale,
+SACK, timestamps; RFC 9293, RFC 7323, RFC 2018) and kept raw otherwise, so
+that a segment from any stack reads back byte for byte.  The options area of
+a header is padded to a 32-bit boundary with zeros, which are end-of-option-list
+bytes; :class:`EndOfOptionList` records how many, and :class:`TcpRepr` adds
+one when the options it is given end off the boundary, so a value and the bytes
+it emits always read back equal.
+
+The checksum covers a pseudo-header with the IP addresses
+(:func:`~netshim.protocols.ip.checksum.pseudo_header_sum`), which is why
+:meth:`TcpRepr.parse` and :meth:`TcpRepr.emit` take them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar, TypeAlias, TypeVar
+
+from ._base import IPAddress, IpProtocol, WireError, check_bytes, check_range, need
+from .checksum import internet_checksum, ones_complement_sum, pseudo_header_sum
+
+__all__ = [
+    "HEADER_LEN",
+    "EndOfOptionList",
+    "MaxSegmentSize",
+    "NoOperation",
+    "SackBlocks",
+    "SackPermitted",
+    "TcpFlags",
+    "TcpOption",
+    "TcpRepr",
+    "Timestamps",
+    "UnknownOption",
+    "WindowScale",
+]
+
+HEADER_LEN = 20
+# Data Offset is a 4-bit count of 32-bit words: the header is at most 60 bytes.
+_MAX_OPTIONS_LEN = 40
+_MAX_SEQ = 0xFFFF_FFFF
+
+
+class TcpFlags(enum.IntFlag):
+    """The 12 control bits after Data Offset; the top three are reserved.
+
+    ``AE`` is the bit RFC 3540 named NS and Accurate ECN now uses.  Reserved
+    bits that are set survive in the value (Python keeps unnamed bits of an
+    ``IntFlag``), so such a segment still reads back byte for byte.
+    """
+
+    FIN = 0x001
+    SYN = 0x002
+    RST = 0x004
+    PSH = 0x008
+    ACK = 0x010
+    URG = 0x020
+    ECE = 0x040
+    CWR = 0x080
+    AE = 0x100
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfOptionList:
+    """Kind 0: the options end here; ``padding`` zero bytes follow to the header's end."""
+
+    KIND: ClassVar[int] = 0
+    padding: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("padding", self.padding, 0, _MAX_OPTIONS_LEN - 1)
+
+    def emit(self) -> bytes:
+        return bytes(1 + self.padding)
+
+
+@dataclass(frozen=True, slots=True)
+class NoOperation:
+    """Kind 1: one byte that aligns the option after it."""
+
+    KIND: ClassVar[int] = 1
+
+    def emit(self) -> bytes:
+        return b"\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class MaxSegmentSize:
+    """Kind 2 (RFC 9293 section 3.7.1): the largest segment payload the sender accepts."""
+
+    KIND: ClassVar[int] = 2
+    mss: int
+
+    def __post_init__(self) -> None:
+        check_range("mss", self.mss, 0, 0xFFFF)
+
+    def emit(self) -> bytes:
+        return bytes((2, 4)) + self.mss.to_bytes(2, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class WindowScale:
+    """Kind 3 (RFC 7323 section 2): the window is shifted left by ``shift``.
+
+    RFC 7323 caps the shift at 14 and tells receivers to use 14 for anything
+    larger; the value is kept as sent so that the segment reads back unchanged.
+    """
+
+    KIND: ClassVar[int] = 3
+    shift: int
+
+    def __post_init__(self) -> None:
+        check_range("shift", self.shift, 0, 0xFF)
+
+    def emit(self) -> bytes:
+        return bytes((3, 3, self.shift))
+
+
+@dataclass(frozen=True, slots=True)
+class SackPermitted:
+    """Kind 4 (RFC 2018 section 2): selective acknowledgements may be sent."""
+
+    KIND: ClassVar[int] = 4
+
+    def emit(self) -> bytes:
+        return bytes((4, 2))
+
+
+@dataclass(frozen=True, slots=True)
+class SackBlocks:
+    """Kind 5 (RFC 2018 section 3): ``(left edge, right edge)`` of blocks received."""
+
+    KIND: ClassVar[int] = 5
+    # 40 bytes of options hold the kind and length bytes and four 8-byte blocks.
+    MAX_BLOCKS: ClassVar[int] = 4
+    blocks: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        blocks = tuple(tuple(block) for block in self.blocks)
+        if not 1 <= len(blocks) <= self.MAX_BLOCKS:
+            raise ValueError(f"a SACK option has 1..{self.MAX_BLOCKS} blocks, got {len(blocks)}")
+        for block in blocks:
+            if len(block) != 2:
+                raise ValueError(f"a SACK block is (left, right), got {block!r}")
+            check_range("SACK block edge", block[0], 0, _MAX_SEQ)
+            check_range("SACK block edge", block[1], 0, _MAX_SEQ)
+        object.__setattr__(self, "blocks", blocks)
+
+    def emit(self) -> bytes:
+        body = b"".join(
+            left.to_bytes(4, "big") + right.to_bytes(4, "big") for left, right in self.blocks
+        )
+        return bytes((5, 2 + len(body))) + body
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamps:
+    """Kind 8 (RFC 7323 section 3): TSval and TSecr."""
+
+    KIND: ClassVar[int] = 8
+    value: int
+    echo_reply: int
+
+    def __post_init__(self) -> None:
+        check_range("value", self.value, 0, _MAX_SEQ)
+        check_range("echo_reply", self.echo_reply, 0, _MAX_SEQ)
+
+    def emit(self) -> bytes:
+        return bytes((8, 10)) + self.value.to_bytes(4, "big") + self.echo_reply.to_bytes(4, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownOption:
+    """Any other kind, kept as its raw data (the bytes after kind and length)."""
+
+    kind: int
+    data: bytes = b""
+
+    def __post_init__(self) -> None:
+        check_range("kind", self.kind, 0, 0xFF)
+        if self.kind in _KNOWN_KINDS:
+            raise ValueError(
+                f"option kind {self.kind} has its own class, {_KNOWN_KINDS[self.kind].__name__}"
+            )
+        data = check_bytes("data", self.data)
+        if len(data) > _MAX_OPTIONS_LEN - 2:
+            raise ValueError(
+                f"option data is at most {_MAX_OPTIONS_LEN - 2} bytes, got {len(data)}"
+            )
+        object.__setattr__(self, "data", data)
+
+    def emit(self) -> bytes:
+        return bytes((self.kind, 2 + len(self.data))) + self.data
+
+
+TcpOption: TypeAlias = (
+    EndOfOptionList
+    | NoOperation
+    | MaxSegmentSize
+    | WindowScale
+    | SackPermitted
+    | SackBlocks
+    | Timestamps
+    | UnknownOption
+)
+_OptionT = TypeVar("_OptionT", bound=TcpOption)
+
+_KNOWN_KINDS: dict[int, type[TcpOption]] = {
+    cls.KIND: cls
+    for cls in (
+        EndOfOptionList,
+        NoOperation,
+        MaxSegmentSize,
+        WindowScale,
+        SackPermitted,
+        SackBlocks,
+        Timestamps,
+    )
+}
+
+
+def _parse_option(kind: int, data: bytes) -> TcpOption:
+    """The option of ``kind`` (2 or more) whose bytes after kind and length are ``data``."""
+    size = 2 + len(data)
+    if kind == MaxSegmentSize.KIND and size == 4:
+        return MaxSegmentSize(int.from_bytes(data, "big"))
+    if kind == WindowScale.KIND and size == 3:
+        return WindowScale(data[0])
+    if kind == SackPermitted.KIND and size == 2:
+        return SackPermitted()
+    if kind == SackBlocks.KIND and len(data) % 8 == 0 and 1 <= len(data) // 8 <= 4:
+        return SackBlocks(
+            tuple(
+                (int.from_bytes(data[i : i + 4], "big"), int.from_bytes(data[i + 4 : i + 8], "big"))
+                for i in range(0, len(data), 8)
+            )
+        )
+    if kind == Timestamps.KIND and size == 10:
+        return Timestamps(int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big"))
+    if kind in _KNOWN_KINDS:
+        raise WireError(f"TCP option kind {kind} has invalid length {size}")
+    return UnknownOption(kind, data)
+
+
+def _parse_options(area: bytes) -> tuple[TcpOption, ...]:
+    options: list[TcpOption] = []
+    at = 0
+    while at < len(area):
+        kind = area[at]
+        if kind == EndOfOptionList.KIND:
+            padding = area[at + 1 :]
+            if padding.strip(b"\x00"):
+                raise WireError("TCP options have non-zero bytes after end-of-option-list")
+            options.append(EndOfOptionList(len(padding)))
+            break
+        if kind == NoOperation.KIND:
+            options.append(NoOperation())
+            at += 1
+            continue
+        if at + 1 >= len(area):
+            raise WireError(f"TCP option kind {kind} truncated: no length byte")
+        size = area[at + 1]
+        if size < 2:
+            raise WireError(f"TCP option kind {kind} has invalid length {size}")
+        if at + size > len(area):
+            raise WireError(
+                f"TCP option kind {kind} truncated: length {size}, {len(area) - at} bytes left"
+            )
+        options.append(_parse_option(kind, area[at + 2 : at + size]))
+        at += size
+    return tuple(options)
+
+
+def _aligned(options: tuple[TcpOption, ...]) -> tuple[TcpOption, ...]:
+    """``options`` padded to a 32-bit boundary with an end-of-option-list entry."""
+    length = sum(len(option.emit()) for option in options)
+    missing = -length % 4
+    if not missing:
+        return options
+    if options and isinstance(options[-1], EndOfOptionList):
+        return (*options[:-1], EndOfOptionList(options[-1].padding + missing))
+    return (*options, EndOfOptionList(missing - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class TcpRepr:
+    """One TCP segment.
+
+    ``options`` not ending on a 32-bit boundary get an :class:`EndOfOptionList`
+    appended (or the last one's padding grown) to reach it, as on the wire.
+    Raises ``ValueError`` for out-of-range fields or options over 40 bytes.
+    """
+
+    src_port: int
+    dst_port: int
+    seq: int
+    ack: int
+    flags: TcpFlags
+    window: int
+    options: tuple[TcpOption, ...] = ()
+    payload: bytes = b""
+    urgent: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("src_port", self.src_port, 0, 0xFFFF)
+        check_range("dst_port", self.dst_port, 0, 0xFFFF)
+        check_range("seq", self.seq, 0, _MAX_SEQ)
+        check_range("ack", self.ack, 0, _MAX_SEQ)
+        check_range("flags", int(self.flags), 0, 0xFFF)
+        object.__setattr__(self, "flags", TcpFlags(self.flags))
+        check_range("window", self.window, 0, 0xFFFF)
+        check_range("urgent", self.urgent, 0, 0xFFFF)
+        options = tuple(self.options)
+        for index, option in enumerate(options):
+            if not isinstance(option, TcpOption):
+                raise TypeError(f"options[{index}] is not a TCP option: {option!r}")
+            if isinstance(option, EndOfOptionList) and index != len(options) - 1:
+                raise ValueError("nothing may follow EndOfOptionList in TCP options")
+        options = _aligned(options)
+        length = sum(len(option.emit()) for option in options)
+        if length > _MAX_OPTIONS_LEN:
+            raise ValueError(f"TCP options take at most {_MAX_OPTIONS_LEN} bytes, got {length}")
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "payload", check_bytes("payload", self.payload))
+
+    @classmethod
+    def parse(
+        cls,
+        buf: bytes | bytearray | memoryview,
+        src_addr: IPAddress,
+        dst_addr: IPAddress,
+        *,
+        verify_checksum: bool = True,
+    ) -> TcpRepr:
+        """Read a segment that is the whole of ``buf`` (an IP payload).
+
+        ``src_addr`` and ``dst_addr`` are the IP packet's, for the checksum.
+        Raises :class:`WireError` when ``buf`` is shorter than the header its
+        Data Offset gives, an option is malformed, the addresses are of
+        different families, or (with ``verify_checksum``) the checksum is
+        wrong.  A segment cut short in its payload is caught only by the
+        checksum: TCP has no length field of its own.
+        """
+        buf = bytes(buf)
+        need(buf, HEADER_LEN, "TCP header")
+        header_len = (buf[12] >> 4) * 4
+        if header_len < HEADER_LEN:
+            raise WireError(f"TCP data offset gives {header_len} bytes, below {HEADER_LEN}")
+        need(buf, header_len, "TCP header with options")
+        if verify_checksum:
+            try:
+                start = pseudo_header_sum(src_addr, dst_addr, IpProtocol.TCP, len(buf))
+            except ValueError as exc:
+                raise WireError(str(exc)) from None
+            if ones_complement_sum(buf, start) != 0xFFFF:
+                raise WireError(
+                    f"TCP checksum 0x{int.from_bytes(buf[16:18], 'big'):04x} is wrong "
+                    f"for {src_addr} -> {dst_addr}"
+                )
+        return cls(
+            src_port=int.from_bytes(buf[0:2], "big"),
+            dst_port=int.from_bytes(buf[2:4], "big"),
+            seq=int.from_bytes(buf[4:8], "big"),
+            ack=int.from_bytes(buf[8:12], "big"),
+            flags=TcpFlags((buf[12] & 0x0F) << 8 | buf[13]),
+            window=int.from_bytes(buf[14:16], "big"),
+            options=_parse_options(buf[HEADER_LEN:header_len]),
+            payload=buf[header_len:],
+            urgent=int.from_bytes(buf[18:20], "big"),
+        )
+
+    def header_len(self) -> int:
+        return HEADER_LEN + sum(len(option.emit()) for option in self.options)
+
+    def buffer_len(self) -> int:
+        return self.header_len() + len(self.payload)
+
+    def segment_len(self) -> int:
+        """Sequence space the segment takes: its payload, plus one each for SYN and FIN."""
+        return (
+            len(self.payload)
+            + (1 if self.flags & TcpFlags.SYN else 0)
+            + (1 if self.flags & TcpFlags.FIN else 0)
+        )
+
+    def find_option(self, kind: type[_OptionT]) -> _OptionT | None:
+        """The first option of class ``kind`` (``MaxSegmentSize``, say), or ``None``."""
+        for option in self.options:
+            if isinstance(option, kind):
+                return option
+        return None
+
+    def emit(self, src_addr: IPAddress, dst_addr: IPAddress) -> bytes:
+        """The segment with its checksum for these IP addresses.
+
+        Raises ``ValueError`` when the addresses are of different families or
+        the segment is too long for an IPv4 pseudo-header.
+        """
+        header_len = self.header_len()
+        segment = bytearray(
+            self.src_port.to_bytes(2, "big")
+            + self.dst_port.to_bytes(2, "big")
+            + self.seq.to_bytes(4, "big")
+            + self.ack.to_bytes(4, "big")
+            + (header_len // 4 << 12 | self.flags).to_bytes(2, "big")
+            + self.window.to_bytes(2, "big")
+            + bytes(2)
+            + self.urgent.to_bytes(2, "big")
+        )
+        for option in self.options:
+            segment += option.emit()
+        segment += self.payload
+        start = pseudo_header_sum(src_addr, dst_addr, IpProtocol.TCP, len(segment))
+        segment[16:18] = internet_checksum(segment, start).to_bytes(2, "big")
+        return bytes(segment)
