@@ -24,10 +24,11 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from typing import IO, Any, Final
+from typing import IO, Final
 
 from ..._addresses import Address, IPAddress, check_host
 from ..._traffic import TrafficObserver
+from ...pcap import PcapCapture
 from .host import VirtualHost
 from .link import Link, LinkConditions
 
@@ -330,27 +331,21 @@ class VirtualNetwork:
         self._observers.append(observer)
 
     def remove_observer(self, observer: TrafficObserver) -> None:
+        """Stop telling ``observer`` about traffic, and close it."""
         if observer in self._observers:
             self._observers.remove(observer)
             observer.close()
 
-    def capture(self, file: str | os.PathLike[str] | IO[bytes]) -> Any:
+    def capture(self, file: str | os.PathLike[str] | IO[bytes]) -> PcapCapture:
         """Record all traffic from now on as a pcap file; returns the capture.
 
-        Use it as a context manager, or call ``net.remove_observer(capture)``
-        to stop.  Frames carry synthesized Ethernet, IP and TCP/UDP headers
-        with valid checksums and sequence numbers, so tshark and Wireshark
-        show real conversations.
+        Use it as a context manager, or call its ``close()``, to stop and
+        flush.  Frames carry synthesized Ethernet, IP and TCP/UDP headers with
+        valid checksums and sequence numbers, so tshark and Wireshark show
+        real conversations (connections opened before the capture started
+        are not in it).
         """
-        from ...pcap import PcapCapture
-
-        network = self
-
-        class _NetworkCapture(PcapCapture):
-            def __exit__(self, *exc_info: object) -> None:
-                network.remove_observer(self)
-
-        capture = _NetworkCapture(file, clock=time.time, seed=self.seed)
+        capture = _NetworkCapture(self, file)
         self.add_observer(capture)
         return capture
 
@@ -380,3 +375,17 @@ class VirtualNetwork:
     def observe_udp(self, source: Address, destination: Address, data: bytes) -> None:
         for observer in self._observers:
             observer.udp_datagram(source, destination, data)
+
+
+class _NetworkCapture(PcapCapture):
+    """A pcap capture that detaches itself from its network when closed."""
+
+    def __init__(self, network: VirtualNetwork, file: str | os.PathLike[str] | IO[bytes]) -> None:
+        super().__init__(file, clock=time.time, seed=network.seed)
+        self._network: VirtualNetwork | None = network
+
+    def close(self) -> None:
+        network, self._network = self._network, None
+        if network is not None:
+            network.remove_observer(self)
+        super().close()
