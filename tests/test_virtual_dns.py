@@ -24,7 +24,7 @@ async def ask_udp(host: VirtualHost, name: str, qtype: str) -> dnslib.DNSRecord:
     sock = await host.open_udp("0.0.0.0", 0)
     async with sock:
         query = dnslib.DNSRecord.question(name, qtype)
-        await sock.send(query.pack(), ("10.0.0.53", 53))
+        await sock.send(bytes(query.pack()), ("10.0.0.53", 53))
         with anyio.fail_after(1):
             data, source = await sock.receive()
         assert source == ("10.0.0.53", 53)
@@ -38,7 +38,7 @@ async def ask_tcp(
 ) -> dnslib.DNSRecord:
     stream = await host.connect_tcp(server, 53)
     async with stream:
-        query = dnslib.DNSRecord.question(name, qtype).pack()
+        query = bytes(dnslib.DNSRecord.question(name, qtype).pack())
         await stream.send(struct.pack("!H", len(query)) + query)
         data = b""
         with anyio.fail_after(1):
