@@ -1,0 +1,968 @@
+"""Wisp, sans I/O: TCP and UDP streams multiplexed over one WebSocket.
+
+The layer between a WebSocket and many byte streams.  Specification: the
+Wisp protocol document of MercuryWorkshop (v1, and the v2 drafts), checked
+against what wisp-js 0.5.0 puts on the wire.  Every packet is one binary
+WebSocket message::
+
+    uint8 type | uint32 stream id (little-endian) | payload
+
+``CONNECT`` (0x01) opens a stream (``uint8`` stream type, ``uint16`` port,
+UTF-8 host name), ``DATA`` (0x02) carries bytes or one datagram, ``CONTINUE``
+(0x03) grants the client credits (an absolute count of DATA packets it may
+send on the stream), ``CLOSE`` (0x04) ends a stream with a reason, ``INFO``
+(0x05) carries the v2 version and extensions.  Stream 0 belongs to the
+connection: the server's first ``CONTINUE`` on it sets every new stream's
+initial credit.
+
+Handshakes, as wisp-js implements them (the server picks v2 only when the
+WebSocket upgrade carried a ``Sec-WebSocket-Protocol`` header)::
+
+    v1  server: CONTINUE(0, B)                                  -> OPEN
+    v2  server: INFO(2.0, extensions)   client: INFO(2.0, ext.)
+        server: CONTINUE(0, B) to accept, or CLOSE(0, reason)   -> OPEN
+
+A v2 client that receives ``CONTINUE`` before any ``INFO`` talks v1.
+
+:class:`WispConnection` works in the shape of h11: ``receive_data(message)``
+takes one whole WebSocket message (``None`` when the WebSocket closed: an
+empty message is a distinct, malformed input), ``next_event()`` returns the
+next :class:`Event` or :data:`NEED_DATA`, and ``send(event)`` returns the
+message to put on the WebSocket.  It does no I/O and keeps no clock: the
+five-second handshake timeout and every socket belong to the caller.
+
+Errors follow one rule so that untrusted bytes never take more down than
+they must: a packet that is wrong for one stream yields
+:class:`PacketRejected`, whose :meth:`~PacketRejected.response` is the
+``CLOSE`` to send for that stream (the core already forgot the stream); a
+packet that breaks the connection (a handshake out of order) raises
+:class:`~netshim.RemoteProtocolError` whose ``hint`` is the close reason to
+send on stream 0.  Packets for unknown streams are dropped silently, as both
+wisp-js and the specification's "tolerate" wording expect; so are trailing
+bytes after a ``CLOSE`` reason or a ``CONTINUE`` count.
+
+Flow control.  The server gives each TCP stream ``buffer_size`` credits.  Its
+I/O layer calls :meth:`WispConnection.release` for every DATA packet it has
+passed upstream, which returns a :class:`Continue` to send once a quarter of
+the window has drained.  Because a ``CONTINUE`` value is absolute and does not
+count packets already in flight, a client that obeys credits can still have up
+to twice the window outstanding; one that goes past that ignores credits, and
+its stream is rejected with ``THROTTLED``.  The client side counts its credits
+(:meth:`WispConnection.credit`) and refuses to send DATA without one.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from .._errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_MAX_HOSTNAME_LENGTH",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "HEADER_SIZE",
+    "NEED_DATA",
+    "Close",
+    "CloseReason",
+    "Connect",
+    "ConnectionClosed",
+    "ConnectionState",
+    "Continue",
+    "Data",
+    "Event",
+    "Extension",
+    "ExtensionId",
+    "Info",
+    "MotdExtension",
+    "PacketRejected",
+    "PacketType",
+    "PasswordAuthExtension",
+    "PasswordCredentials",
+    "Role",
+    "StreamConfirmationExtension",
+    "StreamType",
+    "UdpExtension",
+    "UnknownExtension",
+    "WispConnection",
+    "parse_extensions",
+]
+
+HEADER_SIZE: Final = 5
+_HEADER = struct.Struct("<BI")
+_CONNECT = struct.Struct("<BH")
+_U32 = struct.Struct("<I")
+_EXTENSION_HEADER = struct.Struct("<BI")
+MAX_STREAM_ID: Final = 0xFFFF_FFFF
+
+# wisp-js grants 128 packets per stream and sends a CONTINUE each time half of
+# them drained.  The same window suits us: with DATA packets of 16-64 KiB (TLS
+# records, socket reads) it keeps 2-8 MiB in flight per stream.
+DEFAULT_BUFFER_SIZE: Final = 128
+# The websockets library's default limit for one incoming message (1 MiB);
+# the gateway passes it to its WebSocket layer and documents it.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 1 << 20
+# RFC 1035 allows 253 characters of dotted name; an IPv6 literal with a zone
+# stays far below.  Anything longer in a CONNECT is garbage, not a name.
+DEFAULT_MAX_HOSTNAME_LENGTH: Final = 253
+# An obedient client has at most twice the window outstanding (see the module
+# documentation); past this factor it is ignoring credits.
+CREDIT_OVERRUN_FACTOR: Final = 2
+
+
+class PacketType(enum.IntEnum):
+    CONNECT = 0x01
+    DATA = 0x02
+    CONTINUE = 0x03
+    CLOSE = 0x04
+    INFO = 0x05
+
+
+class StreamType(enum.IntEnum):
+    TCP = 0x01
+    UDP = 0x02
+
+
+class CloseReason(enum.IntEnum):
+    """Why a stream (or, on stream 0, the connection) closed, from the specification."""
+
+    UNKNOWN = 0x01
+    VOLUNTARY = 0x02
+    NETWORK_ERROR = 0x03
+    INCOMPATIBLE_EXTENSIONS = 0x04
+    INVALID_INFO = 0x41
+    UNREACHABLE = 0x42
+    TIMEOUT = 0x43
+    REFUSED = 0x44
+    TRANSFER_TIMEOUT = 0x47
+    BLOCKED = 0x48
+    THROTTLED = 0x49
+    CLIENT_ERROR = 0x81
+    AUTH_BAD_PASSWORD = 0xC0
+    AUTH_BAD_SIGNATURE = 0xC1
+    AUTH_MISSING_CREDENTIALS = 0xC2
+
+
+def _reason_name(reason: int) -> str:
+    try:
+        return CloseReason(reason).name
+    except ValueError:
+        return f"0x{reason:02x}"
+
+
+class ExtensionId(enum.IntEnum):
+    UDP = 0x01
+    PASSWORD_AUTH = 0x02
+    KEY_AUTH = 0x03
+    MOTD = 0x04
+    STREAM_CONFIRMATION = 0x05
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class ConnectionState(enum.Enum):
+    """Where the connection-level handshake stands.
+
+    ``IDLE``: nothing sent yet (a server must send ``INFO`` or ``CONTINUE``;
+    a client waits).  ``INFO_SENT``: a v2 server waits for the client's
+    ``INFO``.  ``INFO_RECEIVED``: the peer's ``INFO`` arrived and this side
+    must answer (a client with its ``INFO``, a server with ``CONTINUE`` on
+    stream 0 or ``CLOSE``).  ``AWAITING_CONTINUE``: a v2 client answered and
+    waits to be accepted.  ``OPEN``: streams may be used.  ``CLOSED``: stream
+    0 was closed or the WebSocket ended.  ``ERROR``: a protocol error was
+    raised; every later call raises too.
+    """
+
+    IDLE = "IDLE"
+    INFO_SENT = "INFO-SENT"
+    INFO_RECEIVED = "INFO-RECEIVED"
+    AWAITING_CONTINUE = "AWAITING-CONTINUE"
+    OPEN = "OPEN"
+    CLOSED = "CLOSED"
+    ERROR = "ERROR"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _check_stream_id(stream_id: int) -> None:
+    if not 0 <= stream_id <= MAX_STREAM_ID:
+        raise ValueError(f"stream id must be 0..{MAX_STREAM_ID}, got {stream_id}")
+
+
+# -- extensions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """One entry of an INFO packet's extension list."""
+
+    id: ClassVar[int] = 0
+
+    def payload(self) -> bytes:
+        return b""
+
+    def emit(self) -> bytes:
+        body = self.payload()
+        return _EXTENSION_HEADER.pack(self.extension_id, len(body)) + body
+
+    @property
+    def extension_id(self) -> int:
+        return self.id
+
+
+@dataclass(frozen=True, slots=True)
+class UdpExtension(Extension):
+    """The sender supports UDP streams (no payload either way)."""
+
+    id: ClassVar[int] = ExtensionId.UDP
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordAuthExtension(Extension):
+    """Server side: username/password authentication is offered (and maybe ``required``)."""
+
+    id: ClassVar[int] = ExtensionId.PASSWORD_AUTH
+    required: bool = True
+
+    def payload(self) -> bytes:
+        return bytes([1 if self.required else 0])
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordCredentials(Extension):
+    """Client side of the password extension: the credentials.
+
+    Emitted as wisp-js does (``uint8`` username length, ``uint16`` password
+    length, username, password).  The v2 draft 6 drops the password length;
+    :func:`parse_extensions` reads both forms, taking the length-prefixed one
+    when its lengths add up to the payload exactly.
+    """
+
+    id: ClassVar[int] = ExtensionId.PASSWORD_AUTH
+    username: str = ""
+    password: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.username.encode()) > 0xFF:
+            raise ValueError("a Wisp username is at most 255 bytes of UTF-8")
+        if len(self.password.encode()) > 0xFFFF:
+            raise ValueError("a Wisp password is at most 65535 bytes of UTF-8")
+
+    def __repr__(self) -> str:
+        return f"PasswordCredentials(username={self.username!r}, password=<hidden>)"
+
+    def payload(self) -> bytes:
+        user, password = self.username.encode(), self.password.encode()
+        return struct.pack("<BH", len(user), len(password)) + user + password
+
+
+@dataclass(frozen=True, slots=True)
+class MotdExtension(Extension):
+    """Server side: a message of the day for the user (the client sends it empty)."""
+
+    id: ClassVar[int] = ExtensionId.MOTD
+    message: str = ""
+
+    def payload(self) -> bytes:
+        return self.message.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfirmationExtension(Extension):
+    """The server sends a ``CONTINUE`` on each stream once its socket is connected."""
+
+    id: ClassVar[int] = ExtensionId.STREAM_CONFIRMATION
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownExtension(Extension):
+    """An extension this module does not interpret, kept as raw bytes."""
+
+    raw_id: int = 0
+    data: bytes = b""
+
+    @property
+    def extension_id(self) -> int:
+        return self.raw_id
+
+    def payload(self) -> bytes:
+        return self.data
+
+
+def _parse_extension(ext_id: int, body: bytes, sender: Role) -> Extension:
+    if ext_id == ExtensionId.UDP:
+        return UdpExtension()
+    if ext_id == ExtensionId.MOTD:
+        return MotdExtension(body.decode("utf-8", "replace") if sender is Role.SERVER else "")
+    if ext_id == ExtensionId.STREAM_CONFIRMATION:
+        return StreamConfirmationExtension()
+    if ext_id == ExtensionId.PASSWORD_AUTH:
+        if sender is Role.SERVER:
+            # Draft 2 had no payload and meant "required".
+            return PasswordAuthExtension(required=not body or body[0] != 0)
+        return _parse_credentials(body)
+    return UnknownExtension(raw_id=ext_id, data=body)
+
+
+def _parse_credentials(body: bytes) -> PasswordCredentials:
+    if not body:
+        raise ValueError("empty password-authentication payload")
+    user_length = body[0]
+    if len(body) >= 3:
+        (password_length,) = struct.unpack_from("<H", body, 1)
+        if 3 + user_length + password_length == len(body):
+            user = body[3 : 3 + user_length]
+            password = body[3 + user_length :]
+            return PasswordCredentials(user.decode(), password.decode())
+    if 1 + user_length > len(body):
+        raise ValueError("password-authentication username runs past the payload")
+    return PasswordCredentials(body[1 : 1 + user_length].decode(), body[1 + user_length :].decode())
+
+
+def parse_extensions(data: bytes, sender: Role) -> tuple[Extension, ...]:
+    """Parse an INFO packet's extension list as sent by ``sender``.
+
+    Raises ``ValueError`` when an entry's length runs past the data or a
+    payload is malformed.
+    """
+    extensions: list[Extension] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < _EXTENSION_HEADER.size:
+            raise ValueError(f"truncated extension header at byte {offset}")
+        ext_id, length = _EXTENSION_HEADER.unpack_from(data, offset)
+        offset += _EXTENSION_HEADER.size
+        if length > len(data) - offset:
+            raise ValueError(
+                f"extension 0x{ext_id:02x} claims {length} bytes, {len(data) - offset} left"
+            )
+        extensions.append(_parse_extension(ext_id, bytes(data[offset : offset + length]), sender))
+        offset += length
+    return tuple(extensions)
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+class Event:
+    """Base of every Wisp event."""
+
+    __slots__ = ()
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class Connect(Event):
+    """Open stream ``stream_id`` to ``host``:``port`` (client to server)."""
+
+    stream_id: int
+    host: str
+    port: int
+    stream_type: StreamType = StreamType.TCP
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        if self.stream_id == 0:
+            raise ValueError("stream id 0 is reserved for the connection")
+        if not 1 <= self.port <= 0xFFFF:
+            raise ValueError(f"port must be 1..65535, got {self.port}")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if len(self.host.encode()) > DEFAULT_MAX_HOSTNAME_LENGTH + 64:
+            raise ValueError(f"host name is too long: {self.host[:40]!r}...")
+        object.__setattr__(self, "stream_type", StreamType(self.stream_type))
+
+
+@dataclass(frozen=True, slots=True)
+class Data(Event):
+    """Bytes of a TCP stream, or one UDP datagram."""
+
+    stream_id: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        if self.stream_id == 0:
+            raise ValueError("DATA cannot go to stream 0")
+
+    def __repr__(self) -> str:
+        return f"Data(stream_id={self.stream_id}, data=<{len(self.data)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Continue(Event):
+    """The client may now send ``buffer_remaining`` DATA packets on the stream (absolute)."""
+
+    stream_id: int
+    buffer_remaining: int
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        if not 0 <= self.buffer_remaining <= 0xFFFF_FFFF:
+            raise ValueError(f"buffer_remaining must fit 32 bits, got {self.buffer_remaining}")
+
+
+@dataclass(frozen=True, slots=True)
+class Close(Event):
+    """Stream ``stream_id`` is closed (stream 0: the whole connection)."""
+
+    stream_id: int
+    reason: int = CloseReason.VOLUNTARY
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        if not 0 <= self.reason <= 0xFF:
+            raise ValueError(f"close reason must be one byte, got {self.reason}")
+
+    def __repr__(self) -> str:
+        return f"Close(stream_id={self.stream_id}, reason={_reason_name(self.reason)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Info(Event):
+    """The v2 handshake: the sender's version and extensions (always on stream 0)."""
+
+    major: int = 2
+    minor: int = 0
+    extensions: tuple[Extension, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.major <= 0xFF and 0 <= self.minor <= 0xFF):
+            raise ValueError(f"version must be two bytes, got {self.major}.{self.minor}")
+        object.__setattr__(self, "extensions", tuple(self.extensions))
+
+    def find(self, kind: type[Extension]) -> Extension | None:
+        """The first extension of ``kind``, or ``None``."""
+        for extension in self.extensions:
+            if isinstance(extension, kind):
+                return extension
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PacketRejected(Event):
+    """A packet was malformed or not allowed for its stream; the stream (if any) is gone.
+
+    ``stream_id`` is ``None`` when the packet could not even be attributed
+    to a stream (shorter than a header).
+    """
+
+    stream_id: int | None
+    reason: int
+    detail: str
+
+    def response(self) -> Close | None:
+        """The ``CLOSE`` to send for the offending stream, if it was a real stream."""
+        if self.stream_id is None or self.stream_id == 0:
+            return None
+        return Close(self.stream_id, self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Event):
+    """The WebSocket ended (``receive_data(None)``); every stream is gone."""
+
+
+# -- the connection ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stream:
+    stream_type: StreamType
+    # Server: DATA packets received and not yet released upstream.
+    queued: int = 0
+    # Server: released since the last CONTINUE for this stream.
+    drained: int = 0
+    # Client: DATA packets it may still send.
+    credit: int = 0
+
+
+@dataclass(slots=True)
+class _Counters:
+    packets_in: int = 0
+    packets_out: int = 0
+    rejected: int = 0
+    ignored: int = 0
+
+
+class WispConnection:
+    """One end of a Wisp connection (see the module documentation).
+
+    ``role`` is :attr:`Role.SERVER` or :attr:`Role.CLIENT`.  ``version`` is 1
+    or 2; a server uses 2 only when the WebSocket upgrade carried a
+    subprotocol.  ``extensions`` are the ones this side announces in its
+    ``INFO`` (a client's :class:`PasswordCredentials` go there).
+    ``buffer_size`` is the server's per-stream credit.  ``udp`` says whether
+    a v1 server accepts UDP streams (v2 asks for the UDP extension on both
+    sides).
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        version: int = 2,
+        extensions: Sequence[Extension] = (),
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        udp: bool = True,
+    ) -> None:
+        if version not in (1, 2):
+            raise ValueError(f"Wisp version must be 1 or 2, got {version}")
+        if not 1 <= buffer_size <= 0xFFFF_FFFF:
+            raise ValueError(f"buffer_size must be 1..2**32-1, got {buffer_size}")
+        self.role = role
+        self.version = version
+        self.local_extensions: tuple[Extension, ...] = tuple(extensions)
+        self.peer_info: Info | None = None
+        self.buffer_size = buffer_size if role is Role.SERVER else 0
+        self.state = ConnectionState.IDLE
+        self._udp_v1 = udp
+        self._streams: dict[int, _Stream] = {}
+        self._incoming: deque[bytes | None] = deque()
+        self._pending: deque[Event] = deque()
+        self.counters = _Counters()
+
+    def __repr__(self) -> str:
+        return (
+            f"<WispConnection {self.role.value} v{self.version} {self.state} "
+            f"streams={len(self._streams)}>"
+        )
+
+    # -- what both sides agreed on
+
+    def _peer_has(self, ext_id: int) -> bool:
+        return self.peer_info is not None and any(
+            e.extension_id == ext_id for e in self.peer_info.extensions
+        )
+
+    def _local_has(self, ext_id: int) -> bool:
+        return any(e.extension_id == ext_id for e in self.local_extensions)
+
+    def negotiated(self, ext_id: int) -> bool:
+        """Whether extension ``ext_id`` was announced by both sides (v2 only)."""
+        return self.version == 2 and self._local_has(ext_id) and self._peer_has(ext_id)
+
+    @property
+    def udp_allowed(self) -> bool:
+        """Whether UDP streams may be opened on this connection."""
+        if self.version == 1:
+            return self._udp_v1
+        return self.negotiated(ExtensionId.UDP)
+
+    @property
+    def credentials(self) -> PasswordCredentials | None:
+        """A server's view of the client's password credentials, if it sent any."""
+        if self.peer_info is None:
+            return None
+        found = self.peer_info.find(PasswordCredentials)
+        return found if isinstance(found, PasswordCredentials) else None
+
+    @property
+    def motd(self) -> str | None:
+        """A client's view of the server's message of the day."""
+        if self.peer_info is None:
+            return None
+        found = self.peer_info.find(MotdExtension)
+        return found.message if isinstance(found, MotdExtension) else None
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def stream_type(self, stream_id: int) -> StreamType | None:
+        stream = self._streams.get(stream_id)
+        return None if stream is None else stream.stream_type
+
+    def credit(self, stream_id: int) -> int:
+        """A client's remaining credit on a TCP stream (UDP streams have no limit)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"stream {stream_id} is not open")
+        return stream.credit
+
+    def queued(self, stream_id: int) -> int:
+        """A server's count of DATA packets received on the stream and not yet released."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else stream.queued
+
+    # -- starting
+
+    def initiate(self) -> bytes:
+        """The server's first message: ``INFO`` for v2, the initial ``CONTINUE`` for v1."""
+        if self.role is not Role.SERVER:
+            raise LocalProtocolError("only the server speaks first in Wisp")
+        if self.version == 2:
+            return self.send(Info(2, 0, self.local_extensions))
+        return self.send(Continue(0, self.buffer_size))
+
+    def local_info(self) -> Info:
+        """The ``INFO`` this side announces."""
+        return Info(2, 0, self.local_extensions)
+
+    # -- sending
+
+    def send(self, event: Event) -> bytes:
+        """Encode ``event`` as one WebSocket message and update the state.
+
+        Raises :class:`~netshim.LocalProtocolError` when the event is not
+        allowed now (naming event, role and state): DATA without credit or on
+        an unknown stream, CONNECT before the handshake finished or on a
+        stream in use, anything after the connection closed.
+        """
+        self._check_usable()
+        message = self._encode(event)
+        self.counters.packets_out += 1
+        return message
+
+    def _not_now(self, event: Event) -> LocalProtocolError:
+        return LocalProtocolError(
+            f"can't send {type(event).__name__} when role={self.role.value} and state={self.state}"
+        )
+
+    def _encode(self, event: Event) -> bytes:
+        state, role = self.state, self.role
+        if isinstance(event, Data):
+            if state is not ConnectionState.OPEN:
+                raise self._not_now(event)
+            stream = self._streams.get(event.stream_id)
+            if stream is None:
+                raise LocalProtocolError(f"can't send DATA on stream {event.stream_id}: not open")
+            if role is Role.CLIENT and stream.stream_type is StreamType.TCP:
+                if stream.credit <= 0:
+                    raise LocalProtocolError(
+                        f"can't send DATA on stream {event.stream_id}: no credit left "
+                        "(wait for CONTINUE)"
+                    )
+                stream.credit -= 1
+            return _HEADER.pack(PacketType.DATA, event.stream_id) + event.data
+        if isinstance(event, Connect):
+            if role is not Role.CLIENT or state is not ConnectionState.OPEN:
+                raise self._not_now(event)
+            if event.stream_id in self._streams:
+                raise LocalProtocolError(f"stream {event.stream_id} is already open")
+            if event.stream_type is StreamType.UDP and not self.udp_allowed:
+                raise LocalProtocolError("the server did not offer UDP streams")
+            self._streams[event.stream_id] = _Stream(event.stream_type, credit=self.buffer_size)
+            host = event.host.encode()
+            return (
+                _HEADER.pack(PacketType.CONNECT, event.stream_id)
+                + _CONNECT.pack(event.stream_type, event.port)
+                + host
+            )
+        if isinstance(event, Continue):
+            if role is not Role.SERVER:
+                raise self._not_now(event)
+            if event.stream_id == 0:
+                v1_start = state is ConnectionState.IDLE and self.version == 1
+                if not (v1_start or state is ConnectionState.INFO_RECEIVED):
+                    raise self._not_now(event)
+                self.buffer_size = event.buffer_remaining or self.buffer_size
+                self.state = ConnectionState.OPEN
+            elif state is not ConnectionState.OPEN or event.stream_id not in self._streams:
+                raise LocalProtocolError(
+                    f"can't send CONTINUE on stream {event.stream_id}: not open"
+                )
+            return _HEADER.pack(PacketType.CONTINUE, event.stream_id) + _U32.pack(
+                event.buffer_remaining
+            )
+        if isinstance(event, Close):
+            if event.stream_id == 0:
+                if state is ConnectionState.IDLE and role is Role.CLIENT:
+                    raise self._not_now(event)
+                self._streams.clear()
+                self.state = ConnectionState.CLOSED
+            else:
+                if state is not ConnectionState.OPEN:
+                    raise self._not_now(event)
+                # Closing a stream the peer already closed is a harmless race.
+                self._streams.pop(event.stream_id, None)
+            return _HEADER.pack(PacketType.CLOSE, event.stream_id) + bytes([event.reason])
+        if isinstance(event, Info):
+            if self.version != 2:
+                raise self._not_now(event)
+            if role is Role.SERVER and state is ConnectionState.IDLE:
+                self.state = ConnectionState.INFO_SENT
+            elif role is Role.CLIENT and state is ConnectionState.INFO_RECEIVED:
+                self.state = ConnectionState.AWAITING_CONTINUE
+            else:
+                raise self._not_now(event)
+            self.local_extensions = event.extensions
+            body = b"".join(extension.emit() for extension in event.extensions)
+            return _HEADER.pack(PacketType.INFO, 0) + bytes([event.major, event.minor]) + body
+        raise LocalProtocolError(f"{type(event).__name__} is not sent on the wire")
+
+    def release(self, stream_id: int, packets: int = 1) -> Continue | None:
+        """Server: ``packets`` DATA packets of the stream went upstream.
+
+        Returns the :class:`Continue` to send when a quarter of the window has
+        drained since the last one, else ``None`` (also for closed streams).
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.stream_type is StreamType.UDP:
+            return None
+        stream.queued = max(0, stream.queued - packets)
+        stream.drained += packets
+        if stream.drained >= max(1, self.buffer_size // 4):
+            stream.drained = 0
+            return Continue(stream_id, max(0, self.buffer_size - stream.queued))
+        return None
+
+    def confirm(self, stream_id: int) -> Continue | None:
+        """Server: the stream's socket connected; the confirmation ``CONTINUE`` if negotiated."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.stream_type is StreamType.UDP:
+            return None
+        if not self.negotiated(ExtensionId.STREAM_CONFIRMATION):
+            return None
+        stream.drained = 0
+        return Continue(stream_id, max(0, self.buffer_size - stream.queued))
+
+    # -- receiving
+
+    def receive_data(self, message: bytes | bytearray | memoryview | None) -> None:
+        """Queue one whole WebSocket message, or ``None`` when the WebSocket ended."""
+        self._check_usable()
+        if self._incoming and self._incoming[-1] is None:
+            raise LocalProtocolError("receive_data() after the end of the WebSocket")
+        self._incoming.append(None if message is None else bytes(message))
+
+    def next_event(self) -> Event | _NeedData:
+        """The next event from the received messages, or :data:`NEED_DATA`.
+
+        Raises :class:`~netshim.RemoteProtocolError` (with the close reason
+        for stream 0 as ``hint``) when the peer broke the connection-level
+        protocol; the state is then ``ERROR``.
+        """
+        self._check_usable()
+        while not self._pending:
+            if not self._incoming:
+                return NEED_DATA
+            message = self._incoming.popleft()
+            try:
+                self._process(message)
+            except RemoteProtocolError:
+                self.state = ConnectionState.ERROR
+                raise
+        return self._pending.popleft()
+
+    def events(self) -> Iterable[Event]:
+        """Every event available now."""
+        while True:
+            event = self.next_event()
+            if isinstance(event, _NeedData):
+                return
+            yield event
+
+    def _check_usable(self) -> None:
+        if self.state is ConnectionState.ERROR:
+            raise LocalProtocolError("the connection is in the ERROR state after a protocol error")
+
+    def _reject(self, stream_id: int | None, reason: int, detail: str) -> None:
+        self.counters.rejected += 1
+        if stream_id is not None and stream_id != 0:
+            self._streams.pop(stream_id, None)
+        self._pending.append(PacketRejected(stream_id, reason, detail))
+
+    def _process(self, message: bytes | None) -> None:
+        if message is None:
+            self._streams.clear()
+            if self.state is not ConnectionState.CLOSED:
+                self.state = ConnectionState.CLOSED
+            self._pending.append(ConnectionClosed())
+            return
+        if self.state is ConnectionState.CLOSED:
+            self.counters.ignored += 1
+            return
+        if len(message) < HEADER_SIZE:
+            self._reject(None, CloseReason.INVALID_INFO, f"packet of {len(message)} bytes")
+            return
+        self.counters.packets_in += 1
+        kind, stream_id = _HEADER.unpack_from(message)
+        payload = message[HEADER_SIZE:]
+        if self.state is not ConnectionState.OPEN:
+            self._process_handshake(kind, stream_id, payload)
+            return
+        if self.role is Role.SERVER:
+            self._process_server(kind, stream_id, payload)
+        else:
+            self._process_client(kind, stream_id, payload)
+
+    def _process_handshake(self, kind: int, stream_id: int, payload: bytes) -> None:
+        role, state = self.role, self.state
+        if kind == PacketType.INFO and stream_id == 0 and self.version == 2:
+            expected = ConnectionState.INFO_SENT if role is Role.SERVER else ConnectionState.IDLE
+            if state is not expected:
+                raise RemoteProtocolError(
+                    f"unexpected INFO when role={role.value} and state={state}",
+                    CloseReason.INCOMPATIBLE_EXTENSIONS,
+                )
+            if len(payload) < 2:
+                raise RemoteProtocolError(
+                    "INFO payload shorter than its version", CloseReason.INCOMPATIBLE_EXTENSIONS
+                )
+            sender = Role.CLIENT if role is Role.SERVER else Role.SERVER
+            try:
+                extensions = parse_extensions(payload[2:], sender)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RemoteProtocolError(
+                    f"malformed INFO extensions: {exc}", CloseReason.INCOMPATIBLE_EXTENSIONS
+                ) from None
+            info = Info(payload[0], payload[1], extensions)
+            if info.major < 2:
+                raise RemoteProtocolError(
+                    f"INFO announces version {info.major}.{info.minor}",
+                    CloseReason.INCOMPATIBLE_EXTENSIONS,
+                )
+            self.peer_info = info
+            self.state = ConnectionState.INFO_RECEIVED
+            self._pending.append(info)
+            return
+        if role is Role.CLIENT and kind == PacketType.CONTINUE and stream_id == 0:
+            if state not in (ConnectionState.IDLE, ConnectionState.AWAITING_CONTINUE):
+                raise RemoteProtocolError(f"unexpected CONTINUE on stream 0 in state {state}")
+            if len(payload) < _U32.size:
+                raise RemoteProtocolError("CONTINUE payload shorter than 4 bytes")
+            if state is ConnectionState.IDLE:
+                # A server that skipped INFO speaks v1, whatever we asked for.
+                self.version = 1
+            (self.buffer_size,) = _U32.unpack_from(payload)
+            self.state = ConnectionState.OPEN
+            self._pending.append(Continue(0, self.buffer_size))
+            return
+        if role is Role.CLIENT and kind == PacketType.CLOSE and stream_id == 0:
+            reason = payload[0] if payload else CloseReason.UNKNOWN
+            self.state = ConnectionState.CLOSED
+            self._pending.append(Close(0, reason))
+            return
+        if role is Role.SERVER and kind == PacketType.CLOSE and stream_id == 0:
+            reason = payload[0] if payload else CloseReason.UNKNOWN
+            self.state = ConnectionState.CLOSED
+            self._pending.append(Close(0, reason))
+            return
+        raise RemoteProtocolError(
+            f"packet type 0x{kind:02x} on stream {stream_id} before the handshake finished "
+            f"(role={role.value}, state={state})",
+            CloseReason.INCOMPATIBLE_EXTENSIONS,
+        )
+
+    def _process_server(self, kind: int, stream_id: int, payload: bytes) -> None:
+        if kind == PacketType.DATA:
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                self.counters.ignored += 1
+                return
+            if stream.stream_type is StreamType.TCP:
+                stream.queued += 1
+                if stream.queued > CREDIT_OVERRUN_FACTOR * self.buffer_size:
+                    self._reject(
+                        stream_id,
+                        CloseReason.THROTTLED,
+                        f"{stream.queued} DATA packets outstanding with a window of "
+                        f"{self.buffer_size}: the client ignores CONTINUE credits",
+                    )
+                    return
+            self._pending.append(Data(stream_id, payload))
+        elif kind == PacketType.CONNECT:
+            self._process_connect(stream_id, payload)
+        elif kind == PacketType.CLOSE:
+            if stream_id == 0:
+                self._streams.clear()
+                self.state = ConnectionState.CLOSED
+                reason = payload[0] if payload else CloseReason.UNKNOWN
+                self._pending.append(Close(0, reason))
+                return
+            if self._streams.pop(stream_id, None) is None:
+                self.counters.ignored += 1
+                return
+            # Trailing bytes after the reason are a known client quirk; an
+            # empty payload still clearly means "close".
+            self._pending.append(Close(stream_id, payload[0] if payload else CloseReason.UNKNOWN))
+        elif kind in (PacketType.CONTINUE, PacketType.INFO):
+            # Clients never send these once open; wisp-js logs and carries on.
+            self.counters.ignored += 1
+        else:
+            self._reject(
+                stream_id if stream_id in self._streams else None,
+                CloseReason.INVALID_INFO,
+                f"unknown packet type 0x{kind:02x}",
+            )
+
+    def _process_connect(self, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            self._reject(None, CloseReason.INVALID_INFO, "CONNECT on the reserved stream 0")
+            return
+        if stream_id in self._streams:
+            self._reject(stream_id, CloseReason.INVALID_INFO, f"stream {stream_id} already open")
+            return
+        if len(payload) < _CONNECT.size:
+            self._reject(stream_id, CloseReason.INVALID_INFO, "CONNECT payload too short")
+            return
+        raw_type, port = _CONNECT.unpack_from(payload)
+        raw_host = payload[_CONNECT.size :]
+        if raw_type not in (StreamType.TCP, StreamType.UDP):
+            self._reject(
+                stream_id, CloseReason.INVALID_INFO, f"unknown stream type 0x{raw_type:02x}"
+            )
+            return
+        if raw_type == StreamType.UDP and not self.udp_allowed:
+            self._reject(stream_id, CloseReason.BLOCKED, "UDP streams were not negotiated")
+            return
+        if port == 0:
+            self._reject(stream_id, CloseReason.INVALID_INFO, "port 0")
+            return
+        try:
+            host = raw_host.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self._reject(stream_id, CloseReason.INVALID_INFO, "host name is not UTF-8")
+            return
+        if not host or len(host) > DEFAULT_MAX_HOSTNAME_LENGTH or "\x00" in host:
+            self._reject(stream_id, CloseReason.INVALID_INFO, f"bad host name {host[:40]!r}")
+            return
+        self._streams[stream_id] = _Stream(StreamType(raw_type))
+        self._pending.append(Connect(stream_id, host, port, StreamType(raw_type)))
+
+    def _process_client(self, kind: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            if kind == PacketType.CLOSE:
+                self._streams.clear()
+                self.state = ConnectionState.CLOSED
+                self._pending.append(Close(0, payload[0] if payload else CloseReason.UNKNOWN))
+            else:
+                self.counters.ignored += 1
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self.counters.ignored += 1
+            return
+        if kind == PacketType.DATA:
+            self._pending.append(Data(stream_id, payload))
+        elif kind == PacketType.CONTINUE:
+            if len(payload) < _U32.size:
+                self._reject(stream_id, CloseReason.CLIENT_ERROR, "CONTINUE shorter than 4 bytes")
+                return
+            (remaining,) = _U32.unpack_from(payload)
+            stream.credit = remaining
+            self._pending.append(Continue(stream_id, remaining))
+        elif kind == PacketType.CLOSE:
+            del self._streams[stream_id]
+            self._pending.append(Close(stream_id, payload[0] if payload else CloseReason.UNKNOWN))
+        else:
+            self.counters.ignored += 1
