@@ -1,7 +1,8 @@
 """netshim: run unmodified Python networking code on virtual, tunnelled or policed networks.
 
 Everything goes through a :class:`Stack`: :class:`VirtualNetwork` hosts for
-tests, :class:`HostStack` for the machine's own network.  The module-level
+tests, :class:`HostStack` for the machine's own network.  :func:`install`
+routes the whole process's sockets through a stack.  The module-level
 :func:`connect_tcp`, :func:`listen_tcp`, :func:`open_udp` and
 :func:`getaddrinfo` use the current stack (see :func:`use_stack`).
 """
@@ -11,6 +12,11 @@ import contextlib
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
+from .shim import acting_as as acting_as
+from .shim import install as install
+from .shim import installed as installed
+from .shim import is_installed as is_installed
+from .shim import uninstall as uninstall
 from .stack import Stack as Stack
 from .stack import TcpListener as TcpListener
 from .stack import TcpStream as TcpStream
@@ -41,12 +47,17 @@ __all__ = [
     "UdpSocket",
     "VirtualHost",
     "VirtualNetwork",
+    "acting_as",
     "connect_tcp",
     "current_stack",
     "getaddrinfo",
+    "install",
+    "installed",
+    "is_installed",
     "listen_tcp",
     "open_udp",
     "set_default_stack",
+    "uninstall",
     "use_stack",
 ]
 

@@ -269,16 +269,26 @@ class Stack(ABC):
         ``EADDRINUSE``, or ``socket.gaierror``.
         """
 
+    #: True for stacks whose far end resolves names (tunnels): the socket
+    #: shim then hands out synthetic addresses and connects by name.
+    resolves_remotely: bool = False
+
     @abstractmethod
     async def listen_tcp(
-        self, host: str | None = None, port: int = 0, *, backlog: int = DEFAULT_BACKLOG
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        ipv6_only: bool = False,
     ) -> TcpListener:
         """Listen on ``host`` and ``port``.
 
-        ``host`` ``None`` or ``""`` means every address of both families (one
-        dual-stack socket on ``::``, as Linux does by default); ``"0.0.0.0"``
-        every IPv4 address.  Port 0 picks a free ephemeral port.  Raises
-        ``OSError(EADDRINUSE)`` or ``OSError(EADDRNOTAVAIL)``.
+        ``host`` ``None``, ``""`` or ``"::"`` means every address of both
+        families (one dual-stack socket, as Linux does by default) unless
+        ``ipv6_only`` (``IPV6_V6ONLY``); ``"0.0.0.0"`` every IPv4 address.
+        Port 0 picks a free ephemeral port.  Raises ``OSError(EADDRINUSE)`` or
+        ``OSError(EADDRNOTAVAIL)``.
         """
 
     @abstractmethod
@@ -288,8 +298,12 @@ class Stack(ABC):
         port: int = 0,
         *,
         remote: tuple[str, int] | None = None,
+        ipv6_only: bool = False,
     ) -> UdpSocket:
-        """Bind a UDP socket, and connect it to ``remote`` if given."""
+        """Bind a UDP socket, and connect it to ``remote`` if given.
+
+        ``"::"`` is dual-stack unless ``ipv6_only``, as for :meth:`listen_tcp`.
+        """
 
     @abstractmethod
     async def getaddrinfo(
@@ -302,6 +316,23 @@ class Stack(ABC):
         flags: int = 0,
     ) -> list[AddrInfo]:
         """Resolve as :func:`socket.getaddrinfo` does, with the same return shape and errors."""
+
+    async def reverse_lookup(self, ip: str) -> str:
+        """The name of ``ip`` (a PTR lookup); ``socket.herror`` if it has none."""
+        raise socket.herror(1, f"Unknown host ({ip})")
+
+    @property
+    def hostname(self) -> str:
+        """What ``socket.gethostname()`` answers for programs on this stack."""
+        return socket.gethostname()
+
+    def stack_for_local_address(self, host: str) -> Stack:
+        """The stack that owns the local address ``host``, for ``bind()``.
+
+        A network of several hosts answers with the host owning ``host``, so
+        one process can serve as several machines; others answer ``self``.
+        """
+        return self
 
     async def aclose(self) -> None:  # noqa: B027 - most stacks hold nothing to release
         """Release what the stack holds (tunnels, background tasks). Idempotent."""
@@ -357,17 +388,25 @@ def connect_tcp(
 
 
 def listen_tcp(
-    host: str | None = None, port: int = 0, *, backlog: int = DEFAULT_BACKLOG
+    host: str | None = None,
+    port: int = 0,
+    *,
+    backlog: int = DEFAULT_BACKLOG,
+    ipv6_only: bool = False,
 ) -> Awaitable[TcpListener]:
     """:meth:`Stack.listen_tcp` on the current stack."""
-    return current_stack().listen_tcp(host, port, backlog=backlog)
+    return current_stack().listen_tcp(host, port, backlog=backlog, ipv6_only=ipv6_only)
 
 
 def open_udp(
-    host: str = "0.0.0.0", port: int = 0, *, remote: tuple[str, int] | None = None
+    host: str = "0.0.0.0",
+    port: int = 0,
+    *,
+    remote: tuple[str, int] | None = None,
+    ipv6_only: bool = False,
 ) -> Awaitable[UdpSocket]:
     """:meth:`Stack.open_udp` on the current stack."""
-    return current_stack().open_udp(host, port, remote=remote)
+    return current_stack().open_udp(host, port, remote=remote, ipv6_only=ipv6_only)
 
 
 def getaddrinfo(

@@ -218,6 +218,12 @@ class HostStack(Stack):
     def __repr__(self) -> str:
         return "HostStack()"
 
+    async def reverse_lookup(self, ip: str) -> str:
+        name, _, _ = await anyio.to_thread.run_sync(
+            socket.gethostbyaddr, ip, abandon_on_cancel=True
+        )
+        return name
+
     async def getaddrinfo(
         self,
         host: str | bytes | None,
@@ -281,11 +287,16 @@ class HostStack(Stack):
         return _HostTcpStream(stream)
 
     async def listen_tcp(
-        self, host: str | None = None, port: int = 0, *, backlog: int = DEFAULT_BACKLOG
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        ipv6_only: bool = False,
     ) -> TcpListener:
         port = check_port(port, "listen_tcp")
         if host is None or host == "":
-            sock = self._dual_stack_socket(socket.SOCK_STREAM)
+            sock = self._dual_stack_socket(socket.SOCK_STREAM, ipv6_only)
             address: Any = ("::", port) if sock.family == socket.AF_INET6 else ("0.0.0.0", port)
         else:
             host = check_host(host, "listen_tcp")
@@ -293,7 +304,7 @@ class HostStack(Stack):
             family, _, _, _, address = infos[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6_only))
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
@@ -306,10 +317,10 @@ class HostStack(Stack):
         return _HostTcpListener(listener)
 
     @staticmethod
-    def _dual_stack_socket(kind: int) -> socket.socket:
-        if socket.has_dualstack_ipv6():
+    def _dual_stack_socket(kind: int, ipv6_only: bool) -> socket.socket:
+        if socket.has_dualstack_ipv6() or ipv6_only:
             sock = socket.socket(socket.AF_INET6, kind)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6_only))
             return sock
         return socket.socket(socket.AF_INET, kind)
 
@@ -319,6 +330,7 @@ class HostStack(Stack):
         port: int = 0,
         *,
         remote: tuple[str, int] | None = None,
+        ipv6_only: bool = False,
     ) -> UdpSocket:
         port = check_port(port, "open_udp")
         host = check_host(host, "open_udp")
@@ -326,6 +338,8 @@ class HostStack(Stack):
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6_only))
             sock.setblocking(False)
             sock.bind(address)
             connected: Address | None = None

@@ -258,9 +258,14 @@ class VirtualHost(Stack):
         return best
 
     async def listen_tcp(
-        self, host: str | None = None, port: int = 0, *, backlog: int = DEFAULT_BACKLOG
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        ipv6_only: bool = False,
     ) -> TcpListener:
-        return self.listen_now(host, port, backlog=backlog)
+        return self.listen_now(host, port, backlog=backlog, ipv6_only=ipv6_only)
 
     def listen_now(
         self,
@@ -269,12 +274,13 @@ class VirtualHost(Stack):
         *,
         backlog: int = DEFAULT_BACKLOG,
         service: Callable[[], TcpServiceHandler] | None = None,
+        ipv6_only: bool = False,
     ) -> VirtualTcpListener:
         """Listen without awaiting; with ``service``, each connection is served by callbacks."""
         if isinstance(backlog, bool) or not isinstance(backlog, int):
             raise TypeError(f"listen_tcp(): backlog must be an integer, not {backlog!r}")
         ip, number, dual = self._parse_local(host, port, "listen_tcp")
-        binding = self.bind("tcp", ip, number, dual=dual)
+        binding = self.bind("tcp", ip, number, dual=dual and not ipv6_only)
         # Linux clamps a negative backlog to 0 and a huge one to somaxconn.
         listener = VirtualTcpListener(self, binding, max(0, min(backlog, 4096)))
         listener.service = service
@@ -383,8 +389,9 @@ class VirtualHost(Stack):
         port: int = 0,
         *,
         remote: tuple[str, int] | None = None,
+        ipv6_only: bool = False,
     ) -> UdpSocket:
-        sock = self.open_udp_now(host, port)
+        sock = self.open_udp_now(host, port, ipv6_only=ipv6_only)
         if remote is not None:
             try:
                 await self.connect_udp(sock, remote)
@@ -399,9 +406,10 @@ class VirtualHost(Stack):
         port: int = 0,
         *,
         socket_class: type[VirtualUdpSocket] = VirtualUdpSocket,
+        ipv6_only: bool = False,
     ) -> VirtualUdpSocket:
         ip, number, dual = self._parse_local(host, port, "open_udp")
-        binding = self.bind("udp", ip, number, dual=dual)
+        binding = self.bind("udp", ip, number, dual=dual and not ipv6_only)
         sock = socket_class(self, binding)
         self.udp_sockets.setdefault(binding.port, []).append(sock)
         return sock
@@ -527,6 +535,21 @@ class VirtualHost(Stack):
         return best
 
     # -- names ---------------------------------------------------------------
+
+    @property
+    def hostname(self) -> str:
+        return self.name
+
+    def stack_for_local_address(self, host: str) -> Stack:
+        ip = parse_ip(host)
+        if ip is None or self.owns(ip):
+            return self
+        return self.network.owner_of(_unmap(ip)) or self
+
+    async def reverse_lookup(self, ip: str) -> str:
+        from .resolver import reverse_lookup
+
+        return await reverse_lookup(self, ip)
 
     async def getaddrinfo(
         self,

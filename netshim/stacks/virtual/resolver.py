@@ -18,13 +18,13 @@ name without addresses, ``EAI_AGAIN`` when no server answers.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
 import anyio
 
 from ..._addresses import Address, IPAddress, parse_ip
+from ..._addrinfo import resolve_addrinfo
 from ..._errors import (
     RemoteProtocolError,
     name_not_known,
@@ -171,6 +171,25 @@ async def query(host: VirtualHost, name: str, qtype: str) -> DnsResponse:
     raise _UnansweredError(name)
 
 
+async def reverse_lookup(host: VirtualHost, ip: str) -> str:
+    """The PTR name of ``ip``, or ``socket.herror`` as gethostbyaddr() raises."""
+    address = parse_ip(ip)
+    if address is None:
+        raise socket.gaierror(socket.EAI_NONAME, f"Name or service not known ({ip!r})")
+    if address.is_loopback:
+        return "localhost"
+    if host.owns(address) and not address.is_unspecified:
+        return host.name
+    try:
+        response = await query(host, address.reverse_pointer, "PTR")
+    except _UnansweredError:
+        raise socket.herror(2, f"Host name lookup failure ({ip})") from None
+    names = [answer.value for answer in response.answers if answer.rtype == "PTR"]
+    if response.rcode != 0 or not names:
+        raise socket.herror(1, f"Unknown host ({ip})")
+    return names[0].rstrip(".")
+
+
 async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAddress], str]:
     qtypes = []
     prefer_ipv6 = bool(host.ips(6))
@@ -201,18 +220,6 @@ async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAdd
     return found, canonical.rstrip(".")
 
 
-_IPV4_ANY: IPAddress = ipaddress.IPv4Address("0.0.0.0")
-_IPV6_ANY: IPAddress = ipaddress.IPv6Address("::")
-_IPV4_LOOPBACK: IPAddress = ipaddress.IPv4Address("127.0.0.1")
-_IPV6_LOOPBACK: IPAddress = ipaddress.IPv6Address("::1")
-
-_SOCKET_TYPES = (
-    (socket.SOCK_STREAM, socket.IPPROTO_TCP),
-    (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
-    (socket.SOCK_RAW, 0),
-)
-
-
 async def getaddrinfo(
     host: VirtualHost,
     name: str | None,
@@ -223,62 +230,11 @@ async def getaddrinfo(
     flags: int,
     service_kinds: tuple[int, ...] | None = None,
 ) -> list[AddrInfo]:
-    """``socket.getaddrinfo`` on ``host`` (arguments already checked).
+    """``socket.getaddrinfo`` on ``host`` (arguments already checked)."""
 
-    ``service_kinds`` limits the socket types when the port was a service name.
-    """
-    if family not in (0, socket.AF_INET, socket.AF_INET6):
-        raise socket.gaierror(socket.EAI_FAMILY, "ai_family not supported")
-    canonical = name or ""
-    ips: list[IPAddress]
-    loopback: list[IPAddress] = [_IPV6_LOOPBACK, _IPV4_LOOPBACK]
-    if name is None:
-        # glibc lists the IPv4 wildcard first but the IPv6 loopback first.
-        ips = [_IPV4_ANY, _IPV6_ANY] if flags & socket.AI_PASSIVE else loopback
-    else:
-        ip = parse_ip(name)
-        if ip is not None:
-            wanted = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}.get(family)
-            if wanted is not None and ip.version != wanted:
-                raise socket.gaierror(
-                    socket.EAI_ADDRFAMILY, f"Address family for hostname not supported ({name!r})"
-                )
-            ips = [ip]
-        elif flags & socket.AI_NUMERICHOST or name == "":
-            raise name_not_known(name)
-        elif name == "localhost" or name.endswith(".localhost"):
-            ips = loopback
-        elif name == host.name:
-            ips = host.ips(6) + host.ips(4)
-        else:
-            ips, canonical = await _lookup(host, name, family)
-    if family == socket.AF_INET:
-        ips = [ip for ip in ips if ip.version == 4]
-    elif family == socket.AF_INET6:
-        ips = [ip for ip in ips if ip.version == 6]
-    if not ips:
-        raise no_address_for_name(name or "")
-    kinds = [
-        (k, p)
-        for k, p in _SOCKET_TYPES
-        if (not type or k == type)
-        and (not proto or p == proto)
-        and (service_kinds is None or k in service_kinds)
-    ]
-    if not kinds:
-        if type and proto:
-            raise socket.gaierror(socket.EAI_SOCKTYPE, "ai_socktype not supported")
-        kinds = [(socket.SocketKind(type) if type else socket.SOCK_STREAM, proto)]
-    results: list[AddrInfo] = []
-    for ip in ips:
-        for kind, protocol in kinds:
-            address: tuple[str, int] | tuple[str, int, int, int]
-            if ip.version == 6:
-                ip_family = socket.AF_INET6
-                address = (str(ip), port, 0, 0)
-            else:
-                ip_family = socket.AF_INET
-                address = (str(ip), port)
-            label = canonical if (flags & socket.AI_CANONNAME and not results) else ""
-            results.append((ip_family, socket.SocketKind(kind), protocol, label, address))
-    return results
+    async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
+        if name == host.name:
+            return host.ips(6) + host.ips(4), name
+        return await _lookup(host, name, family)
+
+    return await resolve_addrinfo(lookup, name, port, family, type, proto, flags, service_kinds)

@@ -1,0 +1,109 @@
+"""getaddrinfo() as glibc answers it, around any way of looking names up.
+
+Every stack that resolves names itself (the virtual network asking its DNS
+server, the socket shim handing out synthetic addresses for tunnels) answers
+``getaddrinfo`` through :func:`resolve_addrinfo`, so the shape of the answer
+(families, socket types, order, canonical name, errors) is the same
+everywhere and the same as the C library's: numeric hosts are answered
+without a lookup, ``localhost`` is the loopback, ``AI_PASSIVE`` without a host
+gives the wildcard addresses, and a service name limits the socket types to
+those it is defined for.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+
+from ._addresses import IPAddress, parse_ip
+from ._errors import name_not_known, no_address_for_name
+
+__all__ = ["Lookup", "resolve_addrinfo"]
+
+SockAddr = tuple[str, int] | tuple[str, int, int, int]
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, SockAddr]
+Lookup = Callable[[str, int], Awaitable[tuple[list[IPAddress], str]]]
+
+_IPV4_ANY: IPAddress = ipaddress.IPv4Address("0.0.0.0")
+_IPV6_ANY: IPAddress = ipaddress.IPv6Address("::")
+_IPV4_LOOPBACK: IPAddress = ipaddress.IPv4Address("127.0.0.1")
+_IPV6_LOOPBACK: IPAddress = ipaddress.IPv6Address("::1")
+
+_SOCKET_TYPES = (
+    (socket.SOCK_STREAM, socket.IPPROTO_TCP),
+    (socket.SOCK_DGRAM, socket.IPPROTO_UDP),
+    (socket.SOCK_RAW, 0),
+)
+
+
+async def resolve_addrinfo(
+    lookup: Lookup,
+    name: str | None,
+    port: int,
+    family: int,
+    type: int,
+    proto: int,
+    flags: int,
+    service_kinds: tuple[int, ...] | None = None,
+) -> list[AddrInfo]:
+    """Answer getaddrinfo; ``lookup(name, family)`` resolves real names.
+
+    Arguments are already checked (``name`` normalised, ``port`` a number);
+    ``service_kinds`` limits the socket types when the port was a service name.
+    ``lookup`` returns the addresses and the canonical name, or raises
+    ``socket.gaierror``.
+    """
+    if family not in (0, socket.AF_INET, socket.AF_INET6):
+        raise socket.gaierror(socket.EAI_FAMILY, "ai_family not supported")
+    canonical = name or ""
+    ips: list[IPAddress]
+    loopback: list[IPAddress] = [_IPV6_LOOPBACK, _IPV4_LOOPBACK]
+    if name is None:
+        # glibc lists the IPv4 wildcard first but the IPv6 loopback first.
+        ips = [_IPV4_ANY, _IPV6_ANY] if flags & socket.AI_PASSIVE else loopback
+    else:
+        ip = parse_ip(name)
+        if ip is not None:
+            wanted = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}.get(family)
+            if wanted is not None and ip.version != wanted:
+                raise socket.gaierror(
+                    socket.EAI_ADDRFAMILY, f"Address family for hostname not supported ({name!r})"
+                )
+            ips = [ip]
+        elif flags & socket.AI_NUMERICHOST or name == "":
+            raise name_not_known(name)
+        elif name == "localhost" or name.endswith(".localhost"):
+            ips = loopback
+        else:
+            ips, canonical = await lookup(name, family)
+    if family == socket.AF_INET:
+        ips = [ip for ip in ips if ip.version == 4]
+    elif family == socket.AF_INET6:
+        ips = [ip for ip in ips if ip.version == 6]
+    if not ips:
+        raise no_address_for_name(name or "")
+    kinds = [
+        (k, p)
+        for k, p in _SOCKET_TYPES
+        if (not type or k == type)
+        and (not proto or p == proto)
+        and (service_kinds is None or k in service_kinds)
+    ]
+    if not kinds:
+        if type and proto:
+            raise socket.gaierror(socket.EAI_SOCKTYPE, "ai_socktype not supported")
+        kinds = [(socket.SocketKind(type) if type else socket.SOCK_STREAM, proto)]
+    results: list[AddrInfo] = []
+    for ip in ips:
+        for kind, protocol in kinds:
+            address: tuple[str, int] | tuple[str, int, int, int]
+            if ip.version == 6:
+                ip_family = socket.AF_INET6
+                address = (str(ip), port, 0, 0)
+            else:
+                ip_family = socket.AF_INET
+                address = (str(ip), port)
+            label = canonical if (flags & socket.AI_CANONNAME and not results) else ""
+            results.append((ip_family, socket.SocketKind(kind), protocol, label, address))
+    return results

@@ -1,0 +1,366 @@
+"""The engine: one background thread that drives the stack on behalf of shim sockets.
+
+A :class:`~netshim.shim.ShimSocket` owns one end of an OS ``socketpair``; the
+engine owns the other end and moves bytes between it and a stream, listener
+or datagram socket of the stack.  All stack objects live on the engine's
+event loop (anyio on asyncio), so the stack sees one loop whatever threads
+and event loops the program itself uses; user threads reach it through a
+blocking portal.
+
+What the engine does to the pair is how the program sees the network:
+
+* data from the stack is written into the pair (the user's ``recv`` and
+  ``select`` see it natively); the peer's FIN becomes ``shutdown(SHUT_WR)``;
+* a reset from the stack is turned into a real ``ECONNRESET`` on the user's
+  end: the engine leaves one unread byte in its own end and closes it, and
+  Linux reports a reset to the other end of an AF_UNIX stream pair closed
+  with unread data;
+* a pending connect keeps the user's end unwritable (its send buffer shrunk
+  and filled) until the stack answers, so ``select``/``epoll`` say
+  "writable" exactly when a real socket would;
+* a listener's end becomes readable when a connection is waiting: the engine
+  writes one byte per queued connection and ``accept`` consumes one.
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import logging
+import errno
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import anyio.lowlevel
+
+from ..stack import Stack, TcpListener, TcpStream, UdpSocket
+
+if TYPE_CHECKING:
+    from ._state import SocketState
+
+__all__ = ["Engine", "get_engine"]
+
+_logger = logging.getLogger("netshim.engine")
+
+T = TypeVar("T")
+
+# How much one engine read takes from a pair: large enough for bulk transfers
+# to move in few calls, small enough that one busy socket cannot starve others.
+PUMP_CHUNK = 256 * 1024
+
+
+class Engine:
+    """The background thread and its event loop; shared by every shim socket."""
+
+    def __init__(self) -> None:
+        self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.thread_id: int | None = None
+        self._group: anyio.abc.TaskGroup
+
+    @property
+    def running(self) -> bool:
+        return self._portal is not None
+
+    def _ensure_started(self) -> anyio.from_thread.BlockingPortal:
+        portal = self._portal
+        if portal is not None:
+            return portal
+        with self._lock:
+            if self._portal is None:
+                self._thread = threading.Thread(
+                    target=anyio.run, args=(self._main,), name="netshim-engine", daemon=True
+                )
+                self._thread.start()
+                self._ready.wait()
+            assert self._portal is not None
+            return self._portal
+
+    async def _main(self) -> None:
+        async with anyio.from_thread.BlockingPortal() as portal, anyio.create_task_group() as group:
+            self.thread_id = threading.get_ident()
+            self._group = group
+            self._portal = portal
+            self._ready.set()
+            await portal.sleep_until_stopped()
+            group.cancel_scope.cancel()
+
+    def in_engine_thread(self) -> bool:
+        return threading.get_ident() == self.thread_id
+
+    def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``function(*args)`` on the engine loop and wait for its result."""
+        if self.in_engine_thread():
+            raise RuntimeError("a blocking socket call was made on netshim's own engine thread")
+        return self._ensure_started().call(function, *args)
+
+    def spawn(self, function: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
+        """Start ``function(*args)`` on the engine loop without waiting.
+
+        Works from any thread, the engine's own included.  A failure is logged
+        and kept in the returned future; it never stops the engine.
+        """
+        future: Future[T] = Future()
+
+        async def run() -> None:
+            try:
+                future.set_result(await function(*args))
+            except BaseException as exc:
+                if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                    _logger.exception("engine task %s failed", getattr(function, "__name__", function))
+                future.set_exception(exc)
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    raise
+
+        if self.in_engine_thread():
+            self._group.start_soon(run)
+        else:
+            self._ensure_started().call(self._start, run)
+        return future
+
+    async def _start(self, run: Callable[[], Awaitable[None]]) -> None:
+        self._group.start_soon(run)
+
+
+_engine = Engine()
+
+
+def get_engine() -> Engine:
+    return _engine
+
+
+# -- moving bytes -------------------------------------------------------------
+
+
+async def _write_all(sock: socket.socket, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            continue
+        view = view[sent:]
+
+
+async def _read_some(sock: socket.socket, size: int = PUMP_CHUNK) -> bytes:
+    while True:
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+
+
+def reset_user_end(state: SocketState) -> None:
+    """Close the engine's end so that the user's end reports ECONNRESET."""
+    engine_end = state.engine_end
+    assert engine_end is not None
+    user = state.user_socket()
+    if user is not None and user.fileno() >= 0:
+        # A byte from the user's end that the engine never reads: closing an
+        # AF_UNIX stream end with unread data makes Linux reset its peer.
+        # Full means unread data is there already; closed means nobody listens.
+        with contextlib.suppress(OSError):
+            _socket.socket.send(user, b"\0", socket.MSG_DONTWAIT)
+    engine_end.close()
+
+
+async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
+    """Move bytes both ways between a connected shim socket and its stream until both end.
+
+    The program's ``shutdown(SHUT_WR)`` (EOF on the pair) becomes a FIN; its
+    ``close()`` ends the upstream once everything written before it has been
+    sent, then closes the stream.  Data arriving after the program closed,
+    or ``SO_LINGER`` with a zero timeout, resets the stream, as Linux does.
+    A reset from the network becomes ECONNRESET on the program's socket.
+    """
+    engine_end = state.engine_end
+    assert engine_end is not None
+    failures: dict[str, BaseException] = {}
+
+    async def upstream() -> None:
+        try:
+            while True:
+                data = await _read_some(engine_end)
+                if not data:
+                    if state.closed_by_user:
+                        group.cancel_scope.cancel()
+                    else:
+                        await stream.send_eof()
+                        state.upstream_done = True
+                    return
+                await stream.send(data)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            failures["upstream"] = exc
+            group.cancel_scope.cancel()
+
+    async def downstream() -> None:
+        try:
+            while True:
+                try:
+                    data = await stream.receive(PUMP_CHUNK)
+                except anyio.EndOfStream:
+                    with contextlib.suppress(OSError):
+                        engine_end.shutdown(socket.SHUT_WR)
+                    return
+                await _write_all(engine_end, data)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            failures["downstream"] = exc
+            group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        state.pump_scope = group.cancel_scope
+        group.start_soon(upstream)
+        group.start_soon(downstream)
+    state.pump_scope = None
+    network_failure = failures.get("downstream") or failures.get("upstream")
+    from_network = isinstance(network_failure, ConnectionResetError) or (
+        isinstance(network_failure, BrokenPipeError) and "upstream" in failures
+    )
+    if from_network and not state.closed_by_user:
+        await stream.aclose()
+        reset_user_end(state)
+        return
+    if state.abort_on_close or (state.closed_by_user and "downstream" in failures):
+        await stream.abort()
+    else:
+        await stream.aclose()
+    engine_end.close()
+
+
+async def close_tcp(state: SocketState) -> None:
+    """The program closed a connected socket (see :func:`pump_tcp` for the rest)."""
+    scope = state.pump_scope
+    if scope is None:
+        return
+    if state.abort_on_close or state.upstream_done:
+        scope.cancel()
+
+
+async def serve_listener(state: SocketState, listener: TcpListener) -> None:
+    """Accept from the stack while the program's queue has room; announce each by a byte."""
+    from ._state import SocketState as State
+
+    engine_end = state.engine_end
+    assert engine_end is not None
+    queue = state.accept_queue
+    try:
+        while True:
+            while len(queue) > state.backlog:
+                event = anyio.Event()
+                state.room_event = event
+                await event.wait()
+            stream = await listener.accept()
+            user_end, engine_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            engine_side.setblocking(False)
+            accepted = State.for_accepted(state, stream, engine_side, user_end)
+            queue.append((user_end, accepted))
+            state.engine.spawn(pump_tcp, accepted, stream)
+            try:
+                engine_end.send(b"\1")
+            except BlockingIOError:
+                await anyio.wait_writable(engine_end)
+                engine_end.send(b"\1")
+    except (anyio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await listener.aclose()
+        while queue:
+            user_end, accepted = queue.popleft()
+            user_end.close()
+
+
+# -- datagrams ----------------------------------------------------------------
+
+# A datagram crossing the pair carries its address: kind (0 data, 1 error),
+# port, then the IP as text with its length, then the payload.
+_HEADER = struct.Struct("!BHB")
+DATA, ERROR = 0, 1
+
+
+def pack_datagram(data: bytes, address: tuple[str, int]) -> bytes:
+    host = address[0].encode("ascii")
+    return _HEADER.pack(DATA, address[1], len(host)) + host + data
+
+
+def pack_error(code: int) -> bytes:
+    return _HEADER.pack(ERROR, code, 0)
+
+
+def unpack_datagram(message: bytes) -> tuple[int, bytes, tuple[str, int]]:
+    kind, port, size = _HEADER.unpack_from(message)
+    start = _HEADER.size + size
+    host = message[_HEADER.size : start].decode("ascii")
+    return kind, message[start:], (host, port)
+
+
+async def pump_udp(state: SocketState, udp: UdpSocket) -> None:
+    """Move datagrams both ways between a shim UDP socket and the stack's socket."""
+    engine_end = state.engine_end
+    assert engine_end is not None
+
+    async def upstream() -> None:
+        while True:
+            message = await _read_some(engine_end, 70_000)
+            if not message:
+                group.cancel_scope.cancel()
+                return
+            _, data, address = unpack_datagram(message)
+            try:
+                await udp.send(data, address)
+            except OSError as exc:
+                await _write_all(engine_end, pack_error(exc.errno or errno.EIO))
+
+    async def downstream() -> None:
+        while True:
+            try:
+                data, address = await udp.receive()
+            except anyio.ClosedResourceError:
+                group.cancel_scope.cancel()
+                return
+            except OSError as exc:
+                message = pack_error(exc.errno or errno.EIO)
+            else:
+                message = pack_datagram(data, address)
+            try:
+                engine_end.send(message)
+            except BlockingIOError:
+                pass  # The program's receive buffer is full: drop, as the kernel does.
+            except OSError:
+                group.cancel_scope.cancel()
+                return
+
+    try:
+        async with anyio.create_task_group() as group:
+            state.pump_scope = group.cancel_scope
+            group.start_soon(upstream)
+            group.start_soon(downstream)
+    finally:
+        state.pump_scope = None
+        await udp.aclose()
+        if state.closed_by_user:
+            engine_end.close()
+
+
+async def stack_call(stack: Stack, name: str, *args: Any, **kwargs: Any) -> Any:
+    return await getattr(stack, name)(*args, **kwargs)
+
+
+def drain_filler(sock: socket.socket, count: int) -> None:
+    """Read the bytes written to keep a connecting socket unwritable."""
+    while count > 0:
+        try:
+            count -= len(sock.recv(count))
+        except BlockingIOError:
+            break
+

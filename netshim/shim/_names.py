@@ -1,0 +1,195 @@
+"""The socket module's name functions, answered by the acting stack.
+
+``getaddrinfo``, ``gethostbyname(_ex)``, ``gethostbyaddr``, ``getnameinfo``
+and ``gethostname`` ask the stack through the engine; ``getfqdn``,
+``create_connection`` and ``create_server`` need no patch of their own since
+they call these through the module's globals.
+
+For stacks that resolve names at the far end (tunnels), a name must reach
+the stack as a name, yet unmodified code calls ``getaddrinfo`` first and
+then connects to an IP.  So ``getaddrinfo`` hands out a *synthetic* address
+from a range no real network uses (198.18.0.0/15, reserved for benchmarking,
+and the IPv6 discard prefix 100::/64), remembers which name it stands for,
+and ``connect``/``sendto`` turn it back into the name, as emscripten's
+SOCKFS and fake-IP proxies do.  The same name always gets the same address
+for the life of the process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from .._addresses import IPAddress, check_host, parse_ip, parse_service, service_socket_types
+from .._addrinfo import AddrInfo, resolve_addrinfo
+from ._engine import get_engine
+
+__all__ = [
+    "gethostbyaddr",
+    "gethostbyname",
+    "gethostbyname_ex",
+    "gethostname",
+    "getaddrinfo",
+    "getnameinfo",
+    "synthetic_name",
+]
+
+T = TypeVar("T")
+
+SYNTHETIC_IPV4 = ipaddress.IPv4Network("198.18.0.0/15")
+SYNTHETIC_IPV6 = ipaddress.IPv6Network("100::/64")
+
+
+class SyntheticNames:
+    """A two-way map between names and the synthetic addresses standing for them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, tuple[IPAddress, IPAddress]] = {}
+        self._by_address: dict[IPAddress, str] = {}
+        self._next = 1
+
+    def addresses_for(self, name: str) -> tuple[IPAddress, IPAddress]:
+        with self._lock:
+            known = self._by_name.get(name)
+            if known is not None:
+                return known
+            number = self._next
+            if number >= SYNTHETIC_IPV4.num_addresses - 1:
+                raise OSError("the synthetic address range is exhausted")
+            self._next += 1
+            pair = (SYNTHETIC_IPV4[number], SYNTHETIC_IPV6[number])
+            self._by_name[name] = pair
+            for address in pair:
+                self._by_address[address] = name
+            return pair
+
+    def name_for(self, host: str) -> str | None:
+        if not self._by_address:
+            return None
+        ip = parse_ip(host)
+        if ip is None:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return self._by_address.get(ip)
+
+
+synthetic = SyntheticNames()
+
+
+def synthetic_name(host: str) -> str | None:
+    """The name a synthetic address stands for, or ``None``."""
+    return synthetic.name_for(host)
+
+
+def _stack() -> Any:
+    from ._socket import acting_stack
+
+    return acting_stack()
+
+
+def getaddrinfo(
+    host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+) -> list[AddrInfo]:
+    """:func:`socket.getaddrinfo` on the acting stack."""
+    return getaddrinfo_on(_stack(), host, port, family, type, proto, flags)
+
+
+def getaddrinfo_on(
+    stack: Any, host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+) -> list[AddrInfo]:
+    """getaddrinfo on a given stack (a socket's own, after uninstall() too)."""
+    if stack.resolves_remotely and host is not None:
+        name = check_host(host, "getaddrinfo")
+        if name and parse_ip(name) is None and name != "localhost" and not flags & socket.AI_NUMERICHOST:
+            number = parse_service(port, type)
+            pair = synthetic.addresses_for(name)
+
+            async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
+                return [pair[0], pair[1]], name
+
+            return _finish_now(
+                resolve_addrinfo(
+                    lookup, name, number, family, type, proto, flags, service_socket_types(port)
+                )
+            )
+    result: list[AddrInfo] = get_engine().call(
+        stack.getaddrinfo, host, port, family, type, proto, flags
+    )
+    return result
+
+
+def _finish_now(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends, without an event loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("a synthetic lookup tried to wait")
+
+
+def gethostbyname(hostname: str) -> str:
+    """:func:`socket.gethostbyname`: the first IPv4 address of ``hostname``."""
+    infos = getaddrinfo(hostname, None, socket.AF_INET)
+    return str(infos[0][4][0])
+
+
+def gethostbyname_ex(hostname: str) -> tuple[str, list[str], list[str]]:
+    """:func:`socket.gethostbyname_ex`: canonical name, aliases and IPv4 addresses."""
+    infos = getaddrinfo(hostname, None, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+    canonical = infos[0][3] or hostname
+    addresses: list[str] = []
+    for info in infos:
+        if info[4][0] not in addresses:
+            addresses.append(str(info[4][0]))
+    aliases = [hostname] if canonical != hostname else []
+    return canonical, aliases, addresses
+
+
+def gethostbyaddr(ip_address: str) -> tuple[str, list[str], list[str]]:
+    """:func:`socket.gethostbyaddr`: the name of an address (a name is resolved first)."""
+    if parse_ip(ip_address) is None:
+        ip_address = str(getaddrinfo(ip_address, None)[0][4][0])
+    stack = _stack()
+    name = synthetic_name(ip_address)
+    if name is None:
+        name = get_engine().call(stack.reverse_lookup, ip_address)
+    return name, [], [ip_address]
+
+
+def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
+    """:func:`socket.getnameinfo` on the acting stack."""
+    if not isinstance(sockaddr, tuple) or len(sockaddr) < 2:
+        raise TypeError("getnameinfo() argument 1 must be a tuple")
+    host, port = sockaddr[0], sockaddr[1]
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
+    if parse_ip(str(host)) is None:
+        host = str(getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][4][0])
+    name = str(host)
+    if not flags & socket.NI_NUMERICHOST:
+        try:
+            name = gethostbyaddr(str(host))[0]
+        except OSError:
+            if flags & socket.NI_NAMEREQD:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
+        else:
+            if flags & socket.NI_NOFQDN:
+                name = name.split(".", 1)[0]
+    service = str(port)
+    if not flags & socket.NI_NUMERICSERV:
+        try:
+            service = socket.getservbyport(port, "udp" if flags & socket.NI_DGRAM else "tcp")
+        except OSError:
+            service = str(port)
+    return name, service
+
+
+def gethostname() -> str:
+    """:func:`socket.gethostname`: the acting host's name."""
+    return str(_stack().hostname)

@@ -1,0 +1,139 @@
+"""install(), uninstall(), installed() and acting_as(): patching the socket module, reversibly.
+
+``install(stack)`` replaces, in the running interpreter:
+
+* ``socket.socket`` and ``socket.SocketType`` with :class:`ShimSocket`;
+* ``socket.getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``,
+  ``gethostbyaddr``, ``getnameinfo`` and ``gethostname`` with functions
+  answered by the stack;
+* ``ssl.SSLContext.sslsocket_class`` with :class:`ShimSSLSocket`.
+
+asyncio, anyio, trio, ``http.client``, urllib3, ``socketserver`` and the rest
+look these names up when they use them, so they follow without patches of
+their own.  Everything is recorded and ``uninstall()`` puts back the very same
+objects; installing again only changes the stack.  Sockets created before
+``install()`` stay real sockets and keep working; shim sockets created while
+installed keep working after ``uninstall()``.  The patch is process-wide, so
+every thread sees it; :func:`acting_as` chooses, per context (thread or
+task), which stack new sockets use.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from ..stack import Stack
+from . import _names
+from ._socket import ShimSocket
+from ._ssl import ShimSSLSocket
+
+__all__ = ["acting_as", "current_acting_stack", "install", "installed", "is_installed", "uninstall"]
+
+_lock = threading.RLock()
+_stack: Stack | None = None
+_saved: dict[tuple[Any, str], Any] = {}
+_acting: ContextVar[Stack | None] = ContextVar("netshim_acting_stack", default=None)
+
+_SOCKET_NAMES = {
+    "socket": ShimSocket,
+    "SocketType": ShimSocket,
+    "getaddrinfo": _names.getaddrinfo,
+    "gethostbyname": _names.gethostbyname,
+    "gethostbyname_ex": _names.gethostbyname_ex,
+    "gethostbyaddr": _names.gethostbyaddr,
+    "getnameinfo": _names.getnameinfo,
+    "gethostname": _names.gethostname,
+}
+
+
+def _replace(owner: Any, name: str, value: Any) -> None:
+    key = (owner, name)
+    if key not in _saved:
+        _saved[key] = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+    setattr(owner, name, value)
+
+
+def install(stack: Stack | None = None) -> Stack:
+    """Route every AF_INET/AF_INET6 socket of the process through ``stack``.
+
+    Without ``stack``, the host network (:class:`netshim.HostStack`).
+    Calling it again while installed switches the stack and changes nothing
+    else.  Returns the stack.
+    """
+    global _stack
+    if stack is None:
+        from ..stacks.host import HostStack
+
+        stack = HostStack()
+    if not isinstance(stack, Stack):
+        raise TypeError(f"install() needs a netshim Stack, not {type(stack).__name__}")
+    with _lock:
+        _stack = stack
+        for name, value in _SOCKET_NAMES.items():
+            _replace(socket, name, value)
+        _replace(ssl.SSLContext, "sslsocket_class", ShimSSLSocket)
+    return stack
+
+
+def uninstall() -> None:
+    """Put back every original; idempotent."""
+    global _stack
+    with _lock:
+        for (owner, name), value in reversed(list(_saved.items())):
+            setattr(owner, name, value)
+        _saved.clear()
+        _stack = None
+
+
+def is_installed() -> bool:
+    return _stack is not None
+
+
+@contextmanager
+def installed(stack: Stack | None = None) -> Iterator[Stack]:
+    """``install(stack)`` for the ``with`` block, then restore what was there before.
+
+    Nested blocks restore the outer stack when they end.
+    """
+    previous = _stack
+    result = install(stack)
+    try:
+        yield result
+    finally:
+        if previous is None:
+            uninstall()
+        else:
+            install(previous)
+
+
+@contextmanager
+def acting_as(stack: Stack) -> Iterator[Stack]:
+    """Inside the block (this thread or task), new sockets and lookups use ``stack``.
+
+    With a VirtualNetwork this lets one process be several machines: servers
+    on ``web.internal``, clients on ``laptop``.  Sockets keep the stack they
+    were created (or bound) on.
+    """
+    if not isinstance(stack, Stack):
+        raise TypeError(f"acting_as() needs a netshim Stack, not {type(stack).__name__}")
+    token = _acting.set(stack)
+    try:
+        yield stack
+    finally:
+        _acting.reset(token)
+
+
+def current_acting_stack() -> Stack:
+    """The stack for new shim sockets here; ``RuntimeError`` if netshim is not installed."""
+    stack = _acting.get()
+    if stack is not None:
+        return stack
+    if _stack is None:
+        raise RuntimeError("netshim is not installed: call netshim.install(stack) first")
+    return _stack

@@ -1,0 +1,817 @@
+"""ShimSocket: a real ``socket.socket`` whose network is a netshim stack.
+
+While :func:`netshim.install` is active, ``socket.socket`` *is*
+:class:`ShimSocket`.  For AF_INET and AF_INET6 stream and datagram sockets it
+owns one end of an AF_UNIX socketpair and reports the virtual family,
+addresses and options; the engine (:mod:`netshim.shim._engine`) owns the
+other end.  Because the file descriptor is real, ``select``, ``selectors``,
+asyncio's selector loop, ``makefile``, timeouts and ``ssl`` work natively on
+it.  Every other socket (AF_UNIX, ``socketpair()``, raw sockets, sockets
+wrapping an inherited descriptor) is a plain socket in *passthrough* mode:
+each override hands straight to the standard implementation.
+
+Datagram sockets frame each message on the pair with its address (see
+:func:`~netshim.shim._engine.pack_datagram`), so ``recvfrom`` reports the
+virtual sender.  Sending goes to the stack directly, so ``sendto`` fails at
+once with the errno the kernel would give (``EACCES`` for a broadcast
+without ``SO_BROADCAST``, ``EMSGSIZE``, ``ENETUNREACH``).
+"""
+
+from __future__ import annotations
+
+import _socket
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._addresses import parse_ip
+from .._errors import os_error
+from ..stack import Stack
+from . import _names
+from ._engine import (
+    close_tcp,
+    DATA,
+    drain_filler,
+    get_engine,
+    pack_datagram,
+    pump_tcp,
+    pump_udp,
+    serve_listener,
+    unpack_datagram,
+)
+from ._state import Phase, SocketState, lookup_state
+
+__all__ = ["ORIGINAL_SOCKET", "ShimSocket", "acting_stack"]
+
+ORIGINAL_SOCKET = socket.socket
+_INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_TYPE_MASK = ~(getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0))
+# Largest UDP payloads, as in the stacks.
+_MAX_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+# Room for the address header that datagrams carry across the pair.
+_HEADER_ROOM = 64
+
+
+def acting_stack() -> Stack:
+    """The stack new shim sockets use (see :func:`netshim.acting_as`)."""
+    from ._patch import current_acting_stack
+
+    return current_acting_stack()
+
+
+def _not_connected() -> OSError:
+    return os_error(errno.ENOTCONN)
+
+
+_Base = socket.socket if TYPE_CHECKING else object
+
+
+class _ShimMeta(type):
+    """Keeps ``isinstance(x, socket.socket)`` true for sockets made before install()."""
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, ORIGINAL_SOCKET)
+
+    def __subclasscheck__(cls, subclass: type) -> bool:
+        return issubclass(subclass, ORIGINAL_SOCKET)
+
+
+class _ShimCommon(_Base):
+    """What ShimSocket and ShimSSLSocket share: the virtual view and connecting."""
+
+    __slots__ = ()
+    _netshim: SocketState | None
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        state = self._netshim
+        return state.family if state is not None else super().family
+
+    @property
+    def type(self) -> socket.SocketKind:
+        state = self._netshim
+        return state.kind if state is not None else super().type
+
+    def _sockaddr(self, address: tuple[str, int]) -> Any:
+        state = self._netshim
+        assert state is not None
+        host, port = address
+        if state.family == socket.AF_INET6:
+            ip = parse_ip(host)
+            if ip is not None and ip.version == 4:
+                host = f"::ffff:{ip}"
+            return (host, port, 0, 0)
+        return (host, port)
+
+    def getsockname(self) -> Any:
+        state = self._netshim
+        if state is None:
+            return super().getsockname()
+        if state.local is None:
+            wildcard = "::" if state.family == socket.AF_INET6 else "0.0.0.0"
+            return self._sockaddr(state.bind_request or (wildcard, 0))
+        return self._sockaddr(state.local)
+
+    def getpeername(self) -> Any:
+        state = self._netshim
+        if state is None:
+            return super().getpeername()
+        if state.remote is None or state.phase not in (Phase.CONNECTED, Phase.BOUND):
+            raise _not_connected()
+        return self._sockaddr(state.remote)
+
+    # -- addresses -----------------------------------------------------------
+
+    def _parse_address(self, address: Any, function: str) -> tuple[str, int]:
+        state = self._netshim
+        assert state is not None
+        family_name = "AF_INET6" if state.family == socket.AF_INET6 else "AF_INET"
+        if not isinstance(address, tuple):
+            raise TypeError(f"{family_name} address must be tuple, not {type(address).__name__}")
+        expected = (2, 3, 4) if state.family == socket.AF_INET6 else (2,)
+        if len(address) not in expected:
+            raise TypeError(
+                f"{family_name} address must be a pair (host, port)"
+                if state.family == socket.AF_INET
+                else "AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])"
+            )
+        host, port = address[0], address[1]
+        if isinstance(host, bytes | bytearray):
+            host = bytes(host).decode("idna")
+        if not isinstance(host, str):
+            raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
+        if not 0 <= port <= 65535:
+            raise OverflowError(f"{function}(): port must be 0-65535.")
+        return host, port
+
+    def _resolve(self, host: str, port: int, *, passive: bool) -> tuple[str, int]:
+        """Turn the host of an address tuple into an IP, as the C socket module does."""
+        state = self._netshim
+        assert state is not None
+        if host == "" and passive:
+            return ("::" if state.family == socket.AF_INET6 else "0.0.0.0", port)
+        if host == "<broadcast>":
+            return ("255.255.255.255", port)
+        ip = parse_ip(host)
+        if ip is not None:
+            if state.family == socket.AF_INET and ip.version == 6:
+                raise socket.gaierror(
+                    socket.EAI_FAMILY, "Address family for hostname not supported"
+                )
+            return (str(ip), port)
+        name = _names.synthetic_name(host)
+        if name is not None:
+            return (host, port)
+        infos = _names.getaddrinfo_on(state.stack, host, port, state.family, state.kind)
+        return (str(infos[0][4][0]), port)
+
+    def _target(self, address: Any, function: str) -> tuple[str, int]:
+        """Where a connect or sendto goes: an IP, or a name for stacks that resolve remotely."""
+        host, port = self._parse_address(address, function)
+        state = self._netshim
+        assert state is not None
+        name = _names.synthetic_name(host)
+        if name is not None:
+            return (name, port)
+        if state.stack.resolves_remotely and parse_ip(host) is None and host:
+            return (host, port)
+        target = self._resolve(host, port, passive=False)
+        ip = ipaddress.ip_address(target[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            target = (str(ip.ipv4_mapped), port)
+        name = _names.synthetic_name(target[0])
+        return (name, port) if name is not None else target
+
+    # -- options -------------------------------------------------------------
+
+    def setsockopt(self, level: int, option: int, value: Any, optlen: int | None = None) -> None:
+        state = self._netshim
+        if state is None:
+            if optlen is None:
+                return super().setsockopt(level, option, value)
+            return super().setsockopt(level, option, value, optlen)
+        if optlen is not None:
+            value = None
+        elif isinstance(value, bytes | bytearray):
+            value = bytes(value)
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"a bytes-like object is required, not '{type(value).__name__}'")
+        if (level, option) == (socket.SOL_SOCKET, socket.SO_LINGER) and isinstance(value, bytes):
+            on, seconds = struct.unpack("ii", value[:8])
+            state.abort_on_close = bool(on) and seconds == 0
+        if (level, option) in (
+            (socket.SOL_SOCKET, socket.SO_RCVBUF),
+            (socket.SOL_SOCKET, socket.SO_SNDBUF),
+        ):
+            # Linux doubles the value to leave room for its bookkeeping.
+            if isinstance(value, int):
+                value = max(value * 2, 2304 if option == socket.SO_RCVBUF else 4608)
+        if (level, option) == (socket.SOL_SOCKET, socket.SO_BROADCAST) and state.udp is not None:
+            state.udp.broadcast = bool(value)
+        if not _known_option(level, option):
+            raise os_error(errno.ENOPROTOOPT)
+        state.options[(level, option)] = value
+
+    def getsockopt(self, level: int, option: int, buflen: int | None = None) -> Any:
+        state = self._netshim
+        if state is None:
+            if buflen is None:
+                return super().getsockopt(level, option)
+            return super().getsockopt(level, option, buflen)
+        if level == socket.SOL_SOCKET:
+            if option == socket.SO_ERROR:
+                code, state.error = state.error, 0
+                return code
+            if option == socket.SO_TYPE:
+                return int(state.kind)
+            if option == getattr(socket, "SO_DOMAIN", -1):
+                return int(state.family)
+            if option == getattr(socket, "SO_PROTOCOL", -1):
+                return socket.IPPROTO_TCP if state.is_tcp else socket.IPPROTO_UDP
+            if option == socket.SO_ACCEPTCONN:
+                return int(state.phase is Phase.LISTENING)
+        if not _known_option(level, option):
+            raise os_error(errno.ENOPROTOOPT)
+        value = state.options.get((level, option), 0)
+        if buflen is not None:
+            if isinstance(value, bytes):
+                return value[:buflen]
+            return int(value).to_bytes(4, "little")[:buflen]
+        if isinstance(value, bytes):
+            return int.from_bytes(value[:4], "little")
+        return value
+
+    def _v6only(self) -> bool:
+        state = self._netshim
+        assert state is not None
+        return state.family == socket.AF_INET6 and bool(
+            state.options.get((socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), 0)
+        )
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        state = self._netshim
+        if state is None:
+            return super().accept()
+        if state.phase is not Phase.LISTENING:
+            raise os_error(errno.EINVAL)
+        # One byte per waiting connection: reading it honours blocking mode
+        # and timeout exactly as accept() on a real listening socket would.
+        token = super().recv(1)
+        if not token:
+            raise os_error(errno.EBADF, "the listener was closed")
+        user_end, accepted = state.accept_queue.popleft()
+        state.engine.spawn(_room_available, state)
+        sock = ShimSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, user_end.detach())
+        accepted.user_socket = _weak(sock)
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            sock.setblocking(True)
+        assert accepted.remote is not None
+        return sock, sock._sockaddr(accepted.remote)
+
+    def _connect(self, address: Any, function: str) -> int:
+        state = self._netshim
+        assert state is not None
+        if not state.is_tcp:
+            return self._connect_udp(address, function)
+        if state.phase is Phase.CONNECTED:
+            return errno.EISCONN
+        if state.phase is Phase.CONNECTING:
+            return errno.EALREADY
+        if state.phase is Phase.LISTENING:
+            return errno.EISCONN
+        target = self._target(address, function)
+        local = None
+        if state.listener is not None:
+            # bind() then connect(): give the port back and connect from it.
+            local = state.listener.local_address
+            state.engine.call(state.listener.aclose)
+            state.listener = None
+        timeout = self.gettimeout()
+        if timeout == 0.0:
+            self._start_nonblocking_connect(target, local)
+            return errno.EINPROGRESS
+        try:
+            stream = state.engine.call(_connect, state.stack, target, local, timeout)
+        except TimeoutError as exc:
+            if exc.errno is None:
+                raise TimeoutError("timed out") from None
+            raise
+        except OSError as exc:
+            if isinstance(exc, socket.gaierror):
+                raise
+            return exc.errno or errno.EIO
+        self._on_connected(stream)
+        return 0
+
+    def _on_connected(self, stream: Any) -> None:
+        state = self._netshim
+        assert state is not None
+        state.stream = stream
+        state.local = stream.local_address
+        state.remote = stream.remote_address
+        state.phase = Phase.CONNECTED
+        state.engine.spawn(pump_tcp, state, stream)
+
+    def _start_nonblocking_connect(self, target: tuple[str, int], local: Any) -> None:
+        state = self._netshim
+        assert state is not None
+        # Make the descriptor unwritable until the stack answers: shrink the
+        # send buffer and fill it; the engine drains it when the connect ends.
+        state.original_sndbuf = ORIGINAL_SOCKET.getsockopt(
+            self, socket.SOL_SOCKET, socket.SO_SNDBUF
+        )
+        ORIGINAL_SOCKET.setsockopt(self, socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        filled = 0
+        chunk = b"\0" * 512
+        while True:
+            try:
+                filled += ORIGINAL_SOCKET.send(self, chunk, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        state.filler = filled
+        state.phase = Phase.CONNECTING
+        state.engine.spawn(_finish_connect, self, state, target, local)
+
+    def _connect_udp(self, address: Any, function: str) -> int:
+        state = self._netshim
+        assert state is not None
+        if isinstance(address, tuple) and len(address) >= 1 and address[0] is None:
+            raise TypeError("str, bytes or bytearray expected, not NoneType")
+        target = self._target(address, function)
+        local = None
+        if state.udp is not None:
+            local = state.udp.local_address
+            state.engine.call(_stop_udp, state)
+        udp = state.engine.call(
+            _open_udp, state.stack, *(local or (None, 0)), target, self._v6only()
+        )
+        state.remote = udp.remote_address
+        self._start_udp(udp)
+        state.phase = Phase.BOUND
+        return 0
+
+    def _start_udp(self, udp: Any) -> None:
+        state = self._netshim
+        assert state is not None
+        state.udp = udp
+        state.local = udp.local_address
+        state.remote = udp.remote_address
+        udp.broadcast = bool(state.options.get((socket.SOL_SOCKET, socket.SO_BROADCAST), 0))
+        state.engine.spawn(pump_udp, state, udp)
+
+
+class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
+    """``socket.socket`` while netshim is installed; see the module documentation."""
+
+    __slots__ = ("_netshim",)
+
+    def __init__(
+        self,
+        family: int = -1,
+        type: int = -1,
+        proto: int = -1,
+        fileno: int | None = None,
+    ) -> None:
+        state: SocketState | None = None
+        if fileno is None:
+            family = socket.AF_INET if family == -1 else family
+            type = socket.SOCK_STREAM if type == -1 else type
+            proto = 0 if proto == -1 else proto
+            kind = type & _TYPE_MASK
+            if family in _INET_FAMILIES and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                if proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                    raise os_error(errno.EPROTONOSUPPORT)
+                state = SocketState(family, kind, acting_stack(), get_engine())
+                user_end, engine_end = _socket.socketpair(socket.AF_UNIX, kind)
+                super().__init__(socket.AF_UNIX, kind, 0, user_end.detach())
+                engine = ORIGINAL_SOCKET(socket.AF_UNIX, kind, 0, engine_end.detach())
+                engine.setblocking(False)
+                state.engine_end = engine
+                state.register(self.fileno(), self)
+                if type & getattr(socket, "SOCK_NONBLOCK", 0):
+                    self.setblocking(False)
+            else:
+                super().__init__(family, type, proto)
+        else:
+            state = lookup_state(fileno)
+            if state is not None:
+                super().__init__(socket.AF_UNIX, state.kind, 0, fileno)
+                state.user_socket = _weak(self)
+            else:
+                super().__init__(family, type, proto, fileno)
+        self._netshim = state
+
+    def __repr__(self) -> str:
+        state = self._netshim
+        if state is None:
+            return super().__repr__()
+        closed = getattr(self, "_closed", False)
+        text = (
+            f"<netshim.ShimSocket{' [closed]' if closed else ''} fd={self.fileno()}, "
+            f"family={state.family.name}, type={state.kind.name}, proto={self.proto}"
+        )
+        if state.local is not None:
+            text += f", laddr={self._sockaddr(state.local)}"
+        if state.remote is not None:
+            text += f", raddr={self._sockaddr(state.remote)}"
+        return text + ">"
+
+    # -- binding and listening -------------------------------------------------
+
+    def bind(self, address: Any) -> None:
+        state = self._netshim
+        if state is None:
+            return super().bind(address)
+        if state.phase is not Phase.NEW or state.local is not None:
+            raise os_error(errno.EINVAL)
+        host, port = self._parse_address(address, "bind")
+        host, port = self._resolve(host, port, passive=True)
+        stack = state.stack.stack_for_local_address(host)
+        state.stack = stack
+        state.bind_request = (host, port)
+        if state.is_tcp:
+            # Listen at once, so getsockname() knows the port before listen().
+            listener = state.engine.call(_listen, stack, host, port, state.backlog, self._v6only())
+            state.listener = listener
+            state.local = listener.local_address
+        else:
+            udp = state.engine.call(_open_udp, stack, host, port, None, self._v6only())
+            self._start_udp(udp)
+        state.phase = Phase.BOUND
+
+    def listen(self, backlog: int = min(socket.SOMAXCONN, 128)) -> None:
+        state = self._netshim
+        if state is None:
+            return super().listen(backlog)
+        if not state.is_tcp:
+            raise os_error(errno.EOPNOTSUPP)
+        if state.phase is Phase.LISTENING:
+            state.backlog = max(0, backlog)
+            return None
+        if state.phase not in (Phase.NEW, Phase.BOUND):
+            raise os_error(errno.EINVAL)
+        state.backlog = max(0, backlog)
+        if state.listener is None:
+            wildcard = "::" if state.family == socket.AF_INET6 else "0.0.0.0"
+            state.listener = state.engine.call(
+                _listen, state.stack, wildcard, 0, state.backlog, self._v6only()
+            )
+            state.local = state.listener.local_address
+        state.phase = Phase.LISTENING
+        state.engine.spawn(serve_listener, state, state.listener)
+        return None
+
+    # -- connecting ------------------------------------------------------------
+
+    def connect(self, address: Any) -> None:
+        state = self._netshim
+        if state is None:
+            return super().connect(address)
+        code = self._connect(address, "connect")
+        if code:
+            if code == errno.EINPROGRESS:
+                raise BlockingIOError(code, os.strerror(code))
+            raise os_error(code)
+        return None
+
+    def connect_ex(self, address: Any) -> int:
+        state = self._netshim
+        if state is None:
+            return super().connect_ex(address)
+        return self._connect(address, "connect_ex")
+
+    # -- stream data -------------------------------------------------------------
+
+    def _check_stream(self) -> None:
+        state = self._netshim
+        assert state is not None
+        if state.phase is Phase.FAILED:
+            code, state.error = state.error, 0
+            state.phase = Phase.NEW
+            raise os_error(code or errno.ENOTCONN)
+        if state.phase is not Phase.CONNECTED and state.phase is not Phase.CONNECTING:
+            raise _not_connected()
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        state = self._netshim
+        if state is None or state.phase is Phase.CONNECTED and state.is_tcp:
+            return super().send(data, flags)
+        if not state.is_tcp:
+            if state.remote is None:
+                raise os_error(errno.EDESTADDRREQ)
+            return self.sendto(data, flags, state.remote)
+        self._check_stream()
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        state = self._netshim
+        if state is None or state.phase is Phase.CONNECTED and state.is_tcp:
+            return super().sendall(data, flags)
+        if not state.is_tcp:
+            self.send(data, flags)
+            return None
+        self._check_stream()
+        return super().sendall(data, flags)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        state = self._netshim
+        if state is None or state.phase is Phase.CONNECTED and state.is_tcp:
+            return super().recv(bufsize, flags)
+        if not state.is_tcp:
+            return self.recvfrom(bufsize, flags)[0]
+        self._check_stream()
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        state = self._netshim
+        if state is None or state.phase is Phase.CONNECTED and state.is_tcp:
+            return super().recv_into(buffer, nbytes, flags)
+        if not state.is_tcp:
+            return self.recvfrom_into(buffer, nbytes, flags)[0]
+        self._check_stream()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def shutdown(self, how: int) -> None:
+        state = self._netshim
+        if state is not None and state.is_tcp and state.phase is not Phase.CONNECTED:
+            raise _not_connected()
+        return super().shutdown(how)
+
+    # -- datagrams ---------------------------------------------------------------
+
+    def sendto(self, data: Any, flags_or_address: Any, address: Any = None) -> int:
+        state = self._netshim
+        if state is None:
+            if address is None:
+                return super().sendto(data, flags_or_address)
+            return super().sendto(data, flags_or_address, address)
+        if address is None:
+            address = flags_or_address
+        payload = bytes(data)
+        if state.is_tcp:
+            if state.phase is Phase.CONNECTED:
+                raise os_error(errno.EISCONN)
+            raise os_error(errno.EPIPE)
+        limit = _MAX_PAYLOAD[state.family]
+        if len(payload) > limit:
+            raise os_error(errno.EMSGSIZE)
+        if state.udp is None:
+            wildcard = "::" if state.family == socket.AF_INET6 else "0.0.0.0"
+            udp = state.engine.call(_open_udp, state.stack, wildcard, 0, None, self._v6only())
+            self._start_udp(udp)
+            state.phase = Phase.BOUND
+        if isinstance(address, tuple) and address == state.remote:
+            target = address
+        else:
+            target = self._target(address, "sendto")
+        assert state.udp is not None
+        state.engine.call(state.udp.send, payload, target)
+        return len(payload)
+
+    def _receive_datagram(self, bufsize: int, flags: int) -> tuple[bytes, Any]:
+        state = self._netshim
+        assert state is not None
+        # An unbound UDP socket receives nothing until it sends or binds; it
+        # still blocks (or times out, or says EAGAIN) like the real one.
+        message = super().recv(65536 + _HEADER_ROOM, flags)
+        kind, payload, source = unpack_datagram(message)
+        if kind != DATA:
+            raise os_error(source[1] or errno.EIO)
+        return payload[:bufsize], self._sockaddr(source)
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
+        state = self._netshim
+        if state is None or state.is_tcp:
+            return super().recvfrom(bufsize, flags)
+        return self._receive_datagram(bufsize, flags)
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
+        state = self._netshim
+        if state is None or state.is_tcp:
+            return super().recvfrom_into(buffer, nbytes, flags)
+        view = memoryview(buffer).cast("B")
+        size = nbytes or len(view)
+        payload, source = self._receive_datagram(size, flags)
+        view[: len(payload)] = payload
+        return len(payload), source
+
+    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> Any:
+        state = self._netshim
+        if state is None or state.is_tcp:
+            return super().recvmsg(bufsize, ancbufsize, flags)
+        payload, source = self._receive_datagram(bufsize, flags)
+        return payload, [], 0, source
+
+    def sendmsg(
+        self,
+        buffers: Iterable[Any],
+        ancdata: Iterable[Any] = (),
+        flags: int = 0,
+        address: Any = None,
+    ) -> int:
+        state = self._netshim
+        if state is None or state.is_tcp:
+            if address is None:
+                return super().sendmsg(buffers, ancdata, flags)
+            return super().sendmsg(buffers, ancdata, flags, address)
+        data = b"".join(bytes(buffer) for buffer in buffers)
+        if address is None:
+            return self.send(data, flags)
+        return self.sendto(data, flags, address)
+
+    # -- closing -----------------------------------------------------------------
+
+    def _real_close(self) -> None:
+        state = self._netshim
+        if state is not None and self.fileno() >= 0 and state.user_socket() is self:
+            _closing(state)
+        ORIGINAL_SOCKET._real_close(self)  # type: ignore[attr-defined]
+
+    def detach(self) -> int:
+        state = self._netshim
+        if state is not None:
+            state.user_socket = lambda: None
+        return super().detach()
+
+
+def _weak(sock: socket.socket) -> Any:
+    import weakref
+
+    return weakref.ref(sock)
+
+
+def _known_option(level: int, option: int) -> bool:
+    return (level, option) in _KNOWN_OPTIONS
+
+
+_KNOWN_OPTIONS = (
+    {
+        (socket.SOL_SOCKET, name)
+        for name in (
+            socket.SO_REUSEADDR,
+            getattr(socket, "SO_REUSEPORT", -1),
+            socket.SO_KEEPALIVE,
+            socket.SO_BROADCAST,
+            socket.SO_LINGER,
+            socket.SO_RCVBUF,
+            socket.SO_SNDBUF,
+            socket.SO_OOBINLINE,
+            socket.SO_RCVLOWAT,
+            socket.SO_SNDLOWAT,
+            socket.SO_RCVTIMEO,
+            socket.SO_SNDTIMEO,
+            getattr(socket, "SO_PRIORITY", -1),
+            getattr(socket, "SO_MARK", -1),
+        )
+    }
+    | {
+        (socket.IPPROTO_TCP, name)
+        for name in (
+            socket.TCP_NODELAY,
+            getattr(socket, "TCP_KEEPIDLE", -1),
+            getattr(socket, "TCP_KEEPINTVL", -1),
+            getattr(socket, "TCP_KEEPCNT", -1),
+            getattr(socket, "TCP_USER_TIMEOUT", -1),
+            getattr(socket, "TCP_QUICKACK", -1),
+            getattr(socket, "TCP_CORK", -1),
+            getattr(socket, "TCP_MAXSEG", -1),
+            getattr(socket, "TCP_NOTSENT_LOWAT", -1),
+            getattr(socket, "TCP_FASTOPEN", -1),
+            getattr(socket, "TCP_CONGESTION", -1),
+        )
+    }
+    | {
+        (socket.IPPROTO_IP, name)
+        for name in (
+            socket.IP_TTL,
+            socket.IP_TOS,
+            socket.IP_MULTICAST_TTL,
+            socket.IP_MULTICAST_LOOP,
+            socket.IP_MULTICAST_IF,
+            socket.IP_ADD_MEMBERSHIP,
+            socket.IP_DROP_MEMBERSHIP,
+            getattr(socket, "IP_RECVERR", -1),
+            getattr(socket, "IP_PKTINFO", -1),
+            getattr(socket, "IP_MTU_DISCOVER", -1),
+        )
+    }
+    | {
+        (socket.IPPROTO_IPV6, name)
+        for name in (
+            socket.IPV6_V6ONLY,
+            socket.IPV6_UNICAST_HOPS,
+            socket.IPV6_MULTICAST_HOPS,
+            socket.IPV6_MULTICAST_LOOP,
+            socket.IPV6_JOIN_GROUP,
+            socket.IPV6_LEAVE_GROUP,
+            getattr(socket, "IPV6_RECVPKTINFO", -1),
+            getattr(socket, "IPV6_TCLASS", -1),
+        )
+    }
+)
+
+
+# -- engine-side helpers ----------------------------------------------------------
+
+
+async def _listen(stack: Stack, host: str, port: int, backlog: int, v6only: bool) -> Any:
+    return await stack.listen_tcp(host, port, backlog=backlog, ipv6_only=v6only)
+
+
+async def _open_udp(stack: Stack, host: str | None, port: int, remote: Any, v6only: bool) -> Any:
+    return await stack.open_udp(
+        host if host is not None else "0.0.0.0", port, remote=remote, ipv6_only=v6only
+    )
+
+
+async def _connect(stack: Stack, target: tuple[str, int], local: Any, timeout: float | None) -> Any:
+    if timeout is None:
+        return await stack.connect_tcp(target[0], target[1], local_address=local)
+    try:
+        with anyio.fail_after(timeout):
+            return await stack.connect_tcp(target[0], target[1], local_address=local)
+    except TimeoutError as exc:
+        if getattr(exc, "errno", None):
+            raise
+        raise TimeoutError("timed out") from None
+
+
+async def _finish_connect(
+    sock: ShimSocket, state: SocketState, target: tuple[str, int], local: Any
+) -> None:
+    try:
+        stream = await state.stack.connect_tcp(target[0], target[1], local_address=local)
+    except OSError as exc:
+        state.error = exc.errno or errno.EIO
+        state.phase = Phase.FAILED
+        stream = None
+    engine_end = state.engine_end
+    assert engine_end is not None
+    drain_filler(engine_end, state.filler)
+    state.filler = 0
+    user = state.user_socket()
+    if user is not None and user.fileno() >= 0:
+        with contextlib.suppress(OSError):
+            ORIGINAL_SOCKET.setsockopt(
+                user, socket.SOL_SOCKET, socket.SO_SNDBUF, state.original_sndbuf // 2
+            )
+    if stream is None:
+        return
+    state.stream = stream
+    state.local = stream.local_address
+    state.remote = stream.remote_address
+    state.phase = Phase.CONNECTED
+    await pump_tcp(state, stream)
+
+
+async def _room_available(state: SocketState) -> None:
+    event = state.room_event
+    if event is not None:
+        state.room_event = None
+        event.set()
+
+
+async def _stop_udp(state: SocketState) -> None:
+    if state.pump_scope is not None:
+        state.pump_scope.cancel()
+    if state.udp is not None:
+        await state.udp.aclose()
+    # The pump closed the engine's end; give the socket a fresh pair side.
+
+
+def _closing(state: SocketState) -> None:
+    state.closed_by_user = True
+    state.phase = Phase.CLOSED
+    state.unregister()
+    state.engine.spawn(_close_engine_side, state)
+
+
+async def _close_engine_side(state: SocketState) -> None:
+    if state.pump_scope is not None:
+        if state.is_tcp:
+            await close_tcp(state)
+        else:
+            state.pump_scope.cancel()
+        return
+    if state.listener is not None:
+        await state.listener.aclose()
+    if state.stream is not None:
+        if state.abort_on_close:
+            await state.stream.abort()
+        else:
+            await state.stream.aclose()
+    if state.udp is not None:
+        await state.udp.aclose()
+    if state.engine_end is not None:
+        state.engine_end.close()

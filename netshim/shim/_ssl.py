@@ -1,0 +1,97 @@
+"""ShimSSLSocket: ``ssl.SSLSocket`` over a shim socket, with the virtual view kept.
+
+``SSLContext.wrap_socket`` detaches the socket it wraps and builds an
+``SSLSocket`` on the same descriptor, which would lose what netshim knows
+about it.  While installed, ``SSLContext.sslsocket_class`` is this subclass:
+it carries the wrapped socket's state over, so ``getpeername``,
+``getsockname`` and ``family`` keep reporting virtual values, and a socket
+wrapped *before* it connects connects through the stack.  The TLS itself is
+the real ``ssl`` module talking over the pair, end to end.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+import threading
+from typing import Any
+
+from .._errors import os_error
+from ._socket import ShimSocket, _ShimCommon
+from ._state import Phase, SocketState
+
+__all__ = ["ShimSSLSocket"]
+
+_ORIGINAL_SSL_SOCKET = ssl.SSLSocket
+_handover = threading.local()
+
+
+class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):  # type: ignore[misc]
+    """``ssl.SSLSocket`` that keeps a shim socket's virtual addresses."""
+
+    _netshim: SocketState | None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ShimSSLSocket:
+        self = super().__new__(cls, *args, **kwargs)
+        self._netshim = getattr(_handover, "state", None)
+        return self
+
+    @classmethod
+    def _create(cls, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        _handover.state = getattr(sock, "_netshim", None)
+        try:
+            return super()._create(sock, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            _handover.state = None
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        state = self._netshim
+        if state is not None and self._sslobj is None and state.phase is not Phase.CONNECTED:
+            # An unconnected socket: what SSLSocket._create probes for.
+            raise os_error(errno.ENOTCONN)
+        return super().recv(buflen, flags)
+
+    def _real_connect(self, addr: Any, connect_ex: bool) -> int | None:
+        state = self._netshim
+        if state is None:
+            return super()._real_connect(addr, connect_ex)  # type: ignore[misc,no-any-return]
+        if self.server_side:
+            raise ValueError("can't connect in server-side mode")
+        if self._connected:  # type: ignore[has-type]
+            raise ValueError("attempt to connect already-connected SSLSocket!")
+        self._sslobj = self.context._wrap_socket(  # type: ignore[attr-defined]
+            self, False, self.server_hostname, owner=self, session=self._session
+        )
+        try:
+            code = self._connect(addr, "connect")
+            if code:
+                if connect_ex:
+                    return code
+                raise os_error(code)
+            self._connected = True
+            if self.do_handshake_on_connect:
+                self.do_handshake()
+            return 0
+        except (OSError, ValueError):
+            self._sslobj = None
+            raise
+
+    def accept(self) -> tuple[Any, Any]:
+        if self._netshim is None:
+            return super().accept()
+        sock, address = _ShimCommon.accept(self)
+        wrapped = self.context.wrap_socket(
+            sock,
+            do_handshake_on_connect=self.do_handshake_on_connect,
+            suppress_ragged_eofs=self.suppress_ragged_eofs,
+            server_side=True,
+        )
+        return wrapped, address
+
+    def _real_close(self) -> None:
+        state = self._netshim
+        if state is not None and state.user_socket() is not None:
+            from ._socket import _closing
+
+            _closing(state)
+        super()._real_close()  # type: ignore[misc]

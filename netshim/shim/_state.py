@@ -1,0 +1,142 @@
+"""What netshim knows about one shim socket, shared by its duplicates.
+
+A :class:`SocketState` holds the virtual side of a socket: its family and
+kind, the stack it runs on, its phase (new, bound, listening, connecting,
+connected, failed), its virtual addresses, options, and the stack objects the
+engine drives for it.  The program's file descriptor is one end of a
+socketpair; ``socket.dup()``, ``detach()`` and ``socket.socket(fileno=...)``
+find the state again through the registry, keyed by the pair end's inode.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import anyio
+
+    from ..stack import Stack, TcpListener, TcpStream, UdpSocket
+    from ._engine import Engine
+
+__all__ = ["Phase", "SocketState", "lookup_state"]
+
+
+class Phase(enum.Enum):
+    NEW = "new"
+    BOUND = "bound"
+    LISTENING = "listening"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+# Linux defaults, reported by getsockopt before anything was set.
+_TCP_DEFAULTS: dict[tuple[int, int], int] = {
+    (socket.SOL_SOCKET, socket.SO_RCVBUF): 131072,
+    (socket.SOL_SOCKET, socket.SO_SNDBUF): 16384,
+}
+_UDP_DEFAULTS: dict[tuple[int, int], int] = {
+    (socket.SOL_SOCKET, socket.SO_RCVBUF): 212992,
+    (socket.SOL_SOCKET, socket.SO_SNDBUF): 212992,
+}
+
+_registry: dict[int, SocketState] = {}
+_registry_lock = threading.Lock()
+
+
+def _inode(fd: int) -> int | None:
+    try:
+        return os.fstat(fd).st_ino
+    except OSError:
+        return None
+
+
+def lookup_state(fd: int) -> SocketState | None:
+    """The state of the shim socket whose pair end ``fd`` is, if any."""
+    if not _registry:
+        return None
+    inode = _inode(fd)
+    return _registry.get(inode) if inode is not None else None
+
+
+class SocketState:
+    """The virtual side of one shim socket."""
+
+    def __init__(self, family: int, kind: int, stack: Stack, engine: Engine) -> None:
+        self.family = socket.AddressFamily(family)
+        self.kind = socket.SocketKind(kind)
+        self.stack = stack
+        self.engine = engine
+        self.phase = Phase.NEW
+        self.local: tuple[str, int] | None = None
+        self.remote: tuple[str, int] | None = None
+        self.bind_request: tuple[str, int] | None = None
+        self.error = 0
+        self.options: dict[tuple[int, int], Any] = dict(
+            _TCP_DEFAULTS if kind == socket.SOCK_STREAM else _UDP_DEFAULTS
+        )
+        self.engine_end: socket.socket | None = None
+        self.user_socket: Callable[[], socket.socket | None] = lambda: None
+        self.inode: int | None = None
+        self.stream: TcpStream | None = None
+        self.listener: TcpListener | None = None
+        self.udp: UdpSocket | None = None
+        self.backlog = 128
+        self.accept_queue: deque[tuple[socket.socket, SocketState]] = deque()
+        self.room_event: anyio.Event | None = None
+        self.pump_scope: Any = None
+        self.filler = 0
+        self.original_sndbuf = 0
+        self.closed_by_user = False
+        self.upstream_done = False
+        self.abort_on_close = False
+
+    def __repr__(self) -> str:
+        return f"<SocketState {self.kind.name} {self.phase.value} {self.local} -> {self.remote}>"
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.kind == socket.SOCK_STREAM
+
+    def register(self, fd: int, user: socket.socket) -> None:
+        self.inode = _inode(fd)
+        self.user_socket = weakref.ref(user)
+        if self.inode is not None:
+            with _registry_lock:
+                _registry[self.inode] = self
+
+    def unregister(self) -> None:
+        if self.inode is not None:
+            with _registry_lock:
+                if _registry.get(self.inode) is self:
+                    del _registry[self.inode]
+
+    @classmethod
+    def for_accepted(
+        cls,
+        listener: SocketState,
+        stream: TcpStream,
+        engine_end: socket.socket,
+        user_end: socket.socket,
+    ) -> SocketState:
+        state = cls(listener.family, socket.SOCK_STREAM, listener.stack, listener.engine)
+        state.phase = Phase.CONNECTED
+        state.stream = stream
+        state.local = stream.local_address
+        state.remote = stream.remote_address
+        state.engine_end = engine_end
+        state.inode = _inode(user_end.fileno())
+        if state.inode is not None:
+            with _registry_lock:
+                _registry[state.inode] = state
+        queued = user_end
+        state.user_socket = lambda: queued
+        return state
