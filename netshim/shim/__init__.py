@@ -8,4 +8,12 @@ from ._patch import uninstall as uninstall
 from ._socket import ShimSocket as ShimSocket
 from ._ssl import ShimSSLSocket as ShimSSLSocket
 
-__all__ = ["ShimSSLSocket", "ShimSocket", "acting_as", "install", "installed", "is_installed", "uninstall"]
+__all__ = [
+    "ShimSSLSocket",
+    "ShimSocket",
+    "acting_as",
+    "install",
+    "installed",
+    "is_installed",
+    "uninstall",
+]

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import _socket
 import contextlib
-import logging
 import errno
+import logging
 import socket
 import struct
 import threading
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -117,7 +116,9 @@ class Engine:
                 future.set_result(await function(*args))
             except BaseException as exc:
                 if not isinstance(exc, anyio.get_cancelled_exc_class()):
-                    _logger.exception("engine task %s failed", getattr(function, "__name__", function))
+                    _logger.exception(
+                        "engine task %s failed", getattr(function, "__name__", function)
+                    )
                 future.set_exception(exc)
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
                     raise
@@ -128,7 +129,7 @@ class Engine:
             self._ensure_started().call(self._start, run)
         return future
 
-    async def _start(self, run: Callable[[], Awaitable[None]]) -> None:
+    async def _start(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._group.start_soon(run)
 
 
@@ -363,4 +364,3 @@ def drain_filler(sock: socket.socket, count: int) -> None:
             count -= len(sock.recv(count))
         except BlockingIOError:
             break
-

@@ -105,7 +105,12 @@ def getaddrinfo_on(
     """getaddrinfo on a given stack (a socket's own, after uninstall() too)."""
     if stack.resolves_remotely and host is not None:
         name = check_host(host, "getaddrinfo")
-        if name and parse_ip(name) is None and name != "localhost" and not flags & socket.AI_NUMERICHOST:
+        if (
+            name
+            and parse_ip(name) is None
+            and name != "localhost"
+            and not flags & socket.AI_NUMERICHOST
+        ):
             number = parse_service(port, type)
             pair = synthetic.addresses_for(name)
 

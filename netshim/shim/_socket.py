@@ -36,11 +36,10 @@ from .._errors import os_error
 from ..stack import Stack
 from . import _names
 from ._engine import (
-    close_tcp,
     DATA,
+    close_tcp,
     drain_filler,
     get_engine,
-    pack_datagram,
     pump_tcp,
     pump_udp,
     serve_listener,
@@ -70,7 +69,10 @@ def _not_connected() -> OSError:
     return os_error(errno.ENOTCONN)
 
 
-_Base = socket.socket if TYPE_CHECKING else object
+if TYPE_CHECKING:
+    _Base = socket.socket
+else:
+    _Base = object
 
 
 class _ShimMeta(type):
@@ -136,7 +138,9 @@ class _ShimCommon(_Base):
         assert state is not None
         family_name = "AF_INET6" if state.family == socket.AF_INET6 else "AF_INET"
         if not isinstance(address, tuple):
-            raise TypeError(f"{family_name} address must be tuple, not {type(address).__name__}")
+            raise TypeError(
+                f"{function}(): {family_name} address must be tuple, not {type(address).__name__}"
+            )
         expected = (2, 3, 4) if state.family == socket.AF_INET6 else (2,)
         if len(address) not in expected:
             raise TypeError(
@@ -167,7 +171,7 @@ class _ShimCommon(_Base):
         if ip is not None:
             if state.family == socket.AF_INET and ip.version == 6:
                 raise socket.gaierror(
-                    socket.EAI_FAMILY, "Address family for hostname not supported"
+                    socket.EAI_ADDRFAMILY, "Address family for hostname not supported"
                 )
             return (str(ip), port)
         name = _names.synthetic_name(host)
@@ -210,13 +214,13 @@ class _ShimCommon(_Base):
         if (level, option) == (socket.SOL_SOCKET, socket.SO_LINGER) and isinstance(value, bytes):
             on, seconds = struct.unpack("ii", value[:8])
             state.abort_on_close = bool(on) and seconds == 0
-        if (level, option) in (
+        buffer_sizes = (
             (socket.SOL_SOCKET, socket.SO_RCVBUF),
             (socket.SOL_SOCKET, socket.SO_SNDBUF),
-        ):
+        )
+        if (level, option) in buffer_sizes and isinstance(value, int):
             # Linux doubles the value to leave room for its bookkeeping.
-            if isinstance(value, int):
-                value = max(value * 2, 2304 if option == socket.SO_RCVBUF else 4608)
+            value = max(value * 2, 2304 if option == socket.SO_RCVBUF else 4608)
         if (level, option) == (socket.SOL_SOCKET, socket.SO_BROADCAST) and state.udp is not None:
             state.udp.broadcast = bool(value)
         if not _known_option(level, option):
@@ -263,6 +267,7 @@ class _ShimCommon(_Base):
         state = self._netshim
         if state is None:
             return super().accept()
+        _check_open(self)
         if state.phase is not Phase.LISTENING:
             raise os_error(errno.EINVAL)
         # One byte per waiting connection: reading it honours blocking mode
@@ -282,6 +287,7 @@ class _ShimCommon(_Base):
     def _connect(self, address: Any, function: str) -> int:
         state = self._netshim
         assert state is not None
+        _check_open(self)
         if not state.is_tcp:
             return self._connect_udp(address, function)
         if state.phase is Phase.CONNECTED:
@@ -433,6 +439,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         state = self._netshim
         if state is None:
             return super().bind(address)
+        _check_open(self)
         if state.phase is not Phase.NEW or state.local is not None:
             raise os_error(errno.EINVAL)
         host, port = self._parse_address(address, "bind")
@@ -454,6 +461,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         state = self._netshim
         if state is None:
             return super().listen(backlog)
+        _check_open(self)
         if not state.is_tcp:
             raise os_error(errno.EOPNOTSUPP)
         if state.phase is Phase.LISTENING:
@@ -496,6 +504,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
     def _check_stream(self) -> None:
         state = self._netshim
         assert state is not None
+        _check_open(self)
         if state.phase is Phase.FAILED:
             code, state.error = state.error, 0
             state.phase = Phase.NEW
@@ -505,7 +514,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
 
     def send(self, data: Any, flags: int = 0) -> int:
         state = self._netshim
-        if state is None or state.phase is Phase.CONNECTED and state.is_tcp:
+        if state is None or (state.phase is Phase.CONNECTED and state.is_tcp):
             return super().send(data, flags)
         if not state.is_tcp:
             if state.remote is None:
@@ -516,7 +525,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         state = self._netshim
-        if state is None or state.phase is Phase.CONNECTED and state.is_tcp:
+        if state is None or (state.phase is Phase.CONNECTED and state.is_tcp):
             return super().sendall(data, flags)
         if not state.is_tcp:
             self.send(data, flags)
@@ -526,7 +535,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         state = self._netshim
-        if state is None or state.phase is Phase.CONNECTED and state.is_tcp:
+        if state is None or (state.phase is Phase.CONNECTED and state.is_tcp):
             return super().recv(bufsize, flags)
         if not state.is_tcp:
             return self.recvfrom(bufsize, flags)[0]
@@ -535,7 +544,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         state = self._netshim
-        if state is None or state.phase is Phase.CONNECTED and state.is_tcp:
+        if state is None or (state.phase is Phase.CONNECTED and state.is_tcp):
             return super().recv_into(buffer, nbytes, flags)
         if not state.is_tcp:
             return self.recvfrom_into(buffer, nbytes, flags)[0]
@@ -558,6 +567,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             return super().sendto(data, flags_or_address, address)
         if address is None:
             address = flags_or_address
+        _check_open(self)
         payload = bytes(data)
         if state.is_tcp:
             if state.phase is Phase.CONNECTED:
@@ -582,6 +592,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
     def _receive_datagram(self, bufsize: int, flags: int) -> tuple[bytes, Any]:
         state = self._netshim
         assert state is not None
+        _check_open(self)
         # An unbound UDP socket receives nothing until it sends or binds; it
         # still blocks (or times out, or says EAGAIN) like the real one.
         message = super().recv(65536 + _HEADER_ROOM, flags)
@@ -643,6 +654,11 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         if state is not None:
             state.user_socket = lambda: None
         return super().detach()
+
+
+def _check_open(sock: Any) -> None:
+    if sock.fileno() < 0:
+        raise os_error(errno.EBADF)
 
 
 def _weak(sock: socket.socket) -> Any:
@@ -735,7 +751,12 @@ async def _open_udp(stack: Stack, host: str | None, port: int, remote: Any, v6on
     )
 
 
-async def _connect(stack: Stack, target: tuple[str, int], local: Any, timeout: float | None) -> Any:
+async def _connect(
+    stack: Stack,
+    target: tuple[str, int],
+    local: Any,
+    timeout: float | None,  # noqa: ASYNC109 - the socket's own timeout, applied inside
+) -> Any:
     if timeout is None:
         return await stack.connect_tcp(target[0], target[1], local_address=local)
     try:

@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from .._errors import os_error
-from ._socket import ShimSocket, _ShimCommon
+from ._socket import _ShimCommon
 from ._state import Phase, SocketState
 
 __all__ = ["ShimSSLSocket"]
@@ -26,10 +26,14 @@ _ORIGINAL_SSL_SOCKET = ssl.SSLSocket
 _handover = threading.local()
 
 
-class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):  # type: ignore[misc]
+class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
     """``ssl.SSLSocket`` that keeps a shim socket's virtual addresses."""
 
     _netshim: SocketState | None
+    # Set by SSLSocket._create; declared for the type checker.
+    _session: Any
+    do_handshake_on_connect: bool
+    suppress_ragged_eofs: bool
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ShimSSLSocket:
         self = super().__new__(cls, *args, **kwargs)
@@ -37,7 +41,7 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):  # type: ignore[misc]
         return self
 
     @classmethod
-    def _create(cls, sock: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def _create(cls, sock: Any, *args: Any, **kwargs: Any) -> Any:
         _handover.state = getattr(sock, "_netshim", None)
         try:
             return super()._create(sock, *args, **kwargs)  # type: ignore[misc]

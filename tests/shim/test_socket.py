@@ -1,0 +1,429 @@
+"""The socket module under netshim.install(): ShimSocket behaves as the stdlib socket does."""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+import trustme
+from conftest import Installed  # type: ignore[attr-defined]
+
+import netshim
+from netshim.shim import acting_as
+
+
+@contextmanager
+def server_thread(target: Callable[[], None]) -> Iterator[None]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # the test thread re-raises it
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield
+    thread.join(10)
+    assert not thread.is_alive(), "the server thread did not finish"
+    if errors:
+        raise errors[0]
+
+
+def listening(net: Installed, port: int, family: int = socket.AF_INET) -> socket.socket:
+    with acting_as(net.web):
+        server = socket.socket(family, socket.SOCK_STREAM)
+        server.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+        server.listen()
+    server.settimeout(5)
+    return server
+
+
+def test_install_patches_and_uninstall_restores_by_identity() -> None:
+    names = [
+        "socket",
+        "SocketType",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+        "getnameinfo",
+        "gethostname",
+    ]
+    before = {name: getattr(socket, name) for name in names}
+    sslsocket_class = ssl.SSLContext.sslsocket_class
+    net = netshim.VirtualNetwork()
+    host = net.add_host("solo")
+    netshim.install(host)
+    netshim.install(host)  # twice is harmless
+    assert all(getattr(socket, name) is not before[name] for name in names)
+    assert ssl.SSLContext.sslsocket_class is not sslsocket_class
+    assert netshim.is_installed()
+    netshim.uninstall()
+    netshim.uninstall()
+    assert {name: getattr(socket, name) for name in names} == before
+    assert all(getattr(socket, name) is before[name] for name in names)
+    assert ssl.SSLContext.sslsocket_class is sslsocket_class
+    assert not netshim.is_installed()
+
+
+def test_sockets_made_before_install_keep_working() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    net = netshim.VirtualNetwork()
+    with netshim.installed(net.add_host("solo")):
+        assert isinstance(client, socket.socket)
+        client.sendall(b"still real")
+        assert peer.recv(100) == b"still real"
+        unix_a, unix_b = socket.socketpair()
+        unix_a.sendall(b"unix untouched")
+        assert unix_b.recv(100) == b"unix untouched"
+        assert unix_a.family == socket.AF_UNIX
+    for sock in (client, peer, server, unix_a, unix_b):
+        sock.close()
+
+
+def test_blocking_echo_with_virtual_addresses(installed: Installed) -> None:
+    server = listening(installed, 8080)
+
+    def serve() -> None:
+        conn, address = server.accept()
+        with conn:
+            assert address == ("10.0.0.3", conn.getpeername()[1])
+            assert conn.getsockname() == ("10.0.0.2", 8080)
+            conn.sendall(conn.recv(100).upper())
+
+    with server_thread(serve):
+        client = socket.create_connection(("web.internal", 8080), timeout=5)
+        assert client.family == socket.AF_INET
+        assert client.type == socket.SOCK_STREAM
+        assert client.getpeername() == ("10.0.0.2", 8080)
+        assert client.getsockname()[0] == "10.0.0.3"
+        client.sendall(b"hello")
+        assert client.recv(100) == b"HELLO"
+        assert client.recv(100) == b""
+        client.close()
+    server.close()
+
+
+def test_ipv6_sockets_report_four_tuples(installed: Installed) -> None:
+    server = listening(installed, 443, socket.AF_INET6)
+
+    def serve() -> None:
+        conn, address = server.accept()
+        assert address[0] == "fd00::3"
+        assert len(address) == 4
+        conn.close()
+
+    with server_thread(serve):
+        client = socket.socket(socket.AF_INET6)
+        client.settimeout(5)
+        client.connect(("fd00::2", 443))
+        assert client.family == socket.AF_INET6
+        assert client.getpeername() == ("fd00::2", 443, 0, 0)
+        client.close()
+    server.close()
+
+
+def test_refused_and_connect_ex(installed: Installed) -> None:
+    client = socket.socket()
+    client.settimeout(5)
+    assert client.connect_ex(("10.0.0.2", 9)) == errno.ECONNREFUSED
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("10.0.0.2", 9), timeout=5)
+    with pytest.raises(OSError) as caught:
+        socket.create_connection(("10.0.0.99", 9), timeout=5)
+    assert caught.value.errno == errno.EHOSTUNREACH
+    with pytest.raises(socket.gaierror):
+        socket.create_connection(("nowhere.example", 80), timeout=5)
+    client.close()
+
+
+def test_connect_timeout_is_socket_timeout(installed: Installed) -> None:
+    installed.net.partition(installed.web, installed.client)
+    with pytest.raises(TimeoutError, match="timed out"):
+        socket.create_connection(("10.0.0.2", 80), timeout=0.2)
+
+
+def test_recv_timeout_and_nonblocking(installed: Installed) -> None:
+    server = listening(installed, 80)
+    client = socket.create_connection(("10.0.0.2", 80), timeout=5)
+    conn, _ = server.accept()
+    client.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        client.recv(10)
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(10)
+    for sock in (client, conn, server):
+        sock.close()
+
+
+def test_nonblocking_connect_is_writable_only_when_connected(installed: Installed) -> None:
+    installed.net.set_link(installed.web, installed.client, latency=0.1)
+    server = listening(installed, 80)
+    client = socket.socket()
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError) as caught:
+        client.connect(("10.0.0.2", 80))
+    assert caught.value.errno == errno.EINPROGRESS
+    assert client.connect_ex(("10.0.0.2", 80)) == errno.EALREADY
+    _, writable, _ = select.select([], [client], [], 0.05)
+    assert writable == [], "writable before the handshake completed"
+    _, writable, _ = select.select([], [client], [], 2)
+    assert writable == [client]
+    assert client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    assert client.getpeername() == ("10.0.0.2", 80)
+    client.sendall(b"after connect")
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    assert conn.recv(100) == b"after connect"
+    for sock in (client, conn, server):
+        sock.close()
+
+
+def test_nonblocking_connect_failure_sets_so_error(installed: Installed) -> None:
+    client = socket.socket()
+    client.setblocking(False)
+    assert client.connect_ex(("10.0.0.2", 81)) == errno.EINPROGRESS
+    _, writable, _ = select.select([], [client], [], 2)
+    assert writable == [client]
+    assert client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+    assert client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    client.close()
+
+
+def test_listener_is_readable_only_with_a_pending_connection(installed: Installed) -> None:
+    server = listening(installed, 80)
+    readable, _, _ = select.select([server], [], [], 0.05)
+    assert readable == []
+    client = socket.create_connection(("10.0.0.2", 80), timeout=5)
+    readable, _, _ = select.select([server], [], [], 2)
+    assert readable == [server]
+    conn, _ = server.accept()
+    readable, _, _ = select.select([server], [], [], 0.05)
+    assert readable == []
+    server.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        server.accept()
+    for sock in (client, conn, server):
+        sock.close()
+
+
+def test_half_close_reaches_the_peer(installed: Installed) -> None:
+    server = listening(installed, 80)
+    client = socket.create_connection(("10.0.0.2", 80), timeout=5)
+    conn, _ = server.accept()
+    conn.settimeout(5)
+    client.sendall(b"request")
+    client.shutdown(socket.SHUT_WR)
+    assert conn.recv(100) == b"request"
+    assert conn.recv(100) == b""
+    conn.sendall(b"response after half-close")
+    conn.close()
+    data = b""
+    while chunk := client.recv(100):
+        data += chunk
+    assert data == b"response after half-close"
+    client.close()
+    server.close()
+
+
+def test_linger_zero_close_resets_the_peer(installed: Installed) -> None:
+    server = listening(installed, 80)
+    client = socket.create_connection(("10.0.0.2", 80), timeout=5)
+    conn, _ = server.accept()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    with pytest.raises(ConnectionResetError):
+        client.recv(100)
+    client.close()
+    server.close()
+
+
+def test_network_reset_reaches_the_program(installed: Installed) -> None:
+    installed.net.reset_after(installed.web, installed.client, 10)
+    server = listening(installed, 80)
+    client = socket.create_connection(("10.0.0.2", 80), timeout=5)
+    conn, _ = server.accept()
+    conn.sendall(b"0123456789 and more")
+    assert client.recv(100) == b"0123456789"
+    with pytest.raises(ConnectionResetError):
+        client.recv(100)
+    for sock in (client, conn, server):
+        sock.close()
+
+
+def test_makefile_and_sendfile(installed: Installed, tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "payload.txt"
+    path.write_bytes(b"line one\nline two\n" * 1000)
+    server = listening(installed, 80)
+    client = socket.create_connection(("10.0.0.2", 80), timeout=5)
+    conn, _ = server.accept()
+    with path.open("rb") as file:
+        assert client.sendfile(file) == 18000
+    client.shutdown(socket.SHUT_WR)
+    reader = conn.makefile("rb")
+    assert reader.readline() == b"line one\n"
+    assert len(reader.read()) == 18000 - 9
+    reader.close()
+    for sock in (client, conn, server):
+        sock.close()
+
+
+def test_options_are_reported_back(installed: Installed) -> None:
+    sock = socket.socket()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 131072
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_INET
+    with pytest.raises(OSError) as caught:
+        sock.setsockopt(socket.SOL_SOCKET, 9999, 1)
+    assert caught.value.errno == errno.ENOPROTOOPT
+    sock.close()
+
+
+def test_bad_input_fails_as_the_stdlib_does(installed: Installed) -> None:
+    sock = socket.socket()
+    with pytest.raises(socket.gaierror) as caught:
+        sock.connect(("::1", 80))
+    assert caught.value.errno == socket.EAI_ADDRFAMILY
+    with pytest.raises(TypeError, match="AF_INET address must be tuple, not str"):
+        sock.connect("1.2.3.4")  # type: ignore[arg-type]
+    with pytest.raises(OverflowError, match=r"connect\(\): port must be 0-65535"):
+        sock.connect(("1.2.3.4", 70000))
+    with pytest.raises(TypeError, match="'str' object cannot be interpreted as an integer"):
+        sock.connect(("1.2.3.4", "x"))  # type: ignore[arg-type]
+    with pytest.raises(OSError) as caught:
+        sock.recv(1)
+    assert caught.value.errno == errno.ENOTCONN
+    with pytest.raises(OSError) as caught:
+        sock.getpeername()
+    assert caught.value.errno == errno.ENOTCONN
+    assert sock.getsockname() == ("0.0.0.0", 0)
+    sock.close()
+    with pytest.raises(OSError) as caught:
+        sock.send(b"x")
+    assert caught.value.errno == errno.EBADF
+
+
+def test_udp_round_trip_and_refusal(installed: Installed) -> None:
+    with acting_as(installed.web):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("0.0.0.0", 5353))
+    server.settimeout(5)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    client.sendto(b"query", ("10.0.0.2", 5353))
+    data, address = server.recvfrom(100)
+    assert data == b"query"
+    assert address == ("10.0.0.3", client.getsockname()[1])
+    server.sendto(b"answer", address)
+    assert client.recvfrom(100) == (b"answer", ("10.0.0.2", 5353))
+    connected = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    connected.settimeout(5)
+    connected.connect(("10.0.0.2", 9))
+    connected.send(b"anyone?")
+    with pytest.raises(ConnectionRefusedError):
+        connected.recv(100)
+    with pytest.raises(PermissionError):
+        client.sendto(b"all", ("10.0.0.255", 5353))
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    client.sendto(b"all", ("10.0.0.255", 5353))
+    assert server.recvfrom(100)[0] == b"all"
+    with pytest.raises(OSError) as caught:
+        client.sendto(b"x" * 65508, ("10.0.0.2", 5353))
+    assert caught.value.errno == errno.EMSGSIZE
+    for sock in (server, client, connected):
+        sock.close()
+
+
+def test_name_functions(installed: Installed) -> None:
+    assert socket.gethostname() == "client"
+    assert socket.gethostbyname("web.internal") == "10.0.0.2"
+    installed.net.add_record("www.example.com", "CNAME", "web.internal.")
+    assert socket.gethostbyname_ex("www.example.com") == (
+        "web.internal",
+        ["www.example.com"],
+        ["10.0.0.2"],
+    )
+    assert socket.gethostbyaddr("10.0.0.2") == ("web.internal", [], ["10.0.0.2"])
+    assert socket.getnameinfo(("10.0.0.2", 80), 0) == ("web.internal", "http")
+    assert socket.getnameinfo(("10.0.0.2", 80), socket.NI_NUMERICHOST) == ("10.0.0.2", "http")
+    assert socket.getfqdn("10.0.0.2") == "web.internal"
+    assert socket.has_dualstack_ipv6()
+    with pytest.raises(socket.gaierror) as caught:
+        socket.gethostbyname("missing.example")
+    assert caught.value.errno == socket.EAI_NONAME
+    with pytest.raises(socket.herror):
+        socket.gethostbyaddr("10.0.0.77")
+
+
+def test_other_threads_see_the_patch(installed: Installed) -> None:
+    seen: list[str] = []
+    thread = threading.Thread(target=lambda: seen.append(socket.gethostname()))
+    thread.start()
+    thread.join()
+    assert seen == ["client"]
+
+
+def test_tls_end_to_end(installed: Installed) -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("web.internal")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    server = listening(installed, 443)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with server_context.wrap_socket(conn, server_side=True) as tls:
+            assert tls.getpeername()[0] == "10.0.0.3"
+            tls.sendall(tls.recv(100)[::-1])
+
+    with server_thread(serve):
+        raw = socket.create_connection(("web.internal", 443), timeout=5)
+        with client_context.wrap_socket(raw, server_hostname="web.internal") as tls:
+            assert tls.getpeername() == ("10.0.0.2", 443)
+            assert tls.family == socket.AF_INET
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+            tls.sendall(b"secret")
+            assert tls.recv(100) == b"terces"
+    server.close()
+
+
+def test_tls_wrap_before_connect(installed: Installed) -> None:
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("web.internal").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    server = listening(installed, 443)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with server_context.wrap_socket(conn, server_side=True) as tls:
+            tls.sendall(b"hello over tls")
+
+    with server_thread(serve):
+        tls = client_context.wrap_socket(socket.socket(), server_hostname="web.internal")
+        tls.settimeout(5)
+        tls.connect(("web.internal", 443))
+        assert tls.recv(100) == b"hello over tls"
+        tls.close()
+    server.close()
