@@ -6,7 +6,8 @@
 * ``socket.getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``,
   ``gethostbyaddr``, ``getnameinfo`` and ``gethostname`` with functions
   answered by the stack;
-* ``ssl.SSLContext.sslsocket_class`` with :class:`ShimSSLSocket`.
+* ``ssl.SSLContext.sslsocket_class`` with :class:`ShimSSLSocket`;
+* the few methods trio's socket class takes unbound (see :mod:`._trio`).
 
 asyncio, anyio, trio, ``http.client``, urllib3, ``socketserver`` and the rest
 look these names up when they use them, so they follow without patches of
@@ -32,6 +33,7 @@ from ..stack import Stack
 from . import _names
 from ._socket import ShimSocket
 from ._ssl import ShimSSLSocket
+from ._trio import register_hooks, trio_patches
 
 __all__ = ["acting_as", "current_acting_stack", "install", "installed", "is_installed", "uninstall"]
 
@@ -78,6 +80,9 @@ def install(stack: Stack | None = None) -> Stack:
         for name, value in _SOCKET_NAMES.items():
             _replace(socket, name, value)
         _replace(ssl.SSLContext, "sslsocket_class", ShimSSLSocket)
+        for owner, name, value in trio_patches():
+            _replace(owner, name, value)
+    register_hooks()
     return stack
 
 

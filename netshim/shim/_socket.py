@@ -209,7 +209,9 @@ class _ShimCommon(_Base):
             value = None
         elif isinstance(value, bytes | bytearray):
             value = bytes(value)
-        elif isinstance(value, bool) or not isinstance(value, int):
+        elif isinstance(value, int):
+            value = int(value)
+        else:
             raise TypeError(f"a bytes-like object is required, not '{type(value).__name__}'")
         if (level, option) == (socket.SOL_SOCKET, socket.SO_LINGER) and isinstance(value, bytes):
             on, seconds = struct.unpack("ii", value[:8])
@@ -263,26 +265,27 @@ class _ShimCommon(_Base):
             state.options.get((socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), 0)
         )
 
-    def accept(self) -> tuple[socket.socket, Any]:
+    def _accept(self) -> tuple[int, Any]:
+        """What ``socket.accept()`` calls: the next connection's descriptor and address.
+
+        Overriding this one method makes the standard ``accept()`` (and
+        ``SSLSocket.accept()``, and trio's, which call it unbound) work.
+        """
         state = self._netshim
         if state is None:
-            return super().accept()
+            return super()._accept()  # type: ignore[misc,no-any-return]
         _check_open(self)
         if state.phase is not Phase.LISTENING:
             raise os_error(errno.EINVAL)
         # One byte per waiting connection: reading it honours blocking mode
         # and timeout exactly as accept() on a real listening socket would.
-        token = super().recv(1)
+        token = ORIGINAL_SOCKET.recv(self, 1)
         if not token:
             raise os_error(errno.EBADF, "the listener was closed")
         user_end, accepted = state.accept_queue.popleft()
         state.engine.spawn(_room_available, state)
-        sock = ShimSocket(socket.AF_UNIX, socket.SOCK_STREAM, 0, user_end.detach())
-        accepted.user_socket = _weak(sock)
-        if socket.getdefaulttimeout() is None and self.gettimeout():
-            sock.setblocking(True)
         assert accepted.remote is not None
-        return sock, sock._sockaddr(accepted.remote)
+        return user_end.detach(), self._sockaddr(accepted.remote)
 
     def _connect(self, address: Any, function: str) -> int:
         state = self._netshim

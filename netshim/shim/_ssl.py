@@ -80,18 +80,6 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
             self._sslobj = None
             raise
 
-    def accept(self) -> tuple[Any, Any]:
-        if self._netshim is None:
-            return super().accept()
-        sock, address = _ShimCommon.accept(self)
-        wrapped = self.context.wrap_socket(
-            sock,
-            do_handshake_on_connect=self.do_handshake_on_connect,
-            suppress_ragged_eofs=self.suppress_ragged_eofs,
-            server_side=True,
-        )
-        return wrapped, address
-
     def _real_close(self) -> None:
         state = self._netshim
         if state is not None and state.user_socket() is not None:
