@@ -81,8 +81,10 @@ __all__ = [
     "Zone",
     "answer_query",
     "build_query",
+    "check_name",
     "parse_response",
     "reverse_name",
+    "split_rdata",
 ]
 
 HEADER_SIZE: Final = 12
@@ -281,6 +283,27 @@ def _split_rdata(text: str) -> list[bytes]:
     if in_field:
         fields.append(bytes(current))
     return fields
+
+
+def split_rdata(text: str) -> list[bytes]:
+    """The fields of rdata in zone-file text, unescaped, as :attr:`DnsAnswer.value` holds it.
+
+    ``'10 mail.example.com.'`` gives ``[b"10", b"mail.example.com."]`` and
+    ``'"a b" "c\\"d"'`` gives ``[b"a b", b'c"d']``.  Raises ``ValueError`` for
+    an unclosed quote, a lone backslash or an escape above 255.
+    """
+    try:
+        return _split_rdata(text)
+    except _RdataError as exc:
+        raise ValueError(f"invalid rdata text {text!r}: {exc}") from None
+
+
+def check_name(name: str) -> str:
+    """``name`` as lower-case ASCII without the trailing dot; ``ValueError`` saying why not.
+
+    The limits are RFC 1035's: 63 octets a label and 255 a name on the wire.
+    """
+    return _normalise_name(name)
 
 
 def _field_text(field: bytes) -> str:

@@ -110,13 +110,11 @@ def test_asyncio_sock_calls(installed: Installed) -> None:
         await loop.sock_sendall(client, b"over sock_sendall")
         conn.setblocking(False)
         assert await loop.sock_recv(conn, 100) == b"over sock_sendall"
+        refused = socket.socket()
+        refused.setblocking(False)
         with pytest.raises(ConnectionRefusedError):
-            refused = socket.socket()
-            refused.setblocking(False)
-            try:
-                await loop.sock_connect(refused, ("10.0.0.2", 7001))
-            finally:
-                refused.close()
+            await loop.sock_connect(refused, ("10.0.0.2", 7001))
+        refused.close()
         for sock in (client, conn, listener):
             sock.close()
 
