@@ -116,7 +116,8 @@ def test_asyncio_open_connection_uses_names_too(far_end: Any) -> None:
         await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(main(), 10))
-    assert stack.names_asked and set(stack.names_asked) == {"web.internal"}
+    assert stack.names_asked
+    assert set(stack.names_asked) == {"web.internal"}
 
 
 def test_gethostbyaddr_of_a_synthetic_address_names_it(far_end: Any) -> None:
