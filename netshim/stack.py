@@ -40,6 +40,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute, TaskGroup
 
+from . import _system
 from ._addresses import Address
 
 __all__ = [
@@ -273,6 +274,10 @@ class Stack(ABC):
     #: shim then hands out synthetic addresses and connects by name.
     resolves_remotely: bool = False
 
+    #: True when the stack *is* the operating system's network with nothing
+    #: added: the socket shim then hands out real sockets, at no cost.
+    uses_host_sockets: bool = False
+
     @abstractmethod
     async def listen_tcp(
         self,
@@ -324,7 +329,7 @@ class Stack(ABC):
     @property
     def hostname(self) -> str:
         """What ``socket.gethostname()`` answers for programs on this stack."""
-        return socket.gethostname()
+        return _system.gethostname()
 
     def stack_for_local_address(self, host: str) -> Stack:
         """The stack that owns the local address ``host``, for ``bind()``.

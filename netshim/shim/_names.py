@@ -23,6 +23,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from .. import _system
 from .._addresses import IPAddress, check_host, parse_ip, parse_service, service_socket_types
 from .._addrinfo import AddrInfo, resolve_addrinfo
 from ._engine import get_engine
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
 
 SYNTHETIC_IPV4 = ipaddress.IPv4Network("198.18.0.0/15")
 SYNTHETIC_IPV6 = ipaddress.IPv6Network("100::/64")
@@ -103,6 +105,8 @@ def getaddrinfo_on(
     stack: Any, host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
 ) -> list[AddrInfo]:
     """getaddrinfo on a given stack (a socket's own, after uninstall() too)."""
+    if stack.uses_host_sockets:
+        return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
     if stack.resolves_remotely and host is not None:
         name = check_host(host, "getaddrinfo")
         if (

@@ -401,7 +401,13 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             if family in _INET_FAMILIES and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
                 if proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
                     raise os_error(errno.EPROTONOSUPPORT)
-                state = SocketState(family, kind, acting_stack(), get_engine())
+                stack = acting_stack()
+                if stack.uses_host_sockets:
+                    # The host network with nothing added: a real socket is exact and free.
+                    super().__init__(family, type, proto)
+                    self._netshim = None
+                    return
+                state = SocketState(family, kind, stack, get_engine())
                 user_end, engine_end = _socket.socketpair(socket.AF_UNIX, kind)
                 super().__init__(socket.AF_UNIX, kind, 0, user_end.detach())
                 engine = ORIGINAL_SOCKET(socket.AF_UNIX, kind, 0, engine_end.detach())

@@ -23,6 +23,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import SocketAttribute
 
+from .. import _system
 from .._addresses import Address, check_host, check_port, is_ip, parse_service
 from .._errors import connection_reset, message_too_long, os_error
 from ..stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, UdpSocket
@@ -46,7 +47,7 @@ def _getaddrinfo(
     host: str | None, port: int, family: int, type: int, proto: int, flags: int
 ) -> list[AddrInfo]:
     # Only AF_INET and AF_INET6 are asked for, so the results have their shapes.
-    return socket.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
+    return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
 
 
 def _short(sockaddr: Any) -> Address:
@@ -215,12 +216,14 @@ class HostStack(Stack):
     ``EADDRINUSE``.
     """
 
+    uses_host_sockets = True
+
     def __repr__(self) -> str:
         return "HostStack()"
 
     async def reverse_lookup(self, ip: str) -> str:
         name, _, _ = await anyio.to_thread.run_sync(
-            socket.gethostbyaddr, ip, abandon_on_cancel=True
+            _system.gethostbyaddr, ip, abandon_on_cancel=True
         )
         return name
 
@@ -267,7 +270,7 @@ class HostStack(Stack):
     async def _connect_one(
         self, family: int, sockaddr: Any, local_address: Address | None
     ) -> TcpStream:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = _system.socket_class(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -302,7 +305,7 @@ class HostStack(Stack):
             host = check_host(host, "listen_tcp")
             infos = await self.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
             family, _, _, _, address = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = _system.socket_class(family, socket.SOCK_STREAM)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6_only))
         try:
@@ -318,11 +321,11 @@ class HostStack(Stack):
 
     @staticmethod
     def _dual_stack_socket(kind: int, ipv6_only: bool) -> socket.socket:
-        if socket.has_dualstack_ipv6() or ipv6_only:
-            sock = socket.socket(socket.AF_INET6, kind)
+        if _system.has_dualstack_ipv6() or ipv6_only:
+            sock = _system.socket_class(socket.AF_INET6, kind)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6_only))
             return sock
-        return socket.socket(socket.AF_INET, kind)
+        return _system.socket_class(socket.AF_INET, kind)
 
     async def open_udp(
         self,
@@ -336,7 +339,7 @@ class HostStack(Stack):
         host = check_host(host, "open_udp")
         infos = await self.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = _system.socket_class(family, socket.SOCK_DGRAM)
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6_only))

@@ -427,3 +427,34 @@ def test_tls_wrap_before_connect(installed: Installed) -> None:
         assert tls.recv(100) == b"hello over tls"
         tls.close()
     server.close()
+
+
+def test_host_stack_installed_gives_real_sockets() -> None:
+    with netshim.installed(netshim.HostStack()):
+        server = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(server.getsockname(), timeout=5)
+        conn, _ = server.accept()
+        assert type(client) is socket.socket
+        assert client.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_INET
+        client.sendall(b"real loopback")
+        assert conn.recv(100) == b"real loopback"
+        assert socket.gethostbyname("localhost") == "127.0.0.1"
+        for sock in (client, conn, server):
+            sock.close()
+
+
+def test_host_stack_keeps_working_while_a_virtual_network_is_installed(
+    installed: Installed,
+) -> None:
+    import anyio
+
+    from netshim.testing import CHECKS, StackPair
+
+    host = netshim.HostStack()
+
+    async def run() -> None:
+        pair = StackPair(host, host, "127.0.0.1", "127.0.0.1")
+        for name in ("tcp_echo_both_ways", "udp_round_trip", "getaddrinfo_numeric"):
+            await CHECKS[name](pair)
+
+    anyio.run(run)
