@@ -1,0 +1,98 @@
+"""What the gateway reports: Prometheus metrics and one log line per stream.
+
+Each :class:`Metrics` has its own registry, so that several gateways in one
+process (tests, benchmarks) do not collide in prometheus-client's global one.
+Stream log lines are ``logfmt`` (``key=value``) on the ``netshim.gateway``
+logger, one per stream when it ends, so that a log shipper can index them
+without a parser of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .._addresses import format_address
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StreamRecord", "logger"]
+
+logger = logging.getLogger("netshim.gateway")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "netshim_gateway_connections",
+            "Client connections open now, by protocol.",
+            ["protocol"],
+            registry=self.registry,
+        )
+        self.connections_total = Counter(
+            "netshim_gateway_accepted_connections",
+            "Client connections accepted, by protocol.",
+            ["protocol"],
+            registry=self.registry,
+        )
+        self.streams = Gauge(
+            "netshim_gateway_streams",
+            "Streams open now, by protocol and transport.",
+            ["protocol", "transport"],
+            registry=self.registry,
+        )
+        self.streams_closed = Counter(
+            "netshim_gateway_streams_closed",
+            "Streams ended, by protocol and close reason.",
+            ["protocol", "reason"],
+            registry=self.registry,
+        )
+        self.bytes = Counter(
+            "netshim_gateway_stream_bytes",
+            "Payload bytes moved, by direction (up: client to destination).",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "netshim_gateway_policy_refusals",
+            "Destinations the policy refused, by protocol.",
+            ["protocol"],
+            registry=self.registry,
+        )
+        self.auth_failures = Counter(
+            "netshim_gateway_auth_failures",
+            "Failed authentications, by protocol.",
+            ["protocol"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    """What the log line of one stream says."""
+
+    protocol: str
+    client: tuple[str, int]
+    host: str
+    port: int
+    transport: str = "tcp"
+    ip: str = "-"
+    up: int = 0
+    down: int = 0
+    reason: str = "-"
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        duration = time.monotonic() - self.started
+        destination = format_address((self.host, self.port))
+        return (
+            f"stream protocol={self.protocol} transport={self.transport} "
+            f"client={format_address(self.client)} dest={destination} ip={self.ip} "
+            f"up={self.up} down={self.down} duration={duration:.3f} close={self.reason}"
+        )

@@ -1,0 +1,1138 @@
+"""The gateway server: Wisp, wsproxy and websockify on one HTTP port, SOCKS5 on another.
+
+Every destination goes through one :class:`~netshim.policy.Policy` and one
+upstream :class:`~netshim.Stack`; clients are accepted from a second stack
+(the host network unless told otherwise), so the whole gateway can also run
+inside a :class:`~netshim.VirtualNetwork`.
+
+Data paths and why they are shaped so:
+
+* Download (destination to client): each stream's task reads its upstream
+  only after :meth:`WebSocket.send` accepted the previous chunk, and that
+  waits while the WebSocket's output is over its high-water mark.  A slow
+  client therefore stops the reads, the kernel window closes, and the
+  destination slows down: memory stays bounded and no tail is dropped.  A
+  stream ends with all its bytes and then ``CLOSE``, in that order, because
+  one task sends both.
+* Upload (client to destination): the WebSocket reader never waits for a
+  destination.  It queues DATA on its stream (bounded by Wisp credits: a
+  client that ignores them is throttled by the core) and the stream's own
+  task writes upstream and releases credits, so one stalled destination never
+  stalls the other streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hmac
+import ipaddress
+import socket
+import time
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+from .._addresses import Address, format_address
+from .._errors import LocalProtocolError, RemoteProtocolError
+from ..policy import DestinationBlockedError, Policy, TokenBucket
+from ..protocols import socks5, wisp
+from ..stack import Stack, TcpListener, TcpStream, UdpSocket
+from ._observe import CONTENT_TYPE_LATEST, Metrics, StreamRecord, logger
+from ._websocket import DEFAULT_HIGH_WATER, WebSocket
+
+__all__ = ["Gateway", "GatewayConfig", "load_token_file", "serve"]
+
+# The v2 drafts give the peer five seconds to send its INFO; the same bound
+# keeps a silent client from holding a half-open connection.
+HANDSHAKE_TIMEOUT = 5.0
+# What one upstream read asks for: one DATA packet, as large as a socket read
+# usefully gets on loopback without making the WebSocket frames huge.
+DEFAULT_READ_SIZE = 1 << 16
+# An HTTP request line and headers in front of an upgrade fit in a few KiB;
+# nginx's default large_client_header_buffers is 4 x 8 KiB.
+MAX_REQUEST_SIZE = 32 * 1024
+CLOSE_WAIT = 2.0
+
+
+def load_token_file(path: str | Path) -> dict[str, tuple[str, int]]:
+    """Read a websockify token file: ``token: host:port`` per line, ``#`` comments."""
+    targets: dict[str, tuple[str, int]] = {}
+    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        token, sep, target = line.partition(":")
+        host, sep2, port = target.strip().rpartition(":")
+        if not sep or not sep2 or not port.isdigit():
+            raise ValueError(f"{path}:{number}: expected 'token: host:port', got {raw!r}")
+        targets[token.strip()] = (host.strip("[]"), int(port))
+    return targets
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    """Everything the gateway can be told (the CLI and config file map onto it).
+
+    ``users`` enables password authentication (Wisp v2 extension, SOCKS5
+    username/password) and makes it required.  ``url_tokens`` requires
+    ``?token=`` on Wisp and wsproxy URLs.  ``targets`` maps websockify
+    tokens to destinations (see :func:`load_token_file`).
+    ``trusted_proxies`` are networks whose ``X-Forwarded-For`` /
+    ``X-Real-IP`` headers name the real client.
+    """
+
+    policy: Policy = field(default_factory=Policy)
+    users: dict[str, str] = field(default_factory=dict)
+    url_tokens: frozenset[str] = frozenset()
+    targets: dict[str, tuple[str, int]] = field(default_factory=dict)
+    motd: str | None = None
+    wisp_v2: bool = True
+    wisp_buffer_size: int = wisp.DEFAULT_BUFFER_SIZE
+    max_message_size: int = wisp.DEFAULT_MAX_MESSAGE_SIZE
+    high_water: int = DEFAULT_HIGH_WATER
+    read_size: int = DEFAULT_READ_SIZE
+    trusted_proxies: tuple[str, ...] = ()
+    shutdown_grace: float = 10.0
+
+
+def _close_reason_for(exc: BaseException) -> int:
+    if isinstance(exc, DestinationBlockedError):
+        return wisp.CloseReason.BLOCKED
+    if isinstance(exc, socket.gaierror):
+        return wisp.CloseReason.UNREACHABLE
+    if isinstance(exc, ConnectionRefusedError):
+        return wisp.CloseReason.REFUSED
+    if isinstance(exc, TimeoutError):
+        return wisp.CloseReason.TIMEOUT
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return wisp.CloseReason.UNREACHABLE
+    return wisp.CloseReason.NETWORK_ERROR
+
+
+def _socks_reply_for(exc: BaseException) -> int:
+    if isinstance(exc, DestinationBlockedError | _ThrottledError):
+        return socks5.ReplyCode.NOT_ALLOWED
+    if isinstance(exc, ConnectionRefusedError):
+        return socks5.ReplyCode.CONNECTION_REFUSED
+    if isinstance(exc, OSError) and exc.errno == errno.ENETUNREACH:
+        return socks5.ReplyCode.NETWORK_UNREACHABLE
+    if isinstance(exc, socket.gaierror | TimeoutError | OSError):
+        return socks5.ReplyCode.HOST_UNREACHABLE
+    return socks5.ReplyCode.GENERAL_FAILURE
+
+
+class _ThrottledError(Exception):
+    """A per-client or total limit refused a new stream."""
+
+
+class _Client:
+    """What the gateway tracks per client IP: open streams, rates."""
+
+    __slots__ = ("bandwidth", "new_streams", "streams")
+
+    def __init__(self, policy: Policy, now: float) -> None:
+        limits = policy.limits
+        self.streams = 0
+        self.new_streams = (
+            TokenBucket(limits.new_streams_per_second, limits.new_streams_burst, now)
+            if limits.new_streams_per_second
+            else None
+        )
+        self.bandwidth = (
+            TokenBucket(limits.bandwidth, max(limits.bandwidth, DEFAULT_READ_SIZE), now)
+            if limits.bandwidth
+            else None
+        )
+
+
+class Gateway:
+    """Serves ``stack`` to remote clients (see the module documentation).
+
+    ``await gateway.serve(...)`` listens and serves until cancelled or until
+    :meth:`shutdown` was called and every connection drained.
+    """
+
+    def __init__(self, stack: Stack | None = None, config: GatewayConfig | None = None) -> None:
+        if stack is None:
+            from ..stacks.host import HostStack
+
+            stack = HostStack()
+        self.stack = stack
+        self.config = config or GatewayConfig()
+        self.policy = self.config.policy
+        self.metrics = Metrics()
+        self.addresses: dict[str, Address] = {}
+        self._clients: dict[str, _Client] = {}
+        self._total_streams = 0
+        self._listeners: list[TcpListener] = []
+        self._listen_stack: Stack | None = None
+        self._connections = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._shutting_down = False
+        self._trusted = tuple(
+            ipaddress.ip_network(n, strict=False) for n in self.config.trusted_proxies
+        )
+
+    # -- lifecycle
+
+    async def serve(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = 8080,
+        socks_port: int | None = None,
+        listen_stack: Stack | None = None,
+        task_status: anyio.abc.TaskStatus[dict[str, Address]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen for WebSocket/HTTP clients on ``host:port`` and SOCKS5 on ``socks_port``.
+
+        ``port=0`` picks a free port; the addresses are in :attr:`addresses`
+        (and given to ``task_status.started``).  ``port=None`` serves SOCKS5 only.
+        """
+        if listen_stack is None:
+            from ..stacks.host import HostStack
+
+            listen_stack = HostStack()
+        try:
+            await self._listen_and_accept(host, port, socks_port, listen_stack, task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for listener in self._listeners:
+                    await listener.aclose()
+
+    async def _listen_and_accept(
+        self,
+        host: str,
+        port: int | None,
+        socks_port: int | None,
+        listen_stack: Stack,
+        task_status: anyio.abc.TaskStatus[dict[str, Address]],
+    ) -> None:
+        async with anyio.create_task_group() as group:
+            if port is not None:
+                http = await listen_stack.listen_tcp(host, port)
+                self._listeners.append(http)
+                self.addresses["http"] = http.local_address
+                group.start_soon(self._accept, http, self._serve_http)
+            if socks_port is not None:
+                socks = await listen_stack.listen_tcp(host, socks_port)
+                self._listeners.append(socks)
+                self.addresses["socks5"] = socks.local_address
+                self._listen_stack = listen_stack
+                group.start_soon(self._accept, socks, self._serve_socks5)
+            for name, address in self.addresses.items():
+                logger.info("listening protocol=%s address=%s", name, format_address(address))
+            task_status.started(dict(self.addresses))
+
+    async def _accept(self, listener: TcpListener, handler: object) -> None:
+        async with anyio.create_task_group() as group:
+            async for stream in listener:
+                group.start_soon(self._run_connection, stream, handler)
+
+    async def _run_connection(self, stream: TcpStream, handler: object) -> None:
+        self._connections += 1
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        try:
+            async with stream:
+                await handler(stream)  # type: ignore[operator]
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            self._connections -= 1
+            if self._connections == 0:
+                self._idle.set()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let open connections finish for ``grace`` seconds, then return.
+
+        Connections still open after the grace period are cut when the
+        caller cancels :meth:`serve` (the CLI does so on the second signal
+        or at the deadline).
+        """
+        self._shutting_down = True
+        for listener in self._listeners:
+            await listener.aclose()
+        with anyio.move_on_after(self.config.shutdown_grace if grace is None else grace):
+            await self._idle.wait()
+
+    # -- limits
+
+    def _admit(self, client_ip: str) -> _Client:
+        limits = self.policy.limits
+        now = time.monotonic()
+        client = self._clients.get(client_ip)
+        if client is None:
+            client = self._clients[client_ip] = _Client(self.policy, now)
+        if self._shutting_down:
+            raise _ThrottledError("the gateway is shutting down")
+        if limits.max_streams_total is not None and self._total_streams >= limits.max_streams_total:
+            raise _ThrottledError(f"{self._total_streams} streams open in total")
+        if (
+            limits.max_streams_per_client is not None
+            and client.streams >= limits.max_streams_per_client
+        ):
+            raise _ThrottledError(f"{client.streams} streams open for {client_ip}")
+        if client.new_streams is not None and not client.new_streams.try_take(1, now):
+            raise _ThrottledError(f"new-stream rate of {client_ip}")
+        client.streams += 1
+        self._total_streams += 1
+        return client
+
+    def _release(self, client_ip: str) -> None:
+        client = self._clients.get(client_ip)
+        self._total_streams -= 1
+        if client is not None:
+            client.streams -= 1
+            if client.streams == 0 and client.new_streams is None and client.bandwidth is None:
+                del self._clients[client_ip]
+
+    async def _throttle(self, client: _Client, nbytes: int) -> None:
+        if client.bandwidth is not None:
+            delay = client.bandwidth.take(nbytes, time.monotonic())
+            if delay > 0:
+                await anyio.sleep(delay)
+
+    # -- HTTP and WebSocket
+
+    def _real_client(self, peer: Address, headers: Headers) -> Address:
+        if not self._trusted:
+            return peer
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return peer
+        if not any(address in network for network in self._trusted):
+            return peer
+        hops = [h.strip() for h in headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        # The rightmost hop that is not one of our proxies is the client.
+        for hop in reversed(hops):
+            try:
+                hop_ip = ipaddress.ip_address(hop)
+            except ValueError:
+                break
+            if not any(hop_ip in network for network in self._trusted):
+                return (str(hop_ip), 0)
+        real = headers.get("X-Real-IP")
+        if real:
+            try:
+                return (str(ipaddress.ip_address(real.strip())), 0)
+            except ValueError:
+                pass
+        return peer
+
+    async def _serve_http(self, stream: TcpStream) -> None:
+        chosen: dict[str, str | None] = {"subprotocol": None}
+
+        def select(_: ServerProtocol, offered: object) -> str | None:
+            return chosen["subprotocol"]
+
+        protocol = ServerProtocol(
+            select_subprotocol=select,  # type: ignore[arg-type]
+            max_size=self.config.max_message_size,
+        )
+        request: Request | None = None
+        received = 0
+        with anyio.move_on_after(HANDSHAKE_TIMEOUT):
+            while request is None:
+                try:
+                    data = await stream.receive(DEFAULT_READ_SIZE)
+                except anyio.EndOfStream:
+                    return
+                received += len(data)
+                protocol.receive_data(data)
+                for event in protocol.events_received():
+                    if isinstance(event, Request):
+                        request = event
+                if request is None and (received > MAX_REQUEST_SIZE or protocol.handshake_exc):
+                    return
+        if request is None:
+            return
+        parsed = urllib.parse.urlsplit(request.path)
+        path, query = parsed.path, urllib.parse.parse_qs(parsed.query)
+        peer = self._real_client(stream.remote_address, request.headers)
+        offered = [
+            p.strip()
+            for value in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in value.split(",")
+            if p.strip()
+        ]
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        kind = "wisp" if path.endswith("/") else "wsproxy"
+        response: Response
+        target: tuple[str, int] | None = None
+        if not upgrade and path == "/healthz":
+            response = self._plain(protocol, 200, "ok\n")
+        elif not upgrade and path == "/metrics":
+            response = self._plain(protocol, 200, self.metrics.render().decode())
+            response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        elif not upgrade:
+            response = self._plain(protocol, 404, "not found: Wisp lives on paths ending in '/'\n")
+        elif self._shutting_down:
+            response = self._plain(protocol, 503, "shutting down\n")
+        else:
+            tokens = query.get("token")
+            token = tokens[0] if tokens else None
+            if kind == "wsproxy":
+                target = self._wsproxy_target(path, token)
+                if "binary" in offered:
+                    chosen["subprotocol"] = "binary"
+                elif offered:
+                    chosen["subprotocol"] = offered[0]
+            elif offered and self.config.wisp_v2:
+                # wisp-js asks for "wisp-v2"; the drafts only need the header.
+                chosen["subprotocol"] = offered[0]
+            authorised = not self.config.url_tokens or (
+                token is not None
+                and any(hmac.compare_digest(token, t) for t in self.config.url_tokens)
+            )
+            if kind == "wsproxy" and token is not None and token in self.config.targets:
+                authorised = True
+            if not authorised:
+                self.metrics.auth_failures.labels(kind).inc()
+                response = self._plain(protocol, 401, "a valid ?token= is required\n")
+            elif kind == "wsproxy" and target is None:
+                response = self._plain(protocol, 400, "expected /host:port or ?token=\n")
+            else:
+                response = protocol.accept(request)
+        protocol.send_response(response)
+        for chunk in protocol.data_to_send():
+            if chunk:
+                await stream.send(chunk)
+        if response.status_code != 101:
+            return
+        websocket = WebSocket(
+            stream,
+            protocol,
+            max_message_size=self.config.max_message_size,
+            high_water=self.config.high_water,
+        )
+        self.metrics.connections.labels(kind).inc()
+        self.metrics.connections_total.labels(kind).inc()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(websocket.run_writer)
+                try:
+                    if kind == "wisp":
+                        version = 2 if chosen["subprotocol"] is not None else 1
+                        await _WispSession(self, websocket, peer, version).run()
+                    else:
+                        assert target is not None
+                        await self._serve_wsproxy(websocket, peer, target)
+                finally:
+                    await websocket.close()
+                    with anyio.move_on_after(CLOSE_WAIT):
+                        while await websocket.receive() is not None:
+                            pass
+                    group.cancel_scope.cancel()
+        finally:
+            self.metrics.connections.labels(kind).dec()
+
+    @staticmethod
+    def _plain(protocol: ServerProtocol, status: int, text: str) -> Response:
+        response = protocol.reject(status, text)
+        response.headers["Content-Type"] = "text/plain; charset=utf-8"
+        return response
+
+    def _wsproxy_target(self, path: str, token: str | None) -> tuple[str, int] | None:
+        if token is not None and token in self.config.targets:
+            return self.config.targets[token]
+        last = urllib.parse.unquote(path.rsplit("/", 1)[-1])
+        host, sep, port = last.rpartition(":")
+        if not sep or not port.isdigit() or not host or not 1 <= int(port) <= 65535:
+            return None
+        return host.strip("[]"), int(port)
+
+    async def _serve_wsproxy(
+        self, websocket: WebSocket, peer: Address, target: tuple[str, int]
+    ) -> None:
+        record = StreamRecord("wsproxy", peer, target[0], target[1])
+        try:
+            client = self._admit(peer[0])
+        except _ThrottledError as exc:
+            record.reason = f"throttled({exc})"
+            logger.info(record.line())
+            await websocket.close(1013, "throttled")
+            return
+        self.metrics.streams.labels("wsproxy", "tcp").inc()
+        try:
+            try:
+                with anyio.fail_after(self.policy.limits.connect_timeout):
+                    upstream, checked = await self.policy.connect_tcp(self.stack, *target)
+            except (OSError, TimeoutError) as exc:
+                if isinstance(exc, DestinationBlockedError):
+                    self.metrics.refusals.labels("wsproxy").inc()
+                record.reason = type(exc).__name__
+                await websocket.close(1011, str(exc)[:120])
+                return
+            record.ip = checked.ip
+            async with upstream, anyio.create_task_group() as group:
+
+                async def download() -> None:
+                    while True:
+                        try:
+                            data = await upstream.receive(self.config.read_size)
+                        except (anyio.EndOfStream, OSError):
+                            break
+                        await self._throttle(client, len(data))
+                        record.down += len(data)
+                        await websocket.send(data)
+                    record.reason = record.reason if record.reason != "-" else "upstream-closed"
+                    group.cancel_scope.cancel()
+
+                group.start_soon(download)
+                while True:
+                    message = await websocket.receive()
+                    if message is None:
+                        record.reason = "client-closed"
+                        break
+                    data = message.encode() if isinstance(message, str) else message
+                    await self._throttle(client, len(data))
+                    record.up += len(data)
+                    try:
+                        await upstream.send(data)
+                    except OSError:
+                        record.reason = "upstream-error"
+                        break
+                # Let the destination see the end of the upload and answer.
+                try:
+                    await upstream.send_eof()
+                except OSError:
+                    group.cancel_scope.cancel()
+        finally:
+            self.metrics.streams.labels("wsproxy", "tcp").dec()
+            self.metrics.streams_closed.labels("wsproxy", record.reason).inc()
+            self.metrics.bytes.labels("up").inc(record.up)
+            self.metrics.bytes.labels("down").inc(record.down)
+            self._release(peer[0])
+            logger.info(record.line())
+
+    # -- SOCKS5
+
+    async def _serve_socks5(self, stream: TcpStream) -> None:
+        peer = stream.remote_address
+        conn = socks5.Socks5Connection(socks5.Role.SERVER)
+        users = self.config.users
+
+        async def next_event() -> socks5.Event:
+            while True:
+                event = conn.next_event()
+                if isinstance(event, socks5.Event):
+                    return event
+                try:
+                    conn.receive_data(await stream.receive(4096))
+                except anyio.EndOfStream:
+                    conn.receive_data(b"")
+
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT):
+                greeting = await next_event()
+                if not isinstance(greeting, socks5.Greeting):
+                    return
+                wanted = (
+                    socks5.AuthMethod.USERNAME_PASSWORD
+                    if users
+                    else socks5.AuthMethod.NO_AUTHENTICATION
+                )
+                method = wanted if wanted in greeting.methods else socks5.AuthMethod.NO_ACCEPTABLE
+                await stream.send(conn.send(socks5.MethodChoice(method)))
+                if method == socks5.AuthMethod.NO_ACCEPTABLE:
+                    self.metrics.auth_failures.labels("socks5").inc()
+                    return
+                if method == socks5.AuthMethod.USERNAME_PASSWORD:
+                    credentials = await next_event()
+                    if not isinstance(credentials, socks5.Credentials):
+                        return
+                    expected = users.get(credentials.username)
+                    ok = expected is not None and hmac.compare_digest(
+                        expected.encode(), credentials.password.encode()
+                    )
+                    await stream.send(conn.send(socks5.AuthResult(ok)))
+                    if not ok:
+                        self.metrics.auth_failures.labels("socks5").inc()
+                        return
+                request = await next_event()
+        except TimeoutError:
+            return
+        except RemoteProtocolError as exc:
+            if exc.hint is not None and conn.state is socks5.State.ERROR:
+                await stream.send(conn.send(socks5.Reply(exc.hint)))
+            return
+        if not isinstance(request, socks5.Request):
+            return
+        if request.command is socks5.Command.CONNECT:
+            await self._socks5_connect(stream, conn, request, peer)
+        elif request.command is socks5.Command.UDP_ASSOCIATE:
+            await self._socks5_associate(stream, conn, request, peer)
+        else:
+            await stream.send(conn.send(socks5.Reply(socks5.ReplyCode.COMMAND_NOT_SUPPORTED)))
+
+    async def _socks5_connect(
+        self,
+        stream: TcpStream,
+        conn: socks5.Socks5Connection,
+        request: socks5.Request,
+        peer: Address,
+    ) -> None:
+        record = StreamRecord("socks5", peer, request.host, request.port)
+        try:
+            client = self._admit(peer[0])
+        except _ThrottledError as exc:
+            await stream.send(conn.send(socks5.Reply(_socks_reply_for(exc))))
+            record.reason = "throttled"
+            logger.info(record.line())
+            return
+        self.metrics.streams.labels("socks5", "tcp").inc()
+        try:
+            try:
+                with anyio.fail_after(self.policy.limits.connect_timeout):
+                    upstream, checked = await self.policy.connect_tcp(
+                        self.stack, request.host, request.port
+                    )
+            except (OSError, TimeoutError) as exc:
+                if isinstance(exc, DestinationBlockedError):
+                    self.metrics.refusals.labels("socks5").inc()
+                    logger.info("refused protocol=socks5 client=%s %s", format_address(peer), exc)
+                record.reason = type(exc).__name__
+                await stream.send(conn.send(socks5.Reply(_socks_reply_for(exc))))
+                return
+            record.ip = checked.ip
+            async with upstream:
+                bound = upstream.local_address
+                await stream.send(conn.send(socks5.Reply(socks5.ReplyCode.SUCCEEDED, *bound)))
+                early = conn.trailing_data()
+                if early:
+                    record.up += len(early)
+                    await upstream.send(early)
+                record.reason = await self._splice(stream, upstream, client, record)
+        finally:
+            self.metrics.streams.labels("socks5", "tcp").dec()
+            self.metrics.streams_closed.labels("socks5", record.reason).inc()
+            self.metrics.bytes.labels("up").inc(record.up)
+            self.metrics.bytes.labels("down").inc(record.down)
+            self._release(peer[0])
+            logger.info(record.line())
+
+    async def _splice(
+        self, a: TcpStream, b: TcpStream, client: _Client, record: StreamRecord
+    ) -> str:
+        """Copy both ways with half-close, until both directions ended."""
+        reasons: list[str] = []
+        idle = self.policy.limits.idle_timeout
+
+        async with anyio.create_task_group() as group:
+            scope = group.cancel_scope
+            if idle is not None:
+                scope.deadline = anyio.current_time() + idle
+
+            async def copy(source: TcpStream, sink: TcpStream, up: bool) -> None:
+                while True:
+                    try:
+                        data = await source.receive(self.config.read_size)
+                    except anyio.EndOfStream:
+                        with contextlib.suppress(OSError):
+                            await sink.send_eof()
+                        return
+                    except OSError:
+                        reasons.append("reset")
+                        scope.cancel()
+                        return
+                    if idle is not None:
+                        scope.deadline = anyio.current_time() + idle
+                    await self._throttle(client, len(data))
+                    if up:
+                        record.up += len(data)
+                    else:
+                        record.down += len(data)
+                    try:
+                        await sink.send(data)
+                    except OSError:
+                        reasons.append("reset")
+                        scope.cancel()
+                        return
+
+            group.start_soon(copy, a, b, True)
+            group.start_soon(copy, b, a, False)
+        if scope.cancelled_caught and not reasons:
+            return "idle-timeout"
+        return reasons[0] if reasons else "closed"
+
+    async def _socks5_associate(
+        self,
+        stream: TcpStream,
+        conn: socks5.Socks5Connection,
+        request: socks5.Request,
+        peer: Address,
+    ) -> None:
+        record = StreamRecord("socks5", peer, request.host, request.port, transport="udp")
+        try:
+            client = self._admit(peer[0])
+        except _ThrottledError as exc:
+            await stream.send(conn.send(socks5.Reply(_socks_reply_for(exc))))
+            return
+        relay_ip = stream.local_address[0]
+        assert self._listen_stack is not None
+        relay = await self._listen_stack.open_udp(relay_ip, 0)
+        upstream = await self.stack.open_udp("0.0.0.0", 0)
+        upstream6: UdpSocket | None = None
+        self.metrics.streams.labels("socks5", "udp").inc()
+        # The client may name its UDP source in the request; else the first
+        # datagram from the TCP client's IP fixes it (RFC 1928 section 6).
+        client_udp: Address | None = None
+        if request.port and request.host not in ("0.0.0.0", "::"):
+            client_udp = (request.host, request.port)
+        checked: dict[tuple[str, int], str] = {}
+        try:
+            async with relay, upstream:
+                await stream.send(
+                    conn.send(socks5.Reply(socks5.ReplyCode.SUCCEEDED, *relay.local_address))
+                )
+                async with anyio.create_task_group() as group:
+
+                    async def from_client() -> None:
+                        nonlocal client_udp, upstream6
+                        async for packet, source in relay:
+                            if _plain_ip(source[0]) != _plain_ip(peer[0]):
+                                continue
+                            if client_udp is None:
+                                client_udp = source
+                            elif source != client_udp:
+                                continue
+                            try:
+                                datagram = socks5.UdpDatagram.parse(packet)
+                            except RemoteProtocolError:
+                                continue
+                            if datagram.fragment:
+                                continue
+                            key = (datagram.host, datagram.port)
+                            ip = checked.get(key)
+                            if ip is None:
+                                try:
+                                    targets = await self.policy.resolve(
+                                        self.stack, datagram.host, datagram.port, "udp"
+                                    )
+                                except (OSError, socket.gaierror) as exc:
+                                    if isinstance(exc, DestinationBlockedError):
+                                        self.metrics.refusals.labels("socks5").inc()
+                                    continue
+                                ip = checked[key] = targets[0].ip
+                            await self._throttle(client, len(datagram.data))
+                            record.up += len(datagram.data)
+                            sock = upstream
+                            if ":" in ip:
+                                if upstream6 is None:
+                                    upstream6 = await self.stack.open_udp("::", 0)
+                                    group.start_soon(to_client, upstream6)
+                                sock = upstream6
+                            try:
+                                await sock.send(datagram.data, (ip, datagram.port))
+                            except OSError:
+                                continue
+
+                    async def to_client(sock: UdpSocket) -> None:
+                        while True:
+                            try:
+                                data, source = await sock.receive()
+                            except anyio.ClosedResourceError:
+                                return
+                            except OSError:
+                                continue
+                            if client_udp is None:
+                                continue
+                            record.down += len(data)
+                            header = socks5.UdpDatagram(source[0], source[1], data).emit()
+                            try:
+                                await relay.send(header, client_udp)
+                            except OSError:
+                                continue
+
+                    async def control() -> None:
+                        # The association lives as long as its TCP connection.
+                        while True:
+                            try:
+                                await stream.receive(4096)
+                            except (anyio.EndOfStream, OSError):
+                                break
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(from_client)
+                    group.start_soon(to_client, upstream)
+                    group.start_soon(control)
+        finally:
+            if upstream6 is not None:
+                await upstream6.aclose()
+            record.reason = "closed"
+            self.metrics.streams.labels("socks5", "udp").dec()
+            self.metrics.streams_closed.labels("socks5", record.reason).inc()
+            self._release(peer[0])
+            logger.info(record.line())
+
+
+class _WispStream:
+    """One Wisp stream on the gateway: its upload queue and its task."""
+
+    __slots__ = (
+        "client",
+        "closed_by_client",
+        "kind",
+        "queue",
+        "queued_bytes",
+        "record",
+        "scope",
+        "stream_id",
+        "wake",
+    )
+
+    def __init__(self, stream_id: int, kind: wisp.StreamType, record: StreamRecord) -> None:
+        self.stream_id = stream_id
+        self.kind = kind
+        self.record = record
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.wake = anyio.Event()
+        self.closed_by_client = False
+        self.scope = anyio.CancelScope()
+        self.client: _Client | None = None
+
+    def push(self, data: bytes) -> None:
+        self.queue.append(data)
+        self.queued_bytes += len(data)
+        self.wake.set()
+
+    def client_closed(self) -> None:
+        self.closed_by_client = True
+        self.wake.set()
+
+
+# A UDP stream's queue drops datagrams past this many, as a full socket buffer would.
+MAX_QUEUED_DATAGRAMS = 256
+
+
+class _WispSession:
+    def __init__(self, gateway: Gateway, websocket: WebSocket, peer: Address, version: int) -> None:
+        self.gateway = gateway
+        self.config = gateway.config
+        self.ws = websocket
+        self.peer = peer
+        extensions: list[wisp.Extension] = []
+        if gateway.policy.allow_udp:
+            extensions.append(wisp.UdpExtension())
+        if self.config.users:
+            extensions.append(wisp.PasswordAuthExtension(required=True))
+        if self.config.motd:
+            extensions.append(wisp.MotdExtension(self.config.motd))
+        extensions.append(wisp.StreamConfirmationExtension())
+        self.conn = wisp.WispConnection(
+            wisp.Role.SERVER,
+            version=version,
+            extensions=extensions,
+            buffer_size=self.config.wisp_buffer_size,
+            udp=gateway.policy.allow_udp,
+        )
+        self.streams: dict[int, _WispStream] = {}
+
+    def _send_event(self, event: wisp.Event) -> None:
+        # LocalProtocolError: the stream was already closed; nothing to say.
+        with contextlib.suppress(LocalProtocolError):
+            self.ws.send_nowait(self.conn.send(event))
+
+    async def _handshake(self) -> bool:
+        self.ws.send_nowait(self.conn.initiate())
+        if self.conn.version == 1:
+            return True
+        with anyio.move_on_after(HANDSHAKE_TIMEOUT):
+            while self.conn.state is wisp.ConnectionState.INFO_SENT:
+                message = await self.ws.receive()
+                if message is None:
+                    return False
+                if isinstance(message, str):
+                    continue
+                self.conn.receive_data(message)
+                try:
+                    list(self.conn.events())
+                except RemoteProtocolError as exc:
+                    reason = exc.hint or wisp.CloseReason.INCOMPATIBLE_EXTENSIONS
+                    self.ws.send_nowait(_close0(reason))
+                    return False
+        if self.conn.state is not wisp.ConnectionState.INFO_RECEIVED:
+            return False
+        users = self.config.users
+        if users:
+            credentials = self.conn.credentials
+            if credentials is None:
+                reason = wisp.CloseReason.AUTH_MISSING_CREDENTIALS
+            else:
+                expected = users.get(credentials.username)
+                ok = expected is not None and hmac.compare_digest(
+                    expected.encode(), credentials.password.encode()
+                )
+                reason = 0 if ok else wisp.CloseReason.AUTH_BAD_PASSWORD
+            if reason:
+                self.gateway.metrics.auth_failures.labels("wisp").inc()
+                logger.info(
+                    "auth-failed protocol=wisp client=%s reason=%s",
+                    format_address(self.peer),
+                    wisp.CloseReason(reason).name,
+                )
+                self.ws.send_nowait(self.conn.send(wisp.Close(0, reason)))
+                return False
+        self.ws.send_nowait(self.conn.send(wisp.Continue(0, self.conn.buffer_size)))
+        return True
+
+    async def run(self) -> None:
+        if not await self._handshake():
+            return
+        async with anyio.create_task_group() as group:
+            try:
+                while True:
+                    await self.ws.wait_output_room()
+                    message = await self.ws.receive()
+                    if message is None:
+                        break
+                    if isinstance(message, str):
+                        continue
+                    self.conn.receive_data(message)
+                    try:
+                        for event in self.conn.events():
+                            self._dispatch(event, group)
+                    except RemoteProtocolError:
+                        break
+                    if self.conn.state is wisp.ConnectionState.CLOSED:
+                        break
+            finally:
+                for stream in self.streams.values():
+                    stream.client_closed()
+                # Streams finish their queued uploads and stop; downloads end now.
+                group.cancel_scope.deadline = anyio.current_time() + CLOSE_WAIT
+
+    def _dispatch(self, event: wisp.Event, group: anyio.abc.TaskGroup) -> None:
+        if isinstance(event, wisp.Connect):
+            transport = "udp" if event.stream_type is wisp.StreamType.UDP else "tcp"
+            record = StreamRecord("wisp", self.peer, event.host, event.port, transport=transport)
+            new = _WispStream(event.stream_id, event.stream_type, record)
+            self.streams[event.stream_id] = new
+            group.start_soon(self._run_stream, new)
+        elif isinstance(event, wisp.Data):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                return
+            if stream.kind is wisp.StreamType.UDP and len(stream.queue) >= MAX_QUEUED_DATAGRAMS:
+                return
+            stream.push(event.data)
+        elif isinstance(event, wisp.Close):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.record.reason = f"client:{_reason(event.reason)}"
+                stream.client_closed()
+        elif isinstance(event, wisp.PacketRejected):
+            logger.info(
+                "rejected protocol=wisp client=%s stream=%s detail=%r",
+                format_address(self.peer),
+                event.stream_id,
+                event.detail,
+            )
+            response = event.response()
+            if event.stream_id is not None:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.record.reason = _reason(event.reason)
+                    stream.scope.cancel()
+            if response is not None:
+                self.ws.send_nowait(_close_bytes(response))
+
+    async def _run_stream(self, stream: _WispStream) -> None:
+        gateway = self.gateway
+        record = stream.record
+        try:
+            stream.client = gateway._admit(self.peer[0])
+        except _ThrottledError as exc:
+            record.reason = "THROTTLED"
+            logger.info("%s detail=%r", record.line(), str(exc))
+            self._finish(stream, wisp.CloseReason.THROTTLED)
+            return
+        transport = record.transport
+        gateway.metrics.streams.labels("wisp", transport).inc()
+        try:
+            with stream.scope:
+                await self._stream_body(stream)
+        finally:
+            gateway.metrics.streams.labels("wisp", transport).dec()
+            gateway.metrics.streams_closed.labels("wisp", record.reason).inc()
+            gateway.metrics.bytes.labels("up").inc(record.up)
+            gateway.metrics.bytes.labels("down").inc(record.down)
+            gateway._release(self.peer[0])
+            self.streams.pop(stream.stream_id, None)
+            logger.info(record.line())
+
+    def _finish(self, stream: _WispStream, reason: int) -> None:
+        if not stream.closed_by_client:
+            self._send_event(wisp.Close(stream.stream_id, reason))
+        if stream.record.reason == "-":
+            stream.record.reason = _reason(reason)
+        self.streams.pop(stream.stream_id, None)
+
+    async def _stream_body(self, stream: _WispStream) -> None:
+        gateway, record = self.gateway, stream.record
+        policy = gateway.policy
+        upstream: TcpStream | UdpSocket
+        try:
+            with anyio.fail_after(policy.limits.connect_timeout):
+                if stream.kind is wisp.StreamType.TCP:
+                    upstream, target = await policy.connect_tcp(
+                        gateway.stack, record.host, record.port
+                    )
+                else:
+                    upstream, target = await policy.open_udp(
+                        gateway.stack, record.host, record.port
+                    )
+        except (OSError, TimeoutError) as exc:
+            reason = _close_reason_for(exc)
+            if isinstance(exc, DestinationBlockedError):
+                gateway.metrics.refusals.labels("wisp").inc()
+                logger.info("refused protocol=wisp client=%s %s", format_address(self.peer), exc)
+            self._finish(stream, reason)
+            return
+        record.ip = target.ip
+        async with upstream:
+            if stream.closed_by_client and not stream.queue:
+                return
+            confirmation = self.conn.confirm(stream.stream_id)
+            if confirmation is not None:
+                self._send_event(confirmation)
+            end_reason = await self._pump(stream, upstream)
+            self._finish(stream, end_reason)
+
+    async def _pump(self, stream: _WispStream, upstream: TcpStream | UdpSocket) -> int:
+        """Move data both ways until one side ends; return the CLOSE reason to send."""
+        record = stream.record
+        idle = self.gateway.policy.limits.idle_timeout
+        outcome: list[int] = []
+        client = stream.client
+        assert client is not None
+
+        async with anyio.create_task_group() as group:
+            scope = group.cancel_scope
+            if idle is not None:
+                scope.deadline = anyio.current_time() + idle
+
+            def touch() -> None:
+                if idle is not None:
+                    scope.deadline = anyio.current_time() + idle
+
+            async def upload() -> None:
+                while True:
+                    while not stream.queue:
+                        if stream.closed_by_client:
+                            # Everything the client sent before its CLOSE is delivered.
+                            if isinstance(upstream, TcpStream):
+                                with contextlib.suppress(OSError):
+                                    await upstream.send_eof()
+                            outcome.append(0)
+                            scope.cancel()
+                            return
+                        await stream.wake.wait()
+                        stream.wake = anyio.Event()
+                    data = stream.queue.popleft()
+                    stream.queued_bytes -= len(data)
+                    await self.gateway._throttle(client, len(data))
+                    try:
+                        await upstream.send(data)
+                    except OSError:
+                        if isinstance(upstream, TcpStream):
+                            outcome.append(wisp.CloseReason.NETWORK_ERROR)
+                            scope.cancel()
+                            return
+                        continue
+                    record.up += len(data)
+                    touch()
+                    refill = self.conn.release(stream.stream_id)
+                    if refill is not None:
+                        self._send_event(refill)
+
+            async def download() -> None:
+                while True:
+                    try:
+                        if isinstance(upstream, TcpStream):
+                            data = await upstream.receive(self.config.read_size)
+                        else:
+                            data, _ = await upstream.receive()
+                    except anyio.EndOfStream:
+                        outcome.append(wisp.CloseReason.VOLUNTARY)
+                        break
+                    except OSError:
+                        if isinstance(upstream, TcpStream):
+                            outcome.append(wisp.CloseReason.NETWORK_ERROR)
+                            break
+                        continue
+                    await self.gateway._throttle(client, len(data))
+                    await self.ws.send(wisp_data_message(stream.stream_id, data))
+                    record.down += len(data)
+                    touch()
+                scope.cancel()
+
+            group.start_soon(upload)
+            group.start_soon(download)
+        if not outcome:
+            return wisp.CloseReason.TRANSFER_TIMEOUT if scope.cancelled_caught else 0
+        return outcome[0]
+
+
+def wisp_data_message(stream_id: int, data: bytes) -> bytes:
+    # The hot path builds DATA directly: the core's checks were done at CONNECT.
+    return bytes([wisp.PacketType.DATA]) + stream_id.to_bytes(4, "little") + data
+
+
+def _close_bytes(event: wisp.Close) -> bytes:
+    return (
+        bytes([wisp.PacketType.CLOSE])
+        + event.stream_id.to_bytes(4, "little")
+        + bytes([event.reason])
+    )
+
+
+def _close0(reason: int) -> bytes:
+    return _close_bytes(wisp.Close(0, reason))
+
+
+def _plain_ip(ip: str) -> str:
+    return ip[7:] if ip.startswith("::ffff:") else ip
+
+
+def _reason(reason: int) -> str:
+    try:
+        return wisp.CloseReason(reason).name
+    except ValueError:
+        return f"0x{reason:02x}"
+
+
+async def serve(
+    stack: Stack | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    socks_port: int | None = None,
+    config: GatewayConfig | None = None,
+    listen_stack: Stack | None = None,
+    task_status: anyio.abc.TaskStatus[dict[str, Address]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``stack`` (the host network by default) until cancelled.
+
+    Wisp, wsproxy and websockify on ``host:port``, SOCKS5 on ``socks_port``
+    if given; see :class:`GatewayConfig` for the rest.
+    """
+    gateway = Gateway(stack, config)
+    await gateway.serve(
+        host=host,
+        port=port,
+        socks_port=socks_port,
+        listen_stack=listen_stack,
+        task_status=task_status,
+    )

@@ -1,0 +1,158 @@
+"""Targets and a running gateway for the gateway tests.
+
+The bulk target speaks the tests' one-line protocol: a 16-byte header (upload
+and download sizes as big-endian uint64), the upload, then the target sends
+``download`` random bytes and closes.  It records the SHA-256 of what it
+received and of what it sent, so a test compares digests end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from netshim import HostStack, Stack, TcpStream
+from netshim._addresses import Address
+from netshim.gateway import Gateway, GatewayConfig
+
+TESTS = Path(__file__).resolve().parent.parent
+NODE_PEERS = TESTS / "peers" / "node"
+
+
+def _root_conftest() -> object:
+    # Several test folders have a conftest.py, so "import conftest" finds
+    # whichever was imported last; load the suite's root one by path.
+    spec = importlib.util.spec_from_file_location("netshim_root_conftest", TESTS / "conftest.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_conftest = _root_conftest()
+require_peer = _conftest.require_peer  # type: ignore[attr-defined]
+REQUIRE_PEERS: bool = _conftest.REQUIRE_PEERS  # type: ignore[attr-defined]
+
+
+@dataclass
+class Transfer:
+    up_sha: str
+    down_sha: str
+    up_bytes: int
+    down_bytes: int
+
+
+@dataclass
+class BulkTarget:
+    address: Address = ("127.0.0.1", 0)
+    transfers: list[Transfer] = field(default_factory=list)
+
+    def find(self, up_sha: str) -> Transfer:
+        for transfer in self.transfers:
+            if transfer.up_sha == up_sha:
+                return transfer
+        raise AssertionError(f"no transfer uploaded {up_sha}: {self.transfers}")
+
+
+async def _read_exactly(stream: TcpStream, size: int, digest: hashlib._Hash | None = None) -> bytes:
+    parts = []
+    while size:
+        data = await stream.receive(min(size, 1 << 16))
+        size -= len(data)
+        if digest is None:
+            parts.append(data)
+        else:
+            digest.update(data)
+    return b"".join(parts)
+
+
+async def _serve_bulk(stream: TcpStream, target: BulkTarget) -> None:
+    try:
+        header = await _read_exactly(stream, 16)
+    except (anyio.EndOfStream, OSError):
+        return
+    upload, download = struct.unpack("!QQ", header)
+    up = hashlib.sha256()
+    await _read_exactly(stream, upload, up)
+    down = hashlib.sha256()
+    left = download
+    try:
+        while left:
+            chunk = os.urandom(min(left, 1 << 16))
+            down.update(chunk)
+            await stream.send(chunk)
+            left -= len(chunk)
+    except OSError:
+        return
+    target.transfers.append(Transfer(up.hexdigest(), down.hexdigest(), upload, download))
+
+
+@asynccontextmanager
+async def bulk_target(
+    stack: Stack | None = None, host: str = "127.0.0.1"
+) -> AsyncIterator[BulkTarget]:
+    stack = stack or HostStack()
+    target = BulkTarget()
+    listener = await stack.listen_tcp(host, 0)
+    target.address = listener.local_address
+    async with anyio.create_task_group() as group:
+        group.start_soon(listener.serve, lambda s: _serve_bulk(s, target))
+        try:
+            yield target
+        finally:
+            await listener.aclose()
+            group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def udp_echo(stack: Stack | None = None, host: str = "127.0.0.1") -> AsyncIterator[Address]:
+    stack = stack or HostStack()
+    sock = await stack.open_udp(host, 0)
+    async with anyio.create_task_group() as group:
+
+        async def echo() -> None:
+            async for data, source in sock:
+                await sock.send(data, source)
+
+        group.start_soon(echo)
+        try:
+            yield sock.local_address
+        finally:
+            await sock.aclose()
+            group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_gateway(
+    config: GatewayConfig,
+    stack: Stack | None = None,
+    *,
+    socks: bool = False,
+    listen_stack: Stack | None = None,
+    host: str = "127.0.0.1",
+) -> AsyncIterator[Gateway]:
+    gateway = Gateway(stack, config)
+    async with anyio.create_task_group() as group:
+        await group.start(
+            lambda task_status: gateway.serve(
+                host=host,
+                port=0,
+                socks_port=0 if socks else None,
+                listen_stack=listen_stack,
+                task_status=task_status,
+            )
+        )
+        try:
+            yield gateway
+        finally:
+            group.cancel_scope.cancel()

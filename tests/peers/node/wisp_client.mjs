@@ -1,0 +1,126 @@
+// Drives real client libraries against a gateway and prints what arrived as JSON.
+//
+// Usage: node wisp_client.mjs '<plan as JSON>'
+// A plan is {"mode": "wisp" | "wsproxy", "url": ..., "version": 1 | 2,
+//            "streams": [{"type": "tcp" | "udp", "host", "port", "upload", "download",
+//                          "datagrams"}]}.
+// A TCP stream sends a 16-byte header (upload and download sizes, big-endian
+// uint64), then `upload` bytes, and reads until the stream closes; the test's
+// target server answers with `download` bytes.  Each result carries the
+// SHA-256 of the bytes sent and received and the close reason.
+import { createHash } from "node:crypto";
+import { randomBytes } from "node:crypto";
+import WebSocket from "ws";
+import { client } from "@mercuryworkshop/wisp-js/client";
+
+const plan = JSON.parse(process.argv[2]);
+const CHUNK = 64 * 1024;
+
+function header(upload, download) {
+  const buffer = Buffer.alloc(16);
+  buffer.writeBigUInt64BE(BigInt(upload), 0);
+  buffer.writeBigUInt64BE(BigInt(download), 8);
+  return buffer;
+}
+
+function payload(size) {
+  return randomBytes(size);
+}
+
+function runWispStream(conn, spec) {
+  return new Promise((resolve) => {
+    const down = createHash("sha256");
+    const up = createHash("sha256");
+    let received = 0;
+    const stream = conn.create_stream(spec.host, spec.port, spec.type);
+    const result = { type: spec.type };
+    if (spec.type === "udp") {
+      const datagrams = [];
+      let echoed = 0;
+      stream.onmessage = (data) => {
+        down.update(data);
+        received += data.length;
+        echoed += 1;
+        if (echoed === spec.datagrams) {
+          stream.close(0x02);
+          resolve({ ...result, echoed, up: up.digest("hex"), down: down.digest("hex"), received });
+        }
+      };
+      stream.onclose = (reason) => resolve({ ...result, echoed, reason, received });
+      for (let i = 0; i < spec.datagrams; i++) {
+        const datagram = payload(1 + ((i * 997) % 1400));
+        datagrams.push(datagram);
+        up.update(datagram);
+        stream.send(datagram);
+      }
+      return;
+    }
+    stream.onmessage = (data) => {
+      down.update(data);
+      received += data.length;
+    };
+    stream.onclose = (reason) => {
+      resolve({ ...result, reason, received, up: up.digest("hex"), down: down.digest("hex") });
+    };
+    stream.send(header(spec.upload, spec.download));
+    let left = spec.upload;
+    while (left > 0) {
+      const chunk = payload(Math.min(CHUNK, left));
+      up.update(chunk);
+      stream.send(chunk);
+      left -= chunk.length;
+    }
+  });
+}
+
+async function runWisp() {
+  const conn = new client.ClientConnection(plan.url, { wisp_version: plan.version });
+  await new Promise((resolve, reject) => {
+    conn.onopen = resolve;
+    conn.onclose = () => reject(new Error("websocket closed before open"));
+    conn.onerror = () => reject(new Error("websocket error"));
+  });
+  const info = { version: conn.wisp_version, motd: conn.server_motd ?? null };
+  const streams = await Promise.all(plan.streams.map((spec) => runWispStream(conn, spec)));
+  conn.close();
+  return { ...info, streams };
+}
+
+function runWsproxy() {
+  return new Promise((resolve) => {
+    const spec = plan.streams[0];
+    const ws = new WebSocket(plan.url, ["binary"]);
+    ws.binaryType = "nodebuffer";
+    const down = createHash("sha256");
+    const up = createHash("sha256");
+    let received = 0;
+    ws.on("open", () => {
+      ws.send(header(spec.upload, spec.download));
+      let left = spec.upload;
+      while (left > 0) {
+        const chunk = payload(Math.min(CHUNK, left));
+        up.update(chunk);
+        ws.send(chunk);
+        left -= chunk.length;
+      }
+    });
+    ws.on("message", (data) => {
+      down.update(data);
+      received += data.length;
+    });
+    ws.on("unexpected-response", (_, response) => {
+      resolve({ status: response.statusCode });
+    });
+    ws.on("error", (error) => resolve({ error: String(error) }));
+    ws.on("close", (code) => {
+      resolve({
+        protocol: ws.protocol,
+        streams: [{ code, received, up: up.digest("hex"), down: down.digest("hex") }],
+      });
+    });
+  });
+}
+
+const result = plan.mode === "wsproxy" ? await runWsproxy() : await runWisp();
+process.stdout.write(JSON.stringify(result) + "\n");
+process.exit(0);
