@@ -1,6 +1,8 @@
 """The ``netshim`` command line (also ``python -m netshim``).
 
-``netshim demo`` tours a virtual network on built-in defaults.
+``netshim demo`` tours a virtual network on built-in defaults;
+``netshim gateway`` serves the host network to Wisp, websockify and SOCKS5
+clients behind an egress policy (see ``docs/gateway.md``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser("demo", help="tour a virtual network: DNS, HTTP, faults, capture")
     demo.add_argument("--pcap", help="where to write the capture (default: a new temporary folder)")
+    gateway = commands.add_parser(
+        "gateway", help="serve the network to Wisp, websockify and SOCKS5 clients"
+    )
+    from ._gateway_cli import add_arguments
+
+    add_arguments(gateway)
     arguments = parser.parse_args(argv)
+    if arguments.command == "gateway":
+        from ._gateway_cli import run
+
+        return run(arguments)
     if arguments.command in (None, "demo"):
         from ._demo import main as demo_main
 

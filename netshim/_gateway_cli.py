@@ -1,0 +1,138 @@
+"""``netshim gateway``: run the gateway from flags and an optional TOML config file.
+
+Flags override the file.  The file's keys are the long flag names with
+underscores (``socks_port = 1080``, ``allow = ["10.0.0.0/8:5432"]``), plus a
+``[users]`` table of username = password.  SIGINT or SIGTERM stops accepting
+and lets open streams drain for ``shutdown_grace`` seconds; a second signal
+cuts them at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "config_from", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", type=Path, help="TOML file with the same keys as these flags")
+    add("--host", help="address to listen on (default 127.0.0.1)")
+    add("--port", type=int, help="HTTP/WebSocket port for Wisp, wsproxy, websockify (default 8080)")
+    add("--socks-port", type=int, help="also serve SOCKS5 on this port")
+    add("--allow", action="append", metavar="RULE", help="allow a CIDR, IP or name[:ports]")
+    add("--deny", action="append", metavar="RULE", help="deny a CIDR, IP or name[:ports]")
+    add("--ports", help="only these destination ports, e.g. 80,443,1024-65535")
+    add("--allow-private", action="store_true", default=None, help="reach private ranges too")
+    add("--no-udp", action="store_true", default=None, help="refuse UDP streams")
+    add("--user", action="append", metavar="NAME:PASSWORD", help="require this login")
+    add("--url-token", action="append", metavar="TOKEN", help="require ?token= on WebSocket URLs")
+    add("--token-file", type=Path, help="websockify token file (token: host:port per line)")
+    add("--motd", help="message of the day for Wisp v2 clients")
+    add("--trusted-proxy", action="append", metavar="CIDR", help="trust X-Forwarded-For from here")
+    add("--max-streams-per-client", type=int)
+    add("--max-streams", type=int, help="total stream limit")
+    add("--new-streams-per-second", type=float, help="per-client rate of new streams")
+    add("--bandwidth", type=float, help="per-client bytes per second, both ways")
+    add("--idle-timeout", type=float, help="seconds a stream may move nothing")
+    add("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (default 10)")
+    add("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+
+
+def _pick(arguments: argparse.Namespace, file: dict[str, Any], name: str, default: Any) -> Any:
+    value = getattr(arguments, name, None)
+    if value is not None:
+        return value
+    return file.get(name, default)
+
+
+def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The :class:`GatewayConfig` and the listen options the flags and file describe."""
+    from .gateway import GatewayConfig, load_token_file
+    from .policy import Limits, Policy
+
+    file: dict[str, Any] = {}
+    if arguments.config is not None:
+        file = tomllib.loads(arguments.config.read_text())
+    defaults = Limits()
+    limits = Limits(
+        max_streams_per_client=_pick(
+            arguments, file, "max_streams_per_client", defaults.max_streams_per_client
+        ),
+        max_streams_total=_pick(arguments, file, "max_streams", defaults.max_streams_total),
+        new_streams_per_second=_pick(arguments, file, "new_streams_per_second", None),
+        bandwidth=_pick(arguments, file, "bandwidth", None),
+        idle_timeout=_pick(arguments, file, "idle_timeout", defaults.idle_timeout),
+    )
+    policy = Policy(
+        allow=[*file.get("allow", []), *(arguments.allow or [])],
+        deny=[*file.get("deny", []), *(arguments.deny or [])],
+        ports=_pick(arguments, file, "ports", None),
+        allow_private=bool(_pick(arguments, file, "allow_private", False)),
+        allow_udp=not bool(_pick(arguments, file, "no_udp", False)),
+        limits=limits,
+    )
+    users = dict(file.get("users", {}))
+    for entry in arguments.user or []:
+        name, sep, password = entry.partition(":")
+        if not sep:
+            raise SystemExit(f"--user expects NAME:PASSWORD, got {entry!r}")
+        users[name] = password
+    token_file = _pick(arguments, file, "token_file", None)
+    config = GatewayConfig(
+        policy=policy,
+        users=users,
+        url_tokens=frozenset([*file.get("url_tokens", []), *(arguments.url_token or [])]),
+        targets=load_token_file(token_file) if token_file else {},
+        motd=_pick(arguments, file, "motd", None),
+        trusted_proxies=tuple([*file.get("trusted_proxies", []), *(arguments.trusted_proxy or [])]),
+        shutdown_grace=float(_pick(arguments, file, "shutdown_grace", 10.0)),
+    )
+    listen = {
+        "host": _pick(arguments, file, "host", "127.0.0.1"),
+        "port": int(_pick(arguments, file, "port", 8080)),
+        "socks_port": _pick(arguments, file, "socks_port", None),
+    }
+    return config, listen
+
+
+def run(arguments: argparse.Namespace) -> int:
+    import anyio
+
+    from .gateway import Gateway
+
+    logging.basicConfig(
+        level=getattr(logging, str(arguments.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    config, listen = config_from(arguments)
+    gateway = Gateway(config=config)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: gateway.serve(**listen))
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    logging.getLogger("netshim.gateway").info("shutting down: draining streams")
+                    drain = anyio.CancelScope()
+
+                    async def drain_then_stop(scope: anyio.CancelScope = drain) -> None:
+                        with scope:
+                            await gateway.shutdown()
+                        group.cancel_scope.cancel()
+
+                    group.start_soon(drain_then_stop)
+                    async for _ in signals:
+                        group.cancel_scope.cancel()
+                        break
+                    break
+
+    anyio.run(main)
+    return 0

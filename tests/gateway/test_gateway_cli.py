@@ -1,0 +1,72 @@
+"""``netshim gateway`` as a process: flags, config file, /healthz, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from netshim._gateway_cli import add_arguments, config_from
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_flags_override_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("# comment\nvnc1: 10.0.0.5:5901\nv6: [fd00::5]:22\n")
+    (tmp_path / "gateway.toml").write_text(
+        'port = 9000\nallow = ["10.0.0.0/8:5432"]\nmotd = "from file"\n'
+        f'token_file = "{tmp_path / "tokens"}"\n[users]\nalice = "pw"\n'
+    )
+    config, listen = config_from(
+        parse("--config", str(tmp_path / "gateway.toml"), "--port", "9100", "--user", "bob:x:y")
+    )
+    assert listen == {"host": "127.0.0.1", "port": 9100, "socks_port": None}
+    assert config.motd == "from file"
+    assert config.users == {"alice": "pw", "bob": "x:y"}
+    assert config.targets == {"vnc1": ("10.0.0.5", 5901), "v6": ("fd00::5", 22)}
+    config.policy.check("db", "10.1.1.1", 5432)
+
+
+def _http_get(port: int, path: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return sock.recv(65536)
+
+
+def test_process_serves_health_and_stops_on_sigterm() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "netshim", "gateway", "--port", "0", "--socks-port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        _check_process(process)
+
+
+def _check_process(process: subprocess.Popen[str]) -> None:
+    try:
+        assert process.stderr is not None
+        port = None
+        deadline = time.monotonic() + 20
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if "listening protocol=http" in line:
+                port = int(line.rsplit(":", 1)[1])
+        assert port is not None
+        assert _http_get(port, "/healthz").startswith(b"HTTP/1.1 200")
+        assert b"netshim_gateway_connections" in _http_get(port, "/metrics")
+        assert _http_get(port, "/nothing").startswith(b"HTTP/1.1 404")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert "shutting down" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
