@@ -29,6 +29,7 @@ variable, and offers :func:`connect_tcp`, :func:`listen_tcp`,
 
 from __future__ import annotations
 
+import errno
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -42,13 +43,16 @@ from anyio.abc import SocketAttribute, TaskGroup
 
 from . import _system
 from ._addresses import Address
+from ._errors import os_error
 
 __all__ = [
     "AddrInfo",
     "Address",
     "Stack",
+    "StreamAttribute",
     "TcpListener",
     "TcpStream",
+    "UDP_OPTIONS",
     "UdpSocket",
     "connect_tcp",
     "current_stack",
@@ -69,6 +73,16 @@ DEFAULT_BACKLOG = 128
 
 def _family_of(address: Address) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+
+
+class StreamAttribute(anyio.TypedAttributeSet):
+    """Extra attributes a stack may offer on its streams, beyond anyio's socket ones."""
+
+    #: Offered only while a connection joins two ends in this process and
+    #: nothing observes, delays or breaks it: ``(peer stream, the listener
+    #: the peer waits in)``.  The socket shim then joins the two programs'
+    #: sockets directly, so the bytes never pass through Python.
+    splice_peer: tuple[Any, Any] = anyio.typed_attribute()
 
 
 class TcpStream(anyio.abc.ByteStream):
@@ -186,6 +200,31 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
         }
 
 
+# Options a UdpSocket takes by name, with Linux's defaults: IP_TTL 64,
+# IP_MULTICAST_TTL 1, IP_MULTICAST_LOOP on, and net.core.rmem_default /
+# wmem_default for the buffers.
+UDP_OPTIONS: Mapping[str, int] = {
+    "ttl": 64,
+    "multicast_ttl": 1,
+    "multicast_loop": 1,
+    "receive_buffer": 212992,
+    "send_buffer": 212992,
+}
+_UDP_OPTION_RANGES: Mapping[str, tuple[int, int]] = {
+    "ttl": (1, 255),
+    "multicast_ttl": (0, 255),
+    "multicast_loop": (0, 1),
+    "receive_buffer": (1, 2**31 - 1),
+    "send_buffer": (1, 2**31 - 1),
+}
+
+
+def _check_option(name: str) -> str:
+    if name not in UDP_OPTIONS:
+        raise ValueError(f"unknown UDP option {name!r}: one of {', '.join(UDP_OPTIONS)}")
+    return name
+
+
 class UdpSocket(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
     """A bound UDP socket, optionally connected to one remote address.
 
@@ -221,6 +260,47 @@ class UdpSocket(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
     @broadcast.setter
     @abstractmethod
     def broadcast(self, enabled: bool) -> None: ...
+
+    # -- multicast and options (not abstract: stacks without them keep working) --
+
+    async def join_multicast(self, group: str, interface: str | None = None) -> None:
+        """Receive datagrams sent to the multicast ``group`` (``IP_ADD_MEMBERSHIP``).
+
+        ``interface`` is the local address to join on; ``None`` lets the
+        stack choose.  Raises ``OSError(EINVAL)`` when ``group`` is not a
+        multicast address of the socket's family, ``OSError(EADDRINUSE)``
+        when already a member (as Linux does), and ``OSError(EOPNOTSUPP)`` on
+        a stack without multicast, which is this default.
+        """
+        raise os_error(errno.EOPNOTSUPP, f"{type(self).__name__} has no multicast")
+
+    async def leave_multicast(self, group: str, interface: str | None = None) -> None:
+        """Stop receiving ``group`` (``IP_DROP_MEMBERSHIP``).
+
+        Raises ``OSError(EADDRNOTAVAIL)`` when not a member, and
+        ``OSError(EOPNOTSUPP)`` on a stack without multicast.
+        """
+        raise os_error(errno.EOPNOTSUPP, f"{type(self).__name__} has no multicast")
+
+    def set_option(self, name: str, value: int) -> None:
+        """Set one of :data:`UDP_OPTIONS` by name (``"ttl"`` is ``IP_TTL`` ...).
+
+        Stacks apply what they can; the value is kept either way and
+        :meth:`get_option` reports it.  Raises ``ValueError`` for an unknown
+        name or a value out of the option's range.
+        """
+        low, high = _UDP_OPTION_RANGES[_check_option(name)]
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"UDP option {name!r} is {low}..{high}, got {value!r}")
+        options = self.__dict__.setdefault("_udp_options", {})
+        options[name] = value
+
+    def get_option(self, name: str) -> int:
+        """The value of a :data:`UDP_OPTIONS` entry: as set, else Linux's default."""
+        options = self.__dict__.get("_udp_options", {})
+        return int(options.get(_check_option(name), UDP_OPTIONS[name]))
 
     @abstractmethod
     async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:

@@ -40,7 +40,8 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 
-from ..stack import Stack, TcpListener, TcpStream, UdpSocket
+from ..stack import Stack, StreamAttribute, TcpListener, TcpStream, UdpSocket
+from ._state import Phase
 
 if TYPE_CHECKING:
     from ._state import SocketState
@@ -65,6 +66,11 @@ class Engine:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.thread_id: int | None = None
+        # Stack listeners that a shim listening socket serves, by id.
+        self.shim_listeners: set[int] = set()
+        # Connected shim sockets whose peer is a shim socket still to be
+        # accepted: server stream id -> (client state, listener id).
+        self.splice_waiting: dict[int, tuple[SocketState, int]] = {}
         self._group: anyio.abc.TaskGroup
 
     @property
@@ -239,6 +245,41 @@ async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
     engine_end.close()
 
 
+def establish(state: SocketState, stream: TcpStream) -> None:
+    """A shim socket connected: join it to its peer directly, or start pumping.
+
+    When the stack says the connection joins two ends in this process and
+    nothing observes or delays it, and the peer waits in a listener a shim
+    socket serves, the peer's accepted socket will get this socket's engine
+    end as its own descriptor (see :func:`serve_listener`): one kernel
+    socketpair carries the bytes, with no copy through Python.
+    """
+    state.stream = stream
+    state.local = stream.local_address
+    state.remote = stream.remote_address
+    state.phase = Phase.CONNECTED
+    engine = state.engine
+    splice = stream.extra(StreamAttribute.splice_peer, None)
+    if splice is not None and id(splice[1]) in engine.shim_listeners:
+        state.splice_pending = True
+        engine.splice_waiting[id(splice[0])] = (state, id(splice[1]))
+        return
+    engine.spawn(pump_tcp, state, stream)
+
+
+def unsplice(state: SocketState) -> None:
+    """Give up joining a connected socket to its peer: pump it like any other."""
+    if not state.splice_pending:
+        return
+    state.splice_pending = False
+    engine = state.engine
+    for key, (waiting, _) in list(engine.splice_waiting.items()):
+        if waiting is state:
+            del engine.splice_waiting[key]
+    assert state.stream is not None
+    engine.spawn(pump_tcp, state, state.stream)
+
+
 async def close_tcp(state: SocketState) -> None:
     """The program closed a connected socket (see :func:`pump_tcp` for the rest)."""
     scope = state.pump_scope
@@ -254,7 +295,9 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
 
     engine_end = state.engine_end
     assert engine_end is not None
+    engine = state.engine
     queue = state.accept_queue
+    engine.shim_listeners.add(id(listener))
     try:
         while True:
             while len(queue) > state.backlog:
@@ -262,11 +305,28 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
                 state.room_event = event
                 await event.wait()
             stream = await listener.accept()
-            user_end, engine_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            engine_side.setblocking(False)
-            accepted = State.for_accepted(state, stream, engine_side, user_end)
-            queue.append((user_end, accepted))
-            state.engine.spawn(pump_tcp, accepted, stream)
+            waiting = engine.splice_waiting.pop(id(stream), None)
+            client = waiting[0] if waiting is not None else None
+            if client is not None and client.engine_end is not None and client.splice_pending:
+                # Hand the client's engine end to the program as the accepted
+                # socket: the two programs now share one socketpair.
+                user_end = client.engine_end
+                user_end.setblocking(True)
+                client.engine_end = None
+                client.splice_pending = False
+                accepted = State.for_accepted(state, stream, None, user_end)
+                accepted.splice_partner = client
+                client.splice_partner = accepted
+                queue.append((user_end, accepted))
+            else:
+                if client is not None:
+                    unsplice(client)
+                pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                user_end, engine_side = pair
+                engine_side.setblocking(False)
+                accepted = State.for_accepted(state, stream, engine_side, user_end)
+                queue.append((user_end, accepted))
+                engine.spawn(pump_tcp, accepted, stream)
             try:
                 engine_end.send(b"\1")
             except BlockingIOError:
@@ -275,6 +335,10 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
     except (anyio.ClosedResourceError, OSError):
         pass
     finally:
+        engine.shim_listeners.discard(id(listener))
+        for client, listener_id in list(engine.splice_waiting.values()):
+            if listener_id == id(listener):
+                unsplice(client)
         await listener.aclose()
         while queue:
             user_end, accepted = queue.popleft()

@@ -39,11 +39,12 @@ from ._engine import (
     DATA,
     close_tcp,
     drain_filler,
+    establish,
     get_engine,
-    pump_tcp,
     pump_udp,
     serve_listener,
     unpack_datagram,
+    unsplice,
 )
 from ._state import Phase, SocketState, lookup_state
 
@@ -311,7 +312,7 @@ class _ShimCommon(_Base):
             self._start_nonblocking_connect(target, local)
             return errno.EINPROGRESS
         try:
-            stream = state.engine.call(_connect, state.stack, target, local, timeout)
+            state.engine.call(_connect, state, target, local, timeout)
         except TimeoutError as exc:
             if exc.errno is None:
                 raise TimeoutError("timed out") from None
@@ -320,17 +321,7 @@ class _ShimCommon(_Base):
             if isinstance(exc, socket.gaierror):
                 raise
             return exc.errno or errno.EIO
-        self._on_connected(stream)
         return 0
-
-    def _on_connected(self, stream: Any) -> None:
-        state = self._netshim
-        assert state is not None
-        state.stream = stream
-        state.local = stream.local_address
-        state.remote = stream.remote_address
-        state.phase = Phase.CONNECTED
-        state.engine.spawn(pump_tcp, state, stream)
 
     def _start_nonblocking_connect(self, target: tuple[str, int], local: Any) -> None:
         state = self._netshim
@@ -761,20 +752,23 @@ async def _open_udp(stack: Stack, host: str | None, port: int, remote: Any, v6on
 
 
 async def _connect(
-    stack: Stack,
+    state: SocketState,
     target: tuple[str, int],
     local: Any,
     timeout: float | None,  # noqa: ASYNC109 - the socket's own timeout, applied inside
-) -> Any:
+) -> None:
+    stack = state.stack
     if timeout is None:
-        return await stack.connect_tcp(target[0], target[1], local_address=local)
-    try:
-        with anyio.fail_after(timeout):
-            return await stack.connect_tcp(target[0], target[1], local_address=local)
-    except TimeoutError as exc:
-        if getattr(exc, "errno", None):
-            raise
-        raise TimeoutError("timed out") from None
+        stream = await stack.connect_tcp(target[0], target[1], local_address=local)
+    else:
+        try:
+            with anyio.fail_after(timeout):
+                stream = await stack.connect_tcp(target[0], target[1], local_address=local)
+        except TimeoutError as exc:
+            if getattr(exc, "errno", None):
+                raise
+            raise TimeoutError("timed out") from None
+    establish(state, stream)
 
 
 async def _finish_connect(
@@ -785,7 +779,12 @@ async def _finish_connect(
     except OSError as exc:
         state.error = exc.errno or errno.EIO
         state.phase = Phase.FAILED
-        stream = None
+    else:
+        # Record the outcome before the socket turns writable: the program
+        # reads SO_ERROR and getpeername() as soon as it does.  Nothing
+        # below waits, so a splice cannot take the engine end before the
+        # filler is drained from it.
+        establish(state, stream)
     engine_end = state.engine_end
     assert engine_end is not None
     drain_filler(engine_end, state.filler)
@@ -796,13 +795,6 @@ async def _finish_connect(
             ORIGINAL_SOCKET.setsockopt(
                 user, socket.SOL_SOCKET, socket.SO_SNDBUF, state.original_sndbuf // 2
             )
-    if stream is None:
-        return
-    state.stream = stream
-    state.local = stream.local_address
-    state.remote = stream.remote_address
-    state.phase = Phase.CONNECTED
-    await pump_tcp(state, stream)
 
 
 async def _room_available(state: SocketState) -> None:
@@ -821,6 +813,14 @@ async def _stop_udp(state: SocketState) -> None:
 
 
 def _closing(state: SocketState) -> None:
+    partner = state.splice_partner
+    if partner is not None and state.abort_on_close:
+        # Joined sockets: a byte left unread in our end makes the kernel
+        # report a reset to the other program when we close, as RST would.
+        peer = partner.user_socket()
+        if peer is not None and peer.fileno() >= 0:
+            with contextlib.suppress(OSError):
+                ORIGINAL_SOCKET.send(peer, b"\0", socket.MSG_DONTWAIT)
     state.closed_by_user = True
     state.phase = Phase.CLOSED
     state.unregister()
@@ -828,6 +828,9 @@ def _closing(state: SocketState) -> None:
 
 
 async def _close_engine_side(state: SocketState) -> None:
+    if state.splice_pending:
+        unsplice(state)  # its pump sends what was written, then closes
+        return
     if state.pump_scope is not None:
         if state.is_tcp:
             await close_tcp(state)

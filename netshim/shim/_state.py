@@ -84,6 +84,9 @@ class SocketState:
             _TCP_DEFAULTS if kind == socket.SOCK_STREAM else _UDP_DEFAULTS
         )
         self.engine_end: socket.socket | None = None
+        # Joined directly to an in-process peer (see _engine.establish).
+        self.splice_pending = False
+        self.splice_partner: SocketState | None = None
         self.user_socket: Callable[[], socket.socket | None] = lambda: None
         self.inode: int | None = None
         self.stream: TcpStream | None = None
@@ -124,7 +127,7 @@ class SocketState:
         cls,
         listener: SocketState,
         stream: TcpStream,
-        engine_end: socket.socket,
+        engine_end: socket.socket | None,
         user_end: socket.socket,
     ) -> SocketState:
         state = cls(listener.family, socket.SOCK_STREAM, listener.stack, listener.engine)

@@ -5,7 +5,8 @@ gateway's default upstream.  It adds no policy.  TCP streams are anyio's own
 socket streams behind the contract's error model (anyio wraps network errors
 in ``BrokenResourceError``; the contract promises the ``OSError`` itself).
 UDP sockets drive a non-blocking socket directly so that Linux reports
-``ECONNREFUSED`` on connected sockets exactly as it does to C programs.
+``ECONNREFUSED`` on connected sockets exactly as it does to C programs, and
+map the contract's multicast and options to ``setsockopt``.
 Name lookups run the C library's ``getaddrinfo`` in a worker thread.
 """
 
@@ -24,7 +25,7 @@ import anyio.to_thread
 from anyio.abc import SocketAttribute
 
 from .. import _system
-from .._addresses import Address, check_host, check_port, is_ip, parse_service
+from .._addresses import Address, check_host, check_port, is_ip, parse_ip, parse_service
 from .._errors import connection_reset, message_too_long, os_error
 from ..stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, UdpSocket
 
@@ -161,6 +162,61 @@ class _HostUdpSocket(UdpSocket):
     def _check_open(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
+
+    # setsockopt names of the contract's UDP options, per family.
+    _OPTIONS = {
+        "ttl": (
+            (socket.IPPROTO_IP, socket.IP_TTL),
+            (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS),
+        ),
+        "multicast_ttl": (
+            (socket.IPPROTO_IP, socket.IP_MULTICAST_TTL),
+            (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS),
+        ),
+        "multicast_loop": (
+            (socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP),
+            (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP),
+        ),
+        "receive_buffer": ((socket.SOL_SOCKET, socket.SO_RCVBUF),) * 2,
+        "send_buffer": ((socket.SOL_SOCKET, socket.SO_SNDBUF),) * 2,
+    }
+
+    def _option_name(self, name: str) -> tuple[int, int]:
+        return self._OPTIONS[name][self._sock.family == socket.AF_INET6]
+
+    def set_option(self, name: str, value: int) -> None:
+        super().set_option(name, value)
+        self._sock.setsockopt(*self._option_name(name), int(value))
+
+    def get_option(self, name: str) -> int:
+        super().get_option(name)  # checks the name
+        return int(self._sock.getsockopt(*self._option_name(name)))
+
+    def _membership(self, group: str, interface: str | None) -> tuple[int, int, bytes]:
+        ip = parse_ip(check_host(group, "join_multicast"))
+        six = self._sock.family == socket.AF_INET6
+        if ip is None or not ip.is_multicast or ip.version != (6 if six else 4):
+            raise os_error(errno.EINVAL, f"{group!r} is not a multicast address of this family")
+        if six:
+            index = socket.if_nametoindex(interface) if interface else 0
+            request = ip.packed + struct.pack("@I", index)
+            return socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, request
+        local = socket.inet_aton(interface or "0.0.0.0")
+        return socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, ip.packed + local
+
+    async def join_multicast(self, group: str, interface: str | None = None) -> None:
+        """``IP_ADD_MEMBERSHIP`` (``IPV6_JOIN_GROUP``; ``interface`` is then a name)."""
+        self._check_open()
+        level, option, request = self._membership(group, interface)
+        self._sock.setsockopt(level, option, request)
+        await anyio.lowlevel.checkpoint()
+
+    async def leave_multicast(self, group: str, interface: str | None = None) -> None:
+        self._check_open()
+        level, option, request = self._membership(group, interface)
+        leave = socket.IP_DROP_MEMBERSHIP if level == socket.IPPROTO_IP else socket.IPV6_LEAVE_GROUP
+        self._sock.setsockopt(level, leave, request)
+        await anyio.lowlevel.checkpoint()
 
     async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:
         self._check_open()

@@ -458,3 +458,37 @@ def test_host_stack_keeps_working_while_a_virtual_network_is_installed(
             await CHECKS[name](pair)
 
     anyio.run(run)
+
+
+def test_joined_sockets_still_behave_and_observed_ones_are_captured(
+    installed: Installed, tmp_path: object
+) -> None:
+    import pathlib
+
+    from netshim.pcap import PcapReader
+
+    # Unobserved and undelayed: the two sockets are joined directly.
+    server = listening(installed, 80)
+    client = socket.create_connection(("10.0.0.2", 80), timeout=5)
+    conn, _ = server.accept()
+    assert conn._netshim.splice_partner is client._netshim  # type: ignore[attr-defined]
+    client.sendall(b"unread")
+    conn.close()  # closing with unread data resets the peer, as TCP does
+    with pytest.raises(ConnectionResetError):
+        client.recv(100)
+    client.close()
+    # With a capture running, traffic goes through the stack and is recorded.
+    path = pathlib.Path(str(tmp_path)) / "shim.pcap"
+    with installed.net.capture(path):
+        client = socket.create_connection(("10.0.0.2", 80), timeout=5)
+        conn, _ = server.accept()
+        assert conn._netshim.splice_partner is None  # type: ignore[attr-defined]
+        client.sendall(b"recorded bytes")
+        conn.settimeout(5)
+        assert conn.recv(100) == b"recorded bytes"
+        client.close()
+        conn.close()
+    server.close()
+    with PcapReader(path) as reader:
+        frames = [record.data for record in reader]
+    assert any(b"recorded bytes" in frame for frame in frames)

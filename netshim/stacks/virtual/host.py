@@ -57,7 +57,7 @@ from .tcp import (
     VirtualTcpListener,
     VirtualTcpStream,
 )
-from .udp import VirtualUdpSocket
+from .udp import VirtualUdpSocket, route_multicast
 
 if TYPE_CHECKING:
     from .network import VirtualNetwork
@@ -378,6 +378,7 @@ class VirtualHost(Stack):
         if listener.service is not None:
             forward.sink = _service_sink(server, listener.service())
         else:
+            server.accepted_from = listener
             listener.enqueue(server)
         return client
 
@@ -455,6 +456,9 @@ class VirtualHost(Stack):
         if sender.version == 6 and ip.version == 4 and not sender.binding.dual:
             raise os_error(errno.ENETUNREACH, f"an IPv6-only socket cannot send to {ip}")
         bound_ip = _unmap(sender.binding.ip)
+        if ip.is_multicast:
+            route_multicast(self, sender, ip, port, data)
+            return
         if self.is_broadcast(ip):
             if not sender.broadcast:
                 raise permission_denied(f"sending to broadcast address {ip} needs SO_BROADCAST")

@@ -327,6 +327,10 @@ class VirtualNetwork:
 
     # -- observation ---------------------------------------------------------
 
+    @property
+    def has_observers(self) -> bool:
+        return bool(self._observers)
+
     def add_observer(self, observer: TrafficObserver) -> None:
         self._observers.append(observer)
 

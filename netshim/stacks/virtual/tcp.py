@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import errno
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import anyio.lowlevel
 
 from ..._addresses import Address
 from ..._errors import os_error
-from ...stack import TcpListener, TcpStream
+from ...stack import StreamAttribute, TcpListener, TcpStream
 from .link import Link
 
 if TYPE_CHECKING:
@@ -167,6 +167,7 @@ class VirtualTcpStream(TcpStream):
         "_send_error",
         "_send_error_at",
         "_sending",
+        "accepted_from",
         "host",
     )
 
@@ -197,6 +198,8 @@ class VirtualTcpStream(TcpStream):
         self._receive_error: OSError | None = None
         self._send_error: int = 0
         self._send_error_at = 0.0
+        # The listener a server end waits in (or was accepted from).
+        self.accepted_from: VirtualTcpListener | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -212,6 +215,27 @@ class VirtualTcpStream(TcpStream):
     @property
     def remote_address(self) -> Address:
         return self._remote
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        attributes = dict(super().extra_attributes)
+        peer = self._peer
+        if self._spliceable() and peer.accepted_from is not None:
+            attributes[StreamAttribute.splice_peer] = lambda: (peer, peer.accepted_from)
+        return attributes
+
+    def _spliceable(self) -> bool:
+        conn = self._conn
+        link = conn.link
+        return not (
+            conn.network.has_observers
+            or link.conditions.delays
+            or link.partitioned
+            or conn.budget is not None
+            or conn.reset
+            or self._closed
+            or self._inbound.segments
+        )
 
     @property
     def _peer(self) -> VirtualTcpStream:

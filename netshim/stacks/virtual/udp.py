@@ -4,6 +4,10 @@ A socket's receive queue is a heap ordered by delivery time, so datagrams a
 link delays or holds back (reordering) come out in the order they arrive, not
 the order they were sent.  The queue is bounded like a Linux receive buffer:
 datagrams that do not fit are dropped, silently, as the kernel drops them.
+
+Multicast: a socket that joined a group receives what any host sharing a
+subnet with the sender sends to that group and its port (see
+:func:`route_multicast`); there is no IGMP or MLD, membership is simply known.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import anyio.lowlevel
 
-from ..._addresses import Address, check_host, check_port, parse_ip
+from ..._addresses import Address, IPAddress, check_host, check_port, parse_ip
 from ..._errors import message_too_long, os_error
 from ...stack import UdpSocket
+from .link import REORDER_HOLD
 
 if TYPE_CHECKING:
     from .host import PortBinding, VirtualHost
 
-__all__ = ["MAX_UDP_PAYLOAD", "RECEIVE_BUFFER", "VirtualUdpSocket"]
+__all__ = ["MAX_UDP_PAYLOAD", "RECEIVE_BUFFER", "VirtualUdpSocket", "route_multicast"]
 
 # Largest payload one IP packet carries: 65535 minus the UDP header (8) and,
 # for IPv4, the IP header (20); IPv6's header is outside its length field.
@@ -49,6 +54,9 @@ class VirtualUdpSocket(UdpSocket):
         self._broadcast = False
         self.closed = False
         self.dropped = 0
+        # Multicast groups joined; the receive limit follows set_option("receive_buffer").
+        self.groups: set[IPAddress] = set()
+        self._receive_buffer = RECEIVE_BUFFER
 
     def __repr__(self) -> str:
         remote = f" -> {self._remote[0]}:{self._remote[1]}" if self._remote else ""
@@ -76,6 +84,42 @@ class VirtualUdpSocket(UdpSocket):
     @property
     def version(self) -> int:
         return self.binding.version
+
+    def set_option(self, name: str, value: int) -> None:
+        super().set_option(name, value)
+        if name == "receive_buffer":
+            # Linux doubles the asked size for bookkeeping overhead (socket(7)).
+            self._receive_buffer = 2 * value
+
+    def _group(self, group: str, function: str) -> IPAddress:
+        ip = parse_ip(check_host(group, function))
+        if ip is None or not ip.is_multicast or ip.version != self.version:
+            family = "IPv6" if self.version == 6 else "IPv4"
+            raise os_error(errno.EINVAL, f"{group!r} is not an {family} multicast address")
+        return ip
+
+    async def join_multicast(self, group: str, interface: str | None = None) -> None:
+        """Join ``group``: datagrams sent to it on this network reach this socket.
+
+        ``interface`` must be one of the host's addresses if given; every
+        virtual host has one interface per family, so it changes nothing else.
+        """
+        await anyio.lowlevel.checkpoint()
+        ip = self._group(group, "join_multicast")
+        if interface is not None:
+            local = parse_ip(check_host(interface, "join_multicast"))
+            if local is None or not (local.is_unspecified or self.host.owns(local)):
+                raise os_error(errno.EADDRNOTAVAIL, f"{interface!r} is not an address of this host")
+        if ip in self.groups:
+            raise os_error(errno.EADDRINUSE, f"already a member of {ip}")
+        self.groups.add(ip)
+
+    async def leave_multicast(self, group: str, interface: str | None = None) -> None:
+        await anyio.lowlevel.checkpoint()
+        ip = self._group(group, "leave_multicast")
+        if ip not in self.groups:
+            raise os_error(errno.EADDRNOTAVAIL, f"not a member of {ip}")
+        self.groups.discard(ip)
 
     def _raise_pending(self) -> None:
         code = self._pending_error
@@ -116,7 +160,7 @@ class VirtualUdpSocket(UdpSocket):
     def deliver(self, at: float, data: bytes, source: Address) -> None:
         if self.closed or (self._remote is not None and source != self._remote):
             return
-        if self._queued_bytes + len(data) > RECEIVE_BUFFER:
+        if self._queued_bytes + len(data) > self._receive_buffer:
             self.dropped += 1
             return
         self._queued_bytes += len(data)
@@ -168,3 +212,46 @@ class VirtualUdpSocket(UdpSocket):
     async def aclose(self) -> None:
         self.close_now()
         await anyio.lowlevel.checkpoint()
+
+
+def route_multicast(
+    origin: VirtualHost, sender: VirtualUdpSocket, group: IPAddress, port: int, data: bytes
+) -> None:
+    """Deliver one datagram sent to ``group:port`` to every member socket on the network.
+
+    Members are sockets on ``port`` that joined ``group`` and are bound to the
+    unspecified address or to the group itself, on hosts sharing a subnet of
+    the group's family with the sender (one virtual segment, so TTL 1 reaches
+    them all; a TTL of 0 keeps the datagram on the sending host).  The
+    sending host's own members hear it only with ``multicast_loop`` on,
+    Linux's default.  Each copy crosses its link like any datagram.
+    """
+    network = origin.network
+    bound = sender.binding.ip
+    source_ip = bound if not bound.is_unspecified else origin.source_for(group)
+    network.observe_udp((str(source_ip), sender.binding.port), (str(group), port), data)
+    ttl = sender.get_option("multicast_ttl")
+    loop = bool(sender.get_option("multicast_loop"))
+    networks = [i.network for i in origin.interfaces if i.version == group.version]
+    for host in network.hosts:
+        if host is origin:
+            if not loop:
+                continue
+        elif ttl == 0 or not any(
+            i.version == group.version and i.network in networks for i in host.interfaces
+        ):
+            continue
+        link = network.link(origin, host) if host is not origin else None
+        if link is not None and link.partitioned:
+            continue
+        copies, held = link.datagram_fates() if link is not None else (1, False)
+        for sock in list(host.udp_sockets.get(port, ())):
+            binding = sock.binding
+            if group not in sock.groups or not (binding.ip.is_unspecified or binding.ip == group):
+                continue
+            at = link.delivery_time(origin.name, len(data)) if link is not None else 0.0
+            if held:
+                at = (at or anyio.current_time()) + REORDER_HOLD
+            source = (str(source_ip), sender.binding.port)
+            for _ in range(copies):
+                sock.deliver(at, data, source)

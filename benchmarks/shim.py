@@ -1,0 +1,164 @@
+"""Socket-shim benchmarks, each against a baseline measured in the same run.
+
+    python benchmarks/shim.py [--quick]
+
+* ``install(HostStack())`` vs no patch, over kernel loopback: bulk TCP
+  throughput with blocking sockets, and the time one connect (create_connection,
+  accept, close) takes.  Targets: <= 5 % throughput lost, <= 50 us added per
+  connect.
+* httpx requests per second (keep-alive, one client) against an in-process
+  HTTP server: on a VirtualNetwork under ``install()`` vs on kernel loopback
+  without netshim.  Target: >= 1.0x.
+* The same for bulk throughput through shim sockets on a VirtualNetwork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import netshim
+
+CHUNK = 256 * 1024
+
+
+def bulk_throughput(total: int, host: str = "127.0.0.1") -> float:
+    """Bytes per second from one blocking socket to another, through the current socket module."""
+    server = socket.create_server((host, 0))
+    address = server.getsockname()[:2]
+    received = 0
+
+    def sink() -> None:
+        nonlocal received
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(CHUNK):
+                received += len(chunk)
+
+    thread = threading.Thread(target=sink)
+    thread.start()
+    payload = b"x" * CHUNK
+    start = time.perf_counter()
+    with socket.create_connection(address) as client:
+        for _ in range(total // CHUNK):
+            client.sendall(payload)
+    thread.join()
+    elapsed = time.perf_counter() - start
+    server.close()
+    assert received == total // CHUNK * CHUNK
+    return total / elapsed
+
+
+def connect_time(count: int, host: str = "127.0.0.1") -> float:
+    """Seconds per connect + accept + close, blocking sockets."""
+    server = socket.create_server((host, 0), backlog=128)
+    address = server.getsockname()[:2]
+    start = time.perf_counter()
+    for _ in range(count):
+        client = socket.create_connection(address)
+        conn, _ = server.accept()
+        client.close()
+        conn.close()
+    elapsed = time.perf_counter() - start
+    server.close()
+    return elapsed / count
+
+
+class _Hello(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Buffer the response so headers and body leave in one write; unbuffered,
+    # Nagle and delayed ACKs would hold each kernel-loopback request ~40 ms.
+    wbufsize = -1
+
+    def do_GET(self) -> None:
+        body = b"hello"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def httpx_rate(count: int, host: str, bind: str) -> float:
+    """Requests per second from one httpx client with keep-alive."""
+    import httpx
+
+    server = ThreadingHTTPServer((bind, 0), _Hello)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://{host}:{port}") as client:
+            client.get("/")
+            start = time.perf_counter()
+            for _ in range(count):
+                assert client.get("/").content == b"hello"
+            elapsed = time.perf_counter() - start
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    return count / elapsed
+
+
+def on_virtual_network(function: Callable[[], float]) -> float:
+    net = netshim.VirtualNetwork(seed=0)
+    host = net.add_host("bench.internal", ["10.0.0.2"])
+    with netshim.installed(host):
+        return function()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
+    quick = parser.parse_args().quick
+    total = (64 if quick else 512) << 20
+    connects = 300 if quick else 2000
+    requests = 300 if quick else 3000
+
+    plain_bps = shim_bps = 0.0
+    for _ in range(3):  # alternate, keep the best of each: warm-up hits neither
+        plain_bps = max(plain_bps, bulk_throughput(total))
+        with netshim.installed(netshim.HostStack()):
+            shim_bps = max(shim_bps, bulk_throughput(total))
+    print(
+        f"bulk TCP, {total >> 20} MiB: no patch {plain_bps / 1e6:,.0f} MB/s, "
+        f"install(HostStack) {shim_bps / 1e6:,.0f} MB/s, "
+        f"loss {100 * (1 - shim_bps / plain_bps):+.1f} % (target <= 5 %)"
+    )
+    plain_connect = shim_connect = float("inf")
+    for _ in range(3):
+        plain_connect = min(plain_connect, connect_time(connects))
+        with netshim.installed(netshim.HostStack()):
+            shim_connect = min(shim_connect, connect_time(connects))
+    print(
+        f"connect+accept+close: no patch {plain_connect * 1e6:.1f} us, "
+        f"install(HostStack) {shim_connect * 1e6:.1f} us, "
+        f"added {(shim_connect - plain_connect) * 1e6:+.1f} us (target <= 50 us)"
+    )
+    virtual_bps = on_virtual_network(lambda: bulk_throughput(total, "10.0.0.2"))
+    print(
+        f"bulk TCP through shim sockets on a VirtualNetwork: {virtual_bps / 1e6:,.0f} MB/s, "
+        f"ratio {virtual_bps / plain_bps:.2f}x kernel loopback"
+    )
+    plain_rate = httpx_rate(requests, "127.0.0.1", "127.0.0.1")
+    virtual_rate = on_virtual_network(lambda: httpx_rate(requests, "bench.internal", "10.0.0.2"))
+    print(
+        f"httpx requests/s, keep-alive: kernel loopback {plain_rate:,.0f}, "
+        f"VirtualNetwork {virtual_rate:,.0f}, ratio {virtual_rate / plain_rate:.2f}x "
+        f"(target >= 1.0x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
