@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,7 +24,29 @@ from anyio.abc import SocketAttribute
 
 from .stack import Stack, TcpListener, TcpStream
 
-__all__ = ["CHECKS", "StackPair", "check_stack"]
+__all__ = ["CHECKS", "REQUIRE_PEERS_VARIABLE", "StackPair", "check_stack", "require_peer"]
+
+#: Set to ``1`` where every peer program is installed (CI): a missing peer then
+#: fails the test that needs it instead of skipping it.
+REQUIRE_PEERS_VARIABLE = "NETSHIM_REQUIRE_PEERS"
+
+
+def require_peer(program: str) -> str:
+    """Path of the peer ``program`` (tshark, dig, …) for a pytest test.
+
+    Skips the test when the program is missing, unless
+    ``NETSHIM_REQUIRE_PEERS=1``: then a missing peer is a broken install and
+    the test fails.
+    """
+    import pytest
+
+    path = shutil.which(program)
+    if path is None:
+        message = f"peer program {program!r} is not installed"
+        if os.environ.get(REQUIRE_PEERS_VARIABLE) == "1":
+            pytest.fail(f"{message} ({REQUIRE_PEERS_VARIABLE}=1)")
+        pytest.skip(message)
+    return path
 
 
 @dataclass

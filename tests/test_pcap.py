@@ -15,7 +15,6 @@ from pathlib import Path
 
 import dnslib
 import pytest
-from conftest import require_peer
 
 from netshim._addresses import Address
 from netshim._traffic import TrafficObserver
@@ -32,6 +31,7 @@ from netshim.protocols.ip import (
     TcpRepr,
     UdpRepr,
 )
+from netshim.testing import require_peer
 
 START = 1_700_000_000.0
 

@@ -6,11 +6,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require_peer
 
 from netshim import VirtualNetwork
 from netshim.pcap import PcapReader
 from netshim.protocols.ip import EthernetRepr, IpProtocol, Ipv4Repr, TcpFlags, TcpRepr
+from netshim.testing import require_peer
 
 pytestmark = pytest.mark.anyio
 

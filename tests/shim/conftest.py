@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
+from shim_support import Installed
 
 import netshim
-from netshim import VirtualHost, VirtualNetwork
-
-
-@dataclass
-class Installed:
-    net: VirtualNetwork
-    web: VirtualHost
-    client: VirtualHost
+from netshim import VirtualNetwork
 
 
 @pytest.fixture

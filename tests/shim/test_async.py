@@ -10,7 +10,7 @@ import anyio
 import pytest
 import trio
 import trustme
-from conftest import Installed  # type: ignore[attr-defined]
+from shim_support import Installed
 
 from netshim.shim import acting_as
 

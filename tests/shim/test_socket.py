@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 import trustme
-from conftest import Installed  # type: ignore[attr-defined]
+from shim_support import Installed
 
 import netshim
 from netshim.shim import acting_as
