@@ -194,3 +194,23 @@ def test_trio_native_sockets(installed: Installed) -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_trio_udp_sockets(installed: Installed) -> None:
+    async def main() -> None:
+        with acting_as(installed.web):
+            server = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            await server.bind(("0.0.0.0", 5000))
+        client = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await client.sendto(b"ping", ("web.internal", 5000))
+        with trio.fail_after(5):
+            data, address = await server.recvfrom(100)
+        assert data == b"ping"
+        assert address[0] == "10.0.0.3"
+        await server.sendto(b"pong", address)
+        with trio.fail_after(5):
+            assert await client.recvfrom(100) == (b"pong", ("10.0.0.2", 5000))
+        server.close()
+        client.close()
+
+    trio.run(main)
