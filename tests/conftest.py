@@ -5,11 +5,16 @@ Tests that need a real peer program call ``netshim.testing.require_peer``.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from netshim.testing import require_peer
+from netshim.testing import REQUIRE_PEERS_VARIABLE, require_peer
 
-__all__ = ["require_peer"]
+__all__ = ["REQUIRE_PEERS", "require_peer"]
+
+#: Whether CI demands every peer program (see netshim.testing.require_peer).
+REQUIRE_PEERS = os.environ.get(REQUIRE_PEERS_VARIABLE) == "1"
 
 
 @pytest.fixture(params=["asyncio", "trio"])
