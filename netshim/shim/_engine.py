@@ -229,7 +229,8 @@ async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
         state.pump_scope = group.cancel_scope
         group.start_soon(upstream)
         group.start_soon(downstream)
-    state.pump_scope = None
+    if state.pump_scope is group.cancel_scope:
+        state.pump_scope = None
     network_failure = failures.get("downstream") or failures.get("upstream")
     from_network = isinstance(network_failure, ConnectionResetError) or (
         isinstance(network_failure, BrokenPipeError) and "upstream" in failures
@@ -411,7 +412,9 @@ async def pump_udp(state: SocketState, udp: UdpSocket) -> None:
             group.start_soon(upstream)
             group.start_soon(downstream)
     finally:
-        state.pump_scope = None
+        # A reconnect may already have started the next pump: leave its scope.
+        if state.pump_scope is group.cancel_scope:
+            state.pump_scope = None
         await udp.aclose()
         if state.closed_by_user:
             engine_end.close()
