@@ -16,7 +16,7 @@ import errno
 import socket
 import struct
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -164,7 +164,7 @@ class _HostUdpSocket(UdpSocket):
             raise anyio.ClosedResourceError
 
     # setsockopt names of the contract's UDP options, per family.
-    _OPTIONS = {
+    _OPTIONS: ClassVar[dict[str, tuple[tuple[int, int], ...]]] = {
         "ttl": (
             (socket.IPPROTO_IP, socket.IP_TTL),
             (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS),
@@ -213,7 +213,7 @@ class _HostUdpSocket(UdpSocket):
 
     async def leave_multicast(self, group: str, interface: str | None = None) -> None:
         self._check_open()
-        level, option, request = self._membership(group, interface)
+        level, _, request = self._membership(group, interface)
         leave = socket.IP_DROP_MEMBERSHIP if level == socket.IPPROTO_IP else socket.IPV6_LEAVE_GROUP
         self._sock.setsockopt(level, leave, request)
         await anyio.lowlevel.checkpoint()
