@@ -32,6 +32,7 @@ from .stacks import HostStack as HostStack
 from .stacks import LinkConditions as LinkConditions
 from .stacks import VirtualHost as VirtualHost
 from .stacks import VirtualNetwork as VirtualNetwork
+from .stacks import WispStack as WispStack
 
 __version__ = "0.1.0.dev0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "UdpSocket",
     "VirtualHost",
     "VirtualNetwork",
+    "WispStack",
     "acting_as",
     "connect_tcp",
     "current_stack",

@@ -1,0 +1,1 @@
+"""Transports under the tunnel stacks: a WebSocket client on any anyio byte stream."""

@@ -1,0 +1,268 @@
+"""A WebSocket client over any Stack, on the websockets library's sans-I/O protocol.
+
+The tunnel stacks (Wisp, websockify, SOCKS5 behind a websockify) all sit on
+a WebSocket.  Driving ``websockets.client.ClientProtocol`` by hand, instead
+of using the library's asyncio client, keeps them on anyio (so they run under
+asyncio and trio) and lets the TCP connection itself come from any
+:class:`~netshim.Stack`: normally the host network, but a VirtualNetwork host
+works as well, which is how the tests put a gateway inside a virtual network.
+
+Reading and writing are independent: :meth:`ClientWebSocket.receive` holds a
+receive lock and :meth:`ClientWebSocket.send` a send lock, so one task may
+read while another writes, and two writers never interleave frames.  Control
+frames the protocol answers by itself (pongs, the close echo) are flushed by
+whichever of the two next holds the send lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Sequence
+
+import anyio
+import anyio.abc
+import anyio.streams.tls
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+
+from .._errors import connection_reset
+from ..stack import Stack
+from ._url import WebSocketEndpoint as WebSocketEndpoint
+from ._url import parse_websocket_url as parse_websocket_url
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_OPEN_TIMEOUT",
+    "ClientWebSocket",
+    "WebSocketEndpoint",
+    "WebSocketHandshakeError",
+    "open_websocket",
+    "parse_websocket_url",
+]
+
+# The websockets library's default limit for one incoming message.
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
+# Connecting and upgrading: the same bound the Wisp drafts give a handshake
+# (five seconds), doubled because it includes a TCP connect and maybe TLS.
+DEFAULT_OPEN_TIMEOUT = 10.0
+READ_SIZE = 1 << 16
+
+
+class WebSocketHandshakeError(ConnectionRefusedError):
+    """The server answered the upgrade with something other than ``101``.
+
+    A ``ConnectionRefusedError`` so that code expecting socket errors treats
+    it as a refused connection; ``status`` and ``body`` say what the server said.
+    """
+
+    def __init__(self, url: str, status: int | None, body: str) -> None:
+        detail = f"HTTP {status}" if status is not None else "no valid HTTP response"
+        text = body.strip().splitlines()[0][:200] if body.strip() else ""
+        super().__init__(
+            111, f"WebSocket upgrade to {url} refused: {detail}" + (f": {text}" if text else "")
+        )
+        self.status = status
+        self.body = body
+
+
+class ClientWebSocket:
+    """An open client WebSocket carrying binary messages."""
+
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        protocol: ClientProtocol,
+        leftover: list[bytes],
+        *,
+        max_message_size: int,
+    ) -> None:
+        self.stream = stream
+        self.protocol = protocol
+        self.max_message_size = max_message_size
+        self._leftover = leftover
+        self._messages: list[bytes] = []
+        self._fragments: list[bytes] = []
+        self._send_lock = anyio.Lock()
+        self._receive_lock = anyio.Lock()
+        self._closed = False
+        self._eof = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self.protocol.subprotocol
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection ended (either side closed, or it broke)."""
+        return self._closed or self._eof or self.protocol.state is State.CLOSED
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        for chunk in self.protocol.data_to_send():
+            if self._closed:
+                return
+            if chunk:
+                try:
+                    await self.stream.send(chunk)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    self._closed = True
+                    raise connection_reset() from None
+                self.bytes_out += len(chunk)
+            else:
+                # The protocol is done with the TCP connection.
+                await self._close_stream()
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary message.
+
+        Raises ``ConnectionResetError`` once the connection is gone.
+        """
+        async with self._send_lock:
+            if self.closed or self.protocol.state is not State.OPEN:
+                raise connection_reset()
+            self.protocol.send_binary(data)
+            await self._flush_locked()
+
+    async def receive(self) -> bytes | None:
+        """The next whole message (text arrives UTF-8 encoded); ``None`` once it ended."""
+        async with self._receive_lock:
+            while not self._messages:
+                if self.closed:
+                    return None
+                if self._leftover:
+                    data = self._leftover.pop(0)
+                else:
+                    try:
+                        data = await self.stream.receive(READ_SIZE)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                        data = b""
+                    except anyio.ClosedResourceError:
+                        self._closed = True
+                        return None
+                if data:
+                    self.bytes_in += len(data)
+                    self.protocol.receive_data(data)
+                else:
+                    self._eof = True
+                    self.protocol.receive_eof()
+                self._take_frames()
+                with contextlib.suppress(ConnectionResetError):
+                    await self._flush()
+            return self._messages.pop(0)
+
+    def _take_frames(self) -> None:
+        self._absorb(self.protocol.events_received())
+
+    def _absorb(self, events: Sequence[object]) -> None:
+        for event in events:
+            if not isinstance(event, Frame):
+                continue
+            if event.opcode in (Opcode.BINARY, Opcode.TEXT):
+                self._fragments = [bytes(event.data)]
+            elif event.opcode is Opcode.CONT:
+                self._fragments.append(bytes(event.data))
+            else:
+                continue
+            if event.fin:
+                self._messages.append(b"".join(self._fragments))
+                self._fragments = []
+
+    async def _close_stream(self) -> None:
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame if possible and close the TCP connection. Idempotent."""
+        if self._closed:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+            async with self._send_lock:
+                if self.protocol.state is State.OPEN:
+                    self.protocol.send_close(code, reason)
+                    with contextlib.suppress(ConnectionResetError):
+                        await self._flush_locked()
+        await self._close_stream()
+
+
+async def open_websocket(
+    endpoint: WebSocketEndpoint,
+    *,
+    stack: Stack | None = None,
+    subprotocols: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    open_timeout: float = DEFAULT_OPEN_TIMEOUT,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> ClientWebSocket:
+    """Connect to ``endpoint`` through ``stack`` (the host network by default) and upgrade.
+
+    Raises what the stack's ``connect_tcp`` raises, ``TimeoutError`` after
+    ``open_timeout`` seconds, and :class:`WebSocketHandshakeError` when the
+    server does not switch protocols.
+    """
+    if stack is None:
+        from ..stacks.host import HostStack
+
+        stack = HostStack()
+    from websockets.uri import parse_uri
+
+    uri = parse_uri(endpoint.url)
+    protocol = ClientProtocol(
+        uri,
+        subprotocols=[Subprotocol(p) for p in subprotocols] or None,
+        max_size=max_message_size,
+    )
+    with anyio.fail_after(open_timeout):
+        tcp = await stack.connect_tcp(endpoint.host, endpoint.port)
+        stream: anyio.abc.ByteStream = tcp
+        try:
+            if endpoint.secure:
+                context = ssl_context or ssl.create_default_context()
+                stream = await anyio.streams.tls.TLSStream.wrap(
+                    tcp, hostname=endpoint.host, ssl_context=context, standard_compatible=False
+                )
+            request = protocol.connect()
+            for name, value in (headers or {}).items():
+                request.headers[name] = value
+            protocol.send_request(request)
+            for chunk in protocol.data_to_send():
+                await stream.send(chunk)
+            response: Response | None = None
+            early: list[object] = []
+            while response is None:
+                try:
+                    data = await stream.receive(READ_SIZE)
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    data = b""
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                for event in protocol.events_received():
+                    if isinstance(event, Response):
+                        response = event
+                    else:
+                        # Frames that came in the same read as the 101.
+                        early.append(event)
+                if response is None and not data:
+                    raise WebSocketHandshakeError(endpoint.url, None, "")
+            if protocol.handshake_exc is not None or response.status_code != 101:
+                body = (response.body or b"").decode("utf-8", "replace")
+                raise WebSocketHandshakeError(endpoint.url, response.status_code, body)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+    websocket = ClientWebSocket(stream, protocol, [], max_message_size=max_message_size)
+    websocket._absorb(early)
+    return websocket
