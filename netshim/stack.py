@@ -358,6 +358,17 @@ class Stack(ABC):
     #: added: the socket shim then hands out real sockets, at no cost.
     uses_host_sockets: bool = False
 
+    def check_destination(self, host: str, port: int, transport: str) -> None:
+        """Refuse a destination at once, before any I/O; the default allows all.
+
+        The socket shim calls it in the program's own thread from
+        ``connect()``, ``connect_ex()`` and ``sendto()`` with the address it
+        is about to use (an IP, or a name for stacks that resolve remotely)
+        and ``transport`` ``"tcp"`` or ``"udp"``.  Whatever it raises reaches
+        the program unchanged, even from a non-blocking connect, so a policing
+        stack can raise an exception that is not an ``OSError``.
+        """
+
     @abstractmethod
     async def listen_tcp(
         self,

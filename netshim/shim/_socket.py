@@ -182,7 +182,18 @@ class _ShimCommon(_Base):
         return (str(infos[0][4][0]), port)
 
     def _target(self, address: Any, function: str) -> tuple[str, int]:
-        """Where a connect or sendto goes: an IP, or a name for stacks that resolve remotely."""
+        """Where a connect or sendto goes, once the stack's synchronous check let it pass."""
+        target = self._destination(address, function)
+        state = self._netshim
+        assert state is not None
+        # Checked here, in the caller's thread, so that a refusal reaches the
+        # program as the stack raised it, even from a non-blocking connect
+        # whose outcome would otherwise travel as an errno in SO_ERROR.
+        state.stack.check_destination(target[0], target[1], "tcp" if state.is_tcp else "udp")
+        return target
+
+    def _destination(self, address: Any, function: str) -> tuple[str, int]:
+        """An IP, or a name for stacks that resolve remotely."""
         host, port = self._parse_address(address, function)
         state = self._netshim
         assert state is not None
