@@ -9,7 +9,6 @@ received and of what it sent, so a test compares digests end to end.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import struct
 from collections.abc import AsyncIterator
@@ -23,25 +22,14 @@ import anyio.abc
 from netshim import HostStack, Stack, TcpStream
 from netshim._addresses import Address
 from netshim.gateway import Gateway, GatewayConfig
+from netshim.testing import REQUIRE_PEERS_VARIABLE
+from netshim.testing import require_peer as require_peer
 
 TESTS = Path(__file__).resolve().parent.parent
 NODE_PEERS = TESTS / "peers" / "node"
 
 
-def _root_conftest() -> object:
-    # Several test folders have a conftest.py, so "import conftest" finds
-    # whichever was imported last; load the suite's root one by path.
-    spec = importlib.util.spec_from_file_location("netshim_root_conftest", TESTS / "conftest.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_conftest = _root_conftest()
-require_peer = _conftest.require_peer  # type: ignore[attr-defined]
-REQUIRE_PEERS: bool = _conftest.REQUIRE_PEERS  # type: ignore[attr-defined]
+REQUIRE_PEERS = os.environ.get(REQUIRE_PEERS_VARIABLE) == "1"
 
 
 @dataclass
