@@ -10,6 +10,7 @@
 // SHA-256 of the bytes sent and received and the close reason.
 import { createHash } from "node:crypto";
 import { randomBytes } from "node:crypto";
+import net from "node:net";
 import WebSocket from "ws";
 import { client } from "@mercuryworkshop/wisp-js/client";
 
@@ -81,7 +82,9 @@ async function runWisp() {
     conn.onerror = () => reject(new Error("websocket error"));
   });
   const info = { version: conn.wisp_version, motd: conn.server_motd ?? null };
+  const started = performance.now();
   const streams = await Promise.all(plan.streams.map((spec) => runWispStream(conn, spec)));
+  info.elapsed_ms = performance.now() - started;
   conn.close();
   return { ...info, streams };
 }
@@ -121,6 +124,30 @@ function runWsproxy() {
   });
 }
 
-const result = plan.mode === "wsproxy" ? await runWsproxy() : await runWisp();
+// The baseline: the same transfers over plain kernel TCP, no gateway.
+function runTcpStream(spec) {
+  return new Promise((resolve) => {
+    const down = createHash("sha256");
+    let received = 0;
+    const socket = net.connect(spec.port, spec.host, () => {
+      socket.write(header(spec.upload, spec.download));
+      if (spec.upload) socket.write(payload(spec.upload));
+    });
+    socket.on("data", (data) => {
+      down.update(data);
+      received += data.length;
+    });
+    socket.on("close", () => resolve({ received, down: down.digest("hex") }));
+  });
+}
+
+async function runTcp() {
+  const started = performance.now();
+  const streams = await Promise.all(plan.streams.map(runTcpStream));
+  return { elapsed_ms: performance.now() - started, streams };
+}
+
+const modes = { wsproxy: runWsproxy, wisp: runWisp, tcp: runTcp };
+const result = await modes[plan.mode]();
 process.stdout.write(JSON.stringify(result) + "\n");
 process.exit(0);
