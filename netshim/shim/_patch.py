@@ -22,7 +22,7 @@ task), which stack new sockets use.
 from __future__ import annotations
 
 import socket
-import ssl
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,13 +32,20 @@ from typing import Any
 from ..stack import Stack
 from . import _names
 from ._socket import ShimSocket
-from ._ssl import ShimSSLSocket
 from ._trio import register_hooks, trio_patches
+
+try:
+    import ssl
+
+    from ._ssl import ShimSSLSocket
+except ImportError:  # Pyodide ships no ssl module: there is no SSLSocket to replace.
+    ssl = None  # type: ignore[assignment]
 
 __all__ = ["acting_as", "current_acting_stack", "install", "installed", "is_installed", "uninstall"]
 
 _lock = threading.RLock()
 _stack: Stack | None = None
+_mode = "socket"
 _saved: dict[tuple[Any, str], Any] = {}
 _acting: ContextVar[Stack | None] = ContextVar("netshim_acting_stack", default=None)
 
@@ -61,25 +68,44 @@ def _replace(owner: Any, name: str, value: Any) -> None:
     setattr(owner, name, value)
 
 
-def install(stack: Stack | None = None) -> Stack:
+def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
     """Route every AF_INET/AF_INET6 socket of the process through ``stack``.
 
     Without ``stack``, the host network (:class:`netshim.HostStack`).
     Calling it again while installed switches the stack and changes nothing
     else.  Returns the stack.
+
+    ``mode="socket"`` patches the socket module (shim sockets on socketpairs,
+    see the module documentation); ``mode="loop"`` only replaces the asyncio
+    event loop's network methods with ones that need no file descriptor
+    (:mod:`netshim.aio`).  ``"auto"`` is ``"loop"`` where there is no
+    socketpair (Pyodide) and ``"socket"`` elsewhere.
     """
-    global _stack
+    global _stack, _mode
+    if mode == "auto":
+        mode = "loop" if sys.platform == "emscripten" else "socket"
+    if mode not in ("socket", "loop"):
+        raise ValueError(f"install() mode is 'auto', 'socket' or 'loop', not {mode!r}")
     if stack is None:
         from ..stacks.host import HostStack
 
         stack = HostStack()
     if not isinstance(stack, Stack):
         raise TypeError(f"install() needs a netshim Stack, not {type(stack).__name__}")
+    from ..aio import install_loop_hooks, uninstall_loop_hooks
+
     with _lock:
         _stack = stack
+        _mode = mode
+        if mode == "loop":
+            _restore()
+            install_loop_hooks(stack)
+            return stack
+        uninstall_loop_hooks()
         for name, value in _SOCKET_NAMES.items():
             _replace(socket, name, value)
-        _replace(ssl.SSLContext, "sslsocket_class", ShimSSLSocket)
+        if ssl is not None:
+            _replace(ssl.SSLContext, "sslsocket_class", ShimSSLSocket)
         for owner, name, value in trio_patches():
             _replace(owner, name, value)
     register_hooks()
@@ -89,11 +115,18 @@ def install(stack: Stack | None = None) -> Stack:
 def uninstall() -> None:
     """Put back every original; idempotent."""
     global _stack
+    from ..aio import uninstall_loop_hooks
+
     with _lock:
-        for (owner, name), value in reversed(list(_saved.items())):
-            setattr(owner, name, value)
-        _saved.clear()
+        _restore()
+        uninstall_loop_hooks()
         _stack = None
+
+
+def _restore() -> None:
+    for (owner, name), value in reversed(list(_saved.items())):
+        setattr(owner, name, value)
+    _saved.clear()
 
 
 def is_installed() -> bool:
@@ -101,20 +134,20 @@ def is_installed() -> bool:
 
 
 @contextmanager
-def installed(stack: Stack | None = None) -> Iterator[Stack]:
-    """``install(stack)`` for the ``with`` block, then restore what was there before.
+def installed(stack: Stack | None = None, *, mode: str = "auto") -> Iterator[Stack]:
+    """``install(stack, mode=mode)`` for the ``with`` block, then restore what was there before.
 
-    Nested blocks restore the outer stack when they end.
+    Nested blocks restore the outer stack (and mode) when they end.
     """
-    previous = _stack
-    result = install(stack)
+    previous, previous_mode = _stack, _mode
+    result = install(stack, mode=mode)
     try:
         yield result
     finally:
         if previous is None:
             uninstall()
         else:
-            install(previous)
+            install(previous, mode=previous_mode)
 
 
 @contextmanager
