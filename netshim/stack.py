@@ -358,7 +358,7 @@ class Stack(ABC):
     #: added: the socket shim then hands out real sockets, at no cost.
     uses_host_sockets: bool = False
 
-    def check_destination(self, host: str, port: int, transport: str) -> None:
+    def check_destination(self, host: str, port: int, transport: str) -> None:  # noqa: B027 - most stacks refuse nothing
         """Refuse a destination at once, before any I/O; the default allows all.
 
         The socket shim calls it in the program's own thread from

@@ -256,7 +256,13 @@ async def _open(kind: str, app: Any, port: int, ssl: Any) -> Callable[[], Awaita
             from anyio.streams.tls import TLSListener
 
             listener = TLSListener(listener, ssl)  # type: ignore[assignment]
-        task = asyncio.ensure_future(listener.serve(app))
+
+        async def serve_one(stream: Any) -> None:
+            # anyio's serve() leaves closing the stream to the handler.
+            async with stream:
+                await app(stream)
+
+        task = asyncio.ensure_future(listener.serve(serve_one))
 
         async def close_anyio() -> None:
             task.cancel()
@@ -266,7 +272,16 @@ async def _open(kind: str, app: Any, port: int, ssl: Any) -> Callable[[], Awaita
 
         return close_anyio
 
-    handler = app
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await app(reader, writer)
+        finally:
+            # A handler that returns without closing would leak the
+            # connection until the interpreter notices, with a ResourceWarning.
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
     lifespan = None
     if kind == "asgi":
         from ._asgi import Lifespan, asgi_connection
@@ -274,10 +289,11 @@ async def _open(kind: str, app: Any, port: int, ssl: Any) -> Callable[[], Awaita
         lifespan = Lifespan(app)
         await lifespan.startup()
 
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def asgi_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await asgi_connection(app, reader, writer, ssl is not None)
 
-    streams_server = await asyncio.start_server(handler, None, port, ssl=ssl)
+    chosen = handler if lifespan is None else asgi_handler
+    streams_server = await asyncio.start_server(chosen, None, port, ssl=ssl)
 
     async def close_streams() -> None:
         streams_server.close()
