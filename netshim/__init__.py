@@ -9,6 +9,8 @@ routes the whole process's sockets through a stack.  The module-level
 
 import contextlib
 
+# First: where Python has no ssl module (Pyodide), anyio's import needs one.
+from . import _ssl_standin as _ssl_standin
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
@@ -30,8 +32,10 @@ from .stack import set_default_stack as set_default_stack
 from .stack import use_stack as use_stack
 from .stacks import HostStack as HostStack
 from .stacks import LinkConditions as LinkConditions
+from .stacks import Socks5Stack as Socks5Stack
 from .stacks import VirtualHost as VirtualHost
 from .stacks import VirtualNetwork as VirtualNetwork
+from .stacks import WebsockifyStack as WebsockifyStack
 from .stacks import WispStack as WispStack
 
 __version__ = "0.1.0.dev0"
@@ -47,7 +51,9 @@ __all__ = [
     "TcpStream",
     "UdpSocket",
     "VirtualHost",
+    "Socks5Stack",
     "VirtualNetwork",
+    "WebsockifyStack",
     "WispStack",
     "acting_as",
     "connect_tcp",
