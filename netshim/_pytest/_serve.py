@@ -150,6 +150,14 @@ class _TCPServer(socketserver.ThreadingTCPServer):
     address_family = socket.AF_INET6
     daemon_threads = True
     allow_reuse_address = True
+    netshim_stack: Stack | None = None
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # A new thread starts with an empty context: make the handler act as
+        # the server's host too, so its own lookups and sockets come from there.
+        assert self.netshim_stack is not None
+        with acting_as(self.netshim_stack):
+            super().process_request_thread(request, client_address)
 
 
 class _UDPServer(socketserver.UDPServer):
@@ -178,7 +186,9 @@ def _start_socketserver(server: Server, stack: Stack, kind: str, app: Any) -> No
         elif kind == "socketserver-udp":
             base = _UDPServer(("::", server.port), app)
         else:
-            base = _TCPServer(("::", server.port), app)
+            tcp = _TCPServer(("::", server.port), app)
+            tcp.netshim_stack = stack
+            base = tcp
 
     def run() -> None:
         with acting_as(stack):

@@ -1,0 +1,47 @@
+"""netshim inside real Pyodide under Node: the wheel installs, and asyncio runs on the stack.
+
+Pyodide is the pinned npm package (tests/peers/pyodide); netshim's wheel is
+built from this checkout and installed into it with its dependencies' wheels,
+all from local files.  Scripts under tests/pyodide/scripts run there and report
+what they saw as JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyodide_support import (
+    build_netshim_wheel,
+    dependency_wheels,
+    require_pyodide,
+    result_of,
+    run_in_pyodide,
+)
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    require_pyodide()
+    return [build_netshim_wheel(tmp_path_factory.mktemp("wheel")), *dependency_wheels()]
+
+
+def test_wheel_is_pure_python(wheels: list[Path]) -> None:
+    assert wheels[0].name.endswith("-py3-none-any.whl")
+
+
+def test_asyncio_server_and_client_on_a_virtual_network(wheels: list[Path]) -> None:
+    result = result_of(run_in_pyodide("asyncio_virtual.py", wheels))
+    # Really Pyodide: WebLoop, no socketpair, no ssl module but netshim's stand-in.
+    assert result["platform"] == "emscripten"
+    assert result["loop"] == "WebLoop"
+    assert "OSError" in result["socketpair"]
+    assert result["server_sockname"] == ["0.0.0.0", 7]
+    assert result["peername"] == ["10.0.0.2", 7]
+    assert result["echo_ok"] is True
+    assert result["after_eof"] == ""
+    assert result["getaddrinfo"] == ["10.0.0.2", "fd00::2"]
+    assert result["udp"] == ["margatad", ["10.0.0.2", 9]]
+    assert result["anyio"] == "ANYIO"
+    assert result["anyio_remote"] == ["10.0.0.2", 7]
+    assert result["refused_is_econnrefused"] is True
