@@ -686,7 +686,7 @@ _KNOWN_OPTIONS = (
     {
         (socket.SOL_SOCKET, name)
         for name in (
-            socket.SO_REUSEADDR,
+            getattr(socket, "SO_REUSEADDR", -1),  # Pyodide has no SO_REUSEADDR
             getattr(socket, "SO_REUSEPORT", -1),
             socket.SO_KEEPALIVE,
             socket.SO_BROADCAST,
