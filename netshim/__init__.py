@@ -11,6 +11,8 @@ import contextlib
 
 # First: where Python has no ssl module (Pyodide), anyio's import needs one.
 from . import _ssl_standin as _ssl_standin
+from ._config import stack_from_environment as stack_from_environment
+from ._config import stack_from_url as stack_from_url
 from ._errors import LocalProtocolError as LocalProtocolError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteProtocolError as RemoteProtocolError
@@ -32,6 +34,8 @@ from .stack import set_default_stack as set_default_stack
 from .stack import use_stack as use_stack
 from .stacks import HostStack as HostStack
 from .stacks import LinkConditions as LinkConditions
+from .stacks import PolicyStack as PolicyStack
+from .stacks import RouterStack as RouterStack
 from .stacks import Socks5Stack as Socks5Stack
 from .stacks import VirtualHost as VirtualHost
 from .stacks import VirtualNetwork as VirtualNetwork
@@ -44,8 +48,10 @@ __all__ = [
     "HostStack",
     "LinkConditions",
     "LocalProtocolError",
+    "PolicyStack",
     "ProtocolError",
     "RemoteProtocolError",
+    "RouterStack",
     "Stack",
     "TcpListener",
     "TcpStream",
@@ -65,6 +71,8 @@ __all__ = [
     "listen_tcp",
     "open_udp",
     "set_default_stack",
+    "stack_from_environment",
+    "stack_from_url",
     "uninstall",
     "use_stack",
 ]

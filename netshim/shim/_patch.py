@@ -71,7 +71,9 @@ def _replace(owner: Any, name: str, value: Any) -> None:
 def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
     """Route every AF_INET/AF_INET6 socket of the process through ``stack``.
 
-    Without ``stack``, the host network (:class:`netshim.HostStack`).
+    Without ``stack``, the one the environment names (``NETSHIM_STACK``,
+    else ``ALL_PROXY`` / ``NO_PROXY``; see :func:`netshim.stack_from_url`),
+    else the host network (:class:`netshim.HostStack`).
     Calling it again while installed switches the stack and changes nothing
     else.  Returns the stack.
 
@@ -87,9 +89,9 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
     if mode not in ("socket", "loop"):
         raise ValueError(f"install() mode is 'auto', 'socket' or 'loop', not {mode!r}")
     if stack is None:
-        from ..stacks.host import HostStack
+        from .._config import stack_from_environment
 
-        stack = HostStack()
+        stack = stack_from_environment()
     if not isinstance(stack, Stack):
         raise TypeError(f"install() needs a netshim Stack, not {type(stack).__name__}")
     from ..aio import install_loop_hooks, uninstall_loop_hooks
