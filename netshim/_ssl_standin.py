@@ -111,12 +111,35 @@ OP_SINGLE_DH_USE = 0
 OP_SINGLE_ECDH_USE = 0
 OP_IGNORE_UNEXPECTED_EOF = 0x00000080
 OP_ENABLE_MIDDLEBOX_COMPAT = 0x00100000
-VERIFY_DEFAULT = 0
-VERIFY_X509_STRICT = 0x20
-VERIFY_X509_PARTIAL_CHAIN = 0x80000
-VERIFY_X509_TRUSTED_FIRST = 0x8000
-VERIFY_CRL_CHECK_LEAF = 0x4
-VERIFY_CRL_CHECK_CHAIN = 0xC
+
+
+class VerifyFlags(enum.IntFlag):
+    VERIFY_DEFAULT = 0
+    VERIFY_CRL_CHECK_LEAF = 0x4
+    VERIFY_CRL_CHECK_CHAIN = 0xC
+    VERIFY_X509_STRICT = 0x20
+    VERIFY_X509_TRUSTED_FIRST = 0x8000
+    VERIFY_X509_PARTIAL_CHAIN = 0x80000
+    VERIFY_ALLOW_PROXY_CERTS = 0x40
+
+
+VERIFY_DEFAULT = VerifyFlags.VERIFY_DEFAULT
+VERIFY_X509_STRICT = VerifyFlags.VERIFY_X509_STRICT
+VERIFY_X509_PARTIAL_CHAIN = VerifyFlags.VERIFY_X509_PARTIAL_CHAIN
+VERIFY_X509_TRUSTED_FIRST = VerifyFlags.VERIFY_X509_TRUSTED_FIRST
+VERIFY_CRL_CHECK_LEAF = VerifyFlags.VERIFY_CRL_CHECK_LEAF
+VERIFY_CRL_CHECK_CHAIN = VerifyFlags.VERIFY_CRL_CHECK_CHAIN
+VERIFY_ALLOW_PROXY_CERTS = VerifyFlags.VERIFY_ALLOW_PROXY_CERTS
+# The error codes of SSLError.errno, as OpenSSL numbers them.
+SSL_ERROR_SSL = 1
+SSL_ERROR_WANT_READ = 2
+SSL_ERROR_WANT_WRITE = 3
+SSL_ERROR_WANT_X509_LOOKUP = 4
+SSL_ERROR_SYSCALL = 5
+SSL_ERROR_ZERO_RETURN = 6
+SSL_ERROR_WANT_CONNECT = 7
+SSL_ERROR_EOF = 8
+SSL_ERROR_INVALID_ERROR_CODE = 10
 HAS_SNI = HAS_ALPN = HAS_ECDH = HAS_TLSv1_2 = HAS_TLSv1_3 = True
 HAS_NPN = HAS_NEVER_CHECK_COMMON_NAME = False
 OPENSSL_VERSION = "none (netshim ssl stand-in)"
@@ -278,6 +301,25 @@ def create_default_context(
 
 
 _create_default_https_context = create_default_context
+
+
+def DER_cert_to_PEM_cert(der_cert_bytes: bytes) -> str:  # noqa: N802 - the ssl module's name
+    import base64
+    import textwrap
+
+    body = textwrap.fill(base64.standard_b64encode(der_cert_bytes).decode("ascii"), 64)
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+
+
+def PEM_cert_to_DER_cert(pem_cert_string: str) -> bytes:  # noqa: N802 - the ssl module's name
+    import base64
+
+    lines = pem_cert_string.strip().splitlines()
+    return base64.decodebytes("".join(lines[1:-1]).encode("ascii"))
+
+
+def get_server_certificate(*args: Any, **kwargs: Any) -> str:
+    raise SSLError(_MISSING_TLS)
 
 
 def match_hostname(cert: Any, hostname: str) -> None:

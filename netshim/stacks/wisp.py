@@ -35,10 +35,11 @@ import contextlib
 import errno
 import itertools
 import ssl
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -555,10 +556,24 @@ class WispStack(TunnelStack):
             return session
 
     async def _open_session(self) -> _Session:
+        subprotocols = ("wisp-v2",) if self.version == 2 else ()
+        websocket: Any
+        if sys.platform == "emscripten" and self.transport is None:
+            # Pyodide: no sockets to build a WebSocket on; the host's WebSocket it is.
+            from ..transports.jswebsocket import open_js_websocket
+
+            websocket = await open_js_websocket(
+                self.endpoint, subprotocols=subprotocols, open_timeout=self.open_timeout
+            )
+            try:
+                conn = await self._handshake(websocket)
+            except BaseException:
+                await websocket.aclose()
+                raise
+            return _Session(self, websocket, conn)
         # Imported here: the websockets library is an optional dependency.
         from ..transports.websocket import open_websocket
 
-        subprotocols = ("wisp-v2",) if self.version == 2 else ()
         websocket = await open_websocket(
             self.endpoint,
             stack=self.transport,

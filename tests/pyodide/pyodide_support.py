@@ -9,14 +9,22 @@ report results as one JSON object on their last line.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import importlib.metadata
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.from_thread
 import pytest
 
 from netshim.testing import REQUIRE_PEERS_VARIABLE, require_peer
@@ -109,3 +117,82 @@ def result_of(completed: subprocess.CompletedProcess[str]) -> Any:
     if not lines:
         pytest.fail(f"Pyodide script printed no result:\n{completed.stdout[-4000:]}")
     return json.loads(lines[-1])
+
+
+# What the Wisp client test installs besides netshim's own dependencies.
+CLIENT_LIBRARIES = ("redis", "httpx", "httpcore", "h11", "certifi", "sniffio")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    """A real redis-server on a free loopback port, with no persistence."""
+    program = require_peer("redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [program, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextlib.contextmanager
+def http_server(body: bytes) -> Iterator[str]:
+    """A real HTTP server (the standard library's) answering ``body`` to every GET."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hello"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def wisp_gateway() -> Iterator[str]:
+    """netshim's gateway on loopback in CPython, allowed to reach loopback; its Wisp URL."""
+    from netshim import HostStack
+    from netshim.gateway import Gateway, GatewayConfig
+    from netshim.policy import Policy
+
+    gateway = Gateway(HostStack(), GatewayConfig(policy=Policy(allow_private=True)))
+    with anyio.from_thread.start_blocking_portal() as portal:
+        future, _ = portal.start_task(functools.partial(gateway.serve, host="127.0.0.1", port=0))
+        try:
+            host, port = gateway.addresses["http"]
+            yield f"ws://{host}:{port}/"
+        finally:
+            future.cancel()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

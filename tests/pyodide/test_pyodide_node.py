@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 from pyodide_support import (
+    CLIENT_LIBRARIES,
     build_netshim_wheel,
     dependency_wheels,
+    http_server,
+    redis_server,
     require_pyodide,
     result_of,
     run_in_pyodide,
+    wisp_gateway,
 )
 
 
@@ -45,3 +49,25 @@ def test_asyncio_server_and_client_on_a_virtual_network(wheels: list[Path]) -> N
     assert result["anyio"] == "ANYIO"
     assert result["anyio_remote"] == ["10.0.0.2", 7]
     assert result["refused_is_econnrefused"] is True
+
+
+def test_redis_and_httpx_through_the_gateway_over_wisp(wheels: list[Path]) -> None:
+    libraries = dependency_wheels(CLIENT_LIBRARIES)
+    with redis_server() as redis_port, http_server(b"hello, wasm") as url, wisp_gateway() as wisp:
+        completed = run_in_pyodide(
+            "wisp_clients.py",
+            [*wheels, *libraries],
+            env={
+                "NETSHIM_WISP_URL": wisp,
+                "NETSHIM_REDIS_PORT": str(redis_port),
+                "NETSHIM_HTTP_URL": url,
+            },
+        )
+    result = result_of(completed)
+    assert result["platform"] == "emscripten"
+    assert result["ping"] is True
+    assert result["get"] == "hello from wasm"
+    assert result["round_trips_per_second"] > 0
+    assert result["http_status"] == 200
+    assert result["http_body"] == "hello, wasm"
+    assert result["wisp_version"] == 2

@@ -13,6 +13,12 @@ import { loadPyodide } from "pyodide";
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
 
+// Node before 22 has no global WebSocket, which Pyodide code reaches as
+// js.WebSocket: the ws package stands in, as it would in an application.
+if (typeof globalThis.WebSocket === "undefined") {
+  globalThis.WebSocket = (await import("ws")).WebSocket;
+}
+
 const [script, ...wheels] = process.argv.slice(2);
 if (!script) {
   console.error("usage: node run.mjs SCRIPT.py WHEEL...");

@@ -76,9 +76,7 @@ async def main() -> None:
     infos = await loop.getaddrinfo("web.internal", 80, type=socket.SOCK_STREAM)
     result["getaddrinfo"] = sorted(info[4][0] for info in infos)
 
-    transport, client = await loop.create_datagram_endpoint(
-        UdpClient, remote_addr=("10.0.0.2", 9)
-    )
+    transport, client = await loop.create_datagram_endpoint(UdpClient, remote_addr=("10.0.0.2", 9))
     transport.sendto(b"datagram")
     data, source = await asyncio.wait_for(client.answer, 5)
     result["udp"] = [data.decode(), list(source)]  # type: ignore[arg-type]

@@ -1,0 +1,184 @@
+"""A client WebSocket on JavaScript's ``WebSocket``, for Pyodide (browsers and Node).
+
+In Pyodide there is no socket to carry a WebSocket of our own making; the
+host's ``WebSocket`` (every browser; Node 22 and later, or the ``ws``
+package installed as ``globalThis.WebSocket`` on older Node) is the way out.
+:class:`JsWebSocket` offers what the tunnel stacks use of
+:class:`~netshim.transports.websocket.ClientWebSocket`: ``send(bytes)``,
+``receive()`` (``None`` once closed), ``aclose()``, ``subprotocol`` and
+``closed``.  Messages arrive through JavaScript callbacks into a queue; sends
+wait while the browser's own buffer (``bufferedAmount``) is above a bound,
+which is the only backpressure a JavaScript WebSocket exposes.
+
+The browser does the TLS of ``wss://`` itself (with its own trust store), so
+``wisps://`` works there with no ``ssl`` module in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from .._errors import connection_reset, os_error
+from ._url import WebSocketEndpoint
+
+__all__ = ["DEFAULT_SEND_BUFFER", "JsWebSocket", "open_js_websocket"]
+
+# How much may wait in the JavaScript WebSocket's send buffer before send()
+# waits: a few Wisp packets, as a kernel socket buffer would hold.
+DEFAULT_SEND_BUFFER = 1 << 20
+# How often send() looks at bufferedAmount while it waits: JavaScript offers
+# no event for "the buffer drained".
+DRAIN_POLL_INTERVAL = 0.002
+_CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
+
+
+class JsWebSocket:
+    """An open JavaScript WebSocket carrying binary messages."""
+
+    def __init__(self, socket: Any, url: str) -> None:
+        self._socket = socket
+        self.url = url
+        self._messages: deque[bytes | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._open: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._proxies: list[Any] = []
+        self._closed = False
+        self.close_code: int | None = None
+        socket.binaryType = "arraybuffer"
+        for name, handler in (
+            ("onopen", self._on_open),
+            ("onmessage", self._on_message),
+            ("onclose", self._on_close),
+            ("onerror", self._on_error),
+        ):
+            setattr(socket, name, self._proxy(handler))
+
+    def _proxy(self, handler: Any) -> Any:
+        from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
+
+        proxy = create_proxy(handler)
+        self._proxies.append(proxy)
+        return proxy
+
+    # -- JavaScript callbacks --------------------------------------------------
+
+    def _on_open(self, event: Any) -> None:
+        if not self._open.done():
+            self._open.set_result(None)
+
+    def _on_message(self, event: Any) -> None:
+        data = event.data
+        payload = data.encode() if isinstance(data, str) else bytes(data.to_py())
+        self._messages.append(payload)
+        self._wake()
+
+    def _on_close(self, event: Any) -> None:
+        self.close_code = int(event.code)
+        self._closed = True
+        if not self._open.done():
+            self._open.set_exception(
+                os_error(
+                    errno.ECONNREFUSED,
+                    f"WebSocket to {self.url} failed (close code {event.code})",
+                )
+            )
+        self._messages.append(None)
+        self._wake()
+        self._release()
+
+    def _on_error(self, event: Any) -> None:
+        # An error is always followed by a close event, which says the rest.
+        pass
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _release(self) -> None:
+        for name in ("onopen", "onmessage", "onclose", "onerror"):
+            setattr(self._socket, name, None)
+        for proxy in self._proxies:
+            proxy.destroy()
+        self._proxies.clear()
+
+    # -- the ClientWebSocket interface -----------------------------------------
+
+    async def wait_open(self) -> None:
+        await self._open
+
+    @property
+    def subprotocol(self) -> str | None:
+        return str(self._socket.protocol) or None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary message; ``ConnectionResetError`` once the socket closed."""
+        if self._closed or int(self._socket.readyState) != _OPEN:
+            raise connection_reset()
+        from js import Uint8Array  # type: ignore[import-not-found]
+
+        message = Uint8Array.new(len(data))
+        message.assign(data)
+        self._socket.send(message)
+        # JavaScript has no "drained" event to wait for: polling it is.
+        while int(self._socket.bufferedAmount) > DEFAULT_SEND_BUFFER and not self._closed:  # noqa: ASYNC110
+            await asyncio.sleep(DRAIN_POLL_INTERVAL)
+
+    async def receive(self) -> bytes | None:
+        """The next message, or ``None`` once the WebSocket closed."""
+        while not self._messages:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        message = self._messages[0]
+        if message is None:
+            return None  # stays queued: every later call answers None too
+        self._messages.popleft()
+        return message
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket (idempotent)."""
+        if not self._closed and int(self._socket.readyState) in (_CONNECTING, _OPEN):
+            self._socket.close(code, reason)
+        self._closed = True
+
+
+async def open_js_websocket(
+    endpoint: WebSocketEndpoint,
+    *,
+    subprotocols: Sequence[str] = (),
+    open_timeout: float = 10.0,
+) -> JsWebSocket:
+    """Open ``endpoint`` with JavaScript's WebSocket and wait until it is open.
+
+    Raises ``ConnectionRefusedError`` when it fails to open (browsers tell
+    no more than that) and ``TimeoutError`` after ``open_timeout`` seconds.
+    Browsers send no custom headers on a WebSocket, so credentials go in the
+    Wisp handshake, not in HTTP.
+    """
+    import js
+    from pyodide.ffi import to_js
+
+    constructor = getattr(js, "WebSocket", None)
+    if constructor is None:
+        raise RuntimeError(
+            "this JavaScript runtime has no WebSocket: on Node before 22, install the ws "
+            "package and set globalThis.WebSocket to it before loading Pyodide"
+        )
+    url = endpoint.url
+    socket = constructor.new(url, to_js(list(subprotocols)))
+    websocket = JsWebSocket(socket, url)
+    try:
+        async with asyncio.timeout(open_timeout):
+            await websocket.wait_open()
+    except TimeoutError:
+        await websocket.aclose()
+        raise os_error(errno.ETIMEDOUT, f"WebSocket to {url} did not open") from None
+    return websocket
