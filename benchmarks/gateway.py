@@ -5,7 +5,8 @@
 The same Node client (tests/peers/node/wisp_client.mjs, after ``npm ci`` there)
 moves the same bulk transfers two ways in one run: over plain TCP to the
 target (the baseline) and as Wisp v2 streams through the gateway on the host
-network.  It prints MiB/s for each and the ratio, for one download stream, one
+network (the client makes and hashes its upload before the clock starts, in
+both modes).  It prints MiB/s for each and the ratio, for one download stream, one
 upload stream and 16 parallel download streams, checks every stream's SHA-256
 and counts truncated streams, and reports the gateway process's peak resident
 memory.  Targets from the issue: >= 0.5x of direct loopback, no truncated

@@ -33,7 +33,12 @@ __all__ = ["DEFAULT_HIGH_WATER", "WebSocket"]
 # busy between two writer wake-ups, and small enough that the 64 MiB budget
 # of the issue leaves room for many connections.
 DEFAULT_HIGH_WATER = 1 << 20
-DEFAULT_READ_SIZE = 1 << 16
+# What one read of the client's TCP stream asks for: asyncio's selector
+# transports read up to 256 KiB at a time, and anyio splits (copying) any
+# chunk larger than the read asks for, so asking for less than that costs a
+# copy of the rest for each smaller read.  It also lets one read carry a whole
+# 64 KiB DATA packet plus its WebSocket header instead of two reads.
+DEFAULT_READ_SIZE = 1 << 18
 
 
 class WebSocket:

@@ -44,10 +44,17 @@ bytes after a ``CLOSE`` reason or a ``CONTINUE`` count.
 Flow control.  The server gives each TCP stream ``buffer_size`` credits.  Its
 I/O layer calls :meth:`WispConnection.release` for every DATA packet it has
 passed upstream, which returns a :class:`Continue` to send once a quarter of
-the window has drained.  Because a ``CONTINUE`` value is absolute and does not
-count packets already in flight, a client that obeys credits can still have up
-to twice the window outstanding; one that goes past that ignores credits, and
-its stream is rejected with ``THROTTLED``.  The client side counts its credits
+the window has drained.  A ``CONTINUE`` value is absolute and does not
+count packets in flight: the client sets its credit to the value whenever it
+arrives, so DATA it sent before that is forgiven, and when refills cross DATA
+on the wire an obedient client can have more than a window outstanding.  The
+only count a server can check without falsely blaming such a client is the
+sum of every credit it granted on the stream (the stream-0 window plus each
+``CONTINUE`` value): an obedient client never sends more DATA than that, so a
+packet past it means the client ignores credits, and its stream is rejected
+with ``THROTTLED``.  That sum does not bound the server's memory (forgiven
+credits keep counting), so the I/O layer also stops reading the WebSocket
+while a stream's queue is over its bound.  The client side counts its credits
 (:meth:`WispConnection.credit`) and refuses to send DATA without one.
 """
 
@@ -110,9 +117,6 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 1 << 20
 # RFC 1035 allows 253 characters of dotted name; an IPv6 literal with a zone
 # stays far below.  Anything longer in a CONNECT is garbage, not a name.
 DEFAULT_MAX_HOSTNAME_LENGTH: Final = 253
-# An obedient client has at most twice the window outstanding (see the module
-# documentation); past this factor it is ignoring credits.
-CREDIT_OVERRUN_FACTOR: Final = 2
 
 
 class PacketType(enum.IntEnum):
@@ -491,6 +495,10 @@ class _Stream:
     queued: int = 0
     # Server: released since the last CONTINUE for this stream.
     drained: int = 0
+    # Server: DATA packets received in all, and the sum of every credit
+    # granted (see the module documentation on flow control).
+    received: int = 0
+    granted: int = 0
     # Client: DATA packets it may still send.
     credit: int = 0
 
@@ -680,6 +688,8 @@ class WispConnection:
                 raise LocalProtocolError(
                     f"can't send CONTINUE on stream {event.stream_id}: not open"
                 )
+            else:
+                self._streams[event.stream_id].granted += event.buffer_remaining
             return _HEADER.pack(PacketType.CONTINUE, event.stream_id) + _U32.pack(
                 event.buffer_remaining
             )
@@ -871,12 +881,13 @@ class WispConnection:
                 return
             if stream.stream_type is StreamType.TCP:
                 stream.queued += 1
-                if stream.queued > CREDIT_OVERRUN_FACTOR * self.buffer_size:
+                stream.received += 1
+                if stream.received > stream.granted:
                     self._reject(
                         stream_id,
                         CloseReason.THROTTLED,
-                        f"{stream.queued} DATA packets outstanding with a window of "
-                        f"{self.buffer_size}: the client ignores CONTINUE credits",
+                        f"DATA packet {stream.received} with {stream.granted} credits granted "
+                        "in all: the client ignores CONTINUE credits",
                     )
                     return
             self._pending.append(Data(stream_id, payload))
@@ -936,7 +947,8 @@ class WispConnection:
         if not host or len(host) > DEFAULT_MAX_HOSTNAME_LENGTH or "\x00" in host:
             self._reject(stream_id, CloseReason.INVALID_INFO, f"bad host name {host[:40]!r}")
             return
-        self._streams[stream_id] = _Stream(StreamType(raw_type))
+        # A new stream starts with the window announced on stream 0.
+        self._streams[stream_id] = _Stream(StreamType(raw_type), granted=self.buffer_size)
         self._pending.append(Connect(stream_id, host, port, StreamType(raw_type)))
 
     def _process_client(self, kind: int, stream_id: int, payload: bytes) -> None:

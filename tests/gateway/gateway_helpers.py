@@ -55,7 +55,7 @@ class BulkTarget:
 async def _read_exactly(stream: TcpStream, size: int, digest: hashlib._Hash | None = None) -> bytes:
     parts = []
     while size:
-        data = await stream.receive(min(size, 1 << 16))
+        data = await stream.receive(min(size, 1 << 18))
         size -= len(data)
         if digest is None:
             parts.append(data)

@@ -321,13 +321,31 @@ class TestCredits:
     def test_credit_ignoring_client_is_throttled(self) -> None:
         server = open_server(buffer_size=4)
         events_of(server, CONNECT_TCP_1)
-        got = events_of(server, *[DATA_1_HELLO] * 9)
-        assert got[:8] == [Data(1, b"hello")] * 8
-        assert isinstance(got[8], PacketRejected)
-        assert got[8].response() == Close(1, CloseReason.THROTTLED)
+        got = events_of(server, *[DATA_1_HELLO] * 5)
+        assert got[:4] == [Data(1, b"hello")] * 4
+        assert isinstance(got[4], PacketRejected)
+        assert got[4].response() == Close(1, CloseReason.THROTTLED)
         assert server.open_streams == 0
         # Later packets for the dead stream are dropped, not queued.
         assert events_of(server, DATA_1_HELLO) == []
+
+    def test_refills_crossing_data_do_not_blame_an_obedient_client(self) -> None:
+        # The client spends its window of 4; the server refills twice before
+        # the first refill reaches the client, and the client obeys each value
+        # as it arrives (absolute, as wisp-js does): 4 + 4 + 4 packets in all,
+        # with 8 outstanding at the server at one point.
+        server = open_server(buffer_size=4)
+        events_of(server, CONNECT_TCP_1)
+        assert events_of(server, *[DATA_1_HELLO] * 4) == [Data(1, b"hello")] * 4
+        refill = server.release(1, 4)
+        assert refill == Continue(1, 4)
+        server.send(refill)
+        server.send(Continue(1, 4))
+        got = events_of(server, *[DATA_1_HELLO] * 8)
+        assert got == [Data(1, b"hello")] * 8
+        assert server.queued(1) == 8
+        # One packet past every credit granted is a client ignoring credits.
+        assert isinstance(events_of(server, DATA_1_HELLO)[0], PacketRejected)
 
     def test_stream_confirmation(self) -> None:
         server = WispConnection(
