@@ -13,6 +13,10 @@ from netshim.testing import REQUIRE_PEERS_VARIABLE, require_peer
 
 __all__ = ["REQUIRE_PEERS", "require_peer"]
 
+# The pytest plugin's tests (tests/plugin) run inner sessions; pytest allows
+# pytest_plugins only in the top-level conftest.
+pytest_plugins = ["pytester"]
+
 #: Whether CI demands every peer program (see netshim.testing.require_peer).
 REQUIRE_PEERS = os.environ.get(REQUIRE_PEERS_VARIABLE) == "1"
 

@@ -1,11 +1,13 @@
-"""The plugin's tests run inner pytest sessions with pytest's own ``pytester``."""
+"""The plugin's tests run inner pytest sessions with pytest's own ``pytester``.
+
+``pytester`` is enabled in tests/conftest.py: pytest accepts ``pytest_plugins``
+only in the top-level conftest.
+"""
 
 from __future__ import annotations
 
 import pytest
 from plugin_support import INI
-
-pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(autouse=True)
