@@ -66,6 +66,8 @@ class WebSocket:
         self._fragment_text = False
         self._wake = anyio.Event()
         self._drained = anyio.Event()
+        # Senders waiting for room, first come first served (see send()).
+        self._waiters: deque[anyio.Event] = deque()
         self._closed = False
         self._leftover = leftover
 
@@ -97,11 +99,13 @@ class WebSocket:
                     if self._pending < self.high_water:
                         self._drained.set()
                         self._drained = anyio.Event()
+                        self._wake_next_sender()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self._closed = True
         finally:
             self._closed = True
             self._drained.set()
+            self._wake_next_sender()
 
     def _kick(self) -> None:
         self._wake.set()
@@ -115,10 +119,34 @@ class WebSocket:
         self._kick()
 
     async def send(self, data: bytes) -> None:
-        """Queue one binary message, first waiting while the output is over ``high_water``."""
-        while self._pending > self.high_water and not self._closed:
-            await self._drained.wait()
+        """Queue one binary message, first waiting while the output is over ``high_water``.
+
+        Waiting senders go in turn: the writer wakes the first once the output
+        drained, and each woken sender wakes the next while there is room.
+        Waking them all at once would cost every one of N streams a wake-up per
+        drained message (N squared for N streams), and would let the fastest
+        producers starve the others.
+        """
+        if (self._pending > self.high_water or self._waiters) and not self._closed:
+            turn = anyio.Event()
+            self._waiters.append(turn)
+            try:
+                await turn.wait()
+            except BaseException:
+                if turn.is_set():
+                    # Cancelled after being given the turn: pass it on.
+                    self._wake_next_sender()
+                else:
+                    self._waiters.remove(turn)
+                raise
         self.send_nowait(data)
+        self._wake_next_sender()
+
+    def _wake_next_sender(self) -> None:
+        while self._waiters and (self._closed or self._pending <= self.high_water):
+            self._waiters.popleft().set()
+            if not self._closed:
+                return
 
     async def wait_output_room(self) -> None:
         """Wait until control output is under the hard limit (see the module documentation)."""
