@@ -2,7 +2,9 @@
 
 ``netshim demo`` tours a virtual network on built-in defaults;
 ``netshim gateway`` serves the host network to Wisp, websockify and SOCKS5
-clients behind an egress policy (see ``docs/gateway.md``).
+clients behind an egress policy (see ``docs/gateway.md``);
+``netshim run`` runs an unmodified Python program with netshim installed
+(see ``docs/tunnels.md``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,14 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["run"]:
+        # Everything after the options belongs to the program, which
+        # argparse cannot express (it would take the program's own -x flags).
+        from ._run import main as run_main
+
+        return run_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="netshim", description="Run networking code on virtual, tunnelled or policed networks."
     )
@@ -24,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     from ._gateway_cli import add_arguments
 
     add_arguments(gateway)
+    commands.add_parser(
+        "run",
+        help="run a Python program with netshim installed: run [--via URL] -- PROGRAM [ARGS]",
+        add_help=False,
+    )
     arguments = parser.parse_args(argv)
     if arguments.command == "gateway":
         from ._gateway_cli import run
