@@ -1017,6 +1017,7 @@ class _WispSession:
             stream.client = gateway._admit(self.peer[0])
         except _ThrottledError as exc:
             record.reason = "THROTTLED"
+            gateway.metrics.streams_closed.labels("wisp", record.reason).inc()
             logger.info("%s detail=%r", record.line(), str(exc))
             self._finish(stream, wisp.CloseReason.THROTTLED)
             return
