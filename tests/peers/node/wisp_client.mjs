@@ -3,7 +3,8 @@
 // Usage: node wisp_client.mjs '<plan as JSON>'
 // A plan is {"mode": "wisp" | "wsproxy", "url": ..., "version": 1 | 2,
 //            "streams": [{"type": "tcp" | "udp", "host", "port", "upload", "download",
-//                          "datagrams"}]}.
+//                          "datagrams"}],
+//            "sequential": true to run the streams one after another (optional)}.
 // A TCP stream sends a 16-byte header (upload and download sizes, big-endian
 // uint64), then `upload` bytes, and reads until the stream closes; the test's
 // target server answers with `download` bytes.  Each result carries the
@@ -93,9 +94,7 @@ async function runWisp() {
   const info = { version: conn.wisp_version, motd: conn.server_motd ?? null };
   const uploads = plan.streams.map(prepareUpload);
   const started = performance.now();
-  const streams = await Promise.all(
-    plan.streams.map((spec, i) => runWispStream(conn, spec, uploads[i])),
-  );
+  const streams = await runAll((spec, i) => runWispStream(conn, spec, uploads[i]));
   info.elapsed_ms = performance.now() - started;
   conn.close();
   return { ...info, streams };
@@ -154,10 +153,23 @@ function runTcpStream(spec, upload) {
   });
 }
 
+// All streams at once, or one after another with each one's duration in
+// "ms" when the plan says "sequential" (the connect-latency benchmark).
+async function runAll(run) {
+  if (!plan.sequential) return Promise.all(plan.streams.map(run));
+  const results = [];
+  for (const [i, spec] of plan.streams.entries()) {
+    const started = performance.now();
+    const result = await run(spec, i);
+    results.push({ ...result, ms: performance.now() - started });
+  }
+  return results;
+}
+
 async function runTcp() {
   const uploads = plan.streams.map(prepareUpload);
   const started = performance.now();
-  const streams = await Promise.all(plan.streams.map((spec, i) => runTcpStream(spec, uploads[i])));
+  const streams = await runAll((spec, i) => runTcpStream(spec, uploads[i]));
   return { elapsed_ms: performance.now() - started, streams };
 }
 
