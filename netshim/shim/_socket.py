@@ -119,6 +119,7 @@ class _ShimCommon(_Base):
         state = self._netshim
         if state is None:
             return super().getsockname()
+        _check_open(self)
         if state.local is None:
             wildcard = "::" if state.family == socket.AF_INET6 else "0.0.0.0"
             return self._sockaddr(state.bind_request or (wildcard, 0))
@@ -128,6 +129,7 @@ class _ShimCommon(_Base):
         state = self._netshim
         if state is None:
             return super().getpeername()
+        _check_open(self)
         if state.remote is None or state.phase not in (Phase.CONNECTED, Phase.BOUND):
             raise _not_connected()
         return self._sockaddr(state.remote)
@@ -549,7 +551,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         if state is None or (state.phase is Phase.CONNECTED and state.is_tcp):
             return super().recv(bufsize, flags)
         if not state.is_tcp:
-            return self.recvfrom(bufsize, flags)[0]
+            return self._receive_datagram(bufsize, flags, "recv")[0]
         self._check_stream()
         return super().recv(bufsize, flags)
 
@@ -558,7 +560,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         if state is None or (state.phase is Phase.CONNECTED and state.is_tcp):
             return super().recv_into(buffer, nbytes, flags)
         if not state.is_tcp:
-            return self.recvfrom_into(buffer, nbytes, flags)[0]
+            return self._receive_into(buffer, nbytes, flags, "recv_into")[0]
         self._check_stream()
         return super().recv_into(buffer, nbytes, flags)
 
@@ -600,9 +602,13 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         state.engine.call(state.udp.send, payload, target)
         return len(payload)
 
-    def _receive_datagram(self, bufsize: int, flags: int) -> tuple[bytes, Any]:
+    def _receive_datagram(
+        self, bufsize: int, flags: int, function: str = "recvfrom"
+    ) -> tuple[bytes, Any]:
         state = self._netshim
         assert state is not None
+        if bufsize < 0:
+            raise ValueError(f"negative buffersize in {function}")
         _check_open(self)
         # An unbound UDP socket receives nothing until it sends or binds; it
         # still blocks (or times out, or says EAGAIN) like the real one.
@@ -622,9 +628,19 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         state = self._netshim
         if state is None or state.is_tcp:
             return super().recvfrom_into(buffer, nbytes, flags)
+        return self._receive_into(buffer, nbytes, flags, "recvfrom_into")
+
+    def _receive_into(self, buffer: Any, nbytes: int, flags: int, function: str) -> tuple[int, Any]:
         view = memoryview(buffer).cast("B")
-        size = nbytes or len(view)
-        payload, source = self._receive_datagram(size, flags)
+        if nbytes < 0:
+            raise ValueError(f"negative buffersize in {function}")
+        if nbytes > len(view):
+            raise ValueError(
+                "buffer too small for requested bytes"
+                if function == "recv_into"
+                else "nbytes is greater than the length of the buffer"
+            )
+        payload, source = self._receive_datagram(nbytes or len(view), flags, function)
         view[: len(payload)] = payload
         return len(payload), source
 
@@ -632,6 +648,10 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         state = self._netshim
         if state is None or state.is_tcp:
             return super().recvmsg(bufsize, ancbufsize, flags)
+        if bufsize < 0:
+            raise ValueError("negative buffer size in recvmsg()")
+        if ancbufsize < 0:
+            raise ValueError("invalid ancillary data buffer length")
         payload, source = self._receive_datagram(bufsize, flags)
         return payload, [], 0, source
 
@@ -832,10 +852,53 @@ def _closing(state: SocketState) -> None:
         if peer is not None and peer.fileno() >= 0:
             with contextlib.suppress(OSError):
                 ORIGINAL_SOCKET.send(peer, b"\0", socket.MSG_DONTWAIT)
+    elif (partner is not None or state.splice_pending) and not state.abort_on_close:
+        # Pending too: the listener may still join this end to its peer.
+        _hold_joined_end(state)
     state.closed_by_user = True
     state.phase = Phase.CLOSED
     state.unregister()
     state.engine.spawn(_close_engine_side, state)
+
+
+def _hold_joined_end(state: SocketState) -> None:
+    """Keep a joined socket's end open past ``close()``, as TCP keeps the connection.
+
+    On TCP the peer of a closed socket gets a FIN, and its first ``send``
+    afterwards still succeeds (the reply is a reset); only later calls fail.
+    Closing one end of an AF_UNIX pair would fail that first ``send`` with
+    EPIPE at once.  So the end is duplicated and half-closed (the FIN), and
+    the engine closes the duplicate when the peer next sends or closes:
+    unread data then makes the kernel report ECONNRESET to the peer, as the
+    reset would.  With data the program left unread nothing is held, so the
+    close resets the peer at once, as on TCP.
+    """
+    user = state.user_socket()
+    if user is None or user.fileno() < 0:
+        return
+    try:
+        held = ORIGINAL_SOCKET(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(user.fileno()))
+    except OSError:
+        return
+    # Non-blocking, so the peek cannot wait out the socket's timeout.
+    held.setblocking(False)
+    try:
+        unread = held.recv(1, socket.MSG_PEEK)
+    except OSError:
+        unread = b""
+    if unread:
+        held.close()  # unread data: closing resets the peer at once, as on TCP
+        return
+    with contextlib.suppress(OSError):
+        held.shutdown(socket.SHUT_WR)
+    state.engine.spawn(_release_held_end, held)
+
+
+async def _release_held_end(held: socket.socket) -> None:
+    try:
+        await anyio.wait_readable(held)
+    finally:
+        held.close()
 
 
 async def _close_engine_side(state: SocketState) -> None:

@@ -12,22 +12,61 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trustme
 
 from netshim import VirtualHost, VirtualNetwork
+from netshim._addresses import Address
 
 CLIENT_ADDRESSES = ("10.0.0.3", "fd00::3", "::ffff:10.0.0.3")
 WEB_ADDRESSES = ("10.0.0.2", "fd00::2", "::ffff:10.0.0.2")
 
 
 @dataclass
+class Traffic:
+    """A traffic observer: what crossed the virtual network, as its segments."""
+
+    opened: list[tuple[Address, Address]] = field(default_factory=list)
+    tcp_bytes: int = 0
+    datagrams: int = 0
+
+    def tcp_open(self, conn_id: int, client: Address, server: Address) -> None:
+        self.opened.append((client, server))
+
+    def tcp_refused(self, client: Address, server: Address) -> None:
+        pass
+
+    def tcp_data(self, conn_id: int, from_client: bool, data: bytes) -> None:
+        self.tcp_bytes += len(data)
+
+    def tcp_fin(self, conn_id: int, from_client: bool) -> None:
+        pass
+
+    def tcp_reset(self, conn_id: int, from_client: bool) -> None:
+        pass
+
+    def udp_datagram(self, source: Address, destination: Address, data: bytes) -> None:
+        self.datagrams += 1
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
 class Installed:
+    """The installed network; ``traffic`` is set when an observer watches it.
+
+    Watched connections move through the engine's pumps; unwatched ones
+    between two in-process endpoints are joined on one socketpair.  The
+    suite runs both ways.
+    """
+
     net: VirtualNetwork
     web: VirtualHost
     client: VirtualHost
+    traffic: Traffic | None = None
 
 
 @dataclass
