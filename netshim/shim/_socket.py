@@ -121,8 +121,7 @@ class _ShimCommon(_Base):
             return super().getsockname()
         _check_open(self)
         if state.local is None:
-            wildcard = "::" if state.family == socket.AF_INET6 else "0.0.0.0"
-            return self._sockaddr(state.bind_request or (wildcard, 0))
+            return self._sockaddr(state.bind_request or (self._wildcard(), 0))
         return self._sockaddr(state.local)
 
     def getpeername(self) -> Any:
@@ -167,7 +166,7 @@ class _ShimCommon(_Base):
         state = self._netshim
         assert state is not None
         if host == "" and passive:
-            return ("::" if state.family == socket.AF_INET6 else "0.0.0.0", port)
+            return (self._wildcard(), port)
         if host == "<broadcast>":
             return ("255.255.255.255", port)
         ip = parse_ip(host)
@@ -272,6 +271,11 @@ class _ShimCommon(_Base):
             return int.from_bytes(value[:4], "little")
         return value
 
+    def _wildcard(self) -> str:
+        state = self._netshim
+        assert state is not None
+        return "::" if state.family == socket.AF_INET6 else "0.0.0.0"
+
     def _v6only(self) -> bool:
         state = self._netshim
         assert state is not None
@@ -367,7 +371,7 @@ class _ShimCommon(_Base):
             local = state.udp.local_address
             state.engine.call(_stop_udp, state)
         udp = state.engine.call(
-            _open_udp, state.stack, *(local or (None, 0)), target, self._v6only()
+            _open_udp, state.stack, *(local or (self._wildcard(), 0)), target, self._v6only()
         )
         state.remote = udp.remote_address
         self._start_udp(udp)
@@ -484,9 +488,8 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             raise os_error(errno.EINVAL)
         state.backlog = max(0, backlog)
         if state.listener is None:
-            wildcard = "::" if state.family == socket.AF_INET6 else "0.0.0.0"
             state.listener = state.engine.call(
-                _listen, state.stack, wildcard, 0, state.backlog, self._v6only()
+                _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
             )
             state.local = state.listener.local_address
         state.phase = Phase.LISTENING
@@ -590,8 +593,9 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         if len(payload) > limit:
             raise os_error(errno.EMSGSIZE)
         if state.udp is None:
-            wildcard = "::" if state.family == socket.AF_INET6 else "0.0.0.0"
-            udp = state.engine.call(_open_udp, state.stack, wildcard, 0, None, self._v6only())
+            udp = state.engine.call(
+                _open_udp, state.stack, self._wildcard(), 0, None, self._v6only()
+            )
             self._start_udp(udp)
             state.phase = Phase.BOUND
         if isinstance(address, tuple) and address == state.remote:

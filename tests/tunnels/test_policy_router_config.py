@@ -20,6 +20,7 @@ from netshim import (
     stack_from_url,
 )
 from netshim.policy import DestinationBlockedError
+from netshim.shim._engine import get_engine
 from netshim.testing import StackPair, check_stack
 
 pytestmark = pytest.mark.anyio
@@ -125,5 +126,8 @@ async def test_unmodified_socket_code_through_wisp(anyio_backend: str) -> None:
 
         with netshim.installed(stack):
             data = await anyio.to_thread.run_sync(client)
+        # The stack lives on the shim's engine: close its WebSocket there,
+        # from a worker thread so that this loop keeps serving the gateway.
+        await anyio.to_thread.run_sync(get_engine().call, stack.aclose)
         assert len(data) == 100_000
         assert target.transfers[0].down_bytes == 100_000
