@@ -66,11 +66,12 @@ class Engine:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.thread_id: int | None = None
-        # Stack listeners that a shim listening socket serves, by id.
-        self.shim_listeners: set[int] = set()
+        # Stack listeners that a shim listening socket serves (the objects, not
+        # their ids, so that a freed object's id can never match).
+        self.shim_listeners: set[object] = set()
         # Connected shim sockets whose peer is a shim socket still to be
-        # accepted: server stream id -> (client state, listener id).
-        self.splice_waiting: dict[int, tuple[SocketState, int]] = {}
+        # accepted: server stream -> (client state, listener).
+        self.splice_waiting: dict[object, tuple[SocketState, object]] = {}
         self._group: anyio.abc.TaskGroup
 
     @property
@@ -261,9 +262,9 @@ def establish(state: SocketState, stream: TcpStream) -> None:
     state.phase = Phase.CONNECTED
     engine = state.engine
     splice = stream.extra(StreamAttribute.splice_peer, None)
-    if splice is not None and id(splice[1]) in engine.shim_listeners:
+    if splice is not None and splice[1] in engine.shim_listeners:
         state.splice_pending = True
-        engine.splice_waiting[id(splice[0])] = (state, id(splice[1]))
+        engine.splice_waiting[splice[0]] = (state, splice[1])
         return
     engine.spawn(pump_tcp, state, stream)
 
@@ -298,7 +299,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
     assert engine_end is not None
     engine = state.engine
     queue = state.accept_queue
-    engine.shim_listeners.add(id(listener))
+    engine.shim_listeners.add(listener)
     try:
         while True:
             while len(queue) > state.backlog:
@@ -306,7 +307,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
                 state.room_event = event
                 await event.wait()
             stream = await listener.accept()
-            waiting = engine.splice_waiting.pop(id(stream), None)
+            waiting = engine.splice_waiting.pop(stream, None)
             client = waiting[0] if waiting is not None else None
             if client is not None and client.engine_end is not None and client.splice_pending:
                 # Hand the client's engine end to the program as the accepted
@@ -336,9 +337,9 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
     except (anyio.ClosedResourceError, OSError):
         pass
     finally:
-        engine.shim_listeners.discard(id(listener))
-        for client, listener_id in list(engine.splice_waiting.values()):
-            if listener_id == id(listener):
+        engine.shim_listeners.discard(listener)
+        for client, waiting_in in list(engine.splice_waiting.values()):
+            if waiting_in is listener:
                 unsplice(client)
         await listener.aclose()
         while queue:
