@@ -544,7 +544,7 @@ class WispConnection:
         self.state = ConnectionState.IDLE
         self._udp_v1 = udp
         self._streams: dict[int, _Stream] = {}
-        self._incoming: deque[bytes | None] = deque()
+        self._incoming: deque[bytes | bytearray | memoryview | None] = deque()
         self._pending: deque[Event] = deque()
         self.counters = _Counters()
 
@@ -748,11 +748,16 @@ class WispConnection:
     # -- receiving
 
     def receive_data(self, message: bytes | bytearray | memoryview | None) -> None:
-        """Queue one whole WebSocket message, or ``None`` when the WebSocket ended."""
+        """Queue one whole WebSocket message, or ``None`` when the WebSocket ended.
+
+        The message is not copied: a ``bytearray`` or ``memoryview`` handed
+        in must not change until its events were taken.  (Each payload is
+        copied once, into the ``bytes`` of its event.)
+        """
         self._check_usable()
         if self._incoming and self._incoming[-1] is None:
             raise LocalProtocolError("receive_data() after the end of the WebSocket")
-        self._incoming.append(None if message is None else bytes(message))
+        self._incoming.append(message)
 
     def next_event(self) -> Event | _NeedData:
         """The next event from the received messages, or :data:`NEED_DATA`.
@@ -791,7 +796,7 @@ class WispConnection:
             self._streams.pop(stream_id, None)
         self._pending.append(PacketRejected(stream_id, reason, detail))
 
-    def _process(self, message: bytes | None) -> None:
+    def _process(self, message: bytes | bytearray | memoryview | None) -> None:
         if message is None:
             self._streams.clear()
             if self.state is not ConnectionState.CLOSED:
@@ -806,7 +811,8 @@ class WispConnection:
             return
         self.counters.packets_in += 1
         kind, stream_id = _HEADER.unpack_from(message)
-        payload = message[HEADER_SIZE:]
+        # One copy, straight from the message into the payload's bytes.
+        payload = bytes(memoryview(message)[HEADER_SIZE:])
         if self.state is not ConnectionState.OPEN:
             self._process_handshake(kind, stream_id, payload)
             return

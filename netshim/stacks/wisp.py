@@ -115,7 +115,9 @@ class _Session:
         self.conn = conn
         self.streams: dict[int, _WispTcpStream | _WispUdpStream] = {}
         self.ids = itertools.count(1)
-        self.read_lock = anyio.Lock()
+        # Taken without a scheduling point when free: the WebSocket read under
+        # it lets other tasks run, and a free lock has nobody to let in.
+        self.read_lock = anyio.Lock(fast_acquire=True)
         self.error: OSError | None = None
 
     @property
@@ -128,13 +130,13 @@ class _Session:
             async with self.read_lock:
                 if ready() or self.error is not None:
                     return
-                message = await self.ws.receive()
+                message = await self.ws.receive_buffer()
                 if message is None:
                     self.die(connection_reset())
                     return
                 self.dispatch(message)
 
-    def dispatch(self, message: bytes) -> None:
+    def dispatch(self, message: bytes | bytearray) -> None:
         try:
             self.conn.receive_data(message)
             for event in self.conn.events():
@@ -213,7 +215,7 @@ class _WispTcpStream(TcpStream):
         self.confirmed = False
         self.closed = False
         self.eof_sent = False
-        self.send_lock = anyio.Lock()
+        self.send_lock = anyio.Lock(fast_acquire=True)
 
     def __repr__(self) -> str:
         return f"<Wisp TCP stream {self.stream_id} to {self.host}:{self.port}>"
@@ -269,7 +271,9 @@ class _WispTcpStream(TcpStream):
         size = self.session.stack.packet_size
         async with self.send_lock:
             for offset in range(0, max(len(view), 1), size):
-                chunk = bytes(view[offset : offset + size])
+                # The usual write fits one packet: send the caller's bytes as they are.
+                whole = offset == 0 and len(view) <= size and isinstance(item, bytes)
+                chunk = item if whole else bytes(view[offset : offset + size])
                 if not chunk:
                     break
 
