@@ -5,13 +5,18 @@ server, fetches a page by name (the name resolves through the network's own
 DNS server), then degrades the link step by step (latency, a partition, a
 reset) and shows how each fault reaches the client as the error a real
 network would give.  Everything is recorded to a pcap file that Wireshark or
-tshark opens.
+tshark opens.  Last, ``netshim.install()`` runs unmodified standard-library
+code (``http.server`` and ``urllib``) on a virtual network.
 """
 
 from __future__ import annotations
 
+import http.server
+import socket
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -112,6 +117,45 @@ async def run_demo(pcap_path: Path) -> None:
     print(f"capture: {pcap_path} ({size} bytes; open it with wireshark or tshark)")
 
 
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        here = self.connection.getsockname()[0]
+        body = f"hello from {here}, you are {self.client_address[0]}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def run_unmodified_code() -> None:
+    """The main job: unmodified stdlib code (http.server, urllib) on a virtual network."""
+    from . import shim
+
+    net = VirtualNetwork(seed=1)
+    web = net.add_host("web.internal")
+    laptop = net.add_host("laptop")
+    net.add_record("www.example.com", "CNAME", "web.internal.")
+    print("unmodified code under netshim.install(laptop):")
+    with shim.installed(laptop):
+        with shim.acting_as(web):
+            server = http.server.ThreadingHTTPServer(("0.0.0.0", 8000), _Hello)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            with urllib.request.urlopen("http://www.example.com:8000/", timeout=5) as reply:
+                text = reply.read().decode().strip()
+            _say("urllib.request.urlopen(www.example.com:8000)", f"{reply.status}: {text}")
+            _say("socket.gethostbyname('www.example.com')", socket.gethostbyname("www.example.com"))
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
 def main(pcap: str | None = None) -> None:
     path = Path(pcap) if pcap else Path(tempfile.mkdtemp(prefix="netshim-demo-")) / "demo.pcap"
     anyio.run(run_demo, path)
+    run_unmodified_code()
