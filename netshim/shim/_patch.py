@@ -81,7 +81,9 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
     see the module documentation); ``mode="loop"`` only replaces the asyncio
     event loop's network methods with ones that need no file descriptor
     (:mod:`netshim.aio`).  ``"auto"`` is ``"loop"`` where there is no
-    socketpair (Pyodide) and ``"socket"`` elsewhere.
+    socketpair (Pyodide) and ``"socket"`` elsewhere.  In Pyodide ``"loop"``
+    also puts :class:`netshim.aio.StackSocket` in place of ``socket.socket``
+    (the synchronous API; see :mod:`netshim.aio._sync`).
     """
     global _stack, _mode
     if mode == "auto":
@@ -102,6 +104,12 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
         if mode == "loop":
             _restore()
             install_loop_hooks(stack)
+            if sys.platform == "emscripten":
+                # Pyodide's own sockets reach nothing; ours run on the stack.
+                from ..aio._sync import SYNC_SOCKET_NAMES
+
+                for name, value in SYNC_SOCKET_NAMES.items():
+                    _replace(socket, name, value)
             return stack
         uninstall_loop_hooks()
         for name, value in _SOCKET_NAMES.items():

@@ -88,15 +88,20 @@ def run_in_pyodide(
     wheels: list[Path],
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    node_options: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` (a file in tests/pyodide/scripts, or a path) inside Pyodide."""
+    """Run ``script`` (a file in tests/pyodide/scripts, or a path) inside Pyodide.
+
+    ``node_options`` go to node itself (``--experimental-wasm-stack-switching``
+    turns JSPI on in Node 20).
+    """
     node = require_pyodide()
     path = Path(script)
     if not path.is_absolute():
         path = SCRIPTS / path
     environment = {**os.environ, **(env or {})}
     return subprocess.run(
-        [node, str(PEER_DIR / "run.mjs"), str(path), *map(str, wheels)],
+        [node, *node_options, str(PEER_DIR / "run.mjs"), str(path), *map(str, wheels)],
         cwd=PEER_DIR,
         env=environment,
         capture_output=True,

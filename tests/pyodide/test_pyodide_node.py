@@ -71,3 +71,62 @@ def test_redis_and_httpx_through_the_gateway_over_wisp(wheels: list[Path]) -> No
     assert result["http_status"] == 200
     assert result["http_body"] == "hello, wasm"
     assert result["wisp_version"] == 2
+
+
+# Node 20 has JSPI (WebAssembly stack switching) behind this flag; Pyodide
+# then reports pyodide.ffi.can_run_sync() as True.
+JSPI = ("--experimental-wasm-stack-switching",)
+
+
+def run_sync_sockets(wheels: list[Path], node_options: tuple[str, ...]) -> dict[str, object]:
+    libraries = dependency_wheels(CLIENT_LIBRARIES)
+    with redis_server() as redis_port, wisp_gateway() as wisp:
+        completed = run_in_pyodide(
+            "sync_sockets.py",
+            [*wheels, *libraries],
+            env={"NETSHIM_WISP_URL": wisp, "NETSHIM_REDIS_PORT": str(redis_port)},
+            node_options=node_options,
+        )
+    result: dict[str, object] = result_of(completed)
+    return result
+
+
+def check_calls_that_never_wait(result: dict[str, object]) -> None:
+    assert result["platform"] == "emscripten"
+    assert result["socket_class"] == "StackSocket"
+    # Unmodified http.client against a server socket in the same program.
+    assert result["server_peer"] == ["10.0.0.3", result["server_peer"][1]]  # type: ignore[index]
+    assert result["request_line"] == "GET /hello HTTP/1.1"
+    assert result["http"] == [200, "hello, socket!"]
+    assert result["nonblocking_accept"] == "EAGAIN"
+
+
+def test_sync_sockets_without_jspi(wheels: list[Path]) -> None:
+    result = run_sync_sockets(wheels, ())
+    assert result["can_block"] is False
+    check_calls_that_never_wait(result)
+    # Calls that would have to wait say why, and what to do instead.
+    name, is_ewouldblock, message = result["async_server_error"]  # type: ignore[misc]
+    assert (name, is_ewouldblock) == ("CannotBlockError", True)
+    assert "socket.recv() would have to wait" in message
+    assert "JSPI" in message
+    assert "can_run_sync() is False" in message
+    assert result["after_answer"] == "cannot block"
+    assert result["timeout"] == "cannot block"
+    # A tunnel always waits for its gateway: the connect says so, also under redis-py.
+    assert result["redis_error"][0] == "CannotBlockError"  # type: ignore[index]
+    assert "socket.connect() would have to wait" in result["tunnel_connect"]  # type: ignore[operator]
+
+
+def test_sync_sockets_with_jspi(wheels: list[Path]) -> None:
+    result = run_sync_sockets(wheels, JSPI)
+    assert result["can_block"] is True
+    check_calls_that_never_wait(result)
+    # The loop runs while a blocking call waits: an asyncio server answers it.
+    assert result["async_server_answer"] == "FROM A BLOCKING SOCKET"
+    assert result["after_answer"] == "eof"
+    assert result["timeout"] == ["TimeoutError", "timed out"]
+    # Blocking redis-py through the gateway over Wisp, to a real redis-server.
+    assert result["redis_get"] == "blocking redis-py in wasm"
+    assert result["redis_round_trips_per_second"] > 0  # type: ignore[operator]
+    assert result["tunnel_connect"] == "connected"
