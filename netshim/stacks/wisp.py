@@ -115,9 +115,10 @@ class _Session:
         self.conn = conn
         self.streams: dict[int, _WispTcpStream | _WispUdpStream] = {}
         self.ids = itertools.count(1)
-        # Taken without a scheduling point when free: the WebSocket read under
-        # it lets other tasks run, and a free lock has nobody to let in.
-        self.read_lock = anyio.Lock(fast_acquire=True)
+        # One task at a time reads the WebSocket, for everybody; the others
+        # wait for the event it sets after each message (see pump_until).
+        self._reading = False
+        self._dispatched = anyio.Event()
         self.error: OSError | None = None
 
     @property
@@ -125,16 +126,30 @@ class _Session:
         return self.error is None
 
     async def pump_until(self, ready: Callable[[], bool]) -> None:
-        """Read and dispatch messages until ``ready()`` (or the session dies)."""
+        """Read and dispatch messages until ``ready()`` (or the session dies).
+
+        Whoever waits while nobody reads becomes the reader; everybody else
+        waits for the message it reads next, then looks again.  A waiter must
+        not queue for the reader's role behind a lock: the reader could take
+        it back at once and sit in a read for its own data while the waiter's
+        data, already dispatched, waits for it behind the lock.
+        """
         while not ready() and self.error is None:
-            async with self.read_lock:
-                if ready() or self.error is not None:
-                    return
+            if self._reading:
+                await self._dispatched.wait()
+                continue
+            self._reading = True
+            wake = self._dispatched
+            try:
                 message = await self.ws.receive_buffer()
                 if message is None:
                     self.die(connection_reset())
-                    return
-                self.dispatch(message)
+                else:
+                    self.dispatch(message)
+            finally:
+                self._reading = False
+                self._dispatched = anyio.Event()
+                wake.set()
 
     def dispatch(self, message: bytes | bytearray) -> None:
         try:

@@ -255,6 +255,17 @@ def test_redis_asyncio(
                 assert message["data"] == b"hello"
         finally:
             await client.aclose()
+        # Concurrent commands open connections side by side on one tunnel;
+        # each reply must reach its own connection whoever reads the tunnel.
+        for _ in range(10):
+            pool = redis.asyncio.Redis(host=host, port=redis_port, socket_timeout=20)
+            try:
+                replies = await asyncio.wait_for(
+                    asyncio.gather(*(pool.ping() for _ in range(4))), 10
+                )
+                assert replies == [True] * 4
+            finally:
+                await pool.aclose()
 
     asyncio.run(main())
     gateway.wait_for_streams(PROTOCOL[stack_name], redis_port, count=2)

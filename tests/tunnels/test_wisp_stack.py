@@ -157,6 +157,29 @@ async def test_names_resolve_at_the_server() -> None:
         await stack.aclose()
 
 
+async def test_a_silent_stream_does_not_hold_up_the_others() -> None:
+    # One task waits on a stream nothing arrives on, so it is the one reading
+    # the shared WebSocket.  Another stream's reply, read by that task, must
+    # still reach its own reader at once.
+    async with bulk_target() as target, running_gateway() as gateway:
+        stack = WispStack(wisp_url(gateway))
+        silent = await stack.connect_tcp(*target.address)
+        await silent.send(b"\x00" * 8)  # half a header: the target waits, and so do we
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(silent.receive)
+            await anyio.sleep(0.05)
+            for round in range(20):
+                busy = await stack.connect_tcp(*target.address)
+                async with busy:
+                    with anyio.fail_after(5):
+                        _, _, received = await bulk_exchange(busy, 10, 1000 + round)
+                assert received == 1000 + round
+            group.cancel_scope.cancel()
+        await silent.aclose()
+        await stack.aclose()
+
+
 async def test_reconnects_after_the_websocket_drops() -> None:
     async with bulk_target() as target:
         async with running_gateway() as gateway:
