@@ -7,7 +7,9 @@
   ``gethostbyaddr``, ``getnameinfo`` and ``gethostname`` with functions
   answered by the stack;
 * ``ssl.SSLContext.sslsocket_class`` with :class:`ShimSSLSocket`;
-* the few methods trio's socket class takes unbound (see :mod:`._trio`).
+* the few methods trio's socket class takes unbound (see :mod:`._trio`);
+* ``create_connection``, ``create_server``, ``connect_accepted_socket`` and
+  ``sock_connect`` of ``uvloop.Loop``, for shim sockets only (see :mod:`._uvloop`).
 
 asyncio, anyio, trio, ``http.client``, urllib3, ``socketserver`` and the rest
 look these names up when they use them, so they follow without patches of
@@ -33,6 +35,7 @@ from ..stack import Stack
 from . import _names
 from ._socket import ShimSocket
 from ._trio import register_hooks, trio_patches
+from ._uvloop import uvloop_patches
 
 try:
     import ssl
@@ -47,6 +50,8 @@ _lock = threading.RLock()
 _stack: Stack | None = None
 _mode = "socket"
 _saved: dict[tuple[Any, str], Any] = {}
+# Recorded for a name the class inherits: restoring it means deleting ours.
+_ABSENT = object()
 _acting: ContextVar[Stack | None] = ContextVar("netshim_acting_stack", default=None)
 
 _SOCKET_NAMES = {
@@ -64,7 +69,9 @@ _SOCKET_NAMES = {
 def _replace(owner: Any, name: str, value: Any) -> None:
     key = (owner, name)
     if key not in _saved:
-        _saved[key] = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        _saved[key] = (
+            owner.__dict__.get(name, _ABSENT) if isinstance(owner, type) else getattr(owner, name)
+        )
     setattr(owner, name, value)
 
 
@@ -116,7 +123,7 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
             _replace(socket, name, value)
         if ssl is not None:
             _replace(ssl.SSLContext, "sslsocket_class", ShimSSLSocket)
-        for owner, name, value in trio_patches():
+        for owner, name, value in trio_patches() + uvloop_patches():
             _replace(owner, name, value)
     register_hooks()
     return stack
@@ -135,7 +142,10 @@ def uninstall() -> None:
 
 def _restore() -> None:
     for (owner, name), value in reversed(list(_saved.items())):
-        setattr(owner, name, value)
+        if value is _ABSENT:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, value)
     _saved.clear()
 
 
