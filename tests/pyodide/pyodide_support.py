@@ -180,6 +180,55 @@ def http_server(body: bytes) -> Iterator[str]:
         server.server_close()
 
 
+# What the TLS test installs besides those: tlslite-ng and its dependencies.
+TLS_LIBRARIES = ("tlslite-ng", "ecdsa", "six")
+
+
+@contextlib.contextmanager
+def https_server(body: bytes) -> Iterator[tuple[int, str]]:
+    """A real TLS HTTP server (the standard library's, OpenSSL) for localhost.
+
+    Yields its port and the PEM of the trustme CA that issued its certificate.
+    """
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def get_request(self) -> tuple[socket.socket, Any]:
+            connection, address = super().get_request()
+            return context.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            ), address
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # clients that refuse the certificate, on purpose
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], ca.cert_pem.bytes().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @contextlib.contextmanager
 def wisp_gateway() -> Iterator[str]:
     """netshim's gateway on loopback in CPython, allowed to reach loopback; its Wisp URL."""

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from pyodide_support import (
     CLIENT_LIBRARIES,
+    TLS_LIBRARIES,
     build_netshim_wheel,
     dependency_wheels,
     http_server,
+    https_server,
     redis_server,
     require_pyodide,
     result_of,
@@ -130,3 +132,34 @@ def test_sync_sockets_with_jspi(wheels: list[Path]) -> None:
     assert result["redis_get"] == "blocking redis-py in wasm"
     assert result["redis_round_trips_per_second"] > 0  # type: ignore[operator]
     assert result["tunnel_connect"] == "connected"
+
+
+def test_tls_to_the_destination_with_tlslite_over_wisp(wheels: list[Path]) -> None:
+    import trustme
+
+    libraries = dependency_wheels(CLIENT_LIBRARIES + TLS_LIBRARIES)
+    other_ca = trustme.CA().cert_pem.bytes().decode()
+    with https_server(b"hello, tls in wasm") as (port, ca_pem), wisp_gateway() as wisp:
+        completed = run_in_pyodide(
+            "tls_clients.py",
+            [*wheels, *libraries],
+            env={
+                "NETSHIM_WISP_URL": wisp,
+                "NETSHIM_TLS_PORT": str(port),
+                "NETSHIM_CA_PEM": ca_pem,
+                "NETSHIM_OTHER_CA_PEM": other_ca,
+            },
+            timeout=300,
+        )
+    result = result_of(completed)
+    assert result["platform"] == "emscripten"
+    assert result["ssl_is_standin"] is True
+    assert "netshim.tls.enable()" in result["disabled"]
+    # The raw GET on a TLS stream, then unmodified httpx, both checked against the CA.
+    assert result["raw"] == "hello, tls in wasm"
+    assert result["version"] == "TLSv1.3"
+    assert result["peer_san"] == [["DNS", "localhost"], ["IP Address", "127.0.0.1"]]
+    assert result["http_status"] == 200
+    assert result["http_body"] == "hello, tls in wasm"
+    assert "Hostname mismatch" in result["wrong_name"]
+    assert result["untrusted"] == "unable to get local issuer certificate"

@@ -1,0 +1,2 @@
+class CipherSuite:
+    ietfNames: dict[int, str]
