@@ -72,6 +72,7 @@ def test_aiohttp_client_and_server(installed: Installed, tls: Tls, scheme: str) 
                     assert body["peer"] in CLIENT_ADDRESSES
                     assert reply.connection is None, "the connection went back to the pool"
             assert len(connections) == 1, "keep-alive reused the connection"
+            await asyncio.sleep(0.25)  # see test_aiohttp_websocket: aiohttp closes lazily
         finally:
             await runner.cleanup()
 
@@ -102,6 +103,10 @@ def test_aiohttp_websocket(installed: Installed, tls: Tls, scheme: str) -> None:
                 assert peer[:2] == ("10.0.0.2", 8765)
                 await ws.close()
                 assert ws.closed
+            # aiohttp closes the session's connections without waiting for
+            # them (its guide on graceful shutdown asks for a short sleep);
+            # otherwise the loop can end with a transport still closing.
+            await asyncio.sleep(0.25)
         finally:
             await runner.cleanup()
 
