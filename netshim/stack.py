@@ -48,6 +48,7 @@ from ._errors import os_error
 __all__ = [
     "AddrInfo",
     "Address",
+    "ForwardingUdpSocket",
     "Stack",
     "StreamAttribute",
     "TcpListener",
@@ -331,6 +332,58 @@ class UdpSocket(anyio.abc.AsyncResource, anyio.TypedAttributeProvider):
             attributes[SocketAttribute.remote_address] = lambda: self.remote_address
             attributes[SocketAttribute.remote_port] = lambda: self.remote_address[1]  # type: ignore[index]
         return attributes
+
+
+class ForwardingUdpSocket(UdpSocket):
+    """A :class:`UdpSocket` that hands every call to ``inner``.
+
+    Stacks that wrap another stack (a policy, a test's network block)
+    subclass it and override only what they change, usually :meth:`send`.
+    """
+
+    def __init__(self, inner: UdpSocket) -> None:
+        self.inner = inner
+
+    @property
+    def local_address(self) -> Address:
+        return self.inner.local_address
+
+    @property
+    def remote_address(self) -> Address | None:
+        return self.inner.remote_address
+
+    @property
+    def broadcast(self) -> bool:
+        return self.inner.broadcast
+
+    @broadcast.setter
+    def broadcast(self, enabled: bool) -> None:
+        self.inner.broadcast = enabled
+
+    async def join_multicast(self, group: str, interface: str | None = None) -> None:
+        await self.inner.join_multicast(group, interface)
+
+    async def leave_multicast(self, group: str, interface: str | None = None) -> None:
+        await self.inner.leave_multicast(group, interface)
+
+    def set_option(self, name: str, value: int) -> None:
+        self.inner.set_option(name, value)
+
+    def get_option(self, name: str) -> int:
+        return self.inner.get_option(name)
+
+    async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:
+        await self.inner.send(data, address)
+
+    async def receive(self) -> tuple[bytes, Address]:
+        return await self.inner.receive()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.inner.extra_attributes
 
 
 class Stack(ABC):

@@ -24,12 +24,19 @@ from __future__ import annotations
 import fnmatch
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-from .._addresses import Address, check_host, format_address, parse_ip
+from .._addresses import check_host, format_address, parse_ip
 from ..policy import Rule, parse_numeric_ipv4
-from ..stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, UdpSocket
+from ..stack import (
+    DEFAULT_BACKLOG,
+    AddrInfo,
+    ForwardingUdpSocket,
+    Stack,
+    TcpListener,
+    TcpStream,
+    UdpSocket,
+)
 
 __all__ = ["BlockingStack", "NetworkBlockedError", "parse_rules"]
 
@@ -208,52 +215,14 @@ class BlockingStack(Stack):
         return _CheckedUdpSocket(udp, self)
 
 
-class _CheckedUdpSocket(UdpSocket):
+class _CheckedUdpSocket(ForwardingUdpSocket):
     """A UDP socket whose every destination passes the stack's check first."""
 
     def __init__(self, inner: UdpSocket, stack: BlockingStack) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._stack = stack
-
-    @property
-    def local_address(self) -> Address:
-        return self._inner.local_address
-
-    @property
-    def remote_address(self) -> Address | None:
-        return self._inner.remote_address
-
-    @property
-    def broadcast(self) -> bool:
-        return self._inner.broadcast
-
-    @broadcast.setter
-    def broadcast(self, enabled: bool) -> None:
-        self._inner.broadcast = enabled
-
-    async def join_multicast(self, group: str, interface: str | None = None) -> None:
-        await self._inner.join_multicast(group, interface)
-
-    async def leave_multicast(self, group: str, interface: str | None = None) -> None:
-        await self._inner.leave_multicast(group, interface)
-
-    def set_option(self, name: str, value: int) -> None:
-        self._inner.set_option(name, value)
-
-    def get_option(self, name: str) -> int:
-        return self._inner.get_option(name)
 
     async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:
         if address is not None:
             self._stack.check_destination(check_host(address[0], "send"), address[1], "udp")
-        await self._inner.send(data, address)
-
-    async def receive(self) -> tuple[bytes, Address]:
-        return await self._inner.receive()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return self._inner.extra_attributes
+        await self.inner.send(data, address)

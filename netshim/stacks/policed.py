@@ -23,9 +23,17 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-from .._addresses import Address, IPAddress, parse_ip
+from .._addresses import IPAddress, parse_ip
 from ..policy import DestinationBlockedError, Rule, parse_numeric_ipv4
-from ..stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, UdpSocket
+from ..stack import (
+    DEFAULT_BACKLOG,
+    AddrInfo,
+    ForwardingUdpSocket,
+    Stack,
+    TcpListener,
+    TcpStream,
+    UdpSocket,
+)
 from ._tunnel import TunnelStack
 
 __all__ = ["PolicyStack", "RouterStack"]
@@ -168,39 +176,17 @@ class PolicyStack(Stack):
         await self.inner.aclose()
 
 
-class _PolicedUdpSocket(UdpSocket):
+class _PolicedUdpSocket(ForwardingUdpSocket):
     """A UDP socket whose every destination passes the policy first."""
 
     def __init__(self, stack: PolicyStack, inner: UdpSocket) -> None:
+        super().__init__(inner)
         self.stack = stack
-        self.inner = inner
-
-    @property
-    def local_address(self) -> Address:
-        return self.inner.local_address
-
-    @property
-    def remote_address(self) -> Address | None:
-        return self.inner.remote_address
-
-    @property
-    def broadcast(self) -> bool:
-        return self.inner.broadcast
-
-    @broadcast.setter
-    def broadcast(self, enabled: bool) -> None:
-        self.inner.broadcast = enabled
 
     async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:
         if address is not None:
             address = ((await self.stack._checked(address[0], address[1], "udp"))[0], address[1])
         await self.inner.send(data, address)
-
-    async def receive(self) -> tuple[bytes, Address]:
-        return await self.inner.receive()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class RouterStack(Stack):
