@@ -40,7 +40,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 
-from ..stack import Stack, StreamAttribute, TcpListener, TcpStream, UdpSocket
+from ..stack import StreamAttribute, TcpListener, TcpStream, UdpSocket
 from ._state import Phase
 
 if TYPE_CHECKING:
@@ -419,10 +419,6 @@ async def pump_udp(state: SocketState, udp: UdpSocket) -> None:
         await udp.aclose()
         if state.closed_by_user:
             engine_end.close()
-
-
-async def stack_call(stack: Stack, name: str, *args: Any, **kwargs: Any) -> Any:
-    return await getattr(stack, name)(*args, **kwargs)
 
 
 def drain_filler(sock: socket.socket, count: int) -> None:

@@ -26,6 +26,7 @@ import ipaddress
 import os
 import socket
 import struct
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -358,7 +359,7 @@ class _ShimCommon(_Base):
                 break
         state.filler = filled
         state.phase = Phase.CONNECTING
-        state.engine.spawn(_finish_connect, self, state, target, local)
+        state.engine.spawn(_finish_connect, state, target, local)
 
     def _connect_udp(self, address: Any, function: str) -> int:
         state = self._netshim
@@ -430,7 +431,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             state = lookup_state(fileno)
             if state is not None:
                 super().__init__(socket.AF_UNIX, state.kind, 0, fileno)
-                state.user_socket = _weak(self)
+                state.user_socket = weakref.ref(self)
             else:
                 super().__init__(family, type, proto, fileno)
         self._netshim = state
@@ -696,12 +697,6 @@ def _check_open(sock: Any) -> None:
         raise os_error(errno.EBADF)
 
 
-def _weak(sock: socket.socket) -> Any:
-    import weakref
-
-    return weakref.ref(sock)
-
-
 def _known_option(level: int, option: int) -> bool:
     return (level, option) in _KNOWN_OPTIONS
 
@@ -806,9 +801,7 @@ async def _connect(
     establish(state, stream)
 
 
-async def _finish_connect(
-    sock: ShimSocket, state: SocketState, target: tuple[str, int], local: Any
-) -> None:
+async def _finish_connect(state: SocketState, target: tuple[str, int], local: Any) -> None:
     try:
         stream = await state.stack.connect_tcp(target[0], target[1], local_address=local)
     except OSError as exc:
