@@ -22,7 +22,8 @@ Printed, each with its ratio to direct loopback:
 3. the same parallel runs with the client pinned to one CPU that a busy-loop
    process is pinned to as well;
 4. connect latency: open a stream, send 16 bytes, get 1 byte and the close
-   (median of ``--connects``);
+   (median of ``--connects``), through our gateway with the client waiting
+   for its stream confirmation (as a socket's connect waits) and without;
 5. the wisp-js Node client (tests/peers/node/wisp_client.mjs) through our
    gateway and the wisp-js server, single stream both ways.
 
@@ -72,6 +73,8 @@ class Server:
     url: str | None
     pid: int | None
     peak_rss: float = 0.0
+    # The client accepts v2 stream confirmation (only our gateway offers it).
+    confirm: bool = True
 
 
 @dataclass
@@ -157,6 +160,7 @@ class Bench:
             "sequential": sequential,
             "stall": self.stall,
             "cpu": cpu,
+            "confirm": server.confirm,
         }
         result = json.loads(
             (await anyio.run_process([sys.executable, str(CLIENT), json.dumps(plan)])).stdout
@@ -374,8 +378,14 @@ async def main(args: argparse.Namespace) -> None:
             pinned = await bench.parallel(servers, parallel_size, args.runs, cpu)
         print_parallel(pinned, servers, memory=True)
         print(f"connect latency: 16 bytes up, 1 byte back, then close (median of {args.connects})")
-        latency = await bench.latency(servers, args.connects)
-        for server in servers:
+        # With stream confirmation (Wisp v2, offered by our gateway only)
+        # connect returns once the destination accepted, as a socket's does:
+        # one more round trip to the server than the peers make the client
+        # wait.  "gateway-noconf" is the same gateway with the client declining it.
+        unconfirmed = Server("gateway-noconf", ours.url, ours.pid, confirm=False)
+        latency_servers = [*servers[:2], unconfirmed, *servers[2:]]
+        latency = await bench.latency(latency_servers, args.connects)
+        for server in latency_servers:
             value = latency[server.name]
             print(f"    {server.name:<12} {value:6.2f} ms {ratio(value, latency['direct'])}")
         print(f"wisp-js Node client, {args.size} MiB single stream, best of {args.repeats}")

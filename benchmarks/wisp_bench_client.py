@@ -4,7 +4,8 @@
 
 A plan is ``{"url": "wisp://..." or null for direct kernel TCP, "host", "port",
 "streams": [{"upload": N, "download": N}], "sequential": bool, "stall": seconds,
-"cpu": CPU number or null}``.  Each stream sends the bulk target's 16-byte
+"cpu": CPU number or null, "confirm": bool (WispStack's confirm_streams, default
+true)}``.  Each stream sends the bulk target's 16-byte
 header and its upload, then reads until the target closes the stream; it is
 stalled when neither direction moved for ``stall`` seconds (it is then
 aborted).  Uploads are made and hashed before the clock starts.  Prints one
@@ -132,7 +133,9 @@ async def main(plan: dict[str, Any]) -> None:
         stack = HostStack()
     else:
         # The stack's own stall timeout is left out of the way of the watchdog's count.
-        wisp_stack = WispStack(plan["url"], stall_timeout=math.inf)
+        wisp_stack = WispStack(
+            plan["url"], stall_timeout=math.inf, confirm_streams=plan.get("confirm", True)
+        )
         # The WebSocket and the Wisp handshake are outside the timed interval,
         # as in the wisp-js client, which waits for its connection to open.
         await wisp_stack.connect()

@@ -843,8 +843,9 @@ class _WispStream:
 
 
 # One upstream write of a Wisp stream joins queued DATA packets up to this
-# size: big enough to make the per-write cost small, small enough that the
-# copy stays in the CPU caches.
+# size: one system call and one await per 256 KiB cost less than the copy
+# into the batch (measured with 64 KiB packets: 64 KiB batches, i.e. one
+# write per packet, took 15 % more CPU per byte).
 MAX_UPLOAD_BATCH = 256 * 1024
 
 # Credits alone do not bound a stream's queue (see the flow-control notes in
@@ -854,6 +855,9 @@ MAX_UPLOAD_BATCH = 256 * 1024
 # DEFAULT_MAX_MESSAGE_SIZE packets it bounds a stream to 2 x 128 MiB at worst
 # and to 2 x 8 MiB with wisp-js's 64 KiB packets.
 QUEUE_BOUND_FACTOR = 2
+
+# What _pump returns when it already sent the stream's CLOSE.
+ALREADY_CLOSED = -1
 
 # A UDP stream's queue drops datagrams past this many, as a full socket buffer would.
 MAX_QUEUED_DATAGRAMS = 256
@@ -1072,10 +1076,15 @@ class _WispSession:
             if confirmation is not None:
                 self._send_event(confirmation)
             end_reason = await self._pump(stream, upstream)
-            self._finish(stream, end_reason)
+            if end_reason != ALREADY_CLOSED:
+                self._finish(stream, end_reason)
 
     async def _pump(self, stream: _WispStream, upstream: TcpStream | UdpSocket) -> int:
-        """Move data both ways until one side ends; return the CLOSE reason to send."""
+        """Move data both ways until one side ends; return the CLOSE reason to send.
+
+        Returns :data:`ALREADY_CLOSED` when the destination ended the stream
+        and its ``CLOSE`` was sent already.
+        """
         record = stream.record
         idle = self.gateway.policy.limits.idle_timeout
         outcome: list[int] = []
@@ -1144,6 +1153,9 @@ class _WispSession:
                         self._send_event(refill)
 
             async def download() -> None:
+                # The hot path builds DATA directly (the core's checks were
+                # done at CONNECT); the WebSocket joins it with the payload.
+                data_header = wisp.data_header(stream.stream_id)
                 while True:
                     try:
                         if isinstance(upstream, TcpStream):
@@ -1151,7 +1163,10 @@ class _WispSession:
                         else:
                             data, _ = await upstream.receive()
                     except anyio.EndOfStream:
-                        outcome.append(wisp.CloseReason.VOLUNTARY)
+                        # CLOSE goes out now, right behind the last DATA, not
+                        # after the upload task has wound down.
+                        self._finish(stream, wisp.CloseReason.VOLUNTARY)
+                        outcome.append(ALREADY_CLOSED)
                         break
                     except OSError:
                         if isinstance(upstream, TcpStream):
@@ -1159,21 +1174,17 @@ class _WispSession:
                             break
                         continue
                     await self.gateway._throttle(client, len(data))
-                    await self.ws.send(wisp_data_message(stream.stream_id, data))
+                    await self.ws.send(data, prefix=data_header)
                     record.down += len(data)
                     touch()
                 scope.cancel()
 
             group.start_soon(upload)
-            group.start_soon(download)
+            # The download runs in this task: one task fewer per stream.
+            await download()
         if not outcome:
             return wisp.CloseReason.TRANSFER_TIMEOUT if scope.cancelled_caught else 0
         return outcome[0]
-
-
-def wisp_data_message(stream_id: int, data: bytes) -> bytes:
-    # The hot path builds DATA directly: the core's checks were done at CONNECT.
-    return bytes([wisp.PacketType.DATA]) + stream_id.to_bytes(4, "little") + data
 
 
 def _close_bytes(event: wisp.Close) -> bytes:

@@ -1,5 +1,9 @@
 """A server WebSocket over any anyio byte stream, on the websockets library's sans-I/O protocol.
 
+The library does the HTTP upgrade, the control frames and the closing
+handshake; data frames in both directions take the short path of
+:mod:`netshim.transports._frames` (one copy each way instead of several).
+
 Using ``websockets.server.ServerProtocol`` directly (rather than its asyncio
 server) keeps the gateway on anyio, so it runs under asyncio and trio and
 can accept clients from any :class:`~netshim.Stack`, and it gives the
@@ -23,9 +27,10 @@ from collections import deque
 
 import anyio
 import anyio.abc
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+
+from ..transports._frames import FrameReader, frame_header
 
 __all__ = ["DEFAULT_HIGH_WATER", "WebSocket"]
 
@@ -39,6 +44,10 @@ DEFAULT_HIGH_WATER = 1 << 20
 # copy of the rest for each smaller read.  It also lets one read carry a whole
 # 64 KiB DATA packet plus its WebSocket header instead of two reads.
 DEFAULT_READ_SIZE = 1 << 18
+# The writer joins queued frames into one write up to this size: small frames
+# (CONTINUE, CLOSE, a short reply) then share a system call, and a burst of
+# large ones costs one copy instead of one call each.
+WRITE_BATCH = 1 << 18
 
 
 class WebSocket:
@@ -61,9 +70,12 @@ class WebSocket:
         self.bytes_in = 0
         self.bytes_out = 0
         self._pending = 0
-        self._messages: deque[bytes | str] = deque()
-        self._fragments: list[bytes] = []
-        self._fragment_text = False
+        # Everything for the client, in order: the protocol's frames (moved
+        # here as soon as it makes them) and data frames built directly.  An
+        # empty chunk is the protocol asking for the TCP connection to end.
+        self._output: deque[bytes] = deque()
+        self._reader = FrameReader(protocol, masked=True, max_message_size=max_message_size)
+        self._messages = self._reader.messages
         self._wake = anyio.Event()
         self._drained = anyio.Event()
         # Senders waiting for room, first come first served (see send()).
@@ -76,30 +88,31 @@ class WebSocket:
         return self.protocol.subprotocol
 
     async def run_writer(self) -> None:
-        """The single writer: flush the protocol's output until the connection ends."""
+        """The single writer: flush the output until the connection ends."""
+        output = self._output
         try:
             while True:
-                chunks = self.protocol.data_to_send()
-                if not chunks:
+                if not output:
                     if self._closed and self.protocol.state is State.CLOSED:
                         return
                     await self._wake.wait()
                     self._wake = anyio.Event()
                     continue
-                for chunk in chunks:
-                    if chunk:
-                        await self.stream.send(chunk)
-                        self.bytes_out += len(chunk)
-                        self._pending = max(0, self._pending - len(chunk))
-                    else:
-                        # The protocol asks for the TCP connection to end.
-                        self._closed = True
-                        await self.stream.aclose()
-                        return
-                    if self._pending < self.high_water:
-                        self._drained.set()
-                        self._drained = anyio.Event()
-                        self._wake_next_sender()
+                chunk = output.popleft()
+                if not chunk:
+                    # The protocol asks for the TCP connection to end.
+                    self._closed = True
+                    await self.stream.aclose()
+                    return
+                if output and len(chunk) < WRITE_BATCH and output[0]:
+                    chunk = self._join_batch(chunk)
+                await self.stream.send(chunk)
+                self.bytes_out += len(chunk)
+                self._pending = max(0, self._pending - len(chunk))
+                if self._pending < self.high_water:
+                    self._drained.set()
+                    self._drained = anyio.Event()
+                    self._wake_next_sender()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self._closed = True
         finally:
@@ -107,19 +120,41 @@ class WebSocket:
             self._drained.set()
             self._wake_next_sender()
 
-    def _kick(self) -> None:
-        self._wake.set()
+    def _join_batch(self, first: bytes) -> bytes:
+        output = self._output
+        parts = [first]
+        size = len(first)
+        while output and output[0] and size + len(output[0]) <= WRITE_BATCH:
+            chunk = output.popleft()
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts) if len(parts) > 1 else first
 
-    def send_nowait(self, data: bytes) -> None:
-        """Queue one binary message without waiting (for small control messages)."""
+    def _collect(self) -> None:
+        """Move the frames the protocol produced into the output, keeping their order."""
+        chunks = self.protocol.data_to_send()
+        if chunks:
+            for chunk in chunks:
+                self._output.append(chunk)
+                self._pending += len(chunk)
+            self._wake.set()
+
+    def send_nowait(self, data: bytes, prefix: bytes = b"") -> None:
+        """Queue the binary message ``prefix + data`` without waiting (for control messages).
+
+        ``prefix`` saves a copy: the frame is one join of its header, the
+        prefix and ``data``.
+        """
         if self._closed or self.protocol.state is not State.OPEN:
             return
-        self.protocol.send_binary(data)
-        self._pending += len(data) + 10
-        self._kick()
+        length = len(prefix) + len(data)
+        frame = b"".join((frame_header(length), prefix, data))
+        self._output.append(frame)
+        self._pending += len(frame)
+        self._wake.set()
 
-    async def send(self, data: bytes) -> None:
-        """Queue one binary message, first waiting while the output is over ``high_water``.
+    async def send(self, data: bytes, prefix: bytes = b"") -> None:
+        """Queue the binary message ``prefix + data`` once the output is under ``high_water``.
 
         Waiting senders go in turn: the writer wakes the first once the output
         drained, and each woken sender wakes the next while there is room.
@@ -139,7 +174,7 @@ class WebSocket:
                 else:
                     self._waiters.remove(turn)
                 raise
-        self.send_nowait(data)
+        self.send_nowait(data, prefix)
         self._wake_next_sender()
 
     def _wake_next_sender(self) -> None:
@@ -159,9 +194,12 @@ class WebSocket:
         A message over ``max_message_size`` fails the connection with close
         code 1009, as the websockets library's own servers do.
         """
-        while not self._messages:
-            if self.protocol.state is State.CLOSED or (
-                self._closed and self.protocol.state is not State.OPEN
+        messages = self._messages
+        while not messages:
+            if (
+                self._reader.finished
+                or self.protocol.state is State.CLOSED
+                or (self._closed and self.protocol.state is not State.OPEN)
             ):
                 return None
             if self._leftover:
@@ -175,45 +213,22 @@ class WebSocket:
                     return None
             if data:
                 self.bytes_in += len(data)
-                self.protocol.receive_data(data)
+                self._reader.feed(data)
             else:
-                self.protocol.receive_eof()
-            self._take_frames()
-            self._kick()
-            if not data and not self._messages:
+                self._reader.feed_eof()
+            self._collect()
+            if not data and not messages:
                 return None
-        return self._messages.popleft()
-
-    def _take_frames(self) -> None:
-        for event in self.protocol.events_received():
-            if not isinstance(event, Frame):
-                continue
-            opcode = event.opcode
-            if opcode in (Opcode.BINARY, Opcode.TEXT):
-                self._fragments = [bytes(event.data)]
-                self._fragment_text = opcode is Opcode.TEXT
-            elif opcode is Opcode.CONT:
-                self._fragments.append(bytes(event.data))
-            else:
-                continue
-            if sum(len(part) for part in self._fragments) > self.max_message_size:
-                self._fragments = []
-                self.protocol.fail(1009, "message too big")
-                return
-            if event.fin:
-                message = b"".join(self._fragments)
-                self._fragments = []
-                self._messages.append(
-                    message.decode("utf-8", "replace") if self._fragment_text else message
-                )
+        return messages.popleft()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (idempotent); the writer ends the TCP connection."""
         if self.protocol.state is State.OPEN:
             self.protocol.send_close(code, reason)
-        self._kick()
+        self._collect()
+        self._wake.set()
 
     async def abort(self) -> None:
         self._closed = True
-        self._kick()
+        self._wake.set()
         await self.stream.aclose()

@@ -97,6 +97,7 @@ __all__ = [
     "UdpExtension",
     "UnknownExtension",
     "WispConnection",
+    "data_header",
     "parse_extensions",
 ]
 
@@ -150,6 +151,17 @@ class CloseReason(enum.IntEnum):
     AUTH_BAD_PASSWORD = 0xC0
     AUTH_BAD_SIGNATURE = 0xC1
     AUTH_MISSING_CREDENTIALS = 0xC2
+
+
+def data_header(stream_id: int) -> bytes:
+    """The five bytes in front of a DATA packet's payload on ``stream_id``.
+
+    For I/O layers that send a stream's DATA without a copy into one packet:
+    the header once, then joined with each payload where the frame is built.
+    Only for streams the connection accepted (:meth:`WispConnection.send`
+    checks the rest).
+    """
+    return _HEADER.pack(PacketType.DATA, stream_id)
 
 
 def _reason_name(reason: int) -> str:

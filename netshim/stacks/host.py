@@ -314,7 +314,12 @@ class HostStack(Stack):
                 check_port(local_address[1], "connect_tcp"),
             )
             family = socket.AF_INET6 if ":" in local_address[0] else socket.AF_INET
-        infos = await self.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+        if is_ip(host):
+            # An address needs no lookup and no extra trip through the event
+            # loop: the connect below is the first await.
+            infos = _getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, 0)
+        else:
+            infos = await self.getaddrinfo(host, port, family, socket.SOCK_STREAM)
         errors: list[OSError] = []
         for info_family, _, _, _, sockaddr in infos:
             try:

@@ -468,6 +468,12 @@ class WispStack(TunnelStack):
     stack the WebSocket's own TCP connection goes through (the host network
     by default).  :attr:`motd` is the server's message of the day once
     connected (see :meth:`connect`).
+
+    ``confirm_streams`` (the default) accepts a v2 server's stream
+    confirmation: :meth:`connect_tcp` returns once the destination accepted,
+    and raises its refusal, as a socket's ``connect`` does.  ``False`` sends
+    data right behind ``CONNECT`` and reports a refusal on the first
+    ``receive`` instead, one round trip to the server sooner.
     """
 
     kind = "Wisp"
@@ -486,6 +492,7 @@ class WispStack(TunnelStack):
         connect_timeout: float = 30.0,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         packet_size: int = DEFAULT_PACKET_SIZE,
+        confirm_streams: bool = True,
     ) -> None:
         self.endpoint: WebSocketEndpoint = parse_websocket_url(
             url,
@@ -520,6 +527,7 @@ class WispStack(TunnelStack):
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
         self.packet_size = packet_size
+        self.confirm_streams = confirm_streams
         self._sessions: dict[int, _Session] = {}
         self._opening: dict[int, anyio.Lock] = {}
         self._guard = threading.Lock()
@@ -662,7 +670,7 @@ class WispStack(TunnelStack):
                 answer.append(wisp.UdpExtension())
             elif isinstance(extension, wisp.MotdExtension):
                 answer.append(wisp.MotdExtension())
-            elif isinstance(extension, wisp.StreamConfirmationExtension):
+            elif isinstance(extension, wisp.StreamConfirmationExtension) and self.confirm_streams:
                 answer.append(wisp.StreamConfirmationExtension())
             elif isinstance(extension, wisp.PasswordAuthExtension) and self.username is not None:
                 answer.append(wisp.PasswordCredentials(self.username, self.password or ""))

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from netshim._gateway_cli import add_arguments, config_from
 
 
@@ -28,7 +30,7 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
     config, listen = config_from(
         parse("--config", str(tmp_path / "gateway.toml"), "--port", "9100", "--user", "bob:x:y")
     )
-    assert listen == {"host": "127.0.0.1", "port": 9100, "socks_port": None}
+    assert listen == {"host": "127.0.0.1", "port": 9100, "socks_port": None, "event_loop": "auto"}
     assert config.motd == "from file"
     assert config.users == {"alice": "pw", "bob": "x:y"}
     assert config.targets == {"vnc1": ("10.0.0.5", 5901), "v6": ("fd00::5", 22)}
@@ -41,9 +43,11 @@ def _http_get(port: int, path: str) -> bytes:
         return sock.recv(65536)
 
 
-def test_process_serves_health_and_stops_on_sigterm() -> None:
+@pytest.mark.parametrize("event_loop", ["auto", "asyncio", "uvloop", "trio"])
+def test_process_serves_health_and_stops_on_sigterm(event_loop: str) -> None:
+    command = [sys.executable, "-m", "netshim", "gateway", "--port", "0", "--socks-port", "0"]
     with subprocess.Popen(
-        [sys.executable, "-m", "netshim", "gateway", "--port", "0", "--socks-port", "0"],
+        [*command, "--event-loop", event_loop],
         stderr=subprocess.PIPE,
         text=True,
     ) as process:

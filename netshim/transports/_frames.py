@@ -1,0 +1,245 @@
+"""WebSocket data frames on the hot path, beside the websockets library's sans-I/O protocol.
+
+The gateway and the tunnel clients move bulk data in binary messages.  The
+websockets library's parser copies each byte several times on the way (into
+its buffer, out of it, through the unmasking) and runs a generator per frame;
+on a loopback link that was most of the gateway's CPU time per byte.  This
+module does the common case itself and leaves everything else to the
+library, which stays the owner of the connection's state:
+
+* :class:`FrameReader` splits what arrived into frames over a memoryview.
+  Data frames (binary, text, continuation) are unmasked straight out of the
+  received bytes into the message (one copy) and reassembled here; control
+  frames (ping, pong, close) and anything unusual (reserved bits, an unknown
+  opcode, a frame masked the wrong way) are handed, whole, to the protocol's
+  ``receive_data``, so pongs, the closing handshake and protocol errors
+  behave exactly as the library defines them.  The protocol never sees a
+  data frame, so its fragmentation state stays empty and the two never
+  disagree.
+* :func:`frame_header` builds the header of an unmasked (server) frame, so
+  that a message goes out as one ``b"".join`` of header and payload.
+
+RFC 6455 rules enforced here for the frames kept: a continuation needs a
+message in progress, a new message may not start inside one, and a message
+over ``max_message_size`` fails the connection with 1009 (checked from the
+frame header, before its payload is buffered).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from websockets.frames import Opcode
+from websockets.protocol import Protocol, State
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # Pyodide and other builds without the C extension
+    from websockets.utils import apply_mask
+
+__all__ = ["FrameReader", "frame_header"]
+
+_FIN = 0x80
+_RESERVED = 0x70
+_MASKED = 0x80
+_DATA_OPCODES = (Opcode.CONT.value, Opcode.TEXT.value, Opcode.BINARY.value)
+_CONTROL_OPCODES = (Opcode.CLOSE.value, Opcode.PING.value, Opcode.PONG.value)
+_MAX_CONTROL_PAYLOAD = 125
+_U16 = struct.Struct("!H")
+_U64 = struct.Struct("!Q")
+
+
+def frame_header(length: int, opcode: int = Opcode.BINARY.value) -> bytes:
+    """The header of one unmasked final frame carrying ``length`` payload bytes."""
+    first = _FIN | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 1 << 16:
+        return bytes((first, 126)) + _U16.pack(length)
+    return bytes((first, 127)) + _U64.pack(length)
+
+
+def _problem(first: int, second: int, opcode: int, length: int, masked: bool) -> str | None:
+    """Why a frame header breaks RFC 6455 (for a peer that masks as ``masked`` says)."""
+    if first & _RESERVED:
+        return "reserved bits must be 0"
+    if bool(second & _MASKED) != masked:
+        return "incorrect masking"
+    if opcode in _DATA_OPCODES:
+        return None
+    if opcode not in _CONTROL_OPCODES:
+        return "invalid opcode"
+    if not first & _FIN:
+        return "fragmented control frame"
+    if length > _MAX_CONTROL_PAYLOAD:
+        return "control frame too long"
+    return None
+
+
+class FrameReader:
+    """Turns received bytes into whole messages (see the module documentation).
+
+    ``masked`` says whether the peer masks its frames (a client does, a
+    server must not).  Messages are appended to :attr:`messages`: ``bytes``
+    for binary ones, ``str`` for text (decoded with replacement, as the
+    tunnels carry no text).  After a protocol error the connection is failed
+    through the protocol and the rest of the input is discarded.
+    """
+
+    def __init__(self, protocol: Protocol, *, masked: bool, max_message_size: int) -> None:
+        self.protocol = protocol
+        self.masked = masked
+        self.max_message_size = max_message_size
+        self.messages: deque[bytes | str] = deque()
+        self._buffer = bytearray()
+        self._fragments: list[bytes] = []
+        self._fragment_size = 0
+        self._fragment_text = False
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether input is being discarded (after a protocol error or the closing handshake)."""
+        return self._finished
+
+    def feed(self, data: bytes) -> None:
+        """Take what arrived; complete messages go to :attr:`messages`."""
+        if self._finished or not data:
+            return
+        with memoryview(data) as view:
+            start, size = 0, len(data)
+            # A frame begun in an earlier read is completed from the front of
+            # this one; only its missing bytes are copied, not the whole read.
+            while self._buffer and start < size:
+                take = min(self._missing(), size - start)
+                self._buffer += view[start : start + take]
+                start += take
+                with memoryview(self._buffer) as pending:
+                    used = self._parse(pending)
+                if self._finished:
+                    self._buffer = bytearray()
+                    return
+                if used:
+                    del self._buffer[:used]
+            if start < size:
+                with view[start:] as rest:
+                    used = self._parse(rest)
+                    if used < len(rest) and not self._finished:
+                        self._buffer = bytearray(rest[used:])
+
+    def _missing(self) -> int:
+        """How many more bytes the buffered frame start needs to become a header or a frame."""
+        buffer = self._buffer
+        if len(buffer) < 2:
+            return 2 - len(buffer)
+        code = buffer[1] & 0x7F
+        header = 2 + (2 if code == 126 else 8 if code == 127 else 0)
+        header += 4 if buffer[1] & _MASKED else 0
+        if len(buffer) < header:
+            return header - len(buffer)
+        length: int = code
+        if code == 126:
+            (length,) = _U16.unpack_from(buffer, 2)
+        elif code == 127:
+            (length,) = _U64.unpack_from(buffer, 2)
+        return max(1, header + length - len(buffer))
+
+    def feed_eof(self) -> None:
+        """The stream ended; the protocol decides what that means."""
+        self._buffer = bytearray()
+        self.protocol.receive_eof()
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._finished = True
+        self._fragments = []
+        self.protocol.fail(code, reason)
+
+    def _parse(self, view: memoryview) -> int:
+        """Handle every whole frame in ``view``; return how many bytes were used."""
+        position, end = 0, len(view)
+        masked, limit = self.masked, self.max_message_size
+        while end - position >= 2:
+            first, second = view[position], view[position + 1]
+            length = second & 0x7F
+            header = 2
+            if length == 126:
+                if end - position < 4:
+                    break
+                (length,) = _U16.unpack_from(view, position + 2)
+                header = 4
+            elif length == 127:
+                if end - position < 10:
+                    break
+                (length,) = _U64.unpack_from(view, position + 2)
+                header = 10
+            opcode = first & 0x0F
+            problem = _problem(first, second, opcode, length, masked)
+            if problem is not None:
+                self._fail(1002, problem)
+                return end
+            data_frame = opcode in _DATA_OPCODES
+            if data_frame and self._fragment_size + length > limit:
+                self._fail(1009, "message too big")
+                return end
+            if second & _MASKED:
+                header += 4
+            stop = position + header + length
+            if stop > end:
+                break
+            if not data_frame:
+                self._to_protocol(view[position:stop])
+                if self._finished:
+                    return end
+            else:
+                payload = view[position + header : stop]
+                if masked:
+                    mask = bytes(view[position + header - 4 : position + header])
+                    data = apply_mask(payload, mask)
+                else:
+                    data = bytes(payload)
+                self._data_frame(opcode, bool(first & _FIN), data)
+                if self._finished:
+                    return end
+            position = stop
+        return position
+
+    def _to_protocol(self, frame: memoryview) -> None:
+        protocol = self.protocol
+        protocol.receive_data(bytes(frame))
+        # Control frames are answered through the protocol's output; their
+        # events carry nothing the tunnels use.
+        protocol.events_received()
+        if protocol.eof_sent or protocol.parser_exc is not None:
+            # The closing handshake is over (or failed): nothing more is read.
+            self._finished = True
+
+    def _data_frame(self, opcode: int, fin: bool, data: bytes) -> None:
+        if self.protocol.state is not State.OPEN:
+            # Data after a close frame is ignored (RFC 6455, 5.5.1).
+            return
+        if opcode == Opcode.CONT.value:
+            if not self._fragment_size and not self._fragments:
+                self._fail(1002, "unexpected continuation frame")
+                return
+            self._fragments.append(data)
+            self._fragment_size += len(data)
+        elif self._fragments:
+            self._fail(1002, "expected a continuation frame")
+            return
+        elif fin:
+            self.messages.append(
+                data.decode("utf-8", "replace") if opcode == Opcode.TEXT.value else data
+            )
+            return
+        else:
+            self._fragments = [data]
+            self._fragment_size = len(data)
+            self._fragment_text = opcode == Opcode.TEXT.value
+        if fin:
+            message = b"".join(self._fragments)
+            self._fragments = []
+            self._fragment_size = 0
+            self.messages.append(
+                message.decode("utf-8", "replace") if self._fragment_text else message
+            )
