@@ -16,9 +16,9 @@ from pathlib import Path
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "tunnels"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from tunnel_helpers import bulk_target
+from transfer_targets import bulk_target
 
 
 async def main() -> None:

@@ -51,6 +51,7 @@ import anyio
 import anyio.abc
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "tunnels"))
 
 from test_wisp_python_peer import _build as build_wisp_python  # noqa: E402

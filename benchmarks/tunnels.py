@@ -40,6 +40,7 @@ import anyio.streams.text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "tunnels"))
 
 from tunnel_helpers import (  # noqa: E402

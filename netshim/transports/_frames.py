@@ -16,8 +16,10 @@ library, which stays the owner of the connection's state:
   behave exactly as the library defines them.  The protocol never sees a
   data frame, so its fragmentation state stays empty and the two never
   disagree.
-* :func:`frame_header` builds the header of an unmasked (server) frame, so
-  that a message goes out as one ``b"".join`` of header and payload.
+* :func:`frame_header` builds a frame's header, so that a server's message
+  goes out as one ``b"".join`` of header and payload, and
+  :func:`masked_frame` a client's whole frame (RFC 6455 wants a fresh
+  unpredictable mask per frame: ``os.urandom``, as the library uses).
 
 RFC 6455 rules enforced here for the frames kept: a continuation needs a
 message in progress, a new message may not start inside one, and a message
@@ -27,6 +29,7 @@ frame header, before its payload is buffered).
 
 from __future__ import annotations
 
+import os
 import struct
 from collections import deque
 
@@ -38,7 +41,7 @@ try:
 except ImportError:  # Pyodide and other builds without the C extension
     from websockets.utils import apply_mask
 
-__all__ = ["FrameReader", "frame_header"]
+__all__ = ["FrameReader", "frame_header", "masked_frame"]
 
 _FIN = 0x80
 _RESERVED = 0x70
@@ -50,14 +53,25 @@ _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
 
-def frame_header(length: int, opcode: int = Opcode.BINARY.value) -> bytes:
-    """The header of one unmasked final frame carrying ``length`` payload bytes."""
+def frame_header(length: int, opcode: int = Opcode.BINARY.value, *, masked: bool = False) -> bytes:
+    """The header of one final frame carrying ``length`` payload bytes.
+
+    With ``masked`` (a client's frame) the mask key follows the header; see
+    :func:`masked_frame`.
+    """
     first = _FIN | opcode
+    mask_bit = _MASKED if masked else 0
     if length < 126:
-        return bytes((first, length))
+        return bytes((first, mask_bit | length))
     if length < 1 << 16:
-        return bytes((first, 126)) + _U16.pack(length)
-    return bytes((first, 127)) + _U64.pack(length)
+        return bytes((first, mask_bit | 126)) + _U16.pack(length)
+    return bytes((first, mask_bit | 127)) + _U64.pack(length)
+
+
+def masked_frame(data: bytes) -> bytes:
+    """One final binary frame as a client sends it: header, a fresh random mask, masked data."""
+    mask = os.urandom(4)
+    return b"".join((frame_header(len(data), masked=True), mask, apply_mask(data, mask)))
 
 
 def _problem(first: int, second: int, opcode: int, length: int, masked: bool) -> str | None:
@@ -97,6 +111,9 @@ class FrameReader:
         self._fragment_size = 0
         self._fragment_text = False
         self._finished = False
+        # Frames handed to the protocol: a caller that sees this change has
+        # protocol output (a pong, a close) to flush.
+        self.control_frames = 0
 
     @property
     def finished(self) -> bool:
@@ -206,6 +223,7 @@ class FrameReader:
 
     def _to_protocol(self, frame: memoryview) -> None:
         protocol = self.protocol
+        self.control_frames += 1
         protocol.receive_data(bytes(frame))
         # Control frames are answered through the protocol's output; their
         # events carry nothing the tunnels use.

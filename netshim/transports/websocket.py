@@ -13,10 +13,12 @@ read while another writes, and two writers never interleave frames.  Control
 frames the protocol answers by itself (pongs, the close echo) are flushed by
 whichever of the two next holds the send lock.
 
-Throughput.  A receive asks the TCP stream for up to :data:`READ_SIZE` bytes
-and turns everything that arrived into messages at once, so one read serves
-many messages; messages come out as the frame parser made them (see
-:meth:`ClientWebSocket.receive_buffer`), and the send lock is only taken on
+Throughput.  The protocol parses the handshake, control frames and the
+closing handshake; data frames take the short path of
+:mod:`netshim.transports._frames` both ways (one copy per byte: unmasking
+in, masking out).  A receive asks the TCP stream for up to
+:data:`READ_SIZE` bytes and turns everything that arrived into messages at
+once, so one read serves many messages, and the send lock is only taken on
 the receive side when the protocol has something to answer.  The locks skip
 their scheduling point when nobody else holds them: the socket reads and
 writes under them already let other tasks run.
@@ -26,20 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections import deque
-from collections.abc import Sequence
 
 import anyio
 import anyio.abc
 import anyio.streams.tls
 from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from .._errors import connection_reset
 from ..stack import Stack
+from ._frames import FrameReader, masked_frame
 from ._url import WebSocketEndpoint as WebSocketEndpoint
 from ._url import parse_websocket_url as parse_websocket_url
 
@@ -62,6 +62,8 @@ DEFAULT_OPEN_TIMEOUT = 10.0
 # most what was asked, copying the rest of a larger chunk it holds; asking for
 # more than asyncio ever reads takes each chunk whole, with no copy.
 READ_SIZE = 1 << 20
+# A server's response head (status line and headers) fits in this.
+MAX_RESPONSE_HEAD = 64 * 1024
 
 
 class WebSocketHandshakeError(ConnectionRefusedError):
@@ -96,8 +98,8 @@ class ClientWebSocket:
         self.protocol = protocol
         self.max_message_size = max_message_size
         self._leftover = leftover
-        self._messages: deque[bytes | bytearray] = deque()
-        self._fragments: list[bytes | bytearray] = []
+        self._reader = FrameReader(protocol, masked=False, max_message_size=max_message_size)
+        self._messages = self._reader.messages
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._receive_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
@@ -141,28 +143,28 @@ class ClientWebSocket:
         async with self._send_lock:
             if self.closed or self.protocol.state is not State.OPEN:
                 raise connection_reset()
-            self.protocol.send_binary(data)
+            # Whatever the protocol queued (a pong) goes first, then the frame.
             await self._flush_locked()
+            frame = masked_frame(data)
+            try:
+                await self.stream.send(frame)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                self._closed = True
+                raise connection_reset() from None
+            self.bytes_out += len(frame)
 
     async def receive(self) -> bytes | None:
         """The next whole message (text arrives UTF-8 encoded); ``None`` once it ended."""
-        message = await self.receive_buffer()
-        if message is None or isinstance(message, bytes):
-            return message
-        return bytes(message)
+        return await self.receive_buffer()
 
-    async def receive_buffer(self) -> bytes | bytearray | None:
-        """As :meth:`receive`, but the message may be a ``bytearray`` (not copied).
-
-        The caller owns the buffer: nothing else refers to it.  Returns at
-        once, without a scheduling point, while messages from an earlier
-        read are waiting.
-        """
+    async def receive_buffer(self) -> bytes | None:
+        """As :meth:`receive`; returns at once, without a scheduling point, while
+        messages from an earlier read are waiting."""
         if self._messages:
-            return self._messages.popleft()
+            return _as_bytes(self._messages.popleft())
         async with self._receive_lock:
             while not self._messages:
-                if self.closed:
+                if self.closed or self._reader.finished:
                     return None
                 if self._leftover:
                     data = self._leftover.pop(0)
@@ -174,44 +176,23 @@ class ClientWebSocket:
                     except anyio.ClosedResourceError:
                         self._closed = True
                         return None
+                control = self._reader.control_frames
                 if data:
                     self.bytes_in += len(data)
-                    self.protocol.receive_data(data)
+                    self._reader.feed(data)
                 else:
                     self._eof = True
-                    self.protocol.receive_eof()
-                control = self._absorb(self.protocol.events_received())
+                    self._reader.feed_eof()
                 # Only control frames, the end of the stream and protocol
                 # errors (which leave the OPEN state) make the protocol write.
-                if control or not data or self.protocol.state is not State.OPEN:
+                if (
+                    control != self._reader.control_frames
+                    or not data
+                    or self.protocol.state is not State.OPEN
+                ):
                     with contextlib.suppress(ConnectionResetError):
                         await self._flush()
-            return self._messages.popleft()
-
-    def _absorb(self, events: Sequence[object]) -> bool:
-        """Queue the messages the frames complete; whether a control frame came."""
-        control = False
-        for event in events:
-            if not isinstance(event, Frame):
-                continue
-            opcode = event.opcode
-            data = event.data
-            if isinstance(data, memoryview):
-                data = bytes(data)
-            if opcode is Opcode.BINARY or opcode is Opcode.TEXT:
-                if event.fin:
-                    # The usual unfragmented message: the frame's own buffer.
-                    self._messages.append(data)
-                    continue
-                self._fragments = [data]
-            elif opcode is Opcode.CONT:
-                self._fragments.append(data)
-                if event.fin:
-                    self._messages.append(b"".join(self._fragments))
-                    self._fragments = []
-            else:
-                control = True
-        return control
+            return _as_bytes(self._messages.popleft())
 
     async def _close_stream(self) -> None:
         self._closed = True
@@ -275,22 +256,42 @@ async def open_websocket(
             for chunk in protocol.data_to_send():
                 await stream.send(chunk)
             response: Response | None = None
-            early: list[object] = []
+            # The protocol parses the response only: frames the server sent
+            # right behind its 101 (a Wisp server's first packets) go to the
+            # frame reader, which takes over from the first byte after it.
+            buffered = b""
+            head_done = False
+            leftover: list[bytes] = []
             while response is None:
                 try:
                     data = await stream.receive(READ_SIZE)
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
                     data = b""
-                if data:
+                if not data:
+                    protocol.receive_eof()
+                elif head_done:
+                    # The body of a response that is not a 101.
                     protocol.receive_data(data)
                 else:
-                    protocol.receive_eof()
+                    buffered += data
+                    end = buffered.find(b"\r\n\r\n")
+                    if end < 0:
+                        if len(buffered) > MAX_RESPONSE_HEAD:
+                            raise WebSocketHandshakeError(endpoint.url, None, "response too long")
+                        continue
+                    head_done = True
+                    protocol.receive_data(buffered[: end + 4])
+                    rest = buffered[end + 4 :]
+                    if rest:
+                        leftover.append(rest)
                 for event in protocol.events_received():
                     if isinstance(event, Response):
                         response = event
-                    else:
-                        # Frames that came in the same read as the 101.
-                        early.append(event)
+                if response is None and leftover:
+                    protocol.receive_data(leftover.pop())
+                    for event in protocol.events_received():
+                        if isinstance(event, Response):
+                            response = event
                 if response is None and not data:
                     raise WebSocketHandshakeError(endpoint.url, None, "")
             if protocol.handshake_exc is not None or response.status_code != 101:
@@ -300,6 +301,8 @@ async def open_websocket(
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             raise
-    websocket = ClientWebSocket(stream, protocol, [], max_message_size=max_message_size)
-    websocket._absorb(early)
-    return websocket
+    return ClientWebSocket(stream, protocol, leftover, max_message_size=max_message_size)
+
+
+def _as_bytes(message: bytes | str) -> bytes:
+    return message.encode() if isinstance(message, str) else message

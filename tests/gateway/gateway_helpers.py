@@ -1,150 +1,27 @@
-"""Targets and a running gateway for the gateway tests.
-
-The bulk target speaks the tests' one-line protocol: a 16-byte header (upload
-and download sizes as big-endian uint64), the upload, then the target sends
-``download`` random bytes and closes.  It records the SHA-256 of what it
-received and of what it sent, so a test compares digests end to end.
-"""
+"""What the gateway tests add to tests/transfer_targets.py: Debian's nginx in front of a gateway."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import struct
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import anyio.abc
+from transfer_targets import NODE_PEERS as NODE_PEERS
+from transfer_targets import BulkTarget as BulkTarget
+from transfer_targets import Transfer as Transfer
+from transfer_targets import bulk_target as bulk_target
+from transfer_targets import free_port
+from transfer_targets import running_gateway as running_gateway
+from transfer_targets import udp_echo as udp_echo
 
-from netshim import HostStack, Stack, TcpStream
 from netshim._addresses import Address
-from netshim.gateway import Gateway, GatewayConfig
 from netshim.testing import REQUIRE_PEERS_VARIABLE
 from netshim.testing import require_peer as require_peer
 
-TESTS = Path(__file__).resolve().parent.parent
-NODE_PEERS = TESTS / "peers" / "node"
-
-
 REQUIRE_PEERS = os.environ.get(REQUIRE_PEERS_VARIABLE) == "1"
-
-
-@dataclass
-class Transfer:
-    up_sha: str
-    down_sha: str
-    up_bytes: int
-    down_bytes: int
-
-
-@dataclass
-class BulkTarget:
-    address: Address = ("127.0.0.1", 0)
-    transfers: list[Transfer] = field(default_factory=list)
-
-    def find(self, up_sha: str) -> Transfer:
-        for transfer in self.transfers:
-            if transfer.up_sha == up_sha:
-                return transfer
-        raise AssertionError(f"no transfer uploaded {up_sha}: {self.transfers}")
-
-
-async def _read_exactly(stream: TcpStream, size: int, digest: hashlib._Hash | None = None) -> bytes:
-    parts = []
-    while size:
-        data = await stream.receive(min(size, 1 << 18))
-        size -= len(data)
-        if digest is None:
-            parts.append(data)
-        else:
-            digest.update(data)
-    return b"".join(parts)
-
-
-async def _serve_bulk(stream: TcpStream, target: BulkTarget) -> None:
-    try:
-        header = await _read_exactly(stream, 16)
-    except (anyio.EndOfStream, OSError):
-        return
-    upload, download = struct.unpack("!QQ", header)
-    up = hashlib.sha256()
-    await _read_exactly(stream, upload, up)
-    down = hashlib.sha256()
-    left = download
-    try:
-        while left:
-            chunk = os.urandom(min(left, 1 << 16))
-            down.update(chunk)
-            await stream.send(chunk)
-            left -= len(chunk)
-    except OSError:
-        return
-    target.transfers.append(Transfer(up.hexdigest(), down.hexdigest(), upload, download))
-
-
-@asynccontextmanager
-async def bulk_target(
-    stack: Stack | None = None, host: str = "127.0.0.1"
-) -> AsyncIterator[BulkTarget]:
-    stack = stack or HostStack()
-    target = BulkTarget()
-    listener = await stack.listen_tcp(host, 0)
-    target.address = listener.local_address
-    async with anyio.create_task_group() as group:
-        group.start_soon(listener.serve, lambda s: _serve_bulk(s, target))
-        try:
-            yield target
-        finally:
-            await listener.aclose()
-            group.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def udp_echo(stack: Stack | None = None, host: str = "127.0.0.1") -> AsyncIterator[Address]:
-    stack = stack or HostStack()
-    sock = await stack.open_udp(host, 0)
-    async with anyio.create_task_group() as group:
-
-        async def echo() -> None:
-            async for data, source in sock:
-                await sock.send(data, source)
-
-        group.start_soon(echo)
-        try:
-            yield sock.local_address
-        finally:
-            await sock.aclose()
-            group.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def running_gateway(
-    config: GatewayConfig,
-    stack: Stack | None = None,
-    *,
-    socks: bool = False,
-    listen_stack: Stack | None = None,
-    host: str = "127.0.0.1",
-) -> AsyncIterator[Gateway]:
-    gateway = Gateway(stack, config)
-    async with anyio.create_task_group() as group:
-        await group.start(
-            lambda task_status: gateway.serve(
-                host=host,
-                port=0,
-                socks_port=0 if socks else None,
-                listen_stack=listen_stack,
-                task_status=task_status,
-            )
-        )
-        try:
-            yield gateway
-        finally:
-            group.cancel_scope.cancel()
 
 
 NGINX_CONFIG = """\
@@ -185,15 +62,6 @@ http {{
 """
 
 
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @asynccontextmanager
 async def nginx_in_front(
     gateway: Address, directory: Path, *, bind: str = "127.0.0.2"
@@ -207,7 +75,7 @@ async def nginx_in_front(
     """
     nginx = require_peer("nginx")
     for _attempt in range(5):
-        port = _free_port("127.0.0.1")
+        port = free_port("127.0.0.1")
         config = directory / "nginx.conf"
         config.write_text(
             NGINX_CONFIG.format(
