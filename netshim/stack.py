@@ -48,6 +48,7 @@ from ._errors import os_error
 __all__ = [
     "AddrInfo",
     "Address",
+    "ForwardingStack",
     "ForwardingUdpSocket",
     "Stack",
     "StreamAttribute",
@@ -485,6 +486,71 @@ class Stack(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - most stacks hold nothing to release
         """Release what the stack holds (tunnels, background tasks). Idempotent."""
+
+
+class ForwardingStack(Stack):
+    """A :class:`Stack` that hands every call to ``inner``.
+
+    Stacks that check or change some calls of another (a policy, a test's
+    network block) subclass it and override only those.  It keeps
+    ``inner``'s name resolution (``resolves_remotely``, :meth:`getaddrinfo`,
+    :meth:`reverse_lookup`, :attr:`hostname`) but never claims
+    ``uses_host_sockets``, which would let the socket shim hand out real
+    sockets past the checks, and local addresses stay with the wrapper for
+    the same reason.  ``inner`` is not owned: :meth:`aclose` leaves it open
+    unless a subclass says otherwise.
+    """
+
+    def __init__(self, inner: Stack) -> None:
+        if not isinstance(inner, Stack):
+            raise TypeError(
+                f"{type(self).__name__} needs a netshim Stack, not {type(inner).__name__}"
+            )
+        self.inner = inner
+        self.resolves_remotely = inner.resolves_remotely
+
+    async def connect_tcp(
+        self, host: str, port: int, *, local_address: tuple[str, int] | None = None
+    ) -> TcpStream:
+        return await self.inner.connect_tcp(host, port, local_address=local_address)
+
+    async def listen_tcp(
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        ipv6_only: bool = False,
+    ) -> TcpListener:
+        return await self.inner.listen_tcp(host, port, backlog=backlog, ipv6_only=ipv6_only)
+
+    async def open_udp(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        remote: tuple[str, int] | None = None,
+        ipv6_only: bool = False,
+    ) -> UdpSocket:
+        return await self.inner.open_udp(host, port, remote=remote, ipv6_only=ipv6_only)
+
+    async def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | bytes | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[AddrInfo]:
+        return await self.inner.getaddrinfo(host, port, family, type, proto, flags)
+
+    async def reverse_lookup(self, ip: str) -> str:
+        return await self.inner.reverse_lookup(ip)
+
+    @property
+    def hostname(self) -> str:
+        return self.inner.hostname
 
 
 _current_stack: ContextVar[Stack | None] = ContextVar("netshim_current_stack", default=None)

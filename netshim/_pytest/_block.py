@@ -29,11 +29,10 @@ from collections.abc import Iterable, Sequence
 from .._addresses import check_host, format_address, parse_ip
 from ..policy import Rule, parse_numeric_ipv4
 from ..stack import (
-    DEFAULT_BACKLOG,
     AddrInfo,
+    ForwardingStack,
     ForwardingUdpSocket,
     Stack,
-    TcpListener,
     TcpStream,
     UdpSocket,
 )
@@ -96,7 +95,7 @@ def _name_allowed(rule: Rule, name: str, port: int | None) -> bool:
     return fnmatch.fnmatchcase(name, rule.pattern)
 
 
-class BlockingStack(Stack):
+class BlockingStack(ForwardingStack):
     """``inner`` (normally :class:`netshim.HostStack`) restricted to ``allow``.
 
     ``test`` names the test in messages; ``blocked`` lists every refusal in
@@ -107,7 +106,7 @@ class BlockingStack(Stack):
     """
 
     def __init__(self, inner: Stack, allow: Sequence[str | Rule] = (), *, test: str = "") -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.rules = [rule if isinstance(rule, Rule) else Rule.parse(rule) for rule in allow]
         self.test = test
         self.blocked: list[NetworkBlockedError] = []
@@ -181,25 +180,11 @@ class BlockingStack(Stack):
             raise socket.herror(1, f"Unknown host ({ip})")
         return await self.inner.reverse_lookup(ip)
 
-    @property
-    def hostname(self) -> str:
-        return self.inner.hostname
-
     async def connect_tcp(
         self, host: str, port: int, *, local_address: tuple[str, int] | None = None
     ) -> TcpStream:
         self.check_destination(check_host(host, "connect_tcp"), port, "tcp")
         return await self.inner.connect_tcp(host, port, local_address=local_address)
-
-    async def listen_tcp(
-        self,
-        host: str | None = None,
-        port: int = 0,
-        *,
-        backlog: int = DEFAULT_BACKLOG,
-        ipv6_only: bool = False,
-    ) -> TcpListener:
-        return await self.inner.listen_tcp(host, port, backlog=backlog, ipv6_only=ipv6_only)
 
     async def open_udp(
         self,

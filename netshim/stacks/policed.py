@@ -28,6 +28,7 @@ from ..policy import DestinationBlockedError, Rule, parse_numeric_ipv4
 from ..stack import (
     DEFAULT_BACKLOG,
     AddrInfo,
+    ForwardingStack,
     ForwardingUdpSocket,
     Stack,
     TcpListener,
@@ -54,7 +55,7 @@ def _matches(rule: Rule, host: str, ip: IPAddress | None, port: int) -> bool:
     return rule.matches(host, ip if ip is not None else parse_ip("0.0.0.0"), port)  # type: ignore[arg-type]
 
 
-class PolicyStack(Stack):
+class PolicyStack(ForwardingStack):
     """``inner`` behind ``allow`` and ``deny`` rules (see the module documentation)."""
 
     def __init__(
@@ -64,12 +65,9 @@ class PolicyStack(Stack):
         allow: Sequence[str | Rule] | str | None = None,
         deny: Sequence[str | Rule] | str | None = None,
     ) -> None:
-        if not isinstance(inner, Stack):
-            raise TypeError(f"PolicyStack needs a netshim Stack, not {type(inner).__name__}")
-        self.inner = inner
+        super().__init__(inner)
         self.allow = _rules(allow)
         self.deny = _rules(deny)
-        self.resolves_remotely = inner.resolves_remotely
 
     def __repr__(self) -> str:
         allow = [r.text for r in self.allow]
@@ -135,16 +133,6 @@ class PolicyStack(Stack):
                 errors.append(exc)
         raise errors[0]
 
-    async def listen_tcp(
-        self,
-        host: str | None = None,
-        port: int = 0,
-        *,
-        backlog: int = DEFAULT_BACKLOG,
-        ipv6_only: bool = False,
-    ) -> TcpListener:
-        return await self.inner.listen_tcp(host, port, backlog=backlog, ipv6_only=ipv6_only)
-
     async def open_udp(
         self,
         host: str = "0.0.0.0",
@@ -158,21 +146,8 @@ class PolicyStack(Stack):
         inner = await self.inner.open_udp(host, port, remote=remote, ipv6_only=ipv6_only)
         return _PolicedUdpSocket(self, inner)
 
-    async def getaddrinfo(
-        self,
-        host: str | bytes | None,
-        port: str | bytes | int | None,
-        family: int = 0,
-        type: int = 0,
-        proto: int = 0,
-        flags: int = 0,
-    ) -> list[AddrInfo]:
-        return await self.inner.getaddrinfo(host, port, family, type, proto, flags)
-
-    def stack_for_local_address(self, host: str) -> Stack:
-        return self
-
     async def aclose(self) -> None:
+        # The policy owns what it wraps (see the module documentation).
         await self.inner.aclose()
 
 

@@ -131,3 +131,28 @@ async def test_unmodified_socket_code_through_wisp(anyio_backend: str) -> None:
         await anyio.to_thread.run_sync(get_engine().call, stack.aclose)
         assert len(data) == 100_000
         assert target.transfers[0].down_bytes == 100_000
+
+
+async def test_policy_keeps_the_inner_stacks_names_and_local_addresses() -> None:
+    from netshim import VirtualNetwork
+
+    net = VirtualNetwork(seed=0)
+    net.add_host("web.internal", ["10.0.0.2"])
+    client = net.add_host("client.internal", ["10.0.0.3"])
+    policy = PolicyStack(client, deny=["10.0.0.2"])
+    # Lookups are not connections: the policy answers with the inner stack's names...
+    assert policy.hostname == client.hostname == "client.internal"
+    assert await policy.reverse_lookup("10.0.0.2") == "web.internal"
+    assert {info[4][0] for info in await policy.getaddrinfo("web.internal", 80)} == {"10.0.0.2"}
+    # ...binds locally through itself, so sockets opened there stay checked...
+    assert policy.stack_for_local_address("10.0.0.3") is policy
+    listener = await policy.listen_tcp("10.0.0.3", 0)
+    async with listener:
+        assert listener.local_address[0] == "10.0.0.3"
+    # ...and refuses the destination it denies, by name as well as by address.
+    with pytest.raises(DestinationBlockedError):
+        await policy.connect_tcp("web.internal", 80)
+    with pytest.raises(DestinationBlockedError):
+        await policy.open_udp(remote=("10.0.0.2", 53))
+    # A forwarding stack never claims the host network: the shim would bypass it.
+    assert not PolicyStack(HostStack()).uses_host_sockets
