@@ -788,6 +788,7 @@ class _WispStream:
         "record",
         "room",
         "scope",
+        "stopping",
         "stream_id",
         "waiting",
         "wake",
@@ -804,6 +805,8 @@ class _WispStream:
         # nobody waits on is wasted work on every DATA packet.
         self.waiting = False
         self.closed_by_client = False
+        # Set when the destination's side ended: the upload stops too.
+        self.stopping = False
         # Set by the WebSocket reader while it waits for this queue to drain.
         self.room: anyio.Event | None = None
         self.scope = anyio.CancelScope()
@@ -1112,8 +1115,10 @@ class _WispSession:
 
             async def upload() -> None:
                 tcp = isinstance(upstream, TcpStream)
-                while True:
+                while not stream.stopping:
                     while not stream.queue:
+                        if stream.stopping:
+                            return
                         if stream.closed_by_client:
                             # Everything the client sent before its CLOSE is delivered.
                             if isinstance(upstream, TcpStream):
@@ -1177,7 +1182,13 @@ class _WispSession:
                     await self.ws.send(data, prefix=data_header)
                     record.down += len(data)
                     touch()
-                scope.cancel()
+                stream.stopping = True
+                if stream.waiting:
+                    # The upload is idle: waking it is enough, and cheaper than
+                    # cancelling (anyio formats the task's repr for that).
+                    stream.wake.set()
+                else:
+                    scope.cancel()
 
             group.start_soon(upload)
             # The download runs in this task: one task fewer per stream.

@@ -78,6 +78,7 @@ class WebSocket:
         self._messages = self._reader.messages
         self._wake = anyio.Event()
         self._drained = anyio.Event()
+        self._drain_waited = False
         # Senders waiting for room, first come first served (see send()).
         self._waiters: deque[anyio.Event] = deque()
         self._closed = False
@@ -110,8 +111,12 @@ class WebSocket:
                 self.bytes_out += len(chunk)
                 self._pending = max(0, self._pending - len(chunk))
                 if self._pending < self.high_water:
-                    self._drained.set()
-                    self._drained = anyio.Event()
+                    if self._drain_waited:
+                        # Made anew only when someone waited on it, not
+                        # for every write.
+                        self._drain_waited = False
+                        self._drained.set()
+                        self._drained = anyio.Event()
                     self._wake_next_sender()
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self._closed = True
@@ -186,6 +191,7 @@ class WebSocket:
     async def wait_output_room(self) -> None:
         """Wait until control output is under the hard limit (see the module documentation)."""
         while self._pending > self.hard_limit and not self._closed:
+            self._drain_waited = True
             await self._drained.wait()
 
     async def receive(self) -> bytes | str | None:

@@ -58,12 +58,13 @@ def _short(sockaddr: Any) -> Address:
 class _HostTcpStream(TcpStream):
     __slots__ = ("_eof_sent", "_local", "_remote", "_stream")
 
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, stream: anyio.abc.SocketStream, remote: Address | None = None) -> None:
         self._stream = stream
         self._eof_sent = False
         raw = stream.extra(SocketAttribute.raw_socket)
         self._local = _short(raw.getsockname())
-        self._remote = _short(raw.getpeername())
+        # Kept now: once a connection is reset, getpeername() fails.
+        self._remote = remote or _short(raw.getpeername())
 
     @property
     def local_address(self) -> Address:
@@ -348,7 +349,7 @@ class HostStack(Stack):
         except BaseException:
             sock.close()
             raise
-        return _HostTcpStream(stream)
+        return _HostTcpStream(stream, _short(sockaddr))
 
     async def listen_tcp(
         self,
