@@ -69,6 +69,22 @@ class Metrics:
             registry=self.registry,
         )
 
+        self._bytes_up = self.bytes.labels("up")
+        self._bytes_down = self.bytes.labels("down")
+
+    def stream_opened(self, record: StreamRecord) -> None:
+        """Count a stream that is now open."""
+        self.streams.labels(record.protocol, record.transport).inc()
+
+    def stream_ended(self, record: StreamRecord) -> None:
+        """Count a stream that :meth:`stream_opened` counted, now ended, and log its line."""
+        self.streams.labels(record.protocol, record.transport).dec()
+        self.streams_closed.labels(record.protocol, record.reason).inc()
+        self._bytes_up.inc(record.up)
+        self._bytes_down.inc(record.down)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(record.line())
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -462,7 +462,7 @@ class Gateway:
             logger.info(record.line())
             await websocket.close(1013, "throttled")
             return
-        self.metrics.streams.labels("wsproxy", "tcp").inc()
+        self.metrics.stream_opened(record)
         try:
             try:
                 with anyio.fail_after(self.policy.limits.connect_timeout):
@@ -508,12 +508,8 @@ class Gateway:
                 except OSError:
                     group.cancel_scope.cancel()
         finally:
-            self.metrics.streams.labels("wsproxy", "tcp").dec()
-            self.metrics.streams_closed.labels("wsproxy", record.reason).inc()
-            self.metrics.bytes.labels("up").inc(record.up)
-            self.metrics.bytes.labels("down").inc(record.down)
             self._release(peer[0])
-            logger.info(record.line())
+            self.metrics.stream_ended(record)
 
     # -- SOCKS5
 
@@ -590,7 +586,7 @@ class Gateway:
             record.reason = "throttled"
             logger.info(record.line())
             return
-        self.metrics.streams.labels("socks5", "tcp").inc()
+        self.metrics.stream_opened(record)
         try:
             try:
                 with anyio.fail_after(self.policy.limits.connect_timeout):
@@ -614,12 +610,8 @@ class Gateway:
                     await upstream.send(early)
                 record.reason = await self._splice(stream, upstream, client, record)
         finally:
-            self.metrics.streams.labels("socks5", "tcp").dec()
-            self.metrics.streams_closed.labels("socks5", record.reason).inc()
-            self.metrics.bytes.labels("up").inc(record.up)
-            self.metrics.bytes.labels("down").inc(record.down)
             self._release(peer[0])
-            logger.info(record.line())
+            self.metrics.stream_ended(record)
 
     async def _splice(
         self, a: TcpStream, b: TcpStream, client: _Client, record: StreamRecord
@@ -683,7 +675,7 @@ class Gateway:
         relay = await self._listen_stack.open_udp(relay_ip, 0)
         upstream = await self.stack.open_udp("0.0.0.0", 0)
         upstream6: UdpSocket | None = None
-        self.metrics.streams.labels("socks5", "udp").inc()
+        self.metrics.stream_opened(record)
         # The client may name its UDP source in the request; else the first
         # datagram from the TCP client's IP fixes it (RFC 1928 section 6).
         client_udp: Address | None = None
@@ -770,10 +762,8 @@ class Gateway:
             if upstream6 is not None:
                 await upstream6.aclose()
             record.reason = "closed"
-            self.metrics.streams.labels("socks5", "udp").dec()
-            self.metrics.streams_closed.labels("socks5", record.reason).inc()
             self._release(peer[0])
-            logger.info(record.line())
+            self.metrics.stream_ended(record)
 
 
 class _WispStream:
@@ -1028,20 +1018,15 @@ class _WispSession:
             logger.info("%s detail=%r", record.line(), str(exc))
             self._finish(stream, wisp.CloseReason.THROTTLED)
             return
-        transport = record.transport
-        gateway.metrics.streams.labels("wisp", transport).inc()
+        gateway.metrics.stream_opened(record)
         try:
             with stream.scope:
                 await self._stream_body(stream)
         finally:
-            gateway.metrics.streams.labels("wisp", transport).dec()
-            gateway.metrics.streams_closed.labels("wisp", record.reason).inc()
-            gateway.metrics.bytes.labels("up").inc(record.up)
-            gateway.metrics.bytes.labels("down").inc(record.down)
             gateway._release(self.peer[0])
             self.streams.pop(stream.stream_id, None)
             stream.make_room(len(stream.queue))
-            logger.info(record.line())
+            gateway.metrics.stream_ended(record)
 
     def _finish(self, stream: _WispStream, reason: int) -> None:
         if not stream.closed_by_client:
