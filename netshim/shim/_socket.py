@@ -338,6 +338,11 @@ class _ShimCommon(_Base):
         except OSError as exc:
             if isinstance(exc, socket.gaierror):
                 raise
+            if function == "connect" and exc.errno:
+                # The stack's message says why (a gateway's refusal names its
+                # rule); the exception is rebuilt so that it carries no
+                # engine traceback and has the class the errno gives.
+                raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno)) from None
             return exc.errno or errno.EIO
         return 0
 

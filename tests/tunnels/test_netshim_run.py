@@ -34,8 +34,10 @@ try:
     urllib.request.urlopen(sys.argv[1].replace("127.0.0.1", "127.0.0.2"), timeout=10)
 except OSError as exc:
     # Straight to the kernel this would be ECONNREFUSED (nothing listens
-    # on 127.0.0.2); the gateway's policy refusal arrives as EACCES.
-    print("blocked:", getattr(exc, "reason", exc).errno == errno.EACCES)
+    # on 127.0.0.2); the gateway's policy refusal arrives as EACCES, with
+    # the gateway's reason in the message.
+    reason = getattr(exc, "reason", exc)
+    print("blocked:", reason.errno == errno.EACCES, "0x48 BLOCKED" in str(reason))
 sys.exit(int(sys.argv[2]))
 """
 
@@ -109,11 +111,11 @@ async def test_program_fetches_through_the_gateway(programs: Path, http_url: str
         status, out, err = await netshim_run(
             "--via", via, "--", sys.executable, "fetch.py", url, "0", cwd=programs
         )
-        assert (status, out) == (0, "200 hello from /child\nblocked: True\n"), err
+        assert (status, out) == (0, "200 hello from /child\nblocked: True True\n"), err
         status, out, err = await netshim_run(
             "--via", via, "-m", "fetch", f"{http_url}/module", "5", cwd=programs
         )
-        assert (status, out) == (5, "200 hello from /module\nblocked: True\n"), err
+        assert (status, out) == (5, "200 hello from /module\nblocked: True True\n"), err
 
 
 async def test_without_via_the_environment_names_the_stack(programs: Path, http_url: str) -> None:
@@ -123,7 +125,7 @@ async def test_without_via_the_environment_names_the_stack(programs: Path, http_
         status, out, err = await netshim_run(
             "--", sys.executable, "fetch.py", f"{http_url}/env", "0", cwd=programs, env=env
         )
-        assert (status, out) == (0, "200 hello from /env\nblocked: True\n"), err
+        assert (status, out) == (0, "200 hello from /env\nblocked: True True\n"), err
 
 
 @pytest.mark.parametrize("form", ["program", "module", "script"])
