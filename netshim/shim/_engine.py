@@ -25,12 +25,14 @@ What the engine does to the pair is how the program sees the network:
 from __future__ import annotations
 
 import _socket
+import asyncio
 import contextlib
 import errno
 import logging
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -73,6 +75,12 @@ class Engine:
         # accepted: server stream -> (client state, listener).
         self.splice_waiting: dict[object, tuple[SocketState, object]] = {}
         self._group: anyio.abc.TaskGroup
+        # Tasks spawned on the engine thread from outside any task (a garbage
+        # collector's finalizer that closes a socket can run in a plain event
+        # loop callback, where anyio cannot start a task); _start_pending
+        # starts them.
+        self._pending: deque[Callable[[], Coroutine[Any, Any, None]]] = deque()
+        self._pending_wakeup: anyio.Event | None = None
 
     @property
     def running(self) -> bool:
@@ -97,9 +105,19 @@ class Engine:
             self.thread_id = threading.get_ident()
             self._group = group
             self._portal = portal
+            self._pending_wakeup = anyio.Event()
+            group.start_soon(self._start_pending)
             self._ready.set()
             await portal.sleep_until_stopped()
             group.cancel_scope.cancel()
+
+    async def _start_pending(self) -> None:
+        while True:
+            assert self._pending_wakeup is not None
+            await self._pending_wakeup.wait()
+            self._pending_wakeup = anyio.Event()
+            while self._pending:
+                self._group.start_soon(self._pending.popleft())
 
     def in_engine_thread(self) -> bool:
         return threading.get_ident() == self.thread_id
@@ -130,14 +148,25 @@ class Engine:
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
                     raise
 
-        if self.in_engine_thread():
+        if not self.in_engine_thread():
+            self._ensure_started().call(self._start, run)
+        elif _inside_a_task():
             self._group.start_soon(run)
         else:
-            self._ensure_started().call(self._start, run)
+            self._pending.append(run)
+            assert self._pending_wakeup is not None
+            self._pending_wakeup.set()
         return future
 
     async def _start(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._group.start_soon(run)
+
+
+def _inside_a_task() -> bool:
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:
+        return False
 
 
 _engine = Engine()

@@ -492,3 +492,47 @@ def test_joined_sockets_still_behave_and_observed_ones_are_captured(
     with PcapReader(path) as reader:
         frames = [record.data for record in reader]
     assert any(b"recorded bytes" in frame for frame in frames)
+
+
+def test_socket_closed_by_a_finalizer_on_the_engine_thread_outside_any_task(
+    installed: Installed,
+) -> None:
+    # A garbage collector pass can run a finalizer (urllib3's pool closing its
+    # connections, say) in a plain event-loop callback of the engine thread,
+    # where no task is current: closing a shim socket there must still close
+    # it, with nothing left unawaited.
+    import asyncio
+    import contextvars
+
+    from netshim.shim._engine import get_engine
+
+    class Watch:
+        """Any observer makes connections go through the engine (not joined)."""
+
+        def __getattr__(self, name: str) -> Callable[..., None]:
+            return lambda *args, **kwargs: None
+
+    installed.net.add_observer(Watch())  # type: ignore[arg-type]
+    server = socket.socket()
+    server.bind(("10.0.0.2", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    closed = threading.Event()
+
+    async def close_in_a_callback() -> None:
+        def callback() -> None:
+            client.close()
+            closed.set()
+
+        # An empty context, as the loop's own callbacks may run in: no task,
+        # no async library recorded in a context variable.
+        asyncio.get_running_loop().call_soon(callback, context=contextvars.Context())
+
+    get_engine().call(close_in_a_callback)
+    assert closed.wait(5)
+    accepted.settimeout(5)
+    # The engine side was closed too: the peer sees the end of the stream.
+    assert accepted.recv(10) == b""
+    accepted.close()
+    server.close()

@@ -1,4 +1,5 @@
 # The parts of tlslite-ng (untyped) that netshim.tls uses.
+import builtins
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +19,8 @@ class X509:
     bytes: bytearray
     publicKey: Any
     def __init__(self) -> None: ...
-    def parseBinary(self, cert_bytes: bytes | bytearray) -> None: ...
+    # builtins.bytes: the attribute above shadows the name in this class.
+    def parseBinary(self, cert_bytes: builtins.bytes | bytearray) -> None: ...
 
 class X509CertChain:
     x509List: list[X509]
