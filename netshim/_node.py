@@ -5,6 +5,9 @@
   functions or coroutine functions; ``emit`` is a coroutine that calls them in
   the order they were added and awaits those that return an awaitable, so a
   slow ``"data"`` listener slows the reader down instead of piling data up.
+* :class:`TaskGroupUser`: where a socket's background work (its reader, its
+  listeners' tasks) runs: the ``task_group=`` it was given, or one of its own
+  for the length of an ``async with`` block.
 * :func:`system_error`: turns the ``OSError`` a stack raised into the same
   exception class carrying Node's ``code``, ``syscall``, ``address`` and
   ``port`` attributes, so ``except ConnectionRefusedError`` keeps working and
@@ -18,9 +21,13 @@ import inspect
 import os
 import socket
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
 
-__all__ = ["EventEmitter", "NodeError", "system_error"]
+import anyio
+import anyio.abc
+
+__all__ = ["EventEmitter", "NodeError", "TaskGroupUser", "system_error"]
 
 Listener = Callable[..., Any]
 _E = TypeVar("_E", bound="EventEmitter")
@@ -118,6 +125,41 @@ class EventEmitter:
 
     def _listeners_changed(self, event: str) -> None:
         """Hook for subclasses that start or stop work as listeners come and go."""
+
+
+class TaskGroupUser:
+    """A socket whose background work runs in ``_task_group`` (see the module documentation).
+
+    Subclasses set ``_task_group`` (the group they were given, or ``None``)
+    and ``_own_group = None`` in ``__init__`` and say in :meth:`_end` how they
+    close; leaving ``async with`` closes them, then ends their own group.
+    """
+
+    _task_group: anyio.abc.TaskGroup | None
+    _own_group: anyio.abc.TaskGroup | None
+
+    async def _end(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        if self._task_group is None:
+            group = anyio.create_task_group()
+            await group.__aenter__()
+            self._own_group = self._task_group = group
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        await self._end()
+        group, self._own_group = self._own_group, None
+        if group is None:
+            return None
+        group.cancel_scope.cancel()
+        return await group.__aexit__(kind, value, traceback)
 
 
 class NodeError(OSError):

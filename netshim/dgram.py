@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 import anyio
 import anyio.abc
 
-from ._node import EventEmitter, NodeError, system_error
+from ._node import EventEmitter, NodeError, TaskGroupUser, system_error
 from .stack import Stack, UdpSocket, current_stack
 
 __all__ = ["NodeError", "RemoteInfo", "Socket", "create_socket"]
@@ -44,7 +43,7 @@ def _error(code: int, message: str, syscall: str) -> NodeError:
     return system_error(OSError(code, message), syscall)
 
 
-class Socket(EventEmitter):
+class Socket(TaskGroupUser, EventEmitter):
     """A UDP socket (``dgram.Socket``).
 
     Events: ``"listening"``, ``"message"`` (``data, rinfo``), ``"connect"``,
@@ -70,8 +69,8 @@ class Socket(EventEmitter):
         self.ipv6_only = ipv6_only
         self._stack = stack
         self._sock: UdpSocket | None = None
-        self._group = task_group
-        self._own_group: anyio.abc.TaskGroup | None = None
+        self._task_group = task_group
+        self._own_group = None
         self._reading = False
         self._closed = False
         self._broadcast = False
@@ -89,25 +88,8 @@ class Socket(EventEmitter):
             where = f"{host}:{port}"
         return f"<dgram.Socket {self.type} {where}>"
 
-    async def __aenter__(self) -> Socket:
-        if self._group is None:
-            group = anyio.create_task_group()
-            await group.__aenter__()
-            self._own_group = self._group = group
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
+    async def _end(self) -> None:
         await self.close()
-        group, self._own_group = self._own_group, None
-        if group is None:
-            return None
-        group.cancel_scope.cancel()
-        return await group.__aexit__(kind, value, traceback)
 
     # -- binding and connecting -------------------------------------------------
 
@@ -216,13 +198,13 @@ class Socket(EventEmitter):
     def _maybe_read(self) -> None:
         if self._reading or self._sock is None or not self.listener_count("message"):
             return
-        if self._group is None:
+        if self._task_group is None:
             raise RuntimeError(
                 "'message' listeners need a task group: use 'async with sock:' "
                 "or 'async for data, rinfo in sock'"
             )
         self._reading = True
-        self._group.start_soon(self._read_loop)
+        self._task_group.start_soon(self._read_loop)
 
     async def _read_loop(self) -> None:
         try:

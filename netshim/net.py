@@ -47,7 +47,7 @@ from anyio.abc import SocketAttribute, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._addresses import parse_ip
-from ._node import EventEmitter, NodeError, system_error
+from ._node import EventEmitter, NodeError, TaskGroupUser, system_error
 from .stack import Stack, TcpListener, TcpStream, current_stack
 
 __all__ = [
@@ -257,7 +257,7 @@ def _wrap(exc: OSError, syscall: str, address: tuple[str, int] | None) -> NodeEr
     return system_error(exc, syscall, address[0], address[1])
 
 
-class Socket(EventEmitter):
+class Socket(TaskGroupUser, EventEmitter):
     """A TCP connection (``net.Socket``).
 
     Events: ``"connect"``, ``"ready"``, ``"data"`` (bytes, or str after
@@ -289,7 +289,7 @@ class Socket(EventEmitter):
         self._stack = stack
         self._stream: TcpStream | None = None
         self._task_group = task_group
-        self._own_group: TaskGroup | None = None
+        self._own_group = None
         self._server: Server | None = None
         self.connecting = False
         self.destroyed = False
@@ -395,25 +395,8 @@ class Socket(EventEmitter):
 
     # -- async context manager ----------------------------------------------
 
-    async def __aenter__(self) -> Socket:
-        if self._task_group is None:
-            group = anyio.create_task_group()
-            await group.__aenter__()
-            self._own_group = self._task_group = group
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
+    async def _end(self) -> None:
         await self.destroy()
-        group, self._own_group = self._own_group, None
-        if group is None:
-            return None
-        group.cancel_scope.cancel()
-        return await group.__aexit__(kind, value, traceback)
 
     def _group(self, what: str) -> TaskGroup:
         if self._task_group is None:
