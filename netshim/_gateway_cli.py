@@ -41,6 +41,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--new-streams-per-second", type=float, help="per-client rate of new streams")
     add("--bandwidth", type=float, help="per-client bytes per second, both ways")
     add("--idle-timeout", type=float, help="seconds a stream may move nothing")
+    add(
+        "--wisp-buffer-size",
+        type=int,
+        help="Wisp credits per TCP stream, in packets (default 128)",
+    )
+    add(
+        "--max-message-size",
+        type=int,
+        help="largest WebSocket message accepted, in bytes (default 1 MiB)",
+    )
     add("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (default 10)")
     add("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     add(
@@ -84,6 +94,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The :class:`GatewayConfig` and the run options (listen addresses, event loop)."""
     from .gateway import GatewayConfig, load_token_file
     from .policy import Limits, Policy
+    from .protocols import wisp
 
     file: dict[str, Any] = {}
     if arguments.config is not None:
@@ -121,6 +132,10 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         motd=_pick(arguments, file, "motd", None),
         trusted_proxies=tuple([*file.get("trusted_proxies", []), *(arguments.trusted_proxy or [])]),
         shutdown_grace=float(_pick(arguments, file, "shutdown_grace", 10.0)),
+        wisp_buffer_size=int(_pick(arguments, file, "wisp_buffer_size", wisp.DEFAULT_BUFFER_SIZE)),
+        max_message_size=int(
+            _pick(arguments, file, "max_message_size", wisp.DEFAULT_MAX_MESSAGE_SIZE)
+        ),
     )
     listen = {
         "host": _pick(arguments, file, "host", "127.0.0.1"),
@@ -145,7 +160,12 @@ def run(arguments: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    config, listen = config_from(arguments)
+    try:
+        config, listen = config_from(arguments)
+    except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
+        # A bad flag or config file: one line naming it, not a traceback.
+        print(f"netshim gateway: {exc}", file=sys.stderr)
+        return 2
     gateway = Gateway(config=config)
     backend, options = backend_for(listen.pop("event_loop"))
 

@@ -142,9 +142,13 @@ def _parse_ports(text: str) -> tuple[tuple[int, int], ...]:
     ranges = []
     for part in text.split(","):
         low, _, high = part.strip().partition("-")
+        if not low.isdigit() or not (high or low).isdigit():
+            raise ValueError(
+                f"bad port range {part!r}: expected PORT or LOW-HIGH, e.g. 80,8000-8080"
+            )
         start, end = int(low), int(high or low)
         if not 0 <= start <= end <= 65535:
-            raise ValueError(f"bad port range {part!r}")
+            raise ValueError(f"bad port range {part!r}: ports are 0-65535, low before high")
         ranges.append((start, end))
     return tuple(ranges)
 

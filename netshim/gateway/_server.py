@@ -102,6 +102,18 @@ class GatewayConfig:
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.wisp_buffer_size <= 0xFFFF_FFFF:
+            raise ValueError(f"wisp_buffer_size must be 1..2**32-1, got {self.wisp_buffer_size}")
+        # A Wisp CONNECT naming a 253-byte host needs 261 bytes.
+        if self.max_message_size < 1024:
+            raise ValueError(f"max_message_size must be at least 1024, got {self.max_message_size}")
+        for name in ("high_water", "read_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.shutdown_grace < 0:
+            raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
+
 
 def _close_reason_for(exc: BaseException) -> int:
     if isinstance(exc, DestinationBlockedError):

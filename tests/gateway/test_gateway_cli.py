@@ -74,3 +74,48 @@ def _check_process(process: subprocess.Popen[str]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_buffer_flags_reach_the_config(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").write_text("max_message_size = 65536\n")
+    config, _ = config_from(
+        parse("--config", str(tmp_path / "gateway.toml"), "--wisp-buffer-size", "16")
+    )
+    assert (config.wisp_buffer_size, config.max_message_size) == (16, 65536)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ports", "http"], "bad port range 'http'"),
+        (["--ports", "90-80"], "bad port range '90-80'"),
+        (["--allow", "10.0.0.0/33"], "10.0.0.0/33"),
+        (["--wisp-buffer-size", "0"], "wisp_buffer_size must be 1..2**32-1"),
+        (["--max-message-size", "100"], "max_message_size must be at least 1024"),
+        (["--config", "/nonexistent/gateway.toml"], "No such file or directory"),
+        (["--event-loop", "tokio"], "invalid choice"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "netshim", "gateway", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_config_file_syntax_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "gateway.toml").write_text("port = = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "netshim", "gateway", "--config", str(tmp_path / "gateway.toml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "netshim gateway:" in result.stderr
+    assert "Traceback" not in result.stderr
