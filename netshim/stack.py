@@ -149,6 +149,13 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
     Closing the listener resets connections still waiting to be accepted.
     """
 
+    #: Whether connections are taken.  The socket shim binds a TCP socket by
+    #: listening at once (so that ``getsockname()`` knows the port) and clears
+    #: this until ``listen()``: Linux refuses connections to a socket that is
+    #: bound but not listening.  A stack that cannot refuse them meanwhile
+    #: may ignore it.
+    accepting: bool = True
+
     @property
     @abstractmethod
     def local_address(self) -> Address:

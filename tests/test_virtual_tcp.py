@@ -434,3 +434,20 @@ async def test_serve_runs_a_handler_per_connection() -> None:
                 await stream.send(word)
                 assert await stream.receive() == word
         await listener.aclose()
+
+
+async def test_a_listener_that_is_not_accepting_refuses() -> None:
+    net = VirtualNetwork(seed=0)
+    server = net.add_host("server", ["10.0.0.2"])
+    client = net.add_host("client", ["10.0.0.3"])
+    listener = await server.listen_tcp("10.0.0.2", 0)
+    async with listener:
+        listener.accepting = False
+        with pytest.raises(ConnectionRefusedError):
+            await client.connect_tcp(*listener.local_address)
+        assert not listener.queue
+        listener.accepting = True
+        stream = await client.connect_tcp(*listener.local_address)
+        async with stream, await listener.accept() as accepted:
+            await stream.send(b"taken")
+            assert await accepted.receive() == b"taken"

@@ -473,6 +473,8 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         if state.is_tcp:
             # Listen at once, so getsockname() knows the port before listen().
             listener = state.engine.call(_listen, stack, host, port, state.backlog, self._v6only())
+            # Refused until listen(), as Linux refuses a bound socket's connections.
+            listener.accepting = False
             state.listener = listener
             state.local = listener.local_address
         else:
@@ -498,6 +500,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
             )
             state.local = state.listener.local_address
+        state.listener.accepting = True
         state.phase = Phase.LISTENING
         state.engine.spawn(serve_listener, state, state.listener)
         return None

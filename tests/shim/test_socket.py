@@ -536,3 +536,20 @@ def test_socket_closed_by_a_finalizer_on_the_engine_thread_outside_any_task(
     assert accepted.recv(10) == b""
     accepted.close()
     server.close()
+
+
+def test_bound_but_not_listening_refuses_until_listen(installed: Installed) -> None:
+    server = socket.socket()
+    server.bind(("10.0.0.2", 0))
+    address = server.getsockname()
+    # Linux refuses a connection to a socket that is bound but not listening.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5)
+    server.listen()
+    with socket.create_connection(address, timeout=5) as client:
+        accepted, peer = server.accept()
+        with accepted:
+            assert peer == client.getsockname()
+            client.sendall(b"after listen")
+            assert accepted.recv(100) == b"after listen"
+    server.close()

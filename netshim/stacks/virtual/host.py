@@ -340,7 +340,8 @@ class VirtualHost(Stack):
         client_address = (str(source_ip), binding.port)
         server_address = (str(destination_ip), port)
         listener = server_host.find_listener(destination_ip, port)
-        if link.partitioned or link.conditions.delays or (listener is not None and listener.full):
+        waiting = listener is not None and listener.accepting and listener.full
+        if link.partitioned or link.conditions.delays or waiting:
             await self._wait_for_handshake(link, server_host, destination_ip, port, binding)
             listener = server_host.find_listener(destination_ip, port)
         else:
@@ -351,7 +352,12 @@ class VirtualHost(Stack):
             except BaseException:
                 self.release(binding)
                 raise
-        if listener is None or listener.closed or network.is_refused(server_host, port):
+        if (
+            listener is None
+            or listener.closed
+            or not listener.accepting
+            or network.is_refused(server_host, port)
+        ):
             self.release(binding)
             network.observe_tcp_refused(client_address, server_address)
             raise connection_refused(server_address)
@@ -395,7 +401,7 @@ class VirtualHost(Stack):
                     await anyio.sleep(delay)
                 await link.wait_healed()
                 listener = server_host.find_listener(destination_ip, port)
-                if listener is not None and listener.full:
+                if listener is not None and listener.accepting and listener.full:
                     await listener.wait_for_room()
         except TimeoutError:
             self.release(binding)
