@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Wisp credits per TCP stream, in packets (default 128)",
     )
     add(
+        "--upload-buffer",
+        type=int,
+        help="upload bytes one client may have queued before its reads pause (default 32 MiB)",
+    )
+    add(
         "--max-message-size",
         type=int,
         help="largest WebSocket message accepted, in bytes (default 1 MiB)",
@@ -93,6 +98,7 @@ def _pick(arguments: argparse.Namespace, file: dict[str, Any], name: str, defaul
 def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The :class:`GatewayConfig` and the run options (listen addresses, event loop)."""
     from .gateway import GatewayConfig, load_token_file
+    from .gateway._server import DEFAULT_UPLOAD_BUFFER
     from .policy import Limits, Policy
     from .protocols import wisp
 
@@ -136,6 +142,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         max_message_size=int(
             _pick(arguments, file, "max_message_size", wisp.DEFAULT_MAX_MESSAGE_SIZE)
         ),
+        upload_buffer=int(_pick(arguments, file, "upload_buffer", DEFAULT_UPLOAD_BUFFER)),
     )
     listen = {
         "host": _pick(arguments, file, "host", "127.0.0.1"),

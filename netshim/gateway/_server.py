@@ -60,6 +60,11 @@ DEFAULT_READ_SIZE = 1 << 16
 # nginx's default large_client_header_buffers is 4 x 8 KiB.
 MAX_REQUEST_SIZE = 32 * 1024
 CLOSE_WAIT = 2.0
+# Upload bytes one client (by IP) may have queued at the gateway across all its
+# Wisp streams and connections before its WebSocket readers pause.  Credits
+# count packets, not bytes, so without it a client obeying them could park
+# credits x largest message on every stream (see docs/gateway.md).
+DEFAULT_UPLOAD_BUFFER = 32 << 20
 
 
 def load_token_file(path: str | Path) -> dict[str, tuple[str, int]]:
@@ -101,6 +106,7 @@ class GatewayConfig:
     read_size: int = DEFAULT_READ_SIZE
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
+    upload_buffer: int = DEFAULT_UPLOAD_BUFFER
 
     def __post_init__(self) -> None:
         if not 1 <= self.wisp_buffer_size <= 0xFFFF_FFFF:
@@ -108,7 +114,7 @@ class GatewayConfig:
         # A Wisp CONNECT naming a 253-byte host needs 261 bytes.
         if self.max_message_size < 1024:
             raise ValueError(f"max_message_size must be at least 1024, got {self.max_message_size}")
-        for name in ("high_water", "read_size"):
+        for name in ("high_water", "read_size", "upload_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.shutdown_grace < 0:
@@ -183,6 +189,7 @@ class Gateway:
         self.metrics = Metrics()
         self.addresses: dict[str, Address] = {}
         self._clients: dict[str, _Client] = {}
+        self._budgets: dict[str, _UploadBudget] = {}
         self._total_streams = 0
         self._listeners: list[TcpListener] = []
         self._listen_stack: Stack | None = None
@@ -298,6 +305,21 @@ class Gateway:
         client.streams += 1
         self._total_streams += 1
         return client
+
+    def _upload_budget(self, client_ip: str) -> _UploadBudget:
+        """The client's upload budget, shared by its Wisp sessions (see :meth:`_end_session`)."""
+        budget = self._budgets.get(client_ip)
+        if budget is None:
+            budget = self._budgets[client_ip] = _UploadBudget(self.config.upload_buffer)
+        budget.sessions += 1
+        return budget
+
+    def _end_session(self, client_ip: str) -> None:
+        budget = self._budgets.get(client_ip)
+        if budget is not None:
+            budget.sessions -= 1
+            if budget.sessions == 0:
+                del self._budgets[client_ip]
 
     def _release(self, client_ip: str) -> None:
         client = self._clients.get(client_ip)
@@ -778,10 +800,39 @@ class Gateway:
             self.metrics.stream_ended(record)
 
 
+class _UploadBudget:
+    """The upload bytes one client has queued at the gateway, and a wake-up for paused readers."""
+
+    __slots__ = ("limit", "queued", "room", "sessions")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queued = 0
+        self.sessions = 0
+        self.room: anyio.Event | None = None
+
+    def add(self, nbytes: int) -> None:
+        self.queued += nbytes
+
+    def remove(self, nbytes: int) -> None:
+        self.queued -= nbytes
+        # Readers go on once half the budget is free: not one packet at a time.
+        if self.room is not None and self.queued <= self.limit // 2:
+            self.room.set()
+            self.room = None
+
+    async def wait_for_room(self) -> None:
+        while self.queued > self.limit:
+            if self.room is None:
+                self.room = anyio.Event()
+            await self.room.wait()
+
+
 class _WispStream:
     """One Wisp stream on the gateway: its upload queue and its task."""
 
     __slots__ = (
+        "budget",
         "client",
         "closed_by_client",
         "kind",
@@ -796,7 +847,10 @@ class _WispStream:
         "wake",
     )
 
-    def __init__(self, stream_id: int, kind: wisp.StreamType, record: StreamRecord) -> None:
+    def __init__(
+        self, stream_id: int, kind: wisp.StreamType, record: StreamRecord, budget: _UploadBudget
+    ) -> None:
+        self.budget = budget
         self.stream_id = stream_id
         self.kind = kind
         self.record = record
@@ -817,6 +871,7 @@ class _WispStream:
     def push(self, data: bytes) -> None:
         self.queue.append(data)
         self.queued_bytes += len(data)
+        self.budget.add(len(data))
         if self.waiting:
             self.wake.set()
 
@@ -826,6 +881,7 @@ class _WispStream:
         first = queue.popleft()
         if not queue or len(first) >= limit:
             self.queued_bytes -= len(first)
+            self.budget.remove(len(first))
             return first, 1
         parts = [first]
         size = len(first)
@@ -834,7 +890,15 @@ class _WispStream:
             parts.append(part)
             size += len(part)
         self.queued_bytes -= size
+        self.budget.remove(size)
         return b"".join(parts), len(parts)
+
+    def discard(self) -> None:
+        """Drop what is still queued (the stream ended): its bytes leave the budget. Idempotent."""
+        self.queue.clear()
+        if self.queued_bytes:
+            self.budget.remove(self.queued_bytes)
+            self.queued_bytes = 0
 
     def client_closed(self) -> None:
         self.closed_by_client = True
@@ -890,6 +954,10 @@ class _WispSession:
             udp=gateway.policy.allow_udp,
         )
         self.streams: dict[int, _WispStream] = {}
+        # Every stream whose queue still counts against the budget, including
+        # those already gone from ``streams`` but still finishing.
+        self.holding: set[_WispStream] = set()
+        self.budget = gateway._upload_budget(peer[0])
         # A stream whose queue went past QUEUE_BOUND_FACTOR windows; the reader
         # waits for it to drain back to one window before reading on.
         self.full: _WispStream | None = None
@@ -954,6 +1022,16 @@ class _WispSession:
         return True
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            # Streams whose tasks never ran (or were cut) give their bytes back.
+            for stream in self.holding:
+                stream.discard()
+            self.holding.clear()
+            self.gateway._end_session(self.peer[0])
+
+    async def _run(self) -> None:
         if not await self._handshake():
             return
         async with anyio.create_task_group() as group:
@@ -962,6 +1040,8 @@ class _WispSession:
                     await self.ws.wait_output_room()
                     if self.full is not None:
                         await self._wait_for_room()
+                    if self.budget.queued > self.budget.limit:
+                        await self.budget.wait_for_room()
                     message = await self.ws.receive()
                     if message is None:
                         break
@@ -985,8 +1065,9 @@ class _WispSession:
         if isinstance(event, wisp.Connect):
             transport = "udp" if event.stream_type is wisp.StreamType.UDP else "tcp"
             record = StreamRecord("wisp", self.peer, event.host, event.port, transport=transport)
-            new = _WispStream(event.stream_id, event.stream_type, record)
+            new = _WispStream(event.stream_id, event.stream_type, record, self.budget)
             self.streams[event.stream_id] = new
+            self.holding.add(new)
             group.start_soon(self._run_stream, new)
         elif isinstance(event, wisp.Data):
             stream = self.streams.get(event.stream_id)
@@ -1029,6 +1110,8 @@ class _WispSession:
             gateway.metrics.streams_closed.labels("wisp", record.reason).inc()
             logger.info("%s detail=%r", record.line(), str(exc))
             self._finish(stream, wisp.CloseReason.THROTTLED)
+            stream.discard()
+            self.holding.discard(stream)
             return
         gateway.metrics.stream_opened(record)
         try:
@@ -1038,6 +1121,8 @@ class _WispSession:
             gateway._release(self.peer[0])
             self.streams.pop(stream.stream_id, None)
             stream.make_room(len(stream.queue))
+            stream.discard()
+            self.holding.discard(stream)
             gateway.metrics.stream_ended(record)
 
     def _finish(self, stream: _WispStream, reason: int) -> None:
@@ -1137,8 +1222,8 @@ class _WispSession:
                         data, packets = stream.take_batch(MAX_UPLOAD_BATCH)
                         stream.make_room(self.conn.buffer_size)
                     else:
-                        data, packets = stream.queue.popleft(), 1
-                        stream.queued_bytes -= len(data)
+                        # One datagram each: a limit of 0 takes exactly one.
+                        data, packets = stream.take_batch(0)
                     await self.gateway._throttle(client, len(data))
                     try:
                         await upstream.send(data)
