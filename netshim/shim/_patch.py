@@ -125,6 +125,8 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
             _replace(ssl.SSLContext, "sslsocket_class", ShimSSLSocket)
         for owner, name, value in trio_patches() + uvloop_patches():
             _replace(owner, name, value)
+        if (threading.Thread, "start") not in _saved:
+            _replace(threading.Thread, "start", _thread_start_acting(threading.Thread.start))
     register_hooks()
     return stack
 
@@ -172,7 +174,7 @@ def installed(stack: Stack | None = None, *, mode: str = "auto") -> Iterator[Sta
 
 @contextmanager
 def acting_as(stack: Stack) -> Iterator[Stack]:
-    """Inside the block (this thread or task), new sockets and lookups use ``stack``.
+    """Inside the block (this thread or task, and threads it starts), new sockets use ``stack``.
 
     With a VirtualNetwork this lets one process be several machines: servers
     on ``web.internal``, clients on ``laptop``.  Sockets keep the stack they
@@ -185,6 +187,32 @@ def acting_as(stack: Stack) -> Iterator[Stack]:
         yield stack
     finally:
         _acting.reset(token)
+
+
+def _thread_start_acting(start: Any) -> Any:
+    """``Thread.start`` that carries :func:`acting_as` into the new thread.
+
+    A thread starts with an empty context, so without this a server that
+    hands each request to a thread (``socketserver.ThreadingMixIn``) would
+    make its handlers' new sockets and lookups on the installed stack
+    instead of its own host.  Only the acting stack is carried, the way
+    Python 3.14's ``thread_inherit_context`` carries the whole context; a
+    pool's worker keeps the stack of the block that started it.
+    """
+
+    def start_acting(self: threading.Thread) -> None:
+        acting = _acting.get()
+        if acting is not None:
+            run = self.run
+
+            def run_acting() -> None:
+                _acting.set(acting)
+                run()
+
+            self.run = run_acting  # type: ignore[method-assign]
+        start(self)
+
+    return start_acting
 
 
 def current_acting_stack() -> Stack:

@@ -553,3 +553,32 @@ def test_bound_but_not_listening_refuses_until_listen(installed: Installed) -> N
             client.sendall(b"after listen")
             assert accepted.recv(100) == b"after listen"
     server.close()
+
+
+def test_threads_started_inside_acting_as_act_as_that_host(installed: Installed) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def work() -> None:
+        # The host's name, and its address as its own resolver answers.
+        name = socket.gethostname()
+        seen.append((name, socket.gethostbyname(name)))
+
+    with acting_as(installed.web):
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join(10)
+    # Outside the block a new thread is the installed host (client) again.
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(10)
+    assert seen == [("web.internal", "10.0.0.2"), ("client", "10.0.0.3")]
+
+
+def test_uninstall_gives_thread_start_back() -> None:
+    original = threading.Thread.start
+    netshim.install(netshim.VirtualNetwork().add_host("solo"))
+    try:
+        assert threading.Thread.start is not original
+    finally:
+        netshim.uninstall()
+    assert threading.Thread.start is original
