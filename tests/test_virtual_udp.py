@@ -194,3 +194,22 @@ async def test_async_iteration_ends_on_close() -> None:
         await anyio.sleep(0.01)
         await server.aclose()
     assert got == [b"a", b"b"]
+
+
+async def test_connecting_a_wildcard_socket_fixes_its_source_address() -> None:
+    net = VirtualNetwork(seed=0)
+    net.add_host("server", ["10.0.0.2", "fd00::2"])
+    client = net.add_host("client", ["10.0.0.3", "fd00::3"])
+    for bind, remote, expected in (
+        ("0.0.0.0", ("10.0.0.2", 53), "10.0.0.3"),
+        ("0.0.0.0", ("127.0.0.1", 53), "127.0.0.1"),
+        ("::", ("fd00::2", 53), "fd00::3"),
+        ("::", ("10.0.0.2", 53), "::ffff:10.0.0.3"),
+    ):
+        sock = await client.open_udp(bind, 0, remote=remote)
+        async with sock:
+            assert sock.local_address[0] == expected, (bind, remote)
+    # A socket bound to an address keeps it.
+    sock = await client.open_udp("10.0.0.3", 0, remote=("10.0.0.2", 53))
+    async with sock:
+        assert sock.local_address[0] == "10.0.0.3"

@@ -582,3 +582,12 @@ def test_uninstall_gives_thread_start_back() -> None:
     finally:
         netshim.uninstall()
     assert threading.Thread.start is original
+
+
+def test_connected_udp_socket_reports_its_source_address(installed: Installed) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        port = sock.getsockname()[1]
+        sock.connect(("10.0.0.2", 53))
+        # As Linux: the wildcard becomes the address the route picks.
+        assert sock.getsockname() == ("10.0.0.3", port)

@@ -47,6 +47,8 @@ class VirtualUdpSocket(UdpSocket):
         self.host = host
         self.binding = binding
         self._remote: Address | None = None
+        # The source address connect() fixed (see connect()).
+        self._source: Address | None = None
         self._queue: list[tuple[float, int, bytes, Address]] = []
         self._queued_bytes = 0
         self._event: anyio.Event | None = None
@@ -64,7 +66,7 @@ class VirtualUdpSocket(UdpSocket):
 
     @property
     def local_address(self) -> Address:
-        return self.binding.address
+        return self._source or self.binding.address
 
     @property
     def remote_address(self) -> Address | None:
@@ -72,6 +74,19 @@ class VirtualUdpSocket(UdpSocket):
 
     def connect(self, remote: Address) -> None:
         self._remote = remote
+        # Linux fixes the source address of a socket bound to the wildcard
+        # when it connects, and getsockname() reports it.
+        self._source = None
+        bound, peer = parse_ip(self.binding.address[0]), parse_ip(remote[0])
+        if bound is None or peer is None or not bound.is_unspecified:
+            return
+        mapped = getattr(peer, "ipv4_mapped", None)
+        try:
+            source = self.host.source_for(mapped or peer)
+        except OSError:
+            return
+        text = str(source) if source.version == bound.version else f"::ffff:{source}"
+        self._source = (text, self.binding.port)
 
     @property
     def broadcast(self) -> bool:
