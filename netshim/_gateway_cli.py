@@ -127,7 +127,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     for entry in arguments.user or []:
         name, sep, password = entry.partition(":")
         if not sep:
-            raise SystemExit(f"--user expects NAME:PASSWORD, got {entry!r}")
+            raise ValueError(f"--user expects NAME:PASSWORD, got {entry!r}")
         users[name] = password
     token_file = _pick(arguments, file, "token_file", None)
     config = GatewayConfig(
@@ -151,7 +151,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "event_loop": _pick(arguments, file, "event_loop", "auto"),
     }
     if listen["event_loop"] not in EVENT_LOOPS:
-        raise SystemExit(
+        raise ValueError(
             f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {listen['event_loop']!r}"
         )
     return config, listen

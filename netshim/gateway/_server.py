@@ -1101,6 +1101,14 @@ class _WispSession:
                 self.ws.send_nowait(_close_bytes(response))
 
     async def _run_stream(self, stream: _WispStream) -> None:
+        try:
+            await self._admitted_stream(stream)
+        finally:
+            # Whatever the stream's queue still holds leaves the client's budget.
+            stream.discard()
+            self.holding.discard(stream)
+
+    async def _admitted_stream(self, stream: _WispStream) -> None:
         gateway = self.gateway
         record = stream.record
         try:
@@ -1110,8 +1118,6 @@ class _WispSession:
             gateway.metrics.streams_closed.labels("wisp", record.reason).inc()
             logger.info("%s detail=%r", record.line(), str(exc))
             self._finish(stream, wisp.CloseReason.THROTTLED)
-            stream.discard()
-            self.holding.discard(stream)
             return
         gateway.metrics.stream_opened(record)
         try:
@@ -1121,8 +1127,6 @@ class _WispSession:
             gateway._release(self.peer[0])
             self.streams.pop(stream.stream_id, None)
             stream.make_room(len(stream.queue))
-            stream.discard()
-            self.holding.discard(stream)
             gateway.metrics.stream_ended(record)
 
     def _finish(self, stream: _WispStream, reason: int) -> None:

@@ -141,7 +141,7 @@ class _Session:
             self._reading = True
             wake = self._dispatched
             try:
-                message = await self.ws.receive_buffer()
+                message = await self.ws.receive()
                 if message is None:
                     self.die(connection_reset())
                 else:

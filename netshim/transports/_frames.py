@@ -74,6 +74,23 @@ def masked_frame(data: bytes) -> bytes:
     return b"".join((frame_header(len(data), masked=True), mask, apply_mask(data, mask)))
 
 
+def _header_size(second: int) -> int:
+    """A frame's header size, mask key included, from its second byte."""
+    code = second & 0x7F
+    extended = 2 if code == 126 else 8 if code == 127 else 0
+    return 2 + extended + (4 if second & _MASKED else 0)
+
+
+def _payload_length(data: memoryview | bytearray, position: int) -> int:
+    """The payload length of the frame whose (whole) header starts at ``position``."""
+    code = data[position + 1] & 0x7F
+    if code == 126:
+        return int(_U16.unpack_from(data, position + 2)[0])
+    if code == 127:
+        return int(_U64.unpack_from(data, position + 2)[0])
+    return code
+
+
 def _problem(first: int, second: int, opcode: int, length: int, masked: bool) -> str | None:
     """Why a frame header breaks RFC 6455 (for a peer that masks as ``masked`` says)."""
     if first & _RESERVED:
@@ -150,17 +167,10 @@ class FrameReader:
         buffer = self._buffer
         if len(buffer) < 2:
             return 2 - len(buffer)
-        code = buffer[1] & 0x7F
-        header = 2 + (2 if code == 126 else 8 if code == 127 else 0)
-        header += 4 if buffer[1] & _MASKED else 0
+        header = _header_size(buffer[1])
         if len(buffer) < header:
             return header - len(buffer)
-        length: int = code
-        if code == 126:
-            (length,) = _U16.unpack_from(buffer, 2)
-        elif code == 127:
-            (length,) = _U64.unpack_from(buffer, 2)
-        return max(1, header + length - len(buffer))
+        return max(1, header + _payload_length(buffer, 0) - len(buffer))
 
     def feed_eof(self) -> None:
         """The stream ended; the protocol decides what that means."""
@@ -178,18 +188,10 @@ class FrameReader:
         masked, limit = self.masked, self.max_message_size
         while end - position >= 2:
             first, second = view[position], view[position + 1]
-            length = second & 0x7F
-            header = 2
-            if length == 126:
-                if end - position < 4:
-                    break
-                (length,) = _U16.unpack_from(view, position + 2)
-                header = 4
-            elif length == 127:
-                if end - position < 10:
-                    break
-                (length,) = _U64.unpack_from(view, position + 2)
-                header = 10
+            header = _header_size(second)
+            if end - position < header:
+                break
+            length = _payload_length(view, position)
             opcode = first & 0x0F
             problem = _problem(first, second, opcode, length, masked)
             if problem is not None:
@@ -199,8 +201,6 @@ class FrameReader:
             if data_frame and self._fragment_size + length > limit:
                 self._fail(1009, "message too big")
                 return end
-            if second & _MASKED:
-                header += 4
             stop = position + header + length
             if stop > end:
                 break

@@ -143,10 +143,6 @@ class JsWebSocket:
         self._messages.popleft()
         return message
 
-    async def receive_buffer(self) -> bytes | None:
-        """As :meth:`receive` (the messages are ``bytes`` already)."""
-        return await self.receive()
-
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close the WebSocket (idempotent)."""
         if not self._closed and int(self._socket.readyState) in (_CONNECTING, _OPEN):

@@ -154,12 +154,11 @@ class ClientWebSocket:
             self.bytes_out += len(frame)
 
     async def receive(self) -> bytes | None:
-        """The next whole message (text arrives UTF-8 encoded); ``None`` once it ended."""
-        return await self.receive_buffer()
+        """The next whole message (text arrives UTF-8 encoded); ``None`` once it ended.
 
-    async def receive_buffer(self) -> bytes | None:
-        """As :meth:`receive`; returns at once, without a scheduling point, while
-        messages from an earlier read are waiting."""
+        Returns at once, without a scheduling point, while messages from an
+        earlier read are waiting.
+        """
         if self._messages:
             return _as_bytes(self._messages.popleft())
         async with self._receive_lock:
@@ -282,16 +281,14 @@ async def open_websocket(
                     head_done = True
                     protocol.receive_data(buffered[: end + 4])
                     rest = buffered[end + 4 :]
-                    if rest:
+                    response = _response_in(protocol)
+                    if response is None:
+                        # A response with a body (not a 101): the protocol needs it.
+                        protocol.receive_data(rest)
+                    elif rest:
                         leftover.append(rest)
-                for event in protocol.events_received():
-                    if isinstance(event, Response):
-                        response = event
-                if response is None and leftover:
-                    protocol.receive_data(leftover.pop())
-                    for event in protocol.events_received():
-                        if isinstance(event, Response):
-                            response = event
+                if response is None:
+                    response = _response_in(protocol)
                 if response is None and not data:
                     raise WebSocketHandshakeError(endpoint.url, None, "")
             if protocol.handshake_exc is not None or response.status_code != 101:
@@ -302,6 +299,14 @@ async def open_websocket(
                 await stream.aclose()
             raise
     return ClientWebSocket(stream, protocol, leftover, max_message_size=max_message_size)
+
+
+def _response_in(protocol: ClientProtocol) -> Response | None:
+    """The HTTP response among the protocol's new events, if it parsed one."""
+    for event in protocol.events_received():
+        if isinstance(event, Response):
+            return event
+    return None
 
 
 def _as_bytes(message: bytes | str) -> bytes:

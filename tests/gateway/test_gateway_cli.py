@@ -94,6 +94,7 @@ def test_buffer_flags_reach_the_config(tmp_path: Path) -> None:
         (["--max-message-size", "100"], "max_message_size must be at least 1024"),
         (["--config", "/nonexistent/gateway.toml"], "No such file or directory"),
         (["--event-loop", "tokio"], "invalid choice"),
+        (["--user", "alice"], "--user expects NAME:PASSWORD"),
     ],
 )
 def test_bad_configuration_is_one_clear_line(flags: list[str], message: str) -> None:

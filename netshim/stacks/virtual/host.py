@@ -340,8 +340,7 @@ class VirtualHost(Stack):
         client_address = (str(source_ip), binding.port)
         server_address = (str(destination_ip), port)
         listener = server_host.find_listener(destination_ip, port)
-        waiting = listener is not None and listener.accepting and listener.full
-        if link.partitioned or link.conditions.delays or waiting:
+        if link.partitioned or link.conditions.delays or (listener is not None and listener.full):
             await self._wait_for_handshake(link, server_host, destination_ip, port, binding)
             listener = server_host.find_listener(destination_ip, port)
         else:
@@ -401,7 +400,7 @@ class VirtualHost(Stack):
                     await anyio.sleep(delay)
                 await link.wait_healed()
                 listener = server_host.find_listener(destination_ip, port)
-                if listener is not None and listener.accepting and listener.full:
+                if listener is not None and listener.full:
                     await listener.wait_for_room()
         except TimeoutError:
             self.release(binding)

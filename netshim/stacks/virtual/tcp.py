@@ -490,8 +490,9 @@ class VirtualTcpListener(TcpListener):
 
     @property
     def full(self) -> bool:
+        """Whether a connect waits for room: never while not accepting (it is refused)."""
         # Linux's sk_acceptq_is_full(): the queue holds backlog + 1 connections.
-        return len(self.queue) > self.backlog
+        return self.accepting and len(self.queue) > self.backlog
 
     def enqueue(self, stream: VirtualTcpStream) -> None:
         self.queue.append(stream)
