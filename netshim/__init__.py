@@ -11,6 +11,7 @@ import contextlib
 
 # First: where Python has no ssl module (Pyodide), anyio's import needs one.
 from . import _ssl_standin as _ssl_standin
+from ._addresses import InvalidHostNameError as InvalidHostNameError
 from ._config import stack_from_environment as stack_from_environment
 from ._config import stack_from_url as stack_from_url
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -46,6 +47,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "HostStack",
+    "InvalidHostNameError",
     "LinkConditions",
     "LocalProtocolError",
     "PolicyStack",

@@ -3,25 +3,39 @@
 Every stack takes user input through these functions so that bad input fails
 the same way everywhere, with the exception the standard library raises for the
 same mistake (``TypeError`` for a port that is not an integer, ``OverflowError``
-for one out of range, ``UnicodeError`` for an over-long label,
-``socket.gaierror`` for an unknown service name) and a message naming the value.
-Nothing is clamped or wrapped silently, not even where glibc would wrap a port
-of 70000 to 4464.
+for one out of range, ``socket.gaierror`` for an unknown service name) and a
+message naming the value.  Nothing is clamped or wrapped silently, not even
+where glibc would wrap a port of 70000 to 4464.
+
+Host names are checked here and nowhere else (:func:`normalize_host_name`):
+whatever a program or a remote client spells, a stack sees either an IP
+literal in canonical form or a lower-case ASCII name that a DNS resolver can
+carry; anything else is :class:`InvalidHostNameError`, a ``socket.gaierror``
+(``EAI_NONAME``), the error every caller already handles for a name that does
+not resolve.  Names that are not ASCII are mapped as browsers map them (UTS 46,
+non-transitional, through the ``idna`` package that anyio already needs), so
+``Straße.de`` is ``xn--strae-oqa.de`` and 127.0.0.1 spelt in fullwidth digits
+(U+FF11...) is the IP ``127.0.0.1``, exactly what a browser would connect to.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from typing import TypeAlias
+
+import idna
 
 __all__ = [
     "Address",
     "IPAddress",
+    "InvalidHostNameError",
     "check_host",
     "check_port",
     "format_address",
     "is_ip",
+    "normalize_host_name",
     "parse_ip",
     "parse_service",
     "service_socket_types",
@@ -34,6 +48,10 @@ IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 # which leaves 253 characters in dotted text without the trailing dot.
 MAX_LABEL_LENGTH = 63
 MAX_NAME_LENGTH = 253
+# What one label of an ASCII name may hold: letters, digits and hyphens (RFC 952
+# and 1123) and the underscore, which service names (``_dmarc``, SRV's
+# ``_http._tcp``) and many internal hosts use and which getaddrinfo passes on.
+_LABEL = re.compile(r"[a-z0-9_-]+")
 
 # What ``socket.getservbyname`` answers on a usual /etc/services; used where the
 # platform has no services database (Pyodide) so that names still resolve.
@@ -87,34 +105,88 @@ def is_ip(text: str) -> bool:
     return parse_ip(text) is not None
 
 
-def check_host(host: object, function: str) -> str:
-    """Return a host given as ``str`` or ``bytes`` as normalised text.
+class InvalidHostNameError(socket.gaierror):
+    """A host name no resolver could look up; ``errno`` is ``EAI_NONAME``.
 
-    IP literals come back in their canonical form (``fd00:0::2`` becomes
-    ``fd00::2``); names come back lower-case and IDNA-encoded, raising
-    ``UnicodeError`` for an empty or over-long label exactly as the standard
-    library's ``idna`` codec does, and ``ValueError`` for a name longer than
-    RFC 1035 allows.
+    ``host`` is the name as given; the message says what is wrong with it.
+    """
+
+    def __init__(self, host: str, why: str) -> None:
+        shown = host if len(host) <= 60 else host[:60] + "..."
+        super().__init__(socket.EAI_NONAME, f"invalid host name {shown!r}: {why}")
+        self.host = host
+        self.why = why
+
+
+def normalize_host_name(host: str) -> str:
+    """The form of ``host`` every stack sees, or :class:`InvalidHostNameError`.
+
+    IP literals come back canonical (``fd00:0::2`` is ``fd00::2``); names come
+    back lower-case ASCII (A-labels for internationalised names), without
+    the trailing dot; ``""`` and ``"."`` come back as ``""`` (no name).  A
+    name is refused when it is longer than 253 characters, has an empty label
+    (``a..b``) or one over 63 characters, holds anything but letters, digits,
+    ``-`` and ``_`` once mapped (spaces, NUL and other control characters,
+    ``/``, ``@``, ``%``...), or when UTS 46 disallows one of its characters.
+    """
+    address = parse_ip(host)
+    if address is not None:
+        return str(address)
+    if host in ("", "."):
+        return ""
+    name = host
+    if not name.isascii():
+        try:
+            mapped = idna.uts46_remap(name, std3_rules=False, transitional=False)
+            name = ".".join(
+                label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+                for label in mapped.split(".")
+            )
+        except (UnicodeError, ValueError) as exc:
+            why = f"not a valid internationalised name ({exc})"
+            raise InvalidHostNameError(host, why) from None
+        address = parse_ip(name)
+        if address is not None:
+            return str(address)
+    name = name.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidHostNameError(
+            host, f"{len(name)} characters long, at most {MAX_NAME_LENGTH} are allowed"
+        )
+    for label in name.split("."):
+        if not label:
+            raise InvalidHostNameError(host, "empty label")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise InvalidHostNameError(
+                host, f"a label of {len(label)} characters, at most {MAX_LABEL_LENGTH} are allowed"
+            )
+        if not _LABEL.fullmatch(label):
+            bad = next(c for c in label if not _LABEL.fullmatch(c))
+            raise InvalidHostNameError(
+                host, f"character {bad!r} is not allowed (letters, digits, '-' and '_' are)"
+            )
+    return name
+
+
+def check_host(host: object, function: str) -> str:
+    """Return a host given as ``str`` or ``bytes`` in the form :func:`normalize_host_name` gives.
+
+    ``TypeError`` for anything but ``str`` or ``bytes`` (a programming
+    error, as in the standard library); :class:`InvalidHostNameError` for a
+    name no resolver could look up.
     """
     if isinstance(host, bytes | bytearray):
-        host = bytes(host).decode("ascii")
+        raw = bytes(host)
+        if not raw.isascii():
+            raise InvalidHostNameError(repr(raw), "bytes must be ASCII")
+        host = raw.decode("ascii")
     if not isinstance(host, str):
         raise TypeError(
             f"{function}(): host must be str or bytes, not {type(host).__name__} ({host!r})"
         )
-    address = parse_ip(host)
-    if address is not None:
-        return str(address)
-    if host == "":
-        return host
-    # The codec checks label lengths and rejects empty labels ("a..b").
-    ascii_name = host.rstrip(".").encode("idna").decode("ascii").lower() if host != "." else ""
-    if len(ascii_name) > MAX_NAME_LENGTH:
-        raise ValueError(
-            f"{function}(): host name is {len(ascii_name)} characters long, "
-            f"at most {MAX_NAME_LENGTH} are allowed: {host[:40]!r}..."
-        )
-    return ascii_name
+    return normalize_host_name(host)
 
 
 def parse_service(port: object, socktype: int = 0) -> int:

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from ._addresses import IPAddress, format_address, parse_ip
+from ._addresses import IPAddress, check_host, format_address, parse_ip
 from .stack import Stack, TcpStream, UdpSocket
 
 __all__ = [
@@ -385,8 +385,13 @@ class Policy:
         """Every address of ``host`` that the policy allows, in the resolver's order.
 
         Raises :class:`DestinationBlockedError` when none is allowed (naming the
-        first refused one), ``socket.gaierror`` when the name does not resolve.
+        first refused one), ``socket.gaierror`` when the name does not resolve
+        or is no valid host name (:class:`~netshim.InvalidHostNameError`).
         """
+        # Checked and normalised before anything else: rules match the name a
+        # resolver will see, and a spelling that maps to an IP literal (full-
+        # width digits) is checked as that literal.
+        host = check_host(host, "resolve")
         literal = parse_ip(host) or parse_numeric_ipv4(host)
         if literal is not None:
             self.check(host, literal, port, transport)

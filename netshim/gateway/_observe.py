@@ -62,6 +62,19 @@ class Metrics:
             ["protocol"],
             registry=self.registry,
         )
+        self.internal_errors = Counter(
+            "netshim_gateway_internal_errors",
+            "Connections or streams ended by an unexpected exception, by front "
+            "(each also logged as an error).",
+            ["front"],
+            registry=self.registry,
+        )
+        self.bad_requests = Counter(
+            "netshim_gateway_bad_http_requests",
+            "HTTP requests answered with an error before any protocol started "
+            "(malformed, too large, too slow).",
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "netshim_gateway_auth_failures",
             "Failed authentications, by protocol.",
@@ -89,6 +102,17 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _loggable(text: str) -> str:
+    """``text`` as is when it is plain ASCII, else quoted with escapes.
+
+    Hosts come from remote clients: a newline or a control character written
+    raw would forge or garble log lines.
+    """
+    if text.isascii() and text.isprintable() and " " not in text:
+        return text
+    return ascii(text)
+
+
 @dataclass(slots=True)
 class StreamRecord:
     """What the log line of one stream says."""
@@ -106,7 +130,7 @@ class StreamRecord:
 
     def line(self) -> str:
         duration = time.monotonic() - self.started
-        destination = format_address((self.host, self.port))
+        destination = format_address((_loggable(self.host), self.port))
         return (
             f"stream protocol={self.protocol} transport={self.transport} "
             f"client={format_address(self.client)} dest={destination} ip={self.ip} "

@@ -19,6 +19,13 @@ Data paths and why they are shaped so:
   client that ignores them is throttled by the core) and the stream's own
   task writes upstream and releases credits, so one stalled destination never
   stalls the other streams.
+
+A wall around every connection and every stream (DESIGN 11): whatever one
+client's bytes provoke, an exception in its handling ends that connection
+(or, inside a Wisp session, that stream) with one logged line and a count in
+``netshim_gateway_internal_errors``, never the process and never another
+client's streams.  The accept loop itself outlives a failing ``accept()``
+(no file descriptors left, say): it logs, waits a moment and goes on.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import socket
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +68,9 @@ DEFAULT_READ_SIZE = 1 << 16
 # nginx's default large_client_header_buffers is 4 x 8 KiB.
 MAX_REQUEST_SIZE = 32 * 1024
 CLOSE_WAIT = 2.0
+# How long the accept loop waits after accept() failed (out of descriptors):
+# long enough not to spin, short enough that clients barely notice.
+ACCEPT_RETRY_DELAY = 0.1
 # Upload bytes one client (by IP) may have queued at the gateway across all its
 # Wisp streams and connections before its WebSocket readers pause.  Credits
 # count packets, not bytes, so without it a client obeying them could park
@@ -76,7 +87,7 @@ def load_token_file(path: str | Path) -> dict[str, tuple[str, int]]:
             continue
         token, sep, target = line.partition(":")
         host, sep2, port = target.strip().rpartition(":")
-        if not sep or not sep2 or not port.isdigit():
+        if not sep or not sep2 or not _is_digits(port):
             raise ValueError(f"{path}:{number}: expected 'token: host:port', got {raw!r}")
         targets[token.strip()] = (host.strip("[]"), int(port))
     return targets
@@ -241,34 +252,76 @@ class Gateway:
                 http = await listen_stack.listen_tcp(host, port)
                 self._listeners.append(http)
                 self.addresses["http"] = http.local_address
-                group.start_soon(self._accept, http, self._serve_http)
+                group.start_soon(self._accept, http, self._serve_http, "http")
             if socks_port is not None:
                 socks = await listen_stack.listen_tcp(host, socks_port)
                 self._listeners.append(socks)
                 self.addresses["socks5"] = socks.local_address
                 self._listen_stack = listen_stack
-                group.start_soon(self._accept, socks, self._serve_socks5)
+                group.start_soon(self._accept, socks, self._serve_socks5, "socks5")
             for name, address in self.addresses.items():
                 logger.info("listening protocol=%s address=%s", name, format_address(address))
             task_status.started(dict(self.addresses))
 
-    async def _accept(self, listener: TcpListener, handler: object) -> None:
+    async def _accept(
+        self, listener: TcpListener, handler: Callable[[TcpStream], Awaitable[None]], front: str
+    ) -> None:
         async with anyio.create_task_group() as group:
-            async for stream in listener:
-                group.start_soon(self._run_connection, stream, handler)
+            while True:
+                try:
+                    stream = await listener.accept()
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+                except OSError as exc:
+                    if self._shutting_down:
+                        return
+                    # EMFILE, ENFILE, ENOBUFS: the listener itself is fine;
+                    # connections will be accepted again once resources free up.
+                    self.metrics.internal_errors.labels(front).inc()
+                    logger.error("accept-failed front=%s error=%r", front, exc)
+                    await anyio.sleep(ACCEPT_RETRY_DELAY)
+                    continue
+                group.start_soon(self._run_connection, stream, handler, front)
 
-    async def _run_connection(self, stream: TcpStream, handler: object) -> None:
+    async def _run_connection(
+        self, stream: TcpStream, handler: Callable[[TcpStream], Awaitable[None]], front: str
+    ) -> None:
         self._connections += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         try:
+            peer = stream.remote_address
+        except OSError:
+            peer = ("-", 0)
+        try:
             async with stream:
-                await handler(stream)  # type: ignore[operator]
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
+                await handler(stream)
+        except Exception as exc:
+            self._contain(exc, front, peer)
         finally:
             self._connections -= 1
             if self._connections == 0:
                 self._idle.set()
+
+    def _contain(self, exc: BaseException, where: str, peer: Address, stream_id: int = 0) -> None:
+        """Account for an exception that ended one connection or stream (see the module docs).
+
+        A connection the client or the network broke is ordinary; anything
+        else is a bug or an input nobody foresaw: logged as an error (one
+        line; the traceback at debug level) and counted.  Cancellation never
+        arrives here: it is a ``BaseException``, not an ``Exception``.
+        """
+        if _only_connection_loss(exc):
+            return
+        self.metrics.internal_errors.labels(where).inc()
+        detail = f" stream={stream_id}" if stream_id else ""
+        logger.error(
+            "internal-error front=%s client=%s%s error=%s",
+            where,
+            format_address(peer),
+            detail,
+            _describe(exc),
+        )
+        logger.debug("traceback of the internal error above", exc_info=exc)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let open connections finish for ``grace`` seconds, then return.
@@ -373,24 +426,27 @@ class Gateway:
             select_subprotocol=select,  # type: ignore[arg-type]
             max_size=self.config.max_message_size,
         )
-        request: Request | None = None
-        received = 0
-        with anyio.move_on_after(HANDSHAKE_TIMEOUT):
-            while request is None:
-                try:
-                    data = await stream.receive(DEFAULT_READ_SIZE)
-                except anyio.EndOfStream:
-                    return
-                received += len(data)
-                protocol.receive_data(data)
-                for event in protocol.events_received():
-                    if isinstance(event, Request):
-                        request = event
-                if request is None and (received > MAX_REQUEST_SIZE or protocol.handshake_exc):
-                    return
-        if request is None:
+        head = await self._read_request_head(stream)
+        if head is None:
             return
-        parsed = urllib.parse.urlsplit(request.path)
+        request_bytes, leftover = head
+        # Only the request head goes to the protocol: bytes behind it are
+        # either WebSocket frames sent right behind the upgrade (they go to
+        # the WebSocket) or a pipelined second request, which would otherwise
+        # be parsed as frames and fail the protocol before we answered.
+        protocol.receive_data(request_bytes)
+        request = next(
+            (event for event in protocol.events_received() if isinstance(event, Request)), None
+        )
+        if request is None:
+            reason = protocol.handshake_exc or "malformed request"
+            await self._send_plain(stream, 400, f"bad request: {_short_text(str(reason))}\n")
+            return
+        try:
+            parsed = urllib.parse.urlsplit(request.path)
+        except ValueError as exc:
+            await self._send_plain(stream, 400, f"bad request path: {exc}\n")
+            return
         path, query = parsed.path, urllib.parse.parse_qs(parsed.query)
         peer = self._real_client(stream.remote_address, request.headers)
         offered = [
@@ -407,6 +463,7 @@ class Gateway:
             response = self._plain(protocol, 200, "ok\n")
         elif not upgrade and path == "/metrics":
             response = self._plain(protocol, 200, self.metrics.render().decode())
+            del response.headers["Content-Type"]
             response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         elif not upgrade:
             response = self._plain(protocol, 404, "not found: Wisp lives on paths ending in '/'\n")
@@ -437,17 +494,22 @@ class Gateway:
                 response = self._plain(protocol, 400, "expected /host:port or ?token=\n")
             else:
                 response = protocol.accept(request)
+        if response.status_code != 101:
+            # Written directly (the protocol would also end the connection,
+            # which the wall does anyway); pipelined requests behind it go
+            # unanswered and the connection closes, as Connection: close says.
+            await stream.send(response.serialize())
+            return
         protocol.send_response(response)
         for chunk in protocol.data_to_send():
             if chunk:
                 await stream.send(chunk)
-        if response.status_code != 101:
-            return
         websocket = WebSocket(
             stream,
             protocol,
             max_message_size=self.config.max_message_size,
             high_water=self.config.high_water,
+            leftover=leftover,
         )
         self.metrics.connections.labels(kind).inc()
         self.metrics.connections_total.labels(kind).inc()
@@ -472,16 +534,47 @@ class Gateway:
 
     @staticmethod
     def _plain(protocol: ServerProtocol, status: int, text: str) -> Response:
-        response = protocol.reject(status, text)
-        response.headers["Content-Type"] = "text/plain; charset=utf-8"
-        return response
+        """A short text response with ``Connection: close`` (what ``reject`` builds)."""
+        return protocol.reject(status, text)
+
+    async def _send_plain(self, stream: TcpStream, status: int, text: str) -> None:
+        """Answer a request the protocol could not take, then let the connection end."""
+        self.metrics.bad_requests.inc()
+        response = ServerProtocol().reject(status, text)
+        await stream.send(response.serialize())
+
+    async def _read_request_head(self, stream: TcpStream) -> tuple[bytes, bytes] | None:
+        """The request line and headers (up to the blank line) and what came behind them.
+
+        ``None`` when the client went away or was too slow or too large; the
+        last two get a 408 or 431 answer first.
+        """
+        buffer = bytearray()
+        with anyio.move_on_after(HANDSHAKE_TIMEOUT):
+            while True:
+                try:
+                    data = await stream.receive(DEFAULT_READ_SIZE)
+                except anyio.EndOfStream:
+                    return None
+                # Only the new bytes (and the three before them) can complete
+                # the blank line: a slow client is not rescanned from the start.
+                start = max(0, len(buffer) - 3)
+                buffer += data
+                end = buffer.find(b"\r\n\r\n", start)
+                if end >= 0 and end + 4 <= MAX_REQUEST_SIZE:
+                    return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
+                if len(buffer) > MAX_REQUEST_SIZE:
+                    await self._send_plain(stream, 431, "request header fields too large\n")
+                    return None
+        await self._send_plain(stream, 408, "request timeout\n")
+        return None
 
     def _wsproxy_target(self, path: str, token: str | None) -> tuple[str, int] | None:
         if token is not None and token in self.config.targets:
             return self.config.targets[token]
         last = urllib.parse.unquote(path.rsplit("/", 1)[-1])
         host, sep, port = last.rpartition(":")
-        if not sep or not port.isdigit() or not host or not 1 <= int(port) <= 65535:
+        if not sep or not _is_digits(port) or not host or not 1 <= int(port) <= 65535:
             return None
         return host.strip("[]"), int(port)
 
@@ -1103,6 +1196,12 @@ class _WispSession:
     async def _run_stream(self, stream: _WispStream) -> None:
         try:
             await self._admitted_stream(stream)
+        except Exception as exc:
+            # One stream's failure ends that stream, not the session.
+            self.gateway._contain(exc, "wisp-stream", self.peer, stream.stream_id)
+            if stream.record.reason == "-":
+                stream.record.reason = "internal-error"
+            self._finish(stream, wisp.CloseReason.NETWORK_ERROR)
         finally:
             # Whatever the stream's queue still holds leaves the client's budget.
             stream.discard()
@@ -1294,6 +1393,41 @@ def _close_bytes(event: wisp.Close) -> bytes:
 
 def _close0(reason: int) -> bytes:
     return _close_bytes(wisp.Close(0, reason))
+
+
+# What a client or the network ending a connection looks like from inside.
+_CONNECTION_LOSS = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    OSError,
+)
+
+
+def _only_connection_loss(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every exception in a group) is an ordinary end of a connection."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_connection_loss(inner) for inner in exc.exceptions)
+    return isinstance(exc, _CONNECTION_LOSS)
+
+
+def _describe(exc: BaseException) -> str:
+    """The first unexpected exception in ``exc`` as ``Type: message``, for one log line."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = next(
+            (inner for inner in exc.exceptions if not _only_connection_loss(inner)),
+            exc.exceptions[0],
+        )
+    return f"{type(exc).__name__}: {str(exc)[:200]!r}"
+
+
+def _is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also says yes to ``'²'``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def _short_text(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _plain_ip(ip: str) -> str:

@@ -30,7 +30,7 @@ import anyio.abc
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from ..transports._frames import FrameReader, frame_header
+from ..transports._frames import FrameReader, close_reason, frame_header
 
 __all__ = ["DEFAULT_HIGH_WATER", "WebSocket"]
 
@@ -228,9 +228,12 @@ class WebSocket:
         return messages.popleft()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake (idempotent); the writer ends the TCP connection."""
+        """Start the closing handshake (idempotent); the writer ends the TCP connection.
+
+        ``reason`` is cut to what a close frame can carry (see :func:`close_reason`).
+        """
         if self.protocol.state is State.OPEN:
-            self.protocol.send_close(code, reason)
+            self.protocol.send_close(code, close_reason(reason))
         self._collect()
         self._wake.set()
 

@@ -107,6 +107,11 @@ def getaddrinfo_on(
     """getaddrinfo on a given stack (a socket's own, after uninstall() too)."""
     if stack.uses_host_sockets:
         return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
+    if isinstance(host, str):
+        # CPython hands the C library every str host IDNA-encoded (IDNA 2003,
+        # the ``idna`` codec), raising UnicodeError where that fails: the
+        # stack then sees the name the C library would have seen.
+        host = host.encode("idna").decode("ascii")
     if stack.resolves_remotely and host is not None:
         name = check_host(host, "getaddrinfo")
         if (

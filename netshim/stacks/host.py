@@ -8,6 +8,16 @@ UDP sockets drive a non-blocking socket directly so that Linux reports
 ``ECONNREFUSED`` on connected sockets exactly as it does to C programs, and
 map the contract's multicast and options to ``setsockopt``.
 Name lookups run the C library's ``getaddrinfo`` in a worker thread.
+
+Reads stop when nobody consumes (DESIGN 10).  On asyncio (and uvloop) anyio's
+stream is a transport whose ``receive()`` resumes reading only while it
+waits, but only ``anyio.connect_tcp`` starts it paused: streams made by
+``SocketStream.from_socket`` and by a listener's ``accept()`` start reading
+at once and, as long as every ``receive()`` finds data already queued, never
+pause, so a peer sending faster than the stream is consumed filled memory
+without bound (a gateway went from 35 MB to 11 GB that way).  Every TCP
+stream here is paused as it is made: the kernel's buffers fill, the TCP
+window closes and the peer slows down.  On trio reads happen only on demand.
 """
 
 from __future__ import annotations
@@ -51,6 +61,13 @@ def _getaddrinfo(
     return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
 
 
+def _read_only_on_demand(stream: anyio.abc.SocketStream) -> None:
+    """Pause an asyncio transport until ``receive()`` waits (see the module documentation)."""
+    transport = getattr(stream, "_transport", None)
+    if transport is not None and transport.is_reading():
+        transport.pause_reading()
+
+
 def _short(sockaddr: Any) -> Address:
     return (str(sockaddr[0]), int(sockaddr[1]))
 
@@ -59,6 +76,7 @@ class _HostTcpStream(TcpStream):
     __slots__ = ("_eof_sent", "_local", "_remote", "_stream")
 
     def __init__(self, stream: anyio.abc.SocketStream, remote: Address | None = None) -> None:
+        _read_only_on_demand(stream)
         self._stream = stream
         self._eof_sent = False
         raw = stream.extra(SocketAttribute.raw_socket)

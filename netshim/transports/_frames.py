@@ -41,7 +41,7 @@ try:
 except ImportError:  # Pyodide and other builds without the C extension
     from websockets.utils import apply_mask
 
-__all__ = ["FrameReader", "frame_header", "masked_frame"]
+__all__ = ["MAX_CLOSE_REASON", "FrameReader", "close_reason", "frame_header", "masked_frame"]
 
 _FIN = 0x80
 _RESERVED = 0x70
@@ -49,6 +49,8 @@ _MASKED = 0x80
 _DATA_OPCODES = (Opcode.CONT.value, Opcode.TEXT.value, Opcode.BINARY.value)
 _CONTROL_OPCODES = (Opcode.CLOSE.value, Opcode.PING.value, Opcode.PONG.value)
 _MAX_CONTROL_PAYLOAD = 125
+# A close frame's payload is a 2-byte code and the reason: 123 bytes of UTF-8.
+MAX_CLOSE_REASON = _MAX_CONTROL_PAYLOAD - 2
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
 
@@ -66,6 +68,19 @@ def frame_header(length: int, opcode: int = Opcode.BINARY.value, *, masked: bool
     if length < 1 << 16:
         return bytes((first, mask_bit | 126)) + _U16.pack(length)
     return bytes((first, mask_bit | 127)) + _U64.pack(length)
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a close frame: at most 123 bytes of UTF-8, never mid-character.
+
+    Reasons often quote what a remote client sent (a refused host name), so
+    their length in bytes is not known in advance; the websockets library
+    raises rather than cut, and cutting by characters is not enough.
+    """
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= MAX_CLOSE_REASON:
+        return text
+    return encoded[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
 
 
 def masked_frame(data: bytes) -> bytes:
@@ -113,9 +128,10 @@ class FrameReader:
 
     ``masked`` says whether the peer masks its frames (a client does, a
     server must not).  Messages are appended to :attr:`messages`: ``bytes``
-    for binary ones, ``str`` for text (decoded with replacement, as the
-    tunnels carry no text).  After a protocol error the connection is failed
-    through the protocol and the rest of the input is discarded.
+    for binary ones, ``str`` for text; a text message that is not valid
+    UTF-8 fails the connection with 1007, as RFC 6455 (8.1) requires.  After
+    a protocol error the connection is failed through the protocol and the
+    rest of the input is discarded.
     """
 
     def __init__(self, protocol: Protocol, *, masked: bool, max_message_size: int) -> None:
@@ -246,9 +262,10 @@ class FrameReader:
             self._fail(1002, "expected a continuation frame")
             return
         elif fin:
-            self.messages.append(
-                data.decode("utf-8", "replace") if opcode == Opcode.TEXT.value else data
-            )
+            if opcode == Opcode.TEXT.value:
+                self._text_message(data)
+            else:
+                self.messages.append(data)
             return
         else:
             self._fragments = [data]
@@ -258,6 +275,13 @@ class FrameReader:
             message = b"".join(self._fragments)
             self._fragments = []
             self._fragment_size = 0
-            self.messages.append(
-                message.decode("utf-8", "replace") if self._fragment_text else message
-            )
+            if self._fragment_text:
+                self._text_message(message)
+            else:
+                self.messages.append(message)
+
+    def _text_message(self, data: bytes) -> None:
+        try:
+            self.messages.append(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            self._fail(1007, "invalid UTF-8 in a text message")

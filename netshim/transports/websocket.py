@@ -39,7 +39,7 @@ from websockets.typing import Subprotocol
 
 from .._errors import connection_reset
 from ..stack import Stack
-from ._frames import FrameReader, masked_frame
+from ._frames import FrameReader, close_reason, masked_frame
 from ._url import WebSocketEndpoint as WebSocketEndpoint
 from ._url import parse_websocket_url as parse_websocket_url
 
@@ -205,7 +205,7 @@ class ClientWebSocket:
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             async with self._send_lock:
                 if self.protocol.state is State.OPEN:
-                    self.protocol.send_close(code, reason)
+                    self.protocol.send_close(code, close_reason(reason))
                     with contextlib.suppress(ConnectionResetError):
                         await self._flush_locked()
         await self._close_stream()
