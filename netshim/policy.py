@@ -13,7 +13,9 @@ and never lets a second name lookup slip in between (the DNS-rebinding gap):
    addresses are refused unless an allow rule names that exact address; then
    allow rules; then the default refusals (private, loopback, link-local,
    CGNAT, multicast, unspecified, reserved, unique-local and site-local IPv6,
-   and the IPv4-mapped, -compatible, NAT64 and 6to4 forms of any of those).
+   Teredo and local-use NAT64 as whole ranges, and the IPv4-mapped,
+   -compatible, -translated (SIIT), NAT64 and 6to4 forms of any of those;
+   docs/gateway.md has the table).
 3. **Connect to exactly what was checked**: :meth:`Policy.connect_tcp` and
    :meth:`Policy.open_udp` hand the stack the checked IP literal.
 
@@ -41,6 +43,8 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
+
+import anyio
 
 from ._addresses import IPAddress, check_host, format_address, parse_ip
 from .stack import Stack, TcpStream, UdpSocket
@@ -71,6 +75,7 @@ DEFAULT_REFUSED: Final[tuple[tuple[str, str], ...]] = (
     ("172.16.0.0/12", "private"),
     ("192.0.0.0/24", "IETF protocol assignments"),
     ("192.0.2.0/24", "documentation"),
+    ("192.88.99.0/24", "6to4 relay anycast (deprecated, RFC 7526)"),
     ("192.168.0.0/16", "private"),
     ("198.18.0.0/15", "benchmarking"),
     ("198.51.100.0/24", "documentation"),
@@ -79,7 +84,9 @@ DEFAULT_REFUSED: Final[tuple[tuple[str, str], ...]] = (
     ("240.0.0.0/4", "reserved or broadcast"),
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
+    ("64:ff9b:1::/48", "local-use NAT64 (RFC 8215; where the IPv4 sits is the operator's choice)"),
     ("100::/64", "discard-only"),
+    ("2001::/32", "Teredo (the IPv4 server and client addresses it carries are unchecked)"),
     ("2001:db8::/32", "documentation"),
     ("fc00::/7", "unique-local"),
     ("fe80::/10", "link-local"),
@@ -103,6 +110,8 @@ _REFUSED_NETWORKS: Final = tuple(
 )
 _METADATA: Final = {ipaddress.ip_address(ip): label for ip, label in METADATA_ADDRESSES.items()}
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+# SIIT's IPv4-translated addresses (RFC 2765 section 2.1, ::ffff:0:a.b.c.d).
+_TRANSLATED: Final = ipaddress.IPv6Network("::ffff:0:0:0/96")
 _COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
 
 _NUMERIC_LABEL = re.compile(r"^(0[xX][0-9a-fA-F]*|[0-9]+)$")
@@ -133,6 +142,8 @@ def _embedded_ipv4(ip: IPAddress) -> tuple[ipaddress.IPv4Address, str] | None:
         return ip.sixtofour, "6to4"
     if ip in _NAT64:
         return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF), "NAT64"
+    if ip in _TRANSLATED:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF), "SIIT IPv4-translated"
     if ip in _COMPATIBLE and int(ip) > 1:
         return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF), "IPv4-compatible"
     return None
@@ -246,11 +257,18 @@ class Limits:
     ``None`` means unlimited.  Rates are per second; ``bandwidth`` counts
     bytes in both directions per client; ``idle_timeout`` closes a stream
     that moved no byte for that long; ``connect_timeout`` bounds one
-    upstream connect.
+    upstream connect.  ``max_connections_per_client`` and
+    ``max_connections_total`` count client connections (WebSocket or SOCKS5,
+    idle or not); ``lookups_per_client`` is how many name lookups one client
+    may have running at once, so that a slow resolver and one busy client
+    cannot take every lookup thread from the others.
     """
 
     max_streams_per_client: int | None = 256
     max_streams_total: int | None = 4096
+    max_connections_per_client: int | None = 256
+    max_connections_total: int | None = 4096
+    lookups_per_client: int = 4
     new_streams_per_second: float | None = None
     new_streams_burst: int = 64
     bandwidth: float | None = None
@@ -380,9 +398,18 @@ class Policy:
     # -- resolving and connecting
 
     async def resolve(
-        self, stack: Stack, host: str, port: int, transport: Transport = "tcp"
+        self,
+        stack: Stack,
+        host: str,
+        port: int,
+        transport: Transport = "tcp",
+        *,
+        lookups: anyio.CapacityLimiter | None = None,
     ) -> list[Target]:
         """Every address of ``host`` that the policy allows, in the resolver's order.
+
+        A name lookup (not an IP literal) waits for a token of ``lookups``
+        when given: a gateway passes each client's own limiter.
 
         Raises :class:`DestinationBlockedError` when none is allowed (naming the
         first refused one), ``socket.gaierror`` when the name does not resolve
@@ -397,7 +424,11 @@ class Policy:
             self.check(host, literal, port, transport)
             return [Target(host, str(literal), port, transport)]
         kind = socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM
-        infos = await stack.getaddrinfo(host, port, 0, kind)
+        if lookups is None:
+            infos = await stack.getaddrinfo(host, port, 0, kind)
+        else:
+            async with lookups:
+                infos = await stack.getaddrinfo(host, port, 0, kind)
         targets: list[Target] = []
         first_refusal: DestinationBlockedError | None = None
         seen: set[str] = set()
@@ -420,23 +451,37 @@ class Policy:
             )
         return targets
 
-    async def connect_tcp(self, stack: Stack, host: str, port: int) -> tuple[TcpStream, Target]:
+    async def connect_tcp(
+        self,
+        stack: Stack,
+        host: str,
+        port: int,
+        *,
+        lookups: anyio.CapacityLimiter | None = None,
+    ) -> tuple[TcpStream, Target]:
         """Resolve, check, and connect to the first allowed address that answers.
 
         Raises :class:`DestinationBlockedError`, ``socket.gaierror`` or the first
         connect error, as ``socket.create_connection`` does.
         """
         errors: list[OSError] = []
-        for target in await self.resolve(stack, host, port, "tcp"):
+        for target in await self.resolve(stack, host, port, "tcp", lookups=lookups):
             try:
                 return await stack.connect_tcp(target.ip, port), target
             except OSError as exc:
                 errors.append(exc)
         raise errors[0]
 
-    async def open_udp(self, stack: Stack, host: str, port: int) -> tuple[UdpSocket, Target]:
+    async def open_udp(
+        self,
+        stack: Stack,
+        host: str,
+        port: int,
+        *,
+        lookups: anyio.CapacityLimiter | None = None,
+    ) -> tuple[UdpSocket, Target]:
         """Resolve and check ``host``, then open a UDP socket connected to that exact address."""
-        target = (await self.resolve(stack, host, port, "udp"))[0]
+        target = (await self.resolve(stack, host, port, "udp", lookups=lookups))[0]
         bind = "::" if ":" in target.ip else "0.0.0.0"
         return await stack.open_udp(bind, 0, remote=target.address), target
 

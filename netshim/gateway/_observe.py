@@ -75,6 +75,12 @@ class Metrics:
             "(malformed, too large, too slow).",
             registry=self.registry,
         )
+        self.refused_connections = Counter(
+            "netshim_gateway_refused_connections",
+            "Client connections closed at once for a connection limit, by front.",
+            ["front"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "netshim_gateway_auth_failures",
             "Failed authentications, by protocol.",

@@ -30,6 +30,7 @@ client's streams.  The accept loop itself outlives a failing ``accept()``
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import hmac
@@ -38,9 +39,10 @@ import socket
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.abc
@@ -57,6 +59,8 @@ from ._observe import CONTENT_TYPE_LATEST, Metrics, StreamRecord, logger
 from ._websocket import DEFAULT_HIGH_WATER, WebSocket
 
 __all__ = ["Gateway", "GatewayConfig", "load_token_file", "serve"]
+
+T = TypeVar("T")
 
 # The v2 drafts give the peer five seconds to send its INFO; the same bound
 # keeps a silent client from holding a half-open connection.
@@ -76,6 +80,16 @@ ACCEPT_RETRY_DELAY = 0.1
 # count packets, not bytes, so without it a client obeying them could park
 # credits x largest message on every stream (see docs/gateway.md).
 DEFAULT_UPLOAD_BUFFER = 32 << 20
+# The same across all clients: what every client's parked uploads may add up to.
+DEFAULT_TOTAL_UPLOAD_BUFFER = 256 << 20
+# A session paused on a full budget this long, while some of its streams'
+# destinations took nothing, closes those streams (TRANSFER_TIMEOUT): their
+# queued bytes go, the budget frees, and the reader reads on and sees whether
+# the client is still there.  Without it a client that filled its budget
+# towards destinations that never read, then left, was never noticed to have
+# gone (its goodbye sits behind the unread bytes) and held its budget, and
+# every later connection from its address, until the idle timeout.
+DEFAULT_UPLOAD_STALL_TIMEOUT = 30.0
 
 
 def load_token_file(path: str | Path) -> dict[str, tuple[str, int]]:
@@ -97,10 +111,16 @@ def load_token_file(path: str | Path) -> dict[str, tuple[str, int]]:
 class GatewayConfig:
     """Everything the gateway can be told (the CLI and config file map onto it).
 
-    ``users`` enables password authentication (Wisp v2 extension, SOCKS5
-    username/password) and makes it required.  ``url_tokens`` requires
-    ``?token=`` on Wisp and wsproxy URLs.  ``targets`` maps websockify
-    tokens to destinations (see :func:`load_token_file`).
+    ``users`` makes a login required on every path: Wisp v2 in band (the
+    password extension) or HTTP Basic on the upgrade request; Wisp v1,
+    wsproxy and websockify by HTTP Basic only (they have no way of their
+    own); SOCKS5 by username/password.  ``url_tokens`` requires a valid
+    ``?token=`` on every WebSocket URL and, when there are no ``users``, a
+    token as the SOCKS5 password (any username).  ``targets`` maps websockify
+    tokens to destinations (see :func:`load_token_file`); such a token picks
+    a destination but is no credential: where tokens are required a second
+    ``token=`` value carries one (``?token=vnc1&token=SECRET``).  Every
+    secret is compared in constant time.
     ``trusted_proxies`` are networks whose ``X-Forwarded-For`` /
     ``X-Real-IP`` headers name the real client.
     """
@@ -118,6 +138,8 @@ class GatewayConfig:
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace: float = 10.0
     upload_buffer: int = DEFAULT_UPLOAD_BUFFER
+    total_upload_buffer: int = DEFAULT_TOTAL_UPLOAD_BUFFER
+    upload_stall_timeout: float = DEFAULT_UPLOAD_STALL_TIMEOUT
 
     def __post_init__(self) -> None:
         if not 1 <= self.wisp_buffer_size <= 0xFFFF_FFFF:
@@ -125,9 +147,13 @@ class GatewayConfig:
         # A Wisp CONNECT naming a 253-byte host needs 261 bytes.
         if self.max_message_size < 1024:
             raise ValueError(f"max_message_size must be at least 1024, got {self.max_message_size}")
-        for name in ("high_water", "read_size", "upload_buffer"):
+        for name in ("high_water", "read_size", "upload_buffer", "total_upload_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.upload_stall_timeout <= 0:
+            raise ValueError(
+                f"upload_stall_timeout must be positive, got {self.upload_stall_timeout}"
+            )
         if self.shutdown_grace < 0:
             raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
 
@@ -165,11 +191,12 @@ class _ThrottledError(Exception):
 class _Client:
     """What the gateway tracks per client IP: open streams, rates."""
 
-    __slots__ = ("bandwidth", "new_streams", "streams")
+    __slots__ = ("bandwidth", "lookups", "new_streams", "streams")
 
     def __init__(self, policy: Policy, now: float) -> None:
         limits = policy.limits
         self.streams = 0
+        self.lookups = anyio.CapacityLimiter(limits.lookups_per_client)
         self.new_streams = (
             TokenBucket(limits.new_streams_per_second, limits.new_streams_burst, now)
             if limits.new_streams_per_second
@@ -201,10 +228,12 @@ class Gateway:
         self.addresses: dict[str, Address] = {}
         self._clients: dict[str, _Client] = {}
         self._budgets: dict[str, _UploadBudget] = {}
+        self._total_upload = _UploadBudget(self.config.total_upload_buffer)
         self._total_streams = 0
         self._listeners: list[TcpListener] = []
         self._listen_stack: Stack | None = None
         self._connections = 0
+        self._connections_by_client: dict[str, int] = {}
         self._idle = anyio.Event()
         self._idle.set()
         self._shutting_down = False
@@ -288,19 +317,73 @@ class Gateway:
     ) -> None:
         self._connections += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        counted: str | None = None
         try:
             peer = stream.remote_address
         except OSError:
             peer = ("-", 0)
         try:
             async with stream:
+                # A trusted proxy's connections are counted per real client
+                # once its headers named one (_serve_http).
+                if not self._is_trusted(peer[0]):
+                    refusal = self._take_connection_slot(peer[0])
+                    if refusal is not None:
+                        await self._refuse_connection(stream, front, peer, refusal)
+                        return
+                    counted = peer[0]
                 await handler(stream)
         except Exception as exc:
             self._contain(exc, front, peer)
         finally:
+            if counted is not None:
+                self._give_back_connection_slot(counted)
             self._connections -= 1
             if self._connections == 0:
                 self._idle.set()
+
+    def _is_trusted(self, ip: str) -> bool:
+        if not self._trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted)
+
+    def _take_connection_slot(self, client_ip: str) -> str | None:
+        """Count a client connection; ``None``, or why it is one too many."""
+        limits = self.policy.limits
+        total = limits.max_connections_total
+        if total is not None and self._connections > total:
+            return f"{self._connections - 1} connections open in total"
+        count = self._connections_by_client.get(client_ip, 0)
+        per_client = limits.max_connections_per_client
+        if per_client is not None and count >= per_client:
+            return f"{count} connections open from {client_ip}"
+        self._connections_by_client[client_ip] = count + 1
+        return None
+
+    def _give_back_connection_slot(self, client_ip: str) -> None:
+        count = self._connections_by_client[client_ip] - 1
+        if count:
+            self._connections_by_client[client_ip] = count
+        else:
+            del self._connections_by_client[client_ip]
+
+    async def _refuse_connection(
+        self, stream: TcpStream, front: str, peer: Address, why: str
+    ) -> None:
+        self.metrics.refused_connections.labels(front).inc()
+        logger.info(
+            "connection-refused front=%s client=%s reason=%r", front, format_address(peer), why
+        )
+        if front == "http":
+            # A few bytes into a fresh connection's empty send buffer: never blocks.
+            with anyio.move_on_after(1):
+                await stream.send(
+                    ServerProtocol().reject(429, f"too many connections: {why}\n").serialize()
+                )
 
     def _contain(self, exc: BaseException, where: str, peer: Address, stream_id: int = 0) -> None:
         """Account for an exception that ended one connection or stream (see the module docs).
@@ -359,13 +442,16 @@ class Gateway:
         self._total_streams += 1
         return client
 
-    def _upload_budget(self, client_ip: str) -> _UploadBudget:
-        """The client's upload budget, shared by its Wisp sessions (see :meth:`_end_session`)."""
+    def _upload_budget(self, client_ip: str) -> _SessionUploads:
+        """A new session's uploads, counted against its client's budget and the total one.
+
+        The client's budget is shared by its Wisp sessions (see :meth:`_end_session`).
+        """
         budget = self._budgets.get(client_ip)
         if budget is None:
             budget = self._budgets[client_ip] = _UploadBudget(self.config.upload_buffer)
         budget.sessions += 1
-        return budget
+        return _SessionUploads((budget, self._total_upload))
 
     def _end_session(self, client_ip: str) -> None:
         budget = self._budgets.get(client_ip)
@@ -391,15 +477,9 @@ class Gateway:
     # -- HTTP and WebSocket
 
     def _real_client(self, peer: Address, headers: Headers) -> Address:
-        if not self._trusted:
+        if not self._is_trusted(peer[0]):
             return peer
-        try:
-            address = ipaddress.ip_address(peer[0])
-        except ValueError:
-            return peer
-        if not any(address in network for network in self._trusted):
-            return peer
-        hops = [h.strip() for h in headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        hops = [h.strip() for h in _header(headers, "X-Forwarded-For").split(",") if h.strip()]
         # The rightmost hop that is not one of our proxies is the client.
         for hop in reversed(hops):
             try:
@@ -408,10 +488,10 @@ class Gateway:
                 break
             if not any(hop_ip in network for network in self._trusted):
                 return (str(hop_ip), 0)
-        real = headers.get("X-Real-IP")
-        if real:
+        real = headers.get_all("X-Real-IP")
+        if len(real) == 1:
             try:
-                return (str(ipaddress.ip_address(real.strip())), 0)
+                return (str(ipaddress.ip_address(real[0].strip())), 0)
             except ValueError:
                 pass
         return peer
@@ -449,16 +529,44 @@ class Gateway:
             return
         path, query = parsed.path, urllib.parse.parse_qs(parsed.query)
         peer = self._real_client(stream.remote_address, request.headers)
+        if self._is_trusted(stream.remote_address[0]):
+            refusal = self._take_connection_slot(peer[0])
+            if refusal is not None:
+                await self._refuse_connection(stream, "http", peer, refusal)
+                return
+            try:
+                await self._serve_request(
+                    stream, protocol, request, leftover, path, query, peer, chosen
+                )
+            finally:
+                self._give_back_connection_slot(peer[0])
+        else:
+            await self._serve_request(
+                stream, protocol, request, leftover, path, query, peer, chosen
+            )
+
+    async def _serve_request(
+        self,
+        stream: TcpStream,
+        protocol: ServerProtocol,
+        request: Request,
+        leftover: bytes,
+        path: str,
+        query: dict[str, list[str]],
+        peer: Address,
+        chosen: dict[str, str | None],
+    ) -> None:
         offered = [
             p.strip()
             for value in request.headers.get_all("Sec-WebSocket-Protocol")
             for p in value.split(",")
             if p.strip()
         ]
-        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        upgrade = "websocket" in _header(request.headers, "Upgrade").lower()
         kind = "wisp" if path.endswith("/") else "wsproxy"
         response: Response
         target: tuple[str, int] | None = None
+        logged_in = False
         if not upgrade and path == "/healthz":
             response = self._plain(protocol, 200, "ok\n")
         elif not upgrade and path == "/metrics":
@@ -470,10 +578,9 @@ class Gateway:
         elif self._shutting_down:
             response = self._plain(protocol, 503, "shutting down\n")
         else:
-            tokens = query.get("token")
-            token = tokens[0] if tokens else None
+            tokens = query.get("token", [])
             if kind == "wsproxy":
-                target = self._wsproxy_target(path, token)
+                target = self._wsproxy_target(path, tokens)
                 if "binary" in offered:
                     chosen["subprotocol"] = "binary"
                 elif offered:
@@ -481,15 +588,20 @@ class Gateway:
             elif offered and self.config.wisp_v2:
                 # wisp-js asks for "wisp-v2"; the drafts only need the header.
                 chosen["subprotocol"] = offered[0]
-            authorised = not self.config.url_tokens or (
-                token is not None
-                and any(hmac.compare_digest(token, t) for t in self.config.url_tokens)
-            )
-            if kind == "wsproxy" and token is not None and token in self.config.targets:
-                authorised = True
-            if not authorised:
+            logged_in = self._basic_login(request.headers)
+            in_band = kind == "wisp" and chosen["subprotocol"] is not None
+            refusal = self._http_auth_refusal(tokens, logged_in, in_band)
+            if refusal is not None:
                 self.metrics.auth_failures.labels(kind).inc()
-                response = self._plain(protocol, 401, "a valid ?token= is required\n")
+                logger.info(
+                    "auth-failed protocol=%s client=%s reason=%r",
+                    kind,
+                    format_address(peer),
+                    refusal,
+                )
+                response = self._plain(protocol, 401, refusal + "\n")
+                if self.config.users:
+                    response.headers["WWW-Authenticate"] = 'Basic realm="netshim gateway"'
             elif kind == "wsproxy" and target is None:
                 response = self._plain(protocol, 400, "expected /host:port or ?token=\n")
             else:
@@ -519,7 +631,9 @@ class Gateway:
                 try:
                     if kind == "wisp":
                         version = 2 if chosen["subprotocol"] is not None else 1
-                        await _WispSession(self, websocket, peer, version).run()
+                        await _WispSession(
+                            self, websocket, peer, version, logged_in=logged_in
+                        ).run()
                     else:
                         assert target is not None
                         await self._serve_wsproxy(websocket, peer, target)
@@ -569,14 +683,49 @@ class Gateway:
         await self._send_plain(stream, 408, "request timeout\n")
         return None
 
-    def _wsproxy_target(self, path: str, token: str | None) -> tuple[str, int] | None:
-        if token is not None and token in self.config.targets:
-            return self.config.targets[token]
+    def _wsproxy_target(self, path: str, tokens: list[str]) -> tuple[str, int] | None:
+        for token in tokens:
+            target = _find_secret(token, self.config.targets)
+            if target is not None:
+                return target
         last = urllib.parse.unquote(path.rsplit("/", 1)[-1])
         host, sep, port = last.rpartition(":")
         if not sep or not _is_digits(port) or not host or not 1 <= int(port) <= 65535:
             return None
         return host.strip("[]"), int(port)
+
+    def _basic_login(self, headers: Headers) -> bool:
+        """Whether the request carries HTTP Basic credentials of a configured user."""
+        if not self.config.users:
+            return False
+        values = headers.get_all("Authorization")
+        if len(values) != 1:
+            return False
+        scheme, _, encoded = values[0].strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        name, sep, password = decoded.partition(":")
+        return bool(sep) and _login_ok(self.config.users, name, password)
+
+    def _http_auth_refusal(self, tokens: list[str], logged_in: bool, in_band: bool) -> str | None:
+        """Why a WebSocket upgrade is refused for authentication, or ``None``.
+
+        ``in_band``: a Wisp v2 session, which can still log in with the
+        password extension (checked in its handshake).
+        """
+        config = self.config
+        if config.url_tokens and not any(_secret_in(t, config.url_tokens) for t in tokens):
+            return "a valid ?token= is required"
+        if config.users and not logged_in and not in_band:
+            return (
+                "a login is required: HTTP Basic credentials on the upgrade request "
+                "(or Wisp v2 with the password extension)"
+            )
+        return None
 
     async def _serve_wsproxy(
         self, websocket: WebSocket, peer: Address, target: tuple[str, int]
@@ -593,7 +742,9 @@ class Gateway:
         try:
             try:
                 with anyio.fail_after(self.policy.limits.connect_timeout):
-                    upstream, checked = await self.policy.connect_tcp(self.stack, *target)
+                    upstream, checked = await self.policy.connect_tcp(
+                        self.stack, *target, lookups=client.lookups
+                    )
             except (OSError, TimeoutError) as exc:
                 if isinstance(exc, DestinationBlockedError):
                     self.metrics.refusals.labels("wsproxy").inc()
@@ -660,9 +811,11 @@ class Gateway:
                 greeting = await next_event()
                 if not isinstance(greeting, socks5.Greeting):
                     return
+                # With URL tokens but no users, a token is the password.
+                tokens_only = not users and bool(self.config.url_tokens)
                 wanted = (
                     socks5.AuthMethod.USERNAME_PASSWORD
-                    if users
+                    if users or tokens_only
                     else socks5.AuthMethod.NO_AUTHENTICATION
                 )
                 method = wanted if wanted in greeting.methods else socks5.AuthMethod.NO_ACCEPTABLE
@@ -674,10 +827,10 @@ class Gateway:
                     credentials = await next_event()
                     if not isinstance(credentials, socks5.Credentials):
                         return
-                    expected = users.get(credentials.username)
-                    ok = expected is not None and hmac.compare_digest(
-                        expected.encode(), credentials.password.encode()
-                    )
+                    if tokens_only:
+                        ok = _secret_in(credentials.password, self.config.url_tokens)
+                    else:
+                        ok = _login_ok(users, credentials.username, credentials.password)
                     await stream.send(conn.send(socks5.AuthResult(ok)))
                     if not ok:
                         self.metrics.auth_failures.labels("socks5").inc()
@@ -718,7 +871,7 @@ class Gateway:
             try:
                 with anyio.fail_after(self.policy.limits.connect_timeout):
                     upstream, checked = await self.policy.connect_tcp(
-                        self.stack, request.host, request.port
+                        self.stack, request.host, request.port, lookups=client.lookups
                     )
             except (OSError, TimeoutError) as exc:
                 if isinstance(exc, DestinationBlockedError):
@@ -835,10 +988,15 @@ class Gateway:
                             ip = checked.get(key)
                             if ip is None:
                                 try:
-                                    targets = await self.policy.resolve(
-                                        self.stack, datagram.host, datagram.port, "udp"
-                                    )
-                                except (OSError, socket.gaierror) as exc:
+                                    with anyio.fail_after(self.policy.limits.connect_timeout):
+                                        targets = await self.policy.resolve(
+                                            self.stack,
+                                            datagram.host,
+                                            datagram.port,
+                                            "udp",
+                                            lookups=client.lookups,
+                                        )
+                                except (OSError, TimeoutError) as exc:
                                     if isinstance(exc, DestinationBlockedError):
                                         self.metrics.refusals.labels("socks5").inc()
                                     continue
@@ -894,31 +1052,81 @@ class Gateway:
 
 
 class _UploadBudget:
-    """The upload bytes one client has queued at the gateway, and a wake-up for paused readers."""
+    """Upload bytes queued at the gateway against a limit: one per client IP, one in total.
 
-    __slots__ = ("limit", "queued", "room", "sessions")
+    Sessions over a budget wait in :attr:`waiting` and are woken together once
+    half of it is free again (not one packet at a time).
+    """
+
+    __slots__ = ("limit", "queued", "sessions", "waiting")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.queued = 0
         self.sessions = 0
-        self.room: anyio.Event | None = None
+        self.waiting: set[_SessionUploads] = set()
 
-    def add(self, nbytes: int) -> None:
-        self.queued += nbytes
+    @property
+    def over(self) -> bool:
+        return self.queued > self.limit
 
     def remove(self, nbytes: int) -> None:
         self.queued -= nbytes
-        # Readers go on once half the budget is free: not one packet at a time.
-        if self.room is not None and self.queued <= self.limit // 2:
+        if self.waiting and self.queued <= self.limit // 2:
+            waiting, self.waiting = self.waiting, set()
+            for session in waiting:
+                session.wake()
+
+
+class _SessionUploads:
+    """One Wisp session's queued upload bytes, counted against its client's and the total budget.
+
+    A session pauses its reader only while a budget is over *and* it has
+    bytes of its own queued: a client's new connection is never held up by
+    what its earlier connections parked (it may read until it has queued
+    something itself), so one read's worth per session is the overdraft.
+    """
+
+    __slots__ = ("budgets", "queued", "room")
+
+    def __init__(self, budgets: tuple[_UploadBudget, ...]) -> None:
+        self.budgets = budgets
+        self.queued = 0
+        self.room: anyio.Event | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return self.queued > 0 and any(budget.over for budget in self.budgets)
+
+    def add(self, nbytes: int) -> None:
+        self.queued += nbytes
+        for budget in self.budgets:
+            budget.queued += nbytes
+
+    def remove(self, nbytes: int) -> None:
+        self.queued -= nbytes
+        for budget in self.budgets:
+            budget.remove(nbytes)
+        if self.queued == 0:
+            self.wake()
+
+    def wake(self) -> None:
+        if self.room is not None:
             self.room.set()
             self.room = None
 
     async def wait_for_room(self) -> None:
-        while self.queued > self.limit:
-            if self.room is None:
-                self.room = anyio.Event()
-            await self.room.wait()
+        """Return once :attr:`blocked` is false; cancellable."""
+        while self.blocked:
+            self.room = room = anyio.Event()
+            for budget in self.budgets:
+                if budget.over:
+                    budget.waiting.add(self)
+            try:
+                await room.wait()
+            finally:
+                for budget in self.budgets:
+                    budget.waiting.discard(self)
 
 
 class _WispStream:
@@ -929,6 +1137,7 @@ class _WispStream:
         "client",
         "closed_by_client",
         "kind",
+        "progress_at",
         "queue",
         "queued_bytes",
         "record",
@@ -941,9 +1150,11 @@ class _WispStream:
     )
 
     def __init__(
-        self, stream_id: int, kind: wisp.StreamType, record: StreamRecord, budget: _UploadBudget
+        self, stream_id: int, kind: wisp.StreamType, record: StreamRecord, budget: _SessionUploads
     ) -> None:
         self.budget = budget
+        # When the destination last took upload bytes (see _WispSession._wait_for_budget).
+        self.progress_at = anyio.current_time()
         self.stream_id = stream_id
         self.kind = kind
         self.record = record
@@ -1026,15 +1237,25 @@ MAX_QUEUED_DATAGRAMS = 256
 
 
 class _WispSession:
-    def __init__(self, gateway: Gateway, websocket: WebSocket, peer: Address, version: int) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        websocket: WebSocket,
+        peer: Address,
+        version: int,
+        *,
+        logged_in: bool = False,
+    ) -> None:
         self.gateway = gateway
         self.config = gateway.config
         self.ws = websocket
         self.peer = peer
+        # Logged in by HTTP Basic already: the Wisp handshake asks no password.
+        self.login_required = bool(self.config.users) and not logged_in
         extensions: list[wisp.Extension] = []
         if gateway.policy.allow_udp:
             extensions.append(wisp.UdpExtension())
-        if self.config.users:
+        if self.login_required:
             extensions.append(wisp.PasswordAuthExtension(required=True))
         if self.config.motd:
             extensions.append(wisp.MotdExtension(self.config.motd))
@@ -1066,6 +1287,28 @@ class _WispSession:
         stream.room = anyio.Event()
         await stream.room.wait()
 
+    async def _wait_for_budget(self) -> None:
+        """Wait for upload room; close streams whose destinations stall meanwhile (see above)."""
+        timeout = self.config.upload_stall_timeout
+        while self.budget.blocked:
+            paused_at = anyio.current_time()
+            with anyio.move_on_after(timeout):
+                await self.budget.wait_for_room()
+                return
+            for stream in list(self.streams.values()):
+                if stream.queued_bytes and stream.progress_at <= paused_at:
+                    logger.info(
+                        "upload-stalled protocol=wisp client=%s stream=%s queued=%d seconds=%.0f",
+                        format_address(self.peer),
+                        stream.stream_id,
+                        stream.queued_bytes,
+                        timeout,
+                    )
+                    stream.record.reason = "upload-stalled"
+                    self._finish(stream, wisp.CloseReason.TRANSFER_TIMEOUT)
+                    stream.discard()
+                    stream.scope.cancel()
+
     def _send_event(self, event: wisp.Event) -> None:
         # LocalProtocolError: the stream was already closed; nothing to say.
         with contextlib.suppress(LocalProtocolError):
@@ -1091,16 +1334,12 @@ class _WispSession:
                     return False
         if self.conn.state is not wisp.ConnectionState.INFO_RECEIVED:
             return False
-        users = self.config.users
-        if users:
+        if self.login_required:
             credentials = self.conn.credentials
             if credentials is None:
                 reason = wisp.CloseReason.AUTH_MISSING_CREDENTIALS
             else:
-                expected = users.get(credentials.username)
-                ok = expected is not None and hmac.compare_digest(
-                    expected.encode(), credentials.password.encode()
-                )
+                ok = _login_ok(self.config.users, credentials.username, credentials.password)
                 reason = 0 if ok else wisp.CloseReason.AUTH_BAD_PASSWORD
             if reason:
                 self.gateway.metrics.auth_failures.labels("wisp").inc()
@@ -1133,8 +1372,8 @@ class _WispSession:
                     await self.ws.wait_output_room()
                     if self.full is not None:
                         await self._wait_for_room()
-                    if self.budget.queued > self.budget.limit:
-                        await self.budget.wait_for_room()
+                    if self.budget.blocked:
+                        await self._wait_for_budget()
                     message = await self.ws.receive()
                     if message is None:
                         break
@@ -1238,16 +1477,18 @@ class _WispSession:
     async def _stream_body(self, stream: _WispStream) -> None:
         gateway, record = self.gateway, stream.record
         policy = gateway.policy
+        assert stream.client is not None
+        lookups = stream.client.lookups
         upstream: TcpStream | UdpSocket
         try:
             with anyio.fail_after(policy.limits.connect_timeout):
                 if stream.kind is wisp.StreamType.TCP:
                     upstream, target = await policy.connect_tcp(
-                        gateway.stack, record.host, record.port
+                        gateway.stack, record.host, record.port, lookups=lookups
                     )
                 else:
                     upstream, target = await policy.open_udp(
-                        gateway.stack, record.host, record.port
+                        gateway.stack, record.host, record.port, lookups=lookups
                     )
         except (OSError, TimeoutError) as exc:
             reason = _close_reason_for(exc)
@@ -1337,6 +1578,7 @@ class _WispSession:
                             return
                         continue
                     record.up += len(data)
+                    stream.progress_at = anyio.current_time()
                     touch()
                     refill = self.conn.release(stream.stream_id, packets)
                     if refill is not None:
@@ -1419,6 +1661,45 @@ def _describe(exc: BaseException) -> str:
             exc.exceptions[0],
         )
     return f"{type(exc).__name__}: {str(exc)[:200]!r}"
+
+
+def _secret_in(candidate: str, secrets: Iterable[str]) -> bool:
+    """Whether ``candidate`` is one of ``secrets``, in time that does not depend on which.
+
+    Every secret is compared (no early exit), as bytes: ``hmac.compare_digest``
+    refuses non-ASCII ``str``.
+    """
+    given = candidate.encode("utf-8", "surrogatepass")
+    found = False
+    for secret in secrets:
+        found |= hmac.compare_digest(given, secret.encode("utf-8", "surrogatepass"))
+    return found
+
+
+def _find_secret(candidate: str, table: Mapping[str, T]) -> T | None:
+    """The value whose key is ``candidate``, comparing every key in constant time."""
+    given = candidate.encode("utf-8", "surrogatepass")
+    found: T | None = None
+    for key, value in table.items():
+        if hmac.compare_digest(given, key.encode("utf-8", "surrogatepass")):
+            found = value
+    return found
+
+
+def _login_ok(users: Mapping[str, str], name: str, password: str) -> bool:
+    """Whether ``name`` and ``password`` are a configured login (constant time, see above)."""
+    expected = _find_secret(name, users)
+    # An unknown name costs the same comparison as a known one.
+    reference = expected if expected is not None else password + "\x00"
+    same = hmac.compare_digest(
+        password.encode("utf-8", "surrogatepass"), reference.encode("utf-8", "surrogatepass")
+    )
+    return expected is not None and same
+
+
+def _header(headers: Headers, name: str) -> str:
+    """Every value of header ``name`` joined by commas (``Headers.get`` raises on repeats)."""
+    return ", ".join(headers.get_all(name))
 
 
 def _is_digits(text: str) -> bool:

@@ -44,6 +44,12 @@ REFUSED = {
     "169.254.169.254": "cloud metadata",
     "fd00:ec2::254": "AWS IPv6 metadata",
     "::ffff:169.254.169.254": "cloud metadata",
+    "::ffff:0:7f00:1": "SIIT IPv4-translated form of 127.0.0.1",
+    "::ffff:0:a9fe:a9fe": "cloud metadata",
+    "64:ff9b:1::7f00:1": "local-use NAT64",
+    "64:ff9b:1:ffff::808:808": "local-use NAT64",
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2": "Teredo",
+    "192.88.99.1": "6to4 relay anycast",
 }
 
 
@@ -58,7 +64,9 @@ def test_default_refusals(ip: str, label: str) -> None:
     assert "to allow it" in message
 
 
-@pytest.mark.parametrize("ip", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "8.8.8.8"])
+@pytest.mark.parametrize(
+    "ip", ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "8.8.8.8", "::ffff:0:808:808"]
+)
 def test_public_addresses_pass(ip: str) -> None:
     Policy().check(ip, ip, 443)
 
