@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--trusted-proxy", action="append", metavar="CIDR", help="trust X-Forwarded-For from here")
     add("--max-streams-per-client", type=int)
     add("--max-streams", type=int, help="total stream limit")
+    add("--max-connections-per-client", type=int, help="client connections per IP (default 256)")
+    add("--max-connections", type=int, help="client connections in total (default 4096)")
+    add("--lookups-per-client", type=int, help="name lookups one client may run at once (4)")
     add("--new-streams-per-second", type=float, help="per-client rate of new streams")
     add("--bandwidth", type=float, help="per-client bytes per second, both ways")
     add("--idle-timeout", type=float, help="seconds a stream may move nothing")
@@ -50,6 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--upload-buffer",
         type=int,
         help="upload bytes one client may have queued before its reads pause (default 32 MiB)",
+    )
+    add(
+        "--total-upload-buffer",
+        type=int,
+        help="upload bytes all clients together may have queued (default 256 MiB)",
+    )
+    add(
+        "--upload-stall-timeout",
+        type=float,
+        help="seconds a paused upload may wait on a destination that reads nothing (default 30)",
     )
     add(
         "--max-message-size",
@@ -98,7 +111,11 @@ def _pick(arguments: argparse.Namespace, file: dict[str, Any], name: str, defaul
 def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The :class:`GatewayConfig` and the run options (listen addresses, event loop)."""
     from .gateway import GatewayConfig, load_token_file
-    from .gateway._server import DEFAULT_UPLOAD_BUFFER
+    from .gateway._server import (
+        DEFAULT_TOTAL_UPLOAD_BUFFER,
+        DEFAULT_UPLOAD_BUFFER,
+        DEFAULT_UPLOAD_STALL_TIMEOUT,
+    )
     from .policy import Limits, Policy
     from .protocols import wisp
 
@@ -114,6 +131,15 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         new_streams_per_second=_pick(arguments, file, "new_streams_per_second", None),
         bandwidth=_pick(arguments, file, "bandwidth", None),
         idle_timeout=_pick(arguments, file, "idle_timeout", defaults.idle_timeout),
+        max_connections_per_client=_pick(
+            arguments, file, "max_connections_per_client", defaults.max_connections_per_client
+        ),
+        max_connections_total=_pick(
+            arguments, file, "max_connections", defaults.max_connections_total
+        ),
+        lookups_per_client=int(
+            _pick(arguments, file, "lookups_per_client", defaults.lookups_per_client)
+        ),
     )
     policy = Policy(
         allow=[*file.get("allow", []), *(arguments.allow or [])],
@@ -143,6 +169,12 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             _pick(arguments, file, "max_message_size", wisp.DEFAULT_MAX_MESSAGE_SIZE)
         ),
         upload_buffer=int(_pick(arguments, file, "upload_buffer", DEFAULT_UPLOAD_BUFFER)),
+        total_upload_buffer=int(
+            _pick(arguments, file, "total_upload_buffer", DEFAULT_TOTAL_UPLOAD_BUFFER)
+        ),
+        upload_stall_timeout=float(
+            _pick(arguments, file, "upload_stall_timeout", DEFAULT_UPLOAD_STALL_TIMEOUT)
+        ),
     )
     listen = {
         "host": _pick(arguments, file, "host", "127.0.0.1"),

@@ -275,6 +275,21 @@ class Limits:
     idle_timeout: float | None = 600.0
     connect_timeout: float = 15.0
 
+    def __post_init__(self) -> None:
+        for name in (
+            "max_streams_per_client",
+            "max_streams_total",
+            "max_connections_per_client",
+            "max_connections_total",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None for no limit), got {value}")
+        if self.lookups_per_client < 1:
+            raise ValueError(
+                f"lookups_per_client must be at least 1, got {self.lookups_per_client}"
+            )
+
 
 class TokenBucket:
     """A token bucket that takes the current time as an argument (no clock inside)."""
