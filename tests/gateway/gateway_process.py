@@ -123,9 +123,7 @@ def gateway_process(
         gateway = GatewayProcess(process, log_path, echo=echo)
         try:
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and (
-                gateway.http[1] == 0 or gateway.socks[1] == 0
-            ):
+            while time.monotonic() < deadline and (gateway.http[1] == 0 or gateway.socks[1] == 0):
                 assert gateway.alive(), f"the gateway did not start:\n{gateway.log()}"
                 for name, host, port in _LISTENING.findall(gateway.log()):
                     if name == "http":
@@ -133,7 +131,8 @@ def gateway_process(
                     elif name == "socks5":
                         gateway.socks = (host, int(port))
                 time.sleep(0.05)
-            assert gateway.http[1] and gateway.socks[1], f"no ports in the log:\n{gateway.log()}"
+            assert gateway.http[1], f"no HTTP port in the log:\n{gateway.log()}"
+            assert gateway.socks[1], f"no SOCKS5 port in the log:\n{gateway.log()}"
             yield gateway
         finally:
             if process.poll() is None:
