@@ -50,7 +50,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from .._addresses import Address, format_address
+from .._addresses import Address, InvalidHostNameError, format_address
 from .._errors import LocalProtocolError, RemoteProtocolError
 from ..policy import DestinationBlockedError, Policy, TokenBucket
 from ..protocols import socks5, wisp
@@ -161,6 +161,8 @@ class GatewayConfig:
 def _close_reason_for(exc: BaseException) -> int:
     if isinstance(exc, DestinationBlockedError):
         return wisp.CloseReason.BLOCKED
+    if isinstance(exc, InvalidHostNameError):
+        return wisp.CloseReason.INVALID_INFO
     if isinstance(exc, socket.gaierror):
         return wisp.CloseReason.UNREACHABLE
     if isinstance(exc, ConnectionRefusedError):
