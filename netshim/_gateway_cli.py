@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--trusted-proxy", action="append", metavar="CIDR", help="trust X-Forwarded-For from here")
     add("--max-streams-per-client", type=int)
     add("--max-streams", type=int, help="total stream limit")
-    add("--max-connections-per-client", type=int, help="client connections per IP (default 256)")
+    add("--max-connections-per-client", type=int, help="client connections per IP (default 64)")
     add("--max-connections", type=int, help="client connections in total (default 4096)")
     add("--lookups-per-client", type=int, help="name lookups one client may run at once (4)")
     add("--new-streams-per-second", type=float, help="per-client rate of new streams")

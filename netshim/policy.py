@@ -266,7 +266,7 @@ class Limits:
 
     max_streams_per_client: int | None = 256
     max_streams_total: int | None = 4096
-    max_connections_per_client: int | None = 256
+    max_connections_per_client: int | None = 64
     max_connections_total: int | None = 4096
     lookups_per_client: int = 4
     new_streams_per_second: float | None = None

@@ -1089,12 +1089,22 @@ class _SessionUploads:
     something itself), so one read's worth per session is the overdraft.
     """
 
-    __slots__ = ("budgets", "queued", "room")
+    __slots__ = ("budgets", "partial", "queued", "room")
 
     def __init__(self, budgets: tuple[_UploadBudget, ...]) -> None:
         self.budgets = budgets
         self.queued = 0
+        # Received bytes of a message not yet whole (held by the frame reader).
+        self.partial = 0
         self.room: anyio.Event | None = None
+
+    def hold_partial(self, nbytes: int) -> None:
+        """Count ``nbytes`` of an incomplete message instead of what was counted before."""
+        if nbytes > self.partial:
+            self.add(nbytes - self.partial)
+        elif nbytes < self.partial:
+            self.remove(self.partial - nbytes)
+        self.partial = nbytes
 
     @property
     def blocked(self) -> bool:
@@ -1182,12 +1192,14 @@ class _WispStream:
             self.wake.set()
 
     def take_batch(self, limit: int) -> tuple[bytes, int]:
-        """Dequeue packets up to ``limit`` bytes (at least one); their bytes and count."""
+        """Dequeue packets up to ``limit`` bytes (at least one); their bytes and count.
+
+        The bytes stay counted (in :attr:`queued_bytes` and the budget) until
+        :meth:`sent`: while a write waits, the transport holds them.
+        """
         queue = self.queue
         first = queue.popleft()
         if not queue or len(first) >= limit:
-            self.queued_bytes -= len(first)
-            self.budget.remove(len(first))
             return first, 1
         parts = [first]
         size = len(first)
@@ -1195,12 +1207,16 @@ class _WispStream:
             part = queue.popleft()
             parts.append(part)
             size += len(part)
-        self.queued_bytes -= size
-        self.budget.remove(size)
         return b"".join(parts), len(parts)
 
+    def sent(self, nbytes: int) -> None:
+        """A batch from :meth:`take_batch` is written (or dropped): its bytes leave the budget."""
+        nbytes = min(nbytes, self.queued_bytes)
+        self.queued_bytes -= nbytes
+        self.budget.remove(nbytes)
+
     def discard(self) -> None:
-        """Drop what is still queued (the stream ended): its bytes leave the budget. Idempotent."""
+        """Drop what is still queued or being written: its bytes leave the budget. Idempotent."""
         self.queue.clear()
         if self.queued_bytes:
             self.budget.remove(self.queued_bytes)
@@ -1363,6 +1379,7 @@ class _WispSession:
             for stream in self.holding:
                 stream.discard()
             self.holding.clear()
+            self.budget.hold_partial(0)
             self.gateway._end_session(self.peer[0])
 
     async def _run(self) -> None:
@@ -1377,6 +1394,7 @@ class _WispSession:
                     if self.budget.blocked:
                         await self._wait_for_budget()
                     message = await self.ws.receive()
+                    self.budget.hold_partial(self.ws.buffered_bytes)
                     if message is None:
                         break
                     if isinstance(message, str):
@@ -1574,11 +1592,13 @@ class _WispSession:
                     try:
                         await upstream.send(data)
                     except OSError:
+                        stream.sent(len(data))
                         if tcp:
                             outcome.append(wisp.CloseReason.NETWORK_ERROR)
                             scope.cancel()
                             return
                         continue
+                    stream.sent(len(data))
                     record.up += len(data)
                     stream.progress_at = anyio.current_time()
                     touch()

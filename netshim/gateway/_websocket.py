@@ -16,8 +16,9 @@ gateway the two properties the Wisp servers measured in the issue lacked:
   ``high_water`` bytes are queued, so a producer (a stream reading its
   upstream) stops reading when the client is slow, and memory stays bounded.
   Control replies (``CONTINUE``, ``CLOSE``, pongs) use :meth:`send_nowait`
-  so that the reader never waits on the writer; past ``hard_limit`` even
-  they wait, because a client that floods us with requests while never
+  so that the reader never waits on the writer; past ``hard_limit``
+  (``high_water`` plus 256 KiB) :meth:`WebSocket.receive` reads no more,
+  because a client that floods us with requests (pings, say) while never
   reading is the only way to get there.
 """
 
@@ -38,6 +39,9 @@ __all__ = ["DEFAULT_HIGH_WATER", "WebSocket"]
 # busy between two writer wake-ups, and small enough that the 64 MiB budget
 # of the issue leaves room for many connections.
 DEFAULT_HIGH_WATER = 1 << 20
+# What control replies (pongs, CONTINUE, CLOSE) may add to a full output before
+# the reader stops: a client that sends pings and never reads gets this far.
+CONTROL_ALLOWANCE = 256 * 1024
 # What one read of the client's TCP stream asks for: asyncio's selector
 # transports read up to 256 KiB at a time, and anyio splits (copying) any
 # chunk larger than the read asks for, so asking for less than that costs a
@@ -66,7 +70,7 @@ class WebSocket:
         self.protocol = protocol
         self.max_message_size = max_message_size
         self.high_water = high_water
-        self.hard_limit = 16 * high_water
+        self.hard_limit = high_water + CONTROL_ALLOWANCE
         self.bytes_in = 0
         self.bytes_out = 0
         self._pending = 0
@@ -83,6 +87,11 @@ class WebSocket:
         self._waiters: deque[anyio.Event] = deque()
         self._closed = False
         self._leftover = leftover
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Received bytes held for messages that are not whole yet (at most one message)."""
+        return self._reader.buffered
 
     @property
     def subprotocol(self) -> str | None:
@@ -211,6 +220,10 @@ class WebSocket:
             if self._leftover:
                 data, self._leftover = self._leftover, b""
             else:
+                if self._pending > self.hard_limit:
+                    # Replies the client does not read (pongs to its pings,
+                    # say): read no more until it does.
+                    await self.wait_output_room()
                 try:
                     data = await self.stream.receive(DEFAULT_READ_SIZE)
                 except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):

@@ -149,6 +149,11 @@ class FrameReader:
         self.control_frames = 0
 
     @property
+    def buffered(self) -> int:
+        """Bytes held for messages not yet whole: a frame's start and earlier fragments."""
+        return len(self._buffer) + self._fragment_size
+
+    @property
     def finished(self) -> bool:
         """Whether input is being discarded (after a protocol error or the closing handshake)."""
         return self._finished
