@@ -72,6 +72,11 @@ DEFAULT_READ_SIZE = 1 << 16
 # nginx's default large_client_header_buffers is 4 x 8 KiB.
 MAX_REQUEST_SIZE = 32 * 1024
 CLOSE_WAIT = 2.0
+# Clients tracked with no stream open (for their rate buckets) before the idle
+# ones are forgotten: an IPv6 client has addresses enough to grow the table.
+MAX_TRACKED_CLIENTS = 10_000
+# Destinations a SOCKS5 UDP association remembers as checked.
+MAX_CHECKED_DATAGRAM_DESTINATIONS = 1024
 # How long the accept loop waits after accept() failed (out of descriptors):
 # long enough not to spin, short enough that clients barely notice.
 ACCEPT_RETRY_DELAY = 0.1
@@ -428,6 +433,12 @@ class Gateway:
         now = time.monotonic()
         client = self._clients.get(client_ip)
         if client is None:
+            if len(self._clients) >= MAX_TRACKED_CLIENTS:
+                # Clients kept only for their rate buckets: forget the idle
+                # ones rather than grow with every address a client can use.
+                idle = [ip for ip, known in self._clients.items() if known.streams == 0]
+                for ip in idle:
+                    del self._clients[ip]
             client = self._clients[client_ip] = _Client(self.policy, now)
         if self._shutting_down:
             raise _ThrottledError("the gateway is shutting down")
@@ -751,10 +762,11 @@ class Gateway:
                 if isinstance(exc, DestinationBlockedError):
                     self.metrics.refusals.labels("wsproxy").inc()
                 record.reason = type(exc).__name__
-                await websocket.close(1011, str(exc)[:120])
+                await websocket.close(1011, str(exc))
                 return
             record.ip = checked.ip
             async with upstream, anyio.create_task_group() as group:
+                idle = _IdleTimer(group.cancel_scope, self.policy.limits.idle_timeout)
 
                 async def download() -> None:
                     while True:
@@ -762,6 +774,7 @@ class Gateway:
                             data = await upstream.receive(self.config.read_size)
                         except (anyio.EndOfStream, OSError):
                             break
+                        idle.touch()
                         await self._throttle(client, len(data))
                         record.down += len(data)
                         await websocket.send(data)
@@ -775,6 +788,7 @@ class Gateway:
                         record.reason = "client-closed"
                         break
                     data = message.encode() if isinstance(message, str) else message
+                    idle.touch()
                     await self._throttle(client, len(data))
                     record.up += len(data)
                     try:
@@ -787,6 +801,8 @@ class Gateway:
                     await upstream.send_eof()
                 except OSError:
                     group.cancel_scope.cancel()
+            if group.cancel_scope.cancelled_caught and record.reason == "-":
+                record.reason = "idle-timeout"
         finally:
             self._release(peer[0])
             self.metrics.stream_ended(record)
@@ -904,8 +920,7 @@ class Gateway:
 
         async with anyio.create_task_group() as group:
             scope = group.cancel_scope
-            if idle is not None:
-                scope.deadline = anyio.current_time() + idle
+            touch = _IdleTimer(scope, idle).touch
 
             async def copy(source: TcpStream, sink: TcpStream, up: bool) -> None:
                 while True:
@@ -919,8 +934,7 @@ class Gateway:
                         reasons.append("reset")
                         scope.cancel()
                         return
-                    if idle is not None:
-                        scope.deadline = anyio.current_time() + idle
+                    touch()
                     await self._throttle(client, len(data))
                     if up:
                         record.up += len(data)
@@ -1002,6 +1016,10 @@ class Gateway:
                                     if isinstance(exc, DestinationBlockedError):
                                         self.metrics.refusals.labels("socks5").inc()
                                     continue
+                                if len(checked) >= MAX_CHECKED_DATAGRAM_DESTINATIONS:
+                                    # Forget the oldest: a client naming ever new
+                                    # destinations costs lookups, not memory.
+                                    del checked[next(iter(checked))]
                                 ip = checked[key] = targets[0].ip
                             await self._throttle(client, len(datagram.data))
                             record.up += len(datagram.data)
@@ -1051,6 +1069,33 @@ class Gateway:
             record.reason = "closed"
             self._release(peer[0])
             self.metrics.stream_ended(record)
+
+
+class _IdleTimer:
+    """Cancels a scope once no data moved for ``idle`` seconds (``None``: never).
+
+    Moving a cancel scope's deadline reschedules a timer in the event loop;
+    doing it for every packet cost a tenth of a Wisp upload's CPU time.
+    :meth:`touch` moves it only once a tenth of the idle time has passed,
+    which keeps the timeout within 10 % of what was asked for.
+    """
+
+    __slots__ = ("idle", "last", "scope", "step")
+
+    def __init__(self, scope: anyio.CancelScope, idle: float | None) -> None:
+        self.scope = scope
+        self.idle = idle
+        self.step = idle / 10 if idle is not None else 0.0
+        self.last = anyio.current_time()
+        if idle is not None:
+            scope.deadline = self.last + idle
+
+    def touch(self) -> None:
+        if self.idle is not None:
+            now = anyio.current_time()
+            if now - self.last >= self.step:
+                self.last = now
+                self.scope.deadline = now + self.idle
 
 
 class _UploadBudget:
@@ -1385,6 +1430,8 @@ class _WispSession:
     async def _run(self) -> None:
         if not await self._handshake():
             return
+        idle = self.gateway.policy.limits.idle_timeout
+        quiet_since = anyio.current_time()
         async with anyio.create_task_group() as group:
             try:
                 while True:
@@ -1393,7 +1440,24 @@ class _WispSession:
                         await self._wait_for_room()
                     if self.budget.blocked:
                         await self._wait_for_budget()
-                    message = await self.ws.receive()
+                    if self.streams or idle is None:
+                        message = await self.ws.receive()
+                    else:
+                        # A connection with no stream open lives as long as a
+                        # stream that moves nothing would.
+                        with anyio.CancelScope(deadline=quiet_since + idle) as waited:
+                            message = await self.ws.receive()
+                        if waited.cancelled_caught:
+                            if self.streams:
+                                continue
+                            logger.info(
+                                "idle-connection protocol=wisp client=%s seconds=%.0f",
+                                format_address(self.peer),
+                                idle,
+                            )
+                            break
+                    if self.streams:
+                        quiet_since = anyio.current_time()
                     self.budget.hold_partial(self.ws.buffered_bytes)
                     if message is None:
                         break
@@ -1542,22 +1606,7 @@ class _WispSession:
 
         async with anyio.create_task_group() as group:
             scope = group.cancel_scope
-            if idle is not None:
-                scope.deadline = anyio.current_time() + idle
-            # Moving a cancel scope's deadline reschedules a timer in the event
-            # loop; doing it for every packet cost a tenth of the upload's CPU
-            # time.  Moving it only once a tenth of the idle time has passed
-            # keeps the timeout within 10% of what was asked for.
-            step = idle / 10 if idle is not None else 0.0
-            last_touch = anyio.current_time()
-
-            def touch() -> None:
-                nonlocal last_touch
-                if idle is not None:
-                    now = anyio.current_time()
-                    if now - last_touch >= step:
-                        last_touch = now
-                        scope.deadline = now + idle
+            touch = _IdleTimer(scope, idle).touch
 
             async def upload() -> None:
                 tcp = isinstance(upstream, TcpStream)

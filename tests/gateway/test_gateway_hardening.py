@@ -492,3 +492,24 @@ async def test_the_gateway_config_checks_the_new_numbers() -> None:
     with pytest.raises(ValueError, match="max_connections_per_client"):
         Limits(max_connections_per_client=0)
     assert isinstance(Gateway(config=GatewayConfig()), Gateway)
+
+
+async def test_idle_connections_and_wsproxy_streams_end_after_the_idle_timeout() -> None:
+    policy = Policy(allow=["127.0.0.1"], limits=Limits(idle_timeout=0.3))
+    async with echo_target() as echo, running_gateway(GatewayConfig(policy=policy)) as gateway:
+        http = gateway.addresses["http"]
+        async with wisp_client(http) as (websocket, _):
+            with anyio.fail_after(5):
+                assert await websocket.receive() is None, "an idle Wisp connection is closed"
+        async with await anyio.connect_tcp(*http) as stream:
+            await stream.send(upgrade_request(f"/{echo[0]}:{echo[1]}"))
+            received = b""
+            with anyio.fail_after(5):
+                try:
+                    while True:
+                        received += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    pass
+            assert received.startswith(b"HTTP/1.1 101")
+        metrics = gateway.metrics.render().decode()
+        assert 'streams_closed_total{protocol="wsproxy",reason="idle-timeout"} 1.0' in metrics
