@@ -48,12 +48,21 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
         finally:
             _handover.state = None
 
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+    def _check_connected(self) -> None:
         state = self._netshim
         if state is not None and self._sslobj is None and state.phase is not Phase.CONNECTED:
-            # An unconnected socket: what SSLSocket._create probes for.
+            # An unconnected socket (what SSLSocket._create probes for): the
+            # pair under it is connected, so without this a read would wait
+            # forever where CPython raises ENOTCONN.
             raise os_error(errno.ENOTCONN)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        self._check_connected()
         return super().recv(buflen, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        self._check_connected()
+        return super().recv_into(buffer, nbytes, flags)
 
     def _real_connect(self, addr: Any, connect_ex: bool) -> int | None:
         state = self._netshim

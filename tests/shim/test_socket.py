@@ -297,6 +297,19 @@ def test_options_are_reported_back(installed: Installed) -> None:
     sock.close()
 
 
+def test_an_unconnected_tls_socket_raises_enotconn_on_every_read(installed: Installed) -> None:
+    # CPython's test_ssl BasicSocketTests.test_wrapped_unconnected: a read must
+    # not wait on the (connected) pair under the shim socket.
+    context = ssl.create_default_context()
+    with context.wrap_socket(socket.socket(), server_hostname="example.com") as sock:
+        for read in (lambda: sock.recv(1), lambda: sock.recv_into(bytearray(1))):
+            with pytest.raises(OSError) as caught:
+                read()
+            assert caught.value.errno == errno.ENOTCONN
+        with pytest.raises(ValueError, match="Read on closed or unwrapped SSL socket"):
+            sock.read(1)
+
+
 def test_bad_input_fails_as_the_stdlib_does(installed: Installed) -> None:
     sock = socket.socket()
     with pytest.raises(socket.gaierror) as caught:
