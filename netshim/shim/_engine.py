@@ -31,6 +31,7 @@ import errno
 import logging
 import socket
 import struct
+import sys
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -123,9 +124,16 @@ class Engine:
         return threading.get_ident() == self.thread_id
 
     def call(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``function(*args)`` on the engine loop and wait for its result."""
+        """Run ``function(*args)`` on the engine loop and wait for its result.
+
+        Raises ``OSError(ESHUTDOWN)`` once the interpreter is finalizing:
+        the engine is a daemon thread, which never runs again then, so
+        waiting for it would never end.
+        """
         if self.in_engine_thread():
             raise RuntimeError("a blocking socket call was made on netshim's own engine thread")
+        if sys.is_finalizing():
+            raise _finalizing()
         return self._ensure_started().call(function, *args)
 
     def spawn(self, function: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
@@ -135,6 +143,12 @@ class Engine:
         and kept in the returned future; it never stops the engine.
         """
         future: Future[T] = Future()
+        if sys.is_finalizing() and not self.in_engine_thread():
+            # At exit (a finalizer closing a socket, say) the engine never
+            # runs again: the socket closes on the program's side only, and
+            # the process's end takes the engine's side with it.
+            future.set_exception(_finalizing())
+            return future
 
         async def run() -> None:
             try:
@@ -160,6 +174,12 @@ class Engine:
 
     async def _start(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._group.start_soon(run)
+
+
+def _finalizing() -> OSError:
+    return OSError(
+        errno.ESHUTDOWN, "netshim's engine has stopped: the interpreter is shutting down"
+    )
 
 
 def _inside_a_task() -> bool:

@@ -230,6 +230,31 @@ def test_redis_sync(
     gateway.wait_for_streams(PROTOCOL[stack_name], redis_port)
 
 
+def test_a_program_that_leaves_its_client_to_the_finalizer_exits(
+    gateway: Gateway, redis_port: int, stack_name: str
+) -> None:
+    # Redis.__del__ closes the socket while the interpreter finalizes, when
+    # netshim's engine thread never runs again: the close must not wait for it.
+    url = {"wisp": "wisp://127.0.0.1:{port}/", "socks5": "socks5h://127.0.0.1:{socks}"}.get(
+        stack_name, "ws://127.0.0.1:{port}/"
+    )
+    stack_url = url.format(port=gateway.port, socks=gateway.socks_port)
+    script = (
+        "import netshim, redis\n"
+        f"netshim.install(netshim.stack_from_url({stack_url!r}))\n"
+        f"client = redis.Redis(host='127.0.0.1', port={redis_port})\n"
+        "client.set('netshim:exit', b'x')\n"
+        "print(client.get('netshim:exit'))\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "b'x'"
+    assert time.monotonic() - started < 20
+
+
 def test_redis_asyncio(
     gateway: Gateway, redis_port: int, stack_name: str, installed_stack: Stack
 ) -> None:
