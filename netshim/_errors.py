@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ __all__ = [
     "connection_refused",
     "connection_reset",
     "connection_timed_out",
+    "error_from_text",
     "host_unreachable",
     "map_exceptions",
     "message_too_long",
@@ -69,6 +71,25 @@ def os_error(code: int, detail: str | None = None) -> OSError:
     message = os.strerror(code)
     if detail:
         message = f"{message} ({detail})"
+    return OSError(code, message)
+
+
+_ERRNO_TEXT = re.compile(r"\[Errno (-?\d+)\] (.*)", re.DOTALL)
+
+
+def error_from_text(text: str) -> OSError | None:
+    """The error a peer's ``str(exc)`` names (``[Errno 13] netshim policy refused ...``).
+
+    Negative numbers are resolver errors (``socket.gaierror``); ``None``
+    when ``text`` names no errno.  Lets a tunnel hand a remote error to the
+    program as the same exception the gateway saw.
+    """
+    match = _ERRNO_TEXT.match(text.strip())
+    if match is None:
+        return None
+    code, message = int(match.group(1)), match.group(2).strip()
+    if code < 0:
+        return socket.gaierror(code, message)
     return OSError(code, message)
 
 

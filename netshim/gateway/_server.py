@@ -51,7 +51,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from .._addresses import Address, InvalidHostNameError, format_address
-from .._errors import LocalProtocolError, RemoteProtocolError
+from .._errors import LocalProtocolError, RemoteProtocolError, os_error
 from ..policy import DestinationBlockedError, Policy, TokenBucket
 from ..protocols import socks5, wisp
 from ..stack import Stack, TcpListener, TcpStream, UdpSocket
@@ -72,6 +72,8 @@ DEFAULT_READ_SIZE = 1 << 16
 # nginx's default large_client_header_buffers is 4 x 8 KiB.
 MAX_REQUEST_SIZE = 32 * 1024
 CLOSE_WAIT = 2.0
+# What the gateway reads after its close frame while it waits for the client's.
+CLOSE_DRAIN = 1 << 20
 # Clients tracked with no stream open (for their rate buckets) before the idle
 # ones are forgotten: an IPv6 client has addresses enough to grow the table.
 MAX_TRACKED_CLIENTS = 10_000
@@ -177,6 +179,24 @@ def _close_reason_for(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
         return wisp.CloseReason.UNREACHABLE
     return wisp.CloseReason.NETWORK_ERROR
+
+
+def _http_status_for(exc: BaseException) -> int:
+    """The HTTP answer to a wsproxy upgrade whose destination could not be reached."""
+    if isinstance(exc, DestinationBlockedError):
+        return 403
+    if isinstance(exc, TimeoutError):
+        return 504
+    return 502
+
+
+@dataclass(slots=True)
+class _WsproxyUpstream:
+    """A wsproxy stream's connected destination, admitted and counted."""
+
+    stream: TcpStream
+    client: _Client
+    record: StreamRecord
 
 
 def _socks_reply_for(exc: BaseException) -> int:
@@ -579,6 +599,7 @@ class Gateway:
         kind = "wisp" if path.endswith("/") else "wsproxy"
         response: Response
         target: tuple[str, int] | None = None
+        upstream: _WsproxyUpstream | None = None
         logged_in = False
         if not upgrade and path == "/healthz":
             response = self._plain(protocol, 200, "ok\n")
@@ -617,18 +638,39 @@ class Gateway:
                     response.headers["WWW-Authenticate"] = 'Basic realm="netshim gateway"'
             elif kind == "wsproxy" and target is None:
                 response = self._plain(protocol, 400, "expected /host:port or ?token=\n")
+            elif kind == "wsproxy":
+                assert target is not None
+                # Connected before the upgrade is answered, so that a refusal
+                # is the answer (an HTTP error naming it) and the client's
+                # connect fails as a socket's would, instead of a 101 followed
+                # by a close that reads like a clean end of stream.
+                opened = await self._wsproxy_connect(protocol, peer, target)
+                if isinstance(opened, Response):
+                    response = opened
+                else:
+                    upstream = opened
+                    response = protocol.accept(request)
             else:
                 response = protocol.accept(request)
+        if upstream is not None and response.status_code != 101:
+            await self._wsproxy_end(upstream)
+            upstream = None
         if response.status_code != 101:
             # Written directly (the protocol would also end the connection,
             # which the wall does anyway); pipelined requests behind it go
             # unanswered and the connection closes, as Connection: close says.
             await stream.send(response.serialize())
             return
-        protocol.send_response(response)
-        for chunk in protocol.data_to_send():
-            if chunk:
-                await stream.send(chunk)
+        try:
+            protocol.send_response(response)
+            for chunk in protocol.data_to_send():
+                if chunk:
+                    await stream.send(chunk)
+        except BaseException:
+            if upstream is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._wsproxy_end(upstream)
+            raise
         websocket = WebSocket(
             stream,
             protocol,
@@ -648,13 +690,17 @@ class Gateway:
                             self, websocket, peer, version, logged_in=logged_in
                         ).run()
                     else:
-                        assert target is not None
-                        await self._serve_wsproxy(websocket, peer, target)
+                        assert upstream is not None
+                        await self._serve_wsproxy(websocket, upstream)
                 finally:
                     await websocket.close()
+                    # Wait a moment for the client's close frame, reading
+                    # (and dropping) at most CLOSE_DRAIN more bytes.
+                    drain_until = websocket.bytes_in + CLOSE_DRAIN
                     with anyio.move_on_after(CLOSE_WAIT):
-                        while await websocket.receive() is not None:
-                            pass
+                        while websocket.bytes_in < drain_until:
+                            if await websocket.receive() is None:
+                                break
                     group.cancel_scope.cancel()
         finally:
             self.metrics.connections.labels(kind).dec()
@@ -740,32 +786,51 @@ class Gateway:
             )
         return None
 
-    async def _serve_wsproxy(
-        self, websocket: WebSocket, peer: Address, target: tuple[str, int]
-    ) -> None:
+    async def _wsproxy_connect(
+        self, protocol: ServerProtocol, peer: Address, target: tuple[str, int]
+    ) -> _WsproxyUpstream | Response:
+        """Admit and connect a wsproxy stream; the HTTP answer when that fails."""
         record = StreamRecord("wsproxy", peer, target[0], target[1])
         try:
             client = self._admit(peer[0])
         except _ThrottledError as exc:
-            record.reason = f"throttled({exc})"
-            logger.info(record.line())
-            await websocket.close(1013, "throttled")
-            return
+            record.reason = "throttled"
+            logger.info("%s detail=%r", record.line(), str(exc))
+            return self._plain(protocol, 429, f"throttled: {exc}\n")
         self.metrics.stream_opened(record)
         try:
-            try:
-                with anyio.fail_after(self.policy.limits.connect_timeout):
-                    upstream, checked = await self.policy.connect_tcp(
-                        self.stack, *target, lookups=client.lookups
-                    )
-            except (OSError, TimeoutError) as exc:
-                if isinstance(exc, DestinationBlockedError):
-                    self.metrics.refusals.labels("wsproxy").inc()
-                record.reason = type(exc).__name__
-                await websocket.close(1011, str(exc))
-                return
-            record.ip = checked.ip
-            async with upstream, anyio.create_task_group() as group:
+            with anyio.fail_after(self.policy.limits.connect_timeout):
+                stream, checked = await self.policy.connect_tcp(
+                    self.stack, *target, lookups=client.lookups
+                )
+        except (OSError, TimeoutError) as exc:
+            if isinstance(exc, DestinationBlockedError):
+                self.metrics.refusals.labels("wsproxy").inc()
+            record.reason = type(exc).__name__
+            self._release(peer[0])
+            self.metrics.stream_ended(record)
+            if isinstance(exc, TimeoutError) and not exc.errno:
+                exc = os_error(errno.ETIMEDOUT, format_address(target))
+            return self._plain(protocol, _http_status_for(exc), f"{exc}\n")
+        except BaseException:
+            self._release(peer[0])
+            self.metrics.stream_ended(record)
+            raise
+        record.ip = checked.ip
+        return _WsproxyUpstream(stream, client, record)
+
+    async def _wsproxy_end(self, upstream: _WsproxyUpstream) -> None:
+        """Close a wsproxy stream's destination and account for the stream. Call once."""
+        try:
+            await upstream.stream.aclose()
+        finally:
+            self._release(upstream.record.client[0])
+            self.metrics.stream_ended(upstream.record)
+
+    async def _serve_wsproxy(self, websocket: WebSocket, opened: _WsproxyUpstream) -> None:
+        upstream, client, record = opened.stream, opened.client, opened.record
+        try:
+            async with anyio.create_task_group() as group:
                 idle = _IdleTimer(group.cancel_scope, self.policy.limits.idle_timeout)
 
                 async def download() -> None:
@@ -792,7 +857,13 @@ class Gateway:
                     await self._throttle(client, len(data))
                     record.up += len(data)
                     try:
-                        await upstream.send(data)
+                        # As for SOCKS5: a destination that takes nothing this
+                        # long ends the stream (the client may be gone).
+                        with anyio.fail_after(self.config.upload_stall_timeout):
+                            await upstream.send(data)
+                    except TimeoutError:
+                        record.reason = "upload-stalled"
+                        break
                     except OSError:
                         record.reason = "upstream-error"
                         break
@@ -804,8 +875,8 @@ class Gateway:
             if group.cancel_scope.cancelled_caught and record.reason == "-":
                 record.reason = "idle-timeout"
         finally:
-            self._release(peer[0])
-            self.metrics.stream_ended(record)
+            with anyio.CancelScope(shield=True):
+                await self._wsproxy_end(opened)
 
     # -- SOCKS5
 
@@ -917,6 +988,7 @@ class Gateway:
         """Copy both ways with half-close, until both directions ended."""
         reasons: list[str] = []
         idle = self.policy.limits.idle_timeout
+        stall = self.config.upload_stall_timeout
 
         async with anyio.create_task_group() as group:
             scope = group.cancel_scope
@@ -941,7 +1013,18 @@ class Gateway:
                     else:
                         record.down += len(data)
                     try:
-                        await sink.send(data)
+                        if up:
+                            # A destination that takes nothing for this long
+                            # ends the stream: the client may be long gone
+                            # (nobody reads its socket while this waits).
+                            with anyio.fail_after(stall):
+                                await sink.send(data)
+                        else:
+                            await sink.send(data)
+                    except TimeoutError:
+                        reasons.append("upload-stalled")
+                        scope.cancel()
+                        return
                     except OSError:
                         reasons.append("reset")
                         scope.cancel()

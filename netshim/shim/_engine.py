@@ -243,12 +243,19 @@ async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
     """
     engine_end = state.engine_end
     assert engine_end is not None
+    # "network": the stack's stream failed; "local": the program's end did
+    # (it closed, or reset with SO_LINGER 0).
     failures: dict[str, BaseException] = {}
+    errors = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
     async def upstream() -> None:
-        try:
-            while True:
+        while True:
+            try:
                 data = await _read_some(engine_end)
+            except errors as exc:
+                failures.setdefault("local", exc)
+                break
+            try:
                 if not data:
                     if state.closed_by_user:
                         group.cancel_scope.cancel()
@@ -257,23 +264,28 @@ async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
                         state.upstream_done = True
                     return
                 await stream.send(data)
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            failures["upstream"] = exc
-            group.cancel_scope.cancel()
+            except errors as exc:
+                failures.setdefault("network", exc)
+                break
+        group.cancel_scope.cancel()
 
     async def downstream() -> None:
-        try:
-            while True:
-                try:
-                    data = await stream.receive(PUMP_CHUNK)
-                except anyio.EndOfStream:
-                    with contextlib.suppress(OSError):
-                        engine_end.shutdown(socket.SHUT_WR)
-                    return
+        while True:
+            try:
+                data = await stream.receive(PUMP_CHUNK)
+            except anyio.EndOfStream:
+                with contextlib.suppress(OSError):
+                    engine_end.shutdown(socket.SHUT_WR)
+                return
+            except errors as exc:
+                failures.setdefault("network", exc)
+                break
+            try:
                 await _write_all(engine_end, data)
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            failures["downstream"] = exc
-            group.cancel_scope.cancel()
+            except errors as exc:
+                failures.setdefault("local", exc)
+                break
+        group.cancel_scope.cancel()
 
     async with anyio.create_task_group() as group:
         state.pump_scope = group.cancel_scope
@@ -281,15 +293,20 @@ async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
         group.start_soon(downstream)
     if state.pump_scope is group.cancel_scope:
         state.pump_scope = None
-    network_failure = failures.get("downstream") or failures.get("upstream")
-    from_network = isinstance(network_failure, ConnectionResetError) or (
-        isinstance(network_failure, BrokenPipeError) and "upstream" in failures
-    )
-    if from_network and not state.closed_by_user:
+    network_failure = failures.get("network")
+    # Whatever ended the stream from the network's side (a reset, a tunnel's
+    # refusal after connect, an unreachable host) reaches the program as the
+    # one error an AF_UNIX pair can carry, ECONNRESET, never as a clean end
+    # of stream; a ClosedResourceError is the stream closed on our side.
+    if (
+        network_failure is not None
+        and not isinstance(network_failure, anyio.ClosedResourceError)
+        and not state.closed_by_user
+    ):
         await stream.aclose()
         reset_user_end(state)
         return
-    if state.abort_on_close or (state.closed_by_user and "downstream" in failures):
+    if state.abort_on_close or (state.closed_by_user and "local" in failures):
         await stream.abort()
     else:
         await stream.aclose()

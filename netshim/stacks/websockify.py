@@ -27,7 +27,7 @@ import anyio
 import anyio.lowlevel
 
 from .._addresses import Address
-from .._errors import os_error
+from .._errors import error_from_text, os_error
 from ..stack import Stack, TcpStream, UdpSocket
 from ..transports._url import WebSocketEndpoint, parse_websocket_url
 from ._tunnel import UNKNOWN_LOCAL, ByteBuffer, TunnelStack
@@ -47,6 +47,10 @@ def _close_error(websocket: ClientWebSocket, where: str) -> OSError | None:
             return os_error(errno.ECONNRESET, where)
         return None
     reason = received.reason or ""
+    named = error_from_text(reason)
+    if named is not None:
+        # netshim's gateway closes with the error it met: hand over the same one.
+        return named
     if "refused" in reason.lower() or "111" in reason:
         return os_error(errno.ECONNREFUSED, f"{where}: {reason}")
     if "unreachable" in reason.lower():
@@ -173,11 +177,14 @@ class WebsockifyStack(TunnelStack):
     ) -> TcpStream:
         """Open one WebSocket for a connection to ``host:port``.
 
-        The proxy connects after the upgrade, so a refusal usually shows on
-        the first ``receive``.  Raises ``ConnectionRefusedError`` when the
-        upgrade itself is refused.
+        websockify connects after the upgrade, so a refusal shows on the first
+        ``receive`` (as ``ECONNREFUSED`` or ``ECONNRESET``); netshim's gateway
+        connects first and refuses the upgrade, and the error it names
+        (``PermissionError`` for its policy, ``ConnectionRefusedError``,
+        ``socket.gaierror`` ...) is raised here.  Any other refused upgrade
+        is ``ConnectionRefusedError``.
         """
-        from ..transports.websocket import open_websocket
+        from ..transports.websocket import WebSocketHandshakeError, open_websocket
 
         host, port = self.destination(host, port, "connect_tcp")
         if local_address is not None:
@@ -185,14 +192,23 @@ class WebsockifyStack(TunnelStack):
         if port == 0:
             raise os_error(errno.ECONNREFUSED, f"{host}:0")
         endpoint = self._endpoint_for(host, port)
-        websocket = await open_websocket(
-            endpoint,
-            stack=self.transport,
-            subprotocols=("binary",),
-            headers=self.headers,
-            ssl_context=self.ssl_context,
-            open_timeout=self.open_timeout,
-        )
+        try:
+            websocket = await open_websocket(
+                endpoint,
+                stack=self.transport,
+                subprotocols=("binary",),
+                headers=self.headers,
+                ssl_context=self.ssl_context,
+                open_timeout=self.open_timeout,
+            )
+        except WebSocketHandshakeError as exc:
+            # netshim's gateway connects before it answers the upgrade and
+            # names the error it met in the body ("[Errno 13] netshim policy
+            # refused ..."): raise that, as Wisp and SOCKS5 do.
+            named = error_from_text(exc.body)
+            if named is None:
+                raise
+            raise named from exc
         return WebSocketStream(websocket, (host, port), f"{host}:{port} via {self.url}")
 
     async def open_udp(
