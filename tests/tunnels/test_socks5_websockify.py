@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 
 import anyio
 import pytest
@@ -118,6 +119,39 @@ async def test_websockify_through_gateway() -> None:
         with pytest.raises(OSError) as udp:
             await stack.open_udp()
         assert udp.value.errno == errno.EOPNOTSUPP
+
+
+async def test_websockify_through_our_gateway_fails_at_connect_as_a_socket_does() -> None:
+    # netshim's gateway connects before it answers the upgrade: a refusal is
+    # the connect's error, the same exception Wisp and SOCKS5 raise.
+    async with running_gateway() as gateway:
+        host, port = gateway.addresses["http"]
+        stack = WebsockifyStack(f"ws://{host}:{port}/")
+        await run_checks(stack, ("tcp_refused",))
+        with pytest.raises(PermissionError, match=r"netshim policy refused 10\.1\.2\.3:80"):
+            await stack.connect_tcp("10.1.2.3", 80)
+        with pytest.raises(socket.gaierror, match="invalid host name"):
+            await stack.connect_tcp("a..b", 80)
+
+
+async def test_a_refusal_through_websockify_is_never_a_clean_end_of_stream() -> None:
+    import socket as stdlib_socket
+
+    import netshim
+
+    async with running_gateway() as gateway:
+        host, port = gateway.addresses["http"]
+        closed = free_port()
+        stack = WebsockifyStack(f"ws://{host}:{port}/")
+
+        def connect(address: tuple[str, int]) -> None:
+            with netshim.installed(stack), stdlib_socket.create_connection(address, timeout=10):
+                pass
+
+        with pytest.raises(PermissionError):
+            await anyio.to_thread.run_sync(connect, ("10.1.2.3", 80))
+        with pytest.raises(ConnectionRefusedError):
+            await anyio.to_thread.run_sync(connect, ("127.0.0.1", closed))
 
 
 async def test_websockify_fixed_target_with_token() -> None:
