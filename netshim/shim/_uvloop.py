@@ -365,12 +365,12 @@ async def _open(
 
 
 class ShimServer(asyncio.AbstractServer):
-    """What ``create_server(sock=shim_socket)`` returns: accepts on the listening descriptor."""
+    """What ``create_server`` returns on shim sockets: accepts on their listening descriptors."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
+        socks: list[socket.socket],
         protocol_factory: _ProtocolFactory,
         *,
         backlog: int,
@@ -379,8 +379,8 @@ class ShimServer(asyncio.AbstractServer):
         ssl_shutdown_timeout: float | None,
     ) -> None:
         self._loop = loop
-        self._sock: socket.socket | None = sock
-        self._fd = sock.fileno()
+        self._socks: list[socket.socket] | None = socks
+        self._fds = [sock.fileno() for sock in socks]
         self._factory = protocol_factory
         self._backlog = backlog
         self._ssl = ssl
@@ -396,7 +396,7 @@ class ShimServer(asyncio.AbstractServer):
 
     @property
     def sockets(self) -> tuple[trsock.TransportSocket, ...]:
-        return () if self._sock is None else (trsock.TransportSocket(self._sock),)
+        return tuple(trsock.TransportSocket(sock) for sock in self._socks or ())
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
@@ -410,16 +410,17 @@ class ShimServer(asyncio.AbstractServer):
         await asyncio.sleep(0)
 
     def _start(self) -> None:
-        if self._serving or self._sock is None:
+        if self._serving or self._socks is None:
             return
-        self._sock.listen(self._backlog)
         self._serving = True
-        self._loop.add_reader(self._fd, self._on_acceptable)
+        for sock, fd in zip(self._socks, self._fds, strict=True):
+            sock.listen(self._backlog)
+            self._loop.add_reader(fd, self._on_acceptable, sock)
 
     async def serve_forever(self) -> None:
         if self._forever is not None:
             raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
-        if self._sock is None:
+        if self._socks is None:
             raise RuntimeError(f"server {self!r} is closed")
         self._start()
         self._forever = self._loop.create_future()
@@ -435,19 +436,21 @@ class ShimServer(asyncio.AbstractServer):
             self._forever = None
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is None:
+        socks, self._socks = self._socks, None
+        if socks is None:
             return
         if self._serving:
             self._serving = False
-            self._loop.remove_reader(self._fd)
-        sock.close()
+            for fd in self._fds:
+                self._loop.remove_reader(fd)
+        for sock in socks:
+            sock.close()
         if self._forever is not None and not self._forever.done():
             self._forever.cancel()
 
     async def wait_closed(self) -> None:
         """Wait until the server is closed and every connection it accepted is gone."""
-        if self._sock is not None or self._active == 0:
+        if self._socks is not None or self._active == 0:
             return
         if self._idle is None:
             self._idle = self._loop.create_future()
@@ -462,11 +465,10 @@ class ShimServer(asyncio.AbstractServer):
             _resolve(self._idle)
             self._idle = None
 
-    def _on_acceptable(self) -> None:
-        listener = self._sock
+    def _on_acceptable(self, listener: socket.socket) -> None:
         # One readiness report may stand for several queued connections.
         for _ in range(max(self._backlog, 1)):
-            if listener is None or self._sock is None:
+            if self._socks is None:
                 return
             try:
                 conn, _address = listener.accept()
@@ -521,6 +523,10 @@ def _create_connection(original: Callable[..., Any]) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> Any:
         sock = kwargs.get("sock")
+        if sock is None and not args and host is not None and _stack_is_virtual():
+            # uvloop would resolve and connect through libuv, on the real
+            # network: connect a shim socket instead and serve it as below.
+            return _connect_address(self, create_connection, protocol_factory, host, port, kwargs)
         if not _is_shim(sock) or args:
             return original(self, protocol_factory, host, port, *args, **kwargs)
         if host is not None or port is not None:
@@ -598,12 +604,118 @@ def _create_server(original: Callable[..., Any]) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> Any:
         sock = kwargs.get("sock")
-        if not _is_shim(sock) or args:
+        if args:
+            return original(self, protocol_factory, host, port, *args, **kwargs)
+        if sock is None and _stack_is_virtual():
+            # uvloop would bind host:port through libuv on the real network,
+            # out of the stack's reach (uvicorn.run does this): listen on shim
+            # sockets instead, as asyncio's create_server does.
+            return _serve_address(self, protocol_factory, host, port, **kwargs)
+        if not _is_shim(sock):
             return original(self, protocol_factory, host, port, *args, **kwargs)
         return _serve(self, protocol_factory, host, port, **kwargs)
 
     create_server.__doc__ = original.__doc__
     return create_server
+
+
+async def _connect_address(
+    loop: asyncio.AbstractEventLoop,
+    create_connection: Callable[..., Any],
+    protocol_factory: _ProtocolFactory,
+    host: str,
+    port: int | None,
+    options: dict[str, Any],
+) -> Any:
+    """``create_connection(host, port)`` through a shim socket: each address in turn."""
+    options = dict(options)
+    family = options.pop("family", 0)
+    proto = options.pop("proto", 0)
+    flags = options.pop("flags", 0)
+    local_addr = options.pop("local_addr", None)
+    options.pop("happy_eyeballs_delay", None)
+    options.pop("interleave", None)
+    all_errors = options.pop("all_errors", False)
+    if options.get("ssl") and options.get("server_hostname") is None:
+        options["server_hostname"] = host
+    infos = await loop.run_in_executor(
+        None, socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, proto, flags
+    )
+    errors: list[OSError] = []
+    for info_family, kind, info_proto, _, address in infos:
+        sock = socket.socket(info_family, kind, info_proto)
+        try:
+            sock.setblocking(False)
+            if local_addr is not None:
+                sock.bind(local_addr)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return await create_connection(loop, protocol_factory, sock=sock, **options)
+    if not errors:
+        raise OSError(f"getaddrinfo({host!r}) returned an empty list")
+    if all_errors:
+        raise ExceptionGroup("create_connection failed", errors)
+    if len(errors) == 1:
+        raise errors[0]
+    raise OSError(f"Multiple exceptions: {', '.join(str(exc) for exc in errors)}")
+
+
+def _stack_is_virtual() -> bool:
+    """Whether the acting stack is not the host network (whose sockets uvloop serves itself)."""
+    from ._socket import acting_stack
+
+    return not acting_stack().uses_host_sockets
+
+
+async def _serve_address(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: _ProtocolFactory,
+    host: Any,
+    port: int | None,
+    *,
+    family: int = socket.AF_UNSPEC,
+    flags: int = socket.AI_PASSIVE,
+    reuse_address: bool | None = None,
+    reuse_port: bool | None = None,
+    **kwargs: Any,
+) -> ShimServer:
+    """``create_server(host, port)`` on shim sockets: one per address, as asyncio binds them."""
+    if kwargs.get("sock") is not None:
+        raise ValueError("host/port and sock can not be specified at the same time")
+    hosts = [host] if host is None or isinstance(host, str) else list(host)
+    infos: list[tuple[Any, ...]] = []
+    for name in hosts:
+        for info in socket.getaddrinfo(
+            None if name == "" else name, port, family, socket.SOCK_STREAM, 0, flags
+        ):
+            if info not in infos:
+                infos.append(info)
+    socks: list[socket.socket] = []
+    try:
+        for info_family, kind, proto, _, address in infos:
+            sock = socket.socket(info_family, kind, proto)
+            socks.append(sock)
+            if reuse_address is not False:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if info_family == socket.AF_INET6:
+                # As asyncio: the IPv4 wildcard gets a socket of its own.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    if not socks:
+        raise OSError(f"no address to listen on for {host!r}")
+    return await _serve_sockets(loop, protocol_factory, socks, **kwargs)
 
 
 async def _serve(
@@ -613,29 +725,40 @@ async def _serve(
     port: int | None,
     *,
     sock: socket.socket,
+    family: int = 0,
+    flags: int = socket.AI_PASSIVE,
+    reuse_address: bool | None = None,
+    reuse_port: bool | None = None,
+    **kwargs: Any,
+) -> ShimServer:
+    if host is not None or port is not None:
+        raise ValueError("host/port and sock can not be specified at the same time")
+    _check_stream(sock)
+    return await _serve_sockets(loop, protocol_factory, [sock], **kwargs)
+
+
+async def _serve_sockets(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: _ProtocolFactory,
+    socks: list[socket.socket],
+    *,
     backlog: int = 100,
     ssl: Any = None,
     ssl_handshake_timeout: float | None = None,
     ssl_shutdown_timeout: float | None = None,
     start_serving: bool = True,
-    family: int = 0,
-    flags: int = socket.AI_PASSIVE,
-    reuse_address: bool | None = None,
-    reuse_port: bool | None = None,
 ) -> ShimServer:
-    if host is not None or port is not None:
-        raise ValueError("host/port and sock can not be specified at the same time")
     if not ssl and (ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None):
         raise ValueError(
             "ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful with ssl"
         )
     if ssl:
         _context(ssl, True)
-    _check_stream(sock)
-    sock.setblocking(False)
+    for sock in socks:
+        sock.setblocking(False)
     server = ShimServer(
         loop,
-        sock,
+        socks,
         protocol_factory,
         backlog=backlog,
         ssl=ssl,

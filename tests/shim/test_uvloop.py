@@ -113,6 +113,34 @@ def test_create_server_sock_with_tls(installed: Installed) -> None:
     uvloop.run(asyncio.wait_for(main(), 20))
 
 
+def test_create_server_with_host_and_port_listens_on_the_stack(installed: Installed) -> None:
+    # What uvicorn.run(app) does under uvloop: no sock=, a host and a port.
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"served " + (await reader.readline()))
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        with acting_as(installed.web):
+            one = await asyncio.start_server(handle, "0.0.0.0", 8001)
+            both = await asyncio.start_server(handle, None, 8002)
+        assert one.sockets[0].getsockname() == ("0.0.0.0", 8001)
+        assert sorted(s.family for s in both.sockets) == [socket.AF_INET, socket.AF_INET6]
+        for host, port in (("web.internal", 8001), ("10.0.0.2", 8002), ("fd00::2", 8002)):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"hi\n")
+            assert await reader.readline() == b"served hi\n"
+            writer.close()
+            await writer.wait_closed()
+        for server in (one, both):
+            server.close()
+            await server.wait_closed()
+        with socket.socket() as sock, pytest.raises(ValueError, match="host/port and sock"):
+            await asyncio.start_server(handle, "0.0.0.0", 8003, sock=sock)
+
+    uvloop.run(asyncio.wait_for(main(), 20))
+
+
 def test_flow_control_and_abort(installed: Installed) -> None:
     listener = listen_on_web(installed, 7001)
     listener.setblocking(False)
