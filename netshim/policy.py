@@ -46,7 +46,7 @@ from typing import Final, Literal
 
 import anyio
 
-from ._addresses import IPAddress, check_host, format_address, parse_ip
+from ._addresses import InvalidHostNameError, IPAddress, check_host, format_address, parse_ip
 from .stack import Stack, TcpStream, UdpSocket
 
 __all__ = [
@@ -434,6 +434,10 @@ class Policy:
         # resolver will see, and a spelling that maps to an IP literal (full-
         # width digits) is checked as that literal.
         host = check_host(host, "resolve")
+        if not host:
+            # "" and "." mean "no name" to getaddrinfo (the local host): never
+            # a destination.
+            raise InvalidHostNameError(host, "empty name")
         literal = parse_ip(host) or parse_numeric_ipv4(host)
         if literal is not None:
             self.check(host, literal, port, transport)

@@ -701,6 +701,10 @@ class Gateway:
                         while websocket.bytes_in < drain_until:
                             if await websocket.receive() is None:
                                 break
+                    # The last frames (the close frame, a Wisp CLOSE) leave
+                    # before the writer is cancelled.
+                    with anyio.move_on_after(CLOSE_WAIT):
+                        await websocket.flush()
                     group.cancel_scope.cancel()
         finally:
             self.metrics.connections.labels(kind).dec()

@@ -87,6 +87,8 @@ class WebSocket:
         self._waiters: deque[anyio.Event] = deque()
         self._closed = False
         self._leftover = leftover
+        # Set by the writer once the output is empty (see flush()).
+        self._flushed: anyio.Event | None = None
 
     @property
     def buffered_bytes(self) -> int:
@@ -103,6 +105,7 @@ class WebSocket:
         try:
             while True:
                 if not output:
+                    self._signal_flushed()
                     if self._closed and self.protocol.state is State.CLOSED:
                         return
                     await self._wake.wait()
@@ -133,6 +136,25 @@ class WebSocket:
             self._closed = True
             self._drained.set()
             self._wake_next_sender()
+            self._signal_flushed()
+
+    def _signal_flushed(self) -> None:
+        if self._flushed is not None:
+            self._flushed.set()
+            self._flushed = None
+
+    async def flush(self) -> None:
+        """Wait until the writer wrote everything queued (or ended).
+
+        A connection's last frames (a close frame, a Wisp ``CLOSE``) are
+        queued, not written: call this before cancelling the writer, or they
+        may be lost.
+        """
+        if not self._output or self._closed:
+            return
+        if self._flushed is None:
+            self._flushed = anyio.Event()
+        await self._flushed.wait()
 
     def _join_batch(self, first: bytes) -> bytes:
         output = self._output

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import struct
 import sys
@@ -65,6 +66,8 @@ class Engine:
 
     def __init__(self) -> None:
         self._portal: anyio.from_thread.BlockingPortal | None = None
+        # Set in a child process for the engine its parent ran (see _after_fork).
+        self.left_behind = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -134,6 +137,12 @@ class Engine:
             raise RuntimeError("a blocking socket call was made on netshim's own engine thread")
         if sys.is_finalizing():
             raise _finalizing()
+        if self.left_behind:
+            raise OSError(
+                errno.EOPNOTSUPP,
+                "this socket was inherited across fork(): its data still flows, "
+                "but only the parent process can change it",
+            )
         return self._ensure_started().call(function, *args)
 
     def spawn(self, function: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
@@ -143,6 +152,12 @@ class Engine:
         and kept in the returned future; it never stops the engine.
         """
         future: Future[T] = Future()
+        if self.left_behind:
+            # A socket inherited across fork(): the parent's engine pumps it
+            # and closes its side once every process closed the socket (the
+            # pair's end then reads EOF); here there is nothing to do.
+            future.set_exception(OSError(errno.EOPNOTSUPP, "inherited across fork()"))
+            return future
         if sys.is_finalizing() and not self.in_engine_thread():
             # At exit (a finalizer closing a socket, say) the engine never
             # runs again: the socket closes on the program's side only, and
@@ -194,6 +209,25 @@ _engine = Engine()
 
 def get_engine() -> Engine:
     return _engine
+
+
+def _after_fork_in_child() -> None:
+    """fork() copies no thread: the child gets an engine of its own, started on first use.
+
+    Sockets the child inherited keep their parent's engine, marked left
+    behind: their bytes go through the kernel's socketpair, which the parent
+    still pumps, so ``send``/``recv`` go on working; closing them in the child
+    is local.  Sockets the child makes use the new engine.  (A forking server's
+    child serves its request and closes it; the parent closed its copy at
+    once, and the connection ends when the child's close reaches the pair.)
+    """
+    global _engine
+    _engine.left_behind = True
+    _engine = Engine()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- moving bytes -------------------------------------------------------------

@@ -18,6 +18,7 @@ for the life of the process.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import threading
 from collections.abc import Coroutine
@@ -81,6 +82,15 @@ class SyntheticNames:
 
 
 synthetic = SyntheticNames()
+
+
+def _new_synthetic_lock() -> None:
+    # Another thread may have held the lock when fork() copied it, held.
+    synthetic._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_synthetic_lock)
 
 
 def synthetic_name(host: str) -> str | None:

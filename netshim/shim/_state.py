@@ -52,6 +52,16 @@ _registry: dict[int, SocketState] = {}
 _registry_lock = threading.Lock()
 
 
+def _new_registry_lock() -> None:
+    # Another thread may have held the lock when fork() copied it, held.
+    global _registry_lock
+    _registry_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_registry_lock)
+
+
 def _inode(fd: int) -> int | None:
     try:
         return os.fstat(fd).st_ino

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import os
 import smtplib
 import socket
 import socketserver
@@ -156,6 +157,39 @@ def test_socketserver_tcp(installed: Installed) -> None:
         conn.sendall(b"quit\n")
         assert reader.read() == b"", "the handler closed the connection"
         reader.close()
+
+
+class ForkedTcpHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        # A socket made in the child runs on the child's own engine (on a
+        # VirtualNetwork, on the child's copy of the network, which lives in
+        # memory): a datagram to itself comes back.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.settimeout(5)
+            probe.bind(("127.0.0.1", 0))
+            probe.sendto(b"ok", probe.getsockname())
+            echoed = probe.recv(10)
+        self.wfile.write(f"{os.getpid()} ".encode() + echoed + b" " + line.upper())
+
+
+def test_socketserver_forking_server(installed: Installed) -> None:
+    # CPython's test_socketserver forking tests hung: the child called into an
+    # engine thread that fork() had not copied.
+    with acting_as(installed.web):
+        server = socketserver.ForkingTCPServer(("0.0.0.0", 9102), ForkedTcpHandler)
+    with serving(server):
+        children = set()
+        for word in (b"alpha", b"beta", b"gamma"):
+            with socket.create_connection(("web.internal", 9102), timeout=10) as conn:
+                conn.sendall(word + b"\n")
+                with conn.makefile("rb") as reader:
+                    pid, answer = reader.readline().split(b" ", 1)
+                    assert answer == b"ok " + word.upper() + b"\n"
+                    assert reader.read() == b"", "the child's close ended the connection"
+            children.add(int(pid))
+    assert len(children) == 3
+    assert os.getpid() not in children
 
 
 def test_socketserver_udp(installed: Installed) -> None:
