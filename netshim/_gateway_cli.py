@@ -192,7 +192,16 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 def run(arguments: argparse.Namespace) -> int:
     import anyio
 
-    from .gateway import Gateway
+    try:
+        from .gateway import Gateway
+    except ImportError as exc:
+        # The gateway's dependencies are an extra: say which, in one line.
+        print(
+            f"netshim gateway: {(exc.name or str(exc)).split('.')[0]} is not installed; "
+            "install the gateway's dependencies with: pip install 'netshim[gateway]'",
+            file=sys.stderr,
+        )
+        return 2
 
     logging.basicConfig(
         level=getattr(logging, str(arguments.log_level).upper(), logging.INFO),

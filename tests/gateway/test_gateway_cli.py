@@ -120,3 +120,20 @@ def test_bad_config_file_syntax_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "netshim gateway:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_missing_gateway_dependencies_are_one_line_naming_the_extra() -> None:
+    # As after a plain `pip install .`: the gateway's extra is not there.
+    script = (
+        "import sys; sys.modules['websockets'] = None\n"
+        "from netshim.__main__ import main\n"
+        "sys.exit(main(['gateway', '--port', '0']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "netshim gateway: websockets is not installed; install the gateway's "
+        "dependencies with: pip install 'netshim[gateway]'"
+    ]
