@@ -618,18 +618,25 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
     def _receive_datagram(
         self, bufsize: int, flags: int, function: str = "recvfrom"
     ) -> tuple[bytes, Any]:
+        payload, source = self._next_datagram(bufsize, flags, function)
+        return payload[:bufsize], source
+
+    def _next_datagram(self, bufsize: int, flags: int, function: str) -> tuple[bytes, Any]:
+        """The next datagram whole (the caller cuts it to size) and its source address."""
         state = self._netshim
         assert state is not None
         if bufsize < 0:
             raise ValueError(f"negative buffersize in {function}")
         _check_open(self)
         # An unbound UDP socket receives nothing until it sends or binds; it
-        # still blocks (or times out, or says EAGAIN) like the real one.
-        message = super().recv(65536 + _HEADER_ROOM, flags)
+        # still blocks (or times out, or says EAGAIN) like the real one.  The
+        # pair carries each datagram framed with its source: MSG_TRUNC on the
+        # pair would speak of the frame, so it is left to us.
+        message = super().recv(65536 + _HEADER_ROOM, flags & ~socket.MSG_TRUNC)
         kind, payload, source = unpack_datagram(message)
         if kind != DATA:
             raise os_error(source[1] or errno.EIO)
-        return payload[:bufsize], self._sockaddr(source)
+        return payload, self._sockaddr(source)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         state = self._netshim
@@ -665,8 +672,35 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             raise ValueError("negative buffer size in recvmsg()")
         if ancbufsize < 0:
             raise ValueError("invalid ancillary data buffer length")
-        payload, source = self._receive_datagram(bufsize, flags)
-        return payload, [], 0, source
+        payload, source = self._next_datagram(bufsize, flags, "recvmsg")
+        truncated = socket.MSG_TRUNC if len(payload) > bufsize else 0
+        return payload[:bufsize], [], truncated, source
+
+    def recvmsg_into(self, buffers: Iterable[Any], ancbufsize: int = 0, flags: int = 0) -> Any:
+        state = self._netshim
+        if state is None or state.is_tcp:
+            return super().recvmsg_into(buffers, ancbufsize, flags)
+        if ancbufsize < 0:
+            raise ValueError("invalid ancillary data buffer length")
+        views = [memoryview(buffer).cast("B") for buffer in buffers]
+        for view in views:
+            if view.readonly:
+                raise TypeError(
+                    "recvmsg_into() argument 1 must be an iterable of single-segment "
+                    "read-write buffers"
+                )
+        room = sum(len(view) for view in views)
+        payload, source = self._next_datagram(room, flags, "recvmsg_into")
+        # Scattered over the buffers in order, as the kernel fills an iovec.
+        offset = 0
+        for view in views:
+            chunk = payload[offset : offset + len(view)]
+            view[: len(chunk)] = chunk
+            offset += len(chunk)
+            if offset >= len(payload):
+                break
+        truncated = socket.MSG_TRUNC if len(payload) > room else 0
+        return min(len(payload), room), [], truncated, source
 
     def sendmsg(
         self,
@@ -680,7 +714,8 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             if address is None:
                 return super().sendmsg(buffers, ancdata, flags)
             return super().sendmsg(buffers, ancdata, flags, address)
-        data = b"".join(bytes(buffer) for buffer in buffers)
+        data = b"".join(_sendmsg_buffers(buffers))
+        _check_ancillary(ancdata)
         if address is None:
             return self.send(data, flags)
         return self.sendto(data, flags, address)
@@ -698,6 +733,42 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         if state is not None:
             state.user_socket = lambda: None
         return super().detach()
+
+
+def _sendmsg_buffers(buffers: Iterable[Any]) -> list[bytes]:
+    """``sendmsg``'s data, checked as CPython checks it (bytes-like objects only)."""
+    try:
+        items = list(buffers)
+    except TypeError:
+        raise TypeError("sendmsg() argument 1 must be an iterable") from None
+    chunks = []
+    for item in items:
+        try:
+            chunks.append(memoryview(item).tobytes())
+        except TypeError:
+            raise TypeError(
+                f"a bytes-like object is required, not '{type(item).__name__}'"
+            ) from None
+    return chunks
+
+
+def _check_ancillary(ancdata: Iterable[Any]) -> None:
+    """Ancillary items must be ``(level, type, data)``; netshim's datagrams carry none."""
+    try:
+        items = list(ancdata)
+    except TypeError:
+        raise TypeError("sendmsg() argument 2 must be an iterable") from None
+    for item in items:
+        if not isinstance(item, tuple | list) or len(item) != 3:
+            length = len(item) if isinstance(item, tuple | list) else 0
+            raise TypeError(
+                "[sendmsg() ancillary data items]() argument must be sequence of length 3, "
+                f"not {length}"
+            )
+        level, kind, data = item
+        if not isinstance(level, int) or not isinstance(kind, int):
+            raise TypeError("an integer is required")
+        memoryview(data)
 
 
 def _check_open(sock: Any) -> None:

@@ -365,6 +365,37 @@ def test_udp_round_trip_and_refusal(installed: Installed) -> None:
         sock.close()
 
 
+def test_udp_recvmsg_into_msg_trunc_and_sendmsg_checks(installed: Installed) -> None:
+    # recvmsg_into once handed back netshim's own framing inside the payload.
+    with acting_as(installed.web):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("0.0.0.0", 5354))
+    server.settimeout(5)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    client.sendmsg([b"scatter", bytearray(b"-"), memoryview(b"gather")], [], 0, ("10.0.0.2", 5354))
+    first, second = bytearray(4), bytearray(20)
+    nbytes, ancdata, flags, address = server.recvmsg_into([first, second])
+    assert (nbytes, ancdata, flags) == (14, [], 0)
+    assert bytes(first) + bytes(second[:10]) == b"scatter-gather"
+    assert address == ("10.0.0.3", client.getsockname()[1])
+    client.sendto(b"0123456789", ("10.0.0.2", 5354))
+    data, ancdata, flags, _ = server.recvmsg(4)
+    assert (data, ancdata, flags) == (b"0123", [], socket.MSG_TRUNC)
+    client.sendto(b"abcdef", ("10.0.0.2", 5354))
+    small = bytearray(3)
+    assert server.recvmsg_into([small])[:3] == (3, [], socket.MSG_TRUNC)
+    assert small == b"abc"
+    with pytest.raises(TypeError, match="a bytes-like object is required, not 'int'"):
+        client.sendmsg([5], [], 0, ("10.0.0.2", 5354))
+    with pytest.raises(TypeError, match="sequence of length 3, not 2"):
+        client.sendmsg([b"x"], [(1, 2)], 0, ("10.0.0.2", 5354))
+    with pytest.raises(TypeError, match="single-segment read-write buffers"):
+        server.recvmsg_into([b"read-only"])
+    for sock in (server, client):
+        sock.close()
+
+
 def test_name_functions(installed: Installed) -> None:
     assert socket.gethostname() == "client"
     assert socket.gethostbyname("web.internal") == "10.0.0.2"
