@@ -105,6 +105,11 @@ class _ShimCommon(_Base):
         state = self._netshim
         return state.kind if state is not None else super().type
 
+    @property
+    def proto(self) -> int:
+        state = self._netshim
+        return state.proto if state is not None else super().proto
+
     def _sockaddr(self, address: tuple[str, int]) -> Any:
         state = self._netshim
         assert state is not None
@@ -422,6 +427,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                     self._netshim = None
                     return
                 state = SocketState(family, kind, stack, get_engine())
+                state.proto = proto
                 user_end, engine_end = _socket.socketpair(socket.AF_UNIX, kind)
                 super().__init__(socket.AF_UNIX, kind, 0, user_end.detach())
                 engine = ORIGINAL_SOCKET(socket.AF_UNIX, kind, 0, engine_end.detach())

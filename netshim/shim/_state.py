@@ -86,6 +86,9 @@ class SocketState:
         self.stack = stack
         self.engine = engine
         self.phase = Phase.NEW
+        # What the program asked for (0, or IPPROTO_TCP/UDP as getaddrinfo
+        # gives it): reported back by ``sock.proto``, as a real socket does.
+        self.proto = 0
         self.local: tuple[str, int] | None = None
         self.remote: tuple[str, int] | None = None
         self.bind_request: tuple[str, int] | None = None

@@ -635,3 +635,25 @@ def test_connected_udp_socket_reports_its_source_address(installed: Installed) -
         sock.connect(("10.0.0.2", 53))
         # As Linux: the wildcard becomes the address the route picks.
         assert sock.getsockname() == ("10.0.0.3", port)
+
+
+def test_proto_is_reported_as_asked_and_asyncio_sets_nodelay(installed: Installed) -> None:
+    import asyncio
+
+    with socket.socket() as plain:
+        assert plain.proto == 0  # as CPython reports a socket made with 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP) as tcp:
+        assert tcp.proto == socket.IPPROTO_TCP
+    listener = listening(installed, 7300)
+
+    async def main() -> int:
+        # getaddrinfo gives proto 6: asyncio then turns TCP_NODELAY on.
+        _, writer = await asyncio.open_connection("web.internal", 7300)
+        sock = writer.get_extra_info("socket")
+        nodelay = int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+        await writer.wait_closed()
+        return nodelay
+
+    assert asyncio.run(main()) == 1
+    listener.close()
