@@ -927,7 +927,12 @@ async def _stop_udp(state: SocketState) -> None:
 
 def _closing(state: SocketState) -> None:
     partner = state.splice_partner
-    if partner is not None and state.abort_on_close:
+    if state.shared_by_fork:
+        # Another process may still hold this socket (a forking server's
+        # child): as with the kernel's own sockets, only the last close ends
+        # the connection, which the pair's EOF tells by itself.
+        pass
+    elif partner is not None and state.abort_on_close:
         # Joined sockets: a byte left unread in our end makes the kernel
         # report a reset to the other program when we close, as RST would.
         peer = partner.user_socket()

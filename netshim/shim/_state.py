@@ -58,8 +58,15 @@ def _new_registry_lock() -> None:
     _registry_lock = threading.Lock()
 
 
+def _mark_shared_by_fork() -> None:
+    # Both processes now hold every open shim socket (the child's copies are
+    # marked too: the flag is copied with the memory).
+    for state in list(_registry.values()):
+        state.shared_by_fork = True
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_registry_lock)
+    os.register_at_fork(before=_mark_shared_by_fork, after_in_child=_new_registry_lock)
 
 
 def _inode(fd: int) -> int | None:
@@ -114,6 +121,9 @@ class SocketState:
         self.closed_by_user = False
         self.upstream_done = False
         self.abort_on_close = False
+        # The descriptor was open when the process forked: another process may
+        # hold the same socket, so closing ours must not end the connection.
+        self.shared_by_fork = False
 
     def __repr__(self) -> str:
         return f"<SocketState {self.kind.name} {self.phase.value} {self.local} -> {self.remote}>"
