@@ -189,19 +189,22 @@ def check_host(host: object, function: str) -> str:
     return normalize_host_name(host)
 
 
-def parse_service(port: object, socktype: int = 0) -> int:
+def parse_service(port: object, socktype: int = 0, flags: int = 0) -> int:
     """Turn getaddrinfo's ``port`` argument (int, digits or a service name) into a port.
 
     Raises ``socket.gaierror(EAI_SERVICE)`` for an unknown name or a number out
-    of range, as glibc does for names (it would wrap numbers; we refuse them).
+    of range, as glibc does for names (it would wrap numbers; we refuse them);
+    with ``AI_NUMERICSERV`` in ``flags`` a name is ``EAI_NONAME``, as glibc says.
     """
     if port is None:
         return 0
     if isinstance(port, bytes | bytearray):
         port = bytes(port).decode("ascii")
     if isinstance(port, str):
-        if port.isdigit():
+        if port.isascii() and port.isdigit():
             port = int(port)
+        elif flags & socket.AI_NUMERICSERV:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         else:
             protocol = "udp" if socktype == socket.SOCK_DGRAM else "tcp"
             try:

@@ -66,7 +66,8 @@ async def resolve_addrinfo(
         ip = parse_ip(name)
         if ip is not None:
             wanted = {int(socket.AF_INET): 4, int(socket.AF_INET6): 6}.get(family)
-            if wanted is not None and ip.version != wanted:
+            mapped = family == socket.AF_INET6 and flags & socket.AI_V4MAPPED
+            if wanted is not None and ip.version != wanted and not (mapped and ip.version == 4):
                 raise socket.gaierror(
                     socket.EAI_ADDRFAMILY, f"Address family for hostname not supported ({name!r})"
                 )
@@ -76,11 +77,18 @@ async def resolve_addrinfo(
         elif name == "localhost" or name.endswith(".localhost"):
             ips = loopback
         else:
-            ips, canonical = await lookup(name, family)
+            v4mapped = family == socket.AF_INET6 and flags & socket.AI_V4MAPPED
+            # With AI_V4MAPPED, IPv4 answers count too (mapped below).
+            ips, canonical = await lookup(name, 0 if v4mapped else family)
     if family == socket.AF_INET:
         ips = [ip for ip in ips if ip.version == 4]
     elif family == socket.AF_INET6:
-        ips = [ip for ip in ips if ip.version == 6]
+        v6: list[IPAddress] = [ip for ip in ips if ip.version == 6]
+        if flags & socket.AI_V4MAPPED and (flags & socket.AI_ALL or not v6):
+            # glibc: IPv4 answers as IPv4-mapped IPv6 addresses, when there
+            # is no IPv6 answer (or, with AI_ALL, behind the IPv6 ones).
+            v6.extend(ipaddress.IPv6Address(f"::ffff:{ip}") for ip in ips if ip.version == 4)
+        ips = v6
     if not ips:
         raise no_address_for_name(name or "")
     kinds = [
@@ -100,10 +108,17 @@ async def resolve_addrinfo(
             address: tuple[str, int] | tuple[str, int, int, int]
             if ip.version == 6:
                 ip_family = socket.AF_INET6
-                address = (str(ip), port, 0, 0)
+                address = (_text(ip), port, 0, 0)
             else:
                 ip_family = socket.AF_INET
                 address = (str(ip), port)
             label = canonical if (flags & socket.AI_CANONNAME and not results) else ""
             results.append((ip_family, socket.SocketKind(kind), protocol, label, address))
     return results
+
+
+def _text(ip: IPAddress) -> str:
+    """An address as glibc writes it: IPv4-mapped ones end in dotted IPv4."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)

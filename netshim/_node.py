@@ -12,6 +12,9 @@
   exception class carrying Node's ``code``, ``syscall``, ``address`` and
   ``port`` attributes, so ``except ConnectionRefusedError`` keeps working and
   ``err.code == "ECONNREFUSED"`` works too.
+* :func:`node_error`: one of Node's own errors (``ERR_STREAM_WRITE_AFTER_END``,
+  ``ERR_SOCKET_DGRAM_NOT_RUNNING``...) as the ``OSError`` subclass of the
+  errno closest to it, with Node's ``code``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import anyio
 import anyio.abc
 
-__all__ = ["EventEmitter", "NodeError", "TaskGroupUser", "system_error"]
+__all__ = ["EventEmitter", "NodeError", "TaskGroupUser", "node_error", "system_error"]
 
 Listener = Callable[..., Any]
 _E = TypeVar("_E", bound="EventEmitter")
@@ -167,15 +170,16 @@ class NodeError(OSError):
 
     Instances are also the ``OSError`` subclass the failure would be in Python
     (``ConnectionRefusedError`` and so on).  ``code`` is the errno's symbolic
-    name (Node's ``err.code``), ``syscall`` the operation that failed
-    (``"connect"``, ``"read"``, ``"write"``, ``"listen"``, ``"bind"``,
-    ``"send"``, ``"getaddrinfo"``...), ``address`` and ``port`` the far end when
-    known.  Unlike Node's negative ``errno``, :attr:`errno` keeps Python's
+    name (Node's ``err.code``), or Node's own ``"ERR_..."`` code (see
+    :func:`node_error`); ``syscall`` the operation that failed (``"connect"``,
+    ``"read"``, ``"write"``, ``"listen"``, ``"bind"``, ``"send"``,
+    ``"getaddrinfo"``...; ``None`` where Node has none), ``address`` and
+    ``port`` the far end when known.  Unlike Node's negative ``errno``, :attr:`errno` keeps Python's
     positive value so that comparisons with the :mod:`errno` module work.
     """
 
     code: str
-    syscall: str
+    syscall: str | None
     address: str | None
     port: int | None
     hostname: str | None
@@ -244,4 +248,22 @@ def system_error(
     error.port = port
     error.hostname = hostname
     error.__cause__ = exc
+    return error
+
+
+def node_error(number: int, code: str, message: str, syscall: str | None = None) -> NodeError:
+    """Node's own error ``code`` (``"ERR_..."``) as a :class:`NodeError`.
+
+    The class is the ``OSError`` subclass Python picks for ``number``
+    (``EPIPE`` gives ``BrokenPipeError``), so ``except BrokenPipeError`` and
+    ``err.errno`` work; ``code``, the message and ``syscall`` (mostly
+    undefined on these errors, so ``None``) are Node's.
+    """
+    kind = _node_class(type(OSError(number, message)))
+    error = kind(number, message)
+    error.code = code
+    error.syscall = syscall
+    error.address = None
+    error.port = None
+    error.hostname = None
     return error

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["getaddrinfo", "gethostbyaddr", "gethostname", "has_dualstack_ipv6", "socket_class"]
+__all__ = [
+    "getaddrinfo",
+    "gethostbyaddr",
+    "gethostname",
+    "getnameinfo",
+    "has_dualstack_ipv6",
+    "socket_class",
+]
 
 socket_class = socket.socket
 getaddrinfo = socket.getaddrinfo
 gethostbyaddr = socket.gethostbyaddr
 gethostname = socket.gethostname
+getnameinfo = socket.getnameinfo
 
 
 def has_dualstack_ipv6() -> bool:

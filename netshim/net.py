@@ -31,6 +31,7 @@ follow from Python's async model:
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import errno
 import ipaddress
@@ -47,7 +48,7 @@ from anyio.abc import SocketAttribute, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._addresses import parse_ip
-from ._node import EventEmitter, NodeError, TaskGroupUser, system_error
+from ._node import EventEmitter, NodeError, TaskGroupUser, node_error, system_error
 from .stack import Stack, TcpListener, TcpStream, current_stack
 
 __all__ = [
@@ -69,6 +70,9 @@ __all__ = [
 DEFAULT_BACKLOG = 511
 # How much one read asks the stack for: Node reads 64 KiB at a time too.
 READ_SIZE = 65536
+# Node 20's readableHighWaterMark for sockets: a socket nobody reads keeps
+# reading until this much waits unread, then stops (and the window fills).
+HIGH_WATER_MARK = 16384
 
 ReadyState = Literal["opening", "open", "readOnly", "writeOnly", "closed"]
 
@@ -261,17 +265,26 @@ class Socket(TaskGroupUser, EventEmitter):
     """A TCP connection (``net.Socket``).
 
     Events: ``"connect"``, ``"ready"``, ``"data"`` (bytes, or str after
-    :meth:`set_encoding`), ``"end"`` (the peer sent FIN), ``"timeout"``,
-    ``"error"`` (a :class:`NodeError`), ``"close"`` (``had_error``).
+    :meth:`set_encoding`), ``"end"`` (the peer sent FIN), ``"finish"`` (our
+    FIN is sent), ``"timeout"``, ``"error"`` (a :class:`NodeError`),
+    ``"close"`` (``had_error``).
 
-    Reading is paused until a ``"data"`` listener is added or :meth:`resume`
-    is called (Node's flowing mode), and then happens in a background task of
-    the socket's task group; while paused the stack's window fills and the
-    peer's writes wait, which is real backpressure.  Alternatively
-    ``async for chunk in sock`` reads in the caller's task.  An error with no
-    ``"error"`` listener is raised: into the ``async for`` loop, or out of
-    the background task (and so out of the task group), as an unhandled
-    ``"error"`` event throws in Node.
+    As in Node, a socket with a task group (every server-side socket, and a
+    client inside ``async with``) reads in the background from the start:
+    into a buffer of up to :data:`HIGH_WATER_MARK` bytes while nobody
+    consumes, then it stops and the stack's window fills, so the peer's
+    writes wait (real backpressure).  ``"data"`` is emitted once the socket
+    flows: after a ``"data"`` listener is added or :meth:`resume` is called
+    (not after :meth:`pause`).  ``"end"`` comes once the peer's FIN is read
+    and the buffer is empty, flowing or not; data left unread holds it back.
+    Alternatively ``async for chunk in sock`` takes the chunks (without a task
+    group it reads in the caller's task).
+
+    An error with no ``"error"`` listener is raised: into the ``async for``
+    loop, or, on a flowing socket, out of the background task (and so out of
+    the task group), as an unhandled ``"error"`` event throws in Node.  A read
+    error on a socket that does not flow destroys it and waits for the next
+    ``async for`` step instead.
 
     With ``allow_half_open`` False (the default) the socket ends its side
     automatically once the peer's FIN arrived, so the connection closes.
@@ -298,17 +311,31 @@ class Socket(TaskGroupUser, EventEmitter):
         self._readable = False
         self._writable = False
         self._ended = False
-        self._paused = True
-        self._explicitly_paused = False
-        self._reading = False
+        # Node's readableFlowing: None until a "data" listener or resume()
+        # (True) or pause() (False).
+        self._flowing: bool | None = None
+        # pause_on_connect: nothing is read until resume() or async for.
+        self._read_stopped = False
+        self._buffer: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._eof = False  # the stream gave the peer's FIN
+        self._read_closed = False  # no more to read, and no "end" either
+        self._tail_taken = False
+        self._end_started = False
+        self._end_done = anyio.Event()
+        self._pumping = False
+        self._direct = False  # a consumer without task group is reading itself
         self._iterating = False
-        self._resumed = anyio.Event()
+        self._pending_error: NodeError | None = None
+        self._changed = anyio.Event()
         self._connected = anyio.Event()
         self._closed = anyio.Event()
         self._had_error = False
         self._decoder: codecs.IncrementalDecoder | None = None
         self._timeout = 0.0
         self._last_activity = 0.0
+        self._activity_count = 0
+        self._activity: anyio.Event | None = None
         self._timer_running = False
         self._timer_scope: anyio.CancelScope | None = None
         self._no_delay = False
@@ -390,13 +417,18 @@ class Socket(TaskGroupUser, EventEmitter):
             self.set_keep_alive(True, keep_alive_initial_delay)
         await self.emit("connect")
         await self.emit("ready")
-        self._maybe_start_reading()
+        self._ensure_pump(required=bool(self._flowing))
         return self
 
     # -- async context manager ----------------------------------------------
 
     async def _end(self) -> None:
         await self.destroy()
+
+    async def __aenter__(self) -> Socket:
+        await super().__aenter__()
+        self._ensure_pump()
+        return self
 
     def _group(self, what: str) -> TaskGroup:
         if self._task_group is None:
@@ -549,22 +581,32 @@ class Socket(TaskGroupUser, EventEmitter):
         return self
 
     def _touch(self) -> None:
+        """Activity (connect, read, write, set_timeout): a new idle period starts."""
         with contextlib.suppress(RuntimeError):
             self._last_activity = anyio.current_time()
+        self._activity_count += 1
+        activity, self._activity = self._activity, None
+        if activity is not None:
+            activity.set()
 
     async def _timer(self) -> None:
         self._timer_running = True
+        fired_for = -1
         try:
             with anyio.CancelScope() as scope:
                 self._timer_scope = scope
                 while self._timeout and not self.destroyed:
+                    if fired_for == self._activity_count:
+                        # Fired once for this idle period: the next starts with activity.
+                        self._activity = anyio.Event()
+                        await self._activity.wait()
+                        continue
                     deadline = self._last_activity + self._timeout
                     delay = deadline - anyio.current_time()
                     if delay > 0:
                         await anyio.sleep(delay)
                         continue
-                    # Fire once per idle period, then wait for a new one.
-                    self._last_activity = anyio.current_time()
+                    fired_for = self._activity_count
                     await self.emit("timeout")
         finally:
             self._timer_running = False
@@ -573,100 +615,192 @@ class Socket(TaskGroupUser, EventEmitter):
     # -- reading --------------------------------------------------------------
 
     def _listeners_changed(self, event: str) -> None:
-        if event == "data" and self.listener_count("data") and not self._explicitly_paused:
-            self._paused = False
-            self._resumed.set()
-            self._maybe_start_reading()
+        if event == "data" and self.listener_count("data") and self._flowing is not False:
+            # As in Node, a "data" listener starts the flow unless pause() said no.
+            self._flowing = True
+            self._notify()
+            self._ensure_pump(required=True)
 
     def pause(self) -> Socket:
-        """Stop emitting ``"data"``; the stack's window fills and the peer's writes wait."""
-        self._paused = self._explicitly_paused = True
-        self._resumed = anyio.Event()
+        """Stop emitting ``"data"``.
+
+        As in Node the socket still reads until :data:`HIGH_WATER_MARK` bytes
+        wait unread; then the stack's window fills and the peer's writes wait.
+        """
+        self._flowing = False
+        self._notify()
         return self
 
     def resume(self) -> Socket:
-        """Emit ``"data"`` again (flowing mode), also with no ``"data"`` listener."""
-        self._paused = self._explicitly_paused = False
-        self._resumed.set()
-        self._maybe_start_reading()
+        """Emit ``"data"`` (flowing mode), also with no ``"data"`` listener."""
+        if self._iterating:
+            raise RuntimeError("this socket is read with 'async for'; it cannot also flow")
+        self._flowing = True
+        self._read_stopped = False
+        self._notify()
+        self._ensure_pump(required=True)
         return self
 
     @property
     def is_paused(self) -> bool:
-        return self._paused
+        """True after :meth:`pause` (or ``pause_on_connect``) until :meth:`resume`, as in Node."""
+        return self._flowing is False
 
-    def _maybe_start_reading(self) -> None:
-        if self._paused or self._reading or self._stream is None or not self._readable:
+    def _notify(self) -> None:
+        """Wake whoever waits for the buffer or the flowing state to change."""
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
+
+    def _ensure_pump(self, *, required: bool = False) -> None:
+        """Start the background reader if it can run (see the class documentation)."""
+        if self._pumping or self._direct or self._stream is None or self.destroyed:
             return
-        if self._iterating:
-            raise RuntimeError("this socket is read with 'async for'; it cannot also flow")
-        self._reading = True
-        self._group("reading in flowing mode").start_soon(self._read_loop)
+        if self._eof or self._read_closed:
+            return
+        if self._task_group is None:
+            if required:
+                self._group("reading in flowing mode")
+            return
+        self._pumping = True
+        self._task_group.start_soon(self._pump)
 
-    async def _read_loop(self) -> None:
+    async def _pump(self) -> None:
+        """Read into the buffer, emit ``"data"`` while flowing, and ``"end"`` at the end."""
         try:
-            while True:
-                chunk = await self._read_chunk()
-                if chunk is None:
-                    return
-                while self._paused and not self.destroyed:
-                    await self._resumed.wait()
-                if self.destroyed:
-                    return
-                await self.emit("data", chunk)
+            # Whoever started the pump (the task emitting "connection", the
+            # caller of connect()) adds its listeners before the first event.
+            await anyio.lowlevel.checkpoint()
+            while not self.destroyed and not self._read_closed:
+                if self._flowing and not self._iterating:
+                    chunk = self._take()
+                    if chunk is not None:
+                        await self.emit("data", chunk)
+                        continue
+                if self._eof:
+                    if not self._buffer:
+                        await self._finish_reading()
+                        return
+                elif not self._read_stopped and (self._flowing or self._buffered < HIGH_WATER_MARK):
+                    await self._fill()
+                    continue
+                await self._changed.wait()
         finally:
-            self._reading = False
+            self._pumping = False
 
-    async def _read_chunk(self) -> bytes | str | None:
-        """The next chunk, or None at EOF or after close (having handled either)."""
-        while True:
-            if self._stream is None or not self._readable:
-                return None
-            try:
-                data = await self._stream.receive(READ_SIZE)
-            except anyio.EndOfStream:
-                await self._end_received()
-                return None
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return None
-            except OSError as exc:
-                if self.destroyed:
-                    return None
-                await self._fail(_wrap(exc, "read", self._remote_cache))
-                return None
+    async def _fill(self) -> None:
+        """Read one chunk from the stream into the buffer (or note the end, or fail)."""
+        stream = self._stream
+        assert stream is not None
+        try:
+            data = await stream.receive(READ_SIZE)
+        except anyio.EndOfStream:
+            self._eof = True
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._read_closed = True
+        except OSError as exc:
+            self._read_closed = True
+            if not self.destroyed:
+                await self._read_failed(_wrap(exc, "read", self._remote_cache))
+        else:
             self.bytes_read += len(data)
             self._touch()
-            if self._decoder is None:
-                return data
-            text = self._decoder.decode(data)
-            if text:
-                return text
+            self._buffer.append(data)
+            self._buffered += len(data)
+        self._notify()
+
+    async def _read_failed(self, error: NodeError) -> None:
+        if self.listener_count("error") or (self._flowing and not self._iterating):
+            # Emitted, or raised out of the task group when nobody listens.
+            await self._fail(error)
+            return
+        # Nobody reads in flowing mode: keep it for the next async for step.
+        self._pending_error = error
+        self._had_error = True
+        await self._close(had_error=True, reset=False)
+
+    def _take(self) -> bytes | str | None:
+        """The next buffered chunk, decoded when an encoding is set; ``None`` if none."""
+        taken = False
+        try:
+            while self._buffer:
+                data = self._buffer.popleft()
+                self._buffered -= len(data)
+                taken = True
+                if self._decoder is None:
+                    return data
+                text = self._decoder.decode(data)
+                if text:
+                    return text
+            if self._eof and self._decoder is not None and not self._tail_taken:
+                self._tail_taken = True
+                tail = self._decoder.decode(b"", final=True)
+                if tail:
+                    return tail
+            return None
+        finally:
+            if taken:
+                self._notify()
 
     def __aiter__(self) -> Socket:
         return self
 
     async def __anext__(self) -> bytes | str:
-        """The next chunk read in the caller's task; ends at the peer's FIN or on close."""
-        if self._reading:
+        """The next chunk; ends at the peer's FIN (after ``"end"``) or on close."""
+        if self._flowing:
             raise RuntimeError(
                 "this socket is flowing (a 'data' listener or resume()); no async for"
             )
-        await self._connected.wait()
+        if self._stream is None and not self.destroyed:
+            await self._connected.wait()
         self._iterating = True
         try:
-            chunk = await self._read_chunk()
+            while True:
+                if self._pending_error is not None:
+                    error, self._pending_error = self._pending_error, None
+                    raise error
+                chunk = self._take()
+                if chunk is not None:
+                    return chunk
+                if self._end_started or (self._eof and not self.destroyed):
+                    # Ends after "end" (and the close it may bring) was emitted.
+                    await self._finish_reading()
+                    raise StopAsyncIteration
+                if self.destroyed:
+                    # After the "error" and "close" the destroying task emits.
+                    await self._closed.wait()
+                    raise StopAsyncIteration
+                if self._read_closed:
+                    raise StopAsyncIteration
+                self._ensure_pump()
+                if self._pumping:
+                    # Iterating is reading, also on a pause_on_connect socket.
+                    if self._read_stopped:
+                        self._read_stopped = False
+                        self._notify()
+                    await self._changed.wait()
+                    continue
+                # No task group: read in this task.
+                self._direct = True
+                try:
+                    await self._fill()
+                finally:
+                    self._direct = False
         finally:
             self._iterating = False
-        if chunk is None:
-            raise StopAsyncIteration
-        return chunk
+
+    async def _finish_reading(self) -> None:
+        """Emit ``"end"`` once (whoever sees the end first), or wait until it was."""
+        if self._end_started:
+            await self._end_done.wait()
+            return
+        self._end_started = True
+        try:
+            await self._end_received()
+        finally:
+            self._end_done.set()
 
     async def _end_received(self) -> None:
         self._readable = False
-        if self._decoder is not None:
-            tail = self._decoder.decode(b"", final=True)
-            if tail:
-                await self.emit("data", tail)
         await self.emit("end")
         if not self.allow_half_open and self._writable:
             await self.end()
@@ -679,25 +813,28 @@ class Socket(TaskGroupUser, EventEmitter):
     ) -> None:
         """Send ``data``; returns once the stack accepted all of it.
 
+        Returning is Node's write callback; raising is the callback's error.
         Before the connection is up it waits for it, as Node buffers early
-        writes.  After :meth:`end` raises ``BrokenPipeError`` (code
-        ``EPIPE``, Node's ``ERR_STREAM_WRITE_AFTER_END``); a failed send is
-        emitted as ``"error"`` and raised.
+        writes.  Refused writes fail as in Node, as ``BrokenPipeError``:
+
+        * after :meth:`end`: ``ERR_STREAM_WRITE_AFTER_END``, which is also
+          emitted as ``"error"`` and destroys the socket;
+        * after the peer ended and the socket ended itself (not
+          ``allow_half_open``): ``EPIPE``, "ended by the other party";
+        * after :meth:`destroy`: ``ERR_STREAM_DESTROYED``, raised only.
+
+        A failed send is emitted as ``"error"`` (when listened) and raised.
         """
         payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
         if self.connecting:
             await self._connected.wait()
-        if self._stream is None or self.destroyed or not self._writable:
-            raise _wrap(
-                OSError(
-                    errno.EPIPE,
-                    "This socket has been ended by the other party"
-                    if not self._ended
-                    else "write after end",
-                ),
-                "write",
-                self._remote_cache,
-            )
+        refused = self._write_refused()
+        if refused is not None:
+            error, emit = refused
+            if emit and not self.destroyed:
+                await self._fail(error, raise_always=True)
+            raise error
+        assert self._stream is not None
         if not payload:
             return
         try:
@@ -711,14 +848,33 @@ class Socket(TaskGroupUser, EventEmitter):
         self.bytes_written += len(payload)
         self._touch()
 
-    async def end(self, data: bytes | str | None = None, encoding: str = "utf-8") -> Socket:
-        """Write ``data`` if given, then half-close (FIN); idempotent.
+    def _write_refused(self) -> tuple[NodeError, bool] | None:
+        """Why a write cannot happen now, and whether Node emits it as "error"."""
+        if self._ended and self._end_started and not self.allow_half_open:
+            # Node's writeAfterFIN: the peer ended and so did this socket.
+            message = "This socket has been ended by the other party"
+            return node_error(errno.EPIPE, "EPIPE", message), True
+        if self._ended:
+            error = node_error(errno.EPIPE, "ERR_STREAM_WRITE_AFTER_END", "write after end")
+            return error, True
+        if self.destroyed:
+            message = "Cannot call write after a stream was destroyed"
+            return node_error(errno.EPIPE, "ERR_STREAM_DESTROYED", message), False
+        if self._stream is None:
+            return node_error(errno.EPIPE, "ERR_SOCKET_CLOSED", "Socket is closed"), False
+        return None
 
-        The socket closes once the peer has ended too; with ``allow_half_open``
-        False that happens as soon as its FIN is read.
+    async def end(self, data: bytes | str | None = None, encoding: str = "utf-8") -> Socket:
+        """Write ``data`` if given, then half-close (FIN) and emit ``"finish"``; idempotent.
+
+        Returning is Node's ``end`` callback.  The socket closes once the
+        peer has ended too; with ``allow_half_open`` False that happens as
+        soon as its FIN is read.
         """
         if data is not None:
             await self.write(data, encoding)
+        if self.connecting:
+            await self._connected.wait()
         if self._ended or self._stream is None or self.destroyed:
             return self
         self._ended = True
@@ -729,6 +885,9 @@ class Socket(TaskGroupUser, EventEmitter):
             pass
         except OSError as exc:
             await self._fail(_wrap(exc, "shutdown", self._remote_cache))
+            return self
+        if not self.destroyed:
+            await self.emit("finish")
         await self._maybe_finish()
         return self
 
@@ -770,7 +929,8 @@ class Socket(TaskGroupUser, EventEmitter):
     ) -> None:
         self.destroyed = True
         self._readable = self._writable = False
-        self._resumed.set()
+        self._notify()
+        self._connected.set()
         stream = self._stream
         if stream is not None:
             with anyio.CancelScope(shield=True):
@@ -1040,10 +1200,16 @@ class Server(EventEmitter):
             if self.keep_alive:
                 sock.set_keep_alive(True, self.keep_alive_initial_delay)
             if self.pause_on_connect:
-                sock.pause()
-            if self.listener_count("connection"):
+                # Node stops reading at once: no data, no "end" until resume().
+                sock._flowing = False
+                sock._read_stopped = True
+            listened = bool(self.listener_count("connection"))
+            if listened:
                 group.start_soon(self.emit, "connection", sock)
-            elif self._queue_send is not None:
+            # Read in the background as Node does, so the peer's FIN ends and
+            # closes the connection even when nobody reads it.
+            sock._ensure_pump()
+            if not listened and self._queue_send is not None:
                 try:
                     await self._queue_send.send(sock)
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -1080,11 +1246,11 @@ class Server(EventEmitter):
 
         As in Node, open connections are not closed by this: end or destroy
         them (or leave the ``async with`` block, which destroys them).
-        Raises ``OSError`` with code ``ERR_SERVER_NOT_RUNNING`` semantics
-        (``ENOTCONN``) when the server is not listening.
+        Raises ``OSError`` (``ENOTCONN``) with Node's code
+        ``ERR_SERVER_NOT_RUNNING`` when the server is not listening.
         """
         if self._listener is None:
-            raise system_error(OSError(errno.ENOTCONN, "Server is not running."), "close")
+            raise node_error(errno.ENOTCONN, "ERR_SERVER_NOT_RUNNING", "Server is not running.")
         await self._stop_listening()
         await self._idle.wait()
         self._closed_event.set()

@@ -18,6 +18,7 @@ for the life of the process.
 from __future__ import annotations
 
 import ipaddress
+import operator
 import os
 import socket
 import threading
@@ -117,6 +118,8 @@ def getaddrinfo_on(
     """getaddrinfo on a given stack (a socket's own, after uninstall() too)."""
     if stack.uses_host_sockets:
         return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
+    # As the C function's argument parsing: integers (bools and IntEnums too).
+    family, type, proto, flags = (operator.index(v) for v in (family, type, proto, flags))
     if isinstance(host, str):
         # CPython hands the C library every str host IDNA-encoded (IDNA 2003,
         # the ``idna`` codec), raising UnicodeError where that fails: the
@@ -130,7 +133,7 @@ def getaddrinfo_on(
             and name != "localhost"
             and not flags & socket.AI_NUMERICHOST
         ):
-            number = parse_service(port, type)
+            number = parse_service(port, type, flags)
             pair = synthetic.addresses_for(name)
 
             async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
@@ -187,14 +190,25 @@ def gethostbyaddr(ip_address: str) -> tuple[str, list[str], list[str]]:
 
 
 def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
-    """:func:`socket.getnameinfo` on the acting stack."""
+    """:func:`socket.getnameinfo` on the acting stack.
+
+    The host network answers with the C library's own function (scope ids,
+    flow info checks and all).  Elsewhere the address must be numeric, as the
+    C library requires: a name is ``gaierror(EAI_NONAME)``.
+    """
+    stack = _stack()
+    if stack.uses_host_sockets:
+        return _system.getnameinfo(sockaddr, flags)
     if not isinstance(sockaddr, tuple) or len(sockaddr) < 2:
         raise TypeError("getnameinfo() argument 1 must be a tuple")
+    flags = operator.index(flags)
     host, port = sockaddr[0], sockaddr[1]
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
-    if parse_ip(str(host)) is None:
-        host = str(getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][4][0])
+    if not isinstance(host, str):
+        raise TypeError(f"getnameinfo(): illegal sockaddr argument ({type(host).__name__})")
+    if parse_ip(host) is None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     name = str(host)
     if not flags & socket.NI_NUMERICHOST:
         try:

@@ -66,7 +66,7 @@ class TunnelStack(Stack):
     ) -> list[AddrInfo]:
         """Numeric hosts as they are; names as synthetic addresses that stand for the name."""
         name = None if host is None else check_host(host, "getaddrinfo")
-        number = parse_service(port, type)
+        number = parse_service(port, type, flags)
 
         async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
             if flags & socket.AI_NUMERICHOST:

@@ -344,7 +344,7 @@ class HostStack(Stack):
         flags: int = 0,
     ) -> list[AddrInfo]:
         name = None if host is None else check_host(host, "getaddrinfo")
-        number = parse_service(port, type)
+        number = parse_service(port, type, flags)
         if name is None or is_ip(name):
             # Numeric lookups never touch DNS, so they need no worker thread.
             await anyio.lowlevel.checkpoint()

@@ -657,3 +657,31 @@ def test_proto_is_reported_as_asked_and_asyncio_sets_nodelay(installed: Installe
 
     assert asyncio.run(main()) == 1
     listener.close()
+
+
+def test_getaddrinfo_flags_and_getnameinfo_as_glibc(installed: Installed) -> None:
+    # AI_NUMERICSERV: a service name is EAI_NONAME (trio's lookups rely on it).
+    with pytest.raises(socket.gaierror) as caught:
+        socket.getaddrinfo("web.internal", "http", 0, 0, 0, socket.AI_NUMERICSERV)
+    assert caught.value.errno == socket.EAI_NONAME
+    # AI_V4MAPPED: IPv4 answers as IPv4-mapped IPv6, written as glibc writes them.
+    mapped = socket.getaddrinfo(
+        "web.internal", 80, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_V4MAPPED
+    )
+    assert [info[4] for info in mapped] == [("fd00::2", 80, 0, 0)]
+    installed.net.add_record("legacy.internal", "A", "10.0.0.2")
+    mapped = socket.getaddrinfo(
+        "legacy.internal", 80, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_V4MAPPED
+    )
+    assert [info[4] for info in mapped] == [("::ffff:10.0.0.2", 80, 0, 0)]
+    literal = socket.getaddrinfo("10.0.0.2", 80, socket.AF_INET6, 0, 0, socket.AI_V4MAPPED)
+    assert literal[0][4] == ("::ffff:10.0.0.2", 80, 0, 0)
+    # Flags are integers, as the C function's arguments.
+    with pytest.raises(TypeError, match="'float' object cannot be interpreted as an integer"):
+        socket.getaddrinfo("10.0.0.2", 80, 0, 0, 0, 1.5)  # type: ignore[arg-type]
+    assert socket.getaddrinfo("10.0.0.2", 80, 0, socket.SOCK_STREAM, 0, True)
+    # getnameinfo takes numeric addresses only.
+    with pytest.raises(socket.gaierror) as caught:
+        socket.getnameinfo(("web.internal", 80), 0)
+    assert caught.value.errno == socket.EAI_NONAME
+    assert socket.getnameinfo(("10.0.0.2", 80), 0) == ("web.internal", "http")

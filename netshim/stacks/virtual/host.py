@@ -593,7 +593,7 @@ class VirtualHost(Stack):
     ) -> list[AddrInfo]:
         from .resolver import getaddrinfo
 
-        number = parse_service(port, type)
+        number = parse_service(port, type, flags)
         name = None if host is None else check_host(host, "getaddrinfo")
         kinds = service_socket_types(port)
         return await getaddrinfo(self, name, number, family, type, proto, flags, kinds)
