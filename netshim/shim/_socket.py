@@ -289,6 +289,56 @@ class _ShimCommon(_Base):
             state.options.get((socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), 0)
         )
 
+    # -- binding and listening (here, so that a TLS socket wrapped before bind()
+    # binds and listens on the stack too) --------------------------------------
+
+    def bind(self, address: Any) -> None:
+        state = self._netshim
+        if state is None:
+            return super().bind(address)
+        _check_open(self)
+        if state.phase is not Phase.NEW or state.local is not None:
+            raise os_error(errno.EINVAL)
+        host, port = self._parse_address(address, "bind")
+        host, port = self._resolve(host, port, passive=True)
+        stack = state.stack.stack_for_local_address(host)
+        state.stack = stack
+        state.bind_request = (host, port)
+        if state.is_tcp:
+            # Listen at once, so getsockname() knows the port before listen().
+            listener = state.engine.call(_listen, stack, host, port, state.backlog, self._v6only())
+            # Refused until listen(), as Linux refuses a bound socket's connections.
+            listener.accepting = False
+            state.listener = listener
+            state.local = listener.local_address
+        else:
+            udp = state.engine.call(_open_udp, stack, host, port, None, self._v6only())
+            self._start_udp(udp)
+        state.phase = Phase.BOUND
+
+    def listen(self, backlog: int = min(socket.SOMAXCONN, 128)) -> None:
+        state = self._netshim
+        if state is None:
+            return super().listen(backlog)
+        _check_open(self)
+        if not state.is_tcp:
+            raise os_error(errno.EOPNOTSUPP)
+        if state.phase is Phase.LISTENING:
+            state.backlog = max(0, backlog)
+            return None
+        if state.phase not in (Phase.NEW, Phase.BOUND):
+            raise os_error(errno.EINVAL)
+        state.backlog = max(0, backlog)
+        if state.listener is None:
+            state.listener = state.engine.call(
+                _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
+            )
+            state.local = state.listener.local_address
+        state.listener.accepting = True
+        state.phase = Phase.LISTENING
+        state.engine.spawn(serve_listener, state, state.listener)
+        return None
+
     def _accept(self) -> tuple[int, Any]:
         """What ``socket.accept()`` calls: the next connection's descriptor and address.
 
@@ -318,6 +368,11 @@ class _ShimCommon(_Base):
         if not state.is_tcp:
             return self._connect_udp(address, function)
         if state.phase is Phase.CONNECTED:
+            if state.report_connected:
+                # Linux answers the first connect() after a non-blocking
+                # connect completed with success, and EISCONN after that.
+                state.report_connected = False
+                return 0
             return errno.EISCONN
         if state.phase is Phase.CONNECTING:
             return errno.EALREADY
@@ -354,6 +409,7 @@ class _ShimCommon(_Base):
     def _start_nonblocking_connect(self, target: tuple[str, int], local: Any) -> None:
         state = self._netshim
         assert state is not None
+        state.report_connected = True
         # Make the descriptor unwritable until the stack answers: shrink the
         # send buffer and fill it; the engine drains it when the connect ends.
         state.original_sndbuf = ORIGINAL_SOCKET.getsockopt(
@@ -461,55 +517,6 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         if state.remote is not None:
             text += f", raddr={self._sockaddr(state.remote)}"
         return text + ">"
-
-    # -- binding and listening -------------------------------------------------
-
-    def bind(self, address: Any) -> None:
-        state = self._netshim
-        if state is None:
-            return super().bind(address)
-        _check_open(self)
-        if state.phase is not Phase.NEW or state.local is not None:
-            raise os_error(errno.EINVAL)
-        host, port = self._parse_address(address, "bind")
-        host, port = self._resolve(host, port, passive=True)
-        stack = state.stack.stack_for_local_address(host)
-        state.stack = stack
-        state.bind_request = (host, port)
-        if state.is_tcp:
-            # Listen at once, so getsockname() knows the port before listen().
-            listener = state.engine.call(_listen, stack, host, port, state.backlog, self._v6only())
-            # Refused until listen(), as Linux refuses a bound socket's connections.
-            listener.accepting = False
-            state.listener = listener
-            state.local = listener.local_address
-        else:
-            udp = state.engine.call(_open_udp, stack, host, port, None, self._v6only())
-            self._start_udp(udp)
-        state.phase = Phase.BOUND
-
-    def listen(self, backlog: int = min(socket.SOMAXCONN, 128)) -> None:
-        state = self._netshim
-        if state is None:
-            return super().listen(backlog)
-        _check_open(self)
-        if not state.is_tcp:
-            raise os_error(errno.EOPNOTSUPP)
-        if state.phase is Phase.LISTENING:
-            state.backlog = max(0, backlog)
-            return None
-        if state.phase not in (Phase.NEW, Phase.BOUND):
-            raise os_error(errno.EINVAL)
-        state.backlog = max(0, backlog)
-        if state.listener is None:
-            state.listener = state.engine.call(
-                _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
-            )
-            state.local = state.listener.local_address
-        state.listener.accepting = True
-        state.phase = Phase.LISTENING
-        state.engine.spawn(serve_listener, state, state.listener)
-        return None
 
     # -- connecting ------------------------------------------------------------
 

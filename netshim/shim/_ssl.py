@@ -76,7 +76,7 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
             self, False, self.server_hostname, owner=self, session=self._session
         )
         try:
-            code = self._connect(addr, "connect")
+            code = self._connect(addr, "connect_ex" if connect_ex else "connect")
             if code:
                 if connect_ex:
                     return code

@@ -124,6 +124,9 @@ class SocketState:
         # The descriptor was open when the process forked: another process may
         # hold the same socket, so closing ours must not end the connection.
         self.shared_by_fork = False
+        # A non-blocking connect is under way or done and no second connect()
+        # has asked yet (see ShimSocket._connect).
+        self.report_connected = False
 
     def __repr__(self) -> str:
         return f"<SocketState {self.kind.name} {self.phase.value} {self.local} -> {self.remote}>"

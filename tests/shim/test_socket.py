@@ -685,3 +685,49 @@ def test_getaddrinfo_flags_and_getnameinfo_as_glibc(installed: Installed) -> Non
         socket.getnameinfo(("web.internal", 80), 0)
     assert caught.value.errno == socket.EAI_NONAME
     assert socket.getnameinfo(("10.0.0.2", 80), 0) == ("web.internal", "http")
+
+
+def test_tls_socket_wrapped_before_bind_listens_on_the_stack(installed: Installed) -> None:
+    # ctx.wrap_socket(socket.socket(), server_side=True), then bind and listen:
+    # a common standard-library server pattern (anyio's tests use it).
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("web.internal").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    with acting_as(installed.web):
+        listener = server_context.wrap_socket(socket.socket(), server_side=True)
+        listener.bind(("0.0.0.0", 8443))
+        listener.listen()
+    assert listener.getsockname() == ("0.0.0.0", 8443)
+    listener.settimeout(10)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(conn.recv(100).upper())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    raw = socket.create_connection(("web.internal", 8443), timeout=10)
+    with client_context.wrap_socket(raw, server_hostname="web.internal") as tls:
+        tls.sendall(b"secret")
+        assert tls.recv(100) == b"SECRET"
+    thread.join(10)
+    listener.close()
+    # connect_ex on a TLS socket returns the errno, as on a plain one.
+    with client_context.wrap_socket(socket.socket(), server_hostname="web.internal") as tls:
+        assert tls.connect_ex(("10.0.0.2", 9)) == errno.ECONNREFUSED
+
+
+def test_a_second_connect_after_a_nonblocking_connect_succeeds_once(installed: Installed) -> None:
+    listener = listening(installed, 7301)
+    sock = socket.socket()
+    sock.setblocking(False)
+    assert sock.connect_ex(("10.0.0.2", 7301)) == errno.EINPROGRESS
+    _, writable, _ = select.select([], [sock], [], 5)
+    assert writable == [sock]
+    assert sock.connect_ex(("10.0.0.2", 7301)) == 0, "Linux reports success once"
+    assert sock.connect_ex(("10.0.0.2", 7301)) == errno.EISCONN
+    sock.close()
+    listener.close()
