@@ -23,9 +23,12 @@ import _socket
 import contextlib
 import errno
 import ipaddress
+import operator
 import os
+import re
 import socket
 import struct
+import sys
 import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -306,13 +309,15 @@ class _ShimCommon(_Base):
         state.bind_request = (host, port)
         if state.is_tcp:
             # Listen at once, so getsockname() knows the port before listen().
-            listener = state.engine.call(_listen, stack, host, port, state.backlog, self._v6only())
+            listener = _engine_call(
+                state, _listen, stack, host, port, state.backlog, self._v6only()
+            )
             # Refused until listen(), as Linux refuses a bound socket's connections.
             listener.accepting = False
             state.listener = listener
             state.local = listener.local_address
         else:
-            udp = state.engine.call(_open_udp, stack, host, port, None, self._v6only())
+            udp = _engine_call(state, _open_udp, stack, host, port, None, self._v6only())
             self._start_udp(udp)
         state.phase = Phase.BOUND
 
@@ -330,8 +335,8 @@ class _ShimCommon(_Base):
             raise os_error(errno.EINVAL)
         state.backlog = max(0, backlog)
         if state.listener is None:
-            state.listener = state.engine.call(
-                _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
+            state.listener = _engine_call(
+                state, _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
             )
             state.local = state.listener.local_address
         state.listener.accepting = True
@@ -383,14 +388,14 @@ class _ShimCommon(_Base):
         if state.listener is not None:
             # bind() then connect(): give the port back and connect from it.
             local = state.listener.local_address
-            state.engine.call(state.listener.aclose)
+            _engine_call(state, state.listener.aclose)
             state.listener = None
         timeout = self.gettimeout()
         if timeout == 0.0:
             self._start_nonblocking_connect(target, local)
             return errno.EINPROGRESS
         try:
-            state.engine.call(_connect, state, target, local, timeout)
+            _engine_call(state, _connect, state, target, local, timeout)
         except TimeoutError as exc:
             if exc.errno is None:
                 raise TimeoutError("timed out") from None
@@ -436,9 +441,9 @@ class _ShimCommon(_Base):
         local = None
         if state.udp is not None:
             local = state.udp.local_address
-            state.engine.call(_stop_udp, state)
-        udp = state.engine.call(
-            _open_udp, state.stack, *(local or (self._wildcard(), 0)), target, self._v6only()
+            _engine_call(state, _stop_udp, state)
+        udp = _engine_call(
+            state, _open_udp, state.stack, *(local or (self._wildcard(), 0)), target, self._v6only()
         )
         state.remote = udp.remote_address
         self._start_udp(udp)
@@ -603,8 +608,11 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             if address is None:
                 return super().sendto(data, flags_or_address)
             return super().sendto(data, flags_or_address, address)
+        flags = 0
         if address is None:
             address = flags_or_address
+        else:
+            flags = operator.index(flags_or_address)
         _check_open(self)
         payload = bytes(data)
         if state.is_tcp:
@@ -612,11 +620,20 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 raise os_error(errno.EISCONN)
             raise os_error(errno.EPIPE)
         limit = _MAX_PAYLOAD[state.family]
-        if len(payload) > limit:
+        if len(state.corked) + len(payload) > limit:
+            state.corked = b""
             raise os_error(errno.EMSGSIZE)
+        if flags & _MSG_MORE:
+            # Linux holds the data and sends it with the next send without
+            # MSG_MORE, as one datagram.
+            state.corked += payload
+            return len(payload)
+        sent = len(payload)
+        if state.corked:
+            payload, state.corked = state.corked + payload, b""
         if state.udp is None:
-            udp = state.engine.call(
-                _open_udp, state.stack, self._wildcard(), 0, None, self._v6only()
+            udp = _engine_call(
+                state, _open_udp, state.stack, self._wildcard(), 0, None, self._v6only()
             )
             self._start_udp(udp)
             state.phase = Phase.BOUND
@@ -625,8 +642,8 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         else:
             target = self._target(address, "sendto")
         assert state.udp is not None
-        state.engine.call(state.udp.send, payload, target)
-        return len(payload)
+        _engine_call(state, state.udp.send, payload, target)
+        return sent
 
     def _receive_datagram(
         self, bufsize: int, flags: int, function: str = "recvfrom"
@@ -789,6 +806,30 @@ def _check_open(sock: Any) -> None:
         raise os_error(errno.EBADF)
 
 
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+# What a stack appends to an errno's text when all it adds is the address.
+_ADDRESS_DETAIL = re.compile(r" \((\[[0-9a-fA-F:.%\w]+\]|[\w.-]+):\d+\)$")
+
+
+def _engine_call(state: SocketState, function: Any, *args: Any) -> Any:
+    """``state.engine.call`` with errors worded as the socket module words them.
+
+    A stack names the address in its errors (``Address already in use
+    (127.0.0.1:80)``), which helps in a log but not in a program that compares
+    the text with the standard library's; a detail that says more (a policy
+    refusal, a gateway's reason) is kept.
+    """
+    try:
+        return state.engine.call(function, *args)
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror) or not exc.errno or not exc.strerror:
+            raise
+        plain = os.strerror(exc.errno)
+        if exc.strerror != plain and _ADDRESS_DETAIL.sub("", exc.strerror) == plain:
+            raise OSError(exc.errno, plain) from None
+        raise
+
+
 def _known_option(level: int, option: int) -> bool:
     return (level, option) in _KNOWN_OPTIONS
 
@@ -811,6 +852,7 @@ _KNOWN_OPTIONS = (
             socket.SO_SNDTIMEO,
             getattr(socket, "SO_PRIORITY", -1),
             getattr(socket, "SO_MARK", -1),
+            getattr(socket, "SO_BINDTODEVICE", -1),
         )
     }
     | {
@@ -842,6 +884,8 @@ _KNOWN_OPTIONS = (
             getattr(socket, "IP_RECVERR", -1),
             getattr(socket, "IP_PKTINFO", -1),
             getattr(socket, "IP_MTU_DISCOVER", -1),
+            # Linux's value; the socket module names it from Python 3.12 on.
+            getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24 if sys.platform == "linux" else -1),
         )
     }
     | {

@@ -127,6 +127,8 @@ class SocketState:
         # A non-blocking connect is under way or done and no second connect()
         # has asked yet (see ShimSocket._connect).
         self.report_connected = False
+        # UDP data sent with MSG_MORE, waiting for the rest of its datagram.
+        self.corked = b""
 
     def __repr__(self) -> str:
         return f"<SocketState {self.kind.name} {self.phase.value} {self.local} -> {self.remote}>"

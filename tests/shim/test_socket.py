@@ -731,3 +731,34 @@ def test_a_second_connect_after_a_nonblocking_connect_succeeds_once(installed: I
     assert sock.connect_ex(("10.0.0.2", 7301)) == errno.EISCONN
     sock.close()
     listener.close()
+
+
+def test_udp_msg_more_corks_and_linux_options_are_known(installed: Installed) -> None:
+    with acting_as(installed.web):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("0.0.0.0", 5355))
+    server.settimeout(5)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert client.sendto(b"one ", socket.MSG_MORE, ("10.0.0.2", 5355)) == 4
+    assert client.sendto(b"two ", socket.MSG_MORE, ("10.0.0.2", 5355)) == 4
+    assert client.sendto(b"three", 0, ("10.0.0.2", 5355)) == 5
+    assert server.recvfrom(100)[0] == b"one two three"
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+    tcp = socket.socket()
+    tcp.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+    assert tcp.getsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)) == 1
+    for sock in (server, client, tcp):
+        sock.close()
+
+
+def test_errors_read_as_the_standard_library_words_them(installed: Installed) -> None:
+    listener = listening(installed, 7302)
+    with acting_as(installed.web), socket.socket() as second:
+        with pytest.raises(OSError) as caught:
+            second.bind(("0.0.0.0", 7302))
+    assert caught.value.errno == errno.EADDRINUSE
+    assert str(caught.value) == "[Errno 98] Address already in use"
+    with pytest.raises(ConnectionRefusedError) as refused:
+        socket.create_connection(("10.0.0.2", 9), timeout=5)
+    assert str(refused.value) == "[Errno 111] Connection refused"
+    listener.close()
