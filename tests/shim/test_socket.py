@@ -753,9 +753,8 @@ def test_udp_msg_more_corks_and_linux_options_are_known(installed: Installed) ->
 
 def test_errors_read_as_the_standard_library_words_them(installed: Installed) -> None:
     listener = listening(installed, 7302)
-    with acting_as(installed.web), socket.socket() as second:
-        with pytest.raises(OSError) as caught:
-            second.bind(("0.0.0.0", 7302))
+    with acting_as(installed.web), socket.socket() as second, pytest.raises(OSError) as caught:
+        second.bind(("0.0.0.0", 7302))
     assert caught.value.errno == errno.EADDRINUSE
     assert str(caught.value) == "[Errno 98] Address already in use"
     with pytest.raises(ConnectionRefusedError) as refused:
