@@ -174,8 +174,9 @@ class NodeError(OSError):
     :func:`node_error`); ``syscall`` the operation that failed (``"connect"``,
     ``"read"``, ``"write"``, ``"listen"``, ``"bind"``, ``"send"``,
     ``"getaddrinfo"``...; ``None`` where Node has none), ``address`` and
-    ``port`` the far end when known.  Unlike Node's negative ``errno``, :attr:`errno` keeps Python's
-    positive value so that comparisons with the :mod:`errno` module work.
+    ``port`` the far end when known.  Unlike Node's negative ``errno``,
+    :attr:`errno` keeps Python's positive value so that comparisons with the
+    :mod:`errno` module work.
     """
 
     code: str

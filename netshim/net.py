@@ -9,8 +9,9 @@ follow from Python's async model:
 * Operations that wait are coroutines: ``await sock.write(b"...")`` returns
   once the stack took the bytes (that is the backpressure, so there is no
   ``"drain"`` event), ``await server.listen(0)``, ``await net.connect(...)``.
-* Background work (reading in flowing mode, idle timers, accepting) needs a
-  task group, so sockets and servers are async context managers::
+  Returning stands for Node's callback, raising for the error it would get.
+* Background work (reading, idle timers, accepting) needs a task group, so
+  sockets and servers are async context managers::
 
       async with net.create_server(handle) as server:
           await server.listen(0, "127.0.0.1")
@@ -18,7 +19,8 @@ follow from Python's async model:
               await sock.end(b"hello")
 
   Leaving the block destroys what is still open, as a process exit would.
-  A socket used only with ``await`` and ``async for`` needs no task group.
+  A socket used only with ``await`` and ``async for`` needs no task group
+  (it then reads only while iterated, where Node reads all along).
 * Events work as in Node (``on``, ``once``, ``off``; listeners may be
   coroutine functions, which are awaited), and Python code can instead use
   ``async for chunk in sock`` and ``async for sock in server``.
@@ -40,7 +42,7 @@ import socket
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
@@ -70,6 +72,8 @@ __all__ = [
 DEFAULT_BACKLOG = 511
 # How much one read asks the stack for: Node reads 64 KiB at a time too.
 READ_SIZE = 65536
+# The most one write hands the stack at a time.
+WRITE_SIZE = 65536
 # Node 20's readableHighWaterMark for sockets: a socket nobody reads keeps
 # reading until this much waits unread, then stops (and the window fills).
 HIGH_WATER_MARK = 16384
@@ -425,7 +429,7 @@ class Socket(TaskGroupUser, EventEmitter):
     async def _end(self) -> None:
         await self.destroy()
 
-    async def __aenter__(self) -> Socket:
+    async def __aenter__(self) -> Self:
         await super().__aenter__()
         self._ensure_pump()
         return self
@@ -835,18 +839,20 @@ class Socket(TaskGroupUser, EventEmitter):
                 await self._fail(error, raise_always=True)
             raise error
         assert self._stream is not None
-        if not payload:
-            return
-        try:
-            await self._stream.send(payload)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            raise _wrap(
-                OSError(errno.EPIPE, "socket closed"), "write", self._remote_cache
-            ) from None
-        except OSError as exc:
-            await self._fail(_wrap(exc, "write", self._remote_cache), raise_always=True)
-        self.bytes_written += len(payload)
-        self._touch()
+        # In pieces, so that a stack that takes any one send whole still makes a
+        # big write wait for the peer's window, as a kernel's send buffer does.
+        for start in range(0, len(payload), WRITE_SIZE):
+            piece = payload[start : start + WRITE_SIZE]
+            try:
+                await self._stream.send(piece)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                raise _wrap(
+                    OSError(errno.EPIPE, "socket closed"), "write", self._remote_cache
+                ) from None
+            except OSError as exc:
+                await self._fail(_wrap(exc, "write", self._remote_cache), raise_always=True)
+            self.bytes_written += len(piece)
+            self._touch()
 
     def _write_refused(self) -> tuple[NodeError, bool] | None:
         """Why a write cannot happen now, and whether Node emits it as "error"."""
@@ -1078,6 +1084,8 @@ class Server(EventEmitter):
         self._listener: TcpListener | None = None
         self._group: TaskGroup | None = None
         self._connections: set[Socket] = set()
+        # Accepted, but their "connection" listeners have not run yet.
+        self._announcing: set[Socket] = set()
         self._idle = anyio.Event()
         self._idle.set()
         self._closed_event = anyio.Event()
@@ -1159,8 +1167,12 @@ class Server(EventEmitter):
         return AddressInfo(host, _family_name(host), port)
 
     def get_connections(self) -> int:
-        """How many connections are open (Node passes it to a callback)."""
-        return len(self._connections)
+        """How many connections are open (Node passes it to a callback).
+
+        As in Node, a connection counts from when its ``"connection"`` listeners
+        are called.
+        """
+        return len(self._connections) - len(self._announcing)
 
     @property
     def connections(self) -> list[Socket]:
@@ -1205,7 +1217,8 @@ class Server(EventEmitter):
                 sock._read_stopped = True
             listened = bool(self.listener_count("connection"))
             if listened:
-                group.start_soon(self.emit, "connection", sock)
+                self._announcing.add(sock)
+                group.start_soon(self._announce, sock)
             # Read in the background as Node does, so the peer's FIN ends and
             # closes the connection even when nobody reads it.
             sock._ensure_pump()
@@ -1217,8 +1230,13 @@ class Server(EventEmitter):
                     await sock.destroy()
                     return
 
+    async def _announce(self, sock: Socket) -> None:
+        self._announcing.discard(sock)
+        await self.emit("connection", sock)
+
     def _forget(self, sock: Socket) -> None:
         self._connections.discard(sock)
+        self._announcing.discard(sock)
         if not self._connections:
             self._idle.set()
 

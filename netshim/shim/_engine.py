@@ -79,12 +79,14 @@ class Engine:
         # accepted: server stream -> (client state, listener).
         self.splice_waiting: dict[object, tuple[SocketState, object]] = {}
         self._group: anyio.abc.TaskGroup
-        # Tasks spawned on the engine thread from outside any task (a garbage
+        # Work handed to the engine from other threads (see _submit), and
+        # tasks spawned on the engine thread from outside any task (a garbage
         # collector's finalizer that closes a socket can run in a plain event
         # loop callback, where anyio cannot start a task); _start_pending
-        # starts them.
+        # starts them, in order.
         self._pending: deque[Callable[[], Coroutine[Any, Any, None]]] = deque()
         self._pending_wakeup: anyio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
@@ -110,6 +112,7 @@ class Engine:
             self._group = group
             self._portal = portal
             self._pending_wakeup = anyio.Event()
+            self._loop = asyncio.get_running_loop()
             group.start_soon(self._start_pending)
             self._ready.set()
             await portal.sleep_until_stopped()
@@ -143,7 +146,38 @@ class Engine:
                 "this socket was inherited across fork(): its data still flows, "
                 "but only the parent process can change it",
             )
-        return self._ensure_started().call(function, *args)
+        self._ensure_started()
+        future: Future[T] = Future()
+
+        async def run() -> None:
+            try:
+                future.set_result(await function(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    raise
+
+        self._submit(run)
+        return future.result()
+
+    def _submit(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Hand ``run`` to the engine from another thread, without waiting.
+
+        Calls and spawns from every thread go through one queue, so they start
+        on the engine in the order they were made (a socket's close before the
+        next bind of its port), and a spawn costs the caller no round trip to
+        the engine thread (a portal call cost about 150 us, four per
+        connection: most of a virtual connect + accept).
+        """
+        self._pending.append(run)
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._wake_pending)
+
+    def _wake_pending(self) -> None:
+        # A plain event-loop callback on the engine thread.
+        if self._pending_wakeup is not None:
+            self._pending_wakeup.set()
 
     def spawn(self, function: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
         """Start ``function(*args)`` on the engine loop without waiting.
@@ -178,17 +212,14 @@ class Engine:
                     raise
 
         if not self.in_engine_thread():
-            self._ensure_started().call(self._start, run)
-        elif _inside_a_task():
+            self._ensure_started()
+            self._submit(run)
+        elif _inside_a_task() and not self._pending:
             self._group.start_soon(run)
         else:
             self._pending.append(run)
-            assert self._pending_wakeup is not None
-            self._pending_wakeup.set()
+            self._wake_pending()
         return future
-
-    async def _start(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        self._group.start_soon(run)
 
 
 def _finalizing() -> OSError:

@@ -120,32 +120,36 @@ def getaddrinfo_on(
         return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
     # As the C function's argument parsing: integers (bools and IntEnums too).
     family, type, proto, flags = (operator.index(v) for v in (family, type, proto, flags))
-    if isinstance(host, str):
-        # CPython hands the C library every str host IDNA-encoded (IDNA 2003,
-        # the ``idna`` codec), raising UnicodeError where that fails: the
-        # stack then sees the name the C library would have seen.
-        host = host.encode("idna").decode("ascii")
-    if stack.resolves_remotely and host is not None:
-        name = check_host(host, "getaddrinfo")
-        if (
-            name
-            and parse_ip(name) is None
-            and name != "localhost"
-            and not flags & socket.AI_NUMERICHOST
-        ):
-            number = parse_service(port, type, flags)
-            pair = synthetic.addresses_for(name)
-
-            async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
-                return [pair[0], pair[1]], name
-
-            return _finish_now(
-                resolve_addrinfo(
-                    lookup, name, number, family, type, proto, flags, service_socket_types(port)
-                )
+    name = None if host is None else check_host(_as_cpython_encodes(host), "getaddrinfo")
+    if name is None or parse_ip(name) is not None:
+        # No name to look up: the answer is glibc's rules alone, the same on
+        # every stack (the contract says so), so it costs no trip to the engine.
+        # (Names, "localhost" included, are the stack's: a policy may track them.)
+        number = parse_service(port, type, flags)
+        return _finish_now(
+            resolve_addrinfo(
+                _no_lookup, name, number, family, type, proto, flags, service_socket_types(port)
             )
+        )
+    if (
+        stack.resolves_remotely
+        and name
+        and name != "localhost"
+        and not flags & socket.AI_NUMERICHOST
+    ):
+        number = parse_service(port, type, flags)
+        pair = synthetic.addresses_for(name)
+
+        async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
+            return [pair[0], pair[1]], name
+
+        return _finish_now(
+            resolve_addrinfo(
+                lookup, name, number, family, type, proto, flags, service_socket_types(port)
+            )
+        )
     result: list[AddrInfo] = get_engine().call(
-        stack.getaddrinfo, host, port, family, type, proto, flags
+        stack.getaddrinfo, name, port, family, type, proto, flags
     )
     return result
 
@@ -158,6 +162,22 @@ def _finish_now(coroutine: Coroutine[Any, Any, T]) -> T:
         return done.value  # type: ignore[no-any-return]
     coroutine.close()
     raise RuntimeError("a synthetic lookup tried to wait")
+
+
+def _as_cpython_encodes(host: Any) -> Any:
+    """A ``str`` host as CPython hands it to the C library: IDNA-encoded.
+
+    CPython encodes every ``str`` host with the ``idna`` codec (IDNA 2003),
+    raising ``UnicodeError`` where that fails: the stack then sees the name
+    the C library would have seen.
+    """
+    if isinstance(host, str):
+        return host.encode("idna").decode("ascii")
+    return host
+
+
+async def _no_lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
+    raise AssertionError(f"a numeric lookup tried to look up {name!r}")
 
 
 def gethostbyname(hostname: str) -> str:
