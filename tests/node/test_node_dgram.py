@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 import subprocess
 
 import anyio
@@ -220,3 +221,87 @@ async def test_socat_receives_from_dgram() -> None:
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+async def test_node_errors_before_bind_and_after_close() -> None:
+    net = VirtualNetwork(seed=5)
+    a = net.add_host("a")
+    sock = dgram.create_socket("udp4", stack=a)
+    with pytest.raises(OSError) as caught:
+        sock.set_broadcast(True)
+    assert (caught.value.code, caught.value.syscall) == ("EBADF", "setBroadcast")  # type: ignore[attr-defined]
+    with pytest.raises(OSError) as caught:
+        sock.set_recv_buffer_size(4096)
+    assert caught.value.code == "ERR_SOCKET_BUFFER_SIZE"  # type: ignore[attr-defined]
+    await sock.bind(0)
+    sock.set_broadcast(True)
+    await sock.close()
+    for call in (sock.close, lambda: sock.send(b"x", 9), sock.bind):
+        with pytest.raises(OSError) as caught:
+            await call()
+        assert caught.value.code == "ERR_SOCKET_DGRAM_NOT_RUNNING"  # type: ignore[attr-defined]
+        assert caught.value.errno == errno.EBADF
+
+
+async def test_bind_error_is_emitted_and_raised() -> None:
+    net = VirtualNetwork(seed=5)
+    a = net.add_host("a")
+    first = dgram.create_socket("udp4", stack=a)
+    await first.bind(9100)
+    second = dgram.create_socket("udp4", stack=a)
+    errors: list[Exception] = []
+    second.on("error", errors.append)
+    with pytest.raises(OSError) as caught:
+        await second.bind(9100)
+    assert errors == [caught.value]
+    assert caught.value.errno == errno.EADDRINUSE
+    await second.bind(9101)  # still usable
+    await second.close()
+    await first.close()
+
+
+async def test_send_takes_lists_of_strings_and_buffers() -> None:
+    net = VirtualNetwork(seed=5)
+    a = net.add_host("a")
+    receiver = dgram.create_socket("udp4", stack=a)
+    await receiver.bind(9200)
+    sender = dgram.create_socket("udp4", stack=a)
+    assert await sender.send(["he", b"ll", bytearray(b"o")], 9200) == 5
+    assert (await anext(receiver))[0] == b"hello"
+    with pytest.raises(TypeError):
+        await sender.send([1, 2], 9200)  # type: ignore[list-item]
+    await sender.close()
+    await receiver.close()
+
+
+async def test_set_multicast_interface() -> None:
+    net = VirtualNetwork(seed=5)
+    a = net.add_host("a")
+    sock = dgram.create_socket("udp4", stack=a)
+    with pytest.raises(OSError) as caught:
+        sock.set_multicast_interface("10.0.0.2")
+    assert caught.value.errno == errno.EBADF
+    await sock.bind(0)
+    sock.set_multicast_interface("10.0.0.2")
+    sock.set_multicast_interface("0.0.0.0")
+    for interface, code in [
+        ("nonsense", errno.EINVAL),
+        ("10.9.9.9", errno.EADDRNOTAVAIL),
+        ("::1", errno.ENOPROTOOPT),
+    ]:
+        with pytest.raises(OSError) as caught:
+            sock.set_multicast_interface(interface)
+        assert caught.value.errno == code
+    await sock.close()
+    host = dgram.create_socket("udp4", stack=HostStack())
+    await host.bind(0, "127.0.0.1")
+    host.set_multicast_interface("127.0.0.1")
+    assert host._sock is not None
+    raw = host._sock._sock  # type: ignore[attr-defined]
+    assert raw.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4) == socket.inet_aton(
+        "127.0.0.1"
+    )
+    with pytest.raises(OSError) as caught:
+        host.set_multicast_interface("192.0.2.1")
+    assert caught.value.errno == errno.EADDRNOTAVAIL
+    await host.close()

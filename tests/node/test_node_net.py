@@ -334,11 +334,19 @@ async def test_write_after_end_fails() -> None:
     async with net.create_server(stack=server_host) as server:
         await server.listen(7012)
         sock = await net.connect(7012, "10.0.0.2", stack=client_host)
+        events: list[Any] = []
+        sock.on("error", events.append).on("close", events.append)
         await sock.end()
         with pytest.raises(BrokenPipeError) as caught:
             await sock.write(b"late")
-        assert caught.value.code == "EPIPE"  # type: ignore[attr-defined]
-        await sock.destroy()
+        # As in Node: the write's error is also emitted, and destroys the socket.
+        assert caught.value.code == "ERR_STREAM_WRITE_AFTER_END"  # type: ignore[attr-defined]
+        assert events == [caught.value, True]
+        assert sock.destroyed
+        with pytest.raises(BrokenPipeError) as caught:
+            await sock.write(b"later")
+        assert caught.value.code == "ERR_STREAM_WRITE_AFTER_END"  # type: ignore[attr-defined]
+        assert len(events) == 2
 
 
 async def test_flowing_without_task_group_says_how_to_fix_it() -> None:
@@ -424,3 +432,79 @@ def test_socket_address() -> None:
         net.SocketAddress("1.2.3.4", 70000)
     with pytest.raises(ValueError, match="flowlabel"):
         net.SocketAddress("1.2.3.4", 1, flowlabel=5)
+
+
+async def test_a_socket_nobody_reads_still_ends_and_closes() -> None:
+    # Node reads every socket: the peer's FIN on an empty stream ends and closes it.
+    _, server_host, client_host = hosts()
+    events: list[Any] = []
+    async with net.create_server(lambda sock: None, stack=server_host) as server:
+        await server.listen(7014)
+        async with net.connect(7014, "10.0.0.2", stack=client_host) as sock:
+            await eventually(lambda: server.get_connections() == 1)
+            (accepted,) = server.connections
+            accepted.on("end", lambda: events.append("end"))
+            accepted.on("finish", lambda: events.append("finish"))
+            accepted.on("close", events.append)
+            await sock.end()
+            await accepted.wait_closed()
+            await sock.wait_closed()
+        assert events == ["end", "finish", False]
+        assert server.get_connections() == 0
+        with anyio.fail_after(1):
+            await server.close()
+
+
+async def test_unread_data_holds_end_back_until_read() -> None:
+    _, server_host, client_host = hosts()
+    async with net.create_server(lambda sock: None, stack=server_host) as server:
+        await server.listen(7015)
+        async with net.connect(7015, "10.0.0.2", stack=client_host) as sock:
+            await eventually(lambda: server.get_connections() == 1)
+            (accepted,) = server.connections
+            await sock.end(b"unread")
+            await anyio.sleep(0.05)
+            assert accepted.readable
+            assert not accepted.closed
+            assert [chunk async for chunk in accepted] == [b"unread"]
+            await accepted.wait_closed()
+
+
+async def test_timeout_fires_once_per_idle_period() -> None:
+    _, server_host, client_host = hosts()
+    async with net.create_server(stack=server_host) as server:
+        await server.listen(7016)
+        async with net.connect(7016, "10.0.0.2", stack=client_host) as sock:
+            fired: list[float] = []
+            sock.on("timeout", lambda: fired.append(anyio.current_time()))
+            sock.set_timeout(0.02)
+            await anyio.sleep(0.15)
+            assert len(fired) == 1
+            await sock.write(b"activity")
+            await anyio.sleep(0.15)
+            assert len(fired) == 2
+
+
+async def test_write_errors_have_node_codes() -> None:
+    _, server_host, client_host = hosts()
+    async with net.create_server(stack=server_host) as server:
+        await server.listen(7017)
+        sock = await net.connect(7017, "10.0.0.2", stack=client_host)
+        finished: list[str] = []
+        sock.on("finish", lambda: finished.append("finish"))
+        await sock.end()
+        assert finished == ["finish"]
+        await sock.destroy()
+        fresh = await net.connect(7017, "10.0.0.2", stack=client_host)
+        errors: list[Exception] = []
+        fresh.on("error", errors.append)
+        await fresh.destroy()
+        with pytest.raises(BrokenPipeError) as caught:
+            await fresh.write(b"late")
+        assert caught.value.code == "ERR_STREAM_DESTROYED"  # type: ignore[attr-defined]
+        assert caught.value.syscall is None  # type: ignore[attr-defined]
+        assert errors == []  # as in Node: the callback's error only
+        await server.close()
+        with pytest.raises(OSError) as not_running:
+            await server.close()
+        assert not_running.value.code == "ERR_SERVER_NOT_RUNNING"  # type: ignore[attr-defined]

@@ -1,0 +1,21 @@
+// destroy(error): "error" then close(hadError true); the peer sees a plain end.
+import net from 'node:net';
+import { finish, listen, once, watch } from './_log.mjs';
+
+let serverSocketClosed;
+const server = net.createServer((socket) => {
+  watch(socket, 'server-socket', ['data', 'end', 'finish', 'close', 'error']);
+  socket.on('data', () => socket.destroy(new Error('boom')));
+  serverSocketClosed = once(socket, 'close');
+});
+const port = await listen(server, 0, '127.0.0.1');
+
+const client = net.connect(port, '127.0.0.1');
+watch(client, 'client', ['connect', 'end', 'finish', 'close', 'error']);
+await once(client, 'connect');
+client.write('x');
+await once(client, 'close');
+await serverSocketClosed;
+server.close();
+await once(server, 'close');
+finish();
