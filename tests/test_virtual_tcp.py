@@ -276,6 +276,32 @@ async def test_send_waits_for_the_window() -> None:
         await stream.send(b"x")
 
 
+async def test_one_large_send_waits_for_the_window_too() -> None:
+    # A 4 MiB send() goes into the pipe a window at a time, as the peer reads,
+    # instead of parking all of it at once.
+    _, web, client = two_hosts()
+    listener = await web.listen_tcp("0.0.0.0", 80)
+    stream = await client.connect_tcp("10.0.0.2", 80)
+    server = await listener.accept()
+    payload = bytes(range(256)) * (4 * 4096)
+    done = anyio.Event()
+
+    async def send() -> None:
+        await stream.send(payload)
+        done.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(send)
+        await anyio.sleep(0.05)
+        assert not done.is_set(), "the send waits while the peer reads nothing"
+        received = bytearray()
+        with anyio.fail_after(10):
+            while len(received) < len(payload):
+                received += await server.receive(1 << 20)
+            await done.wait()
+    assert received == payload
+
+
 async def test_refuse_rejects_even_with_a_listener() -> None:
     net, web, client = two_hosts()
     listener = await web.listen_tcp("0.0.0.0", 443)

@@ -262,18 +262,30 @@ class VirtualTcpStream(TcpStream):
         if not data:
             return
         pipe = self._outbound
-        if pipe.buffered >= DEFAULT_WINDOW and not pipe.reader_gone:
-            self._sending = True
-            try:
+        if len(data) <= DEFAULT_WINDOW - pipe.buffered or pipe.reader_gone:
+            # The common case: room for all of it now.
+            self.transmit(data)
+            return
+        # Only what the window has room for goes at once, as a kernel takes a
+        # large send into its buffer piece by piece while the peer reads: a
+        # single 32 MiB send() must not park 32 MiB in the pipe.
+        self._sending = True
+        try:
+            while True:
                 while pipe.buffered >= DEFAULT_WINDOW and not pipe.reader_gone:
                     event = pipe.writer_event = anyio.Event()
                     await event.wait()
                     if self._closed:
                         raise anyio.ClosedResourceError
                     self._check_send_error()
-            finally:
-                self._sending = False
-        self.transmit(data)
+                room = DEFAULT_WINDOW - pipe.buffered
+                if len(data) <= room or pipe.reader_gone:
+                    self.transmit(data)
+                    return
+                self.transmit(data[:room])
+                data = data[room:]
+        finally:
+            self._sending = False
 
     def transmit(self, data: bytes) -> None:
         """Hand ``data`` to the network now (no waiting, no checks of our own state)."""
