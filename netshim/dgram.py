@@ -75,9 +75,7 @@ def _raw_socket(sock: UdpSocket) -> socket.socket | None:
     inner = getattr(sock, "inner", None)  # ForwardingUdpSocket
     if isinstance(inner, UdpSocket):
         return _raw_socket(inner)
-    # HostStack's UdpSocket keeps its socket without offering it as an attribute.
-    kept = getattr(sock, "_sock", None)
-    return kept if isinstance(kept, socket.socket) else None
+    return None
 
 
 class Socket(TaskGroupUser, EventEmitter):

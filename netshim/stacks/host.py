@@ -199,6 +199,10 @@ class _HostUdpSocket(UdpSocket):
         return self._local
 
     @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**super().extra_attributes, SocketAttribute.raw_socket: lambda: self._sock}
+
+    @property
     def remote_address(self) -> Address | None:
         return self._remote
 
