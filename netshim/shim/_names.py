@@ -225,6 +225,8 @@ def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
     host, port = sockaddr[0], sockaddr[1]
     if isinstance(port, bool) or not isinstance(port, int):
         raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
+    if len(sockaddr) > 2 and not 0 <= operator.index(sockaddr[2]) <= 0xFFFFF:
+        raise OverflowError("getnameinfo(): flowinfo must be 0-1048575.")
     if not isinstance(host, str):
         raise TypeError(f"getnameinfo(): illegal sockaddr argument ({type(host).__name__})")
     if parse_ip(host) is None:

@@ -2,7 +2,8 @@
 
 ``install(stack)`` replaces, in the running interpreter:
 
-* ``socket.socket`` and ``socket.SocketType`` with :class:`ShimSocket`;
+* ``socket.socket`` with :class:`ShimSocket` (``socket.SocketType`` stays
+  ``_socket.socket``, of which every socket, shim or not, is an instance);
 * ``socket.getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``,
   ``gethostbyaddr``, ``getnameinfo`` and ``gethostname`` with functions
   answered by the stack;
@@ -56,7 +57,6 @@ _acting: ContextVar[Stack | None] = ContextVar("netshim_acting_stack", default=N
 
 _SOCKET_NAMES = {
     "socket": ShimSocket,
-    "SocketType": ShimSocket,
     "getaddrinfo": _names.getaddrinfo,
     "gethostbyname": _names.gethostbyname,
     "gethostbyname_ex": _names.gethostbyname_ex,

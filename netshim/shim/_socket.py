@@ -266,7 +266,7 @@ class _ShimCommon(_Base):
             if option == getattr(socket, "SO_DOMAIN", -1):
                 return int(state.family)
             if option == getattr(socket, "SO_PROTOCOL", -1):
-                return socket.IPPROTO_TCP if state.is_tcp else socket.IPPROTO_UDP
+                return state.proto or (socket.IPPROTO_TCP if state.is_tcp else socket.IPPROTO_UDP)
             if option == socket.SO_ACCEPTCONN:
                 return int(state.phase is Phase.LISTENING)
         if not _known_option(level, option):
@@ -328,6 +328,13 @@ class _ShimCommon(_Base):
         _check_open(self)
         if not state.is_tcp:
             raise os_error(errno.EOPNOTSUPP)
+        backlog = operator.index(backlog)
+        if not -(2**31) <= backlog < 2**31:
+            raise OverflowError(
+                "signed integer is greater than maximum"
+                if backlog > 0
+                else "signed integer is less than minimum"
+            )
         if state.phase is Phase.LISTENING:
             state.backlog = max(0, backlog)
             return None
@@ -479,14 +486,22 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             proto = 0 if proto == -1 else proto
             kind = type & _TYPE_MASK
             if family in _INET_FAMILIES and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                if proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
-                    raise os_error(errno.EPROTONOSUPPORT)
                 stack = acting_stack()
                 if stack.uses_host_sockets:
-                    # The host network with nothing added: a real socket is exact and free.
+                    # The host network with nothing added: a real socket is
+                    # exact and free (UDP-Lite, SCTP and the rest included).
                     super().__init__(family, type, proto)
                     self._netshim = None
                     return
+                # UDP-Lite is UDP with partial checksums: on a network that
+                # loses no bits it behaves as UDP, so it is carried as UDP.
+                allowed = (
+                    (0, socket.IPPROTO_TCP)
+                    if kind == socket.SOCK_STREAM
+                    else (0, socket.IPPROTO_UDP, _IPPROTO_UDPLITE)
+                )
+                if proto not in allowed:
+                    raise os_error(errno.EPROTONOSUPPORT)
                 state = SocketState(family, kind, stack, get_engine())
                 state.proto = proto
                 user_end, engine_end = _socket.socketpair(socket.AF_UNIX, kind)
@@ -515,7 +530,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         closed = getattr(self, "_closed", False)
         text = (
             f"<netshim.ShimSocket{' [closed]' if closed else ''} fd={self.fileno()}, "
-            f"family={state.family.name}, type={state.kind.name}, proto={self.proto}"
+            f"family={state.family}, type={state.kind}, proto={self.proto}"
         )
         if state.local is not None:
             text += f", laddr={self._sockaddr(state.local)}"
@@ -614,11 +629,14 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         else:
             flags = operator.index(flags_or_address)
         _check_open(self)
-        payload = bytes(data)
         if state.is_tcp:
             if state.phase is Phase.CONNECTED:
-                raise os_error(errno.EISCONN)
+                # Linux ignores the address of a sendto() on a connected TCP
+                # socket (after checking that it is one).
+                self._parse_address(address, "sendto")
+                return self.send(data, flags)
             raise os_error(errno.EPIPE)
+        payload = bytes(data)
         limit = _MAX_PAYLOAD[state.family]
         if len(state.corked) + len(payload) > limit:
             state.corked = b""
@@ -807,6 +825,7 @@ def _check_open(sock: Any) -> None:
 
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_IPPROTO_UDPLITE = getattr(socket, "IPPROTO_UDPLITE", 136)
 # What a stack appends to an errno's text when all it adds is the address.
 _ADDRESS_DETAIL = re.compile(r" \((\[[0-9a-fA-F:.%\w]+\]|[\w.-]+):\d+\)$")
 
@@ -887,6 +906,11 @@ _KNOWN_OPTIONS = (
             # Linux's value; the socket module names it from Python 3.12 on.
             getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24 if sys.platform == "linux" else -1),
         )
+    }
+    | {
+        # UDP-Lite's checksum coverage (UDPLITE_SEND_CSCOV, UDPLITE_RECV_CSCOV).
+        (_IPPROTO_UDPLITE, getattr(socket, "UDPLITE_SEND_CSCOV", 10)),
+        (_IPPROTO_UDPLITE, getattr(socket, "UDPLITE_RECV_CSCOV", 11)),
     }
     | {
         (socket.IPPROTO_IPV6, name)

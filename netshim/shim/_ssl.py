@@ -48,7 +48,9 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
         finally:
             _handover.state = None
 
-    def _check_connected(self) -> None:
+    def _refuse_unconnected_read(self) -> None:
+        # (Not named _check_connected: SSLSocket has a method of that name,
+        # which do_handshake() and getpeercert() rely on.)
         state = self._netshim
         if state is not None and self._sslobj is None and state.phase is not Phase.CONNECTED:
             # An unconnected socket (what SSLSocket._create probes for): the
@@ -57,12 +59,22 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
             raise os_error(errno.ENOTCONN)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        self._check_connected()
+        self._refuse_unconnected_read()
         return super().recv(buflen, flags)
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        self._check_connected()
+        self._refuse_unconnected_read()
         return super().recv_into(buffer, nbytes, flags)
+
+    def recvfrom(self, buflen: int = 1024, flags: int = 0) -> tuple[bytes, Any]:
+        self._refuse_unconnected_read()
+        return super().recvfrom(buflen, flags)
+
+    def recvfrom_into(
+        self, buffer: Any, nbytes: int | None = None, flags: int = 0
+    ) -> tuple[int, Any]:
+        self._refuse_unconnected_read()
+        return super().recvfrom_into(buffer, nbytes, flags)
 
     def _real_connect(self, addr: Any, connect_ex: bool) -> int | None:
         state = self._netshim

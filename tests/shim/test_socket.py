@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import errno
 import select
 import socket
@@ -50,7 +51,6 @@ def listening(net: Installed, port: int, family: int = socket.AF_INET) -> socket
 def test_install_patches_and_uninstall_restores_by_identity() -> None:
     names = [
         "socket",
-        "SocketType",
         "getaddrinfo",
         "gethostbyname",
         "gethostbyname_ex",
@@ -67,6 +67,10 @@ def test_install_patches_and_uninstall_restores_by_identity() -> None:
     assert all(getattr(socket, name) is not before[name] for name in names)
     assert ssl.SSLContext.sslsocket_class is not sslsocket_class
     assert netshim.is_installed()
+    # CPython's test_socket: SocketType is the C type, and shim sockets are its instances.
+    assert socket.SocketType is _socket.socket
+    with socket.socket() as shim:
+        assert isinstance(shim, socket.SocketType)
     netshim.uninstall()
     netshim.uninstall()
     assert {name: getattr(socket, name) for name in names} == before
