@@ -17,6 +17,7 @@ import errno
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -61,6 +62,10 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
 
 
+# Pyodide: errno values are Emscripten's, not Linux's (see os_error).
+_EMSCRIPTEN = sys.platform == "emscripten"
+
+
 def os_error(code: int, detail: str | None = None) -> OSError:
     """Build the ``OSError`` subclass Python itself raises for ``code``.
 
@@ -69,6 +74,10 @@ def os_error(code: int, detail: str | None = None) -> OSError:
     system call does.  ``detail`` is appended to the operating system's message.
     """
     message = os.strerror(code)
+    if _EMSCRIPTEN and code in errno.errorcode:
+        # Emscripten numbers errors its own way (EACCES is 2, ECONNREFUSED 14):
+        # the name keeps "[Errno 2] Permission denied" from reading as ENOENT.
+        message = f"{message} ({errno.errorcode[code]})"
     if detail:
         message = f"{message} ({detail})"
     return OSError(code, message)

@@ -479,3 +479,15 @@ async def test_a_listener_that_is_not_accepting_refuses() -> None:
         async with stream, await listener.accept() as accepted:
             await stream.send(b"taken")
             assert await accepted.receive() == b"taken"
+
+
+def test_errors_name_their_errno_where_numbers_are_emscriptens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from netshim import _errors
+
+    assert str(_errors.os_error(errno.EACCES)) == f"[Errno {errno.EACCES}] Permission denied"
+    monkeypatch.setattr(_errors, "_EMSCRIPTEN", True)
+    error = _errors.os_error(errno.EACCES, "10.0.0.9:80")
+    assert str(error) == f"[Errno {errno.EACCES}] Permission denied (EACCES) (10.0.0.9:80)"
+    assert isinstance(error, PermissionError)
