@@ -1,29 +1,31 @@
-"""The benchmarks' Python client: bulk transfers through WispStack (or direct TCP), as JSON.
+"""The gateway benchmark's WispStack client (or the same code over kernel TCP), as JSON.
 
     python benchmarks/wisp_bench_client.py '<plan as JSON>'
 
-A plan is ``{"url": "wisp://..." or null for direct kernel TCP, "host", "port",
-"streams": [{"upload": N, "download": N}], "sequential": bool, "stall": seconds,
-"cpu": CPU number or null, "confirm": bool (WispStack's confirm_streams, default
-true)}``.  Each stream sends the bulk target's 16-byte
-header and its upload, then reads until the target closes the stream; it is
-stalled when neither direction moved for ``stall`` seconds (it is then
-aborted).  Uploads are made and hashed before the clock starts.  Prints one
-JSON object: ``elapsed`` (seconds for all streams) and per stream ``up`` and
-``down`` (SHA-256), ``received``, ``seconds`` and ``status`` (``ok``,
-``short``, ``stalled`` or ``error``).
+Speaks benchmarks/bench_pattern.py's protocol through ``WispStack`` (``"url":
+"wisp://..."``) or, for the baseline, through ``HostStack`` (``"url": null``,
+to ``host:port`` directly or through a TCP relay).  Each stream sends its
+header and its upload in 64 KiB ``bytes`` writes (made before the clock
+starts; the WispStack's packet size), while reading with ``receive(1 MiB)``
+until the target closes the stream, checking every piece read against the
+pattern (one ``memcmp``, no hashing).  A stream is stalled when neither
+direction moved for ``stall`` seconds (it is then aborted).
+
+A plan is ``{"url", "host", "port", "streams": [{"tag", "upload",
+"download"}], "sequential": bool, "stall": seconds, "confirm": bool
+(WispStack's confirm_streams, default true), "loop": "asyncio" or
+"uvloop"}``; the result is as benchmarks/socket_bench_client.py's.  The
+WebSocket and the Wisp handshake happen before the orchestrator's go, so
+outside the timed interval, as in the wisp-js client.
 
 It runs in a process of its own so that the target's and the servers' work
-never shares its interpreter, and so that ``cpu`` can pin it alone.
+never shares its interpreter, and so that its CPU time is its own.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import struct
 import sys
 import time
 from pathlib import Path
@@ -32,67 +34,64 @@ from typing import Any
 import anyio
 import anyio.abc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS.parent))
+sys.path.insert(0, str(BENCHMARKS))
 
-from netshim import HostStack, Stack, WispStack
+from bench_pattern import SMALL, Checker, finish, ready, request, upload_chunks  # noqa: E402
 
-# The size of each write, as the wisp-js benchmark client writes.
-CHUNK = 64 * 1024
+from netshim import HostStack, Stack, WispStack  # noqa: E402
 
 
 class Stream:
     """One planned transfer: its prepared upload and what happened to it."""
 
-    def __init__(self, upload: int, download: int) -> None:
-        self.upload = upload
-        self.download = download
-        self.chunks = [os.urandom(min(CHUNK, upload - at)) for at in range(0, upload, CHUNK)]
-        digest = hashlib.sha256()
-        for chunk in self.chunks:
-            digest.update(chunk)
-        self.up = digest.hexdigest()
-        self.received = 0
-        self.down = ""
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.tag, self.upload, self.download = (int(spec[k]) for k in ("tag", "upload", "download"))
+        self.head = request(self.upload, self.download, self.tag)
+        self.chunks = upload_chunks(self.tag, self.upload) if self.upload > SMALL else []
+        self.checker = Checker(self.tag)
         self.status = "ok"
+        self.first: float | None = None
         self.seconds = 0.0
         self.progress = 0.0
 
     def report(self) -> dict[str, Any]:
         """The stream's JSON result."""
         return {
-            "up": self.up,
-            "down": self.down,
-            "received": self.received,
-            "seconds": self.seconds,
+            "tag": self.tag,
             "status": self.status,
+            "received": self.checker.offset,
+            "bad": self.checker.bad,
+            "seconds": self.seconds,
+            "first": self.first,
         }
 
 
 async def run_stream(stack: Stack, host: str, port: int, spec: Stream, stall: float) -> None:
     """Move one stream; a watchdog aborts it after ``stall`` seconds without progress."""
     started = spec.progress = time.perf_counter()
-    down = hashlib.sha256()
 
     async def transfer(stream: anyio.abc.ByteStream) -> None:
         async def send() -> None:
-            await stream.send(struct.pack("!QQ", spec.upload, spec.download))
+            await stream.send(spec.head)
             for chunk in spec.chunks:
                 await stream.send(chunk)
                 spec.progress = time.perf_counter()
 
         async with anyio.create_task_group() as group:
             group.start_soon(send)
-            # Read to the end rather than to ``download`` bytes: the stream is
-            # closed only after the target has swallowed the whole upload, so a
-            # server that drops data still held when the client closes is not
-            # given the chance, and a truncated download shows as short.
+            # Read to the end: the target closes the stream once it has the
+            # whole upload and sent the whole download, so a stream cut short
+            # anywhere shows as short.
             while True:
                 try:
                     data = await stream.receive(1 << 20)
                 except anyio.EndOfStream:
                     break
-                down.update(data)
-                spec.received += len(data)
+                if spec.first is None:
+                    spec.first = time.perf_counter() - started
+                spec.checker.check(data)
                 spec.progress = time.perf_counter()
 
     async def watchdog(scope: anyio.CancelScope) -> None:
@@ -116,16 +115,13 @@ async def run_stream(stack: Stack, host: str, port: int, spec: Stream, stall: fl
     except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
         spec.status = f"error: {exc!r}"
     spec.seconds = time.perf_counter() - started
-    spec.down = down.hexdigest()
-    if spec.status == "ok" and spec.received != spec.download:
+    if spec.status == "ok" and spec.checker.offset != spec.download:
         spec.status = "short"
 
 
 async def main(plan: dict[str, Any]) -> None:
-    """Run ``plan`` and print its JSON result."""
-    if plan.get("cpu") is not None:
-        os.sched_setaffinity(0, {int(plan["cpu"])})
-    streams = [Stream(s["upload"], s["download"]) for s in plan["streams"]]
+    """Run ``plan`` between the orchestrator's go and the printed result."""
+    streams = [Stream(s) for s in plan["streams"]]
     stall = float(plan.get("stall", 10))
     host, port = plan["host"], int(plan["port"])
     stack: Stack
@@ -136,10 +132,9 @@ async def main(plan: dict[str, Any]) -> None:
         wisp_stack = WispStack(
             plan["url"], stall_timeout=math.inf, confirm_streams=plan.get("confirm", True)
         )
-        # The WebSocket and the Wisp handshake are outside the timed interval,
-        # as in the wisp-js client, which waits for its connection to open.
         await wisp_stack.connect()
         stack = wisp_stack
+    await anyio.to_thread.run_sync(ready)
     started = time.perf_counter()
     if plan.get("sequential"):
         for spec in streams:
@@ -149,9 +144,12 @@ async def main(plan: dict[str, Any]) -> None:
             for spec in streams:
                 group.start_soon(run_stream, stack, host, port, spec, stall)
     elapsed = time.perf_counter() - started
+    await anyio.to_thread.run_sync(
+        finish, {"elapsed": elapsed, "streams": [s.report() for s in streams]}
+    )
     await stack.aclose()
-    print(json.dumps({"elapsed": elapsed, "streams": [s.report() for s in streams]}))
 
 
 if __name__ == "__main__":
-    anyio.run(main, json.loads(sys.argv[1]))
+    loop = json.loads(sys.argv[1]).get("loop", "asyncio")
+    anyio.run(main, json.loads(sys.argv[1]), backend_options={"use_uvloop": loop == "uvloop"})
