@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a paused upload may wait on a destination that reads nothing (default 30)",
     )
     add(
+        "--read-size",
+        type=int,
+        help="bytes one read from a destination takes, the largest DATA sent (default 256 KiB)",
+    )
+    add(
         "--max-message-size",
         type=int,
         help="largest WebSocket message accepted, in bytes (default 1 MiB)",
@@ -112,6 +117,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The :class:`GatewayConfig` and the run options (listen addresses, event loop)."""
     from .gateway import GatewayConfig, load_token_file
     from .gateway._server import (
+        DEFAULT_READ_SIZE,
         DEFAULT_TOTAL_UPLOAD_BUFFER,
         DEFAULT_UPLOAD_BUFFER,
         DEFAULT_UPLOAD_STALL_TIMEOUT,
@@ -169,6 +175,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             _pick(arguments, file, "max_message_size", wisp.DEFAULT_MAX_MESSAGE_SIZE)
         ),
         upload_buffer=int(_pick(arguments, file, "upload_buffer", DEFAULT_UPLOAD_BUFFER)),
+        read_size=int(_pick(arguments, file, "read_size", DEFAULT_READ_SIZE)),
         total_upload_buffer=int(
             _pick(arguments, file, "total_upload_buffer", DEFAULT_TOTAL_UPLOAD_BUFFER)
         ),

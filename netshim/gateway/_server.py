@@ -65,9 +65,13 @@ T = TypeVar("T")
 # The v2 drafts give the peer five seconds to send its INFO; the same bound
 # keeps a silent client from holding a half-open connection.
 HANDSHAKE_TIMEOUT = 5.0
-# What one upstream read asks for: one DATA packet, as large as a socket read
-# usefully gets on loopback without making the WebSocket frames huge.
-DEFAULT_READ_SIZE = 1 << 16
+# What one upstream read asks for, and so the largest DATA packet (and message)
+# sent to a client: what asyncio's and uvloop's transports read at once.  Per
+# packet the gateway pays a task switch, a frame and a write; against 64 KiB
+# reads this took a fifth off the CPU per downloaded byte and doubled 16
+# parallel downloads (benchmarks/gateway.py).  Clients take messages up to
+# 1 MiB (websockets' default, the Wisp drafts set no limit).
+DEFAULT_READ_SIZE = 1 << 18
 # An HTTP request line and headers in front of an upgrade fit in a few KiB;
 # nginx's default large_client_header_buffers is 4 x 8 KiB.
 MAX_REQUEST_SIZE = 32 * 1024
