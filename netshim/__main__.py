@@ -4,7 +4,8 @@
 ``netshim gateway`` serves the host network to Wisp, websockify and SOCKS5
 clients behind an egress policy (see ``docs/gateway.md``);
 ``netshim run`` runs an unmodified Python program with netshim installed
-(see ``docs/tunnels.md``).
+(see ``docs/tunnels.md``); ``netshim pyodide run`` runs a script inside
+Pyodide under Node with netshim (see ``docs/pyodide.md``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,17 @@ def main(argv: list[str] | None = None) -> int:
         help="run a Python program with netshim installed: run [--via URL] -- PROGRAM [ARGS]",
         add_help=False,
     )
+    pyodide = commands.add_parser(
+        "pyodide", help="run a Python script inside Pyodide under Node, with netshim"
+    )
+    from ._pyodide_cli import add_arguments as add_pyodide_arguments
+
+    add_pyodide_arguments(pyodide)
     arguments = parser.parse_args(argv)
+    if arguments.command == "pyodide":
+        from ._pyodide_cli import run as pyodide_run
+
+        return pyodide_run(arguments)
     if arguments.command == "gateway":
         from ._gateway_cli import run
 
