@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ._run import wait_for_child
 
 __all__ = [
     "DEPENDENCIES",
@@ -170,13 +171,7 @@ def _run(arguments: argparse.Namespace) -> int:
             child = subprocess.Popen(command)
         except OSError as exc:
             raise CommandError(f"cannot start node: {exc.strerror or exc}") from None
-        # Ctrl-C reaches node directly (same terminal); wait for its status.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            status = child.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-    return 128 - status if status < 0 else status
+        return wait_for_child(child)
 
 
 def _decode_source(data: bytes, script: Path) -> str:

@@ -134,8 +134,15 @@ def _run_child(plan: Plan) -> int:
     except OSError as exc:
         print(f"netshim run: cannot start {program[0]!r}: {exc.strerror or exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126
-    # The child shares our terminal, so Ctrl-C reaches it directly: waiting
-    # on, rather than dying of, SIGINT lets it decide and report its status.
+    return wait_for_child(child)
+
+
+def wait_for_child(child: subprocess.Popen[bytes]) -> int:
+    """The child's exit status, shell-style (128 + N for a signal N).
+
+    The child shares our terminal, so Ctrl-C reaches it directly: waiting
+    on, rather than dying of, SIGINT lets it decide and report its status.
+    """
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         status = child.wait()

@@ -47,6 +47,7 @@ __all__ = [
     "ThreadedServer",
     "echo_server",
     "gateway_process",
+    "recv_exactly",
     "sink_server",
     "talking_server",
     "wisp_echo",
@@ -297,12 +298,12 @@ def socks5_echo(
         reply = sock.recv(4)
         assert reply[:2] == b"\x05\x00", reply
         rest = {1: 4, 4: 16}.get(reply[3], 0) + 2
-        _recv_exactly(sock, rest)
+        recv_exactly(sock, rest)
         sock.sendall(payload)
-        return _recv_exactly(sock, len(payload))
+        return recv_exactly(sock, len(payload))
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
     parts = []
     while size:
         data = sock.recv(size)

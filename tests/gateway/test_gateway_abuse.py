@@ -71,6 +71,7 @@ from gateway_process import (
     GatewayProcess,
     ThreadedServer,
     gateway_process,
+    recv_exactly,
     sink_server,
     talking_server,
     wisp_echo,
@@ -436,17 +437,6 @@ def wisp_v2_client(http: tuple[str, int], source: str) -> tuple[socket.socket, S
 def socks5_connect_request(target: tuple[str, int]) -> bytes:
     """Greeting (no authentication) and CONNECT, to send in one go."""
     return b"\x05\x01\x00" + b"\x05\x01\x00" + socks5.encode_address(*target)
-
-
-def recv_exactly(sock: socket.socket, size: int) -> bytes:
-    parts = []
-    while size:
-        data = sock.recv(size)
-        if not data:
-            raise ConnectionResetError("closed early")
-        parts.append(data)
-        size -= len(data)
-    return b"".join(parts)
 
 
 def socks5_connected(sock: socket.socket, target: tuple[str, int]) -> None:
