@@ -648,17 +648,16 @@ class Gateway:
                 # is the answer (an HTTP error naming it) and the client's
                 # connect fails as a socket's would, instead of a 101 followed
                 # by a close that reads like a clean end of stream.
-                opened = await self._wsproxy_connect(protocol, peer, target)
-                if isinstance(opened, Response):
-                    response = opened
-                else:
-                    upstream = opened
-                    response = protocol.accept(request)
+                response = protocol.accept(request)
+                if response.status_code == 101:
+                    # (Only a valid upgrade costs a connect.)
+                    opened = await self._wsproxy_connect(protocol, peer, target)
+                    if isinstance(opened, Response):
+                        response = opened
+                    else:
+                        upstream = opened
             else:
                 response = protocol.accept(request)
-        if upstream is not None and response.status_code != 101:
-            await self._wsproxy_end(upstream)
-            upstream = None
         if response.status_code != 101:
             # Written directly (the protocol would also end the connection,
             # which the wall does anyway); pipelined requests behind it go
