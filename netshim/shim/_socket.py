@@ -61,6 +61,8 @@ _TYPE_MASK = ~(getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEX
 _MAX_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 # Room for the address header that datagrams carry across the pair.
 _HEADER_ROOM = 64
+# sendto()'s third argument when it was not given (None is an address to reject).
+_NO_ADDRESS: Any = object()
 
 
 def acting_stack() -> Stack:
@@ -168,6 +170,8 @@ class _ShimCommon(_Base):
             raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
         if not 0 <= port <= 65535:
             raise OverflowError(f"{function}(): port must be 0-65535.")
+        if len(address) > 2 and not 0 <= operator.index(address[2]) <= 0xFFFFF:
+            raise OverflowError(f"{function}(): flowinfo must be 0-1048575.")
         return host, port
 
     def _resolve(self, host: str, port: int, *, passive: bool) -> tuple[str, int]:
@@ -516,6 +520,10 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 super().__init__(family, type, proto)
         else:
             state = lookup_state(fileno)
+            if state is not None and family not in (-1, state.family):
+                # Told the descriptor is of another family: take it as that,
+                # as CPython does (it does not check).
+                state = None
             if state is not None:
                 super().__init__(socket.AF_UNIX, state.kind, 0, fileno)
                 state.user_socket = weakref.ref(self)
@@ -532,9 +540,10 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             f"<netshim.ShimSocket{' [closed]' if closed else ''} fd={self.fileno()}, "
             f"family={state.family}, type={state.kind}, proto={self.proto}"
         )
-        if state.local is not None:
+        # A closed socket has no addresses to show, as CPython's repr says.
+        if state.local is not None and not closed:
             text += f", laddr={self._sockaddr(state.local)}"
-        if state.remote is not None:
+        if state.remote is not None and not closed:
             text += f", raddr={self._sockaddr(state.remote)}"
         return text + ">"
 
@@ -617,17 +626,25 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
 
     # -- datagrams ---------------------------------------------------------------
 
-    def sendto(self, data: Any, flags_or_address: Any, address: Any = None) -> int:
+    def sendto(self, data: Any, flags_or_address: Any, address: Any = _NO_ADDRESS) -> int:
         state = self._netshim
         if state is None:
-            if address is None:
+            if address is _NO_ADDRESS:
                 return super().sendto(data, flags_or_address)
             return super().sendto(data, flags_or_address, address)
         flags = 0
-        if address is None:
+        if address is _NO_ADDRESS:
             address = flags_or_address
         else:
             flags = operator.index(flags_or_address)
+        # Checked first, as CPython parses the data argument first.
+        if not isinstance(data, bytes | bytearray | memoryview):
+            try:
+                memoryview(data)
+            except TypeError:
+                raise TypeError(
+                    f"a bytes-like object is required, not '{type(data).__name__}'"
+                ) from None
         _check_open(self)
         if state.is_tcp:
             if state.phase is Phase.CONNECTED:

@@ -48,32 +48,40 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
         finally:
             _handover.state = None
 
-    def _refuse_unconnected_read(self) -> None:
+    def _refuse_unconnected_io(self) -> None:
         # (Not named _check_connected: SSLSocket has a method of that name,
         # which do_handshake() and getpeercert() rely on.)
         state = self._netshim
         if state is not None and self._sslobj is None and state.phase is not Phase.CONNECTED:
             # An unconnected socket (what SSLSocket._create probes for): the
             # pair under it is connected, so without this a read would wait
-            # forever where CPython raises ENOTCONN.
+            # forever (and a send would vanish) where CPython raises ENOTCONN.
             raise os_error(errno.ENOTCONN)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        self._refuse_unconnected_read()
+        self._refuse_unconnected_io()
         return super().recv(buflen, flags)
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        self._refuse_unconnected_read()
+        self._refuse_unconnected_io()
         return super().recv_into(buffer, nbytes, flags)
 
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._refuse_unconnected_io()
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._refuse_unconnected_io()
+        return super().sendall(data, flags)
+
     def recvfrom(self, buflen: int = 1024, flags: int = 0) -> tuple[bytes, Any]:
-        self._refuse_unconnected_read()
+        self._refuse_unconnected_io()
         return super().recvfrom(buflen, flags)
 
     def recvfrom_into(
         self, buffer: Any, nbytes: int | None = None, flags: int = 0
     ) -> tuple[int, Any]:
-        self._refuse_unconnected_read()
+        self._refuse_unconnected_io()
         return super().recvfrom_into(buffer, nbytes, flags)
 
     def _real_connect(self, addr: Any, connect_ex: bool) -> int | None:

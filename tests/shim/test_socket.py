@@ -765,3 +765,28 @@ def test_errors_read_as_the_standard_library_words_them(installed: Installed) ->
         socket.create_connection(("10.0.0.2", 9), timeout=5)
     assert str(refused.value) == "[Errno 111] Connection refused"
     listener.close()
+
+
+def test_more_details_as_cpython_has_them(installed: Installed) -> None:
+    # From CPython's test_socket and test_ssl, run under the shim.
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with pytest.raises(TypeError, match="a bytes-like object is required, not 'str'"):
+        udp.sendto("text", ("10.0.0.2", 53))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not NoneType"):
+        udp.sendto(b"x", 0, None)
+    udp.close()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed.close()
+    assert "laddr" not in repr(closed)
+    with socket.socket(socket.AF_INET6) as six, pytest.raises(OverflowError, match="flowinfo"):
+        six.bind(("::1", 0, 0xFFFFFFFF, 0))
+    fd = socket.socket().detach()
+    with socket.socket(family=43, type=socket.SOCK_STREAM, proto=23, fileno=fd) as unknown:
+        assert unknown.family == 43
+    context = ssl.create_default_context()
+    with context.wrap_socket(socket.socket(), server_hostname="example.com") as tls:
+        for send in (lambda: tls.send(b"x"), lambda: tls.sendall(b"x")):
+            with pytest.raises(OSError) as caught:
+                send()
+            assert caught.value.errno == errno.ENOTCONN
