@@ -4,8 +4,8 @@ A :class:`~netshim.shim.ShimSocket` owns one end of an OS ``socketpair``; the
 engine owns the other end and moves bytes between it and a stream, listener
 or datagram socket of the stack.  All stack objects live on the engine's
 event loop (anyio on asyncio), so the stack sees one loop whatever threads
-and event loops the program itself uses; user threads reach it through a
-blocking portal.
+and event loops the program itself uses; user threads hand it work through
+one queue (see ``Engine._submit``), waiting for the result or not.
 
 What the engine does to the pair is how the program sees the network:
 
@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
-import anyio.from_thread
 import anyio.lowlevel
 
 from ..stack import StreamAttribute, TcpListener, TcpStream, UdpSocket
@@ -65,7 +64,6 @@ class Engine:
     """The background thread and its event loop; shared by every shim socket."""
 
     def __init__(self) -> None:
-        self._portal: anyio.from_thread.BlockingPortal | None = None
         # Set in a child process for the engine its parent ran (see _after_fork).
         self.left_behind = False
         self._thread: threading.Thread | None = None
@@ -88,35 +86,27 @@ class Engine:
         self._pending_wakeup: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._portal is not None
-
-    def _ensure_started(self) -> anyio.from_thread.BlockingPortal:
-        portal = self._portal
-        if portal is not None:
-            return portal
+    def _ensure_started(self) -> None:
+        if self._loop is not None:
+            return
         with self._lock:
-            if self._portal is None:
+            if self._loop is None:
                 self._thread = threading.Thread(
                     target=anyio.run, args=(self._main,), name="netshim-engine", daemon=True
                 )
                 self._thread.start()
                 self._ready.wait()
-            assert self._portal is not None
-            return self._portal
 
     async def _main(self) -> None:
-        async with anyio.from_thread.BlockingPortal() as portal, anyio.create_task_group() as group:
+        # Runs until the process ends (a daemon thread): work arrives through
+        # _submit and is started by _start_pending, in order.
+        async with anyio.create_task_group() as group:
             self.thread_id = threading.get_ident()
             self._group = group
-            self._portal = portal
             self._pending_wakeup = anyio.Event()
             self._loop = asyncio.get_running_loop()
-            group.start_soon(self._start_pending)
             self._ready.set()
-            await portal.sleep_until_stopped()
-            group.cancel_scope.cancel()
+            await self._start_pending()
 
     async def _start_pending(self) -> None:
         while True:
