@@ -43,6 +43,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .._ip_header import DEFAULT_HEADER, CarriesIpHeader, IpHeader
 from ..stack import StreamAttribute, TcpListener, TcpStream, UdpSocket
 from ._state import Phase
 
@@ -470,32 +471,59 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
 
 # -- datagrams ----------------------------------------------------------------
 
-# A datagram crossing the pair carries its address: kind (0 data, 1 error),
-# port, then the IP as text with its length, then the payload.
-_HEADER = struct.Struct("!BHB")
+# A datagram crossing the pair carries its address and IP header: kind (0 data,
+# 1 error), port, hop limit, traffic class, the IP's length, the IP as text,
+# then the payload.
+_HEADER = struct.Struct("!BHBBB")
 DATA, ERROR = 0, 1
 
 
-def pack_datagram(data: bytes, address: tuple[str, int]) -> bytes:
+def pack_datagram(
+    data: bytes, address: tuple[str, int], header: IpHeader = DEFAULT_HEADER
+) -> bytes:
     host = address[0].encode("ascii")
-    return _HEADER.pack(DATA, address[1], len(host)) + host + data
+    return (
+        _HEADER.pack(DATA, address[1], header.hop_limit, header.traffic_class, len(host))
+        + host
+        + data
+    )
 
 
 def pack_error(code: int) -> bytes:
-    return _HEADER.pack(ERROR, code, 0)
+    return _HEADER.pack(ERROR, code, 0, 0, 0)
 
 
-def unpack_datagram(message: bytes) -> tuple[int, bytes, tuple[str, int]]:
-    kind, port, size = _HEADER.unpack_from(message)
+def unpack_datagram(message: bytes) -> tuple[int, bytes, tuple[str, int], IpHeader]:
+    kind, port, hop_limit, traffic_class, size = _HEADER.unpack_from(message)
     start = _HEADER.size + size
     host = message[_HEADER.size : start].decode("ascii")
-    return kind, message[start:], (host, port)
+    if hop_limit == DEFAULT_HEADER.hop_limit and traffic_class == DEFAULT_HEADER.traffic_class:
+        header = DEFAULT_HEADER
+    else:
+        header = IpHeader(hop_limit, traffic_class)
+    return kind, message[start:], (host, port), header
+
+
+async def send_datagram(
+    udp: UdpSocket, data: bytes, address: tuple[str, int] | None, header: IpHeader
+) -> None:
+    """``udp.send``, with ``header`` on stacks that carry one (see :mod:`netshim._ip_header`)."""
+    if isinstance(udp, CarriesIpHeader):
+        await udp.send_with_header(data, address, header)
+    else:
+        await udp.send(data, address)
 
 
 async def pump_udp(state: SocketState, udp: UdpSocket) -> None:
-    """Move datagrams both ways between a shim UDP socket and the stack's socket."""
+    """Move datagrams both ways between a shim UDP socket and the stack's socket.
+
+    Sending goes to the stack directly (see ``ShimSocket.sendto``), except
+    from a process that inherited the socket across ``fork()``: it writes
+    framed datagrams into the pair, which this pump sends.
+    """
     engine_end = state.engine_end
     assert engine_end is not None
+    receive_with_header = udp.receive_with_header if isinstance(udp, CarriesIpHeader) else None
 
     async def upstream() -> None:
         while True:
@@ -503,23 +531,27 @@ async def pump_udp(state: SocketState, udp: UdpSocket) -> None:
             if not message:
                 group.cancel_scope.cancel()
                 return
-            _, data, address = unpack_datagram(message)
+            _, data, address, header = unpack_datagram(message)
             try:
-                await udp.send(data, address)
+                await send_datagram(udp, data, address, header)
             except OSError as exc:
                 await _write_all(engine_end, pack_error(exc.errno or errno.EIO))
 
     async def downstream() -> None:
+        header = DEFAULT_HEADER
         while True:
             try:
-                data, address = await udp.receive()
+                if receive_with_header is not None:
+                    data, address, header = await receive_with_header()
+                else:
+                    data, address = await udp.receive()
             except anyio.ClosedResourceError:
                 group.cancel_scope.cancel()
                 return
             except OSError as exc:
                 message = pack_error(exc.errno or errno.EIO)
             else:
-                message = pack_datagram(data, address)
+                message = pack_datagram(data, address, header)
             try:
                 engine_end.send(message)
             except BlockingIOError:

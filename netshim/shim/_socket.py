@@ -31,12 +31,14 @@ import struct
 import sys
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._addresses import parse_ip
 from .._errors import os_error
+from .._ip_header import DEFAULT_HEADER, DEFAULT_HOP_LIMIT, IpHeader
 from ..stack import Stack
 from . import _names
 from ._engine import (
@@ -46,6 +48,7 @@ from ._engine import (
     establish,
     get_engine,
     pump_udp,
+    send_datagram,
     serve_listener,
     unpack_datagram,
     unsplice,
@@ -253,6 +256,9 @@ class _ShimCommon(_Base):
             state.udp.broadcast = bool(value)
         if not _known_option(level, option):
             raise os_error(errno.ENOPROTOOPT)
+        valid = _OPTION_RANGES.get((level, option))
+        if valid is not None and isinstance(value, int) and value not in valid:
+            raise os_error(errno.EINVAL)
         state.options[(level, option)] = value
 
     def getsockopt(self, level: int, option: int, buflen: int | None = None) -> Any:
@@ -276,6 +282,9 @@ class _ShimCommon(_Base):
         if not _known_option(level, option):
             raise os_error(errno.ENOPROTOOPT)
         value = state.options.get((level, option), 0)
+        if value == -1 or (level, option) not in state.options:
+            # "The route's default" reads back as the value it stands for.
+            value = _OPTION_DEFAULTS.get((level, option), value)
         if buflen is not None:
             if isinstance(value, bytes):
                 return value[:buflen]
@@ -653,7 +662,11 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 self._parse_address(address, "sendto")
                 return self.send(data, flags)
             raise os_error(errno.EPIPE)
-        payload = bytes(data)
+        return self._send_datagram(bytes(data), flags, address, _PerMessage())
+
+    def _send_datagram(self, payload: bytes, flags: int, address: Any, given: _PerMessage) -> int:
+        state = self._netshim
+        assert state is not None
         limit = _MAX_PAYLOAD[state.family]
         if len(state.corked) + len(payload) > limit:
             state.corked = b""
@@ -672,22 +685,26 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             )
             self._start_udp(udp)
             state.phase = Phase.BOUND
-        if isinstance(address, tuple) and address == state.remote:
-            target = address
+        target: tuple[str, int]
+        if isinstance(address, tuple) and state.remote is not None and address == state.remote:
+            target = state.remote
         else:
             target = self._target(address, "sendto")
         assert state.udp is not None
-        _engine_call(state, state.udp.send, payload, target)
+        header = _outgoing_header(state, target[0], given)
+        _engine_call(state, send_datagram, state.udp, payload, target, header)
         return sent
 
     def _receive_datagram(
         self, bufsize: int, flags: int, function: str = "recvfrom"
     ) -> tuple[bytes, Any]:
-        payload, source = self._next_datagram(bufsize, flags, function)
+        payload, source, _ = self._next_datagram(bufsize, flags, function)
         return payload[:bufsize], source
 
-    def _next_datagram(self, bufsize: int, flags: int, function: str) -> tuple[bytes, Any]:
-        """The next datagram whole (the caller cuts it to size) and its source address."""
+    def _next_datagram(
+        self, bufsize: int, flags: int, function: str
+    ) -> tuple[bytes, Any, IpHeader]:
+        """The next datagram whole (the caller cuts it to size), its source and IP header."""
         state = self._netshim
         assert state is not None
         if bufsize < 0:
@@ -698,10 +715,10 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         # pair carries each datagram framed with its source: MSG_TRUNC on the
         # pair would speak of the frame, so it is left to us.
         message = super().recv(65536 + _HEADER_ROOM, flags & ~socket.MSG_TRUNC)
-        kind, payload, source = unpack_datagram(message)
+        kind, payload, source, header = unpack_datagram(message)
         if kind != DATA:
             raise os_error(source[1] or errno.EIO)
-        return payload, self._sockaddr(source)
+        return payload, self._sockaddr(source), header
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         state = self._netshim
@@ -737,9 +754,10 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             raise ValueError("negative buffer size in recvmsg()")
         if ancbufsize < 0:
             raise ValueError("invalid ancillary data buffer length")
-        payload, source = self._next_datagram(bufsize, flags, "recvmsg")
+        payload, source, header = self._next_datagram(bufsize, flags, "recvmsg")
+        ancdata, ancillary_flags = _fit_ancillary(_ancillary_for(state, header), ancbufsize)
         truncated = socket.MSG_TRUNC if len(payload) > bufsize else 0
-        return payload[:bufsize], [], truncated, source
+        return payload[:bufsize], ancdata, truncated | ancillary_flags, source
 
     def recvmsg_into(self, buffers: Iterable[Any], ancbufsize: int = 0, flags: int = 0) -> Any:
         state = self._netshim
@@ -755,7 +773,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                     "read-write buffers"
                 )
         room = sum(len(view) for view in views)
-        payload, source = self._next_datagram(room, flags, "recvmsg_into")
+        payload, source, header = self._next_datagram(room, flags, "recvmsg_into")
         # Scattered over the buffers in order, as the kernel fills an iovec.
         offset = 0
         for view in views:
@@ -764,8 +782,9 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             offset += len(chunk)
             if offset >= len(payload):
                 break
+        ancdata, ancillary_flags = _fit_ancillary(_ancillary_for(state, header), ancbufsize)
         truncated = socket.MSG_TRUNC if len(payload) > room else 0
-        return min(len(payload), room), [], truncated, source
+        return min(len(payload), room), ancdata, truncated | ancillary_flags, source
 
     def sendmsg(
         self,
@@ -780,10 +799,13 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 return super().sendmsg(buffers, ancdata, flags)
             return super().sendmsg(buffers, ancdata, flags, address)
         data = b"".join(_sendmsg_buffers(buffers))
-        _check_ancillary(ancdata)
+        given = _per_message_fields(ancdata, state.family)
+        _check_open(self)
         if address is None:
-            return self.send(data, flags)
-        return self.sendto(data, flags, address)
+            if state.remote is None:
+                raise os_error(errno.EDESTADDRREQ)
+            address = state.remote
+        return self._send_datagram(data, flags, address, given)
 
     # -- closing -----------------------------------------------------------------
 
@@ -817,12 +839,52 @@ def _sendmsg_buffers(buffers: Iterable[Any]) -> list[bytes]:
     return chunks
 
 
-def _check_ancillary(ancdata: Iterable[Any]) -> None:
-    """Ancillary items must be ``(level, type, data)``; netshim's datagrams carry none."""
+@dataclass(frozen=True, slots=True)
+class _PerMessage:
+    """IP header fields one ``sendmsg`` chose in its ancillary data (None: the socket's)."""
+
+    hop_limit: int | None = None
+    traffic_class: int | None = None
+
+
+_SOL_IP = socket.IPPROTO_IP
+_SOL_IPV6 = socket.IPPROTO_IPV6
+_IPV6_HOPLIMIT = getattr(socket, "IPV6_HOPLIMIT", 52)
+_IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
+_IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+_IPV6_RECVHOPLIMIT = getattr(socket, "IPV6_RECVHOPLIMIT", 51)
+_IPV6_RECVTCLASS = getattr(socket, "IPV6_RECVTCLASS", 66)
+# Linux's values; the socket module lacks IP_RECVTTL.
+_IP_RECVTTL = getattr(socket, "IP_RECVTTL", 12)
+_IP_RECVTOS = getattr(socket, "IP_RECVTOS", 13)
+# SOL_SOCKET messages Linux accepts on a UDP socket (it ignores the first two there).
+_SOCKET_MESSAGES = {
+    getattr(socket, "SCM_RIGHTS", 1),
+    getattr(socket, "SCM_CREDENTIALS", 2),
+    getattr(socket, "SO_MARK", 36),
+    37,  # SO_TIMESTAMPING_OLD
+    61,  # SCM_TXTIME
+}
+_INT = struct.Struct("i")
+
+
+def _per_message_fields(ancdata: Iterable[Any], family: int) -> _PerMessage:
+    """What ``sendmsg``'s ancillary data asks of one datagram, checked as Linux checks it.
+
+    Ancillary items must be ``(level, type, data)`` (CPython's ``TypeError``s).
+    An IPv6 socket takes ``IPV6_HOPLIMIT`` and ``IPV6_TCLASS`` (an int,
+    -1..255, -1 meaning the socket's value) and ``IPV6_DONTFRAG``; an IPv4
+    socket ``IP_TTL`` (an int, 1..255) and ``IP_TOS`` (an int or one byte);
+    another type at the socket's IP level is ``EINVAL``, as an item of
+    another protocol's level is ignored.  (Linux's packet-info and routing
+    header messages choose a source or a path, which netshim's stacks do not
+    offer: they are ``EINVAL`` here.)
+    """
     try:
         items = list(ancdata)
     except TypeError:
         raise TypeError("sendmsg() argument 2 must be an iterable") from None
+    checked = []
     for item in items:
         if not isinstance(item, tuple | list) or len(item) != 3:
             length = len(item) if isinstance(item, tuple | list) else 0
@@ -833,7 +895,112 @@ def _check_ancillary(ancdata: Iterable[Any]) -> None:
         level, kind, data = item
         if not isinstance(level, int) or not isinstance(kind, int):
             raise TypeError("an integer is required")
-        memoryview(data)
+        checked.append((level, kind, memoryview(data).tobytes()))
+    hop_limit: int | None = None
+    traffic_class: int | None = None
+    ip_level = _SOL_IPV6 if family == socket.AF_INET6 else _SOL_IP
+    for level, kind, data in checked:
+        if level == socket.SOL_SOCKET:
+            if kind not in _SOCKET_MESSAGES:
+                raise os_error(errno.EINVAL)
+            continue
+        if level != ip_level:
+            continue
+        if family == socket.AF_INET and kind == socket.IP_TOS and len(data) == 1:
+            value = data[0]
+        elif len(data) == _INT.size and kind in _IP_LEVEL_MESSAGES[ip_level]:
+            value = _INT.unpack(data)[0]
+        else:
+            raise os_error(errno.EINVAL)
+        low = 1 if (ip_level, kind) == (_SOL_IP, socket.IP_TTL) else -1
+        high = 1 if kind == _IPV6_DONTFRAG else 255
+        if not low <= value <= high:
+            raise os_error(errno.EINVAL)
+        if kind in (_IPV6_HOPLIMIT, socket.IP_TTL) and value != -1:
+            hop_limit = value
+        elif kind in (_IPV6_TCLASS, socket.IP_TOS) and value != -1:
+            traffic_class = value
+    return _PerMessage(hop_limit, traffic_class)
+
+
+_IP_LEVEL_MESSAGES = {
+    _SOL_IP: {socket.IP_TTL, socket.IP_TOS},
+    _SOL_IPV6: {_IPV6_HOPLIMIT, _IPV6_TCLASS, _IPV6_DONTFRAG},
+}
+
+
+def _option_value(state: SocketState, level: int, option: int, default: int) -> int:
+    value = state.options.get((level, option))
+    if value is None:
+        return default
+    if isinstance(value, bytes):
+        return int.from_bytes(value[:4], "little", signed=True)
+    return int(value)
+
+
+def _outgoing_header(state: SocketState, host: str, given: _PerMessage) -> IpHeader:
+    """The hop limit and traffic class a datagram to ``host`` leaves with, as Linux picks them."""
+    ip = parse_ip(host)
+    multicast = ip is not None and ip.is_multicast
+    if state.family == socket.AF_INET6:
+        hops = (_SOL_IPV6, socket.IPV6_MULTICAST_HOPS if multicast else socket.IPV6_UNICAST_HOPS)
+        tclass = (_SOL_IPV6, _IPV6_TCLASS)
+    else:
+        hops = (_SOL_IP, socket.IP_MULTICAST_TTL if multicast else socket.IP_TTL)
+        tclass = (_SOL_IP, socket.IP_TOS)
+    hop_limit = given.hop_limit
+    if hop_limit is None:
+        hop_limit = _option_value(state, *hops, -1)
+        if hop_limit == -1:  # the route's default
+            hop_limit = 1 if multicast else DEFAULT_HOP_LIMIT
+    traffic_class = given.traffic_class
+    if traffic_class is None:
+        traffic_class = max(0, _option_value(state, *tclass, 0)) & 0xFF
+    if hop_limit == DEFAULT_HOP_LIMIT and traffic_class == 0:
+        return DEFAULT_HEADER
+    return IpHeader(hop_limit, traffic_class)
+
+
+def _ancillary_for(state: SocketState, header: IpHeader) -> list[tuple[int, int, bytes]]:
+    """The control messages a datagram arriving with ``header`` brings, in Linux's order."""
+    items = []
+    if state.family == socket.AF_INET6:
+        if _option_value(state, _SOL_IPV6, _IPV6_RECVHOPLIMIT, 0):
+            items.append((_SOL_IPV6, _IPV6_HOPLIMIT, _INT.pack(header.hop_limit)))
+        if _option_value(state, _SOL_IPV6, _IPV6_RECVTCLASS, 0):
+            items.append((_SOL_IPV6, _IPV6_TCLASS, _INT.pack(header.traffic_class)))
+    else:
+        if _option_value(state, _SOL_IP, _IP_RECVTTL, 0):
+            items.append((_SOL_IP, socket.IP_TTL, _INT.pack(header.hop_limit)))
+        if _option_value(state, _SOL_IP, _IP_RECVTOS, 0):
+            # Linux hands the TOS byte itself, not an int.
+            items.append((_SOL_IP, socket.IP_TOS, bytes([header.traffic_class])))
+    return items
+
+
+def _fit_ancillary(
+    items: list[tuple[int, int, bytes]], room: int
+) -> tuple[list[tuple[int, int, bytes]], int]:
+    """Cut control messages to an ancillary buffer of ``room`` bytes as Linux's ``put_cmsg`` does.
+
+    A message whose header does not fit is dropped; one whose data does not
+    fit keeps what fits; each takes ``CMSG_SPACE`` of its data, padding
+    included, from the room left.  Anything cut sets ``MSG_CTRUNC``.
+    """
+    header_size = socket.CMSG_LEN(0)
+    fitted = []
+    flags = 0
+    for level, kind, data in items:
+        if room < header_size:
+            flags = socket.MSG_CTRUNC
+            continue
+        length = socket.CMSG_LEN(len(data))
+        if room < length:
+            flags = socket.MSG_CTRUNC
+            length = room
+        fitted.append((level, kind, data[: length - header_size]))
+        room -= min(socket.CMSG_SPACE(len(data)), room)
+    return fitted, flags
 
 
 def _check_open(sock: Any) -> None:
@@ -918,6 +1085,8 @@ _KNOWN_OPTIONS = (
             socket.IP_ADD_MEMBERSHIP,
             socket.IP_DROP_MEMBERSHIP,
             getattr(socket, "IP_RECVERR", -1),
+            _IP_RECVTTL,
+            _IP_RECVTOS,
             getattr(socket, "IP_PKTINFO", -1),
             getattr(socket, "IP_MTU_DISCOVER", -1),
             # Linux's value; the socket module names it from Python 3.12 on.
@@ -939,10 +1108,32 @@ _KNOWN_OPTIONS = (
             socket.IPV6_JOIN_GROUP,
             socket.IPV6_LEAVE_GROUP,
             getattr(socket, "IPV6_RECVPKTINFO", -1),
-            getattr(socket, "IPV6_TCLASS", -1),
+            _IPV6_TCLASS,
+            _IPV6_RECVHOPLIMIT,
+            _IPV6_RECVTCLASS,
         )
     }
 )
+
+
+# Linux's accepted values for options with a range (-1: the route's or system's
+# default) and what it reports for those whose default is not 0.
+_OPTION_RANGES = {
+    (socket.IPPROTO_IP, socket.IP_TTL): range(-1, 256),
+    (socket.IPPROTO_IP, socket.IP_MULTICAST_TTL): range(-1, 256),
+    (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS): range(-1, 256),
+    (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS): range(-1, 256),
+    (socket.IPPROTO_IPV6, _IPV6_TCLASS): range(-1, 256),
+}
+_OPTION_DEFAULTS = {
+    (socket.IPPROTO_IP, socket.IP_TTL): DEFAULT_HOP_LIMIT,
+    (socket.IPPROTO_IP, socket.IP_MULTICAST_TTL): 1,
+    (socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP): 1,
+    (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS): DEFAULT_HOP_LIMIT,
+    (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS): 1,
+    (socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP): 1,
+    (socket.IPPROTO_IPV6, _IPV6_TCLASS): 0,
+}
 
 
 # -- engine-side helpers ----------------------------------------------------------

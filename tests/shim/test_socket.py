@@ -400,6 +400,88 @@ def test_udp_recvmsg_into_msg_trunc_and_sendmsg_checks(installed: Installed) -> 
         sock.close()
 
 
+def test_udp_ancillary_hop_limit_and_traffic_class(installed: Installed) -> None:
+    # IPV6_RECVHOPLIMIT and friends were ENOPROTOOPT; datagrams carried no IP header.
+    int_size = struct.calcsize("i")
+    with acting_as(installed.web):
+        server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        server.bind(("::", 5355))
+    server.settimeout(5)
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+    assert server.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT) == 1
+    client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    assert client.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS) == 64
+    destination = ("fd00::2", 5355)
+    client.sendto(b"plain", destination)
+    data, ancdata, flags, _ = server.recvmsg(100, 1024)
+    assert (data, flags) == (b"plain", 0)
+    assert ancdata == [
+        (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, struct.pack("i", 64)),
+        (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, struct.pack("i", 0)),
+    ]
+    # Per message, then per socket.
+    client.sendmsg(
+        [b"marked"],
+        [
+            (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, struct.pack("i", 42)),
+            (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, struct.pack("i", 2)),
+        ],
+        0,
+        destination,
+    )
+    data, ancdata, flags, _ = server.recvmsg(100, 1024)
+    assert [struct.unpack("i", item[2])[0] for item in ancdata] == [2, 42]
+    client.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 7)
+    client.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0x20)
+    client.sendto(b"set", destination)
+    buffer = bytearray(10)
+    nbytes, ancdata, flags, _ = server.recvmsg_into([buffer], 1024)
+    assert (nbytes, buffer[:3]) == (3, b"set")
+    assert [struct.unpack("i", item[2])[0] for item in ancdata] == [7, 0x20]
+    # Truncation as Linux's put_cmsg: no room for a header drops the message,
+    # room for part of its data keeps that part; MSG_CTRUNC either way.
+    for room, expected in [
+        (0, []),
+        (socket.CMSG_LEN(0) - 1, []),
+        (socket.CMSG_LEN(int_size) - 1, [int_size - 1]),
+        (socket.CMSG_SPACE(int_size) + 1, [int_size]),
+        (socket.CMSG_SPACE(int_size) + socket.CMSG_LEN(int_size) - 1, [int_size, int_size - 1]),
+    ]:
+        client.sendto(b"x", destination)
+        _, ancdata, flags, _ = server.recvmsg(10, room)
+        assert [len(item[2]) for item in ancdata] == expected
+        assert flags == socket.MSG_CTRUNC
+    client.sendto(b"x", destination)
+    assert server.recvmsg(10, socket.CMSG_SPACE(int_size) * 2)[2] == 0
+    with pytest.raises(OSError) as caught:
+        client.sendmsg(
+            [b"odd"], [(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, b"\0" * 5)], 0, destination
+        )
+    assert caught.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as caught:
+        client.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 256)
+    assert caught.value.errno == errno.EINVAL
+    # IPv4: IP_RECVTTL gives an int, IP_RECVTOS the TOS byte itself.
+    with acting_as(installed.web):
+        server4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server4.bind(("0.0.0.0", 5356))
+    server4.settimeout(5)
+    server4.setsockopt(socket.IPPROTO_IP, 12, 1)  # IP_RECVTTL
+    server4.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+    client4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client4.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
+    client4.sendmsg(
+        [b"v4"], [(socket.IPPROTO_IP, socket.IP_TTL, struct.pack("i", 9))], 0, ("10.0.0.2", 5356)
+    )
+    assert server4.recvmsg(10, 1024)[1] == [
+        (socket.IPPROTO_IP, socket.IP_TTL, struct.pack("i", 9)),
+        (socket.IPPROTO_IP, socket.IP_TOS, b"\x10"),
+    ]
+    for sock in (server, client, server4, client4):
+        sock.close()
+
+
 def test_name_functions(installed: Installed) -> None:
     assert socket.gethostname() == "client"
     assert socket.gethostbyname("web.internal") == "10.0.0.2"

@@ -47,6 +47,7 @@ from ..._errors import (
     os_error,
     permission_denied,
 )
+from ..._ip_header import DEFAULT_HEADER, IpHeader
 from ...stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, UdpSocket
 from .link import REORDER_HOLD, Link
 from .tcp import (
@@ -473,7 +474,12 @@ class VirtualHost(Stack):
         return any(i.version == 4 and ip == i.network.broadcast_address for i in self.interfaces)
 
     def route_datagram(
-        self, sender: VirtualUdpSocket, ip: IPAddress, port: int, data: bytes
+        self,
+        sender: VirtualUdpSocket,
+        ip: IPAddress,
+        port: int,
+        data: bytes,
+        header: IpHeader = DEFAULT_HEADER,
     ) -> None:
         """Send one datagram from ``sender`` to ``ip:port`` (no waiting)."""
         network = self.network
@@ -484,7 +490,7 @@ class VirtualHost(Stack):
             raise os_error(errno.ENETUNREACH, f"an IPv6-only socket cannot send to {ip}")
         bound_ip = _unmap(sender.binding.ip)
         if ip.is_multicast:
-            route_multicast(self, sender, ip, port, data)
+            route_multicast(self, sender, ip, port, data, header)
             return
         if self.is_broadcast(ip):
             if not sender.broadcast:
@@ -493,7 +499,9 @@ class VirtualHost(Stack):
             source = (str(source_ip), sender.binding.port)
             network.observe_udp(source, (str(ip), port), data)
             for host in network.hosts_on_broadcast(self, ip):
-                host.receive_datagram(self, source_ip, sender.binding.port, ip, port, data, sender)
+                host.receive_datagram(
+                    self, source_ip, sender.binding.port, ip, port, data, sender, header
+                )
             return
         destination_ip = ip
         if ip.is_unspecified:
@@ -513,7 +521,7 @@ class VirtualHost(Stack):
             (str(source_ip), sender.binding.port), (str(destination_ip), port), data
         )
         target.receive_datagram(
-            self, source_ip, sender.binding.port, destination_ip, port, data, sender
+            self, source_ip, sender.binding.port, destination_ip, port, data, sender, header
         )
 
     def receive_datagram(
@@ -525,6 +533,7 @@ class VirtualHost(Stack):
         port: int,
         data: bytes,
         sender: VirtualUdpSocket | None,
+        header: IpHeader = DEFAULT_HEADER,
     ) -> None:
         """A datagram from ``origin`` arrives on this host (after the link decides its fate)."""
         link = self.network.link(origin, self)
@@ -551,7 +560,7 @@ class VirtualHost(Stack):
         else:
             source = (str(source_ip), source_port)
         for _ in range(copies):
-            target.deliver(at, data, source)
+            target.deliver(at, data, source, header)
 
     def _find_udp_socket(self, ip: IPAddress, port: int) -> VirtualUdpSocket | None:
         best: VirtualUdpSocket | None = None

@@ -31,6 +31,7 @@ from ..._errors import (
     name_temporarily_unresolvable,
     no_address_for_name,
 )
+from ..._ip_header import DEFAULT_HEADER, IpHeader
 from ...protocols.dns import (
     DnsResponse,
     DnsTcpFramer,
@@ -56,7 +57,9 @@ class _DnsUdpServer(VirtualUdpSocket):
 
     zone: Zone
 
-    def deliver(self, at: float, data: bytes, source: Address) -> None:
+    def deliver(
+        self, at: float, data: bytes, source: Address, header: IpHeader = DEFAULT_HEADER
+    ) -> None:
         if self.closed:
             return
         reply = answer_query(self.zone, data, max_udp_size=512)

@@ -22,6 +22,7 @@ import anyio.lowlevel
 
 from ..._addresses import Address, IPAddress, check_host, check_port, parse_ip
 from ..._errors import message_too_long, os_error
+from ..._ip_header import DEFAULT_HEADER, IpHeader
 from ...stack import UdpSocket
 from .link import REORDER_HOLD
 
@@ -49,7 +50,7 @@ class VirtualUdpSocket(UdpSocket):
         self._remote: Address | None = None
         # The source address connect() fixed (see connect()).
         self._source: Address | None = None
-        self._queue: list[tuple[float, int, bytes, Address]] = []
+        self._queue: list[tuple[float, int, bytes, Address, IpHeader]] = []
         self._queued_bytes = 0
         self._event: anyio.Event | None = None
         self._pending_error = 0
@@ -149,6 +150,16 @@ class VirtualUdpSocket(UdpSocket):
         self._wake()
 
     async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:
+        await self.send_with_header(data, address, None)
+
+    async def send_with_header(
+        self, data: bytes, address: tuple[str, int] | None, header: IpHeader | None
+    ) -> None:
+        """``send()``, the datagram carrying ``header`` (default: the socket's TTL options).
+
+        The network has no routers between hosts, so the receiver sees the
+        hop limit it was sent with.
+        """
         await anyio.lowlevel.checkpoint()
         if self.closed:
             raise anyio.ClosedResourceError
@@ -170,16 +181,21 @@ class VirtualUdpSocket(UdpSocket):
         limit = MAX_UDP_PAYLOAD[ip.version if ip.version == 6 else self.version]
         if len(data) > limit:
             raise message_too_long(len(data), limit)
-        self.host.route_datagram(self, ip, destination[1], data)
+        if header is None:
+            ttl = self.get_option("multicast_ttl" if ip.is_multicast else "ttl")
+            header = IpHeader(hop_limit=ttl) if ttl != DEFAULT_HEADER.hop_limit else DEFAULT_HEADER
+        self.host.route_datagram(self, ip, destination[1], data, header)
 
-    def deliver(self, at: float, data: bytes, source: Address) -> None:
+    def deliver(
+        self, at: float, data: bytes, source: Address, header: IpHeader = DEFAULT_HEADER
+    ) -> None:
         if self.closed or (self._remote is not None and source != self._remote):
             return
         if self._queued_bytes + len(data) > self._receive_buffer:
             self.dropped += 1
             return
         self._queued_bytes += len(data)
-        heapq.heappush(self._queue, (at, next(_sequence), data, source))
+        heapq.heappush(self._queue, (at, next(_sequence), data, source, header))
         self._wake()
 
     def _wake(self) -> None:
@@ -189,6 +205,10 @@ class VirtualUdpSocket(UdpSocket):
             event.set()
 
     async def receive(self) -> tuple[bytes, Address]:
+        data, source, _ = await self.receive_with_header()
+        return data, source
+
+    async def receive_with_header(self) -> tuple[bytes, Address, IpHeader]:
         await anyio.lowlevel.checkpoint()
         while True:
             if self.closed:
@@ -199,9 +219,9 @@ class VirtualUdpSocket(UdpSocket):
                 at = queue[0][0]
                 delay = at - anyio.current_time() if at else 0.0
                 if delay <= 0:
-                    _, _, data, source = heapq.heappop(queue)
+                    _, _, data, source, header = heapq.heappop(queue)
                     self._queued_bytes -= len(data)
-                    return data, source
+                    return data, source, header
             if self._event is not None:
                 raise anyio.BusyResourceError("receiving")
             event = self._event = anyio.Event()
@@ -230,7 +250,12 @@ class VirtualUdpSocket(UdpSocket):
 
 
 def route_multicast(
-    origin: VirtualHost, sender: VirtualUdpSocket, group: IPAddress, port: int, data: bytes
+    origin: VirtualHost,
+    sender: VirtualUdpSocket,
+    group: IPAddress,
+    port: int,
+    data: bytes,
+    header: IpHeader = DEFAULT_HEADER,
 ) -> None:
     """Deliver one datagram sent to ``group:port`` to every member socket on the network.
 
@@ -269,4 +294,4 @@ def route_multicast(
                 at = (at or anyio.current_time()) + REORDER_HOLD
             source = (str(source_ip), sender.binding.port)
             for _ in range(copies):
-                sock.deliver(at, data, source)
+                sock.deliver(at, data, source, header)
