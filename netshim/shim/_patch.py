@@ -7,7 +7,9 @@
 * ``socket.getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``,
   ``gethostbyaddr``, ``getnameinfo`` and ``gethostname`` with functions
   answered by the stack;
-* ``ssl.SSLContext.sslsocket_class`` with :class:`ShimSSLSocket`;
+* ``ssl.SSLContext.sslsocket_class`` with :class:`ShimSSLSocket`, and
+  ``SSLContext.wrap_socket`` with one that gives a program's own
+  ``sslsocket_class`` ShimSSLSocket's behaviour when it wraps a shim socket;
 * the few methods trio's socket class takes unbound (see :mod:`._trio`);
 * ``create_connection``, ``create_server``, ``connect_accepted_socket`` and
   ``sock_connect`` of ``uvloop.Loop``, for shim sockets only (see :mod:`._uvloop`).
@@ -41,7 +43,7 @@ from ._uvloop import uvloop_patches
 try:
     import ssl
 
-    from ._ssl import ShimSSLSocket
+    from ._ssl import ShimSSLSocket, shim_wrap_socket
 except ImportError:  # Pyodide ships no ssl module: there is no SSLSocket to replace.
     ssl = None  # type: ignore[assignment]
 
@@ -123,6 +125,7 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
             _replace(socket, name, value)
         if ssl is not None:
             _replace(ssl.SSLContext, "sslsocket_class", ShimSSLSocket)
+            _replace(ssl.SSLContext, "wrap_socket", shim_wrap_socket)
         for owner, name, value in trio_patches() + uvloop_patches():
             _replace(owner, name, value)
         if (threading.Thread, "start") not in _saved:

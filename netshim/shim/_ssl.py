@@ -14,13 +14,14 @@ from __future__ import annotations
 import errno
 import ssl
 import threading
+import weakref
 from typing import Any
 
 from .._errors import os_error
 from ._socket import _ShimCommon
 from ._state import Phase, SocketState
 
-__all__ = ["ShimSSLSocket"]
+__all__ = ["ShimSSLSocket", "shim_wrap_socket"]
 
 _ORIGINAL_SSL_SOCKET = ssl.SSLSocket
 _handover = threading.local()
@@ -116,3 +117,48 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
 
             _closing(state)
         super()._real_close()  # type: ignore[misc]
+
+
+# A program's own SSLSocket subclass -> that class with ShimSSLSocket's behaviour.
+_shim_subclasses: weakref.WeakKeyDictionary[type, type] = weakref.WeakKeyDictionary()
+
+
+def _with_shim_behaviour(cls: type) -> type:
+    """``cls`` (a program's ``ssl.SSLSocket`` subclass) made to keep a shim socket's state.
+
+    A program that sets ``context.sslsocket_class`` to its own subclass of the
+    original ``SSLSocket`` would otherwise get a TLS socket that knows only the
+    pair under the shim socket: its ``getpeername`` finds the pair connected,
+    so wrapping an unconnected socket starts a handshake that waits forever.
+    The subclass made here puts ShimSSLSocket first, so ``isinstance`` and the
+    program's overrides still hold.
+    """
+    made = _shim_subclasses.get(cls)
+    if made is None:
+        made = type(cls.__name__, (ShimSSLSocket, cls), {"__module__": cls.__module__})
+        _shim_subclasses[cls] = made
+    return made
+
+
+def shim_wrap_socket(
+    self: ssl.SSLContext,
+    sock: Any,
+    server_side: bool = False,
+    do_handshake_on_connect: bool = True,
+    suppress_ragged_eofs: bool = True,
+    server_hostname: str | bytes | None = None,
+    session: ssl.SSLSession | None = None,
+) -> ssl.SSLSocket:
+    """``SSLContext.wrap_socket`` while installed: a shim socket keeps its state in any class."""
+    cls = self.sslsocket_class
+    if getattr(sock, "_netshim", None) is not None and not issubclass(cls, ShimSSLSocket):
+        cls = _with_shim_behaviour(cls)
+    return cls._create(  # type: ignore[attr-defined,no-any-return]
+        sock=sock,
+        server_side=server_side,
+        do_handshake_on_connect=do_handshake_on_connect,
+        suppress_ragged_eofs=suppress_ragged_eofs,
+        server_hostname=server_hostname,
+        context=self,
+        session=session,
+    )

@@ -314,6 +314,23 @@ def test_an_unconnected_tls_socket_raises_enotconn_on_every_read(installed: Inst
             sock.read(1)
 
 
+def test_a_programs_own_sslsocket_class_keeps_the_shim_state(installed: Installed) -> None:
+    # CPython's test_ssl ContextTests.test_context_custom_class hung: a plain
+    # SSLSocket subclass saw the pair under an unconnected socket as connected
+    # and started a server handshake that waited forever.
+    class MySSLSocket(ssl.SSLSocket):
+        pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslsocket_class = MySSLSocket
+    with context.wrap_socket(socket.socket(), server_side=True) as sock:
+        assert isinstance(sock, MySSLSocket)
+        assert sock.family == socket.AF_INET
+        with pytest.raises(OSError) as caught:
+            sock.getpeername()
+        assert caught.value.errno == errno.ENOTCONN
+
+
 def test_bad_input_fails_as_the_stdlib_does(installed: Installed) -> None:
     sock = socket.socket()
     with pytest.raises(socket.gaierror) as caught:
