@@ -1,0 +1,1414 @@
+"""An interface of the ip engine: frames or packets in, sockets' data and replies out.
+
+This is smoltcp's ``iface`` layer, sans-I/O (DESIGN decision 2).  An
+:class:`Interface` sits on one link, either Ethernet (a TAP device, a cable or
+bridge port: frames with MAC addresses) or IP (a TUN device: bare IPv4 and
+IPv6 packets).  The caller feeds it what the link delivers with
+:meth:`Interface.receive`, takes what it must send with
+:meth:`Interface.transmit`, and calls ``transmit`` again at
+:meth:`Interface.deadline` (timers: TCP retransmission, ARP retries, fragment
+timeouts).  Every call takes the time as ``now`` (seconds, any monotonic
+origin); nothing here reads a clock, starts a task or touches a socket.
+
+What it does with what arrives:
+
+* Ethernet: ARP (RFC 826) requests for our addresses are answered and senders
+  learnt; IPv6 neighbour discovery (RFC 4861) likewise, on our addresses, the
+  EUI-64 link-local address made from the MAC (RFC 4862; no duplicate address
+  detection: the interface assumes its addresses are its own, as a TAP for a
+  single guest can), and the solicited-node multicast groups.  Router
+  Advertisements give a default router and, for autonomous /64 prefixes, an
+  address (SLAAC); a Router Solicitation goes out at start.
+* IPv4 fragments are reassembled (:mod:`netshim.ip.fragments`); nothing is
+  fragmented on the way out: Don't Fragment is set, TCP follows the path MTU
+  (ICMP "fragmentation needed" / "packet too big" are passed to it) and an
+  oversized UDP datagram is ``EMSGSIZE``.
+* ICMP and ICMPv6 echo requests are answered.  ICMP errors are matched by the
+  packet they quote to the TCP connection or connected UDP socket that sent it
+  and delivered as the errno Linux uses (``icmp_err_convert``): port
+  unreachable is ``ECONNREFUSED``, host unreachable ``EHOSTUNREACH``...
+* UDP goes to the bound :class:`~netshim.ip.udp.UdpSocket`; to a closed port,
+  ICMP port unreachable (rate limited) answers.  TCP goes to its connection,
+  a SYN to a listener makes a connection in the listener's bounded SYN
+  backlog, and anything else gets the RST the TCP core builds.
+
+Untrusted bytes never raise: whatever does not parse or has nowhere to go is
+counted in :attr:`Interface.dropped` under a reason and forgotten.
+
+Sockets (TCP connections, listeners, UDP sockets) whose state may have changed
+are collected for :meth:`Interface.take_changed`, so a driver wakes only the
+tasks waiting on those.
+
+TCP segmentation offload: the TCP core may emit segments larger than the MTU
+allows (its ``max_segment_payload``).  With ``tso=True`` (a TUN/TAP link with
+``TUNSETOFFLOAD``) such a segment leaves as one packet with
+:class:`GsoInfo` for the kernel to cut; otherwise the interface cuts it into
+MTU-sized segments itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import errno
+import importlib
+import ipaddress
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+from netshim.protocols.ip import (
+    BROADCAST,
+    ArpOperation,
+    ArpRepr,
+    EthernetAddress,
+    EthernetRepr,
+    EtherType,
+    Icmpv4Repr,
+    Icmpv4Type,
+    Icmpv4Unreachable,
+    Icmpv6Repr,
+    Icmpv6Type,
+    Icmpv6Unreachable,
+    IPAddress,
+    IpProtocol,
+    Ipv4Repr,
+    Ipv6Repr,
+    NeighborAdvert,
+    NeighborSolicit,
+    RouterAdvert,
+    RouterSolicit,
+    TcpFlags,
+    TcpRepr,
+    UdpRepr,
+    WireError,
+    pseudo_header_sum,
+)
+
+from .fragments import Ipv4Reassembler
+from .neighbor import NeighborCache
+from .udp import UdpSocket
+
+__all__ = [
+    "DEFAULT_SYN_BACKLOG",
+    "EPHEMERAL_PORTS",
+    "GsoInfo",
+    "GsoType",
+    "Interface",
+    "Medium",
+    "OutgoingPacket",
+    "Route",
+    "TcpConnectionLike",
+    "TcpEngine",
+    "TcpListener",
+]
+
+Endpoint: TypeAlias = tuple[IPAddress, int]
+IPInterface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Linux's default ip_local_port_range.
+EPHEMERAL_PORTS = range(32768, 61000)
+# Half-open connections a listener keeps (Linux: tcp_max_syn_backlog, 128 on
+# small machines and bounded by the listen() backlog).  Each costs one
+# connection object until it completes or its SYN-ACK retries run out: this
+# is what a SYN flood can cost, per listener.
+DEFAULT_SYN_BACKLOG = 128
+# Linux's net.ipv4.icmp_msgs_per_sec and icmp_msgs_burst: a global token
+# bucket for the ICMP errors a host sends.
+ICMP_RATE_PER_SECOND = 1000.0
+ICMP_BURST = 50
+# RFC 4861 section 10: MAX_RTR_SOLICITATIONS and RTR_SOLICITATION_INTERVAL.
+ROUTER_SOLICITATIONS = 3
+ROUTER_SOLICITATION_INTERVAL = 4.0
+# Outgoing packets queued between transmit() calls; beyond this a burst of
+# replies provoked by incoming traffic (echo, RST, ICMP) is dropped.
+MAX_QUEUED_OUTPUT = 4096
+# Neighbour discovery messages travel with hop limit 255 and are dropped with
+# any other value: then they cannot have crossed a router (RFC 4861 section 6.1).
+_NDP_HOP_LIMIT = 255
+_ALL_NODES = ipaddress.IPv6Address("ff02::1")
+_ALL_ROUTERS = ipaddress.IPv6Address("ff02::2")
+_LIMITED_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_UNSPECIFIED_V4 = ipaddress.IPv4Address(0)
+_UNSPECIFIED_V6 = ipaddress.IPv6Address(0)
+_LINK_LOCAL_V6 = ipaddress.IPv6Network("fe80::/10")
+# IPv6 extension headers skipped on the way to the upper layer: hop-by-hop and
+# destination options carry nothing a host must act on here (MLD's router
+# alert comes in hop-by-hop).
+_SKIPPED_EXTENSIONS = (IpProtocol.HOP_BY_HOP, IpProtocol.IPV6_OPTIONS)
+_TCP_CHECKSUM_OFFSET = 16
+
+# Linux's icmp_err_convert table: Destination Unreachable code -> errno.
+_ICMPV4_UNREACHABLE_ERRNO = {
+    Icmpv4Unreachable.NET_UNREACHABLE: errno.ENETUNREACH,
+    Icmpv4Unreachable.HOST_UNREACHABLE: errno.EHOSTUNREACH,
+    Icmpv4Unreachable.PROTOCOL_UNREACHABLE: errno.ENOPROTOOPT,
+    Icmpv4Unreachable.PORT_UNREACHABLE: errno.ECONNREFUSED,
+    Icmpv4Unreachable.FRAGMENTATION_NEEDED: errno.EMSGSIZE,
+    Icmpv4Unreachable.SOURCE_ROUTE_FAILED: errno.EOPNOTSUPP,
+    Icmpv4Unreachable.NET_UNKNOWN: errno.ENETUNREACH,
+    Icmpv4Unreachable.HOST_UNKNOWN: errno.EHOSTDOWN,
+    Icmpv4Unreachable.SOURCE_HOST_ISOLATED: errno.ENONET,
+    Icmpv4Unreachable.NET_PROHIBITED: errno.ENETUNREACH,
+    Icmpv4Unreachable.HOST_PROHIBITED: errno.EHOSTUNREACH,
+    Icmpv4Unreachable.NET_TOS_UNREACHABLE: errno.ENETUNREACH,
+    Icmpv4Unreachable.HOST_TOS_UNREACHABLE: errno.EHOSTUNREACH,
+    Icmpv4Unreachable.ADMIN_PROHIBITED: errno.EHOSTUNREACH,
+    Icmpv4Unreachable.HOST_PRECEDENCE_VIOLATION: errno.EHOSTUNREACH,
+    Icmpv4Unreachable.PRECEDENCE_CUTOFF: errno.EHOSTUNREACH,
+}
+# Linux's icmpv6_err_convert.
+_ICMPV6_UNREACHABLE_ERRNO = {
+    Icmpv6Unreachable.NO_ROUTE: errno.ENETUNREACH,
+    Icmpv6Unreachable.ADMIN_PROHIBITED: errno.EACCES,
+    Icmpv6Unreachable.BEYOND_SCOPE: errno.EHOSTUNREACH,
+    Icmpv6Unreachable.ADDRESS_UNREACHABLE: errno.EHOSTUNREACH,
+    Icmpv6Unreachable.PORT_UNREACHABLE: errno.ECONNREFUSED,
+    Icmpv6Unreachable.SOURCE_POLICY_FAILED: errno.EACCES,
+    Icmpv6Unreachable.REJECT_ROUTE: errno.EACCES,
+}
+
+
+class Medium(enum.Enum):
+    """What the link carries: Ethernet frames (TAP) or bare IP packets (TUN)."""
+
+    ETHERNET = "ethernet"
+    IP = "ip"
+
+
+class GsoType(enum.IntEnum):
+    """``virtio_net_hdr.gso_type`` values (linux/virtio_net.h) for the segments we hand over."""
+
+    TCPV4 = 1
+    TCPV6 = 4
+
+
+@dataclass(frozen=True, slots=True)
+class GsoInfo:
+    """How a link that segments for us (TSO) should cut one large TCP packet.
+
+    Offsets count from the start of :attr:`OutgoingPacket.data` (the Ethernet
+    header included on an Ethernet interface).  The TCP checksum field holds
+    the pseudo-header sum only, as Linux leaves it for ``CHECKSUM_PARTIAL``:
+    the link's ``virtio_net_hdr`` says NEEDS_CSUM with ``csum_start`` and
+    ``csum_offset``, and the kernel completes each segment's checksum.
+    """
+
+    gso_type: GsoType
+    gso_size: int
+    header_len: int
+    csum_start: int
+    csum_offset: int = _TCP_CHECKSUM_OFFSET
+
+    def shifted(self, by: int) -> GsoInfo:
+        """The same offsets after ``by`` bytes of link header are put in front."""
+        return GsoInfo(
+            self.gso_type,
+            self.gso_size,
+            self.header_len + by,
+            self.csum_start + by,
+            self.csum_offset,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingPacket:
+    """One frame (Ethernet interface) or IP packet (IP interface) to put on the link."""
+
+    data: bytes
+    gso: GsoInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Packets to ``network`` go to ``gateway``, or straight to the destination if None."""
+
+    network: IPNetwork
+    gateway: IPAddress | None = None
+
+
+class TcpConnectionLike(Protocol):
+    """What the interface uses of :class:`netshim.ip.tcp.TcpConnection`."""
+
+    @property
+    def local(self) -> Endpoint: ...
+
+    @property
+    def remote(self) -> Endpoint: ...
+
+    @property
+    def established(self) -> bool: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def on_segment(self, segment: TcpRepr, now: float) -> None: ...
+
+    def on_icmp_error(self, errno: int, now: float, *, mtu: int | None = None) -> None: ...
+
+    def poll(self, now: float) -> list[TcpRepr]: ...
+
+    def deadline(self) -> float | None: ...
+
+
+class TcpEngine(Protocol):
+    """How the interface makes TCP connections: :mod:`netshim.ip.tcp` or a test double."""
+
+    def initial_sequence_number(
+        self, secret: bytes, local: Endpoint, remote: Endpoint, now: float
+    ) -> int: ...
+
+    def reset_for_unexpected(self, segment: TcpRepr) -> TcpRepr | None: ...
+
+    def open_active(
+        self, local: Endpoint, remote: Endpoint, *, iss: int, now: float, config: Any
+    ) -> TcpConnectionLike: ...
+
+    def open_passive(
+        self,
+        local: Endpoint,
+        remote: Endpoint,
+        syn: TcpRepr,
+        *,
+        iss: int,
+        now: float,
+        config: Any,
+    ) -> TcpConnectionLike: ...
+
+
+class _ModuleTcpEngine:
+    """:mod:`netshim.ip.tcp` as a :class:`TcpEngine`, imported on first use."""
+
+    def __init__(self) -> None:
+        self._module: Any = None
+
+    def _tcp(self) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module("netshim.ip.tcp")
+        return self._module
+
+    def initial_sequence_number(
+        self, secret: bytes, local: Endpoint, remote: Endpoint, now: float
+    ) -> int:
+        return int(self._tcp().initial_sequence_number(secret, local, remote, now))
+
+    def reset_for_unexpected(self, segment: TcpRepr) -> TcpRepr | None:
+        reply: TcpRepr | None = self._tcp().reset_for_unexpected(segment)
+        return reply
+
+    def open_active(
+        self, local: Endpoint, remote: Endpoint, *, iss: int, now: float, config: Any
+    ) -> TcpConnectionLike:
+        tcp = self._tcp()
+        connection: TcpConnectionLike = tcp.TcpConnection.open_active(
+            local, remote, iss=iss, now=now, config=config or tcp.TcpConfig()
+        )
+        return connection
+
+    def open_passive(
+        self,
+        local: Endpoint,
+        remote: Endpoint,
+        syn: TcpRepr,
+        *,
+        iss: int,
+        now: float,
+        config: Any,
+    ) -> TcpConnectionLike:
+        tcp = self._tcp()
+        connection: TcpConnectionLike = tcp.TcpConnection.open_passive(
+            local, remote, syn, iss=iss, now=now, config=config or tcp.TcpConfig()
+        )
+        return connection
+
+
+class TcpListener:
+    """A listening TCP port (``socket.listen``): completed connections wait for :meth:`accept`.
+
+    Up to ``syn_backlog`` connections may be half-open (SYN received, SYN-ACK
+    sent) and up to ``backlog`` completed ones may wait for ``accept``; a SYN
+    beyond either bound is dropped (counted as "syn backlog full"), so the
+    client retries later, as Linux does without SYN cookies.
+    """
+
+    def __init__(
+        self, interface: Interface, address: IPAddress, port: int, backlog: int, syn_backlog: int
+    ) -> None:
+        self._interface = interface
+        self.address = address
+        self.port = port
+        self.backlog = max(1, backlog)
+        self.syn_backlog = max(1, syn_backlog)
+        self._half_open: set[TcpConnectionLike] = set()
+        self._ready: collections.deque[TcpConnectionLike] = collections.deque()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<TcpListener {self.address}:{self.port} half_open={len(self._half_open)} "
+            f"ready={len(self._ready)}{' closed' if self.closed else ''}>"
+        )
+
+    @property
+    def local(self) -> Endpoint:
+        return (self.address, self.port)
+
+    def readable(self) -> bool:
+        return bool(self._ready)
+
+    def accept(self) -> TcpConnectionLike | None:
+        """The oldest established connection not yet accepted, or None."""
+        if self.closed:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return self._ready.popleft() if self._ready else None
+
+    def close(self) -> None:
+        """Stop listening; connections not yet accepted are aborted (RST), as on Linux."""
+        if self.closed:
+            return
+        self.closed = True
+        self._interface._close_listener(self)
+
+    def _has_room(self) -> bool:
+        return len(self._half_open) < self.syn_backlog and len(self._ready) < self.backlog
+
+
+ChangedSocket: TypeAlias = "TcpConnectionLike | TcpListener | UdpSocket"
+_ConnectionKey: TypeAlias = tuple[IPAddress, int, IPAddress, int]
+# A queued IP packet waiting for its next hop's MAC: the IP bytes and GSO info.
+_Waiting: TypeAlias = tuple[bytes, "GsoInfo | None"]
+
+
+def _eui64_link_local(mac: EthernetAddress) -> ipaddress.IPv6Address:
+    """fe80::/64 with the modified EUI-64 identifier of ``mac`` (RFC 4291 appendix A)."""
+    octets = mac.octets
+    identifier = bytes((octets[0] ^ 0x02,)) + octets[1:3] + b"\xff\xfe" + octets[3:6]
+    return ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + identifier)
+
+
+def _solicited_node(address: ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """ff02::1:ffXX:XXXX, the group a node joins for each of its addresses (RFC 4291 2.7.1)."""
+    return ipaddress.IPv6Address(
+        int(ipaddress.IPv6Address("ff02::1:ff00:0")) | int(address) & 0xFFFFFF
+    )
+
+
+def _multicast_mac(address: IPAddress) -> EthernetAddress:
+    """The Ethernet group address of an IP multicast group (RFC 1112 6.4, RFC 2464 7)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return EthernetAddress(b"\x33\x33" + address.packed[12:])
+    return EthernetAddress(
+        b"\x01\x00\x5e" + bytes((address.packed[1] & 0x7F,)) + address.packed[2:]
+    )
+
+
+def _unspecified(family_of: IPAddress) -> IPAddress:
+    return _UNSPECIFIED_V4 if family_of.version == 4 else _UNSPECIFIED_V6
+
+
+def _os_error(code: int, detail: str = "") -> OSError:
+    message = os.strerror(code)
+    return OSError(code, f"{message}: {detail}" if detail else message)
+
+
+def _wire_reason(layer: str, exc: WireError) -> str:
+    text = str(exc)
+    if "checksum" in text:
+        return f"{layer} bad checksum"
+    if "truncated" in text:
+        return f"{layer} truncated"
+    return f"{layer} malformed"
+
+
+class _DropError(Exception):
+    """Raised inside the receive path to drop the packet under ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Interface:
+    """One network interface: addresses, routes, neighbours, ICMP, UDP and TCP demultiplexing.
+
+    ``mac`` is required for :attr:`Medium.ETHERNET`.  ``addresses`` are
+    ``ipaddress.IPv4Interface`` / ``IPv6Interface`` values (address and
+    prefix); an Ethernet interface also gets the EUI-64 link-local address.
+    ``gateway4`` / ``gateway6`` add default routes.  ``tso`` says whether the
+    link segments large TCP packets itself.  ``rng`` chooses ephemeral ports,
+    IPv4 identifications and the secret for initial sequence numbers (seed it
+    for reproducible runs).  ``tcp`` is the TCP core (:mod:`netshim.ip.tcp`
+    by default) and ``tcp_config`` the configuration it gets for each
+    connection (None: its default).
+    """
+
+    def __init__(
+        self,
+        medium: Medium,
+        *,
+        mac: EthernetAddress | None = None,
+        addresses: Iterable[IPInterface] = (),
+        gateway4: ipaddress.IPv4Address | None = None,
+        gateway6: ipaddress.IPv6Address | None = None,
+        mtu: int = 1500,
+        tso: bool = False,
+        slaac: bool = True,
+        rng: random.Random | None = None,
+        tcp: TcpEngine | None = None,
+        tcp_config: Any = None,
+        syn_backlog: int = DEFAULT_SYN_BACKLOG,
+    ) -> None:
+        if medium is Medium.ETHERNET and mac is None:
+            raise ValueError("an Ethernet interface needs a MAC address")
+        if not 1280 <= mtu <= 65535:
+            raise ValueError(f"mtu must be in 1280..65535 (IPv6's minimum), got {mtu}")
+        self.medium = medium
+        self.mac = mac
+        self.mtu = mtu
+        self.tso = tso
+        self._rng = rng if rng is not None else random.Random()
+        self._secret = self._rng.randbytes(16)
+        self._tcp: TcpEngine = tcp if tcp is not None else _ModuleTcpEngine()
+        self.tcp_config = tcp_config
+        self.syn_backlog = syn_backlog
+        self.addresses: list[IPInterface] = []
+        if mac is not None:
+            self.addresses.append(ipaddress.IPv6Interface((_eui64_link_local(mac), 64)))
+        for address in addresses:
+            self.add_address(address)
+        self.routes: list[Route] = []
+        if gateway4 is not None:
+            self.routes.append(Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway4))
+        if gateway6 is not None:
+            self.routes.append(Route(ipaddress.IPv6Network("::/0"), gateway6))
+        #: The default router learnt from Router Advertisements, if any.
+        self.router6: ipaddress.IPv6Address | None = None
+        self.hop_limit = 64
+        self.neighbors: NeighborCache[_Waiting] = NeighborCache()
+        self.reassembler = Ipv4Reassembler()
+        #: Packets dropped, by reason ("ipv4 bad checksum", "udp port unreachable"...).
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self._out: list[OutgoingPacket] = []
+        self._connections: dict[_ConnectionKey, TcpConnectionLike] = {}
+        self._listener_of: dict[TcpConnectionLike, TcpListener] = {}
+        self._listeners: dict[tuple[IPAddress, int], TcpListener] = {}
+        self._udp: dict[tuple[IPAddress, int], UdpSocket] = {}
+        self._changed: set[ChangedSocket] = set()
+        self._identification = self._rng.randrange(0x10000)
+        self._icmp_tokens = float(ICMP_BURST)
+        self._icmp_refilled: float | None = None
+        self._solicit_router = slaac and medium is Medium.ETHERNET
+        self._router_solicitations = 0
+        self._next_router_solicitation: float | None = 0.0 if self._solicit_router else None
+
+    def __repr__(self) -> str:
+        addresses = " ".join(str(address) for address in self.addresses)
+        return f"<Interface {self.medium.value} mac={self.mac} [{addresses}] mtu={self.mtu}>"
+
+    # Configuration.
+
+    def add_address(self, address: IPInterface) -> None:
+        """Take ``address`` (an ``IPv4Interface`` or ``IPv6Interface``) as one of ours."""
+        if not isinstance(address, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+            raise TypeError("address must be an ipaddress.IPv4Interface or IPv6Interface")
+        if address not in self.addresses:
+            self.addresses.append(address)
+
+    def remove_address(self, address: IPInterface) -> None:
+        """Stop using ``address`` (a DHCP lease ended, say); a no-op if not ours."""
+        if address in self.addresses:
+            self.addresses.remove(address)
+
+    def add_route(self, network: IPNetwork, gateway: IPAddress | None = None) -> None:
+        self.routes.append(Route(network, gateway))
+
+    def has_address(self, address: IPAddress) -> bool:
+        return any(ours.ip == address for ours in self.addresses)
+
+    def addresses_of(self, version: int) -> list[IPAddress]:
+        return [ours.ip for ours in self.addresses if ours.version == version]
+
+    # The driver's side.
+
+    def take_changed(self) -> set[ChangedSocket]:
+        """Sockets whose readiness may have changed since the last call (then forgotten)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def deadline(self) -> float | None:
+        """When :meth:`transmit` must be called next even if nothing arrives (None: never)."""
+        times = [
+            self.neighbors.deadline(),
+            self.reassembler.deadline(),
+            self._next_router_solicitation,
+        ]
+        times.extend(connection.deadline() for connection in self._connections.values())
+        return min((t for t in times if t is not None), default=None)
+
+    def transmit(self, now: float) -> list[OutgoingPacket]:
+        """Run due timers, collect every connection's segments, and return all that is to send."""
+        self._run_timers(now)
+        for key, connection in list(self._connections.items()):
+            segments = connection.poll(now)
+            for segment in segments:
+                self._send_tcp(connection.local, connection.remote, segment, now)
+            if segments:
+                self._changed.add(connection)
+            self._settle(key, connection)
+        out, self._out = self._out, []
+        return out
+
+    def receive(self, data: bytes, now: float, *, checksum_verified: bool = False) -> None:
+        """Take one frame (Ethernet) or IP packet (IP) from the link.
+
+        ``checksum_verified`` says the link has checked (or need not check)
+        TCP and UDP checksums: a TUN/TAP with ``IFF_VNET_HDR`` marks packets
+        whose checksum the kernel left partial (NEEDS_CSUM) or validated
+        (DATA_VALID).  Never raises for bad bytes: they are counted in
+        :attr:`dropped`.
+        """
+        try:
+            if self.medium is Medium.ETHERNET:
+                self._receive_ethernet(bytes(data), now, checksum_verified)
+            else:
+                self._receive_ip(bytes(data), now, checksum_verified)
+        except _DropError as drop:
+            self.dropped[drop.reason] += 1
+        except WireError as exc:
+            self.dropped[_wire_reason("packet", exc)] += 1
+
+    # Sockets.
+
+    def tcp_connect(
+        self, remote: Endpoint, *, local: Endpoint | None = None, now: float
+    ) -> TcpConnectionLike:
+        """Start a connection to ``remote`` (its SYN leaves at the next :meth:`transmit`).
+
+        ``local`` picks the address and port (port 0: ephemeral).  Raises
+        ``OSError``: ``ENETUNREACH`` without a route, ``EADDRNOTAVAIL`` for an
+        address that is not ours or no free ephemeral port, ``EADDRINUSE`` when
+        the four-tuple exists, ``EINVAL`` for mixed families.
+        """
+        remote_address, remote_port = remote
+        route = self._route(remote_address)
+        if route is None:
+            raise _os_error(errno.ENETUNREACH, str(remote_address))
+        if local is None or local[0].is_unspecified:
+            local_address = route[1]
+        else:
+            local_address = local[0]
+            if local_address.version != remote_address.version:
+                raise _os_error(errno.EINVAL, "local and remote address families differ")
+            if not self.has_address(local_address):
+                raise _os_error(errno.EADDRNOTAVAIL, str(local_address))
+        port = local[1] if local is not None else 0
+        if port:
+            if (local_address, port, remote_address, remote_port) in self._connections:
+                raise _os_error(errno.EADDRINUSE)
+        else:
+            port = self._ephemeral_tcp_port(local_address, remote_address, remote_port)
+        local_end: Endpoint = (local_address, port)
+        iss = self._tcp.initial_sequence_number(self._secret, local_end, remote, now)
+        connection = self._tcp.open_active(
+            local_end, remote, iss=iss, now=now, config=self.tcp_config
+        )
+        self._connections[(local_address, port, remote_address, remote_port)] = connection
+        return connection
+
+    def tcp_listen(self, address: IPAddress, port: int, backlog: int = 128) -> TcpListener:
+        """Listen on ``address`` (unspecified: every address of that family) and ``port``.
+
+        Port 0 picks an ephemeral port.  Raises ``EADDRINUSE`` when a listener
+        already covers the address and port, ``EADDRNOTAVAIL`` for an
+        address that is not ours.  IPv6 ``::`` listens for IPv6 only
+        (``IPV6_V6ONLY``).
+        """
+        self._check_local_address(address)
+        if port == 0:
+            port = self._free_port(lambda p: not self._listener_conflict(address, p))
+        elif self._listener_conflict(address, port):
+            raise _os_error(errno.EADDRINUSE)
+        listener = TcpListener(self, address, port, backlog, min(self.syn_backlog, backlog * 2))
+        self._listeners[(address, port)] = listener
+        return listener
+
+    def udp_bind(self, address: IPAddress, port: int = 0) -> UdpSocket:
+        """Bind a UDP socket; port 0 picks an ephemeral port.
+
+        Raises ``EADDRINUSE`` when another socket covers the address and port
+        (no ``SO_REUSEADDR`` sharing), ``EADDRNOTAVAIL`` for an address that is
+        not ours.  The unspecified address receives for every address of its
+        family, broadcasts included.
+        """
+        self._check_local_address(address)
+        if port == 0:
+            port = self._free_port(lambda p: not self._udp_conflict(address, p))
+        elif self._udp_conflict(address, port):
+            raise _os_error(errno.EADDRINUSE)
+        sock = UdpSocket(self, (address, port))
+        self._udp[(address, port)] = sock
+        return sock
+
+    def connections(self) -> list[TcpConnectionLike]:
+        """Every TCP connection the interface demultiplexes to (half-open ones included)."""
+        return list(self._connections.values())
+
+    def _check_local_address(self, address: IPAddress) -> None:
+        if not address.is_unspecified and not self.has_address(address):
+            raise _os_error(errno.EADDRNOTAVAIL, str(address))
+
+    def _free_port(self, is_free: Any) -> int:
+        span = len(EPHEMERAL_PORTS)
+        start = self._rng.randrange(span)
+        for step in range(span):
+            port = EPHEMERAL_PORTS[(start + step) % span]
+            if is_free(port):
+                return port
+        raise _os_error(errno.EADDRNOTAVAIL, "no free ephemeral port")
+
+    def _ephemeral_tcp_port(self, local: IPAddress, remote: IPAddress, remote_port: int) -> int:
+        def is_free(port: int) -> bool:
+            return (local, port, remote, remote_port) not in self._connections and not (
+                self._listener_conflict(local, port)
+            )
+
+        return self._free_port(is_free)
+
+    def _listener_conflict(self, address: IPAddress, port: int) -> bool:
+        return any(
+            other_port == port
+            and other.version == address.version
+            and (other == address or other.is_unspecified or address.is_unspecified)
+            for other, other_port in self._listeners
+        )
+
+    def _udp_conflict(self, address: IPAddress, port: int) -> bool:
+        return any(
+            other_port == port
+            and other.version == address.version
+            and (other == address or other.is_unspecified or address.is_unspecified)
+            for other, other_port in self._udp
+        )
+
+    def _close_listener(self, listener: TcpListener) -> None:
+        self._listeners.pop((listener.address, listener.port), None)
+        for connection in [*listener._half_open, *listener._ready]:
+            abort = getattr(connection, "abort", None)
+            if abort is not None:
+                abort()
+            self._listener_of.pop(connection, None)
+        listener._half_open.clear()
+        listener._ready.clear()
+
+    def _mark_changed(self, sock: object) -> None:
+        if isinstance(sock, TcpListener | UdpSocket):
+            self._changed.add(sock)
+
+    def _udp_close(self, sock: UdpSocket) -> None:
+        if self._udp.get(sock.local) is sock:
+            del self._udp[sock.local]
+
+    def _udp_send(self, sock: UdpSocket, payload: bytes, remote: Endpoint, now: float) -> None:
+        remote_address, remote_port = remote
+        if remote_address.version != sock.local[0].version:
+            raise _os_error(errno.EAFNOSUPPORT, "address family of the destination")
+        if not 0 < remote_port <= 0xFFFF:
+            raise _os_error(errno.EINVAL, f"port {remote_port}")
+        route = self._route(remote_address)
+        if route is None:
+            raise _os_error(errno.ENETUNREACH, str(remote_address))
+        source = route[1] if sock.local[0].is_unspecified else sock.local[0]
+        header = 20 if remote_address.version == 4 else 40
+        if header + 8 + len(payload) > self.mtu:
+            raise _os_error(errno.EMSGSIZE, f"{len(payload)} bytes over an MTU of {self.mtu}")
+        datagram = UdpRepr(sock.local[1], remote_port, payload).emit(source, remote_address)
+        self._send_ip(source, remote_address, IpProtocol.UDP, datagram, now)
+
+    # Timers.
+
+    def _run_timers(self, now: float) -> None:
+        probes, failed = self.neighbors.poll(now)
+        for address in probes:
+            self._probe_neighbor(address, now)
+        for _address, packets in failed:
+            for ip_bytes, _gso in packets:
+                self._neighbor_failed(ip_bytes, now)
+        self.dropped["reassembly timeout"] += self.reassembler.expire(now)
+        if not self.dropped["reassembly timeout"]:
+            del self.dropped["reassembly timeout"]
+        if self._next_router_solicitation is not None and now >= self._next_router_solicitation:
+            self._router_solicitations += 1
+            if self._router_solicitations >= ROUTER_SOLICITATIONS:
+                self._next_router_solicitation = None
+            else:
+                self._next_router_solicitation = now + ROUTER_SOLICITATION_INTERVAL
+            self._send_router_solicitation(now)
+
+    def _settle(self, key: _ConnectionKey, connection: TcpConnectionLike) -> None:
+        """Move a listener's connection once it is established; forget finished ones."""
+        listener = self._listener_of.get(connection)
+        if connection.finished:
+            del self._connections[key]
+            self._changed.add(connection)
+            if listener is not None:
+                del self._listener_of[connection]
+                listener._half_open.discard(connection)
+                if connection in listener._ready:
+                    listener._ready.remove(connection)
+            return
+        if listener is not None and connection.established and connection in listener._half_open:
+            listener._half_open.discard(connection)
+            listener._ready.append(connection)
+            del self._listener_of[connection]
+            self._changed.add(listener)
+
+    # Receiving.
+
+    def _receive_ethernet(self, data: bytes, now: float, verified: bool) -> None:
+        try:
+            frame = EthernetRepr.parse(data)
+        except WireError as exc:
+            raise _DropError(_wire_reason("ethernet", exc)) from None
+        if frame.dst_addr != self.mac and not frame.dst_addr.is_multicast:
+            raise _DropError("ethernet not for us")
+        if frame.ethertype == EtherType.ARP:
+            self._receive_arp(frame.payload, now)
+        elif frame.ethertype == EtherType.IPV4:
+            self._receive_ipv4(frame.payload, now, verified)
+        elif frame.ethertype == EtherType.IPV6:
+            self._receive_ipv6(frame.payload, now, verified, frame.src_addr)
+        else:
+            raise _DropError("unknown ethertype")
+
+    def _receive_ip(self, data: bytes, now: float, verified: bool) -> None:
+        version = data[0] >> 4 if data else 0
+        if version == 4:
+            self._receive_ipv4(data, now, verified)
+        elif version == 6:
+            self._receive_ipv6(data, now, verified, None)
+        else:
+            raise _DropError("unknown ip version")
+
+    def _receive_arp(self, data: bytes, now: float) -> None:
+        assert self.mac is not None
+        try:
+            arp = ArpRepr.parse(data)
+        except WireError as exc:
+            raise _DropError(_wire_reason("arp", exc)) from None
+        sender_ip, sender_mac = arp.sender_protocol_addr, arp.sender_hardware_addr
+        for_us = self.has_address(arp.target_protocol_addr)
+        # RFC 826's merge: refresh a known sender, add one that asks us.
+        if (
+            not sender_ip.is_unspecified
+            and not sender_mac.is_multicast
+            and (for_us or sender_ip in self.neighbors or self.neighbors.is_pending(sender_ip))
+        ):
+            self._flush_waiting(self.neighbors.learn(sender_ip, sender_mac, now), sender_mac)
+        if arp.operation == ArpOperation.REQUEST and for_us:
+            reply = ArpRepr(
+                ArpOperation.REPLY,
+                self.mac,
+                arp.target_protocol_addr,
+                sender_mac,
+                sender_ip,
+            )
+            self._queue(
+                OutgoingPacket(
+                    EthernetRepr(sender_mac, self.mac, EtherType.ARP, reply.emit()).emit()
+                )
+            )
+        elif arp.operation not in (ArpOperation.REQUEST, ArpOperation.REPLY):
+            raise _DropError("arp unknown operation")
+
+    def _accepts_ipv4(self, address: ipaddress.IPv4Address) -> bool:
+        if address == _LIMITED_BROADCAST:
+            return True
+        for ours in self.addresses:
+            if isinstance(ours, ipaddress.IPv4Interface) and (
+                ours.ip == address
+                or (ours.network.prefixlen < 31 and address == ours.network.broadcast_address)
+            ):
+                return True
+        return False
+
+    def _is_broadcast_v4(self, address: ipaddress.IPv4Address) -> bool:
+        return (
+            address == _LIMITED_BROADCAST
+            or address.is_multicast
+            or any(
+                isinstance(ours, ipaddress.IPv4Interface)
+                and ours.network.prefixlen < 31
+                and address == ours.network.broadcast_address
+                for ours in self.addresses
+            )
+        )
+
+    def _receive_ipv4(self, data: bytes, now: float, verified: bool) -> None:
+        try:
+            packet = Ipv4Repr.parse(data)
+        except WireError as exc:
+            raise _DropError(_wire_reason("ipv4", exc)) from None
+        if not self._accepts_ipv4(packet.dst_addr):
+            raise _DropError("ipv4 not for us")
+        raw = data[: packet.buffer_len()]
+        if packet.more_fragments or packet.fragment_offset:
+            result = self.reassembler.add(packet, now)
+            if result.dropped is not None:
+                self.dropped[result.dropped] += 1
+            if result.packet is None:
+                return
+            packet = result.packet
+            raw = packet.emit()
+        self._receive_upper(
+            packet.src_addr, packet.dst_addr, packet.protocol, packet.payload, raw, now, verified
+        )
+
+    def _accepts_ipv6(self, address: ipaddress.IPv6Address) -> bool:
+        if address.is_multicast:
+            return address in (_ALL_NODES, ipaddress.IPv6Address("ff01::1")) or any(
+                address == _solicited_node(ours.ip)
+                for ours in self.addresses
+                if isinstance(ours, ipaddress.IPv6Interface)
+            )
+        return self.has_address(address)
+
+    def _receive_ipv6(
+        self, data: bytes, now: float, verified: bool, source_mac: EthernetAddress | None
+    ) -> None:
+        try:
+            packet = Ipv6Repr.parse(data)
+        except WireError as exc:
+            raise _DropError(_wire_reason("ipv6", exc)) from None
+        if not self._accepts_ipv6(packet.dst_addr):
+            raise _DropError("ipv6 not for us")
+        next_header, payload = packet.next_header, packet.payload
+        while next_header in _SKIPPED_EXTENSIONS:
+            if len(payload) < 8 or len(payload) < (payload[1] + 1) * 8:
+                raise _DropError("ipv6 extension header truncated")
+            next_header, payload = payload[0], payload[(payload[1] + 1) * 8 :]
+        if next_header == IpProtocol.IPV6_FRAGMENT:
+            raise _DropError("ipv6 fragment (no reassembly)")
+        if next_header == IpProtocol.ICMPV6:
+            self._receive_icmpv6(packet, payload, data[: packet.buffer_len()], now)
+            return
+        self._receive_upper(
+            packet.src_addr,
+            packet.dst_addr,
+            next_header,
+            payload,
+            data[: packet.buffer_len()],
+            now,
+            verified,
+        )
+
+    def _receive_upper(
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        protocol: int,
+        payload: bytes,
+        raw: bytes,
+        now: float,
+        verified: bool,
+    ) -> None:
+        if protocol == IpProtocol.TCP:
+            self._receive_tcp(src, dst, payload, now, verified)
+        elif protocol == IpProtocol.UDP:
+            self._receive_udp(src, dst, payload, raw, now, verified)
+        elif protocol == IpProtocol.ICMP and isinstance(src, ipaddress.IPv4Address):
+            assert isinstance(dst, ipaddress.IPv4Address)
+            self._receive_icmpv4(src, dst, payload, now)
+        else:
+            raise _DropError("unknown protocol")
+
+    # ICMP.
+
+    def _receive_icmpv4(
+        self, src: ipaddress.IPv4Address, dst: ipaddress.IPv4Address, payload: bytes, now: float
+    ) -> None:
+        try:
+            icmp = Icmpv4Repr.parse(payload)
+        except WireError as exc:
+            raise _DropError(_wire_reason("icmp", exc)) from None
+        if icmp.type == Icmpv4Type.ECHO_REQUEST:
+            if self._is_broadcast_v4(dst):
+                # Linux's icmp_echo_ignore_broadcasts (on by default): smurf attacks.
+                raise _DropError("icmp echo to broadcast")
+            self._send_ip(dst, src, IpProtocol.ICMP, icmp.echo_reply().emit(), now)
+        elif icmp.type == Icmpv4Type.DEST_UNREACHABLE:
+            code = _ICMPV4_UNREACHABLE_ERRNO.get(icmp.code, errno.EHOSTUNREACH)  # type: ignore[call-overload]
+            mtu = icmp.next_hop_mtu if icmp.code == Icmpv4Unreachable.FRAGMENTATION_NEEDED else None
+            self._quoted_error(icmp.payload, code, mtu, now)
+        elif icmp.type == Icmpv4Type.TIME_EXCEEDED:
+            self._quoted_error(icmp.payload, errno.EHOSTUNREACH, None, now)
+        elif icmp.type == Icmpv4Type.PARAMETER_PROBLEM:
+            self._quoted_error(icmp.payload, errno.EPROTO, None, now)
+        elif icmp.type != Icmpv4Type.ECHO_REPLY:
+            raise _DropError("icmp type ignored")
+
+    def _receive_icmpv6(self, packet: Ipv6Repr, payload: bytes, raw: bytes, now: float) -> None:
+        try:
+            icmp = Icmpv6Repr.parse(payload, packet.src_addr, packet.dst_addr)
+        except WireError as exc:
+            raise _DropError(_wire_reason("icmpv6", exc)) from None
+        src, dst = packet.src_addr, packet.dst_addr
+        kind = icmp.type
+        try:
+            if kind == Icmpv6Type.ECHO_REQUEST:
+                if dst.is_multicast:
+                    raise _DropError("icmpv6 echo to multicast")
+                self._send_ip(dst, src, IpProtocol.ICMPV6, icmp.echo_reply().emit(dst, src), now)
+            elif kind == Icmpv6Type.DEST_UNREACHABLE:
+                code = _ICMPV6_UNREACHABLE_ERRNO.get(icmp.code, errno.EHOSTUNREACH)  # type: ignore[call-overload]
+                self._quoted_error(icmp.payload, code, None, now)
+            elif kind == Icmpv6Type.PACKET_TOO_BIG:
+                self._quoted_error(icmp.payload, errno.EMSGSIZE, icmp.rest, now)
+            elif kind == Icmpv6Type.TIME_EXCEEDED:
+                self._quoted_error(icmp.payload, errno.EHOSTUNREACH, None, now)
+            elif kind == Icmpv6Type.PARAMETER_PROBLEM:
+                self._quoted_error(icmp.payload, errno.EPROTO, None, now)
+            elif kind in (
+                Icmpv6Type.NEIGHBOR_SOLICIT,
+                Icmpv6Type.NEIGHBOR_ADVERT,
+                Icmpv6Type.ROUTER_ADVERT,
+                Icmpv6Type.ROUTER_SOLICIT,
+                Icmpv6Type.REDIRECT,
+            ):
+                if packet.hop_limit != _NDP_HOP_LIMIT:
+                    raise _DropError("ndp hop limit not 255")
+                if self.medium is not Medium.ETHERNET:
+                    raise _DropError("ndp on an ip interface")
+                if kind == Icmpv6Type.NEIGHBOR_SOLICIT:
+                    self._receive_neighbor_solicit(src, NeighborSolicit.from_icmp(icmp), now)
+                elif kind == Icmpv6Type.NEIGHBOR_ADVERT:
+                    self._receive_neighbor_advert(NeighborAdvert.from_icmp(icmp), now)
+                elif kind == Icmpv6Type.ROUTER_ADVERT:
+                    self._receive_router_advert(src, RouterAdvert.from_icmp(icmp), now)
+                else:
+                    raise _DropError(f"icmpv6 type {int(kind)} ignored")
+            elif kind != Icmpv6Type.ECHO_REPLY:
+                raise _DropError("icmpv6 type ignored")
+        except WireError as exc:
+            raise _DropError(_wire_reason("ndp", exc)) from None
+
+    def _receive_neighbor_solicit(
+        self, src: ipaddress.IPv6Address, solicit: NeighborSolicit, now: float
+    ) -> None:
+        assert self.mac is not None
+        if not self.has_address(solicit.target):
+            raise _DropError("ndp solicit for another address")
+        if src.is_unspecified:
+            # Someone probes our address for duplicates (RFC 4862 5.4.3): defend it.
+            answer_to, solicited = _ALL_NODES, False
+        else:
+            if solicit.source_lladdr is not None:
+                learnt = self.neighbors.learn(src, solicit.source_lladdr, now)
+                self._flush_waiting(learnt, solicit.source_lladdr)
+            answer_to, solicited = src, True
+        advert = NeighborAdvert(solicit.target, self.mac, solicited=solicited, override=True)
+        self._send_ndp(solicit.target, answer_to, advert.to_icmp(), now)
+
+    def _receive_neighbor_advert(self, advert: NeighborAdvert, now: float) -> None:
+        if advert.target_lladdr is None:
+            raise _DropError("ndp advert without link-layer address")
+        learnt = self.neighbors.learn(advert.target, advert.target_lladdr, now)
+        self._flush_waiting(learnt, advert.target_lladdr)
+
+    def _receive_router_advert(
+        self, src: ipaddress.IPv6Address, advert: RouterAdvert, now: float
+    ) -> None:
+        if src not in _LINK_LOCAL_V6:
+            raise _DropError("ndp router advert not from link-local")
+        # Heard from a router: stop soliciting.
+        self._next_router_solicitation = None
+        if advert.source_lladdr is not None:
+            self._flush_waiting(
+                self.neighbors.learn(src, advert.source_lladdr, now), advert.source_lladdr
+            )
+        if advert.hop_limit:
+            self.hop_limit = advert.hop_limit
+        if advert.router_lifetime:
+            self.router6 = src
+        elif self.router6 == src:
+            self.router6 = None
+        if advert.mtu is not None and 1280 <= advert.mtu < self.mtu:
+            self.mtu = advert.mtu
+        assert self.mac is not None
+        identifier = int(_eui64_link_local(self.mac)) & (1 << 64) - 1
+        for prefix in advert.prefixes:
+            if (
+                prefix.autonomous
+                and prefix.prefix.prefixlen == 64
+                and prefix.valid_lifetime > 0
+                and prefix.prefix.network_address not in _LINK_LOCAL_V6
+            ):
+                address = ipaddress.IPv6Address(int(prefix.prefix.network_address) | identifier)
+                self.add_address(ipaddress.IPv6Interface((address, 64)))
+
+    def _quoted_error(self, quoted: bytes, code: int, mtu: int | None, now: float) -> None:
+        """Deliver an ICMP error to the socket that sent the packet ``quoted``."""
+        found = self._quoted_flow(quoted)
+        if found is None:
+            raise _DropError("icmp error quoting nothing of ours")
+        protocol, local, remote = found
+        self._flow_error(protocol, local, remote, code, mtu, now)
+
+    def _quoted_flow(self, quoted: bytes) -> tuple[int, Endpoint, Endpoint] | None:
+        """Protocol, our end and the far end of the TCP or UDP packet an error quotes."""
+        if len(quoted) < 1:
+            return None
+        src: IPAddress
+        dst: IPAddress
+        if quoted[0] >> 4 == 4 and len(quoted) >= 20:
+            header_len = (quoted[0] & 0x0F) * 4
+            protocol = quoted[9]
+            src = ipaddress.IPv4Address(quoted[12:16])
+            dst = ipaddress.IPv4Address(quoted[16:20])
+        elif quoted[0] >> 4 == 6 and len(quoted) >= 40:
+            header_len = 40
+            protocol = quoted[6]
+            src = ipaddress.IPv6Address(quoted[8:24])
+            dst = ipaddress.IPv6Address(quoted[24:40])
+        else:
+            return None
+        ports = quoted[header_len : header_len + 4]
+        if len(ports) < 4 or protocol not in (IpProtocol.TCP, IpProtocol.UDP):
+            return None
+        local = (src, int.from_bytes(ports[0:2], "big"))
+        remote = (dst, int.from_bytes(ports[2:4], "big"))
+        return protocol, local, remote
+
+    def _flow_error(
+        self,
+        protocol: int,
+        local: Endpoint,
+        remote: Endpoint,
+        code: int,
+        mtu: int | None,
+        now: float,
+    ) -> None:
+        if protocol == IpProtocol.TCP:
+            connection = self._connections.get((*local, *remote))
+            if connection is None:
+                raise _DropError("icmp error for no connection")
+            connection.on_icmp_error(code, now, mtu=mtu)
+            self._changed.add(connection)
+            self._settle((*local, *remote), connection)
+            return
+        sock = self._udp.get(local) or self._udp.get((_unspecified(local[0]), local[1]))
+        if sock is None or sock.remote != remote:
+            # Linux reports errors only to connected UDP sockets (without IP_RECVERR).
+            raise _DropError("icmp error for no connected udp socket")
+        if code != errno.EMSGSIZE:
+            sock._set_error(code)
+            self._changed.add(sock)
+
+    def _icmp_allowed(self, now: float) -> bool:
+        if self._icmp_refilled is not None:
+            elapsed = max(0.0, now - self._icmp_refilled)
+            self._icmp_tokens = min(
+                float(ICMP_BURST), self._icmp_tokens + elapsed * ICMP_RATE_PER_SECOND
+            )
+        self._icmp_refilled = now
+        if self._icmp_tokens < 1:
+            return False
+        self._icmp_tokens -= 1
+        return True
+
+    def _send_port_unreachable(
+        self, src: IPAddress, dst: IPAddress, raw: bytes, now: float
+    ) -> None:
+        """Answer a datagram for a closed port (never one sent to a group, RFC 1122 3.2.2)."""
+        if src.is_multicast or src.is_unspecified:
+            return
+        if isinstance(dst, ipaddress.IPv4Address):
+            if self._is_broadcast_v4(dst):
+                return
+            if not self._icmp_allowed(now):
+                self.dropped["icmp rate limited"] += 1
+                return
+            message = Icmpv4Repr.dest_unreachable(Icmpv4Unreachable.PORT_UNREACHABLE, raw).emit()
+            self._send_ip(dst, src, IpProtocol.ICMP, message, now)
+        else:
+            if dst.is_multicast:
+                return
+            if not self._icmp_allowed(now):
+                self.dropped["icmp rate limited"] += 1
+                return
+            icmp6 = Icmpv6Repr.dest_unreachable(Icmpv6Unreachable.PORT_UNREACHABLE, raw)
+            self._send_ip(dst, src, IpProtocol.ICMPV6, icmp6.emit(dst, src), now)
+
+    # UDP and TCP.
+
+    def _receive_udp(
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        payload: bytes,
+        raw: bytes,
+        now: float,
+        verified: bool,
+    ) -> None:
+        try:
+            datagram = UdpRepr.parse(payload, src, dst, verify_checksum=not verified)
+        except WireError as exc:
+            raise _DropError(_wire_reason("udp", exc)) from None
+        source: Endpoint = (src, datagram.src_port)
+        sock = self._udp.get((dst, datagram.dst_port)) or self._udp.get(
+            (_unspecified(dst), datagram.dst_port)
+        )
+        if sock is None or (sock.remote is not None and sock.remote != source):
+            self.dropped["udp port unreachable"] += 1
+            self._send_port_unreachable(src, dst, raw, now)
+            return
+        if not sock._deliver(datagram.payload, source):
+            raise _DropError("udp receive queue full")
+        self._changed.add(sock)
+
+    def _receive_tcp(
+        self, src: IPAddress, dst: IPAddress, payload: bytes, now: float, verified: bool
+    ) -> None:
+        if src.is_multicast or src.is_unspecified:
+            raise _DropError("tcp from a group address")
+        if isinstance(dst, ipaddress.IPv4Address) and self._is_broadcast_v4(dst):
+            raise _DropError("tcp to a broadcast address")
+        try:
+            segment = TcpRepr.parse(payload, src, dst, verify_checksum=not verified)
+        except WireError as exc:
+            raise _DropError(_wire_reason("tcp", exc)) from None
+        key: _ConnectionKey = (dst, segment.dst_port, src, segment.src_port)
+        connection = self._connections.get(key)
+        if connection is not None:
+            connection.on_segment(segment, now)
+            self._changed.add(connection)
+            self._settle(key, connection)
+            return
+        flags = segment.flags
+        listener = self._listeners.get((dst, segment.dst_port)) or self._listeners.get(
+            (_unspecified(dst), segment.dst_port)
+        )
+        if listener is not None and flags & (TcpFlags.SYN | TcpFlags.ACK | TcpFlags.RST) == (
+            TcpFlags.SYN
+        ):
+            if not listener._has_room():
+                raise _DropError("tcp syn backlog full")
+            local: Endpoint = (dst, segment.dst_port)
+            remote: Endpoint = (src, segment.src_port)
+            iss = self._tcp.initial_sequence_number(self._secret, local, remote, now)
+            connection = self._tcp.open_passive(
+                local, remote, segment, iss=iss, now=now, config=self.tcp_config
+            )
+            self._connections[key] = connection
+            listener._half_open.add(connection)
+            self._listener_of[connection] = listener
+            self._settle(key, connection)
+            return
+        self.dropped["tcp no connection"] += 1
+        reset = self._tcp.reset_for_unexpected(segment)
+        if reset is not None:
+            self._send_ip(dst, src, IpProtocol.TCP, reset.emit(dst, src), now)
+
+    def _send_tcp(self, local: Endpoint, remote: Endpoint, segment: TcpRepr, now: float) -> None:
+        src, dst = local[0], remote[0]
+        ip_header = 20 if isinstance(dst, ipaddress.IPv4Address) else 40
+        tcp_header = segment.header_len()
+        per_segment = self.mtu - ip_header - tcp_header
+        if len(segment.payload) <= per_segment:
+            self._send_ip(src, dst, IpProtocol.TCP, segment.emit(src, dst), now)
+            return
+        # Larger than the MTU: one GSO packet per 64 KiB if the link segments,
+        # else MTU-sized segments cut here.
+        if self.tso:
+            room = 0xFFFF - ip_header - tcp_header
+            chunk = max(per_segment, room // per_segment * per_segment)
+        else:
+            chunk = per_segment
+        payload = segment.payload
+        for start in range(0, len(payload), chunk):
+            last = start + chunk >= len(payload)
+            flags = segment.flags
+            if not last:
+                flags &= ~(TcpFlags.FIN | TcpFlags.PSH)
+            if start:
+                flags &= ~TcpFlags.SYN
+            seq = (segment.seq + start + (1 if start and segment.flags & TcpFlags.SYN else 0)) & (
+                0xFFFF_FFFF
+            )
+            piece = TcpRepr(
+                segment.src_port,
+                segment.dst_port,
+                seq,
+                segment.ack,
+                flags,
+                segment.window,
+                segment.options,
+                payload[start : start + chunk],
+                segment.urgent,
+            )
+            if self.tso and len(piece.payload) > per_segment:
+                wire = bytearray(piece.emit(src, dst))
+                partial = pseudo_header_sum(src, dst, IpProtocol.TCP, len(wire))
+                wire[_TCP_CHECKSUM_OFFSET : _TCP_CHECKSUM_OFFSET + 2] = partial.to_bytes(2, "big")
+                gso = GsoInfo(
+                    GsoType.TCPV4 if ip_header == 20 else GsoType.TCPV6,
+                    per_segment,
+                    ip_header + tcp_header,
+                    ip_header,
+                )
+                self._send_ip(src, dst, IpProtocol.TCP, bytes(wire), now, gso)
+            else:
+                self._send_ip(src, dst, IpProtocol.TCP, piece.emit(src, dst), now)
+
+    # Sending IP.
+
+    def _route(self, dst: IPAddress) -> tuple[IPAddress, IPAddress] | None:
+        """``(next hop, source address)`` for ``dst``, or None without a route."""
+        candidates = [ours for ours in self.addresses if ours.version == dst.version]
+        if dst.version == 4 and (dst == _LIMITED_BROADCAST or dst.is_multicast):
+            return dst, candidates[0].ip if candidates else _UNSPECIFIED_V4
+        if not candidates:
+            return None
+        link_local = [ours for ours in candidates if ours.ip in _LINK_LOCAL_V6]
+        others = [ours for ours in candidates if ours.ip not in _LINK_LOCAL_V6] or candidates
+        if dst.version == 6 and (dst in _LINK_LOCAL_V6 or dst.is_multicast):
+            return dst, (link_local or others)[0].ip
+        on_link = [ours for ours in others if dst in ours.network]
+        if on_link:
+            best = max(on_link, key=lambda ours: ours.network.prefixlen)
+            return dst, best.ip
+        routes = [route for route in self.routes if dst in route.network]
+        if dst.version == 6 and self.router6 is not None:
+            routes.append(Route(ipaddress.IPv6Network("::/0"), self.router6))
+        if routes:
+            route = max(routes, key=lambda route: route.network.prefixlen)
+            hop = route.gateway if route.gateway is not None else dst
+            near = [ours for ours in others if hop in ours.network]
+            if hop in _LINK_LOCAL_V6:
+                return hop, others[0].ip
+            return hop, (near or others)[0].ip
+        if self.medium is Medium.IP:
+            # A TUN device is point to point: whatever we send reaches the one peer.
+            return dst, others[0].ip
+        return None
+
+    def _next_identification(self) -> int:
+        self._identification = (self._identification + 1) & 0xFFFF
+        return self._identification
+
+    def _send_ip(
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        protocol: int,
+        payload: bytes,
+        now: float,
+        gso: GsoInfo | None = None,
+        *,
+        hop_limit: int | None = None,
+    ) -> None:
+        route = self._route(dst)
+        if route is None:
+            self.dropped["no route"] += 1
+            return
+        next_hop = route[0]
+        packet: Ipv4Repr | Ipv6Repr
+        if isinstance(src, ipaddress.IPv4Address) and isinstance(dst, ipaddress.IPv4Address):
+            packet = Ipv4Repr(
+                src,
+                dst,
+                protocol,
+                payload,
+                ttl=hop_limit or 64,
+                identification=self._next_identification(),
+            )
+        elif isinstance(src, ipaddress.IPv6Address) and isinstance(dst, ipaddress.IPv6Address):
+            packet = Ipv6Repr(src, dst, protocol, payload, hop_limit=hop_limit or self.hop_limit)
+        else:
+            raise ValueError(f"source {src} and destination {dst} are of different families")
+        self._send_packet(packet.emit(), dst, next_hop, gso, now)
+
+    def _send_packet(
+        self, ip_bytes: bytes, dst: IPAddress, next_hop: IPAddress, gso: GsoInfo | None, now: float
+    ) -> None:
+        if self.medium is Medium.IP:
+            self._queue(OutgoingPacket(ip_bytes, gso))
+            return
+        mac: EthernetAddress | None
+        if isinstance(dst, ipaddress.IPv4Address) and self._is_broadcast_v4(dst):
+            mac = _multicast_mac(dst) if dst.is_multicast else BROADCAST
+        elif dst.is_multicast:
+            mac = _multicast_mac(dst)
+        else:
+            mac = self.neighbors.lookup(next_hop, now)
+        if mac is None:
+            if self.neighbors.enqueue(next_hop, (ip_bytes, gso), now):
+                self._probe_neighbor(next_hop, now)
+            return
+        self._queue(self._frame(ip_bytes, gso, mac))
+
+    def _frame(self, ip_bytes: bytes, gso: GsoInfo | None, mac: EthernetAddress) -> OutgoingPacket:
+        assert self.mac is not None
+        ethertype = EtherType.IPV4 if ip_bytes[0] >> 4 == 4 else EtherType.IPV6
+        frame = EthernetRepr(mac, self.mac, ethertype, ip_bytes).emit()
+        return OutgoingPacket(frame, gso.shifted(14) if gso is not None else None)
+
+    def _queue(self, packet: OutgoingPacket) -> None:
+        if len(self._out) >= MAX_QUEUED_OUTPUT:
+            self.dropped["output queue full"] += 1
+            return
+        self._out.append(packet)
+
+    def _flush_waiting(self, waiting: list[_Waiting], mac: EthernetAddress) -> None:
+        for ip_bytes, gso in waiting:
+            self._queue(self._frame(ip_bytes, gso, mac))
+
+    def _probe_neighbor(self, address: IPAddress, now: float) -> None:
+        assert self.mac is not None
+        route = self._route(address)
+        source = route[1] if route is not None else None
+        if isinstance(address, ipaddress.IPv4Address):
+            sender = source if isinstance(source, ipaddress.IPv4Address) else _UNSPECIFIED_V4
+            request = ArpRepr(
+                ArpOperation.REQUEST, self.mac, sender, EthernetAddress(bytes(6)), address
+            )
+            self._queue(
+                OutgoingPacket(
+                    EthernetRepr(BROADCAST, self.mac, EtherType.ARP, request.emit()).emit()
+                )
+            )
+        else:
+            sender6 = source if isinstance(source, ipaddress.IPv6Address) else None
+            if sender6 is None:
+                return
+            solicit = NeighborSolicit(address, self.mac)
+            self._send_ndp(sender6, _solicited_node(address), solicit.to_icmp(), now)
+
+    def _send_ndp(
+        self, src: ipaddress.IPv6Address, dst: ipaddress.IPv6Address, icmp: Icmpv6Repr, now: float
+    ) -> None:
+        self._send_ip(
+            src, dst, IpProtocol.ICMPV6, icmp.emit(src, dst), now, hop_limit=_NDP_HOP_LIMIT
+        )
+
+    def _send_router_solicitation(self, now: float) -> None:
+        link_local = [
+            ours.ip
+            for ours in self.addresses
+            if isinstance(ours, ipaddress.IPv6Interface) and ours.ip in _LINK_LOCAL_V6
+        ]
+        if not link_local:
+            return
+        self._send_ndp(link_local[0], _ALL_ROUTERS, RouterSolicit(self.mac).to_icmp(), now)
+
+    def _neighbor_failed(self, ip_bytes: bytes, now: float) -> None:
+        """Address resolution gave up: the sender hears "host unreachable", as from Linux."""
+        self.dropped["neighbor unreachable"] += 1
+        found = self._quoted_flow(ip_bytes)
+        if found is None:
+            return
+        with contextlib.suppress(_DropError):
+            self._flow_error(*found, errno.EHOSTUNREACH, None, now)
