@@ -1,0 +1,1636 @@
+"""One TCP connection's state machine, sans-I/O (RFC 9293 and its companions).
+
+A :class:`TcpConnection` takes segments (:class:`~netshim.protocols.ip.TcpRepr`,
+ports but no addresses) and a clock value in, and gives segments, readiness and
+errors out.  It never reads a clock, starts a task or touches a socket: the
+interface (:mod:`netshim.ip.iface`) hands it each segment with
+:meth:`~TcpConnection.on_segment`, calls :meth:`~TcpConnection.poll` when
+:meth:`~TcpConnection.deadline` says so (or after anything it did to the
+connection), and wraps what ``poll`` returns into IP packets.
+
+What is implemented, by RFC:
+
+* RFC 9293: the state machine, simultaneous open and close, TIME-WAIT, MSS
+  option, zero-window probing (persist timer), Nagle's algorithm and its
+  ``TCP_NODELAY`` switch, delayed ACKs (at least every second full segment,
+  at once for out-of-order data), sender and receiver silly-window avoidance,
+  keepalives (RFC 1122 section 4.2.3.6).
+* RFC 5961: RST and SYN in a synchronized state are accepted only at exactly
+  RCV.NXT (RST) and otherwise answered with a challenge ACK; ACKs far below
+  SND.UNA are challenged.
+* RFC 6298: SRTT/RTTVAR, Karn's rule (without timestamps), exponential backoff;
+  the RTO has Linux's shape (SRTT + max(4 RTTVAR, min_rto)).
+* RFC 7323: window scaling, timestamps for RTT measurement and PAWS (the basic
+  check; no idle expiry of TS.Recent).
+* RFC 2018 SACK, both ways, and loss recovery after RFC 6675, simplified: every
+  hole below the highest SACKed byte counts as lost (as Linux's FACK once did),
+  retransmitted while the pipe estimate is below cwnd.  Without SACK, NewReno
+  fast retransmit and recovery (RFC 6582).  Congestion windows come from
+  :mod:`netshim.ip.congestion` (CUBIC by default, NewReno selectable).
+* RFC 6528 initial sequence numbers (:func:`initial_sequence_number`).
+
+Sequence numbers are 32-bit on the wire and unbounded inside.  Each incoming
+number is *unwrapped* once, to the integer nearest the point it is compared
+with (RCV.NXT for sequence numbers, SND.UNA for acknowledgements), and each
+outgoing one is reduced modulo 2**32 once.  Everything between is plain integer
+arithmetic, which is both correct across the wrap and cheaper in Python than
+modular comparisons at every step.
+
+Buffers are ``bytearray``: appending is amortised constant time per byte and
+deleting from the front moves a start pointer, so neither side ever copies a
+buffer over again.  Out-of-order data waits in :class:`~netshim.ip.reassembly.ReorderBuffer`,
+only inside the advertised window, so a connection holds at most
+``receive_buffer`` received bytes and ``send_buffer`` bytes to send.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from ..protocols.ip import (
+    IPAddress,
+    MaxSegmentSize,
+    NoOperation,
+    SackBlocks,
+    SackPermitted,
+    TcpFlags,
+    TcpOption,
+    TcpRepr,
+    Timestamps,
+    WindowScale,
+)
+from .congestion import CongestionControl, make_congestion_control
+from .reassembly import ReorderBuffer
+
+__all__ = [
+    "TcpConfig",
+    "TcpConnection",
+    "TcpInfo",
+    "TcpState",
+    "initial_sequence_number",
+    "reset_for_unexpected",
+]
+
+_MASK = 0xFFFF_FFFF
+_HALF = 1 << 31
+
+_FIN = 0x01
+_SYN = 0x02
+_RST = 0x04
+_PSH = 0x08
+_ACK = 0x10
+
+# Built once: constructing an IntFlag per segment is measurable at 100k segments/s.
+_FLAGS = {value: TcpFlags(value) for value in range(0x20)}
+
+# RFC 9293 section 3.7.1: the MSS a peer is assumed to take when its SYN has no option.
+_DEFAULT_MSS_V4 = 536
+_DEFAULT_MSS_V6 = 1220
+# Linux's floor for an MSS it is told (net.ipv4.tcp_min_snd_mss): smaller values
+# only make a peer cost more CPU per byte.
+_MIN_MSS = 48
+# RFC 7323 section 2.3: shifts above 14 are treated as 14.
+_MAX_WINDOW_SHIFT = 14
+_TIMESTAMP_OPTIONS_LEN = 12
+_DUPLICATE_ACK_THRESHOLD = 3
+# A sample above this is a bogus TSecr (a peer echoing garbage), not an RTT.
+_MAX_RTT_SAMPLE = 120.0
+
+
+class TcpState(enum.Enum):
+    """RFC 9293 section 3.3.2 states; ``str()`` gives the RFC's spelling (``SYN-SENT``)."""
+
+    CLOSED = "CLOSED"
+    LISTEN = "LISTEN"
+    SYN_SENT = "SYN-SENT"
+    SYN_RECEIVED = "SYN-RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN-WAIT-1"
+    FIN_WAIT_2 = "FIN-WAIT-2"
+    CLOSE_WAIT = "CLOSE-WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST-ACK"
+    TIME_WAIT = "TIME-WAIT"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_SYNCHRONIZED = frozenset(
+    {
+        TcpState.SYN_RECEIVED,
+        TcpState.ESTABLISHED,
+        TcpState.FIN_WAIT_1,
+        TcpState.FIN_WAIT_2,
+        TcpState.CLOSE_WAIT,
+        TcpState.CLOSING,
+        TcpState.LAST_ACK,
+        TcpState.TIME_WAIT,
+    }
+)
+# States in which received data is taken (the peer has not sent its FIN).
+_RECEIVING = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2})
+# States in which our data (and FIN) may go out.
+_SENDING = frozenset(
+    {
+        TcpState.ESTABLISHED,
+        TcpState.CLOSE_WAIT,
+        TcpState.FIN_WAIT_1,
+        TcpState.CLOSING,
+        TcpState.LAST_ACK,
+    }
+)
+_KEEPALIVE_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_2})
+
+
+@dataclass(frozen=True, slots=True)
+class TcpConfig:
+    """Per-connection settings; the defaults follow Linux's.
+
+    ``mss`` is what we advertise (the interface sets it from the MTU).
+    ``max_segment_payload`` is for links that segment for us (TSO/GSO): data
+    segments then carry up to that many bytes, a multiple of the send MSS,
+    and the link cuts them at :attr:`TcpConnection.send_mss`.  ``send_buffer``
+    and ``receive_buffer`` bound the bytes held each way; the receive buffer
+    is also the largest window offered, out-of-order data included.
+    ``keepalive`` is ``(idle, interval, probes)`` as TCP_KEEPIDLE,
+    TCP_KEEPINTVL and TCP_KEEPCNT.  ``user_timeout`` is TCP_USER_TIMEOUT in
+    seconds: how long sent data may stay unacknowledged before ``ETIMEDOUT``.
+    """
+
+    mss: int = 1460
+    max_segment_payload: int | None = None
+    send_buffer: int = 256 * 1024
+    receive_buffer: int = 256 * 1024
+    window_scale: bool = True
+    timestamps: bool = True
+    sack: bool = True
+    nodelay: bool = False
+    delayed_ack: float = 0.04
+    keepalive: tuple[float, float, int] | None = None
+    initial_rto: float = 1.0
+    min_rto: float = 0.2
+    max_rto: float = 120.0
+    syn_retries: int = 6
+    data_retries: int = 15
+    time_wait: float = 60.0
+    user_timeout: float | None = None
+    congestion: Literal["cubic", "newreno"] = "cubic"
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.mss <= 0xFFFF:
+            raise ValueError(f"mss must be in 64..65535, got {self.mss}")
+        if self.max_segment_payload is not None and not 64 <= self.max_segment_payload <= 0xFFFF:
+            raise ValueError(
+                f"max_segment_payload must be in 64..65535, got {self.max_segment_payload}"
+            )
+        if self.send_buffer < 1 or self.receive_buffer < 1:
+            raise ValueError("send_buffer and receive_buffer must be positive")
+        if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
+            raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
+        if self.congestion not in ("cubic", "newreno"):
+            raise ValueError(f"congestion must be 'cubic' or 'newreno', got {self.congestion!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TcpInfo:
+    """A snapshot of a connection's counters, as Linux's TCP_INFO reports them."""
+
+    state: TcpState
+    send_mss: int
+    receive_mss: int
+    srtt: float | None
+    rttvar: float | None
+    rto: float
+    cwnd: int
+    ssthresh: int
+    send_window: int
+    receive_window: int
+    retransmissions: int
+    timeouts: int
+    fast_recoveries: int
+    bytes_sent: int
+    bytes_acked: int
+    bytes_received: int
+    segments_sent: int
+    segments_received: int
+    out_of_order_bytes: int
+
+
+def initial_sequence_number(
+    secret: bytes, local: tuple[IPAddress, int], remote: tuple[IPAddress, int], now: float
+) -> int:
+    """RFC 6528: a 4-microsecond clock plus a keyed hash of the connection's addresses."""
+    identity = (
+        local[0].packed
+        + local[1].to_bytes(2, "big")
+        + remote[0].packed
+        + remote[1].to_bytes(2, "big")
+    )
+    offset = int.from_bytes(hmac.digest(secret, identity, "sha256")[:4], "big")
+    return (int(now * 250_000) + offset) & _MASK
+
+
+def reset_for_unexpected(segment: TcpRepr) -> TcpRepr | None:
+    """RFC 9293 section 3.10.7.1: the RST answering ``segment`` when no connection takes it.
+
+    ``None`` for an RST (an RST is never answered).  A segment with ACK gets
+    ``<SEQ=SEG.ACK><CTL=RST>``; one without gets
+    ``<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>``.
+    """
+    flags = int(segment.flags)
+    if flags & _RST:
+        return None
+    if flags & _ACK:
+        return TcpRepr(
+            src_port=segment.dst_port,
+            dst_port=segment.src_port,
+            seq=segment.ack,
+            ack=0,
+            flags=_FLAGS[_RST],
+            window=0,
+        )
+    return TcpRepr(
+        src_port=segment.dst_port,
+        dst_port=segment.src_port,
+        seq=0,
+        ack=(segment.seq + segment.segment_len()) & _MASK,
+        flags=_FLAGS[_RST | _ACK],
+        window=0,
+    )
+
+
+def _error(code: int) -> OSError:
+    # OSError picks the subclass from the errno: ConnectionRefusedError and so on.
+    return OSError(code, os.strerror(code))
+
+
+def _window_shift(buffer: int) -> int:
+    shift = 0
+    while shift < _MAX_WINDOW_SHIFT and buffer >> shift > 0xFFFF:
+        shift += 1
+    return shift
+
+
+class TcpConnection:
+    """One TCP connection, from its SYN to CLOSED.
+
+    Create one with :meth:`open_active` (connect) or :meth:`open_passive`
+    (a listener accepted a SYN).  Feed it with :meth:`on_segment` and
+    :meth:`on_icmp_error`; drain it with :meth:`poll` whenever
+    :meth:`deadline` is due, and after every call that may have given it
+    something to send (``on_segment``, ``send``, ``receive``, ``shutdown``,
+    ``abort``): ``deadline()`` is then the time of that call.
+
+    The application side mirrors a non-blocking socket: :meth:`send` takes
+    what fits, :meth:`receive` returns what is there, ``b""`` only at EOF, and
+    raises ``BlockingIOError`` when there is nothing yet.
+    """
+
+    def __init__(
+        self,
+        local: tuple[IPAddress, int],
+        remote: tuple[IPAddress, int],
+        *,
+        iss: int,
+        now: float,
+        config: TcpConfig,
+        state: TcpState,
+    ) -> None:
+        if not 0 <= iss <= _MASK:
+            raise ValueError(f"iss must be in 0..{_MASK}, got {iss}")
+        self.local = local
+        self.remote = remote
+        self.state = state
+        self.config = config
+        self.error: OSError | None = None
+        self.nodelay = config.nodelay
+        self._keepalive = config.keepalive
+        self._now = now
+        self._ipv6 = local[0].version == 6
+        self._active = state is TcpState.SYN_SENT
+        self._handshake_done = False
+
+        # Send sequence space (unwrapped).
+        self.iss = iss
+        self._snd_una = iss
+        self._snd_nxt = iss
+        self._snd_max = iss
+        self._snd_wnd = 0
+        self._max_snd_wnd = 0
+        self._snd_wl1 = 0
+        self._snd_wl2 = 0
+        self._snd_wscale = 0
+        self._send_buf = bytearray()
+        self._send_base = iss + 1  # sequence number of _send_buf[0]
+        self._fin_queued = False
+        self._syn_pending = True  # our SYN (or SYN-ACK) is to be sent
+
+        # Receive sequence space (unwrapped), set once the peer's SYN is known.
+        self.irs = 0
+        self._rcv_nxt = 0
+        self._rcv_adv = 0  # right edge of the window we advertised
+        self._rcv_wscale = _window_shift(config.receive_buffer) if config.window_scale else 0
+        self._recv_buf = bytearray()
+        self._reorder = ReorderBuffer(max(64, config.receive_buffer // 512))
+        self._peer_fin_seq: int | None = None
+        self._fin_received = False
+        self._last_ack_sent = 0
+        self._rcv_mss = min(config.mss, _DEFAULT_MSS_V4)
+
+        # Options agreed in the handshake.
+        self._peer_mss = _DEFAULT_MSS_V6 if self._ipv6 else _DEFAULT_MSS_V4
+        self._pmtu_mss: int | None = None
+        self._ts_enabled = config.timestamps
+        self._sack_enabled = config.sack
+        self._ws_enabled = config.window_scale
+        self._ts_recent = 0
+        self._ts_offset = (iss * 2654435761) & _MASK  # hides our uptime from the peer
+        self.send_mss = config.mss
+        self._max_payload = config.mss
+        self._update_send_mss()
+
+        # Retransmission (RFC 6298).
+        self.srtt: float | None = None
+        self.rttvar: float | None = None
+        self.rto = config.initial_rto
+        self._retries = 0
+        self._rtx_deadline: float | None = None
+        self._rtt_seq: int | None = None  # Karn timing without timestamps
+        self._rtt_time = 0.0
+        self._stall_start: float | None = None
+        self._soft_error: OSError | None = None
+
+        # Loss recovery (RFC 6675 simplified / RFC 6582).
+        self._cc: CongestionControl = make_congestion_control(config.congestion, self.send_mss)
+        self._in_recovery = False
+        self._recover = iss
+        self._dupacks = 0
+        self._scoreboard: list[list[int]] = []  # SACKed [start, end) above SND.UNA, sorted
+        self._sacked_bytes = 0
+        self._lost_edge = iss  # holes below this are deemed lost
+        self._high_rxt = iss  # retransmitted up to here in this recovery
+
+        # Other timers.
+        self._ack_now = False
+        self._delack_deadline: float | None = None
+        self._persist_deadline: float | None = None
+        self._persist_backoff = 0
+        self._persist_unanswered = 0
+        self._keepalive_probes_out = 0
+        self._keepalive_deadline: float | None = None
+        self._keepalive_rearm = False
+        self._last_received = now
+        self._time_wait_deadline: float | None = None
+        self._output_wanted = True
+        self._pending: list[TcpRepr] = []
+
+        # Counters.
+        self.retransmissions = 0
+        self.timeouts = 0
+        self.fast_recoveries = 0
+        self.bytes_sent = 0
+        self.bytes_acked = 0
+        self.bytes_received = 0
+        self.segments_sent = 0
+        self.segments_received = 0
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open_active(
+        cls,
+        local: tuple[IPAddress, int],
+        remote: tuple[IPAddress, int],
+        *,
+        iss: int,
+        now: float,
+        config: TcpConfig,
+    ) -> TcpConnection:
+        """A connection in SYN-SENT whose SYN the next :meth:`poll` sends (``connect``)."""
+        return cls(local, remote, iss=iss, now=now, config=config, state=TcpState.SYN_SENT)
+
+    @classmethod
+    def open_passive(
+        cls,
+        local: tuple[IPAddress, int],
+        remote: tuple[IPAddress, int],
+        syn: TcpRepr,
+        *,
+        iss: int,
+        now: float,
+        config: TcpConfig,
+    ) -> TcpConnection:
+        """A connection in SYN-RECEIVED answering ``syn``, which a listener accepted.
+
+        The next :meth:`poll` sends the SYN-ACK.  Options the SYN did not
+        offer are not used (RFC 7323, RFC 2018).  Raises ``ValueError`` if
+        ``syn`` is not a SYN without ACK and RST.
+        """
+        flags = int(syn.flags)
+        if flags & (_SYN | _ACK | _RST) != _SYN:
+            raise ValueError(
+                f"open_passive needs a SYN without ACK or RST, got flags {syn.flags!r}"
+            )
+        connection = cls(
+            local, remote, iss=iss, now=now, config=config, state=TcpState.SYN_RECEIVED
+        )
+        connection._take_syn(syn, now)
+        return connection
+
+    def _take_syn(self, syn: TcpRepr, now: float) -> None:
+        """Set up the receive side and options from the peer's SYN (or SYN-ACK)."""
+        self.irs = syn.seq
+        self._rcv_nxt = syn.seq + 1
+        self._last_ack_sent = self._rcv_nxt
+        # What our SYN (or SYN-ACK) offers, unscaled as RFC 7323 says SYN windows are.
+        self._rcv_adv = self._rcv_nxt + min(self.config.receive_buffer, 0xFFFF)
+        self._snd_wnd = syn.window
+        self._max_snd_wnd = syn.window
+        self._snd_wl1 = self._rcv_nxt - 1
+        mss_option = syn.find_option(MaxSegmentSize)
+        if mss_option is not None:
+            self._peer_mss = max(mss_option.mss, _MIN_MSS)
+        scale = syn.find_option(WindowScale)
+        if scale is not None and self.config.window_scale:
+            self._snd_wscale = min(scale.shift, _MAX_WINDOW_SHIFT)
+        else:
+            self._ws_enabled = False
+            self._snd_wscale = 0
+            self._rcv_wscale = 0
+        timestamps = syn.find_option(Timestamps)
+        if timestamps is not None and self.config.timestamps:
+            self._ts_recent = timestamps.value
+        else:
+            self._ts_enabled = False
+        if syn.find_option(SackPermitted) is None:
+            self._sack_enabled = False
+        self._update_send_mss()
+        self._cc.mss = self.send_mss
+        self._last_received = now
+
+    def _update_send_mss(self) -> None:
+        mss = min(self._peer_mss, self.config.mss)
+        if self._pmtu_mss is not None:
+            mss = min(mss, self._pmtu_mss)
+        if self._ts_enabled:
+            mss -= _TIMESTAMP_OPTIONS_LEN
+        self.send_mss = max(mss, _MIN_MSS - _TIMESTAMP_OPTIONS_LEN)
+        limit = self.config.max_segment_payload
+        if limit is None or limit <= self.send_mss:
+            self._max_payload = self.send_mss
+        else:
+            self._max_payload = limit // self.send_mss * self.send_mss
+
+    # ------------------------------------------------------------------ readiness
+
+    @property
+    def established(self) -> bool:
+        """The handshake completed (stays true through closing): connect/accept readiness."""
+        return self._handshake_done
+
+    @property
+    def finished(self) -> bool:
+        """CLOSED with nothing left to send: the interface may forget the connection."""
+        return self.state is TcpState.CLOSED and not self._pending and not self._ack_now
+
+    @property
+    def at_eof(self) -> bool:
+        """The peer's FIN arrived in order and every byte before it was read."""
+        return self._fin_received and not self._recv_buf
+
+    def readable(self) -> int:
+        """Bytes :meth:`receive` can return now."""
+        return len(self._recv_buf)
+
+    def send_space(self) -> int:
+        """Bytes :meth:`send` would take now (0 once the sending side is shut)."""
+        if self._fin_queued or self.state is TcpState.CLOSED:
+            return 0
+        return max(0, self.config.send_buffer - len(self._send_buf))
+
+    @property
+    def cwnd(self) -> int:
+        return self._cc.cwnd
+
+    @property
+    def ssthresh(self) -> int:
+        return self._cc.ssthresh
+
+    def info(self) -> TcpInfo:
+        """Counters and estimates, TCP_INFO-style."""
+        return TcpInfo(
+            state=self.state,
+            send_mss=self.send_mss,
+            receive_mss=self._rcv_mss,
+            srtt=self.srtt,
+            rttvar=self.rttvar,
+            rto=self.rto,
+            cwnd=self._cc.cwnd,
+            ssthresh=self._cc.ssthresh,
+            send_window=self._snd_wnd,
+            receive_window=max(0, self._rcv_adv - self._rcv_nxt),
+            retransmissions=self.retransmissions,
+            timeouts=self.timeouts,
+            fast_recoveries=self.fast_recoveries,
+            bytes_sent=self.bytes_sent,
+            bytes_acked=self.bytes_acked,
+            bytes_received=self.bytes_received,
+            segments_sent=self.segments_sent,
+            segments_received=self.segments_received,
+            out_of_order_bytes=self._reorder.held_bytes,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<TcpConnection {self.local[0]}:{self.local[1]} -> {self.remote[0]}:{self.remote[1]}"
+            f" {self.state}>"
+        )
+
+    # ------------------------------------------------------------------ application side
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue what fits of ``data`` for sending; the count taken (0 when the buffer is full).
+
+        Raises ``BrokenPipeError`` (EPIPE) after :meth:`shutdown` or
+        :meth:`abort`, or the connection's error (``ECONNRESET``...) after it failed.
+        """
+        if self._fin_queued or self.state not in _SENDABLE_STATES:
+            if self.error is not None and self.error.errno != errno.EPIPE:
+                raise _error(self.error.errno or errno.EPIPE)
+            raise _error(errno.EPIPE)
+        room = self.config.send_buffer - len(self._send_buf)
+        if room <= 0:
+            return 0
+        taken = len(data) if len(data) <= room else room
+        if taken:
+            if taken == len(data):
+                self._send_buf += data
+            else:
+                self._send_buf += memoryview(data)[:taken]
+            self._output_wanted = True
+        return taken
+
+    def receive(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` received bytes; ``b""`` only at EOF.
+
+        Raises ``BlockingIOError`` when nothing is there yet, or the
+        connection's error (``ECONNRESET``...) once the data before it is read.
+        """
+        buffer = self._recv_buf
+        if not buffer:
+            if self._fin_received:
+                return b""
+            if self.error is not None:
+                raise _error(self.error.errno or errno.ECONNRESET)
+            if self.state is TcpState.CLOSED:
+                return b""
+            raise BlockingIOError(errno.EAGAIN, "no data received yet")
+        if max_bytes >= len(buffer):
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            with memoryview(buffer) as view:
+                data = bytes(view[:max_bytes])
+            del buffer[:max_bytes]
+        if self.state in _RECEIVING:
+            self._maybe_window_update()
+        return data
+
+    def shutdown(self) -> None:
+        """Send a FIN after the queued data (``shutdown(SHUT_WR)``); idempotent.
+
+        In SYN-SENT and SYN-RECEIVED the FIN waits for the handshake, as RFC
+        9293 section 3.10.4 allows.
+        """
+        if self._fin_queued:
+            return
+        if self.state in (TcpState.CLOSED, TcpState.LISTEN):
+            return
+        self._fin_queued = True
+        if self.state is TcpState.ESTABLISHED:
+            self.state = TcpState.FIN_WAIT_1
+        elif self.state is TcpState.CLOSE_WAIT:
+            self.state = TcpState.LAST_ACK
+        self._output_wanted = True
+
+    def abort(self) -> None:
+        """Send an RST now (if the peer knows of us) and go to CLOSED (``SO_LINGER`` 0 close)."""
+        if self.state in _SYNCHRONIZED and self.state is not TcpState.TIME_WAIT:
+            self._pending.append(self._segment(self._snd_nxt, _RST | _ACK, b"", options=()))
+        self._enter_closed()
+
+    @property
+    def fin_queued(self) -> bool:
+        """:meth:`shutdown` was called."""
+        return self._fin_queued
+
+    # ------------------------------------------------------------------ ICMP
+
+    def on_icmp_error(
+        self, error: int, now: float, *, mtu: int | None = None, seq: int | None = None
+    ) -> None:
+        """An ICMP error about one of our segments (its quoted ``seq`` if known).
+
+        With ``mtu`` (fragmentation needed, packet too big) the send MSS
+        shrinks to fit and what is in flight goes again.  Otherwise, in
+        SYN-SENT the error ends the connection (``ECONNREFUSED``,
+        ``EHOSTUNREACH``...); later it is soft, remembered and reported only if
+        the connection times out, as Linux does.  A ``seq`` outside what is
+        unacknowledged is ignored (RFC 5927: it may be forged).
+        """
+        self._now = now
+        if seq is not None:
+            offset = (seq - self._snd_una + _HALF & _MASK) - _HALF
+            if not 0 <= offset < max(1, self._snd_max - self._snd_una):
+                return
+        if mtu is not None:
+            header = (40 if self._ipv6 else 20) + 20
+            new_mss = max(mtu - header, _MIN_MSS)
+            if self._pmtu_mss is None or new_mss < self._pmtu_mss:
+                self._pmtu_mss = new_mss
+                old = self.send_mss
+                self._update_send_mss()
+                self._cc.mss = self.send_mss
+                if self.send_mss < old and self.state in _SENDING:
+                    # The big segments in flight were dropped: send them again, cut smaller.
+                    self._snd_nxt = self._snd_una
+                    self._clear_scoreboard()
+                    self._output_wanted = True
+            return
+        if self.state is TcpState.SYN_SENT:
+            self.error = _error(error)
+            self._enter_closed()
+        elif self.state is not TcpState.CLOSED:
+            self._soft_error = _error(error)
+
+    # ------------------------------------------------------------------ incoming segments
+
+    def on_segment(self, segment: TcpRepr, now: float) -> None:
+        """Process one segment addressed to this connection; never raises for its content."""
+        self._now = now
+        self.segments_received += 1
+        state = self.state
+        if state is TcpState.SYN_SENT:
+            self._on_segment_syn_sent(segment, now)
+        elif state in _SYNCHRONIZED:
+            self._on_segment_synchronized(segment, now)
+        # CLOSED and LISTEN: the interface answers for us (reset_for_unexpected).
+
+    def _on_segment_syn_sent(self, segment: TcpRepr, now: float) -> None:
+        flags = int(segment.flags)
+        if flags & _ACK:
+            ack = self._unwrap_ack(segment.ack)
+            if ack <= self.iss or ack > self._snd_max:
+                if not flags & _RST:
+                    self._pending.append(self._reset_to(segment))
+                return
+            if flags & _RST:
+                self.error = _error(errno.ECONNREFUSED)
+                self._enter_closed()
+                return
+        elif flags & _RST:
+            return
+        if not flags & _SYN:
+            return
+        self._take_syn(segment, now)
+        if flags & _ACK:
+            self._snd_una = self._unwrap_ack(segment.ack)
+            self._snd_wl1 = self._rcv_nxt - 1
+            self._snd_wl2 = self._snd_una
+            timestamps = segment.find_option(Timestamps) if self._ts_enabled else None
+            if timestamps is not None and timestamps.echo_reply:
+                self._timestamp_rtt(timestamps.echo_reply, now)
+            elif self._retries == 0:
+                self._rtt_sample(now - self._rtt_time)
+            self._enter_established(now)
+            self._ack_now = True
+        else:
+            # Simultaneous open: our SYN goes again with an ACK (RFC 9293 figure 7).
+            self.state = TcpState.SYN_RECEIVED
+            self._syn_pending = True
+            self._snd_nxt = self._snd_una
+            self._rtx_deadline = now
+        self._output_wanted = True
+
+    def _enter_established(self, now: float) -> None:
+        self.state = TcpState.ESTABLISHED
+        self._handshake_done = True
+        self._syn_pending = False
+        self._retries = 0
+        self._rtx_deadline = None
+        self._stall_start = None
+        self._recover = self._snd_una - 1
+        self._high_rxt = self._lost_edge = self._snd_una
+        if self._fin_queued:
+            self.state = TcpState.FIN_WAIT_1
+        self._arm_keepalive(now)
+
+    def _unwrap_ack(self, ack: int) -> int:
+        return self._snd_una + ((ack - self._snd_una + _HALF & _MASK) - _HALF)
+
+    def _on_segment_synchronized(self, segment: TcpRepr, now: float) -> None:
+        flags = int(segment.flags)
+        payload = segment.payload
+        rcv_nxt = self._rcv_nxt
+        seq = rcv_nxt + ((segment.seq - rcv_nxt + _HALF & _MASK) - _HALF)
+        seg_len = len(payload) + (flags & _SYN and 1) + (flags & _FIN and 1)
+
+        timestamps: Timestamps | None = None
+        if self._ts_enabled and segment.options:
+            for option in segment.options:
+                if type(option) is Timestamps:
+                    timestamps = option
+                    break
+            # RFC 7323 section 5.3, PAWS: an older TSval is an old duplicate.
+            if (
+                timestamps is not None
+                and not flags & _RST
+                and (timestamps.value - self._ts_recent) & _MASK >= _HALF
+            ):
+                self._ack_now = True
+                self._output_wanted = True
+                return
+
+        # RFC 9293 section 3.10.7.4, first: is the segment in the window?
+        window = self._rcv_adv - rcv_nxt
+        if window < 0:
+            window = 0
+        offset = seq - rcv_nxt
+        if seg_len == 0:
+            acceptable = offset == 0 if window == 0 else 0 <= offset < window
+        elif window == 0:
+            acceptable = False
+        else:
+            acceptable = 0 <= offset < window or 0 < offset + seg_len <= window
+        if not acceptable:
+            if flags & _RST:
+                return
+            if self.state is TcpState.TIME_WAIT and flags & _FIN:
+                # The peer's FIN again: our last ACK was lost.  Restart 2MSL (RFC 9293 3.10.7.4).
+                self._time_wait_deadline = now + self.config.time_wait
+            # A zero window still lets ACKs and window updates through (RFC 9293 3.10.7.4).
+            if not (window == 0 and offset == 0 and flags & _ACK and not flags & _SYN):
+                if self.state is TcpState.SYN_RECEIVED and flags & _SYN and not flags & _ACK:
+                    self._resend_syn_ack(segment, now)
+                    return
+                self._ack_now = True
+                self._output_wanted = True
+                return
+            payload = b""
+            flags &= ~_FIN
+            self._ack_now = True
+            self._output_wanted = True
+
+        if timestamps is not None and seq <= self._last_ack_sent:
+            self._ts_recent = timestamps.value
+
+        self._last_received = now
+        self._keepalive_probes_out = 0
+
+        # Second: RST (RFC 5961 section 3.2).
+        if flags & _RST:
+            if offset == 0:
+                self._on_reset()
+            else:
+                self._ack_now = True  # challenge ACK
+                self._output_wanted = True
+            return
+
+        # Fourth: SYN (RFC 5961 section 4.2): never a reset, always a challenge ACK.
+        if flags & _SYN:
+            if self.state is TcpState.SYN_RECEIVED and seq == rcv_nxt - 1:
+                self._resend_syn_ack(segment, now)
+                return
+            self._ack_now = True
+            self._output_wanted = True
+            return
+
+        # Fifth: ACK.
+        if not flags & _ACK:
+            return
+        ack = self._snd_una + ((segment.ack - self._snd_una + _HALF & _MASK) - _HALF)
+        if self.state is TcpState.SYN_RECEIVED:
+            if not self._snd_una < ack <= self._snd_max:
+                self._pending.append(self._reset_to(segment))
+                self._output_wanted = True
+                return
+            self._snd_wnd = segment.window << self._snd_wscale
+            self._max_snd_wnd = max(self._max_snd_wnd, self._snd_wnd)
+            self._snd_wl1 = seq
+            self._snd_wl2 = ack
+            if timestamps is not None and timestamps.echo_reply:
+                self._timestamp_rtt(timestamps.echo_reply, now)
+            elif self._retries == 0:
+                self._rtt_sample(now - self._rtt_time)
+            self._snd_una = ack
+            self._enter_established(now)
+            self._output_wanted = True
+        elif not self._process_ack(segment, flags, seq, ack, timestamps, now):
+            return
+
+        if self.state is TcpState.CLOSED:
+            return
+        if self.state is TcpState.TIME_WAIT:
+            if flags & _FIN:
+                # The peer's FIN again: our ACK was lost.  Restart 2MSL (RFC 9293 3.10.7.4).
+                self._time_wait_deadline = now + self.config.time_wait
+                self._ack_now = True
+                self._output_wanted = True
+            return
+
+        # Seventh: segment text.
+        fin = flags & _FIN
+        if (payload or fin) and self.state in _RECEIVING:
+            self._process_data(seq, payload, bool(fin), now)
+        elif payload or fin:
+            # After the peer's FIN nothing more can come; ACK what we have.
+            self._ack_now = True
+            self._output_wanted = True
+
+    def _resend_syn_ack(self, segment: TcpRepr, now: float) -> None:
+        # The peer's SYN again: our SYN-ACK was lost (RFC 9293 3.10.7.4, SYN-RECEIVED).
+        self._syn_pending = True
+        self._snd_nxt = self._snd_una
+        self._output_wanted = True
+
+    def _reset_to(self, segment: TcpRepr) -> TcpRepr:
+        """``<SEQ=SEG.ACK><CTL=RST>``, for an unacceptable ACK."""
+        return TcpRepr(
+            src_port=self.local[1],
+            dst_port=self.remote[1],
+            seq=segment.ack,
+            ack=0,
+            flags=_FLAGS[_RST],
+            window=0,
+        )
+
+    def _on_reset(self) -> None:
+        state = self.state
+        if state is TcpState.TIME_WAIT or state is TcpState.CLOSING or state is TcpState.LAST_ACK:
+            self._enter_closed()
+            return
+        if state is TcpState.SYN_RECEIVED:
+            code = errno.ECONNREFUSED if self._active else errno.ECONNRESET
+        elif state is TcpState.CLOSE_WAIT:
+            code = errno.EPIPE
+        else:
+            code = errno.ECONNRESET
+        self.error = _error(code)
+        self._enter_closed()
+
+    def _enter_closed(self) -> None:
+        self.state = TcpState.CLOSED
+        self._send_buf.clear()
+        self._reorder.clear()
+        self._rtx_deadline = None
+        self._persist_deadline = None
+        self._delack_deadline = None
+        self._keepalive_deadline = None
+        self._time_wait_deadline = None
+        self._ack_now = False
+        self._syn_pending = False
+
+    def _process_ack(
+        self,
+        segment: TcpRepr,
+        flags: int,
+        seq: int,
+        ack: int,
+        timestamps: Timestamps | None,
+        now: float,
+    ) -> bool:
+        """Fifth step for synchronized states past SYN-RECEIVED; ``False`` drops the segment."""
+        snd_una = self._snd_una
+        if ack > self._snd_max:
+            # Acknowledges something not yet sent: ACK and drop (RFC 9293 3.10.7.4).
+            self._ack_now = True
+            self._output_wanted = True
+            return False
+        if ack < snd_una - self._max_snd_wnd:
+            # RFC 5961 section 5.2: far below anything in flight: challenge.
+            self._ack_now = True
+            self._output_wanted = True
+            return False
+
+        window = segment.window << self._snd_wscale
+        self._persist_unanswered = 0
+        if self._sack_enabled and segment.options:
+            for option in segment.options:
+                if type(option) is SackBlocks:
+                    self._take_sack(option.blocks)
+                    break
+
+        if ack > snd_una:
+            self._on_ack_advance(ack, timestamps, now)
+        elif (
+            ack == snd_una
+            and not segment.payload
+            and not flags & (_SYN | _FIN)
+            and window == self._snd_wnd
+            and self._snd_max > snd_una
+        ):
+            self._on_duplicate_ack(now)
+        elif self._sack_enabled and not self._in_recovery and self._snd_max > snd_una:
+            self._maybe_enter_recovery(now)
+
+        # RFC 9293 3.10.7.4: the window comes from the newest segment only.
+        if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
+            if window != self._snd_wnd:
+                self._output_wanted = True
+            self._snd_wnd = window
+            if window > self._max_snd_wnd:
+                self._max_snd_wnd = window
+            self._snd_wl1 = seq
+            self._snd_wl2 = ack
+            if window and self._persist_deadline is not None:
+                self._persist_deadline = None
+                self._persist_backoff = 0
+        return True
+
+    def _on_ack_advance(self, ack: int, timestamps: Timestamps | None, now: float) -> None:
+        acked = ack - self._snd_una
+        self._snd_una = ack
+        if self._snd_nxt < ack:
+            # After a go-back-N the originals arrived: skip what they covered.
+            self._snd_nxt = ack
+        drop = ack - self._send_base
+        if drop > 0:
+            buffered = len(self._send_buf)
+            if drop > buffered:
+                drop = buffered
+            if drop:
+                del self._send_buf[:drop]
+                self._send_base += drop
+                self.bytes_acked += drop
+        if self._scoreboard:
+            self._trim_scoreboard(ack)
+        self._retries = 0
+        self._persist_backoff = 0
+        # Something worked: forget soft errors (as Linux clears sk_err_soft).
+        self._soft_error = None
+        self._output_wanted = True
+
+        if timestamps is not None and timestamps.echo_reply:
+            self._timestamp_rtt(timestamps.echo_reply, now)
+        elif self._rtt_seq is not None and ack >= self._rtt_seq:
+            self._rtt_sample(now - self._rtt_time)
+            self._rtt_seq = None
+
+        if self._in_recovery:
+            if ack > self._recover:
+                self._in_recovery = False
+                self._dupacks = 0
+                self._cc.on_recovery_end(now)
+            else:
+                # RFC 6582 partial ACK: the next hole is lost too.
+                self._dupacks = 0
+                if not self._sack_enabled:
+                    self._high_rxt = ack
+                    self._lost_edge = max(self._lost_edge, ack + self.send_mss)
+                elif self._high_rxt < ack:
+                    self._high_rxt = ack
+        else:
+            self._dupacks = 0
+            self._cc.on_ack(acked, now, self.srtt)
+            if self._sack_enabled and self._scoreboard:
+                self._maybe_enter_recovery(now)
+
+        if self._snd_max > ack:
+            self._rtx_deadline = now + self.rto
+            self._stall_start = now
+        else:
+            self._rtx_deadline = None
+            self._stall_start = None
+
+        state = self.state
+        if self._fin_queued and ack == self._send_base + len(self._send_buf) + 1:
+            # Our FIN is acknowledged.
+            if state is TcpState.FIN_WAIT_1:
+                self.state = TcpState.FIN_WAIT_2
+            elif state is TcpState.CLOSING:
+                self._enter_time_wait(now)
+            elif state is TcpState.LAST_ACK:
+                self._enter_closed()
+
+    def _on_duplicate_ack(self, now: float) -> None:
+        self._dupacks += 1
+        if self._in_recovery:
+            self._output_wanted = True
+            return
+        self._maybe_enter_recovery(now)
+
+    def _maybe_enter_recovery(self, now: float) -> None:
+        """RFC 6675 section 5: three duplicate ACKs, or more than two segments SACKed above."""
+        if self._snd_una <= self._recover:
+            return  # RFC 6582 section 4: not for losses of a recovery already handled
+        lost = self._dupacks >= _DUPLICATE_ACK_THRESHOLD or (
+            self._sacked_bytes > (_DUPLICATE_ACK_THRESHOLD - 1) * self.send_mss
+        )
+        if not lost:
+            return
+        self._in_recovery = True
+        self.fast_recoveries += 1
+        self._recover = self._snd_max - 1
+        self._cc.on_loss(now, self._snd_max - self._snd_una)
+        self._high_rxt = self._snd_una
+        self._lost_edge = self._snd_una + self.send_mss
+        self._rtt_seq = None
+        self._output_wanted = True
+
+    # SACK scoreboard -------------------------------------------------------
+
+    def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
+        snd_una = self._snd_una
+        snd_max = self._snd_max
+        for left_wire, right_wire in blocks:
+            left = snd_una + ((left_wire - snd_una + _HALF & _MASK) - _HALF)
+            right = left + ((right_wire - left_wire) & _MASK)
+            # Blocks below SND.UNA are D-SACKs; anything beyond what we sent is bogus.
+            if left < snd_una:
+                left = snd_una
+            if right > snd_max or right <= left:
+                continue
+            self._add_sacked(left, right)
+
+    def _add_sacked(self, left: int, right: int) -> None:
+        board = self._scoreboard
+        merged: list[list[int]] = []
+        placed = False
+        for block in board:
+            if block[1] < left:
+                merged.append(block)
+            elif block[0] > right:
+                if not placed:
+                    merged.append([left, right])
+                    placed = True
+                merged.append(block)
+            else:
+                left = min(left, block[0])
+                right = max(right, block[1])
+        if not placed:
+            merged.append([left, right])
+        self._scoreboard = merged
+        self._sacked_bytes = sum(end - start for start, end in merged)
+        if merged[-1][1] > self._lost_edge and self._in_recovery:
+            self._lost_edge = merged[-1][1]
+
+    def _trim_scoreboard(self, ack: int) -> None:
+        board = [block for block in self._scoreboard if block[1] > ack]
+        if board and board[0][0] < ack:
+            board[0] = [ack, board[0][1]]
+        self._scoreboard = board
+        self._sacked_bytes = sum(end - start for start, end in board)
+
+    def _clear_scoreboard(self) -> None:
+        self._scoreboard = []
+        self._sacked_bytes = 0
+        self._in_recovery = False
+        self._dupacks = 0
+        self._high_rxt = self._lost_edge = self._snd_una
+
+    def _sacked_below(self, limit: int) -> int:
+        total = 0
+        for start, end in self._scoreboard:
+            if start >= limit:
+                break
+            total += min(end, limit) - start
+        return total
+
+    def _pipe(self) -> int:
+        """RFC 6675's estimate of bytes in the network."""
+        flight = self._snd_nxt - self._snd_una
+        if not self._in_recovery:
+            return flight - self._sacked_bytes
+        lost_edge = self._lost_edge
+        if self._scoreboard and self._scoreboard[-1][1] > lost_edge:
+            lost_edge = self._scoreboard[-1][1]
+        above = self._snd_nxt - lost_edge
+        if not self._sack_enabled:
+            above -= self._dupacks * self.send_mss
+        retransmitted = 0
+        if self._high_rxt > self._snd_una:
+            retransmitted = self._high_rxt - self._snd_una - self._sacked_below(self._high_rxt)
+        return max(0, above) + retransmitted
+
+    def _next_hole(self, start: int, limit: int) -> tuple[int, int] | None:
+        """The first un-SACKed range at or after ``start`` and below ``limit``."""
+        for block_start, block_end in self._scoreboard:
+            if block_end <= start:
+                continue
+            if block_start > start:
+                if start >= limit:
+                    return None
+                return start, min(block_start, limit)
+            start = block_end
+        if start < limit:
+            return start, limit
+        return None
+
+    # RTT -----------------------------------------------------------------
+
+    def _timestamp_rtt(self, echo_reply: int, now: float) -> None:
+        sent_ms = (echo_reply - self._ts_offset) & _MASK
+        elapsed = ((int(now * 1000) - sent_ms) & _MASK) / 1000
+        if elapsed <= _MAX_RTT_SAMPLE:
+            self._rtt_sample(elapsed)
+
+    def _rtt_sample(self, rtt: float) -> None:
+        if rtt < 0:
+            return
+        if self.srtt is None or self.rttvar is None:
+            self.srtt = rtt
+            self.rttvar = rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        config = self.config
+        # Linux's form of RFC 6298 (2.3): the variance term is at least min_rto.
+        self.rto = min(self.srtt + max(4 * self.rttvar, config.min_rto), config.max_rto)
+
+    # Received data ---------------------------------------------------------
+
+    def _process_data(self, seq: int, payload: bytes, fin: bool, now: float) -> None:
+        rcv_nxt = self._rcv_nxt
+        if seq < rcv_nxt:
+            skip = rcv_nxt - seq
+            if skip > len(payload):
+                return
+            payload = payload[skip:]
+            seq = rcv_nxt
+        limit = self._rcv_adv
+        if seq + len(payload) > limit:
+            payload = payload[: max(0, limit - seq)]
+            fin = False
+            self._ack_now = True
+        size = len(payload)
+        if seq == rcv_nxt:
+            if size:
+                self._recv_buf += payload
+                rcv_nxt += size
+                self.bytes_received += size
+                if size > self._rcv_mss:
+                    self._rcv_mss = min(size, self.config.mss)
+                if self._reorder:
+                    chunks, new_nxt = self._reorder.pop_ready(rcv_nxt)
+                    for chunk in chunks:
+                        self._recv_buf += chunk
+                    self.bytes_received += new_nxt - rcv_nxt
+                    rcv_nxt = new_nxt
+                    # Filling a hole is acknowledged at once (RFC 5681 section 4.2).
+                    self._ack_now = True
+                self._rcv_nxt = rcv_nxt
+            if fin or (self._peer_fin_seq is not None and rcv_nxt == self._peer_fin_seq):
+                self._on_fin(now)
+                return
+            if self._ack_now:
+                pass
+            elif rcv_nxt - self._last_ack_sent > self._rcv_mss or self.config.delayed_ack <= 0:
+                self._ack_now = True
+            elif self._delack_deadline is None:
+                self._delack_deadline = now + self.config.delayed_ack
+        else:
+            if size:
+                self._reorder.insert(seq, payload)
+            if fin:
+                self._peer_fin_seq = seq + size
+            # Out of order: a duplicate ACK at once, with SACK blocks (RFC 5681 4.2).
+            self._ack_now = True
+        self._output_wanted = True
+
+    def _on_fin(self, now: float) -> None:
+        self._rcv_nxt += 1
+        self._fin_received = True
+        self._peer_fin_seq = None
+        self._reorder.clear()
+        self._ack_now = True
+        self._output_wanted = True
+        state = self.state
+        if state is TcpState.ESTABLISHED:
+            self.state = TcpState.CLOSE_WAIT
+        elif state is TcpState.FIN_WAIT_1:
+            # Our FIN not yet acknowledged (else we would be in FIN-WAIT-2): simultaneous close.
+            self.state = TcpState.CLOSING
+        elif state is TcpState.FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = TcpState.TIME_WAIT
+        self._time_wait_deadline = now + self.config.time_wait
+        self._rtx_deadline = None
+        self._persist_deadline = None
+        self._keepalive_deadline = None
+
+    def _receive_space(self) -> int:
+        return self.config.receive_buffer - len(self._recv_buf)
+
+    def _maybe_window_update(self) -> None:
+        current = self._rcv_adv - self._rcv_nxt
+        possible = self._usable_window_edge() - self._rcv_nxt
+        if possible >= 2 * current and possible - current >= self._sws_threshold():
+            self._ack_now = True
+            self._output_wanted = True
+
+    def _sws_threshold(self) -> int:
+        # RFC 9293 3.8.6.2.2: open the window by at least min(buffer/2, MSS).
+        return min(self.config.receive_buffer // 2, self._rcv_mss)
+
+    def _usable_window_edge(self) -> int:
+        space = self._receive_space()
+        maximum = 0xFFFF << self._rcv_wscale
+        if space > maximum:
+            space = maximum
+        return self._rcv_nxt + space
+
+    def _window_field(self) -> int:
+        """The window to advertise now; moves :attr:`_rcv_adv` (never backwards)."""
+        edge = self._usable_window_edge()
+        if edge - self._rcv_adv < self._sws_threshold() and self._rcv_adv >= self._rcv_nxt:
+            edge = self._rcv_adv
+        field = (edge - self._rcv_nxt) >> self._rcv_wscale
+        if field > 0xFFFF:
+            field = 0xFFFF
+        advertised = self._rcv_nxt + (field << self._rcv_wscale)
+        if advertised > self._rcv_adv:
+            self._rcv_adv = advertised
+        return field
+
+    # ------------------------------------------------------------------ output
+
+    def deadline(self) -> float | None:
+        """When :meth:`poll` must next run; ``None`` when nothing is pending."""
+        if self._output_wanted or self._pending or self._ack_now:
+            return self._now
+        earliest: float | None = None
+        for when in (
+            self._rtx_deadline,
+            self._delack_deadline,
+            self._persist_deadline,
+            self._keepalive_deadline,
+            self._time_wait_deadline,
+        ):
+            if when is not None and (earliest is None or when < earliest):
+                earliest = when
+        return earliest
+
+    def poll(self, now: float) -> list[TcpRepr]:
+        """Every segment due at ``now``: handshake, data, ACKs, retransmissions, probes, RST."""
+        self._now = now
+        out = self._pending
+        self._pending = []
+        self._output_wanted = False
+        state = self.state
+        if state is TcpState.CLOSED:
+            return out
+        if self._time_wait_deadline is not None and now >= self._time_wait_deadline:
+            self._enter_closed()
+            return out
+        if self._rtx_deadline is not None and now >= self._rtx_deadline:
+            self._on_retransmit_timeout(now, out)
+            if self.state is TcpState.CLOSED:
+                return out
+        if self._persist_deadline is not None and now >= self._persist_deadline:
+            self._on_persist_timeout(now, out)
+            if self.state is TcpState.CLOSED:
+                return out
+        if self._keepalive_deadline is not None and now >= self._keepalive_deadline:
+            self._on_keepalive_timeout(now, out)
+            if self.state is TcpState.CLOSED:
+                return out
+        if self._delack_deadline is not None and now >= self._delack_deadline:
+            self._ack_now = True
+        if self._keepalive_rearm:
+            self._keepalive_rearm = False
+            if self._keepalive is not None and self.state in _KEEPALIVE_STATES:
+                self._keepalive_deadline = now + self._keepalive[0]
+        sent_before = len(out)
+        if self._syn_pending:
+            self._send_syn(now, out)
+        elif self.state in _SENDING:
+            self._output(now, out)
+        if self._ack_now and len(out) == sent_before and self.state is not TcpState.SYN_SENT:
+            out.append(self._segment(self._snd_nxt, _ACK, b""))
+        self.segments_sent += len(out)
+        return out
+
+    def _send_syn(self, now: float, out: list[TcpRepr]) -> None:
+        config = self.config
+        syn_ack = self.state is TcpState.SYN_RECEIVED
+        options: list[TcpOption] = [MaxSegmentSize(config.mss)]
+        if self._sack_enabled:
+            options.append(SackPermitted())
+        if self._ts_enabled:
+            options.append(Timestamps(self._ts_value(now), self._ts_recent if syn_ack else 0))
+        if self._ws_enabled:
+            options += (NoOperation(), WindowScale(self._rcv_wscale))
+        if syn_ack:
+            self._rcv_adv = self._rcv_nxt + min(config.receive_buffer, 0xFFFF)
+            self._last_ack_sent = self._rcv_nxt
+        segment = TcpRepr(
+            src_port=self.local[1],
+            dst_port=self.remote[1],
+            seq=self.iss,
+            ack=self._rcv_nxt & _MASK if syn_ack else 0,
+            flags=_FLAGS[_SYN | _ACK] if syn_ack else _FLAGS[_SYN],
+            window=min(config.receive_buffer, 0xFFFF),
+            options=tuple(options),
+        )
+        out.append(segment)
+        self._syn_pending = False
+        self._ack_now = False
+        self._delack_deadline = None
+        self._snd_nxt = self.iss + 1
+        if self._snd_max < self._snd_nxt:
+            self._snd_max = self._snd_nxt
+        if self._retries:
+            self.retransmissions += 1
+        else:
+            self._rtt_time = now
+        self._rtx_deadline = now + self.rto
+
+    def _ts_value(self, now: float) -> int:
+        return (int(now * 1000) + self._ts_offset) & _MASK
+
+    def _segment(
+        self,
+        seq: int,
+        flags: int,
+        payload: bytes,
+        *,
+        options: tuple[TcpOption, ...] | None = None,
+    ) -> TcpRepr:
+        """A segment from the current receive state; an ACK in it clears pending ACKs."""
+        if options is None:
+            option_list: list[TcpOption] = []
+            if self._ts_enabled:
+                option_list += (
+                    NoOperation(),
+                    NoOperation(),
+                    Timestamps(self._ts_value(self._now), self._ts_recent),
+                )
+            if self._sack_enabled and self._reorder:
+                blocks = self._reorder.sack_blocks(3 if self._ts_enabled else 4)
+                option_list += (
+                    NoOperation(),
+                    NoOperation(),
+                    SackBlocks(tuple((start & _MASK, end & _MASK) for start, end in blocks)),
+                )
+            options = tuple(option_list)
+        window = 0
+        ack = 0
+        if flags & _ACK:
+            window = self._window_field()
+            ack = self._rcv_nxt & _MASK
+            self._last_ack_sent = self._rcv_nxt
+            self._ack_now = False
+            self._delack_deadline = None
+        return TcpRepr(
+            src_port=self.local[1],
+            dst_port=self.remote[1],
+            seq=seq & _MASK,
+            ack=ack,
+            flags=_FLAGS[flags],
+            window=window,
+            options=options,
+            payload=payload,
+        )
+
+    def _payload(self, start: int, length: int) -> bytes:
+        offset = start - self._send_base
+        with memoryview(self._send_buf) as view:
+            return bytes(view[offset : offset + length])
+
+    def _output(self, now: float, out: list[TcpRepr]) -> None:
+        """Send what the windows allow: lost data first, then new data, then the FIN."""
+        cc = self._cc
+        mss = self.send_mss
+        max_payload = self._max_payload
+        pipe = self._pipe()
+        data_end = self._send_base + len(self._send_buf)
+
+        if self._in_recovery:
+            while pipe < cc.cwnd:
+                start = max(self._high_rxt, self._snd_una)
+                lost_edge = self._lost_edge
+                if self._scoreboard and self._scoreboard[-1][1] > lost_edge:
+                    lost_edge = self._scoreboard[-1][1]
+                hole = self._next_hole(start, min(lost_edge, self._snd_max, data_end))
+                if hole is None:
+                    break
+                length = min(hole[1] - hole[0], max_payload)
+                self._send_data(hole[0], length, now, out)
+                self._high_rxt = hole[0] + length
+                pipe += length
+
+        window_end = self._snd_una + self._snd_wnd
+        sent_any = False
+        while True:
+            snd_nxt = self._snd_nxt
+            unsent = data_end - snd_nxt
+            if unsent <= 0:
+                break
+            room = cc.cwnd - pipe
+            usable = window_end - snd_nxt
+            length = unsent
+            if length > max_payload:
+                length = max_payload
+            if length > usable:
+                length = usable
+            if length > room:
+                length = room
+            if length <= 0:
+                break
+            if length < mss and snd_nxt >= self._snd_max:
+                if length < unsent:
+                    # Sender silly-window avoidance (RFC 9293 3.8.6.2.1).
+                    if length < self._max_snd_wnd // 2:
+                        break
+                elif not self.nodelay and snd_nxt > self._snd_una and not self._fin_queued:
+                    # Nagle: a small segment waits while data is unacknowledged.
+                    break
+            self._send_data(snd_nxt, length, now, out)
+            pipe += length
+            sent_any = True
+
+        if self._fin_queued and self._snd_nxt == data_end and self.state in _FIN_STATES:
+            self._send_fin(data_end, now, out)
+            sent_any = True
+
+        # Nothing in flight and nothing sendable while data waits: probe the window.
+        if (
+            not sent_any
+            and self._snd_max == self._snd_una
+            and (data_end > self._snd_nxt)
+            and self._rtx_deadline is None
+            and self._persist_deadline is None
+        ):
+            self._persist_deadline = now + self._persist_interval()
+
+    def _send_data(self, start: int, length: int, now: float, out: list[TcpRepr]) -> None:
+        end = start + length
+        data_end = self._send_base + len(self._send_buf)
+        flags = _ACK
+        if end == data_end:
+            flags |= _PSH
+            if self._fin_queued and self.state in _FIN_STATES:
+                flags |= _FIN
+        out.append(self._segment(start, flags, self._payload(start, length)))
+        if start < self._snd_max:
+            self.retransmissions += 1
+            self._rtt_seq = None
+        else:
+            self.bytes_sent += length
+            if self._rtt_seq is None and not self._ts_enabled:
+                self._rtt_seq = end
+                self._rtt_time = now
+        if flags & _FIN:
+            end += 1
+        if end > self._snd_nxt:
+            self._snd_nxt = end
+        if end > self._snd_max:
+            self._snd_max = end
+        if self._rtx_deadline is None:
+            self._rtx_deadline = now + self.rto
+        if self._stall_start is None:
+            self._stall_start = now
+        self._persist_deadline = None
+
+    def _send_fin(self, fin_seq: int, now: float, out: list[TcpRepr]) -> None:
+        out.append(self._segment(fin_seq, _FIN | _ACK, b""))
+        if fin_seq + 1 <= self._snd_max:
+            self.retransmissions += 1
+        self._snd_nxt = fin_seq + 1
+        if self._snd_max < self._snd_nxt:
+            self._snd_max = self._snd_nxt
+        if self._rtx_deadline is None:
+            self._rtx_deadline = now + self.rto
+        if self._stall_start is None:
+            self._stall_start = now
+
+    # ------------------------------------------------------------------ timers
+
+    def _fail(self, code: int) -> None:
+        error = self._soft_error if self._soft_error is not None else _error(code)
+        self.error = error
+        self._enter_closed()
+
+    def _on_retransmit_timeout(self, now: float, out: list[TcpRepr]) -> None:
+        config = self.config
+        self._rtx_deadline = None
+        if self.state is TcpState.SYN_SENT or (
+            self.state is TcpState.SYN_RECEIVED and self._snd_una == self.iss
+        ):
+            self._retries += 1
+            if self._retries > config.syn_retries:
+                self._fail(errno.ETIMEDOUT)
+                return
+            self.timeouts += 1
+            self.rto = min(self.rto * 2, config.max_rto)
+            self._syn_pending = True
+            return
+        if self._snd_max == self._snd_una:
+            return
+        self._retries += 1
+        self.timeouts += 1
+        stalled_for = now - self._stall_start if self._stall_start is not None else 0.0
+        if self._retries > config.data_retries or (
+            config.user_timeout is not None and stalled_for >= config.user_timeout
+        ):
+            self._fail(errno.ETIMEDOUT)
+            return
+        self._cc.on_timeout(now, self._snd_max - self._snd_una)
+        self._recover = self._snd_max - 1
+        self._clear_scoreboard()
+        self._rtt_seq = None
+        # Go back N: resend from SND.UNA under a one-segment window (RFC 5681 3.1).
+        self._snd_nxt = self._snd_una
+        self.rto = min(self.rto * 2, config.max_rto)
+        self._output_wanted = True
+        if self.state in _SENDING:
+            self._output(now, out)
+        self._rtx_deadline = now + self.rto
+        if config.user_timeout is not None and self._stall_start is not None:
+            # Linux clamps the timer so that TCP_USER_TIMEOUT is met on time.
+            self._rtx_deadline = min(self._rtx_deadline, self._stall_start + config.user_timeout)
+
+    def _persist_interval(self) -> float:
+        return min(self.rto * (1 << min(self._persist_backoff, 16)), self.config.max_rto)
+
+    def _on_persist_timeout(self, now: float, out: list[TcpRepr]) -> None:
+        self._persist_deadline = None
+        if self.state not in _SENDING:
+            return
+        data_end = self._send_base + len(self._send_buf)
+        if data_end <= self._snd_nxt or self._snd_max != self._snd_una:
+            self._persist_backoff = 0
+            return
+        self._persist_backoff += 1
+        self._persist_unanswered += 1
+        if self._persist_unanswered > self.config.data_retries:
+            self._fail(errno.ETIMEDOUT)
+            return
+        usable = self._snd_una + self._snd_wnd - self._snd_nxt
+        if usable > 0:
+            # RFC 9293 3.8.6.2.1: the override timeout sends what fits.
+            self._send_data(self._snd_nxt, min(usable, data_end - self._snd_nxt), now, out)
+        else:
+            # Linux's zero-window probe: an old sequence number the peer must ACK.
+            out.append(self._segment(self._snd_una - 1, _ACK, b""))
+        if self._snd_max == self._snd_una:
+            self._persist_deadline = now + self._persist_interval()
+
+    def _arm_keepalive(self, now: float) -> None:
+        if self._keepalive is None:
+            self._keepalive_deadline = None
+        else:
+            self._keepalive_deadline = self._last_received + self._keepalive[0]
+
+    def _on_keepalive_timeout(self, now: float, out: list[TcpRepr]) -> None:
+        keepalive = self._keepalive
+        if keepalive is None or self.state not in _KEEPALIVE_STATES:
+            self._keepalive_deadline = None
+            return
+        idle, interval, probes = keepalive
+        if self._snd_max != self._snd_una or self._send_base + len(self._send_buf) > self._snd_nxt:
+            # Data outstanding: the retransmission timer watches the peer.
+            self._keepalive_deadline = now + idle
+            return
+        silent = now - self._last_received
+        if silent < idle:
+            self._keepalive_probes_out = 0
+            self._keepalive_deadline = self._last_received + idle
+            return
+        if self._keepalive_probes_out >= probes:
+            self.error = _error(errno.ETIMEDOUT)
+            out.append(self._segment(self._snd_nxt, _RST | _ACK, b"", options=()))
+            self._enter_closed()
+            return
+        out.append(self._segment(self._snd_una - 1, _ACK, b""))
+        self._keepalive_probes_out += 1
+        self._keepalive_deadline = now + interval
+
+    @property
+    def keepalive(self) -> tuple[float, float, int] | None:
+        """``(idle, interval, probes)``: TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT; or ``None``."""
+        return self._keepalive
+
+    @keepalive.setter
+    def keepalive(self, keepalive: tuple[float, float, int] | None) -> None:
+        self._keepalive = keepalive
+        self._keepalive_probes_out = 0
+        # As Linux: the first probe comes a full idle period after the option is set,
+        # counted from the next poll() (only poll() is told the time).
+        self._keepalive_deadline = None
+        self._keepalive_rearm = keepalive is not None
+        self._output_wanted = True
+
+
+_FIN_STATES = frozenset({TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK})
+_SENDABLE_STATES = frozenset(
+    {TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT}
+)
