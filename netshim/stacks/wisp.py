@@ -16,6 +16,14 @@ when a program simply stops using it.  The cost is that bytes for a stream
 nobody reads wait in that stream's buffer: Wisp has no per-stream window
 from server to client, as in every Wisp client.
 
+Where the WebSocket calls us for each message (JavaScript's, in Pyodide:
+the host's event loop owns that socket and reads it whatever Python does),
+there is nothing to take turns at: each message is dispatched as it arrives
+and waiters only wait for the dispatch.  Streams there also offer
+``receive_nowait``, ``send_nowait`` and a readable callback, so that
+netshim's asyncio transports move a request and its answer with no task
+switch of their own (see :mod:`netshim.aio._transports`).
+
 Flow control is the server's: each TCP stream may have as many DATA packets
 outstanding as the last ``CONTINUE`` said.  A sender without credit waits
 (reading messages meanwhile, so the ``CONTINUE`` is seen at once) for at most
@@ -120,6 +128,12 @@ class _Session:
         self._reading = False
         self._dispatched = anyio.Event()
         self.error: OSError | None = None
+        # A WebSocket that calls us for each message (JsWebSocket) is read by
+        # nobody: messages are dispatched on arrival (_on_message).
+        self.pushed = hasattr(websocket, "set_message_handler")
+        self._push_waiting = False
+        if self.pushed:
+            websocket.set_message_handler(self._on_message)  # type: ignore[attr-defined]
 
     @property
     def alive(self) -> bool:
@@ -135,6 +149,10 @@ class _Session:
         data, already dispatched, waits for it behind the lock.
         """
         while not ready() and self.error is None:
+            if self.pushed:
+                self._push_waiting = True
+                await self._dispatched.wait()
+                continue
             if self._reading:
                 await self._dispatched.wait()
                 continue
@@ -150,6 +168,22 @@ class _Session:
                 self._reading = False
                 self._dispatched = anyio.Event()
                 wake.set()
+
+    def _on_message(self, message: bytes | None) -> None:
+        """A pushed message (or ``None``: the WebSocket closed)."""
+        if message is None:
+            self.die(connection_reset())
+        else:
+            self.dispatch(message)
+        self._wake_pushed()
+
+    def _wake_pushed(self) -> None:
+        # A new Event only when somebody waited: making one costs more than
+        # the rest of a small message's dispatch.
+        if self._push_waiting:
+            self._push_waiting = False
+            wake, self._dispatched = self._dispatched, anyio.Event()
+            wake.set()
 
     def dispatch(self, message: bytes | bytearray) -> None:
         try:
@@ -193,6 +227,8 @@ class _Session:
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.on_error(connection_reset())
+        if self.pushed:
+            self._wake_pushed()
 
     async def send(self, event: wisp.Event) -> None:
         if self.error is not None:
@@ -231,6 +267,7 @@ class _WispTcpStream(TcpStream):
         self.closed = False
         self.eof_sent = False
         self.send_lock = anyio.Lock(fast_acquire=True)
+        self.on_readable: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"<Wisp TCP stream {self.stream_id} to {self.host}:{self.port}>"
@@ -245,17 +282,65 @@ class _WispTcpStream(TcpStream):
 
     def on_data(self, data: bytes) -> None:
         self.buffer.push(data)
+        if self.on_readable is not None:
+            self.on_readable()
 
     def on_close(self, reason: int) -> None:
         error = error_for_reason(reason, self.host, self.port, self.session.stack.url)
         if error is None:
             self.buffer.eof = True
+            if self.on_readable is not None:
+                self.on_readable()
         else:
             self.on_error(error)
 
     def on_error(self, error: OSError) -> None:
         if not self.buffer.finished:
             self.buffer.error = error
+        if self.on_readable is not None:
+            self.on_readable()
+
+    def set_readable_callback(self, callback: Callable[[], None] | None) -> bool:
+        """Call ``callback()`` whenever data, the end or an error arrives.
+
+        Returns whether arrivals come by themselves (a pushed session):
+        otherwise they only come while some task waits in :meth:`receive`.
+        The callback runs inside the dispatch of a message and must not raise.
+        """
+        self.on_readable = callback
+        return self.session.pushed
+
+    def receive_nowait(self, max_bytes: int = 65536) -> bytes:
+        """What :meth:`receive` would return at once; ``anyio.WouldBlock`` if it would wait."""
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if not self.buffer.ready:
+            raise anyio.WouldBlock
+        return self.buffer.take(max_bytes)
+
+    def send_nowait(self, item: bytes) -> bool:
+        """Send ``item`` as one packet if that needs no waiting; whether it was sent.
+
+        Only on a WebSocket that can send without waiting (``writable``),
+        with credit, nothing else sending, and ``item`` no larger than a
+        packet; otherwise nothing is sent and :meth:`send` is the way.
+        """
+        session = self.session
+        conn = session.conn
+        if (
+            not item
+            or self.closed
+            or session.error is not None
+            or not getattr(session.ws, "writable", False)
+            or self.send_lock.locked()
+            or len(item) > session.stack.packet_size
+            or self._send_error() is not None
+            or conn.stream_type(self.stream_id) is None
+            or conn.credit(self.stream_id) <= 0
+        ):
+            return False
+        session.ws.send_nowait(conn.send(wisp.Data(self.stream_id, bytes(item))))  # type: ignore[attr-defined]
+        return True
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if self.closed:
