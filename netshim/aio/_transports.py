@@ -19,6 +19,18 @@ They keep the transport contract protocols rely on:
   is buffered, then closes; ``abort()`` drops the buffer and closes at once;
 * ``BufferedProtocol`` is fed through ``get_buffer`` / ``buffer_updated``, so
   asyncio's SSL protocol runs on top for ``ssl=``.
+
+A stream whose data arrives by itself (WispStack over JavaScript's
+WebSocket in Pyodide) may offer a shorter way, which the stream transport
+takes when it is there: ``set_readable_callback(callback)`` (returning True
+when arrivals need no reader), ``receive_nowait(max_bytes)`` (raising
+``anyio.WouldBlock``) and ``send_nowait(data)`` (returning whether it sent).
+Received data then reaches the protocol inside the arrival itself, and a
+``write()`` with nothing queued before it goes out inside the call, instead
+of each waking a task: in Pyodide every wake-up is a JavaScript task and a
+call into Python, and a redis-py round trip took four such hops here.
+Anything that cannot go at once (no credit, a full WebSocket buffer, data
+already queued) takes the task path as before, in order.
 """
 
 from __future__ import annotations
@@ -248,6 +260,11 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._write_failures = 0
+        # The stream's shorter ways, where it has them (see the module's
+        # documentation); None where it has not.
+        self._receive_nowait: Callable[[int], bytes] | None = None
+        self._send_nowait: Callable[[bytes], bool] | None = getattr(stream, "send_nowait", None)
+        self._feeding = False
         loop.call_soon(self._start, waiter)
 
     def __repr__(self) -> str:
@@ -262,11 +279,66 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
             return
         self._protocol.connection_made(self)
         if not self._closing:
-            self._reader = _spawn(self._loop, self._read_loop(), "netshim transport reader")
+            set_callback = getattr(self._stream, "set_readable_callback", None)
+            if set_callback is not None and set_callback(self._on_readable):
+                self._receive_nowait = self._stream.receive_nowait  # type: ignore[attr-defined]
+                # What arrived before connection_made.
+                self._on_readable()
+            else:
+                if set_callback is not None:
+                    set_callback(None)
+                self._reader = _spawn(self._loop, self._read_loop(), "netshim transport reader")
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     # -- reading -------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        """The stream has data, its end or an error: hand it on now (pushed streams)."""
+        receive = self._receive_nowait
+        if receive is None or self._feeding or self._closing:
+            return
+        if self._reading_paused:
+            self._held = 1  # left unread: closing now resets, as close(2) does
+            return
+        # Not re-entered from the protocol (a write answered at once, say):
+        # the outer call goes on reading.
+        self._feeding = True
+        try:
+            while not self._reading_paused and not self._closing:
+                try:
+                    data = receive(MAX_RECEIVE)
+                except anyio.WouldBlock:
+                    self._held = 0
+                    return
+                except anyio.EndOfStream:
+                    self._held = 0
+                    self._stop_pushed()
+                    self._eof_received()
+                    return
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._stop_pushed()
+                    return
+                except OSError as exc:
+                    self._stop_pushed()
+                    self._fatal(exc)
+                    return
+                try:
+                    feed_protocol(self._protocol, data)
+                except Exception as exc:
+                    self._report("protocol failed to take received data", exc)
+                    self.abort()
+                    return
+            if self._reading_paused:
+                self._held = 1
+        finally:
+            self._feeding = False
+
+    def _stop_pushed(self) -> None:
+        self._receive_nowait = None
+        set_callback = getattr(self._stream, "set_readable_callback", None)
+        if set_callback is not None:
+            set_callback(None)
 
     async def _read_loop(self) -> None:
         while True:
@@ -315,10 +387,13 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
         self._reading_paused = True
 
     def resume_reading(self) -> None:
-        self._reading_paused = False
+        was_paused, self._reading_paused = self._reading_paused, False
         waiter, self._resume_reading = self._resume_reading, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if was_paused and self._receive_nowait is not None and not self._closing:
+            # Soon, not inside the protocol's call (StreamReader resumes from read()).
+            self._loop.call_soon(self._on_readable)
 
     # -- writing -------------------------------------------------------------
 
@@ -339,6 +414,20 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
             if self._write_failures == 5:
                 log.warning("socket.send() raised exception.")
             return
+        if (
+            self._send_nowait is not None
+            and not self._buffer
+            and not self._in_flight
+            and len(data) <= MAX_SEND
+        ):
+            try:
+                if self._send_nowait(bytes(data)):
+                    return
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            except OSError as exc:
+                self._fatal(exc)
+                return
         self._buffer.extend(data)
         self._kick_writer()
         self._maybe_pause_protocol()
@@ -445,6 +534,10 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
         _spawn(self._loop, self._close_stream(), "netshim transport close")
 
     def _stop_reading(self) -> None:
+        self._receive_nowait = None
+        set_callback = getattr(self._stream, "set_readable_callback", None)
+        if set_callback is not None:
+            set_callback(None)
         self.resume_reading()  # lets a paused reader see that we are closing
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()

@@ -10,6 +10,17 @@ package installed as ``globalThis.WebSocket`` on older Node) is the way out.
 wait while the browser's own buffer (``bufferedAmount``) is above a bound,
 which is the only backpressure a JavaScript WebSocket exposes.
 
+Every hop through Pyodide's event loop is a JavaScript task and a call from
+JavaScript into Python, tens of microseconds each; a redis-py round trip
+used to take six of them besides its own.  So the socket also works without
+any: :meth:`JsWebSocket.set_message_handler` has each message handed to a
+function inside JavaScript's message event (WispStack dispatches it there
+and then), and :meth:`JsWebSocket.send_nowait` sends from plain code.  The
+futures that ``receive`` waits on are made directly rather than by
+``loop.create_future()``, which in Pyodide's loop costs one more hop per
+wake-up for its bookkeeping.  A JavaScript WebSocket reads whatever Python
+does, so nothing is given up: received messages always had to be held here.
+
 The browser does the TLS of ``wss://`` itself (with its own trust store), so
 ``wisps://`` works there with no ``ssl`` module in Python.
 """
@@ -19,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import errno
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import connection_reset, os_error
@@ -43,8 +54,11 @@ class JsWebSocket:
         self._socket = socket
         self.url = url
         self._messages: deque[bytes | None] = deque()
+        self._handler: Callable[[bytes | None], None] | None = None
+        self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
-        self._open: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._open: asyncio.Future[None] = self._loop.create_future()
+        self._to_js: Any = None
         self._proxies: list[Any] = []
         self._closed = False
         self.close_code: int | None = None
@@ -72,9 +86,24 @@ class JsWebSocket:
 
     def _on_message(self, event: Any) -> None:
         data = event.data
-        payload = data.encode() if isinstance(data, str) else bytes(data.to_py())
+        # binaryType is "arraybuffer": to_bytes() is one copy (to_py() made two).
+        payload = data.encode() if isinstance(data, str) else data.to_bytes()
+        if self._handler is not None:
+            self._deliver(payload)
+            return
         self._messages.append(payload)
         self._wake()
+
+    def _deliver(self, message: bytes | None) -> None:
+        assert self._handler is not None
+        try:
+            self._handler(message)
+        except Exception as exc:
+            # Raised into JavaScript's event dispatch it would be an uncaught
+            # error there (Node ends the process on one).
+            self._loop.call_exception_handler(
+                {"message": "WebSocket message handler failed", "exception": exc}
+            )
 
     def _on_close(self, event: Any) -> None:
         self.close_code = int(event.code)
@@ -86,8 +115,11 @@ class JsWebSocket:
                     f"WebSocket to {self.url} failed (close code {event.code})",
                 )
             )
-        self._messages.append(None)
-        self._wake()
+        if self._handler is not None:
+            self._deliver(None)
+        else:
+            self._messages.append(None)
+            self._wake()
         self._release()
 
     def _on_error(self, event: Any) -> None:
@@ -106,6 +138,41 @@ class JsWebSocket:
             proxy.destroy()
         self._proxies.clear()
 
+    def set_message_handler(self, handler: Callable[[bytes | None], None]) -> None:
+        """From now on hand each message to ``handler`` as it arrives, ``None`` at the close.
+
+        Messages already queued go to it at once; :meth:`receive` is then not
+        to be used.  ``handler`` runs inside JavaScript's message event: what
+        it raises is reported to the loop's exception handler.
+        """
+        self._handler = handler
+        while self._messages:
+            self._deliver(self._messages.popleft())
+
+    @property
+    def writable(self) -> bool:
+        """Whether :meth:`send_nowait` may be called: open, with room in the send buffer."""
+        return (
+            not self._closed
+            and int(self._socket.bufferedAmount) <= DEFAULT_SEND_BUFFER
+            and int(self._socket.readyState) == _OPEN
+        )
+
+    def send_nowait(self, data: bytes) -> None:
+        """Hand one binary message to JavaScript; ``ConnectionResetError`` once closed.
+
+        JavaScript buffers whatever it is given: callers that care about
+        memory look at :attr:`writable` first, as :meth:`send` does after.
+        """
+        if self._closed or int(self._socket.readyState) != _OPEN:
+            raise connection_reset()
+        if self._to_js is None:
+            from pyodide.ffi import to_js
+
+            self._to_js = to_js
+        # A Uint8Array copy of the bytes: one call into JavaScript.
+        self._socket.send(self._to_js(data))
+
     # -- the ClientWebSocket interface -----------------------------------------
 
     async def wait_open(self) -> None:
@@ -121,13 +188,7 @@ class JsWebSocket:
 
     async def send(self, data: bytes) -> None:
         """Send one binary message; ``ConnectionResetError`` once the socket closed."""
-        if self._closed or int(self._socket.readyState) != _OPEN:
-            raise connection_reset()
-        from js import Uint8Array  # type: ignore[import-not-found]
-
-        message = Uint8Array.new(len(data))
-        message.assign(data)
-        self._socket.send(message)
+        self.send_nowait(data)
         # JavaScript has no "drained" event to wait for: polling it is.
         while int(self._socket.bufferedAmount) > DEFAULT_SEND_BUFFER and not self._closed:  # noqa: ASYNC110
             await asyncio.sleep(DRAIN_POLL_INTERVAL)
@@ -135,7 +196,8 @@ class JsWebSocket:
     async def receive(self) -> bytes | None:
         """The next message, or ``None`` once the WebSocket closed."""
         while not self._messages:
-            self._waiter = asyncio.get_running_loop().create_future()
+            # Not loop.create_future(): see the module's documentation.
+            self._waiter = asyncio.Future(loop=self._loop)
             await self._waiter
         message = self._messages[0]
         if message is None:
@@ -163,7 +225,7 @@ async def open_js_websocket(
     Browsers send no custom headers on a WebSocket, so credentials go in the
     Wisp handshake, not in HTTP.
     """
-    import js
+    import js  # type: ignore[import-not-found]
     from pyodide.ffi import to_js
 
     constructor = getattr(js, "WebSocket", None)
