@@ -43,11 +43,17 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
 
     @classmethod
     def _create(cls, sock: Any, *args: Any, **kwargs: Any) -> Any:
-        _handover.state = getattr(sock, "_netshim", None)
+        state = _handover.state = getattr(sock, "_netshim", None)
         try:
-            return super()._create(sock, *args, **kwargs)  # type: ignore[misc]
+            made = super()._create(sock, *args, **kwargs)  # type: ignore[misc]
         finally:
             _handover.state = None
+        if state is not None:
+            # _create detached the wrapped socket, which then let go of the
+            # state: this socket is now the one whose close() ends the
+            # connection (held open for a joined peer, reset with SO_LINGER 0).
+            state.user_socket = weakref.ref(made)
+        return made
 
     def _refuse_unconnected_io(self) -> None:
         # (Not named _check_connected: SSLSocket has a method of that name,
@@ -112,7 +118,7 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
 
     def _real_close(self) -> None:
         state = self._netshim
-        if state is not None and state.user_socket() is not None:
+        if state is not None and self.fileno() >= 0 and state.user_socket() is self:
             from ._socket import _closing
 
             _closing(state)

@@ -554,6 +554,54 @@ def test_tls_end_to_end(installed: Installed) -> None:
     server.close()
 
 
+def read_to_the_end(sock: socket.socket) -> None:
+    """Read the descriptor itself (under any TLS layer) until it ends."""
+    while _socket.socket.recv(sock, 4096):
+        pass
+
+
+def test_closing_a_tls_socket_closes_the_shim_connection(installed: Installed) -> None:
+    # Wrapping detached the shim socket, which then let go of the connection:
+    # a TLS socket's close() skipped the shim (no reset with SO_LINGER 0, no
+    # FIN held for a joined peer, whose first send then failed with EPIPE).
+    authority = trustme.CA()
+    certificate = authority.issue_cert("web.internal")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    server = listening(installed, 443)
+    closed = threading.Event()
+
+    def serve() -> None:
+        for linger in (False, True):
+            conn, _ = server.accept()
+            tls = server_context.wrap_socket(conn, server_side=True)
+            tls.recv(100)
+            if linger:
+                tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            tls.close()
+            closed.set()
+
+    with server_thread(serve):
+        for linger in (False, True):
+            closed.clear()
+            raw = socket.create_connection(("web.internal", 443), timeout=5)
+            tls = client_context.wrap_socket(raw, server_hostname="web.internal")
+            tls.sendall(b"bye")
+            assert closed.wait(5)
+            if linger:
+                # Under the TLS layer (which reads a reset after unread
+                # session tickets as a ragged end): the tickets, then the reset.
+                with pytest.raises(ConnectionResetError):
+                    read_to_the_end(tls)
+            else:
+                # As on TCP: the peer's FIN, then a send that still succeeds.
+                assert _socket.socket.send(tls, b"") == 0
+            tls.close()
+    server.close()
+
+
 def test_tls_wrap_before_connect(installed: Installed) -> None:
     authority = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
