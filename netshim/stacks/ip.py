@@ -1,0 +1,739 @@
+"""IpStack: a :class:`~netshim.stack.Stack` whose sockets are packets on a link.
+
+The driver of the ip engine (:mod:`netshim.ip`) under anyio.  An
+:class:`~netshim.ip.iface.Interface` keeps the TCP/IP state; this module moves
+packets between it and a link (a TUN or TAP device, a cable, a bridge port:
+anything with the :class:`PacketLink` methods), runs its timers, and gives
+programs anyio streams, listeners and datagram sockets on top of its
+connections, so that ``netshim.install(IpStack(link, ...))`` turns an
+unmodified program's sockets into packets.
+
+One background task per stack does the work: it waits for a packet from the
+link, a socket call that left something to send, or the interface's next
+deadline (a retransmission, a delayed ACK, an ARP retry), whichever comes
+first; then it lets the interface take the packet or run its timers, puts
+what the interface gives out on the link, and wakes the tasks waiting on the
+sockets whose state changed.  The task starts with the first use of the stack,
+in that event loop (a system task: ``asyncio`` tasks or trio's system
+nursery), or in the caller's task group under ``async with stack:``; it is
+what answers ARP, pings and the peer's segments while no program task
+waits.  A stack belongs to the event loop it started in.
+
+Names are looked up with netshim's DNS client (:class:`netshim.dns.Resolver`)
+over the stack's own UDP, asking the servers given (or learnt from DHCP).
+Loopback addresses (``127.0.0.0/8``, ``::1``) are served by a second,
+in-memory interface, as a kernel's ``lo``.
+
+With ``dhcp=True`` the stack asks for an IPv4 address with
+:class:`netshim.ip.dhcp.DhcpClient` before its first connection, and follows
+the lease (renewals; a lost lease removes the address).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import math
+import random
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import sniffio
+
+from .._addresses import (
+    Address,
+    IPAddress,
+    check_host,
+    parse_ip,
+    parse_service,
+    service_socket_types,
+)
+from .._addrinfo import AddrInfo, resolve_addrinfo
+from .._errors import name_not_known, name_temporarily_unresolvable, no_address_for_name, os_error
+from ..ip.dhcp import CLIENT_PORT, SERVER_PORT, DhcpClient
+from ..ip.iface import GsoInfo, Interface, Medium
+from ..ip.udp import UdpSocket as _EngineUdpSocket
+from ..protocols.ip import EthernetAddress
+from ..stack import DEFAULT_BACKLOG, Stack, TcpListener, TcpStream, UdpSocket
+
+__all__ = ["IpStack", "PacketLink"]
+
+_LOOPBACK4 = ipaddress.IPv4Interface("127.0.0.1/8")
+_LOOPBACK6 = ipaddress.IPv6Interface("::1/128")
+_ANY4 = ipaddress.IPv4Address(0)
+_ANY6 = ipaddress.IPv6Address(0)
+# DNS answers wait this long per try, with this many tries (glibc's defaults).
+_DNS_TIMEOUT = 5.0
+_DNS_TRIES = 2
+
+
+class _Incoming(Protocol):
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def checksum_verified(self) -> bool: ...
+
+
+class PacketLink(Protocol):
+    """What :class:`IpStack` needs of a link (:class:`netshim.ip.links.Link` has it)."""
+
+    @property
+    def medium(self) -> Medium: ...
+
+    async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None: ...
+
+    async def receive(self) -> _Incoming: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _ip(address: IPAddress) -> str:
+    return str(address)
+
+
+def _endpoint(address: Address) -> tuple[IPAddress, int]:
+    ip = parse_ip(address[0])
+    if ip is None:
+        raise socket.gaierror(socket.EAI_NONAME, f"Name or service not known ({address[0]!r})")
+    return ip, int(address[1])
+
+
+class _Driver:
+    """The background work of one :class:`IpStack`: link in, timers, link out, wake-ups."""
+
+    def __init__(self, stack: IpStack) -> None:
+        self.stack = stack
+        self.kick = anyio.Event()
+        self.waiters: dict[object, anyio.Event] = {}
+        self.stopped = anyio.Event()
+        self.scope: anyio.CancelScope | None = None
+        self.error: BaseException | None = None
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    def wake_changed(self) -> None:
+        for interface in self.stack._interfaces:
+            for changed in interface.take_changed():
+                event = self.waiters.pop(changed, None)
+                if event is not None:
+                    event.set()
+
+    async def wait_for(self, sock: object) -> None:
+        """Wait until ``sock``'s state may have changed (or the stack stopped)."""
+        if self.stopped.is_set():
+            raise os_error(errno.ENETDOWN, "the IpStack is closed")
+        event = self.waiters.get(sock)
+        if event is None:
+            event = self.waiters[sock] = anyio.Event()
+        await event.wait()
+        if self.stopped.is_set():
+            raise os_error(errno.ENETDOWN, str(self.error or "the IpStack is closed"))
+
+    def poke(self) -> None:
+        """A socket call queued output or opened a window: transmit soon."""
+        self.kick.set()
+
+    async def flush(self) -> None:
+        now = self.now()
+        stack = self.stack
+        # The loopback interface's packets come straight back in.
+        for _ in range(64):
+            looped = stack._loopback.transmit(now)
+            if not looped:
+                break
+            for packet in looped:
+                stack._loopback.receive(packet.data, now, checksum_verified=True)
+        stack._run_dhcp(now)
+        for packet in stack._interface.transmit(now):
+            await stack._link.send(packet.data, packet.gso)
+        self.wake_changed()
+
+    async def run(self) -> None:
+        try:
+            with anyio.CancelScope() as self.scope:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._read_link)
+                    await self._timers()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.stopped.set()
+            for event in self.waiters.values():
+                event.set()
+            self.waiters.clear()
+
+    async def _read_link(self) -> None:
+        stack = self.stack
+        while True:
+            incoming = await stack._link.receive()
+            stack._interface.receive(
+                incoming.data, self.now(), checksum_verified=incoming.checksum_verified
+            )
+            # Replies (ACKs, ARP answers) leave before the next read.
+            self.kick.set()
+            await self.flush()
+
+    async def _timers(self) -> None:
+        stack = self.stack
+        while True:
+            await self.flush()
+            deadlines = [
+                d
+                for d in (
+                    stack._interface.deadline(),
+                    stack._loopback.deadline(),
+                    stack._dhcp.deadline() if stack._dhcp is not None else None,
+                )
+                if d is not None
+            ]
+            deadline = min(deadlines) if deadlines else math.inf
+            if self.kick.is_set():
+                self.kick = anyio.Event()
+                continue
+            with anyio.move_on_after(max(0.0, deadline - self.now())):
+                await self.kick.wait()
+            self.kick = anyio.Event()
+
+
+class _IpTcpStream(TcpStream):
+    def __init__(self, stack: IpStack, connection: Any) -> None:
+        self._stack = stack
+        self._connection = connection
+        self._closed = False
+        local, remote = connection.local, connection.remote
+        self._local: Address = (_ip(local[0]), local[1])
+        self._remote: Address = (_ip(remote[0]), remote[1])
+
+    def __repr__(self) -> str:
+        return f"<IpStack TCP {self._local} -> {self._remote} {self._connection.state.name}>"
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    @property
+    def remote_address(self) -> Address:
+        return self._remote
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        connection = self._connection
+        driver = self._stack._driver_for_use()
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            if connection.readable():
+                data = bytes(connection.receive(max_bytes))
+                # Reading opens the receive window: the update may be due.
+                driver.poke()
+                await anyio.lowlevel.checkpoint()
+                return data
+            if connection.at_eof:
+                raise anyio.EndOfStream
+            if connection.error is not None:
+                raise connection.error
+            await driver.wait_for(connection)
+
+    async def send(self, item: bytes) -> None:
+        connection = self._connection
+        driver = self._stack._driver_for_use()
+        view = memoryview(item).cast("B")
+        await anyio.lowlevel.checkpoint()
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            taken = connection.send(view)
+            if taken:
+                view = view[taken:]
+                driver.poke()
+                continue
+            if connection.error is not None:
+                raise connection.error
+            await driver.wait_for(connection)
+
+    async def send_eof(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        self._connection.shutdown()
+        self._stack._driver_for_use().poke()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        connection = self._connection
+        # As a Linux close(): unread data means a reset, not a FIN.
+        if connection.readable():
+            connection.abort()
+        else:
+            connection.shutdown()
+        self._stack._driver_for_use().poke()
+        await anyio.lowlevel.checkpoint()
+
+    async def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._connection.abort()
+            self._stack._driver_for_use().poke()
+        await anyio.lowlevel.checkpoint()
+
+
+class _IpTcpListener(TcpListener):
+    def __init__(self, stack: IpStack, listeners: list[Any]) -> None:
+        self._stack = stack
+        self._listeners = listeners
+        self._closed = False
+        local = listeners[0].local
+        self._local: Address = (_ip(local[0]), local[1])
+
+    @property
+    def local_address(self) -> Address:
+        return self._local
+
+    async def accept(self) -> TcpStream:
+        driver = self._stack._driver_for_use()
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            for listener in self._listeners:
+                connection = listener.accept()
+                if connection is not None:
+                    await anyio.lowlevel.checkpoint()
+                    return _IpTcpStream(self._stack, connection)
+            waits = self._listeners
+            if len(waits) == 1:
+                await driver.wait_for(waits[0])
+            else:
+                async with anyio.create_task_group() as group:
+
+                    async def wait_one(listener: Any) -> None:
+                        await driver.wait_for(listener)
+                        group.cancel_scope.cancel()
+
+                    for listener in waits:
+                        group.start_soon(wait_one, listener)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            for listener in self._listeners:
+                listener.close()
+        await anyio.lowlevel.checkpoint()
+
+
+class _IpUdpSocket(UdpSocket):
+    def __init__(self, stack: IpStack, sock: _EngineUdpSocket) -> None:
+        self._stack = stack
+        self._sock = sock
+        self._broadcast = False
+
+    @property
+    def local_address(self) -> Address:
+        local = self._sock.local
+        return (_ip(local[0]), local[1])
+
+    @property
+    def remote_address(self) -> Address | None:
+        remote = self._sock.remote
+        return None if remote is None else (_ip(remote[0]), remote[1])
+
+    @property
+    def broadcast(self) -> bool:
+        return self._broadcast
+
+    @broadcast.setter
+    def broadcast(self, enabled: bool) -> None:
+        self._broadcast = bool(enabled)
+
+    async def send(self, data: bytes, address: tuple[str, int] | None = None) -> None:
+        driver = self._stack._driver_for_use()
+        if self._sock.closed:
+            raise anyio.ClosedResourceError
+        now = driver.now()
+        if address is None:
+            self._sock.send(bytes(data), now)
+        else:
+            remote = _endpoint(address)
+            if (
+                isinstance(remote[0], ipaddress.IPv4Address)
+                and remote[0] == ipaddress.IPv4Address("255.255.255.255")
+                and not self._broadcast
+            ):
+                raise os_error(errno.EACCES, "sending to a broadcast address needs SO_BROADCAST")
+            self._sock.send_to(bytes(data), remote, now)
+        driver.poke()
+        await anyio.lowlevel.checkpoint()
+
+    async def receive(self) -> tuple[bytes, Address]:
+        driver = self._stack._driver_for_use()
+        while True:
+            if self._sock.closed:
+                raise anyio.ClosedResourceError
+            item = self._sock.receive()
+            if item is not None:
+                payload, source = item
+                await anyio.lowlevel.checkpoint()
+                return payload, (_ip(source[0]), source[1])
+            await driver.wait_for(self._sock)
+
+    async def aclose(self) -> None:
+        self._sock.close()
+        await anyio.lowlevel.checkpoint()
+
+
+class IpStack(Stack):
+    """Sockets as packets on ``link``, through netshim's own TCP/IP.
+
+    ``addresses`` are the interface's (``"10.0.2.15/24"``, ``"fd00::15/64"``
+    or ``ipaddress`` interfaces), ``gateway4`` / ``gateway6`` its default
+    routers, ``dns`` the name servers to ask; with ``dhcp=True`` the IPv4
+    address, router and name servers come from a DHCP server instead (an
+    Ethernet link is needed).  ``mac`` is the interface's MAC on Ethernet
+    links (default: a locally administered one from ``rng``).  ``mtu`` and
+    ``tso`` describe the link (``tso``: it cuts large TCP segments itself,
+    as a TUN/TAP device with offloads does); ``tcp_config`` is
+    :class:`netshim.ip.tcp.TcpConfig` for every connection; ``hostname`` what
+    ``socket.gethostname()`` answers on this stack.
+    """
+
+    def __init__(
+        self,
+        link: PacketLink,
+        *,
+        addresses: Iterable[str | ipaddress.IPv4Interface | ipaddress.IPv6Interface] = (),
+        gateway4: str | None = None,
+        gateway6: str | None = None,
+        dns: Sequence[str] = (),
+        dhcp: bool = False,
+        mac: str | EthernetAddress | None = None,
+        mtu: int = 1500,
+        tso: bool | None = None,
+        tcp_config: Any = None,
+        hostname: str = "localhost",
+        rng: random.Random | None = None,
+    ) -> None:
+        self._link = link
+        self._rng = rng if rng is not None else random.Random()
+        medium = link.medium
+        if medium is Medium.ETHERNET:
+            if mac is None:
+                octets = bytearray(self._rng.randbytes(6))
+                # Locally administered, unicast.
+                octets[0] = (octets[0] & 0xFC) | 0x02
+                mac = EthernetAddress(bytes(octets))
+            elif isinstance(mac, str):
+                mac = EthernetAddress.from_text(mac)
+        elif dhcp:
+            raise ValueError("DHCP needs an Ethernet link (a TAP device, cable or bridge)")
+        self._interface = Interface(
+            medium,
+            mac=mac if isinstance(mac, EthernetAddress) else None,
+            addresses=[ipaddress.ip_interface(a) for a in addresses],
+            gateway4=ipaddress.IPv4Address(gateway4) if gateway4 else None,
+            gateway6=ipaddress.IPv6Address(gateway6) if gateway6 else None,
+            mtu=mtu,
+            tso=bool(getattr(link, "tso", False)) if tso is None else tso,
+            rng=self._rng,
+            tcp_config=tcp_config,
+        )
+        self._loopback = Interface(
+            Medium.IP,
+            addresses=[_LOOPBACK4, _LOOPBACK6],
+            mtu=65535,
+            rng=self._rng,
+            tcp_config=tcp_config,
+            slaac=False,
+        )
+        self._interfaces = (self._interface, self._loopback)
+        self._dns_servers = [str(ipaddress.ip_address(server)) for server in dns]
+        self._hostname = hostname
+        self._dhcp: DhcpClient | None = None
+        self._dhcp_socket: _EngineUdpSocket | None = None
+        if dhcp:
+            assert isinstance(mac, EthernetAddress)
+            self._dhcp = DhcpClient(mac, hostname=hostname, rng=self._rng)
+            self._interface.add_address(ipaddress.IPv4Interface("0.0.0.0/0"))
+            self._dhcp_socket = self._interface.udp_bind(_ANY4, CLIENT_PORT)
+        self._dhcp_bound = anyio.Event() if dhcp else None
+        self._driver: _Driver | None = None
+        self._token: object = None
+        self._closed = False
+        self._resolver: Any = None
+
+    # -- lifetime -------------------------------------------------------
+
+    def _driver_for_use(self) -> _Driver:
+        """The running driver, started in this event loop on first use."""
+        if self._closed:
+            raise os_error(errno.ENETDOWN, "the IpStack is closed")
+        token = anyio.lowlevel.current_token()
+        driver = self._driver
+        if driver is None:
+            driver = self._driver = _Driver(self)
+            self._token = token
+            self._spawn_system_task(driver.run)
+        elif token != self._token:
+            raise RuntimeError("an IpStack is used only in the event loop it started in")
+        return driver
+
+    @staticmethod
+    def _spawn_system_task(function: Any) -> None:
+        library = sniffio.current_async_library()
+        if library == "trio":
+            import trio
+
+            trio.lowlevel.spawn_system_task(function)
+        else:
+            import asyncio
+
+            task = asyncio.get_running_loop().create_task(function())
+            _background_tasks.add(task)
+            task.add_done_callback(_background_tasks.discard)
+
+    async def __aenter__(self) -> IpStack:
+        self._driver_for_use()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        driver = self._driver
+        if driver is not None and not driver.stopped.is_set():
+            if self._dhcp is not None and self._dhcp.lease is not None:
+                now = driver.now()
+                for message in self._dhcp.release():
+                    self._send_dhcp(message.payload, message.source, message.destination, now)
+                await driver.flush()
+            if driver.scope is not None:
+                driver.scope.cancel()
+            await driver.stopped.wait()
+        self._closed = True
+        await self._link.aclose()
+
+    # -- DHCP -----------------------------------------------------------
+
+    def _send_dhcp(self, payload: bytes, source: Any, destination: Any, now: float) -> None:
+        assert self._dhcp_socket is not None
+        self._dhcp_socket.send_to(payload, (destination, SERVER_PORT), now)
+        del source  # the interface picks 0.0.0.0 until it holds an address
+
+    def _run_dhcp(self, now: float) -> None:
+        client, sock = self._dhcp, self._dhcp_socket
+        if client is None or sock is None:
+            return
+        while (item := sock.receive()) is not None:
+            client.receive(item[0], now)
+        for message in client.poll(now):
+            self._send_dhcp(message.payload, message.source, message.destination, now)
+        if client.take_change():
+            interface = self._interface
+            for address in [a for a in interface.addresses if a.version == 4]:
+                interface.remove_address(address)
+            lease = client.lease
+            if lease is None:
+                interface.add_address(ipaddress.IPv4Interface("0.0.0.0/0"))
+                return
+            interface.add_address(lease.interface)
+            if lease.routers:
+                interface.add_route(ipaddress.IPv4Network("0.0.0.0/0"), lease.routers[0])
+            self._dns_servers = [str(server) for server in lease.dns_servers] + [
+                server for server in self._dns_servers if ":" in server
+            ]
+            self._resolver = None
+            assert self._dhcp_bound is not None
+            self._dhcp_bound.set()
+
+    async def wait_for_address(self) -> None:
+        """Wait until DHCP gave the interface an address (at once without DHCP)."""
+        self._driver_for_use()
+        if self._dhcp_bound is not None:
+            await self._dhcp_bound.wait()
+
+    @property
+    def addresses(self) -> list[str]:
+        """The interface's addresses, as ``"ip/prefix"`` text."""
+        return [str(a) for a in self._interface.addresses if not a.ip.is_unspecified]
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Packets the interface dropped, by reason."""
+        return dict(self._interface.dropped)
+
+    # -- the Stack contract ----------------------------------------------
+
+    @property
+    def hostname(self) -> str:
+        return self._hostname
+
+    def _interface_for(self, address: IPAddress) -> Interface:
+        return self._loopback if address.is_loopback else self._interface
+
+    async def connect_tcp(
+        self, host: str, port: int, *, local_address: tuple[str, int] | None = None
+    ) -> TcpStream:
+        driver = self._driver_for_use()
+        if self._dhcp_bound is not None:
+            await self._dhcp_bound.wait()
+        if parse_ip(host) is not None:
+            targets = [parse_ip(host)]
+        else:
+            infos = await self.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            targets = [parse_ip(info[4][0]) for info in infos]
+        errors: list[OSError] = []
+        for target in targets:
+            assert target is not None
+            local = _endpoint(local_address) if local_address is not None else None
+            interface = self._interface_for(target)
+            try:
+                connection: Any = interface.tcp_connect(
+                    (target, port), local=local, now=driver.now()
+                )
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            driver.poke()
+            try:
+                while not connection.established:
+                    if connection.error is not None:
+                        raise connection.error
+                    if connection.finished:
+                        raise os_error(errno.ECONNREFUSED, f"{target}:{port}")
+                    await driver.wait_for(connection)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            except BaseException:
+                connection.abort()
+                driver.poke()
+                raise
+            return _IpTcpStream(self, connection)
+        raise errors[0]
+
+    async def listen_tcp(
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        ipv6_only: bool = False,
+    ) -> TcpListener:
+        self._driver_for_use()
+        if host in (None, "", "::"):
+            addresses: list[IPAddress] = [_ANY6] if ipv6_only else [_ANY6, _ANY4]
+        else:
+            ip = parse_ip(host)
+            if ip is None:
+                raise os_error(errno.EADDRNOTAVAIL, f"not an address: {host!r}")
+            addresses = [ip]
+        listeners: list[Any] = []
+        try:
+            for address in addresses:
+                chosen = port or (listeners[0].local[1] if listeners else 0)
+                for interface in self._interfaces:
+                    if address.is_unspecified or interface.has_address(address):
+                        listener = interface.tcp_listen(address, chosen, backlog)
+                        listeners.append(listener)
+                        chosen = listener.local[1]
+        except BaseException:
+            for listener in listeners:
+                listener.close()
+            raise
+        if not listeners:
+            raise os_error(errno.EADDRNOTAVAIL, f"{host} is not an address of this stack")
+        return _IpTcpListener(self, listeners)
+
+    async def open_udp(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        remote: tuple[str, int] | None = None,
+        ipv6_only: bool = False,
+    ) -> UdpSocket:
+        self._driver_for_use()
+        ip = parse_ip(host) if host not in ("", "::") else _ANY6
+        if ip is None:
+            raise os_error(errno.EADDRNOTAVAIL, f"not an address: {host!r}")
+        interface = self._loopback if ip.is_loopback else self._interface
+        sock = interface.udp_bind(ip, port)
+        if remote is not None:
+            sock.connect(_endpoint(remote))
+        return _IpUdpSocket(self, sock)
+
+    def _get_resolver(self) -> Any:
+        if self._resolver is None:
+            from ..dns import Resolver
+
+            self._resolver = Resolver(
+                stack=self,
+                servers=self._dns_servers,
+                timeout=_DNS_TIMEOUT,
+                tries=_DNS_TRIES,
+            )
+        return self._resolver
+
+    async def _lookup(self, name: str, family: int) -> tuple[list[IPAddress], str]:
+        if name == self._hostname:
+            own = [a.ip for a in self._interface.addresses if not a.ip.is_unspecified]
+            return own or [ipaddress.IPv4Address("127.0.1.1")], name
+        if self._dhcp_bound is not None:
+            await self._dhcp_bound.wait()
+        if not self._dns_servers:
+            raise name_temporarily_unresolvable(name)
+        from ..dns import DnsError
+
+        resolver = self._get_resolver()
+        qtypes = []
+        if family in (0, socket.AF_INET):
+            qtypes.append("A")
+        if family in (0, socket.AF_INET6) and self._interface.addresses_of(6):
+            qtypes.append("AAAA")
+        found: list[IPAddress] = []
+        canonical = name
+        not_found = False
+        for qtype in qtypes:
+            try:
+                response = await resolver.query(name, qtype, "getaddrinfo")
+            except DnsError as exc:
+                if exc.code == "ENOTFOUND":
+                    not_found = True
+                    continue
+                if exc.code == "ENODATA":
+                    continue
+                raise name_temporarily_unresolvable(name) from None
+            canonical = response.canonical_name or canonical
+            for text in response.addresses():
+                ip = parse_ip(text)
+                if ip is not None and ip not in found:
+                    found.append(ip)
+        if not found:
+            if not_found:
+                raise name_not_known(name)
+            raise no_address_for_name(name)
+        return found, canonical.rstrip(".")
+
+    async def getaddrinfo(
+        self,
+        host: str | bytes | None,
+        port: str | bytes | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[AddrInfo]:
+        number = parse_service(port, type, flags)
+        name = None if host is None else check_host(host, "getaddrinfo")
+        kinds = service_socket_types(port)
+        return await resolve_addrinfo(self._lookup, name, number, family, type, proto, flags, kinds)
+
+
+# asyncio keeps only weak references to tasks: the stacks' drivers live here.
+_background_tasks: set[Any] = set()

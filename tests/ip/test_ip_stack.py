@@ -1,0 +1,119 @@
+"""IpStack: the Stack contract over the ip engine, two stacks joined by an in-memory cable."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from netshim.ip.iface import Medium
+from netshim.ip.links._memory import Cable, Faults
+from netshim.stacks.ip import IpStack
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[IpStack, IpStack]]:
+    cable = Cable(Medium.ETHERNET)
+    left = IpStack(cable.a, addresses=["10.1.0.1/24", "fd01::1/64"], hostname="left")
+    right = IpStack(cable.b, addresses=["10.1.0.2/24", "fd01::2/64"], hostname="right")
+    async with left, right:
+        yield left, right
+
+
+async def test_tcp_echo_both_families(pair: tuple[IpStack, IpStack]) -> None:
+    left, right = pair
+    listener = await right.listen_tcp(None, 7000)
+
+    async def serve() -> None:
+        stream = await listener.accept()
+        async with stream:
+            while True:
+                try:
+                    data = await stream.receive()
+                except anyio.EndOfStream:
+                    break
+                await stream.send(data)
+
+    for server in ("10.1.0.2", "fd01::2"):
+        async with anyio.create_task_group() as group:
+            group.start_soon(serve)
+            with anyio.fail_after(10):
+                stream = await left.connect_tcp(server, 7000)
+                assert stream.remote_address == (server, 7000)
+                await stream.send(b"hello over packets")
+                assert await stream.receive() == b"hello over packets"
+                await stream.send_eof()
+                with pytest.raises(anyio.EndOfStream):
+                    await stream.receive()
+                await stream.aclose()
+    await listener.aclose()
+
+
+async def test_a_refused_connection_is_connection_refused_error(
+    pair: tuple[IpStack, IpStack],
+) -> None:
+    left, _ = pair
+    with anyio.fail_after(10), pytest.raises(ConnectionRefusedError):
+        await left.connect_tcp("10.1.0.2", 9)
+
+
+async def test_bulk_transfer_with_loss_and_reordering_arrives_intact() -> None:
+    faults = Faults(loss=0.02, duplicate=0.01, reorder=0.02, seed=7)
+    cable = Cable(Medium.ETHERNET, faults=faults)
+    payload = os.urandom(2 << 20)
+    async with (
+        IpStack(cable.a, addresses=["10.2.0.1/24"]) as left,
+        IpStack(cable.b, addresses=["10.2.0.2/24"]) as right,
+    ):
+        listener = await right.listen_tcp("10.2.0.2", 80)
+        received = hashlib.sha256()
+        count = 0
+
+        async def sink() -> None:
+            nonlocal count
+            stream = await listener.accept()
+            while True:
+                try:
+                    data = await stream.receive(1 << 20)
+                except anyio.EndOfStream:
+                    break
+                received.update(data)
+                count += len(data)
+            await stream.aclose()
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as group:
+                group.start_soon(sink)
+                stream = await left.connect_tcp("10.2.0.2", 80)
+                await stream.send(payload)
+                await stream.send_eof()
+        assert count == len(payload)
+        assert received.digest() == hashlib.sha256(payload).digest()
+
+
+async def test_udp_and_loopback(pair: tuple[IpStack, IpStack]) -> None:
+    left, right = pair
+    server = await right.open_udp("10.1.0.2", 5353)
+    client = await left.open_udp("0.0.0.0", 0)
+    await client.send(b"ping", ("10.1.0.2", 5353))
+    with anyio.fail_after(5):
+        data, source = await server.receive()
+    assert data == b"ping"
+    assert source[0] == "10.1.0.1"
+    await server.send(b"pong", source)
+    with anyio.fail_after(5):
+        assert (await client.receive())[0] == b"pong"
+    # Loopback stays inside the stack.
+    listener = await left.listen_tcp("127.0.0.1", 8080)
+    with anyio.fail_after(5):
+        stream = await left.connect_tcp("127.0.0.1", 8080)
+        accepted = await listener.accept()
+        await stream.send(b"x")
+        assert await accepted.receive() == b"x"
+    for resource in (stream, accepted, listener, server, client):
+        await resource.aclose()
