@@ -50,9 +50,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import enum
 import errno
-import importlib
 import ipaddress
 import os
 import random
@@ -90,6 +90,7 @@ from netshim.protocols.ip import (
 
 from .fragments import Ipv4Reassembler
 from .neighbor import NeighborCache
+from .tcp import TcpConfig, TcpConnection, initial_sequence_number, reset_for_unexpected
 from .udp import UdpSocket
 
 __all__ = [
@@ -101,7 +102,7 @@ __all__ = [
     "Medium",
     "OutgoingPacket",
     "Route",
-    "TcpConnectionLike",
+    "StandardTcp",
     "TcpEngine",
     "TcpListener",
 ]
@@ -231,32 +232,8 @@ class Route:
     gateway: IPAddress | None = None
 
 
-class TcpConnectionLike(Protocol):
-    """What the interface uses of :class:`netshim.ip.tcp.TcpConnection`."""
-
-    @property
-    def local(self) -> Endpoint: ...
-
-    @property
-    def remote(self) -> Endpoint: ...
-
-    @property
-    def established(self) -> bool: ...
-
-    @property
-    def finished(self) -> bool: ...
-
-    def on_segment(self, segment: TcpRepr, now: float) -> None: ...
-
-    def on_icmp_error(self, errno: int, now: float, *, mtu: int | None = None) -> None: ...
-
-    def poll(self, now: float) -> list[TcpRepr]: ...
-
-    def deadline(self) -> float | None: ...
-
-
 class TcpEngine(Protocol):
-    """How the interface makes TCP connections: :mod:`netshim.ip.tcp` or a test double."""
+    """How the interface makes TCP connections: :mod:`netshim.ip.tcp`, or a double in tests."""
 
     def initial_sequence_number(
         self, secret: bytes, local: Endpoint, remote: Endpoint, now: float
@@ -265,8 +242,8 @@ class TcpEngine(Protocol):
     def reset_for_unexpected(self, segment: TcpRepr) -> TcpRepr | None: ...
 
     def open_active(
-        self, local: Endpoint, remote: Endpoint, *, iss: int, now: float, config: Any
-    ) -> TcpConnectionLike: ...
+        self, local: Endpoint, remote: Endpoint, *, iss: int, now: float, config: TcpConfig
+    ) -> TcpConnection: ...
 
     def open_passive(
         self,
@@ -276,38 +253,25 @@ class TcpEngine(Protocol):
         *,
         iss: int,
         now: float,
-        config: Any,
-    ) -> TcpConnectionLike: ...
+        config: TcpConfig,
+    ) -> TcpConnection: ...
 
 
-class _ModuleTcpEngine:
-    """:mod:`netshim.ip.tcp` as a :class:`TcpEngine`, imported on first use."""
-
-    def __init__(self) -> None:
-        self._module: Any = None
-
-    def _tcp(self) -> Any:
-        if self._module is None:
-            self._module = importlib.import_module("netshim.ip.tcp")
-        return self._module
+class StandardTcp:
+    """:mod:`netshim.ip.tcp` as a :class:`TcpEngine` (the default)."""
 
     def initial_sequence_number(
         self, secret: bytes, local: Endpoint, remote: Endpoint, now: float
     ) -> int:
-        return int(self._tcp().initial_sequence_number(secret, local, remote, now))
+        return initial_sequence_number(secret, local, remote, now)
 
     def reset_for_unexpected(self, segment: TcpRepr) -> TcpRepr | None:
-        reply: TcpRepr | None = self._tcp().reset_for_unexpected(segment)
-        return reply
+        return reset_for_unexpected(segment)
 
     def open_active(
-        self, local: Endpoint, remote: Endpoint, *, iss: int, now: float, config: Any
-    ) -> TcpConnectionLike:
-        tcp = self._tcp()
-        connection: TcpConnectionLike = tcp.TcpConnection.open_active(
-            local, remote, iss=iss, now=now, config=config or tcp.TcpConfig()
-        )
-        return connection
+        self, local: Endpoint, remote: Endpoint, *, iss: int, now: float, config: TcpConfig
+    ) -> TcpConnection:
+        return TcpConnection.open_active(local, remote, iss=iss, now=now, config=config)
 
     def open_passive(
         self,
@@ -317,13 +281,9 @@ class _ModuleTcpEngine:
         *,
         iss: int,
         now: float,
-        config: Any,
-    ) -> TcpConnectionLike:
-        tcp = self._tcp()
-        connection: TcpConnectionLike = tcp.TcpConnection.open_passive(
-            local, remote, syn, iss=iss, now=now, config=config or tcp.TcpConfig()
-        )
-        return connection
+        config: TcpConfig,
+    ) -> TcpConnection:
+        return TcpConnection.open_passive(local, remote, syn, iss=iss, now=now, config=config)
 
 
 class TcpListener:
@@ -343,8 +303,8 @@ class TcpListener:
         self.port = port
         self.backlog = max(1, backlog)
         self.syn_backlog = max(1, syn_backlog)
-        self._half_open: set[TcpConnectionLike] = set()
-        self._ready: collections.deque[TcpConnectionLike] = collections.deque()
+        self._half_open: set[TcpConnection] = set()
+        self._ready: collections.deque[TcpConnection] = collections.deque()
         self.closed = False
 
     def __repr__(self) -> str:
@@ -360,7 +320,7 @@ class TcpListener:
     def readable(self) -> bool:
         return bool(self._ready)
 
-    def accept(self) -> TcpConnectionLike | None:
+    def accept(self) -> TcpConnection | None:
         """The oldest established connection not yet accepted, or None."""
         if self.closed:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
@@ -377,7 +337,7 @@ class TcpListener:
         return len(self._half_open) < self.syn_backlog and len(self._ready) < self.backlog
 
 
-ChangedSocket: TypeAlias = "TcpConnectionLike | TcpListener | UdpSocket"
+ChangedSocket: TypeAlias = "TcpConnection | TcpListener | UdpSocket"
 _ConnectionKey: TypeAlias = tuple[IPAddress, int, IPAddress, int]
 # A queued IP packet waiting for its next hop's MAC: the IP bytes and GSO info.
 _Waiting: TypeAlias = tuple[bytes, "GsoInfo | None"]
@@ -459,7 +419,7 @@ class Interface:
         slaac: bool = True,
         rng: random.Random | None = None,
         tcp: TcpEngine | None = None,
-        tcp_config: Any = None,
+        tcp_config: TcpConfig | None = None,
         syn_backlog: int = DEFAULT_SYN_BACKLOG,
     ) -> None:
         if medium is Medium.ETHERNET and mac is None:
@@ -472,8 +432,8 @@ class Interface:
         self.tso = tso
         self._rng = rng if rng is not None else random.Random()
         self._secret = self._rng.randbytes(16)
-        self._tcp: TcpEngine = tcp if tcp is not None else _ModuleTcpEngine()
-        self.tcp_config = tcp_config
+        self._tcp: TcpEngine = tcp if tcp is not None else StandardTcp()
+        self.tcp_config = tcp_config if tcp_config is not None else TcpConfig()
         self.syn_backlog = syn_backlog
         self.addresses: list[IPInterface] = []
         if mac is not None:
@@ -493,8 +453,8 @@ class Interface:
         #: Packets dropped, by reason ("ipv4 bad checksum", "udp port unreachable"...).
         self.dropped: collections.Counter[str] = collections.Counter()
         self._out: list[OutgoingPacket] = []
-        self._connections: dict[_ConnectionKey, TcpConnectionLike] = {}
-        self._listener_of: dict[TcpConnectionLike, TcpListener] = {}
+        self._connections: dict[_ConnectionKey, TcpConnection] = {}
+        self._listener_of: dict[TcpConnection, TcpListener] = {}
         self._listeners: dict[tuple[IPAddress, int], TcpListener] = {}
         self._udp: dict[tuple[IPAddress, int], UdpSocket] = {}
         self._changed: set[ChangedSocket] = set()
@@ -555,7 +515,9 @@ class Interface:
         for key, connection in list(self._connections.items()):
             segments = connection.poll(now)
             for segment in segments:
-                self._send_tcp(connection.local, connection.remote, segment, now)
+                self._send_tcp(
+                    connection.local, connection.remote, segment, now, connection.send_mss
+                )
             if segments:
                 self._changed.add(connection)
             self._settle(key, connection)
@@ -585,7 +547,7 @@ class Interface:
 
     def tcp_connect(
         self, remote: Endpoint, *, local: Endpoint | None = None, now: float
-    ) -> TcpConnectionLike:
+    ) -> TcpConnection:
         """Start a connection to ``remote`` (its SYN leaves at the next :meth:`transmit`).
 
         ``local`` picks the address and port (port 0: ephemeral).  Raises
@@ -614,7 +576,7 @@ class Interface:
         local_end: Endpoint = (local_address, port)
         iss = self._tcp.initial_sequence_number(self._secret, local_end, remote, now)
         connection = self._tcp.open_active(
-            local_end, remote, iss=iss, now=now, config=self.tcp_config
+            local_end, remote, iss=iss, now=now, config=self._connection_config(remote_address)
         )
         self._connections[(local_address, port, remote_address, remote_port)] = connection
         return connection
@@ -653,9 +615,19 @@ class Interface:
         self._udp[(address, port)] = sock
         return sock
 
-    def connections(self) -> list[TcpConnectionLike]:
+    def connections(self) -> list[TcpConnection]:
         """Every TCP connection the interface demultiplexes to (half-open ones included)."""
         return list(self._connections.values())
+
+    def _connection_config(self, remote: IPAddress) -> TcpConfig:
+        """:attr:`tcp_config` with the MSS this interface's MTU allows (and TSO's payload)."""
+        config = self.tcp_config
+        header = (20 if remote.version == 4 else 40) + 20
+        changes: dict[str, Any] = {"mss": min(config.mss, self.mtu - header)}
+        if self.tso and config.max_segment_payload is None:
+            # 64 KiB of IP, less the largest IP and TCP headers.
+            changes["max_segment_payload"] = 0xFFFF - 40 - 60
+        return dataclasses.replace(config, **changes)
 
     def _check_local_address(self, address: IPAddress) -> None:
         if not address.is_unspecified and not self.has_address(address):
@@ -748,7 +720,7 @@ class Interface:
                 self._next_router_solicitation = now + ROUTER_SOLICITATION_INTERVAL
             self._send_router_solicitation(now)
 
-    def _settle(self, key: _ConnectionKey, connection: TcpConnectionLike) -> None:
+    def _settle(self, key: _ConnectionKey, connection: TcpConnection) -> None:
         """Move a listener's connection once it is established; forget finished ones."""
         listener = self._listener_of.get(connection)
         if connection.finished:
@@ -1054,11 +1026,10 @@ class Interface:
         found = self._quoted_flow(quoted)
         if found is None:
             raise _DropError("icmp error quoting nothing of ours")
-        protocol, local, remote = found
-        self._flow_error(protocol, local, remote, code, mtu, now)
+        self._flow_error(*found, code, mtu, now)
 
-    def _quoted_flow(self, quoted: bytes) -> tuple[int, Endpoint, Endpoint] | None:
-        """Protocol, our end and the far end of the TCP or UDP packet an error quotes."""
+    def _quoted_flow(self, quoted: bytes) -> tuple[int, Endpoint, Endpoint, int | None] | None:
+        """Protocol, our end, the far end and the TCP sequence number of a quoted packet."""
         if len(quoted) < 1:
             return None
         src: IPAddress
@@ -1080,13 +1051,16 @@ class Interface:
             return None
         local = (src, int.from_bytes(ports[0:2], "big"))
         remote = (dst, int.from_bytes(ports[2:4], "big"))
-        return protocol, local, remote
+        seq_bytes = quoted[header_len + 4 : header_len + 8]
+        seq = int.from_bytes(seq_bytes, "big") if len(seq_bytes) == 4 else None
+        return protocol, local, remote, seq if protocol == IpProtocol.TCP else None
 
     def _flow_error(
         self,
         protocol: int,
         local: Endpoint,
         remote: Endpoint,
+        seq: int | None,
         code: int,
         mtu: int | None,
         now: float,
@@ -1095,7 +1069,7 @@ class Interface:
             connection = self._connections.get((*local, *remote))
             if connection is None:
                 raise _DropError("icmp error for no connection")
-            connection.on_icmp_error(code, now, mtu=mtu)
+            connection.on_icmp_error(code, now, mtu=mtu, seq=seq)
             self._changed.add(connection)
             self._settle((*local, *remote), connection)
             return
@@ -1200,7 +1174,7 @@ class Interface:
             remote: Endpoint = (src, segment.src_port)
             iss = self._tcp.initial_sequence_number(self._secret, local, remote, now)
             connection = self._tcp.open_passive(
-                local, remote, segment, iss=iss, now=now, config=self.tcp_config
+                local, remote, segment, iss=iss, now=now, config=self._connection_config(src)
             )
             self._connections[key] = connection
             listener._half_open.add(connection)
@@ -1212,11 +1186,15 @@ class Interface:
         if reset is not None:
             self._send_ip(dst, src, IpProtocol.TCP, reset.emit(dst, src), now)
 
-    def _send_tcp(self, local: Endpoint, remote: Endpoint, segment: TcpRepr, now: float) -> None:
+    def _send_tcp(
+        self, local: Endpoint, remote: Endpoint, segment: TcpRepr, now: float, mss: int
+    ) -> None:
         src, dst = local[0], remote[0]
         ip_header = 20 if isinstance(dst, ipaddress.IPv4Address) else 40
         tcp_header = segment.header_len()
-        per_segment = self.mtu - ip_header - tcp_header
+        # The connection's MSS already allows for its usual options and the
+        # path MTU it learnt; the MTU bound covers a segment with more options.
+        per_segment = max(1, min(self.mtu - ip_header - tcp_header, mss))
         if len(segment.payload) <= per_segment:
             self._send_ip(src, dst, IpProtocol.TCP, segment.emit(src, dst), now)
             return

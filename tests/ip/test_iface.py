@@ -1,9 +1,9 @@
 """The interface layer fed crafted frames: ARP, NDP, ICMP, UDP, reassembly and TCP demultiplexing.
 
-TCP connections here are a small fake (:class:`FakeTcp`) that records what the
-interface hands it, so these tests check the demultiplexing and the IP and
-link plumbing alone; the real core runs in ``test_links_cable.py`` and the
-kernel tests.
+TCP connections here are mostly a small fake (:class:`FakeTcp`) that records
+what the interface hands it, so these tests check the demultiplexing and the
+IP and link plumbing alone; the real core runs in the last tests here, in
+``test_links_memory.py`` and in the kernel tests.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class FakeConnection:
     errors: list[tuple[int, int | None]] = field(default_factory=list)
     outbox: list[TcpRepr] = field(default_factory=list)
     aborted: bool = False
+    send_mss: int = 1460
 
     def on_segment(self, segment: TcpRepr, now: float) -> None:
         self.received.append(segment)
@@ -78,7 +79,9 @@ class FakeConnection:
         if segment.flags & TcpFlags.RST:
             self.finished = True
 
-    def on_icmp_error(self, code: int, now: float, *, mtu: int | None = None) -> None:
+    def on_icmp_error(
+        self, code: int, now: float, *, mtu: int | None = None, seq: int | None = None
+    ) -> None:
         self.errors.append((code, mtu))
 
     def poll(self, now: float) -> list[TcpRepr]:
