@@ -58,9 +58,13 @@ from ..stack import Stack, TcpListener, TcpStream, UdpSocket
 from ._observe import CONTENT_TYPE_LATEST, Metrics, StreamRecord, logger
 from ._websocket import DEFAULT_HIGH_WATER, WebSocket
 
-__all__ = ["Gateway", "GatewayConfig", "load_token_file", "serve"]
+__all__ = ["Gateway", "GatewayConfig", "Page", "load_token_file", "serve"]
 
 T = TypeVar("T")
+
+#: What a gateway's ``pages`` function answers for a plain GET of a path:
+#: status, content type and body (``None``: not a page, the usual 404).
+Page = tuple[int, str, bytes]
 
 # The v2 drafts give the peer five seconds to send its INFO; the same bound
 # keeps a silent client from holding a half-open connection.
@@ -101,6 +105,17 @@ DEFAULT_TOTAL_UPLOAD_BUFFER = 256 << 20
 # gone (its goodbye sits behind the unread bytes) and held its budget, and
 # every later connection from its address, until the idle timeout.
 DEFAULT_UPLOAD_STALL_TIMEOUT = 30.0
+
+
+def _page_response(status: int, content_type: str, body: bytes) -> Response:
+    import http
+
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = "no-store"
+    headers["Connection"] = "close"
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
 
 def load_token_file(path: str | Path) -> dict[str, tuple[str, int]]:
@@ -247,7 +262,19 @@ class Gateway:
     :meth:`shutdown` was called and every connection drained.
     """
 
-    def __init__(self, stack: Stack | None = None, config: GatewayConfig | None = None) -> None:
+    def __init__(
+        self,
+        stack: Stack | None = None,
+        config: GatewayConfig | None = None,
+        *,
+        pages: Callable[[str], Page | None] | None = None,
+    ) -> None:
+        """``pages``, if given, answers plain GET requests (not WebSocket
+        upgrades) by path, so that a page and the gateway it talks to share
+        one origin (``netshim pyodide serve``); ``/healthz`` and ``/metrics``
+        stay the gateway's.
+        """
+        self.pages = pages
         if stack is None:
             from ..stacks.host import HostStack
 
@@ -611,6 +638,8 @@ class Gateway:
             response = self._plain(protocol, 200, self.metrics.render().decode())
             del response.headers["Content-Type"]
             response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        elif not upgrade and self.pages is not None and (page := self.pages(path)) is not None:
+            response = _page_response(*page)
         elif not upgrade:
             response = self._plain(protocol, 404, "not found: Wisp lives on paths ending in '/'\n")
         elif self._shutting_down:
