@@ -47,6 +47,7 @@ from ._engine import (
     drain_filler,
     establish,
     get_engine,
+    pack_datagram,
     pump_udp,
     send_datagram,
     serve_listener,
@@ -692,6 +693,12 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             target = self._target(address, "sendto")
         assert state.udp is not None
         header = _outgoing_header(state, target[0], given)
+        if state.engine.left_behind:
+            # Inherited across fork(): the parent's engine reads datagrams
+            # written into the pair and sends them (a failure comes back as
+            # the socket's next error, as an ICMP error would).
+            ORIGINAL_SOCKET.send(self, pack_datagram(payload, target, header))
+            return sent
         _engine_call(state, send_datagram, state.udp, payload, target, header)
         return sent
 
