@@ -1,0 +1,291 @@
+"""The interface on real TAP and TUN devices, with the Linux kernel as its peer.
+
+Each test makes a network namespace, and a process inside it opens a TAP or
+TUN device there (``TUNSETIFF`` acts in the opener's namespace) and hands the
+descriptor back over a Unix socket, which :meth:`TapLink.from_fd` adopts.  The
+kernel side of the device gets addresses in the namespace; the interface gets
+the other end of the subnet.  Then kernel tools run in the namespace:
+``ping`` and ``ping -6`` (answered by the interface after ARP or neighbour
+discovery), ``socat`` for UDP and TCP, and ``curl`` fetching from a listener
+on the interface.  Everything is removed in the fixture's ``finally``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
+
+import anyio
+import pytest
+from link_pump import Pump, pumping
+from test_links_memory import receive_all, send_all
+
+from netshim.ip.iface import Interface, Medium
+from netshim.ip.links import Link, TapLink, TunLink
+from netshim.ip.tcp import TcpConnection
+from netshim.protocols.ip import EthernetAddress
+from netshim.testing import require_peer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.peer("iproute2")]
+
+KERNEL_V4 = IPv4Address("10.77.0.1")
+OUR_V4 = IPv4Address("10.77.0.2")
+KERNEL_V6 = IPv6Address("2001:db8:77::1")
+OUR_V6 = IPv6Address("2001:db8:77::2")
+OUR_MAC = EthernetAddress.from_text("02:00:00:77:00:02")
+DEVICE = "nstest0"
+
+# Run inside the namespace: open the device there and pass the descriptor back.
+_OPENER = """
+import fcntl, os, socket, struct, sys
+flags = int(sys.argv[2]) | 0x1000 | 0x4000  # IFF_NO_PI | IFF_VNET_HDR
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", sys.argv[1].encode(), flags))
+channel = socket.socket(fileno=int(sys.argv[3]))
+socket.send_fds(channel, [b"fd"], [fd])
+"""
+
+
+def run(*command: str) -> str:
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    require_peer("ip")
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    name = f"netshim-test-{os.getpid()}-{random.randrange(1 << 30)}"
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def open_device(namespace: str, mode: int) -> int:
+    """A ``/dev/net/tun`` descriptor attached to a new device in ``namespace``."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        subprocess.run(
+            ["ip", "netns", "exec", namespace, sys.executable, "-c", _OPENER,
+             DEVICE, str(mode), str(theirs.fileno())],
+            check=True, pass_fds=[theirs.fileno()], capture_output=True,
+        )  # fmt: skip
+        _message, fds, _flags, _address = socket.recv_fds(ours, 16, 1)
+    return fds[0]
+
+
+def configure_kernel_side(namespace: str) -> None:
+    ip = ("ip", "-n", namespace)
+    run(*ip, "addr", "add", f"{KERNEL_V4}/24", "dev", DEVICE)
+    run(*ip, "-6", "addr", "add", f"{KERNEL_V6}/64", "dev", DEVICE, "nodad")
+    run(*ip, "link", "set", DEVICE, "up")
+
+
+@asynccontextmanager
+async def kernel_peer(namespace: str, medium: Medium) -> AsyncIterator[tuple[Interface, Pump]]:
+    link: Link
+    if medium is Medium.ETHERNET:
+        link = TapLink.from_fd(open_device(namespace, 0x0002))
+    else:
+        link = TunLink.from_fd(open_device(namespace, 0x0001))
+    try:
+        configure_kernel_side(namespace)
+        iface = Interface(
+            medium,
+            mac=OUR_MAC if medium is Medium.ETHERNET else None,
+            addresses=[IPv4Interface(f"{OUR_V4}/24"), IPv6Interface(f"{OUR_V6}/64")],
+            rng=random.Random(5),
+            tso=link.tso,
+        )
+        async with pumping((iface, link)) as (pump,):
+            yield iface, pump
+    finally:
+        await link.aclose()
+
+
+async def in_namespace(namespace: str, *command: str, stdin: bytes | None = None) -> str:
+    result = await anyio.run_process(
+        ["ip", "netns", "exec", namespace, *command], input=stdin, check=False
+    )
+    assert result.returncode == 0, (command, result.stdout, result.stderr)
+    return result.stdout.decode()
+
+
+def test_adopting_the_wrong_kind_of_device_fails(netns: str) -> None:
+    fd = open_device(netns, 0x0002)
+    try:
+        with pytest.raises(ValueError, match="not a TUN"):
+            TunLink.from_fd(fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("medium", [Medium.ETHERNET, Medium.IP], ids=["tap", "tun"])
+async def test_kernel_ping_and_ping6_are_answered(netns: str, medium: Medium) -> None:
+    require_peer("ping")
+    async with kernel_peer(netns, medium) as (iface, _pump):
+        out = await in_namespace(netns, "ping", "-c", "3", "-i", "0.2", "-W", "2", str(OUR_V4))
+        assert "3 received" in out
+        out = await in_namespace(
+            netns, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", str(OUR_V6)
+        )
+        assert "3 received" in out
+        if medium is Medium.ETHERNET:
+            link_local = iface.addresses_of(6)[0]
+            out = await in_namespace(
+                netns, "ping", "-6", "-c", "1", "-W", "2", f"{link_local}%{DEVICE}"
+            )
+            assert "1 received" in out
+            neighbours = run("ip", "-n", netns, "neigh", "show", "dev", DEVICE)
+            assert str(OUR_MAC) in neighbours
+
+
+async def test_arp_and_neighbour_discovery_against_the_kernel(netns: str) -> None:
+    require_peer("socat")
+    async with kernel_peer(netns, Medium.ETHERNET) as (iface, pump):
+        for address, port in ((KERNEL_V4, 6000), (KERNEL_V6, 6001)):
+            async with await anyio.open_process(
+                ["ip", "netns", "exec", netns, "socat", "-u",
+                 f"UDP{address.version}-RECV:{port}", "STDOUT"],
+            ) as receiver:  # fmt: skip
+                sock = iface.udp_bind(IPv4Address(0) if address.version == 4 else IPv6Address(0))
+                assert receiver.stdout is not None
+                data = b""
+                with anyio.fail_after(10):
+                    while b"ping" not in data:
+                        # The receiver may not be bound yet: resend until it hears us.
+                        sock.send_to(b"ping", (address, port), anyio.current_time())
+                        pump.kick()
+                        with anyio.move_on_after(0.3):
+                            data += await receiver.stdout.receive()
+                receiver.terminate()
+                sock.close()
+            assert iface.neighbors.lookup(address, anyio.current_time()) is not None
+
+
+@pytest.mark.parametrize("medium", [Medium.ETHERNET, Medium.IP], ids=["tap", "tun"])
+async def test_kernel_udp_to_a_udp_socket_and_back(netns: str, medium: Medium) -> None:
+    require_peer("socat")
+    async with kernel_peer(netns, medium) as (iface, pump):
+        sock = iface.udp_bind(IPv4Address(0), 5000)
+
+        async def echo_upper() -> None:
+            await pump.wait_until(sock.readable)
+            received = sock.receive()
+            assert received is not None
+            payload, source = received
+            sock.send_to(payload.upper(), source, anyio.current_time())
+            pump.kick()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(echo_upper)
+            out = await in_namespace(
+                netns, "socat", "-T", "3", "-", f"UDP4:{OUR_V4}:5000", stdin=b"hello kernel\n"
+            )
+        assert out == "HELLO KERNEL\n"
+        closed_port = await anyio.run_process(
+            ["ip", "netns", "exec", netns, "socat", "-T", "2", "-", f"UDP4:{OUR_V4}:5999"],
+            input=b"anyone?\n" * 2,
+            check=False,
+        )
+        # ICMP port unreachable makes the kernel's connected socket fail the next read.
+        assert b"Connection refused" in closed_port.stderr
+        assert iface.dropped["udp port unreachable"] >= 1
+
+
+async def serve_http(pump: Pump, connection: TcpConnection, body: bytes) -> None:
+    request = b""
+    while b"\r\n\r\n" not in request:
+        await pump.wait_until(lambda: connection.readable() or connection.at_eof)
+        request += connection.receive(65536)
+    header = f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    await send_all(pump, connection, header + body)
+    connection.shutdown()
+    pump.kick()
+
+
+@pytest.mark.parametrize("medium", [Medium.ETHERNET, Medium.IP], ids=["tap", "tun"])
+@pytest.mark.parametrize("version", [4, 6])
+async def test_kernel_curl_fetches_from_a_listener(
+    netns: str, medium: Medium, version: int
+) -> None:
+    require_peer("curl")
+    body = random.Random(9).randbytes(4 << 20)
+    address = OUR_V4 if version == 4 else OUR_V6
+    url = f"http://{address}:8080/" if version == 4 else f"http://[{address}]:8080/"
+    async with kernel_peer(netns, medium) as (iface, pump):
+        listener = iface.tcp_listen(address, 8080)
+
+        async def serve() -> None:
+            await pump.wait_until(listener.readable)
+            connection = listener.accept()
+            assert connection is not None
+            await serve_http(pump, connection, body)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(serve)
+            out = await in_namespace(netns, "sh", "-c", f"curl -sS --max-time 30 {url} | sha256sum")
+        assert out.split()[0] == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("medium", [Medium.ETHERNET, Medium.IP], ids=["tap", "tun"])
+async def test_connecting_to_kernel_socat_both_directions(netns: str, medium: Medium) -> None:
+    require_peer("socat")
+    upload = random.Random(3).randbytes(4 << 20)
+    async with kernel_peer(netns, medium) as (iface, pump):
+        async with await anyio.open_process(
+            ["ip", "netns", "exec", netns, "sh", "-c",
+             "socat -u TCP4-LISTEN:7000,reuseaddr STDOUT | sha256sum"],
+        ) as sink:  # fmt: skip
+            connection = await connect_with_retry(iface, pump, (KERNEL_V4, 7000))
+            await send_all(pump, connection, upload)
+            connection.shutdown()
+            pump.kick()
+            await pump.wait_until(lambda: connection.at_eof)
+            assert sink.stdout is not None
+            with anyio.fail_after(20):
+                digest = (await sink.stdout.receive()).decode().split()[0]
+        assert digest == hashlib.sha256(upload).hexdigest()
+        download = random.Random(4).randbytes(4 << 20)
+        async with await anyio.open_process(
+            ["ip", "netns", "exec", netns, "socat", "-u", "STDIN",
+             "TCP6-LISTEN:7001,reuseaddr"],
+        ) as source:  # fmt: skip
+            assert source.stdin is not None
+            connection = await connect_with_retry(iface, pump, (KERNEL_V6, 7001))
+            async with anyio.create_task_group() as group:
+
+                async def feed() -> None:
+                    assert source.stdin is not None
+                    await source.stdin.send(download)
+                    await source.stdin.aclose()
+
+                group.start_soon(feed)
+                received = await receive_all(pump, connection, len(download))
+        assert hashlib.sha256(received).digest() == hashlib.sha256(download).digest()
+
+
+async def connect_with_retry(
+    iface: Interface, pump: Pump, remote: tuple[IPv4Address | IPv6Address, int]
+) -> TcpConnection:
+    """Connect, trying again while the kernel listener is not up yet (RST: refused)."""
+    with anyio.fail_after(10):
+        while True:
+            connection = iface.tcp_connect(remote, now=anyio.current_time())
+            pump.kick()
+            await pump.wait_until(
+                lambda c=connection: c.established or c.finished  # type: ignore[misc]
+            )
+            if connection.established:
+                return connection
+            await anyio.sleep(0.1)
