@@ -1216,29 +1216,48 @@ class Interface:
             seq = (segment.seq + start + (1 if start and segment.flags & TcpFlags.SYN else 0)) & (
                 0xFFFF_FFFF
             )
-            piece = TcpRepr(
-                segment.src_port,
-                segment.dst_port,
-                seq,
-                segment.ack,
-                flags,
-                segment.window,
-                segment.options,
-                payload[start : start + chunk],
-                segment.urgent,
-            )
-            if self.tso and len(piece.payload) > per_segment:
-                wire = bytearray(piece.emit(src, dst))
-                partial = pseudo_header_sum(src, dst, IpProtocol.TCP, len(wire))
-                wire[_TCP_CHECKSUM_OFFSET : _TCP_CHECKSUM_OFFSET + 2] = partial.to_bytes(2, "big")
+            data = payload[start : start + chunk]
+            if self.tso and len(data) > per_segment:
+                # The kernel completes each segment's checksum: emit the header
+                # alone (its checksum is cheap and thrown away), put the
+                # pseudo-header sum in its place, and never sum the 64 KiB.
+                header = TcpRepr(
+                    segment.src_port,
+                    segment.dst_port,
+                    seq,
+                    segment.ack,
+                    flags,
+                    segment.window,
+                    segment.options,
+                    b"",
+                    segment.urgent,
+                ).emit(src, dst)
+                partial = pseudo_header_sum(src, dst, IpProtocol.TCP, len(header) + len(data))
+                wire = (
+                    header[:_TCP_CHECKSUM_OFFSET]
+                    + partial.to_bytes(2, "big")
+                    + header[_TCP_CHECKSUM_OFFSET + 2 :]
+                    + data
+                )
                 gso = GsoInfo(
                     GsoType.TCPV4 if ip_header == 20 else GsoType.TCPV6,
                     per_segment,
                     ip_header + tcp_header,
                     ip_header,
                 )
-                self._send_ip(src, dst, IpProtocol.TCP, bytes(wire), now, gso)
+                self._send_ip(src, dst, IpProtocol.TCP, wire, now, gso)
             else:
+                piece = TcpRepr(
+                    segment.src_port,
+                    segment.dst_port,
+                    seq,
+                    segment.ack,
+                    flags,
+                    segment.window,
+                    segment.options,
+                    data,
+                    segment.urgent,
+                )
                 self._send_ip(src, dst, IpProtocol.TCP, piece.emit(src, dst), now)
 
     # Sending IP.

@@ -16,6 +16,7 @@ import anyio
 
 from netshim.ip.iface import Interface
 from netshim.ip.links import Link
+from netshim.ip.tcp import TcpConnection
 
 
 class Pump:
@@ -76,3 +77,27 @@ async def pumping(*pairs: tuple[Interface, Link]) -> AsyncIterator[list[Pump]]:
             yield pumps
         finally:
             group.cancel_scope.cancel()
+
+
+async def send_all(pump: Pump, connection: TcpConnection, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        taken = connection.send(view)
+        view = view[taken:]
+        pump.kick()
+        if view:
+            await pump.wait_until(lambda: connection.send_space() > 0)
+
+
+async def receive_all(pump: Pump, connection: TcpConnection, size: int) -> bytes:
+    chunks: list[bytes] = []
+    got = 0
+    while got < size:
+        await pump.wait_until(lambda: connection.readable() or connection.at_eof, limit=30)
+        chunk = connection.receive(1 << 20)
+        pump.kick()
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)

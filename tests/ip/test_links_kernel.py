@@ -24,8 +24,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 
 import anyio
 import pytest
-from link_pump import Pump, pumping
-from test_links_memory import receive_all, send_all
+from link_pump import Pump, pumping, receive_all, send_all
 
 from netshim.ip.iface import Interface, Medium
 from netshim.ip.links import Link, TapLink, TunLink

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from link_pump import Pump, pumping
+from link_pump import pumping, receive_all, send_all
 
 from netshim.ip.iface import Interface, Medium
 from netshim.ip.links import Bridge, Cable, Faults, FaultyLink, PcapLink
-from netshim.ip.tcp import TcpConnection
 from netshim.pcap import LinkType, PcapReader
 from netshim.protocols.ip import EthernetAddress, Icmpv4Repr, IpProtocol
 from netshim.testing import require_peer
@@ -124,30 +123,6 @@ async def test_bridge_learns_floods_and_forwards() -> None:
     assert scope.cancelled_caught
     await ports[1].aclose()
     assert bridge.mac_table() == {str(MAC[0]): 0}
-
-
-async def send_all(pump: Pump, connection: TcpConnection, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        taken = connection.send(view)
-        view = view[taken:]
-        pump.kick()
-        if view:
-            await pump.wait_until(lambda: connection.send_space() > 0)
-
-
-async def receive_all(pump: Pump, connection: TcpConnection, size: int) -> bytes:
-    chunks: list[bytes] = []
-    got = 0
-    while got < size:
-        await pump.wait_until(lambda: connection.readable() or connection.at_eof, limit=30)
-        chunk = connection.receive(1 << 20)
-        pump.kick()
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 @pytest.mark.parametrize(
