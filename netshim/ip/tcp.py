@@ -49,6 +49,7 @@ import enum
 import errno
 import hmac
 import os
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,6 +65,7 @@ from ..protocols.ip import (
     Timestamps,
     WindowScale,
 )
+from .buffers import ReceiveQueue, SendQueue
 from .congestion import CongestionControl, make_congestion_control
 from .reassembly import ReorderBuffer
 
@@ -87,6 +89,14 @@ _ACK = 0x10
 
 # Built once: constructing an IntFlag per segment is measurable at 100k segments/s.
 _FLAGS = {value: TcpFlags(value) for value in range(0x20)}
+_NOP = NoOperation()
+# Segments and options this module builds skip the wire layer's field checks
+# (about 10 microseconds a segment, a third of the per-segment cost): their
+# values are in range by construction (ports from the connection, numbers
+# reduced modulo 2**32, windows capped at 0xFFFF) and their options are laid
+# out on 4-byte boundaries.  Untrusted segments still come through TcpRepr.parse.
+_new = object.__new__
+_set = object.__setattr__
 
 # RFC 9293 section 3.7.1: the MSS a peer is assumed to take when its SYN has no option.
 _DEFAULT_MSS_V4 = 536
@@ -98,6 +108,11 @@ _MIN_MSS = 48
 _MAX_WINDOW_SHIFT = 14
 _TIMESTAMP_OPTIONS_LEN = 12
 _DUPLICATE_ACK_THRESHOLD = 3
+# ACKs one poll may send to report SACK blocks that changed in a batch of arrivals.
+_MAX_SACK_REPORTS = 16
+# SACK blocks remembered by a sender; more only cost retransmissions of data the
+# peer has, and a bound keeps a hostile peer from making every ACK expensive.
+_MAX_SACK_BLOCKS_KEPT = 256
 # A sample above this is a bogus TSecr (a peer echoing garbage), not an RTT.
 _MAX_RTT_SAMPLE = 120.0
 
@@ -121,31 +136,37 @@ class TcpState(enum.Enum):
         return self.value
 
 
-_SYNCHRONIZED = frozenset(
-    {
-        TcpState.SYN_RECEIVED,
-        TcpState.ESTABLISHED,
-        TcpState.FIN_WAIT_1,
-        TcpState.FIN_WAIT_2,
-        TcpState.CLOSE_WAIT,
-        TcpState.CLOSING,
-        TcpState.LAST_ACK,
-        TcpState.TIME_WAIT,
-    }
+# State groups are tuples: membership is tested by identity, while a frozenset
+# would call Enum.__hash__, a Python function, on every segment.
+_SYNCHRONIZED = (
+    TcpState.SYN_RECEIVED,
+    TcpState.ESTABLISHED,
+    TcpState.FIN_WAIT_1,
+    TcpState.FIN_WAIT_2,
+    TcpState.CLOSE_WAIT,
+    TcpState.CLOSING,
+    TcpState.LAST_ACK,
+    TcpState.TIME_WAIT,
 )
 # States in which received data is taken (the peer has not sent its FIN).
-_RECEIVING = frozenset({TcpState.ESTABLISHED, TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2})
-# States in which our data (and FIN) may go out.
-_SENDING = frozenset(
-    {
-        TcpState.ESTABLISHED,
-        TcpState.CLOSE_WAIT,
-        TcpState.FIN_WAIT_1,
-        TcpState.CLOSING,
-        TcpState.LAST_ACK,
-    }
+_RECEIVING = (
+    TcpState.ESTABLISHED,
+    TcpState.FIN_WAIT_1,
+    TcpState.FIN_WAIT_2,
 )
-_KEEPALIVE_STATES = frozenset({TcpState.ESTABLISHED, TcpState.CLOSE_WAIT, TcpState.FIN_WAIT_2})
+# States in which our data (and FIN) may go out.
+_SENDING = (
+    TcpState.ESTABLISHED,
+    TcpState.CLOSE_WAIT,
+    TcpState.FIN_WAIT_1,
+    TcpState.CLOSING,
+    TcpState.LAST_ACK,
+)
+_KEEPALIVE_STATES = (
+    TcpState.ESTABLISHED,
+    TcpState.CLOSE_WAIT,
+    TcpState.FIN_WAIT_2,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,8 +347,7 @@ class TcpConnection:
         self._snd_wl1 = 0
         self._snd_wl2 = 0
         self._snd_wscale = 0
-        self._send_buf = bytearray()
-        self._send_base = iss + 1  # sequence number of _send_buf[0]
+        self._send_queue = SendQueue(iss + 1)  # the SYN takes iss
         self._fin_queued = False
         self._syn_pending = True  # our SYN (or SYN-ACK) is to be sent
 
@@ -336,7 +356,7 @@ class TcpConnection:
         self._rcv_nxt = 0
         self._rcv_adv = 0  # right edge of the window we advertised
         self._rcv_wscale = _window_shift(config.receive_buffer) if config.window_scale else 0
-        self._recv_buf = bytearray()
+        self._recv_buf = ReceiveQueue()
         self._reorder = ReorderBuffer(max(64, config.receive_buffer // 512))
         self._peer_fin_seq: int | None = None
         self._fin_received = False
@@ -369,9 +389,16 @@ class TcpConnection:
         # Loss recovery (RFC 6675 simplified / RFC 6582).
         self._cc: CongestionControl = make_congestion_control(config.congestion, self.send_mss)
         self._in_recovery = False
+        # Recovery after a timeout rather than duplicate ACKs: cwnd grows in it.
+        self._timeout_recovery = False
+        # Send the first lost segment even when the pipe estimate says no
+        # (RFC 6675 section 5 step 3, RFC 6582 partial ACKs).
+        self._force_rexmit = False
         self._recover = iss
         self._dupacks = 0
-        self._scoreboard: list[list[int]] = []  # SACKed [start, end) above SND.UNA, sorted
+        # SACKed [start, end) blocks above SND.UNA, sorted, merged.
+        self._sacked_starts: list[int] = []
+        self._sacked_ends: list[int] = []
         self._sacked_bytes = 0
         self._lost_edge = iss  # holes below this are deemed lost
         self._high_rxt = iss  # retransmitted up to here in this recovery
@@ -512,7 +539,7 @@ class TcpConnection:
         """Bytes :meth:`send` would take now (0 once the sending side is shut)."""
         if self._fin_queued or self.state is TcpState.CLOSED:
             return 0
-        return max(0, self.config.send_buffer - len(self._send_buf))
+        return max(0, self.config.send_buffer - len(self._send_queue))
 
     @property
     def cwnd(self) -> int:
@@ -564,15 +591,15 @@ class TcpConnection:
             if self.error is not None and self.error.errno != errno.EPIPE:
                 raise _error(self.error.errno or errno.EPIPE)
             raise _error(errno.EPIPE)
-        room = self.config.send_buffer - len(self._send_buf)
+        room = self.config.send_buffer - len(self._send_queue)
         if room <= 0:
             return 0
         taken = len(data) if len(data) <= room else room
         if taken:
             if taken == len(data):
-                self._send_buf += data
+                self._send_queue.append(data)
             else:
-                self._send_buf += memoryview(data)[:taken]
+                self._send_queue.append(memoryview(data)[:taken])
             self._output_wanted = True
         return taken
 
@@ -591,13 +618,7 @@ class TcpConnection:
             if self.state is TcpState.CLOSED:
                 return b""
             raise BlockingIOError(errno.EAGAIN, "no data received yet")
-        if max_bytes >= len(buffer):
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            with memoryview(buffer) as view:
-                data = bytes(view[:max_bytes])
-            del buffer[:max_bytes]
+        data = buffer.read(max_bytes)
         if self.state in _RECEIVING:
             self._maybe_window_update()
         return data
@@ -886,7 +907,7 @@ class TcpConnection:
 
     def _enter_closed(self) -> None:
         self.state = TcpState.CLOSED
-        self._send_buf.clear()
+        self._send_queue.clear()
         self._reorder.clear()
         self._rtx_deadline = None
         self._persist_deadline = None
@@ -959,16 +980,8 @@ class TcpConnection:
         if self._snd_nxt < ack:
             # After a go-back-N the originals arrived: skip what they covered.
             self._snd_nxt = ack
-        drop = ack - self._send_base
-        if drop > 0:
-            buffered = len(self._send_buf)
-            if drop > buffered:
-                drop = buffered
-            if drop:
-                del self._send_buf[:drop]
-                self._send_base += drop
-                self.bytes_acked += drop
-        if self._scoreboard:
+        self.bytes_acked += self._send_queue.drop_until(ack)
+        if self._sacked_starts:
             self._trim_scoreboard(ack)
         self._retries = 0
         self._persist_backoff = 0
@@ -983,22 +996,31 @@ class TcpConnection:
             self._rtt_seq = None
 
         if self._in_recovery:
+            if self._timeout_recovery:
+                self._cc.on_ack(acked, now, self.srtt)
             if ack > self._recover:
                 self._in_recovery = False
                 self._dupacks = 0
-                self._cc.on_recovery_end(now)
+                if self._timeout_recovery:
+                    self._timeout_recovery = False
+                else:
+                    self._cc.on_recovery_end(now)
+            elif self._timeout_recovery:
+                if self._high_rxt < ack:
+                    self._high_rxt = ack
             else:
                 # RFC 6582 partial ACK: the next hole is lost too.
                 self._dupacks = 0
                 if not self._sack_enabled:
                     self._high_rxt = ack
                     self._lost_edge = max(self._lost_edge, ack + self.send_mss)
+                    self._force_rexmit = True
                 elif self._high_rxt < ack:
                     self._high_rxt = ack
         else:
             self._dupacks = 0
             self._cc.on_ack(acked, now, self.srtt)
-            if self._sack_enabled and self._scoreboard:
+            if self._sack_enabled and self._sacked_starts:
                 self._maybe_enter_recovery(now)
 
         if self._snd_max > ack:
@@ -1009,7 +1031,7 @@ class TcpConnection:
             self._stall_start = None
 
         state = self.state
-        if self._fin_queued and ack == self._send_base + len(self._send_buf) + 1:
+        if self._fin_queued and ack == self._send_queue.end + 1:
             # Our FIN is acknowledged.
             if state is TcpState.FIN_WAIT_1:
                 self.state = TcpState.FIN_WAIT_2
@@ -1040,6 +1062,7 @@ class TcpConnection:
         self._cc.on_loss(now, self._snd_max - self._snd_una)
         self._high_rxt = self._snd_una
         self._lost_edge = self._snd_una + self.send_mss
+        self._force_rexmit = True
         self._rtt_seq = None
         self._output_wanted = True
 
@@ -1059,47 +1082,51 @@ class TcpConnection:
             self._add_sacked(left, right)
 
     def _add_sacked(self, left: int, right: int) -> None:
-        board = self._scoreboard
-        merged: list[list[int]] = []
-        placed = False
-        for block in board:
-            if block[1] < left:
-                merged.append(block)
-            elif block[0] > right:
-                if not placed:
-                    merged.append([left, right])
-                    placed = True
-                merged.append(block)
-            else:
-                left = min(left, block[0])
-                right = max(right, block[1])
-        if not placed:
-            merged.append([left, right])
-        self._scoreboard = merged
-        self._sacked_bytes = sum(end - start for start, end in merged)
-        if merged[-1][1] > self._lost_edge and self._in_recovery:
-            self._lost_edge = merged[-1][1]
+        starts, ends = self._sacked_starts, self._sacked_ends
+        low = bisect_left(ends, left)  # first block ending at or after left
+        high = bisect_right(starts, right)  # blocks starting at or before right
+        if low < high:
+            removed = 0
+            for index in range(low, high):
+                removed += ends[index] - starts[index]
+            left = min(left, starts[low])
+            right = max(right, ends[high - 1])
+            self._sacked_bytes -= removed
+        elif len(starts) >= _MAX_SACK_BLOCKS_KEPT:
+            # A bounded scoreboard: an unrecorded block only costs a retransmission.
+            return
+        starts[low:high] = [left]
+        ends[low:high] = [right]
+        self._sacked_bytes += right - left
+        if self._in_recovery and ends[-1] > self._lost_edge:
+            self._lost_edge = ends[-1]
 
     def _trim_scoreboard(self, ack: int) -> None:
-        board = [block for block in self._scoreboard if block[1] > ack]
-        if board and board[0][0] < ack:
-            board[0] = [ack, board[0][1]]
-        self._scoreboard = board
-        self._sacked_bytes = sum(end - start for start, end in board)
+        starts, ends = self._sacked_starts, self._sacked_ends
+        gone = bisect_right(ends, ack)
+        for index in range(gone):
+            self._sacked_bytes -= ends[index] - starts[index]
+        del starts[:gone], ends[:gone]
+        if starts and starts[0] < ack:
+            self._sacked_bytes -= ack - starts[0]
+            starts[0] = ack
 
     def _clear_scoreboard(self) -> None:
-        self._scoreboard = []
+        self._sacked_starts.clear()
+        self._sacked_ends.clear()
         self._sacked_bytes = 0
         self._in_recovery = False
+        self._timeout_recovery = False
         self._dupacks = 0
         self._high_rxt = self._lost_edge = self._snd_una
 
     def _sacked_below(self, limit: int) -> int:
         total = 0
-        for start, end in self._scoreboard:
+        ends = self._sacked_ends
+        for index, start in enumerate(self._sacked_starts):
             if start >= limit:
                 break
-            total += min(end, limit) - start
+            total += min(ends[index], limit) - start
         return total
 
     def _pipe(self) -> int:
@@ -1108,8 +1135,8 @@ class TcpConnection:
         if not self._in_recovery:
             return flight - self._sacked_bytes
         lost_edge = self._lost_edge
-        if self._scoreboard and self._scoreboard[-1][1] > lost_edge:
-            lost_edge = self._scoreboard[-1][1]
+        if self._sacked_ends and self._sacked_ends[-1] > lost_edge:
+            lost_edge = self._sacked_ends[-1]
         above = self._snd_nxt - lost_edge
         if not self._sack_enabled:
             above -= self._dupacks * self.send_mss
@@ -1120,17 +1147,16 @@ class TcpConnection:
 
     def _next_hole(self, start: int, limit: int) -> tuple[int, int] | None:
         """The first un-SACKed range at or after ``start`` and below ``limit``."""
-        for block_start, block_end in self._scoreboard:
-            if block_end <= start:
-                continue
-            if block_start > start:
-                if start >= limit:
-                    return None
-                return start, min(block_start, limit)
-            start = block_end
-        if start < limit:
-            return start, limit
-        return None
+        starts, ends = self._sacked_starts, self._sacked_ends
+        index = bisect_right(ends, start)
+        if index < len(starts) and starts[index] <= start:
+            start = ends[index]
+            index += 1
+        if start >= limit:
+            return None
+        if index < len(starts) and starts[index] < limit:
+            return start, starts[index]
+        return start, limit
 
     # RTT -----------------------------------------------------------------
 
@@ -1171,7 +1197,7 @@ class TcpConnection:
         size = len(payload)
         if seq == rcv_nxt:
             if size:
-                self._recv_buf += payload
+                self._recv_buf.append(payload)
                 rcv_nxt += size
                 self.bytes_received += size
                 if size > self._rcv_mss:
@@ -1179,7 +1205,7 @@ class TcpConnection:
                 if self._reorder:
                     chunks, new_nxt = self._reorder.pop_ready(rcv_nxt)
                     for chunk in chunks:
-                        self._recv_buf += chunk
+                        self._recv_buf.append(chunk)
                     self.bytes_received += new_nxt - rcv_nxt
                     rcv_nxt = new_nxt
                     # Filling a hole is acknowledged at once (RFC 5681 section 4.2).
@@ -1314,7 +1340,14 @@ class TcpConnection:
         elif self.state in _SENDING:
             self._output(now, out)
         if self._ack_now and len(out) == sent_before and self.state is not TcpState.SYN_SENT:
-            out.append(self._segment(self._snd_nxt, _ACK, b""))
+            if self._sack_enabled and self._reorder:
+                limit = 3 if self._ts_enabled else 4
+                reports = self._reorder.sack_reports(limit, _MAX_SACK_REPORTS)
+                for blocks in reports[1:]:
+                    out.append(self._segment(self._snd_nxt, _ACK, b"", sack=blocks))
+                out.append(self._segment(self._snd_nxt, _ACK, b"", sack=reports[0]))
+            else:
+                out.append(self._segment(self._snd_nxt, _ACK, b""))
         self.segments_sent += len(out)
         return out
 
@@ -1363,24 +1396,23 @@ class TcpConnection:
         payload: bytes,
         *,
         options: tuple[TcpOption, ...] | None = None,
+        sack: list[tuple[int, int]] | None = None,
     ) -> TcpRepr:
         """A segment from the current receive state; an ACK in it clears pending ACKs."""
         if options is None:
-            option_list: list[TcpOption] = []
+            # Every layout here is a multiple of four bytes (two NOPs before each
+            # option), as _trusted_segment requires.
+            options = ()
             if self._ts_enabled:
-                option_list += (
-                    NoOperation(),
-                    NoOperation(),
-                    Timestamps(self._ts_value(self._now), self._ts_recent),
-                )
+                timestamps = _new(Timestamps)
+                _set(timestamps, "value", (int(self._now * 1000) + self._ts_offset) & _MASK)
+                _set(timestamps, "echo_reply", self._ts_recent)
+                options = (_NOP, _NOP, timestamps)
             if self._sack_enabled and self._reorder:
-                blocks = self._reorder.sack_blocks(3 if self._ts_enabled else 4)
-                option_list += (
-                    NoOperation(),
-                    NoOperation(),
-                    SackBlocks(tuple((start & _MASK, end & _MASK) for start, end in blocks)),
-                )
-            options = tuple(option_list)
+                blocks = sack if sack else self._reorder.sack_blocks(3 if self._ts_enabled else 4)
+                sack_option = _new(SackBlocks)
+                _set(sack_option, "blocks", tuple((a & _MASK, b & _MASK) for a, b in blocks))
+                options += (_NOP, _NOP, sack_option)
         window = 0
         ack = 0
         if flags & _ACK:
@@ -1389,21 +1421,17 @@ class TcpConnection:
             self._last_ack_sent = self._rcv_nxt
             self._ack_now = False
             self._delack_deadline = None
-        return TcpRepr(
-            src_port=self.local[1],
-            dst_port=self.remote[1],
-            seq=seq & _MASK,
-            ack=ack,
-            flags=_FLAGS[flags],
-            window=window,
-            options=options,
-            payload=payload,
-        )
-
-    def _payload(self, start: int, length: int) -> bytes:
-        offset = start - self._send_base
-        with memoryview(self._send_buf) as view:
-            return bytes(view[offset : offset + length])
+        segment = _new(TcpRepr)
+        _set(segment, "src_port", self.local[1])
+        _set(segment, "dst_port", self.remote[1])
+        _set(segment, "seq", seq & _MASK)
+        _set(segment, "ack", ack)
+        _set(segment, "flags", _FLAGS[flags])
+        _set(segment, "window", window)
+        _set(segment, "options", options)
+        _set(segment, "payload", payload)
+        _set(segment, "urgent", 0)
+        return segment
 
     def _output(self, now: float, out: list[TcpRepr]) -> None:
         """Send what the windows allow: lost data first, then new data, then the FIN."""
@@ -1411,14 +1439,17 @@ class TcpConnection:
         mss = self.send_mss
         max_payload = self._max_payload
         pipe = self._pipe()
-        data_end = self._send_base + len(self._send_buf)
+        data_end = self._send_queue.end
 
         if self._in_recovery:
-            while pipe < cc.cwnd:
+            force = self._force_rexmit
+            self._force_rexmit = False
+            while force or pipe < cc.cwnd:
+                force = False
                 start = max(self._high_rxt, self._snd_una)
                 lost_edge = self._lost_edge
-                if self._scoreboard and self._scoreboard[-1][1] > lost_edge:
-                    lost_edge = self._scoreboard[-1][1]
+                if self._sacked_ends and self._sacked_ends[-1] > lost_edge:
+                    lost_edge = self._sacked_ends[-1]
                 hole = self._next_hole(start, min(lost_edge, self._snd_max, data_end))
                 if hole is None:
                     break
@@ -1473,13 +1504,13 @@ class TcpConnection:
 
     def _send_data(self, start: int, length: int, now: float, out: list[TcpRepr]) -> None:
         end = start + length
-        data_end = self._send_base + len(self._send_buf)
+        data_end = self._send_queue.end
         flags = _ACK
         if end == data_end:
             flags |= _PSH
             if self._fin_queued and self.state in _FIN_STATES:
                 flags |= _FIN
-        out.append(self._segment(start, flags, self._payload(start, length)))
+        out.append(self._segment(start, flags, self._send_queue.read(start, length)))
         if start < self._snd_max:
             self.retransmissions += 1
             self._rtt_seq = None
@@ -1545,10 +1576,26 @@ class TcpConnection:
             return
         self._cc.on_timeout(now, self._snd_max - self._snd_una)
         self._recover = self._snd_max - 1
-        self._clear_scoreboard()
+        if self._retries > 1:
+            # A second timeout in a row: the peer may have reneged on what it
+            # SACKed (RFC 2018 section 8), so SACK information is no longer trusted.
+            self._clear_scoreboard()
         self._rtt_seq = None
-        # Go back N: resend from SND.UNA under a one-segment window (RFC 5681 3.1).
-        self._snd_nxt = self._snd_una
+        data_end = self._send_queue.end
+        if self._snd_una >= data_end:
+            # Only the FIN is outstanding: send it again.
+            self._snd_nxt = self._snd_una
+            self._in_recovery = False
+        else:
+            # As Linux's loss state: every byte not SACKed is lost and goes again,
+            # in order, under a one-segment window that slow start reopens
+            # (RFC 5681 section 3.1); SACKed data is not sent twice.
+            self._in_recovery = True
+            self._timeout_recovery = True
+            self._dupacks = 0
+            self._high_rxt = self._snd_una
+            self._lost_edge = self._snd_max
+            self._force_rexmit = True
         self.rto = min(self.rto * 2, config.max_rto)
         self._output_wanted = True
         if self.state in _SENDING:
@@ -1565,7 +1612,7 @@ class TcpConnection:
         self._persist_deadline = None
         if self.state not in _SENDING:
             return
-        data_end = self._send_base + len(self._send_buf)
+        data_end = self._send_queue.end
         if data_end <= self._snd_nxt or self._snd_max != self._snd_una:
             self._persist_backoff = 0
             return
@@ -1596,7 +1643,7 @@ class TcpConnection:
             self._keepalive_deadline = None
             return
         idle, interval, probes = keepalive
-        if self._snd_max != self._snd_una or self._send_base + len(self._send_buf) > self._snd_nxt:
+        if self._snd_max != self._snd_una or self._send_queue.end > self._snd_nxt:
             # Data outstanding: the retransmission timer watches the peer.
             self._keepalive_deadline = now + idle
             return
@@ -1630,7 +1677,14 @@ class TcpConnection:
         self._output_wanted = True
 
 
-_FIN_STATES = frozenset({TcpState.FIN_WAIT_1, TcpState.CLOSING, TcpState.LAST_ACK})
-_SENDABLE_STATES = frozenset(
-    {TcpState.SYN_SENT, TcpState.SYN_RECEIVED, TcpState.ESTABLISHED, TcpState.CLOSE_WAIT}
+_FIN_STATES = (
+    TcpState.FIN_WAIT_1,
+    TcpState.CLOSING,
+    TcpState.LAST_ACK,
+)
+_SENDABLE_STATES = (
+    TcpState.SYN_SENT,
+    TcpState.SYN_RECEIVED,
+    TcpState.ESTABLISHED,
+    TcpState.CLOSE_WAIT,
 )

@@ -28,7 +28,7 @@ START = 1000.0
 Fault = Callable[[str, TcpRepr, float], list[float]]
 
 
-class Stuck(AssertionError):
+class StuckError(AssertionError):
     """Nothing is in flight and no timer is pending, yet the condition is not met."""
 
 
@@ -181,7 +181,7 @@ class Network:
                 if condition():
                     return
                 if self.next_event() is None:
-                    raise Stuck(f"nothing pending at {self.now - START:.3f}s")
+                    raise StuckError(f"nothing pending at {self.now - START:.3f}s")
                 raise AssertionError(f"condition not met after {timeout}s of fake time")
 
     def run_for(self, seconds: float) -> None:

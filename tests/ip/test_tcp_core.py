@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 
 import pytest
 from tcp_core_harness import (
@@ -11,7 +12,7 @@ from tcp_core_harness import (
     B_ADDRESS,
     START,
     Network,
-    Stuck,
+    StuckError,
     pattern,
     transfer,
 )
@@ -466,7 +467,7 @@ def test_rto_backoff_then_etimedout() -> None:
     network.a.send(b"x" * 100)
     network.run_until(lambda: network.a.state is TcpState.CLOSED, timeout=100)
     times = [e.time for e in network.log if e.direction == "a>b" and e.segment.payload]
-    gaps = [round(later - earlier, 3) for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)]
     rto = gaps[0]
     assert 0.2 <= rto <= 0.25  # min RTO above a 2 ms RTT
     assert gaps == pytest.approx([rto * 2**i for i in range(5)], rel=0.01)
@@ -565,7 +566,7 @@ def test_zero_window_persist_probe_and_reopening() -> None:
         if e.direction == "a>b" and not e.segment.payload and e.time > START + 0.1
     ]
     assert len(probes) >= 3
-    gaps = [b.time - a.time for a, b in zip(probes, probes[1:], strict=False)]
+    gaps = [b.time - a.time for a, b in itertools.pairwise(probes)]
     assert gaps[1] > gaps[0]
     zero_windows = [e for e in network.log if e.direction == "b>a" and e.segment.window == 0]
     assert zero_windows
@@ -644,7 +645,7 @@ def test_no_timers_when_idle_without_keepalive() -> None:
     network.flush()
     assert network.a.deadline() is None
     assert network.server.deadline() is None
-    with pytest.raises(Stuck):
+    with pytest.raises(StuckError):
         network.run_until(lambda: False)
 
 
