@@ -25,7 +25,7 @@ What it does with what arrives:
   oversized UDP datagram is ``EMSGSIZE``.
 * ICMP and ICMPv6 echo requests are answered.  ICMP errors are matched by the
   packet they quote to the TCP connection or connected UDP socket that sent it
-  and delivered as the errno Linux uses (``icmp_err_convert``): port
+  and delivered as the errno Linux uses (:mod:`netshim.ip.icmp`): port
   unreachable is ``ECONNREFUSED``, host unreachable ``EHOSTUNREACH``...
 * UDP goes to the bound :class:`~netshim.ip.udp.UdpSocket`; to a closed port,
   ICMP port unreachable (rate limited) answers.  TCP goes to its connection,
@@ -89,6 +89,7 @@ from netshim.protocols.ip import (
 )
 
 from .fragments import Ipv4Reassembler
+from .icmp import IcmpError, QuotedFlow, TokenBucket, icmpv4_error, icmpv6_error, quoted_flow
 from .neighbor import NeighborCache
 from .tcp import TcpConfig, TcpConnection, initial_sequence_number, reset_for_unexpected
 from .udp import UdpSocket
@@ -118,10 +119,6 @@ EPHEMERAL_PORTS = range(32768, 61000)
 # connection object until it completes or its SYN-ACK retries run out: this
 # is what a SYN flood can cost, per listener.
 DEFAULT_SYN_BACKLOG = 128
-# Linux's net.ipv4.icmp_msgs_per_sec and icmp_msgs_burst: a global token
-# bucket for the ICMP errors a host sends.
-ICMP_RATE_PER_SECOND = 1000.0
-ICMP_BURST = 50
 # RFC 4861 section 10: MAX_RTR_SOLICITATIONS and RTR_SOLICITATION_INTERVAL.
 ROUTER_SOLICITATIONS = 3
 ROUTER_SOLICITATION_INTERVAL = 4.0
@@ -142,36 +139,6 @@ _LINK_LOCAL_V6 = ipaddress.IPv6Network("fe80::/10")
 # alert comes in hop-by-hop).
 _SKIPPED_EXTENSIONS = (IpProtocol.HOP_BY_HOP, IpProtocol.IPV6_OPTIONS)
 _TCP_CHECKSUM_OFFSET = 16
-
-# Linux's icmp_err_convert table: Destination Unreachable code -> errno.
-_ICMPV4_UNREACHABLE_ERRNO = {
-    Icmpv4Unreachable.NET_UNREACHABLE: errno.ENETUNREACH,
-    Icmpv4Unreachable.HOST_UNREACHABLE: errno.EHOSTUNREACH,
-    Icmpv4Unreachable.PROTOCOL_UNREACHABLE: errno.ENOPROTOOPT,
-    Icmpv4Unreachable.PORT_UNREACHABLE: errno.ECONNREFUSED,
-    Icmpv4Unreachable.FRAGMENTATION_NEEDED: errno.EMSGSIZE,
-    Icmpv4Unreachable.SOURCE_ROUTE_FAILED: errno.EOPNOTSUPP,
-    Icmpv4Unreachable.NET_UNKNOWN: errno.ENETUNREACH,
-    Icmpv4Unreachable.HOST_UNKNOWN: errno.EHOSTDOWN,
-    Icmpv4Unreachable.SOURCE_HOST_ISOLATED: errno.ENONET,
-    Icmpv4Unreachable.NET_PROHIBITED: errno.ENETUNREACH,
-    Icmpv4Unreachable.HOST_PROHIBITED: errno.EHOSTUNREACH,
-    Icmpv4Unreachable.NET_TOS_UNREACHABLE: errno.ENETUNREACH,
-    Icmpv4Unreachable.HOST_TOS_UNREACHABLE: errno.EHOSTUNREACH,
-    Icmpv4Unreachable.ADMIN_PROHIBITED: errno.EHOSTUNREACH,
-    Icmpv4Unreachable.HOST_PRECEDENCE_VIOLATION: errno.EHOSTUNREACH,
-    Icmpv4Unreachable.PRECEDENCE_CUTOFF: errno.EHOSTUNREACH,
-}
-# Linux's icmpv6_err_convert.
-_ICMPV6_UNREACHABLE_ERRNO = {
-    Icmpv6Unreachable.NO_ROUTE: errno.ENETUNREACH,
-    Icmpv6Unreachable.ADMIN_PROHIBITED: errno.EACCES,
-    Icmpv6Unreachable.BEYOND_SCOPE: errno.EHOSTUNREACH,
-    Icmpv6Unreachable.ADDRESS_UNREACHABLE: errno.EHOSTUNREACH,
-    Icmpv6Unreachable.PORT_UNREACHABLE: errno.ECONNREFUSED,
-    Icmpv6Unreachable.SOURCE_POLICY_FAILED: errno.EACCES,
-    Icmpv6Unreachable.REJECT_ROUTE: errno.EACCES,
-}
 
 
 class Medium(enum.Enum):
@@ -459,8 +426,8 @@ class Interface:
         self._udp: dict[tuple[IPAddress, int], UdpSocket] = {}
         self._changed: set[ChangedSocket] = set()
         self._identification = self._rng.randrange(0x10000)
-        self._icmp_tokens = float(ICMP_BURST)
-        self._icmp_refilled: float | None = None
+        #: Limits the ICMP errors this interface sends.
+        self.icmp_limiter = TokenBucket()
         self._solicit_router = slaac and medium is Medium.ETHERNET
         self._router_solicitations = 0
         self._next_router_solicitation: float | None = 0.0 if self._solicit_router else None
@@ -911,14 +878,8 @@ class Interface:
                 # Linux's icmp_echo_ignore_broadcasts (on by default): smurf attacks.
                 raise _DropError("icmp echo to broadcast")
             self._send_ip(dst, src, IpProtocol.ICMP, icmp.echo_reply().emit(), now)
-        elif icmp.type == Icmpv4Type.DEST_UNREACHABLE:
-            code = _ICMPV4_UNREACHABLE_ERRNO.get(icmp.code, errno.EHOSTUNREACH)  # type: ignore[call-overload]
-            mtu = icmp.next_hop_mtu if icmp.code == Icmpv4Unreachable.FRAGMENTATION_NEEDED else None
-            self._quoted_error(icmp.payload, code, mtu, now)
-        elif icmp.type == Icmpv4Type.TIME_EXCEEDED:
-            self._quoted_error(icmp.payload, errno.EHOSTUNREACH, None, now)
-        elif icmp.type == Icmpv4Type.PARAMETER_PROBLEM:
-            self._quoted_error(icmp.payload, errno.EPROTO, None, now)
+        elif (error := icmpv4_error(icmp)) is not None:
+            self._quoted_error(icmp.payload, error, now)
         elif icmp.type != Icmpv4Type.ECHO_REPLY:
             raise _DropError("icmp type ignored")
 
@@ -934,15 +895,8 @@ class Interface:
                 if dst.is_multicast:
                     raise _DropError("icmpv6 echo to multicast")
                 self._send_ip(dst, src, IpProtocol.ICMPV6, icmp.echo_reply().emit(dst, src), now)
-            elif kind == Icmpv6Type.DEST_UNREACHABLE:
-                code = _ICMPV6_UNREACHABLE_ERRNO.get(icmp.code, errno.EHOSTUNREACH)  # type: ignore[call-overload]
-                self._quoted_error(icmp.payload, code, None, now)
-            elif kind == Icmpv6Type.PACKET_TOO_BIG:
-                self._quoted_error(icmp.payload, errno.EMSGSIZE, icmp.rest, now)
-            elif kind == Icmpv6Type.TIME_EXCEEDED:
-                self._quoted_error(icmp.payload, errno.EHOSTUNREACH, None, now)
-            elif kind == Icmpv6Type.PARAMETER_PROBLEM:
-                self._quoted_error(icmp.payload, errno.EPROTO, None, now)
+            elif (error := icmpv6_error(icmp)) is not None:
+                self._quoted_error(icmp.payload, error, now)
             elif kind in (
                 Icmpv6Type.NEIGHBOR_SOLICIT,
                 Icmpv6Type.NEIGHBOR_ADVERT,
@@ -1021,55 +975,21 @@ class Interface:
                 address = ipaddress.IPv6Address(int(prefix.prefix.network_address) | identifier)
                 self.add_address(ipaddress.IPv6Interface((address, 64)))
 
-    def _quoted_error(self, quoted: bytes, code: int, mtu: int | None, now: float) -> None:
+    def _quoted_error(self, quoted: bytes, error: IcmpError, now: float) -> None:
         """Deliver an ICMP error to the socket that sent the packet ``quoted``."""
-        found = self._quoted_flow(quoted)
-        if found is None:
+        flow = quoted_flow(quoted)
+        if flow is None:
             raise _DropError("icmp error quoting nothing of ours")
-        self._flow_error(*found, code, mtu, now)
+        self._flow_error(flow, error, now)
 
-    def _quoted_flow(self, quoted: bytes) -> tuple[int, Endpoint, Endpoint, int | None] | None:
-        """Protocol, our end, the far end and the TCP sequence number of a quoted packet."""
-        if len(quoted) < 1:
-            return None
-        src: IPAddress
-        dst: IPAddress
-        if quoted[0] >> 4 == 4 and len(quoted) >= 20:
-            header_len = (quoted[0] & 0x0F) * 4
-            protocol = quoted[9]
-            src = ipaddress.IPv4Address(quoted[12:16])
-            dst = ipaddress.IPv4Address(quoted[16:20])
-        elif quoted[0] >> 4 == 6 and len(quoted) >= 40:
-            header_len = 40
-            protocol = quoted[6]
-            src = ipaddress.IPv6Address(quoted[8:24])
-            dst = ipaddress.IPv6Address(quoted[24:40])
-        else:
-            return None
-        ports = quoted[header_len : header_len + 4]
-        if len(ports) < 4 or protocol not in (IpProtocol.TCP, IpProtocol.UDP):
-            return None
-        local = (src, int.from_bytes(ports[0:2], "big"))
-        remote = (dst, int.from_bytes(ports[2:4], "big"))
-        seq_bytes = quoted[header_len + 4 : header_len + 8]
-        seq = int.from_bytes(seq_bytes, "big") if len(seq_bytes) == 4 else None
-        return protocol, local, remote, seq if protocol == IpProtocol.TCP else None
-
-    def _flow_error(
-        self,
-        protocol: int,
-        local: Endpoint,
-        remote: Endpoint,
-        seq: int | None,
-        code: int,
-        mtu: int | None,
-        now: float,
-    ) -> None:
-        if protocol == IpProtocol.TCP:
+    def _flow_error(self, flow: QuotedFlow, error: IcmpError, now: float) -> None:
+        local, remote = flow.local, flow.remote
+        code, mtu = error.errno, error.mtu
+        if flow.protocol == IpProtocol.TCP:
             connection = self._connections.get((*local, *remote))
             if connection is None:
                 raise _DropError("icmp error for no connection")
-            connection.on_icmp_error(code, now, mtu=mtu, seq=seq)
+            connection.on_icmp_error(code, now, mtu=mtu, seq=flow.seq)
             self._changed.add(connection)
             self._settle((*local, *remote), connection)
             return
@@ -1081,18 +1001,6 @@ class Interface:
             sock._set_error(code)
             self._changed.add(sock)
 
-    def _icmp_allowed(self, now: float) -> bool:
-        if self._icmp_refilled is not None:
-            elapsed = max(0.0, now - self._icmp_refilled)
-            self._icmp_tokens = min(
-                float(ICMP_BURST), self._icmp_tokens + elapsed * ICMP_RATE_PER_SECOND
-            )
-        self._icmp_refilled = now
-        if self._icmp_tokens < 1:
-            return False
-        self._icmp_tokens -= 1
-        return True
-
     def _send_port_unreachable(
         self, src: IPAddress, dst: IPAddress, raw: bytes, now: float
     ) -> None:
@@ -1102,7 +1010,7 @@ class Interface:
         if isinstance(dst, ipaddress.IPv4Address):
             if self._is_broadcast_v4(dst):
                 return
-            if not self._icmp_allowed(now):
+            if not self.icmp_limiter.take(now):
                 self.dropped["icmp rate limited"] += 1
                 return
             message = Icmpv4Repr.dest_unreachable(Icmpv4Unreachable.PORT_UNREACHABLE, raw).emit()
@@ -1110,7 +1018,7 @@ class Interface:
         else:
             if dst.is_multicast:
                 return
-            if not self._icmp_allowed(now):
+            if not self.icmp_limiter.take(now):
                 self.dropped["icmp rate limited"] += 1
                 return
             icmp6 = Icmpv6Repr.dest_unreachable(Icmpv6Unreachable.PORT_UNREACHABLE, raw)
@@ -1404,8 +1312,8 @@ class Interface:
     def _neighbor_failed(self, ip_bytes: bytes, now: float) -> None:
         """Address resolution gave up: the sender hears "host unreachable", as from Linux."""
         self.dropped["neighbor unreachable"] += 1
-        found = self._quoted_flow(ip_bytes)
-        if found is None:
+        flow = quoted_flow(ip_bytes)
+        if flow is None:
             return
         with contextlib.suppress(_DropError):
-            self._flow_error(*found, errno.EHOSTUNREACH, None, now)
+            self._flow_error(flow, IcmpError(errno.EHOSTUNREACH), now)
