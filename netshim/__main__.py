@@ -5,7 +5,8 @@
 clients behind an egress policy (see ``docs/gateway.md``);
 ``netshim run`` runs an unmodified Python program with netshim installed
 (see ``docs/tunnels.md``); ``netshim pyodide run`` runs a script inside
-Pyodide under Node with netshim (see ``docs/pyodide.md``).
+Pyodide under Node with netshim, ``netshim pyodide serve`` a Python console in
+the browser whose sockets go through a gateway (see ``docs/pyodide.md``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
     )
     pyodide = commands.add_parser(
-        "pyodide", help="run a Python script inside Pyodide under Node, with netshim"
+        "pyodide",
+        help="Python in Pyodide with netshim: run a script under Node, or serve a console page",
     )
     from ._pyodide_cli import add_arguments as add_pyodide_arguments
 

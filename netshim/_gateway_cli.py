@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["add_arguments", "config_from", "run"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     add = parser.add_argument
     add("--config", type=Path, help="TOML file with the same keys as these flags")
     add("--host", help="address to listen on (default 127.0.0.1)")

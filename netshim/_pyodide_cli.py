@@ -4,6 +4,9 @@
 
     netshim pyodide run [--via URL] [--with NAME[==VERSION]] ... SCRIPT.py [ARGS ...]
 
+(``netshim pyodide serve``, a console in the browser on the same Pyodide and
+wheels, is :mod:`netshim._pyodide_serve`.)
+
 The pinned npm ``pyodide`` package comes from ``--pyodide-dir`` (or
 ``NETSHIM_PYODIDE_DIR``), else from the cache (``NETSHIM_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/netshim``, else ``~/.cache/netshim``), where ``npm install``
@@ -63,12 +66,33 @@ PROGRAM = "netshim pyodide run"
 _NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(.*)", re.DOTALL)
 
 
+PYODIDE_EXAMPLES = """\
+examples:
+  netshim pyodide run script.py                        # under Node, netshim importable
+  netshim pyodide run --via ws://127.0.0.1:8080/ --with redis app.py
+  netshim pyodide serve --allow-private --with redis   # console page + gateway on :8000
+  netshim pyodide serve --via ws://gateway.example:8080/ --port 8001
+
+'serve' prints the address to open; in the console, typed code runs with top-level
+await and its sockets go through the gateway:
+  >>> reader, writer = await asyncio.open_connection("127.0.0.1", 6379)
+  >>> import redis.asyncio; await redis.asyncio.Redis(host="127.0.0.1").ping()
+See docs/pyodide.md and 'netshim pyodide serve --help'.
+"""
+
+
 class CommandError(Exception):
     """A one-line reason the command cannot run (exit status 2)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``netshim pyodide``'s subcommands."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = (
+        f"Python in Pyodide (the npm package pyodide@{PYODIDE_VERSION}, installed once\n"
+        "into the cache) with netshim and pure-Python wheels; nothing comes from a CDN."
+    )
+    parser.epilog = PYODIDE_EXAMPLES
     commands = parser.add_subparsers(dest="pyodide_command", metavar="COMMAND")
     run_parser = commands.add_parser(
         "run",
@@ -86,6 +110,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="install netshim on stack_from_url(URL): ws://gateway/, wisp://..., "
         "websockify://... (default: netshim is imported, not installed)",
     )
+    _add_install_options(run_parser)
+    add(
+        "--node-option",
+        dest="node_options",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="pass OPTION to node, e.g. --node-option=--experimental-wasm-stack-switching "
+        "(JSPI on Node 20); repeatable",
+    )
+    add("script", metavar="SCRIPT.py", help="the Python script to run")
+    add("arguments", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's sys.argv[1:]")
+    from ._pyodide_serve import add_serve_arguments
+
+    add_serve_arguments(commands, _add_install_options)
+
+
+def _add_install_options(parser: argparse.ArgumentParser) -> None:
+    """Where Pyodide and the wheels come from: ``run`` and ``serve`` alike."""
+    add = parser.add_argument
     add(
         "--with",
         dest="requirements",
@@ -111,23 +155,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the npm package and the wheels are kept (default: $NETSHIM_CACHE_DIR, "
         "else $XDG_CACHE_HOME/netshim, else ~/.cache/netshim)",
     )
-    add(
-        "--node-option",
-        dest="node_options",
-        action="append",
-        default=[],
-        metavar="OPTION",
-        help="pass OPTION to node, e.g. --node-option=--experimental-wasm-stack-switching "
-        "(JSPI on Node 20); repeatable",
-    )
-    add("script", metavar="SCRIPT.py", help="the Python script to run")
-    add("arguments", nargs=argparse.REMAINDER, metavar="ARGS", help="the script's sys.argv[1:]")
 
 
 def run(arguments: argparse.Namespace) -> int:
     """Carry out ``netshim pyodide ...``; the exit status."""
+    if arguments.pyodide_command == "serve":
+        from ._pyodide_serve import serve
+
+        return serve(arguments)
     if arguments.pyodide_command != "run":
-        print("usage: netshim pyodide run [options] SCRIPT.py [ARGS ...]", file=sys.stderr)
+        print(
+            "usage: netshim pyodide run [options] SCRIPT.py [ARGS ...]\n"
+            "       netshim pyodide serve [--port N] [--via URL] [--with NAME] [options]",
+            file=sys.stderr,
+        )
         return 2
     try:
         return _run(arguments)
