@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +19,7 @@ from netshim.protocols.ip import SackBlocks, TcpFlags, TcpRepr
 ACK = TcpFlags.ACK
 
 
-def drop_data_segments(numbers: set[int]):  # type: ignore[no-untyped-def]
+def drop_data_segments(numbers: set[int]) -> Callable[[str, TcpRepr, float], list[float]]:
     """A fault dropping the a>b data segments with these ordinal numbers (first sending only)."""
     seen: dict[int, int] = {}
     counter = {"n": 0}
@@ -93,10 +95,9 @@ def test_lost_retransmission_is_recovered_by_rto_with_backoff() -> None:
     drops = {"count": 0}
 
     def drop_twice(direction: str, segment: TcpRepr, now: float) -> list[float]:
-        if direction == "a>b" and segment.payload and segment.payload[:1] == b"Z":
-            if drops["count"] < 3:
-                drops["count"] += 1
-                return []
+        if direction == "a>b" and segment.payload[:1] == b"Z" and drops["count"] < 3:
+            drops["count"] += 1
+            return []
         return [0.0]
 
     network = Network(fault=drop_twice, a_config=TcpConfig(nodelay=True))
@@ -106,7 +107,7 @@ def test_lost_retransmission_is_recovered_by_rto_with_backoff() -> None:
     info = network.a.info()
     assert info.timeouts == 3
     times = [e.time for e in network.log if e.direction == "a>b" and e.segment.payload]
-    first, second, third = (later - earlier for earlier, later in zip(times, times[1:]))  # noqa: B905
+    first, second, third = (later - earlier for earlier, later in itertools.pairwise(times))
     assert second == pytest.approx(2 * first, rel=0.01)
     assert third == pytest.approx(4 * first, rel=0.01)
     # After the timeout the window restarts at one segment.
