@@ -39,6 +39,7 @@ from netshim.protocols.ip import (
     IpProtocol,
     Ipv4Repr,
     Ipv6Repr,
+    MaxSegmentSize,
     NeighborAdvert,
     NeighborSolicit,
     PrefixInformation,
@@ -686,3 +687,102 @@ def test_garbage_ip_payloads_never_raise_and_are_counted(
     six = Ipv6Repr(PEER_V6, OUR_V6, 58 if protocol == IpProtocol.ICMP else protocol, payload)
     iface.receive(six.emit(), 0.0, checksum_verified=verified)
     iface.transmit(0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120))
+def test_random_ip_packets_are_counted_when_dropped(data: bytes) -> None:
+    iface = ip_interface()
+    iface.receive(data, 0.0)
+    assert sum(iface.dropped.values()) >= 1 or iface.transmit(0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([133, 134, 135, 136, 137, 1, 2, 3, 4, 128]),
+    st.integers(0, 3),
+    st.integers(0, 0xFFFFFFFF),
+    st.binary(max_size=100),
+    st.sampled_from([OUR_V6, IPv6Address("ff02::1"), IPv6Address("fe80::ff:fe00:1")]),
+)
+def test_checksummed_icmpv6_and_ndp_garbage_never_raises(
+    kind: int, code: int, rest: int, body: bytes, dst: IPv6Address
+) -> None:
+    iface = ethernet_interface(slaac=True)
+    src = PEER_LL if kind in (133, 134) else PEER_V6
+    message = Icmpv6Repr(kind, code, rest, body).emit(src, dst)
+    packet = ipv6(IpProtocol.ICMPV6, message, src=src, dst=dst, hop_limit=255)
+    iface.receive(frame(packet, EtherType.IPV6), 0.0)
+    iface.transmit(0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 255), st.integers(0, 20), st.binary(max_size=80), st.booleans())
+def test_checksummed_icmpv4_errors_quoting_garbage_never_raise(
+    kind: int, code: int, quoted: bytes, with_header: bool
+) -> None:
+    iface = ip_interface()
+    connection = iface.tcp_connect((PEER_V4, 80), now=0.0)
+    [syn] = iface.transmit(0.0)
+    if with_header:
+        quoted = syn.data[:20] + quoted
+    iface.receive(ipv4(IpProtocol.ICMP, Icmpv4Repr(kind, code, 0, quoted).emit()), 0.0)
+    iface.transmit(0.0)
+    assert connection in iface.connections() or connection.finished
+
+
+def test_an_unconfigured_interface_broadcasts_from_0_0_0_0_for_dhcp() -> None:
+    iface = Interface(Medium.ETHERNET, mac=OUR_MAC, slaac=False, tcp=FakeTcp())
+    sock = iface.udp_bind(IPv4Address("0.0.0.0"), 68)
+    sock.send_to(b"discover", (IPv4Address("255.255.255.255"), 67), 0.0)
+    [out] = frames(iface.transmit(0.0))
+    assert out.dst_addr == BROADCAST
+    packet = Ipv4Repr.parse(out.payload)
+    assert packet.src_addr == IPv4Address("0.0.0.0")
+    offer = Ipv4Repr(
+        IPv4Address("10.0.0.254"),
+        IPv4Address("255.255.255.255"),
+        IpProtocol.UDP,
+        UdpRepr(67, 68, b"offer").emit(IPv4Address("10.0.0.254"), IPv4Address("255.255.255.255")),
+    ).emit()
+    iface.receive(frame(offer, EtherType.IPV4, BROADCAST), 0.1)
+    assert sock.receive() == (b"offer", (IPv4Address("10.0.0.254"), 67))
+    iface.add_address(IPv4Interface("10.0.0.7/24"))
+    assert iface.addresses_of(4) == [IPv4Address("10.0.0.7")]
+
+
+# The real TCP core behind the interface.
+
+
+def test_real_tcp_handshake_advertises_the_mss_the_mtu_allows() -> None:
+    iface = Interface(
+        Medium.IP,
+        addresses=[IPv4Interface("10.0.0.1/24"), IPv6Interface("2001:db8::1/64")],
+        mtu=1400,
+        rng=random.Random(2),
+    )
+    iface.tcp_listen(IPv4Address("0.0.0.0"), 80)
+    iface.receive(tcp4(TcpRepr(40000, 80, 500, 0, TcpFlags.SYN, 1000)), 0.0)
+    [out] = iface.transmit(0.0)
+    syn_ack = TcpRepr.parse(Ipv4Repr.parse(out.data).payload, OUR_V4, PEER_V4)
+    assert syn_ack.flags == TcpFlags.SYN | TcpFlags.ACK
+    assert syn_ack.ack == 501
+    mss = syn_ack.find_option(MaxSegmentSize)
+    assert mss is not None
+    assert mss.mss == 1360
+    connection = iface.tcp_connect((PEER_V6, 80), now=0.0)
+    assert connection.config.mss == 1340
+    [out] = iface.transmit(0.0)
+    unreachable = Icmpv6Repr.dest_unreachable(3, out.data).emit(PEER_V6, OUR_V6)
+    iface.receive(ipv6(IpProtocol.ICMPV6, unreachable), 0.1)
+    assert connection.error is not None
+    assert connection.error.errno == errno.EHOSTUNREACH
+    iface.transmit(0.1)
+    assert connection not in iface.connections()
+    assert connection in iface.take_changed()
+
+
+def test_real_tcp_gets_tso_payloads_when_the_link_segments() -> None:
+    iface = Interface(Medium.IP, addresses=[IPv4Interface("10.0.0.1/24")], tso=True)
+    connection = iface.tcp_connect((PEER_V4, 80), now=0.0)
+    assert connection.config.max_segment_payload == 65435
