@@ -27,7 +27,7 @@ import pytest
 from link_pump import Pump, pumping, receive_all, send_all
 
 from netshim.ip.iface import Interface, Medium
-from netshim.ip.links import Link, TapLink, TunLink
+from netshim.ip.links import Faults, FaultyLink, Link, TapLink, TunLink
 from netshim.ip.tcp import TcpConnection
 from netshim.protocols.ip import EthernetAddress
 from netshim.testing import require_peer
@@ -91,7 +91,9 @@ def configure_kernel_side(namespace: str) -> None:
 
 
 @asynccontextmanager
-async def kernel_peer(namespace: str, medium: Medium) -> AsyncIterator[tuple[Interface, Pump]]:
+async def kernel_peer(
+    namespace: str, medium: Medium, *, faults: Faults | None = None
+) -> AsyncIterator[tuple[Interface, Pump]]:
     link: Link
     if medium is Medium.ETHERNET:
         link = TapLink.from_fd(open_device(namespace, 0x0002))
@@ -106,7 +108,8 @@ async def kernel_peer(namespace: str, medium: Medium) -> AsyncIterator[tuple[Int
             rng=random.Random(5),
             tso=link.tso,
         )
-        async with pumping((iface, link)) as (pump,):
+        driven = link if faults is None else FaultyLink(link, faults)
+        async with pumping((iface, driven)) as (pump,):
             yield iface, pump
     finally:
         await link.aclose()
@@ -288,3 +291,45 @@ async def connect_with_retry(
             if connection.established:
                 return connection
             await anyio.sleep(0.1)
+
+
+async def test_fragmented_kernel_datagram_is_reassembled(netns: str) -> None:
+    require_peer("socat")
+    payload = bytes(range(256)) * 20  # 5120 bytes: the kernel sends four fragments
+    async with kernel_peer(netns, Medium.ETHERNET) as (iface, pump):
+        sock = iface.udp_bind(OUR_V4, 5353)
+        await in_namespace(
+            netns, "socat", "-u", "STDIN", f"UDP4-SENDTO:{OUR_V4}:5353", stdin=payload
+        )
+        await pump.wait_until(sock.readable)
+        received = sock.receive()
+        assert received is not None
+        assert received[0] == payload
+        assert len(iface.reassembler) == 0
+
+
+@pytest.mark.parametrize("medium", [Medium.ETHERNET, Medium.IP], ids=["tap", "tun"])
+async def test_tcp_with_the_kernel_survives_loss_duplication_and_reordering(
+    netns: str, medium: Medium
+) -> None:
+    require_peer("curl")
+    faults = Faults(loss=0.02, duplicate=0.01, reorder=0.01, seed=11)
+    body = random.Random(12).randbytes(8 << 20)
+    async with kernel_peer(netns, medium, faults=faults) as (iface, pump):
+        listener = iface.tcp_listen(OUR_V4, 8080)
+
+        async def serve() -> None:
+            await pump.wait_until(listener.readable)
+            connection = listener.accept()
+            assert connection is not None
+            await serve_http(pump, connection, body)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(serve)
+            out = await in_namespace(
+                netns, "sh", "-c", f"curl -sS --max-time 60 http://{OUR_V4}:8080/ | sha256sum"
+            )
+        assert out.split()[0] == hashlib.sha256(body).hexdigest()
+        assert isinstance(pump.link, FaultyLink)
+        # With offloads a lost packet is up to 64 KiB: dozens of segments at once.
+        assert pump.link.outbound.lost + pump.link.inbound.lost > 0
