@@ -140,6 +140,13 @@ await writer.drain()
 print("echo:", (await reader.readexactly(40)).decode())
 writer.close()"""
 
+# Chromium has JSPI: a blocking socket waits by switching stacks.
+BLOCKING_CELL = """\
+import socket
+with socket.create_connection(("127.0.0.1", {port})) as sock:
+    sock.sendall(b"blocking, under JSPI")
+    print("blocking:", sock.recv(100))"""
+
 REFUSED_CELL = 'await asyncio.open_connection("127.0.0.1", {port})'
 
 CAUGHT_CELL = """\
@@ -161,6 +168,7 @@ def test_console_in_chromium_through_the_gateway_in_the_same_process(
             served.url,
             [
                 ECHO_CELL.format(port=echo_port),
+                BLOCKING_CELL.format(port=echo_port),
                 REFUSED_CELL.format(port=blocked),
                 CAUGHT_CELL.format(port=blocked),
                 "6 * 7",
@@ -171,15 +179,16 @@ def test_console_in_chromium_through_the_gateway_in_the_same_process(
         status, errors = stop(served)
     assert report["state"] == "ready", report
     assert report["gateway"] == "ws" + served.url[len("http") :]
-    echo, refused, caught, value = report["outputs"]
+    echo, blocking, refused, caught, value = report["outputs"]
     assert "connections go through ws://127.0.0.1:" in echo  # the greeting
     # The typed code, as typed, then what it printed: the bytes came back.
     assert '>>> reader, writer = await asyncio.open_connection("127.0.0.1",' in echo
     assert echo.endswith("echo: typed in the browser, echoed on loopback\n")
+    assert blocking.endswith("blocking: b'blocking, under JSPI'\n")
     # Uncaught: a traceback of the typed line, not of the console's machinery.
-    new = refused[len(echo) :]
+    new = refused[len(blocking) :]
     assert "Traceback (most recent call last):" in new
-    assert 'File "<console-2>", line 1' in new
+    assert 'File "<console-3>", line 1' in new
     assert "_pyodide_serve" not in new
     assert "DestinationBlockedError" in new
     assert f"netshim policy refused 127.0.0.1:{blocked}" in new
