@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 import random
 import socket
 import subprocess
@@ -333,3 +334,26 @@ async def test_tcp_with_the_kernel_survives_loss_duplication_and_reordering(
         assert isinstance(pump.link, FaultyLink)
         # With offloads a lost packet is up to 64 KiB: dozens of segments at once.
         assert pump.link.outbound.lost + pump.link.inbound.lost > 0
+
+
+async def test_slaac_address_from_dnsmasq_router_advertisements(
+    netns: str, tmp_path: pathlib.Path
+) -> None:
+    dnsmasq = require_peer("dnsmasq")
+    async with kernel_peer(netns, Medium.ETHERNET) as (iface, pump), await anyio.open_process(
+        ["ip", "netns", "exec", netns, dnsmasq, "--no-daemon", "--conf-file=/dev/null",
+         "--port=0", f"--pid-file={tmp_path / 'dnsmasq.pid'}", f"--interface={DEVICE}",
+         "--bind-interfaces", "--enable-ra", "--dhcp-range=2001:db8:77::,ra-only,64,10m",
+         "--ra-param=nstest0,3,600"],
+    ) as router:  # fmt: skip
+        try:
+            slaac = IPv6Address("2001:db8:77::ff:fe77:2")
+            # Our solicitations went out before dnsmasq started; it advertises
+            # on its own within seconds, and answers later solicitations.
+            await pump.wait_until(lambda: slaac in iface.addresses_of(6), limit=20)
+            assert iface.router6 is not None
+            assert iface.router6.is_link_local
+            out = await in_namespace(netns, "ping", "-6", "-c", "1", "-W", "2", str(slaac))
+            assert "1 received" in out
+        finally:
+            router.terminate()
