@@ -357,3 +357,15 @@ async def test_slaac_address_from_dnsmasq_router_advertisements(
             assert "1 received" in out
         finally:
             router.terminate()
+
+
+def test_open_by_name_inside_a_namespace(netns: str) -> None:
+    script = (
+        "from netshim.ip.links import TapLink, TunLink\n"
+        "tap = TapLink.open('nstap%d')\n"
+        "tun = TunLink.open('nstun0', offload=False)\n"
+        "print(tap.name, tap.vnet_hdr, tap.offload, tap.tso)\n"
+        "print(tun.name, tun.vnet_hdr, tun.offload, tun.tso)\n"
+    )
+    out = run("ip", "netns", "exec", netns, sys.executable, "-c", script)
+    assert out.splitlines() == ["nstap0 True True True", "nstun0 True False True"]

@@ -227,3 +227,25 @@ async def test_faulty_link_wraps_any_link() -> None:
     assert cable.b._inbox.dropped == 0
     with pytest.raises(ValueError, match="latency"):
         FaultyLink(cable.a, Faults(latency=1))
+
+
+async def test_pcap_of_an_ip_link_is_raw_ip(tmp_path: Path) -> None:
+    tshark = require_peer("tshark")
+    cable = Cable(Medium.IP)
+    left, right = host(1, Medium.IP), host(2, Medium.IP)
+    path = tmp_path / "tun.pcap"
+    captured = PcapLink(cable.a, path)
+    async with pumping((left, captured), (right, cable.b)) as (left_pump, right_pump):
+        sock = right.udp_bind(IPv4Address("10.0.0.2"), 53)
+        left.udp_bind(IPv4Address("10.0.0.1")).send_to(
+            b"query", (IPv4Address("10.0.0.2"), 53), anyio.current_time()
+        )
+        left_pump.kick()
+        await right_pump.wait_until(sock.readable)
+    await captured.aclose()
+    with PcapReader(path) as reader:
+        assert reader.linktype == LinkType.RAW
+    result = await anyio.run_process(
+        [tshark, "-r", str(path), "-T", "fields", "-e", "frame.protocols", "-e", "udp.dstport"]
+    )
+    assert result.stdout.decode().split() == ["raw:ip:udp:dns", "53"]
