@@ -54,6 +54,7 @@ import dataclasses
 import enum
 import errno
 import ipaddress
+import logging
 import os
 import random
 from collections.abc import Iterable
@@ -107,6 +108,8 @@ __all__ = [
     "TcpEngine",
     "TcpListener",
 ]
+
+_logger = logging.getLogger(__name__)
 
 Endpoint: TypeAlias = tuple[IPAddress, int]
 IPInterface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -509,6 +512,11 @@ class Interface:
             self.dropped[drop.reason] += 1
         except WireError as exc:
             self.dropped[_wire_reason("packet", exc)] += 1
+        except Exception:
+            # A bug, not bad input (that is counted above); one packet is lost
+            # and the interface keeps going, as DESIGN decision 11 asks.
+            _logger.exception("interface failed on a received packet (dropped)")
+            self.dropped["internal error"] += 1
 
     # Sockets.
 
@@ -1234,6 +1242,11 @@ class Interface:
             packet = Ipv6Repr(src, dst, protocol, payload, hop_limit=hop_limit or self.hop_limit)
         else:
             raise ValueError(f"source {src} and destination {dst} are of different families")
+        if gso is None and packet.buffer_len() > self.mtu:
+            # Nothing is fragmented on the way out: an echo reply to a
+            # reassembled jumbo ping, say, is dropped rather than sent whole.
+            self.dropped["packet over mtu"] += 1
+            return
         self._send_packet(packet.emit(), dst, next_hop, gso, now)
 
     def _send_packet(

@@ -666,6 +666,7 @@ def test_garbage_frames_never_raise(payload: bytes, ethertype: int) -> None:
     iface.receive(frame(payload, ethertype), 0.0)
     iface.receive(payload, 0.0)
     iface.transmit(0.0)
+    assert "internal error" not in iface.dropped
 
 
 @settings(max_examples=300, deadline=None)
@@ -687,6 +688,7 @@ def test_garbage_ip_payloads_never_raise_and_are_counted(
     six = Ipv6Repr(PEER_V6, OUR_V6, 58 if protocol == IpProtocol.ICMP else protocol, payload)
     iface.receive(six.emit(), 0.0, checksum_verified=verified)
     iface.transmit(0.0)
+    assert "internal error" not in iface.dropped
 
 
 @settings(max_examples=200, deadline=None)
@@ -695,6 +697,7 @@ def test_random_ip_packets_are_counted_when_dropped(data: bytes) -> None:
     iface = ip_interface()
     iface.receive(data, 0.0)
     assert sum(iface.dropped.values()) >= 1 or iface.transmit(0.0)
+    assert "internal error" not in iface.dropped
 
 
 @settings(max_examples=300, deadline=None)
@@ -714,6 +717,7 @@ def test_checksummed_icmpv6_and_ndp_garbage_never_raises(
     packet = ipv6(IpProtocol.ICMPV6, message, src=src, dst=dst, hop_limit=255)
     iface.receive(frame(packet, EtherType.IPV6), 0.0)
     iface.transmit(0.0)
+    assert "internal error" not in iface.dropped
 
 
 @settings(max_examples=300, deadline=None)
@@ -729,6 +733,7 @@ def test_checksummed_icmpv4_errors_quoting_garbage_never_raise(
     iface.receive(ipv4(IpProtocol.ICMP, Icmpv4Repr(kind, code, 0, quoted).emit()), 0.0)
     iface.transmit(0.0)
     assert connection in iface.connections() or connection.finished
+    assert "internal error" not in iface.dropped
 
 
 def test_an_unconfigured_interface_broadcasts_from_0_0_0_0_for_dhcp() -> None:
@@ -786,3 +791,28 @@ def test_real_tcp_gets_tso_payloads_when_the_link_segments() -> None:
     iface = Interface(Medium.IP, addresses=[IPv4Interface("10.0.0.1/24")], tso=True)
     connection = iface.tcp_connect((PEER_V4, 80), now=0.0)
     assert connection.config.max_segment_payload == 65435
+
+
+def test_a_reply_over_the_mtu_is_dropped_not_fragmented() -> None:
+    iface = ip_interface()
+    request = Icmpv4Repr.echo_request(1, 1, bytes(3000)).emit()
+    for piece in fragments_of_icmp(request):
+        iface.receive(piece, 0.0)
+    assert iface.transmit(0.0) == []
+    assert iface.dropped["packet over mtu"] == 1
+
+
+def fragments_of_icmp(message: bytes) -> list[bytes]:
+    return [
+        Ipv4Repr(
+            PEER_V4,
+            OUR_V4,
+            IpProtocol.ICMP,
+            message[start : start + 1480],
+            identification=5,
+            dont_fragment=False,
+            more_fragments=start + 1480 < len(message),
+            fragment_offset=start,
+        ).emit()
+        for start in range(0, len(message), 1480)
+    ]
