@@ -28,7 +28,7 @@ import pytest
 from link_pump import Pump, pumping, receive_all, send_all
 
 from netshim.ip.iface import Interface, Medium
-from netshim.ip.links import Faults, FaultyLink, Link, TapLink, TunLink
+from netshim.ip.links import Bridge, Faults, FaultyLink, Link, TapLink, TunLink
 from netshim.ip.tcp import TcpConnection
 from netshim.protocols.ip import EthernetAddress
 from netshim.testing import require_peer
@@ -369,3 +369,33 @@ def test_open_by_name_inside_a_namespace(netns: str) -> None:
     )
     out = run("ip", "netns", "exec", netns, sys.executable, "-c", script)
     assert out.splitlines() == ["nstap0 True True True", "nstun0 True False True"]
+
+
+async def test_a_tap_device_joins_a_bridge_of_interfaces(netns: str) -> None:
+    require_peer("ping")
+    tap = TapLink.from_fd(open_device(netns, 0x0002), offload=False)
+    bridge = Bridge()
+    hosts = [
+        Interface(
+            Medium.ETHERNET,
+            mac=EthernetAddress(bytes((2, 0, 0, 0x77, 0, n))),
+            addresses=[IPv4Interface(f"10.77.0.{n}/24")],
+            rng=random.Random(n),
+            slaac=False,
+        )
+        for n in (2, 3)
+    ]
+    try:
+        configure_kernel_side(netns)
+        async with anyio.create_task_group() as group:
+            group.start_soon(bridge.run_port, tap)
+            async with pumping(*((host, bridge.port()) for host in hosts)):
+                for n in (2, 3):
+                    out = await in_namespace(netns, "ping", "-c", "2", "-W", "2", f"10.77.0.{n}")
+                    assert "2 received" in out
+                # The kernel's MAC and both interfaces' were learnt.
+                assert len(bridge.mac_table()) == 3
+            group.cancel_scope.cancel()
+        assert len(bridge.mac_table()) == 2  # the TAP's port left with the device
+    finally:
+        await tap.aclose()

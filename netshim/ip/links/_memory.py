@@ -14,6 +14,7 @@ reordering (a packet held back by ``reorder_delay``) and latency, drawn from a
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import random
@@ -288,6 +289,44 @@ class Bridge:
         end._peer = port
         self._ports.append(port)
         return end
+
+    async def run_port(self, link: Link, *, faults: Faults | None = None) -> None:
+        """Join ``link`` (a TAP device, another cable's end...) to the bridge until it ends.
+
+        Frames are moved both ways by two tasks until ``link`` reports end of
+        stream or is closed, or the call is cancelled; then the port is
+        removed.  A TAP device joining a bridge should be opened with
+        ``offload=False``: a bridge port carries bytes only, not the
+        device's "checksum already verified" mark, so the interfaces behind
+        it check every checksum and partial ones would fail.
+        """
+        if link.medium is not Medium.ETHERNET:
+            raise ValueError("only Ethernet links can join a bridge")
+        port = self.port(faults=faults)
+
+        async def inbound() -> None:
+            with contextlib.suppress(
+                anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError
+            ):
+                while True:
+                    port.send_nowait((await link.receive()).data)
+            group.cancel_scope.cancel()
+
+        async def outbound() -> None:
+            with contextlib.suppress(
+                anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError
+            ):
+                while True:
+                    await link.send((await port.receive()).data)
+            group.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(inbound)
+                group.start_soon(outbound)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await port.aclose()
 
     def mac_table(self) -> dict[str, int]:
         """Learnt ``MAC -> port number`` (numbered from 0 in creation order)."""
