@@ -154,7 +154,7 @@ def ip_interface(**kwargs: Any) -> Interface:
         Medium.IP,
         addresses=[IPv4Interface("10.0.0.1/24"), IPv6Interface("2001:db8::1/64")],
         rng=random.Random(1),
-        tcp=FakeTcp(),
+        tcp=kwargs.pop("tcp", FakeTcp()),
         **kwargs,
     )
 
@@ -816,3 +816,58 @@ def fragments_of_icmp(message: bytes) -> list[bytes]:
         ).emit()
         for start in range(0, len(message), 1480)
     ]
+
+
+def shuttle(a: Interface, b: Interface, now: float) -> None:
+    """Move packets between two IP interfaces until both are quiet."""
+    for _ in range(200):
+        from_a, from_b = a.transmit(now), b.transmit(now)
+        if not from_a and not from_b:
+            return
+        for packet in from_a:
+            b.receive(packet.data, now)
+        for packet in from_b:
+            a.receive(packet.data, now)
+
+
+def connected_pair() -> tuple[Interface, Interface, Any, Any]:
+    server = ip_interface(tcp=None)
+    client = Interface(Medium.IP, addresses=[IPv4Interface("10.0.0.2/24")], rng=random.Random(3))
+    listener = server.tcp_listen(OUR_V4, 80)
+    connection = client.tcp_connect((OUR_V4, 80), now=0.0)
+    shuttle(server, client, 0.0)
+    accepted = listener.accept()
+    assert accepted is not None
+    return server, client, connection, accepted
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([80, 81, 40000]),
+            st.sampled_from(["same", "other port", "other host"]),
+            st.integers(0, 0xFFFFFFFF),
+            st.integers(0, 0xFFFFFFFF),
+            st.integers(0, 0x1FF),
+            st.binary(max_size=40),
+        ),
+        max_size=8,
+    )
+)
+def test_segments_from_elsewhere_never_disturb_an_established_connection(
+    segments: list[tuple[int, str, int, int, int, bytes]],
+) -> None:
+    server, client, connection, accepted = connected_pair()
+    for dst_port, origin, seq, ack, flags, payload in segments:
+        src = IPv4Address("10.0.0.9") if origin == "other host" else PEER_V4
+        src_port = connection.local[1] + (1 if origin == "other port" else 0)
+        if origin == "same" and dst_port == 80:
+            continue  # the connection's own four-tuple: its own rules apply
+        segment = TcpRepr(src_port, dst_port, seq, ack, TcpFlags(flags), 1000, payload=payload)
+        server.receive(ipv4(IpProtocol.TCP, segment.emit(src, OUR_V4), src=src), 1.0)
+    server.transmit(1.0)
+    connection.send(b"still here")
+    shuttle(server, client, 2.0)
+    assert accepted.receive(100) == b"still here"
+    assert "internal error" not in server.dropped
