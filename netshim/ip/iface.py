@@ -39,11 +39,20 @@ Sockets (TCP connections, listeners, UDP sockets) whose state may have changed
 are collected for :meth:`Interface.take_changed`, so a driver wakes only the
 tasks waiting on those.
 
-TCP segmentation offload: the TCP core may emit segments larger than the MTU
-allows (its ``max_segment_payload``).  With ``tso=True`` (a TUN/TAP link with
-``TUNSETOFFLOAD``) such a segment leaves as one packet with
-:class:`GsoInfo` for the kernel to cut; otherwise the interface cuts it into
-MTU-sized segments itself.
+TCP segmentation offload: with ``tso=True`` (a TUN/TAP link with
+``IFF_VNET_HDR``: pass the link's ``tso``) connections get a
+``max_segment_payload`` of almost 64 KiB, and each large segment leaves as one
+packet with :class:`GsoInfo` for the kernel to cut at the connection's MSS.
+Without it, a segment larger than the MTU allows (a core configured for TSO
+on a plain link) is cut into MTU-sized segments here.
+
+Bounds, because everything here is driven by traffic: the neighbour cache
+and its waiting packets (:mod:`netshim.ip.neighbor`), fragments being
+reassembled (:mod:`netshim.ip.fragments`), each UDP socket's queue
+(:mod:`netshim.ip.udp`), each listener's SYN and accept backlogs
+(:data:`DEFAULT_SYN_BACKLOG`), ICMP errors sent (a token bucket) and packets
+waiting for ``transmit`` (:data:`MAX_QUEUED_OUTPUT`).  TCP buffers are bounded
+by the core's configuration.
 """
 
 from __future__ import annotations
@@ -369,7 +378,9 @@ class Interface:
     ``ipaddress.IPv4Interface`` / ``IPv6Interface`` values (address and
     prefix); an Ethernet interface also gets the EUI-64 link-local address.
     ``gateway4`` / ``gateway6`` add default routes.  ``tso`` says whether the
-    link segments large TCP packets itself.  ``rng`` chooses ephemeral ports,
+    link segments large TCP packets itself.  ``slaac`` sends Router
+    Solicitations and takes addresses from Router Advertisements (Ethernet
+    only).  ``rng`` chooses ephemeral ports,
     IPv4 identifications and the secret for initial sequence numbers (seed it
     for reproducible runs).  ``tcp`` is the TCP core (:mod:`netshim.ip.tcp`
     by default) and ``tcp_config`` the configuration it gets for each
@@ -431,9 +442,11 @@ class Interface:
         self._identification = self._rng.randrange(0x10000)
         #: Limits the ICMP errors this interface sends.
         self.icmp_limiter = TokenBucket()
-        self._solicit_router = slaac and medium is Medium.ETHERNET
+        # Router Solicitations go out from the first transmit() on.
         self._router_solicitations = 0
-        self._next_router_solicitation: float | None = 0.0 if self._solicit_router else None
+        self._next_router_solicitation: float | None = (
+            0.0 if slaac and medium is Medium.ETHERNET else None
+        )
 
     def __repr__(self) -> str:
         addresses = " ".join(str(address) for address in self.addresses)
