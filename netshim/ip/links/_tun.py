@@ -31,7 +31,6 @@ legacy ``virtio_net_hdr`` unless ``TUNSETVNETLE``/``BE`` say otherwise.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import struct
 from typing import TypeVar
@@ -74,6 +73,20 @@ _READ_SIZE = 65536 + 14 + VNET_HDR_LEN + 256
 _LinkT = TypeVar("_LinkT", bound="_TunDeviceLink")
 
 
+def _ioctl(fd: int, request: int, argument: bytes) -> bytes:
+    # fcntl is imported here, not at the top: Pyodide has no fcntl module, and
+    # netshim.ip.links (its cables and bridges) must import there.
+    import fcntl
+
+    return fcntl.ioctl(fd, request, argument)
+
+
+def _ioctl_flags(fd: int, request: int, flags: int) -> None:
+    import fcntl
+
+    fcntl.ioctl(fd, request, flags)
+
+
 class _TunDeviceLink(Link):
     """What TUN and TAP links share: the descriptor, the vnet header, the offloads."""
 
@@ -93,7 +106,7 @@ class _TunDeviceLink(Link):
         os.set_blocking(fd, False)
         if vnet_hdr and offload:
             try:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                _ioctl_flags(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
                 self.offload = True
             except OSError:
                 self.offload = False
@@ -121,7 +134,7 @@ class _TunDeviceLink(Link):
         flags = cls._MODE | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
         try:
-            result = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
+            result = _ioctl(fd, TUNSETIFF, _IFREQ.pack(name.encode(), flags))
         except BaseException:
             os.close(fd)
             raise
@@ -136,7 +149,7 @@ class _TunDeviceLink(Link):
         is a TAP given to :class:`TunLink` or the other way round, or was
         attached with packet information (``IFF_NO_PI`` unset).
         """
-        result = fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ.size))
+        result = _ioctl(fd, TUNGETIFF, bytes(_IFREQ.size))
         raw_name, flags = _IFREQ.unpack(result)
         if flags & (IFF_TUN | IFF_TAP) != cls._MODE:
             raise ValueError(f"descriptor {fd} is not a {cls.__name__[:3].upper()} device")
