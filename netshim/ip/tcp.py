@@ -110,6 +110,9 @@ _TIMESTAMP_OPTIONS_LEN = 12
 _DUPLICATE_ACK_THRESHOLD = 3
 # ACKs one poll may send to report SACK blocks that changed in a batch of arrivals.
 _MAX_SACK_REPORTS = 16
+# Linux's net.ipv4.tcp_invalid_ratelimit: one ACK per half second to segments
+# that deserve only a challenge.
+_CHALLENGE_ACK_INTERVAL = 0.5
 # SACK blocks remembered by a sender; more only cost retransmissions of data the
 # peer has, and a bound keeps a hostile peer from making every ACK expensive.
 _MAX_SACK_BLOCKS_KEPT = 256
@@ -417,7 +420,10 @@ class TcpConnection:
         self._output_wanted = True
         self._pending: list[TcpRepr] = []
 
+        self._last_challenge = -_CHALLENGE_ACK_INTERVAL
+
         # Counters.
+        self.challenge_acks_suppressed = 0
         self.retransmissions = 0
         self.timeouts = 0
         self.fast_recoveries = 0
@@ -646,6 +652,23 @@ class TcpConnection:
             self._pending.append(self._segment(self._snd_nxt, _RST | _ACK, b"", options=()))
         self._enter_closed()
 
+    def accepts_new_syn(self, syn: TcpRepr) -> bool:
+        """Whether ``syn`` may end this TIME-WAIT connection and open a new one (RFC 6191).
+
+        A SYN for the same address pair during TIME-WAIT is a new connection
+        when it cannot be confused with the old one: its timestamp is newer
+        than the last one seen, or (without timestamps) its sequence number is
+        beyond the old connection's.  The interface then forgets this
+        connection and hands the SYN to its listener, as Linux does.
+        """
+        flags = int(syn.flags)
+        if self.state is not TcpState.TIME_WAIT or flags & (_SYN | _ACK | _RST) != _SYN:
+            return False
+        timestamps = syn.find_option(Timestamps)
+        if self._ts_enabled and timestamps is not None:
+            return 0 < (timestamps.value - self._ts_recent) & _MASK < _HALF
+        return 0 < (syn.seq - self._rcv_nxt) & _MASK < _HALF
+
     @property
     def fin_queued(self) -> bool:
         """:meth:`shutdown` was called."""
@@ -774,8 +797,11 @@ class TcpConnection:
                 and not flags & _RST
                 and (timestamps.value - self._ts_recent) & _MASK >= _HALF
             ):
-                self._ack_now = True
-                self._output_wanted = True
+                if payload or flags & (_SYN | _FIN):
+                    self._ack_now = True
+                    self._output_wanted = True
+                else:
+                    self._challenge_ack(now)
                 return
 
         # RFC 9293 section 3.10.7.4, first: is the segment in the window?
@@ -800,8 +826,12 @@ class TcpConnection:
                 if self.state is TcpState.SYN_RECEIVED and flags & _SYN and not flags & _ACK:
                     self._resend_syn_ack(segment, now)
                     return
-                self._ack_now = True
-                self._output_wanted = True
+                if payload or flags & _FIN:
+                    # Old data again: the duplicate ACK helps the sender recover.
+                    self._ack_now = True
+                    self._output_wanted = True
+                else:
+                    self._challenge_ack(now)
                 return
             payload = b""
             flags &= ~_FIN
@@ -819,8 +849,7 @@ class TcpConnection:
             if offset == 0:
                 self._on_reset()
             else:
-                self._ack_now = True  # challenge ACK
-                self._output_wanted = True
+                self._challenge_ack(now)
             return
 
         # Fourth: SYN (RFC 5961 section 4.2): never a reset, always a challenge ACK.
@@ -828,8 +857,7 @@ class TcpConnection:
             if self.state is TcpState.SYN_RECEIVED and seq == rcv_nxt - 1:
                 self._resend_syn_ack(segment, now)
                 return
-            self._ack_now = True
-            self._output_wanted = True
+            self._challenge_ack(now)
             return
 
         # Fifth: ACK.
@@ -873,6 +901,21 @@ class TcpConnection:
             # After the peer's FIN nothing more can come; ACK what we have.
             self._ack_now = True
             self._output_wanted = True
+
+    def _challenge_ack(self, now: float) -> None:
+        """An ACK answering a suspicious segment, at most one per interval (RFC 5961 section 7).
+
+        Covers challenge ACKs for in-window RST and SYN and the ACKs answering
+        out-of-window segments without data, as Linux's tcp_invalid_ratelimit
+        does: two stacks that disagree (or a peer that forges segments) cannot
+        make us send an ACK per segment received.
+        """
+        if now - self._last_challenge >= _CHALLENGE_ACK_INTERVAL:
+            self._last_challenge = now
+            self._ack_now = True
+            self._output_wanted = True
+        else:
+            self.challenge_acks_suppressed += 1
 
     def _resend_syn_ack(self, segment: TcpRepr, now: float) -> None:
         # The peer's SYN again: our SYN-ACK was lost (RFC 9293 3.10.7.4, SYN-RECEIVED).
@@ -930,13 +973,11 @@ class TcpConnection:
         snd_una = self._snd_una
         if ack > self._snd_max:
             # Acknowledges something not yet sent: ACK and drop (RFC 9293 3.10.7.4).
-            self._ack_now = True
-            self._output_wanted = True
+            self._challenge_ack(now)
             return False
         if ack < snd_una - self._max_snd_wnd:
             # RFC 5961 section 5.2: far below anything in flight: challenge.
-            self._ack_now = True
-            self._output_wanted = True
+            self._challenge_ack(now)
             return False
 
         window = segment.window << self._snd_wscale

@@ -379,6 +379,46 @@ def test_in_window_rst_gets_challenge_ack_exact_rst_resets() -> None:
     assert isinstance(network.server.error, ConnectionResetError)
 
 
+def test_challenge_acks_are_rate_limited() -> None:
+    network = Network()
+    network.handshake()
+    before = len(network.log)
+    for offset in range(1, 21):
+        network.inject("b", _in_window_segment(network, RST, offset * 10))
+        network.inject("b", _in_window_segment(network, SYN, offset * 10))
+    network.run_for(0.1)
+    replies = [e for e in network.log[before:] if e.direction == "b>a"]
+    assert len(replies) == 1
+    assert network.server.challenge_acks_suppressed == 39
+    assert network.server.state is TcpState.ESTABLISHED
+    # Half a second later the next one is answered again.
+    network.run_for(0.5)
+    network.inject("b", _in_window_segment(network, RST, 10))
+    network.run_for(0.01)
+    assert len([e for e in network.log[before:] if e.direction == "b>a"]) == 2
+
+
+def test_new_syn_may_reuse_a_time_wait_connection() -> None:
+    network = Network()
+    network.handshake()
+    network.a.shutdown()
+    network.run_until(lambda: network.a.state is TcpState.FIN_WAIT_2)
+    network.server.shutdown()
+    network.run_until(lambda: network.a.state is TcpState.TIME_WAIT)
+    time_wait = network.a
+    old_seq = (network.iss_b + 1) & 0xFFFF_FFFF
+
+    def syn(seq: int, options: tuple[Timestamps, ...] = ()) -> TcpRepr:
+        return TcpRepr(B_ADDRESS[1], A_ADDRESS[1], seq, 0, SYN, 1000, options)
+
+    assert time_wait.accepts_new_syn(syn(old_seq + 100_000))
+    assert not time_wait.accepts_new_syn(syn(old_seq - 1))
+    recent = time_wait._ts_recent
+    assert time_wait.accepts_new_syn(syn(old_seq - 1, (Timestamps(recent + 5, 0),)))
+    assert not time_wait.accepts_new_syn(syn(old_seq + 100_000, (Timestamps(recent - 5, 0),)))
+    assert not network.server.accepts_new_syn(syn(old_seq + 100_000))
+
+
 def test_syn_in_established_gets_challenge_ack() -> None:
     network = Network()
     network.handshake()
