@@ -113,6 +113,8 @@ _MAX_SACK_REPORTS = 16
 # Linux's net.ipv4.tcp_invalid_ratelimit: one ACK per half second to segments
 # that deserve only a challenge.
 _CHALLENGE_ACK_INTERVAL = 0.5
+# Linux's TCP_MAX_QUICKACKS: segments acknowledged at once after a start or an idle period.
+_QUICKACKS = 16
 # SACK blocks remembered by a sender; more only cost retransmissions of data the
 # peer has, and a bound keeps a hostile peer from making every ACK expensive.
 _MAX_SACK_BLOCKS_KEPT = 256
@@ -421,6 +423,8 @@ class TcpConnection:
         self._pending: list[TcpRepr] = []
 
         self._last_challenge = -_CHALLENGE_ACK_INTERVAL
+        self._quickacks = _QUICKACKS
+        self._last_data_received = now
 
         # Counters.
         self.challenge_acks_suppressed = 0
@@ -1238,6 +1242,12 @@ class TcpConnection:
         size = len(payload)
         if seq == rcv_nxt:
             if size:
+                if now - self._last_data_received > self.rto:
+                    # Linux's quick-ACK mode: after an idle period (and at the
+                    # start) the first segments are acknowledged at once, so a
+                    # sender's Nagle or slow start is not held up by our delayed ACK.
+                    self._quickacks = _QUICKACKS
+                self._last_data_received = now
                 self._recv_buf.append(payload)
                 rcv_nxt += size
                 self.bytes_received += size
@@ -1257,7 +1267,13 @@ class TcpConnection:
                 return
             if self._ack_now:
                 pass
-            elif rcv_nxt - self._last_ack_sent > self._rcv_mss or self.config.delayed_ack <= 0:
+            elif (
+                rcv_nxt - self._last_ack_sent > self._rcv_mss
+                or self._quickacks
+                or self.config.delayed_ack <= 0
+            ):
+                if self._quickacks and size:
+                    self._quickacks -= 1
                 self._ack_now = True
             elif self._delack_deadline is None:
                 self._delack_deadline = now + self.config.delayed_ack

@@ -534,14 +534,22 @@ def test_user_timeout_ends_sooner() -> None:
 def test_delayed_ack_waits_then_acks_every_second_segment() -> None:
     network = Network(a_config=TcpConfig(nodelay=True))
     network.handshake()
-    before = len(network.log)
-    network.a.send(b"one small")
-    network.run_until(lambda: len(network.log) > before + 1, timeout=1)
-    data, ack = network.log[before : before + 2]
-    assert ack.direction == "b>a"
-    assert not ack.segment.payload
-    # The lone segment's ACK waited the delayed-ACK time (40 ms).
-    assert ack.time - data.time == pytest.approx(0.04 + 0.001, abs=0.0011)
+
+    def ack_delay_of_one_segment() -> float:
+        before = len(network.log)
+        network.a.send(b"one small")
+        network.run_until(lambda: len(network.log) > before + 1, timeout=1)
+        data, ack = network.log[before : before + 2]
+        assert ack.direction == "b>a"
+        assert not ack.segment.payload
+        network.run_for(0.01)
+        return ack.time - data.time - network.latency
+
+    # Quick-ACK mode at the start: the first 16 segments are acknowledged at once.
+    assert [ack_delay_of_one_segment() for _ in range(16)] == pytest.approx([0.0] * 16, abs=1e-6)
+    # Then a lone segment's ACK waits the delayed-ACK time (40 ms).
+    assert ack_delay_of_one_segment() == pytest.approx(0.04, abs=1e-6)
+    assert ack_delay_of_one_segment() == pytest.approx(0.04, abs=1e-6)
     # Full-sized segments: one ACK per two.
     network.run_for(0.1)
     before = len(network.log)
@@ -551,6 +559,9 @@ def test_delayed_ack_waits_then_acks_every_second_segment() -> None:
     acks = [e for e in network.log[before:] if e.direction == "b>a"]
     assert len(sent) == 8
     assert len(acks) == 4
+    # After an idle period (longer than the RTO) quick ACKs start again.
+    network.run_for(2.0)
+    assert ack_delay_of_one_segment() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_out_of_order_segment_is_acked_at_once_with_sack() -> None:
