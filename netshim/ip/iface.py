@@ -134,6 +134,9 @@ DEFAULT_SYN_BACKLOG = 128
 # RFC 4861 section 10: MAX_RTR_SOLICITATIONS and RTR_SOLICITATION_INTERVAL.
 ROUTER_SOLICITATIONS = 3
 ROUTER_SOLICITATION_INTERVAL = 4.0
+# Destinations whose route is remembered; beyond this the memory starts over
+# (the destinations come from traffic, so they are bounded too).
+_MAX_CACHED_ROUTES = 1024
 # Outgoing packets queued between transmit() calls; beyond this a burst of
 # replies provoked by incoming traffic (echo, RST, ICMP) is dropped.
 MAX_QUEUED_OUTPUT = 4096
@@ -416,18 +419,19 @@ class Interface:
         self._tcp: TcpEngine = tcp if tcp is not None else StandardTcp()
         self.tcp_config = tcp_config if tcp_config is not None else TcpConfig()
         self.syn_backlog = syn_backlog
-        self.addresses: list[IPInterface] = []
+        self._addresses: list[IPInterface] = []
+        # dst -> (next hop, source), forgotten whenever addresses or routes change.
+        self._route_cache: dict[IPAddress, tuple[IPAddress, IPAddress] | None] = {}
         if mac is not None:
-            self.addresses.append(ipaddress.IPv6Interface((_eui64_link_local(mac), 64)))
+            self._addresses.append(ipaddress.IPv6Interface((_eui64_link_local(mac), 64)))
         for address in addresses:
             self.add_address(address)
-        self.routes: list[Route] = []
+        self._routes: list[Route] = []
         if gateway4 is not None:
-            self.routes.append(Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway4))
+            self._routes.append(Route(ipaddress.IPv4Network("0.0.0.0/0"), gateway4))
         if gateway6 is not None:
-            self.routes.append(Route(ipaddress.IPv6Network("::/0"), gateway6))
-        #: The default router learnt from Router Advertisements, if any.
-        self.router6: ipaddress.IPv6Address | None = None
+            self._routes.append(Route(ipaddress.IPv6Network("::/0"), gateway6))
+        self._router6: ipaddress.IPv6Address | None = None
         self.hop_limit = 64
         self.neighbors: NeighborCache[_Waiting] = NeighborCache()
         self.reassembler = Ipv4Reassembler()
@@ -454,20 +458,44 @@ class Interface:
 
     # Configuration.
 
+    @property
+    def addresses(self) -> tuple[IPInterface, ...]:
+        """Our addresses with their prefixes (change them with :meth:`add_address`)."""
+        return tuple(self._addresses)
+
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """Routes beyond the on-link prefixes (change them with :meth:`add_route`)."""
+        return tuple(self._routes)
+
+    @property
+    def router6(self) -> ipaddress.IPv6Address | None:
+        """The default router learnt from Router Advertisements, if any."""
+        return self._router6
+
     def add_address(self, address: IPInterface) -> None:
         """Take ``address`` (an ``IPv4Interface`` or ``IPv6Interface``) as one of ours."""
         if not isinstance(address, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
             raise TypeError("address must be an ipaddress.IPv4Interface or IPv6Interface")
-        if address not in self.addresses:
-            self.addresses.append(address)
+        if address not in self._addresses:
+            self._addresses.append(address)
+            self._route_cache.clear()
 
     def remove_address(self, address: IPInterface) -> None:
         """Stop using ``address`` (a DHCP lease ended, say); a no-op if not ours."""
-        if address in self.addresses:
-            self.addresses.remove(address)
+        if address in self._addresses:
+            self._addresses.remove(address)
+            self._route_cache.clear()
 
     def add_route(self, network: IPNetwork, gateway: IPAddress | None = None) -> None:
-        self.routes.append(Route(network, gateway))
+        """Send packets for ``network`` to ``gateway`` (None: on-link); longest prefix wins."""
+        self._routes.append(Route(network, gateway))
+        self._route_cache.clear()
+
+    def remove_route(self, network: IPNetwork) -> None:
+        """Forget every route for exactly ``network``."""
+        self._routes = [route for route in self._routes if route.network != network]
+        self._route_cache.clear()
 
     def has_address(self, address: IPAddress) -> bool:
         return any(ours.ip == address for ours in self.addresses)
@@ -979,9 +1007,10 @@ class Interface:
         if advert.hop_limit:
             self.hop_limit = advert.hop_limit
         if advert.router_lifetime:
-            self.router6 = src
-        elif self.router6 == src:
-            self.router6 = None
+            self._router6 = src
+        elif self._router6 == src:
+            self._router6 = None
+        self._route_cache.clear()
         if advert.mtu is not None and 1280 <= advert.mtu < self.mtu:
             self.mtu = advert.mtu
         assert self.mac is not None
@@ -1193,6 +1222,16 @@ class Interface:
 
     def _route(self, dst: IPAddress) -> tuple[IPAddress, IPAddress] | None:
         """``(next hop, source address)`` for ``dst``, or None without a route."""
+        try:
+            return self._route_cache[dst]
+        except KeyError:
+            pass
+        if len(self._route_cache) >= _MAX_CACHED_ROUTES:
+            self._route_cache.clear()
+        route = self._route_cache[dst] = self._find_route(dst)
+        return route
+
+    def _find_route(self, dst: IPAddress) -> tuple[IPAddress, IPAddress] | None:
         candidates = [ours for ours in self.addresses if ours.version == dst.version]
         if dst.version == 4 and (dst == _LIMITED_BROADCAST or dst.is_multicast):
             return dst, candidates[0].ip if candidates else _UNSPECIFIED_V4
@@ -1206,9 +1245,9 @@ class Interface:
         if on_link:
             best = max(on_link, key=lambda ours: ours.network.prefixlen)
             return dst, best.ip
-        routes = [route for route in self.routes if dst in route.network]
-        if dst.version == 6 and self.router6 is not None:
-            routes.append(Route(ipaddress.IPv6Network("::/0"), self.router6))
+        routes = [route for route in self._routes if dst in route.network]
+        if dst.version == 6 and self._router6 is not None:
+            routes.append(Route(ipaddress.IPv6Network("::/0"), self._router6))
         if routes:
             route = max(routes, key=lambda route: route.network.prefixlen)
             hop = route.gateway if route.gateway is not None else dst

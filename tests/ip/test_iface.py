@@ -11,7 +11,14 @@ from __future__ import annotations
 import errno
 import random
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from typing import Any
 
 import pytest
@@ -871,3 +878,21 @@ def test_segments_from_elsewhere_never_disturb_an_established_connection(
     shuttle(server, client, 2.0)
     assert accepted.receive(100) == b"still here"
     assert "internal error" not in server.dropped
+
+
+def test_routes_follow_address_and_route_changes() -> None:
+    iface = ip_interface(tcp=None)
+    sock = iface.udp_bind(IPv4Address("0.0.0.0"))
+    far = (IPv4Address("192.0.2.1"), 9)
+    sock.send_to(b"x", far, 0.0)  # a TUN is point to point: the one peer gets it
+    iface.remove_address(IPv4Interface("10.0.0.1/24"))
+    with pytest.raises(OSError) as caught:
+        sock.send_to(b"x", far, 0.0)
+    assert caught.value.errno == errno.ENETUNREACH
+    iface.add_address(IPv4Interface("192.0.2.5/24"))
+    sock.send_to(b"x", far, 0.0)
+    [_, out] = iface.transmit(0.0)
+    assert Ipv4Repr.parse(out.data).src_addr == IPv4Address("192.0.2.5")
+    iface.add_route(IPv4Network("198.51.100.0/24"), IPv4Address("192.0.2.254"))
+    iface.remove_route(IPv4Network("198.51.100.0/24"))
+    assert iface.routes == ()
