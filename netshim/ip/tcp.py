@@ -787,6 +787,16 @@ class TcpConnection:
         payload = segment.payload
         rcv_nxt = self._rcv_nxt
         seq = rcv_nxt + ((segment.seq - rcv_nxt + _HALF & _MASK) - _HALF)
+        if (
+            flags & (_SYN | _ACK) == _SYN | _ACK
+            and seq == rcv_nxt - 1
+            and self.state is TcpState.SYN_RECEIVED
+        ):
+            # Simultaneous open (RFC 9293 figure 8): the peer's SYN-ACK repeats the
+            # SYN we have; its ACK completes our side of the handshake.
+            flags &= ~_SYN
+            seq = rcv_nxt
+            payload = b""
         seg_len = len(payload) + (flags & _SYN and 1) + (flags & _FIN and 1)
 
         timestamps: Timestamps | None = None
@@ -1502,6 +1512,8 @@ class TcpConnection:
             force = self._force_rexmit
             self._force_rexmit = False
             while force or pipe < cc.cwnd:
+                # A forced retransmission is one segment; others fill what cwnd allows.
+                allowed = mss if force else max(mss, cc.cwnd - pipe)
                 force = False
                 start = max(self._high_rxt, self._snd_una)
                 lost_edge = self._lost_edge
@@ -1510,7 +1522,7 @@ class TcpConnection:
                 hole = self._next_hole(start, min(lost_edge, self._snd_max, data_end))
                 if hole is None:
                     break
-                length = min(hole[1] - hole[0], max_payload)
+                length = min(hole[1] - hole[0], max_payload, allowed)
                 self._send_data(hole[0], length, now, out)
                 self._high_rxt = hole[0] + length
                 pipe += length
