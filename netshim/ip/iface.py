@@ -39,6 +39,19 @@ Sockets (TCP connections, listeners, UDP sockets) whose state may have changed
 are collected for :meth:`Interface.take_changed`, so a driver wakes only the
 tasks waiting on those.
 
+A driver's loop, in outline (``tests/ip/link_pump.py`` is a small one):
+
+* for each packet from the link, ``receive(data, now, checksum_verified=...)``;
+* after that, and after the application used a socket (TCP ``send``,
+  ``receive`` (it may open the window), ``shutdown``, ``abort``; UDP
+  ``send_to``; closing a listener), put everything ``transmit(now)`` returns
+  on the link;
+* call ``transmit`` again at ``deadline()`` (which may already be past);
+* then wake the tasks waiting on the sockets ``take_changed()`` names.
+
+``transmit`` polls every connection and ``deadline`` asks every connection,
+so both cost time in proportion to the number of connections.
+
 TCP segmentation offload: with ``tso=True`` (a TUN/TAP link with
 ``IFF_VNET_HDR``: pass the link's ``tso``) connections get a
 ``max_segment_payload`` of almost 64 KiB, and each large segment leaves as one

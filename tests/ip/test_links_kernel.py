@@ -399,3 +399,19 @@ async def test_a_tap_device_joins_a_bridge_of_interfaces(netns: str) -> None:
         assert len(bridge.mac_table()) == 2  # the TAP's port left with the device
     finally:
         await tap.aclose()
+
+
+async def test_kernel_refusals_reach_our_sockets(netns: str) -> None:
+    async with kernel_peer(netns, Medium.ETHERNET) as (iface, pump):
+        sock = iface.udp_bind(IPv4Address(0))
+        sock.connect((KERNEL_V4, 9))
+        sock.send(b"anyone?", anyio.current_time())
+        pump.kick()
+        await pump.wait_until(sock.readable)
+        with pytest.raises(ConnectionRefusedError):
+            sock.receive()
+        for remote in ((KERNEL_V4, 9), (KERNEL_V6, 9)):
+            connection = iface.tcp_connect(remote, now=anyio.current_time())
+            pump.kick()
+            await pump.wait_until(lambda c=connection: c.finished)  # type: ignore[misc]
+            assert isinstance(connection.error, ConnectionRefusedError)
