@@ -131,7 +131,9 @@ class _Session:
         # A WebSocket that calls us for each message (JsWebSocket) is read by
         # nobody: messages are dispatched on arrival (_on_message).
         self.pushed = hasattr(websocket, "set_message_handler")
-        self._push_waiting = False
+        # What pushed waiters wait on; made by the first of them (in a task:
+        # the dispatch runs in JavaScript's callback, outside any).
+        self._pushed_event: anyio.Event | None = None
         if self.pushed:
             websocket.set_message_handler(self._on_message)  # type: ignore[attr-defined]
 
@@ -150,8 +152,9 @@ class _Session:
         """
         while not ready() and self.error is None:
             if self.pushed:
-                self._push_waiting = True
-                await self._dispatched.wait()
+                if self._pushed_event is None:
+                    self._pushed_event = anyio.Event()
+                await self._pushed_event.wait()
                 continue
             if self._reading:
                 await self._dispatched.wait()
@@ -178,11 +181,10 @@ class _Session:
         self._wake_pushed()
 
     def _wake_pushed(self) -> None:
-        # A new Event only when somebody waited: making one costs more than
-        # the rest of a small message's dispatch.
-        if self._push_waiting:
-            self._push_waiting = False
-            wake, self._dispatched = self._dispatched, anyio.Event()
+        # Only when somebody waits: making an Event costs more than the rest
+        # of a small message's dispatch.
+        wake, self._pushed_event = self._pushed_event, None
+        if wake is not None:
             wake.set()
 
     def dispatch(self, message: bytes | bytearray) -> None:
