@@ -118,6 +118,9 @@ _QUICKACKS = 16
 # SACK blocks remembered by a sender; more only cost retransmissions of data the
 # peer has, and a bound keeps a hostile peer from making every ACK expensive.
 _MAX_SACK_BLOCKS_KEPT = 256
+# Linux's net.ipv4.tcp_max_reordering is 300 segments; a lower cap keeps loss
+# detection from growing too slow after a burst of reordering.
+_MAX_REORDERING = 64
 # A sample above this is a bogus TSecr (a peer echoing garbage), not an RTT.
 _MAX_RTT_SAMPLE = 120.0
 
@@ -407,6 +410,19 @@ class TcpConnection:
         self._sacked_bytes = 0
         self._lost_edge = iss  # holes below this are deemed lost
         self._high_rxt = iss  # retransmitted up to here in this recovery
+        # Duplicate ACKs (or SACKed segments) that mean a loss; raised when a
+        # recovery proves spurious, as Linux adapts tp->reordering.
+        self._reordering = _DUPLICATE_ACK_THRESHOLD
+        # Undoing a spurious fast recovery (RFC 2883 section 4.3, as Linux's
+        # undo_retrans): the window before it, and its retransmissions that no
+        # D-SACK has yet shown to be needless.
+        self._undo_cwnd: int | None = None
+        self._undo_ssthresh = 0
+        self._undo_retrans = 0
+        self._undo_from = iss
+        self._undo_entry_segments = 0
+        # A D-SACK block to report in the next ACK: a duplicate we received.
+        self._dsack: tuple[int, int] | None = None
 
         # Other timers.
         self._ack_now = False
@@ -428,6 +444,7 @@ class TcpConnection:
 
         # Counters.
         self.challenge_acks_suppressed = 0
+        self.spurious_recoveries = 0
         self.retransmissions = 0
         self.timeouts = 0
         self.fast_recoveries = 0
@@ -812,6 +829,9 @@ class TcpConnection:
                 and (timestamps.value - self._ts_recent) & _MASK >= _HALF
             ):
                 if payload or flags & (_SYN | _FIN):
+                    if payload and self._sack_enabled and seq + len(payload) <= rcv_nxt:
+                        # An old duplicate: D-SACK it, as Linux's tcp_send_dupack does.
+                        self._dsack = (seq, seq + len(payload))
                     self._ack_now = True
                     self._output_wanted = True
                 else:
@@ -841,7 +861,10 @@ class TcpConnection:
                     self._resend_syn_ack(segment, now)
                     return
                 if payload or flags & _FIN:
-                    # Old data again: the duplicate ACK helps the sender recover.
+                    # Old data again: the duplicate ACK helps the sender recover,
+                    # and a D-SACK tells it the retransmission was not needed.
+                    if payload and self._sack_enabled and seq + len(payload) <= rcv_nxt:
+                        self._dsack = (seq, seq + len(payload))
                     self._ack_now = True
                     self._output_wanted = True
                 else:
@@ -999,7 +1022,7 @@ class TcpConnection:
         if self._sack_enabled and segment.options:
             for option in segment.options:
                 if type(option) is SackBlocks:
-                    self._take_sack(option.blocks)
+                    self._take_sack(option.blocks, ack)
                     break
 
         if ack > snd_una:
@@ -1106,14 +1129,18 @@ class TcpConnection:
         """RFC 6675 section 5: three duplicate ACKs, or more than two segments SACKed above."""
         if self._snd_una <= self._recover:
             return  # RFC 6582 section 4: not for losses of a recovery already handled
-        lost = self._dupacks >= _DUPLICATE_ACK_THRESHOLD or (
-            self._sacked_bytes > (_DUPLICATE_ACK_THRESHOLD - 1) * self.send_mss
-        )
+        threshold = self._reordering
+        lost = self._dupacks >= threshold or (self._sacked_bytes > (threshold - 1) * self.send_mss)
         if not lost:
             return
         self._in_recovery = True
         self.fast_recoveries += 1
         self._recover = self._snd_max - 1
+        self._undo_cwnd = self._cc.cwnd
+        self._undo_ssthresh = self._cc.ssthresh
+        self._undo_retrans = 0
+        self._undo_from = self._snd_una
+        self._undo_entry_segments = max(self._dupacks, self._sacked_bytes // self.send_mss)
         self._cc.on_loss(now, self._snd_max - self._snd_una)
         self._high_rxt = self._snd_una
         self._lost_edge = self._snd_una + self.send_mss
@@ -1123,18 +1150,43 @@ class TcpConnection:
 
     # SACK scoreboard -------------------------------------------------------
 
-    def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
+    def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> None:
         snd_una = self._snd_una
         snd_max = self._snd_max
-        for left_wire, right_wire in blocks:
+        for index, (left_wire, right_wire) in enumerate(blocks):
             left = snd_una + ((left_wire - snd_una + _HALF & _MASK) - _HALF)
             right = left + ((right_wire - left_wire) & _MASK)
-            # Blocks below SND.UNA are D-SACKs; anything beyond what we sent is bogus.
+            if index == 0 and left < right <= ack:
+                # RFC 2883: a first block below the cumulative ACK reports a duplicate.
+                self._on_dsack(left)
+                continue
+            # Anything beyond what we sent is bogus.
             if left < snd_una:
                 left = snd_una
             if right > snd_max or right <= left:
                 continue
             self._add_sacked(left, right)
+
+    def _on_dsack(self, left: int) -> None:
+        if self._undo_cwnd is None or left < self._undo_from or self._undo_retrans <= 0:
+            return
+        self._undo_retrans -= 1
+        if self._undo_retrans:
+            return
+        # Every retransmission of the last recovery arrived twice: the "loss" was
+        # reordering.  Restore the window and wait for more duplicates next time.
+        cc = self._cc
+        cc.cwnd = max(cc.cwnd, self._undo_cwnd)
+        cc.ssthresh = max(cc.ssthresh, self._undo_ssthresh)
+        self._undo_cwnd = None
+        self.spurious_recoveries += 1
+        self._reordering = min(
+            max(self._reordering, self._undo_entry_segments + 1), _MAX_REORDERING
+        )
+        if self._in_recovery and not self._timeout_recovery:
+            self._in_recovery = False
+            self._dupacks = 0
+        self._output_wanted = True
 
     def _add_sacked(self, left: int, right: int) -> None:
         starts, ends = self._sacked_starts, self._sacked_ends
@@ -1242,6 +1294,9 @@ class TcpConnection:
             skip = rcv_nxt - seq
             if skip > len(payload):
                 return
+            if self._sack_enabled:
+                self._dsack = (seq, rcv_nxt)
+                self._ack_now = True
             payload = payload[skip:]
             seq = rcv_nxt
         limit = self._rcv_adv
@@ -1288,8 +1343,8 @@ class TcpConnection:
             elif self._delack_deadline is None:
                 self._delack_deadline = now + self.config.delayed_ack
         else:
-            if size:
-                self._reorder.insert(seq, payload)
+            if size and not self._reorder.insert(seq, payload) and self._sack_enabled:
+                self._dsack = (seq, seq + size)
             if fin:
                 self._peer_fin_seq = seq + size
             # Out of order: a duplicate ACK at once, with SACK blocks (RFC 5681 4.2).
@@ -1475,8 +1530,13 @@ class TcpConnection:
                 _set(timestamps, "value", (int(self._now * 1000) + self._ts_offset) & _MASK)
                 _set(timestamps, "echo_reply", self._ts_recent)
                 options = (_NOP, _NOP, timestamps)
-            if self._sack_enabled and self._reorder:
-                blocks = sack if sack else self._reorder.sack_blocks(3 if self._ts_enabled else 4)
+            if self._sack_enabled and (self._reorder or self._dsack is not None):
+                limit = 3 if self._ts_enabled else 4
+                blocks = sack if sack else self._reorder.sack_blocks(limit)
+                if self._dsack is not None:
+                    # RFC 2883: the duplicate goes first, once.
+                    blocks = [self._dsack, *blocks[: limit - 1]]
+                    self._dsack = None
                 sack_option = _new(SackBlocks)
                 _set(sack_option, "blocks", tuple((a & _MASK, b & _MASK) for a, b in blocks))
                 options += (_NOP, _NOP, sack_option)
@@ -1583,6 +1643,8 @@ class TcpConnection:
         if start < self._snd_max:
             self.retransmissions += 1
             self._rtt_seq = None
+            if self._undo_cwnd is not None:
+                self._undo_retrans += 1
         else:
             self.bytes_sent += length
             if self._rtt_seq is None and not self._ts_enabled:
@@ -1644,6 +1706,7 @@ class TcpConnection:
             self._fail(errno.ETIMEDOUT)
             return
         self._cc.on_timeout(now, self._snd_max - self._snd_una)
+        self._undo_cwnd = None
         self._recover = self._snd_max - 1
         if self._retries > 1:
             # A second timeout in a row: the peer may have reneged on what it

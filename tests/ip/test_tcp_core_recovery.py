@@ -91,6 +91,41 @@ def test_sack_recovery_resends_only_what_was_lost() -> None:
     assert any(option is not None and len(option.blocks) >= 2 for option in sacks)
 
 
+def test_reordering_mistaken_for_loss_is_undone_by_dsack() -> None:
+    held: list[int] = []
+
+    def delay_tenth_segment(direction: str, segment: TcpRepr, now: float) -> list[float]:
+        if direction == "a>b" and segment.payload and not held:
+            if segment.seq == (network.iss_a + 1 + 9 * network.a.send_mss) & 0xFFFF_FFFF:
+                held.append(segment.seq)
+                return [0.004]  # arrives after its retransmission was sent
+        return [0.0]
+
+    network = Network(fault=delay_tenth_segment)
+    network.handshake()
+    data = pattern(30 * 1448)
+    network.a.send(data)
+    network.run_until(lambda: network.server.readable() == len(data), timeout=5)
+    network.run_for(0.1)
+    assert network.server.receive(len(data)) == data
+    info = network.a.info()
+    assert info.fast_recoveries == 1
+    assert info.retransmissions == 1
+    assert network.a.spurious_recoveries == 1
+    # The receiver reported the duplicate: a first SACK block below its ACK.
+    dsacks = [
+        e.segment
+        for e in network.log
+        if e.direction == "b>a"
+        and (option := e.segment.find_option(SackBlocks)) is not None
+        and (option.blocks[0][1] - e.segment.ack) % 2**32 >= 2**31 - 1
+    ]
+    assert len(dsacks) == 1
+    # The window is back where it was, and more reordering is tolerated next time.
+    assert info.cwnd >= 10 * network.a.send_mss
+    assert network.a._reordering > 3
+
+
 def test_lost_retransmission_is_recovered_by_rto_with_backoff() -> None:
     drops = {"count": 0}
 
