@@ -95,10 +95,10 @@ def test_reordering_mistaken_for_loss_is_undone_by_dsack() -> None:
     held: list[int] = []
 
     def delay_tenth_segment(direction: str, segment: TcpRepr, now: float) -> list[float]:
-        if direction == "a>b" and segment.payload and not held:
-            if segment.seq == (network.iss_a + 1 + 9 * network.a.send_mss) & 0xFFFF_FFFF:
-                held.append(segment.seq)
-                return [0.004]  # arrives after its retransmission was sent
+        tenth = (network.iss_a + 1 + 9 * network.a.send_mss) & 0xFFFF_FFFF
+        if direction == "a>b" and segment.payload and not held and segment.seq == tenth:
+            held.append(segment.seq)
+            return [0.004]  # arrives after its retransmission was sent
         return [0.0]
 
     network = Network(fault=delay_tenth_segment)
