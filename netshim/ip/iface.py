@@ -537,7 +537,10 @@ class Interface:
         """Run due timers, collect every connection's segments, and return all that is to send."""
         self._run_timers(now)
         for key, connection in list(self._connections.items()):
-            segments = connection.poll(now)
+            # The core's contract: after anything that gives it work, its
+            # deadline is the time of that call; otherwise poll() has nothing.
+            due = connection.deadline()
+            segments = connection.poll(now) if due is not None and due <= now else []
             for segment in segments:
                 self._send_tcp(
                     connection.local, connection.remote, segment, now, connection.send_mss

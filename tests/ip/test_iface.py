@@ -97,7 +97,8 @@ class FakeConnection:
         return out
 
     def deadline(self) -> float | None:
-        return None
+        # As the real core: due at once while something waits to be sent.
+        return 0.0 if self.outbox else None
 
     def abort(self) -> None:
         self.aborted = True
