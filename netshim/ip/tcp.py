@@ -115,6 +115,8 @@ _MAX_SACK_REPORTS = 16
 _CHALLENGE_ACK_INTERVAL = 0.5
 # Linux's TCP_MAX_QUICKACKS: segments acknowledged at once after a start or an idle period.
 _QUICKACKS = 16
+# RSTs answering bad ACKs, queued between two polls: a flood costs no more.
+_MAX_PENDING_RESETS = 8
 # SACK blocks remembered by a sender; more only cost retransmissions of data the
 # peer has, and a bound keeps a hostile peer from making every ACK expensive.
 _MAX_SACK_BLOCKS_KEPT = 256
@@ -753,7 +755,7 @@ class TcpConnection:
             ack = self._unwrap_ack(segment.ack)
             if ack <= self.iss or ack > self._snd_max:
                 if not flags & _RST:
-                    self._pending.append(self._reset_to(segment))
+                    self._queue_reset(segment)
                 return
             if flags & _RST:
                 self.error = _error(errno.ECONNREFUSED)
@@ -903,7 +905,7 @@ class TcpConnection:
         ack = self._snd_una + ((segment.ack - self._snd_una + _HALF & _MASK) - _HALF)
         if self.state is TcpState.SYN_RECEIVED:
             if not self._snd_una < ack <= self._snd_max:
-                self._pending.append(self._reset_to(segment))
+                self._queue_reset(segment)
                 self._output_wanted = True
                 return
             self._snd_wnd = segment.window << self._snd_wscale
@@ -958,6 +960,12 @@ class TcpConnection:
         # The peer's SYN again: our SYN-ACK was lost (RFC 9293 3.10.7.4, SYN-RECEIVED).
         self._syn_pending = True
         self._snd_nxt = self._snd_una
+        self._output_wanted = True
+
+    def _queue_reset(self, segment: TcpRepr) -> None:
+        """Answer an unacceptable ACK with ``<SEQ=SEG.ACK><CTL=RST>``, a bounded number at once."""
+        if len(self._pending) < _MAX_PENDING_RESETS:
+            self._pending.append(self._reset_to(segment))
         self._output_wanted = True
 
     def _reset_to(self, segment: TcpRepr) -> TcpRepr:

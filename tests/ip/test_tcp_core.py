@@ -466,6 +466,19 @@ def test_unacceptable_ack_in_syn_received_gets_reset() -> None:
     assert network.server.state is TcpState.SYN_RECEIVED
 
 
+def test_a_flood_of_bad_acks_in_syn_sent_costs_a_bounded_number_of_resets() -> None:
+    network = Network(fault=lambda direction, segment, now: [])
+    network.flush()
+    for n in range(100):
+        bogus = TcpRepr(B_ADDRESS[1], A_ADDRESS[1], n, 777 + n, SYN | ACK, 1000)
+        network.a.on_segment(bogus, network.now)
+    resets = network.a.poll(network.now)
+    assert 1 <= len(resets) <= 8
+    assert all(reset.flags == RST for reset in resets)
+    assert resets[0].seq == 777
+    assert network.a.state is TcpState.SYN_SENT
+
+
 def test_reset_for_unexpected() -> None:
     with_ack = TcpRepr(src_port=1, dst_port=2, seq=10, ack=77, flags=ACK, window=5)
     reply = reset_for_unexpected(with_ack)
