@@ -19,7 +19,7 @@ What it does with what arrives:
   single guest can), and the solicited-node multicast groups.  Router
   Advertisements give a default router and, for autonomous /64 prefixes, an
   address (SLAAC); a Router Solicitation goes out at start.
-* IPv4 fragments are reassembled (:mod:`netshim.ip.fragments`); nothing is
+* IPv4 and IPv6 fragments are reassembled (:mod:`netshim.ip.fragments`); nothing is
   fragmented on the way out: Don't Fragment is set, TCP follows the path MTU
   (ICMP "fragmentation needed" / "packet too big" are passed to it) and an
   oversized UDP datagram is ``EMSGSIZE``.
@@ -111,7 +111,7 @@ from netshim.protocols.ip import (
     pseudo_header_sum,
 )
 
-from .fragments import Ipv4Reassembler
+from .fragments import Ipv4Reassembler, Ipv6Fragment
 from .icmp import IcmpError, QuotedFlow, TokenBucket, icmpv4_error, icmpv6_error, quoted_flow
 from .neighbor import NeighborCache
 from .tcp import TcpConfig, TcpConnection, initial_sequence_number, reset_for_unexpected
@@ -377,6 +377,15 @@ def _wire_reason(layer: str, exc: WireError) -> str:
     if "truncated" in text:
         return f"{layer} truncated"
     return f"{layer} malformed"
+
+
+def _skip_extensions(next_header: int, payload: bytes) -> tuple[int, bytes]:
+    """Step over hop-by-hop and destination options headers to the next one that matters."""
+    while next_header in _SKIPPED_EXTENSIONS:
+        if len(payload) < 8 or len(payload) < (payload[1] + 1) * 8:
+            raise _DropError("ipv6 extension header truncated")
+        next_header, payload = payload[0], payload[(payload[1] + 1) * 8 :]
+    return next_header, payload
 
 
 class _DropError(Exception):
@@ -889,24 +898,26 @@ class Interface:
             raise _DropError(_wire_reason("ipv6", exc)) from None
         if not self._accepts_ipv6(packet.dst_addr):
             raise _DropError("ipv6 not for us")
-        next_header, payload = packet.next_header, packet.payload
-        while next_header in _SKIPPED_EXTENSIONS:
-            if len(payload) < 8 or len(payload) < (payload[1] + 1) * 8:
-                raise _DropError("ipv6 extension header truncated")
-            next_header, payload = payload[0], payload[(payload[1] + 1) * 8 :]
+        raw = data[: packet.buffer_len()]
+        next_header, payload = _skip_extensions(packet.next_header, packet.payload)
+        reassembled = False
         if next_header == IpProtocol.IPV6_FRAGMENT:
-            raise _DropError("ipv6 fragment (no reassembly)")
+            try:
+                fragment = Ipv6Fragment.parse(packet, payload)
+            except WireError as exc:
+                raise _DropError(_wire_reason("ipv6 fragment", exc)) from None
+            result = self.reassembler.add_ipv6(fragment, now)
+            if result.dropped is not None:
+                self.dropped[result.dropped] += 1
+            if result.packet is None:
+                return
+            packet, raw, reassembled = result.packet, result.packet.emit(), True
+            next_header, payload = _skip_extensions(packet.next_header, packet.payload)
         if next_header == IpProtocol.ICMPV6:
-            self._receive_icmpv6(packet, payload, data[: packet.buffer_len()], now)
+            self._receive_icmpv6(packet, payload, raw, now, reassembled)
             return
         self._receive_upper(
-            packet.src_addr,
-            packet.dst_addr,
-            next_header,
-            payload,
-            data[: packet.buffer_len()],
-            now,
-            verified,
+            packet.src_addr, packet.dst_addr, next_header, payload, raw, now, verified
         )
 
     def _receive_upper(
@@ -948,7 +959,9 @@ class Interface:
         elif icmp.type != Icmpv4Type.ECHO_REPLY:
             raise _DropError("icmp type ignored")
 
-    def _receive_icmpv6(self, packet: Ipv6Repr, payload: bytes, raw: bytes, now: float) -> None:
+    def _receive_icmpv6(
+        self, packet: Ipv6Repr, payload: bytes, raw: bytes, now: float, reassembled: bool
+    ) -> None:
         try:
             icmp = Icmpv6Repr.parse(payload, packet.src_addr, packet.dst_addr)
         except WireError as exc:
@@ -971,6 +984,9 @@ class Interface:
             ):
                 if packet.hop_limit != _NDP_HOP_LIMIT:
                     raise _DropError("ndp hop limit not 255")
+                if reassembled:
+                    # RFC 6980: neighbour discovery never comes in fragments.
+                    raise _DropError("ndp in fragments")
                 if self.medium is not Medium.ETHERNET:
                     raise _DropError("ndp on an ip interface")
                 if kind == Icmpv6Type.NEIGHBOR_SOLICIT:

@@ -897,3 +897,41 @@ def test_routes_follow_address_and_route_changes() -> None:
     iface.add_route(IPv4Network("198.51.100.0/24"), IPv4Address("192.0.2.254"))
     iface.remove_route(IPv4Network("198.51.100.0/24"))
     assert iface.routes == ()
+
+
+def ipv6_fragments(
+    payload: bytes, size: int, ident: int = 99, next_header: int = 17
+) -> list[bytes]:
+    pieces = []
+    for start in range(0, len(payload), size):
+        more = start + size < len(payload)
+        header = bytes((next_header, 0)) + (start | more).to_bytes(2, "big")
+        header += ident.to_bytes(4, "big")
+        chunk = header + payload[start : start + size]
+        pieces.append(ipv6(IpProtocol.IPV6_FRAGMENT, chunk))
+    return pieces
+
+
+def test_ipv6_fragments_are_reassembled_and_atomic_fragments_pass() -> None:
+    iface = ip_interface()
+    sock = iface.udp_bind(OUR_V6, 5353)
+    answer = bytes(range(256)) * 12
+    datagram = UdpRepr(53, 5353, answer).emit(PEER_V6, OUR_V6)
+    pieces = ipv6_fragments(datagram, 1448)
+    for piece in (pieces[1], pieces[0], pieces[2]):
+        iface.receive(piece, 0.0)
+    assert sock.receive() == (answer, (PEER_V6, 53))
+    [atomic] = ipv6_fragments(UdpRepr(53, 5353, b"small").emit(PEER_V6, OUR_V6), 1448)
+    iface.receive(atomic, 0.0)
+    assert sock.receive() == (b"small", (PEER_V6, 53))
+    assert len(iface.reassembler) == 0
+
+
+def test_fragmented_neighbour_discovery_is_ignored() -> None:
+    iface = ethernet_interface()
+    solicit = NeighborSolicit(OUR_V6, PEER_MAC).to_icmp().emit(PEER_V6, OUR_V6)
+    header = bytes((IpProtocol.ICMPV6, 0, 0, 0)) + (7).to_bytes(4, "big")
+    packet = Ipv6Repr(PEER_V6, OUR_V6, IpProtocol.IPV6_FRAGMENT, header + solicit, hop_limit=255)
+    iface.receive(frame(packet.emit(), EtherType.IPV6), 0.0)
+    assert iface.transmit(0.0) == []
+    assert iface.dropped["ndp in fragments"] == 1

@@ -415,3 +415,17 @@ async def test_kernel_refusals_reach_our_sockets(netns: str) -> None:
             pump.kick()
             await pump.wait_until(lambda c=connection: c.finished)  # type: ignore[misc]
             assert isinstance(connection.error, ConnectionRefusedError)
+
+
+async def test_fragmented_kernel_datagram_over_ipv6_is_reassembled(netns: str) -> None:
+    require_peer("socat")
+    payload = bytes(range(256)) * 20
+    async with kernel_peer(netns, Medium.IP) as (iface, pump):
+        sock = iface.udp_bind(OUR_V6, 5353)
+        await in_namespace(
+            netns, "socat", "-u", "STDIN", f"UDP6-SENDTO:[{OUR_V6}]:5353", stdin=payload
+        )
+        await pump.wait_until(sock.readable)
+        received = sock.receive()
+        assert received is not None
+        assert received[0] == payload
