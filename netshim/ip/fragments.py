@@ -30,7 +30,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_DATAGRAMS",
     "DEFAULT_TIMEOUT",
-    "Ipv4Reassembler",
+    "Reassembler",
     "Ipv6Fragment",
     "ReassemblyResult",
 ]
@@ -163,10 +163,10 @@ class _Reassembler(Generic[_T]):
         return (datagram.first, payload), dropped
 
 
-class Ipv4Reassembler:
-    """Collects IPv4 and IPv6 fragments into whole packets, within one memory and time bound.
+class Reassembler:
+    """Collects IPv4 (:meth:`add`) and IPv6 (:meth:`add_ipv6`) fragments into whole packets.
 
-    (Named for its first family; :meth:`add_ipv6` takes IPv6 fragments.)
+    Both families share one memory and time bound.
     """
 
     def __init__(

@@ -111,7 +111,7 @@ from netshim.protocols.ip import (
     pseudo_header_sum,
 )
 
-from .fragments import Ipv4Reassembler, Ipv6Fragment
+from .fragments import Ipv6Fragment, Reassembler
 from .icmp import IcmpError, QuotedFlow, TokenBucket, icmpv4_error, icmpv6_error, quoted_flow
 from .neighbor import NeighborCache
 from .tcp import TcpConfig, TcpConnection, initial_sequence_number, reset_for_unexpected
@@ -456,7 +456,7 @@ class Interface:
         self._router6: ipaddress.IPv6Address | None = None
         self.hop_limit = 64
         self.neighbors: NeighborCache[_Waiting] = NeighborCache()
-        self.reassembler = Ipv4Reassembler()
+        self.reassembler = Reassembler()
         #: Packets dropped, by reason ("ipv4 bad checksum", "udp port unreachable"...).
         self.dropped: collections.Counter[str] = collections.Counter()
         self._out: list[OutgoingPacket] = []
