@@ -429,3 +429,28 @@ async def test_fragmented_kernel_datagram_over_ipv6_is_reassembled(netns: str) -
         received = sock.receive()
         assert received is not None
         assert received[0] == payload
+
+
+async def test_a_deleted_device_breaks_the_link(netns: str) -> None:
+    link = TapLink.from_fd(open_device(netns, 0x0002))
+    try:
+        run("ip", "-n", netns, "link", "set", DEVICE, "up")
+
+        async def delete_soon() -> None:
+            await anyio.sleep(0.2)
+            run("ip", "-n", netns, "link", "del", DEVICE)
+
+        async def read_until_broken() -> None:
+            while True:
+                await link.receive()  # the kernel's own IPv6 chatter, then the end
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(delete_soon)
+            with anyio.fail_after(5), pytest.raises(anyio.BrokenResourceError):
+                await read_until_broken()
+        with pytest.raises(anyio.BrokenResourceError):
+            await link.send(bytes(60))
+    finally:
+        await link.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await link.receive()

@@ -7,7 +7,8 @@ smoltcp's ``phy`` layer.  Every link implements :class:`Link` (``send``,
   or adopted from a descriptor, with the virtio-net header and offloads that
   let one system call move 64 KiB;
 * :class:`Cable` (two :class:`CableEnd` values) and :class:`Bridge` (a learning
-  switch with any number of ports): in memory, with :class:`Faults`;
+  switch with any number of ports; :meth:`Bridge.run_port` joins any Ethernet
+  link, a TAP device say): in memory, with :class:`Faults`;
 * :class:`PcapLink` and :class:`FaultyLink` wrap any link to record it for
   Wireshark or to make it lose, duplicate and reorder packets.
 
