@@ -13,6 +13,8 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from link_pump import pumping, receive_all, send_all
 
 from netshim.ip.iface import Interface, Medium
@@ -249,3 +251,13 @@ async def test_pcap_of_an_ip_link_is_raw_ip(tmp_path: Path) -> None:
         [tshark, "-r", str(path), "-T", "fields", "-e", "frame.protocols", "-e", "udp.dstport"]
     )
     assert result.stdout.decode().split() == ["raw:ip:udp:dns", "53"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.binary(max_size=40)), max_size=20))
+async def test_any_bytes_through_a_bridge_never_raise(frames: list[tuple[int, bytes]]) -> None:
+    bridge = Bridge(max_entries=4)
+    ports = [bridge.port(max_queued=8) for _ in range(3)]
+    for index, data in frames:
+        ports[index].send_nowait(data)
+    assert len(bridge.mac_table()) <= 4
