@@ -113,6 +113,7 @@ from netshim.protocols.ip import (
 
 from .fragments import Ipv6Fragment, Reassembler
 from .icmp import IcmpError, QuotedFlow, TokenBucket, icmpv4_error, icmpv6_error, quoted_flow
+from .intercept import InterceptedSyn, Interceptor
 from .neighbor import NeighborCache
 from .tcp import TcpConfig, TcpConnection, initial_sequence_number, reset_for_unexpected
 from .udp import UdpSocket
@@ -332,7 +333,7 @@ class TcpListener:
         return len(self._half_open) < self.syn_backlog and len(self._ready) < self.backlog
 
 
-ChangedSocket: TypeAlias = "TcpConnection | TcpListener | UdpSocket"
+ChangedSocket: TypeAlias = "TcpConnection | TcpListener | UdpSocket | Interceptor"
 _ConnectionKey: TypeAlias = tuple[IPAddress, int, IPAddress, int]
 # A queued IP packet waiting for its next hop's MAC: the IP bytes and GSO info.
 _Waiting: TypeAlias = tuple[bytes, "GsoInfo | None"]
@@ -465,6 +466,7 @@ class Interface:
         self._listeners: dict[tuple[IPAddress, int], TcpListener] = {}
         self._udp: dict[tuple[IPAddress, int], UdpSocket] = {}
         self._changed: set[ChangedSocket] = set()
+        self._interceptor: Interceptor | None = None
         self._identification = self._rng.randrange(0x10000)
         #: Limits the ICMP errors this interface sends.
         self.icmp_limiter = TokenBucket()
@@ -526,6 +528,18 @@ class Interface:
         return [ours.ip for ours in self.addresses if ours.version == version]
 
     # The driver's side.
+
+    def intercept(self, **limits: int) -> Interceptor:
+        """Take packets for every unicast destination, and hand what nobody serves to the result.
+
+        See :mod:`netshim.ip.intercept`; ``limits`` are :class:`Interceptor`'s
+        ``max_pending``, ``max_datagrams`` and ``max_datagram_bytes``.  Calling
+        it again returns the same interceptor.
+        """
+        if self._interceptor is None:
+            self._interceptor = Interceptor(self, **limits)
+            self._route_cache.clear()
+        return self._interceptor
 
     def take_changed(self) -> set[ChangedSocket]:
         """Sockets whose readiness may have changed since the last call (then forgotten)."""
@@ -840,6 +854,10 @@ class Interface:
     def _accepts_ipv4(self, address: ipaddress.IPv4Address) -> bool:
         if address == _LIMITED_BROADCAST:
             return True
+        if self._interceptor is not None and not (
+            address.is_multicast or address.is_unspecified or self._is_broadcast_v4(address)
+        ):
+            return True
         for ours in self.addresses:
             if isinstance(ours, ipaddress.IPv4Interface) and (
                 ours.ip == address
@@ -881,6 +899,8 @@ class Interface:
         )
 
     def _accepts_ipv6(self, address: ipaddress.IPv6Address) -> bool:
+        if self._interceptor is not None and not (address.is_multicast or address.is_unspecified):
+            return True
         if address.is_multicast:
             return address in (_ALL_NODES, ipaddress.IPv6Address("ff01::1")) or any(
                 address == _solicited_node(ours.ip)
@@ -931,7 +951,7 @@ class Interface:
         verified: bool,
     ) -> None:
         if protocol == IpProtocol.TCP:
-            self._receive_tcp(src, dst, payload, now, verified)
+            self._receive_tcp(src, dst, payload, raw, now, verified)
         elif protocol == IpProtocol.UDP:
             self._receive_udp(src, dst, payload, raw, now, verified)
         elif protocol == IpProtocol.ICMP and isinstance(src, ipaddress.IPv4Address):
@@ -1125,6 +1145,14 @@ class Interface:
         sock = self._udp.get((dst, datagram.dst_port)) or self._udp.get(
             (_unspecified(dst), datagram.dst_port)
         )
+        if sock is None and self._interceptor is not None:
+            if self._interceptor._offer_datagram(
+                datagram.payload, source, (dst, datagram.dst_port)
+            ):
+                self._changed.add(self._interceptor)
+            else:
+                self.dropped["udp intercept queue full"] += 1
+            return
         if sock is None or (sock.remote is not None and sock.remote != source):
             self.dropped["udp port unreachable"] += 1
             self._send_port_unreachable(src, dst, raw, now)
@@ -1134,7 +1162,13 @@ class Interface:
         self._changed.add(sock)
 
     def _receive_tcp(
-        self, src: IPAddress, dst: IPAddress, payload: bytes, now: float, verified: bool
+        self,
+        src: IPAddress,
+        dst: IPAddress,
+        payload: bytes,
+        raw: bytes,
+        now: float,
+        verified: bool,
     ) -> None:
         if src.is_multicast or src.is_unspecified:
             raise _DropError("tcp from a group address")
@@ -1171,10 +1205,38 @@ class Interface:
             self._listener_of[connection] = listener
             self._settle(key, connection)
             return
+        interceptor = self._interceptor
+        if (
+            interceptor is not None
+            and flags & (TcpFlags.SYN | TcpFlags.ACK | TcpFlags.RST | TcpFlags.FIN) == TcpFlags.SYN
+        ):
+            syn = InterceptedSyn(
+                (dst, segment.dst_port), (src, segment.src_port), segment, raw, now
+            )
+            if interceptor._offer_syn(syn):
+                self._changed.add(interceptor)
+            else:
+                # A retransmission of a SYN being dialled, or too many waiting.
+                self.dropped["tcp syn intercepted already or backlog full"] += 1
+            return
         self.dropped["tcp no connection"] += 1
         reset = self._tcp.reset_for_unexpected(segment)
         if reset is not None:
             self._send_ip(dst, src, IpProtocol.TCP, reset.emit(dst, src), now)
+
+    def _accept_intercepted(self, syn: InterceptedSyn, now: float) -> TcpConnection:
+        local, remote = syn.local, syn.remote
+        key: _ConnectionKey = (local[0], local[1], remote[0], remote[1])
+        if key in self._connections:
+            raise _os_error(errno.EADDRINUSE, "the connection exists already")
+        iss = self._tcp.initial_sequence_number(self._secret, local, remote, now)
+        connection = self._tcp.open_passive(
+            local, remote, syn.segment, iss=iss, now=now, config=self._connection_config(remote[0])
+        )
+        self._connections[key] = connection
+        self._changed.add(connection)
+        self._settle(key, connection)
+        return connection
 
     def _send_tcp(
         self, local: Endpoint, remote: Endpoint, segment: TcpRepr, now: float, mss: int

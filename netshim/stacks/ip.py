@@ -56,11 +56,12 @@ from .._addrinfo import AddrInfo, resolve_addrinfo
 from .._errors import name_not_known, name_temporarily_unresolvable, no_address_for_name, os_error
 from ..ip.dhcp import CLIENT_PORT, SERVER_PORT, DhcpClient
 from ..ip.iface import GsoInfo, Interface, Medium
+from ..ip.intercept import InterceptedSyn, Interceptor, Refusal
 from ..ip.udp import UdpSocket as _EngineUdpSocket
 from ..protocols.ip import EthernetAddress
 from ..stack import DEFAULT_BACKLOG, Stack, TcpListener, TcpStream, UdpSocket
 
-__all__ = ["IpStack", "PacketLink"]
+__all__ = ["Interception", "IpStack", "PacketLink"]
 
 _LOOPBACK4 = ipaddress.IPv4Interface("127.0.0.1/8")
 _LOOPBACK6 = ipaddress.IPv6Interface("::1/128")
@@ -386,6 +387,73 @@ class _IpUdpSocket(UdpSocket):
         await anyio.lowlevel.checkpoint()
 
 
+class Interception:
+    """Every flow an :class:`IpStack`'s link carries to destinations it does not serve.
+
+    What :meth:`IpStack.intercept` returns: the async side of
+    :class:`netshim.ip.intercept.Interceptor`, for whoever terminates a
+    namespace's or a tunnel's traffic (``netshim run --isolate``).
+    """
+
+    def __init__(self, stack: IpStack, interceptor: Interceptor) -> None:
+        self._stack = stack
+        self._interceptor = interceptor
+
+    @property
+    def pending(self) -> int:
+        return self._interceptor.pending
+
+    async def next_flow(self) -> InterceptedSyn | tuple[bytes, Address, Address]:
+        """The next connection attempt, or the next ``(payload, source, destination)`` datagram."""
+        driver = self._stack._driver_for_use()
+        interceptor = self._interceptor
+        while True:
+            syn = interceptor.take_syn()
+            if syn is not None:
+                return syn
+            datagram = interceptor.take_datagram()
+            if datagram is not None:
+                payload, source, destination = datagram
+                return (
+                    payload,
+                    (_ip(source[0]), source[1]),
+                    (_ip(destination[0]), destination[1]),
+                )
+            await driver.wait_for(interceptor)
+
+    async def accept(self, syn: InterceptedSyn) -> TcpStream:
+        """Complete ``syn``'s handshake; the stream once established (its errors if not)."""
+        driver = self._stack._driver_for_use()
+        connection: Any = self._interceptor.accept(syn, driver.now())
+        driver.poke()
+        try:
+            while not connection.established:
+                if connection.error is not None:
+                    raise connection.error
+                if connection.finished:
+                    raise os_error(errno.ECONNRESET, "the connection ended in its handshake")
+                await driver.wait_for(connection)
+        except BaseException:
+            connection.abort()
+            driver.poke()
+            raise
+        return _IpTcpStream(self._stack, connection)
+
+    def refuse(self, syn: InterceptedSyn, how: Refusal) -> None:
+        """Turn ``syn`` down: a reset, an ICMP unreachable, or silence."""
+        driver = self._stack._driver_for_use()
+        self._interceptor.refuse(syn, how, driver.now())
+        driver.poke()
+
+    def send_datagram(self, payload: bytes, source: Address, destination: Address) -> None:
+        """Send ``payload`` from ``source`` (any address) to ``destination``."""
+        driver = self._stack._driver_for_use()
+        self._interceptor.send_datagram(
+            bytes(payload), _endpoint(source), _endpoint(destination), driver.now()
+        )
+        driver.poke()
+
+
 class IpStack(Stack):
     """Sockets as packets on ``link``, through netshim's own TCP/IP.
 
@@ -556,6 +624,14 @@ class IpStack(Stack):
         self._driver_for_use()
         if self._dhcp_bound is not None:
             await self._dhcp_bound.wait()
+
+    def intercept(self) -> Interception:
+        """Take packets for every destination; flows nobody here serves come out of the result.
+
+        For the router's side of a link (``netshim run --isolate``): see
+        :mod:`netshim.ip.intercept`.
+        """
+        return Interception(self, self._interface.intercept())
 
     @property
     def addresses(self) -> list[str]:

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from netshim.ip.iface import Medium
-from netshim.ip.links._memory import Cable, Faults
+from netshim.ip.links import Cable, Faults
 from netshim.stacks.ip import IpStack
 
 pytestmark = pytest.mark.anyio
