@@ -199,14 +199,29 @@ def _serve_with_gateway(pages: ConsolePages, arguments: argparse.Namespace) -> i
 
     try:
         anyio.run(main, backend=backend, backend_options=options)
-    except OSError as exc:
-        print(
-            f"{PROGRAM}: cannot listen on {listen['host']}:{listen['port']}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt:
+        pass  # Ctrl-C before the signal handler was in place
+    except BaseException as exc:
+        # The task groups wrap it: a port in use, an address not ours.
+        error = _first_os_error(exc)
+        if error is None:
+            raise
+        where = f"{listen['host']}:{listen['port']}"
+        print(f"{PROGRAM}: cannot listen on {where}: {error.strerror or error}", file=sys.stderr)
         return 2
     print(f"{PROGRAM}: stopped", file=sys.stderr)
     return 0
+
+
+def _first_os_error(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _serve_pages_only(pages: ConsolePages, arguments: argparse.Namespace) -> int:

@@ -269,3 +269,20 @@ def test_with_via_only_pages_are_served(cache: Path) -> None:
     finally:
         status, errors = stop(served)
     assert status == 0, errors
+
+
+def test_a_port_in_use_is_one_line(cache: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        completed = subprocess.run(
+            [sys.executable, "-m", "netshim", "pyodide", "serve", "--port", str(port),
+             "--cache-dir", str(cache), "--pyodide-dir", str(PYODIDE_DIR)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert completed.returncode == 2
+    assert completed.stderr == (
+        f"netshim pyodide serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
