@@ -335,6 +335,7 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
             self._feeding = False
 
     def _stop_pushed(self) -> None:
+        """No more arrivals to hand on: the end, an error, or closing."""
         self._receive_nowait = None
         set_callback = getattr(self._stream, "set_readable_callback", None)
         if set_callback is not None:
@@ -534,10 +535,7 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
         _spawn(self._loop, self._close_stream(), "netshim transport close")
 
     def _stop_reading(self) -> None:
-        self._receive_nowait = None
-        set_callback = getattr(self._stream, "set_readable_callback", None)
-        if set_callback is not None:
-            set_callback(None)
+        self._stop_pushed()
         self.resume_reading()  # lets a paused reader see that we are closing
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
