@@ -138,7 +138,15 @@ async def test_asyncio_through_a_pushed_session(pushed: list[PushingWebSocket]) 
                     writer.write(b"ping %d\n" % number)
                     assert transport.get_write_buffer_size() == 0
                     assert await reader.readline() == b"ping %d\n" % number
-                # A large upload outruns the credit: the rest waits in the task, in order.
+                # Small writes faster than credit comes back: after four packets
+                # write() queues, and the rest follows from the task, in order.
+                lines = [b"%04d%s\n" % (number, b"x" * 1000) for number in range(50)]
+                for line in lines:
+                    writer.write(line)
+                assert transport.get_write_buffer_size() > 0
+                for line in lines:
+                    assert await reader.readline() == line
+                # A large upload outruns the credit too.
                 payload = bytes(range(256)) * (8 << 10)  # 2 MiB
                 writer.write(payload)
                 writer.write(b"tail")
