@@ -42,7 +42,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConsolePages", "add_serve_arguments", "run_cell", "serve", "start_console"]
+__all__ = [
+    "ConsolePages",
+    "add_serve_arguments",
+    "interrupt",
+    "run_cell",
+    "serve",
+    "start_console",
+]
 
 #: The port the console is served on unless told otherwise (the gateway's own
 #: default, 8080, is left to a gateway of its own).
@@ -330,6 +337,7 @@ class ConsolePages:
 
 _namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
 _cells = 0
+_running: Any = None  # the asyncio.Task of the entry that runs now
 
 
 async def start_console(via: str) -> None:
@@ -348,29 +356,55 @@ async def start_console(via: str) -> None:
 
 
 async def run_cell(source: str) -> None:
-    """Run what was typed as ``runPythonAsync`` does; print a last value or the traceback."""
+    """Run what was typed as ``runPythonAsync`` does; print a last value or the traceback.
+
+    The code runs in a task of its own, which :func:`interrupt` cancels (the
+    console's Stop button): awaiting code stops with ``KeyboardInterrupt``
+    printed, as Ctrl-C stops the terminal's REPL.
+    """
+    import asyncio
     import linecache
     import traceback
 
     from pyodide.code import eval_code_async  # type: ignore[import-not-found]
 
-    global _cells
+    global _cells, _running
     _cells += 1
     filename = f"<console-{_cells}>"
     # So that tracebacks show the typed lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    running = asyncio.ensure_future(eval_code_async(source, _namespace, filename=filename))
+    _running = running
     try:
-        result = await eval_code_async(source, _namespace, filename=filename)
+        result = await running
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the console stays
-        trace = exc.__traceback__
-        # Only the typed code's frames and below, not the console's own.
-        while trace is not None and not trace.tb_frame.f_code.co_filename.startswith("<console-"):
-            trace = trace.tb_next
-        sys.stderr.write("".join(traceback.format_exception(type(exc), exc, trace)))
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        current = asyncio.current_task()
+        if cancelled and current is not None and current.cancelling():
+            raise  # the console itself is being cancelled
+        if cancelled and running.cancelling():
+            sys.stderr.write("KeyboardInterrupt\n")  # interrupt() asked for it
+        else:
+            trace = exc.__traceback__
+            # Only the typed code's frames and below, not the console's own.
+            while trace is not None and not trace.tb_frame.f_code.co_filename.startswith(
+                "<console-"
+            ):
+                trace = trace.tb_next
+            sys.stderr.write("".join(traceback.format_exception(type(exc), exc, trace)))
     else:
         if result is not None:
             _namespace["_"] = result
             print(repr(result))
     finally:
+        _running = None
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
+
+
+def interrupt() -> bool:
+    """Cancel the entry that is running, if any; whether there was one."""
+    if _running is None or _running.done():
+        return False
+    _running.cancel()
+    return True

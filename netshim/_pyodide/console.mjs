@@ -8,13 +8,15 @@
 // Each entry goes to netshim._pyodide_serve.run_cell through runPythonAsync,
 // which prints a last value or a traceback; stdout and stderr land in #output.
 // #status's data-state (loading, ready, busy, error) says where the console
-// is, for people and for the test that drives it.
+// is, for people and for the test that drives it.  Stop (Ctrl+C, Esc) cancels
+// the running entry's task through _netshim_console.interrupt().
 import { loadPyodide } from "./pyodide/pyodide.mjs";
 
 const output = document.getElementById("output");
 const input = document.getElementById("input");
 const form = document.getElementById("prompt");
-const runButton = form.querySelector("button");
+const runButton = form.querySelector('button[type="submit"]');
+const stopButton = document.getElementById("stop");
 const status = document.getElementById("status");
 
 function show(text, kind) {
@@ -31,6 +33,7 @@ function setStatus(state, text) {
   const ready = state === "ready";
   input.disabled = !ready;
   runButton.disabled = !ready;
+  stopButton.hidden = state !== "busy";
   if (ready) input.focus();
 }
 
@@ -57,6 +60,18 @@ async function run(source) {
   }
   setStatus("ready", "Ready");
 }
+
+// Cancels the entry's task: code that awaits stops with KeyboardInterrupt.
+// (A blocking call under JSPI is inside one await and stops when it returns.)
+function interrupt() {
+  if (status.dataset.state === "busy") pyodide.runPython("_netshim_console.interrupt()", { globals: runner });
+}
+stopButton.addEventListener("click", interrupt);
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" || (event.key === "c" && event.ctrlKey && !getSelection().toString())) {
+    interrupt();
+  }
+});
 
 form.addEventListener("submit", (event) => {
   event.preventDefault();

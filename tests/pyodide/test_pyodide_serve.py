@@ -111,7 +111,7 @@ def require_playwright() -> None:
         pytest.skip(message)
 
 
-def type_into_console(url: str, cells: list[str], tmp_path: Path) -> dict[str, Any]:
+def type_into_console(url: str, cells: list[Any], tmp_path: Path) -> dict[str, Any]:
     chromium = require_peer("chromium")
     node = require_pyodide()
     require_playwright()
@@ -171,6 +171,7 @@ def test_console_in_chromium_through_the_gateway_in_the_same_process(
                 BLOCKING_CELL.format(port=echo_port),
                 REFUSED_CELL.format(port=blocked),
                 CAUGHT_CELL.format(port=blocked),
+                {"code": "await asyncio.sleep(3600)", "stopAfter": 500},
                 "6 * 7",
             ],
             tmp_path,
@@ -179,7 +180,7 @@ def test_console_in_chromium_through_the_gateway_in_the_same_process(
         status, errors = stop(served)
     assert report["state"] == "ready", report
     assert report["gateway"] == "ws" + served.url[len("http") :]
-    echo, blocking, refused, caught, value = report["outputs"]
+    echo, blocking, refused, caught, stopped, value = report["outputs"]
     assert "connections go through ws://127.0.0.1:" in echo  # the greeting
     # The typed code, as typed, then what it printed: the bytes came back.
     assert '>>> reader, writer = await asyncio.open_connection("127.0.0.1",' in echo
@@ -197,6 +198,8 @@ def test_console_in_chromium_through_the_gateway_in_the_same_process(
         .splitlines()[-1]
         .startswith(f"PermissionError: [Errno 2] netshim policy refused 127.0.0.1:{blocked}")
     )
+    # Ctrl+C interrupts an entry that awaits; the console goes on.
+    assert stopped.endswith(">>> await asyncio.sleep(3600)\nKeyboardInterrupt\n")
     assert value.endswith(">>> 6 * 7\n42\n")
     assert not [line for line in report["console"] if line.startswith("pageerror")]
     # Ctrl-C stops it cleanly.

@@ -5,7 +5,8 @@
 //
 // CELLS.json is a list of code entries.  Each is typed into the console's
 // input and run with the Enter key, as a person would; the driver waits until
-// the console is ready again.  Prints one JSON object: the output text after
+// the console is ready again.  An entry may also be {"code": ..., "stopAfter":
+// milliseconds}: then Ctrl+C is pressed that long after Enter.  Prints one JSON object: the output text after
 // each entry, the final status and the browser console's messages.  The
 // browser gets a fresh profile and the flags that stop Chromium from reaching
 // Google's hosts on its own, since tests may only touch loopback.
@@ -46,8 +47,13 @@ try {
   const outputs = [];
   if ((await state(page)) === "ready") {
     for (const cell of cells) {
-      await page.fill("#input", cell);
+      const { code, stopAfter } = typeof cell === "string" ? { code: cell } : cell;
+      await page.fill("#input", code);
       await page.press("#input", "Enter");
+      if (stopAfter !== undefined) {
+        await page.waitForTimeout(stopAfter);
+        await page.keyboard.press("Control+c");
+      }
       await page.waitForFunction(
         () => document.getElementById("status").dataset.state === "ready",
         null,
