@@ -101,7 +101,14 @@ def add_serve_arguments(
     )
     add_gateway_arguments(gateway)
     parser.set_defaults(log_level="WARNING")
-    parser.set_defaults(gateway_options=[action.dest for action in gateway._group_actions])
+    actions = gateway._group_actions
+    for action in actions:
+        # The gateway's own help names its own defaults.
+        if action.dest == "port":
+            action.help = f"port of the page and the gateway (default {DEFAULT_PORT}, 0: any)"
+        elif action.dest == "log_level":
+            action.help = "the gateway's DEBUG, INFO, WARNING (default WARNING)"
+    parser.set_defaults(gateway_options=[action.dest for action in actions])
 
 
 def serve(arguments: argparse.Namespace) -> int:
