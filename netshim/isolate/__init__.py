@@ -15,8 +15,11 @@ gateway 10.0.2.2 and fd00::2, DNS 10.0.2.3, and the namespace's
 ``/etc/resolv.conf`` (bind-mounted in a private mount namespace; the
 machine's file is untouched) names it.
 
-:func:`spawn` is the low-level step: it builds the namespace and hands back
-the TUN descriptor and the (not yet started) program.  Where confinement
+:func:`run` confines a command and returns its exit status, its traffic carried
+onto a stack through a policy (:class:`~netshim.isolate._terminate.Terminator`);
+``netshim run --isolate`` is its command line.  :func:`spawn` is the low-level
+step: it builds the namespace and hands back the TUN descriptor and the (not
+yet started) program.  Where confinement
 cannot be had (no ``/dev/net/tun``, user namespaces disabled, not Linux) it
 raises :class:`IsolationUnavailableError` with one line saying what is
 missing; it never falls back to running the program on the real network.
@@ -37,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Addressing", "IsolatedProgram", "IsolationUnavailableError", "spawn"]
+__all__ = ["Addressing", "IsolatedProgram", "IsolationUnavailableError", "run", "spawn"]
 
 
 # slirp4netns's addressing, so that habits and documentation carry over.
@@ -87,6 +90,11 @@ class IsolatedProgram:
     _channel: socket.socket
     _directory: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
+    def take_tun_fd(self) -> int:
+        """The TUN descriptor, now the caller's to close (a link adopts it)."""
+        fd, self.tun_fd = self.tun_fd, -1
+        return fd
+
     def start(self) -> None:
         """Let the program run (its traffic must be carried from now on)."""
         with contextlib.suppress(OSError):
@@ -102,8 +110,10 @@ class IsolatedProgram:
             if pipe is not None:
                 pipe.close()
         self._channel.close()
-        with contextlib.suppress(OSError):
-            os.close(self.tun_fd)
+        if self.tun_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.tun_fd)
+            self.tun_fd = -1
         if self._directory is not None:
             self._directory.cleanup()
             self._directory = None
@@ -223,3 +233,62 @@ def spawn(
             or f"the namespace's set-up step exited with {process.returncode}"
         )
     return IsolatedProgram(process, fds[0], addressing, parent_end, directory)
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    stack: Any = None,
+    policy: Any = None,
+    addressing: Addressing | None = None,
+    refusal: str = "reset",
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stdin: int | IO[Any] | None = None,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+) -> int:
+    """Run ``argv`` confined, its every flow carried onto ``stack`` through ``policy``.
+
+    ``stack`` defaults to the host network (:class:`netshim.HostStack`),
+    ``policy`` to :class:`netshim.policy.Policy`'s defaults (private,
+    loopback and metadata destinations refused).  ``refusal`` is how a
+    refused connection reaches the program: ``"reset"`` or ``"icmp"``.
+    Returns the exit status as a shell reports it (``128 + N`` after signal
+    N); cancelled, the program is killed.
+    """
+    import anyio
+
+    from ..ip.links import TunLink
+    from ..policy import Policy
+    from ..stacks.host import HostStack
+    from ._terminate import Terminator
+
+    addressing = addressing or Addressing()
+    program = spawn(
+        argv,
+        addressing=addressing,
+        vnet_hdr=True,
+        env=env,
+        cwd=cwd,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+    )
+    try:
+        link = TunLink.from_fd(program.take_tun_fd(), offload=True)
+        terminator = Terminator(
+            link,
+            stack if stack is not None else HostStack(),
+            policy=policy if policy is not None else Policy(),
+            addressing=addressing,
+            refusal="icmp" if refusal == "icmp" else "reset",
+        )
+        async with anyio.create_task_group() as group:
+            await group.start(terminator.run)
+            program.start()
+            status = await anyio.to_thread.run_sync(program.process.wait, abandon_on_cancel=True)
+            group.cancel_scope.cancel()
+        return status if status >= 0 else 128 - status
+    finally:
+        program.close()
