@@ -6,6 +6,12 @@ Three forms::
     netshim run [--via URL] -m MODULE [ARGS]    # in this interpreter, like python -m
     netshim run [--via URL] SCRIPT.py [ARGS]    # in this interpreter, like python SCRIPT.py
 
+and with ``--isolate`` (plus the gateway's policy options ``--allow``,
+``--deny``, ``--allow-private`` and ``--refuse reset|icmp``) the program and
+everything it starts run in a network namespace whose only way out is
+netshim (:mod:`netshim.isolate`): C extensions and child processes included.
+``-m`` and a script then run in a new interpreter inside the namespace.
+
 ``--via`` sets ``NETSHIM_STACK`` (any URL :func:`netshim.stack_from_url`
 takes); without it the stack comes from the environment as
 :func:`netshim.install` reads it (``NETSHIM_STACK``, ``ALL_PROXY``,
@@ -40,8 +46,10 @@ USAGE = """\
 usage: netshim run [--via URL] -- PROGRAM [ARGS ...]
        netshim run [--via URL] -m MODULE [ARGS ...]
        netshim run [--via URL] SCRIPT.py [ARGS ...]
+       netshim run --isolate [--via URL] [POLICY ...] -- PROGRAM [ARGS ...]
 
-Run an unmodified Python program with netshim installed.
+Run an unmodified Python program with netshim installed, or (--isolate) any
+program confined to a network namespace whose only way out is netshim.
 
 options:
   --via URL   the stack to use (sets NETSHIM_STACK): wisp://, wisps://, ws://,
@@ -49,6 +57,16 @@ options:
               (default: NETSHIM_STACK, else ALL_PROXY / NO_PROXY, else host:)
   -m MODULE   run a module as python -m does, in this process
   --          run PROGRAM (for example python3 app.py) as a child process
+  --isolate   confine the program and its children (C extensions, curl, ...):
+              a network namespace with a TUN device that netshim terminates
+              onto the stack; the machine's loopback is 10.0.2.2, DNS 10.0.2.3
+
+policy (with --isolate; the gateway's rules and defaults):
+  --allow RULE         allow a CIDR, IP or name[:ports] (repeatable)
+  --deny RULE          deny a CIDR, IP or name[:ports] (repeatable)
+  --allow-private      reach private and loopback ranges too
+  --refuse reset|icmp  a refused connection is a reset (ECONNREFUSED, the
+                       default) or ICMP prohibited (EHOSTUNREACH)
 """
 
 
@@ -66,6 +84,11 @@ class Plan:
     program: list[str] = field(default_factory=list)
     arguments: list[str] = field(default_factory=list)
     help: bool = False
+    isolate: bool = False
+    allow: list[str] = field(default_factory=list)
+    deny: list[str] = field(default_factory=list)
+    allow_private: bool = False
+    refuse: str = "reset"
 
 
 def parse(argv: list[str]) -> Plan:
@@ -82,6 +105,28 @@ def parse(argv: list[str]) -> Plan:
         if word in ("-h", "--help"):
             plan.help = True
             return plan
+        if word == "--isolate":
+            plan.isolate = True
+            continue
+        if word == "--allow-private":
+            plan.allow_private = True
+            continue
+        if word in ("--allow", "--deny", "--refuse") or word.startswith(
+            ("--allow=", "--deny=", "--refuse=")
+        ):
+            name, _, value = word.partition("=")
+            if not value:
+                if index >= len(argv):
+                    raise UsageError(f"{name} needs a value")
+                value = argv[index]
+                index += 1
+            if name == "--refuse":
+                if value not in ("reset", "icmp"):
+                    raise UsageError(f"--refuse is reset or icmp, got {value!r}")
+                plan.refuse = value
+            else:
+                (plan.allow if name == "--allow" else plan.deny).append(value)
+            continue
         if word == "--via" or word.startswith("--via="):
             if "=" in word:
                 plan.via = word.partition("=")[2]
@@ -149,6 +194,48 @@ def wait_for_child(child: subprocess.Popen[bytes]) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     return 128 - status if status < 0 else status
+
+
+def _run_isolated(plan: Plan) -> int:
+    import anyio
+
+    from .isolate import IsolationUnavailableError, run
+    from .policy import Policy
+
+    if plan.program:
+        argv = plan.program
+    elif plan.module is not None:
+        argv = [sys.executable, "-m", plan.module, *plan.arguments]
+    else:
+        assert plan.script is not None
+        argv = [sys.executable, plan.script, *plan.arguments]
+    try:
+        policy = Policy(allow=plan.allow, deny=plan.deny, allow_private=plan.allow_private)
+    except ValueError as exc:
+        print(f"netshim run: {exc}", file=sys.stderr)
+        return 2
+    stack = None
+    if plan.via is not None:
+        from ._config import stack_from_url
+
+        stack = stack_from_url(plan.via)
+    import logging
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="netshim: %(message)s")
+
+    async def confined() -> int:
+        return await run(argv, stack=stack, policy=policy, refusal=plan.refuse)
+
+    # The program shares our terminal: Ctrl-C reaches it, and it decides.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return anyio.run(confined)
+    except IsolationUnavailableError as exc:
+        print(f"netshim run --isolate: {exc}", file=sys.stderr)
+        return 125
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -227,6 +314,11 @@ def main(argv: list[str]) -> int:
     if plan.help:
         print(USAGE, end="")
         return 0
+    if plan.isolate:
+        return _run_isolated(plan)
+    if plan.allow or plan.deny or plan.allow_private or plan.refuse != "reset":
+        print(f"{USAGE}\nnetshim run: policy options need --isolate", file=sys.stderr)
+        return 2
     if plan.program:
         return _run_child(plan)
     return _run_here(plan)

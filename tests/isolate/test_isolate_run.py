@@ -1,0 +1,269 @@
+"""``netshim run --isolate``: whole programs (curl, another Python) confined, carried by netshim.
+
+Each test starts a real program in a network namespace through
+:func:`netshim.isolate.run`; its only way out is the TUN device that the
+test's :class:`~netshim.isolate._terminate.Terminator` terminates onto a
+stack (the host network, or a VirtualNetwork) through a policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from netshim import VirtualNetwork
+from netshim.isolate import run
+from netshim.policy import Policy
+from netshim.testing import REQUIRE_PEERS_VARIABLE, require_peer
+
+pytestmark = [pytest.mark.peer("netns"), pytest.mark.anyio]
+
+
+@pytest.fixture(autouse=True)
+def _isolation_available() -> None:
+    problem = None
+    if not sys.platform.startswith("linux"):
+        problem = "not Linux"
+    elif not os.path.exists("/dev/net/tun"):
+        problem = "no /dev/net/tun"
+    if problem is not None:
+        if os.environ.get(REQUIRE_PEERS_VARIABLE) == "1":
+            pytest.fail(f"network namespaces unavailable: {problem}")
+        pytest.skip(problem)
+
+
+class HostServer:
+    """A TCP server on the machine's loopback that counts its connections."""
+
+    def __init__(self, handler: str, payload: bytes = b"") -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.handler = handler
+        self.payload = payload
+        self.connections = 0
+        self.received = hashlib.sha256()
+        self.received_bytes = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            if self.handler == "http":
+                conn.recv(65536)
+                body = self.payload
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                    % len(body)
+                    + body
+                )
+            elif self.handler == "send":
+                conn.sendall(self.payload)
+            elif self.handler == "sink":
+                while data := conn.recv(1 << 20):
+                    self.received.update(data)
+                    self.received_bytes += len(data)
+                conn.sendall(self.received.hexdigest().encode())
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[HostServer]:
+    server = HostServer("http", b"hello from the machine\n")
+    yield server
+    server.close()
+
+
+async def confined(argv: list[str], **options: object) -> tuple[int, str]:
+    """Run ``argv`` confined; its exit status and standard output."""
+    read_end, write_end = os.pipe()
+    try:
+        status = await run(argv, stdout=write_end, **options)  # type: ignore[arg-type]
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        return status, reader.read().decode()
+
+
+async def test_curl_reaches_the_machines_loopback_as_the_gateway_when_allowed(
+    http_server: HostServer,
+) -> None:
+    curl = require_peer("curl")
+    url = f"http://10.0.2.2:{http_server.port}/"
+    with anyio.fail_after(60):
+        status, output = await confined(
+            [curl, "-sS", "--max-time", "20", url], policy=Policy(allow=["127.0.0.1"])
+        )
+    assert status == 0
+    assert output == "hello from the machine\n"
+    assert http_server.connections == 1
+
+
+async def test_refused_destinations_never_see_a_connection(http_server: HostServer) -> None:
+    curl = require_peer("curl")
+    urls = [
+        f"http://10.0.2.2:{http_server.port}/",  # the machine's loopback: refused by default
+        "http://169.254.169.254/",  # cloud metadata
+    ]
+    for url in urls:
+        with anyio.fail_after(60):
+            status, _ = await confined([curl, "-sS", "--max-time", "20", url])
+        assert status == 7, f"curl could connect to {url}"  # CURLE_COULDNT_CONNECT
+    assert http_server.connections == 0
+
+
+async def test_icmp_refusal_is_host_unreachable_for_the_program(http_server: HostServer) -> None:
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(('10.0.2.2', {http_server.port}), timeout=20)\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    with anyio.fail_after(60):
+        status, output = await confined([sys.executable, "-c", probe], refusal="icmp")
+    assert status == 0
+    assert output.strip() == "113"  # EHOSTUNREACH
+    assert http_server.connections == 0
+
+
+async def test_bulk_transfers_both_ways_arrive_intact() -> None:
+    size = 64 << 20
+    payload = os.urandom(1 << 20) * (size >> 20)
+    sender = HostServer("send", payload)
+    sink = HostServer("sink")
+    program = f"""
+import hashlib, socket, sys
+got = hashlib.sha256(); n = 0
+with socket.create_connection(("10.0.2.2", {sender.port})) as s:
+    while data := s.recv(1 << 20):
+        got.update(data); n += len(data)
+print(n, got.hexdigest())
+chunk = bytes(range(256)) * 4096
+with socket.create_connection(("10.0.2.2", {sink.port})) as s:
+    for _ in range({size} // len(chunk)):
+        s.sendall(chunk)
+    s.shutdown(socket.SHUT_WR)
+    print(s.recv(100).decode())
+"""
+    try:
+        with anyio.fail_after(120):
+            status, output = await confined(
+                [sys.executable, "-c", program], policy=Policy(allow=["127.0.0.1"])
+            )
+    finally:
+        sender.close()
+        sink.close()
+    assert status == 0, output
+    down, up = output.splitlines()
+    assert down == f"{size} {hashlib.sha256(payload).hexdigest()}"
+    chunk = bytes(range(256)) * 4096
+    assert up == hashlib.sha256(chunk * (size // len(chunk))).hexdigest()
+    assert sink.received_bytes == size
+
+
+async def test_udp_and_dns_through_the_stack() -> None:
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    port = echo.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                data, address = echo.recvfrom(65536)
+            except OSError:
+                return
+            echo.sendto(data[::-1], address)
+
+    threading.Thread(target=serve, daemon=True).start()
+    program = f"""
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(10)
+u.sendto(b"abc", ("10.0.2.2", {port}))
+print(u.recvfrom(100)[0].decode())
+print(socket.gethostbyname("localhost"))
+"""
+    try:
+        with anyio.fail_after(60):
+            status, output = await confined(
+                [sys.executable, "-c", program], policy=Policy(allow=["127.0.0.1"])
+            )
+    finally:
+        echo.close()
+    assert status == 0
+    assert output.splitlines() == ["cba", "127.0.0.1"]
+
+
+async def test_a_subprocess_reaches_a_server_on_the_tests_virtual_network() -> None:
+    curl = require_peer("curl")
+    net = VirtualNetwork(seed=3)
+    web = net.add_host("web.test", ["10.9.0.5"])
+    client = net.add_host("client", ["10.9.0.9"])
+    listener = await web.listen_tcp("10.9.0.5", 8080)
+
+    async def serve() -> None:
+        stream = await listener.accept()
+        async with stream:
+            await stream.receive()
+            body = b"served on the virtual network\n"
+            await stream.send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + body
+            )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(serve)
+        with anyio.fail_after(60):
+            status, output = await confined(
+                [curl, "-sS", "--max-time", "20", "http://web.test:8080/"],
+                stack=client,
+                policy=Policy(allow_private=True),
+            )
+        group.cancel_scope.cancel()
+    await listener.aclose()
+    assert status == 0
+    assert output == "served on the virtual network\n"
+
+
+def test_the_command_line_runs_a_confined_program_and_passes_its_status(
+    http_server: HostServer,
+) -> None:
+    curl = shutil.which("curl") or require_peer("curl")
+    url = f"http://10.0.2.2:{http_server.port}/"
+    command = [sys.executable, "-m", "netshim", "run", "--isolate"]
+    allowed = subprocess.run(
+        [*command, "--allow", "127.0.0.1", "--", curl, "-sS", "--max-time", "20", url],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout == b"hello from the machine\n"
+    refused = subprocess.run(
+        [sys.executable, "-m", "netshim", "run", "--isolate", "--", curl, "-sS", url],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 7
+    assert b"refused protocol=tcp destination=10.0.2.2" in refused.stderr
+    assert b"--allow" in refused.stderr, "the log line says how to allow it"
