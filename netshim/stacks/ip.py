@@ -525,7 +525,8 @@ class IpStack(Stack):
         if dhcp:
             assert isinstance(mac, EthernetAddress)
             self._dhcp = DhcpClient(mac, hostname=hostname, rng=self._rng)
-            self._interface.add_address(ipaddress.IPv4Interface("0.0.0.0/0"))
+            # With no IPv4 address yet, the interface sends this socket's
+            # broadcasts from 0.0.0.0 and delivers broadcast replies to it.
             self._dhcp_socket = self._interface.udp_bind(_ANY4, CLIENT_PORT)
         self._dhcp_bound = anyio.Event() if dhcp else None
         self._driver: _Driver | None = None
@@ -578,7 +579,7 @@ class IpStack(Stack):
             if self._dhcp is not None and self._dhcp.lease is not None:
                 now = driver.now()
                 for message in self._dhcp.release():
-                    self._send_dhcp(message.payload, message.source, message.destination, now)
+                    self._send_dhcp(message.payload, message.destination, now)
                 await driver.flush()
             if driver.scope is not None:
                 driver.scope.cancel()
@@ -588,10 +589,11 @@ class IpStack(Stack):
 
     # -- DHCP -----------------------------------------------------------
 
-    def _send_dhcp(self, payload: bytes, source: Any, destination: Any, now: float) -> None:
+    def _send_dhcp(self, payload: bytes, destination: Any, now: float) -> None:
+        # The source address is the interface's choice: 0.0.0.0 until it
+        # holds the leased address, which RFC 2131 asks for either way.
         assert self._dhcp_socket is not None
         self._dhcp_socket.send_to(payload, (destination, SERVER_PORT), now)
-        del source  # the interface picks 0.0.0.0 until it holds an address
 
     def _run_dhcp(self, now: float) -> None:
         client, sock = self._dhcp, self._dhcp_socket
@@ -600,14 +602,14 @@ class IpStack(Stack):
         while (item := sock.receive()) is not None:
             client.receive(item[0], now)
         for message in client.poll(now):
-            self._send_dhcp(message.payload, message.source, message.destination, now)
+            self._send_dhcp(message.payload, message.destination, now)
         if client.take_change():
             interface = self._interface
             for address in [a for a in interface.addresses if a.version == 4]:
                 interface.remove_address(address)
+            interface.remove_route(ipaddress.IPv4Network("0.0.0.0/0"))
             lease = client.lease
             if lease is None:
-                interface.add_address(ipaddress.IPv4Interface("0.0.0.0/0"))
                 return
             interface.add_address(lease.interface)
             if lease.routers:
@@ -770,11 +772,14 @@ class IpStack(Stack):
         qtypes = []
         if family in (0, socket.AF_INET):
             qtypes.append("A")
-        if family in (0, socket.AF_INET6) and self._interface.addresses_of(6):
+        # As glibc's AI_ADDRCONFIG: AAAA only with an IPv6 address beyond link-local.
+        if family in (0, socket.AF_INET6) and any(
+            not ip.is_link_local for ip in self._interface.addresses_of(6)
+        ):
             qtypes.append("AAAA")
         found: list[IPAddress] = []
         canonical = name
-        not_found = False
+        not_found = failed = False
         for qtype in qtypes:
             try:
                 response = await resolver.query(name, qtype, "getaddrinfo")
@@ -782,9 +787,10 @@ class IpStack(Stack):
                 if exc.code == "ENOTFOUND":
                     not_found = True
                     continue
-                if exc.code == "ENODATA":
-                    continue
-                raise name_temporarily_unresolvable(name) from None
+                if exc.code != "ENODATA":
+                    # One family failing does not spoil the other's answer.
+                    failed = True
+                continue
             canonical = response.canonical_name or canonical
             for text in response.addresses():
                 ip = parse_ip(text)
@@ -793,6 +799,8 @@ class IpStack(Stack):
         if not found:
             if not_found:
                 raise name_not_known(name)
+            if failed:
+                raise name_temporarily_unresolvable(name)
             raise no_address_for_name(name)
         return found, canonical.rstrip(".")
 

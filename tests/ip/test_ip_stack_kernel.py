@@ -1,0 +1,111 @@
+"""IpStack on a TAP device: a lease from dnsmasq, names from dnsmasq, TCP with the kernel.
+
+The namespace's side of the device is a small LAN router: the kernel with
+10.78.0.1/24, and dnsmasq serving DHCP (a pool of 10.78.0.50-60) and DNS
+(``svc.test`` is 10.78.0.1).  The stack starts with no address at all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import pathlib
+import socket
+
+import anyio
+import pytest
+from namespaces import DEVICE, in_namespace, open_device, run
+
+from netshim.ip.links import TapLink
+from netshim.stacks.ip import IpStack
+from netshim.testing import require_peer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.peer("dnsmasq")]
+
+ROUTER = "10.78.0.1"
+
+
+async def test_dhcp_lease_and_dns_from_dnsmasq_then_tcp_with_the_kernel(
+    netns: str, tmp_path: pathlib.Path
+) -> None:
+    dnsmasq = require_peer("dnsmasq")
+    socat = require_peer("socat")
+    link = TapLink.from_fd(open_device(netns, 0x0002))
+    run("ip", "-n", netns, "addr", "add", f"{ROUTER}/24", "dev", DEVICE)
+    run("ip", "-n", netns, "link", "set", DEVICE, "up")
+    leases = tmp_path / "leases"
+    command = [
+        "ip", "netns", "exec", netns, dnsmasq, "--no-daemon", "--conf-file=/dev/null",
+        "--no-resolv", "--no-hosts", f"--pid-file={tmp_path / 'pid'}",
+        f"--dhcp-leasefile={leases}", f"--interface={DEVICE}", "--bind-interfaces",
+        "--dhcp-range=10.78.0.50,10.78.0.60,255.255.255.0,1h",
+        f"--dhcp-option=option:router,{ROUTER}", f"--dhcp-option=option:dns-server,{ROUTER}",
+        f"--address=/svc.test/{ROUTER}", "--log-dhcp",
+    ]  # fmt: skip
+    async with await anyio.open_process(command) as server:
+        try:
+            stack = IpStack(link, dhcp=True, hostname="netshim-box")
+            async with stack:
+                with anyio.fail_after(30):
+                    await stack.wait_for_address()
+                (address,) = [a for a in stack.addresses if a.startswith("10.")]
+                ip = ipaddress.IPv4Interface(address)
+                assert ip.network == ipaddress.IPv4Network("10.78.0.0/24")
+                assert (
+                    ipaddress.IPv4Address("10.78.0.50")
+                    <= ip.ip
+                    <= ipaddress.IPv4Address("10.78.0.60")
+                )
+                # dnsmasq wrote the lease, with the host name the client gave.
+                with anyio.fail_after(10):
+                    # dnsmasq writes the file after its ACK: poll it.
+                    for _ in range(100):
+                        if str(ip.ip) in leases.read_text():
+                            break
+                        await anyio.sleep(0.1)
+                assert "netshim-box" in leases.read_text()
+
+                infos = await stack.getaddrinfo("svc.test", 80, socket.AF_INET)
+                assert {info[4][0] for info in infos} == {ROUTER}
+                with pytest.raises(socket.gaierror):
+                    await stack.getaddrinfo("absent.test", 80, socket.AF_INET)
+
+                # A kernel echo server in the namespace, reached by name.
+                async with await anyio.open_process(
+                    ["ip", "netns", "exec", netns, socat,
+                     f"TCP-LISTEN:7777,bind={ROUTER},reuseaddr", "EXEC:cat"]
+                ) as echo:  # fmt: skip
+                    try:
+                        with anyio.fail_after(20):
+                            while True:
+                                try:
+                                    stream = await stack.connect_tcp("svc.test", 7777)
+                                    break
+                                except ConnectionRefusedError:
+                                    await anyio.sleep(0.1)
+                            await stream.send(b"over a leased address")
+                            received = b""
+                            while len(received) < 21:
+                                received += await stream.receive()
+                            assert received == b"over a leased address"
+                            assert stream.local_address[0] == str(ip.ip)
+                            await stream.aclose()
+                    finally:
+                        echo.terminate()
+
+                # And the kernel reaches a listener on the stack.
+                listener = await stack.listen_tcp(None, 8088)
+
+                async def serve() -> None:
+                    accepted = await listener.accept()
+                    async with accepted:
+                        await accepted.send(b"hello kernel\n")
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(serve)
+                    out = await in_namespace(
+                        netns, socat, "-u", f"TCP:{ip.ip}:8088,connect-timeout=5", "STDOUT"
+                    )
+                assert out == "hello kernel\n"
+                await listener.aclose()
+        finally:
+            server.terminate()
