@@ -8,6 +8,7 @@ routes the whole process's sockets through a stack.  The module-level
 """
 
 import contextlib
+from typing import TYPE_CHECKING, Any
 
 # First: where Python has no ssl module (Pyodide), anyio's import needs one.
 from . import _ssl_standin as _ssl_standin
@@ -34,6 +35,9 @@ from .stack import open_udp as open_udp
 from .stack import set_default_stack as set_default_stack
 from .stack import use_stack as use_stack
 from .stacks import HostStack as HostStack
+
+if TYPE_CHECKING:
+    from .stacks.ip import IpStack as IpStack
 from .stacks import LinkConditions as LinkConditions
 from .stacks import PolicyStack as PolicyStack
 from .stacks import RouterStack as RouterStack
@@ -47,6 +51,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "HostStack",
+    "IpStack",
     "InvalidHostNameError",
     "LinkConditions",
     "LocalProtocolError",
@@ -83,6 +88,8 @@ __all__ = [
 def _fix_module_names() -> None:
     # Show the public path in reprs and docs, as anyio's fix_package_names() does.
     for name in __all__:
+        if name not in globals():
+            continue  # imported on first use (see __getattr__)
         value = globals()[name]
         if isinstance(value, type) or callable(value):
             with contextlib.suppress(AttributeError, TypeError):
@@ -90,3 +97,13 @@ def _fix_module_names() -> None:
 
 
 _fix_module_names()
+
+
+def __getattr__(name: str) -> Any:
+    # IpStack's engine takes a tenth of a second to import: only on first use.
+    if name == "IpStack":
+        from .stacks.ip import IpStack
+
+        IpStack.__module__ = __name__
+        return IpStack
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

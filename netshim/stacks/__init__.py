@@ -1,4 +1,10 @@
-"""Implementations of the Stack contract: the host network, the virtual network, tunnels."""
+"""Implementations of the Stack contract: the host network, the virtual network, tunnels, packets.
+
+:class:`IpStack` is imported on first use: the ip engine's modules take a
+tenth of a second to import, which programs that never use it should not pay.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from .host import HostStack as HostStack
 from .policed import PolicyStack as PolicyStack
@@ -10,8 +16,12 @@ from .virtual import VirtualNetwork as VirtualNetwork
 from .websockify import WebsockifyStack as WebsockifyStack
 from .wisp import WispStack as WispStack
 
+if TYPE_CHECKING:
+    from .ip import IpStack as IpStack
+
 __all__ = [
     "HostStack",
+    "IpStack",
     "LinkConditions",
     "PolicyStack",
     "RouterStack",
@@ -21,3 +31,11 @@ __all__ = [
     "WebsockifyStack",
     "WispStack",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "IpStack":
+        from .ip import IpStack
+
+        return IpStack
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
