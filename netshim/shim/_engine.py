@@ -27,6 +27,7 @@ from __future__ import annotations
 import _socket
 import asyncio
 import contextlib
+import contextvars
 import errno
 import logging
 import os
@@ -34,13 +35,11 @@ import socket
 import struct
 import sys
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 
 from .._ip_header import DEFAULT_HEADER, CarriesIpHeader, IpHeader
@@ -77,15 +76,11 @@ class Engine:
         # Connected shim sockets whose peer is a shim socket still to be
         # accepted: server stream -> (client state, listener).
         self.splice_waiting: dict[object, tuple[SocketState, object]] = {}
-        self._group: anyio.abc.TaskGroup
-        # Work handed to the engine from other threads (see _submit), and
-        # tasks spawned on the engine thread from outside any task (a garbage
-        # collector's finalizer that closes a socket can run in a plain event
-        # loop callback, where anyio cannot start a task); _start_pending
-        # starts them, in order.
-        self._pending: deque[Callable[[], Coroutine[Any, Any, None]]] = deque()
-        self._pending_wakeup: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The engine loop's own context, in which every engine task starts.
+        self._context = contextvars.Context()
+        # Every task the engine runs (see _start), kept until it ends.
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _ensure_started(self) -> None:
         if self._loop is not None:
@@ -99,23 +94,13 @@ class Engine:
                 self._ready.wait()
 
     async def _main(self) -> None:
-        # Runs until the process ends (a daemon thread): work arrives through
-        # _submit and is started by _start_pending, in order.
-        async with anyio.create_task_group() as group:
-            self.thread_id = threading.get_ident()
-            self._group = group
-            self._pending_wakeup = anyio.Event()
-            self._loop = asyncio.get_running_loop()
-            self._ready.set()
-            await self._start_pending()
-
-    async def _start_pending(self) -> None:
-        while True:
-            assert self._pending_wakeup is not None
-            await self._pending_wakeup.wait()
-            self._pending_wakeup = anyio.Event()
-            while self._pending:
-                self._group.start_soon(self._pending.popleft())
+        # Runs until the process ends (a daemon thread): work arrives as
+        # loop callbacks (see _submit) that start tasks.
+        self.thread_id = threading.get_ident()
+        self._context = contextvars.copy_context()
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        await anyio.sleep_forever()
 
     def in_engine_thread(self) -> bool:
         return threading.get_ident() == self.thread_id
@@ -154,21 +139,31 @@ class Engine:
     def _submit(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Hand ``run`` to the engine from another thread, without waiting.
 
-        Calls and spawns from every thread go through one queue, so they start
-        on the engine in the order they were made (a socket's close before the
-        next bind of its port), and a spawn costs the caller no round trip to
-        the engine thread (a portal call cost about 150 us, four per
-        connection: most of a virtual connect + accept).
+        Calls and spawns from every thread become callbacks of the engine's
+        loop, which runs them in the order they were made (a socket's close
+        before the next bind of its port), and a spawn costs the caller no
+        round trip to the engine thread.
         """
-        self._pending.append(run)
         loop = self._loop
         assert loop is not None
-        loop.call_soon_threadsafe(self._wake_pending)
+        # In the engine's context: a callback runs in the caller's by default,
+        # and a trio caller's would make anyio pick trio inside the engine.
+        loop.call_soon_threadsafe(self._start, run, context=self._context)
 
-    def _wake_pending(self) -> None:
-        # A plain event-loop callback on the engine thread.
-        if self._pending_wakeup is not None:
-            self._pending_wakeup.set()
+    def _start(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``run`` as a task of the engine loop (a plain callback on the engine thread).
+
+        A plain asyncio task rather than one of an anyio task group: a group's
+        ``start_soon`` needs one of its tasks to be woken first (a loop
+        iteration) and costs more itself; that was a third of an engine round
+        trip.  anyio's cancel scopes and task groups work in plain tasks, and
+        ``run`` keeps its own outcome, so nothing needs a parent group.
+        """
+        loop = self._loop
+        assert loop is not None
+        task = loop.create_task(run(), context=self._context.copy())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def spawn(self, function: Callable[..., Awaitable[T]], *args: Any) -> Future[T]:
         """Start ``function(*args)`` on the engine loop without waiting.
@@ -205,11 +200,10 @@ class Engine:
         if not self.in_engine_thread():
             self._ensure_started()
             self._submit(run)
-        elif _inside_a_task() and not self._pending:
-            self._group.start_soon(run)
         else:
-            self._pending.append(run)
-            self._wake_pending()
+            # Also from a plain loop callback (a garbage collector's finalizer
+            # closing a socket), where anyio could not start a task.
+            self._start(run)
         return future
 
 
@@ -217,13 +211,6 @@ def _finalizing() -> OSError:
     return OSError(
         errno.ESHUTDOWN, "netshim's engine has stopped: the interpreter is shutting down"
     )
-
-
-def _inside_a_task() -> bool:
-    try:
-        return asyncio.current_task() is not None
-    except RuntimeError:
-        return False
 
 
 _engine = Engine()
