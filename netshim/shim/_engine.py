@@ -19,7 +19,8 @@ What the engine does to the pair is how the program sees the network:
   and filled) until the stack answers, so ``select``/``epoll`` say
   "writable" exactly when a real socket would;
 * a listener's end becomes readable when a connection is waiting: the engine
-  writes one byte per queued connection and ``accept`` consumes one.
+  passes each queued connection's descriptor through it (SCM_RIGHTS) and
+  ``accept`` takes one, in whichever process holds the listener.
 """
 
 from __future__ import annotations
@@ -400,14 +401,68 @@ async def close_tcp(state: SocketState) -> None:
         scope.cancel()
 
 
+# What announces an accepted connection on a listener's pair, beside the
+# connection's descriptor itself (SCM_RIGHTS): its local and remote addresses
+# (IP text, NUL-padded, and port), so that a process that did not make the
+# connection (a pre-fork worker, after fork()) can serve it too.  Fixed size,
+# so that one recvmsg() takes exactly one.
+_ACCEPTED = struct.Struct("!46sH46sH")
+ACCEPTED_SIZE = _ACCEPTED.size
+
+
+def pack_accepted(local: tuple[str, int], remote: tuple[str, int]) -> bytes:
+    return _ACCEPTED.pack(local[0].encode("ascii"), local[1], remote[0].encode("ascii"), remote[1])
+
+
+def unpack_accepted(frame: bytes) -> tuple[tuple[str, int], tuple[str, int]]:
+    local_ip, local_port, remote_ip, remote_port = _ACCEPTED.unpack(frame)
+    return (
+        (local_ip.rstrip(b"\0").decode("ascii"), local_port),
+        (remote_ip.rstrip(b"\0").decode("ascii"), remote_port),
+    )
+
+
 async def serve_listener(state: SocketState, listener: TcpListener) -> None:
-    """Accept from the stack while the program's queue has room; announce each by a byte."""
+    """Accept from the stack while the program's queue has room, and hand each over.
+
+    Each connection goes to the program as its descriptor, passed through
+    the listener's pair with SCM_RIGHTS, and its addresses: ``accept()`` in
+    whichever process reads it first (the parent, or any pre-fork worker
+    that inherited the listener) serves it.  The accepting process answers
+    with one byte; only then does the engine drop its own reference to the
+    connection's end (until then it may still have to report a reset on it,
+    see :func:`reset_user_end`) and count the connection out of the backlog.
+    This task owns the listener's engine end from here on and closes it.
+    """
     from ._state import SocketState as State
 
     engine_end = state.engine_end
     assert engine_end is not None
     engine = state.engine
     queue = state.accept_queue
+    loop = asyncio.get_running_loop()
+    fd = engine_end.fileno()
+
+    def take_answers() -> None:
+        # A plain loop callback: cheaper than a task woken per connection.
+        try:
+            answers = engine_end.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            answers = b""
+        if not answers:  # every process closed the listener
+            loop.remove_reader(fd)
+            return
+        for _ in range(min(len(answers), len(queue))):
+            queue.popleft()[0].close()
+        event = state.room_event
+        if event is not None and len(queue) <= state.backlog:
+            state.room_event = None
+            event.set()
+
+    state.serving = True
+    loop.add_reader(fd, take_answers)
     engine.shim_listeners.add(listener)
     try:
         while True:
@@ -428,7 +483,6 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
                 accepted = State.for_accepted(state, stream, None, user_end)
                 accepted.splice_partner = client
                 client.splice_partner = accepted
-                queue.append((user_end, accepted))
             else:
                 if client is not None:
                     unsplice(client)
@@ -436,16 +490,25 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
                 user_end, engine_side = pair
                 engine_side.setblocking(False)
                 accepted = State.for_accepted(state, stream, engine_side, user_end)
-                queue.append((user_end, accepted))
                 engine.spawn(pump_tcp, accepted, stream)
-            try:
-                engine_end.send(b"\1")
-            except BlockingIOError:
-                await anyio.wait_writable(engine_end)
-                engine_end.send(b"\1")
+            queue.append((user_end, accepted))
+            assert accepted.local is not None
+            assert accepted.remote is not None
+            announcement = (
+                [pack_accepted(accepted.local, accepted.remote)],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", user_end.fileno()))],
+            )
+            while True:
+                try:
+                    engine_end.sendmsg(*announcement)
+                    break
+                except BlockingIOError:
+                    await anyio.wait_writable(engine_end)
     except (anyio.ClosedResourceError, OSError):
         pass
     finally:
+        state.serving = False
+        loop.remove_reader(fd)
         engine.shim_listeners.discard(listener)
         for client, waiting_in in list(engine.splice_waiting.values()):
             if waiting_in is listener:
@@ -454,6 +517,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
         while queue:
             user_end, accepted = queue.popleft()
             user_end.close()
+        engine_end.close()
 
 
 # -- datagrams ----------------------------------------------------------------

@@ -42,6 +42,7 @@ from .._ip_header import DEFAULT_HEADER, DEFAULT_HOP_LIMIT, IpHeader
 from ..stack import Stack
 from . import _names
 from ._engine import (
+    ACCEPTED_SIZE,
     DATA,
     close_tcp,
     drain_filler,
@@ -51,6 +52,7 @@ from ._engine import (
     pump_udp,
     send_datagram,
     serve_listener,
+    unpack_accepted,
     unpack_datagram,
     unsplice,
 )
@@ -377,15 +379,31 @@ class _ShimCommon(_Base):
         _check_open(self)
         if state.phase is not Phase.LISTENING:
             raise os_error(errno.EINVAL)
-        # One byte per waiting connection: reading it honours blocking mode
-        # and timeout exactly as accept() on a real listening socket would.
-        token = ORIGINAL_SOCKET.recv(self, 1)
-        if not token:
+        # One announcement per waiting connection, with its descriptor (see
+        # serve_listener): reading it honours blocking mode and timeout
+        # exactly as accept() on a real listening socket would.
+        frame, ancillary, _, _ = ORIGINAL_SOCKET.recvmsg(
+            self, ACCEPTED_SIZE, socket.CMSG_SPACE(_INT.size), _MSG_CMSG_CLOEXEC
+        )
+        fds = [
+            _INT.unpack(data[: _INT.size])[0]
+            for level, kind, data in ancillary
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS) and len(data) >= _INT.size
+        ]
+        if len(frame) != ACCEPTED_SIZE or not fds:
+            for fd in fds:
+                os.close(fd)
             raise os_error(errno.EBADF, "the listener was closed")
-        user_end, accepted = state.accept_queue.popleft()
-        state.engine.spawn(_room_available, state)
-        assert accepted.remote is not None
-        return user_end.detach(), self._sockaddr(accepted.remote)
+        fd = fds[0]
+        local, remote = unpack_accepted(frame)
+        if lookup_state(fd) is None:
+            # Accepted by the engine of the process this one was forked
+            # from (a pre-fork worker): served through that engine's pair.
+            SocketState.for_inherited_connection(state, fd, local, remote)
+        # Tell the engine the connection was taken (see serve_listener).
+        with contextlib.suppress(OSError):
+            ORIGINAL_SOCKET.send(self, b"\1", socket.MSG_DONTWAIT)
+        return fd, self._sockaddr(remote)
 
     def _connect(self, address: Any, function: str) -> int:
         state = self._netshim
@@ -1016,6 +1034,7 @@ def _check_open(sock: Any) -> None:
 
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _IPPROTO_UDPLITE = getattr(socket, "IPPROTO_UDPLITE", 136)
 # What a stack appends to an errno's text when all it adds is the address.
 _ADDRESS_DETAIL = re.compile(r" \((\[[0-9a-fA-F:.%\w]+\]|[\w.-]+):\d+\)$")
@@ -1200,13 +1219,6 @@ async def _finish_connect(state: SocketState, target: tuple[str, int], local: An
             )
 
 
-async def _room_available(state: SocketState) -> None:
-    event = state.room_event
-    if event is not None:
-        state.room_event = None
-        event.set()
-
-
 async def _stop_udp(state: SocketState) -> None:
     if state.pump_scope is not None:
         state.pump_scope.cancel()
@@ -1290,6 +1302,8 @@ async def _close_engine_side(state: SocketState) -> None:
         return
     if state.listener is not None:
         await state.listener.aclose()
+        if state.serving:
+            return  # serve_listener ends, and closes the engine end
     if state.stream is not None:
         if state.abort_on_close:
             await state.stream.abort()

@@ -115,6 +115,8 @@ class SocketState:
         self.backlog = 128
         self.accept_queue: deque[tuple[socket.socket, SocketState]] = deque()
         self.room_event: anyio.Event | None = None
+        # A listener whose engine end serve_listener owns (and closes).
+        self.serving = False
         self.pump_scope: Any = None
         self.filler = 0
         self.original_sndbuf = 0
@@ -149,6 +151,26 @@ class SocketState:
             with _registry_lock:
                 if _registry.get(self.inode) is self:
                     del _registry[self.inode]
+
+    @classmethod
+    def for_inherited_connection(
+        cls, listener: SocketState, fd: int, local: tuple[str, int], remote: tuple[str, int]
+    ) -> SocketState:
+        """A connection accepted through a listener inherited across fork(), in the child.
+
+        The parent's engine made it and pumps its pair; here it is a socket
+        shared by fork: data flows, closing is local, changing it is refused.
+        """
+        state = cls(listener.family, socket.SOCK_STREAM, listener.stack, listener.engine)
+        state.phase = Phase.CONNECTED
+        state.local = local
+        state.remote = remote
+        state.shared_by_fork = True
+        state.inode = _inode(fd)
+        if state.inode is not None:
+            with _registry_lock:
+                _registry[state.inode] = state
+        return state
 
     @classmethod
     def for_accepted(

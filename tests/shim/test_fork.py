@@ -46,3 +46,43 @@ def test_a_forked_child_sends_on_an_inherited_udp_socket(installed: Installed) -
     assert client.recvfrom(100) == (b"again", ("10.0.0.2", 5360))
     server.close()
     client.close()
+
+
+def test_pre_fork_workers_accept_on_an_inherited_listener(installed: Installed) -> None:
+    # gunicorn's sync workers: children accept on the listener their parent
+    # made.  Accepting asked the parent's engine, which the child does not
+    # have: the child took the announcement and the parent the connection.
+    with acting_as(installed.web):
+        listener = socket.create_server(("0.0.0.0", 8100))
+    listener.settimeout(5)
+
+    def worker() -> None:
+        conn, address = listener.accept()
+        with conn:
+            assert conn.getpeername() == address
+            assert conn.getsockname() == ("10.0.0.2", 8100)
+            conn.sendall(b"from worker %d " % os.getpid() + address[0].encode())
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            worker()
+            code = 0
+        finally:
+            os._exit(code)
+    client = socket.create_connection(("10.0.0.2", 8100), timeout=5)
+    received = b""
+    while chunk := client.recv(100):
+        received += chunk
+    assert received == b"from worker %d 10.0.0.3" % pid
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    client.close()
+    # The parent accepts as before.
+    client = socket.create_connection(("10.0.0.2", 8100), timeout=5)
+    conn, _ = listener.accept()
+    conn.sendall(b"from the parent")
+    assert client.recv(100) == b"from the parent"
+    for sock in (conn, client, listener):
+        sock.close()
