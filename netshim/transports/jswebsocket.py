@@ -46,6 +46,24 @@ DEFAULT_SEND_BUFFER = 1 << 20
 DRAIN_POLL_INTERVAL = 0.002
 _CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
 
+# JavaScript: (handler) => (event) => handler(event.data), made once.
+_pass_message_data: Any = None
+
+
+def _message_data_to(proxy: Any) -> Any:
+    """A JavaScript message listener that hands ``proxy`` the message's data alone.
+
+    Given the MessageEvent itself, Python gets a proxy of the event on every
+    message only to read ``.data`` through it: about 5 µs a message in
+    Chromium, against a property read in JavaScript.
+    """
+    global _pass_message_data
+    if _pass_message_data is None:
+        from pyodide.code import run_js  # type: ignore[import-not-found]
+
+        _pass_message_data = run_js("(handler) => (event) => handler(event.data)")
+    return _pass_message_data(proxy)
+
 
 class JsWebSocket:
     """An open JavaScript WebSocket carrying binary messages."""
@@ -63,13 +81,10 @@ class JsWebSocket:
         self._closed = False
         self.close_code: int | None = None
         socket.binaryType = "arraybuffer"
-        for name, handler in (
-            ("onopen", self._on_open),
-            ("onmessage", self._on_message),
-            ("onclose", self._on_close),
-            ("onerror", self._on_error),
-        ):
-            setattr(socket, name, self._proxy(handler))
+        socket.onopen = self._proxy(self._on_open)
+        socket.onmessage = _message_data_to(self._proxy(self._on_message))
+        socket.onclose = self._proxy(self._on_close)
+        socket.onerror = self._proxy(self._on_error)
 
     def _proxy(self, handler: Any) -> Any:
         from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
@@ -84,8 +99,7 @@ class JsWebSocket:
         if not self._open.done():
             self._open.set_result(None)
 
-    def _on_message(self, event: Any) -> None:
-        data = event.data
+    def _on_message(self, data: Any) -> None:
         # binaryType is "arraybuffer": to_bytes() is one copy (to_py() made two).
         payload = data.encode() if isinstance(data, str) else data.to_bytes()
         if self._handler is not None:
