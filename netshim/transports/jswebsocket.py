@@ -48,6 +48,9 @@ _CONNECTING, _OPEN, _CLOSING, _CLOSED = range(4)
 
 # JavaScript: (handler) => (event) => handler(event.data), made once.
 _pass_message_data: Any = None
+# JavaScript: a socket's sender that sends only while it is open and answers
+# what is buffered then (-1: not open), made once.
+_make_sender: Any = None
 
 
 def _message_data_to(proxy: Any) -> Any:
@@ -65,6 +68,24 @@ def _message_data_to(proxy: Any) -> Any:
     return _pass_message_data(proxy)
 
 
+def _sender_for(socket: Any) -> Any:
+    """``send(message)`` for ``socket``: -1 if it is not open, else its ``bufferedAmount``.
+
+    One call into JavaScript instead of a ``readyState`` read, a method
+    lookup and a call, each of them a crossing.
+    """
+    global _make_sender
+    if _make_sender is None:
+        from pyodide.code import run_js
+
+        _make_sender = run_js(
+            "(socket) => (message) => {"
+            " if (socket.readyState !== 1) return -1;"
+            " socket.send(message); return socket.bufferedAmount; }"
+        )
+    return _make_sender(socket)
+
+
 class JsWebSocket:
     """An open JavaScript WebSocket carrying binary messages."""
 
@@ -77,6 +98,10 @@ class JsWebSocket:
         self._waiter: asyncio.Future[None] | None = None
         self._open: asyncio.Future[None] = self._loop.create_future()
         self._to_js: Any = None
+        self._send: Any = None
+        # bufferedAmount as the last send (or wait) saw it: JavaScript lowers
+        # it as it sends, so this errs on the side of waiting.
+        self._buffered = 0
         self._proxies: list[Any] = []
         self._closed = False
         self.close_code: int | None = None
@@ -166,11 +191,7 @@ class JsWebSocket:
     @property
     def writable(self) -> bool:
         """Whether :meth:`send_nowait` may be called: open, with room in the send buffer."""
-        return (
-            not self._closed
-            and int(self._socket.bufferedAmount) <= DEFAULT_SEND_BUFFER
-            and int(self._socket.readyState) == _OPEN
-        )
+        return not self._closed and self._buffered <= DEFAULT_SEND_BUFFER
 
     def send_nowait(self, data: bytes) -> None:
         """Hand one binary message to JavaScript; ``ConnectionResetError`` once closed.
@@ -178,14 +199,18 @@ class JsWebSocket:
         JavaScript buffers whatever it is given: callers that care about
         memory look at :attr:`writable` first, as :meth:`send` does after.
         """
-        if self._closed or int(self._socket.readyState) != _OPEN:
+        if self._closed:
             raise connection_reset()
-        if self._to_js is None:
+        if self._send is None:
             from pyodide.ffi import to_js
 
             self._to_js = to_js
-        # A Uint8Array copy of the bytes: one call into JavaScript.
-        self._socket.send(self._to_js(data))
+            self._send = _sender_for(self._socket)
+        # A Uint8Array copy of the bytes, and one call to send it.
+        buffered = int(self._send(self._to_js(data)))
+        if buffered < 0:
+            raise connection_reset()
+        self._buffered = buffered
 
     # -- the ClientWebSocket interface -----------------------------------------
 
@@ -204,8 +229,9 @@ class JsWebSocket:
         """Send one binary message; ``ConnectionResetError`` once the socket closed."""
         self.send_nowait(data)
         # JavaScript has no "drained" event to wait for: polling it is.
-        while int(self._socket.bufferedAmount) > DEFAULT_SEND_BUFFER and not self._closed:  # noqa: ASYNC110
+        while self._buffered > DEFAULT_SEND_BUFFER and not self._closed:
             await asyncio.sleep(DRAIN_POLL_INTERVAL)
+            self._buffered = int(self._socket.bufferedAmount)
 
     async def receive(self) -> bytes | None:
         """The next message, or ``None`` once the WebSocket closed."""
