@@ -208,6 +208,26 @@ class Engine:
         return future
 
 
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        """Run the plain function ``callback(*args)`` on the engine loop soon, from any thread.
+
+        For work that needs the loop but never waits: no task is made.  At
+        exit, or for a socket inherited across fork(), nothing runs (as for
+        :meth:`spawn`).
+        """
+        if self.left_behind or (sys.is_finalizing() and not self.in_engine_thread()):
+            return
+        if self.in_engine_thread():
+            loop = self._loop
+            assert loop is not None
+            loop.call_soon(callback, *args, context=self._context)
+            return
+        self._ensure_started()
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(callback, *args, context=self._context)
+
+
 def _finalizing() -> OSError:
     return OSError(
         errno.ESHUTDOWN, "netshim's engine has stopped: the interpreter is shutting down"

@@ -20,6 +20,7 @@ without ``SO_BROADCAST``, ``EMSGSIZE``, ``ENETUNREACH``).
 from __future__ import annotations
 
 import _socket
+import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -1273,21 +1274,30 @@ def _hold_joined_end(state: SocketState) -> None:
     held.setblocking(False)
     try:
         unread = held.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        unread = None
     except OSError:
         unread = b""
-    if unread:
-        held.close()  # unread data: closing resets the peer at once, as on TCP
+    if unread is not None:
+        # Unread data: closing resets the peer at once, as on TCP.  Or the
+        # peer's FIN came already: it sends nothing more, nothing to hold.
+        held.close()
         return
     with contextlib.suppress(OSError):
         held.shutdown(socket.SHUT_WR)
-    state.engine.spawn(_release_held_end, held)
+    state.engine.call_soon(_release_when_readable, held)
 
 
-async def _release_held_end(held: socket.socket) -> None:
-    try:
-        await anyio.wait_readable(held)
-    finally:
+def _release_when_readable(held: socket.socket) -> None:
+    """Close ``held`` once the peer sends or closes (a plain callback on the engine loop)."""
+    loop = asyncio.get_running_loop()
+    fd = held.fileno()
+
+    def release() -> None:
+        loop.remove_reader(fd)
         held.close()
+
+    loop.add_reader(fd, release)
 
 
 async def _close_engine_side(state: SocketState) -> None:
