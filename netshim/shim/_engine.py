@@ -56,6 +56,11 @@ _logger = logging.getLogger("netshim.engine")
 
 T = TypeVar("T")
 
+# How long a close with SO_LINGER 0 waits for a chunk the engine is sending
+# (a peer that does not read can hold it up): Linux resets at once, having
+# sent what the window allowed at send() time.
+ABORT_GRACE = 0.5
+
 # How much one engine read takes from a pair: large enough for bulk transfers
 # to move in few calls, small enough that one busy socket cannot starve others.
 PUMP_CHUNK = 256 * 1024
@@ -207,7 +212,6 @@ class Engine:
             self._start(run)
         return future
 
-
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
         """Run the plain function ``callback(*args)`` on the engine loop soon, from any thread.
 
@@ -286,6 +290,7 @@ def reset_user_end(state: SocketState) -> None:
     """Close the engine's end so that the user's end reports ECONNRESET."""
     engine_end = state.engine_end
     assert engine_end is not None
+    state.peer_reset = True
     user = state.user_socket()
     if user is not None and user.fileno() >= 0:
         # A byte from the user's end that the engine never reads: closing an
@@ -371,10 +376,32 @@ async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
         reset_user_end(state)
         return
     if state.abort_on_close or (state.closed_by_user and "local" in failures):
+        if state.abort_on_close and network_failure is None:
+            await _send_what_was_written(engine_end, stream)
         await stream.abort()
     else:
         await stream.aclose()
     engine_end.close()
+
+
+async def _send_what_was_written(engine_end: socket.socket, stream: TcpStream) -> None:
+    """Send what the program wrote before it closed with ``SO_LINGER`` 0, then let it reset.
+
+    Linux sends at ``send()`` time when the window allows (always, on
+    loopback), so such a close discards nothing the peer has not already got,
+    and the peer reads that data before the reset.
+    """
+    while True:
+        try:
+            data = engine_end.recv(PUMP_CHUNK)
+        except OSError:
+            return  # nothing more (or the pair failed)
+        if not data:
+            return
+        try:
+            await stream.send(data)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
 
 
 def establish(state: SocketState, stream: TcpStream) -> None:
@@ -417,8 +444,13 @@ async def close_tcp(state: SocketState) -> None:
     scope = state.pump_scope
     if scope is None:
         return
-    if state.abort_on_close or state.upstream_done:
+    if state.upstream_done:
         scope.cancel()
+    elif state.abort_on_close:
+        # SO_LINGER 0: the pump sends what the program wrote (cancelled, it
+        # could lose a chunk it had read and not sent), sees the end and
+        # resets; a peer whose window holds the data up is reset anyway.
+        scope.deadline = min(scope.deadline, anyio.current_time() + ABORT_GRACE)
 
 
 # What announces an accepted connection on a listener's pair, beside the

@@ -147,7 +147,11 @@ class _ShimCommon(_Base):
         if state is None:
             return super().getpeername()
         _check_open(self)
-        if state.remote is None or state.phase not in (Phase.CONNECTED, Phase.BOUND):
+        if (
+            state.remote is None
+            or state.phase not in (Phase.CONNECTED, Phase.BOUND)
+            or state.peer_reset
+        ):
             raise _not_connected()
         return self._sockaddr(state.remote)
 
@@ -1238,6 +1242,7 @@ def _closing(state: SocketState) -> None:
     elif partner is not None and state.abort_on_close:
         # Joined sockets: a byte left unread in our end makes the kernel
         # report a reset to the other program when we close, as RST would.
+        partner.peer_reset = True
         peer = partner.user_socket()
         if peer is not None and peer.fileno() >= 0:
             with contextlib.suppress(OSError):

@@ -123,6 +123,10 @@ class SocketState:
         self.closed_by_user = False
         self.upstream_done = False
         self.abort_on_close = False
+        # The peer reset the connection: as on Linux, whose socket is then
+        # CLOSED, getpeername() says ENOTCONN while unread data stays readable
+        # (ssl's check for data that arrived before a handshake relies on it).
+        self.peer_reset = False
         # The descriptor was open when the process forked: another process may
         # hold the same socket, so closing ours must not end the connection.
         self.shared_by_fork = False

@@ -602,6 +602,43 @@ def test_closing_a_tls_socket_closes_the_shim_connection(installed: Installed) -
     server.close()
 
 
+@pytest.mark.parametrize("joined", [True, False])
+def test_a_reset_peer_is_not_connected_but_its_data_is_readable(
+    installed: Installed, joined: bool
+) -> None:
+    # As on Linux, whose socket is CLOSED after a reset: getpeername() is
+    # ENOTCONN, data that came before the reset is still read, then the reset.
+    # ssl relies on it to refuse data that arrived before a handshake (CPython's
+    # test_ssl TestPreHandshakeClose).
+    if not joined:
+        installed.net.set_link(installed.client, installed.web, latency=0.0001)
+    server = listening(installed, 7400)
+    for wrap in (False, True):
+        client = socket.create_connection(("10.0.0.2", 7400), timeout=5)
+        conn, _ = server.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sendall(b"HTTP/1.0 307 Temporary Redirect\r\n\r\n")
+        conn.close()
+        for _ in range(50):  # the reset crosses the engine (and the link)
+            try:
+                client.getpeername()
+            except OSError:
+                break
+            threading.Event().wait(0.01)
+        with pytest.raises(OSError) as caught:
+            client.getpeername()
+        assert caught.value.errno == errno.ENOTCONN
+        if wrap:
+            with pytest.raises(ssl.SSLError, match="before TLS handshake with data"):
+                ssl.create_default_context().wrap_socket(client, server_hostname="web.internal")
+        else:
+            assert client.recv(100).startswith(b"HTTP/1.0 307")
+            with pytest.raises(ConnectionResetError):
+                client.recv(100)
+        client.close()
+    server.close()
+
+
 def test_tls_wrap_before_connect(installed: Installed) -> None:
     authority = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
