@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from ._addresses import IPAddress, parse_ip
 from ._errors import name_not_known, no_address_for_name
 
-__all__ = ["Lookup", "resolve_addrinfo"]
+__all__ = ["Lookup", "has_interface_scope", "ip_text", "resolve_addrinfo", "zone_scope_id"]
 
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
 AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, SockAddr]
@@ -108,7 +108,7 @@ async def resolve_addrinfo(
             address: tuple[str, int] | tuple[str, int, int, int]
             if ip.version == 6:
                 ip_family = socket.AF_INET6
-                address = (_text(ip), port, 0, 0)
+                address = (ip_text(ip), port, 0, 0)
             else:
                 ip_family = socket.AF_INET
                 address = (str(ip), port)
@@ -117,7 +117,33 @@ async def resolve_addrinfo(
     return results
 
 
-def _text(ip: IPAddress) -> str:
+def has_interface_scope(ip: IPAddress) -> bool:
+    """Whether glibc names ``ip``'s zone by interface: link-local unicast and multicast."""
+    return ip.version == 6 and (ip.is_link_local or (ip.is_multicast and int(ip) >> 112 & 0xF == 2))
+
+
+def zone_scope_id(name: str, ip: IPAddress) -> int:
+    """The scope id an IPv6 literal's zone gives (``fe80::1%lo``, ``fe80::1%1``), as in glibc.
+
+    An interface name counts for link-local addresses only, and is looked up
+    among the machine's interfaces (``socket.if_nametoindex``, which netshim
+    leaves as it is, so scope ids agree with ``if_nameindex()``); otherwise the
+    zone must be a number.  Anything else is ``gaierror(EAI_NONAME)``.
+    """
+    if ip.version != 6 or "%" not in name:
+        return 0
+    zone = name.split("%", 1)[1]
+    if has_interface_scope(ip):
+        try:
+            return socket.if_nametoindex(zone)
+        except OSError:
+            pass
+    if zone.isdigit() and int(zone) < 2**32:
+        return int(zone)
+    raise name_not_known(name)
+
+
+def ip_text(ip: IPAddress) -> str:
     """An address as glibc writes it: IPv4-mapped ones end in dotted IPv4."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return f"::ffff:{ip.ipv4_mapped}"

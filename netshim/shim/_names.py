@@ -17,17 +17,20 @@ for the life of the process.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import operator
 import os
 import socket
 import threading
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from .. import _system
 from .._addresses import IPAddress, check_host, parse_ip, parse_service, service_socket_types
-from .._addrinfo import AddrInfo, resolve_addrinfo
+from .._addrinfo import AddrInfo, has_interface_scope, ip_text, resolve_addrinfo, zone_scope_id
 from ._engine import get_engine
 
 __all__ = [
@@ -120,17 +123,29 @@ def getaddrinfo_on(
         return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
     # As the C function's argument parsing: integers (bools and IntEnums too).
     family, type, proto, flags = (operator.index(v) for v in (family, type, proto, flags))
-    name = None if host is None else check_host(_as_cpython_encodes(host), "getaddrinfo")
-    if name is None or parse_ip(name) is not None:
+    raw = _as_cpython_encodes(host)
+    name = None if host is None else check_host(raw, "getaddrinfo")
+    ip = parse_ip(name) if name is not None else None
+    if name is None or ip is not None:
         # No name to look up: the answer is glibc's rules alone, the same on
         # every stack (the contract says so), so it costs no trip to the engine.
         # (Names, "localhost" included, are the stack's: a policy may track them.)
         number = parse_service(port, type, flags)
-        return _finish_now(
+        infos = _finish_now(
             resolve_addrinfo(
                 _no_lookup, name, number, family, type, proto, flags, service_socket_types(port)
             )
         )
+        # The zone of an IPv6 literal (checked here: the name lost it) is
+        # the scope id of every answer.
+        text = raw.decode("ascii", "replace") if isinstance(raw, bytes | bytearray) else str(raw)
+        scope_id = zone_scope_id(text, ip) if ip is not None else 0
+        if scope_id:
+            infos = [
+                (*info[:4], (*info[4][:3], scope_id)) if len(info[4]) == 4 else info
+                for info in infos
+            ]
+        return infos
     if (
         stack.resolves_remotely
         and name
@@ -216,10 +231,15 @@ def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
     flow info checks and all).  Elsewhere the address must be numeric, as the
     C library requires: a name is ``gaierror(EAI_NONAME)``.
     """
+    if not isinstance(sockaddr, tuple):
+        # Let go of the argument: the traceback keeps this frame, and the C
+        # function holds no reference to it (CPython's tests count them).
+        sockaddr = None
+        raise TypeError("getnameinfo() argument 1 must be a tuple")
     stack = _stack()
     if stack.uses_host_sockets:
         return _system.getnameinfo(sockaddr, flags)
-    if not isinstance(sockaddr, tuple) or len(sockaddr) < 2:
+    if len(sockaddr) < 2:
         raise TypeError("getnameinfo() argument 1 must be a tuple")
     flags = operator.index(flags)
     host, port = sockaddr[0], sockaddr[1]
@@ -229,9 +249,19 @@ def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
         raise OverflowError("getnameinfo(): flowinfo must be 0-1048575.")
     if not isinstance(host, str):
         raise TypeError(f"getnameinfo(): illegal sockaddr argument ({type(host).__name__})")
-    if parse_ip(host) is None:
+    ip = parse_ip(host)
+    if ip is None:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    name = str(host)
+    # Written as glibc writes it (lower case, compressed), with the scope id
+    # of an IPv6 address as its interface's name or its number.
+    name = ip_text(ip)
+    scope_id = operator.index(sockaddr[3]) if len(sockaddr) > 3 else 0
+    if scope_id and ip.version == 6:
+        zone = str(scope_id)
+        if has_interface_scope(ip):
+            with contextlib.suppress(OSError):
+                zone = socket.if_indextoname(scope_id)
+        name = f"{name}%{zone}"
     if not flags & socket.NI_NUMERICHOST:
         try:
             name = gethostbyaddr(str(host))[0]
@@ -250,6 +280,45 @@ def getnameinfo(sockaddr: tuple[Any, ...], flags: int) -> tuple[str, str]:
     return name, service
 
 
+# Names given with sethostname(), per stack: the stack's UTS name, as Linux
+# keeps it apart from DNS (the network's records do not change).
+_host_names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_original_sethostname = getattr(socket, "sethostname", None)
+
+
 def gethostname() -> str:
-    """:func:`socket.gethostname`: the acting host's name."""
-    return str(_stack().hostname)
+    """:func:`socket.gethostname`: the acting host's name (or what sethostname() set)."""
+    stack = _stack()
+    if stack.uses_host_sockets:
+        return _system.gethostname()
+    return _host_names.get(stack) or str(stack.hostname)
+
+
+def sethostname(name: Any) -> None:
+    """:func:`socket.sethostname`: on a stack of netshim's, the name ``gethostname()`` answers.
+
+    The host network's is the machine's (which needs the privilege Linux
+    asks for).  Elsewhere the name is the acting stack's alone: the machine's
+    stays as it was, and no lookup answers the new name, as on Linux, where
+    the host name and DNS are apart.
+    """
+    stack = _stack()
+    if stack.uses_host_sockets:
+        if _original_sethostname is None:
+            raise AttributeError("module 'socket' has no attribute 'sethostname'")
+        _original_sethostname(name)
+        return
+    if isinstance(name, str):
+        text = name
+    else:
+        try:
+            text = os.fsdecode(bytes(memoryview(name)))
+        except TypeError:
+            raise TypeError(
+                f"sethostname() argument 1 must be str or bytes-like, not {type(name).__name__}"
+            ) from None
+    if "\0" in text:
+        raise ValueError("embedded null character")
+    if len(os.fsencode(text)) > 64:  # Linux's HOST_NAME_MAX
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    _host_names[stack] = text

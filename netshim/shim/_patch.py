@@ -5,8 +5,8 @@
 * ``socket.socket`` with :class:`ShimSocket` (``socket.SocketType`` stays
   ``_socket.socket``, of which every socket, shim or not, is an instance);
 * ``socket.getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``,
-  ``gethostbyaddr``, ``getnameinfo`` and ``gethostname`` with functions
-  answered by the stack;
+  ``gethostbyaddr``, ``getnameinfo``, ``gethostname`` and ``sethostname``
+  with functions answered by the stack;
 * ``ssl.SSLContext.sslsocket_class`` with :class:`ShimSSLSocket`, and
   ``SSLContext.wrap_socket`` with one that gives a program's own
   ``sslsocket_class`` ShimSSLSocket's behaviour when it wraps a shim socket;
@@ -66,6 +66,8 @@ _SOCKET_NAMES = {
     "getnameinfo": _names.getnameinfo,
     "gethostname": _names.gethostname,
 }
+if hasattr(socket, "sethostname"):
+    _SOCKET_NAMES["sethostname"] = _names.sethostname
 
 
 def _replace(owner: Any, name: str, value: Any) -> None:

@@ -68,8 +68,6 @@ _TYPE_MASK = ~(getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEX
 _MAX_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 # Room for the address header that datagrams carry across the pair.
 _HEADER_ROOM = 64
-# sendto()'s third argument when it was not given (None is an address to reject).
-_NO_ADDRESS: Any = object()
 
 
 def acting_stack() -> Stack:
@@ -356,6 +354,9 @@ class _ShimCommon(_Base):
                 if backlog > 0
                 else "signed integer is less than minimum"
             )
+        # The descriptor must still be open (a program may have closed the
+        # number behind the socket's back: EBADF, as the kernel says).
+        ORIGINAL_SOCKET.getsockopt(self, socket.SOL_SOCKET, socket.SO_TYPE)
         if state.phase is Phase.LISTENING:
             state.backlog = max(0, backlog)
             return None
@@ -659,17 +660,16 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
 
     # -- datagrams ---------------------------------------------------------------
 
-    def sendto(self, data: Any, flags_or_address: Any, address: Any = _NO_ADDRESS) -> int:
+    def sendto(self, data: Any, *flags_and_address: Any) -> int:
         state = self._netshim
         if state is None:
-            if address is _NO_ADDRESS:
-                return super().sendto(data, flags_or_address)
-            return super().sendto(data, flags_or_address, address)
+            return super().sendto(data, *flags_and_address)
+        if len(flags_and_address) not in (1, 2):
+            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(flags_and_address) + 1} given)")
         flags = 0
-        if address is _NO_ADDRESS:
-            address = flags_or_address
-        else:
-            flags = operator.index(flags_or_address)
+        address = flags_and_address[-1]
+        if len(flags_and_address) == 2:
+            flags = operator.index(flags_and_address[0])
         # Checked first, as CPython parses the data argument first.
         if not isinstance(data, bytes | bytearray | memoryview):
             try:

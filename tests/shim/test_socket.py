@@ -57,9 +57,11 @@ def test_install_patches_and_uninstall_restores_by_identity() -> None:
         "gethostbyaddr",
         "getnameinfo",
         "gethostname",
+        "sethostname",
     ]
     before = {name: getattr(socket, name) for name in names}
     sslsocket_class = ssl.SSLContext.sslsocket_class
+    wrap_socket = ssl.SSLContext.wrap_socket
     net = netshim.VirtualNetwork()
     host = net.add_host("solo")
     netshim.install(host)
@@ -76,6 +78,7 @@ def test_install_patches_and_uninstall_restores_by_identity() -> None:
     assert {name: getattr(socket, name) for name in names} == before
     assert all(getattr(socket, name) is before[name] for name in names)
     assert ssl.SSLContext.sslsocket_class is sslsocket_class
+    assert ssl.SSLContext.wrap_socket is wrap_socket
     assert not netshim.is_installed()
 
 
@@ -329,6 +332,49 @@ def test_a_programs_own_sslsocket_class_keeps_the_shim_state(installed: Installe
         with pytest.raises(OSError) as caught:
             sock.getpeername()
         assert caught.value.errno == errno.ENOTCONN
+
+
+def test_scope_ids_host_names_and_argument_checks_as_cpython(installed: Installed) -> None:
+    # From CPython's test_socket GeneralModuleTests, each once different here.
+    index, interface = socket.if_nameindex()[0]
+    ((*_, address),) = socket.getaddrinfo(
+        "ff02::1de:c0:face:8D%" + interface, 1234, socket.AF_INET6, socket.SOCK_DGRAM
+    )
+    assert address == ("ff02::1de:c0:face:8d", 1234, 0, index)
+    assert socket.getaddrinfo("fe80::1%7", 80, socket.AF_INET6)[0][4] == ("fe80::1", 80, 0, 7)
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("fe80::1%no-such-interface", 80)
+    numeric = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+    assert socket.getnameinfo(("ff02::1de:c0:face:8D", 1234, 0, index), numeric) == (
+        "ff02::1de:c0:face:8d%" + interface,
+        "1234",
+    )
+    assert socket.getnameinfo(("fd00::2", 1, 0, 77), numeric) == ("fd00::2%77", "1")
+    # sethostname() names the acting host; the machine's name is left alone.
+    machine = _socket.gethostname()
+    socket.sethostname("new")
+    assert socket.gethostname() == "new"
+    socket.sethostname(b"bar")
+    assert socket.gethostname() == "bar"
+    assert _socket.gethostname() == machine
+    socket.sethostname("client")
+    with acting_as(installed.web):
+        assert socket.gethostname() == "web.internal"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with pytest.raises(TypeError, match=r"\(1 given\)"):
+        sock.sendto(b"foo")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"\(4 given\)"):
+        sock.sendto(b"foo", 0, ("10.0.0.2", 9), 4)  # type: ignore[call-overload]
+    sock.close()
+    # A descriptor closed behind the socket's back: EBADF, as the kernel says.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    socket.close(sock.fileno())
+    with pytest.raises(OSError) as caught:
+        sock.listen(1)
+    assert caught.value.errno == errno.EBADF
+    with pytest.raises(OSError):
+        sock.close()
 
 
 def test_bad_input_fails_as_the_stdlib_does(installed: Installed) -> None:
