@@ -1062,6 +1062,9 @@ class TcpConnection:
 
     def _on_ack_advance(self, ack: int, timestamps: Timestamps | None, now: float) -> None:
         acked = ack - self._snd_una
+        # RFC 7661 / Linux's tcp_is_cwnd_limited: the window grows only while it
+        # is what limits the sender, not after an idle or application-limited spell.
+        cwnd_limited = 2 * (self._snd_max - self._snd_una) >= self._cc.cwnd
         self._snd_una = ack
         if self._snd_nxt < ack:
             # After a go-back-N the originals arrived: skip what they covered.
@@ -1105,7 +1108,8 @@ class TcpConnection:
                     self._high_rxt = ack
         else:
             self._dupacks = 0
-            self._cc.on_ack(acked, now, self.srtt)
+            if cwnd_limited:
+                self._cc.on_ack(acked, now, self.srtt)
             if self._sack_enabled and self._sacked_starts:
                 self._maybe_enter_recovery(now)
 

@@ -149,6 +149,20 @@ def test_lost_retransmission_is_recovered_by_rto_with_backoff() -> None:
     assert info.ssthresh >= 2 * network.a.send_mss
 
 
+def test_window_does_not_grow_while_the_application_limits_the_sender() -> None:
+    network = Network(a_config=TcpConfig(nodelay=True))
+    network.handshake()
+    initial = network.a.cwnd
+    for _ in range(200):
+        network.a.send(b"request" * 10)
+        network.run_for(0.01)
+    assert network.a.info().bytes_acked == 200 * 70
+    assert network.a.cwnd == initial
+    # A bulk transfer does open it.
+    transfer(network, pattern(1 << 20))
+    assert network.a.cwnd > initial
+
+
 def test_rtt_estimate_follows_the_path() -> None:
     network = Network(latency=0.05)
     network.handshake()
