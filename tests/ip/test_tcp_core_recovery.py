@@ -156,6 +156,7 @@ def test_window_does_not_grow_while_the_application_limits_the_sender() -> None:
     for _ in range(200):
         network.a.send(b"request" * 10)
         network.run_for(0.01)
+    network.run_for(0.1)  # the last delayed ACK
     assert network.a.info().bytes_acked == 200 * 70
     assert network.a.cwnd == initial
     # A bulk transfer does open it.
