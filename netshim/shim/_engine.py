@@ -56,9 +56,9 @@ _logger = logging.getLogger("netshim.engine")
 
 T = TypeVar("T")
 
-# How long a close with SO_LINGER 0 waits for a chunk the engine is sending
-# (a peer that does not read can hold it up): Linux resets at once, having
-# sent what the window allowed at send() time.
+# How long a close with SO_LINGER 0 lets the pump send what the program wrote
+# before it (see close_tcp): Linux resets at once, having sent at send() time
+# what the window allowed; a peer whose window is full must not delay it long.
 ABORT_GRACE = 0.5
 
 # How much one engine read takes from a pair: large enough for bulk transfers
