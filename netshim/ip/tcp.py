@@ -123,6 +123,8 @@ _MAX_SACK_BLOCKS_KEPT = 256
 # Linux's net.ipv4.tcp_max_reordering is 300 segments; a lower cap keeps loss
 # detection from growing too slow after a burst of reordering.
 _MAX_REORDERING = 64
+# Retransmissions watched for loss in one recovery; beyond this the RTO covers them.
+_MAX_TRACKED_RETRANSMISSIONS = 1024
 # A sample above this is a bogus TSecr (a peer echoing garbage), not an RTT.
 _MAX_RTT_SAMPLE = 120.0
 
@@ -412,6 +414,13 @@ class TcpConnection:
         self._sacked_bytes = 0
         self._lost_edge = iss  # holes below this are deemed lost
         self._high_rxt = iss  # retransmitted up to here in this recovery
+        # Retransmissions of this recovery as [start, end, SND.MAX when sent]:
+        # once data sent after one is SACKed while it is still missing, the
+        # retransmission was lost too and goes again without waiting for the
+        # RTO (the idea of RFC 8985's RACK, for retransmissions only).
+        self._rexmits: list[list[int]] = []
+        self._lost_again: list[tuple[int, int]] = []
+        self.lost_retransmissions = 0
         # Duplicate ACKs (or SACKed segments) that mean a loss; raised when a
         # recovery proves spurious, as Linux adapts tp->reordering.
         self._reordering = _DUPLICATE_ACK_THRESHOLD
@@ -1031,6 +1040,8 @@ class TcpConnection:
             for option in segment.options:
                 if type(option) is SackBlocks:
                     self._take_sack(option.blocks, ack)
+                    if self._rexmits and self._in_recovery:
+                        self._find_lost_retransmissions(ack)
                     break
 
         if ack > snd_una:
@@ -1156,6 +1167,8 @@ class TcpConnection:
         self._cc.on_loss(now, self._snd_max - self._snd_una)
         self._high_rxt = self._snd_una
         self._lost_edge = self._snd_una + self.send_mss
+        self._rexmits.clear()
+        self._lost_again.clear()
         self._force_rexmit = True
         self._rtt_seq = None
         self._output_wanted = True
@@ -1178,6 +1191,24 @@ class TcpConnection:
             if right > snd_max or right <= left:
                 continue
             self._add_sacked(left, right)
+
+    def _find_lost_retransmissions(self, ack: int) -> None:
+        highest = self._sacked_ends[-1] if self._sacked_ends else ack
+        kept: list[list[int]] = []
+        for entry in self._rexmits:
+            start, end, sent_before = entry
+            if end <= ack:
+                continue
+            # More than the reordering allowance of later data has arrived.
+            if highest > sent_before + self._reordering * self.send_mss:
+                hole = self._next_hole(max(start, ack), end)
+                if hole is not None:
+                    self._lost_again.append(hole)
+                    self.lost_retransmissions += 1
+                    self._output_wanted = True
+                continue
+            kept.append(entry)
+        self._rexmits = kept
 
     def _on_dsack(self, left: int) -> None:
         if self._undo_cwnd is None or left < self._undo_from or self._undo_retrans <= 0:
@@ -1231,6 +1262,8 @@ class TcpConnection:
             starts[0] = ack
 
     def _clear_scoreboard(self) -> None:
+        self._rexmits.clear()
+        self._lost_again.clear()
         self._sacked_starts.clear()
         self._sacked_ends.clear()
         self._sacked_bytes = 0
@@ -1583,6 +1616,16 @@ class TcpConnection:
         if self._in_recovery:
             force = self._force_rexmit
             self._force_rexmit = False
+            while self._lost_again and (force or pipe < cc.cwnd):
+                force = False
+                again_start, again_end = self._lost_again.pop(0)
+                again_start = max(again_start, self._snd_una)
+                again_end = min(again_end, data_end)
+                if again_start >= again_end:
+                    continue
+                self._send_data(again_start, again_end - again_start, now, out)
+                self._rexmits.append([again_start, again_end, self._snd_max])
+                pipe += again_end - again_start
             while force or pipe < cc.cwnd:
                 # A forced retransmission is one segment; others fill what cwnd allows.
                 allowed = mss if force else max(mss, cc.cwnd - pipe)
@@ -1597,6 +1640,8 @@ class TcpConnection:
                 length = min(hole[1] - hole[0], max_payload, allowed)
                 self._send_data(hole[0], length, now, out)
                 self._high_rxt = hole[0] + length
+                if len(self._rexmits) < _MAX_TRACKED_RETRANSMISSIONS:
+                    self._rexmits.append([hole[0], hole[0] + length, self._snd_max])
                 pipe += length
 
         window_end = self._snd_una + self._snd_wnd
@@ -1739,6 +1784,8 @@ class TcpConnection:
             self._dupacks = 0
             self._high_rxt = self._snd_una
             self._lost_edge = self._snd_max
+            self._rexmits.clear()
+            self._lost_again.clear()
             self._force_rexmit = True
         self.rto = min(self.rto * 2, config.max_rto)
         self._output_wanted = True

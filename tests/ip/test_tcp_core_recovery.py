@@ -126,6 +126,43 @@ def test_reordering_mistaken_for_loss_is_undone_by_dsack() -> None:
     assert network.a._reordering > 3
 
 
+def test_lost_retransmission_is_found_by_later_sacks_without_timeout() -> None:
+    sends: dict[int, int] = {}
+    target = {"seq": -1}
+
+    def drop_tenth_twice(direction: str, segment: TcpRepr, now: float) -> list[float]:
+        if direction != "a>b" or not segment.payload:
+            return [0.0]
+        if target["seq"] < 0:
+            target["seq"] = (network.iss_a + 1 + 9 * network.a.send_mss) & 0xFFFF_FFFF
+        count = sends[segment.seq] = sends.get(segment.seq, 0) + 1
+        return [] if segment.seq == target["seq"] and count <= 2 else [0.0]
+
+    network = Network(fault=drop_tenth_twice)
+    network.handshake()
+    data = pattern(400 * 1448)
+    sent = 0
+
+    def pump() -> None:
+        nonlocal sent
+        if sent < len(data):
+            sent += network.a.send(data[sent : sent + 65536])
+
+    received = bytearray()
+
+    def read() -> None:
+        if network.b is not None:
+            while network.server.readable():
+                received.extend(network.server.receive(1 << 20))
+
+    network.pumps += (pump, read)
+    network.run_until(lambda: len(received) == len(data), timeout=5)
+    assert received == data
+    assert sends[target["seq"]] == 3
+    assert network.a.lost_retransmissions == 1
+    assert network.a.info().timeouts == 0
+
+
 def test_lost_retransmission_is_recovered_by_rto_with_backoff() -> None:
     drops = {"count": 0}
 
