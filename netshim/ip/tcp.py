@@ -13,21 +13,34 @@ What is implemented, by RFC:
 * RFC 9293: the state machine, simultaneous open and close, TIME-WAIT, MSS
   option, zero-window probing (persist timer), Nagle's algorithm and its
   ``TCP_NODELAY`` switch, delayed ACKs (at least every second full segment,
-  at once for out-of-order data), sender and receiver silly-window avoidance,
-  keepalives (RFC 1122 section 4.2.3.6).
+  at once for out-of-order data, Linux's quick-ACK mode at the start and after
+  idle), sender and receiver silly-window avoidance, keepalives (RFC 1122
+  section 4.2.3.6), ``TCP_USER_TIMEOUT`` (RFC 5482).
 * RFC 5961: RST and SYN in a synchronized state are accepted only at exactly
   RCV.NXT (RST) and otherwise answered with a challenge ACK; ACKs far below
-  SND.UNA are challenged.
+  SND.UNA are challenged; challenge ACKs are rate-limited (section 7).
+  RFC 6191: :meth:`TcpConnection.accepts_new_syn` for a SYN reusing a
+  TIME-WAIT pair.
 * RFC 6298: SRTT/RTTVAR, Karn's rule (without timestamps), exponential backoff;
   the RTO has Linux's shape (SRTT + max(4 RTTVAR, min_rto)).
 * RFC 7323: window scaling, timestamps for RTT measurement and PAWS (the basic
   check; no idle expiry of TS.Recent).
 * RFC 2018 SACK, both ways, and loss recovery after RFC 6675, simplified: every
   hole below the highest SACKed byte counts as lost (as Linux's FACK once did),
-  retransmitted while the pipe estimate is below cwnd.  Without SACK, NewReno
-  fast retransmit and recovery (RFC 6582).  Congestion windows come from
-  :mod:`netshim.ip.congestion` (CUBIC by default, NewReno selectable).
+  retransmitted while the pipe estimate is below cwnd; a retransmission that
+  is itself lost is found from later SACKs (RACK's idea, RFC 8985, for
+  retransmissions only).  RFC 2883 D-SACK both ways: a recovery whose
+  retransmissions all arrived twice is undone and the reordering threshold
+  raised.  Without SACK, NewReno fast retransmit and recovery (RFC 6582).
+  Congestion windows come from :mod:`netshim.ip.congestion` (CUBIC, RFC 9438,
+  by default; NewReno selectable), grown only while cwnd limits the sender
+  (RFC 7661).
 * RFC 6528 initial sequence numbers (:func:`initial_sequence_number`).
+
+Not implemented: urgent data (URG is ignored), ECN, TCP Fast Open, MD5 and
+TCP-AO signatures, path MTU probing (RFC 4821; ICMP-driven PMTU discovery is
+in :meth:`TcpConnection.on_icmp_error`), full RACK-TLP and F-RTO.  An RST in
+TIME-WAIT ends it, as Linux does by default (no RFC 1337 protection).
 
 Sequence numbers are 32-bit on the wire and unbounded inside.  Each incoming
 number is *unwrapped* once, to the integer nearest the point it is compared
@@ -36,11 +49,12 @@ outgoing one is reduced modulo 2**32 once.  Everything between is plain integer
 arithmetic, which is both correct across the wrap and cheaper in Python than
 modular comparisons at every step.
 
-Buffers are ``bytearray``: appending is amortised constant time per byte and
-deleting from the front moves a start pointer, so neither side ever copies a
-buffer over again.  Out-of-order data waits in :class:`~netshim.ip.reassembly.ReorderBuffer`,
-only inside the advertised window, so a connection holds at most
-``receive_buffer`` received bytes and ``send_buffer`` bytes to send.
+Data waits in chunked queues (:mod:`netshim.ip.buffers`): each byte is copied
+once in and once out, never again as the buffer moves.  Out-of-order data
+waits in :class:`~netshim.ip.reassembly.ReorderBuffer`, only inside the
+advertised window, so a connection holds at most ``receive_buffer`` received
+bytes and ``send_buffer`` bytes to send.  An idle established connection costs
+about 4 KiB besides its data.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import gc
 import ipaddress
 import itertools
+import tracemalloc
 
 import pytest
 from tcp_core_harness import (
@@ -764,3 +766,32 @@ def test_config_validation() -> None:
             now=0.0,
             config=TcpConfig(),
         )
+
+
+def test_an_idle_established_connection_costs_under_8_kib() -> None:
+    now = 1000.0
+    connections = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(50):
+            client = TcpConnection.open_active(
+                A_ADDRESS, B_ADDRESS, iss=n, now=now, config=TcpConfig()
+            )
+            (syn,) = client.poll(now)
+            server = TcpConnection.open_passive(
+                B_ADDRESS, A_ADDRESS, syn, iss=n + 7, now=now, config=TcpConfig()
+            )
+            (syn_ack,) = server.poll(now)
+            client.on_segment(syn_ack, now)
+            (ack,) = client.poll(now)
+            server.on_segment(ack, now)
+            assert client.established
+            assert server.established
+            connections += (client, server)
+        gc.collect()
+        per_connection = (tracemalloc.get_traced_memory()[0] - before) / len(connections)
+    finally:
+        tracemalloc.stop()
+    # The issue's target for an idle connection beyond its buffers' contents.
+    assert per_connection < 8192, per_connection
