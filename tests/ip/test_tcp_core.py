@@ -795,3 +795,64 @@ def test_an_idle_established_connection_costs_under_8_kib() -> None:
         tracemalloc.stop()
     # The issue's target for an idle connection beyond its buffers' contents.
     assert per_connection < 8192, per_connection
+
+
+def test_paws_drops_a_segment_with_an_old_timestamp() -> None:
+    network = Network()
+    network.handshake()
+    network.a.send(b"first")
+    network.run_until(lambda: network.server.readable() == 5)
+    server = network.server
+    recent = server._ts_recent
+    old = TcpRepr(
+        src_port=A_ADDRESS[1],
+        dst_port=B_ADDRESS[1],
+        seq=(network.iss_a + 6) & 0xFFFF_FFFF,
+        ack=(network.iss_b + 1) & 0xFFFF_FFFF,
+        flags=ACK,
+        window=1000,
+        options=(Timestamps((recent - 1000) & 0xFFFF_FFFF, 0),),
+        payload=b"stale",
+    )
+    before = len(network.log)
+    network.inject("b", old)
+    network.run_for(0.01)
+    # In the window by sequence number, but older than TS.Recent: not taken.
+    assert server.readable() == 5
+    replies = [e.segment for e in network.log[before:] if e.direction == "b>a"]
+    assert len(replies) == 1
+    assert replies[0].ack == (network.iss_a + 6) & 0xFFFF_FFFF
+    # The same bytes with a current timestamp are taken.
+    fresh = TcpRepr(
+        old.src_port,
+        old.dst_port,
+        old.seq,
+        old.ack,
+        old.flags,
+        old.window,
+        (Timestamps((recent + 1) & 0xFFFF_FFFF, 0),),
+        b"fresh",
+    )
+    network.inject("b", fresh)
+    network.run_for(0.05)
+    assert server.receive(100) == b"firstfresh"
+
+
+def test_reading_reopens_a_closed_window_with_an_update() -> None:
+    network = Network(b_config=TcpConfig(receive_buffer=32768, window_scale=False))
+    network.handshake()
+    network.a.send(pattern(40000))
+    network.run_until(lambda: network.server.readable() == 32768)
+    network.run_for(0.1)
+    before = len(network.log)
+    # A small read does not move the window (receiver silly-window avoidance).
+    network.server.receive(100)
+    network.run_for(0.01)
+    assert [e for e in network.log[before:] if e.direction == "b>a"] == []
+    # Reading a good part of the buffer sends a window update at once.
+    network.server.receive(16000)
+    network.run_for(0.001)
+    updates = [e.segment for e in network.log[before:] if e.direction == "b>a"]
+    assert len(updates) == 1
+    assert updates[0].window >= 16000
+    network.run_until(lambda: network.server.readable() == 40000 - 16100, timeout=5)
