@@ -1456,14 +1456,24 @@ class TcpConnection:
 
     def _window_field(self) -> int:
         """The window to advertise now; moves :attr:`_rcv_adv` (never backwards)."""
-        edge = self._usable_window_edge()
-        if edge - self._rcv_adv < self._sws_threshold() and self._rcv_adv >= self._rcv_nxt:
-            edge = self._rcv_adv
-        field = (edge - self._rcv_nxt) >> self._rcv_wscale
+        # The same arithmetic as _usable_window_edge and _sws_threshold, inlined:
+        # this runs for every segment sent.
+        rcv_nxt = self._rcv_nxt
+        rcv_adv = self._rcv_adv
+        shift = self._rcv_wscale
+        buffer = self.config.receive_buffer
+        space = buffer - self._recv_buf.length
+        if space > 0xFFFF << shift:
+            space = 0xFFFF << shift
+        edge = rcv_nxt + space
+        threshold = self._rcv_mss if self._rcv_mss < buffer // 2 else buffer // 2
+        if edge - rcv_adv < threshold and rcv_adv >= rcv_nxt:
+            edge = rcv_adv
+        field = (edge - rcv_nxt) >> shift
         if field > 0xFFFF:
             field = 0xFFFF
-        advertised = self._rcv_nxt + (field << self._rcv_wscale)
-        if advertised > self._rcv_adv:
+        advertised = rcv_nxt + (field << shift)
+        if advertised > rcv_adv:
             self._rcv_adv = advertised
         return field
 
