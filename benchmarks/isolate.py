@@ -31,7 +31,8 @@ hashing) talks to a server on the machine's loopback (ip_peer.py's
 Measured per confiner: a download (the server sends ``--size`` MiB, the
 program receives) and an upload (the other way), best of ``--repeats``, as
 MiB/s, Gbit/s and the ratio to slirp4netns; ``--connects`` connect + close
-one after another (connects per second); ``--pings`` 1-byte round trips on
+one after another (connects per second, and the confining process's CPU
+milliseconds per connect); ``--pings`` 1-byte round trips on
 one TCP_NODELAY connection (median, microseconds); CPU seconds per GiB of the
 confining process (netshim's parent, slirp4netns, pasta: utime + stime of
 that process alone, from /proc/PID/stat right before the go and right after
@@ -261,12 +262,14 @@ def print_table(
     print(
         "\nThroughput (best of the repeats) with the ratio to slirp4netns; CPU s/GiB of the"
         " confining process\n(conf: netshim's parent, slirp4netns, pasta) and of the loopback"
-        " server (srv); connect + close per second; 1-byte RTT (median)."
+        " server (srv); connect + close per second and the confining process's CPU ms for each;"
+        " 1-byte RTT (median)."
     )
     head = (
         f"{'confiner':<12} {'down MiB/s':>10} {'Gbit/s':>6} {'x slirp':>7}"
         f" {'up MiB/s':>9} {'Gbit/s':>6} {'x slirp':>7}"
         f" {'conf s/GiB d/u':>15} {'srv s/GiB d/u':>14} {'conn/s':>7} {'x slirp':>7}"
+        f" {'conf ms/conn':>12}"
         f" {'RTT us':>7} {'x slirp':>7}"
     )
     print(head)
@@ -287,6 +290,13 @@ def print_table(
         if r is None or r.failure or who not in r.cpu:
             return None
         return r.per_gib(who)
+
+    def per_connect(name: str) -> float | None:
+        """The confining process's CPU milliseconds per connect + close."""
+        r = results.get((name, "connects"))
+        if r is None or r.failure or "confiner" not in r.cpu:
+            return None
+        return float(r.cpu["confiner"] / r.value["count"] * 1000)
 
     def x(value: float | None, base: float | None, width: int = 7) -> str:
         return f"{value / base:{width - 1}.2f}x" if value and base else f"{'-':>{width}}"
@@ -311,6 +321,7 @@ def print_table(
             f" {x(down, rate('slirp4netns', 'down'))}"
             f" {fixed(up, 9, 1)} {fixed(gbit[1], 6, 2)} {x(up, rate('slirp4netns', 'up'))}"
             f" {conf:>15} {srv:>14} {fixed(conn, 7, 0)} {x(conn, rate('slirp4netns', 'connects'))}"
+            f" {fixed(per_connect(name), 12, 3)}"
             f" {fixed(rtt, 7, 1)} {x(rtt, rate('slirp4netns', 'ping'))}"
         )
         for kind in ("down", "up", "connects", "ping"):
