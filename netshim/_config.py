@@ -10,6 +10,9 @@ URL schemes:
   :class:`~netshim.WebsockifyStack`;
 * ``socks5://``, ``socks5h://``, with ``+ws`` / ``+wss``:
   :class:`~netshim.Socks5Stack`.
+* ``wireguard:///path/to/wg0.conf`` (a ``wg-quick`` file):
+  :class:`~netshim.stacks.wireguard.WireGuardStack`, its UDP on the host
+  network.
 
 :func:`stack_from_environment` reads ``NETSHIM_STACK`` first, then the
 variables libcurl users already set: ``ALL_PROXY`` (or ``all_proxy``) for
@@ -47,7 +50,7 @@ def stack_from_url(url: str) -> Stack:
             return HostStack()
         raise ValueError(
             f"stack URL {url!r} has no scheme: use host:, wisp://, wisps://, ws://, wss://, "
-            "socks5://, socks5h:// or websockify://"
+            "socks5://, socks5h://, websockify:// or wireguard://"
         )
     if scheme in ("host", "direct"):
         return HostStack()
@@ -57,6 +60,14 @@ def stack_from_url(url: str) -> Stack:
         return Socks5Stack(text)
     if scheme in ("websockify", "websockifys"):
         return WebsockifyStack(text)
+    if scheme == "wireguard":
+        from .stacks.wireguard import WireGuardStack
+
+        parts = urllib.parse.urlsplit(text)
+        path = urllib.parse.unquote(parts.netloc + parts.path)
+        if not path:
+            raise ValueError(f"stack URL {url!r}: wireguard:// needs a wg-quick file's path")
+        return WireGuardStack.from_config(path)
     if scheme in ("ws", "wss"):
         path = urllib.parse.urlsplit(text).path or "/"
         if path.endswith("/") and "token=" not in text:
@@ -64,7 +75,7 @@ def stack_from_url(url: str) -> Stack:
         return WebsockifyStack(text)
     raise ValueError(
         f"stack URL {url!r}: scheme {scheme!r} is not one of host, wisp, wisps, ws, wss, "
-        "websockify, socks5, socks5h"
+        "websockify, socks5, socks5h, wireguard"
     )
 
 

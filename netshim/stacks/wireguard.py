@@ -1,0 +1,553 @@
+"""WireGuardStack: a :class:`~netshim.stack.Stack` whose sockets travel inside a WireGuard tunnel.
+
+Three layers, each replaceable:
+
+* :class:`~netshim.stacks.ip.IpStack`, netshim's own TCP/IP, gives programs
+  streams, listeners and datagram sockets and turns them into IP packets;
+* :class:`WireGuardLink`, a :class:`~netshim.ip.links.Link` of the IP
+  medium, hands those packets to the sans-I/O core
+  (:class:`netshim.protocols.wireguard.WireGuardDevice`) and gives back the
+  packets it decrypted;
+* the encrypted datagrams go over another stack's ``open_udp``: the host
+  network by default (:class:`~netshim.stacks.HostStack`), or any other
+  stack, such as a gateway's Wisp UDP streams where a browser has no UDP.
+
+The link needs no task of its own.  The IpStack driver always waits in
+:meth:`WireGuardLink.receive`, and that wait is where datagrams are taken in
+and the protocol's timers (handshake retries, keepalives, rekeys) run; a
+packet sent meanwhile that brings a timer nearer moves the wait's deadline.
+
+Configuration is a standard ``wg-quick`` file (:meth:`WireGuardStack.from_config`):
+``[Interface]`` PrivateKey, Address, DNS, ListenPort, MTU and ``[Peer]``
+PublicKey, PresharedKey, Endpoint, AllowedIPs, PersistentKeepalive; keys
+that only ``wg-quick``'s shell uses (Table, PostUp, ...) are ignored.
+
+State reaches user interfaces as :class:`~netshim.protocols.wireguard.WireGuardEvent`
+values (handshake completed, failed or expired; endpoint changed; and
+:class:`TransferUpdated`, bytes in and out at most once a second per peer):
+through ``on_event`` callbacks and through :meth:`WireGuardStack.events`, an
+async iterator.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ..ip.iface import GsoInfo, Medium
+from ..ip.links import IncomingPacket, Link
+from ..protocols.wireguard import (
+    Endpoint,
+    HandshakeCompleted,
+    HandshakeFailed,
+    Timers,
+    WireGuardDevice,
+    WireGuardEvent,
+    WireGuardPeer,
+    key_from_text,
+)
+from ..stack import Stack, UdpSocket
+from .ip import IpStack
+
+__all__ = [
+    "DEFAULT_MTU",
+    "PeerConfig",
+    "TransferUpdated",
+    "WireGuardConfig",
+    "WireGuardLink",
+    "WireGuardStack",
+    "parse_config",
+]
+
+#: wg-quick's default: 1500 less the 80 bytes of an IPv6 and UDP header and
+#: WireGuard's 32 bytes of framing and tag.
+DEFAULT_MTU = 1420
+#: Events an :meth:`WireGuardStack.events` reader may fall behind by before
+#: newer ones are dropped for it (a UI that stopped reading must not grow memory).
+DEFAULT_MAX_QUEUED_EVENTS = 256
+#: Decrypted packets held for the IpStack between two of its reads; a burst
+#: beyond is dropped, as a NIC ring overflows.
+DEFAULT_MAX_QUEUED_PACKETS = 1024
+#: How often, at most, bytes in and out are reported per peer.
+TRANSFER_REPORT_INTERVAL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TransferUpdated(WireGuardEvent):
+    """Bytes of datagrams received from and sent to the peer so far (``wg show``'s transfer)."""
+
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """One ``[Peer]`` section.
+
+    ``endpoint`` may name a host (resolved on the transport stack at first
+    use); ``persistent_keepalive`` is seconds, 0 for off.
+    """
+
+    public_key: bytes
+    allowed_ips: tuple[str, ...] = ()
+    endpoint: tuple[str, int] | None = None
+    preshared_key: bytes | None = None
+    persistent_keepalive: float = 0.0
+
+
+@dataclass(frozen=True)
+class WireGuardConfig:
+    """A parsed ``wg-quick`` file."""
+
+    private_key: bytes
+    addresses: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    listen_port: int = 0
+    mtu: int = DEFAULT_MTU
+    peers: tuple[PeerConfig, ...] = field(default_factory=tuple)
+
+
+def _parse_endpoint(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"WireGuard Endpoint {text!r} is not host:port")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"WireGuard Endpoint {text!r}: unclosed [")
+        host = host[1:-1]
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"WireGuard Endpoint {text!r}: port out of range")
+    return host, number
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_config(text: str) -> WireGuardConfig:
+    """Parse a ``wg-quick`` configuration; ``ValueError`` names the line at fault."""
+    interface: dict[str, list[str]] = {}
+    peers: list[dict[str, list[str]]] = []
+    section: dict[str, list[str]] | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            name = line.strip("[]").strip().lower()
+            if name == "interface":
+                section = interface
+            elif name == "peer":
+                section = {}
+                peers.append(section)
+            else:
+                raise ValueError(f"line {number}: unknown section {line!r}")
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or section is None:
+            raise ValueError(f"line {number}: expected Key = Value inside a section: {raw!r}")
+        section.setdefault(key.strip().lower(), []).append(value.strip())
+
+    def one(values: dict[str, list[str]], key: str) -> str | None:
+        found = values.get(key)
+        return found[-1] if found else None
+
+    def many(values: dict[str, list[str]], key: str) -> list[str]:
+        return [item for value in values.get(key, []) for item in _split_list(value)]
+
+    private = one(interface, "privatekey")
+    if private is None:
+        raise ValueError("[Interface] has no PrivateKey")
+    addresses = many(interface, "address")
+    for address in addresses:
+        ipaddress.ip_interface(address)
+    # wg-quick's DNS mixes servers and search domains; only addresses are servers.
+    dns = []
+    for entry in many(interface, "dns"):
+        try:
+            dns.append(str(ipaddress.ip_address(entry)))
+        except ValueError:
+            continue
+    listen_port = int(one(interface, "listenport") or 0)
+    mtu = int(one(interface, "mtu") or DEFAULT_MTU)
+    peer_configs = []
+    for values in peers:
+        public = one(values, "publickey")
+        if public is None:
+            raise ValueError("a [Peer] has no PublicKey")
+        preshared = one(values, "presharedkey")
+        endpoint = one(values, "endpoint")
+        keepalive = (one(values, "persistentkeepalive") or "0").lower()
+        allowed = many(values, "allowedips")
+        for network in allowed:
+            ipaddress.ip_network(network, strict=False)
+        peer_configs.append(
+            PeerConfig(
+                public_key=key_from_text(public),
+                allowed_ips=tuple(allowed),
+                endpoint=_parse_endpoint(endpoint) if endpoint else None,
+                preshared_key=key_from_text(preshared) if preshared else None,
+                persistent_keepalive=0.0 if keepalive == "off" else float(int(keepalive)),
+            )
+        )
+    return WireGuardConfig(
+        private_key=key_from_text(private),
+        addresses=tuple(addresses),
+        dns=tuple(dns),
+        listen_port=listen_port,
+        mtu=mtu,
+        peers=tuple(peer_configs),
+    )
+
+
+def _normalise(address: Any) -> Endpoint:
+    host, port = str(address[0]), int(address[1])
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, port
+
+
+class WireGuardLink(Link):
+    """IP packets in and out of a :class:`WireGuardDevice`, its datagrams on ``transport``'s UDP.
+
+    ``endpoints`` maps peers' public keys to endpoints still to resolve
+    (host names); ``bind`` is the UDP socket's local address (port 0: any).
+    """
+
+    medium = Medium.IP
+
+    def __init__(
+        self,
+        device: WireGuardDevice,
+        transport: Stack,
+        *,
+        bind: tuple[str, int] = ("0.0.0.0", 0),
+        endpoints: dict[bytes, tuple[str, int]] | None = None,
+        on_event: Callable[[WireGuardEvent], None] | None = None,
+    ) -> None:
+        self.device = device
+        self.transport = transport
+        self._bind = bind
+        self._unresolved = dict(endpoints or {})
+        self._on_event = on_event
+        self._socket: UdpSocket | None = None
+        self._open_lock = anyio.Lock()
+        self._packets: deque[bytes] = deque()
+        self._wait_scope: anyio.CancelScope | None = None
+        self._closed = False
+        self._reported: dict[bytes, tuple[float, int, int]] = {}
+        self._report_due: float | None = None
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """The UDP socket's address once open (the ``ListenPort`` actually bound)."""
+        return None if self._socket is None else _normalise(self._socket.local_address)
+
+    async def open(self) -> None:
+        """Bind the UDP socket and resolve the peers' endpoints (done by the first send/receive)."""
+        await self._ensure_socket()
+
+    async def _ensure_socket(self) -> UdpSocket:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._socket is not None:
+            return self._socket
+        async with self._open_lock:
+            if self._socket is None:
+                for key, (host, port) in list(self._unresolved.items()):
+                    peer = self.device.peer(key)
+                    if peer is None:
+                        continue
+                    infos = await self.transport.getaddrinfo(
+                        host, port, socket.AF_INET, socket.SOCK_DGRAM
+                    )
+                    peer.endpoint = (str(infos[0][4][0]), port)
+                    del self._unresolved[key]
+                self._socket = await self.transport.open_udp(*self._bind)
+        return self._socket
+
+    def _now(self) -> float:
+        return anyio.current_time()
+
+    async def _flush(self, sock: UdpSocket) -> None:
+        device = self.device
+        for data, endpoint in device.take_datagrams():
+            try:
+                await sock.send(data, endpoint)
+            except OSError:
+                # Unreachable networks and full buffers lose the datagram,
+                # as UDP does; the protocol's timers retry what matters.
+                device.dropped["datagram send failed"] += 1
+        self._packets.extend(packet for packet, _ in device.take_packets())
+        while len(self._packets) > DEFAULT_MAX_QUEUED_PACKETS:
+            self._packets.popleft()
+            device.dropped["receive queue full"] += 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        events: list[WireGuardEvent] = self.device.take_events()
+        now = self._now()
+        self._report_due = None
+        for peer in self.device.peers:
+            last = self._reported.get(peer.public_key)
+            counts = (peer.rx_bytes, peer.tx_bytes)
+            if last is not None and last[1:] == counts:
+                continue
+            if last is not None and now - last[0] < TRANSFER_REPORT_INTERVAL:
+                # Reported a moment ago: the wait in receive() ends in time
+                # to report the rest, even if the link goes quiet.
+                due = last[0] + TRANSFER_REPORT_INTERVAL
+                self._report_due = due if self._report_due is None else min(self._report_due, due)
+                continue
+            if last is None and counts == (0, 0):
+                continue
+            self._reported[peer.public_key] = (now, *counts)
+            events.append(TransferUpdated(peer.public_key, *counts))
+        if self._on_event is not None:
+            for event in events:
+                self._on_event(event)
+
+    async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None:
+        sock = await self._ensure_socket()
+        self.device.send_packet(packet, self._now())
+        await self._flush(sock)
+        scope = self._wait_scope
+        deadline = self.device.deadline()
+        if scope is not None and deadline is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def send_to_peer(self, peer: WireGuardPeer, packet: bytes) -> None:
+        """Send ``packet`` to ``peer`` (``b""``: a keepalive, or a handshake if no keys)."""
+        sock = await self._ensure_socket()
+        self.device.send_to_peer(peer, packet, self._now())
+        await self._flush(sock)
+        scope = self._wait_scope
+        deadline = self.device.deadline()
+        if scope is not None and deadline is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def receive(self) -> IncomingPacket:
+        sock = await self._ensure_socket()
+        device = self.device
+        while True:
+            if self._packets:
+                return IncomingPacket(self._packets.popleft())
+            if self._closed:
+                raise anyio.ClosedResourceError
+            now = self._now()
+            device.poll(now)
+            await self._flush(sock)
+            if self._packets:
+                continue
+            deadline = device.deadline()
+            if self._report_due is not None:
+                deadline = min(deadline or math.inf, self._report_due)
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                self._wait_scope = scope
+                try:
+                    data, source = await sock.receive()
+                finally:
+                    self._wait_scope = None
+            if scope.cancelled_caught:
+                continue
+            device.receive_datagram(data, _normalise(source), self._now())
+            await self._flush(sock)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        if self._socket is not None:
+            await self._socket.aclose()
+
+
+class WireGuardStack(IpStack):
+    """Sockets inside a WireGuard tunnel: :class:`IpStack` over a :class:`WireGuardLink`.
+
+    ``private_key`` is the interface's key (raw or base64), ``addresses`` its
+    tunnel addresses, ``peers`` its ``[Peer]`` sections, ``dns`` name servers
+    inside the tunnel.  ``transport`` carries the encrypted UDP (default: the
+    host network), bound at ``listen_port`` (0: any).  ``on_event`` is
+    called with every :class:`~netshim.protocols.wireguard.WireGuardEvent`;
+    ``timers`` shortens the protocol's timers for tests.
+
+    The handshake starts with the first packet to a peer, or at once with
+    :meth:`handshake`.  Packets to destinations no peer's AllowedIPs cover
+    are dropped, and counted in :attr:`wireguard_dropped`.
+    """
+
+    def __init__(
+        self,
+        private_key: bytes | str,
+        *,
+        addresses: Iterable[str] = (),
+        peers: Sequence[PeerConfig] = (),
+        dns: Sequence[str] = (),
+        mtu: int = DEFAULT_MTU,
+        listen_port: int = 0,
+        transport: Stack | None = None,
+        on_event: Callable[[WireGuardEvent], None] | None = None,
+        timers: Timers | None = None,
+        tcp_config: Any = None,
+        hostname: str = "localhost",
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if isinstance(private_key, str):
+            private_key = key_from_text(private_key)
+        if transport is None:
+            from .host import HostStack
+
+            transport = HostStack()
+        self.device = WireGuardDevice(private_key, timers=timers, random_bytes=random_bytes)
+        unresolved: dict[bytes, tuple[str, int]] = {}
+        for config in peers:
+            endpoint = config.endpoint
+            literal = endpoint
+            if endpoint is not None:
+                try:
+                    ipaddress.ip_address(endpoint[0])
+                except ValueError:
+                    unresolved[config.public_key] = endpoint
+                    literal = None
+            self.device.add_peer(
+                config.public_key,
+                preshared_key=config.preshared_key,
+                endpoint=literal,
+                allowed_ips=config.allowed_ips,
+                persistent_keepalive=config.persistent_keepalive,
+            )
+        self._callbacks: list[Callable[[WireGuardEvent], None]] = []
+        if on_event is not None:
+            self._callbacks.append(on_event)
+        self._subscribers: list[MemoryObjectSendStream[WireGuardEvent]] = []
+        self._handshake_waiters: list[tuple[bytes | None, anyio.Event, list[WireGuardEvent]]] = []
+        self.link = WireGuardLink(
+            self.device,
+            transport,
+            bind=("0.0.0.0", listen_port),
+            endpoints=unresolved,
+            on_event=self._deliver,
+        )
+        super().__init__(
+            self.link,
+            addresses=addresses,
+            dns=dns,
+            mtu=mtu,
+            tcp_config=tcp_config,
+            hostname=hostname,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        path_or_text: str | os.PathLike[str],
+        *,
+        transport: Stack | None = None,
+        on_event: Callable[[WireGuardEvent], None] | None = None,
+        timers: Timers | None = None,
+    ) -> WireGuardStack:
+        """A stack from a ``wg-quick`` file, or its text (anything with a ``[Interface]`` line)."""
+        text = str(path_or_text)
+        if "[interface]" not in text.lower():
+            text = Path(path_or_text).read_text(encoding="utf-8")
+        config = parse_config(text)
+        return cls(
+            config.private_key,
+            addresses=config.addresses,
+            peers=config.peers,
+            dns=config.dns,
+            mtu=config.mtu,
+            listen_port=config.listen_port,
+            transport=transport,
+            on_event=on_event,
+            timers=timers,
+        )
+
+    # -- state for user interfaces -------------------------------------------
+
+    def _deliver(self, event: WireGuardEvent) -> None:
+        for callback in list(self._callbacks):
+            callback(event)
+        for stream in list(self._subscribers):
+            try:
+                stream.send_nowait(event)
+            except anyio.WouldBlock:
+                pass
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.remove(stream)
+        for key, done, found in self._handshake_waiters:
+            if isinstance(event, HandshakeCompleted | HandshakeFailed) and key in (
+                None,
+                event.public_key,
+            ):
+                found.append(event)
+                done.set()
+
+    def add_event_callback(self, callback: Callable[[WireGuardEvent], None]) -> None:
+        """Call ``callback`` with every later event (in the stack's task: keep it short)."""
+        self._callbacks.append(callback)
+
+    async def events(self) -> AsyncIterator[WireGuardEvent]:
+        """Every later event, as an async iterator (a slow reader misses the newest ones)."""
+        send, receive = anyio.create_memory_object_stream[WireGuardEvent](DEFAULT_MAX_QUEUED_EVENTS)
+        self._subscribers.append(send)
+        try:
+            async with receive:
+                async for event in receive:
+                    yield event
+        finally:
+            if send in self._subscribers:
+                self._subscribers.remove(send)
+            send.close()
+
+    @property
+    def peers(self) -> list[WireGuardPeer]:
+        """The peers, with endpoints, byte counts and latest handshakes."""
+        return self.device.peers
+
+    @property
+    def wireguard_dropped(self) -> dict[str, int]:
+        """Datagrams and packets the WireGuard layer dropped, by reason."""
+        return dict(self.device.dropped)
+
+    async def handshake(self, public_key: bytes | None = None) -> None:
+        """Start a handshake with ``public_key`` (default: every peer) and wait for one to complete.
+
+        Returns at once if such a peer has keys already.  Raises
+        ``ConnectionError`` if the handshake gives up (after
+        REKEY_ATTEMPT_TIME, 90 seconds by default).
+        """
+        self._driver_for_use()
+        chosen = [
+            peer
+            for peer in self.device.peers
+            if public_key is None or peer.public_key == public_key
+        ]
+        if any(peer.has_session for peer in chosen):
+            return
+        done = anyio.Event()
+        found: list[WireGuardEvent] = []
+        waiter = (public_key, done, found)
+        self._handshake_waiters.append(waiter)
+        try:
+            for peer in chosen:
+                await self.link.send_to_peer(peer, b"")
+            await done.wait()
+        finally:
+            self._handshake_waiters.remove(waiter)
+        event = found[0]
+        if not isinstance(event, HandshakeCompleted):
+            raise ConnectionError(f"WireGuard handshake with {event.peer} failed")

@@ -1,0 +1,142 @@
+"""A wireguard-go peer in a network namespace of its own, reached from the test over a veth pair.
+
+The namespace holds ``wg0`` (wireguard-go's user-space WireGuard behind a
+kernel TUN device, configured with ``wg set``) at 10.99.0.1/24 inside the
+tunnel, and one end of a veth pair on a random /30 of 100.64.0.0/10 so two
+test runs never share addresses; the other end stays in the test's namespace,
+where the WireGuardStack's UDP socket lives.  Each test gets fresh keys for
+its client: :meth:`WireGuardPeerNamespace.add_client` registers one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from netshim.protocols import wireguard as wg
+from netshim.testing import require_peer
+
+TUNNEL_SERVER = "10.99.0.1"
+TUNNEL_CLIENT = "10.99.0.2"
+LISTEN_PORT = 51820
+
+
+def run(*command: str, stdin: str | None = None) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, input=stdin, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{command}: {result.returncode} {result.stderr.strip()}")
+    return result.stdout
+
+
+@dataclass
+class WireGuardPeerNamespace:
+    name: str
+    outer_ip: str
+    inner_ip: str
+    private_key: bytes
+    public_key: bytes
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return self.inner_ip, LISTEN_PORT
+
+    def exec(self, *command: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *command]
+
+    def wg(self, *arguments: str) -> str:
+        return run(*self.exec("wg", *arguments))
+
+    def add_client(
+        self,
+        public_key: bytes,
+        *,
+        endpoint: tuple[str, int] | None = None,
+        preshared_key: bytes | None = None,
+    ) -> None:
+        """Make ``public_key`` wg0's only peer, at 10.99.0.2/32."""
+        for old in self.wg("show", "wg0", "peers").split():
+            self.wg("set", "wg0", "peer", old, "remove")
+        arguments = ["set", "wg0", "peer", wg.key_to_text(public_key)]
+        arguments += ["allowed-ips", f"{TUNNEL_CLIENT}/32"]
+        if endpoint is not None:
+            arguments += ["endpoint", f"{endpoint[0]}:{endpoint[1]}"]
+        if preshared_key is not None:
+            path = f"/tmp/{self.name}.psk"
+            with open(path, "w") as file:
+                file.write(wg.key_to_text(preshared_key))
+            arguments += ["preshared-key", path]
+        self.wg(*arguments)
+
+    def latest_handshakes(self) -> dict[str, int]:
+        lines = self.wg("show", "wg0", "latest-handshakes").split("\n")
+        return {k: int(v) for k, v in (line.split("\t") for line in lines if line)}
+
+
+@pytest.fixture(scope="module")
+def wireguard_go() -> Iterator[WireGuardPeerNamespace]:
+    require_peer("wireguard-go")
+    require_peer("wg")
+    require_peer("ip")
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    tag = f"{os.getpid() % 100000}{random.randrange(100)}"
+    name = f"netshim-wg-{tag}"
+    outer, inner = f"nswg{tag}o"[:15], f"nswg{tag}i"[:15]
+    block = random.randrange(1 << 20) * 4
+    base = (100 << 24) | (64 << 16) | (block & 0x3FFFFC)
+    outer_ip = ".".join(str((base + 1) >> s & 255) for s in (24, 16, 8, 0))
+    inner_ip = ".".join(str((base + 2) >> s & 255) for s in (24, 16, 8, 0))
+    private = wg.generate_private_key()
+    process: subprocess.Popen[bytes] | None = None
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+        run("ip", "link", "set", inner, "netns", name)
+        run("ip", "addr", "add", f"{outer_ip}/30", "dev", outer)
+        run("ip", "link", "set", outer, "up")
+        run("ip", "-n", name, "addr", "add", f"{inner_ip}/30", "dev", inner)
+        run("ip", "-n", name, "link", "set", inner, "up")
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", name, "wireguard-go", "-f", "wg0"],
+            env={**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            if (
+                subprocess.run(
+                    ["ip", "-n", name, "link", "show", "wg0"], capture_output=True, check=False
+                ).returncode
+                == 0
+            ):
+                break
+            time.sleep(0.05)
+        key_path = f"/tmp/{name}.key"
+        with open(key_path, "w") as file:
+            file.write(wg.key_to_text(private))
+        run("ip", "netns", "exec", name, "wg", "set", "wg0", "private-key", key_path,
+            "listen-port", str(LISTEN_PORT))  # fmt: skip
+        os.unlink(key_path)
+        run("ip", "-n", name, "addr", "add", f"{TUNNEL_SERVER}/24", "dev", "wg0")
+        run("ip", "-n", name, "link", "set", "wg0", "mtu", "1420", "up")
+        yield WireGuardPeerNamespace(name, outer_ip, inner_ip, private, wg.public_key(private))
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        subprocess.run(["ip", "link", "del", outer], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        for suffix in (".key", ".psk"):
+            if os.path.exists(f"/tmp/{name}{suffix}"):
+                os.unlink(f"/tmp/{name}{suffix}")

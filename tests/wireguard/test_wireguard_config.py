@@ -1,0 +1,89 @@
+"""wg-quick files and ``wireguard://`` URLs become WireGuardStacks; bad files, one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netshim import stack_from_url
+from netshim.protocols import wireguard as wg
+from netshim.stacks.wireguard import WireGuardStack, parse_config
+
+PRIVATE = wg.key_to_text(wg.generate_private_key())
+PEER = wg.key_to_text(wg.public_key(wg.generate_private_key()))
+PSK = wg.key_to_text(bytes(range(32)))
+
+CONFIG = f"""
+# a comment
+[Interface]
+PrivateKey = {PRIVATE}
+Address = 10.8.0.2/24, fd00:8::2/64
+Address = 10.9.0.2/32
+DNS = 10.8.0.1, corp.example
+ListenPort = 51999
+MTU = 1380
+Table = off
+
+[Peer]
+PublicKey = {PEER}
+PresharedKey = {PSK}
+AllowedIPs = 0.0.0.0/0, ::/0
+Endpoint = [2001:db8::1]:51820
+PersistentKeepalive = 25
+
+[Peer]
+PublicKey = {wg.key_to_text(wg.public_key(wg.generate_private_key()))}
+AllowedIPs = 10.20.0.0/16
+Endpoint = vpn.example.com:4500
+PersistentKeepalive = off
+"""
+
+
+def test_parse_config() -> None:
+    config = parse_config(CONFIG)
+    assert config.private_key == wg.key_from_text(PRIVATE)
+    assert config.addresses == ("10.8.0.2/24", "fd00:8::2/64", "10.9.0.2/32")
+    assert config.dns == ("10.8.0.1",)
+    assert config.listen_port == 51999
+    assert config.mtu == 1380
+    first, second = config.peers
+    assert first.public_key == wg.key_from_text(PEER)
+    assert first.preshared_key == bytes(range(32))
+    assert first.allowed_ips == ("0.0.0.0/0", "::/0")
+    assert first.endpoint == ("2001:db8::1", 51820)
+    assert first.persistent_keepalive == 25.0
+    assert second.endpoint == ("vpn.example.com", 4500)
+    assert second.persistent_keepalive == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[Interface]\nAddress = 10.0.0.1/24\n", "no PrivateKey"),
+        (f"[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nAllowedIPs = 10.0.0.0/8\n", "PublicKey"),
+        (f"[Interface]\nPrivateKey = {PRIVATE}\n[Bogus]\n", "unknown section"),
+        ("PrivateKey = x\n", "inside a section"),
+        (
+            f"[Interface]\nPrivateKey = {PRIVATE}\n[Peer]\nPublicKey = {PEER}\nEndpoint = x\n",
+            "host:port",
+        ),
+        ("[Interface]\nPrivateKey = AAAA\n", "32 bytes"),
+    ],
+)
+def test_bad_configs(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_config(text)
+
+
+def test_from_config_and_url(tmp_path: Path) -> None:
+    path = tmp_path / "wg0.conf"
+    path.write_text(CONFIG)
+    for stack in (WireGuardStack.from_config(path), stack_from_url(f"wireguard://{path}")):
+        assert isinstance(stack, WireGuardStack)
+        assert stack.addresses == ["10.8.0.2/24", "fd00:8::2/64", "10.9.0.2/32"]
+        assert len(stack.peers) == 2
+        # Host names wait for the transport stack's resolver.
+        assert stack.peers[1].endpoint is None
+    with pytest.raises(ValueError, match="path"):
+        stack_from_url("wireguard://")
