@@ -50,6 +50,31 @@ async def virtual_slow_link() -> StackPair:
     return StackPair(server, client, server.addresses[0], client.addresses[0])
 
 
+def _ip_stacks() -> tuple[netshim.IpStack, netshim.IpStack]:
+    from netshim.ip.iface import Medium
+    from netshim.ip.links import Cable
+
+    cable = Cable(Medium.ETHERNET)
+    server = netshim.IpStack(cable.a, addresses=["10.5.0.1/24", "fd05::1/64"])
+    client = netshim.IpStack(cable.b, addresses=["10.5.0.2/24", "fd05::2/64"])
+    return server, client
+
+
+async def ip_pair_v4() -> StackPair:
+    server, client = _ip_stacks()
+    return StackPair(server, client, "10.5.0.1", "10.5.0.2")
+
+
+async def ip_pair_v6() -> StackPair:
+    server, client = _ip_stacks()
+    return StackPair(server, client, "fd05::1", "fd05::2")
+
+
+async def ip_loopback() -> StackPair:
+    server, _ = _ip_stacks()
+    return StackPair(server, server, "127.0.0.1", "127.0.0.1")
+
+
 PAIRS: dict[str, Callable[[], Awaitable[StackPair]]] = {
     "host-ipv4": host_pair_v4,
     "host-ipv6": host_pair_v6,
@@ -57,6 +82,9 @@ PAIRS: dict[str, Callable[[], Awaitable[StackPair]]] = {
     "virtual-ipv6": virtual_pair_v6,
     "virtual-loopback": virtual_loopback,
     "virtual-slow-link": virtual_slow_link,
+    "ip-ipv4": ip_pair_v4,
+    "ip-ipv6": ip_pair_v6,
+    "ip-loopback": ip_loopback,
 }
 
 

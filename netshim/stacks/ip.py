@@ -48,6 +48,7 @@ from .._addresses import (
     Address,
     IPAddress,
     check_host,
+    check_port,
     parse_ip,
     parse_service,
     service_socket_types,
@@ -135,6 +136,12 @@ class _Driver:
         await event.wait()
         if self.stopped.is_set():
             raise os_error(errno.ENETDOWN, str(self.error or "the IpStack is closed"))
+
+    def wake(self, sock: object) -> None:
+        """Wake the tasks waiting on ``sock`` now (it was closed under them)."""
+        event = self.waiters.pop(sock, None)
+        if event is not None:
+            event.set()
 
     def poke(self) -> None:
         """A socket call queued output or opened a window: transmit soon."""
@@ -268,19 +275,28 @@ class _IpTcpStream(TcpStream):
             return
         self._closed = True
         connection = self._connection
-        # As a Linux close(): unread data means a reset, not a FIN.
+        driver = self._stack._driver_for_use()
+        # As a Linux close(): unread data means a reset, not a FIN.  A kernel
+        # would have put what send() took on the wire already; here it may
+        # still wait for the driver, so it leaves first, as far as the
+        # peer's window allows.
         if connection.readable():
+            with anyio.CancelScope(shield=True):
+                await driver.flush()
             connection.abort()
         else:
             connection.shutdown()
-        self._stack._driver_for_use().poke()
+        driver.wake(connection)
+        driver.poke()
         await anyio.lowlevel.checkpoint()
 
     async def abort(self) -> None:
         if not self._closed:
             self._closed = True
             self._connection.abort()
-            self._stack._driver_for_use().poke()
+            driver = self._stack._driver_for_use()
+            driver.wake(self._connection)
+            driver.poke()
         await anyio.lowlevel.checkpoint()
 
 
@@ -322,8 +338,12 @@ class _IpTcpListener(TcpListener):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
+            driver = self._stack._driver_for_use()
             for listener in self._listeners:
                 listener.close()
+                # A task waiting in accept() must see the close.
+                driver.wake(listener)
+            driver.poke()
         await anyio.lowlevel.checkpoint()
 
 
@@ -359,7 +379,7 @@ class _IpUdpSocket(UdpSocket):
         if address is None:
             self._sock.send(bytes(data), now)
         else:
-            remote = _endpoint(address)
+            remote = _endpoint((check_host(address[0], "send"), check_port(address[1], "send")))
             if (
                 isinstance(remote[0], ipaddress.IPv4Address)
                 and remote[0] == ipaddress.IPv4Address("255.255.255.255")
@@ -384,6 +404,8 @@ class _IpUdpSocket(UdpSocket):
 
     async def aclose(self) -> None:
         self._sock.close()
+        if self._stack._driver is not None:
+            self._stack._driver.wake(self._sock)
         await anyio.lowlevel.checkpoint()
 
 
@@ -657,6 +679,10 @@ class IpStack(Stack):
     async def connect_tcp(
         self, host: str, port: int, *, local_address: tuple[str, int] | None = None
     ) -> TcpStream:
+        port = check_port(port, "connect_tcp")
+        host = check_host(host, "connect_tcp")
+        if local_address is not None:
+            local_address = (local_address[0], check_port(local_address[1], "connect_tcp"))
         driver = self._driver_for_use()
         if self._dhcp_bound is not None:
             await self._dhcp_bound.wait()
@@ -703,6 +729,7 @@ class IpStack(Stack):
         backlog: int = DEFAULT_BACKLOG,
         ipv6_only: bool = False,
     ) -> TcpListener:
+        port = check_port(port, "listen_tcp")
         self._driver_for_use()
         if host in (None, "", "::"):
             addresses: list[IPAddress] = [_ANY6] if ipv6_only else [_ANY6, _ANY4]
@@ -736,6 +763,9 @@ class IpStack(Stack):
         remote: tuple[str, int] | None = None,
         ipv6_only: bool = False,
     ) -> UdpSocket:
+        port = check_port(port, "open_udp")
+        if remote is not None:
+            remote = (check_host(remote[0], "open_udp"), check_port(remote[1], "open_udp"))
         self._driver_for_use()
         ip = parse_ip(host) if host not in ("", "::") else _ANY6
         if ip is None:

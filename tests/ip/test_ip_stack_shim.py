@@ -61,6 +61,7 @@ def test_urllib_and_a_socketserver_over_packets_to_the_kernel(netns: str) -> Non
 
         class Hello(socketserver.BaseRequestHandler):
             def handle(self) -> None:
+                self.request.recv(65536)
                 self.request.sendall(b"from a socketserver on packets\n")
 
         with socketserver.TCPServer((OURS, 8080), Hello) as server:
