@@ -74,6 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         type=int,
         help="largest WebSocket message accepted, in bytes (default 1 MiB)",
     )
+    add(
+        "--wireguard-port",
+        type=int,
+        help="also serve WireGuard clients on this UDP port (needs --wireguard-config)",
+    )
+    add(
+        "--wireguard-config",
+        type=Path,
+        help="the WireGuard server's wg-quick file: its key and address, one [Peer] per client",
+    )
     add("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (default 10)")
     add("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     add(
@@ -188,7 +198,11 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "port": int(_pick(arguments, file, "port", 8080)),
         "socks_port": _pick(arguments, file, "socks_port", None),
         "event_loop": _pick(arguments, file, "event_loop", "auto"),
+        "wireguard_port": _pick(arguments, file, "wireguard_port", None),
+        "wireguard_config": _pick(arguments, file, "wireguard_config", None),
     }
+    if (listen["wireguard_port"] is None) != (listen["wireguard_config"] is None):
+        raise ValueError("--wireguard-port and --wireguard-config go together")
     if listen["event_loop"] not in EVENT_LOOPS:
         raise ValueError(
             f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {listen['event_loop']!r}"
@@ -223,10 +237,32 @@ def run(arguments: argparse.Namespace) -> int:
         return 2
     gateway = Gateway(config=config)
     backend, options = backend_for(listen.pop("event_loop"))
+    wireguard_port = listen.pop("wireguard_port")
+    wireguard_config = listen.pop("wireguard_config")
+    wireguard: Any = None
+    if wireguard_port is not None:
+        from .gateway._wireguard import WireGuardServer
+
+        try:
+            wireguard = WireGuardServer(
+                wireguard_config,
+                stack=gateway.stack,
+                policy=gateway.policy,
+                port=int(wireguard_port),
+                host=listen["host"],
+            )
+        except (ValueError, OSError) as exc:
+            print(f"netshim gateway: --wireguard-config: {exc}", file=sys.stderr)
+            return 2
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(lambda: gateway.serve(**listen))
+            if wireguard is not None:
+                await group.start(wireguard.run)
+                logging.getLogger("netshim.gateway").info(
+                    "WireGuard on udp %s:%s", listen["host"], wireguard_port
+                )
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     logging.getLogger("netshim.gateway").info("shutting down: draining streams")

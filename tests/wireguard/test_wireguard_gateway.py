@@ -1,0 +1,207 @@
+"""The gateway as a WireGuard server, with wireguard-go as the client in a namespace.
+
+The namespace's default route is wireguard-go's ``wg0``; ``curl`` there
+reaches a loopback HTTP server of the test's machine through the gateway's
+address, which only the policy's allowed port lets through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import random
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from conftest import TUNNEL_CLIENT, TUNNEL_SERVER, WireGuardPeerNamespace, run
+
+from netshim.gateway._wireguard import WireGuardServer
+from netshim.policy import Policy
+from netshim.protocols import wireguard as wg
+from netshim.stacks import HostStack
+
+pytestmark = [pytest.mark.peer("wireguard-go")]
+
+BIG = random.Random(7).randbytes(16 << 20)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    connections: list[str]
+
+    def do_GET(self) -> None:
+        self.connections.append(self.path)
+        body = BIG if self.path == "/big" else b"hello through wireguard\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_servers() -> Iterator[list[tuple[int, list[str]]]]:
+    servers = []
+    for _ in range(2):
+        seen: list[str] = []
+        handler = type("Handler", (_Handler,), {"connections": seen})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append((server, seen))
+    try:
+        yield [(server.server_address[1], seen) for server, seen in servers]
+    finally:
+        for server, _ in servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.mark.anyio
+async def test_wireguard_go_client_through_the_gateway(
+    wireguard_go: WireGuardPeerNamespace, http_servers: list[tuple[int, list[str]]]
+) -> None:
+    (allowed_port, allowed_seen), (refused_port, refused_seen) = http_servers
+    server_key = wg.generate_private_key()
+    config = f"""
+[Interface]
+PrivateKey = {wg.key_to_text(server_key)}
+Address = {TUNNEL_SERVER}/24
+
+[Peer]
+PublicKey = {wg.key_to_text(wireguard_go.public_key)}
+AllowedIPs = {TUNNEL_CLIENT}/32
+"""
+    server = WireGuardServer(
+        config,
+        stack=HostStack(),
+        policy=Policy(allow=[f"127.0.0.1:{allowed_port}"]),
+        port=0,
+        host=wireguard_go.outer_ip,
+    )
+    # wireguard-go turns client: its wg0 gets the client's address and routes
+    # everything (but the veth's /30) to the gateway.
+    namespace = wireguard_go.name
+    run("ip", "-n", namespace, "addr", "flush", "dev", "wg0")
+    run("ip", "-n", namespace, "addr", "add", f"{TUNNEL_CLIENT}/24", "dev", "wg0")
+    run("ip", "-n", namespace, "route", "add", "default", "dev", "wg0")
+    async with anyio.create_task_group() as group:
+        await group.start(server.run)
+        local = server.link.local_address
+        assert local is not None
+        for old in wireguard_go.wg("show", "wg0", "peers").split():
+            wireguard_go.wg("set", "wg0", "peer", old, "remove")
+        wireguard_go.wg(
+            "set", "wg0", "peer", wg.key_to_text(wg.public_key(server_key)),
+            "endpoint", f"{local[0]}:{local[1]}", "allowed-ips", "0.0.0.0/0",
+        )  # fmt: skip
+        curl = ["curl", "-sS", "--max-time", "20"]
+        with anyio.fail_after(60):
+            ok = await anyio.run_process(
+                wireguard_go.exec(*curl, f"http://{TUNNEL_SERVER}:{allowed_port}/"), check=False
+            )
+            refused = await anyio.run_process(
+                wireguard_go.exec(*curl, f"http://{TUNNEL_SERVER}:{refused_port}/"), check=False
+            )
+            big = await anyio.run_process(
+                wireguard_go.exec(
+                    "sh",
+                    "-c",
+                    f"curl -sS --max-time 60 http://{TUNNEL_SERVER}:{allowed_port}/big | sha256sum",
+                ),
+                check=False,
+            )
+        group.cancel_scope.cancel()
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert ok.stdout == b"hello through wireguard\n"
+    assert refused.returncode == 7  # CURLE_COULDNT_CONNECT: a reset, as a refusal
+    assert refused_seen == []
+    assert allowed_seen == ["/", "/big"]
+    assert big.stdout.decode().split()[0] == hashlib.sha256(BIG).hexdigest()
+    assert server.counters.tcp_refused == 1
+    assert server.counters.tcp_accepted == 2
+
+
+def _free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def test_netshim_gateway_command_line_serves_wireguard(
+    wireguard_go: WireGuardPeerNamespace,
+    http_servers: list[tuple[int, list[str]]],
+    tmp_path: Path,
+) -> None:
+    (allowed_port, allowed_seen), (refused_port, refused_seen) = http_servers
+    server_key = wg.generate_private_key()
+    config = tmp_path / "wg-server.conf"
+    config.write_text(
+        f"[Interface]\nPrivateKey = {wg.key_to_text(server_key)}\nAddress = {TUNNEL_SERVER}/24\n"
+        f"[Peer]\nPublicKey = {wg.key_to_text(wireguard_go.public_key)}\n"
+        f"AllowedIPs = {TUNNEL_CLIENT}/32\n"
+    )
+    udp_port = _free_udp_port(wireguard_go.outer_ip)
+    with socket.socket() as probe:
+        probe.bind((wireguard_go.outer_ip, 0))
+        http_port = probe.getsockname()[1]
+    namespace = wireguard_go.name
+    run("ip", "-n", namespace, "addr", "flush", "dev", "wg0")
+    run("ip", "-n", namespace, "addr", "add", f"{TUNNEL_CLIENT}/24", "dev", "wg0")
+    run("ip", "-n", namespace, "route", "replace", "default", "dev", "wg0")
+    for old in wireguard_go.wg("show", "wg0", "peers").split():
+        wireguard_go.wg("set", "wg0", "peer", old, "remove")
+    wireguard_go.wg(
+        "set", "wg0", "peer", wg.key_to_text(wg.public_key(server_key)),
+        "endpoint", f"{wireguard_go.outer_ip}:{udp_port}", "allowed-ips", "0.0.0.0/0",
+    )  # fmt: skip
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "netshim", "gateway", "--host", wireguard_go.outer_ip,
+         "--port", str(http_port), "--wireguard-port", str(udp_port),
+         "--wireguard-config", str(config), "--allow", f"127.0.0.1:{allowed_port}",
+         "--event-loop", "asyncio", "--log-level", "INFO"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert gateway.stderr is not None
+        for _ in range(50):
+            line = gateway.stderr.readline().decode()
+            if "WireGuard on udp" in line or not line:
+                break
+        assert "WireGuard on udp" in line, line
+        curl = ["curl", "-sS", "--max-time", "20"]
+        ok = subprocess.run(
+            wireguard_go.exec(*curl, f"http://{TUNNEL_SERVER}:{allowed_port}/"),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        refused = subprocess.run(
+            wireguard_go.exec(*curl, f"http://{TUNNEL_SERVER}:{refused_port}/"),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        gateway.terminate()
+        try:
+            gateway.wait(10)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            gateway.wait()
+        gateway.stderr.close()
+    assert ok.stdout == b"hello through wireguard\n", ok.stderr.decode()
+    assert refused.returncode == 7
+    assert allowed_seen == ["/"]
+    assert refused_seen == []
