@@ -198,11 +198,14 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "port": int(_pick(arguments, file, "port", 8080)),
         "socks_port": _pick(arguments, file, "socks_port", None),
         "event_loop": _pick(arguments, file, "event_loop", "auto"),
-        "wireguard_port": _pick(arguments, file, "wireguard_port", None),
-        "wireguard_config": _pick(arguments, file, "wireguard_config", None),
     }
-    if (listen["wireguard_port"] is None) != (listen["wireguard_config"] is None):
+    wireguard_port = _pick(arguments, file, "wireguard_port", None)
+    wireguard_config = _pick(arguments, file, "wireguard_config", None)
+    if (wireguard_port is None) != (wireguard_config is None):
         raise ValueError("--wireguard-port and --wireguard-config go together")
+    if wireguard_port is not None:
+        listen["wireguard_port"] = int(wireguard_port)
+        listen["wireguard_config"] = wireguard_config
     if listen["event_loop"] not in EVENT_LOOPS:
         raise ValueError(
             f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {listen['event_loop']!r}"
@@ -237,8 +240,8 @@ def run(arguments: argparse.Namespace) -> int:
         return 2
     gateway = Gateway(config=config)
     backend, options = backend_for(listen.pop("event_loop"))
-    wireguard_port = listen.pop("wireguard_port")
-    wireguard_config = listen.pop("wireguard_config")
+    wireguard_port = listen.pop("wireguard_port", None)
+    wireguard_config = listen.pop("wireguard_config", None)
     wireguard: Any = None
     if wireguard_port is not None:
         from .gateway._wireguard import WireGuardServer
