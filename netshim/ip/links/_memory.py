@@ -117,6 +117,13 @@ class _Inbox:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def get_nowait(self) -> bytes | None:
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if self._heap and self._heap[0][0] <= anyio.current_time():
+            return heapq.heappop(self._heap)[2]
+        return None
+
     async def get(self) -> bytes:
         while True:
             if self.closed:
@@ -183,6 +190,11 @@ class CableEnd(Link):
 
     async def receive(self) -> IncomingPacket:
         return IncomingPacket(await self._inbox.get())
+
+    def receive_nowait(self) -> IncomingPacket | None:
+        """The next packet if one is due, else None (a driver drains a burst this way)."""
+        data = self._inbox.get_nowait()
+        return None if data is None else IncomingPacket(data)
 
     async def aclose(self) -> None:
         if self._inbox.closed:

@@ -197,13 +197,20 @@ class _TunDeviceLink(Link):
     async def receive(self) -> IncomingPacket:
         await anyio.lowlevel.checkpoint()
         while True:
+            packet = self.receive_nowait()
+            if packet is not None:
+                return packet
+            await anyio.wait_readable(self.fd)
+
+    def receive_nowait(self) -> IncomingPacket | None:
+        """The next packet if one is waiting, else None (a driver drains a burst this way)."""
+        while True:
             if self._closed:
                 raise anyio.ClosedResourceError
             try:
                 data = os.read(self.fd, _READ_SIZE)
             except BlockingIOError:
-                await anyio.wait_readable(self.fd)
-                continue
+                return None
             except OSError as exc:
                 if self._closed:
                     raise anyio.ClosedResourceError from None
