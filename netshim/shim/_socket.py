@@ -1198,6 +1198,11 @@ async def _connect(
                 raise
             raise TimeoutError("timed out") from None
     establish(state, stream)
+    if state.splice_pending:
+        # The peer waits in a listener a shim socket serves, whose task wakes
+        # in the loop's next round: let it announce the connection before
+        # connect() returns, as a kernel's listener is readable by then.
+        await anyio.lowlevel.checkpoint()
 
 
 async def _finish_connect(state: SocketState, target: tuple[str, int], local: Any) -> None:

@@ -685,6 +685,19 @@ def test_a_reset_peer_is_not_connected_but_its_data_is_readable(
     server.close()
 
 
+def test_a_listener_is_readable_once_connect_returns(installed: Installed) -> None:
+    # As with a kernel's loopback, where the handshake is done when connect()
+    # returns: the listener's announcement came a loop round later, now and then.
+    server = listening(installed, 7500)
+    for _ in range(100):
+        client = socket.create_connection(("10.0.0.2", 7500), timeout=5)
+        assert select.select([server], [], [], 0)[0] == [server]
+        conn, _ = server.accept()
+        client.close()
+        conn.close()
+    server.close()
+
+
 def test_tls_wrap_before_connect(installed: Installed) -> None:
     authority = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
