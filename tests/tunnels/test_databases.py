@@ -11,18 +11,16 @@ connections in the gateway's log: the traffic really went through the tunnel.
 from __future__ import annotations
 
 import asyncio
-import glob
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from postgres_cluster import postgres_cluster
 from tunnel_helpers import free_port
 
 import netshim
@@ -135,60 +133,10 @@ def redis_port() -> Iterator[int]:
         _stop(process)
 
 
-def _postgres_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
-    if not found:
-        require_peer("initdb")  # fails under NETSHIM_REQUIRE_PEERS=1, else skips
-        return Path(shutil.which("initdb") or "initdb").parent
-    return Path(found[0]).parent
-
-
-def _as_postgres() -> list[str]:
-    """The prefix that runs a command as a user PostgreSQL accepts (it refuses root)."""
-    if os.geteuid() != 0:
-        return []
-    return [require_peer("runuser"), "-u", "postgres", "--"]
-
-
 @pytest.fixture(scope="module")
 def postgres_port() -> Iterator[int]:
-    bindir = _postgres_bin()
-    prefix = _as_postgres()
-    # Not under pytest's temporary folder: its parents are private to root.
-    root = Path(tempfile.mkdtemp(prefix="netshim-pg-"))
-    if prefix:
-        shutil.chown(root, "postgres", "postgres")
-    data = root / "data"
-    port = free_port()
-    try:
-        subprocess.run(
-            [*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-            check=True,
-            capture_output=True,
-        )
-        # A port of our own on loopback and the unix socket in our folder:
-        # a system cluster on 5432, if the package started one, is no matter.
-        options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off"
-        # The server's output goes to a log file: a pipe would stay open in
-        # the server after pg_ctl exits, and reading it would never end.
-        log = root / "postgres.log"
-        start = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w"]
-        subprocess.run(
-            [*prefix, *start, "start"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
+    with postgres_cluster() as port:
         yield port
-    finally:
-        if data.exists():
-            subprocess.run(
-                [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                check=False,
-                capture_output=True,
-            )
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["wisp", "socks5", "websockify"])
