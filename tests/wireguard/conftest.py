@@ -1,11 +1,12 @@
 """A wireguard-go peer in a network namespace of its own, reached from the test over a veth pair.
 
-The namespace holds ``wg0`` (wireguard-go's user-space WireGuard behind a
-kernel TUN device, configured with ``wg set``) at 10.99.0.1/24 inside the
-tunnel, and one end of a veth pair on a random /30 of 100.64.0.0/10 so two
-test runs never share addresses; the other end stays in the test's namespace,
-where the WireGuardStack's UDP socket lives.  Each test gets fresh keys for
-its client: :meth:`WireGuardPeerNamespace.add_client` registers one.
+The namespace holds :attr:`WireGuardPeerNamespace.device` (wireguard-go's
+user-space WireGuard behind a kernel TUN device, configured with ``wg set``)
+at 10.99.0.1/24 inside the tunnel, and one end of a veth pair on a random
+/30 of 100.64.0.0/10 so two test runs never share addresses; the other end
+stays in the test's namespace, where the WireGuardStack's UDP socket lives.
+Each test gets fresh keys for its client: :meth:`WireGuardPeerNamespace.add_client`
+registers one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class WireGuardPeerNamespace:
     inner_ip: str
     private_key: bytes
     public_key: bytes
+    #: The interface's name: unique, since wireguard-go's control socket
+    #: (/var/run/wireguard/NAME.sock) is shared by every namespace.
+    device: str
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -59,10 +63,10 @@ class WireGuardPeerNamespace:
         endpoint: tuple[str, int] | None = None,
         preshared_key: bytes | None = None,
     ) -> None:
-        """Make ``public_key`` wg0's only peer, at 10.99.0.2/32."""
-        for old in self.wg("show", "wg0", "peers").split():
-            self.wg("set", "wg0", "peer", old, "remove")
-        arguments = ["set", "wg0", "peer", wg.key_to_text(public_key)]
+        """Make ``public_key`` the interface's only peer, at 10.99.0.2/32."""
+        for old in self.wg("show", self.device, "peers").split():
+            self.wg("set", self.device, "peer", old, "remove")
+        arguments = ["set", self.device, "peer", wg.key_to_text(public_key)]
         arguments += ["allowed-ips", f"{TUNNEL_CLIENT}/32"]
         if endpoint is not None:
             arguments += ["endpoint", f"{endpoint[0]}:{endpoint[1]}"]
@@ -74,7 +78,7 @@ class WireGuardPeerNamespace:
         self.wg(*arguments)
 
     def latest_handshakes(self) -> dict[str, int]:
-        lines = self.wg("show", "wg0", "latest-handshakes").split("\n")
+        lines = self.wg("show", self.device, "latest-handshakes").split("\n")
         return {k: int(v) for k, v in (line.split("\t") for line in lines if line)}
 
 
@@ -88,6 +92,7 @@ def wireguard_go() -> Iterator[WireGuardPeerNamespace]:
     tag = f"{os.getpid() % 100000}{random.randrange(100)}"
     name = f"netshim-wg-{tag}"
     outer, inner = f"nswg{tag}o"[:15], f"nswg{tag}i"[:15]
+    device = f"wgt{tag}"[:15]
     block = random.randrange(1 << 20) * 4
     base = (100 << 24) | (64 << 16) | (block & 0x3FFFFC)
     outer_ip = ".".join(str((base + 1) >> s & 255) for s in (24, 16, 8, 0))
@@ -104,7 +109,7 @@ def wireguard_go() -> Iterator[WireGuardPeerNamespace]:
         run("ip", "-n", name, "link", "set", inner, "up")
         run("ip", "-n", name, "link", "set", "lo", "up")
         process = subprocess.Popen(
-            ["ip", "netns", "exec", name, "wireguard-go", "-f", "wg0"],
+            ["ip", "netns", "exec", name, "wireguard-go", "-f", device],
             env={**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -112,7 +117,7 @@ def wireguard_go() -> Iterator[WireGuardPeerNamespace]:
         for _ in range(100):
             if (
                 subprocess.run(
-                    ["ip", "-n", name, "link", "show", "wg0"], capture_output=True, check=False
+                    ["ip", "-n", name, "link", "show", device], capture_output=True, check=False
                 ).returncode
                 == 0
             ):
@@ -121,12 +126,14 @@ def wireguard_go() -> Iterator[WireGuardPeerNamespace]:
         key_path = f"/tmp/{name}.key"
         with open(key_path, "w") as file:
             file.write(wg.key_to_text(private))
-        run("ip", "netns", "exec", name, "wg", "set", "wg0", "private-key", key_path,
+        run("ip", "netns", "exec", name, "wg", "set", device, "private-key", key_path,
             "listen-port", str(LISTEN_PORT))  # fmt: skip
         os.unlink(key_path)
-        run("ip", "-n", name, "addr", "add", f"{TUNNEL_SERVER}/24", "dev", "wg0")
-        run("ip", "-n", name, "link", "set", "wg0", "mtu", "1420", "up")
-        yield WireGuardPeerNamespace(name, outer_ip, inner_ip, private, wg.public_key(private))
+        run("ip", "-n", name, "addr", "add", f"{TUNNEL_SERVER}/24", "dev", device)
+        run("ip", "-n", name, "link", "set", device, "mtu", "1420", "up")
+        yield WireGuardPeerNamespace(
+            name, outer_ip, inner_ip, private, wg.public_key(private), device
+        )
     finally:
         if process is not None:
             process.terminate()

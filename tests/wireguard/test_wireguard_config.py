@@ -87,3 +87,50 @@ def test_from_config_and_url(tmp_path: Path) -> None:
         assert stack.peers[1].endpoint is None
     with pytest.raises(ValueError, match="path"):
         stack_from_url("wireguard://")
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_segment_tcp_cuts_a_large_packet_as_tso_would(version: int) -> None:
+    import ipaddress
+
+    from netshim.ip.iface import GsoInfo, GsoType
+    from netshim.protocols.ip.checksum import internet_checksum, pseudo_header_sum
+    from netshim.stacks.wireguard import segment_tcp
+
+    payload = bytes(range(256)) * 20  # 5120 bytes: 3 full pieces and a short one
+    source = ipaddress.ip_address("10.0.0.1" if version == 4 else "fd00::1")
+    destination = ipaddress.ip_address("10.0.0.2" if version == 4 else "fd00::2")
+    # TCP header: ports, seq 0xFFFFFF00 (wraps), ack, offset 5, PSH|ACK|FIN.
+    tcp = (
+        (1234).to_bytes(2, "big")
+        + (80).to_bytes(2, "big")
+        + (0xFFFFFF00).to_bytes(4, "big")
+        + (7).to_bytes(4, "big")
+        + bytes([0x50, 0x19])
+        + (65535).to_bytes(2, "big")
+        + bytes(4)
+    )
+    if version == 4:
+        ip = bytes([0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0])
+        ip += source.packed + destination.packed
+    else:
+        ip = bytes([0x60, 0, 0, 0, 0, 0, 6, 64]) + source.packed + destination.packed
+    gso = GsoInfo(GsoType.TCPV4 if version == 4 else GsoType.TCPV6, 1400, len(ip) + 20, len(ip))
+    pieces = segment_tcp(ip + tcp + payload, gso)
+    assert [len(p) - len(ip) - 20 for p in pieces] == [1400, 1400, 1400, 920]
+    joined = b""
+    for index, piece in enumerate(pieces):
+        segment = piece[len(ip) :]
+        pseudo = pseudo_header_sum(source, destination, 6, len(segment))
+        assert internet_checksum(segment, pseudo) == 0
+        assert int.from_bytes(segment[4:8], "big") == (0xFFFFFF00 + 1400 * index) & 0xFFFFFFFF
+        last = index == len(pieces) - 1
+        assert segment[13] == (0x19 if last else 0x10)
+        if version == 4:
+            assert internet_checksum(piece[:20]) == 0
+            assert int.from_bytes(piece[2:4], "big") == len(piece)
+            assert int.from_bytes(piece[4:6], "big") == 0x1234 + index
+        else:
+            assert int.from_bytes(piece[4:6], "big") == len(segment)
+        joined += segment[20:]
+    assert joined == payload

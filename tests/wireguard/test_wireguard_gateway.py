@@ -93,17 +93,17 @@ AllowedIPs = {TUNNEL_CLIENT}/32
     # wireguard-go turns client: its wg0 gets the client's address and routes
     # everything (but the veth's /30) to the gateway.
     namespace = wireguard_go.name
-    run("ip", "-n", namespace, "addr", "flush", "dev", "wg0")
-    run("ip", "-n", namespace, "addr", "add", f"{TUNNEL_CLIENT}/24", "dev", "wg0")
-    run("ip", "-n", namespace, "route", "add", "default", "dev", "wg0")
+    run("ip", "-n", namespace, "addr", "flush", "dev", wireguard_go.device)
+    run("ip", "-n", namespace, "addr", "add", f"{TUNNEL_CLIENT}/24", "dev", wireguard_go.device)
+    run("ip", "-n", namespace, "route", "add", "default", "dev", wireguard_go.device)
     async with anyio.create_task_group() as group:
         await group.start(server.run)
         local = server.link.local_address
         assert local is not None
-        for old in wireguard_go.wg("show", "wg0", "peers").split():
-            wireguard_go.wg("set", "wg0", "peer", old, "remove")
+        for old in wireguard_go.wg("show", wireguard_go.device, "peers").split():
+            wireguard_go.wg("set", wireguard_go.device, "peer", old, "remove")
         wireguard_go.wg(
-            "set", "wg0", "peer", wg.key_to_text(wg.public_key(server_key)),
+            "set", wireguard_go.device, "peer", wg.key_to_text(wg.public_key(server_key)),
             "endpoint", f"{local[0]}:{local[1]}", "allowed-ips", "0.0.0.0/0",
         )  # fmt: skip
         curl = ["curl", "-sS", "--max-time", "20"]
@@ -157,13 +157,13 @@ def test_netshim_gateway_command_line_serves_wireguard(
         probe.bind((wireguard_go.outer_ip, 0))
         http_port = probe.getsockname()[1]
     namespace = wireguard_go.name
-    run("ip", "-n", namespace, "addr", "flush", "dev", "wg0")
-    run("ip", "-n", namespace, "addr", "add", f"{TUNNEL_CLIENT}/24", "dev", "wg0")
-    run("ip", "-n", namespace, "route", "replace", "default", "dev", "wg0")
-    for old in wireguard_go.wg("show", "wg0", "peers").split():
-        wireguard_go.wg("set", "wg0", "peer", old, "remove")
+    run("ip", "-n", namespace, "addr", "flush", "dev", wireguard_go.device)
+    run("ip", "-n", namespace, "addr", "add", f"{TUNNEL_CLIENT}/24", "dev", wireguard_go.device)
+    run("ip", "-n", namespace, "route", "replace", "default", "dev", wireguard_go.device)
+    for old in wireguard_go.wg("show", wireguard_go.device, "peers").split():
+        wireguard_go.wg("set", wireguard_go.device, "peer", old, "remove")
     wireguard_go.wg(
-        "set", "wg0", "peer", wg.key_to_text(wg.public_key(server_key)),
+        "set", wireguard_go.device, "peer", wg.key_to_text(wg.public_key(server_key)),
         "endpoint", f"{wireguard_go.outer_ip}:{udp_port}", "allowed-ips", "0.0.0.0/0",
     )  # fmt: skip
     gateway = subprocess.Popen(
