@@ -79,6 +79,7 @@ import ipaddress
 import logging
 import os
 import random
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
@@ -108,6 +109,8 @@ from netshim.protocols.ip import (
     TcpRepr,
     UdpRepr,
     WireError,
+    internet_checksum,
+    ones_complement_sum,
     pseudo_header_sum,
 )
 
@@ -151,6 +154,55 @@ ROUTER_SOLICITATION_INTERVAL = 4.0
 # Destinations whose route is remembered; beyond this the memory starts over
 # (the destinations come from traffic, so they are bounded too).
 _MAX_CACHED_ROUTES = 1024
+
+# The IPv4 fast paths (RFC 791 section 3.1): a header without options.
+_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_IPV4_FIELDS = struct.Struct("!2xH2xH1xB2x4s4s")
+_IPV4_HEADER_LEN = 20
+_IPV4_MAX_LEN = 0xFFFF
+_IPV4_PLAIN_FIRST_BYTE = 0x45  # version 4, five 32-bit words
+_IPV4_DONT_FRAGMENT = 0x4000
+# Reserved flag, more fragments, fragment offset: a fragment or bad input.
+_IPV4_UNUSUAL_FLAGS = 0x8000 | 0x2000 | 0x1FFF
+_MAX_CACHED_ADDRESSES = 4096
+_ipv4_addresses: dict[bytes, ipaddress.IPv4Address] = {}
+_ipv4_packed_cache: dict[ipaddress.IPv4Address, bytes] = {}
+
+
+def _ipv4_address(packed: bytes) -> ipaddress.IPv4Address:
+    """The address for four bytes, cached: building an IPv4Address costs per packet."""
+    address = _ipv4_addresses.get(packed)
+    if address is None:
+        if len(_ipv4_addresses) >= _MAX_CACHED_ADDRESSES:
+            _ipv4_addresses.clear()
+        address = _ipv4_addresses[packed] = ipaddress.IPv4Address(packed)
+    return address
+
+
+_group_or_unspecified_cache: dict[IPAddress, bool] = {}
+
+
+def _is_group_or_unspecified(address: IPAddress) -> bool:
+    """Whether ``address`` is multicast or unspecified (never a segment's source), cached."""
+    answer = _group_or_unspecified_cache.get(address)
+    if answer is None:
+        if len(_group_or_unspecified_cache) >= _MAX_CACHED_ADDRESSES:
+            _group_or_unspecified_cache.clear()
+        answer = _group_or_unspecified_cache[address] = (
+            address.is_multicast or address.is_unspecified
+        )
+    return answer
+
+
+def _ipv4_packed(address: ipaddress.IPv4Address) -> bytes:
+    packed = _ipv4_packed_cache.get(address)
+    if packed is None:
+        if len(_ipv4_packed_cache) >= _MAX_CACHED_ADDRESSES:
+            _ipv4_packed_cache.clear()
+        packed = _ipv4_packed_cache[address] = address.packed
+    return packed
+
+
 # Outgoing packets queued between transmit() calls; beyond this a burst of
 # replies provoked by incoming traffic (echo, RST, ICMP) is dropped.
 MAX_QUEUED_OUTPUT = 4096
@@ -445,6 +497,11 @@ class Interface:
         self._addresses: list[IPInterface] = []
         # dst -> (next hop, source), forgotten whenever addresses or routes change.
         self._route_cache: dict[IPAddress, tuple[IPAddress, IPAddress] | None] = {}
+        # Per-packet answers that depend only on the address and on our
+        # addresses, routes and interception (cleared when those change):
+        # ipaddress's properties cost microseconds a call.
+        self._accepts_v4_cache: dict[ipaddress.IPv4Address, bool] = {}
+        self._broadcast_v4_cache: dict[ipaddress.IPv4Address, bool] = {}
         if mac is not None:
             self._addresses.append(ipaddress.IPv6Interface((_eui64_link_local(mac), 64)))
         for address in addresses:
@@ -503,23 +560,28 @@ class Interface:
             raise TypeError("address must be an ipaddress.IPv4Interface or IPv6Interface")
         if address not in self._addresses:
             self._addresses.append(address)
-            self._route_cache.clear()
+            self._forget_routes()
 
     def remove_address(self, address: IPInterface) -> None:
         """Stop using ``address`` (a DHCP lease ended, say); a no-op if not ours."""
         if address in self._addresses:
             self._addresses.remove(address)
-            self._route_cache.clear()
+            self._forget_routes()
 
     def add_route(self, network: IPNetwork, gateway: IPAddress | None = None) -> None:
         """Send packets for ``network`` to ``gateway`` (None: on-link); longest prefix wins."""
         self._routes.append(Route(network, gateway))
-        self._route_cache.clear()
+        self._forget_routes()
 
     def remove_route(self, network: IPNetwork) -> None:
         """Forget every route for exactly ``network``."""
         self._routes = [route for route in self._routes if route.network != network]
+        self._forget_routes()
+
+    def _forget_routes(self) -> None:
         self._route_cache.clear()
+        self._accepts_v4_cache.clear()
+        self._broadcast_v4_cache.clear()
 
     def has_address(self, address: IPAddress) -> bool:
         return any(ours.ip == address for ours in self.addresses)
@@ -538,7 +600,7 @@ class Interface:
         """
         if self._interceptor is None:
             self._interceptor = Interceptor(self, **limits)
-            self._route_cache.clear()
+            self._forget_routes()
         return self._interceptor
 
     def take_changed(self) -> set[ChangedSocket]:
@@ -852,6 +914,15 @@ class Interface:
             raise _DropError("arp unknown operation")
 
     def _accepts_ipv4(self, address: ipaddress.IPv4Address) -> bool:
+        cache = self._accepts_v4_cache
+        accepted = cache.get(address)
+        if accepted is None:
+            if len(cache) >= _MAX_CACHED_ROUTES:
+                cache.clear()
+            accepted = cache[address] = self._find_accepts_ipv4(address)
+        return accepted
+
+    def _find_accepts_ipv4(self, address: ipaddress.IPv4Address) -> bool:
         if address == _LIMITED_BROADCAST:
             return True
         if self._interceptor is not None and not (
@@ -867,6 +938,15 @@ class Interface:
         return False
 
     def _is_broadcast_v4(self, address: ipaddress.IPv4Address) -> bool:
+        cache = self._broadcast_v4_cache
+        broadcast = cache.get(address)
+        if broadcast is None:
+            if len(cache) >= _MAX_CACHED_ROUTES:
+                cache.clear()
+            broadcast = cache[address] = self._find_broadcast_v4(address)
+        return broadcast
+
+    def _find_broadcast_v4(self, address: ipaddress.IPv4Address) -> bool:
         return (
             address == _LIMITED_BROADCAST
             or address.is_multicast
@@ -879,6 +959,30 @@ class Interface:
         )
 
     def _receive_ipv4(self, data: bytes, now: float, verified: bool) -> None:
+        if len(data) >= _IPV4_HEADER_LEN and data[0] == _IPV4_PLAIN_FIRST_BYTE:
+            # The common packet (no options, not a fragment) read with one
+            # unpack; anything else, valid or not, takes Ipv4Repr.parse below,
+            # which also names what is wrong.
+            total_len, flags, protocol, src_raw, dst_raw = _IPV4_FIELDS.unpack_from(data)
+            if (
+                _IPV4_HEADER_LEN <= total_len <= len(data)
+                and not flags & _IPV4_UNUSUAL_FLAGS
+                and ones_complement_sum(data[:_IPV4_HEADER_LEN]) == 0xFFFF
+            ):
+                dst = _ipv4_address(dst_raw)
+                if not self._accepts_ipv4(dst):
+                    raise _DropError("ipv4 not for us")
+                raw = data if total_len == len(data) else data[:total_len]
+                self._receive_upper(
+                    _ipv4_address(src_raw),
+                    dst,
+                    protocol,
+                    raw[_IPV4_HEADER_LEN:],
+                    raw,
+                    now,
+                    verified,
+                )
+                return
         try:
             packet = Ipv4Repr.parse(data)
         except WireError as exc:
@@ -1062,7 +1166,7 @@ class Interface:
             self._router6 = src
         elif self._router6 == src:
             self._router6 = None
-        self._route_cache.clear()
+        self._forget_routes()
         if advert.mtu is not None and 1280 <= advert.mtu < self.mtu:
             self.mtu = advert.mtu
         assert self.mac is not None
@@ -1170,7 +1274,7 @@ class Interface:
         now: float,
         verified: bool,
     ) -> None:
-        if src.is_multicast or src.is_unspecified:
+        if _is_group_or_unspecified(src):
             raise _DropError("tcp from a group address")
         if isinstance(dst, ipaddress.IPv4Address) and self._is_broadcast_v4(dst):
             raise _DropError("tcp to a broadcast address")
@@ -1375,6 +1479,36 @@ class Interface:
             return
         next_hop = route[0]
         packet: Ipv4Repr | Ipv6Repr
+        if (
+            hop_limit is None
+            and type(src) is ipaddress.IPv4Address
+            and type(dst) is ipaddress.IPv4Address
+            and _IPV4_HEADER_LEN + len(payload) <= _IPV4_MAX_LEN
+        ):
+            # What Ipv4Repr(src, dst, protocol, payload).emit() gives, without
+            # building and validating one per packet.
+            length = _IPV4_HEADER_LEN + len(payload)
+            if gso is None and length > self.mtu:
+                self.dropped["packet over mtu"] += 1
+                return
+            header = _IPV4_HEADER.pack(
+                _IPV4_PLAIN_FIRST_BYTE,
+                0,
+                length,
+                self._next_identification(),
+                _IPV4_DONT_FRAGMENT,
+                64,
+                protocol,
+                0,
+                _ipv4_packed(src),
+                _ipv4_packed(dst),
+            )
+            checksum = internet_checksum(header)
+            packet_bytes = b"".join(
+                (header[:10], checksum.to_bytes(2, "big"), header[12:], payload)
+            )
+            self._send_packet(packet_bytes, dst, next_hop, gso, now)
+            return
         if isinstance(src, ipaddress.IPv4Address) and isinstance(dst, ipaddress.IPv4Address):
             packet = Ipv4Repr(
                 src,

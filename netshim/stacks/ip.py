@@ -164,8 +164,14 @@ class _Driver:
             for packet in looped:
                 stack._loopback.receive(packet.data, now, checksum_verified=True)
         stack._run_dhcp(now)
-        for packet in stack._interface.transmit(now):
-            await stack._link.send(packet.data, packet.gso)
+        out = stack._interface.transmit(now)
+        if out:
+            send_many = getattr(stack._link, "send_many", None)
+            if send_many is not None:
+                await send_many([(packet.data, packet.gso) for packet in out])
+            else:
+                for packet in out:
+                    await stack._link.send(packet.data, packet.gso)
         self.wake_changed()
 
     async def run(self) -> None:
