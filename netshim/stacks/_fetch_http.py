@@ -1,0 +1,449 @@
+"""The HTTP/1.1 side of FetchStack, without I/O: a program's requests in, fetch calls out.
+
+A program connected through :class:`~netshim.stacks.fetch.FetchStack` thinks
+it speaks HTTP/1.1 to a server.  :class:`FetchHttp` is that server, as a
+sans-I/O core on h11 (``receive_data`` / ``next_event`` / ``data_to_send``):
+it parses the program's requests (keep-alive, pipelining, chunked uploads,
+``Expect: 100-continue``) into :class:`FetchRequest`, :class:`RequestBody`
+and :class:`RequestEnd` events, and writes the responses the I/O layer got
+from ``fetch`` back as HTTP/1.1 with the framing the program's request calls
+for (``Content-Length`` when known, else chunked; none for ``HEAD``, 204 and
+304).
+
+What fetch cannot do is answered here, in the program's own protocol, so
+that the client reports it as an HTTP failure rather than hanging:
+``CONNECT`` (no tunnels through fetch), ``TRACE``/``TRACK`` (forbidden
+methods), ``OPTIONS *`` and a body on ``GET``/``HEAD`` get a 501 whose body
+says why; a malformed request gets 400 and the connection closes, as a
+server's would.  Headers fetch refuses to send (``Host``, ``Connection``,
+``Cookie`` ... in browsers) are left out and named in
+:attr:`FetchRequest.dropped`, so the I/O layer can say so once.
+
+Bodies from fetch are already decoded (fetch undoes ``Content-Encoding``),
+so a response that had one loses it and its ``Content-Length`` and goes
+chunked.  Hop-by-hop headers are ours to write, never fetch's.
+
+TLS: the browser does it.  A program that wraps its connection with TLS
+(see :mod:`netshim.stacks._fetch_tls`) first sends :data:`TLS_HELLO`; the
+core answers :data:`TLS_READY` and builds ``https://`` URLs from then on.
+A real TLS ClientHello gets a TLS ``handshake_failure`` alert and the
+connection closes.
+"""
+
+from __future__ import annotations
+
+import http
+from dataclasses import dataclass, field
+from typing import Final
+
+import h11
+
+__all__ = [
+    "BROWSER_FORBIDDEN_HEADERS",
+    "DEFAULT_MAX_INCOMPLETE_EVENT_SIZE",
+    "FRAMING_HEADERS",
+    "NEED_DATA",
+    "TLS_HELLO",
+    "TLS_READY",
+    "Event",
+    "FetchHttp",
+    "FetchRequest",
+    "ProgramClosed",
+    "RequestBody",
+    "RequestEnd",
+]
+
+# h11's default for a request line and headers (16 KiB, as node and
+# tomcat): a program's request head larger than this gets 431.
+DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024
+
+#: What a program's TLS layer sends instead of a ClientHello: the byte that
+#: starts a TLS handshake record, so it is never taken for an HTTP method.
+TLS_HELLO: Final = b"\x16netshim-browser-tls/1\r\n"
+#: The core's answer: the connection is now "secure" (the browser does TLS).
+TLS_READY: Final = b"\x16netshim-browser-tls/1 ready\r\n"
+# A TLS record header's first two bytes (handshake, version 3.x).
+_TLS_RECORD_START = b"\x16\x03"
+# A fatal handshake_failure alert (TLS 1.2 record): what a server without a
+# common cipher answers, so the client's TLS layer fails at once.
+_TLS_HANDSHAKE_FAILURE = b"\x15\x03\x03\x00\x02\x02\x28"
+
+#: Headers that frame the HTTP/1.1 connection between the program and us;
+#: fetch frames its own request, so they are never passed on.
+FRAMING_HEADERS: Final = frozenset(
+    {
+        "connection",
+        "content-length",
+        "expect",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+#: The forbidden request headers of the Fetch standard besides the framing
+#: ones: browsers drop them silently (Node's fetch sends them).
+BROWSER_FORBIDDEN_HEADERS: Final = frozenset(
+    {
+        "accept-charset",
+        "accept-encoding",
+        "access-control-request-headers",
+        "access-control-request-method",
+        "access-control-request-private-network",
+        "cookie",
+        "cookie2",
+        "date",
+        "dnt",
+        "origin",
+        "referer",
+        "set-cookie",
+        "via",
+    }
+)
+_FORBIDDEN_PREFIXES = ("proxy-", "sec-")
+_FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
+# Response headers that describe the fetch connection, not ours.
+_HOP_BY_HOP_RESPONSE = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "trailer", "upgrade"}
+)
+
+
+class Event:
+    """Base of what :meth:`FetchHttp.next_event` returns."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest(Event):
+    """A request to make with fetch: its body follows as :class:`RequestBody` events."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    #: Whether a body follows (a ``Content-Length`` above 0, or chunked).
+    has_body: bool
+    #: The body's length when the program said (``Content-Length``), else ``None``.
+    content_length: int | None
+    #: Headers the program sent that fetch will not (lower-case names).
+    dropped: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBody(Event):
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEnd(Event):
+    """The request's body is complete; ``trailers`` were sent but fetch cannot pass them on."""
+
+    trailers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramClosed(Event):
+    """The program closed its side (or broke the protocol and was answered 400)."""
+
+    reason: str = ""
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: :meth:`FetchHttp.next_event`'s answer when more bytes from the program are needed.
+NEED_DATA: Final = _NeedData()
+
+
+def _header_text(message: str) -> str:
+    """``message``'s first line, short and ASCII, fit for a header value."""
+    return message.splitlines()[0][:200].encode("ascii", "replace").decode("ascii")
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
+
+
+class FetchHttp:
+    """One program connection's HTTP/1.1, server role (see the module documentation).
+
+    ``host`` and ``port`` are where the program connected: every request's
+    URL names them (origin-form targets; an absolute-form target is used as
+    given).  ``forbidden`` are the request headers fetch will not send
+    besides :data:`FRAMING_HEADERS` (:data:`BROWSER_FORBIDDEN_HEADERS` in
+    browsers, none under Node).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        forbidden: frozenset[str] = BROWSER_FORBIDDEN_HEADERS,
+        max_incomplete_event_size: int = DEFAULT_MAX_INCOMPLETE_EVENT_SIZE,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.forbidden = forbidden
+        self.secure = False
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self._out = bytearray()
+        # Bytes before we know whether a TLS hello starts the stream.
+        self._prelude: bytearray | None = bytearray()
+        # The request being read: refused ones are read to their end and
+        # answered locally instead of becoming events.
+        self._refusal: tuple[int, str] | None = None
+        self._head_method = ""
+        self._closed_reason: str | None = None
+        self._responding = False
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.secure else "http"
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is over: send what is left, then end the stream."""
+        return self._closed_reason is not None
+
+    @property
+    def responding(self) -> bool:
+        """Whether a response was started and not yet ended."""
+        return self._responding
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self._h11.their_state}/{self._h11.our_state}"
+        return f"<FetchHttp {self.scheme}://{self._authority()} {state}>"
+
+    def _authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.secure else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    # -- input --------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes the program sent; ``b""`` when it closed its sending side."""
+        if self._closed_reason is not None:
+            return
+        if self._prelude is not None:
+            if data:
+                self._prelude += data
+                if not self._sort_prelude() or self._closed_reason is not None:
+                    return
+                data, self._prelude = bytes(self._prelude), None
+                if not data:
+                    return
+            else:
+                # The program closed before its first bytes told anything.
+                pending, self._prelude = bytes(self._prelude), None
+                if pending:
+                    self._h11.receive_data(pending)
+        self._h11.receive_data(data)
+
+    def _sort_prelude(self) -> bool:
+        """Whether the stream's start is known: a TLS hello (answered), a ClientHello, or HTTP."""
+        prelude = self._prelude
+        assert prelude is not None
+        for marker in (TLS_HELLO, _TLS_RECORD_START):
+            if len(prelude) < len(marker) and marker.startswith(bytes(prelude)):
+                return False
+        if prelude.startswith(TLS_HELLO):
+            del prelude[: len(TLS_HELLO)]
+            self.secure = True
+            self._out += TLS_READY
+            return True
+        if prelude.startswith(_TLS_RECORD_START):
+            self._out += _TLS_HANDSHAKE_FAILURE
+            self._closed_reason = (
+                "a TLS handshake reached FetchStack, which does not run TLS (the browser "
+                "does): wrap the connection with netshim's ssl, which FetchStack recognises"
+            )
+            prelude.clear()
+        return True
+
+    def next_event(self) -> Event | _NeedData:
+        """The next thing to do for the program, or :data:`NEED_DATA`."""
+        while True:
+            if self._closed_reason is not None:
+                return NEED_DATA
+            if self._prelude is not None:
+                return NEED_DATA
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._bad_request(exc.error_status_hint, str(exc))
+                return ProgramClosed(f"malformed request: {exc}")
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return NEED_DATA
+            if isinstance(event, h11.Request):
+                translated = self._request(event)
+                if translated is not None:
+                    return translated
+            elif isinstance(event, h11.Data):
+                if self._refusal is None:
+                    return RequestBody(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                if self._refusal is not None:
+                    status, why = self._refusal
+                    self._refusal = None
+                    self._local_response(status, why)
+                    continue
+                trailers = tuple(
+                    (n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers
+                )
+                return RequestEnd(trailers)
+            elif isinstance(event, h11.ConnectionClosed):
+                self._closed_reason = "the program closed the connection"
+                return ProgramClosed(self._closed_reason)
+
+    def _request(self, event: h11.Request) -> FetchRequest | None:
+        method = event.method.decode("ascii")
+        self._head_method = method
+        if self._h11.they_are_waiting_for_100_continue:
+            # fetch cannot pass Expect on, and would want the whole body
+            # anyway: invite it at once, as a server that accepts would.
+            self._out += self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+        target = event.target.decode("ascii")
+        headers: list[tuple[str, str]] = []
+        dropped: list[str] = []
+        content_length: int | None = None
+        chunked = False
+        for raw_name, raw_value in event.headers:
+            name = raw_name.decode("ascii")
+            value = raw_value.decode("latin-1")
+            if name == "content-length":
+                content_length = int(value)
+            elif name == "transfer-encoding":
+                chunked = True
+            if name in FRAMING_HEADERS:
+                continue
+            if name in self.forbidden or name.startswith(_FORBIDDEN_PREFIXES):
+                if self.forbidden and name not in dropped:
+                    dropped.append(name)
+                if self.forbidden:
+                    continue
+            headers.append((name, value))
+        has_body = chunked or bool(content_length)
+        why: str | None = None
+        if method in _FORBIDDEN_METHODS:
+            why = f"fetch cannot send {method} requests" + (
+                " (no tunnels through FetchStack: use a WispStack route for this destination)"
+                if method == "CONNECT"
+                else " (a forbidden method)"
+            )
+        elif target == "*":
+            why = "fetch cannot send a request for '*' (asterisk-form)"
+        elif has_body and method in ("GET", "HEAD"):
+            why = f"fetch cannot send a body with {method}"
+        if why is not None:
+            self._refusal = (501, why)
+            return None
+        # An absolute-form target (a program that takes us for a proxy) names its URL.
+        url = f"{self.scheme}://{self._authority()}{target}" if target.startswith("/") else target
+        return FetchRequest(
+            method,
+            url,
+            tuple(headers),
+            has_body,
+            None if chunked else content_length,
+            tuple(dropped),
+        )
+
+    # -- output -------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """The bytes for the program so far (responses, ``100 Continue``, TLS answers)."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def start_response(self, status: int, headers: list[tuple[str, str]], reason: str = "") -> None:
+        """Begin the response to the oldest request: fetch's status and headers.
+
+        Decoded bodies lose ``Content-Encoding`` and ``Content-Length``;
+        hop-by-hop headers are dropped: the framing is ours.
+        """
+        decoded = any(name.lower() == "content-encoding" for name, _ in headers)
+        kept: list[tuple[str, str]] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _HOP_BY_HOP_RESPONSE:
+                continue
+            if decoded and lower in ("content-encoding", "content-length"):
+                continue
+            kept.append((lower, value))
+        phrase = reason.encode("latin-1", "replace") if reason else _reason(status)
+        self._out += self._h11.send(h11.Response(status_code=status, headers=kept, reason=phrase))
+        self._responding = True
+
+    def send_data(self, data: bytes) -> None:
+        """Part of the response's body (nothing is written for HEAD, 204 and 304)."""
+        if data:
+            self._out += self._h11.send(h11.Data(data=data))
+
+    def end_response(self) -> None:
+        """The response is complete: the connection is ready for the next request, or closes."""
+        self._out += self._h11.send(h11.EndOfMessage())
+        self._responding = False
+        self._next_cycle()
+
+    def error_response(self, status: int, message: str) -> None:
+        """Answer the oldest request locally (before any of its response was sent)."""
+        self._local_response(status, message)
+
+    def _local_response(self, status: int, message: str) -> None:
+        body = (message.rstrip("\n") + "\n").encode("utf-8")
+        headers = [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("content-length", str(len(body))),
+            (
+                "x-netshim-fetch-error",
+                message.splitlines()[0][:200].encode("ascii", "replace").decode(),
+            ),
+        ]
+        self._out += self._h11.send(
+            h11.Response(status_code=status, headers=headers, reason=_reason(status))
+        )
+        if self._head_method != "HEAD":
+            self._out += self._h11.send(h11.Data(data=body))
+        self._out += self._h11.send(h11.EndOfMessage())
+        self._next_cycle()
+
+    def _bad_request(self, status: int, message: str) -> None:
+        body = f"netshim FetchStack: malformed HTTP request: {message}\n".encode()
+        headers = [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("content-length", str(len(body))),
+            ("connection", "close"),
+        ]
+        if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            try:
+                self._out += self._h11.send(
+                    h11.Response(status_code=status, headers=headers, reason=_reason(status))
+                )
+                self._out += self._h11.send(h11.Data(data=body))
+                self._out += self._h11.send(h11.EndOfMessage())
+            except h11.LocalProtocolError:
+                pass
+        self._closed_reason = f"malformed request: {message}"
+
+    def _next_cycle(self) -> None:
+        state = self._h11
+        if state.our_state is h11.DONE and state.their_state is h11.DONE:
+            state.start_next_cycle()
+        elif state.our_state in (h11.MUST_CLOSE, h11.CLOSED):
+            self._closed_reason = "the program's request asked for the connection to close"
