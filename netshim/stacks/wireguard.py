@@ -36,13 +36,13 @@ import math
 import os
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..ip.iface import GsoInfo, Medium
 from ..ip.links import IncomingPacket, Link
@@ -65,6 +65,7 @@ __all__ = [
     "PeerConfig",
     "TransferUpdated",
     "WireGuardConfig",
+    "WireGuardEvents",
     "WireGuardLink",
     "WireGuardStack",
     "parse_config",
@@ -323,9 +324,9 @@ class WireGuardLink(Link):
                     peer = self.device.peer(key)
                     if peer is None:
                         continue
-                    infos = await self.transport.getaddrinfo(
-                        host, port, socket.AF_INET, socket.SOCK_DGRAM
-                    )
+                    # A dual-stack socket takes either family.
+                    family = 0 if ":" in self._bind[0] else socket.AF_INET
+                    infos = await self.transport.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
                     peer.endpoint = (str(infos[0][4][0]), port)
                     del self._unresolved[key]
                 self._socket = await self.transport.open_udp(*self._bind)
@@ -435,13 +436,44 @@ class WireGuardLink(Link):
             await self._socket.aclose()
 
 
+class WireGuardEvents:
+    """The events of one :meth:`WireGuardStack.events` subscription: an async iterator."""
+
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[WireGuardEvent], unsubscribe: Callable[[], None]
+    ) -> None:
+        self._receive = receive
+        self._unsubscribe = unsubscribe
+
+    def __aiter__(self) -> WireGuardEvents:
+        return self
+
+    async def __anext__(self) -> WireGuardEvent:
+        try:
+            return await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Unsubscribe; idempotent.  Iteration ends."""
+        self._unsubscribe()
+        self._receive.close()
+
+    async def __aenter__(self) -> WireGuardEvents:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 class WireGuardStack(IpStack):
     """Sockets inside a WireGuard tunnel: :class:`IpStack` over a :class:`WireGuardLink`.
 
     ``private_key`` is the interface's key (raw or base64), ``addresses`` its
     tunnel addresses, ``peers`` its ``[Peer]`` sections, ``dns`` name servers
     inside the tunnel.  ``transport`` carries the encrypted UDP (default: the
-    host network), bound at ``listen_port`` (0: any).  ``on_event`` is
+    host network), bound at ``listen_host`` (default ``0.0.0.0``, or ``::``
+    when a peer's endpoint is IPv6) and ``listen_port`` (0: any).  ``on_event`` is
     called with every :class:`~netshim.protocols.wireguard.WireGuardEvent`;
     ``timers`` shortens the protocol's timers for tests.
 
@@ -459,6 +491,7 @@ class WireGuardStack(IpStack):
         dns: Sequence[str] = (),
         mtu: int = DEFAULT_MTU,
         listen_port: int = 0,
+        listen_host: str | None = None,
         transport: Stack | None = None,
         on_event: Callable[[WireGuardEvent], None] | None = None,
         timers: Timers | None = None,
@@ -472,6 +505,11 @@ class WireGuardStack(IpStack):
             from .host import HostStack
 
             transport = HostStack()
+        if listen_host is None:
+            # A dual-stack socket only when a peer needs IPv6, so that hosts
+            # without IPv6 still work.
+            wants6 = any(":" in c.endpoint[0] for c in peers if c.endpoint is not None)
+            listen_host = "::" if wants6 else "0.0.0.0"
         self.device = WireGuardDevice(private_key, timers=timers, random_bytes=random_bytes)
         unresolved: dict[bytes, tuple[str, int]] = {}
         for config in peers:
@@ -498,7 +536,7 @@ class WireGuardStack(IpStack):
         self.link = WireGuardLink(
             self.device,
             transport,
-            bind=("0.0.0.0", listen_port),
+            bind=(listen_host, listen_port),
             endpoints=unresolved,
             on_event=self._deliver,
         )
@@ -561,18 +599,21 @@ class WireGuardStack(IpStack):
         """Call ``callback`` with every later event (in the stack's task: keep it short)."""
         self._callbacks.append(callback)
 
-    async def events(self) -> AsyncIterator[WireGuardEvent]:
-        """Every later event, as an async iterator (a slow reader misses the newest ones)."""
+    def events(self) -> WireGuardEvents:
+        """Every later event, as an async iterator (a slow reader misses the newest ones).
+
+        Subscribes at once, so nothing after this call is missed; use it as
+        ``async with stack.events() as events: async for event in events``,
+        or call its ``aclose()``, to unsubscribe.
+        """
         send, receive = anyio.create_memory_object_stream[WireGuardEvent](DEFAULT_MAX_QUEUED_EVENTS)
         self._subscribers.append(send)
-        try:
-            async with receive:
-                async for event in receive:
-                    yield event
-        finally:
-            if send in self._subscribers:
-                self._subscribers.remove(send)
-            send.close()
+        return WireGuardEvents(receive, lambda: self._unsubscribe(send))
+
+    def _unsubscribe(self, send: MemoryObjectSendStream[WireGuardEvent]) -> None:
+        if send in self._subscribers:
+            self._subscribers.remove(send)
+        send.close()
 
     @property
     def peers(self) -> list[WireGuardPeer]:

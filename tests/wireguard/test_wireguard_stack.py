@@ -1,0 +1,112 @@
+"""Two WireGuardStacks back to back over the host's loopback UDP, on asyncio and trio.
+
+No peer program: both ends are netshim, which checks the stack's own plumbing
+(events as callbacks and as an async iterator, a listener inside the tunnel,
+an endpoint learnt from the initiator) on both anyio backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from netshim.protocols import wireguard as wg
+from netshim.protocols.wireguard import EndpointChanged, HandshakeCompleted, WireGuardEvent
+from netshim.stacks.wireguard import PeerConfig, TransferUpdated, WireGuardStack
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_two_stacks_talk_tcp_through_the_tunnel() -> None:
+    server_key, client_key = wg.generate_private_key(), wg.generate_private_key()
+    server_events: list[WireGuardEvent] = []
+    server = WireGuardStack(
+        server_key,
+        addresses=["10.66.0.1/24"],
+        peers=[PeerConfig(wg.public_key(client_key), ("10.66.0.2/32",))],
+        on_event=server_events.append,
+    )
+    # The server's port is only known once its socket is bound.
+    async with server:
+        await server.link.open()
+        address = server.link.local_address
+        assert address is not None
+        client = WireGuardStack(
+            client_key,
+            addresses=["10.66.0.2/24"],
+            peers=[
+                PeerConfig(wg.public_key(server_key), ("10.66.0.0/24",), ("127.0.0.1", address[1]))
+            ],
+        )
+        listener = await server.listen_tcp("10.66.0.1", 7000)
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        received: list[WireGuardEvent] = []
+
+        async def watch() -> None:
+            async with client.events() as events:
+                async for event in events:
+                    received.append(event)
+                    if isinstance(event, TransferUpdated) and event.tx_bytes > len(payload):
+                        return
+
+        async def serve() -> None:
+            stream = await listener.accept()
+            digest = hashlib.sha256()
+            try:
+                while True:
+                    digest.update(await stream.receive())
+            except anyio.EndOfStream:
+                pass
+            await stream.send(digest.hexdigest().encode())
+            await stream.aclose()
+
+        async with client:
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(watch)
+                    group.start_soon(serve)
+                    await anyio.lowlevel.checkpoint()  # let watch() subscribe first
+                    stream = await client.connect_tcp("10.66.0.1", 7000)
+                    await stream.send(payload)
+                    await stream.send_eof()
+                    answer = b""
+                    try:
+                        while True:
+                            answer += await stream.receive()
+                    except anyio.EndOfStream:
+                        pass
+                    await stream.aclose()
+        await listener.aclose()
+    assert answer.decode() == hashlib.sha256(payload).hexdigest()
+    assert any(isinstance(e, HandshakeCompleted) and e.initiator for e in received)
+    assert any(isinstance(e, EndpointChanged) for e in server_events)
+    assert any(isinstance(e, HandshakeCompleted) and not e.initiator for e in server_events)
+    assert server.peers[0].endpoint is not None
+    assert server.peers[0].endpoint[0] == "127.0.0.1"
+
+
+async def test_ipv6_endpoints() -> None:
+    server_key, client_key = wg.generate_private_key(), wg.generate_private_key()
+    server = WireGuardStack(
+        server_key,
+        addresses=["10.66.0.1/24"],
+        peers=[PeerConfig(wg.public_key(client_key), ("10.66.0.2/32",))],
+        listen_host="::",
+    )
+    async with server:
+        await server.link.open()
+        address = server.link.local_address
+        assert address is not None
+        client = WireGuardStack(
+            client_key,
+            addresses=["10.66.0.2/24"],
+            peers=[PeerConfig(wg.public_key(server_key), ("10.66.0.0/24",), ("::1", address[1]))],
+        )
+        async with client:
+            with anyio.fail_after(20):
+                await client.handshake()
+    assert server.peers[0].endpoint is not None
+    assert server.peers[0].endpoint[0] == "::1"
