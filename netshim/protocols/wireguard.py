@@ -1180,6 +1180,10 @@ class WireGuardDevice:
                         self.dropped["handshake failed: staged packets"] += dropped
                     self._events.append(HandshakeFailed(peer.public_key))
                 else:
+                    # Set again by a successful retry; if the retry cannot
+                    # even be built (no indices left), try again later
+                    # rather than at once, forever.
+                    peer._retransmit_at = now + timers.rekey_timeout
                     self._initiate(peer, now, retry=True)
             if peer._keepalive_at is not None and now >= peer._keepalive_at:
                 peer._keepalive_at = None
