@@ -16,6 +16,7 @@ The checksum covers a pseudo-header with the IP addresses
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias, TypeVar
 
@@ -41,6 +42,8 @@ HEADER_LEN = 20
 # Data Offset is a 4-bit count of 32-bit words: the header is at most 60 bytes.
 _MAX_OPTIONS_LEN = 40
 _MAX_SEQ = 0xFFFF_FFFF
+_HEADER = struct.Struct("!HHIIHHHH")
+_TIMESTAMP_FIELDS = struct.Struct("!II")
 
 
 class TcpFlags(enum.IntFlag):
@@ -60,6 +63,17 @@ class TcpFlags(enum.IntFlag):
     ECE = 0x040
     CWR = 0x080
     AE = 0x100
+
+
+_flags_by_value: dict[int, TcpFlags] = {}
+
+
+def _flags(value: int) -> TcpFlags:
+    """``TcpFlags(value)`` for a 12-bit ``value``, cached (an enum call costs per segment)."""
+    flags = _flags_by_value.get(value)
+    if flags is None:
+        flags = _flags_by_value[value] = TcpFlags(value)
+    return flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +235,27 @@ _KNOWN_KINDS: dict[int, type[TcpOption]] = {
 }
 
 
+_FIXED_OPTION_LEN: dict[type, int] = {
+    NoOperation: 1,
+    MaxSegmentSize: 4,
+    WindowScale: 3,
+    SackPermitted: 2,
+    Timestamps: 10,
+}
+
+
+def _option_len(option: TcpOption) -> int:
+    """``len(option.emit())`` without building the bytes (asked for every segment)."""
+    fixed = _FIXED_OPTION_LEN.get(type(option))
+    if fixed is not None:
+        return fixed
+    if type(option) is EndOfOptionList:
+        return 1 + option.padding
+    if type(option) is SackBlocks:
+        return 2 + 8 * len(option.blocks)
+    return len(option.emit())
+
+
 def _parse_option(kind: int, data: bytes) -> TcpOption:
     """The option of ``kind`` (2 or more) whose bytes after kind and length are ``data``."""
     size = 2 + len(data)
@@ -238,7 +273,12 @@ def _parse_option(kind: int, data: bytes) -> TcpOption:
             )
         )
     if kind == Timestamps.KIND and size == 10:
-        return Timestamps(int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big"))
+        # Two 32-bit fields are in range by construction: skip the checks.
+        timestamps = object.__new__(Timestamps)
+        value, echo_reply = _TIMESTAMP_FIELDS.unpack(data)
+        object.__setattr__(timestamps, "value", value)
+        object.__setattr__(timestamps, "echo_reply", echo_reply)
+        return timestamps
     if kind in _KNOWN_KINDS:
         raise WireError(f"TCP option kind {kind} has invalid length {size}")
     return UnknownOption(kind, data)
@@ -275,7 +315,7 @@ def _parse_options(area: bytes) -> tuple[TcpOption, ...]:
 
 def _aligned(options: tuple[TcpOption, ...]) -> tuple[TcpOption, ...]:
     """``options`` padded to a 32-bit boundary with an end-of-option-list entry."""
-    length = sum(len(option.emit()) for option in options)
+    length = sum(_option_len(option) for option in options)
     missing = -length % 4
     if not missing:
         return options
@@ -319,7 +359,7 @@ class TcpRepr:
             if isinstance(option, EndOfOptionList) and index != len(options) - 1:
                 raise ValueError("nothing may follow EndOfOptionList in TCP options")
         options = _aligned(options)
-        length = sum(len(option.emit()) for option in options)
+        length = sum(_option_len(option) for option in options)
         if length > _MAX_OPTIONS_LEN:
             raise ValueError(f"TCP options take at most {_MAX_OPTIONS_LEN} bytes, got {length}")
         object.__setattr__(self, "options", options)
@@ -359,20 +399,31 @@ class TcpRepr:
                     f"TCP checksum 0x{int.from_bytes(buf[16:18], 'big'):04x} is wrong "
                     f"for {src_addr} -> {dst_addr}"
                 )
-        return cls(
-            src_port=int.from_bytes(buf[0:2], "big"),
-            dst_port=int.from_bytes(buf[2:4], "big"),
-            seq=int.from_bytes(buf[4:8], "big"),
-            ack=int.from_bytes(buf[8:12], "big"),
-            flags=TcpFlags((buf[12] & 0x0F) << 8 | buf[13]),
-            window=int.from_bytes(buf[14:16], "big"),
-            options=_parse_options(buf[HEADER_LEN:header_len]),
-            payload=buf[header_len:],
-            urgent=int.from_bytes(buf[18:20], "big"),
+        src_port, dst_port, seq, ack, offset_flags, window, _checksum, urgent = _HEADER.unpack_from(
+            buf
         )
+        # Every field read from its fixed-width slot is in range and the
+        # options parsed fill whole words, so __post_init__ would find
+        # nothing to say: a received segment skips it.
+        segment = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(segment, "src_port", src_port)
+        setattr_(segment, "dst_port", dst_port)
+        setattr_(segment, "seq", seq)
+        setattr_(segment, "ack", ack)
+        setattr_(segment, "flags", _flags(offset_flags & 0x0FFF))
+        setattr_(segment, "window", window)
+        setattr_(
+            segment,
+            "options",
+            _parse_options(buf[HEADER_LEN:header_len]) if header_len > HEADER_LEN else (),
+        )
+        setattr_(segment, "payload", buf[header_len:])
+        setattr_(segment, "urgent", urgent)
+        return segment
 
     def header_len(self) -> int:
-        return HEADER_LEN + sum(len(option.emit()) for option in self.options)
+        return HEADER_LEN + sum(_option_len(option) for option in self.options)
 
     def buffer_len(self) -> int:
         return self.header_len() + len(self.payload)
@@ -398,20 +449,20 @@ class TcpRepr:
         Raises ``ValueError`` when the addresses are of different families or
         the segment is too long for an IPv4 pseudo-header.
         """
-        header_len = self.header_len()
-        segment = bytearray(
-            self.src_port.to_bytes(2, "big")
-            + self.dst_port.to_bytes(2, "big")
-            + self.seq.to_bytes(4, "big")
-            + self.ack.to_bytes(4, "big")
-            + (header_len // 4 << 12 | self.flags).to_bytes(2, "big")
-            + self.window.to_bytes(2, "big")
-            + bytes(2)
-            + self.urgent.to_bytes(2, "big")
+        options = b"".join([option.emit() for option in self.options])
+        header_len = HEADER_LEN + len(options)
+        header = _HEADER.pack(
+            self.src_port,
+            self.dst_port,
+            self.seq,
+            self.ack,
+            header_len // 4 << 12 | self.flags,
+            self.window,
+            0,
+            self.urgent,
         )
-        for option in self.options:
-            segment += option.emit()
-        segment += self.payload
-        start = pseudo_header_sum(src_addr, dst_addr, IpProtocol.TCP, len(segment))
-        segment[16:18] = internet_checksum(segment, start).to_bytes(2, "big")
-        return bytes(segment)
+        payload = self.payload
+        start = pseudo_header_sum(src_addr, dst_addr, IpProtocol.TCP, header_len + len(payload))
+        # The header and options fill whole words, so the sums chain.
+        checksum = internet_checksum(payload, ones_complement_sum(header + options, start))
+        return b"".join((header[:16], checksum.to_bytes(2, "big"), header[18:], options, payload))
