@@ -8,6 +8,9 @@
 * the fault methods take the client as the default second host, so
   ``net.partition("db")`` cuts the test off from ``db`` and
   ``net.set_link("web", latency=0.2)`` slows the test's traffic to ``web``;
+* :meth:`TestNetwork.run_isolated` runs a subprocess (``curl``, ``psql``, a
+  C-extension client) confined to a network namespace whose only way out is
+  this network, as the client host (``netshim run --isolate``);
 * :meth:`TestNetwork.configure` applies the ``hosts``, ``records`` and
   ``links`` a marker or the ``netshim_options`` fixture gives;
 * :attr:`TestNetwork.traffic` summarises what crossed it, for the report of
@@ -17,7 +20,10 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+import os
+import subprocess
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..stacks.virtual import LinkConditions, VirtualHost, VirtualNetwork
@@ -82,6 +88,70 @@ class TestNetwork(VirtualNetwork):
         server = start_udp_server(target, target.name, port, handler)
         self.servers.append(server)
         return server
+
+    def run_isolated(
+        self,
+        argv: Sequence[str],
+        *,
+        host: HostRef | None = None,
+        policy: Any = None,
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` confined, as ``host`` (the client by default), on this network.
+
+        The program and its children can reach nothing but this network
+        (see :mod:`netshim.isolate`): ``curl http://api.internal/`` reaches
+        :meth:`serve`'s server by its name.  ``policy`` defaults to allowing
+        private addresses (a virtual network's are private); metadata
+        addresses stay refused.  Returns its exit status and output like
+        ``subprocess.run(..., capture_output=True)``; after ``timeout``
+        seconds the program is killed and ``TimeoutError`` raised.
+        """
+        import anyio
+
+        from ..isolate import run
+        from ..policy import Policy
+        from ..shim._engine import get_engine
+
+        stack = self.client if host is None else self.ensure_host(host)
+        chosen = policy if policy is not None else Policy(allow_private=True)
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        captured: dict[int, bytes] = {}
+
+        def drain(fd: int) -> None:
+            with os.fdopen(fd, "rb") as reader:
+                captured[fd] = reader.read()
+
+        readers = [
+            threading.Thread(target=drain, args=(fd,), daemon=True) for fd in (out_read, err_read)
+        ]
+        for reader in readers:
+            reader.start()
+
+        async def confined() -> int:
+            with anyio.fail_after(timeout):
+                return await run(
+                    list(argv),
+                    stack=stack,
+                    policy=chosen,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_write,
+                    stderr=err_write,
+                )
+
+        try:
+            status = get_engine().call(confined)
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+            for reader in readers:
+                reader.join(10)
+        return subprocess.CompletedProcess(
+            list(argv), status, captured.get(out_read, b""), captured.get(err_read, b"")
+        )
 
     def stop_servers(self) -> None:
         """Stop every server :meth:`serve` started, newest first."""

@@ -247,3 +247,37 @@ def test_faults_change_in_the_middle_of_a_test(pytester: pytest.Pytester) -> Non
     )
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=1)
+
+
+@pytest.mark.peer("netns")
+def test_a_confined_subprocess_reaches_the_tests_servers_by_name(
+    pytester: pytest.Pytester,
+) -> None:
+    from netshim.testing import require_peer
+
+    curl = require_peer("curl")
+    pytester.makepyfile(
+        f"""
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"served to " + environ["REMOTE_ADDR"].encode()]
+
+        def test_curl(netshim_network):
+            netshim_network.serve("api.internal", 80, app)
+            result = netshim_network.run_isolated(
+                ["{curl}", "-sS", "--max-time", "20", "http://api.internal/"]
+            )
+            assert result.returncode == 0, result.stderr
+            # The confined program is the test's client host on the virtual network.
+            # (its IPv4 address as a dual-stack server sees it)
+            assert result.stdout == b"served to ::ffff:10.0.0.2"
+
+        def test_metadata_stays_refused(netshim_network):
+            result = netshim_network.run_isolated(
+                ["{curl}", "-sS", "--max-time", "20", "http://169.254.169.254/"]
+            )
+            assert result.returncode == 7
+        """
+    )
+    result = pytester.runpytest("-v", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
