@@ -10,6 +10,8 @@ URL schemes:
   :class:`~netshim.WebsockifyStack`;
 * ``socks5://``, ``socks5h://``, with ``+ws`` / ``+wss``:
   :class:`~netshim.Socks5Stack`.
+* ``fetch:`` (in Pyodide): :class:`~netshim.stacks.fetch.FetchStack`, HTTP(S)
+  through the browser's or Node's ``fetch``, no gateway;
 * ``wireguard:///path/to/wg0.conf`` (a ``wg-quick`` file):
   :class:`~netshim.stacks.wireguard.WireGuardStack`, its UDP on the host
   network.
@@ -48,12 +50,20 @@ def stack_from_url(url: str) -> Stack:
         bare = text.rstrip(":/").lower()
         if bare in ("host", "direct"):
             return HostStack()
+        if bare == "fetch":
+            from .stacks.fetch import FetchStack
+
+            return FetchStack()
         raise ValueError(
-            f"stack URL {url!r} has no scheme: use host:, wisp://, wisps://, ws://, wss://, "
-            "socks5://, socks5h://, websockify:// or wireguard://"
+            f"stack URL {url!r} has no scheme: use host:, fetch:, wisp://, wisps://, ws://, "
+            "wss://, socks5://, socks5h://, websockify:// or wireguard://"
         )
     if scheme in ("host", "direct"):
         return HostStack()
+    if scheme == "fetch":
+        from .stacks.fetch import FetchStack
+
+        return FetchStack()
     if scheme in ("wisp", "wisps"):
         return WispStack(text)
     if scheme.startswith(("socks5", "socks5h")):
@@ -74,7 +84,7 @@ def stack_from_url(url: str) -> Stack:
             return WispStack(text)
         return WebsockifyStack(text)
     raise ValueError(
-        f"stack URL {url!r}: scheme {scheme!r} is not one of host, wisp, wisps, ws, wss, "
+        f"stack URL {url!r}: scheme {scheme!r} is not one of host, fetch, wisp, wisps, ws, wss, "
         "websockify, socks5, socks5h, wireguard"
     )
 

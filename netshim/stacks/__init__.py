@@ -2,6 +2,7 @@
 
 :class:`IpStack` is imported on first use: the ip engine's modules take a
 tenth of a second to import, which programs that never use it should not pay.
+:class:`FetchStack` too: it needs h11, which only its users should import.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -17,9 +18,11 @@ from .websockify import WebsockifyStack as WebsockifyStack
 from .wisp import WispStack as WispStack
 
 if TYPE_CHECKING:
+    from .fetch import FetchStack as FetchStack
     from .ip import IpStack as IpStack
 
 __all__ = [
+    "FetchStack",
     "HostStack",
     "IpStack",
     "LinkConditions",
@@ -38,4 +41,8 @@ def __getattr__(name: str) -> Any:
         from .ip import IpStack
 
         return IpStack
+    if name == "FetchStack":
+        from .fetch import FetchStack
+
+        return FetchStack
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

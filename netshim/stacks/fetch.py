@@ -1,0 +1,562 @@
+"""FetchStack: HTTP(S) from Pyodide through the host's ``fetch``, with no gateway.
+
+A program connected through :class:`FetchStack` gets a stream that behaves
+as an HTTP/1.1 server: each request it writes is parsed
+(:mod:`netshim.stacks._fetch_http`, sans-I/O on h11), made with the
+JavaScript ``fetch`` of the browser or of Node, and the response is written
+back as HTTP/1.1 with the framing the request calls for.  Keep-alive and
+pipelining hold, so connection pools (httpx, aiohttp, urllib3) reuse the
+stream as they would a socket.  So any HTTP client that speaks over a socket
+works unmodified, within what fetch allows:
+
+* **Same origin, or CORS.**  A browser sends a cross-origin request only
+  where the server's CORS headers allow it, and shows the program only the
+  response headers CORS exposes.  A refusal (CORS, DNS, a refused or broken
+  connection: browsers tell JavaScript no more than "Failed to fetch") is
+  ``ConnectionRefusedError`` from the stream's next ``receive``, as a socket
+  reports a failed non-blocking connect.  A body cut off midway is
+  ``ConnectionResetError`` after the bytes that came.
+* **Headers.**  fetch frames the request itself, so ``Host``,
+  ``Connection``, ``Content-Length``, ``Transfer-Encoding`` and ``Expect``
+  are ours (answered on the program's side); browsers also refuse
+  ``Cookie``, ``Origin``, ``Referer``, ``Accept-Encoding``, ``Sec-*`` and
+  ``Proxy-*`` (the browser sends its own cookies): those are left out, with
+  one warning per header name on the ``netshim.fetch`` logger.  Responses
+  arrive decoded, so ``Content-Encoding`` goes and the body is re-framed.
+  ``Set-Cookie`` never reaches a browser program (the browser keeps the
+  cookies); trailers are neither sent nor received.
+* **Methods.**  ``CONNECT`` (no tunnels), ``TRACE`` and ``TRACK`` are
+  answered 501 by the stream with a body that says why.
+* **Redirects** are followed by fetch (a browser hides the 3xx from
+  JavaScript), so the program sees the final response.
+* **TLS** is the browser's: a program that wraps the stream with ``ssl``
+  gets a stream marked secure with no handshake (:mod:`netshim.stacks._fetch_tls`),
+  and its requests go out as ``https://``.  Certificates are checked by the
+  browser against its own trust store.
+* **Request bodies** are buffered and sent whole (browsers stream a request
+  body only over HTTP/2 and later); under Node they stream.  Response
+  bodies stream, read from fetch only as the program reads.
+
+Only TCP through HTTP: :meth:`FetchStack.listen_tcp` and
+:meth:`FetchStack.open_udp` raise ``OSError(EOPNOTSUPP)``.  Names are the
+browser's to resolve (:attr:`~netshim.Stack.resolves_remotely`).  Route other
+destinations elsewhere with :class:`~netshim.stacks.RouterStack` (see
+:meth:`FetchStack.for_origins`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import anyio
+import anyio.lowlevel
+
+from .._addresses import Address
+from .._errors import os_error
+from ..stack import Stack, TcpStream, UdpSocket
+from . import _fetch_http as core
+from . import _fetch_tls
+from ._tunnel import UNKNOWN_LOCAL, ByteBuffer, TunnelStack
+
+__all__ = ["FetchBackend", "FetchResponse", "FetchStack", "JsFetchBackend"]
+
+logger = logging.getLogger("netshim.fetch")
+
+# A buffered request body larger than this fails the send with EMSGSIZE:
+# it is held in memory twice (Python's copy and JavaScript's).
+DEFAULT_MAX_REQUEST_BODY = 256 * 1024 * 1024
+# How much of a streamed request body may wait for fetch to take it.
+STREAMED_BODY_CHUNKS = 8
+
+
+class FetchResponse(Protocol):
+    """A response as fetch gave it: status line and headers now, the body by reads."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+
+    async def read(self) -> bytes | None:
+        """The next piece of the (decoded) body; ``None`` at its end.
+
+        Raises ``ConnectionResetError`` when the body was cut off.
+        """
+
+    def cancel(self) -> None:
+        """Stop the body's download (the program closed before reading it all)."""
+
+
+class FetchBackend(Protocol):
+    """How requests are made: the JavaScript ``fetch`` (:class:`JsFetchBackend`), or a fake."""
+
+    #: Request headers fetch will not send besides the framing ones.
+    forbidden_headers: frozenset[str]
+    #: Whether request bodies can be streamed (else they are sent whole).
+    streams_uploads: bool
+
+    async def fetch(
+        self, request: core.FetchRequest, body: bytes | AsyncIterator[bytes] | None
+    ) -> FetchResponse:
+        """Make ``request``; ``ConnectionRefusedError`` when fetch fails."""
+
+
+class _Exchange:
+    """One request on a stream, from its head to the end of its response."""
+
+    __slots__ = ("body", "complete", "request", "response", "started", "upload")
+
+    def __init__(self, request: core.FetchRequest) -> None:
+        self.request = request
+        self.body = bytearray()
+        self.complete = False
+        self.response: FetchResponse | None = None
+        self.started: Any = None
+        self.upload: Any = None
+
+
+class FetchStream(TcpStream):
+    """A program's connection: HTTP/1.1 in, fetch calls made, HTTP/1.1 out."""
+
+    def __init__(self, stack: FetchStack, host: str, port: int) -> None:
+        self.stack = stack
+        self.host = host
+        self.port = port
+        self.http = core.FetchHttp(host, port, forbidden=stack.backend.forbidden_headers)
+        self.output = ByteBuffer()
+        self.exchange: _Exchange | None = None
+        self.closed = False
+        self.eof_sent = False
+        # Set whenever the program sent something: a receive with nothing
+        # to do waits for the next request.
+        self._sent = anyio.Event()
+        _fetch_tls.expect_tls(host, self)
+
+    def __repr__(self) -> str:
+        return f"<FetchStream {self.http!r}>"
+
+    @property
+    def secure(self) -> bool:
+        """Whether the program wrapped the stream with TLS (its URLs are https)."""
+        return self.http.secure
+
+    def assume_tls(self) -> None:
+        """Mark the stream secure without the TLS hello (a wrapped synchronous socket)."""
+        self.http.secure = True
+
+    @property
+    def local_address(self) -> Address:
+        return UNKNOWN_LOCAL
+
+    @property
+    def remote_address(self) -> Address:
+        return (self.host, self.port)
+
+    # -- from the program --------------------------------------------------
+
+    async def send(self, item: bytes) -> None:
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if self.eof_sent:
+            raise os_error(errno.EPIPE, "send() after send_eof()")
+        if self.output.error is not None:
+            # The failure is the receiving side's to report; a socket whose
+            # connection failed answers later sends with EPIPE.
+            raise os_error(errno.EPIPE, f"the connection failed: {self.output.error.strerror}")
+        _fetch_tls.settled(self.host, self)
+        self.http.receive_data(bytes(item))
+        await self._take_events()
+        self._wake()
+
+    async def send_eof(self) -> None:
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if not self.eof_sent:
+            self.eof_sent = True
+            self.http.receive_data(b"")
+            await self._take_events()
+            self._wake()
+
+    def _wake(self) -> None:
+        self._collect()
+        sent, self._sent = self._sent, anyio.Event()
+        sent.set()
+
+    def _collect(self) -> None:
+        """Move what the core wrote for the program into the output."""
+        data = self.http.data_to_send()
+        if data:
+            self.output.push(data)
+        if self.http.closed and self.exchange is None:
+            self.output.eof = True
+
+    async def _take_events(self) -> None:
+        while True:
+            event = self.http.next_event()
+            if event is core.NEED_DATA:
+                return
+            if isinstance(event, core.FetchRequest):
+                self.exchange = _Exchange(event)
+                for name in event.dropped:
+                    self.stack._warn_dropped(name)
+                if event.has_body and self.stack.backend.streams_uploads:
+                    await self._start_streaming(self.exchange)
+            elif isinstance(event, core.RequestBody):
+                exchange = self.exchange
+                assert exchange is not None
+                if exchange.upload is not None:
+                    await exchange.upload[0].send(event.data)
+                else:
+                    exchange.body += event.data
+                    if len(exchange.body) > self.stack.max_request_body:
+                        raise os_error(
+                            errno.EMSGSIZE,
+                            f"a request body above {self.stack.max_request_body} bytes "
+                            "(FetchStack.max_request_body) cannot be buffered for fetch",
+                        )
+            elif isinstance(event, core.RequestEnd):
+                exchange = self.exchange
+                assert exchange is not None
+                exchange.complete = True
+                if exchange.upload is not None:
+                    await exchange.upload[0].aclose()
+                if event.trailers:
+                    self.stack._warn_dropped("trailer fields")
+            elif isinstance(event, core.ProgramClosed) and self.exchange is None:
+                self._collect()
+
+    async def _start_streaming(self, exchange: _Exchange) -> None:
+        sender, receiver = anyio.create_memory_object_stream[bytes](STREAMED_BODY_CHUNKS)
+        exchange.upload = (sender, receiver)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async with receiver:
+                async for chunk in receiver:
+                    yield chunk
+
+        import asyncio
+
+        # The fetch runs while the program writes the body: a task of its own.
+        exchange.started = asyncio.ensure_future(
+            self.stack.backend.fetch(exchange.request, chunks())
+        )
+        await anyio.lowlevel.checkpoint()
+
+    # -- to the program ------------------------------------------------------
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            if self.closed:
+                raise anyio.ClosedResourceError
+            if self.output.ready:
+                await anyio.lowlevel.checkpoint()
+                return self.output.take(max_bytes)
+            exchange = self.exchange
+            if exchange is None or not (exchange.complete or exchange.started is not None):
+                # Waiting for the program's (next) request, as a server would.
+                await self._sent.wait()
+                continue
+            try:
+                await self._advance(exchange)
+            except OSError as exc:
+                self.output.error = exc
+                if exchange.response is not None:
+                    exchange.response.cancel()
+                self.exchange = None
+            self._collect()
+
+    async def _advance(self, exchange: _Exchange) -> None:
+        """One step of the response: its head, one piece of body, or its end."""
+        if exchange.response is None:
+            if exchange.started is not None:
+                response = await exchange.started
+            else:
+                body = bytes(exchange.body) if exchange.request.has_body else None
+                exchange.body = bytearray()
+                response = await self.stack.backend.fetch(exchange.request, body)
+            exchange.response = response
+            self.http.start_response(response.status, list(response.headers), response.reason)
+            return
+        chunk = await exchange.response.read()
+        if chunk is None:
+            self.http.end_response()
+            self.exchange = None
+            # A pipelined request may have waited behind this one.
+            await self._take_events()
+        else:
+            self.http.send_data(chunk)
+
+    # -- closing ---------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        _fetch_tls.settled(self.host, self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            if exchange.response is not None:
+                exchange.response.cancel()
+            if exchange.upload is not None:
+                await exchange.upload[0].aclose()
+            if exchange.started is not None and not exchange.started.done():
+                exchange.started.cancel()
+        self._sent.set()
+        await anyio.lowlevel.checkpoint()
+
+    async def abort(self) -> None:
+        await self.aclose()
+
+
+def _in_node() -> bool:
+    import js  # type: ignore[import-not-found]
+
+    process = getattr(js, "process", None)
+    return process is not None and bool(getattr(getattr(process, "versions", None), "node", None))
+
+
+# JavaScript helpers, made once: each saves several crossings per request.
+_js_helpers: Any = None
+
+
+def _helpers() -> Any:
+    global _js_helpers
+    if _js_helpers is None:
+        from pyodide.code import run_js  # type: ignore[import-not-found]
+
+        _js_helpers = run_js(
+            """({
+  start(url, method, headers, body, redirect, credentials, duplex) {
+    const controller = new AbortController();
+    const init = {method, headers, redirect, credentials, signal: controller.signal};
+    if (body !== undefined && body !== null) init.body = body;
+    if (duplex) init.duplex = "half";
+    return {promise: fetch(url, init), controller};
+  },
+  head(response) {
+    return [response.status, response.statusText, Array.from(response.headers.entries()),
+            response.body ? response.body.getReader() : null];
+  },
+  async read(reader) {
+    const {done, value} = await reader.read();
+    return done ? null : value;
+  },
+  stream(pull) {
+    return new ReadableStream({
+      async pull(controller) {
+        const chunk = await pull();
+        if (chunk === undefined || chunk === null) controller.close();
+        else controller.enqueue(chunk);
+      },
+    });
+  },
+})"""
+        )
+    return _js_helpers
+
+
+class _JsResponse:
+    def __init__(self, url: str, head: Any, controller: Any) -> None:
+        status, reason, headers, reader = head
+        self.url = url
+        self.status = int(status)
+        self.reason = str(reason)
+        self.headers = [(str(name), str(value)) for name, value in headers]
+        self._reader = reader
+        self._controller = controller
+
+    async def read(self) -> bytes | None:
+        if self._reader is None:
+            return None
+        try:
+            chunk = await _helpers().read(self._reader)
+        except Exception as exc:
+            self._reader = None
+            raise os_error(
+                errno.ECONNRESET, f"the body of {self.url} was cut off ({_js_reason(exc)})"
+            ) from None
+        if chunk is None:
+            self._reader = None
+            return None
+        return bytes(chunk.to_bytes())
+
+    def cancel(self) -> None:
+        if self._reader is not None:
+            self._reader = None
+            self._controller.abort()
+
+
+def _js_reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+class JsFetchBackend:
+    """Requests through the JavaScript ``fetch`` of the browser or of Node.
+
+    ``credentials`` and ``redirect`` are fetch's options of those names
+    (``"same-origin"`` sends the browser's cookies to the page's origin
+    only; ``"include"`` to CORS origins that allow it).  ``stream_uploads``
+    streams request bodies (``duplex: "half"``); by default only under
+    Node, since browsers stream them only over HTTP/2 and later.
+    """
+
+    def __init__(
+        self,
+        *,
+        credentials: str = "same-origin",
+        redirect: str = "follow",
+        stream_uploads: bool | None = None,
+    ) -> None:
+        node = _in_node()
+        self.credentials = credentials
+        self.redirect = redirect
+        self.streams_uploads = node if stream_uploads is None else stream_uploads
+        # Node's fetch sends whatever it is given; browsers refuse these.
+        self.forbidden_headers = frozenset() if node else core.BROWSER_FORBIDDEN_HEADERS
+
+    async def fetch(
+        self, request: core.FetchRequest, body: bytes | AsyncIterator[bytes] | None
+    ) -> FetchResponse:
+        from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+
+        helpers = _helpers()
+        pull = None
+        js_body: Any = None
+        if isinstance(body, bytes):
+            js_body = to_js(body)
+        elif body is not None:
+            iterator = body.__aiter__()
+
+            async def next_chunk() -> Any:
+                try:
+                    return to_js(await iterator.__anext__())
+                except StopAsyncIteration:
+                    return None
+
+            pull = create_proxy(next_chunk)
+            js_body = helpers.stream(pull)
+        headers = to_js([list(pair) for pair in request.headers])
+        started = helpers.start(
+            request.url,
+            request.method,
+            headers,
+            js_body,
+            self.redirect,
+            self.credentials,
+            pull is not None,
+        )
+        try:
+            response = await started.promise
+        except Exception as exc:
+            raise os_error(
+                errno.ECONNREFUSED,
+                f"fetch {request.method} {request.url} failed: {_js_reason(exc)} (browsers say "
+                "no more: a CORS refusal, a name that does not resolve, or a server that "
+                "refused or broke the connection; the browser's console says which)",
+            ) from None
+        finally:
+            if pull is not None and body is not None:
+                # The body was taken whole once fetch answered.
+                pull.destroy()
+        return _JsResponse(request.url, helpers.head(response).to_py(depth=1), started.controller)
+
+
+class FetchStack(TunnelStack):
+    """TCP connections that speak HTTP/1.1, answered through ``fetch`` (see the module docs).
+
+    ``backend`` makes the requests: :class:`JsFetchBackend` (the default, in
+    Pyodide) or any object with its interface (tests use a fake).
+    """
+
+    kind = "fetch"
+
+    def __init__(
+        self,
+        backend: FetchBackend | None = None,
+        *,
+        max_request_body: int = DEFAULT_MAX_REQUEST_BODY,
+    ) -> None:
+        if backend is None:
+            if sys.platform != "emscripten":
+                raise RuntimeError(
+                    "FetchStack needs JavaScript's fetch (Pyodide in a browser or Node); "
+                    "elsewhere pass backend="
+                )
+            backend = JsFetchBackend()
+        self.backend = backend
+        self.max_request_body = max_request_body
+        self._warned: set[str] = set()
+        _fetch_tls.install()
+
+    def __repr__(self) -> str:
+        return f"FetchStack({type(self.backend).__name__})"
+
+    def _warn_dropped(self, what: str) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            logger.warning(
+                "FetchStack: fetch cannot send %s here; left out of this and later requests",
+                what if what == "trailer fields" else f"the {what!r} header",
+            )
+
+    @classmethod
+    def for_origins(
+        cls,
+        origins: Sequence[str],
+        default: Stack,
+        *,
+        backend: FetchBackend | None = None,
+    ) -> Stack:
+        """A :class:`~netshim.stacks.RouterStack`: ``origins`` through fetch, the rest ``default``.
+
+        ``origins`` are ``host`` or ``host:port`` rules (``"example.org"``,
+        ``"api.example.org:443"``, ``"*.example.org"``): the page's own
+        origin and the CORS origins the program talks to.  In a browser,
+        ``"page"`` stands for the page's host and port.
+        """
+        from .policed import RouterStack
+
+        fetch = cls(backend)
+        rules: list[str] = []
+        for origin in origins:
+            if origin == "page":
+                import js
+
+                location = js.location
+                port = str(location.port) or ("443" if location.protocol == "https:" else "80")
+                host = str(location.hostname)
+                rules.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            else:
+                rules.append(origin)
+        return RouterStack([(rule, fetch) for rule in rules], default=default)
+
+    async def connect_tcp(
+        self, host: str, port: int, *, local_address: tuple[str, int] | None = None
+    ) -> TcpStream:
+        """A stream to ``host:port`` that answers HTTP/1.1 through fetch.
+
+        Nothing is sent until the program writes a request, so this never
+        fails for an unreachable server: its first request does.
+        """
+        host, port = self.destination(host, port, "connect_tcp")
+        if local_address is not None:
+            raise os_error(errno.EADDRNOTAVAIL, "a fetch stream cannot bind a local address")
+        if port == 0:
+            raise os_error(errno.ECONNREFUSED, f"{host}:0")
+        await anyio.lowlevel.checkpoint()
+        return FetchStream(self, host, port)
+
+    async def open_udp(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        *,
+        remote: tuple[str, int] | None = None,
+        ipv6_only: bool = False,
+    ) -> UdpSocket:
+        """Always ``OSError(EOPNOTSUPP)``: fetch carries HTTP only."""
+        raise os_error(errno.EOPNOTSUPP, "FetchStack carries HTTP over TCP only: no UDP")

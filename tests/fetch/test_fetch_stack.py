@@ -1,0 +1,304 @@
+"""FetchStack on CPython with a fake fetch: streams, real clients over them, TLS, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import httpx
+import pytest
+from anyio.streams.tls import TLSStream
+
+import netshim
+from netshim.stacks import RouterStack
+from netshim.stacks._fetch_http import BROWSER_FORBIDDEN_HEADERS, FetchRequest
+from netshim.stacks.fetch import FetchStack, FetchStream
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # FetchStack runs in Pyodide, whose loop is asyncio's.
+    return "asyncio"
+
+
+@dataclass
+class FakeResponse:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    chunks: list[bytes | Exception]
+    cancelled: bool = False
+
+    async def read(self) -> bytes | None:
+        await asyncio.sleep(0)
+        if not self.chunks:
+            return None
+        chunk = self.chunks.pop(0)
+        if isinstance(chunk, Exception):
+            raise chunk
+        return chunk
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+Handler = Callable[[FetchRequest, bytes | None], Awaitable[FakeResponse]]
+
+
+async def echo(request: FetchRequest, body: bytes | None) -> FakeResponse:
+    text = f"{request.method} {request.url} {dict(request.headers)!r} {body!r}".encode()
+    return FakeResponse(200, "OK", [("content-type", "text/plain")], [text])
+
+
+@dataclass
+class FakeFetch:
+    handler: Handler = echo
+    streams_uploads: bool = False
+    forbidden_headers: frozenset[str] = BROWSER_FORBIDDEN_HEADERS
+    requests: list[tuple[FetchRequest, bytes | None]] = field(default_factory=list)
+    responses: list[FakeResponse] = field(default_factory=list)
+
+    async def fetch(
+        self, request: FetchRequest, body: bytes | AsyncIterator[bytes] | None
+    ) -> FakeResponse:
+        if body is not None and not isinstance(body, bytes):
+            body = b"".join([chunk async for chunk in body])
+        self.requests.append((request, body))
+        response = await self.handler(request, body)
+        self.responses.append(response)
+        return response
+
+
+async def read_response(stream: FetchStream) -> bytes:
+    data = b""
+    # The fake's responses are chunked: read to the last chunk.
+    with anyio.fail_after(5):
+        while b"\r\n0\r\n\r\n" not in data:
+            data += await stream.receive()
+    return data
+
+
+@pytest.mark.anyio
+async def test_raw_stream_keep_alive() -> None:
+    fake = FakeFetch()
+    stack = FetchStack(fake)
+    stream = await stack.connect_tcp("example.org", 80)
+    assert isinstance(stream, FetchStream)
+    assert stream.remote_address == ("example.org", 80)
+    await stream.send(b"GET /one HTTP/1.1\r\nHost: example.org\r\n\r\n")
+    first = await read_response(stream)
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"GET http://example.org/one" in first
+    await stream.send(
+        b"POST /two HTTP/1.1\r\nHost: example.org\r\nContent-Length: 3\r\nCookie: c=1\r\n\r\nabc"
+    )
+    second = await read_response(stream)
+    assert b"POST http://example.org/two {} b'abc'" in second
+    assert [r.url for r, _ in fake.requests] == [
+        "http://example.org/one",
+        "http://example.org/two",
+    ]
+    await stream.send_eof()
+    with pytest.raises(anyio.EndOfStream):
+        await stream.receive()
+    await stream.aclose()
+
+
+@pytest.mark.anyio
+async def test_pipelined_requests_answered_in_order() -> None:
+    stream = await FetchStack(FakeFetch()).connect_tcp("h", 8080)
+    await stream.send(
+        b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    )
+    data = b""
+    with anyio.fail_after(5):
+        while True:
+            try:
+                data += await stream.receive()
+            except anyio.EndOfStream:
+                break
+    assert data.index(b"http://h:8080/a") < data.index(b"http://h:8080/b")
+    assert data.count(b"HTTP/1.1 200 OK") == 2
+
+
+@pytest.mark.anyio
+async def test_refusal_is_connection_refused_error() -> None:
+    async def refuse(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "fetch failed: Failed to fetch")
+
+    stream = await FetchStack(FakeFetch(refuse)).connect_tcp("other.test", 80)
+    await stream.send(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    with pytest.raises(ConnectionRefusedError, match="Failed to fetch"):
+        await stream.receive()
+    with pytest.raises(BrokenPipeError):
+        await stream.send(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+
+
+@pytest.mark.anyio
+async def test_cut_off_body_is_a_reset_after_the_data() -> None:
+    async def cut(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        reset = ConnectionResetError(errno.ECONNRESET, "the body was cut off")
+        return FakeResponse(200, "OK", [("content-length", "100")], [b"partial", reset])
+
+    fake = FakeFetch(cut)
+    stream = await FetchStack(fake).connect_tcp("h", 80)
+    await stream.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    data = b""
+
+    async def read_all() -> None:
+        nonlocal data
+        while True:
+            data += await stream.receive()
+
+    with pytest.raises(ConnectionResetError, match="cut off"):
+        await read_all()
+    assert data.endswith(b"\r\n\r\npartial")
+    assert fake.responses[0].cancelled
+
+
+@pytest.mark.anyio
+async def test_streamed_upload() -> None:
+    fake = FakeFetch(streams_uploads=True)
+    stream = await FetchStack(fake).connect_tcp("h", 80)
+    await stream.send(b"PUT /f HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for piece in (b"5\r\nhello\r\n", b"6\r\n world\r\n", b"0\r\n\r\n"):
+        await stream.send(piece)
+    response = await read_response(stream)
+    assert b"b'hello world'" in response
+    assert fake.requests[0][0].has_body
+
+
+@pytest.mark.anyio
+async def test_closing_cancels_the_download() -> None:
+    async def slow(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        return FakeResponse(200, "OK", [], [b"x" * 10] * 100)
+
+    fake = FakeFetch(slow)
+    stream = await FetchStack(fake).connect_tcp("h", 80)
+    await stream.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    await stream.receive()
+    await stream.receive()
+    await stream.aclose()
+    assert fake.responses[0].cancelled
+    with pytest.raises(anyio.ClosedResourceError):
+        await stream.receive()
+
+
+@pytest.fixture
+def installed() -> AsyncIterator[FakeFetch]:
+    fake = FakeFetch()
+    netshim.install(FetchStack(fake), mode="loop")
+    try:
+        yield fake  # type: ignore[misc]
+    finally:
+        netshim.uninstall()
+
+
+@pytest.mark.anyio
+async def test_httpx_through_the_loop_hooks(installed: FakeFetch) -> None:
+    async with httpx.AsyncClient() as client:
+        first = await client.get("http://example.org/get?x=1", headers={"X-A": "1"})
+        await client.post("http://example.org/post", content=b"body" * 1000)
+    assert first.status_code == 200
+    assert "GET http://example.org/get?x=1" in first.text
+    assert "'x-a': '1'" in first.text
+    assert installed.requests[1][1] == b"body" * 1000
+    assert installed.requests[1][0].method == "POST"
+
+
+@pytest.mark.anyio
+async def test_https_through_the_loop_hooks_marks_the_stream_secure(
+    installed: FakeFetch,
+) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get("https://example.org/secure")
+    assert response.status_code == 200
+    assert installed.requests[0][0].url == "https://example.org/secure"
+    reader, writer = await asyncio.open_connection(
+        "example.org", 8443, ssl=ssl.create_default_context()
+    )
+    writer.write(b"GET /x HTTP/1.1\r\nHost: example.org:8443\r\nConnection: close\r\n\r\n")
+    body = await reader.read()
+    writer.close()
+    assert b"GET https://example.org:8443/x" in body
+
+
+@pytest.mark.anyio
+async def test_anyio_tls_stream_over_a_fetch_stream() -> None:
+    fake = FakeFetch()
+    stream = await FetchStack(fake).connect_tcp("secure.test", 443)
+    tls = await TLSStream.wrap(
+        stream, hostname="secure.test", ssl_context=ssl.create_default_context()
+    )
+    assert tls.extra(anyio.streams.tls.TLSAttribute.alpn_protocol) == "http/1.1"
+    await tls.send(b"GET /p HTTP/1.1\r\nHost: secure.test\r\nConnection: close\r\n\r\n")
+    data = b""
+    with anyio.fail_after(5):
+        while True:
+            try:
+                data += await tls.receive()
+            except anyio.EndOfStream:
+                break
+    assert b"GET https://secure.test/p" in data
+    await tls.aclose()
+
+
+@pytest.mark.anyio
+async def test_other_hosts_keep_real_tls() -> None:
+    FetchStack(FakeFetch())
+    context = ssl.create_default_context()
+    tls = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="never.test")
+    assert isinstance(tls, ssl.SSLObject)
+
+
+def test_wrap_socket_on_a_fetch_stream_marks_it_secure() -> None:
+    stack = FetchStack(FakeFetch())
+
+    class FakeSocket:
+        def __init__(self, stream: FetchStream) -> None:
+            self._stream = stream
+
+        def close(self) -> None:
+            pass
+
+    stream = FetchStream(stack, "h", 443)
+    wrapped = ssl.create_default_context().wrap_socket(FakeSocket(stream), server_hostname="h")  # type: ignore[arg-type]
+    assert stream.secure
+    assert wrapped.getpeercert() == {}
+    stream.http.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    request = stream.http.next_event()
+    assert isinstance(request, FetchRequest)
+    assert request.url == "https://h/"
+
+
+@pytest.mark.anyio
+async def test_router_sends_listed_origins_to_fetch() -> None:
+    fake = FakeFetch()
+    other = FetchStack(FakeFetch())
+    stack = FetchStack.for_origins(["example.org:80", "*.cdn.test"], default=other, backend=fake)
+    assert isinstance(stack, RouterStack)
+    assert stack.route("example.org", 80) is not other
+    assert stack.route("img.cdn.test", 443) is not other
+    assert stack.route("example.org", 8080) is other
+    stream = await stack.connect_tcp("example.org", 80)
+    assert isinstance(stream, FetchStream)
+    await stream.aclose()
+
+
+def test_stack_from_url_fetch_needs_pyodide() -> None:
+    with pytest.raises(RuntimeError, match="JavaScript's fetch"):
+        netshim.stack_from_url("fetch:")
+
+
+@pytest.mark.anyio
+async def test_no_udp_no_listening() -> None:
+    stack = FetchStack(FakeFetch())
+    with pytest.raises(OSError, match="no UDP") as info:
+        await stack.open_udp()
+    assert info.value.errno == errno.EOPNOTSUPP
+    with pytest.raises(OSError, match="cannot listen"):
+        await stack.listen_tcp()
