@@ -109,3 +109,78 @@ async def test_dhcp_lease_and_dns_from_dnsmasq_then_tcp_with_the_kernel(
                 await listener.aclose()
         finally:
             server.terminate()
+
+
+# The kernel's side of a bulk transfer: a plain socket program in the namespace.
+_KERNEL_PEER = """
+import hashlib, socket, sys
+mode, address, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if mode == "sink":
+    server = socket.create_server((address, port))
+    print("ready", flush=True)
+    conn, _ = server.accept()
+    digest, total = hashlib.sha256(), 0
+    while data := conn.recv(1 << 20):
+        digest.update(data)
+        total += len(data)
+    print(total, digest.hexdigest(), flush=True)
+else:
+    conn = socket.create_connection((address, port))
+    block = bytes(range(256)) * 4096
+    for _ in range(size // len(block)):
+        conn.sendall(block)
+    conn.close()
+"""
+
+BULK = 256 << 20
+
+
+@pytest.mark.parametrize("faulty", [False, True], ids=["clean", "lossy"])
+async def test_256_mib_each_way_with_the_kernel_arrive_intact(netns: str, faulty: bool) -> None:
+    import hashlib
+    import sys
+
+    from netshim.ip.links import Faults, FaultyLink, TunLink
+
+    tun = TunLink.from_fd(open_device(netns, 0x0001))
+    run("ip", "-n", netns, "addr", "add", "10.80.0.1/24", "dev", DEVICE)
+    run("ip", "-n", netns, "link", "set", DEVICE, "up")
+    faults = Faults(loss=0.02, duplicate=0.01, reorder=0.01, seed=11)
+    link = FaultyLink(tun, faults) if faulty else tun
+    peer = ["ip", "netns", "exec", netns, sys.executable, "-c", _KERNEL_PEER]
+    block = bytes(range(256)) * 4096
+    async with IpStack(link, addresses=["10.80.0.2/24"]) as stack:
+        # IpStack -> kernel.
+        async with await anyio.open_process([*peer, "sink", "10.80.0.1", "9000", "0"]) as sink:
+            assert sink.stdout is not None
+            with anyio.fail_after(240):
+                output = b""
+                while b"ready\n" not in output:
+                    output += await sink.stdout.receive()
+                output = output.split(b"ready\n", 1)[1]
+                stream = await stack.connect_tcp("10.80.0.1", 9000)
+                for _ in range(BULK // len(block)):
+                    await stream.send(block)
+                await stream.send_eof()
+                while b"\n" not in output:
+                    output += await sink.stdout.receive()
+                await stream.aclose()
+        total, digest = output.decode().split()
+        expected = hashlib.sha256(block * (BULK // len(block))).hexdigest()
+        assert (int(total), digest) == (BULK, expected)
+        # Kernel -> IpStack.
+        listener = await stack.listen_tcp("10.80.0.2", 9001)
+        async with await anyio.open_process([*peer, "send", "10.80.0.2", "9001", str(BULK)]):
+            with anyio.fail_after(240):
+                stream = await listener.accept()
+                received, count = hashlib.sha256(), 0
+                while True:
+                    try:
+                        data = await stream.receive(1 << 20)
+                    except anyio.EndOfStream:
+                        break
+                    received.update(data)
+                    count += len(data)
+                await stream.aclose()
+        assert (count, received.hexdigest()) == (BULK, expected)
+        await listener.aclose()
