@@ -157,6 +157,7 @@ _MAX_CACHED_ROUTES = 1024
 
 # The IPv4 fast paths (RFC 791 section 3.1): a header without options.
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_TCP_HEADER = struct.Struct("!HHIIHHHH")
 _IPV4_FIELDS = struct.Struct("!2xH2xH1xB2x4s4s")
 _IPV4_HEADER_LEN = 20
 _IPV4_MAX_LEN = 0xFFFF
@@ -1362,6 +1363,9 @@ class Interface:
         else:
             chunk = per_segment
         payload = segment.payload
+        view = memoryview(payload)
+        options = b"".join([option.emit() for option in segment.options])
+        offset = tcp_header // 4 << 12
         for start in range(0, len(payload), chunk):
             last = start + chunk >= len(payload)
             flags = segment.flags
@@ -1372,28 +1376,21 @@ class Interface:
             seq = (segment.seq + start + (1 if start and segment.flags & TcpFlags.SYN else 0)) & (
                 0xFFFF_FFFF
             )
-            data = payload[start : start + chunk]
+            data = view[start : start + chunk]
             if self.tso and len(data) > per_segment:
-                # The kernel completes each segment's checksum: emit the header
-                # alone (its checksum is cheap and thrown away), put the
-                # pseudo-header sum in its place, and never sum the 64 KiB.
-                header = TcpRepr(
+                # The kernel completes each segment's checksum: the header
+                # carries the pseudo-header sum in its place, and the 64 KiB
+                # are never summed (nor copied but once, into the packet).
+                partial = pseudo_header_sum(src, dst, IpProtocol.TCP, tcp_header + len(data))
+                header = _TCP_HEADER.pack(
                     segment.src_port,
                     segment.dst_port,
                     seq,
                     segment.ack,
-                    flags,
+                    offset | flags,
                     segment.window,
-                    segment.options,
-                    b"",
+                    partial,
                     segment.urgent,
-                ).emit(src, dst)
-                partial = pseudo_header_sum(src, dst, IpProtocol.TCP, len(header) + len(data))
-                wire = (
-                    header[:_TCP_CHECKSUM_OFFSET]
-                    + partial.to_bytes(2, "big")
-                    + header[_TCP_CHECKSUM_OFFSET + 2 :]
-                    + data
                 )
                 gso = GsoInfo(
                     GsoType.TCPV4 if ip_header == 20 else GsoType.TCPV6,
@@ -1401,7 +1398,7 @@ class Interface:
                     ip_header + tcp_header,
                     ip_header,
                 )
-                self._send_ip(src, dst, IpProtocol.TCP, wire, now, gso)
+                self._send_ip(src, dst, IpProtocol.TCP, header + options, now, gso, body=data)
             else:
                 piece = TcpRepr(
                     segment.src_port,
@@ -1411,7 +1408,7 @@ class Interface:
                     flags,
                     segment.window,
                     segment.options,
-                    data,
+                    bytes(data),
                     segment.urgent,
                 )
                 self._send_ip(src, dst, IpProtocol.TCP, piece.emit(src, dst), now)
@@ -1472,22 +1469,26 @@ class Interface:
         gso: GsoInfo | None = None,
         *,
         hop_limit: int | None = None,
+        body: memoryview | None = None,
     ) -> None:
+        """Send ``payload`` (followed by ``body``, if given: a large TCP payload
+        copied once, into the packet) from ``src`` to ``dst``."""
         route = self._route(dst)
         if route is None:
             self.dropped["no route"] += 1
             return
         next_hop = route[0]
+        body_len = 0 if body is None else len(body)
         packet: Ipv4Repr | Ipv6Repr
         if (
             hop_limit is None
             and type(src) is ipaddress.IPv4Address
             and type(dst) is ipaddress.IPv4Address
-            and _IPV4_HEADER_LEN + len(payload) <= _IPV4_MAX_LEN
+            and _IPV4_HEADER_LEN + len(payload) + body_len <= _IPV4_MAX_LEN
         ):
             # What Ipv4Repr(src, dst, protocol, payload).emit() gives, without
             # building and validating one per packet.
-            length = _IPV4_HEADER_LEN + len(payload)
+            length = _IPV4_HEADER_LEN + len(payload) + body_len
             if gso is None and length > self.mtu:
                 self.dropped["packet over mtu"] += 1
                 return
@@ -1505,10 +1506,12 @@ class Interface:
             )
             checksum = internet_checksum(header)
             packet_bytes = b"".join(
-                (header[:10], checksum.to_bytes(2, "big"), header[12:], payload)
+                (header[:10], checksum.to_bytes(2, "big"), header[12:], payload, body or b"")
             )
             self._send_packet(packet_bytes, dst, next_hop, gso, now)
             return
+        if body is not None:
+            payload += body
         if isinstance(src, ipaddress.IPv4Address) and isinstance(dst, ipaddress.IPv4Address):
             packet = Ipv4Repr(
                 src,
