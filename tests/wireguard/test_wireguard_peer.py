@@ -81,23 +81,29 @@ async def upload(
     async with await anyio.open_process(
         peer.exec("python3", "-c", _SINK_SERVER, TUNNEL_SERVER, port)
     ) as server:
-        assert server.stdout is not None
-        assert b"ready" in await server.stdout.receive()
-        started = time.perf_counter()
-        stream = await stack.connect_tcp(TUNNEL_SERVER, int(port))
-        view = memoryview(payload)
-        for offset in range(0, len(payload), 256 * 1024):
-            await stream.send(bytes(view[offset : offset + 256 * 1024]))
-        await stream.send_eof()
-        answer = b""
-        while True:
-            try:
-                answer += await stream.receive()
-            except anyio.EndOfStream:
-                break
-        elapsed = time.perf_counter() - started
-        await stream.aclose()
-        await server.wait()
+        try:
+            assert server.stdout is not None
+            assert b"ready" in await server.stdout.receive()
+            with anyio.fail_after(120):
+                started = time.perf_counter()
+                stream = await stack.connect_tcp(TUNNEL_SERVER, int(port))
+                view = memoryview(payload)
+                for offset in range(0, len(payload), 256 * 1024):
+                    await stream.send(bytes(view[offset : offset + 256 * 1024]))
+                await stream.send_eof()
+                answer = b""
+                while True:
+                    try:
+                        answer += await stream.receive()
+                    except anyio.EndOfStream:
+                        break
+                elapsed = time.perf_counter() - started
+                await stream.aclose()
+                await server.wait()
+        finally:
+            # Leaving the block waits for the process: never wait on a stuck one.
+            if server.returncode is None:
+                server.kill()
     return answer.decode(), elapsed
 
 
@@ -273,3 +279,82 @@ async def test_wrong_keys_never_complete_a_handshake(
             await stack.handshake()
     assert not stack.peers[0].has_session
     assert all(value == 0 for value in wireguard_go.latest_handshakes().values())
+
+
+# Runs in the namespace: echoes datagrams back, upper-cased, until killed.
+_UDP_ECHO = """
+import socket, sys
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    data, peer = server.recvfrom(65535)
+    server.sendto(data.upper(), peer)
+"""
+
+
+async def test_udp_and_dns_through_the_tunnel(wireguard_go: WireGuardPeerNamespace) -> None:
+    stack = client_stack(wireguard_go)
+    port = random.randrange(20000, 30000)
+    async with (
+        stack,
+        await anyio.open_process(
+            wireguard_go.exec("python3", "-c", _UDP_ECHO, TUNNEL_SERVER, str(port))
+        ) as echo,
+    ):
+        assert echo.stdout is not None
+        assert b"ready" in await echo.stdout.receive()
+        sock = await stack.open_udp()
+        try:
+            with anyio.fail_after(30):
+                for size in (1, 500, 1392):  # 1392: the tunnel MTU less IPv4 and UDP headers
+                    message = bytes([97 + size % 26]) * size
+                    await sock.send(message, (TUNNEL_SERVER, port))
+                    data, source = await sock.receive()
+                    assert data == message.upper(), size
+                    assert source == (TUNNEL_SERVER, port)
+        finally:
+            await sock.aclose()
+            echo.kill()
+
+
+async def test_names_from_dnsmasq_inside_the_tunnel(wireguard_go: WireGuardPeerNamespace) -> None:
+    from netshim.testing import require_peer
+
+    require_peer("dnsmasq")
+    private = wg.generate_private_key()
+    wireguard_go.add_client(wg.public_key(private))
+    stack = WireGuardStack(
+        private,
+        addresses=[f"{TUNNEL_CLIENT}/32"],
+        dns=[TUNNEL_SERVER],
+        peers=[
+            PeerConfig(
+                public_key=wireguard_go.public_key,
+                allowed_ips=("10.99.0.0/24",),
+                endpoint=wireguard_go.endpoint,
+            )
+        ],
+    )
+    async with await anyio.open_process(
+        wireguard_go.exec(
+            "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+            f"--listen-address={TUNNEL_SERVER}", "--bind-interfaces", "--port=53",
+            "--address=/inside.test/10.99.0.77", "--user=root", "--pid-file=",
+        )
+    ) as dnsmasq:  # fmt: skip
+        try:
+            async with stack:
+                with anyio.fail_after(30):
+                    await stack.handshake()
+                    for _ in range(50):  # dnsmasq binds after it starts
+                        try:
+                            infos = await stack.getaddrinfo("host.inside.test", 80)
+                            break
+                        except OSError:
+                            await anyio.sleep(0.1)
+                    else:
+                        raise AssertionError("dnsmasq never answered")
+            assert {info[4][0] for info in infos} == {"10.99.0.77"}
+        finally:
+            dnsmasq.terminate()
