@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -358,3 +361,45 @@ async def test_names_from_dnsmasq_inside_the_tunnel(wireguard_go: WireGuardPeerN
             assert {info[4][0] for info in infos} == {"10.99.0.77"}
         finally:
             dnsmasq.terminate()
+
+
+def test_netshim_run_via_a_wireguard_url(
+    wireguard_go: WireGuardPeerNamespace, tmp_path: Path
+) -> None:
+    """Unmodified urllib code, its sockets in the tunnel: ``netshim run --via wireguard://``."""
+    private = wg.generate_private_key()
+    wireguard_go.add_client(wg.public_key(private))
+    host, port = wireguard_go.endpoint
+    config = tmp_path / "wg0.conf"
+    config.write_text(
+        f"[Interface]\nPrivateKey = {wg.key_to_text(private)}\nAddress = {TUNNEL_CLIENT}/32\n"
+        f"[Peer]\nPublicKey = {wg.key_to_text(wireguard_go.public_key)}\n"
+        f"AllowedIPs = 10.99.0.0/24\nEndpoint = {host}:{port}\n"
+    )
+    (tmp_path / "hello.txt").write_text("hello from behind wireguard-go\n")
+    script = tmp_path / "fetch.py"
+    script.write_text(
+        "import urllib.request\n"
+        f"print(urllib.request.urlopen('http://{TUNNEL_SERVER}:8000/hello.txt', timeout=20)"
+        ".read().decode(), end='')\n"
+    )
+    server = subprocess.Popen(
+        wireguard_go.exec(sys.executable, "-m", "http.server", "8000", "--bind", TUNNEL_SERVER,
+                          "--directory", str(tmp_path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        result = subprocess.run(
+            [sys.executable, "-m", "netshim", "run", "--via", f"wireguard://{config}", str(script)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        server.kill()
+        server.wait()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello from behind wireguard-go\n"
