@@ -189,6 +189,7 @@ class StackSocket:
         self._closed = False
         self._read_shut = False
         self._io_refs = 0
+        self._close_with_files = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "listening" if self._listener else "open"
@@ -303,6 +304,7 @@ class StackSocket:
         peer._stream = stream
         peer._options = dict(self._options)
         peer._io_refs = 0
+        peer._close_with_files = False
         peer._timeout = socket.getdefaulttimeout()
         return peer
 
@@ -403,7 +405,7 @@ class StackSocket:
     ) -> Any:
         """A file on the socket, as ``socket.makefile`` gives (``socket.SocketIO`` underneath)."""
         reading, writing = "r" in mode, "w" in mode
-        raw = socket.SocketIO(self, ("r" if reading else "") + ("w" if writing else ""))  # type: ignore[arg-type]
+        raw = _SocketFile(self, ("r" if reading else "") + ("w" if writing else ""))  # type: ignore[arg-type]
         self._io_refs += 1
         if buffering is None:
             buffering = -1
@@ -429,6 +431,8 @@ class StackSocket:
     def _decref_socketios(self) -> None:
         # socket.SocketIO calls this when a file made by makefile() closes.
         self._io_refs -= 1
+        if self._io_refs <= 0 and self._close_with_files:
+            self.close()
 
     # -- closing -----------------------------------------------------------------
 
@@ -439,6 +443,11 @@ class StackSocket:
     def close(self) -> None:
         """Close the socket (a FIN to the peer); idempotent, as ``socket.close``."""
         if self._closed:
+            return
+        if self._io_refs > 0:
+            # As socket.socket: files made by makefile() keep the connection
+            # until they close too (urllib closes the socket, then reads the body).
+            self._close_with_files = True
             return
         self._closed = True
         if self._pending is not None:
@@ -456,6 +465,33 @@ class StackSocket:
 
     def detach(self) -> int:
         raise OSError(errno.EBADF, "there is no file descriptor to detach")
+
+
+class _SocketFile(socket.SocketIO):
+    """``socket.SocketIO`` that lets :class:`CannotBlockError` reach the reader.
+
+    SocketIO takes an ``EWOULDBLOCK`` from ``recv_into`` for "no data yet" and
+    returns ``None``, which a buffered file on a blocking socket turns into a
+    silent end of file (``http.client`` then reports ``RemoteDisconnected``).
+    """
+
+    def readinto(self, b: Any) -> int | None:
+        self._checkClosed()
+        self._checkReadable()  # type: ignore[attr-defined]
+        if self._timeout_occurred:  # type: ignore[has-type]
+            raise OSError("cannot read from timed out object")
+        try:
+            return int(self._sock.recv_into(b))  # type: ignore[attr-defined]
+        except TimeoutError:
+            self._timeout_occurred = True
+            raise
+        except CannotBlockError:
+            raise
+        except OSError as exc:
+            # A non-blocking socket's "no data yet", as SocketIO reads it.
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return None
+            raise
 
 
 async def _send(stream: TcpStream, data: bytes) -> None:
