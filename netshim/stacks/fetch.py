@@ -338,11 +338,11 @@ def _helpers() -> Any:
   },
   head(response) {
     return [response.status, response.statusText, Array.from(response.headers.entries()),
-            response.body ? response.body.getReader() : null];
+            response.body ? response.body.getReader() : undefined];
   },
   async read(reader) {
     const {done, value} = await reader.read();
-    return done ? null : value;
+    return done ? undefined : value;
   },
   stream(pull) {
     return new ReadableStream({

@@ -1,0 +1,98 @@
+"""FetchStack in real Pyodide: unmodified HTTP clients through the host's fetch, no gateway.
+
+Under Node (the pinned npm pyodide; Node's own fetch) and in Debian's headless
+Chromium (the page and the test server share one origin; a second origin
+allows CORS on /cors/ and not on /nocors/).  The script is
+tests/pyodide/scripts/fetch_clients.py; the servers are in fetch_support.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fetch_support import origin_server
+from pyodide_support import (
+    build_netshim_wheel,
+    dependency_wheels,
+    free_port,
+    require_pyodide,
+    result_of,
+    run_in_pyodide,
+)
+
+# What the script imports besides netshim's own dependencies.
+HTTPX = ("httpx", "httpcore", "h11", "certifi", "sniffio")
+# Node 20 has JSPI behind this flag (pyodide.ffi.can_run_sync() is then True).
+JSPI = ("--experimental-wasm-stack-switching",)
+PAGE = Path(__file__).resolve().parent / "fetch_page"
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    require_pyodide()
+    return [
+        build_netshim_wheel(tmp_path_factory.mktemp("wheel")),
+        *dependency_wheels(),
+        *dependency_wheels(HTTPX),
+    ]
+
+
+def run_under_node(wheels: list[Path], node_options: tuple[str, ...]) -> dict[str, Any]:
+    with origin_server() as (base, _):
+        completed = run_in_pyodide(
+            "fetch_clients.py",
+            wheels,
+            env={"NETSHIM_BASE": base, "NETSHIM_REFUSED": f"http://127.0.0.1:{free_port()}/"},
+            node_options=node_options,
+            timeout=300,
+        )
+    result: dict[str, Any] = result_of(completed)
+    return result
+
+
+def check_async_clients(result: dict[str, Any]) -> None:
+    assert result["platform"] == "emscripten"
+    assert result["get"] == [200, "hello through fetch", "netshim-test"]
+    # httpcore opens a connection per request here: it takes a socket without a
+    # descriptor (fileno() -1, as every netshim stream in Pyodide has) for one
+    # the server closed.  Keep-alive itself is tested on CPython (tests/fetch).
+    assert 1 <= result["connections_for_51_gets"] <= 51
+    assert result["head"] == [200, "19", ""]
+    assert result["post"]["size"] == 10 * 1024 * 1024
+    assert result["post"]["sha256"] == result["post_expected"]
+    assert result["chunked_upload"] == len(b"piece 0;") * 4
+    assert result["chunked"] == "one,two,three"
+    assert result["redirect"] == [200, "hello through fetch"]
+    assert result["statuses"] == [404, 500]
+    assert result["cookie"] == "netshim=baked"
+    assert result["headers_seen"]["x-test"] == "1"
+    assert "ConnectionResetError" in result["cut"]
+    assert "ConnectionRefusedError" in result["refused"]
+    assert "failed" in result["refused_message"]
+
+
+@pytest.mark.peer("node")
+def test_fetch_stack_under_node(wheels: list[Path]) -> None:
+    """Async clients work without JSPI; a blocking one says how to get blocking."""
+    result = run_under_node(wheels, ())
+    check_async_clients(result)
+    assert result["can_block"] is False
+    assert result["sync_error"][0] == "CannotBlockError"
+    assert "JSPI" in result["sync_error"][1]
+
+
+@pytest.mark.peer("node")
+def test_fetch_stack_under_node_with_jspi(wheels: list[Path]) -> None:
+    result = run_under_node(wheels, JSPI)
+    check_async_clients(result)
+    assert result["can_block"] is True
+    assert "sync_error" not in result, result
+    assert result["http_client"] == [
+        [200, "hello through fetch"],
+        [200, "hello through fetch"],
+        100000,
+    ]
+    assert result["urllib"] == "one,two,three"
+    assert "ConnectionRefusedError" in result["urllib_refused"]
