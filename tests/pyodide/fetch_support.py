@@ -75,7 +75,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._cors()
         if self.allow_origin is not None and self.path.startswith("/cors/"):
             self.send_header("Access-Control-Allow-Methods", "GET, POST, PUT")
-            self.send_header("Access-Control-Allow-Headers", "content-type, x-test")
+            self.send_header("Access-Control-Allow-Headers", "*")
         self.send_header("Content-Length", "0")
         self.end_headers()
 

@@ -8,12 +8,19 @@ tests/pyodide/scripts/fetch_clients.py; the servers are in fetch_support.py.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fetch_support import origin_server
 from pyodide_support import (
+    PEER_DIR,
+    SCRIPTS,
     build_netshim_wheel,
     dependency_wheels,
     free_port,
@@ -21,6 +28,8 @@ from pyodide_support import (
     result_of,
     run_in_pyodide,
 )
+
+from netshim.testing import require_peer
 
 # What the script imports besides netshim's own dependencies.
 HTTPX = ("httpx", "httpcore", "h11", "certifi", "sniffio")
@@ -78,6 +87,7 @@ def test_fetch_stack_under_node(wheels: list[Path]) -> None:
     """Async clients work without JSPI; a blocking one says how to get blocking."""
     result = run_under_node(wheels, ())
     check_async_clients(result)
+    print("node:", result["requests_per_second"], "requests/s,", result["post_mb_per_s"], "MB/s up")
     assert result["can_block"] is False
     assert result["sync_error"][0] == "CannotBlockError"
     assert "JSPI" in result["sync_error"][1]
@@ -96,3 +106,92 @@ def test_fetch_stack_under_node_with_jspi(wheels: list[Path]) -> None:
     ]
     assert result["urllib"] == "one,two,three"
     assert "ConnectionRefusedError" in result["urllib_refused"]
+
+
+def write_wheel_index(directory: Path) -> None:
+    names = sorted(path.name for path in directory.glob("*.whl"))
+    (directory / "index.json").write_text(json.dumps(names))
+
+
+@pytest.fixture(scope="module")
+def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """fetch_clients.py in Chromium, from a page whose origin is the test server."""
+    chromium = require_peer("chromium")
+    if not (PEER_DIR / "node_modules" / "playwright-core").exists():
+        pytest.fail("playwright-core is not installed: npm ci in tests/peers/pyodide")
+    wheel_dir = tmp_path_factory.mktemp("page-wheels")
+    for wheel in wheels:
+        shutil.copy(wheel, wheel_dir)
+    write_wheel_index(wheel_dir)
+    files = {
+        "/page/": PAGE,
+        "/pyodide/": PEER_DIR / "node_modules" / "pyodide",
+        "/wheels/": wheel_dir,
+        "/scripts/": SCRIPTS,
+    }
+    with origin_server(files) as (base, _):
+        page_origin = base.rstrip("/")
+        with origin_server(allow_origin=page_origin) as (other, _):
+            query = urllib.parse.urlencode(
+                {
+                    "NETSHIM_BASE": base,
+                    "NETSHIM_CORS_BASE": other,
+                    "NETSHIM_REFUSED": f"http://127.0.0.1:{free_port()}/",
+                }
+            )
+            completed = subprocess.run(
+                [
+                    require_pyodide(),
+                    str(PEER_DIR / "browser.mjs"),
+                    f"{base}page/index.html?{query}",
+                ],
+                cwd=PEER_DIR,
+                env={**os.environ, "NETSHIM_CHROMIUM": chromium},
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+    if completed.returncode != 0:
+        pytest.fail(
+            f"the page failed in Chromium:\n{completed.stdout[-4000:]}\n{completed.stderr[-4000:]}"
+        )
+    report: dict[str, Any] = json.loads(completed.stdout.splitlines()[-1])
+    result: dict[str, Any] = report["result"]
+    assert "error" not in result, report
+    return result
+
+
+@pytest.mark.peer("chromium")
+def test_fetch_stack_in_chromium_async_clients(chromium_result: dict[str, Any]) -> None:
+    check_async_clients(chromium_result)
+    # Figures for the docs (seen with pytest -s); not a timed test.
+    print("chromium:", chromium_result["requests_per_second"], "requests/s,",
+          chromium_result["post_mb_per_s"], "MB/s up")  # fmt: skip
+
+
+@pytest.mark.peer("chromium")
+def test_fetch_stack_in_chromium_cors(chromium_result: dict[str, Any]) -> None:
+    """A second origin: allowed where its CORS headers say so, else ConnectionRefusedError."""
+    assert chromium_result["cors_allowed"] == [200, "hello through fetch"]
+    assert "ConnectionRefusedError" in chromium_result["cors_refused"]
+    assert "Failed to fetch" in chromium_result["cors_message"]
+    # Headers the browser refuses were left out (and it sent its own).
+    seen = chromium_result["headers_seen"]
+    assert seen["accept-encoding"] != "gzip, deflate"
+    assert "sec-fetch-mode" in seen
+
+
+@pytest.mark.peer("chromium")
+def test_fetch_stack_in_chromium_blocking_clients_with_jspi(
+    chromium_result: dict[str, Any],
+) -> None:
+    assert chromium_result["can_block"] is True
+    assert "sync_error" not in chromium_result, chromium_result
+    assert chromium_result["http_client"] == [
+        [200, "hello through fetch"],
+        [200, "hello through fetch"],
+        100000,
+    ]
+    assert chromium_result["urllib"] == "one,two,three"
+    assert "ConnectionRefusedError" in chromium_result["urllib_refused"]
