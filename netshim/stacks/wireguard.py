@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import sniffio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..ip.iface import GsoInfo, Medium
@@ -303,6 +304,8 @@ class WireGuardLink(Link):
         self._closed = False
         self._reported: dict[bytes, tuple[float, int, int]] = {}
         self._report_due: float | None = None
+        self._next_transfer_check = -math.inf
+        self._clock: Callable[[], float] | None = None
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -333,7 +336,19 @@ class WireGuardLink(Link):
         return self._socket
 
     def _now(self) -> float:
-        return anyio.current_time()
+        clock = self._clock
+        if clock is None:
+            # anyio.current_time() asks sniffio for the event loop on every
+            # call, several times per datagram; asyncio's clock is the
+            # loop's time(), the same value, so keep that bound method.
+            if sniffio.current_async_library() == "asyncio":
+                import asyncio
+
+                clock = asyncio.get_running_loop().time
+            else:
+                clock = anyio.current_time
+            self._clock = clock
+        return clock()
 
     async def _flush(self, sock: UdpSocket) -> None:
         device = self.device
@@ -353,6 +368,9 @@ class WireGuardLink(Link):
     def _dispatch(self) -> None:
         events: list[WireGuardEvent] = self.device.take_events()
         now = self._now()
+        if not events and now < self._next_transfer_check:
+            return
+        self._next_transfer_check = now + TRANSFER_REPORT_INTERVAL / 4
         self._report_due = None
         for peer in self.device.peers:
             last = self._reported.get(peer.public_key)
