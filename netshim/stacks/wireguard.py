@@ -369,6 +369,9 @@ class WireGuardLink(Link):
         events: list[WireGuardEvent] = self.device.take_events()
         now = self._now()
         if not events and now < self._next_transfer_check:
+            # Look again then, in case this was the last traffic for a while.
+            if self._report_due is None:
+                self._report_due = self._next_transfer_check
             return
         self._next_transfer_check = now + TRANSFER_REPORT_INTERVAL / 4
         self._report_due = None
