@@ -403,3 +403,27 @@ def test_netshim_run_via_a_wireguard_url(
         server.wait()
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello from behind wireguard-go\n"
+
+
+async def test_initiations_from_an_unknown_peer_are_dropped_and_counted(
+    wireguard_go: WireGuardPeerNamespace,
+) -> None:
+    private = wg.generate_private_key()
+    stranger = wg.public_key(wg.generate_private_key())
+    # Our stack knows some other peer, not wireguard-go's key.
+    stack = WireGuardStack(
+        private,
+        addresses=[f"{TUNNEL_CLIENT}/32"],
+        peers=[PeerConfig(public_key=stranger, allowed_ips=("10.99.0.0/24",))],
+    )
+    async with stack:
+        await stack.link.open()
+        local = stack.link.local_address
+        assert local is not None
+        wireguard_go.add_client(wg.public_key(private), endpoint=(wireguard_go.outer_ip, local[1]))
+        result = await anyio.run_process(
+            wireguard_go.exec("ping", "-c", "1", "-W", "2", TUNNEL_CLIENT), check=False
+        )
+        assert result.returncode != 0
+        assert stack.wireguard_dropped.get("unknown peer", 0) >= 1
+        assert not stack.peers[0].has_session
