@@ -36,6 +36,9 @@ _TYPES = {
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm and
+    # the client's delayed ACK, each keep-alive response would wait 40 ms.
+    disable_nagle_algorithm = True
     files: Mapping[str, Path] = {}
     allow_origin: str | None = None
     connections: ClassVar[list[int]] = []
