@@ -16,6 +16,7 @@ import pytest
 from namespaces import DEVICE, in_namespace, open_device, run
 
 from netshim.ip.links import TapLink
+from netshim.stack import TcpStream
 from netshim.stacks.ip import IpStack
 from netshim.testing import require_peer
 
@@ -184,3 +185,88 @@ async def test_256_mib_each_way_with_the_kernel_arrive_intact(netns: str, faulty
                 await stream.aclose()
         assert (count, received.hexdigest()) == (BULK, expected)
         await listener.aclose()
+
+
+_NGINX = """\
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    upstream ipstack {{ server {upstream}; keepalive 4; }}
+    server {{
+        listen 127.0.0.1:8081;
+        location / {{
+            proxy_pass http://ipstack;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+async def test_kernel_nginx_proxies_to_a_server_on_the_stack(
+    netns: str, tmp_path: pathlib.Path
+) -> None:
+    """The kernel's nginx in the namespace, keep-alive to an HTTP server on IpStack."""
+    import hashlib
+
+    nginx = require_peer("nginx")
+    curl = require_peer("curl")
+    link = TapLink.from_fd(open_device(netns, 0x0002))
+    run("ip", "-n", netns, "addr", "add", "10.81.0.1/24", "dev", DEVICE)
+    run("ip", "-n", netns, "link", "set", DEVICE, "up")
+    body = bytes(range(256)) * 16384  # 4 MiB
+    served = 0
+    async with IpStack(link, addresses=["10.81.0.2/24"]) as stack:
+        listener = await stack.listen_tcp("10.81.0.2", 8080)
+
+        async def one_connection(stream: TcpStream) -> None:
+            nonlocal served
+            async with stream:
+                buffered = b""
+                while True:
+                    while b"\r\n\r\n" not in buffered:
+                        try:
+                            buffered += await stream.receive()
+                        except anyio.EndOfStream:
+                            return
+                    _, buffered = buffered.split(b"\r\n\r\n", 1)
+                    served += 1
+                    await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+                    await stream.send(body)
+
+        config = tmp_path / "nginx.conf"
+        config.write_text(_NGINX.format(directory=tmp_path, upstream="10.81.0.2:8080"))
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, one_connection)
+            proxy = await anyio.open_process(
+                ["ip", "netns", "exec", netns, nginx, "-e", str(tmp_path / "error.log"),
+                 "-c", str(config), "-g", "daemon off;"],
+            )  # fmt: skip
+            try:
+                with anyio.fail_after(60):
+                    digests = []
+                    for _ in range(3):
+                        result = await anyio.run_process(
+                            ["ip", "netns", "exec", netns, curl, "-sS", "--retry", "5",
+                             "--retry-connrefused", "--retry-delay", "1",
+                             "http://127.0.0.1:8081/"],
+                            check=False,
+                        )  # fmt: skip
+                        assert result.returncode == 0, result.stderr
+                        digests.append(hashlib.sha256(result.stdout).hexdigest())
+            finally:
+                proxy.terminate()
+                await proxy.wait()
+                await proxy.aclose()
+            group.cancel_scope.cancel()
+    assert digests == [hashlib.sha256(body).hexdigest()] * 3
+    assert served == 3
