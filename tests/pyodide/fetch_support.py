@@ -17,6 +17,7 @@ import hashlib
 import http.server
 import json
 import mimetypes
+import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -184,9 +185,14 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def origin_server(
-    files: Mapping[str, Path] | None = None, allow_origin: str | None = None
+    files: Mapping[str, Path] | None = None,
+    allow_origin: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[tuple[str, list[int]]]:
-    """A server on 127.0.0.1: its base URL, and a list that grows by one per connection."""
+    """A server on 127.0.0.1: its base URL, and a list that grows by one per connection.
+
+    With ``tls`` (a server context) it speaks HTTPS.
+    """
     connections: ClassVar[list[int]] = []
     handler = type(
         "Handler",
@@ -194,11 +200,14 @@ def origin_server(
         {"files": dict(files or {}), "allow_origin": allow_origin, "connections": connections},
     )
     server = _QuietServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", connections
+        scheme = "https" if tls is not None else "http"
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}/", connections
     finally:
         server.shutdown()
         server.server_close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import urllib.parse
 from pathlib import Path
@@ -48,12 +49,27 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     ]
 
 
-def run_under_node(wheels: list[Path], node_options: tuple[str, ...]) -> dict[str, Any]:
-    with origin_server() as (base, _):
+def run_under_node(
+    wheels: list[Path], node_options: tuple[str, ...], tmp_path: Path
+) -> dict[str, Any]:
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    with origin_server() as (base, _), origin_server(tls=server_context) as (secure, _):
         completed = run_in_pyodide(
             "fetch_clients.py",
             wheels,
-            env={"NETSHIM_BASE": base, "NETSHIM_REFUSED": f"http://127.0.0.1:{free_port()}/"},
+            env={
+                "NETSHIM_BASE": base,
+                "NETSHIM_HTTPS_BASE": secure,
+                "NETSHIM_REFUSED": f"http://127.0.0.1:{free_port()}/",
+                # Node's fetch trusts the test CA as a browser would its store.
+                "NODE_EXTRA_CA_CERTS": str(ca_file),
+            },
             node_options=node_options,
             timeout=300,
         )
@@ -80,22 +96,26 @@ def check_async_clients(result: dict[str, Any]) -> None:
     assert "ConnectionResetError" in result["cut"]
     assert "ConnectionRefusedError" in result["refused"]
     assert "failed" in result["refused_message"]
+    if "https" in result:
+        # httpx over https: anyio's TLSStream got the browser-TLS object.
+        assert result["https"] == [200, "hello through fetch"]
 
 
 @pytest.mark.peer("node")
-def test_fetch_stack_under_node(wheels: list[Path]) -> None:
+def test_fetch_stack_under_node(wheels: list[Path], tmp_path: Path) -> None:
     """Async clients work without JSPI; a blocking one says how to get blocking."""
-    result = run_under_node(wheels, ())
+    result = run_under_node(wheels, (), tmp_path)
     check_async_clients(result)
     print("node:", result["requests_per_second"], "requests/s,", result["post_mb_per_s"], "MB/s up")
+    assert result["https"] == [200, "hello through fetch"]
     assert result["can_block"] is False
     assert result["sync_error"][0] == "CannotBlockError"
     assert "JSPI" in result["sync_error"][1]
 
 
 @pytest.mark.peer("node")
-def test_fetch_stack_under_node_with_jspi(wheels: list[Path]) -> None:
-    result = run_under_node(wheels, JSPI)
+def test_fetch_stack_under_node_with_jspi(wheels: list[Path], tmp_path: Path) -> None:
+    result = run_under_node(wheels, JSPI, tmp_path)
     check_async_clients(result)
     assert result["can_block"] is True
     assert "sync_error" not in result, result
@@ -106,6 +126,9 @@ def test_fetch_stack_under_node_with_jspi(wheels: list[Path]) -> None:
     ]
     assert result["urllib"] == "one,two,three"
     assert "ConnectionRefusedError" in result["urllib_refused"]
+    # http.client and urllib over https: wrap_socket marks the stream secure.
+    assert result["https_http_client"] == [200, "hello through fetch"]
+    assert result["https_urllib"] == "one,two,three"
 
 
 def write_wheel_index(directory: Path) -> None:

@@ -23,6 +23,8 @@ import httpx  # isort: skip
 BASE = os.environ["NETSHIM_BASE"]
 CORS = os.environ.get("NETSHIM_CORS_BASE", "")
 REFUSED = os.environ["NETSHIM_REFUSED"]
+# An HTTPS server whose CA the host trusts (Node: NODE_EXTRA_CA_CERTS).
+HTTPS = os.environ.get("NETSHIM_HTTPS_BASE", "")
 
 result: dict[str, object] = {"platform": sys.platform, "can_block": can_block()}
 stack = FetchStack()
@@ -105,6 +107,9 @@ async def async_clients() -> None:
         except httpx.HTTPError as exc:
             result["refused"] = causes(exc)
             result["refused_message"] = message_of(exc, ConnectionRefusedError)
+        if HTTPS:
+            secure = await client.get(HTTPS + "hello")
+            result["https"] = [secure.status_code, secure.text]
         if CORS:
             allowed = await client.get(CORS + "cors/hello")
             result["cors_allowed"] = [allowed.status_code, allowed.text]
@@ -133,6 +138,15 @@ def sync_clients() -> None:
     result["http_client"] = answers
     with urllib.request.urlopen(BASE + "chunked") as reply:
         result["urllib"] = reply.read().decode()
+    if HTTPS:
+        host, port = HTTPS.split("//")[1].rstrip("/").split(":")
+        secure = http.client.HTTPSConnection(host, int(port))
+        secure.request("GET", "/hello")
+        reply = secure.getresponse()
+        result["https_http_client"] = [reply.status, reply.read().decode()]
+        secure.close()
+        with urllib.request.urlopen(HTTPS + "chunked") as reply:
+            result["https_urllib"] = reply.read().decode()
     try:
         urllib.request.urlopen(REFUSED + "hello")
         result["urllib_refused"] = "no error"
