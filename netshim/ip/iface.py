@@ -611,13 +611,16 @@ class Interface:
 
     def deadline(self) -> float | None:
         """When :meth:`transmit` must be called next even if nothing arrives (None: never)."""
-        times = [
-            self.neighbors.deadline(),
-            self.reassembler.deadline(),
-            self._next_router_solicitation,
-        ]
-        times.extend(connection.deadline() for connection in self._connections.values())
-        return min((t for t in times if t is not None), default=None)
+        # Asked after every burst: one pass, no lists.
+        earliest = self._next_router_solicitation
+        for when in (self.neighbors.deadline(), self.reassembler.deadline()):
+            if when is not None and (earliest is None or when < earliest):
+                earliest = when
+        for connection in self._connections.values():
+            when = connection.deadline()
+            if when is not None and (earliest is None or when < earliest):
+                earliest = when
+        return earliest
 
     def transmit(self, now: float) -> list[OutgoingPacket]:
         """Run due timers, collect every connection's segments, and return all that is to send."""
@@ -827,9 +830,9 @@ class Interface:
         for _address, packets in failed:
             for ip_bytes, _gso in packets:
                 self._neighbor_failed(ip_bytes, now)
-        self.dropped["reassembly timeout"] += self.reassembler.expire(now)
-        if not self.dropped["reassembly timeout"]:
-            del self.dropped["reassembly timeout"]
+        expired = self.reassembler.expire(now)
+        if expired:
+            self.dropped["reassembly timeout"] += expired
         if self._next_router_solicitation is not None and now >= self._next_router_solicitation:
             self._router_solicitations += 1
             if self._router_solicitations >= ROUTER_SOLICITATIONS:

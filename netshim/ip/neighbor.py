@@ -147,6 +147,8 @@ class NeighborCache(Generic[_T]):
 
     def poll(self, now: float) -> tuple[list[IPAddress], list[tuple[IPAddress, list[_T]]]]:
         """Addresses to probe again now, and those given up on with their packets."""
+        if not self._pending:
+            return [], []
         probe: list[IPAddress] = []
         failed: list[tuple[IPAddress, list[_T]]] = []
         for address, pending in list(self._pending.items()):
@@ -163,4 +165,6 @@ class NeighborCache(Generic[_T]):
 
     def deadline(self) -> float | None:
         """When :meth:`poll` next has something to do."""
+        if not self._pending:
+            return None
         return min((pending.next_probe for pending in self._pending.values()), default=None)
