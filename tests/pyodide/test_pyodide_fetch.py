@@ -8,6 +8,8 @@ tests/pyodide/scripts/fetch_clients.py; the servers are in fetch_support.py.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -131,6 +133,27 @@ def test_fetch_stack_under_node_with_jspi(wheels: list[Path], tmp_path: Path) ->
     assert result["https_urllib"] == "one,two,three"
 
 
+def tls_server_context() -> tuple[ssl.SSLContext, str]:
+    """A server context with a trustme certificate for 127.0.0.1, and its key's SPKI hash.
+
+    The hash (base64 SHA-256 of the SubjectPublicKeyInfo) is what Chromium's
+    --ignore-certificate-errors-spki-list takes.
+    """
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(context)
+    certificate = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return context, base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
 def write_wheel_index(directory: Path) -> None:
     names = sorted(path.name for path in directory.glob("*.whl"))
     (directory / "index.json").write_text(json.dumps(names))
@@ -152,13 +175,19 @@ def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory
         "/wheels/": wheel_dir,
         "/scripts/": SCRIPTS,
     }
+    server_context, spki = tls_server_context()
     with origin_server(files) as (base, _):
         page_origin = base.rstrip("/")
-        with origin_server(allow_origin=page_origin) as (other, _):
+        with (
+            origin_server(allow_origin=page_origin) as (other, _),
+            origin_server(allow_origin=page_origin, tls=server_context) as (secure, _),
+        ):
             query = urllib.parse.urlencode(
                 {
                     "NETSHIM_BASE": base,
                     "NETSHIM_CORS_BASE": other,
+                    # Another origin, so its CORS paths.
+                    "NETSHIM_HTTPS_BASE": secure + "cors/",
                     "NETSHIM_REFUSED": f"http://127.0.0.1:{free_port()}/",
                 }
             )
@@ -169,7 +198,12 @@ def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory
                     f"{base}page/index.html?{query}",
                 ],
                 cwd=PEER_DIR,
-                env={**os.environ, "NETSHIM_CHROMIUM": chromium},
+                env={
+                    **os.environ,
+                    "NETSHIM_CHROMIUM": chromium,
+                    # Chromium trusts the test server's key as it would a CA's certificate.
+                    "NETSHIM_CHROMIUM_ARGS": f"--ignore-certificate-errors-spki-list={spki}",
+                },
                 capture_output=True,
                 text=True,
                 timeout=300,
@@ -218,3 +252,11 @@ def test_fetch_stack_in_chromium_blocking_clients_with_jspi(
     ]
     assert chromium_result["urllib"] == "one,two,three"
     assert "ConnectionRefusedError" in chromium_result["urllib_refused"]
+    assert chromium_result["https_http_client"] == [200, "hello through fetch"]
+    assert chromium_result["https_urllib"] == "one,two,three"
+
+
+@pytest.mark.peer("chromium")
+def test_fetch_stack_in_chromium_https(chromium_result: dict[str, Any]) -> None:
+    """httpx over https: TLS is the browser's (the test's key is trusted by its SPKI)."""
+    assert chromium_result["https"] == [200, "hello through fetch"]

@@ -24,6 +24,8 @@ const browser = await chromium.launchPersistentContext(profile, {
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    // Extra flags from the test, space-separated (e.g. a test CA's SPKI to trust).
+    ...(process.env.NETSHIM_CHROMIUM_ARGS ?? "").split(" ").filter(Boolean),
   ],
   viewport: { width: 900, height: 640 },
 });

@@ -123,6 +123,7 @@ async def async_clients() -> None:
 
 def sync_clients() -> None:
     import http.client
+    import urllib.parse
     import urllib.request
 
     host, port = BASE.split("//")[1].rstrip("/").split(":")
@@ -139,9 +140,9 @@ def sync_clients() -> None:
     with urllib.request.urlopen(BASE + "chunked") as reply:
         result["urllib"] = reply.read().decode()
     if HTTPS:
-        host, port = HTTPS.split("//")[1].rstrip("/").split(":")
-        secure = http.client.HTTPSConnection(host, int(port))
-        secure.request("GET", "/hello")
+        parts = urllib.parse.urlsplit(HTTPS)
+        secure = http.client.HTTPSConnection(parts.hostname, parts.port)
+        secure.request("GET", parts.path + "hello")
         reply = secure.getresponse()
         result["https_http_client"] = [reply.status, reply.read().decode()]
         secure.close()
