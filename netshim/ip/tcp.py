@@ -141,6 +141,9 @@ _MAX_REORDERING = 64
 _MAX_TRACKED_RETRANSMISSIONS = 1024
 # A sample above this is a bogus TSecr (a peer echoing garbage), not an RTT.
 _MAX_RTT_SAMPLE = 120.0
+# Linux's TCP_TIMEOUT_MIN (two ticks): slack on a loss probe's timer for ACKs
+# that the peer's interrupt moderation or its scheduler hold back a little.
+_TLP_SLACK = 0.002
 
 
 class TcpState(enum.Enum):
@@ -428,13 +431,30 @@ class TcpConnection:
         self._sacked_bytes = 0
         self._lost_edge = iss  # holes below this are deemed lost
         self._high_rxt = iss  # retransmitted up to here in this recovery
-        # Retransmissions of this recovery as [start, end, SND.MAX when sent]:
-        # once data sent after one is SACKed while it is still missing, the
-        # retransmission was lost too and goes again without waiting for the
-        # RTO (the idea of RFC 8985's RACK, for retransmissions only).
-        self._rexmits: list[list[int]] = []
+        # Retransmissions as (start, end, time sent, send order): RACK (RFC 8985)
+        # finds one lost when data sent after it is delivered while it is still
+        # missing.  The send order, a count of segments sent, breaks the ties of
+        # equal clock values (a whole burst is sent at one clock reading).
+        self._rexmits: list[tuple[int, int, float, int]] = []
         self._lost_again: list[tuple[int, int]] = []
         self.lost_retransmissions = 0
+        # RACK: first transmissions as parallel lists of end sequence, send time
+        # and send order (all ascending), trimmed as SND.UNA passes them.
+        self._xmit_ends: list[int] = []
+        self._xmit_times: list[float] = []
+        self._xmit_orders: list[int] = []
+        self._send_order = 0
+        # The most recently sent segment known delivered: its send order and RTT.
+        self._rack_order = -1
+        self._rack_rtt = 0.0
+        self._rack_reordering_seen = False
+        self._rack_deadline: float | None = None
+        self._min_rtt: float | None = None
+        # Tail loss probe (RFC 8985 section 7): when it fires, and SND.MAX at
+        # the last probe (no second probe until the ACK passes it).
+        self._tlp_deadline: float | None = None
+        self._tlp_high: int | None = None
+        self.loss_probes = 0
         # Duplicate ACKs (or SACKed segments) that mean a loss; raised when a
         # recovery proves spurious, as Linux adapts tp->reordering.
         self._reordering = _DUPLICATE_ACK_THRESHOLD
@@ -550,7 +570,10 @@ class TcpConnection:
         if syn.find_option(SackPermitted) is None:
             self._sack_enabled = False
         self._update_send_mss()
-        self._cc.mss = self.send_mss
+        # The initial window is ten of the segments agreed on (RFC 6928), not of
+        # the 536 bytes assumed before the handshake (as Linux sets it once the
+        # MSS is known).
+        self._cc = make_congestion_control(self.config.congestion, self.send_mss)
         self._last_received = now
 
     def _update_send_mss(self) -> None:
@@ -1021,6 +1044,8 @@ class TcpConnection:
         self._send_queue.clear()
         self._reorder.clear()
         self._rtx_deadline = None
+        self._tlp_deadline = None
+        self._rack_deadline = None
         self._persist_deadline = None
         self._delack_deadline = None
         self._keepalive_deadline = None
@@ -1050,13 +1075,16 @@ class TcpConnection:
 
         window = segment.window << self._snd_wscale
         self._persist_unanswered = 0
-        if self._sack_enabled and segment.options:
-            for option in segment.options:
-                if type(option) is SackBlocks:
-                    self._take_sack(option.blocks, ack)
-                    if self._rexmits and self._in_recovery:
-                        self._find_lost_retransmissions(ack)
-                    break
+        sack_enabled = self._sack_enabled
+        if sack_enabled:
+            if segment.options:
+                for option in segment.options:
+                    if type(option) is SackBlocks:
+                        self._take_sack(option.blocks, ack, now)
+                        break
+            if ack > snd_una:
+                # Before the ACK trims the send records RACK reads.
+                self._rack_delivered(ack, now)
 
         if ack > snd_una:
             self._on_ack_advance(ack, timestamps, now)
@@ -1070,6 +1098,8 @@ class TcpConnection:
             self._on_duplicate_ack(now)
         elif self._sack_enabled and not self._in_recovery and self._snd_max > snd_una:
             self._maybe_enter_recovery(now)
+        if sack_enabled and (self._sacked_starts or self._rexmits or self._in_recovery):
+            self._rack_detect(now)
 
         # RFC 9293 3.10.7.4: the window comes from the newest segment only.
         if self._snd_wl1 < seq or (self._snd_wl1 == seq and self._snd_wl2 <= ack):
@@ -1097,6 +1127,12 @@ class TcpConnection:
         self.bytes_acked += self._send_queue.drop_until(ack)
         if self._sacked_starts:
             self._trim_scoreboard(ack)
+        xmit_ends = self._xmit_ends
+        if xmit_ends and xmit_ends[0] <= ack:
+            gone = bisect_right(xmit_ends, ack)
+            del xmit_ends[:gone], self._xmit_times[:gone], self._xmit_orders[:gone]
+        if self._tlp_high is not None and ack >= self._tlp_high:
+            self._tlp_high = None
         self._retries = 0
         self._persist_backoff = 0
         # Something worked: forget soft errors (as Linux clears sk_err_soft).
@@ -1144,6 +1180,7 @@ class TcpConnection:
         else:
             self._rtx_deadline = None
             self._stall_start = None
+        self._arm_loss_probe(now)
 
         state = self.state
         if self._fin_queued and ack == self._send_queue.end + 1:
@@ -1168,9 +1205,12 @@ class TcpConnection:
             return  # RFC 6582 section 4: not for losses of a recovery already handled
         threshold = self._reordering
         lost = self._dupacks >= threshold or (self._sacked_bytes > (threshold - 1) * self.send_mss)
-        if not lost:
-            return
+        if lost:
+            self._enter_recovery(now)
+
+    def _enter_recovery(self, now: float) -> None:
         self._in_recovery = True
+        self._tlp_deadline = None
         self.fast_recoveries += 1
         self._recover = self._snd_max - 1
         self._undo_cwnd = self._cc.cwnd
@@ -1189,7 +1229,7 @@ class TcpConnection:
 
     # SACK scoreboard -------------------------------------------------------
 
-    def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int) -> None:
+    def _take_sack(self, blocks: tuple[tuple[int, int], ...], ack: int, now: float) -> None:
         snd_una = self._snd_una
         snd_max = self._snd_max
         for index, (left_wire, right_wire) in enumerate(blocks):
@@ -1205,24 +1245,145 @@ class TcpConnection:
             if right > snd_max or right <= left:
                 continue
             self._add_sacked(left, right)
+            self._rack_delivered(right, now)
 
-    def _find_lost_retransmissions(self, ack: int) -> None:
-        highest = self._sacked_ends[-1] if self._sacked_ends else ack
-        kept: list[list[int]] = []
-        for entry in self._rexmits:
-            start, end, sent_before = entry
-            if end <= ack:
-                continue
-            # More than the reordering allowance of later data has arrived.
-            if highest > sent_before + self._reordering * self.send_mss:
-                hole = self._next_hole(max(start, ack), end)
-                if hole is not None:
-                    self._lost_again.append(hole)
-                    self.lost_retransmissions += 1
-                    self._output_wanted = True
-                continue
-            kept.append(entry)
-        self._rexmits = kept
+    # RACK and TLP (RFC 8985) -------------------------------------------
+
+    def _rack_delivered(self, end: int, now: float) -> None:
+        """Data ending at ``end`` reached the peer: remember it if it was sent last."""
+        order = -1
+        sent = 0.0
+        for rexmit_start, rexmit_end, rexmit_time, rexmit_order in reversed(self._rexmits):
+            if rexmit_start < end <= rexmit_end:
+                # As Linux: delivered sooner than the minimum RTT after the
+                # retransmission, it was the original that arrived.
+                if self._min_rtt is None or now - rexmit_time >= self._min_rtt:
+                    order = rexmit_order
+                    sent = rexmit_time
+                break
+        if order < 0:
+            index = bisect_left(self._xmit_ends, end)
+            if index == len(self._xmit_ends):
+                return
+            order = self._xmit_orders[index]
+            sent = self._xmit_times[index]
+        if order > self._rack_order:
+            self._rack_order = order
+            self._rack_rtt = now - sent
+
+    def _rack_reordering_window(self) -> float:
+        # As Linux's tcp_rack_reo_wnd: no allowance while no reordering was
+        # seen and recovery is on (or the duplicate threshold already says loss).
+        if not self._rack_reordering_seen and (
+            self._in_recovery or self._sacked_bytes >= self._reordering * self.send_mss
+        ):
+            return 0.0
+        min_rtt = self._min_rtt if self._min_rtt is not None else 0.0
+        srtt = self.srtt if self.srtt is not None else 0.0
+        return min(min_rtt / 4, srtt)
+
+    def _rack_detect(self, now: float) -> None:
+        """RFC 8985 section 6.2: data sent before delivered data, long enough ago, is lost."""
+        self._rack_deadline = None
+        snd_una = self._snd_una
+        rack_order = self._rack_order
+        if rack_order < 0 or self._snd_max <= snd_una:
+            return
+        wait = self._rack_rtt + self._rack_reordering_window()
+        cutoff = now - wait
+        next_check: float | None = None
+        newly_lost = False
+
+        # First transmissions: sent in sequence order, so those sent before the
+        # RACK segment are a prefix, and the lost ones a prefix of that.
+        times, ends = self._xmit_times, self._xmit_ends
+        before = bisect_left(self._xmit_orders, rack_order)
+        lost = min(before, bisect_right(times, cutoff))
+        if lost:
+            edge = ends[lost - 1]
+            if edge > self._lost_edge:
+                if self._next_hole(max(self._lost_edge, snd_una), edge) is not None:
+                    newly_lost = True
+                self._lost_edge = edge
+        if lost < before:
+            start = ends[lost - 1] if lost else snd_una
+            if self._next_hole(max(start, snd_una), ends[before - 1]) is not None:
+                next_check = times[lost] + wait
+
+        if self._rexmits:
+            kept: list[tuple[int, int, float, int]] = []
+            for entry in self._rexmits:
+                start, end, sent, order = entry
+                if end <= snd_una:
+                    continue
+                if order < rack_order:
+                    if sent > cutoff:
+                        due = sent + wait
+                        if next_check is None or due < next_check:
+                            next_check = due
+                        kept.append(entry)
+                        continue
+                    hole = self._next_hole(max(start, snd_una), end)
+                    if hole is not None:
+                        self.lost_retransmissions += 1
+                        newly_lost = True
+                        if self._in_recovery:
+                            self._lost_again.append(hole)
+                        elif hole[1] > self._lost_edge:
+                            self._lost_edge = hole[1]
+                    continue
+                kept.append(entry)
+            self._rexmits = kept
+
+        if newly_lost:
+            self._output_wanted = True
+            if not self._in_recovery:
+                lost_edge = self._lost_edge
+                self._enter_recovery(now)
+                self._lost_edge = max(self._lost_edge, lost_edge)
+        self._rack_deadline = next_check
+
+    def _arm_loss_probe(self, now: float) -> None:
+        """RFC 8985 section 7.2: a probe two round trips after the last send."""
+        flight = self._snd_max - self._snd_una
+        if (
+            self.srtt is None
+            or flight <= 0
+            or not self._sack_enabled
+            or self._in_recovery
+            or self._tlp_high is not None
+            or self.state not in _SENDING
+        ):
+            self._tlp_deadline = None
+            return
+        # Linux's allowances: a delayed ACK when one segment is out, else two ticks.
+        pto = 2 * self.srtt + (self.config.min_rto if flight <= self.send_mss else _TLP_SLACK)
+        if self._rtx_deadline is not None and self._rtx_deadline - now < pto:
+            pto = max(0.0, self._rtx_deadline - now)
+        self._tlp_deadline = now + pto
+
+    def _on_loss_probe(self, now: float, out: list[TcpRepr]) -> None:
+        """RFC 8985 section 7.3: new data if any may go, else the last segment again."""
+        self._tlp_deadline = None
+        snd_una = self._snd_una
+        if self._in_recovery or self._snd_max <= snd_una or self.state not in _SENDING:
+            return
+        data_end = self._send_queue.end
+        snd_nxt = self._snd_nxt
+        usable = min(data_end - snd_nxt, snd_una + self._snd_wnd - snd_nxt, self.send_mss)
+        if usable > 0 and (usable == data_end - snd_nxt or usable == self.send_mss):
+            self._send_data(snd_nxt, usable, now, out)
+        else:
+            end = min(self._snd_max, data_end)
+            start = max(snd_una, end - self.send_mss)
+            if start >= end:
+                return  # only the FIN is out: the RTO sends it again
+            self._send_data(start, end - start, now, out)
+            if len(self._rexmits) < _MAX_TRACKED_RETRANSMISSIONS:
+                self._rexmits.append((start, end, now, self._send_order))
+        self.loss_probes += 1
+        self._tlp_high = self._snd_max
+        self._rtx_deadline = now + self.rto
 
     def _on_dsack(self, left: int) -> None:
         if self._undo_cwnd is None or left < self._undo_from or self._undo_retrans <= 0:
@@ -1237,6 +1398,7 @@ class TcpConnection:
         cc.ssthresh = max(cc.ssthresh, self._undo_ssthresh)
         self._undo_cwnd = None
         self.spurious_recoveries += 1
+        self._rack_reordering_seen = True
         self._reordering = min(
             max(self._reordering, self._undo_entry_segments + 1), _MAX_REORDERING
         )
@@ -1262,8 +1424,6 @@ class TcpConnection:
         starts[low:high] = [left]
         ends[low:high] = [right]
         self._sacked_bytes += right - left
-        if self._in_recovery and ends[-1] > self._lost_edge:
-            self._lost_edge = ends[-1]
 
     def _trim_scoreboard(self, ack: int) -> None:
         starts, ends = self._sacked_starts, self._sacked_ends
@@ -1300,10 +1460,12 @@ class TcpConnection:
         flight = self._snd_nxt - self._snd_una
         if not self._in_recovery:
             return flight - self._sacked_bytes
+        # Above the lost edge and not SACKed is in flight; below it only what
+        # was retransmitted and not yet SACKed.
         lost_edge = self._lost_edge
-        if self._sacked_ends and self._sacked_ends[-1] > lost_edge:
-            lost_edge = self._sacked_ends[-1]
         above = self._snd_nxt - lost_edge
+        if self._sacked_bytes:
+            above -= self._sacked_bytes - self._sacked_below(lost_edge)
         if not self._sack_enabled:
             above -= self._dupacks * self.send_mss
         retransmitted = 0
@@ -1335,6 +1497,8 @@ class TcpConnection:
     def _rtt_sample(self, rtt: float) -> None:
         if rtt < 0:
             return
+        if self._min_rtt is None or rtt < self._min_rtt:
+            self._min_rtt = rtt
         if self.srtt is None or self.rttvar is None:
             self.srtt = rtt
             self.rttvar = rtt / 2
@@ -1430,6 +1594,8 @@ class TcpConnection:
         self.state = TcpState.TIME_WAIT
         self._time_wait_deadline = now + self.config.time_wait
         self._rtx_deadline = None
+        self._tlp_deadline = None
+        self._rack_deadline = None
         self._persist_deadline = None
         self._keepalive_deadline = None
 
@@ -1486,6 +1652,8 @@ class TcpConnection:
         earliest: float | None = None
         for when in (
             self._rtx_deadline,
+            self._tlp_deadline,
+            self._rack_deadline,
             self._delack_deadline,
             self._persist_deadline,
             self._keepalive_deadline,
@@ -1507,6 +1675,10 @@ class TcpConnection:
         if self._time_wait_deadline is not None and now >= self._time_wait_deadline:
             self._enter_closed()
             return out
+        if self._tlp_deadline is not None and now >= self._tlp_deadline:
+            self._on_loss_probe(now, out)
+        if self._rack_deadline is not None and now >= self._rack_deadline:
+            self._rack_detect(now)
         if self._rtx_deadline is not None and now >= self._rtx_deadline:
             self._on_retransmit_timeout(now, out)
             if self.state is TcpState.CLOSED:
@@ -1648,24 +1820,21 @@ class TcpConnection:
                 if again_start >= again_end:
                     continue
                 self._send_data(again_start, again_end - again_start, now, out)
-                self._rexmits.append([again_start, again_end, self._snd_max])
+                self._rexmits.append((again_start, again_end, now, self._send_order))
                 pipe += again_end - again_start
             while force or pipe < cc.cwnd:
                 # A forced retransmission is one segment; others fill what cwnd allows.
                 allowed = mss if force else max(mss, cc.cwnd - pipe)
                 force = False
                 start = max(self._high_rxt, self._snd_una)
-                lost_edge = self._lost_edge
-                if self._sacked_ends and self._sacked_ends[-1] > lost_edge:
-                    lost_edge = self._sacked_ends[-1]
-                hole = self._next_hole(start, min(lost_edge, self._snd_max, data_end))
+                hole = self._next_hole(start, min(self._lost_edge, self._snd_max, data_end))
                 if hole is None:
                     break
                 length = min(hole[1] - hole[0], max_payload, allowed)
                 self._send_data(hole[0], length, now, out)
                 self._high_rxt = hole[0] + length
                 if len(self._rexmits) < _MAX_TRACKED_RETRANSMISSIONS:
-                    self._rexmits.append([hole[0], hole[0] + length, self._snd_max])
+                    self._rexmits.append((hole[0], hole[0] + length, now, self._send_order))
                 pipe += length
 
         window_end = self._snd_una + self._snd_wnd
@@ -1701,6 +1870,8 @@ class TcpConnection:
         if self._fin_queued and self._snd_nxt == data_end and self.state in _FIN_STATES:
             self._send_fin(data_end, now, out)
             sent_any = True
+        if sent_any:
+            self._arm_loss_probe(now)
 
         # Nothing in flight and nothing sendable while data waits: probe the window.
         if (
@@ -1721,6 +1892,7 @@ class TcpConnection:
             if self._fin_queued and self.state in _FIN_STATES:
                 flags |= _FIN
         out.append(self._segment(start, flags, self._send_queue.read(start, length)))
+        self._send_order += 1
         if start < self._snd_max:
             self.retransmissions += 1
             self._rtt_seq = None
@@ -1728,6 +1900,9 @@ class TcpConnection:
                 self._undo_retrans += 1
         else:
             self.bytes_sent += length
+            self._xmit_ends.append(end)
+            self._xmit_times.append(now)
+            self._xmit_orders.append(self._send_order)
             if self._rtt_seq is None and not self._ts_enabled:
                 self._rtt_seq = end
                 self._rtt_time = now
@@ -1788,6 +1963,9 @@ class TcpConnection:
             return
         self._cc.on_timeout(now, self._snd_max - self._snd_una)
         self._undo_cwnd = None
+        self._tlp_deadline = None
+        self._tlp_high = None
+        self._rack_deadline = None
         self._recover = self._snd_max - 1
         if self._retries > 1:
             # A second timeout in a row: the peer may have reneged on what it

@@ -523,12 +523,17 @@ def test_rto_backoff_then_etimedout() -> None:
     network.run_until(lambda: network.a.state is TcpState.CLOSED, timeout=100)
     times = [e.time for e in network.log if e.direction == "a>b" and e.segment.payload]
     gaps = [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)]
+    # The tail loss probe comes first: with one segment out its timer (2 SRTT
+    # plus a delayed-ACK allowance) is capped at the RTO, which it then restarts.
+    probe_gap, *gaps = gaps
+    assert network.a.loss_probes == 1
     rto = gaps[0]
+    assert probe_gap == pytest.approx(rto, rel=0.01)
     assert 0.2 <= rto <= 0.25  # min RTO above a 2 ms RTT
     assert gaps == pytest.approx([rto * 2**i for i in range(5)], rel=0.01)
     assert isinstance(network.a.error, TimeoutError)
     assert network.a.info().timeouts == 6
-    assert network.a.retransmissions == 5
+    assert network.a.retransmissions == 6
 
 
 def test_user_timeout_ends_sooner() -> None:
