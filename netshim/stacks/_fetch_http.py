@@ -198,7 +198,9 @@ class FetchHttp:
         self.forbidden = forbidden
         self.secure = False
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
-        self._out = bytearray()
+        # Pieces for the program, joined only when taken: a body's bytes pass
+        # through without a copy when nothing else is waiting.
+        self._out: list[bytes] = []
         # Bytes before we know whether a TLS hello starts the stream.
         self._prelude: bytearray | None = bytearray()
         # The request being read: refused ones are read to their end and
@@ -264,10 +266,10 @@ class FetchHttp:
         if prelude.startswith(TLS_HELLO):
             del prelude[: len(TLS_HELLO)]
             self.secure = True
-            self._out += TLS_READY
+            self._out.append(TLS_READY)
             return True
         if prelude.startswith(_TLS_RECORD_START):
-            self._out += _TLS_HANDSHAKE_FAILURE
+            self._out.append(_TLS_HANDSHAKE_FAILURE)
             self._closed_reason = (
                 "a TLS handshake reached FetchStack, which does not run TLS (the browser "
                 "does): wrap the connection with netshim's ssl, which FetchStack recognises"
@@ -316,7 +318,7 @@ class FetchHttp:
         if self._h11.they_are_waiting_for_100_continue:
             # fetch cannot pass Expect on, and would want the whole body
             # anyway: invite it at once, as a server that accepts would.
-            self._out += self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+            self._out.append(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
         target = event.target.decode("ascii")
         headers: list[tuple[str, str]] = []
         dropped: list[str] = []
@@ -367,9 +369,10 @@ class FetchHttp:
 
     def data_to_send(self) -> bytes:
         """The bytes for the program so far (responses, ``100 Continue``, TLS answers)."""
-        data = bytes(self._out)
-        self._out.clear()
-        return data
+        pieces, self._out = self._out, []
+        if len(pieces) == 1:
+            return bytes(pieces[0])
+        return b"".join(pieces)
 
     def start_response(self, status: int, headers: list[tuple[str, str]], reason: str = "") -> None:
         """Begin the response to the oldest request: fetch's status and headers.
@@ -387,17 +390,19 @@ class FetchHttp:
                 continue
             kept.append((lower, value))
         phrase = reason.encode("latin-1", "replace") if reason else _reason(status)
-        self._out += self._h11.send(h11.Response(status_code=status, headers=kept, reason=phrase))
+        self._out.append(
+            self._h11.send(h11.Response(status_code=status, headers=kept, reason=phrase))
+        )
         self._responding = True
 
     def send_data(self, data: bytes) -> None:
         """Part of the response's body (nothing is written for HEAD, 204 and 304)."""
         if data:
-            self._out += self._h11.send(h11.Data(data=data))
+            self._out.extend(self._h11.send_with_data_passthrough(h11.Data(data=data)) or ())
 
     def end_response(self) -> None:
         """The response is complete: the connection is ready for the next request, or closes."""
-        self._out += self._h11.send(h11.EndOfMessage())
+        self._out.append(self._h11.send(h11.EndOfMessage()))
         self._responding = False
         self._next_cycle()
 
@@ -415,12 +420,14 @@ class FetchHttp:
                 message.splitlines()[0][:200].encode("ascii", "replace").decode(),
             ),
         ]
-        self._out += self._h11.send(
-            h11.Response(status_code=status, headers=headers, reason=_reason(status))
+        self._out.append(
+            self._h11.send(
+                h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            )
         )
         if self._head_method != "HEAD":
-            self._out += self._h11.send(h11.Data(data=body))
-        self._out += self._h11.send(h11.EndOfMessage())
+            self._out.append(self._h11.send(h11.Data(data=body)))
+        self._out.append(self._h11.send(h11.EndOfMessage()))
         self._next_cycle()
 
     def _bad_request(self, status: int, message: str) -> None:
@@ -432,11 +439,13 @@ class FetchHttp:
         ]
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
-                self._out += self._h11.send(
-                    h11.Response(status_code=status, headers=headers, reason=_reason(status))
+                self._out.append(
+                    self._h11.send(
+                        h11.Response(status_code=status, headers=headers, reason=_reason(status))
+                    )
                 )
-                self._out += self._h11.send(h11.Data(data=body))
-                self._out += self._h11.send(h11.EndOfMessage())
+                self._out.append(self._h11.send(h11.Data(data=body)))
+                self._out.append(self._h11.send(h11.EndOfMessage()))
             except h11.LocalProtocolError:
                 pass
         self._closed_reason = f"malformed request: {message}"

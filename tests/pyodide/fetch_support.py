@@ -35,6 +35,10 @@ _TYPES = {
 }
 
 
+# What /big answers: 10 MiB, for throughput figures.
+_BIG = bytes(range(256)) * (40 * 1024)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: with Nagle's algorithm and
@@ -90,6 +94,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = self._path()
         if path == "/hello":
             self._reply(200, b"hello through fetch")
+        elif path == "/big":
+            self._reply(200, _BIG, "application/octet-stream")
         elif path == "/headers":
             seen = {name.lower(): value for name, value in self.headers.items()}
             self._reply(200, json.dumps(seen).encode(), "application/json")
