@@ -25,21 +25,29 @@ What is implemented, by RFC:
   the RTO has Linux's shape (SRTT + max(4 RTTVAR, min_rto)).
 * RFC 7323: window scaling, timestamps for RTT measurement and PAWS (the basic
   check; no idle expiry of TS.Recent).
-* RFC 2018 SACK, both ways, and loss recovery after RFC 6675, simplified: every
-  hole below the highest SACKed byte counts as lost (as Linux's FACK once did),
-  retransmitted while the pipe estimate is below cwnd; a retransmission that
-  is itself lost is found from later SACKs (RACK's idea, RFC 8985, for
-  retransmissions only).  RFC 2883 D-SACK both ways: a recovery whose
-  retransmissions all arrived twice is undone and the reordering threshold
-  raised.  Without SACK, NewReno fast retransmit and recovery (RFC 6582).
+* RFC 2018 SACK, both ways, and loss recovery after RFC 6675, with losses
+  found by RACK-TLP (RFC 8985) as Linux's default (``tcp_recovery=1``) does:
+  data (first sendings, retransmissions and probes alike) sent before data
+  known delivered, longer ago than that data's RTT plus a reordering window,
+  is lost.  The window is a quarter of the minimum RTT, none in recovery or
+  past the duplicate threshold until reordering has been seen; a timer
+  re-checks segments still inside it.  A tail loss probe goes two smoothed
+  RTTs after the last send (plus a delayed-ACK allowance when one segment is
+  out, capped at the RTO) with new data, or the last segment again, so that a
+  lost tail is found by SACK instead of the RTO.  The duplicate-ACK
+  threshold still starts recovery too.  RFC 2883 D-SACK both ways: a recovery
+  whose retransmissions all arrived twice is undone and the reordering
+  window opened.  Without SACK, NewReno fast retransmit and recovery (RFC 6582).
   Congestion windows come from :mod:`netshim.ip.congestion` (CUBIC, RFC 9438,
   by default; NewReno selectable), grown only while cwnd limits the sender
-  (RFC 7661).
+  (RFC 7661); the initial window is ten segments of the agreed MSS (RFC 6928).
 * RFC 6528 initial sequence numbers (:func:`initial_sequence_number`).
 
 Not implemented: urgent data (URG is ignored), ECN, TCP Fast Open, MD5 and
 TCP-AO signatures, path MTU probing (RFC 4821; ICMP-driven PMTU discovery is
-in :meth:`TcpConnection.on_icmp_error`), full RACK-TLP and F-RTO.  An RST in
+in :meth:`TcpConnection.on_icmp_error`), F-RTO, RACK's adaptive reordering
+window (its steps) and TLP's congestion response to a probe that repaired a
+single loss (RFC 8985 section 7.4).  An RST in
 TIME-WAIT ends it, as Linux does by default (no RFC 1337 protection).
 
 Sequence numbers are 32-bit on the wire and unbounded inside.  Each incoming
