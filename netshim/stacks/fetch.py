@@ -107,7 +107,7 @@ class FetchBackend(Protocol):
 class _Exchange:
     """One request on a stream, from its head to the end of its response."""
 
-    __slots__ = ("body", "complete", "request", "response", "started", "upload")
+    __slots__ = ("body", "complete", "remaining", "request", "response", "started", "upload")
 
     def __init__(self, request: core.FetchRequest) -> None:
         self.request = request
@@ -116,6 +116,8 @@ class _Exchange:
         self.response: FetchResponse | None = None
         self.started: Any = None
         self.upload: Any = None
+        # Body bytes still due when the response said (Content-Length, not decoded).
+        self.remaining: int | None = None
 
 
 class FetchStream(TcpStream):
@@ -279,15 +281,27 @@ class FetchStream(TcpStream):
                 response = await self.stack.backend.fetch(exchange.request, body)
             exchange.response = response
             self.http.start_response(response.status, list(response.headers), response.reason)
+            exchange.remaining = _declared_length(exchange.request.method, response)
+            if exchange.remaining == 0:
+                await self._end_response()
             return
         chunk = await exchange.response.read()
         if chunk is None:
-            self.http.end_response()
-            self.exchange = None
-            # A pipelined request may have waited behind this one.
-            await self._take_events()
+            await self._end_response()
         else:
             self.http.send_data(chunk)
+            if exchange.remaining is not None:
+                exchange.remaining -= len(chunk)
+                if exchange.remaining <= 0:
+                    # The whole declared body came: the program need not wait
+                    # for fetch's own end of stream (one more JavaScript read).
+                    await self._end_response()
+
+    async def _end_response(self) -> None:
+        self.http.end_response()
+        self.exchange = None
+        # A pipelined request may have waited behind this one.
+        await self._take_events()
 
     # -- closing ---------------------------------------------------------------
 
@@ -309,6 +323,20 @@ class FetchStream(TcpStream):
 
     async def abort(self) -> None:
         await self.aclose()
+
+
+def _declared_length(method: str, response: FetchResponse) -> int | None:
+    """The body length the response declares, when its bytes will match it."""
+    if method == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200:
+        return 0
+    length: int | None = None
+    for name, value in response.headers:
+        lower = name.lower()
+        if lower == "content-encoding":
+            return None  # fetch decodes: the length is the encoded one
+        if lower == "content-length" and value.strip().isdigit():
+            length = int(value)
+    return length
 
 
 def _in_node() -> bool:
