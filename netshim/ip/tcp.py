@@ -29,8 +29,9 @@ What is implemented, by RFC:
   found by RACK-TLP (RFC 8985) as Linux's default (``tcp_recovery=1``) does:
   data (first sendings, retransmissions and probes alike) sent before data
   known delivered, longer ago than that data's RTT plus a reordering window,
-  is lost.  The window is a quarter of the minimum RTT, none in recovery or
-  past the duplicate threshold until reordering has been seen; a timer
+  is lost.  The window is a quarter of the minimum RTT (one more quarter per
+  round trip with D-SACKs, at most SRTT), none in recovery or past the
+  duplicate threshold until reordering has been seen; a timer
   re-checks segments still inside it.  A tail loss probe goes two smoothed
   RTTs after the last send (plus a delayed-ACK allowance when one segment is
   out, capped at the RTO) with new data, or the last segment again, so that a
@@ -45,9 +46,9 @@ What is implemented, by RFC:
 
 Not implemented: urgent data (URG is ignored), ECN, TCP Fast Open, MD5 and
 TCP-AO signatures, path MTU probing (RFC 4821; ICMP-driven PMTU discovery is
-in :meth:`TcpConnection.on_icmp_error`), F-RTO, RACK's adaptive reordering
-window (its steps) and TLP's congestion response to a probe that repaired a
-single loss (RFC 8985 section 7.4).  An RST in
+in :meth:`TcpConnection.on_icmp_error`), F-RTO, the decay of RACK's
+reordering window after recoveries without D-SACKs, and TLP's congestion
+response to a probe that repaired a single loss (RFC 8985 section 7.4).  An RST in
 TIME-WAIT ends it, as Linux does by default (no RFC 1337 protection).
 
 Sequence numbers are 32-bit on the wire and unbounded inside.  Each incoming
@@ -149,6 +150,8 @@ _MAX_REORDERING = 64
 _MAX_TRACKED_RETRANSMISSIONS = 1024
 # A sample above this is a bogus TSecr (a peer echoing garbage), not an RTT.
 _MAX_RTT_SAMPLE = 120.0
+# Linux's cap on RACK's reordering window steps (it is also capped at SRTT).
+_MAX_RACK_STEPS = 256
 # Linux's TCP_TIMEOUT_MIN (two ticks): slack on a loss probe's timer for ACKs
 # that the peer's interrupt moderation or its scheduler hold back a little.
 _TLP_SLACK = 0.002
@@ -456,6 +459,10 @@ class TcpConnection:
         self._rack_order = -1
         self._rack_rtt = 0.0
         self._rack_reordering_seen = False
+        # RFC 8985 section 6.2 step 4: the window grows by a quarter of the
+        # minimum RTT per round trip that brought a D-SACK, as Linux's reo_wnd_steps.
+        self._rack_steps = 1
+        self._rack_steps_round_end = iss
         self._rack_deadline: float | None = None
         self._min_rtt: float | None = None
         # Tail loss probe (RFC 8985 section 7): when it fires, and SND.MAX at
@@ -1288,7 +1295,7 @@ class TcpConnection:
             return 0.0
         min_rtt = self._min_rtt if self._min_rtt is not None else 0.0
         srtt = self.srtt if self.srtt is not None else 0.0
-        return min(min_rtt / 4, srtt)
+        return min(min_rtt / 4 * self._rack_steps, srtt)
 
     def _rack_detect(self, now: float) -> None:
         """RFC 8985 section 6.2: data sent before delivered data, long enough ago, is lost."""
@@ -1394,6 +1401,10 @@ class TcpConnection:
         self._rtx_deadline = now + self.rto
 
     def _on_dsack(self, left: int) -> None:
+        self._rack_reordering_seen = True
+        if self._snd_una >= self._rack_steps_round_end:
+            self._rack_steps = min(self._rack_steps + 1, _MAX_RACK_STEPS)
+            self._rack_steps_round_end = self._snd_max
         if self._undo_cwnd is None or left < self._undo_from or self._undo_retrans <= 0:
             return
         self._undo_retrans -= 1
