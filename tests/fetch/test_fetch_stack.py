@@ -302,3 +302,80 @@ async def test_no_udp_no_listening() -> None:
     assert info.value.errno == errno.EOPNOTSUPP
     with pytest.raises(OSError, match="cannot listen"):
         await stack.listen_tcp()
+
+
+@pytest.mark.anyio
+async def test_declared_length_ends_the_response_without_the_final_read() -> None:
+    class NoFinalRead(FakeResponse):
+        async def read(self) -> bytes | None:
+            if not self.chunks:
+                raise AssertionError("the end of a complete Content-Length body was awaited")
+            return await super().read()
+
+    async def sized(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        return NoFinalRead(200, "OK", [("content-length", "6")], [b"abc", b"def"])
+
+    stream = await FetchStack(FakeFetch(sized)).connect_tcp("h", 80)
+    for _ in range(2):
+        await stream.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        data = b""
+        with anyio.fail_after(5):
+            while not data.endswith(b"abcdef"):
+                data += await stream.receive()
+        assert data.startswith(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n")
+
+
+@pytest.mark.anyio
+async def test_head_and_204_end_with_their_head() -> None:
+    async def no_body(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        status = 204 if request.url.endswith("/empty") else 200
+        return FakeResponse(status, "", [("content-length", "99")], [])
+
+    stream = await FetchStack(FakeFetch(no_body)).connect_tcp("h", 80)
+    await stream.send(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert await stream.receive() == b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\n\r\n"
+    await stream.send(b"GET /empty HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert (await stream.receive()).startswith(b"HTTP/1.1 204 No Content\r\n")
+    with pytest.raises(anyio.EndOfStream):
+        await stream.receive()
+
+
+@pytest.mark.anyio
+async def test_expect_100_continue_through_the_stream() -> None:
+    fake = FakeFetch()
+    stream = await FetchStack(fake).connect_tcp("h", 80)
+    await stream.send(
+        b"PUT /f HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert await stream.receive() == b"HTTP/1.1 100 \r\n\r\n"
+    await stream.send(b"data")
+    assert b"b'data'" in await read_response(stream)
+
+
+@pytest.mark.anyio
+async def test_dropped_headers_are_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+    stream = await FetchStack(FakeFetch()).connect_tcp("h", 80)
+    for _ in range(2):
+        await stream.send(b"GET / HTTP/1.1\r\nHost: h\r\nCookie: a=1\r\nReferer: x\r\n\r\n")
+        await read_response(stream)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "netshim.fetch"]
+    later = "here; left out of this and later requests"
+    assert warnings == [
+        f"FetchStack: fetch cannot send the 'cookie' header {later}",
+        f"FetchStack: fetch cannot send the 'referer' header {later}",
+    ]
+
+
+@pytest.mark.anyio
+async def test_browser_tls_to_a_stream_that_is_not_fetchstack_fails() -> None:
+    """A browser-TLS object on a stream that is not FetchStack's fails its handshake."""
+    from netshim.stacks._fetch_tls import BrowserTlsObject
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = BrowserTlsObject(ssl.create_default_context(), incoming, outgoing, "h")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    assert outgoing.read().startswith(b"\x16netshim-browser-tls/1")
+    incoming.write(b"\x15\x03\x03\x00\x02\x02\x28" + b"\x00" * 30)
+    with pytest.raises(ssl.SSLError, match="not a FetchStack stream"):
+        tls.do_handshake()
