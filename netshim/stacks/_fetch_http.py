@@ -40,6 +40,10 @@ import h11
 
 __all__ = [
     "BROWSER_FORBIDDEN_HEADERS",
+    "WEBSOCKET_MAX_MESSAGE",
+    "WebSocketClose",
+    "WebSocketMessage",
+    "WebSocketRequest",
     "DEFAULT_MAX_INCOMPLETE_EVENT_SIZE",
     "FRAMING_HEADERS",
     "NEED_DATA",
@@ -56,6 +60,12 @@ __all__ = [
 # h11's default for a request line and headers (16 KiB, as node and
 # tomcat): a program's request head larger than this gets 431.
 DEFAULT_MAX_INCOMPLETE_EVENT_SIZE = 16 * 1024
+
+#: The largest WebSocket message taken from the program (the websockets
+#: library's default, and the gateway's): a larger one closes with 1009.
+WEBSOCKET_MAX_MESSAGE = 1 << 20
+# RFC 6455 section 1.3: what the key is hashed with for Sec-WebSocket-Accept.
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 #: What a program's TLS layer sends instead of a ClientHello: the byte that
 #: starts a TLS handshake record, so it is never taken for an HTTP method.
@@ -152,6 +162,30 @@ class ProgramClosed(Event):
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class WebSocketRequest(Event):
+    """An upgrade to WebSocket: open ``url`` (``ws://`` or ``wss://``) and accept or refuse."""
+
+    url: str
+    protocols: tuple[str, ...]
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketMessage(Event):
+    """A whole message from the program: ``str`` for text, ``bytes`` for binary."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketClose(Event):
+    """The program's close frame (already answered), with its code and reason."""
+
+    code: int = 1005
+    reason: str = ""
+
+
 class _NeedData:
     __slots__ = ()
 
@@ -161,6 +195,31 @@ class _NeedData:
 
 #: :meth:`FetchHttp.next_event`'s answer when more bytes from the program are needed.
 NEED_DATA: Final = _NeedData()
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """A final, unmasked frame (a server's) carrying ``payload``."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, length))
+    elif length < 1 << 16:
+        header = bytes((0x80 | opcode, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
+    return header + payload
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    # One big-integer XOR instead of a Python loop over the bytes.
+    if not payload:
+        return payload
+    repeated = (mask * (len(payload) // 4 + 1))[: len(payload)]
+    value = int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")
+    return value.to_bytes(len(payload), "big")
+
+
+def _message(opcode: int, payload: bytes) -> WebSocketMessage:
+    return WebSocketMessage(payload.decode("utf-8", "replace") if opcode == 0x1 else payload)
 
 
 def _header_text(message: str) -> str:
@@ -209,6 +268,10 @@ class FetchHttp:
         self._head_method = ""
         self._closed_reason: str | None = None
         self._responding = False
+        # After a WebSocket upgrade: the program's unparsed frame bytes, and
+        # the fragments of a message in progress (opcode, pieces).
+        self._frames: bytearray | None = None
+        self._fragments: tuple[int, list[bytes]] | None = None
 
     # -- state ------------------------------------------------------------
 
@@ -240,6 +303,12 @@ class FetchHttp:
     def receive_data(self, data: bytes) -> None:
         """Bytes the program sent; ``b""`` when it closed its sending side."""
         if self._closed_reason is not None:
+            return
+        if self._frames is not None:
+            if data:
+                self._frames += data
+            else:
+                self._closed_reason = "the program closed the connection"
             return
         if self._prelude is not None:
             if data:
@@ -284,6 +353,8 @@ class FetchHttp:
                 return NEED_DATA
             if self._prelude is not None:
                 return NEED_DATA
+            if self._frames is not None:
+                return self._next_frame()
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
@@ -312,7 +383,7 @@ class FetchHttp:
                 self._closed_reason = "the program closed the connection"
                 return ProgramClosed(self._closed_reason)
 
-    def _request(self, event: h11.Request) -> FetchRequest | None:
+    def _request(self, event: h11.Request) -> FetchRequest | WebSocketRequest | None:
         method = event.method.decode("ascii")
         self._head_method = method
         if self._h11.they_are_waiting_for_100_continue:
@@ -340,6 +411,20 @@ class FetchHttp:
                     continue
             headers.append((name, value))
         has_body = chunked or bool(content_length)
+        upgrade = next((v for n, v in event.headers if n == b"upgrade"), b"").lower()
+        key = next((v for n, v in event.headers if n == b"sec-websocket-key"), None)
+        if method == "GET" and b"websocket" in upgrade and key is not None:
+            protocols = tuple(
+                part.strip()
+                for n, v in event.headers
+                if n == b"sec-websocket-protocol"
+                for part in v.decode("latin-1").split(",")
+                if part.strip()
+            )
+            scheme = "wss" if self.secure else "ws"
+            return WebSocketRequest(
+                f"{scheme}://{self._authority()}{target}", protocols, key.decode("ascii")
+            )
         why: str | None = None
         if method in _FORBIDDEN_METHODS:
             why = f"fetch cannot send {method} requests" + (
@@ -405,6 +490,102 @@ class FetchHttp:
         self._out.append(self._h11.send(h11.EndOfMessage()))
         self._responding = False
         self._next_cycle()
+
+    # -- WebSocket -------------------------------------------------------------
+
+    @property
+    def websocket(self) -> bool:
+        """Whether the connection was upgraded: frames now, not HTTP."""
+        return self._frames is not None
+
+    def accept_websocket(self, key: str, protocol: str | None = None) -> None:
+        """Answer the upgrade with 101 (the browser's WebSocket opened); frames from now on."""
+        import base64
+        import hashlib
+
+        accept = base64.b64encode(hashlib.sha1(key.encode() + _WEBSOCKET_GUID).digest())
+        headers = [
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("sec-websocket-accept", accept.decode("ascii")),
+        ]
+        if protocol:
+            headers.append(("sec-websocket-protocol", protocol))
+        self._out.append(
+            self._h11.send(h11.InformationalResponse(status_code=101, headers=headers))
+        )
+        self._frames = bytearray(self._h11.trailing_data[0])
+
+    def send_websocket_message(self, data: str | bytes) -> None:
+        """One message to the program: text for ``str``, binary for ``bytes``."""
+        if isinstance(data, str):
+            self._out.append(_frame(0x1, data.encode("utf-8")))
+        else:
+            self._out.append(_frame(0x2, bytes(data)))
+
+    def send_websocket_close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the WebSocket towards the program (the browser's closed)."""
+        if self._closed_reason is None:
+            payload = b"" if code == 1005 else code.to_bytes(2, "big") + reason.encode()[:123]
+            self._out.append(_frame(0x8, payload))
+            self._closed_reason = f"the WebSocket closed ({code})"
+
+    def _next_frame(self) -> Event | _NeedData:
+        buffer = self._frames
+        assert buffer is not None
+        while True:
+            if len(buffer) < 2:
+                return NEED_DATA
+            first, second = buffer[0], buffer[1]
+            opcode, length, offset = first & 0x0F, second & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    return NEED_DATA
+                length, offset = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    return NEED_DATA
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            if not second & 0x80 or first & 0x70:
+                # RFC 6455 5.1 and 5.2: a client masks every frame; no extensions.
+                return self._fail_websocket(1002, "an unmasked frame or reserved bits")
+            if length > WEBSOCKET_MAX_MESSAGE:
+                return self._fail_websocket(1009, "message too big")
+            end = offset + 4 + length
+            if len(buffer) < end:
+                return NEED_DATA
+            payload = _unmask(bytes(buffer[offset + 4 : end]), bytes(buffer[offset : offset + 4]))
+            del buffer[:end]
+            final = bool(first & 0x80)
+            if opcode == 0x8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                reason = payload[2:].decode("utf-8", "replace")
+                self.send_websocket_close(code)
+                return WebSocketClose(code, reason)
+            if opcode == 0x9:
+                self._out.append(_frame(0xA, payload))
+                continue
+            if opcode == 0xA:
+                continue
+            if opcode in (0x1, 0x2) and self._fragments is None:
+                if final:
+                    return _message(opcode, payload)
+                self._fragments = (opcode, [payload])
+                continue
+            if opcode == 0x0 and self._fragments is not None:
+                kind, pieces = self._fragments
+                pieces.append(payload)
+                if sum(map(len, pieces)) > WEBSOCKET_MAX_MESSAGE:
+                    return self._fail_websocket(1009, "message too big")
+                if final:
+                    self._fragments = None
+                    return _message(kind, b"".join(pieces))
+                continue
+            return self._fail_websocket(1002, f"unexpected opcode {opcode:#x}")
+
+    def _fail_websocket(self, code: int, why: str) -> WebSocketClose:
+        self.send_websocket_close(code, why)
+        return WebSocketClose(code, why)
 
     def error_response(self, status: int, message: str) -> None:
         """Answer the oldest request locally (before any of its response was sent)."""

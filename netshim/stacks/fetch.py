@@ -69,6 +69,8 @@ logger = logging.getLogger("netshim.fetch")
 # A buffered request body larger than this fails the send with EMSGSIZE:
 # it is held in memory twice (Python's copy and JavaScript's).
 DEFAULT_MAX_REQUEST_BODY = 256 * 1024 * 1024
+# How long an upgraded connection waits for the host's WebSocket to open.
+WEBSOCKET_OPEN_TIMEOUT = 30.0
 # How much of a streamed request body may wait for fetch to take it.
 STREAMED_BODY_CHUNKS = 8
 
@@ -90,6 +92,24 @@ class FetchResponse(Protocol):
         """Stop the body's download (the program closed before reading it all)."""
 
 
+class WebSocketChannel(Protocol):
+    """A WebSocket the host opened (the browser's), carrying whole messages."""
+
+    #: The subprotocol the server chose, or ``None``.
+    protocol: str | None
+    #: The close code once closed (1006 when the connection broke).
+    close_code: int | None
+
+    def send(self, data: str | bytes) -> None:
+        """Send one message (text for ``str``); ``ConnectionResetError`` once closed."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message, or ``None`` once the WebSocket closed."""
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (idempotent)."""
+
+
 class FetchBackend(Protocol):
     """How requests are made: the JavaScript ``fetch`` (:class:`JsFetchBackend`), or a fake."""
 
@@ -103,13 +123,16 @@ class FetchBackend(Protocol):
     ) -> FetchResponse:
         """Make ``request``; ``ConnectionRefusedError`` when fetch fails."""
 
+    async def open_websocket(self, url: str, protocols: tuple[str, ...]) -> WebSocketChannel:
+        """Open a WebSocket to ``url``; ``ConnectionRefusedError`` when it fails to open."""
+
 
 class _Exchange:
     """One request on a stream, from its head to the end of its response."""
 
     __slots__ = ("body", "complete", "remaining", "request", "response", "started", "upload")
 
-    def __init__(self, request: core.FetchRequest) -> None:
+    def __init__(self, request: core.FetchRequest | core.WebSocketRequest) -> None:
         self.request = request
         self.body = bytearray()
         self.complete = False
@@ -130,6 +153,8 @@ class FetchStream(TcpStream):
         self.http = core.FetchHttp(host, port, forbidden=stack.backend.forbidden_headers)
         self.output = ByteBuffer()
         self.exchange: _Exchange | None = None
+        # After a WebSocket upgrade: the host's WebSocket the frames go to.
+        self.channel: WebSocketChannel | None = None
         self.closed = False
         self.eof_sent = False
         # Set whenever the program sent something: a receive with nothing
@@ -200,12 +225,20 @@ class FetchStream(TcpStream):
             event = self.http.next_event()
             if event is core.NEED_DATA:
                 return
-            if isinstance(event, core.FetchRequest):
+            if isinstance(event, core.WebSocketRequest):
+                self.exchange = _Exchange(event)
+            elif isinstance(event, core.WebSocketMessage):
+                if self.channel is not None:
+                    self.channel.send(event.data)
+            elif isinstance(event, core.WebSocketClose):
+                if self.channel is not None:
+                    self.channel.close(1000 if event.code in (1005, 1006) else event.code)
+            elif isinstance(event, core.FetchRequest):
                 self.exchange = _Exchange(event)
                 for name in event.dropped:
                     self.stack._warn_dropped(name)
                 if event.has_body and self.stack.backend.streams_uploads:
-                    await self._start_streaming(self.exchange)
+                    await self._start_streaming(self.exchange, event)
             elif isinstance(event, core.RequestBody):
                 exchange = self.exchange
                 assert exchange is not None
@@ -228,9 +261,11 @@ class FetchStream(TcpStream):
                 if event.trailers:
                     self.stack._warn_dropped("trailer fields")
             elif isinstance(event, core.ProgramClosed) and self.exchange is None:
+                if self.channel is not None:
+                    self.channel.close()
                 self._collect()
 
-    async def _start_streaming(self, exchange: _Exchange) -> None:
+    async def _start_streaming(self, exchange: _Exchange, request: core.FetchRequest) -> None:
         sender, receiver = anyio.create_memory_object_stream[bytes](STREAMED_BODY_CHUNKS)
         exchange.upload = (sender, receiver)
 
@@ -242,9 +277,7 @@ class FetchStream(TcpStream):
         import asyncio
 
         # The fetch runs while the program writes the body: a task of its own.
-        exchange.started = asyncio.ensure_future(
-            self.stack.backend.fetch(exchange.request, chunks())
-        )
+        exchange.started = asyncio.ensure_future(self.stack.backend.fetch(request, chunks()))
         await anyio.lowlevel.checkpoint()
 
     # -- to the program ------------------------------------------------------
@@ -256,6 +289,11 @@ class FetchStream(TcpStream):
             if self.output.ready:
                 await anyio.lowlevel.checkpoint()
                 return self.output.take(max_bytes)
+            channel = self.channel
+            if channel is not None:
+                await self._relay(channel)
+                self._collect()
+                continue
             exchange = self.exchange
             if exchange is None or not (exchange.complete or exchange.started is not None):
                 # Waiting for the program's (next) request, as a server would.
@@ -270,18 +308,37 @@ class FetchStream(TcpStream):
                 self.exchange = None
             self._collect()
 
+    async def _relay(self, channel: WebSocketChannel) -> None:
+        """One message from the host's WebSocket to the program (or its close)."""
+        message = await channel.receive()
+        if message is None:
+            code = channel.close_code or 1006
+            # 1005 and 1006 are never sent in a close frame (RFC 6455 7.4.1).
+            self.http.send_websocket_close(1000 if code in (1005, 1006) else code)
+            self.channel = None
+        else:
+            self.http.send_websocket_message(message)
+
     async def _advance(self, exchange: _Exchange) -> None:
         """One step of the response: its head, one piece of body, or its end."""
+        request = exchange.request
+        if isinstance(request, core.WebSocketRequest):
+            self.channel = await self.stack.backend.open_websocket(request.url, request.protocols)
+            self.http.accept_websocket(request.key, self.channel.protocol)
+            self.exchange = None
+            # Frames the program sent right behind its request.
+            await self._take_events()
+            return
         if exchange.response is None:
             if exchange.started is not None:
                 response = await exchange.started
             else:
-                body = bytes(exchange.body) if exchange.request.has_body else None
+                body = bytes(exchange.body) if request.has_body else None
                 exchange.body = bytearray()
-                response = await self.stack.backend.fetch(exchange.request, body)
+                response = await self.stack.backend.fetch(request, body)
             exchange.response = response
             self.http.start_response(response.status, list(response.headers), response.reason)
-            exchange.remaining = _declared_length(exchange.request.method, response)
+            exchange.remaining = _declared_length(request.method, response)
             if exchange.remaining == 0:
                 await self._end_response()
             return
@@ -318,6 +375,9 @@ class FetchStream(TcpStream):
                 await exchange.upload[0].aclose()
             if exchange.started is not None and not exchange.started.done():
                 exchange.started.cancel()
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
         self._sent.set()
         await anyio.lowlevel.checkpoint()
 
@@ -417,6 +477,92 @@ class _JsResponse:
             self._controller.abort()
 
 
+class _JsWebSocketChannel:
+    """The host's ``WebSocket`` as a :class:`WebSocketChannel` (text stays text)."""
+
+    def __init__(self, socket: Any, url: str) -> None:
+        import asyncio
+        from collections import deque
+
+        from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
+
+        self._socket = socket
+        self.url = url
+        self.protocol: str | None = None
+        self.close_code: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._messages: deque[str | bytes | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.opened: asyncio.Future[None] = self._loop.create_future()
+        self._proxies = [
+            create_proxy(self._on_open),
+            create_proxy(self._on_message),
+            create_proxy(self._on_close),
+        ]
+        socket.binaryType = "arraybuffer"
+        socket.onopen, socket.onmessage, socket.onclose = self._proxies
+
+    def _on_open(self, event: Any) -> None:
+        self.protocol = str(self._socket.protocol) or None
+        if not self.opened.done():
+            self.opened.set_result(None)
+
+    def _on_message(self, event: Any) -> None:
+        data = event.data
+        self._messages.append(data if isinstance(data, str) else bytes(data.to_bytes()))
+        self._wake()
+
+    def _on_close(self, event: Any) -> None:
+        self.close_code = int(event.code)
+        if not self.opened.done():
+            self.opened.set_exception(
+                os_error(
+                    errno.ECONNREFUSED,
+                    f"WebSocket to {self.url} failed (close code {event.code}; browsers "
+                    "say no more)",
+                )
+            )
+        self._messages.append(None)
+        self._wake()
+        self._socket.onopen = self._socket.onmessage = self._socket.onclose = None
+        for proxy in self._proxies:
+            proxy.destroy()
+        self._proxies = []
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def send(self, data: str | bytes) -> None:
+        if self.close_code is not None or int(self._socket.readyState) != 1:
+            raise os_error(errno.ECONNRESET, f"the WebSocket to {self.url} is closed")
+        if isinstance(data, str):
+            self._socket.send(data)
+        else:
+            from pyodide.ffi import to_js
+
+            self._socket.send(to_js(data))
+
+    async def receive(self) -> str | bytes | None:
+        import asyncio
+
+        while not self._messages:
+            self._waiter = asyncio.Future(loop=self._loop)
+            await self._waiter
+        message = self._messages[0]
+        if message is not None:
+            self._messages.popleft()
+        return message
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        # JavaScript's close() takes 1000 or 3000-4999 only.
+        if code != 1000 and not 3000 <= code <= 4999:
+            code = 1000
+        if int(self._socket.readyState) in (0, 1):
+            self._socket.close(code, reason[:123])
+
+
 def _js_reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__
@@ -449,7 +595,7 @@ class JsFetchBackend:
     async def fetch(
         self, request: core.FetchRequest, body: bytes | AsyncIterator[bytes] | None
     ) -> FetchResponse:
-        from pyodide.ffi import create_proxy, to_js  # type: ignore[import-not-found]
+        from pyodide.ffi import create_proxy, to_js
 
         helpers = _helpers()
         pull = None
@@ -491,6 +637,26 @@ class JsFetchBackend:
                 # The body was taken whole once fetch answered.
                 pull.destroy()
         return _JsResponse(request.url, helpers.head(response).to_py(depth=1), started.controller)
+
+    async def open_websocket(self, url: str, protocols: tuple[str, ...]) -> WebSocketChannel:
+        """The host's ``WebSocket`` to ``url`` (no custom headers: browsers send none)."""
+        return await _open_js_websocket(url, protocols)
+
+
+async def _open_js_websocket(url: str, protocols: tuple[str, ...]) -> WebSocketChannel:
+    import asyncio
+
+    import js
+    from pyodide.ffi import to_js
+
+    channel = _JsWebSocketChannel(js.WebSocket.new(url, to_js(list(protocols))), url)
+    try:
+        async with asyncio.timeout(WEBSOCKET_OPEN_TIMEOUT):
+            await channel.opened
+    except TimeoutError:
+        channel.close()
+        raise os_error(errno.ETIMEDOUT, f"the WebSocket to {url} did not open") from None
+    return channel
 
 
 class FetchStack(TunnelStack):

@@ -7,6 +7,7 @@ import errno
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import httpx
@@ -379,3 +380,173 @@ async def test_browser_tls_to_a_stream_that_is_not_fetchstack_fails() -> None:
     incoming.write(b"\x15\x03\x03\x00\x02\x02\x28" + b"\x00" * 30)
     with pytest.raises(ssl.SSLError, match="not a FetchStack stream"):
         tls.do_handshake()
+
+
+class EchoChannel:
+    """A fake host WebSocket that echoes, upper-casing text, and closes on "bye"."""
+
+    def __init__(self, url: str, protocols: tuple[str, ...]) -> None:
+        self.url = url
+        self.protocol = protocols[0] if protocols else None
+        self.close_code: int | None = None
+        self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.sent: list[str | bytes] = []
+
+    def send(self, data: str | bytes) -> None:
+        self.sent.append(data)
+        if data == "bye":
+            self.close(4000)
+            return
+        self.queue.put_nowait(data.upper() if isinstance(data, str) else data)
+
+    async def receive(self) -> str | bytes | None:
+        message = await self.queue.get()
+        if message is None:
+            self.queue.put_nowait(None)
+        return message
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.queue.put_nowait(None)
+
+
+@dataclass
+class WebSocketFetch(FakeFetch):
+    channels: list[EchoChannel] = field(default_factory=list)
+    refuse_websockets: bool = False
+
+    async def open_websocket(self, url: str, protocols: tuple[str, ...]) -> EchoChannel:
+        if self.refuse_websockets:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"WebSocket to {url} failed")
+        channel = EchoChannel(url, protocols)
+        self.channels.append(channel)
+        return channel
+
+
+async def websocket_client(
+    stream: FetchStream, uri: str, protocols: list[str] | None = None
+) -> tuple[Any, Callable[[], Awaitable[list[Any]]]]:
+    """The websockets library's sans-I/O client as the program, over ``stream``."""
+    from websockets.client import ClientProtocol
+    from websockets.typing import Subprotocol
+    from websockets.uri import parse_uri
+
+    client = ClientProtocol(parse_uri(uri), subprotocols=[Subprotocol(p) for p in protocols or []])
+    client.send_request(client.connect())
+
+    async def flush() -> None:
+        for data in client.data_to_send():
+            if data:
+                await stream.send(data)
+
+    async def events() -> list[Any]:
+        await flush()
+        with anyio.fail_after(5):
+            while True:
+                found = client.events_received()
+                if found:
+                    await flush()
+                    return found
+                try:
+                    client.receive_data(await stream.receive())
+                except anyio.EndOfStream:
+                    client.receive_eof()
+
+    await flush()
+    return client, events
+
+
+@pytest.mark.anyio
+async def test_websocket_upgrade_relays_frames() -> None:
+    from websockets.frames import Frame, Opcode
+    from websockets.http11 import Response
+
+    fake = WebSocketFetch()
+    stream = await FetchStack(fake).connect_tcp("chat.test", 80)
+    client, events = await websocket_client(stream, "ws://chat.test/socket?x=1", ["chat"])
+    (response,) = await events()
+    assert isinstance(response, Response)
+    assert response.status_code == 101
+    assert client.subprotocol == "chat"
+    assert fake.channels[0].url == "ws://chat.test/socket?x=1"
+    client.send_text(b"hello")
+    (frame,) = await events()
+    assert frame == Frame(Opcode.TEXT, b"HELLO")
+    big = bytes(range(256)) * 1000
+    client.send_binary(big)
+    (frame,) = await events()
+    assert frame.opcode is Opcode.BINARY
+    assert frame.data == big
+    # A fragmented message is reassembled before it goes to the host.
+    client.send_text(b"frag", fin=False)
+    client.send_continuation(b"mented", fin=True)
+    (frame,) = await events()
+    assert frame.data == b"FRAGMENTED"
+    client.send_ping(b"p")
+    (pong,) = await events()
+    assert pong == Frame(Opcode.PONG, b"p")
+    # The host closes: the program gets a close frame, then the end of the stream.
+    client.send_text(b"bye")
+    found = await events()
+    assert found[0].opcode is Opcode.CLOSE
+    assert client.close_rcvd is not None
+    assert client.close_rcvd.code == 4000
+
+
+@pytest.mark.anyio
+async def test_websocket_closed_by_the_program() -> None:
+    fake = WebSocketFetch()
+    stream = await FetchStack(fake).connect_tcp("chat.test", 8080)
+    client, events = await websocket_client(stream, "ws://chat.test:8080/")
+    await events()
+    client.send_close(1000, "done")
+    found = await events()
+    assert found[0].opcode.name == "CLOSE"
+    assert fake.channels[0].close_code == 1000
+    with pytest.raises(anyio.EndOfStream):
+        await stream.receive()
+
+
+@pytest.mark.anyio
+async def test_websocket_refused_is_connection_refused() -> None:
+    stream = await FetchStack(WebSocketFetch(refuse_websockets=True)).connect_tcp("h", 80)
+    await websocket_client(stream, "ws://h/")
+    with pytest.raises(ConnectionRefusedError):
+        await stream.receive()
+
+
+@pytest.mark.anyio
+async def test_websocket_over_tls_is_wss() -> None:
+    fake = WebSocketFetch()
+    stream = await FetchStack(fake).connect_tcp("secure.test", 443)
+    tls = await TLSStream.wrap(
+        stream, hostname="secure.test", ssl_context=ssl.create_default_context()
+    )
+    await tls.send(
+        b"GET /ws HTTP/1.1\r\nHost: secure.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = await tls.receive()
+    assert head.startswith(b"HTTP/1.1 101 ")
+    # RFC 6455's own example key and answer.
+    assert b"sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    assert fake.channels[0].url == "wss://secure.test/ws"
+
+
+def test_malformed_frames_close_with_1002() -> None:
+    from netshim.stacks._fetch_http import FetchHttp, WebSocketClose, WebSocketRequest
+
+    core = FetchHttp("h", 80)
+    core.receive_data(
+        b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        b"\x81\x02hi"  # an unmasked frame from a client
+    )
+    request = core.next_event()
+    assert isinstance(request, WebSocketRequest)
+    core.next_event()  # the request's end
+    core.accept_websocket(request.key)
+    assert core.next_event() == WebSocketClose(1002, "an unmasked frame or reserved bits")
+    assert core.data_to_send().endswith(b"\x88\x24\x03\xea" + b"an unmasked frame or reserved bits")
+    assert core.closed
