@@ -217,3 +217,21 @@ def origin_server(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def websocket_echo_server() -> Iterator[str]:
+    """A WebSocket server (the websockets library's) on 127.0.0.1 that echoes; its ws:// URL."""
+    from websockets.sync.server import ServerConnection, serve
+
+    def echo(connection: ServerConnection) -> None:
+        for message in connection:
+            connection.send(message)
+
+    with serve(echo, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/echo"
+        finally:
+            server.shutdown()

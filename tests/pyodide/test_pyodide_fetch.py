@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fetch_support import origin_server
+from fetch_support import origin_server, websocket_echo_server
 from pyodide_support import (
     PEER_DIR,
     SCRIPTS,
@@ -41,6 +41,25 @@ JSPI = ("--experimental-wasm-stack-switching",)
 PAGE = Path(__file__).resolve().parent / "fetch_page"
 
 
+def pure_wheel(name: str) -> Path:
+    """The pure-Python wheel of ``name`` at its installed version (pip picks a
+    platform wheel for this Python otherwise), cached beside the others."""
+    import importlib.metadata
+    import sys
+
+    version = importlib.metadata.version(name)
+    cache = PEER_DIR / ".wheels"
+    wanted = f"{name}-{version}-py3-none-any.whl"
+    if not (cache / wanted).exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--only-binary=:all:", "--platform", "any", "--implementation", "py",
+             "--python-version", "3.13", "--dest", str(cache), f"{name}=={version}"],
+            check=True,
+        )  # fmt: skip
+    return cache / wanted
+
+
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     require_pyodide()
@@ -48,6 +67,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         build_netshim_wheel(tmp_path_factory.mktemp("wheel")),
         *dependency_wheels(),
         *dependency_wheels(HTTPX),
+        pure_wheel("websockets"),
     ]
 
 
@@ -61,13 +81,18 @@ def run_under_node(
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    with origin_server() as (base, _), origin_server(tls=server_context) as (secure, _):
+    with (
+        origin_server() as (base, _),
+        origin_server(tls=server_context) as (secure, _),
+        websocket_echo_server() as websocket_url,
+    ):
         completed = run_in_pyodide(
             "fetch_clients.py",
             wheels,
             env={
                 "NETSHIM_BASE": base,
                 "NETSHIM_HTTPS_BASE": secure,
+                "NETSHIM_WS_URL": websocket_url,
                 "NETSHIM_REFUSED": f"http://127.0.0.1:{free_port()}/",
                 # Node's fetch trusts the test CA as a browser would its store.
                 "NODE_EXTRA_CA_CERTS": str(ca_file),
@@ -98,6 +123,8 @@ def check_async_clients(result: dict[str, Any]) -> None:
     assert "ConnectionResetError" in result["cut"]
     assert "ConnectionRefusedError" in result["refused"]
     assert "failed" in result["refused_message"]
+    # The websockets library's asyncio client: an upgrade became the host's WebSocket.
+    assert result["websocket"] == ["hello, socket", 256 * 400, True]
     if "https" in result:
         # httpx over https: anyio's TLSStream got the browser-TLS object.
         assert result["https"] == [200, "hello through fetch"]
@@ -181,6 +208,7 @@ def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory
         with (
             origin_server(allow_origin=page_origin) as (other, _),
             origin_server(allow_origin=page_origin, tls=server_context) as (secure, _),
+            websocket_echo_server() as websocket_url,
         ):
             query = urllib.parse.urlencode(
                 {
@@ -188,6 +216,7 @@ def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory
                     "NETSHIM_CORS_BASE": other,
                     # Another origin, so its CORS paths.
                     "NETSHIM_HTTPS_BASE": secure + "cors/",
+                    "NETSHIM_WS_URL": websocket_url,
                     "NETSHIM_REFUSED": f"http://127.0.0.1:{free_port()}/",
                 }
             )

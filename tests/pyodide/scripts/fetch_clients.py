@@ -25,6 +25,8 @@ CORS = os.environ.get("NETSHIM_CORS_BASE", "")
 REFUSED = os.environ["NETSHIM_REFUSED"]
 # An HTTPS server whose CA the host trusts (Node: NODE_EXTRA_CA_CERTS).
 HTTPS = os.environ.get("NETSHIM_HTTPS_BASE", "")
+# A WebSocket echo server (any origin: WebSockets know no CORS).
+WS_URL = os.environ.get("NETSHIM_WS_URL", "")
 
 result: dict[str, object] = {"platform": sys.platform, "can_block": can_block()}
 stack = FetchStack()
@@ -155,7 +157,20 @@ def sync_clients() -> None:
         result["urllib_refused"] = causes(exc)
 
 
+async def websocket_client() -> None:
+    from websockets.asyncio.client import connect
+
+    async with connect(WS_URL) as websocket:
+        await websocket.send("hello, socket")
+        text = await websocket.recv()
+        await websocket.send(bytes(range(256)) * 400)
+        binary = await websocket.recv()
+    result["websocket"] = [text, len(binary), binary == bytes(range(256)) * 400]
+
+
 await async_clients()  # type: ignore[top-level-await]  # noqa: F704 - Pyodide runs this at top level
+if WS_URL:
+    await websocket_client()  # type: ignore[top-level-await]  # noqa: F704
 try:
     sync_clients()
 except OSError as exc:
