@@ -19,6 +19,12 @@ server's would.  Headers fetch refuses to send (``Host``, ``Connection``,
 ``Cookie`` ... in browsers) are left out and named in
 :attr:`FetchRequest.dropped`, so the I/O layer can say so once.
 
+An upgrade to WebSocket becomes a :class:`WebSocketRequest`; once the I/O
+layer has the host's WebSocket open, :meth:`FetchHttp.accept_websocket`
+answers 101 and the core switches to RFC 6455 frames: the program's (masked)
+frames become :class:`WebSocketMessage` and :class:`WebSocketClose` events,
+pings are answered here, and messages from the host go back as frames.
+
 Bodies from fetch are already decoded (fetch undoes ``Content-Encoding``),
 so a response that had one loses it and its ``Content-Length`` and goes
 chunked.  Hop-by-hop headers are ours to write, never fetch's.

@@ -33,6 +33,10 @@ works unmodified, within what fetch allows:
   gets a stream marked secure with no handshake (:mod:`netshim.stacks._fetch_tls`),
   and its requests go out as ``https://``.  Certificates are checked by the
   browser against its own trust store.
+* **WebSocket**: an upgrade request opens the host's ``WebSocket`` to the
+  same URL and is answered 101 once it is open; frames are relayed as
+  whole messages (text stays text), pings answered here, closes passed on.
+  A failed open is ``ConnectionRefusedError``.
 * **Request bodies** are buffered and sent whole (browsers stream a request
   body only over HTTP/2 and later); under Node they stream.  Response
   bodies stream, read from fetch only as the program reads.
