@@ -59,7 +59,7 @@ PYODIDE_VERSION = "0.29.5"
 #: Its Python, for ``pip download --python-version``.
 PYODIDE_PYTHON = "3.13"
 #: netshim's runtime dependencies, and theirs, as a pure-Python install needs them.
-DEPENDENCIES = ("anyio", "idna", "typing_extensions", "dnslib")
+DEPENDENCIES = ("anyio", "idna", "typing_extensions", "dnslib", "h11")
 RUNNER = Path(__file__).resolve().parent / "_pyodide" / "run.mjs"
 PROGRAM = "netshim pyodide run"
 
