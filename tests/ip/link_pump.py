@@ -46,6 +46,10 @@ class Pump:
                 incoming.data, anyio.current_time(), checksum_verified=incoming.checksum_verified
             )
             await self.flush()
+            # What arrived may have set an earlier timer (a delayed ACK, a
+            # window update, a loss probe): the timer loop must look again,
+            # or it sleeps to the old deadline and the peer waits on us.
+            self._kick.set()
 
     async def _timers(self) -> None:
         while True:
