@@ -81,8 +81,9 @@ REFUSAL_REASONS = frozenset(
 # (403), or an invalid name or failed connect (502); or a 101 and close 1011.
 WSPROXY_REFUSALS = frozenset({400, 403, 502})
 # Statuses the HTTP front may answer a request with (500 would mean websockets'
-# handshake caught an exception of ours, 429 a leaked connection slot).
-HTTP_STATUSES = frozenset({101, 200, 404, 405, 426, 431, *WSPROXY_REFUSALS})
+# handshake caught an exception of ours, 429 a leaked connection slot); 505 is
+# an upgrade asked in HTTP/1.0 (RFC 6455 4.1 asks for 1.1; websockets refuses it).
+HTTP_STATUSES = frozenset({101, 200, 404, 405, 426, 431, 505, *WSPROXY_REFUSALS})
 # Close codes the gateway may send (RFC 6455 7.4.1), besides echoing a client's.
 GATEWAY_CLOSE_CODES = frozenset({1000, 1001, 1002, 1007, 1009, 1011, 1013})
 VALID_CLOSE_CODES = frozenset(
