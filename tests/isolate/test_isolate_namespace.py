@@ -13,26 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from isolate_support import isolation_available  # noqa: F401
 
 from netshim.isolate import Addressing, IsolationUnavailableError, spawn
 from netshim.protocols.ip import IpProtocol, Ipv4Repr, TcpFlags, TcpRepr
-from netshim.testing import REQUIRE_PEERS_VARIABLE
 
-pytestmark = pytest.mark.peer("netns")
-
-
-@pytest.fixture(autouse=True)
-def _isolation_available() -> None:
-    """Skip where the machine cannot confine (fail instead when peers are required)."""
-    problem = None
-    if not sys.platform.startswith("linux"):
-        problem = "not Linux"
-    elif not os.path.exists("/dev/net/tun"):
-        problem = "no /dev/net/tun"
-    if problem is not None:
-        if os.environ.get(REQUIRE_PEERS_VARIABLE) == "1":
-            pytest.fail(f"network namespaces unavailable: {problem}")
-        pytest.skip(problem)
+pytestmark = [pytest.mark.peer("netns"), pytest.mark.usefixtures("isolation_available")]
 
 
 PROBE = r"""

@@ -18,41 +18,27 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+from isolate_support import confined, isolation_available  # noqa: F401
 from postgres_cluster import postgres_cluster
 
 from netshim import WispStack
-from netshim.isolate import run
 from netshim.policy import Policy
-from netshim.testing import REQUIRE_PEERS_VARIABLE, require_peer
+from netshim.testing import require_peer
 
-pytestmark = [pytest.mark.peer("netns"), pytest.mark.anyio]
+pytestmark = [
+    pytest.mark.peer("netns"),
+    pytest.mark.anyio,
+    pytest.mark.usefixtures("isolation_available"),
+]
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "gateway"))
 from gateway_process import gateway_process  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _isolation_available() -> None:
-    if not os.path.exists("/dev/net/tun"):
-        if os.environ.get(REQUIRE_PEERS_VARIABLE) == "1":
-            pytest.fail("network namespaces unavailable: no /dev/net/tun")
-        pytest.skip("no /dev/net/tun")
 
 
 @pytest.fixture(scope="module")
 def postgres_port() -> Iterator[int]:
     with postgres_cluster() as port:
         yield port
-
-
-async def confined(argv: list[str], **options: object) -> tuple[int, str]:
-    read_end, write_end = os.pipe()
-    try:
-        status = await run(argv, stdout=write_end, **options)  # type: ignore[arg-type]
-    finally:
-        os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        return status, reader.read().decode()
 
 
 def streams_through(http: tuple[str, int]) -> float:

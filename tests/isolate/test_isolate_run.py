@@ -19,26 +19,17 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
+from isolate_support import confined, isolation_available  # noqa: F401
 
 from netshim import VirtualNetwork
-from netshim.isolate import run
 from netshim.policy import Policy
-from netshim.testing import REQUIRE_PEERS_VARIABLE, require_peer
+from netshim.testing import require_peer
 
-pytestmark = [pytest.mark.peer("netns"), pytest.mark.anyio]
-
-
-@pytest.fixture(autouse=True)
-def _isolation_available() -> None:
-    problem = None
-    if not sys.platform.startswith("linux"):
-        problem = "not Linux"
-    elif not os.path.exists("/dev/net/tun"):
-        problem = "no /dev/net/tun"
-    if problem is not None:
-        if os.environ.get(REQUIRE_PEERS_VARIABLE) == "1":
-            pytest.fail(f"network namespaces unavailable: {problem}")
-        pytest.skip(problem)
+pytestmark = [
+    pytest.mark.peer("netns"),
+    pytest.mark.anyio,
+    pytest.mark.usefixtures("isolation_available"),
+]
 
 
 class HostServer:
@@ -90,17 +81,6 @@ def http_server() -> Iterator[HostServer]:
     server = HostServer("http", b"hello from the machine\n")
     yield server
     server.close()
-
-
-async def confined(argv: list[str], **options: object) -> tuple[int, str]:
-    """Run ``argv`` confined; its exit status and standard output."""
-    read_end, write_end = os.pipe()
-    try:
-        status = await run(argv, stdout=write_end, **options)  # type: ignore[arg-type]
-    finally:
-        os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        return status, reader.read().decode()
 
 
 async def test_curl_reaches_the_machines_loopback_as_the_gateway_when_allowed(
