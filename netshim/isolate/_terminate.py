@@ -47,6 +47,7 @@ from ..dns import Record, Request, serve
 from ..ip.intercept import InterceptedSyn
 from ..ip.links import TunLink
 from ..policy import DestinationBlockedError, Policy
+from ..shim._names import SyntheticNames
 from ..stack import Stack, TcpStream, UdpSocket
 from ..stacks.ip import Interception, IpStack
 from . import Addressing
@@ -60,8 +61,6 @@ UDP_IDLE_TIMEOUT = 30.0
 #: UDP flows alive at once; a new one beyond ends the least recently used.
 MAX_UDP_FLOWS = 1024
 _RELAY_CHUNK = 256 * 1024
-_SYNTHETIC_V4 = ipaddress.IPv4Network("198.18.0.0/15")
-_SYNTHETIC_V6 = ipaddress.IPv6Network("100::/64")
 
 
 @dataclass
@@ -73,30 +72,6 @@ class TerminatorCounters:
     udp_flows: int = 0
     dns_queries: int = 0
     refusals: list[str] = field(default_factory=list)
-
-
-class _SyntheticNames:
-    """Names a remote-resolving stack knows, as addresses the program can connect to."""
-
-    def __init__(self) -> None:
-        self._by_name: dict[str, tuple[ipaddress.IPv4Address, ipaddress.IPv6Address]] = {}
-        self._by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
-
-    def addresses_for(self, name: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv6Address]:
-        name = name.lower().rstrip(".")
-        pair = self._by_name.get(name)
-        if pair is None:
-            index = len(self._by_name) + 1
-            if index >= _SYNTHETIC_V4.num_addresses - 1:
-                raise OSError(errno.ENOSPC, "out of synthetic addresses")
-            pair = (_SYNTHETIC_V4[index], _SYNTHETIC_V6[index])
-            self._by_name[name] = pair
-            for address in pair:
-                self._by_address[address] = name
-        return pair
-
-    def name_for(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-        return self._by_address.get(address)
 
 
 class _UdpFlow:
@@ -133,7 +108,7 @@ class Terminator:
         self.refusal = refusal
         self.connect_timeout = connect_timeout
         self.counters = TerminatorCounters()
-        self._names = _SyntheticNames() if stack.resolves_remotely else None
+        self._names = SyntheticNames() if stack.resolves_remotely else None
         self._udp_flows: OrderedDict[tuple[Address, Address], _UdpFlow] = OrderedDict()
         addresses: list[str] = [
             f"{addressing.gateway4}/{addressing.program4.network.prefixlen}",
@@ -301,7 +276,8 @@ class Terminator:
         if request.type in ("A", "AAAA"):
             family = socket.AF_INET if request.type == "A" else socket.AF_INET6
             if self._names is not None:
-                v4, v6 = self._names.addresses_for(name)
+                # One address per name, whatever its case or final dot.
+                v4, v6 = self._names.addresses_for(name.lower().rstrip("."))
                 return [Record(request.type, str(v4 if family == socket.AF_INET else v6), ttl=60)]
             try:
                 infos = await self.stack.getaddrinfo(name, None, family, socket.SOCK_STREAM)

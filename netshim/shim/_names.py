@@ -66,7 +66,7 @@ class SyntheticNames:
                 return known
             number = self._next
             if number >= SYNTHETIC_IPV4.num_addresses - 1:
-                raise OSError("the synthetic address range is exhausted")
+                raise OSError(errno.ENOSPC, "the synthetic address range is exhausted")
             self._next += 1
             pair = (SYNTHETIC_IPV4[number], SYNTHETIC_IPV6[number])
             self._by_name[name] = pair
@@ -74,10 +74,11 @@ class SyntheticNames:
                 self._by_address[address] = name
             return pair
 
-    def name_for(self, host: str) -> str | None:
+    def name_for(self, host: str | IPAddress) -> str | None:
+        """The name ``host`` (an address, or its text) stands for, or ``None``."""
         if not self._by_address:
             return None
-        ip = parse_ip(host)
+        ip = parse_ip(host) if isinstance(host, str) else host
         if ip is None:
             return None
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
