@@ -41,6 +41,16 @@ send on stream 0.  Packets for unknown streams are dropped silently, as both
 wisp-js and the specification's "tolerate" wording expect; so are trailing
 bytes after a ``CLOSE`` reason or a ``CONTINUE`` count.
 
+The LAN extension (netshim's own, id ``0xE1``; specified in ``docs/lan.md``)
+lets a client listen: ``LISTEN`` (0xE0, client to server, on a new client
+stream: ``uint8`` stream type, ``uint16`` port, host) is answered by
+``LISTENING`` (0xE1: ``uint16`` port, host) or ``CLOSE``; each connection to
+a TCP listener arrives as ``ACCEPT`` (0xE2: ``uint32`` listener stream id,
+``uint16`` peer port, peer host) on a stream the server opens, whose id has
+the top bit set; the server tells LAN news with ``MEMBERSHIP`` (0xE3, stream
+0).  Only connections where both sides announced the extension use them, so
+other Wisp peers never see them.
+
 Flow control.  The server gives each TCP stream ``buffer_size`` credits.  Its
 I/O layer calls :meth:`WispConnection.release` for every DATA packet it has
 passed upstream, which returns a :class:`Continue` to send once a quarter of
@@ -75,6 +85,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "HEADER_SIZE",
     "NEED_DATA",
+    "SERVER_STREAM_BASE",
+    "Accept",
     "Close",
     "CloseReason",
     "Connect",
@@ -86,6 +98,11 @@ __all__ = [
     "Extension",
     "ExtensionId",
     "Info",
+    "LanExtension",
+    "Listen",
+    "Listening",
+    "Membership",
+    "MembershipChange",
     "MotdExtension",
     "PacketRejected",
     "PacketType",
@@ -98,6 +115,8 @@ __all__ = [
     "UnknownExtension",
     "WispConnection",
     "data_header",
+    "pack_datagram",
+    "parse_datagram",
     "parse_extensions",
 ]
 
@@ -107,6 +126,11 @@ _CONNECT = struct.Struct("<BH")
 _U32 = struct.Struct("<I")
 _EXTENSION_HEADER = struct.Struct("<BI")
 MAX_STREAM_ID: Final = 0xFFFF_FFFF
+# With the LAN extension the server opens streams too (ACCEPT); their ids have
+# the top bit set, the client's stay below it, so the two never collide.
+SERVER_STREAM_BASE: Final = 0x8000_0000
+_ADDRESS = struct.Struct("<HB")
+_MEMBERSHIP = struct.Struct("<BB")
 
 # wisp-js grants 128 packets per stream and sends a CONTINUE each time half of
 # them drained.  The same window suits us: with DATA packets of 16-64 KiB (TLS
@@ -126,6 +150,12 @@ class PacketType(enum.IntEnum):
     CONTINUE = 0x03
     CLOSE = 0x04
     INFO = 0x05
+    # netshim's LAN extension (see the module documentation): only on
+    # connections where both sides announced ExtensionId.LAN.
+    LISTEN = 0xE0
+    LISTENING = 0xE1
+    ACCEPT = 0xE2
+    MEMBERSHIP = 0xE3
 
 
 class StreamType(enum.IntEnum):
@@ -151,6 +181,11 @@ class CloseReason(enum.IntEnum):
     AUTH_BAD_PASSWORD = 0xC0
     AUTH_BAD_SIGNATURE = 0xC1
     AUTH_MISSING_CREDENTIALS = 0xC2
+    # netshim's LAN extension.
+    ADDRESS_IN_USE = 0xE0
+    LISTEN_QUOTA = 0xE1
+    NAME_IN_USE = 0xE2
+    NOT_A_MEMBER = 0xE3
 
 
 def data_header(stream_id: int) -> bytes:
@@ -177,6 +212,8 @@ class ExtensionId(enum.IntEnum):
     KEY_AUTH = 0x03
     MOTD = 0x04
     STREAM_CONFIRMATION = 0x05
+    # netshim's own: listeners, LAN membership and server-opened streams.
+    LAN = 0xE1
 
 
 class Role(enum.Enum):
@@ -300,6 +337,70 @@ class StreamConfirmationExtension(Extension):
 
 
 @dataclass(frozen=True, slots=True)
+class LanExtension(Extension):
+    """netshim's LAN extension: listeners, server-opened streams, LAN membership.
+
+    The server announces it empty.  A client announces it with the LAN it
+    joins: ``lan`` (empty: none; the client may still use the extension's
+    events but has no address to listen on), the ``member`` name it asks for
+    (its DNS name becomes ``member.lan``; empty: the server picks one) and the
+    LAN's ``token``.  Payload: ``uint8`` version (1), then, for a client,
+    ``uint8`` length + LAN name, ``uint8`` length + member name, ``uint16``
+    length + token, all UTF-8.
+    """
+
+    id: ClassVar[int] = ExtensionId.LAN
+    lan: str = ""
+    member: str = ""
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.lan.encode()) > 63 or len(self.member.encode()) > 63:
+            raise ValueError("a LAN or member name is at most 63 bytes of UTF-8 (one DNS label)")
+        if len(self.token.encode()) > 0xFFFF:
+            raise ValueError("a LAN token is at most 65535 bytes of UTF-8")
+
+    def __repr__(self) -> str:
+        return f"LanExtension(lan={self.lan!r}, member={self.member!r}, token=<hidden>)"
+
+    def payload(self) -> bytes:
+        if not (self.lan or self.member or self.token):
+            return bytes([1])
+        lan, member, token = self.lan.encode(), self.member.encode(), self.token.encode()
+        return (
+            bytes([1, len(lan)])
+            + lan
+            + bytes([len(member)])
+            + member
+            + struct.pack("<H", len(token))
+            + token
+        )
+
+
+def _parse_lan(body: bytes, sender: Role) -> LanExtension:
+    if not body:
+        raise ValueError("empty LAN extension payload")
+    if body[0] != 1:
+        raise ValueError(f"LAN extension version {body[0]} (this side speaks 1)")
+    if sender is Role.SERVER or len(body) == 1:
+        return LanExtension()
+    offset = 1
+    fields: list[str] = []
+    for width in (1, 1, 2):
+        if offset + width > len(body):
+            raise ValueError("LAN extension payload truncated")
+        length = body[offset] if width == 1 else struct.unpack_from("<H", body, offset)[0]
+        offset += width
+        if offset + length > len(body):
+            raise ValueError("LAN extension field runs past the payload")
+        fields.append(body[offset : offset + length].decode())
+        offset += length
+    if offset != len(body):
+        raise ValueError(f"{len(body) - offset} stray bytes after the LAN extension")
+    return LanExtension(*fields)
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownExtension(Extension):
     """An extension this module does not interpret, kept as raw bytes."""
 
@@ -321,6 +422,8 @@ def _parse_extension(ext_id: int, body: bytes, sender: Role) -> Extension:
         return MotdExtension(body.decode("utf-8", "replace") if sender is Role.SERVER else "")
     if ext_id == ExtensionId.STREAM_CONFIRMATION:
         return StreamConfirmationExtension()
+    if ext_id == ExtensionId.LAN:
+        return _parse_lan(body, sender)
     if ext_id == ExtensionId.PASSWORD_AUTH:
         if sender is Role.SERVER:
             # Draft 2 had no payload and meant "required".
@@ -497,6 +600,124 @@ class ConnectionClosed(Event):
     """The WebSocket ended (``receive_data(None)``); every stream is gone."""
 
 
+@dataclass(frozen=True, slots=True)
+class Listen(Event):
+    """Listen on ``port`` of the client's LAN address (client to server; LAN extension).
+
+    ``port`` 0 lets the server choose; ``host`` empty means the client's own
+    LAN address.  A TCP listener's connections arrive as :class:`Accept`; a
+    UDP listener's stream carries addressed datagrams (:func:`pack_datagram`)
+    both ways.  The server answers :class:`Listening` or ``CLOSE``; the
+    client's ``CLOSE`` on the stream stops listening.
+    """
+
+    stream_id: int
+    port: int = 0
+    host: str = ""
+    stream_type: StreamType = StreamType.TCP
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        if not 0 < self.stream_id < SERVER_STREAM_BASE:
+            raise ValueError(f"a client's stream id is 1..{SERVER_STREAM_BASE - 1}")
+        if not 0 <= self.port <= 0xFFFF:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if len(self.host.encode()) > DEFAULT_MAX_HOSTNAME_LENGTH:
+            raise ValueError(f"host name is too long: {self.host[:40]!r}...")
+        object.__setattr__(self, "stream_type", StreamType(self.stream_type))
+
+
+@dataclass(frozen=True, slots=True)
+class Listening(Event):
+    """The listener on ``stream_id`` is bound to ``host``:``port`` (server to client)."""
+
+    stream_id: int
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        if not 1 <= self.port <= 0xFFFF:
+            raise ValueError(f"port must be 1..65535, got {self.port}")
+
+
+@dataclass(frozen=True, slots=True)
+class Accept(Event):
+    """A connection from ``host``:``port`` reached listener ``listener_id`` (server to client).
+
+    ``stream_id`` is a new stream the server opened (top bit set); it works
+    as a connected TCP stream from then on, with the client counting credits.
+    """
+
+    stream_id: int
+    listener_id: int
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id)
+        _check_stream_id(self.listener_id)
+        if self.stream_id < SERVER_STREAM_BASE:
+            raise ValueError(f"a server's stream id is at least {SERVER_STREAM_BASE:#x}")
+        if not 0 <= self.port <= 0xFFFF:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+
+
+class MembershipChange(enum.IntEnum):
+    """What a :class:`Membership` event reports."""
+
+    # This client joined: ``host`` is its LAN address, ``name`` its DNS name.
+    JOINED = 1
+    MEMBER_JOINED = 2
+    MEMBER_LEFT = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Membership(Event):
+    """LAN membership news (server to client, stream 0).
+
+    ``prefix_length`` is the LAN's prefix (with :attr:`MembershipChange.JOINED`).
+    """
+
+    change: MembershipChange
+    host: str
+    name: str
+    prefix_length: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "change", MembershipChange(self.change))
+        if not 0 <= self.prefix_length <= 128:
+            raise ValueError(f"prefix length must be 0..128, got {self.prefix_length}")
+        if len(self.name.encode()) > DEFAULT_MAX_HOSTNAME_LENGTH:
+            raise ValueError(f"name is too long: {self.name[:40]!r}...")
+
+
+def pack_datagram(host: str, port: int, payload: bytes) -> bytes:
+    """One datagram on a UDP listener stream: its peer's address, then its payload.
+
+    ``uint16`` port, ``uint8`` host length, host (UTF-8), payload.  The
+    client puts the destination there, the server the source.
+    """
+    raw = host.encode()
+    if len(raw) > 0xFF:
+        raise ValueError(f"host name is too long: {host[:40]!r}...")
+    return _ADDRESS.pack(port, len(raw)) + raw + payload
+
+
+def parse_datagram(data: bytes) -> tuple[str, int, bytes]:
+    """``(host, port, payload)`` of a :func:`pack_datagram` message; ``ValueError`` if malformed."""
+    if len(data) < _ADDRESS.size:
+        raise ValueError(f"addressed datagram of {len(data)} bytes")
+    port, length = _ADDRESS.unpack_from(data)
+    end = _ADDRESS.size + length
+    if not length or end > len(data):
+        raise ValueError("addressed datagram's host is empty or runs past the message")
+    host = data[_ADDRESS.size : end].decode()
+    if port == 0:
+        raise ValueError("addressed datagram to port 0")
+    return host, port, data[end:]
+
+
 # -- the connection ---------------------------------------------------------------------
 
 
@@ -513,6 +734,8 @@ class _Stream:
     granted: int = 0
     # Client: DATA packets it may still send.
     credit: int = 0
+    # A LAN-extension listener: no bytes of its own (TCP) or addressed datagrams (UDP).
+    listener: bool = False
 
 
 @dataclass(slots=True)
@@ -586,6 +809,23 @@ class WispConnection:
         if self.version == 1:
             return self._udp_v1
         return self.negotiated(ExtensionId.UDP)
+
+    @property
+    def lan_enabled(self) -> bool:
+        """Whether both sides speak the LAN extension (listeners, ACCEPT, MEMBERSHIP)."""
+        return self.negotiated(ExtensionId.LAN)
+
+    @property
+    def lan_request(self) -> LanExtension | None:
+        """A server's view of the LAN the client asked to join (``None``: no extension)."""
+        if self.peer_info is None:
+            return None
+        found = self.peer_info.find(LanExtension)
+        return found if isinstance(found, LanExtension) else None
+
+    def is_listener(self, stream_id: int) -> bool:
+        stream = self._streams.get(stream_id)
+        return stream is not None and stream.listener
 
     @property
     def credentials(self) -> PasswordCredentials | None:
@@ -717,6 +957,8 @@ class WispConnection:
                 # Closing a stream the peer already closed is a harmless race.
                 self._streams.pop(event.stream_id, None)
             return _HEADER.pack(PacketType.CLOSE, event.stream_id) + bytes([event.reason])
+        if isinstance(event, (Listen, Listening, Accept, Membership)):
+            return self._encode_lan(event)
         if isinstance(event, Info):
             if self.version != 2:
                 raise self._not_now(event)
@@ -730,6 +972,60 @@ class WispConnection:
             body = b"".join(extension.emit() for extension in event.extensions)
             return _HEADER.pack(PacketType.INFO, 0) + bytes([event.major, event.minor]) + body
         raise LocalProtocolError(f"{type(event).__name__} is not sent on the wire")
+
+    def _encode_lan(self, event: Listen | Listening | Accept | Membership) -> bytes:
+        if self.state is not ConnectionState.OPEN or not self.lan_enabled:
+            raise LocalProtocolError(
+                f"can't send {type(event).__name__}: the LAN extension was not negotiated "
+                f"or the connection is not open (state={self.state})"
+            )
+        client = self.role is Role.CLIENT
+        if isinstance(event, Listen):
+            if not client:
+                raise self._not_now(event)
+            if event.stream_id in self._streams:
+                raise LocalProtocolError(f"stream {event.stream_id} is already open")
+            if event.stream_type is StreamType.UDP and not self.udp_allowed:
+                raise LocalProtocolError("the server did not offer UDP streams")
+            self._streams[event.stream_id] = _Stream(event.stream_type, listener=True)
+            return (
+                _HEADER.pack(PacketType.LISTEN, event.stream_id)
+                + _CONNECT.pack(event.stream_type, event.port)
+                + event.host.encode()
+            )
+        if client:
+            raise self._not_now(event)
+        if isinstance(event, Listening):
+            if not self.is_listener(event.stream_id):
+                raise LocalProtocolError(f"stream {event.stream_id} is not a listener")
+            return (
+                _HEADER.pack(PacketType.LISTENING, event.stream_id)
+                + struct.pack("<H", event.port)
+                + event.host.encode()
+            )
+        if isinstance(event, Accept):
+            if event.stream_id in self._streams:
+                raise LocalProtocolError(f"stream {event.stream_id} is already open")
+            listener = self._streams.get(event.listener_id)
+            if (
+                listener is None
+                or not listener.listener
+                or listener.stream_type is not StreamType.TCP
+            ):
+                raise LocalProtocolError(f"stream {event.listener_id} is not a TCP listener")
+            self._streams[event.stream_id] = _Stream(StreamType.TCP, granted=self.buffer_size)
+            return (
+                _HEADER.pack(PacketType.ACCEPT, event.stream_id)
+                + struct.pack("<IH", event.listener_id, event.port)
+                + event.host.encode()
+            )
+        name = event.name.encode()
+        return (
+            _HEADER.pack(PacketType.MEMBERSHIP, 0)
+            + bytes([event.change, event.prefix_length, len(name)])
+            + name
+            + event.host.encode()
+        )
 
     def release(self, stream_id: int, packets: int = 1) -> Continue | None:
         """Server: ``packets`` DATA packets of the stream went upstream.
@@ -897,7 +1193,11 @@ class WispConnection:
             if stream is None:
                 self.counters.ignored += 1
                 return
-            if stream.stream_type is StreamType.TCP:
+            if stream.listener:
+                if stream.stream_type is StreamType.TCP:
+                    self._reject(stream_id, CloseReason.INVALID_INFO, "DATA on a TCP listener")
+                    return
+            elif stream.stream_type is StreamType.TCP:
                 stream.queued += 1
                 stream.received += 1
                 if stream.received > stream.granted:
@@ -911,6 +1211,8 @@ class WispConnection:
             self._pending.append(Data(stream_id, payload))
         elif kind == PacketType.CONNECT:
             self._process_connect(stream_id, payload)
+        elif kind == PacketType.LISTEN and self.lan_enabled:
+            self._process_listen(stream_id, payload)
         elif kind == PacketType.CLOSE:
             if stream_id == 0:
                 self._streams.clear()
@@ -937,6 +1239,11 @@ class WispConnection:
     def _process_connect(self, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             self._reject(None, CloseReason.INVALID_INFO, "CONNECT on the reserved stream 0")
+            return
+        if stream_id >= SERVER_STREAM_BASE and self.lan_enabled:
+            self._reject(
+                None, CloseReason.INVALID_INFO, f"stream id {stream_id:#x} is the server's"
+            )
             return
         if stream_id in self._streams:
             self._reject(stream_id, CloseReason.INVALID_INFO, f"stream {stream_id} already open")
@@ -969,7 +1276,91 @@ class WispConnection:
         self._streams[stream_id] = _Stream(StreamType(raw_type), granted=self.buffer_size)
         self._pending.append(Connect(stream_id, host, port, StreamType(raw_type)))
 
+    def _process_listen(self, stream_id: int, payload: bytes) -> None:
+        if not 0 < stream_id < SERVER_STREAM_BASE:
+            self._reject(None, CloseReason.INVALID_INFO, f"LISTEN on stream {stream_id:#x}")
+            return
+        if stream_id in self._streams:
+            self._reject(stream_id, CloseReason.INVALID_INFO, f"stream {stream_id} already open")
+            return
+        if len(payload) < _CONNECT.size:
+            self._reject(stream_id, CloseReason.INVALID_INFO, "LISTEN payload too short")
+            return
+        raw_type, port = _CONNECT.unpack_from(payload)
+        if raw_type not in (StreamType.TCP, StreamType.UDP):
+            self._reject(
+                stream_id, CloseReason.INVALID_INFO, f"unknown stream type 0x{raw_type:02x}"
+            )
+            return
+        if raw_type == StreamType.UDP and not self.udp_allowed:
+            self._reject(stream_id, CloseReason.BLOCKED, "UDP streams were not negotiated")
+            return
+        try:
+            host = payload[_CONNECT.size :].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self._reject(stream_id, CloseReason.INVALID_INFO, "host name is not UTF-8")
+            return
+        if len(host) > DEFAULT_MAX_HOSTNAME_LENGTH or "\x00" in host:
+            self._reject(stream_id, CloseReason.INVALID_INFO, f"bad host name {host[:40]!r}")
+            return
+        self._streams[stream_id] = _Stream(StreamType(raw_type), listener=True)
+        self._pending.append(Listen(stream_id, port, host, StreamType(raw_type)))
+
+    def _process_lan_client(self, kind: int, stream_id: int, payload: bytes) -> bool:
+        """A client's LAN-extension packets; ``False`` if ``kind`` is not one."""
+        if kind == PacketType.MEMBERSHIP and stream_id == 0:
+            try:
+                if len(payload) < 3 or len(payload) < 3 + payload[2]:
+                    raise ValueError("truncated")
+                name = payload[3 : 3 + payload[2]].decode()
+                host = payload[3 + payload[2] :].decode()
+                event = Membership(MembershipChange(payload[0]), host, name, payload[1])
+            except ValueError as exc:
+                self._reject(0, CloseReason.INVALID_INFO, f"malformed MEMBERSHIP: {exc}")
+                return True
+            self._pending.append(event)
+            return True
+        if kind == PacketType.ACCEPT:
+            if stream_id < SERVER_STREAM_BASE or stream_id in self._streams:
+                self._reject(None, CloseReason.INVALID_INFO, f"ACCEPT on stream {stream_id:#x}")
+                return True
+            try:
+                if len(payload) < 6:
+                    raise ValueError("truncated")
+                listener_id, port = struct.unpack_from("<IH", payload)
+                host = payload[6:].decode()
+            except ValueError as exc:
+                self._reject(stream_id, CloseReason.INVALID_INFO, f"malformed ACCEPT: {exc}")
+                return True
+            listener = self._streams.get(listener_id)
+            if listener is None or not listener.listener:
+                # The listener closed while the connection was on its way.
+                self._reject(stream_id, CloseReason.REFUSED, f"no listener {listener_id}")
+                return True
+            self._streams[stream_id] = _Stream(StreamType.TCP, credit=self.buffer_size)
+            self._pending.append(Accept(stream_id, listener_id, host, port))
+            return True
+        if kind == PacketType.LISTENING:
+            stream = self._streams.get(stream_id)
+            if stream is None or not stream.listener:
+                self.counters.ignored += 1
+                return True
+            try:
+                if len(payload) < 2:
+                    raise ValueError("truncated")
+                (port,) = struct.unpack_from("<H", payload)
+                listening = Listening(stream_id, payload[2:].decode(), port)
+            except ValueError as exc:
+                self._reject(stream_id, CloseReason.INVALID_INFO, f"malformed LISTENING: {exc}")
+                return True
+            self._pending.append(listening)
+            return True
+        return False
+
     def _process_client(self, kind: int, stream_id: int, payload: bytes) -> None:
+        lan_packet = kind >= PacketType.LISTEN and self.lan_enabled
+        if lan_packet and self._process_lan_client(kind, stream_id, payload):
+            return
         if stream_id == 0:
             if kind == PacketType.CLOSE:
                 self._streams.clear()
