@@ -33,8 +33,13 @@ from typing import Any, Final, Literal
 
 import anyio
 
-from .._addresses import parse_ip
-from .._errors import RemoteProtocolError
+from .._addresses import IPAddress, parse_ip
+from .._errors import (
+    RemoteProtocolError,
+    name_not_known,
+    name_temporarily_unresolvable,
+    no_address_for_name,
+)
 from ..protocols.dns import (
     EDNS_PAYLOAD_SIZE,
     MAX_CNAME_CHAIN,
@@ -736,6 +741,50 @@ async def lookup(
     if not results:
         raise DnsError(NOTFOUND, "getaddrinfo", hostname)
     return results if all else results[0]
+
+
+async def addresses_by_dns(
+    name: str,
+    qtypes: Sequence[str],
+    query: Callable[[str, str], Awaitable[DnsResponse]],
+) -> tuple[list[IPAddress], str]:
+    """The addresses of ``name`` and its canonical name: getaddrinfo's DNS half.
+
+    ``query(name, qtype)`` asks for one type (``"A"``, ``"AAAA"``) and returns
+    the response, records of the type or none, or raises :class:`DnsError`
+    (``ENOTFOUND`` for a name that does not exist).  The types are asked in
+    the order given and their addresses merged in that order, each once.  One
+    type failing does not spoil another's answer; a ``query`` that must end
+    the lookup at once raises the ``socket.gaierror`` to end it with.
+
+    With no address found, raises ``socket.gaierror`` as glibc's stub
+    resolver does: ``EAI_NONAME`` when the name does not exist,
+    ``EAI_AGAIN`` when a query failed, else ``EAI_NODATA``.
+    """
+    found: list[IPAddress] = []
+    canonical = name
+    not_found = failed = False
+    for qtype in qtypes:
+        try:
+            response = await query(name, qtype)
+        except DnsError as exc:
+            if exc.code == NOTFOUND:
+                not_found = True
+            elif exc.code != NODATA:
+                failed = True
+            continue
+        canonical = response.canonical_name or canonical
+        for text in response.addresses():
+            ip = parse_ip(text)
+            if ip is not None and ip not in found:
+                found.append(ip)
+    if not found:
+        if not_found:
+            raise name_not_known(name)
+        if failed:
+            raise name_temporarily_unresolvable(name)
+        raise no_address_for_name(name)
+    return found, canonical.rstrip(".")
 
 
 def is_address(text: str) -> bool:

@@ -54,7 +54,7 @@ from .._addresses import (
     service_socket_types,
 )
 from .._addrinfo import AddrInfo, resolve_addrinfo
-from .._errors import name_not_known, name_temporarily_unresolvable, no_address_for_name, os_error
+from .._errors import name_temporarily_unresolvable, os_error
 from ..ip.dhcp import CLIENT_PORT, SERVER_PORT, DhcpClient
 from ..ip.iface import GsoInfo, Interface, Medium
 from ..ip.intercept import InterceptedSyn, Interceptor, Refusal
@@ -827,7 +827,7 @@ class IpStack(Stack):
             await self._dhcp_bound.wait()
         if not self._dns_servers:
             raise name_temporarily_unresolvable(name)
-        from ..dns import DnsError
+        from ..dns._resolver import addresses_by_dns
 
         resolver = self._get_resolver()
         qtypes = []
@@ -838,32 +838,9 @@ class IpStack(Stack):
             not ip.is_link_local for ip in self._interface.addresses_of(6)
         ):
             qtypes.append("AAAA")
-        found: list[IPAddress] = []
-        canonical = name
-        not_found = failed = False
-        for qtype in qtypes:
-            try:
-                response = await resolver.query(name, qtype, "getaddrinfo")
-            except DnsError as exc:
-                if exc.code == "ENOTFOUND":
-                    not_found = True
-                    continue
-                if exc.code != "ENODATA":
-                    # One family failing does not spoil the other's answer.
-                    failed = True
-                continue
-            canonical = response.canonical_name or canonical
-            for text in response.addresses():
-                ip = parse_ip(text)
-                if ip is not None and ip not in found:
-                    found.append(ip)
-        if not found:
-            if not_found:
-                raise name_not_known(name)
-            if failed:
-                raise name_temporarily_unresolvable(name)
-            raise no_address_for_name(name)
-        return found, canonical.rstrip(".")
+        return await addresses_by_dns(
+            name, qtypes, lambda name, qtype: resolver.query(name, qtype, "getaddrinfo")
+        )
 
     async def getaddrinfo(
         self,

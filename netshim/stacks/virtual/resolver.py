@@ -25,13 +25,9 @@ import anyio
 
 from ..._addresses import Address, IPAddress, parse_ip
 from ..._addrinfo import resolve_addrinfo
-from ..._errors import (
-    RemoteProtocolError,
-    name_not_known,
-    name_temporarily_unresolvable,
-    no_address_for_name,
-)
+from ..._errors import RemoteProtocolError, name_not_known, name_temporarily_unresolvable
 from ..._ip_header import DEFAULT_HEADER, IpHeader
+from ...dns._resolver import addresses_by_dns
 from ...protocols.dns import (
     DnsResponse,
     DnsTcpFramer,
@@ -202,9 +198,9 @@ async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAdd
         qtypes.append("A")
     if not prefer_ipv6:
         qtypes.reverse()
-    found: list[IPAddress] = []
-    canonical = name
-    for qtype in qtypes:
+
+    async def ask(name: str, qtype: str) -> DnsResponse:
+        # The first failure ends the lookup: one wait for a silent server, not one per type.
         try:
             response = await query(host, name, qtype)
         except _UnansweredError:
@@ -213,14 +209,9 @@ async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAdd
             raise name_not_known(name)
         if response.rcode != 0:
             raise name_temporarily_unresolvable(name)
-        canonical = response.canonical_name or canonical
-        for text in response.addresses():
-            ip = parse_ip(text)
-            if ip is not None and ip not in found:
-                found.append(ip)
-    if not found:
-        raise no_address_for_name(name)
-    return found, canonical.rstrip(".")
+        return response
+
+    return await addresses_by_dns(name, qtypes, ask)
 
 
 async def getaddrinfo(
