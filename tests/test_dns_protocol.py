@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import struct
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from netshim.protocols.dns import (
     Zone,
     answer_query,
     build_query,
+    from_reverse_name,
     parse_response,
     reverse_name,
 )
@@ -455,6 +457,41 @@ def test_ptr_for_reverse_names() -> None:
     assert v6_name.endswith(".8.b.d.0.1.0.0.2.ip6.arpa")
     assert resolve(zone, v6_name, "PTR").answers[0].value == "host.example.com."
     assert resolve(zone, reverse_name("192.0.2.2"), "PTR").rcode == RCODE.NXDOMAIN
+
+
+@pytest.mark.parametrize("address", ["192.0.2.1", "0.0.0.0", "2001:db8::1", "::", "::ffff:1.2.3.4"])
+def test_from_reverse_name_inverts_reverse_name(address: str) -> None:
+    name = reverse_name(address)
+    assert from_reverse_name(name) == ipaddress.ip_address(address)
+    assert from_reverse_name(name.upper() + ".") == ipaddress.ip_address(address)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        ".",
+        "example.com",
+        "in-addr.arpa",
+        "2.0.192.in-addr.arpa",  # a reverse zone, not an address
+        "5.1.2.0.192.in-addr.arpa",
+        "256.2.0.192.in-addr.arpa",
+        "01.2.0.192.in-addr.arpa",
+        "1..0.192.in-addr.arpa",
+        "a.2.0.192.in-addr.arpa",
+        "1.2.0.192.in-addr.arpa.example",
+        "1.2.0.192.ip6.arpa",
+        "0." * 31 + "ip6.arpa",
+        "0." * 33 + "ip6.arpa",
+        "0." * 31 + "g.ip6.arpa",
+        "0." * 30 + "00..ip6.arpa",  # 32 labels, 32 digits, but not one each
+        "0." * 30 + "x.0.ip6.arpa",  # int() would read "0x..." as a prefix
+        "0." * 31 + "_.ip6.arpa",
+        "0." * 32 + "in-addr.arpa",
+    ],
+)
+def test_from_reverse_name_of_anything_else_is_none(name: str) -> None:
+    assert from_reverse_name(name) is None
 
 
 # --- EDNS0 and size limits -------------------------------------------------

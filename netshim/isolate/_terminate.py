@@ -47,6 +47,7 @@ from ..dns import Record, Request, serve
 from ..ip.intercept import InterceptedSyn
 from ..ip.links import TunLink
 from ..policy import DestinationBlockedError, Policy
+from ..protocols.dns import from_reverse_name
 from ..shim._names import SyntheticNames
 from ..stack import Stack, TcpStream, UdpSocket
 from ..stacks.ip import Interception, IpStack
@@ -294,7 +295,7 @@ class Terminator:
                     seen.append(address)
             return [Record(request.type, address, ttl=60) for address in seen]
         if request.type == "PTR":
-            ip = _from_reverse_name(name)
+            ip = from_reverse_name(name)
             if ip is None:
                 return None
             try:
@@ -302,19 +303,6 @@ class Terminator:
             except OSError:
                 return None
         return []
-
-
-def _from_reverse_name(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    labels = name.lower().rstrip(".").split(".")
-    try:
-        if labels[-2:] == ["in-addr", "arpa"] and len(labels) == 6:
-            return ipaddress.IPv4Address(".".join(reversed(labels[:4])))
-        if labels[-2:] == ["ip6", "arpa"] and len(labels) == 34:
-            digits = "".join(reversed(labels[:32]))
-            return ipaddress.IPv6Address(int(digits, 16))
-    except ValueError:
-        return None
-    return None
 
 
 async def _relay(program: TcpStream, upstream: TcpStream) -> None:

@@ -63,7 +63,7 @@ from dnslib import (
     DNSRecord,
 )
 
-from .._addresses import MAX_LABEL_LENGTH, MAX_NAME_LENGTH
+from .._addresses import MAX_LABEL_LENGTH, MAX_NAME_LENGTH, IPAddress
 from .._errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
     "build_query",
     "check_name",
     "parse_response",
+    "from_reverse_name",
     "reverse_name",
     "split_rdata",
 ]
@@ -127,6 +128,28 @@ def reverse_name(address: str) -> str:
     Raises ``ValueError`` when ``address`` is not an IP address.
     """
     return ipaddress.ip_address(address).reverse_pointer
+
+
+def from_reverse_name(name: str) -> IPAddress | None:
+    """The address a PTR owner name stands for, or ``None`` for any other name.
+
+    The inverse of :func:`reverse_name`: ``4.3.2.1.in-addr.arpa`` (four
+    decimal labels) or ``ip6.arpa`` under 32 labels of one hex digit each, in
+    any case, with or without the final dot.  A shorter name (a reverse zone,
+    not an address) or a malformed label is ``None``.
+    """
+    labels = name.lower().rstrip(".").split(".")
+    if labels[-2:] == ["in-addr", "arpa"] and len(labels) == 6:
+        try:
+            return ipaddress.IPv4Address(".".join(reversed(labels[:4])))
+        except ValueError:
+            return None
+    if labels[-2:] == ["ip6", "arpa"] and len(labels) == 34:
+        nibbles = labels[:32]
+        if not all(len(label) == 1 and label in string.hexdigits for label in nibbles):
+            return None
+        return ipaddress.IPv6Address(int("".join(reversed(nibbles)), 16))
+    return None
 
 
 # --- names ---------------------------------------------------------------
