@@ -1,12 +1,12 @@
-"""Runs in the browser, inside Pyodide: an aiohttp server in one tab, httpx in another.
+"""Runs in the browser, inside Pyodide: an aiohttp server in one tab, its clients in another.
 
 Both tabs join the LAN ``demo`` of netshim's gateway with ``WispStack(url, lan=...,
 member=..., token=...)`` and ``netshim.install(stack)``; nothing in aiohttp or httpx
 knows.  The server tab is the member ``alice`` and listens on port 8000 of its LAN
-address; the client tab is ``bob`` and fetches ``http://alice.demo:8000/``.  The server
-tab serves ``NETSHIM_REQUESTS`` requests (the client tab's and, in the test, one through
-the gateway's port forward), then stops.  ``window.netshimResult`` holds what happened
-as JSON for the page's test.
+address; the client tab is ``bob`` and fetches ``http://alice.demo:8000/`` with httpx,
+then with aiohttp's client.  The server tab serves ``NETSHIM_REQUESTS`` requests (the
+client tab's and, in the test, one through the gateway's port forward), then stops.
+``window.netshimResult`` holds what happened as JSON for the page's test.
 """
 
 import asyncio
@@ -80,15 +80,20 @@ async def serve() -> dict[str, object]:
 
 
 async def fetch() -> dict[str, object]:
+    import aiohttp
     import httpx
 
     stack = join("bob")
     await stack.connect()
     netshim.install(stack)
     js.document.getElementById("address").textContent = f"{stack.lan_address} ({stack.lan_name})"
+    url = f"http://alice.{os.environ['NETSHIM_LAN']}:{PORT}/"
     try:
         async with httpx.AsyncClient() as client:
-            response = await client.get(f"http://alice.{os.environ['NETSHIM_LAN']}:{PORT}/")
+            response = await client.get(url)
+        # aiohttp's client too: it connects with loop.sock_connect on a socket object.
+        async with aiohttp.ClientSession() as session, session.get(url) as second:
+            second_body = await second.text()
         members = dict(stack.members)
     finally:
         await stack.aclose()
@@ -99,6 +104,7 @@ async def fetch() -> dict[str, object]:
         "name": stack.lan_name,
         "status": response.status_code,
         "body": response.text,
+        "aiohttp_body": second_body,
         "members": members,
     }
 

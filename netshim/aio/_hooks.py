@@ -10,7 +10,11 @@ unmodified code reaches the network through:
 * ``create_server`` (so ``asyncio.start_server``), giving a
   :class:`~netshim.aio.StackServer`;
 * ``create_datagram_endpoint`` (anyio's UDP sockets too);
-* ``getaddrinfo`` and ``getnameinfo``.
+* ``getaddrinfo`` and ``getnameinfo``;
+* ``sock_connect`` and ``create_connection(sock=)`` for the descriptor-less
+  sockets netshim puts in place of ``socket.socket`` in Pyodide
+  (:class:`~netshim.aio.StackSocket`): aiohttp connects that way, through
+  aiohappyeyeballs.
 
 Calls that name a real socket (``sock=``) and calls made by a stack's own
 tasks (a tunnel reaching its gateway) go to the original methods, so a
@@ -24,6 +28,7 @@ The stack is the one given to :func:`install_loop_hooks`, or inside
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import socket
 import sys
 import threading
@@ -43,12 +48,17 @@ _stack: Stack | None = None
 _saved: dict[tuple[type, str], Any] = {}
 
 _HOOKED = (
+    "sock_connect",
     "create_connection",
     "create_server",
     "create_datagram_endpoint",
     "getaddrinfo",
     "getnameinfo",
 )
+
+# Methods the standard library's selector loop defines again below
+# BaseEventLoop: the hook goes there instead.
+_OWN_METHOD_ON_SUBCLASSES = frozenset({"sock_connect"})
 
 
 def _loop_classes() -> list[type]:
@@ -75,14 +85,18 @@ def install_loop_hooks(stack: Stack) -> Stack:
         _stack = stack
         for cls in _loop_classes():
             for name in _HOOKED:
-                if (cls, name) in _saved:
+                owner = cls
+                if name in _OWN_METHOD_ON_SUBCLASSES and cls is asyncio.BaseEventLoop:
+                    # asyncio's concrete loops override it below BaseEventLoop.
+                    owner = asyncio.selector_events.BaseSelectorEventLoop
+                if (owner, name) in _saved:
                     continue
-                original = cls.__dict__.get(name)
-                _saved[(cls, name)] = original
+                original = owner.__dict__.get(name)
+                _saved[(owner, name)] = original
                 # A loop class without its own method inherits one; the hook
                 # falls back to whatever the class resolved before.
-                fallback = original if original is not None else getattr(cls, name)
-                setattr(cls, name, _HOOKS[name](fallback))
+                fallback = original if original is not None else getattr(owner, name)
+                setattr(owner, name, _HOOKS[name](fallback))
     return stack
 
 
@@ -250,6 +264,22 @@ def _hook_create_connection(original: Callable[..., Any]) -> Callable[..., Any]:
         ssl_shutdown_timeout: float | None = None,
         **kwargs: Any,
     ) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        from ._sync import StackSocket
+
+        if isinstance(sock, StackSocket):
+            if host is not None or port is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            if ssl and server_hostname is None:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            return await _wrap_stream(
+                self,
+                sock.take_stream(),
+                protocol_factory(),
+                ssl,
+                server_hostname,
+                ssl_handshake_timeout,
+                ssl_shutdown_timeout,
+            )
         stack = _acting_stack()
         if stack is None or sock is not None:
             return await original(  # type: ignore[no-any-return]
@@ -329,6 +359,18 @@ async def _wrap_stream(
         # handshake finished; asyncio's own create_connection returns it too.
         return tls._app_transport, protocol  # type: ignore[attr-defined]
     return transport, protocol
+
+
+def _hook_sock_connect(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def sock_connect(self: asyncio.AbstractEventLoop, sock: Any, address: Any) -> None:
+        from ._sync import StackSocket
+
+        if isinstance(sock, StackSocket):
+            await sock.connect_async(address)
+            return
+        await original(self, sock, address)
+
+    return sock_connect
 
 
 def _hook_create_server(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -560,6 +602,7 @@ def _hook_getnameinfo(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _HOOKS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "sock_connect": _hook_sock_connect,
     "create_connection": _hook_create_connection,
     "create_server": _hook_create_server,
     "create_datagram_endpoint": _hook_create_datagram_endpoint,

@@ -324,6 +324,31 @@ class StackSocket:
             raise BlockingIOError(errno.EINPROGRESS, "Operation now in progress")
         self._stream = run_blocking(coroutine, "connect", self._timeout)
 
+    async def connect_async(self, address: Any) -> None:
+        """Connect without blocking anything: what ``loop.sock_connect`` does with this socket.
+
+        aiohttp (through aiohappyeyeballs) makes a socket, awaits
+        ``loop.sock_connect`` and hands the socket to ``create_connection(sock=)``;
+        the loop hooks answer both with this and :meth:`take_stream`.
+        """
+        self._check_open()
+        if self._stream is not None or self._listener is not None or self._pending is not None:
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+        host, port = _address(address, self.family)
+        local = self._bound if self._bound and self._bound[1] else None
+        self._stream = await _connect(self._stack, host, port, self.family, local)
+
+    def take_stream(self) -> TcpStream:
+        """The connected stream, now owned by the caller (a transport); the socket is done.
+
+        As with a real socket handed to ``create_connection(sock=)``, the
+        transport owns the connection from then on.
+        """
+        stream = self._connected()
+        self._stream = None
+        self._closed = True
+        return stream
+
     def connect_ex(self, address: Any) -> int:
         try:
             self.connect(address)

@@ -393,3 +393,68 @@ async def test_tls_end_to_end(hosts: tuple[VirtualHost, VirtualHost]) -> None:
         )
     server.close()
     await server.wait_closed()
+
+
+async def test_sock_connect_then_create_connection_on_a_stack_socket(
+    hosts: tuple[VirtualHost, VirtualHost],
+) -> None:
+    # What aiohappyeyeballs (aiohttp's connector) does, on the descriptor-less
+    # socket class that install() puts in place of socket.socket in Pyodide.
+    from netshim.aio import StackSocket
+
+    web, _ = hosts
+    server = await start_echo(web)
+    loop = asyncio.get_running_loop()
+    sock = StackSocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("10.0.0.2", 7))
+    assert sock.getpeername() == ("10.0.0.2", 7)
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.create_connection(
+        lambda: asyncio.StreamReaderProtocol(reader), sock=sock
+    )
+    transport.write(b"through sock_connect")
+    assert await reader.readexactly(20) == b"through sock_connect"
+    # The transport owns the connection now, as with a real socket.
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        sock.send(b"x")
+    transport.close()
+    server.close()
+    refused = StackSocket(socket.AF_INET, socket.SOCK_STREAM)
+    with pytest.raises(ConnectionRefusedError):
+        await loop.sock_connect(refused, ("10.0.0.2", 9))
+    with pytest.raises(OSError, match="not connected"):
+        await loop.create_connection(asyncio.Protocol, sock=refused)
+
+
+async def test_aiohttp_client_and_server_on_descriptor_less_sockets(
+    hosts: tuple[VirtualHost, VirtualHost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in Pyodide: socket.socket is netshim's StackSocket, and aiohttp's
+    # client connects with loop.sock_connect + create_connection(sock=).
+    from aiohttp import ClientSession, web
+
+    from netshim.aio import StackSocket
+
+    monkeypatch.setattr(socket, "socket", StackSocket)
+    server_host, _ = hosts
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"hello {request.remote}")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with netshim.acting_as(server_host):
+        site = web.TCPSite(runner, "0.0.0.0", 8080)
+        await site.start()
+    try:
+        async with (
+            ClientSession() as session,
+            session.get("http://web.internal:8080/") as response,
+        ):
+            assert response.status == 200
+            assert await response.text() == "hello 10.0.0.3"
+    finally:
+        await runner.cleanup()
