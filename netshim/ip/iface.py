@@ -941,6 +941,15 @@ class Interface:
                 return True
         return False
 
+    def is_broadcast_v4(self, address: ipaddress.IPv4Address) -> bool:
+        """Whether ``address`` is a broadcast address on this interface.
+
+        The limited broadcast, or the directed broadcast of one of its IPv4
+        networks (a /31 or /32 has none); a group address is not.  Linux asks
+        for ``SO_BROADCAST`` before a datagram goes to one (``EACCES``).
+        """
+        return not address.is_multicast and self._is_broadcast_v4(address)
+
     def _is_broadcast_v4(self, address: ipaddress.IPv4Address) -> bool:
         cache = self._broadcast_v4_cache
         broadcast = cache.get(address)

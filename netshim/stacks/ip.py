@@ -411,10 +411,11 @@ class _IpUdpSocket(UdpSocket):
             self._sock.send(bytes(data), now)
         else:
             remote = _endpoint((check_host(address[0], "send"), check_port(address[1], "send")))
+            ip = remote[0]
             if (
-                isinstance(remote[0], ipaddress.IPv4Address)
-                and remote[0] == ipaddress.IPv4Address("255.255.255.255")
+                isinstance(ip, ipaddress.IPv4Address)
                 and not self._broadcast
+                and any(interface.is_broadcast_v4(ip) for interface in self._stack._interfaces)
             ):
                 raise os_error(errno.EACCES, "sending to a broadcast address needs SO_BROADCAST")
             self._sock.send_to(bytes(data), remote, now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -117,3 +118,25 @@ async def test_udp_and_loopback(pair: tuple[IpStack, IpStack]) -> None:
         assert await accepted.receive() == b"x"
     for resource in (stream, accepted, listener, server, client):
         await resource.aclose()
+
+
+async def test_udp_to_a_broadcast_address_needs_so_broadcast(
+    pair: tuple[IpStack, IpStack],
+) -> None:
+    left, right = pair
+    server = await right.open_udp("0.0.0.0", 6767)
+    client = await left.open_udp("0.0.0.0", 0)
+    # As on Linux: the limited broadcast and each network's directed one, loopback's too.
+    for address in ("255.255.255.255", "10.1.0.255", "127.255.255.255"):
+        with pytest.raises(OSError, match="SO_BROADCAST") as caught:
+            await client.send(b"to all", (address, 6767))
+        assert caught.value.errno == errno.EACCES
+    await client.send(b"to a group", ("224.0.0.251", 6767))  # a group is not a broadcast
+    client.broadcast = True
+    await client.send(b"to all", ("10.1.0.255", 6767))
+    with anyio.fail_after(5):
+        data, source = await server.receive()
+    assert data == b"to all"
+    assert source[0] == "10.1.0.1"
+    await client.aclose()
+    await server.aclose()
