@@ -844,8 +844,12 @@ class WireGuardDevice:
 
     # -- receiving --------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None:
-        """Take one UDP payload from ``source``; drops what does not authenticate (never raises)."""
+    def receive_datagram(self, data: bytes | memoryview, source: Endpoint, now: float) -> None:
+        """Take one UDP payload from ``source``; drops what does not authenticate (never raises).
+
+        ``data`` may be a view into a receive buffer: nothing of it is kept
+        after the call.
+        """
         if len(data) < 4:
             self.dropped["short datagram"] += 1
             return
@@ -855,7 +859,9 @@ class WireGuardDevice:
             return
         if kind == MESSAGE_TRANSPORT:
             self._receive_transport(data, source, now)
-        elif kind == MESSAGE_INITIATION:
+            return
+        data = bytes(data)
+        if kind == MESSAGE_INITIATION:
             self._receive_initiation(data, source, now)
         elif kind == MESSAGE_RESPONSE:
             self._receive_response(data, source, now)
@@ -1090,7 +1096,7 @@ class WireGuardDevice:
         # One cookie per message: a second reply to the same mac1 is stale.
         peer._last_mac1 = None
 
-    def _receive_transport(self, data: bytes, source: Endpoint, now: float) -> None:
+    def _receive_transport(self, data: bytes | memoryview, source: Endpoint, now: float) -> None:
         if len(data) < TRANSPORT_HEADER_SIZE + TAG_SIZE:
             self.dropped["short transport message"] += 1
             return
@@ -1109,7 +1115,9 @@ class WireGuardDevice:
             self.dropped["replayed counter"] += 1
             return
         try:
-            plaintext = session.receive_cipher.decrypt(_nonce(counter), data[16:], None)
+            plaintext = session.receive_cipher.decrypt(
+                _nonce(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None
+            )
         except InvalidTag:
             self.dropped["bad transport authentication"] += 1
             return

@@ -35,6 +35,7 @@ import ipaddress
 import math
 import os
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import sniffio
+from anyio.abc import SocketAttribute
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..ip.iface import GsoInfo, Medium
@@ -270,11 +273,50 @@ def _normalise(address: Any) -> Endpoint:
     return host, port
 
 
+# Linux's UDP generic segmentation offload (``UDP_SEGMENT``, Linux 4.18; not
+# in Python's socket module before 3.12): one sendmsg() carries a run of
+# datagrams of one size, the last possibly shorter, and the kernel cuts them.
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+#: Datagrams in one segmented send (Linux's UDP_MAX_SEGMENTS is 64, 128 since 6.9).
+_GSO_MAX_SEGMENTS = 64
+#: Bytes in one segmented send: it must fit one UDP datagram over IPv6 (65,527).
+_GSO_MAX_BYTES = 65_000
+#: Datagrams taken from the host socket per pass before the packets go up:
+#: the IpStack driver's burst, so one pass of its transmit answers them all.
+_RECEIVE_BATCH = 64
+#: The UDP socket's buffers asked for (wireguard-go asks 7 MiB); Linux caps
+#: them at net.core.rmem_max / wmem_max, 208 KiB unless raised.
+_SOCKET_BUFFER = 4 << 20
+#: Room for one datagram: the largest UDP payload.
+_DATAGRAM_ROOM = 65_536
+#: Raw addresses remembered in the source cache before it starts afresh.
+_MAX_CACHED_ADDRESSES = 1024
+
+
+def _host_socket(sock: UdpSocket) -> socket.socket | None:
+    """The OS socket under ``sock`` when it is the host network's, else ``None``."""
+    raw = sock.extra(SocketAttribute.raw_socket, None)
+    if isinstance(raw, socket.socket) and raw.type == socket.SOCK_DGRAM:
+        return raw
+    return None
+
+
 class WireGuardLink(Link):
     """IP packets in and out of a :class:`WireGuardDevice`, its datagrams on ``transport``'s UDP.
 
     ``endpoints`` maps peers' public keys to endpoints still to resolve
     (host names); ``bind`` is the UDP socket's local address (port 0: any).
+
+    On the host network (a transport whose UDP sockets are OS sockets, as
+    :class:`~netshim.stacks.HostStack`'s) the link works the socket itself:
+    it reads every datagram waiting, up to a burst, per wake-up (non-blocking
+    ``recvfrom_into`` until ``EAGAIN``), and sends what one pass of the
+    IpStack produced together, runs of one size to one endpoint as a single
+    segmented ``sendmsg`` on Linux (UDP GSO).  With :meth:`receive_nowait`
+    and :meth:`send_many` the IpStack's driver takes and answers a burst in
+    one pass.  Other transports (a gateway's Wisp UDP) see one ``send`` per
+    datagram and one ``receive`` per wake-up.
     """
 
     medium = Medium.IP
@@ -306,6 +348,15 @@ class WireGuardLink(Link):
         self._report_due: float | None = None
         self._next_transfer_check = -math.inf
         self._clock: Callable[[], float] | None = None
+        # The host socket path: the OS socket, datagrams not sent yet (its
+        # buffer was full), a receive buffer, and address translations.
+        self._raw: socket.socket | None = None
+        self._out: list[tuple[bytes, Endpoint]] = []
+        self._gso = False
+        self._buffer = bytearray(_DATAGRAM_ROOM)
+        self._view = memoryview(self._buffer)
+        self._sources: dict[Any, Endpoint] = {}
+        self._addresses: dict[Endpoint, tuple[str, int]] = {}
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -332,7 +383,18 @@ class WireGuardLink(Link):
                     infos = await self.transport.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
                     peer.endpoint = (str(infos[0][4][0]), port)
                     del self._unresolved[key]
-                self._socket = await self.transport.open_udp(*self._bind)
+                sock = await self.transport.open_udp(*self._bind)
+                raw = _host_socket(sock)
+                if raw is not None:
+                    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                        try:
+                            if raw.getsockopt(socket.SOL_SOCKET, option) < _SOCKET_BUFFER:
+                                raw.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+                        except OSError:
+                            pass
+                    self._gso = sys.platform == "linux"
+                self._raw = raw
+                self._socket = sock
         return self._socket
 
     def _now(self) -> float:
@@ -350,20 +412,123 @@ class WireGuardLink(Link):
             self._clock = clock
         return clock()
 
-    async def _flush(self, sock: UdpSocket) -> None:
+    # -- the host socket ----------------------------------------------------------
+
+    def _address(self, endpoint: Endpoint) -> tuple[str, int]:
+        """``endpoint`` as the host socket's sendto() wants it (IPv4-mapped on a dual-stack one)."""
+        address = self._addresses.get(endpoint)
+        if address is None:
+            assert self._raw is not None
+            host, port = endpoint
+            if self._raw.family == socket.AF_INET6 and ":" not in host:
+                host = "::ffff:" + host
+            if len(self._addresses) >= _MAX_CACHED_ADDRESSES:
+                self._addresses.clear()
+            address = self._addresses[endpoint] = (host, port)
+        return address
+
+    def _read_ready(self) -> None:
+        """Hand the device every datagram the host socket holds, up to a burst, without waiting."""
+        raw = self._raw
+        assert raw is not None
+        device, view, sources = self.device, self._view, self._sources
+        now = self._now()
+        for _ in range(_RECEIVE_BATCH):
+            try:
+                size, address = raw.recvfrom_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                # A closed socket, or an ICMP error reported on it: nothing
+                # more to read now (the wait reports a closed socket).
+                break
+            source = sources.get(address)
+            if source is None:
+                if len(sources) >= _MAX_CACHED_ADDRESSES:
+                    sources.clear()
+                source = sources[address] = _normalise(address)
+            # The device keeps nothing of the view: the next datagram may
+            # reuse the buffer.
+            device.receive_datagram(view[:size], source, now)
+
+    def _write_ready(self) -> bool:
+        """Send the queued datagrams without waiting; False if the socket's buffer filled."""
+        raw = self._raw
+        assert raw is not None
+        out = self._out
+        count = len(out)
+        index = 0
+        while index < count:
+            data, endpoint = out[index]
+            size = len(data)
+            end = index + 1
+            if self._gso:
+                total = size
+                while end < count and end - index < _GSO_MAX_SEGMENTS:
+                    following, where = out[end]
+                    length = len(following)
+                    if where != endpoint or length > size or total + length > _GSO_MAX_BYTES:
+                        break
+                    total += length
+                    end += 1
+                    if length < size:
+                        break  # a shorter datagram ends the run
+            try:
+                if end - index > 1:
+                    raw.sendmsg(
+                        [item[0] for item in out[index:end]],
+                        [(_SOL_UDP, _UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
+                        0,
+                        self._address(endpoint),
+                    )
+                else:
+                    raw.sendto(data, self._address(endpoint))
+            except (BlockingIOError, InterruptedError):
+                del out[:index]
+                return False
+            except OSError:
+                if end - index > 1:
+                    # The route's device cannot segment (no checksum
+                    # offload, or datagrams beyond its MTU): send one by one
+                    # from now on.
+                    self._gso = False
+                    continue
+                # Unreachable networks lose the datagram, as UDP does; the
+                # protocol's timers retry what matters.
+                self.device.dropped["datagram send failed"] += 1
+            index = end
+        out.clear()
+        return True
+
+    # -- both paths ---------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Take the device's output: datagrams to send, packets for the IpStack, events."""
         device = self.device
-        for data, endpoint in device.take_datagrams():
+        self._out.extend(device.take_datagrams())
+        packets = device.take_packets()
+        if packets:
+            self._packets.extend([packet for packet, _ in packets])
+            while len(self._packets) > DEFAULT_MAX_QUEUED_PACKETS:
+                self._packets.popleft()
+                device.dropped["receive queue full"] += 1
+        self._dispatch()
+
+    async def _flush(self, sock: UdpSocket) -> None:
+        self._collect()
+        raw = self._raw
+        if raw is not None:
+            while not self._write_ready():
+                await anyio.wait_writable(raw)
+            return
+        out, self._out = self._out, []
+        for data, endpoint in out:
             try:
                 await sock.send(data, endpoint)
             except OSError:
                 # Unreachable networks and full buffers lose the datagram,
                 # as UDP does; the protocol's timers retry what matters.
-                device.dropped["datagram send failed"] += 1
-        self._packets.extend(packet for packet, _ in device.take_packets())
-        while len(self._packets) > DEFAULT_MAX_QUEUED_PACKETS:
-            self._packets.popleft()
-            device.dropped["receive queue full"] += 1
-        self._dispatch()
+                self.device.dropped["datagram send failed"] += 1
 
     def _dispatch(self) -> None:
         events: list[WireGuardEvent] = self.device.take_events()
@@ -394,42 +559,71 @@ class WireGuardLink(Link):
             for event in events:
                 self._on_event(event)
 
-    async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None:
-        sock = await self._ensure_socket()
-        now = self._now()
-        if gso is None:
-            self.device.send_packet(packet, now)
-        else:
-            for piece in segment_tcp(packet, gso):
-                self.device.send_packet(piece, now)
-        await self._flush(sock)
+    def _deadline_moved(self) -> None:
+        # A packet sent may bring a timer nearer than the receive wait's deadline.
         scope = self._wait_scope
         deadline = self.device.deadline()
         if scope is not None and deadline is not None and deadline < scope.deadline:
             scope.deadline = deadline
+
+    async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None:
+        await self.send_many(((packet, gso),))
+
+    async def send_many(self, packets: Iterable[tuple[bytes, GsoInfo | None]]) -> None:
+        """Encrypt ``packets`` and send their datagrams together (one pass of IpStack output)."""
+        sock = await self._ensure_socket()
+        device = self.device
+        now = self._now()
+        for packet, gso in packets:
+            if gso is None:
+                device.send_packet(packet, now)
+            else:
+                for piece in segment_tcp(packet, gso):
+                    device.send_packet(piece, now)
+        await self._flush(sock)
+        self._deadline_moved()
 
     async def send_to_peer(self, peer: WireGuardPeer, packet: bytes) -> None:
         """Send ``packet`` to ``peer`` (``b""``: a keepalive, or a handshake if no keys)."""
         sock = await self._ensure_socket()
         self.device.send_to_peer(peer, packet, self._now())
         await self._flush(sock)
-        scope = self._wait_scope
-        deadline = self.device.deadline()
-        if scope is not None and deadline is not None and deadline < scope.deadline:
-            scope.deadline = deadline
+        self._deadline_moved()
+
+    def receive_nowait(self) -> IncomingPacket | None:
+        """The next decrypted packet if one is here or the host socket holds one, else ``None``."""
+        if not self._packets and self._raw is not None and not self._closed:
+            self._read_ready()
+            self._collect()
+            # Replies the datagrams asked for (a handshake response) leave
+            # now if the socket takes them, else with the next flush.
+            self._write_ready()
+        if self._packets:
+            # Poly1305 authenticated every byte: like Linux's WireGuard
+            # (CHECKSUM_UNNECESSARY), the TCP/UDP checksums need no second look.
+            return IncomingPacket(self._packets.popleft(), checksum_verified=True)
+        return None
 
     async def receive(self) -> IncomingPacket:
         sock = await self._ensure_socket()
+        raw = self._raw
         device = self.device
+        waited = False
         while True:
             if self._packets:
-                # Poly1305 authenticated every byte: like Linux's WireGuard
-                # (CHECKSUM_UNNECESSARY), the TCP/UDP checksums need no second look.
+                if not waited:
+                    # Data was ready without a wait: let other tasks run
+                    # once per call, as a socket read would.
+                    await anyio.lowlevel.checkpoint()
+                    waited = True
+                    continue
                 return IncomingPacket(self._packets.popleft(), checksum_verified=True)
             if self._closed:
                 raise anyio.ClosedResourceError
             now = self._now()
             device.poll(now)
+            if raw is not None:
+                self._read_ready()
             await self._flush(sock)
             if self._packets:
                 continue
@@ -439,10 +633,14 @@ class WireGuardLink(Link):
             with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 self._wait_scope = scope
                 try:
-                    data, source = await sock.receive()
+                    if raw is not None:
+                        await anyio.wait_readable(raw)
+                    else:
+                        data, source = await sock.receive()
                 finally:
                     self._wait_scope = None
-            if scope.cancelled_caught:
+            waited = True
+            if scope.cancelled_caught or raw is not None:
                 continue
             device.receive_datagram(data, _normalise(source), self._now())
             await self._flush(sock)
