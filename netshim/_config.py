@@ -5,7 +5,8 @@ URL schemes:
 * ``host:`` (or ``direct:``): the machine's own network;
 * ``wisp://host:port/path/``, ``wisps://``: :class:`~netshim.WispStack`
   (``ws://`` and ``wss://`` URLs whose path ends in ``/`` too, the
-  convention of Wisp servers and of our gateway);
+  convention of Wisp servers and of our gateway); ``?lan=L&member=M&token=T``
+  joins LAN ``L`` of a netshim gateway (see ``docs/lan.md``);
 * ``ws://proxy/prefix``, ``ws://proxy/path?token=T``, ``websockify://``:
   :class:`~netshim.WebsockifyStack`;
 * ``socks5://``, ``socks5h://``, with ``+ws`` / ``+wss``:
@@ -79,8 +80,11 @@ def stack_from_url(url: str) -> Stack:
             raise ValueError(f"stack URL {url!r}: wireguard:// needs a wg-quick file's path")
         return WireGuardStack.from_config(path)
     if scheme in ("ws", "wss"):
-        path = urllib.parse.urlsplit(text).path or "/"
-        if path.endswith("/") and "token=" not in text:
+        parts = urllib.parse.urlsplit(text)
+        path = parts.path or "/"
+        keys = {key for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)}
+        # A LAN to join (?lan=...&token=...) is Wisp's; a token alone is websockify's.
+        if path.endswith("/") and ("token" not in keys or "lan" in keys):
             return WispStack(text)
         return WebsockifyStack(text)
     raise ValueError(

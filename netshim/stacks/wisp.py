@@ -35,19 +35,45 @@ Close reasons become the errors a socket gives for the same event: 0x42
 destination, 0x03 and the rest ``ConnectionResetError``; 0x02 is a normal
 end of stream.  Wisp has no half-close: :meth:`send_eof` closes the stream,
 and the server then delivers no more of the reply.
+
+Listening, on a gateway that offers netshim's LAN extension (``docs/lan.md``):
+a stack made with ``lan``, ``member`` and ``token`` joins that LAN when it
+connects and gets an address and a DNS name there (:attr:`WispStack.lan_address`,
+:attr:`~WispStack.lan_name`, :attr:`~WispStack.members`).  :meth:`WispStack.listen_tcp`
+sends ``LISTEN`` and each connection to the listener arrives as an ``ACCEPT``
+on a stream the server opened, which becomes the same stream class as an
+outgoing connection; nobody reads for the listener in the background either,
+so :meth:`accept` takes the reader's turn like any waiter, and connections
+that arrive while nobody accepts wait in a backlog (beyond it they are
+refused with ``CLOSE(REFUSED)``, as a full listen queue refuses).  A UDP
+socket bound to a port of the LAN address is one UDP listener stream
+carrying addressed datagrams.
+
+The connection's changes are :class:`~netshim.stacks._tunnel.TunnelEvent`
+(``connecting``, ``connected``, ``reconnecting``, ``closed``,
+``member-joined``, ``member-left``).  When the WebSocket drops while
+listeners exist, whoever waits in ``accept`` (or ``receive`` on a bound UDP
+socket) reconnects, with exponential backoff and jitter, and registers every
+listener again on the new connection with the port it had; a stack with no
+listener reconnects at its next use, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import itertools
+import random
 import ssl
 import sys
 import threading
+import urllib.parse
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from functools import partial
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 import anyio.lowlevel
@@ -65,9 +91,9 @@ from .._errors import (
 )
 from ..policy import DestinationBlockedError
 from ..protocols import wisp
-from ..stack import Stack, TcpStream, UdpSocket
+from ..stack import DEFAULT_BACKLOG, Stack, TcpListener, TcpStream, UdpSocket
 from ..transports._url import WebSocketEndpoint, parse_websocket_url
-from ._tunnel import UNKNOWN_LOCAL, ByteBuffer, TunnelStack
+from ._tunnel import UNKNOWN_LOCAL, ByteBuffer, TunnelEvent, TunnelEventKind, TunnelStack
 
 __all__ = ["WispStack", "error_for_reason"]
 
@@ -85,6 +111,41 @@ MAX_DATAGRAM = 65507
 # Datagrams kept per UDP socket for a reader that is not reading, as a
 # socket's receive buffer would (and then drops).
 MAX_QUEUED_DATAGRAMS = 1024
+# Connections one listener holds for accept() at most, whatever backlog is
+# asked: Linux caps listen()'s backlog at net.core.somaxconn (4096 since
+# 5.4); a tab's server needs far fewer, and each holds a stream's buffer.
+MAX_BACKLOG = 1024
+# Reconnection while listeners exist: the first retry at once, then
+# exponential from this delay, capped (seconds), each wait jittered down to
+# half so that the members of a LAN do not all come back in the same instant
+# after the gateway restarts.
+DEFAULT_RECONNECT_DELAY = 0.25
+DEFAULT_RECONNECT_MAX_DELAY = 30.0
+# Query parameters of a Wisp URL that are ours, not the server's.
+LAN_QUERY_PARAMETERS = ("lan", "member", "token")
+# Host values that mean "every address of this member" for listen and bind.
+_WILDCARDS = (None, "", "0.0.0.0", "::")
+
+
+def _take_lan_query(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the ``lan``/``member``/``token`` query parameters, and their values."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.query:
+        return url, {}
+    kept: list[tuple[str, str]] = []
+    taken: dict[str, str] = {}
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key in LAN_QUERY_PARAMETERS:
+            taken[key] = value
+        else:
+            kept.append((key, value))
+    if not taken:
+        return url, {}
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept))), taken
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
 
 
 def error_for_reason(reason: int, host: str, port: int, server: str) -> OSError | None:
@@ -119,10 +180,20 @@ class _Session:
 
     def __init__(self, stack: WispStack, websocket: ClientWebSocket, conn: wisp.WispConnection):
         self.stack = stack
+        self.key = threading.get_ident()
         self.ws = websocket
         self.conn = conn
-        self.streams: dict[int, _WispTcpStream | _WispUdpStream] = {}
+        self.streams: dict[int, _Endpoint] = {}
         self.ids = itertools.count(1)
+        # Packets a dispatch decided to send (refusals of ACCEPTs): dispatch
+        # cannot wait, so whoever next reads or sends does it.
+        self.outbox: deque[wisp.Event] = deque()
+        # The LAN's JOINED news for this connection, once it came.
+        self.joined: wisp.Membership | None = None
+        # Events wait here until "connected" was told (a pushed WebSocket
+        # dispatches the LAN news before the opener's task resumes).
+        self.announced = False
+        self.held: list[TunnelEvent] = []
         # One task at a time reads the WebSocket, for everybody; the others
         # wait for the event it sets after each message (see pump_until).
         self._reading = False
@@ -167,6 +238,8 @@ class _Session:
                     self.die(connection_reset())
                 else:
                     self.dispatch(message)
+                    if self.outbox:
+                        await self.flush()
             finally:
                 self._reading = False
                 self._dispatched = anyio.Event()
@@ -178,7 +251,60 @@ class _Session:
             self.die(connection_reset())
         else:
             self.dispatch(message)
+            if self.outbox:
+                self._flush_nowait()
         self._wake_pushed()
+
+    def queue_send(self, event: wisp.Event) -> None:
+        """Send ``event`` as soon as some task can (see ``outbox``)."""
+        self.outbox.append(event)
+
+    def _flush_nowait(self) -> None:
+        while self.outbox and self.error is None and getattr(self.ws, "writable", False):
+            event = self.outbox.popleft()
+            try:
+                self.ws.send_nowait(self.conn.send(event))  # type: ignore[attr-defined]
+            except LocalProtocolError:
+                continue
+            except OSError:
+                self.die(connection_reset())
+
+    async def flush(self) -> None:
+        """Send what a dispatch queued."""
+        while self.outbox and self.error is None:
+            event = self.outbox.popleft()
+            try:
+                message = self.conn.send(event)
+            except LocalProtocolError:
+                continue
+            try:
+                await self.ws.send(message)
+            except ConnectionResetError:
+                self.die(connection_reset())
+
+    def tell(self, event: TunnelEvent) -> None:
+        """Emit ``event`` once this connection was announced, in order."""
+        if self.announced:
+            self.stack.emit(event)
+        else:
+            self.held.append(event)
+
+    def announce(self) -> None:
+        """Emit "connected", then what waited for it."""
+        if self.announced or self.error is not None:
+            return
+        self.announced = True
+        joined = self.joined
+        self.stack.emit(
+            TunnelEvent(
+                TunnelEventKind.CONNECTED,
+                address=None if joined is None else joined.host,
+                name=None if joined is None else joined.name,
+            )
+        )
+        held, self.held = self.held, []
+        for event in held:
+            self.stack.emit(event)
 
     def _wake_pushed(self) -> None:
         # Only when somebody waits: making an Event costs more than the rest
@@ -219,22 +345,55 @@ class _Session:
                 stream = self.streams.pop(event.stream_id, None)
                 if stream is not None:
                     stream.on_close(wisp.CloseReason.INVALID_INFO)
+                elif event.stream_id >= wisp.SERVER_STREAM_BASE:
+                    # An ACCEPT for a listener we no longer have: the
+                    # specification asks for CLOSE(REFUSED).
+                    response = event.response()
+                    if response is not None:
+                        self.queue_send(response)
         elif isinstance(event, wisp.ConnectionClosed):
             self.die(connection_reset())
+        elif isinstance(event, wisp.Listening):
+            binding = self.streams.get(event.stream_id)
+            if isinstance(binding, _LanBinding):
+                binding.on_listening(event.host, event.port)
+        elif isinstance(event, wisp.Accept):
+            self._accept(event)
+        elif isinstance(event, wisp.Membership):
+            self.stack._on_membership(self, event)
 
-    def die(self, error: OSError) -> None:
+    def _accept(self, event: wisp.Accept) -> None:
+        binding = self.streams.get(event.listener_id)
+        listener = binding.owner if isinstance(binding, _LanBinding) else None
+        if not isinstance(listener, _WispListener) or not listener.takes_more():
+            # Closed, not accepting yet, or its backlog is full: refused, as
+            # a full listen queue refuses.
+            self.queue_send(wisp.Close(event.stream_id, wisp.CloseReason.REFUSED))
+            return
+        assert isinstance(binding, _LanBinding)
+        local = binding.address
+        stream = _WispTcpStream(self, event.stream_id, event.host, event.port, local=local)
+        stream.confirmed = True
+        self.streams[event.stream_id] = stream
+        listener.pending.append(stream)
+
+    def die(self, error: OSError, *, announce: bool = True) -> None:
         if self.error is not None:
             return
         self.error = error
         streams, self.streams = self.streams, {}
         for stream in streams.values():
             stream.on_error(connection_reset())
+        if announce and self.announced:
+            self.stack._on_session_lost(self, error)
         if self.pushed:
             self._wake_pushed()
 
     async def send(self, event: wisp.Event) -> None:
         if self.error is not None:
             raise connection_reset()
+        if self.outbox:
+            await self.flush()
         try:
             message = self.conn.send(event)
         except LocalProtocolError:
@@ -254,16 +413,25 @@ class _Session:
             await self.send(wisp.Close(stream_id, reason))
 
     async def aclose(self) -> None:
-        self.die(connection_reset())
+        self.die(connection_reset(), announce=False)
         await self.ws.aclose()
 
 
 class _WispTcpStream(TcpStream):
-    def __init__(self, session: _Session, stream_id: int, host: str, port: int) -> None:
+    def __init__(
+        self,
+        session: _Session,
+        stream_id: int,
+        host: str,
+        port: int,
+        *,
+        local: Address | None = None,
+    ) -> None:
         self.session = session
         self.stream_id = stream_id
         self.host = host
         self.port = port
+        self.local = local or UNKNOWN_LOCAL
         self.buffer = ByteBuffer()
         self.confirmed = False
         self.closed = False
@@ -276,7 +444,7 @@ class _WispTcpStream(TcpStream):
 
     @property
     def local_address(self) -> Address:
-        return UNKNOWN_LOCAL
+        return self.local
 
     @property
     def remote_address(self) -> Address:
@@ -427,6 +595,158 @@ class _WispTcpStream(TcpStream):
         await self.session.close_stream(self.stream_id, wisp.CloseReason.NETWORK_ERROR)
 
 
+class _LanBinding:
+    """A LAN listener's stream (TCP or UDP), made again on each new connection.
+
+    ``owner`` is the :class:`_WispListener` or bound :class:`_WispUdpSocket`
+    it serves.  ``port`` is the port asked for, then the one the server
+    bound, so that a new connection asks for the same one.
+    """
+
+    def __init__(
+        self,
+        stack: WispStack,
+        owner: _WispListener | _WispUdpSocket,
+        stream_type: wisp.StreamType,
+        host: str,
+        port: int,
+    ) -> None:
+        self.stack = stack
+        self.owner = owner
+        self.stream_type = stream_type
+        self.host = host
+        self.port = port
+        self.key = threading.get_ident()
+        self.session: _Session | None = None
+        self.stream_id = 0
+        self.address: Address | None = None
+        self.answered = False
+        self.error: OSError | None = None
+
+    def __repr__(self) -> str:
+        kind = self.stream_type.name
+        return f"<Wisp LAN {kind} listener {self.stream_id} on {self.address or self.port}>"
+
+    @property
+    def live(self) -> bool:
+        """Listening on a connection that is alive."""
+        session = self.session
+        return (
+            session is not None
+            and session.alive
+            and self.address is not None
+            and self.error is None
+            and session.streams.get(self.stream_id) is self
+        )
+
+    async def register(self, session: _Session) -> None:
+        """Send ``LISTEN`` on ``session``; the answer comes to ``on_listening`` or ``on_close``."""
+        self.session = session
+        self.stream_id = next(session.ids)
+        self.answered = False
+        self.address = None
+        self.error = None
+        session.streams[self.stream_id] = self
+        await session.send(wisp.Listen(self.stream_id, self.port, self.host, self.stream_type))
+
+    def on_listening(self, host: str, port: int) -> None:
+        self.address = (host, port)
+        self.port = port
+        self.answered = True
+
+    def on_close(self, reason: int) -> None:
+        self.error = self.stack._listen_error(reason, self)
+        self.answered = True
+
+    def on_error(self, error: OSError) -> None:
+        # The connection died: not this listener's fault; it is made again
+        # on the next connection (see WispStack._revive).
+        self.answered = True
+        self.owner.on_lost()
+
+    def on_data(self, data: bytes) -> None:
+        if isinstance(self.owner, _WispUdpSocket):
+            try:
+                host, port, payload = wisp.parse_datagram(data)
+            except (ValueError, UnicodeDecodeError):
+                return  # a malformed datagram is dropped, as a bad checksum is
+            self.owner.on_datagram(payload, (host, port))
+
+    async def close(self) -> None:
+        session = self.session
+        if session is not None and session.streams.get(self.stream_id) is self:
+            await session.close_stream(self.stream_id, wisp.CloseReason.VOLUNTARY)
+
+
+class _WispListener(TcpListener):
+    """A TCP listener on the LAN address; connections come as ``ACCEPT`` (see the module docs)."""
+
+    def __init__(self, stack: WispStack, host: str, port: int, backlog: int) -> None:
+        self.stack = stack
+        self.binding = _LanBinding(stack, self, wisp.StreamType.TCP, host, port)
+        self.backlog = max(1, min(backlog, MAX_BACKLOG))
+        self.pending: deque[_WispTcpStream] = deque()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Wisp LAN listener on {self.local_address[0]}:{self.local_address[1]}>"
+
+    @property
+    def local_address(self) -> Address:
+        if self.binding.address is not None:
+            return self.binding.address
+        return (self.stack.lan_address or "0.0.0.0", self.binding.port)
+
+    def takes_more(self) -> bool:
+        return not self.closed and self.accepting and len(self.pending) < self.backlog
+
+    def on_lost(self) -> None:
+        # Connections waiting for accept() died with the WebSocket.
+        self.pending.clear()
+
+    async def accept(self) -> TcpStream:
+        """The next connection from a LAN member (``remote_address`` is the member's).
+
+        Raises ``anyio.ClosedResourceError`` once the listener (or its stack)
+        is closed; the server's refusal to listen again after a reconnection
+        (``EADDRINUSE`` ...) or the last reconnection error when the stack
+        gave up.
+        """
+        binding = self.binding
+        while True:
+            if self.closed:
+                raise anyio.ClosedResourceError
+            if self.pending:
+                await anyio.lowlevel.checkpoint()
+                return self.pending.popleft()
+            if binding.error is not None:
+                raise binding.error
+            session = binding.session
+            if session is None or not session.alive or not binding.live:
+                await self.stack._revive(binding)
+                continue
+            await session.pump_until(partial(self._ready, session))
+
+    def _ready(self, session: _Session) -> bool:
+        binding = self.binding
+        return (
+            bool(self.pending)
+            or self.closed
+            or binding.error is not None
+            or binding.session is not session
+        )
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.stack._bindings_of(self.binding.key).discard(self.binding)
+        pending, self.pending = list(self.pending), deque()
+        for stream in pending:
+            await stream.abort()
+        await self.binding.close()
+
+
 class _WispUdpStream:
     """One Wisp UDP stream: the datagrams to and from one destination."""
 
@@ -450,7 +770,12 @@ class _WispUdpStream:
 
 
 class _WispUdpSocket(UdpSocket):
-    """A UDP socket whose every destination is its own Wisp UDP stream."""
+    """A UDP socket whose every destination is its own Wisp UDP stream.
+
+    Bound to a port of the LAN address (``binding``), datagrams to LAN
+    members go through the one UDP listener stream instead, addressed, and
+    the members' datagrams come back through it.
+    """
 
     def __init__(self, stack: WispStack, remote: Address | None) -> None:
         self.stack = stack
@@ -461,10 +786,38 @@ class _WispUdpSocket(UdpSocket):
         self.closed = False
         self._broadcast = False
         self.session: _Session | None = None
+        self.binding: _LanBinding | None = None
 
     @property
     def local_address(self) -> Address:
+        binding = self.binding
+        if binding is not None:
+            if binding.address is not None:
+                return binding.address
+            return (self.stack.lan_address or "0.0.0.0", binding.port)
         return UNKNOWN_LOCAL
+
+    def on_lost(self) -> None:
+        pass  # datagrams have no connection to lose
+
+    def _bound_ready(self, binding: _LanBinding) -> bool:
+        return bool(self.queue) or self.closed or self.pending_error is not None or not binding.live
+
+    async def _send_on_lan(self, binding: _LanBinding, target: Address, data: bytes) -> None:
+        if not binding.live:
+            await self.stack._revive(binding)
+            if binding.error is not None:
+                raise binding.error
+        session = binding.session
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if session is None or not binding.live:
+            raise connection_reset()
+        try:
+            datagram = wisp.pack_datagram(target[0], target[1], data)
+        except ValueError as exc:
+            raise os_error(errno.EINVAL, str(exc)) from None
+        await session.send(wisp.Data(binding.stream_id, datagram))
 
     @property
     def remote_address(self) -> Address | None:
@@ -510,6 +863,10 @@ class _WispUdpSocket(UdpSocket):
             target = self.remote
         else:
             target = TunnelStack.destination(address[0], address[1], "send")
+        binding = self.binding
+        if binding is not None and self.stack._on_lan(target[0]):
+            await self._send_on_lan(binding, target, bytes(data))
+            return
         stream = await self._stream_for(target)
         await stream.session.send(wisp.Data(stream.stream_id, bytes(data)))
 
@@ -520,6 +877,21 @@ class _WispUdpSocket(UdpSocket):
             if self.pending_error is not None:
                 error, self.pending_error = self.pending_error, None
                 raise error
+            binding = self.binding
+            if binding is not None:
+                if binding.error is not None:
+                    raise binding.error
+                if not binding.live:
+                    await self.stack._revive(binding)
+                    if self.closed:
+                        raise anyio.ClosedResourceError
+                    continue
+                session = binding.session
+                assert session is not None
+                await session.pump_until(partial(self._bound_ready, binding))
+                if self.closed:
+                    raise anyio.ClosedResourceError
+                continue
             session = self.session
             if session is None or not session.alive:
                 # Nothing sent yet (or the tunnel dropped): nothing can arrive
@@ -543,6 +915,13 @@ class _WispUdpSocket(UdpSocket):
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
             await stream.session.close_stream(stream.stream_id, wisp.CloseReason.VOLUNTARY)
+        binding = self.binding
+        if binding is not None:
+            self.stack._bindings_of(binding.key).discard(binding)
+            await binding.close()
+
+
+_Endpoint: TypeAlias = "_WispTcpStream | _WispUdpStream | _LanBinding"
 
 
 class WispStack(TunnelStack):
@@ -561,6 +940,20 @@ class WispStack(TunnelStack):
     and raises its refusal, as a socket's ``connect`` does.  ``False`` sends
     data right behind ``CONNECT`` and reports a refusal on the first
     ``receive`` instead, one round trip to the server sooner.
+
+    ``lan``, ``member`` and ``token`` (or the URL's query parameters of the
+    same names, which are not sent to the server) join a LAN of a netshim
+    gateway: :meth:`listen_tcp` and :meth:`open_udp` with a port then listen
+    on this member's LAN address, and :attr:`lan_address`, :attr:`lan_name`
+    and :attr:`members` say where it is.  The token appears in no message
+    and no ``repr``.  A LAN member is one WebSocket: use a stack that joins
+    a LAN from one event loop (the socket shim's engine, after
+    :func:`netshim.install`, is one); a second loop's connection would ask
+    for the same name and be refused.
+
+    ``reconnect_delay``, ``reconnect_max_delay`` and ``reconnect_attempts``
+    (``None``: no limit) shape the reconnection that keeps listeners alive
+    (see the module documentation); ``reconnect_seed`` seeds its jitter.
     """
 
     kind = "Wisp"
@@ -580,12 +973,46 @@ class WispStack(TunnelStack):
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         packet_size: int = DEFAULT_PACKET_SIZE,
         confirm_streams: bool = True,
+        lan: str | None = None,
+        member: str | None = None,
+        token: str | None = None,
+        reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
+        reconnect_max_delay: float = DEFAULT_RECONNECT_MAX_DELAY,
+        reconnect_attempts: int | None = None,
+        reconnect_seed: int | None = None,
     ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"Wisp URL must be a str, not {type(url).__name__}")
+        url, query = _take_lan_query(url)
         self.endpoint: WebSocketEndpoint = parse_websocket_url(
             url,
             schemes={"wisp": False, "wisps": True, "ws": False, "wss": True},
             what="Wisp URL",
         )
+        lan = lan if lan is not None else query.get("lan") or None
+        member = member if member is not None else query.get("member")
+        token = token if token is not None else query.get("token")
+        if lan is None and (member or token):
+            raise ValueError("member and token are only meaningful with lan (the LAN to join)")
+        if lan is not None:
+            if version == 1:
+                raise ValueError("joining a LAN needs Wisp version 2 (its INFO carries the join)")
+            # Validates the lengths now rather than at the first connect.
+            wisp.LanExtension(lan, member or "", token or "")
+        if not 0 < reconnect_delay <= reconnect_max_delay:
+            raise ValueError(
+                "reconnect_delay must be positive and at most reconnect_max_delay, got "
+                f"{reconnect_delay!r} and {reconnect_max_delay!r}"
+            )
+        if reconnect_attempts is not None and reconnect_attempts < 1:
+            raise ValueError(f"reconnect_attempts must be at least 1, got {reconnect_attempts!r}")
+        self.lan = lan
+        self.member = member or None
+        self._token = token or ""
+        self.reconnect_delay = reconnect_delay
+        self.reconnect_max_delay = reconnect_max_delay
+        self.reconnect_attempts = reconnect_attempts
+        self._random = random.Random(reconnect_seed)
         if version not in (1, 2):
             raise ValueError(f"Wisp version must be 1 or 2, got {version!r}")
         if not 1 <= packet_size <= wisp.DEFAULT_MAX_MESSAGE_SIZE - wisp.HEADER_SIZE:
@@ -617,7 +1044,13 @@ class WispStack(TunnelStack):
         self.confirm_streams = confirm_streams
         self._sessions: dict[int, _Session] = {}
         self._opening: dict[int, anyio.Lock] = {}
+        self._reviving: dict[int, anyio.Lock] = {}
+        self._bindings: dict[int, set[_LanBinding]] = {}
         self._guard = threading.Lock()
+        # What the LAN said last (kept across reconnections; see members).
+        self._joined: wisp.Membership | None = None
+        self._members: dict[str, str] = {}
+        self._before_rejoin: dict[str, str] = {}
 
     def _public_url(self) -> str:
         e = self.endpoint
@@ -626,7 +1059,9 @@ class WispStack(TunnelStack):
         return f"{scheme}://{host}:{e.port}{e.path}"
 
     def __repr__(self) -> str:
-        return f"WispStack({self.url!r})"
+        if self.lan is None:
+            return f"WispStack({self.url!r})"
+        return f"WispStack({self.url!r}, lan={self.lan!r}, member={self.member!r})"
 
     # -- the connection
 
@@ -642,17 +1077,45 @@ class WispStack(TunnelStack):
         session = self._sessions.get(threading.get_ident())
         return None if session is None else session.conn.version
 
+    @property
+    def lan_address(self) -> str | None:
+        """This member's address on its LAN once joined (kept while reconnecting); else ``None``."""
+        return None if self._joined is None else self._joined.host
+
+    @property
+    def lan_name(self) -> str | None:
+        """This member's DNS name once joined (``"alice.demo"``); else ``None``."""
+        return None if self._joined is None else self._joined.name
+
+    @property
+    def lan_prefix_length(self) -> int | None:
+        """The LAN's prefix length once joined (24 for a ``/24``); else ``None``."""
+        return None if self._joined is None else self._joined.prefix_length
+
+    @property
+    def members(self) -> Mapping[str, str]:
+        """The other members of the LAN, DNS name -> address, as the server's news told.
+
+        A read-only snapshot.  After a reconnection the server tells the
+        members anew; one that left while the connection was down stays
+        until then.
+        """
+        return MappingProxyType(dict(self._members))
+
     async def connect(self) -> None:
         """Open the WebSocket and finish the Wisp handshake now rather than at first use.
 
-        Raises ``ConnectionRefusedError`` (a
+        With ``lan``, also join the LAN: :attr:`lan_address` is set when this
+        returns.  Raises ``ConnectionRefusedError`` (a
         :class:`~netshim.transports.websocket.WebSocketHandshakeError` when
         the HTTP upgrade failed), ``PermissionError`` when the server refused
-        the credentials, ``TimeoutError``.
+        the credentials or the LAN's token (or the LAN is unknown),
+        ``OSError(EADDRINUSE)`` when the member name is taken,
+        ``OSError(EOPNOTSUPP)`` when the server has no LANs, ``TimeoutError``.
         """
         await self._session()
 
-    async def _session(self) -> _Session:
+    async def _session(self, *, reviving: bool = False) -> _Session:
         key = threading.get_ident()
         session = self._sessions.get(key)
         if session is not None and session.alive:
@@ -665,9 +1128,213 @@ class WispStack(TunnelStack):
                 return session
             if session is not None:
                 await session.aclose()
-            session = await self._open_session()
-            self._sessions[key] = session
+            self.emit(TunnelEvent(TunnelEventKind.CONNECTING))
+            try:
+                session = await self._open_session()
+                self._sessions[key] = session
+                await self._register_again(session)
+            except Exception as exc:
+                if not reviving:
+                    self.emit(TunnelEvent(TunnelEventKind.CLOSED, reason=_describe(exc)))
+                raise
+            session.announce()
             return session
+
+    async def _register_again(self, session: _Session) -> None:
+        """Make this thread's listeners listen on a new connection, each on the port it had."""
+        bindings = [b for b in self._bindings_of(session.key) if b.session is not session]
+        if not bindings:
+            return
+        if not session.conn.lan_enabled:
+            error = self._no_listening()
+            for binding in bindings:
+                binding.error = error
+            return
+        for binding in bindings:
+            await binding.register(session)
+        with anyio.move_on_after(self.connect_timeout):
+            await session.pump_until(lambda: all(b.answered for b in bindings))
+        if session.error is not None:
+            raise session.error
+        for binding in bindings:
+            if not binding.answered:
+                binding.error = os_error(
+                    errno.ETIMEDOUT, f"the Wisp server {self.url} did not answer LISTEN"
+                )
+
+    def _bindings_of(self, key: int) -> set[_LanBinding]:
+        with self._guard:
+            return self._bindings.setdefault(key, set())
+
+    def _on_session_lost(self, session: _Session, error: OSError) -> None:
+        if self._sessions.get(session.key) is not session:
+            return
+        if self._bindings_of(session.key):
+            event = TunnelEvent(
+                TunnelEventKind.RECONNECTING, reason=_describe(error), attempt=1, delay=0.0
+            )
+        else:
+            event = TunnelEvent(TunnelEventKind.CLOSED, reason=_describe(error))
+        self.emit(event)
+
+    def _backoff(self, failures: int) -> float:
+        """The wait after ``failures`` failed attempts: exponential, capped, jittered."""
+        delay = min(self.reconnect_max_delay, self.reconnect_delay * 2.0 ** min(failures - 1, 32))
+        return float(delay * self._random.uniform(0.5, 1.0))
+
+    async def _revive(self, binding: _LanBinding) -> None:
+        """Reconnect (with backoff) until ``binding`` listens again, fails, or is closed.
+
+        Run by whoever waits on a listener; the others wait for it.  A
+        refusal of the credentials or the LAN (``PermissionError``) or a
+        server without LANs ends the attempts; so does ``reconnect_attempts``.
+        What ended them becomes the error of every listener of this thread.
+        """
+        key = binding.key
+        with self._guard:
+            lock = self._reviving.setdefault(key, anyio.Lock())
+        async with lock:
+            failures = 0
+            while True:
+                gone = binding not in self._bindings_of(key)
+                if binding.live or binding.error is not None or gone:
+                    return
+                session = self._sessions.get(key)
+                if session is not None and session.alive and binding.session is session:
+                    if not binding.answered:
+                        await session.pump_until(lambda: binding.answered)
+                        continue
+                    # Answered, yet not live: the listener's stream is gone.
+                    binding.error = os_error(
+                        errno.ECONNABORTED, f"the Wisp server {self.url} closed the listener"
+                    )
+                    return
+                try:
+                    if session is not None and session.alive:
+                        # A connection opened by someone else before this
+                        # listener was made again on it.
+                        await self._register_again(session)
+                    else:
+                        await self._session(reviving=True)
+                    continue
+                except Exception as exc:
+                    error = exc if isinstance(exc, OSError) else connection_reset()
+                    failures += 1
+                    fatal = isinstance(error, PermissionError) or error.errno == errno.EOPNOTSUPP
+                    limit = self.reconnect_attempts
+                    if fatal or (limit is not None and failures >= limit):
+                        self.emit(TunnelEvent(TunnelEventKind.CLOSED, reason=_describe(error)))
+                        for other in list(self._bindings_of(key)):
+                            other.error = error
+                        return
+                    delay = self._backoff(failures)
+                    self.emit(
+                        TunnelEvent(
+                            TunnelEventKind.RECONNECTING,
+                            reason=_describe(error),
+                            attempt=failures + 1,
+                            delay=delay,
+                        )
+                    )
+                    await anyio.sleep(delay)
+
+    def _on_membership(self, session: _Session, event: wisp.Membership) -> None:
+        change = event.change
+        if change is wisp.MembershipChange.JOINED:
+            session.joined = event
+            self._joined = event
+            # The server tells every member anew: only news is told on.
+            self._before_rejoin, self._members = self._members, {}
+        elif change is wisp.MembershipChange.MEMBER_JOINED:
+            known = self._before_rejoin.pop(event.name, None)
+            self._members[event.name] = event.host
+            if known != event.host:
+                session.tell(
+                    TunnelEvent(TunnelEventKind.MEMBER_JOINED, address=event.host, name=event.name)
+                )
+        elif change is wisp.MembershipChange.MEMBER_LEFT:
+            self._members.pop(event.name, None)
+            self._before_rejoin.pop(event.name, None)
+            session.tell(
+                TunnelEvent(TunnelEventKind.MEMBER_LEFT, address=event.host, name=event.name)
+            )
+
+    def _on_lan(self, host: str) -> bool:
+        """Whether ``host`` (an address or a name) is on this member's LAN."""
+        joined = self._joined
+        if joined is None or self.lan is None:
+            return False
+        name = host.lower().rstrip(".")
+        if name.endswith("." + self.lan.lower()) or name in self._members:
+            return True
+        try:
+            network = ipaddress.ip_network(f"{joined.host}/{joined.prefix_length}", strict=False)
+            return ipaddress.ip_address(host.split("%")[0]) in network
+        except ValueError:
+            return False
+
+    def _no_listening(self) -> OSError:
+        return os_error(
+            errno.EOPNOTSUPP,
+            f"the Wisp server {self.url} does not offer listening (netshim's LAN extension, "
+            "docs/lan.md): a tunnel to it only connects outwards",
+        )
+
+    def _listen_error(self, reason: int, binding: _LanBinding) -> OSError:
+        """The error of a ``LISTEN`` the server answered with ``CLOSE(reason)``."""
+        host = binding.host or self.lan_address or "this member's LAN address"
+        where = f"{host}:{binding.port or '(any port)'}"
+        kind = "UDP" if binding.stream_type is wisp.StreamType.UDP else "TCP"
+        name = wisp._reason_name(reason)
+        if binding.address is not None:
+            return os_error(
+                errno.ECONNABORTED,
+                f"the Wisp server {self.url} closed the {kind} listener on {where} ({name})",
+            )
+        if reason == wisp.CloseReason.ADDRESS_IN_USE:
+            return os_error(errno.EADDRINUSE, f"{kind} {where} on LAN {self.lan} (ADDRESS_IN_USE)")
+        if reason == wisp.CloseReason.LISTEN_QUOTA:
+            return os_error(
+                errno.ENOBUFS,
+                f"the Wisp server {self.url} allows this member no more listeners "
+                "(LISTEN_QUOTA); close one first",
+            )
+        if reason == wisp.CloseReason.NOT_A_MEMBER:
+            return os_error(
+                errno.EADDRNOTAVAIL,
+                f"not a member of a LAN at the Wisp server {self.url} (NOT_A_MEMBER): to listen, "
+                "join one with WispStack(url, lan=..., member=..., token=...)",
+            )
+        if reason == wisp.CloseReason.BLOCKED:
+            return DestinationBlockedError(
+                f"listening on {kind} {where}",
+                f"the Wisp server {self.url} blocked it (close reason 0x48 BLOCKED)",
+                "ask the server's operator to allow the port",
+            )
+        return os_error(
+            errno.ECONNREFUSED, f"the Wisp server {self.url} refused to listen on {where} ({name})"
+        )
+
+    def _listen_host(self, host: str | None, function: str) -> str:
+        """What ``LISTEN`` names for a local ``host``: empty for every address, else ours."""
+        if host in _WILDCARDS:
+            return ""
+        assert host is not None
+        if self._joined is not None and host.lower() in (
+            self._joined.host,
+            self._joined.name.lower(),
+        ):
+            return self._joined.host
+        where = (
+            f"this member's LAN address is {self._joined.host}"
+            if self._joined is not None
+            else "this stack has no LAN address (join a LAN with lan=, member=, token=)"
+        )
+        raise os_error(
+            errno.EADDRNOTAVAIL,
+            f"{function}: {host} is not an address of this Wisp client; {where}, "
+            "or listen on 0.0.0.0",
+        )
 
     async def _open_session(self) -> _Session:
         subprotocols = ("wisp-v2",) if self.version == 2 else ()
@@ -681,10 +1348,10 @@ class WispStack(TunnelStack):
             )
             try:
                 conn = await self._handshake(websocket)
+                return await self._joined_session(websocket, conn)
             except BaseException:
                 await websocket.aclose()
                 raise
-            return _Session(self, websocket, conn)
         # Imported here: the websockets library is an optional dependency.
         from ..transports.websocket import open_websocket
 
@@ -698,10 +1365,34 @@ class WispStack(TunnelStack):
         )
         try:
             conn = await self._handshake(websocket)
+            return await self._joined_session(websocket, conn)
         except BaseException:
             await websocket.aclose()
             raise
-        return _Session(self, websocket, conn)
+
+    async def _joined_session(self, websocket: Any, conn: wisp.WispConnection) -> _Session:
+        """The session on a WebSocket after the handshake, with the LAN joined if asked."""
+        session = _Session(self, websocket, conn)
+        if self.lan is None:
+            return session
+        if not conn.lan_enabled:
+            raise os_error(
+                errno.EOPNOTSUPP,
+                f"the Wisp server {self.url} does not offer LANs (netshim's LAN extension, "
+                f"docs/lan.md): cannot join LAN {self.lan!r}",
+            )
+        # The server tells the address right after accepting the connection.
+        with anyio.move_on_after(HANDSHAKE_TIMEOUT):
+            await session.pump_until(lambda: session.joined is not None)
+        if session.error is not None:
+            raise session.error
+        if session.joined is None:
+            raise os_error(
+                errno.ETIMEDOUT,
+                f"the Wisp server {self.url} did not tell the LAN address within "
+                f"{HANDSHAKE_TIMEOUT}s",
+            )
+        return session
 
     async def _handshake(self, websocket: ClientWebSocket) -> wisp.WispConnection:
         conn = wisp.WispConnection(wisp.Role.CLIENT, version=self.version)
@@ -720,6 +1411,9 @@ class WispStack(TunnelStack):
                             conn.local_extensions = self._answer(event)
                             await websocket.send(conn.send(conn.local_info()))
                         elif isinstance(event, wisp.Close) and event.stream_id == 0:
+                            refusal = self._join_refusal(event.reason)
+                            if refusal is not None:
+                                raise refusal
                             error = error_for_reason(event.reason, "", 0, self.url)
                             if (
                                 event.reason
@@ -749,10 +1443,34 @@ class WispStack(TunnelStack):
             ) from None
         return conn
 
+    def _join_refusal(self, reason: int) -> OSError | None:
+        """The error of a LAN join the server refused with ``reason`` (``None``: not a join's)."""
+        if self.lan is None:
+            return None
+        who = self.member or "us"
+        what = f"the Wisp server {self.url} refused to let {who} join LAN {self.lan!r}"
+        if reason == wisp.CloseReason.AUTH_BAD_PASSWORD:
+            credentials = " or the credentials" if self.username is not None else ""
+            return os_error(
+                errno.EACCES,
+                f"{what}: unknown LAN or wrong token{credentials} (AUTH_BAD_PASSWORD)",
+            )
+        if reason == wisp.CloseReason.NAME_IN_USE:
+            return os_error(
+                errno.EADDRINUSE,
+                f"{what}: the member name {self.member!r} is in use (NAME_IN_USE)",
+            )
+        return None
+
     def _answer(self, info: wisp.Info) -> tuple[wisp.Extension, ...]:
         """Our INFO extensions: those of the server's we support, with our credentials."""
         answer: list[wisp.Extension] = []
         for extension in info.extensions:
+            if isinstance(extension, wisp.LanExtension):
+                if self.lan is None:
+                    answer.append(wisp.LanExtension())
+                else:
+                    answer.append(wisp.LanExtension(self.lan, self.member or "", self._token))
             if isinstance(extension, wisp.UdpExtension):
                 answer.append(wisp.UdpExtension())
             elif isinstance(extension, wisp.MotdExtension):
@@ -799,6 +1517,64 @@ class WispStack(TunnelStack):
             raise
         return stream
 
+    async def listen_tcp(
+        self,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        backlog: int = DEFAULT_BACKLOG,
+        ipv6_only: bool = False,
+    ) -> TcpListener:
+        """Listen on ``port`` (0: the server picks one) of this member's LAN address.
+
+        ``host`` is ``None``, ``""``, ``"0.0.0.0"`` or ``"::"`` (every
+        address of this member, which is its LAN address), or the LAN
+        address or name itself.  Returns once the server listens; the
+        listener's ``local_address`` is the LAN address and the port.
+        Connections wait in a backlog of ``backlog`` (at most
+        :data:`MAX_BACKLOG`) for :meth:`~TcpListener.accept`; beyond it they
+        are refused.  Raises ``OSError`` with ``EADDRINUSE`` (the port is
+        taken), ``ENOBUFS`` (the server's listener quota for this member is
+        used up), ``EADDRNOTAVAIL`` (not a member of a LAN, or ``host`` is not
+        this member's), ``EOPNOTSUPP`` (the server does not offer listening),
+        a :class:`~netshim.policy.DestinationBlockedError` when the server's
+        policy forbids the port, ``TimeoutError`` when the server does not
+        answer within ``connect_timeout``.
+        """
+        from .._addresses import check_port
+
+        port = check_port(port, "listen_tcp")
+        wire_host = self._listen_host(host, "listen_tcp")
+        session = await self._session()
+        if not session.conn.lan_enabled:
+            raise self._no_listening()
+        listener = _WispListener(self, wire_host, port, backlog)
+        await self._bind(session, listener.binding)
+        return listener
+
+    async def _bind(self, session: _Session, binding: _LanBinding) -> None:
+        """Send ``binding``'s ``LISTEN`` and wait for the answer; raise a refusal."""
+        bindings = self._bindings_of(binding.key)
+        bindings.add(binding)
+        try:
+            await binding.register(session)
+            with anyio.move_on_after(self.connect_timeout) as scope:
+                await session.pump_until(lambda: binding.answered)
+            if scope.cancelled_caught:
+                raise os_error(
+                    errno.ETIMEDOUT,
+                    f"the Wisp server {self.url} did not answer LISTEN within "
+                    f"{self.connect_timeout}s",
+                )
+            if binding.error is not None:
+                raise binding.error
+            if binding.address is None:
+                raise session.error or connection_reset()
+        except BaseException:
+            bindings.discard(binding)
+            await binding.close()
+            raise
+
     async def open_udp(
         self,
         host: str = "0.0.0.0",
@@ -811,16 +1587,43 @@ class WispStack(TunnelStack):
 
         The server must offer UDP (``OSError(EOPNOTSUPP)`` otherwise, at the
         first send).  The local address is not known through the tunnel.
+
+        On a stack that joins a LAN, a socket bound to a port (or to the
+        LAN address) listens there: one UDP listener stream carries its
+        datagrams to and from LAN members, ``receive`` returns each with the
+        member's address, and ``local_address`` is the LAN address and port.
+        Datagrams to destinations outside the LAN still go as above.
+        Raises as :meth:`listen_tcp` for the binding.
         """
         connected = None if remote is None else self.destination(remote[0], remote[1], "open_udp")
         sock = _WispUdpSocket(self, connected)
-        if connected is not None:
+        lan_bound = self.lan is not None and (
+            (port != 0 and host in _WILDCARDS)
+            or (self._joined is not None and host in (self._joined.host, self._joined.name))
+        )
+        if connected is not None or lan_bound:
             session = await self._session()
             if not session.conn.udp_allowed:
                 raise os_error(errno.EOPNOTSUPP, f"the Wisp server {self.url} offers no UDP")
+            if lan_bound:
+                if not session.conn.lan_enabled:
+                    raise self._no_listening()
+                wire_host = self._listen_host(host, "open_udp")
+                binding = _LanBinding(self, sock, wisp.StreamType.UDP, wire_host, port)
+                await self._bind(session, binding)
+                sock.binding = binding
         return sock
 
     async def aclose(self) -> None:
+        """Close every connection and listener; the next use connects again.  Idempotent."""
+        with self._guard:
+            bindings = [b for group in self._bindings.values() for b in group]
+            self._bindings.clear()
+        for binding in bindings:
+            binding.owner.closed = True
+        announced = any(s.announced and s.alive for s in self._sessions.values())
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.aclose()
+        if announced:
+            self.emit(TunnelEvent(TunnelEventKind.CLOSED, reason="the stack was closed"))
