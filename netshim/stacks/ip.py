@@ -142,6 +142,19 @@ class _Driver:
         if self.stopped.is_set():
             raise os_error(errno.ENETDOWN, str(self.error or "the IpStack is closed"))
 
+    async def wait_established(self, connection: Any, ended: int, detail: str) -> None:
+        """Wait until ``connection``'s handshake completes.
+
+        Raises the connection's error if it failed, ``OSError(ended)`` if it
+        finished without one, ``ENETDOWN`` if the stack stopped.
+        """
+        while not connection.established:
+            if connection.error is not None:
+                raise connection.error
+            if connection.finished:
+                raise os_error(ended, detail)
+            await self.wait_for(connection)
+
     def wake(self, sock: object) -> None:
         """Wake the tasks waiting on ``sock`` now (it was closed under them)."""
         event = self.waiters.pop(sock, None)
@@ -481,12 +494,9 @@ class Interception:
         connection: Any = self._interceptor.accept(syn, driver.now())
         driver.poke()
         try:
-            while not connection.established:
-                if connection.error is not None:
-                    raise connection.error
-                if connection.finished:
-                    raise os_error(errno.ECONNRESET, "the connection ended in its handshake")
-                await driver.wait_for(connection)
+            await driver.wait_established(
+                connection, errno.ECONNRESET, "the connection ended in its handshake"
+            )
         except BaseException:
             connection.abort()
             driver.poke()
@@ -737,12 +747,7 @@ class IpStack(Stack):
                 continue
             driver.poke()
             try:
-                while not connection.established:
-                    if connection.error is not None:
-                        raise connection.error
-                    if connection.finished:
-                        raise os_error(errno.ECONNREFUSED, f"{target}:{port}")
-                    await driver.wait_for(connection)
+                await driver.wait_established(connection, errno.ECONNREFUSED, f"{target}:{port}")
             except OSError as exc:
                 errors.append(exc)
                 continue
