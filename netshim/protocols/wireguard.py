@@ -306,6 +306,28 @@ def _dh(private: X25519PrivateKey, public: bytes) -> bytes | None:
         return None
 
 
+def _mix_ephemeral(chaining_key: bytes, hash_: bytes, ephemeral: bytes) -> tuple[bytes, bytes]:
+    """The chaining key and hash after an ephemeral public key (whitepaper 5.4.2, 5.4.3)."""
+    (chaining_key,) = _kdf(chaining_key, ephemeral, 1)
+    return chaining_key, _hash(hash_, ephemeral)
+
+
+def _mix_response(
+    chaining_key: bytes, hash_: bytes, ephemeral: bytes, ee: bytes, se: bytes, preshared_key: bytes
+) -> tuple[bytes, bytes, bytes]:
+    """The chaining key, hash and key of a response (whitepaper 5.4.3).
+
+    Both sides compute them alike: from the initiation's chaining key and
+    hash, the responder's ephemeral public key, the ephemeral-ephemeral and
+    static-ephemeral DH results and the preshared key.
+    """
+    chaining_key, hash_ = _mix_ephemeral(chaining_key, hash_, ephemeral)
+    (chaining_key,) = _kdf(chaining_key, ee, 1)
+    (chaining_key,) = _kdf(chaining_key, se, 1)
+    chaining_key, tau, key = _kdf(chaining_key, preshared_key, 3)
+    return chaining_key, _hash(hash_, tau), key
+
+
 # -- events ----------------------------------------------------------------------
 
 
@@ -799,10 +821,9 @@ class WireGuardDevice:
         self._forget_index(peer._handshake)
         ephemeral = X25519PrivateKey.from_private_bytes(self._random_bytes(32))
         ephemeral_public = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        chaining_key = self._initial_chaining_key
-        hash_ = _hash(self._initial_hash, peer.public_key)
-        (chaining_key,) = _kdf(chaining_key, ephemeral_public, 1)
-        hash_ = _hash(hash_, ephemeral_public)
+        chaining_key, hash_ = _mix_ephemeral(
+            self._initial_chaining_key, _hash(self._initial_hash, peer.public_key), ephemeral_public
+        )
         shared = _dh(ephemeral, peer.public_key)
         assert shared is not None  # the static-static DH above succeeded for this key
         chaining_key, key = _kdf(chaining_key, shared, 2)
@@ -923,10 +944,9 @@ class WireGuardDevice:
         ephemeral_public = data[8:40]
         encrypted_static = data[40:88]
         encrypted_timestamp = data[88:116]
-        chaining_key = self._initial_chaining_key
-        hash_ = _hash(self._initial_hash, self.public_key)
-        (chaining_key,) = _kdf(chaining_key, ephemeral_public, 1)
-        hash_ = _hash(hash_, ephemeral_public)
+        chaining_key, hash_ = _mix_ephemeral(
+            self._initial_chaining_key, _hash(self._initial_hash, self.public_key), ephemeral_public
+        )
         shared = _dh(self._private, ephemeral_public)
         if shared is None:
             self.dropped["bad initiation"] += 1
@@ -968,17 +988,14 @@ class WireGuardDevice:
         self._forget_index(peer._handshake)
         ephemeral = X25519PrivateKey.from_private_bytes(self._random_bytes(32))
         response_ephemeral = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        (chaining_key,) = _kdf(chaining_key, response_ephemeral, 1)
-        hash_ = _hash(hash_, response_ephemeral)
         ee = _dh(ephemeral, ephemeral_public)
         se = _dh(ephemeral, static)
         if ee is None or se is None:
             self.dropped["bad initiation"] += 1
             return
-        (chaining_key,) = _kdf(chaining_key, ee, 1)
-        (chaining_key,) = _kdf(chaining_key, se, 1)
-        chaining_key, tau, key = _kdf(chaining_key, peer.preshared_key, 3)
-        hash_ = _hash(hash_, tau)
+        chaining_key, hash_, key = _mix_response(
+            chaining_key, hash_, response_ephemeral, ee, se, peer.preshared_key
+        )
         encrypted_nothing = _aead_encrypt(key, 0, b"", hash_)
         receive_key, send_key = _kdf(chaining_key, b"", 2)
         peer._handshake = None
@@ -1019,19 +1036,14 @@ class WireGuardDevice:
         assert handshake.ephemeral is not None
         response_ephemeral = data[12:44]
         encrypted_nothing = data[44:60]
-        chaining_key = handshake.chaining_key
-        hash_ = handshake.hash
-        (chaining_key,) = _kdf(chaining_key, response_ephemeral, 1)
-        hash_ = _hash(hash_, response_ephemeral)
         ee = _dh(handshake.ephemeral, response_ephemeral)
         se = _dh(self._private, response_ephemeral)
         if ee is None or se is None:
             self.dropped["bad response"] += 1
             return
-        (chaining_key,) = _kdf(chaining_key, ee, 1)
-        (chaining_key,) = _kdf(chaining_key, se, 1)
-        chaining_key, tau, key = _kdf(chaining_key, peer.preshared_key, 3)
-        hash_ = _hash(hash_, tau)
+        chaining_key, hash_, key = _mix_response(
+            handshake.chaining_key, handshake.hash, response_ephemeral, ee, se, peer.preshared_key
+        )
         if _aead_decrypt(key, 0, encrypted_nothing, hash_) is None:
             self.dropped["bad response"] += 1
             return
