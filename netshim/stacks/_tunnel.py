@@ -120,7 +120,10 @@ class _Waker:
         self.thread = threading.get_ident()
         self.event = anyio.Event()
         self._call_soon: Callable[[Callable[[], object]], object] | None = None
-        library = sniffio.current_async_library()
+        try:
+            library = sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            library = None  # no loop to wake from elsewhere: same-thread wakes only
         if library == "asyncio":
             import asyncio
 
