@@ -206,6 +206,48 @@ class Result:
         return self.cpu[who] / (self.moved / GIB)
 
 
+def checked(
+    failures: list[str],
+    label: str,
+    report: dict[str, Any],
+    size: int,
+    seconds: float,
+    cpu: dict[str, float],
+) -> Result:
+    """A run's result, or its failure (added to ``failures``).
+
+    A run fails when the receiver's report does not count ``size`` bytes (0:
+    no transfer to check) or found the pattern broken.
+    """
+    if size and (report.get("received") != size or not report.get("ok")):
+        problem = (
+            f"received {report.get('received')} of {size} bytes, pattern ok: {report.get('ok')}"
+        )
+        failures.append(f"{label}: {problem}")
+        return Result(failure=problem)
+    return Result(seconds=seconds, moved=size, cpu=cpu, value=report)
+
+
+def best(results: list[Result]) -> Result:
+    """The fastest of the repeats, or the first failure if one failed."""
+    failed = [r for r in results if r.failure]
+    return failed[0] if failed else max(results, key=lambda r: r.mib_s)
+
+
+def finish(load_start: str, began: float, failures: list[str]) -> int:
+    """The closing lines (load averages, time taken, failures) and the exit status."""
+    print(
+        f"\nload average at start: {load_start}, at end: {load()};"
+        f" {time.monotonic() - began:.0f} s in all"
+    )
+    if failures:
+        print("\nINTEGRITY OR RUN FAILURES:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -234,13 +276,7 @@ class Bench:
         finally:
             for peer in (client, server):
                 peer.stop()
-        if size and (report.get("received") != size or not report.get("ok")):
-            problem = (
-                f"received {report.get('received')} of {size} bytes, pattern ok: {report.get('ok')}"
-            )
-            self.failures.append(f"{label}: {problem}")
-            return Result(failure=problem)
-        return Result(seconds=seconds, moved=size, cpu=cpu, value=report)
+        return checked(self.failures, label, report, size, seconds, cpu)
 
     # -- set-ups
 
@@ -352,9 +388,9 @@ def main(args: argparse.Namespace) -> int:
             for name, measure in measures.items():
                 runs.setdefault(name, []).append(measure())
         for name, results in runs.items():
-            bulk[name, direction] = _best(results)
+            bulk[name, direction] = best(results)
         lossy = {"mode": mode, "size": size, "loss": args.loss}
-        bulk["loss", direction] = _best(
+        bulk["loss", direction] = best(
             [
                 bench.device(
                     "tap",
@@ -387,21 +423,7 @@ def main(args: argparse.Namespace) -> int:
     )
 
     print_tables(args, bulk, setup, rtt, idle)
-    print(
-        f"\nload average at start: {load_start}, at end: {load()};"
-        f" {time.monotonic() - began:.0f} s in all"
-    )
-    if bench.failures:
-        print("\nINTEGRITY OR RUN FAILURES:", file=sys.stderr)
-        for failure in bench.failures:
-            print(f"  {failure}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _best(results: list[Result]) -> Result:
-    failed = [r for r in results if r.failure]
-    return failed[0] if failed else max(results, key=lambda r: r.mib_s)
+    return finish(load_start, began, bench.failures)
 
 
 NAMES = {

@@ -64,7 +64,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ip import MIB, Peer, Result, cpu_seconds, fixed, load
+from ip import MIB, Peer, Result, best, checked, cpu_seconds, finish, fixed, load
 
 CONFINERS = ("direct", "netshim", "slirp4netns", "pasta")
 SLIRP_MTU = 65520
@@ -188,18 +188,7 @@ class Bench:
             return Result(failure=str(error))
         finally:
             host.stop()
-        if size and (report.get("received") != size or not report.get("ok")):
-            problem = (
-                f"received {report.get('received')} of {size} bytes, pattern ok: {report.get('ok')}"
-            )
-            self.failures.append(f"{label}: {problem}")
-            return Result(failure=problem)
-        return Result(seconds=seconds, moved=size, cpu=cpu, value=report)
-
-
-def best(results: list[Result]) -> Result:
-    failed = [r for r in results if r.failure]
-    return failed[0] if failed else max(results, key=lambda r: r.mib_s)
+        return checked(self.failures, label, report, size, seconds, cpu)
 
 
 def missing(name: str) -> str | None:
@@ -244,16 +233,7 @@ def main(args: argparse.Namespace) -> int:
         for name, got in collected.items():
             results[name, kind] = best(got) if moved else got[0]
     print_table(names, absent, results)
-    print(
-        f"\nload average at start: {load_start}, at end: {load()};"
-        f" {time.monotonic() - began:.0f} s in all"
-    )
-    if bench.failures:
-        print("\nINTEGRITY OR RUN FAILURES:", file=sys.stderr)
-        for failure in bench.failures:
-            print(f"  {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return finish(load_start, began, bench.failures)
 
 
 def print_table(
