@@ -1,6 +1,7 @@
 """WireGuardStack against wireguard-go, beside wireguard-go against itself.
 
-    python benchmarks/wireguard.py [--size MIB] [--handshakes N] [--tso]
+    python benchmarks/wireguard.py [--size MIB] [--handshakes N] [--no-tso]
+                                   [--direction upload|download] [--no-baseline]
 
 Run as root (it makes network namespaces, removed at the end).  Three figures:
 
@@ -16,14 +17,16 @@ Run as root (it makes network namespaces, removed at the end).  Three figures:
   tunnel, which is wireguard-go's Go), with both wireguard-go processes'
   CPU from /proc.
 
-Ratios are netshim over the baseline in the same run.  ``--tso`` lets the TCP
-engine hand the link 64 KiB packets that :func:`netshim.stacks.wireguard.segment_tcp`
-cuts (off by default: it cost more CPU per byte than the engine's own segments).
+Ratios are netshim over the baseline in the same run.  ``--no-tso`` makes the
+TCP engine cut its own segments instead of handing the link 64 KiB packets
+that :func:`netshim.stacks.wireguard.segment_tcp` cuts (the default);
+``--direction`` and ``--no-baseline`` are for profiling one direction.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -190,7 +193,9 @@ def baseline(size: int, tag: str) -> tuple[float, float]:
         b.close()
 
 
-async def ours(size: int, handshakes: int, tso: bool, tag: str) -> dict[str, float]:
+async def ours(
+    size: int, handshakes: int, tso: bool, tag: str, directions: tuple[str, ...]
+) -> dict[str, float]:
     peer = Namespace(f"nsbwc{tag}", "100.127.2.2", "10.99.0.1")
     outer = f"nsbwo{tag}"[:15]
     try:
@@ -217,7 +222,8 @@ async def ours(size: int, handshakes: int, tso: bool, tag: str) -> dict[str, flo
 
         async with stack() as client:
             await client.handshake()
-            for direction, script in (("upload", _SINK), ("download", _SOURCE)):
+            for direction in directions:
+                script = _SINK if direction == "upload" else _SOURCE
                 port = str(random.randrange(20000, 30000))
                 arguments = [sys.executable, "-c", script, "10.99.0.1", port, str(size)]
                 async with await anyio.open_process(peer.exec(*arguments)) as server:
@@ -256,17 +262,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=64, help="MiB per transfer (default 64)")
     parser.add_argument("--handshakes", type=int, default=5)
-    parser.add_argument("--tso", action="store_true")
+    parser.add_argument("--no-tso", action="store_true", help="the TCP engine segments")
+    parser.add_argument(
+        "--direction", choices=("upload", "download"), help="only this one (default: both)"
+    )
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip wireguard-go <-> wireguard-go (profiling)"
+    )
     arguments = parser.parse_args()
     tag = str(os.getpid() % 10000)
-    base_rate, base_cpu = baseline(arguments.size, tag)
-    figures = anyio.run(ours, arguments.size, arguments.handshakes, arguments.tso, tag)
-    print(
-        f"wireguard-go <-> wireguard-go: {base_rate:8.1f} MiB/s, "
-        f"{base_cpu:.2f} CPU s/GiB (both wireguard-go)"
+    directions = (arguments.direction,) if arguments.direction else ("upload", "download")
+    base_rate = math.nan
+    if not arguments.no_baseline:
+        base_rate, base_cpu = baseline(arguments.size, tag)
+        print(
+            f"wireguard-go <-> wireguard-go: {base_rate:8.1f} MiB/s, "
+            f"{base_cpu:.2f} CPU s/GiB (both wireguard-go)"
+        )
+    figures = anyio.run(
+        ours, arguments.size, arguments.handshakes, not arguments.no_tso, tag, directions
     )
     print(f"handshake, netshim -> wireguard-go: {figures['handshake ms']:.1f} ms (median)")
-    for direction in ("upload", "download"):
+    for direction in directions:
         rate = figures[f"{direction} MiB/s"]
         print(
             f"netshim {direction:8s} via wireguard-go: {rate:8.1f} MiB/s "

@@ -181,8 +181,17 @@ def _kdf(key: bytes, data: bytes, outputs: int) -> list[bytes]:
     return result
 
 
+# The AEAD nonce: 32 zero bits, then the counter as 64 bits little-endian.
+_NONCE: Final = struct.Struct("<4xQ")
+_TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
+#: Zeros that pad a transport message's plaintext to 16 bytes, by count.
+_PADDING: Final = tuple(bytes(count) for count in range(16))
+#: Addresses whose longest-prefix match :class:`AllowedIps` remembers.
+_MAX_CACHED_ROUTES: Final = 4096
+
+
 def _nonce(counter: int) -> bytes:
-    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
+    return _NONCE.pack(counter)
 
 
 def _aead_encrypt(key: bytes, counter: int, plaintext: bytes, associated: bytes) -> bytes:
@@ -399,13 +408,18 @@ class AllowedIps:
     def __init__(self) -> None:
         self._tables: dict[int, dict[int, dict[int, WireGuardPeer]]] = {4: {}, 6: {}}
         self._lengths: dict[int, list[int]] = {4: [], 6: []}
+        # Every packet sent and received is looked up, nearly always for
+        # the same few addresses: their answers, forgotten on any change.
+        self._cache: dict[bytes, WireGuardPeer | None] = {}
 
     def insert(self, network: _Network, peer: WireGuardPeer) -> None:
+        self._cache.clear()
         table = self._tables[network.version].setdefault(network.prefixlen, {})
         table[int(network.network_address)] = peer
         self._lengths[network.version] = sorted(self._tables[network.version], reverse=True)
 
     def remove_peer(self, peer: WireGuardPeer) -> None:
+        self._cache.clear()
         for version, tables in self._tables.items():
             for length in list(tables):
                 table = tables[length]
@@ -417,6 +431,17 @@ class AllowedIps:
 
     def lookup(self, address: bytes) -> WireGuardPeer | None:
         """The peer for a 4- or 16-byte address, or ``None``."""
+        cache = self._cache
+        try:
+            return cache[address]
+        except (KeyError, TypeError):  # TypeError: a bytearray, not hashable
+            pass
+        if len(cache) >= _MAX_CACHED_ROUTES:
+            cache.clear()
+        peer = cache[bytes(address)] = self._match(address)
+        return peer
+
+    def _match(self, address: bytes) -> WireGuardPeer | None:
         version = 4 if len(address) == 4 else 6
         bits = 32 if version == 4 else 128
         value = int.from_bytes(address, "big")
@@ -759,9 +784,10 @@ class WireGuardDevice:
         session.send_counter = counter + 1
         padding = -len(packet) % 16
         if padding:
-            packet = packet + bytes(padding)
-        header = struct.pack("<IIQ", MESSAGE_TRANSPORT, session.remote_index, counter)
-        datagram = header + session.send_cipher.encrypt(_nonce(counter), packet, None)
+            packet = packet + _PADDING[padding]
+        datagram = _TRANSPORT_HEADER.pack(
+            MESSAGE_TRANSPORT, session.remote_index, counter
+        ) + session.send_cipher.encrypt(_NONCE.pack(counter), packet, None)
         self._emit(peer, datagram)
         # Section 6.5: anything sent answers the peer's data; data (not a
         # keepalive) expects an answer within KEEPALIVE + REKEY_TIMEOUT.
@@ -1128,7 +1154,7 @@ class WireGuardDevice:
             return
         try:
             plaintext = session.receive_cipher.decrypt(
-                _nonce(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None
+                _NONCE.pack(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None
             )
         except InvalidTag:
             self.dropped["bad transport authentication"] += 1

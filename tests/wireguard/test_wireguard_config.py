@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netshim import stack_from_url
 from netshim.protocols import wireguard as wg
@@ -89,15 +91,17 @@ def test_from_config_and_url(tmp_path: Path) -> None:
         stack_from_url("wireguard://")
 
 
+@pytest.mark.parametrize("odd", [False, True])
 @pytest.mark.parametrize("version", [4, 6])
-def test_segment_tcp_cuts_a_large_packet_as_tso_would(version: int) -> None:
+def test_segment_tcp_cuts_a_large_packet_as_tso_would(version: int, odd: bool) -> None:
     import ipaddress
 
     from netshim.ip.iface import GsoInfo, GsoType
     from netshim.protocols.ip.checksum import internet_checksum, pseudo_header_sum
     from netshim.stacks.wireguard import segment_tcp
 
-    payload = bytes(range(256)) * 20  # 5120 bytes: 3 full pieces and a short one
+    # 5120 bytes: 3 full pieces and a short one (of odd length: a padded last word).
+    payload = bytes(range(256)) * 20 + (b"\xff" if odd else b"")
     source = ipaddress.ip_address("10.0.0.1" if version == 4 else "fd00::1")
     destination = ipaddress.ip_address("10.0.0.2" if version == 4 else "fd00::2")
     # TCP header: ports, seq 0xFFFFFF00 (wraps), ack, offset 5, PSH|ACK|FIN.
@@ -117,7 +121,7 @@ def test_segment_tcp_cuts_a_large_packet_as_tso_would(version: int) -> None:
         ip = bytes([0x60, 0, 0, 0, 0, 0, 6, 64]) + source.packed + destination.packed
     gso = GsoInfo(GsoType.TCPV4 if version == 4 else GsoType.TCPV6, 1400, len(ip) + 20, len(ip))
     pieces = segment_tcp(ip + tcp + payload, gso)
-    assert [len(p) - len(ip) - 20 for p in pieces] == [1400, 1400, 1400, 920]
+    assert [len(p) - len(ip) - 20 for p in pieces] == [1400, 1400, 1400, 920 + odd]
     joined = b""
     for index, piece in enumerate(pieces):
         segment = piece[len(ip) :]
@@ -133,4 +137,52 @@ def test_segment_tcp_cuts_a_large_packet_as_tso_would(version: int) -> None:
         else:
             assert int.from_bytes(piece[4:6], "big") == len(segment)
         joined += segment[20:]
+    assert joined == payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    payload=st.binary(min_size=1, max_size=9000),
+    size=st.integers(min_value=1, max_value=9000),
+    sequence=st.integers(min_value=0, max_value=0xFFFFFFFF),
+    version=st.sampled_from([4, 6]),
+)
+def test_segment_tcp_checksums_hold_for_any_payload(
+    payload: bytes, size: int, sequence: int, version: int
+) -> None:
+    import ipaddress
+
+    from netshim.ip.iface import GsoInfo, GsoType
+    from netshim.protocols.ip.checksum import internet_checksum, pseudo_header_sum
+    from netshim.stacks.wireguard import segment_tcp
+
+    source = ipaddress.ip_address("192.0.2.1" if version == 4 else "2001:db8::1")
+    destination = ipaddress.ip_address("198.51.100.7" if version == 4 else "2001:db8::7")
+    # Ports, sequence, ack, offset 8 (12 bytes of options), ACK, window, checksum, urgent.
+    tcp = (
+        (443).to_bytes(2, "big")
+        + (50000).to_bytes(2, "big")
+        + sequence.to_bytes(4, "big")
+        + (1).to_bytes(4, "big")
+        + bytes([0x80, 0x10])
+        + (502).to_bytes(2, "big")
+        + bytes(4)
+        + bytes([1, 1, 8, 10])
+        + bytes(range(8))
+    )
+    if version == 4:
+        ip = bytes([0x45, 0, 0, 0, 0xFF, 0xFF, 0x40, 0, 64, 6, 0, 0])
+        ip += source.packed + destination.packed
+    else:
+        ip = bytes([0x60, 0, 0, 0, 0, 0, 6, 64]) + source.packed + destination.packed
+    gso_type = GsoType.TCPV4 if version == 4 else GsoType.TCPV6
+    pieces = segment_tcp(ip + tcp + payload, GsoInfo(gso_type, size, len(ip) + 32, len(ip)))
+    joined = b""
+    for piece in pieces:
+        segment = piece[len(ip) :]
+        pseudo = pseudo_header_sum(source, destination, 6, len(segment))
+        assert internet_checksum(segment, pseudo) == 0
+        if version == 4:
+            assert internet_checksum(piece[:20]) == 0
+        joined += segment[32:]
     assert joined == payload
