@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import signal
 import sys
 import tomllib
@@ -84,6 +85,24 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         type=Path,
         help="the WireGuard server's wg-quick file: its key and address, one [Peer] per client",
     )
+    add(
+        "--lan",
+        action="append",
+        metavar="NAME[:CIDR]",
+        help="a LAN Wisp clients may join (default CIDRs 10.77.0.0/24, 10.77.1.0/24, ...)",
+    )
+    add(
+        "--lan-token-file",
+        type=Path,
+        help="'NAME TOKEN' per line; a LAN without a token gets a random one, shown at start",
+    )
+    add(
+        "--forward",
+        action="append",
+        metavar="[HOST:]PORT=LAN/MEMBER:PORT",
+        help="expose a LAN member's listener on this machine (HOST defaults to 127.0.0.1)",
+    )
+    add("--lan-listeners", type=int, help="listeners one LAN member may hold (default 16)")
     add("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (default 10)")
     add("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     add(
@@ -126,6 +145,13 @@ def _pick(arguments: argparse.Namespace, file: dict[str, Any], name: str, defaul
 def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The :class:`GatewayConfig` and the run options (listen addresses, event loop)."""
     from .gateway import GatewayConfig, load_token_file
+    from .gateway._lan import (
+        DEFAULT_LAN_LISTENERS,
+        Forward,
+        lan_specs,
+        load_lan_tokens,
+        parse_lan_flag,
+    )
     from .gateway._server import (
         DEFAULT_READ_SIZE,
         DEFAULT_TOTAL_UPLOAD_BUFFER,
@@ -172,6 +198,20 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             raise ValueError(f"--user expects NAME:PASSWORD, got {entry!r}")
         users[name] = password
     token_file = _pick(arguments, file, "token_file", None)
+    lans: dict[str, str] = {}
+    for index, entry in enumerate([*file.get("lan", []), *(arguments.lan or [])]):
+        name, cidr = parse_lan_flag(str(entry), index)
+        if name in lans:
+            raise ValueError(f"--lan {name} is given twice")
+        lans[name] = cidr
+    lan_token_file = _pick(arguments, file, "lan_token_file", None)
+    lan_tokens = load_lan_tokens(lan_token_file) if lan_token_file else {}
+    specs, made_tokens = lan_specs(lans, lan_tokens, lambda: secrets.token_urlsafe(18))
+    forwards = [
+        Forward.parse(str(entry))
+        for entry in [*file.get("forward", []), *(arguments.forward or [])]
+    ]
+    lan_listeners = int(_pick(arguments, file, "lan_listeners", DEFAULT_LAN_LISTENERS))
     config = GatewayConfig(
         policy=policy,
         users=users,
@@ -192,6 +232,9 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         upload_stall_timeout=float(
             _pick(arguments, file, "upload_stall_timeout", DEFAULT_UPLOAD_STALL_TIMEOUT)
         ),
+        lans=tuple(specs),
+        forwards=tuple(forwards),
+        lan_listeners=lan_listeners,
     )
     listen = {
         "host": _pick(arguments, file, "host", "127.0.0.1"),
@@ -206,6 +249,8 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     if wireguard_port is not None:
         listen["wireguard_port"] = int(wireguard_port)
         listen["wireguard_config"] = wireguard_config
+    if made_tokens:
+        listen["lan_tokens_made"] = made_tokens
     if listen["event_loop"] not in EVENT_LOOPS:
         raise ValueError(
             f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {listen['event_loop']!r}"
@@ -238,6 +283,12 @@ def run(arguments: argparse.Namespace) -> int:
         # A bad flag or config file: one line naming it, not a traceback.
         print(f"netshim gateway: {exc}", file=sys.stderr)
         return 2
+    for name, token in listen.pop("lan_tokens_made", {}).items():
+        # Shown once: whoever started the gateway hands it to the LAN's members.
+        print(
+            f"netshim gateway: LAN {name} has no token in a file; its token: {token}",
+            file=sys.stderr,
+        )
     gateway = Gateway(config=config)
     backend, options = backend_for(listen.pop("event_loop"))
     wireguard_port = listen.pop("wireguard_port", None)

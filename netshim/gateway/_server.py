@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import functools
 import hmac
 import ipaddress
 import socket
@@ -55,6 +56,15 @@ from .._errors import LocalProtocolError, RemoteProtocolError, os_error
 from ..policy import DestinationBlockedError, Policy, TokenBucket
 from ..protocols import socks5, wisp
 from ..stack import Stack, TcpListener, TcpStream, UdpSocket
+from ._lan import (
+    DEFAULT_LAN_LISTENERS,
+    Forward,
+    LanHub,
+    LanMember,
+    LanSpec,
+    MemberRecord,
+    NameInUseError,
+)
 from ._observe import CONTENT_TYPE_LATEST, Metrics, StreamRecord, logger
 from ._websocket import DEFAULT_HIGH_WATER, WebSocket
 
@@ -149,6 +159,9 @@ class GatewayConfig:
     secret is compared in constant time.
     ``trusted_proxies`` are networks whose ``X-Forwarded-For`` /
     ``X-Real-IP`` headers name the real client.
+    ``lans`` are the LANs Wisp clients may join (``docs/lan.md``), each
+    member holding at most ``lan_listeners`` listeners; ``forwards`` expose
+    members' listeners on the gateway's machine.
     """
 
     policy: Policy = field(default_factory=Policy)
@@ -166,8 +179,27 @@ class GatewayConfig:
     upload_buffer: int = DEFAULT_UPLOAD_BUFFER
     total_upload_buffer: int = DEFAULT_TOTAL_UPLOAD_BUFFER
     upload_stall_timeout: float = DEFAULT_UPLOAD_STALL_TIMEOUT
+    lans: tuple[LanSpec, ...] = ()
+    forwards: tuple[Forward, ...] = ()
+    lan_listeners: int = DEFAULT_LAN_LISTENERS
 
     def __post_init__(self) -> None:
+        self.lans = tuple(self.lans)
+        self.forwards = tuple(self.forwards)
+        if self.lan_listeners < 1:
+            raise ValueError(f"lan_listeners must be at least 1, got {self.lan_listeners}")
+        declared = {lan.name for lan in self.lans}
+        if len(declared) != len(self.lans):
+            raise ValueError("a LAN is declared twice")
+        for index, lan in enumerate(self.lans):
+            for other in self.lans[index + 1 :]:
+                if lan.network.overlaps(other.network):
+                    raise ValueError(f"LANs {lan.name} ({lan.cidr}) and {other.name} overlap")
+        for forward in self.forwards:
+            if forward.lan not in declared:
+                raise ValueError(
+                    f"forward to {forward.lan}/{forward.member}: no LAN {forward.lan} is declared"
+                )
         if not 1 <= self.wisp_buffer_size <= 0xFFFF_FFFF:
             raise ValueError(f"wisp_buffer_size must be 1..2**32-1, got {self.wisp_buffer_size}")
         # A Wisp CONNECT naming a 253-byte host needs 261 bytes.
@@ -298,6 +330,22 @@ class Gateway:
         self._trusted = tuple(
             ipaddress.ip_network(n, strict=False) for n in self.config.trusted_proxies
         )
+        #: The LANs clients may join (``None``: none configured).
+        self.lans: LanHub | None = None
+        if self.config.lans:
+            self.lans = LanHub(self.config.lans, listeners_per_member=self.config.lan_listeners)
+        #: Where each of ``config.forwards`` listens, in their order (once serving).
+        self.forward_addresses: list[Address] = []
+        # A member's listener is checked against the policy's port rules and
+        # deny rules only: its address is a LAN's, private by nature.
+        policy = self.policy
+        self._listen_policy = Policy(
+            deny=policy.deny,
+            ports=policy.ports,
+            allow_private=True,
+            allow_tcp=policy.allow_tcp,
+            allow_udp=policy.allow_udp,
+        )
 
     # -- lifecycle
 
@@ -348,6 +396,23 @@ class Gateway:
                 group.start_soon(self._accept, socks, self._serve_socks5, "socks5")
             for name, address in self.addresses.items():
                 logger.info("listening protocol=%s address=%s", name, format_address(address))
+            for forward in self.config.forwards:
+                listener = await listen_stack.listen_tcp(forward.host, forward.port)
+                self._listeners.append(listener)
+                self.forward_addresses.append(listener.local_address)
+                logger.info(
+                    "listening protocol=forward address=%s to=%s/%s:%d",
+                    format_address(listener.local_address),
+                    forward.lan,
+                    forward.member,
+                    forward.member_port,
+                )
+                group.start_soon(
+                    self._accept,
+                    listener,
+                    functools.partial(self._serve_forward, forward),
+                    "forward",
+                )
             task_status.started(dict(self.addresses))
 
     async def _accept(
@@ -914,6 +979,49 @@ class Gateway:
             with anyio.CancelScope(shield=True):
                 await self._wsproxy_end(opened)
 
+    # -- port forwards to LAN members
+
+    async def _serve_forward(self, forward: Forward, stream: TcpStream) -> None:
+        """Carry one connection from the gateway's machine to a member's listener."""
+        assert self.lans is not None
+        peer = stream.remote_address
+        record = StreamRecord(
+            "forward", peer, f"{forward.member}.{forward.lan}", forward.member_port
+        )
+        try:
+            client = self._admit(peer[0])
+        except _ThrottledError as exc:
+            record.reason = "throttled"
+            logger.info("%s detail=%r", record.line(), str(exc))
+            await stream.abort()
+            return
+        self.metrics.stream_opened(record)
+        try:
+            try:
+                with anyio.fail_after(self.policy.limits.connect_timeout):
+                    upstream = await self.lans.connect_forward(
+                        forward.lan, forward.member, forward.member_port
+                    )
+            except (OSError, TimeoutError) as exc:
+                # Refused as the member's own machine would: a reset.
+                record.reason = type(exc).__name__
+                logger.info(
+                    "forward-refused client=%s to=%s/%s:%d error=%r",
+                    format_address(peer),
+                    forward.lan,
+                    forward.member,
+                    forward.member_port,
+                    str(exc),
+                )
+                await stream.abort()
+                return
+            record.ip = upstream.remote_address[0]
+            async with upstream:
+                record.reason = await self._splice(stream, upstream, client, record)
+        finally:
+            self._release(peer[0])
+            self.metrics.stream_ended(record)
+
     # -- SOCKS5
 
     async def _serve_socks5(self, stream: TcpStream) -> None:
@@ -1313,6 +1421,7 @@ class _WispStream:
         "client",
         "closed_by_client",
         "kind",
+        "listen",
         "progress_at",
         "queue",
         "queued_bytes",
@@ -1347,6 +1456,8 @@ class _WispStream:
         self.room: anyio.Event | None = None
         self.scope = anyio.CancelScope()
         self.client: _Client | None = None
+        # A LAN listener's request (its stream carries no bytes of its own).
+        self.listen: wisp.Listen | None = None
 
     def push(self, data: bytes) -> None:
         self.queue.append(data)
@@ -1442,6 +1553,13 @@ class _WispSession:
         if self.config.motd:
             extensions.append(wisp.MotdExtension(self.config.motd))
         extensions.append(wisp.StreamConfirmationExtension())
+        self.hub = gateway.lans
+        if self.hub is not None:
+            extensions.append(wisp.LanExtension())
+        # The LAN member this client became in its handshake, if it joined one.
+        self.member: LanMember | None = None
+        self.group: anyio.abc.TaskGroup | None = None
+        self._next_server_stream = wisp.SERVER_STREAM_BASE
         self.conn = wisp.WispConnection(
             wisp.Role.SERVER,
             version=version,
@@ -1532,13 +1650,88 @@ class _WispSession:
                 )
                 self.ws.send_nowait(self.conn.send(wisp.Close(0, reason)))
                 return False
+        others: list[MemberRecord] = []
+        if self.hub is not None and self.conn.lan_enabled:
+            refusal, others = await self._join_lan()
+            if refusal:
+                self.ws.send_nowait(self.conn.send(wisp.Close(0, refusal)))
+                return False
         self.ws.send_nowait(self.conn.send(wisp.Continue(0, self.conn.buffer_size)))
+        member = self.member
+        if member is not None:
+            # Nothing awaited since the join: no news can have been lost or
+            # sent before these.
+            self._send_event(
+                wisp.Membership(
+                    wisp.MembershipChange.JOINED,
+                    member.address,
+                    member.dns_name,
+                    member.lan.prefix_length,
+                )
+            )
+            for other in others:
+                self._send_event(
+                    wisp.Membership(
+                        wisp.MembershipChange.MEMBER_JOINED, other.address, other.dns_name
+                    )
+                )
         return True
+
+    async def _join_lan(self) -> tuple[int, list[MemberRecord]]:
+        """Join the LAN asked for: a CLOSE reason (0: joined, or none asked) and the others."""
+        request = self.conn.lan_request
+        hub = self.hub
+        if hub is None or request is None or not request.lan:
+            return 0, []
+        lan = request.lan.lower()
+        expected = hub.token_of(lan)
+        # An unknown LAN costs the same comparison as a known one, and both
+        # get the same answer.
+        same = _secret_in(
+            request.token, [expected if expected is not None else request.token + "\x00"]
+        )
+        peer = format_address(self.peer)
+        if expected is None or not same:
+            self.gateway.metrics.auth_failures.labels("wisp").inc()
+            logger.info("auth-failed protocol=wisp client=%s reason=lan-token lan=%r", peer, lan)
+            return wisp.CloseReason.AUTH_BAD_PASSWORD, []
+        try:
+            self.member, others = await hub.join(lan, request.member, self._send_event)
+        except NameInUseError as exc:
+            logger.info("lan-refused client=%s reason=name-in-use detail=%r", peer, str(exc))
+            return wisp.CloseReason.NAME_IN_USE, []
+        except ValueError as exc:
+            logger.info("lan-refused client=%s reason=bad-name detail=%r", peer, str(exc))
+            return wisp.CloseReason.INVALID_INFO, []
+        except OSError as exc:
+            logger.info("lan-refused client=%s reason=full detail=%r", peer, str(exc))
+            return wisp.CloseReason.THROTTLED, []
+        logger.info(
+            "lan-joined client=%s lan=%s name=%s address=%s",
+            peer,
+            lan,
+            self.member.dns_name,
+            self.member.address,
+        )
+        return 0, others
+
+    async def _leave_lan(self) -> None:
+        member, self.member = self.member, None
+        if member is not None and self.hub is not None:
+            with anyio.CancelScope(shield=True):
+                await self.hub.leave(member)
+            logger.info(
+                "lan-left client=%s lan=%s name=%s",
+                format_address(self.peer),
+                member.lan.name,
+                member.dns_name,
+            )
 
     async def run(self) -> None:
         try:
             await self._run()
         finally:
+            await self._leave_lan()
             # Streams whose tasks never ran (or were cut) give their bytes back.
             for stream in self.holding:
                 stream.discard()
@@ -1552,6 +1745,7 @@ class _WispSession:
         idle = self.gateway.policy.limits.idle_timeout
         quiet_since = anyio.current_time()
         async with anyio.create_task_group() as group:
+            self.group = group
             try:
                 while True:
                     await self.ws.wait_output_room()
@@ -1591,8 +1785,13 @@ class _WispSession:
                     if self.conn.state is wisp.ConnectionState.CLOSED:
                         break
             finally:
-                for stream in self.streams.values():
+                for stream in list(self.streams.values()):
                     stream.client_closed()
+                    if stream.listen is not None:
+                        stream.scope.cancel()
+                # Its listeners close and the other members hear of it now,
+                # not after the streams' last bytes.
+                await self._leave_lan()
                 # Streams finish their queued uploads and stop; downloads end now.
                 group.cancel_scope.deadline = anyio.current_time() + CLOSE_WAIT
 
@@ -1604,6 +1803,16 @@ class _WispSession:
             self.streams[event.stream_id] = new
             self.holding.add(new)
             group.start_soon(self._run_stream, new)
+        elif isinstance(event, wisp.Listen):
+            kind = "udp" if event.stream_type is wisp.StreamType.UDP else "tcp"
+            record = StreamRecord(
+                "lan", self.peer, event.host or "-", event.port, transport=f"{kind}-listener"
+            )
+            new = _WispStream(event.stream_id, event.stream_type, record, self.budget)
+            new.listen = event
+            self.streams[event.stream_id] = new
+            self.holding.add(new)
+            group.start_soon(self._run_listener, new)
         elif isinstance(event, wisp.Data):
             stream = self.streams.get(event.stream_id)
             if stream is None:
@@ -1619,6 +1828,8 @@ class _WispSession:
             if stream is not None:
                 stream.record.reason = f"client:{_reason(event.reason)}"
                 stream.client_closed()
+                if stream.listen is not None:
+                    stream.scope.cancel()
         elif isinstance(event, wisp.PacketRejected):
             logger.info(
                 "rejected protocol=wisp client=%s stream=%s detail=%r",
@@ -1685,14 +1896,26 @@ class _WispSession:
         upstream: TcpStream | UdpSocket
         try:
             with anyio.fail_after(policy.limits.connect_timeout):
-                if stream.kind is wisp.StreamType.TCP:
+                lan_ip = None
+                if self.member is not None and self.hub is not None:
+                    # A member's own LAN is reached inside the gateway, not
+                    # through the policy that guards the outside.
+                    lan_ip = await self.hub.destination(self.member, record.host)
+                if lan_ip is not None:
+                    upstream = await self._connect_lan(
+                        self.member, stream.kind, lan_ip, record.port
+                    )
+                    target_ip = lan_ip
+                elif stream.kind is wisp.StreamType.TCP:
                     upstream, target = await policy.connect_tcp(
                         gateway.stack, record.host, record.port, lookups=lookups
                     )
+                    target_ip = target.ip
                 else:
                     upstream, target = await policy.open_udp(
                         gateway.stack, record.host, record.port, lookups=lookups
                     )
+                    target_ip = target.ip
         except (OSError, TimeoutError) as exc:
             reason = _close_reason_for(exc)
             if isinstance(exc, DestinationBlockedError):
@@ -1700,7 +1923,7 @@ class _WispSession:
                 logger.info("refused protocol=wisp client=%s %s", format_address(self.peer), exc)
             self._finish(stream, reason)
             return
-        record.ip = target.ip
+        record.ip = target_ip
         async with upstream:
             if stream.closed_by_client and not stream.queue:
                 return
@@ -1710,6 +1933,276 @@ class _WispSession:
             end_reason = await self._pump(stream, upstream)
             if end_reason != ALREADY_CLOSED:
                 self._finish(stream, end_reason)
+
+    @staticmethod
+    async def _connect_lan(
+        member: LanMember | None, kind: wisp.StreamType, ip: str, port: int
+    ) -> TcpStream | UdpSocket:
+        assert member is not None
+        if kind is wisp.StreamType.TCP:
+            return await member.host.connect_tcp(ip, port)
+        local = member.record.address6 if ":" in ip else member.address
+        return await member.host.open_udp(local, 0, remote=(ip, port))
+
+    # -- LAN listeners (docs/lan.md)
+
+    async def _run_listener(self, stream: _WispStream) -> None:
+        try:
+            await self._listener_body(stream)
+        except Exception as exc:
+            # One listener's failure ends that listener, not the session.
+            self.gateway._contain(exc, "wisp-listener", self.peer, stream.stream_id)
+            if stream.record.reason == "-":
+                stream.record.reason = "internal-error"
+            self._finish(stream, wisp.CloseReason.NETWORK_ERROR)
+        finally:
+            stream.discard()
+            self.holding.discard(stream)
+            if self.streams.get(stream.stream_id) is stream:
+                del self.streams[stream.stream_id]
+
+    def _listen_address(self, member: LanMember, host: str, port: int) -> str:
+        """Where a member's listener binds: its own addresses (or all of them) only."""
+        text = host.lower().rstrip(".")
+        if not text:
+            return member.address
+        if text in ("0.0.0.0", "::"):
+            return text
+        if text == member.dns_name:
+            return member.address
+        if member.owns(text):
+            return text
+        raise os_error(errno.EADDRNOTAVAIL, f"{format_address((host, port))} is not this member's")
+
+    async def _listener_body(self, stream: _WispStream) -> None:
+        gateway, record, listen = self.gateway, stream.record, stream.listen
+        assert listen is not None
+        member, hub = self.member, self.hub
+        if member is None or hub is None:
+            logger.info(
+                "listen-refused client=%s stream=%s reason=not-a-member",
+                format_address(self.peer),
+                stream.stream_id,
+            )
+            self._finish(stream, wisp.CloseReason.NOT_A_MEMBER)
+            return
+        if member.listeners >= hub.listeners_per_member:
+            logger.info(
+                "listen-refused client=%s stream=%s reason=quota listeners=%d",
+                format_address(self.peer),
+                stream.stream_id,
+                member.listeners,
+            )
+            self._finish(stream, wisp.CloseReason.LISTEN_QUOTA)
+            return
+        udp = listen.stream_type is wisp.StreamType.UDP
+        socket_: TcpListener | UdpSocket
+        try:
+            address = self._listen_address(member, listen.host, listen.port)
+            if udp:
+                socket_ = await member.host.open_udp(address, listen.port)
+            else:
+                socket_ = await member.host.listen_tcp(address, listen.port)
+        except OSError as exc:
+            in_use = exc.errno == errno.EADDRINUSE
+            record.reason = "EADDRINUSE" if in_use else type(exc).__name__
+            logger.info(
+                "listen-refused client=%s stream=%s error=%r",
+                format_address(self.peer),
+                stream.stream_id,
+                str(exc),
+            )
+            self._finish(
+                stream,
+                wisp.CloseReason.ADDRESS_IN_USE if in_use else wisp.CloseReason.INVALID_INFO,
+            )
+            return
+        member.listeners += 1
+        gateway.metrics.stream_opened(record)
+        try:
+            async with socket_:
+                bound = socket_.local_address
+                record.host, record.port, record.ip = member.dns_name, bound[1], bound[0]
+                try:
+                    gateway._listen_policy.check(
+                        member.dns_name, bound[0], bound[1], "udp" if udp else "tcp"
+                    )
+                except DestinationBlockedError as exc:
+                    gateway.metrics.refusals.labels("wisp").inc()
+                    logger.info(
+                        "listen-refused client=%s stream=%s %s",
+                        format_address(self.peer),
+                        stream.stream_id,
+                        exc,
+                    )
+                    self._finish(stream, wisp.CloseReason.BLOCKED)
+                    return
+                self._send_event(wisp.Listening(stream.stream_id, bound[0], bound[1]))
+                reason: int = wisp.CloseReason.VOLUNTARY
+                with stream.scope:
+                    if isinstance(socket_, TcpListener):
+                        await self._accept_loop(stream, socket_)
+                    else:
+                        reason = await self._udp_listener_pump(stream, socket_, member)
+                self._finish(stream, reason)
+        finally:
+            member.listeners -= 1
+            gateway.metrics.stream_ended(record)
+
+    async def _accept_loop(self, stream: _WispStream, listener: TcpListener) -> None:
+        """Offer each connection to the client as a server-opened stream, till the listener ends."""
+        while True:
+            # A client that reads nothing gets no more ACCEPTs than fit in
+            # its control allowance: the connections wait in the backlog.
+            await self.ws.wait_output_room()
+            try:
+                connection = await listener.accept()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            await self._accepted(stream, connection)
+
+    def _new_server_stream_id(self) -> int:
+        while True:
+            stream_id = self._next_server_stream
+            self._next_server_stream += 1
+            if self._next_server_stream > wisp.MAX_STREAM_ID:
+                self._next_server_stream = wisp.SERVER_STREAM_BASE
+            if stream_id not in self.streams:
+                return stream_id
+
+    async def _accepted(self, listener: _WispStream, connection: TcpStream) -> None:
+        gateway = self.gateway
+        peer = connection.remote_address
+        record = StreamRecord("lan", self.peer, peer[0], peer[1])
+        record.ip = peer[0]
+        try:
+            client = gateway._admit(self.peer[0])
+        except _ThrottledError as exc:
+            record.reason = "THROTTLED"
+            gateway.metrics.streams_closed.labels("lan", record.reason).inc()
+            logger.info("%s detail=%r", record.line(), str(exc))
+            await connection.abort()
+            return
+        stream_id = self._new_server_stream_id()
+        try:
+            packet = self.conn.send(wisp.Accept(stream_id, listener.stream_id, peer[0], peer[1]))
+        except LocalProtocolError:
+            # The client closed the listener a moment ago.
+            gateway._release(self.peer[0])
+            await connection.abort()
+            return
+        self.ws.send_nowait(packet)
+        new = _WispStream(stream_id, wisp.StreamType.TCP, record, self.budget)
+        new.client = client
+        self.streams[stream_id] = new
+        self.holding.add(new)
+        assert self.group is not None
+        self.group.start_soon(self._run_accepted, new, connection)
+
+    async def _run_accepted(self, stream: _WispStream, connection: TcpStream) -> None:
+        """An accepted connection works as a CONNECT stream does, in :meth:`_pump`."""
+        gateway = self.gateway
+        try:
+            gateway.metrics.stream_opened(stream.record)
+            try:
+                with stream.scope:
+                    async with connection:
+                        end_reason = await self._pump(stream, connection)
+                        if end_reason != ALREADY_CLOSED:
+                            self._finish(stream, end_reason)
+            finally:
+                gateway._release(self.peer[0])
+                if self.streams.get(stream.stream_id) is stream:
+                    del self.streams[stream.stream_id]
+                stream.make_room(len(stream.queue))
+                gateway.metrics.stream_ended(stream.record)
+        except Exception as exc:
+            self.gateway._contain(exc, "wisp-stream", self.peer, stream.stream_id)
+            if stream.record.reason == "-":
+                stream.record.reason = "internal-error"
+            self._finish(stream, wisp.CloseReason.NETWORK_ERROR)
+        finally:
+            stream.discard()
+            self.holding.discard(stream)
+
+    async def _udp_listener_pump(
+        self, stream: _WispStream, sock: UdpSocket, member: LanMember
+    ) -> int:
+        """Addressed datagrams both ways between the client and a member's UDP socket.
+
+        Datagrams go to LAN destinations only (others are dropped, as by a
+        router with no route); a malformed one ends the stream with
+        ``INVALID_INFO``.  Returns the CLOSE reason.
+        """
+        hub = self.hub
+        assert hub is not None
+        record = stream.record
+        client = stream.client or self.gateway._clients.get(self.peer[0])
+        outcome: list[int] = []
+        header = wisp.data_header(stream.stream_id)
+
+        async with anyio.create_task_group() as group:
+            scope = group.cancel_scope
+
+            async def upload() -> None:
+                while True:
+                    while not stream.queue:
+                        if stream.closed_by_client:
+                            scope.cancel()
+                            return
+                        stream.waiting = True
+                        try:
+                            await stream.wake.wait()
+                        finally:
+                            stream.waiting = False
+                        stream.wake = anyio.Event()
+                    data, _ = stream.take_batch(0)
+                    stream.sent(len(data))
+                    try:
+                        host, port, payload = wisp.parse_datagram(data)
+                    except ValueError as exc:
+                        record.reason = "malformed-datagram"
+                        logger.info(
+                            "rejected protocol=wisp client=%s stream=%s detail=%r",
+                            format_address(self.peer),
+                            stream.stream_id,
+                            str(exc),
+                        )
+                        outcome.append(wisp.CloseReason.INVALID_INFO)
+                        scope.cancel()
+                        return
+                    try:
+                        ip = await hub.destination(member, host)
+                    except OSError:
+                        continue
+                    if ip is None:
+                        continue
+                    if client is not None:
+                        await self.gateway._throttle(client, len(payload))
+                    try:
+                        await sock.send(payload, (ip, port))
+                    except OSError:
+                        continue
+                    record.up += len(payload)
+
+            async def download() -> None:
+                while True:
+                    try:
+                        payload, source = await sock.receive()
+                    except (anyio.ClosedResourceError, anyio.EndOfStream):
+                        scope.cancel()
+                        return
+                    except OSError:
+                        continue
+                    if client is not None:
+                        await self.gateway._throttle(client, len(payload))
+                    address = wisp.pack_datagram(source[0], source[1], b"")
+                    await self.ws.send(payload, prefix=header + address)
+                    record.down += len(payload)
+
+            group.start_soon(upload)
+            await download()
+        return outcome[0] if outcome else wisp.CloseReason.VOLUNTARY
 
     async def _pump(self, stream: _WispStream, upstream: TcpStream | UdpSocket) -> int:
         """Move data both ways until one side ends; return the CLOSE reason to send.

@@ -139,6 +139,37 @@ class VirtualNetwork:
             self.zone.add(interface.ip.reverse_pointer, "PTR", canonical + ".")
         return host
 
+    def remove_host(self, host: HostRef) -> None:
+        """Take ``host`` off the network, as when a machine is unplugged.
+
+        Its listeners close (connections still in their queues are reset),
+        its UDP sockets close, its name and addresses leave the zone and its
+        links and refusals are forgotten, so a later host may take the same
+        name and addresses.  Connections it already had stay with whoever
+        holds their streams: close them too.  Connects to its addresses now
+        fail as to any unowned address of the subnet (``EHOSTUNREACH``).
+        The resolver cannot be removed (``ValueError``).
+        """
+        target = self._resolve_host(host)
+        if target is self.resolver:
+            raise ValueError("the network's resolver cannot be removed")
+        for listeners in list(target.listeners.values()):
+            for listener in list(listeners):
+                listener.close_now()
+        for sockets in list(target.udp_sockets.values()):
+            for sock in list(sockets):
+                sock.close_now()
+        del self._hosts[target.name]
+        for interface in target.interfaces:
+            if self._owners.get(interface.ip) is target:
+                del self._owners[interface.ip]
+            self.zone.remove(interface.ip.reverse_pointer, "PTR")
+        self.zone.remove(target.name, "A")
+        self.zone.remove(target.name, "AAAA")
+        for key in [key for key in self._links if target.name in key]:
+            del self._links[key]
+        self._refused = {key for key in self._refused if key[0] != target.name}
+
     def _allocate(self) -> list[Interface]:
         used = {ip for ip in self._owners}
         for number in range(2, self.ipv4_subnet.num_addresses - 1):

@@ -1,0 +1,444 @@
+"""LANs on the gateway: named virtual networks whose members are Wisp clients.
+
+Each LAN is a :class:`~netshim.VirtualNetwork` on the LAN's IPv4 CIDR (and an
+IPv6 ``/64`` derived from its name, the same on every gateway).  The gateway
+keeps host number 1 for itself (the ``gateway`` host, where port forwards
+come from); each client that joins becomes a
+:class:`~netshim.stacks.virtual.VirtualHost` with the next free address, so
+that members reach each other's listeners and UDP ports through the virtual
+network's TCP and UDP, with its flow control, at in-process speed.  A member
+that leaves is removed from the network: its listeners and sockets close.
+
+Names and addresses are handed out by a :class:`LanDirectory`, whose methods
+are async so that a directory shared by several gateway processes (in Redis,
+say) can replace the in-process one without touching the Wisp session.
+:class:`LanHub` joins the two: it owns the virtual networks, tells members
+of each other (MEMBERSHIP news) and answers whether a destination a member
+asked for is on its LAN.  The wire protocol is specified in ``docs/lan.md``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from .._addresses import parse_ip
+from ..protocols import wisp
+from ..stack import TcpStream
+from ..stacks.virtual import VirtualHost, VirtualNetwork
+
+__all__ = [
+    "DEFAULT_LAN_LISTENERS",
+    "Forward",
+    "Lan",
+    "LanDirectory",
+    "LanHub",
+    "LanMember",
+    "LanSpec",
+    "MemberRecord",
+    "NameInUseError",
+    "default_cidr",
+    "load_lan_tokens",
+    "parse_lan_flag",
+]
+
+# Listeners (TCP and UDP) one member may hold: a server inside a page needs a
+# few; the bound keeps a member from taking every port of its address.
+DEFAULT_LAN_LISTENERS: Final = 16
+# The gateway's own host on each LAN: number 1 of the CIDR, named so.
+GATEWAY_HOST_NUMBER: Final = 1
+GATEWAY_NAME: Final = "gateway"
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _check_label(text: str, what: str) -> str:
+    name = text.lower()
+    if not _LABEL.fullmatch(name):
+        raise ValueError(
+            f"{what} {text!r} is not a DNS label (letters, digits and inner '-', 1-63 of them)"
+        )
+    return name
+
+
+def default_cidr(index: int) -> str:
+    """The CIDR of the ``index``-th LAN declared without one: 10.77.0.0/24, 10.77.1.0/24, ..."""
+    if not 0 <= index < 256:
+        raise ValueError("at most 256 LANs get a default CIDR; give the others one")
+    return f"10.77.{index}.0/24"
+
+
+def ipv6_subnet_for(name: str) -> ipaddress.IPv6Network:
+    """A unique-local ``/64`` for the LAN ``name`` (RFC 4193: ``fd`` + 56 bits from the name)."""
+    digest = hashlib.sha256(b"netshim-lan:" + name.encode()).digest()
+    prefix = b"\xfd" + digest[:7]
+    return ipaddress.IPv6Network((int.from_bytes(prefix + bytes(8), "big"), 64))
+
+
+@dataclass(frozen=True, slots=True)
+class LanSpec:
+    """One LAN as configured: its name (a DNS label), IPv4 CIDR and join token."""
+
+    name: str
+    cidr: str
+    token: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", _check_label(self.name, "LAN name"))
+        try:
+            network = ipaddress.IPv4Network(self.cidr, strict=False)
+        except ValueError as exc:
+            raise ValueError(
+                f"LAN {self.name}: {self.cidr!r} is not an IPv4 CIDR ({exc})"
+            ) from None
+        if network.prefixlen > 30:
+            raise ValueError(
+                f"LAN {self.name}: {network} is too small (the gateway takes .1, members need more)"
+            )
+        object.__setattr__(self, "cidr", str(network))
+        if not self.token:
+            raise ValueError(f"LAN {self.name}: empty token")
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.cidr)
+
+
+def parse_lan_flag(text: str, index: int) -> tuple[str, str]:
+    """``NAME[:CIDR]`` (``--lan``) as ``(name, cidr)``; ``index`` picks the default CIDR."""
+    name, sep, cidr = text.partition(":")
+    name = _check_label(name.strip(), "--lan: LAN name")
+    if not sep:
+        return name, default_cidr(index)
+    try:
+        network = ipaddress.IPv4Network(cidr.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"--lan {text!r}: {cidr!r} is not an IPv4 CIDR") from None
+    return name, str(network)
+
+
+def load_lan_tokens(path: str | Path) -> dict[str, str]:
+    """Read ``NAME TOKEN`` per line (``#`` comments, blank lines skipped)."""
+    tokens: dict[str, str] = {}
+    for number, raw in enumerate(Path(path).read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected 'NAME TOKEN', got {raw!r}")
+        tokens[_check_label(parts[0], f"{path}:{number}: LAN name")] = parts[1]
+    return tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A port forward: ``host:port`` on the gateway's machine to ``member``:``member_port``."""
+
+    host: str
+    port: int
+    lan: str
+    member: str
+    member_port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Forward:
+        """``[HOST:]PORT=LAN/MEMBER:PORT`` (``--forward``); ``ValueError`` naming what is wrong."""
+        where, sep, to = text.partition("=")
+        lan, slash, target = to.partition("/")
+        member, colon, member_port = target.rpartition(":")
+        if not sep or not slash or not colon:
+            raise ValueError(f"--forward expects [HOST:]PORT=LAN/MEMBER:PORT, got {text!r}")
+        host, _, port = where.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        numbers = []
+        # The gateway's port may be 0: the system picks one (and the log says which).
+        for value, low in ((port, 0), (member_port, 1)):
+            if not (value.isascii() and value.isdigit()) or not low <= int(value) <= 65535:
+                raise ValueError(f"--forward {text!r}: {value!r} is not a port ({low}-65535)")
+            numbers.append(int(value))
+        return cls(
+            host,
+            numbers[0],
+            _check_label(lan, f"--forward {text!r}: LAN"),
+            _check_label(member, f"--forward {text!r}: member"),
+            numbers[1],
+        )
+
+
+class NameInUseError(Exception):
+    """The member name asked for is taken (or reserved) on that LAN."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """What the directory knows of a member: its names and addresses."""
+
+    name: str
+    lan: str
+    address: str
+    address6: str
+
+    @property
+    def dns_name(self) -> str:
+        return f"{self.name}.{self.lan}"
+
+
+class LanDirectory:
+    """Who is on which LAN, by name and address (this process only).
+
+    Names are DNS labels, unique per LAN; ``gateway`` is reserved.  An
+    address is the lowest free host number from 2 up.  A shared directory
+    (several gateways) implements the same four methods.
+    """
+
+    def __init__(self, specs: Iterable[LanSpec]) -> None:
+        self._specs = {spec.name: spec for spec in specs}
+        self._members: dict[str, dict[str, MemberRecord]] = {name: {} for name in self._specs}
+
+    async def claim(self, lan: str, wanted: str) -> MemberRecord:
+        """Reserve ``wanted`` (empty: a free ``member-N``) and an address on ``lan``.
+
+        Raises ``KeyError`` for an unknown LAN, ``ValueError`` for a name that
+        is not a DNS label, :class:`NameInUseError` for a taken one and
+        ``OSError`` (``EADDRNOTAVAIL``) when the LAN is full.
+        """
+        spec = self._specs[lan]
+        members = self._members[lan]
+        network = spec.network
+        taken = {ipaddress.IPv4Address(m.address) for m in members.values()}
+        number = next(
+            (
+                n
+                for n in range(GATEWAY_HOST_NUMBER + 1, network.num_addresses - 1)
+                if network[n] not in taken
+            ),
+            None,
+        )
+        if number is None:
+            raise OSError(errno.EADDRNOTAVAIL, f"LAN {lan} ({network}) has no free address")
+        if wanted:
+            name = _check_label(wanted, "member name")
+            if name == GATEWAY_NAME or name in members:
+                raise NameInUseError(f"{name}.{lan} is taken")
+        else:
+            name = f"member-{number}"
+            suffix = number
+            while name in members:
+                suffix += 1000
+                name = f"member-{suffix}"
+        record = MemberRecord(name, lan, str(network[number]), str(ipv6_subnet_for(lan)[number]))
+        members[name] = record
+        return record
+
+    async def release(self, lan: str, name: str) -> None:
+        """Give ``name`` and its address back (idempotent)."""
+        self._members.get(lan, {}).pop(name, None)
+
+    async def members(self, lan: str) -> list[MemberRecord]:
+        """Every member of ``lan``, in the order they joined."""
+        return list(self._members.get(lan, {}).values())
+
+    async def route(self, lan: str, host: str) -> MemberRecord | None:
+        """The member ``host`` (a DNS name or an address) names on ``lan``, or ``None``."""
+        name = host.lower().rstrip(".")
+        members = self._members.get(lan, {})
+        suffix = "." + lan
+        if name.endswith(suffix):
+            return members.get(name[: -len(suffix)])
+        ip = parse_ip(name)
+        if ip is None:
+            return None
+        text = str(ip)
+        return next((m for m in members.values() if text in (m.address, m.address6)), None)
+
+
+@dataclass(slots=True)
+class LanMember:
+    """A member of a LAN served by this gateway: its directory record and virtual host."""
+
+    lan: Lan
+    record: MemberRecord
+    host: VirtualHost
+    news: Callable[[wisp.Membership], None]
+    listeners: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def dns_name(self) -> str:
+        return self.record.dns_name
+
+    @property
+    def address(self) -> str:
+        return self.record.address
+
+    def owns(self, host: str) -> bool:
+        return host in (self.record.address, self.record.address6)
+
+
+@dataclass(slots=True)
+class Lan:
+    """One LAN in this process: its virtual network, the gateway's host and local members."""
+
+    spec: LanSpec
+    network: VirtualNetwork
+    gateway_host: VirtualHost
+    members: dict[str, LanMember] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def prefix_length(self) -> int:
+        return self.network.ipv4_subnet.prefixlen
+
+    def contains(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return ip in self.network.ipv4_subnet or ip in self.network.ipv6_subnet
+
+
+class LanHub:
+    """The gateway's LANs: join and leave, membership news, destinations on a LAN.
+
+    ``listeners_per_member`` is the quota the Wisp session enforces;
+    ``directory`` hands out names and addresses (in-process by default).
+    """
+
+    def __init__(
+        self,
+        specs: Iterable[LanSpec],
+        *,
+        listeners_per_member: int = DEFAULT_LAN_LISTENERS,
+        directory: LanDirectory | None = None,
+    ) -> None:
+        specs = list(specs)
+        if listeners_per_member < 1:
+            raise ValueError(f"listeners per member must be at least 1, got {listeners_per_member}")
+        self.listeners_per_member = listeners_per_member
+        self.directory = directory or LanDirectory(specs)
+        self.lans: dict[str, Lan] = {}
+        for index, spec in enumerate(specs):
+            if spec.name in self.lans:
+                raise ValueError(f"LAN {spec.name} is declared twice")
+            v6 = ipv6_subnet_for(spec.name)
+            network = VirtualNetwork(
+                seed=index, ipv4_subnet=spec.cidr, ipv6_subnet=str(v6), resolver=False
+            )
+            gateway_host = network.add_host(
+                GATEWAY_NAME,
+                [
+                    f"{spec.network[GATEWAY_HOST_NUMBER]}/{spec.network.prefixlen}",
+                    f"{v6[GATEWAY_HOST_NUMBER]}/64",
+                ],
+            )
+            self.lans[spec.name] = Lan(spec, network, gateway_host)
+        for one in self.lans.values():
+            for other in self.lans.values():
+                if one is not other and one.spec.network.overlaps(other.spec.network):
+                    raise ValueError(f"LANs {one.name} and {other.name} overlap")
+
+    def token_of(self, lan: str) -> str | None:
+        lan_ = self.lans.get(lan)
+        return lan_.spec.token if lan_ is not None else None
+
+    async def join(
+        self, lan: str, wanted: str, news: Callable[[wisp.Membership], None]
+    ) -> tuple[LanMember, list[MemberRecord]]:
+        """Make a new member of ``lan``; it and the members already there (for the news).
+
+        Raises as :meth:`LanDirectory.claim`.  The other members hear of it
+        through their ``news`` before this returns; ``news`` is called from
+        then on for later joins and leaves.
+        """
+        where = self.lans[lan]
+        record = await self.directory.claim(lan, wanted)
+        try:
+            host = where.network.add_host(
+                record.name,
+                [f"{record.address}/{where.prefix_length}", f"{record.address6}/64"],
+            )
+        except BaseException:
+            await self.directory.release(lan, record.name)
+            raise
+        others = [m for m in await self.directory.members(lan) if m.name != record.name]
+        member = LanMember(where, record, host, news)
+        joined = wisp.Membership(
+            wisp.MembershipChange.MEMBER_JOINED, record.address, record.dns_name
+        )
+        for other in where.members.values():
+            other.news(joined)
+        where.members[record.name] = member
+        return member, others
+
+    async def leave(self, member: LanMember) -> None:
+        """Take ``member`` off its LAN: its listeners and sockets close; the others hear of it."""
+        lan = member.lan
+        if lan.members.get(member.name) is not member:
+            return
+        del lan.members[member.name]
+        lan.network.remove_host(member.host)
+        left = wisp.Membership(wisp.MembershipChange.MEMBER_LEFT, member.address, member.dns_name)
+        for other in lan.members.values():
+            other.news(left)
+        await self.directory.release(lan.name, member.name)
+
+    async def destination(self, member: LanMember, host: str) -> str | None:
+        """The LAN address ``host`` names for ``member``, or ``None`` if it is not on the LAN.
+
+        An IP literal inside the LAN's subnets is on the LAN (whether a member
+        has it or not: the virtual network answers for it); so are
+        ``NAME.LAN`` names, where an unknown ``NAME`` is ``socket.gaierror``.
+        """
+        lan = member.lan
+        text = host.lower().rstrip(".")
+        ip = parse_ip(text)
+        if ip is not None:
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            return str(ip) if lan.contains(ip) else None
+        if not text.endswith("." + lan.name):
+            return None
+        if text == f"{GATEWAY_NAME}.{lan.name}":
+            return str(lan.spec.network[GATEWAY_HOST_NUMBER])
+        found = await self.directory.route(lan.name, text)
+        if found is None:
+            raise socket.gaierror(socket.EAI_NONAME, f"no member {host!r} on LAN {lan.name}")
+        return found.address
+
+    async def connect_forward(self, lan: str, member: str, port: int) -> TcpStream:
+        """Connect from the gateway's host on ``lan`` to ``member``:``port``.
+
+        ``ConnectionRefusedError`` when the member is absent or does not
+        listen there.
+        """
+        where = self.lans[lan]
+        found = await self.directory.route(lan, f"{member}.{lan}")
+        if found is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"{member}.{lan} is not on the LAN")
+        return await where.gateway_host.connect_tcp(found.address, port)
+
+
+def lan_specs(
+    lans: Mapping[str, str], tokens: Mapping[str, str], make_token: Callable[[], str]
+) -> tuple[list[LanSpec], dict[str, str]]:
+    """:class:`LanSpec` for each ``name -> cidr``; the tokens that ``make_token`` made."""
+    made: dict[str, str] = {}
+    specs = []
+    for name, cidr in lans.items():
+        token = tokens.get(name)
+        if token is None:
+            token = made[name] = make_token()
+        specs.append(LanSpec(name, cidr, token))
+    unknown = sorted(set(tokens) - set(lans))
+    if unknown:
+        raise ValueError(f"token file names LANs that are not declared: {', '.join(unknown)}")
+    return specs, made

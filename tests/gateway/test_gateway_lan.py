@@ -1,0 +1,593 @@
+"""LANs on the gateway (docs/lan.md): joining, listeners, member-to-member streams, forwards.
+
+A real gateway is served in-process on loopback; its members are real Wisp
+clients (tests/gateway/lan_client.py) speaking the LAN extension over real
+WebSockets.  One test runs the ``netshim gateway`` process with the LAN flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from gateway_helpers import running_gateway
+from gateway_process import gateway_process, recv_exactly
+from lan_client import JoinRefusedError, LanClient, StreamClosedError, lan_client
+
+from netshim import VirtualNetwork
+from netshim._gateway_cli import add_arguments, config_from
+from netshim.gateway import Gateway, GatewayConfig
+from netshim.gateway._lan import Forward, LanDirectory, LanSpec, ipv6_subnet_for
+from netshim.gateway._server import QUEUE_BOUND_FACTOR
+from netshim.policy import Policy
+from netshim.protocols import wisp
+from netshim.protocols.wisp import CloseReason, MembershipChange
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "s3cret-token"
+DEMO = LanSpec("demo", "10.77.0.0/24", TOKEN)
+
+
+def config(**overrides: object) -> GatewayConfig:
+    options: dict[str, object] = {
+        "policy": Policy(allow=["127.0.0.1"]),
+        "lans": (DEMO,),
+    }
+    options.update(overrides)
+    return GatewayConfig(**options)  # type: ignore[arg-type]
+
+
+def member(gateway: Gateway, name: str, *, lan: str = "demo", token: str = TOKEN) -> object:
+    return lan_client(gateway, lan, name, token)
+
+
+async def echo(client: LanClient, stream_id: int, size: int) -> None:
+    """Send back ``size`` bytes of ``stream_id`` as they come."""
+    done = 0
+    while done < size:
+        chunk = await client.receive_exactly(stream_id, min(1 << 16, size - done))
+        await client.send(stream_id, chunk)
+        done += len(chunk)
+
+
+# -- joining
+
+
+async def test_join_and_membership_news() -> None:
+    async with running_gateway(config()) as gateway:  # noqa: SIM117 (alice outlives bob)
+        async with member(gateway, "alice") as alice:  # type: ignore[attr-defined]
+            assert alice.joined == wisp.Membership(
+                MembershipChange.JOINED, "10.77.0.2", "alice.demo", 24
+            )
+            async with member(gateway, "bob") as bob:  # type: ignore[attr-defined]
+                assert bob.joined.host == "10.77.0.3"
+                await bob.wait_for(lambda: len(bob.news) == 2)
+                assert bob.news[1] == wisp.Membership(
+                    MembershipChange.MEMBER_JOINED, "10.77.0.2", "alice.demo"
+                )
+                news = await alice.news_about("bob.demo", MembershipChange.MEMBER_JOINED)
+                assert news.host == "10.77.0.3"
+                # No name asked for: the gateway picks one.
+                async with member(gateway, "") as anonymous:  # type: ignore[attr-defined]
+                    assert anonymous.joined.name == "member-4.demo"
+                    assert anonymous.joined.host == "10.77.0.4"
+            left = await alice.news_about("bob.demo", MembershipChange.MEMBER_LEFT)
+            assert left.host == "10.77.0.3"
+            await alice.news_about("member-4.demo", MembershipChange.MEMBER_LEFT)
+            # Bob's address is free again.
+            async with member(gateway, "carol") as carol:  # type: ignore[attr-defined]
+                assert carol.joined.host == "10.77.0.3"
+
+
+@pytest.mark.parametrize(
+    ("lan", "name", "token", "reason"),
+    [
+        ("demo", "mallory", "wrong", CloseReason.AUTH_BAD_PASSWORD),
+        ("nowhere", "mallory", TOKEN, CloseReason.AUTH_BAD_PASSWORD),
+        ("demo", "alice", TOKEN, CloseReason.NAME_IN_USE),
+        ("demo", "gateway", TOKEN, CloseReason.NAME_IN_USE),
+        ("demo", "not a label", TOKEN, CloseReason.INVALID_INFO),
+    ],
+    ids=["wrong-token", "unknown-lan", "name-taken", "name-reserved", "bad-name"],
+)
+async def test_refused_joins(lan: str, name: str, token: str, reason: int) -> None:
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+    ):
+        with pytest.raises(JoinRefusedError) as refused:
+            async with lan_client(gateway, lan, name, token):
+                pass
+        assert refused.value.reason == reason
+        # Alice heard of nobody, and is still served.
+        await anyio.sleep(0.05)
+        assert len(alice.news) == 1
+        _, bound = await alice.listen(8000)
+        assert bound == ("10.77.0.2", 8000)
+    if reason == CloseReason.AUTH_BAD_PASSWORD:
+        metrics = gateway.metrics.render().decode()
+        assert 'netshim_gateway_auth_failures_total{protocol="wisp"} 1.0' in metrics
+
+
+# -- member to member
+
+
+async def test_echo_between_members_by_address_and_by_name() -> None:
+    size = 3 << 20
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        listener, bound = await alice.listen(8000)
+        assert bound == ("10.77.0.2", 8000)
+        for destination in ("10.77.0.2", "alice.demo", "ALICE.demo."):
+            payload = os.urandom(size)
+            stream = await bob.connect(destination, 8000)
+            accepted = await alice.accept(listener)
+            assert accepted.stream_id >= wisp.SERVER_STREAM_BASE
+            assert accepted.host == "10.77.0.3"
+            received = b""
+            async with anyio.create_task_group() as group:
+                group.start_soon(echo, alice, accepted.stream_id, size)
+                group.start_soon(bob.send, stream, payload)
+                received = await bob.receive_exactly(stream, size)
+            assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+            # Bob ends: Alice's side sees the CLOSE; her CLOSE ends Bob's.
+            await bob.close(stream)
+            assert await alice.closed(accepted.stream_id) == CloseReason.VOLUNTARY
+        # Alice may also open streams to Bob's listeners (UDP further below).
+        bob_listener, _ = await bob.listen(9000, "bob.demo")
+        stream = await alice.connect("bob.demo", 9000)
+        accepted = await bob.accept(bob_listener)
+        await alice.send(stream, b"ping")
+        assert await bob.receive_exactly(accepted.stream_id, 4) == b"ping"
+        await bob.send(accepted.stream_id, b"pong")
+        assert await alice.receive_exactly(stream, 4) == b"pong"
+        await bob.close(accepted.stream_id)
+        assert await alice.closed(stream) == CloseReason.VOLUNTARY
+    metrics = gateway.metrics.render().decode()
+    assert 'netshim_gateway_streams_closed_total{protocol="lan",reason=' in metrics
+    assert "internal_errors_total{" not in metrics
+
+
+async def test_listen_errors() -> None:
+    async with (
+        running_gateway(config(lan_listeners=2, policy=Policy(ports="1-9999"))) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+    ):
+        first, _ = await alice.listen(8000)
+        with pytest.raises(StreamClosedError) as refused:
+            await alice.listen(8000)
+        assert refused.value.reason == CloseReason.ADDRESS_IN_USE
+        # The policy allows ports up to 9999 only; ephemeral ports are above.
+        with pytest.raises(StreamClosedError) as refused:
+            await alice.listen(10000)
+        assert refused.value.reason == CloseReason.BLOCKED
+        with pytest.raises(StreamClosedError) as refused:
+            await alice.listen(0)
+        assert refused.value.reason == CloseReason.BLOCKED
+        # Only the member's own addresses.
+        with pytest.raises(StreamClosedError) as refused:
+            await alice.listen(8001, "10.77.0.9")
+        assert refused.value.reason == CloseReason.INVALID_INFO
+        await alice.listen(8001, udp=True)
+        with pytest.raises(StreamClosedError) as refused:
+            await alice.listen(8002)
+        assert refused.value.reason == CloseReason.LISTEN_QUOTA
+        # A closed listener gives its place back.
+        await alice.close(first)
+        await alice.wait_for(lambda: _listeners(gateway) == 1)
+        await alice.listen(8002)
+        assert gateway.metrics.render().decode().count("refusals_total") >= 1
+
+
+def _listeners(gateway: Gateway) -> int:
+    assert gateway.lans is not None
+    return sum(m.listeners for m in gateway.lans.lans["demo"].members.values())
+
+
+async def test_non_members_reach_neither_listeners_nor_lan_addresses() -> None:
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        lan_client(gateway) as outsider,
+        lan_client(gateway, lan_extension=False) as plain,
+    ):
+        await alice.listen(8000)
+        with pytest.raises(StreamClosedError) as refused:
+            await outsider.listen(8000)
+        assert refused.value.reason == CloseReason.NOT_A_MEMBER
+        for client in (outsider, plain):
+            with pytest.raises(StreamClosedError) as refused:
+                await client.connect("10.77.0.2", 8000)
+            # Through the policy, as any private address.
+            assert refused.value.reason == CloseReason.BLOCKED
+            with pytest.raises(StreamClosedError) as refused:
+                await client.connect("alice.demo", 8000)
+            assert refused.value.reason != 0
+
+
+async def test_refusals_inside_the_lan() -> None:
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        listener, _ = await alice.listen(8000)
+        stream = await bob.connect("alice.demo", 8000)
+        accepted = await alice.accept(listener)
+        # Closing the listener leaves its connections alone and refuses new ones.
+        await alice.close(listener)
+        await alice.wait_for(lambda: _listeners(gateway) == 0)
+        with pytest.raises(StreamClosedError) as refused:
+            await bob.connect("alice.demo", 8000)
+        assert refused.value.reason == CloseReason.REFUSED
+        await bob.send(stream, b"still here")
+        assert await alice.receive_exactly(accepted.stream_id, 10) == b"still here"
+        with pytest.raises(StreamClosedError) as refused:
+            await bob.connect("nobody.demo", 8000)
+        assert refused.value.reason == CloseReason.UNREACHABLE
+        with pytest.raises(StreamClosedError) as refused:
+            await bob.connect("10.77.0.99", 8000)
+        assert refused.value.reason == CloseReason.UNREACHABLE
+
+
+async def test_leaving_ends_listeners_and_connections() -> None:
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        async with member(gateway, "alice") as alice:  # type: ignore[attr-defined]
+            assert alice.joined.host == "10.77.0.3"
+            listener, _ = await alice.listen(8000)
+            stream = await bob.connect("alice.demo", 8000)
+            await alice.accept(listener)
+        assert await bob.closed(stream) in (CloseReason.VOLUNTARY, CloseReason.NETWORK_ERROR)
+        await bob.news_about("alice.demo", MembershipChange.MEMBER_LEFT)
+        with pytest.raises(StreamClosedError) as refused:
+            await bob.connect("10.77.0.3", 8000)
+        assert refused.value.reason == CloseReason.UNREACHABLE
+        assert gateway.lans is not None
+        assert list(gateway.lans.lans["demo"].members) == ["bob"]
+
+
+async def test_udp_between_members() -> None:
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        listener, bound = await alice.listen(5353, udp=True)
+        assert bound == ("10.77.0.2", 5353)
+        # Bob's UDP stream to Alice's port, by name.
+        stream = await bob.connect("alice.demo", 5353, udp=True)
+        await bob.send_event(wisp.Data(stream, b"question"))
+        host, port, payload = await alice.receive_datagram(listener)
+        assert (host, payload) == ("10.77.0.3", b"question")
+        await alice.send_datagram(listener, host, port, b"answer")
+        assert await bob.receive_exactly(stream, 6) == b"answer"
+        # Listener to listener, by address and by name.
+        bob_listener, _ = await bob.listen(6000, udp=True)
+        await alice.send_datagram(listener, "bob.demo", 6000, b"hello bob")
+        assert await bob.receive_datagram(bob_listener) == ("10.77.0.2", 5353, b"hello bob")
+        # Datagrams for no member of the LAN go nowhere, and the socket lives on.
+        await alice.send_datagram(listener, "nobody.demo", 6000, b"lost")
+        await alice.send_datagram(listener, "192.0.2.1", 6000, b"lost")
+        await alice.send_datagram(listener, "10.77.0.3", 6000, b"again")
+        assert await bob.receive_datagram(bob_listener) == ("10.77.0.2", 5353, b"again")
+
+
+async def test_malformed_lan_packets_close_the_stream_not_the_session() -> None:
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        # LISTEN with a payload too short for its type and port.
+        alice.track(7)
+        # The client's core opens stream 7 (so that it takes the CLOSE); the
+        # packet that goes out is the malformed one.
+        alice.conn.send(wisp.Listen(7, 80))
+        await alice.send_raw(bytes([wisp.PacketType.LISTEN]) + (7).to_bytes(4, "little") + b"\x01")
+        assert await alice.closed(7) == CloseReason.INVALID_INFO
+        # An addressed datagram whose host runs past its end.
+        listener, _ = await alice.listen(5353, udp=True)
+        packet = (5353).to_bytes(2, "little") + bytes([200]) + b"short"
+        await alice.send_event(wisp.Data(listener, packet))
+        assert await alice.closed(listener) == CloseReason.INVALID_INFO
+        # DATA on a TCP listener.
+        tcp_listener, _ = await alice.listen(8000)
+        await alice.send_raw(
+            bytes([wisp.PacketType.DATA]) + tcp_listener.to_bytes(4, "little") + b"x"
+        )
+        assert await alice.closed(tcp_listener) == CloseReason.INVALID_INFO
+        # The session lives: a new listener works.
+        listener, _ = await alice.listen(8001)
+        stream = await bob.connect("alice.demo", 8001)
+        accepted = await alice.accept(listener)
+        await bob.send(stream, b"ok")
+        assert await alice.receive_exactly(accepted.stream_id, 2) == b"ok"
+    assert "internal_errors_total{" not in gateway.metrics.render().decode()
+
+
+async def test_a_member_that_stops_reading_does_not_grow_the_gateway() -> None:
+    """Bob sends to Alice, who reads nothing: the bounds hold and Bob runs out of credit."""
+    high_water = 256 * 1024
+    async with (
+        running_gateway(config(high_water=high_water, wisp_buffer_size=32)) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        listener, _ = await alice.listen(8000)
+        stream = await bob.connect("alice.demo", 8000)
+        accepted = await alice.accept(listener)
+        alice.pause()
+        sent = 0
+        block = os.urandom(1 << 16)
+        with anyio.move_on_after(3):
+            while True:
+                await bob.send(stream, block)
+                sent += len(block)
+        # Bob is stuck: no credit left.
+        assert bob.conn.credit(stream) == 0
+        total = 64 << 20
+        assert sent < total / 4, sent
+        # What the gateway holds for this stream: Bob's queue within its
+        # credits, Alice's WebSocket output within its high-water mark plus a
+        # message, and the virtual connection's window.
+        sessions = _sessions(gateway)
+        queued = sum(s.budget.queued for s in sessions)
+        assert queued <= QUEUE_BOUND_FACTOR * 32 * (1 << 16) + (1 << 16)
+        for session in sessions:
+            assert session.ws._pending <= high_water + (1 << 18) + (1 << 16)
+        alice.resume()
+        received = await alice.receive_exactly(accepted.stream_id, sent)
+        assert len(received) == sent
+
+
+def _sessions(gateway: Gateway) -> list:  # type: ignore[type-arg]
+    assert gateway.lans is not None
+    return [
+        member.news.__self__  # type: ignore[attr-defined]
+        for member in gateway.lans.lans["demo"].members.values()
+    ]
+
+
+# -- port forwards
+
+
+async def test_forward_to_a_member_listener() -> None:
+    forward = Forward("127.0.0.1", 0, "demo", "alice", 8000)
+    async with running_gateway(config(forwards=(forward,))) as gateway:
+        (address,) = gateway.forward_addresses
+        # Nobody there yet: refused (reset) at once.
+        stream = await anyio.connect_tcp(*address)
+        with pytest.raises((anyio.EndOfStream, OSError, anyio.BrokenResourceError)):
+            with anyio.fail_after(10):
+                await stream.receive()
+        await stream.aclose()
+        async with member(gateway, "alice") as alice:  # type: ignore[attr-defined]
+            listener, _ = await alice.listen(8000)
+
+            async def serve() -> None:
+                accepted = await alice.accept(listener)
+                assert accepted.host == "10.77.0.1"
+                request = await alice.receive_exactly(accepted.stream_id, 18)
+                assert request == b"GET / HTTP/1.0\r\n\r\n"
+                body = b"hello from alice"
+                await alice.send(
+                    accepted.stream_id,
+                    b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+                )
+                await alice.close(accepted.stream_id)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(serve)
+                answer = await anyio.to_thread.run_sync(_http_get, address)
+            assert answer.endswith(b"\r\n\r\nhello from alice")
+            assert answer.startswith(b"HTTP/1.0 200 OK")
+    metrics = gateway.metrics.render().decode()
+    refused = 'protocol="forward",reason="ConnectionRefusedError"} 1.0'
+    assert f"netshim_gateway_streams_closed_total{{{refused}" in metrics
+
+
+def _http_get(address: tuple[str, int]) -> bytes:
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        parts = []
+        while data := sock.recv(65536):
+            parts.append(data)
+        return b"".join(parts)
+
+
+# -- pieces
+
+
+def test_remove_host_frees_its_name_address_and_ports() -> None:
+    network = VirtualNetwork(resolver=False, ipv4_subnet="10.1.0.0/24")
+    alice = network.add_host("alice", ["10.1.0.2"])
+    bob = network.add_host("bob", ["10.1.0.3"])
+    listener = alice.listen_now("10.1.0.2", 80)
+    udp = alice.open_udp_now("10.1.0.2", 53)
+    network.remove_host(alice)
+    assert listener.closed
+    assert udp.closed
+    assert network.owner_of(alice.interfaces[0].ip) is None
+    with pytest.raises(KeyError):
+        network.host("alice")
+
+    async def connect() -> None:
+        with pytest.raises(OSError) as unreachable:
+            await bob.connect_tcp("10.1.0.2", 80)
+        assert unreachable.value.errno == 113  # EHOSTUNREACH
+
+    anyio.run(connect)
+    again = network.add_host("alice", ["10.1.0.2"])
+    again.listen_now("10.1.0.2", 80)
+
+
+def test_remove_host_refuses_the_resolver() -> None:
+    network = VirtualNetwork()
+    assert network.resolver is not None
+    with pytest.raises(ValueError, match="resolver"):
+        network.remove_host(network.resolver)
+
+
+def test_directory_hands_out_names_and_addresses() -> None:
+    async def main() -> None:
+        directory = LanDirectory([LanSpec("tiny", "10.9.0.0/30", "t")])
+        first = await directory.claim("tiny", "a")
+        assert (first.address, first.dns_name) == ("10.9.0.2", "a.tiny")
+        assert first.address6 == str(ipv6_subnet_for("tiny")[2])
+        with pytest.raises(OSError):
+            await directory.claim("tiny", "b")
+        assert await directory.route("tiny", "A.tiny.") == first
+        assert await directory.route("tiny", "10.9.0.2") == first
+        assert await directory.route("tiny", "10.9.0.3") is None
+        await directory.release("tiny", "a")
+        assert (await directory.claim("tiny", "")).name == "member-2"
+
+    anyio.run(main)
+    assert ipv6_subnet_for("demo") == ipv6_subnet_for("demo") != ipv6_subnet_for("other")
+    assert ipv6_subnet_for("demo").network_address.packed[0] == 0xFD
+
+
+# -- the command line
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_lan_flags_reach_the_config(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("# name token\ndemo abc\n\nlab  xyz\n")
+    config, listen = config_from(
+        parse(
+            "--lan",
+            "demo",
+            "--lan",
+            "lab:192.168.50.0/24",
+            "--lan",
+            "third",
+            "--lan-token-file",
+            str(tmp_path / "tokens"),
+            "--forward",
+            "9000=demo/alice:8000",
+            "--forward",
+            "[::1]:9001=lab/bob:22",
+            "--lan-listeners",
+            "4",
+        )
+    )
+    assert [(s.name, s.cidr, s.token) for s in config.lans[:2]] == [
+        ("demo", "10.77.0.0/24", "abc"),
+        ("lab", "192.168.50.0/24", "xyz"),
+    ]
+    assert config.lans[2].cidr == "10.77.2.0/24"
+    assert len(config.lans[2].token) >= 20
+    assert listen["lan_tokens_made"] == {"third": config.lans[2].token}
+    assert config.forwards == (
+        Forward("127.0.0.1", 9000, "demo", "alice", 8000),
+        Forward("::1", 9001, "lab", "bob", 22),
+    )
+    assert config.lan_listeners == 4
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lan", "bad_name"], "is not a DNS label"),
+        (["--lan", "demo:10.77.0.0/33"], "is not an IPv4 CIDR"),
+        (["--lan", "demo:10.77.0.0/31"], "too small"),
+        (["--lan", "a:10.0.0.0/16", "--lan", "b:10.0.1.0/24"], "overlap"),
+        (["--lan", "demo", "--lan", "demo"], "given twice"),
+        (["--lan", "demo", "--forward", "9000=demo/alice"], "--forward expects"),
+        (["--lan", "demo", "--forward", "99999=demo/alice:80"], "is not a port"),
+        (["--lan", "demo", "--forward", "9000=lab/alice:80"], "no LAN lab is declared"),
+        (["--lan", "demo", "--lan-listeners", "0"], "lan_listeners must be at least 1"),
+        (["--lan-token-file", "/nonexistent/tokens"], "No such file or directory"),
+    ],
+)
+def test_bad_lan_flags_are_one_clear_line(flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "netshim", "gateway", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_token_file_naming_an_undeclared_lan_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("demo abc\nother xyz\n")
+    with pytest.raises(ValueError, match="not declared: other"):
+        config_from(parse("--lan", "demo", "--lan-token-file", str(tmp_path / "tokens")))
+    (tmp_path / "tokens").write_text("demo abc extra\n")
+    with pytest.raises(ValueError, match="expected 'NAME TOKEN'"):
+        config_from(parse("--lan", "demo", "--lan-token-file", str(tmp_path / "tokens")))
+
+
+_FORWARD = re.compile(r"listening protocol=forward address=(\S+):(\d+)")
+_TOKEN = re.compile(r"LAN demo has no token in a file; its token: (\S+)")
+
+
+def test_gateway_process_with_a_lan_and_a_forward() -> None:
+    with gateway_process("--lan", "demo", "--forward", "0=demo/alice:8000") as process:
+        deadline = time.monotonic() + 20
+        while not (_FORWARD.search(process.log()) and _TOKEN.search(process.log())):
+            assert time.monotonic() < deadline, process.log()
+            time.sleep(0.05)
+        forward_match = _FORWARD.search(process.log())
+        token_match = _TOKEN.search(process.log())
+        assert forward_match is not None
+        assert token_match is not None
+        forward = (forward_match.group(1), int(forward_match.group(2)))
+        token = token_match.group(1)
+
+        async def main() -> bytes:
+            async with lan_client(process.http, "demo", "alice", token) as alice:
+                assert alice.joined.host == "10.77.0.2"
+                listener, _ = await alice.listen(8000)
+
+                async def serve() -> None:
+                    accepted = await alice.accept(listener)
+                    data = await alice.receive_exactly(accepted.stream_id, 5)
+                    await alice.send(accepted.stream_id, data.upper())
+                    await alice.close(accepted.stream_id)
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(serve)
+                    return await anyio.to_thread.run_sync(_socket_exchange, forward)
+            raise AssertionError("unreachable")
+
+        assert anyio.run(main) == b"HELLO"
+
+        async def wrong() -> None:
+            async with lan_client(process.http, "demo", "bob", "wrong"):
+                pass
+
+        with pytest.raises(JoinRefusedError):
+            anyio.run(wrong)
+        process.assert_serves()
+        assert process.internal_errors() == []
+
+
+def _socket_exchange(address: tuple[str, int]) -> bytes:
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"hello")
+        return recv_exactly(sock, 5)
