@@ -51,13 +51,11 @@ import argparse
 import json
 import os
 import queue
-import random
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -67,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "benchmarks" / "ip_peer.py"
 sys.path.insert(0, str(ROOT / "tests" / "ip"))
 
-from namespaces import open_device  # noqa: E402
+from namespaces import namespace, open_device  # noqa: E402
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -98,17 +96,6 @@ def run(*command: str) -> None:
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-@contextmanager
-def namespace() -> Iterator[str]:
-    name = f"nsbench-{os.getpid()}-{random.randrange(1 << 30)}"
-    run("ip", "netns", "add", name)
-    try:
-        run("ip", "-n", name, "link", "set", "lo", "up")
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def configure(ns: str, device: str, address: str) -> None:
@@ -283,7 +270,7 @@ class Bench:
     def veth(
         self, client: dict[str, Any], server: dict[str, Any], receiver: str, size: int, label: str
     ) -> Result:
-        with namespace() as a, namespace() as b:
+        with namespace("nsbench") as a, namespace("nsbench") as b:
             run("ip", "link", "add", "vb0", "netns", a, "type", "veth", "peer", "vb1", "netns", b)
             configure(a, "vb0", KERNEL)
             configure(b, "vb1", OURS)
@@ -302,7 +289,7 @@ class Bench:
         size: int,
         label: str,
     ) -> Result:
-        with namespace() as ns:
+        with namespace("nsbench") as ns:
             fd = open_device(ns, IFF_TAP if medium == "tap" else IFF_TUN)
             try:
                 configure(ns, DEVICE, KERNEL)
@@ -324,7 +311,7 @@ class Bench:
             import pytcp  # noqa: F401
         except ImportError:
             return Result(failure="pytcp is not installed (pip install pytcp)")
-        with namespace() as ns:
+        with namespace("nsbench") as ns:
             params = {"device": PYTCP_DEVICE, "address": f"{OURS}/24", "host": KERNEL, "port": PORT}
             cli = Peer("pytcp", {**params, "mode": mode, "size": size}, ns, optimize=True)
             srv = None

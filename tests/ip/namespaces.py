@@ -8,9 +8,13 @@ which :meth:`netshim.ip.links.TapLink.from_fd` adopts.  The ``netns`` fixture
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
 
 import anyio
@@ -21,6 +25,7 @@ __all__ = [
     "KERNEL_V6",
     "configure_kernel_side",
     "in_namespace",
+    "namespace",
     "open_device",
     "run",
 ]
@@ -42,6 +47,18 @@ socket.send_fds(channel, [b"fd"], [fd])
 
 def run(*command: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+@contextmanager
+def namespace(prefix: str) -> Iterator[str]:
+    """A new network namespace named after ``prefix``, loopback up; deleted on exit."""
+    name = f"{prefix}-{os.getpid()}-{random.randrange(1 << 30)}"
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def open_device(namespace: str, mode: int) -> int:
