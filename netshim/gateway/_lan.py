@@ -33,6 +33,7 @@ from .._addresses import parse_ip
 from ..protocols import wisp
 from ..stack import TcpStream
 from ..stacks.virtual import VirtualHost, VirtualNetwork
+from ._observe import logger
 
 __all__ = [
     "DEFAULT_LAN_LISTENERS",
@@ -374,8 +375,7 @@ class LanHub:
         joined = wisp.Membership(
             wisp.MembershipChange.MEMBER_JOINED, record.address, record.dns_name
         )
-        for other in where.members.values():
-            other.news(joined)
+        _tell(where.members.values(), joined)
         where.members[record.name] = member
         return member, others
 
@@ -387,8 +387,7 @@ class LanHub:
         del lan.members[member.name]
         lan.network.remove_host(member.host)
         left = wisp.Membership(wisp.MembershipChange.MEMBER_LEFT, member.address, member.dns_name)
-        for other in lan.members.values():
-            other.news(left)
+        _tell(lan.members.values(), left)
         await self.directory.release(lan.name, member.name)
 
     async def destination(self, member: LanMember, host: str) -> str | None:
@@ -425,6 +424,20 @@ class LanHub:
         if found is None:
             raise ConnectionRefusedError(errno.ECONNREFUSED, f"{member}.{lan} is not on the LAN")
         return await where.gateway_host.connect_tcp(found.address, port)
+
+
+def _tell(members: Iterable[LanMember], news: wisp.Membership) -> None:
+    """Give ``news`` to each member; one member's failure is logged and skips only it."""
+    for member in list(members):
+        try:
+            member.news(news)
+        except Exception as exc:
+            logger.error(
+                "internal-error front=lan-news member=%s error=%s: %r",
+                member.dns_name,
+                type(exc).__name__,
+                str(exc)[:200],
+            )
 
 
 def lan_specs(

@@ -23,7 +23,7 @@ from gateway_helpers import running_gateway
 from gateway_process import gateway_process, recv_exactly
 from lan_client import JoinRefusedError, LanClient, StreamClosedError, lan_client
 
-from netshim import VirtualNetwork
+from netshim import VirtualNetwork, WispStack
 from netshim._gateway_cli import add_arguments, config_from
 from netshim.gateway import Gateway, GatewayConfig
 from netshim.gateway._lan import Forward, LanDirectory, LanSpec, ipv6_subnet_for
@@ -591,3 +591,58 @@ def _socket_exchange(address: tuple[str, int]) -> bytes:
     with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(b"hello")
         return recv_exactly(sock, 5)
+
+
+# -- with the client stack
+
+
+async def test_two_wisp_stacks_on_a_lan() -> None:
+    """WispStack's own listen and connect, member to member, TCP and UDP."""
+    size = 1 << 20
+    async with running_gateway(config()) as gateway:
+        host, port = gateway.addresses["http"]
+        url = f"ws://{host}:{port}/"
+        alice = WispStack(url, lan="demo", member="alice", token=TOKEN)
+        bob = WispStack(url, lan="demo", member="bob", token=TOKEN)
+        try:
+            await alice.connect()
+            await bob.connect()
+            assert (alice.lan_address, alice.lan_name) == ("10.77.0.2", "alice.demo")
+            listener = await alice.listen_tcp("0.0.0.0", 8000)
+            payload = os.urandom(size)
+
+            async def serve() -> None:
+                conn = await listener.accept()
+                assert conn.remote_address[0] == "10.77.0.3"
+                async with conn:
+                    done = 0
+                    while done < size:
+                        data = await conn.receive()
+                        await conn.send(data)
+                        done += len(data)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(serve)
+                stream = await bob.connect_tcp("alice.demo", 8000)
+                async with stream:
+                    group.start_soon(stream.send, payload)
+                    received = bytearray()
+                    while len(received) < size:
+                        received += await stream.receive()
+            # (Wisp has no half-close: the whole echo is read before closing.)
+            assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+            udp = await alice.open_udp("0.0.0.0", 5300)
+            sender = await bob.open_udp("0.0.0.0", 5301)
+            await sender.send(b"hello", ("alice.demo", 5300))
+            with anyio.fail_after(10):
+                data, source = await udp.receive()
+            assert (data, source) == (b"hello", ("10.77.0.3", 5301))
+            await udp.send(b"back", source)
+            with anyio.fail_after(10):
+                assert (await sender.receive())[0] == b"back"
+            await udp.aclose()
+            await sender.aclose()
+            await listener.aclose()
+        finally:
+            await alice.aclose()
+            await bob.aclose()
