@@ -103,10 +103,12 @@ class TestExtension:
 
     def test_negotiated_only_when_both_sides_announce_it(self) -> None:
         server, client = pair(LanExtension("demo", "alice", "t"))
-        assert server.lan_enabled and client.lan_enabled
+        assert server.lan_enabled
+        assert client.lan_enabled
         assert server.lan_request == LanExtension("demo", "alice", "t")
         server, client = pair(None)
-        assert not server.lan_enabled and not client.lan_enabled
+        assert not server.lan_enabled
+        assert not client.lan_enabled
         assert server.lan_request is None
         server, client = pair(LanExtension(), server_lan=False)
         assert not client.lan_enabled
