@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from gateway_helpers import running_gateway
+from gateway_helpers import require_peer, running_gateway
 from gateway_process import gateway_process, recv_exactly
 from lan_client import JoinRefusedError, LanClient, StreamClosedError, lan_client
 
@@ -646,3 +646,86 @@ async def test_two_wisp_stacks_on_a_lan() -> None:
         finally:
             await alice.aclose()
             await bob.aclose()
+
+
+async def test_curl_through_a_forward_to_a_wisp_stack_server() -> None:
+    """curl on this machine fetches 2 MiB from an HTTP server listening behind a WispStack."""
+    curl = require_peer("curl")
+    body = os.urandom(2 << 20)
+    forward = Forward("127.0.0.1", 0, "demo", "web", 8080)
+    async with running_gateway(config(forwards=(forward,))) as gateway:
+        host, port = gateway.addresses["http"]
+        web = WispStack(f"ws://{host}:{port}/", lan="demo", member="web", token=TOKEN)
+        try:
+            listener = await web.listen_tcp(None, 8080)
+
+            async def serve_one() -> None:
+                conn = await listener.accept()
+                async with conn:
+                    request = b""
+                    while b"\r\n\r\n" not in request:
+                        request += await conn.receive()
+                    assert request.startswith(b"GET /blob HTTP/1.1\r\n")
+                    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                    await conn.send(head % len(body) + body)
+
+            (address,) = gateway.forward_addresses
+            async with anyio.create_task_group() as group:
+                group.start_soon(serve_one)
+                result = await anyio.run_process(
+                    [curl, "-sS", "--max-time", "30", f"http://{address[0]}:{address[1]}/blob"],
+                    check=False,
+                )
+            assert result.returncode == 0, result.stderr
+            assert hashlib.sha256(result.stdout).digest() == hashlib.sha256(body).digest()
+            await listener.aclose()
+        finally:
+            await web.aclose()
+    metrics = gateway.metrics.render().decode()
+    assert 'netshim_gateway_streams_closed_total{protocol="forward",reason="closed"} 1.0' in metrics
+
+
+# -- walls
+
+
+async def test_an_exception_in_a_lan_path_ends_that_stream_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        assert gateway.lans is not None
+        hub = gateway.lans
+        original = hub.destination
+
+        async def destination(who: object, host: str) -> str | None:
+            if host == "boom.demo":
+                raise RuntimeError("a bug in routing")
+            return await original(who, host)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(hub, "destination", destination)
+        with pytest.raises(StreamClosedError) as failed:
+            await bob.connect("boom.demo", 80)
+        assert failed.value.reason == CloseReason.NETWORK_ERROR
+        # A listener whose binding fails unexpectedly.
+        alice_host = hub.lans["demo"].members["alice"].host
+
+        async def broken_listen(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("a bug in binding")
+
+        monkeypatch.setattr(alice_host, "listen_tcp", broken_listen)
+        with pytest.raises(StreamClosedError) as failed:
+            await alice.listen(8000)
+        assert failed.value.reason == CloseReason.NETWORK_ERROR
+        monkeypatch.undo()
+        # Both sessions live on.
+        listener, _ = await alice.listen(8000)
+        stream = await bob.connect("alice.demo", 8000)
+        accepted = await alice.accept(listener)
+        await bob.send(stream, b"fine")
+        assert await alice.receive_exactly(accepted.stream_id, 4) == b"fine"
+    metrics = gateway.metrics.render().decode()
+    assert 'netshim_gateway_internal_errors_total{front="wisp-stream"} 1.0' in metrics
+    assert 'netshim_gateway_internal_errors_total{front="wisp-listener"} 1.0' in metrics
