@@ -2,70 +2,110 @@
 
 Behind a load balancer the members of one LAN land on different gateway
 processes.  What they must agree on lives in one Redis server (the
-``cluster`` extra installs redis-py; a real ``redis-server`` is the peer):
+``cluster`` extra installs redis-py; a real ``redis-server`` is the peer),
+and :class:`RedisLanDirectory` replaces the in-process
+:class:`~netshim.gateway._lan.LanDirectory` with the same methods:
 
 * **Names and addresses.**  A member's name and its LAN address are two keys,
   ``netshim:lan:<LAN>:n:<name>`` (``<offset>|<gateway>``) and
   ``netshim:lan:<LAN>:a:<offset>`` (the name), where ``<offset>`` is the
-  address's distance from the LAN's network address and ``<gateway>`` is the
-  owning gateway's cluster URL.  One Lua script checks the name and takes the
-  next free address, so two gateways claiming at once never hand out one name
-  or one address twice (Redis runs a script alone).  Offsets, not address
-  strings, keep the script free of address arithmetic and the same for IPv6.
-* **Expiry, not goodbyes.**  Both keys carry a TTL (``ttl``, three refresh
-  periods by default) that the owning gateway renews every ``refresh``
-  seconds for the members it still serves.  A gateway that dies or loses its
-  Redis connection stops renewing, and its members' keys disappear within
-  the TTL; nothing has to notice the death.  A renewal that finds its key
-  gone re-creates it when it is still free (Redis restarted, or the gateway
-  was paused past the TTL) and reports the member lost when somebody else
-  took it meanwhile; that member's session must end.
+  host number (the address's distance from the LAN's network address, the
+  same for its IPv4 and IPv6 address) and ``<gateway>`` is the owning
+  gateway's cluster URL.  One Lua script checks the name and takes the next
+  free address, so two gateways claiming at once never hand out one name or
+  one address twice (Redis runs a script alone).
+* **Expiry, not goodbyes.**  Both keys carry a TTL (three refresh periods by
+  default) that the owning gateway renews every ``refresh`` seconds for the
+  members it still serves.  A gateway that dies or loses its Redis stops
+  renewing, and its members' keys disappear within the TTL; nothing has to
+  notice the death.  A renewal that finds its key gone re-creates it when it
+  is still free (Redis restarted, or the gateway was paused past the TTL)
+  and reports the member lost when somebody else took it meanwhile; the
+  gateway then takes that member off its LAN.
 * **An index for listing.**  ``netshim:lan:<LAN>:m``, a sorted set of
   ``<name>|<offset>|<gateway>`` scored by expiry time (Redis's own clock, so
   gateways' clocks never matter), lists a LAN's members without scanning
   the keyspace.  Expired entries are dropped by whichever script looks.
 * **Listeners.**  ``netshim:lan:<LAN>:l:<offset>``, a set of ``tcp:<port>``
-  and ``udp:<port>``, expires with its member.  A gateway asks it before it
-  relays, so a connection to a port nobody listens on is refused without a
-  round trip to the owner.
+  and ``udp:<port>``, expires with its member.  A gateway reads it with the
+  owner of an address, in one round trip, before it relays: a connection to
+  a port nobody listens on is refused without asking the owner.
 * **News.**  Joins and departures are published on ``netshim:lan:news`` as
   they happen; every ``refresh`` seconds each gateway also reads the index
   of each LAN and compares it with what it believes, which is how the
   departure of a dead gateway's members (which nobody announces) is seen.
   Both paths feed one view per LAN, so a member is reported joined or left
-  once; a read of the index never undoes news that arrived after it was
+  once; a reading of the index never undoes news that arrived after it was
   asked for.
 
+Relays.  A member's connection to an address that another gateway's member
+holds goes to that gateway over Wisp (:class:`~netshim.WispStack`, one per
+peer gateway, at the peer's cluster URL).  The relay session joins the
+reserved LAN :data:`RELAY_LAN` with the cluster secret as its token (compared
+in constant time; a LAN name never starts with ``-``, so no real LAN can be
+asked for by mistake), and each stream's ``CONNECT`` names the LAN, the
+source and the destination as ``<source>.<destination>.<lan>``, addresses
+written as DNS labels (``10-77-0-5``; IPv6 in full with ``-`` for ``:``).
+The receiving gateway connects to its member's listener from a stand-in
+:class:`~netshim.stacks.virtual.VirtualHost` that holds the source's address
+on its LAN's virtual network, so the listener sees the true source address.
+A stand-in goes when its member leaves or a local member gets its address.
+
 Only one Redis server (or a primary with replicas) is supported: the scripts
-touch keys they do not declare, which Redis Cluster would refuse.
+touch keys they do not declare, which Redis Cluster would refuse.  redis-py's
+client is asyncio's, so a cluster gateway runs on asyncio or uvloop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hmac
 import ipaddress
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
+
+from .._errors import os_error
+from ..protocols import wisp
+from ._lan import (
+    GATEWAY_NAME,
+    LanDirectory,
+    LanHub,
+    LanMember,
+    LanSpec,
+    MemberRecord,
+    NameInUseError,
+    _check_label,
+    _tell,
+    ipv6_subnet_for,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
+    from ..stack import TcpStream
+    from ..stacks.virtual import VirtualHost
+    from ..stacks.wisp import WispStack
+
 __all__ = [
     "DEFAULT_REFRESH",
-    "ClusterMember",
-    "LanExhaustedError",
+    "RELAY_LAN",
+    "ClusterConfig",
+    "ClusterRecord",
+    "GatewayCluster",
     "MemberNews",
-    "NameTakenError",
     "RedisLanDirectory",
     "import_redis",
+    "parse_relay_host",
+    "relay_host",
 ]
 
 logger = logging.getLogger("netshim.gateway.cluster")
@@ -78,14 +118,25 @@ DEFAULT_REFRESH = 5.0
 TTL_PERIODS = 3
 #: Key prefix and news channel.
 DEFAULT_PREFIX = "netshim:lan:"
+#: The LAN a relay session joins (see the module docstring).
+RELAY_LAN: Final = "-relay"
+#: What a relay session is told it joined as.
+RELAY_ADDRESS: Final = "0.0.0.0"
+RELAY_NAME: Final = "relay.cluster"
+# Host numbers below this are never handed out: the network's own and the
+# gateway's (.1), as the in-process directory does.
+FIRST_HOST = 2
 # Addresses one claim looks at before giving up.  The scan starts after the
 # last address handed out, so on a LAN that is not nearly full it finds one at
-# once; a huge IPv6 prefix is not walked end to end inside one script (Redis
-# runs nothing else meanwhile).
+# once; a large LAN is not walked end to end inside one script (Redis runs
+# nothing else meanwhile).
 MAX_SCAN = 4096
-# Offsets are Lua numbers (doubles): exact below 2**53.  More addresses than
-# this per LAN are never used.
-MAX_ADDRESSES = 1 << 32
+# Shortest cluster secret accepted: it is the only thing between the
+# internet and every LAN of the cluster.
+MIN_SECRET_LENGTH = 16
+# How long a relay waits for the peer gateway's WebSocket and handshake.
+RELAY_OPEN_TIMEOUT = 5.0
+
 
 _CLAIM = """
 local p, wanted, gw = ARGV[1], ARGV[2], ARGV[3]
@@ -176,7 +227,18 @@ end
 return 1
 """
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# ARGV: prefix, offset, port entry.  The member at that address (name and
+# ``offset|gateway``) and whether it listens there, in one round trip.
+_ROUTE = """
+local p, off, entry = ARGV[1], ARGV[2], ARGV[3]
+local name = redis.call('GET', p .. 'a:' .. off)
+if not name then return {} end
+local held = redis.call('GET', p .. 'n:' .. name)
+if not held then return {} end
+return {name, held, redis.call('SISMEMBER', p .. 'l:' .. off, entry)}
+"""
+
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -191,56 +253,81 @@ def import_redis() -> Any:
     return redis.asyncio
 
 
-class NameTakenError(Exception):
-    """The member name is in use on the LAN (by a member of any gateway)."""
+@dataclass(frozen=True)
+class ClusterConfig:
+    """How a gateway joins a cluster (``netshim gateway --cluster-redis ...``).
 
+    ``redis`` is the ``redis://`` URL every gateway of the cluster shares;
+    ``url`` is how the other gateways reach this one's WebSocket (its Wisp
+    endpoint, ``ws://`` or ``wss://``); ``secret`` authenticates the relays
+    between gateways (the same on all of them, at least 16 characters).
+    ``refresh`` and ``ttl`` are as in :class:`RedisLanDirectory`.
+    """
 
-class LanExhaustedError(OSError):
-    """No address of the LAN is free."""
+    redis: str
+    url: str
+    secret: str = field(repr=False)
+    refresh: float = DEFAULT_REFRESH
+    ttl: float | None = None
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"the cluster's Redis is a redis:// URL, got {self.redis!r}")
+        if not self.url.startswith(("ws://", "wss://", "wisp://", "wisps://")):
+            raise ValueError(f"a gateway's cluster URL is a ws:// or wss:// URL, got {self.url!r}")
+        if "|" in self.url or any(c.isspace() for c in self.url):
+            raise ValueError(f"a cluster URL has no '|' or spaces: {self.url!r}")
+        if len(self.secret) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"the cluster secret must have at least {MIN_SECRET_LENGTH} characters"
+            )
+        if not self.refresh > 0:
+            raise ValueError(f"refresh must be a positive number of seconds, got {self.refresh!r}")
+        if self.ttl is not None and not self.ttl > self.refresh:
+            raise ValueError(f"ttl ({self.ttl!r}) must be longer than refresh ({self.refresh!r})")
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterMember:
-    """A member of a LAN as Redis knows it: who serves it and where it is."""
+class ClusterRecord(MemberRecord):
+    """A member as the cluster knows it: its record and the gateway that serves it."""
 
-    lan: str
-    name: str
-    address: IPAddress
-    gateway: str
+    gateway: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class MemberNews:
-    """A member of a LAN joined (``joined=True``) or left, on this gateway or another."""
+    """A member of a LAN joined (``joined=True``) or left, on another gateway."""
 
     joined: bool
-    member: ClusterMember
+    member: ClusterRecord
 
 
-@dataclass(slots=True)
-class _Held:
-    lan: str
-    name: str
-    offset: int
+@dataclass(frozen=True, slots=True)
+class _Lan:
+    network: ipaddress.IPv4Network
+    network6: ipaddress.IPv6Network
+    first: int
+    count: int
 
 
-class RedisLanDirectory:
+class RedisLanDirectory(LanDirectory):
     """Members and listeners of LANs shared by gateways through one Redis server.
 
-    ``redis`` is a ``redis://`` URL (or a ``redis.asyncio.Redis`` client, which
-    the directory then does not close); ``gateway`` is this gateway's cluster
-    URL, how the others reach it; ``lans`` maps each LAN's name to its
-    network, the same on every gateway.  ``refresh`` is the period of the
-    renewals and of the index readings, ``ttl`` how long a member outlives
-    the last renewal of its gateway (three periods by default).  The first
-    ``reserved`` addresses of each LAN (the network address and the
-    gateway's own) and, for IPv4, the broadcast address are never handed out;
-    a member that asks no name is called ``name_base`` + its offset.
+    The same methods as the in-process directory (:meth:`claim`,
+    :meth:`release`, :meth:`members`, :meth:`route`), plus the listener
+    registry.  ``redis`` is a ``redis://`` URL (or a ``redis.asyncio.Redis``
+    client, which the directory then does not close); ``gateway`` is this
+    gateway's cluster URL; ``specs`` are the LANs, the same on every gateway.
+    ``refresh`` is the period of the renewals and of the index readings,
+    ``ttl`` how long a member outlives the last renewal of its gateway
+    (three periods by default).
 
     ``on_news`` is called with each :class:`MemberNews` about members of
     *other* gateways; ``on_lost`` with each member of this gateway whose name
     or address another gateway holds now (after this gateway could not renew
-    it in time).
+    it in time); ``on_claimed`` with each address (IPv4 and IPv6) this
+    gateway just claimed, before :meth:`claim` returns.
 
     Use it as an async context manager, which runs the renewals and the news
     in the background; the claims and lookups need Redis and raise redis-py's
@@ -251,23 +338,24 @@ class RedisLanDirectory:
         self,
         redis: str | Redis,
         gateway: str,
-        lans: Mapping[str, Network | str],
+        specs: Iterable[LanSpec],
         *,
         refresh: float = DEFAULT_REFRESH,
         ttl: float | None = None,
-        reserved: int = 2,
-        name_base: str = "member-",
         prefix: str = DEFAULT_PREFIX,
         on_news: Callable[[MemberNews], None] | None = None,
         on_lost: Callable[[str, str], None] | None = None,
+        on_claimed: Callable[[str, str], None] | None = None,
     ) -> None:
         if not refresh > 0:
             raise ValueError(f"refresh must be a positive number of seconds, got {refresh!r}")
         ttl = refresh * TTL_PERIODS if ttl is None else ttl
         if not ttl > refresh:
             raise ValueError(f"ttl ({ttl!r}) must be longer than the refresh period ({refresh!r})")
-        if "|" in gateway or not gateway.strip() or gateway != gateway.strip():
+        if "|" in gateway or not gateway or any(c.isspace() for c in gateway):
             raise ValueError(f"a cluster URL has no '|' or spaces: {gateway!r}")
+        specs = list(specs)
+        super().__init__(specs)
         self._client: Redis
         if isinstance(redis, str):
             self._client = import_redis().Redis.from_url(redis)
@@ -276,39 +364,43 @@ class RedisLanDirectory:
             self._client = redis
             self._owns_client = False
         self.gateway = gateway
-        self.networks: dict[str, Network] = {
-            lan: ipaddress.ip_network(net) if isinstance(net, str) else net
-            for lan, net in lans.items()
-        }
+        self._lans: dict[str, _Lan] = {}
+        for spec in specs:
+            network = spec.network
+            # Host numbers 2 .. last-but-one: not the network, the gateway or broadcast.
+            self._lans[spec.name] = _Lan(
+                network, ipv6_subnet_for(spec.name), FIRST_HOST, network.num_addresses - 3
+            )
         self.refresh = refresh
         self.ttl = ttl
-        self.reserved = reserved
-        self.name_base = name_base
         self.prefix = prefix
         self.channel = prefix + "news"
         self.on_news = on_news
         self.on_lost = on_lost
+        self.on_claimed = on_claimed
         self._claim = self._client.register_script(_CLAIM)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
-        self._members = self._client.register_script(_MEMBERS)
+        self._index = self._client.register_script(_MEMBERS)
         self._listener = self._client.register_script(_LISTENER)
-        self._held: dict[tuple[str, str], _Held] = {}
+        self._route = self._client.register_script(_ROUTE)
+        # This gateway's members, by (LAN, name).
+        self._held: dict[tuple[str, str], ClusterRecord] = {}
         # What this gateway believes of other gateways' members, per LAN, and
-        # when (in news counts) each entry was last changed by news.
-        self._view: dict[str, dict[str, ClusterMember]] = {lan: {} for lan in self.networks}
+        # when (in news counts) each name was last changed by news.
+        self._view: dict[str, dict[str, ClusterRecord]] = {lan: {} for lan in self._lans}
         self._news_count = 0
-        self._heard: dict[tuple[str, str, str], int] = {}
+        self._heard: dict[tuple[str, str], int] = {}
         self._sync_lock = anyio.Lock()
-        #: Renewals done; :meth:`wait_renewals` waits for more.
-        self.renewals = 0
-        self._renewed = anyio.Event()
         self._group: anyio.abc.TaskGroup | None = None
         self._subscribed = anyio.Event()
         self._stopped = anyio.CancelScope()
+        #: Renewals done; :meth:`wait_renewals` waits for more.
+        self.renewals = 0
+        self._renewed = anyio.Event()
 
     def __repr__(self) -> str:
-        return f"RedisLanDirectory(gateway={self.gateway!r}, lans={sorted(self.networks)!r})"
+        return f"RedisLanDirectory(gateway={self.gateway!r}, lans={sorted(self._lans)!r})"
 
     # -- lifetime
 
@@ -317,11 +409,15 @@ class RedisLanDirectory:
         await group.__aenter__()
         self._group = group
         group.start_soon(self._background)
-        # Joins published from now on are heard: an index reading taken after
-        # this point and the news after it leave nothing out.
-        with anyio.move_on_after(self.ttl):
-            await self._subscribed.wait()
-        await self.sync()
+        try:
+            # Joins published from now on are heard: an index reading taken
+            # after this point and the news after it leave nothing out.
+            with anyio.move_on_after(self.ttl):
+                await self._subscribed.wait()
+            await self.sync()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -354,123 +450,137 @@ class RedisLanDirectory:
 
     # -- addresses
 
-    def _range(self, lan: str) -> tuple[int, int]:
-        network = self.networks[lan]
-        last = min(network.num_addresses, MAX_ADDRESSES)
-        if network.version == 4 and network.num_addresses > 2:
-            last -= 1
-        return self.reserved, max(0, last - self.reserved)
+    def _record(self, lan: str, name: str, offset: int, gateway: str) -> ClusterRecord:
+        where = self._lans[lan]
+        return ClusterRecord(
+            name,
+            lan,
+            str(where.network.network_address + offset),
+            str(where.network6.network_address + offset),
+            gateway,
+        )
 
-    def address(self, lan: str, offset: int) -> IPAddress:
-        return self.networks[lan].network_address + offset
+    def _host_number(self, record: MemberRecord) -> int:
+        network = self._lans[record.lan].network
+        return int(ipaddress.IPv4Address(record.address)) - int(network.network_address)
 
     def offset(self, lan: str, address: IPAddress) -> int | None:
-        """``address``'s place in ``lan``, if it is one the directory hands out."""
-        network = self.networks[lan]
-        if address.version != network.version or address not in network:
+        """``address``'s host number on ``lan``, if it is one the directory hands out."""
+        where = self._lans[lan]
+        network = where.network if address.version == 4 else where.network6
+        if address not in network:
             return None
         offset = int(address) - int(network.network_address)
-        lo, count = self._range(lan)
-        return offset if lo <= offset < lo + count else None
+        return offset if where.first <= offset < where.first + where.count else None
 
     def _key(self, lan: str) -> str:
         return f"{self.prefix}{lan}:"
 
     # -- membership
 
-    async def claim(self, lan: str, wanted: str = "") -> ClusterMember:
-        """Take ``wanted`` (or a name made up from the address) and the next free address.
+    async def claim(self, lan: str, wanted: str) -> ClusterRecord:
+        """Take ``wanted`` (empty: ``member-N``) and the next free address on ``lan``.
 
-        Raises :class:`KeyError` for an unknown LAN, :class:`NameTakenError`,
-        :class:`LanExhaustedError`.  The member stays until :meth:`release`
-        or until this gateway stops renewing it.
+        Raises ``KeyError`` for an unknown LAN, ``ValueError`` for a name that
+        is not a DNS label, :class:`~netshim.gateway._lan.NameInUseError` for
+        a name taken on any gateway, ``OSError(EADDRNOTAVAIL)`` when the LAN
+        is full.  The member stays until :meth:`release` or until this
+        gateway stops renewing it.
         """
-        if lan not in self.networks:
-            raise KeyError(lan)
-        lo, count = self._range(lan)
-        if count <= 0:
-            raise LanExhaustedError(f"LAN {lan!r} has no address to give")
+        where = self._lans[lan]
+        if wanted:
+            wanted = _check_label(wanted, "member name")
+            if wanted == GATEWAY_NAME:
+                raise NameInUseError(f"{wanted}.{lan} is taken")
         answer = await self._claim(
             args=[
                 self._key(lan),
                 wanted,
                 self.gateway,
                 _ms(self.ttl),
-                lo,
-                count,
+                where.first,
+                where.count,
                 MAX_SCAN,
-                self.name_base,
+                "member-",
                 self.channel,
                 lan,
             ]
         )
         status = int(answer[0])
         if status == 0:
-            raise NameTakenError(f"{wanted}.{lan} is taken")
+            raise NameInUseError(f"{wanted}.{lan} is taken")
         if status == 2:
-            raise LanExhaustedError(f"LAN {lan!r} has no free address")
-        name, offset = _text(answer[1]), int(answer[2])
-        self._held[(lan, name)] = _Held(lan, name, offset)
-        return ClusterMember(lan, name, self.address(lan, offset), self.gateway)
+            raise os_error(errno.EADDRNOTAVAIL, f"LAN {lan} ({where.network}) has no free address")
+        record = self._record(lan, _text(answer[1]), int(answer[2]), self.gateway)
+        self._held[(lan, record.name)] = record
+        if self.on_claimed is not None:
+            self.on_claimed(lan, record.address)
+            self.on_claimed(lan, record.address6)
+        return record
 
     async def release(self, lan: str, name: str) -> None:
         """Give ``name`` and its address back (only if this gateway still holds them)."""
         held = self._held.pop((lan, name), None)
         if held is None:
             return
-        await self._release(
-            args=[self._key(lan), name, held.offset, self.gateway, self.channel, lan]
-        )
+        offset = self._host_number(held)
+        await self._release(args=[self._key(lan), name, offset, self.gateway, self.channel, lan])
 
-    async def members(self, lan: str) -> list[ClusterMember]:
-        """Every member of ``lan`` whose keys have not expired, on every gateway."""
-        entries = await self._members(args=[self._key(lan)])
+    async def members(self, lan: str) -> list[MemberRecord]:
+        """The members of ``lan`` as this gateway knows them: its own and the others'.
+
+        Answered from memory, with no wait: a member that joins hears of
+        every other member either here or in later news, never in both and
+        never in neither.
+        """
+        own = [record for (where, _), record in self._held.items() if where == lan]
+        return [*own, *self._view.get(lan, {}).values()]
+
+    async def read_members(self, lan: str) -> list[ClusterRecord]:
+        """Every member of ``lan`` whose keys have not expired, as Redis has them now."""
+        entries = await self._index(args=[self._key(lan)])
         found = []
         for entry in entries:
-            member = self._parse_entry(lan, _text(entry))
-            if member is not None:
-                found.append(member)
+            name, offset, gateway = _text(entry).split("|", 2)
+            found.append(self._record(lan, name, int(offset), gateway))
         return found
 
-    def _parse_entry(self, lan: str, entry: str) -> ClusterMember | None:
-        name, offset, gateway = entry.split("|", 2)
-        try:
-            return ClusterMember(lan, name, self.address(lan, int(offset)), gateway)
-        except ValueError:
+    async def route(self, lan: str, host: str) -> ClusterRecord | None:
+        """The member ``host`` (``name.lan`` or an address) names on ``lan``, or ``None``."""
+        if lan not in self._lans:
             return None
-
-    async def lookup(self, lan: str, host: str) -> ClusterMember | None:
-        """The member that ``host`` (an address, ``name`` or ``name.lan``) names, if any."""
-        if lan not in self.networks:
-            return None
+        text = host.lower().rstrip(".")
         try:
-            address = ipaddress.ip_address(host)
+            address = ipaddress.ip_address(text)
         except ValueError:
-            name = host.rstrip(".").lower()
-            suffix = "." + lan.lower()
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
+            suffix = "." + lan
+            if not text.endswith(suffix):
+                return None
+            name = text[: -len(suffix)]
             if not name or "." in name:
                 return None
             value = await self._client.get(f"{self._key(lan)}n:{name}")
             if value is None:
                 return None
-            held_at, gateway = _text(value).split("|", 1)
-            return ClusterMember(lan, name, self.address(lan, int(held_at)), gateway)
+            offset, gateway = _text(value).split("|", 1)
+            return self._record(lan, name, int(offset), gateway)
+        found, _ = await self.route_port(lan, address, "tcp", 0)
+        return found
+
+    async def route_port(
+        self, lan: str, address: IPAddress, transport: str, port: int
+    ) -> tuple[ClusterRecord | None, bool]:
+        """The member at ``address`` and whether it listens on ``transport`` ``port``."""
         offset = self.offset(lan, address)
         if offset is None:
-            return None
-        key = self._key(lan)
-        owner = await self._client.get(f"{key}a:{offset}")
-        if owner is None:
-            return None
-        value = await self._client.get(f"{key}n:{_text(owner)}")
-        if value is None:
-            return None
-        held_at, gateway = _text(value).split("|", 1)
+            return None, False
+        answer = await self._route(args=[self._key(lan), offset, f"{transport}:{port}"])
+        if not answer:
+            return None, False
+        held_at, gateway = _text(answer[1]).split("|", 1)
         if int(held_at) != offset:
-            return None
-        return ClusterMember(lan, _text(owner), address, gateway)
+            return None, False
+        return self._record(lan, _text(answer[0]), offset, gateway), bool(int(answer[2]))
 
     # -- listeners
 
@@ -487,17 +597,15 @@ class RedisLanDirectory:
         held = self._held.get((lan, name))
         if held is None:
             return
+        offset = self._host_number(held)
         await self._listener(
-            args=[self._key(lan), name, held.offset, self.gateway, op, f"{transport}:{port}"]
+            args=[self._key(lan), name, offset, self.gateway, op, f"{transport}:{port}"]
         )
 
     async def is_listening(self, lan: str, address: IPAddress, transport: str, port: int) -> bool:
         """Whether the member at ``address`` listens on ``port`` (as its gateway recorded)."""
-        offset = self.offset(lan, address)
-        if offset is None:
-            return False
-        found = await self._client.sismember(f"{self._key(lan)}l:{offset}", f"{transport}:{port}")
-        return bool(found)
+        _, listening = await self.route_port(lan, address, transport, port)
+        return listening
 
     # -- renewals and news
 
@@ -515,28 +623,23 @@ class RedisLanDirectory:
     async def renew(self) -> None:
         """Renew this gateway's members now; report those another gateway took."""
         held = list(self._held.values())
-        if not held:
-            self._count_renewal()
-            return
-        args: list[str | int] = [self.gateway, _ms(self.ttl)]
-        for item in held:
-            args += [self._key(item.lan), item.name, item.offset]
-        lost = await self._renew(args=args)
-        for index in lost:
-            item = held[int(index)]
-            if self._held.get((item.lan, item.name)) is item:
-                del self._held[(item.lan, item.name)]
-                logger.warning(
-                    "cluster-member-lost lan=%s member=%s address=%s",
-                    item.lan,
-                    item.name,
-                    self.address(item.lan, item.offset),
-                )
-                if self.on_lost is not None:
-                    self.on_lost(item.lan, item.name)
-        self._count_renewal()
-
-    def _count_renewal(self) -> None:
+        if held:
+            args: list[str | int] = [self.gateway, _ms(self.ttl)]
+            for record in held:
+                args += [self._key(record.lan), record.name, self._host_number(record)]
+            lost = await self._renew(args=args)
+            for index in lost:
+                record = held[int(index)]
+                if self._held.get((record.lan, record.name)) is record:
+                    del self._held[(record.lan, record.name)]
+                    logger.warning(
+                        "cluster-member-lost lan=%s member=%s address=%s",
+                        record.lan,
+                        record.name,
+                        record.address,
+                    )
+                    if self.on_lost is not None:
+                        self.on_lost(record.lan, record.name)
         self.renewals += 1
         self._renewed.set()
         self._renewed = anyio.Event()
@@ -551,27 +654,25 @@ class RedisLanDirectory:
         """Read every LAN's index and report the differences from the view as news."""
         async with self._sync_lock:
             started = self._news_count
-            await self._sync()
+            for lan in self._lans:
+                asked_at = self._news_count
+                members = await self.read_members(lan)
+                seen = {m.name: m for m in members if m.gateway != self.gateway}
+                view = self._view[lan]
+                for name, member in list(view.items()):
+                    if seen.get(name) != member and not self._heard_after(lan, name, asked_at):
+                        del view[name]
+                        self._tell(MemberNews(False, member))
+                for name, member in seen.items():
+                    if name not in view and not self._heard_after(lan, name, asked_at):
+                        view[name] = member
+                        self._tell(MemberNews(True, member))
             # Later readings are asked for after this one: older news cannot matter to them.
             self._heard = {k: v for k, v in self._heard.items() if v > started}
 
-    async def _sync(self) -> None:
-        for lan in self.networks:
-            asked_at = self._news_count
-            members = await self.members(lan)
-            seen = {m.name: m for m in members if m.gateway != self.gateway}
-            view = self._view[lan]
-            for name, member in list(view.items()):
-                if seen.get(name) != member and not self._heard_since(lan, name, asked_at):
-                    del view[name]
-                    self._tell(MemberNews(False, member))
-            for name, member in seen.items():
-                if name not in view and not self._heard_since(lan, name, asked_at):
-                    view[name] = member
-                    self._tell(MemberNews(True, member))
-
-    def _heard_since(self, lan: str, name: str, count: int) -> bool:
-        return any(self._heard.get((lan, name, kind), -1) >= count for kind in ("j", "l"))
+    def _heard_after(self, lan: str, name: str, count: int) -> bool:
+        """Whether news of ``name`` came after the ``count``-th news (and so is newer)."""
+        return self._heard.get((lan, name), 0) > count
 
     def _tell(self, news: MemberNews) -> None:
         if self.on_news is None:
@@ -584,16 +685,16 @@ class RedisLanDirectory:
     def _hear(self, payload: bytes | str) -> None:
         try:
             kind, lan, name, offset, gateway = json.loads(payload)
-            member = ClusterMember(lan, name, self.address(lan, int(offset)), gateway)
+            member = self._record(lan, name, int(offset), gateway)
         except (ValueError, TypeError, KeyError):
             logger.warning("cluster-news-malformed payload=%r", payload[:200])
             return
         if gateway == self.gateway:
             return
         self._news_count += 1
+        self._heard[(lan, name)] = self._news_count
         view = self._view[lan]
         if kind == "joined":
-            self._heard[(lan, name, "j")] = self._news_count
             old = view.get(name)
             if old == member:
                 return
@@ -601,11 +702,9 @@ class RedisLanDirectory:
                 self._tell(MemberNews(False, old))
             view[name] = member
             self._tell(MemberNews(True, member))
-        elif kind == "left":
-            self._heard[(lan, name, "l")] = self._news_count
-            if view.get(name) == member:
-                del view[name]
-                self._tell(MemberNews(False, member))
+        elif kind == "left" and view.get(name) == member:
+            del view[name]
+            self._tell(MemberNews(False, member))
 
     async def _listen_news(self) -> None:
         while True:
@@ -626,9 +725,229 @@ class RedisLanDirectory:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(1):
                     await pubsub.aclose()
 
-    def known(self, lan: str) -> list[ClusterMember]:
+    def known(self, lan: str) -> list[ClusterRecord]:
         """Other gateways' members of ``lan`` as this gateway knows them now."""
         return list(self._view.get(lan, {}).values())
+
+
+# -- relays
+
+
+def _label(address: IPAddress) -> str:
+    if address.version == 4:
+        return str(address).replace(".", "-")
+    return address.exploded.replace(":", "-")
+
+
+def _from_label(label: str) -> IPAddress:
+    dashes = label.count("-")
+    if dashes == 3:
+        return ipaddress.IPv4Address(label.replace("-", "."))
+    if dashes == 7:
+        return ipaddress.IPv6Address(label.replace("-", ":"))
+    raise ValueError(f"not an address label: {label!r}")
+
+
+def relay_host(lan: str, source: str, destination: str) -> str:
+    """The host a relay's ``CONNECT`` names: ``<source>.<destination>.<lan>``."""
+    return ".".join(
+        (_label(ipaddress.ip_address(source)), _label(ipaddress.ip_address(destination)), lan)
+    )
+
+
+def parse_relay_host(host: str) -> tuple[str, IPAddress, IPAddress]:
+    """``(lan, source, destination)`` from :func:`relay_host`'s form; ``ValueError`` otherwise."""
+    parts = host.lower().split(".")
+    if len(parts) != 3:
+        raise ValueError(f"not a relay destination: {host!r}")
+    source, destination = _from_label(parts[0]), _from_label(parts[1])
+    if source.version != destination.version:
+        raise ValueError(f"a relay between address families: {host!r}")
+    return parts[2], source, destination
+
+
+class GatewayCluster:
+    """This gateway's part of a cluster: the shared directory, news, relays both ways.
+
+    Made from a :class:`ClusterConfig`; :meth:`directory_for` gives the
+    :class:`~netshim.gateway._lan.LanHub` its directory and :meth:`attach`
+    lets the cluster tell the hub's members of other gateways' members.  Run
+    it as an async context manager around the gateway's service.
+    """
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self.config = config
+        self.url = config.url
+        self.directory: RedisLanDirectory | None = None
+        self.hub: LanHub | None = None
+        self._peers: dict[str, WispStack] = {}
+        # Stand-ins for other gateways' members, by (LAN, address).
+        self._standins: dict[tuple[str, str], VirtualHost] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+        self._exit = contextlib.AsyncExitStack()
+
+    def __repr__(self) -> str:
+        return f"GatewayCluster(url={self.url!r})"
+
+    def directory_for(self, specs: Iterable[LanSpec]) -> RedisLanDirectory:
+        """The shared directory for the LANs ``specs`` (made once)."""
+        if self.directory is None:
+            config = self.config
+            self.directory = RedisLanDirectory(
+                config.redis,
+                config.url,
+                specs,
+                refresh=config.refresh,
+                ttl=config.ttl,
+                prefix=config.prefix,
+                on_news=self._on_news,
+                on_lost=self._on_lost,
+                on_claimed=self._drop_standin,
+            )
+        return self.directory
+
+    def attach(self, hub: LanHub) -> None:
+        self.hub = hub
+
+    async def __aenter__(self) -> GatewayCluster:
+        if self.directory is None:
+            raise RuntimeError("a cluster gateway needs LANs (directory_for was never called)")
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.directory)
+            self._group = await stack.enter_async_context(anyio.create_task_group())
+            self._exit = stack.pop_all()
+        logger.info("cluster-joined url=%s", self.url)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            peers, self._peers = list(self._peers.values()), {}
+            for stack in peers:
+                with contextlib.suppress(Exception), anyio.move_on_after(1):
+                    await stack.aclose()
+        if self._group is not None:
+            self._group.cancel_scope.cancel()
+            self._group = None
+        await self._exit.aclose()
+
+    # -- news for this gateway's members
+
+    def _on_news(self, news: MemberNews) -> None:
+        record = news.member
+        if not news.joined:
+            self._drop_standin(record.lan, record.address)
+            self._drop_standin(record.lan, record.address6)
+        lan = None if self.hub is None else self.hub.lans.get(record.lan)
+        if lan is None:
+            return
+        change = (
+            wisp.MembershipChange.MEMBER_JOINED
+            if news.joined
+            else wisp.MembershipChange.MEMBER_LEFT
+        )
+        _tell(lan.members.values(), wisp.Membership(change, record.address, record.dns_name))
+
+    def _on_lost(self, lan: str, name: str) -> None:
+        where = None if self.hub is None else self.hub.lans.get(lan)
+        member = None if where is None else where.members.get(name)
+        if member is None or self._group is None or self.hub is None:
+            return
+        self._group.start_soon(self.hub.leave, member)
+
+    # -- relays out: this gateway's member to another gateway's
+
+    async def connect(self, member: LanMember, ip: str, port: int) -> TcpStream | None:
+        """A relayed TCP stream from ``member`` to ``ip``:``port`` if another gateway holds ``ip``.
+
+        ``None`` when the address is this gateway's business (one of its
+        hosts, or nobody's).  Raises ``ConnectionRefusedError`` when the
+        member there does not listen on ``port`` or the peer gateway cannot
+        be reached, as the peer's refusal otherwise.
+        """
+        directory = self.directory
+        lan = member.lan
+        address = ipaddress.ip_address(ip)
+        owner = lan.network.owner_of(address)
+        if directory is None or (owner is not None and not self._is_standin(lan.name, owner)):
+            return None
+        record, listening = await directory.route_port(lan.name, address, "tcp", port)
+        if record is None or record.gateway == self.url:
+            return None
+        if not listening:
+            raise os_error(errno.ECONNREFUSED, f"{ip}:{port} ({record.dns_name})")
+        source = member.record.address6 if address.version == 6 else member.address
+        stack = self._peer(record.gateway)
+        try:
+            return await stack.connect_tcp(relay_host(lan.name, source, ip), port)
+        except PermissionError as exc:
+            logger.warning(
+                "cluster-relay-refused peer=%s detail=%r (the gateways' cluster secrets differ)",
+                record.gateway,
+                str(exc),
+            )
+            raise os_error(errno.ECONNREFUSED, f"{ip}:{port} ({record.dns_name})") from None
+
+    def _peer(self, url: str) -> WispStack:
+        stack = self._peers.get(url)
+        if stack is None:
+            from ..stacks.wisp import WispStack
+
+            stack = self._peers[url] = WispStack(
+                url,
+                lan=RELAY_LAN,
+                token=self.config.secret,
+                open_timeout=RELAY_OPEN_TIMEOUT,
+            )
+        return stack
+
+    # -- relays in: another gateway's member to this gateway's
+
+    def secret_matches(self, token: str) -> bool:
+        """Whether a relay session's ``token`` is the cluster secret (constant time)."""
+        return hmac.compare_digest(token.encode(), self.config.secret.encode())
+
+    async def accept(self, host: str, port: int) -> TcpStream:
+        """Connect a relayed stream (``host`` as :func:`relay_host` makes it) to a member here.
+
+        Raises ``ConnectionRefusedError`` when the destination is not a member
+        of this gateway, or does not listen on ``port``.
+        """
+        try:
+            lan_name, source, destination = parse_relay_host(host)
+        except ValueError:
+            raise os_error(errno.ECONNREFUSED, f"{host}: not a relay destination") from None
+        lan = None if self.hub is None else self.hub.lans.get(lan_name)
+        if lan is None:
+            raise os_error(errno.ECONNREFUSED, f"{host}: no LAN {lan_name}")
+        if not any(m.owns(str(destination)) for m in lan.members.values()):
+            raise os_error(errno.ECONNREFUSED, f"{destination}:{port}: no such member here")
+        standin = self._standin(lan_name, source)
+        return await standin.connect_tcp(str(destination), port)
+
+    def _is_standin(self, lan: str, host: VirtualHost) -> bool:
+        return any(
+            standin is host for (where, _), standin in self._standins.items() if where == lan
+        )
+
+    def _standin(self, lan_name: str, source: IPAddress) -> VirtualHost:
+        key = (lan_name, str(source))
+        standin = self._standins.get(key)
+        if standin is not None:
+            return standin
+        assert self.hub is not None
+        lan = self.hub.lans[lan_name]
+        owner = lan.network.owner_of(source)
+        if owner is not None:
+            raise os_error(errno.ECONNREFUSED, f"a relay from {source}, an address of this gateway")
+        prefix = lan.prefix_length if source.version == 4 else lan.network.ipv6_subnet.prefixlen
+        standin = lan.network.add_host(f"_relay-{_label(source)}", [f"{source}/{prefix}"])
+        self._standins[key] = standin
+        return standin
+
+    def _drop_standin(self, lan_name: str, address: str) -> None:
+        standin = self._standins.pop((lan_name, address), None)
+        if standin is not None and self.hub is not None:
+            self.hub.lans[lan_name].network.remove_host(standin)
 
 
 def _ms(seconds: float) -> int:

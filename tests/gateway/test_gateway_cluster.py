@@ -10,6 +10,7 @@ guard so a broken build fails instead of hanging; nothing asserts a duration.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import socket
 import subprocess
@@ -21,19 +22,23 @@ import anyio
 import pytest
 
 from netshim.gateway._cluster import (
-    ClusterMember,
-    LanExhaustedError,
+    ClusterConfig,
+    ClusterRecord,
+    GatewayCluster,
     MemberNews,
-    NameTakenError,
     RedisLanDirectory,
+    parse_relay_host,
+    relay_host,
 )
+from netshim.gateway._lan import LanHub, LanSpec, NameInUseError, ipv6_subnet_for
+from netshim.protocols import wisp
 from netshim.testing import require_peer
 
 pytestmark = pytest.mark.anyio
 
 # A guard against hangs, not a measured bound.
 GUARD = 30.0
-LANS = {"demo": "10.77.0.0/24", "tiny": "10.78.0.0/29"}
+LANS = [LanSpec("demo", "10.77.0.0/24", "demo-token"), LanSpec("tiny", "10.78.0.0/29", "tiny")]
 
 
 @pytest.fixture
@@ -129,12 +134,12 @@ async def wait_renewals(directory: RedisLanDirectory, count: int) -> None:
 
 async def test_concurrent_claims_are_unique(redis_url: str) -> None:
     async with gateway(redis_url, "a") as a, gateway(redis_url, "b") as b:
-        results: list[ClusterMember | Exception] = []
+        results: list[ClusterRecord | Exception] = []
 
         async def claim(directory: RedisLanDirectory, wanted: str) -> None:
             try:
                 results.append(await directory.claim("demo", wanted))
-            except NameTakenError as exc:
+            except NameInUseError as exc:
                 results.append(exc)
 
         async with anyio.create_task_group() as group:
@@ -142,19 +147,24 @@ async def test_concurrent_claims_are_unique(redis_url: str) -> None:
                 # Each name asked by both gateways at once, and some with no name.
                 for directory in (a, b):
                     group.start_soon(claim, directory, f"m{i % 20}" if i < 20 else "")
-        members = [r for r in results if isinstance(r, ClusterMember)]
-        refused = [r for r in results if isinstance(r, NameTakenError)]
+        members = [r for r in results if isinstance(r, ClusterRecord)]
+        refused = [r for r in results if isinstance(r, NameInUseError)]
         assert len(refused) == 20
         assert len(members) == 60
         assert len({m.name for m in members}) == 60
         assert len({m.address for m in members}) == 60
-        network = ipaddress.ip_network(LANS["demo"])
+        network = LANS[0].network
+        v6 = ipv6_subnet_for("demo")
         for member in members:
-            assert member.address in network
-            assert member.address not in (network.network_address, network.network_address + 1)
-            assert member.address != network.broadcast_address
+            address = ipaddress.IPv4Address(member.address)
+            assert address in network
+            assert address not in (network.network_address, network.network_address + 1)
+            assert address != network.broadcast_address
+            # The same host number in the LAN's IPv6 subnet.
+            number = int(address) - int(network.network_address)
+            assert member.address6 == str(v6[number])
         assert {m.name for m in members} >= {f"m{i}" for i in range(20)}
-        listed = await a.members("demo")
+        listed = await a.read_members("demo")
         assert sorted(listed, key=lambda m: m.name) == sorted(members, key=lambda m: m.name)
         assert {m.gateway for m in listed} == {a.gateway, b.gateway}
 
@@ -162,28 +172,41 @@ async def test_concurrent_claims_are_unique(redis_url: str) -> None:
 async def test_a_full_lan_refuses_then_reuses_a_released_address(redis_url: str) -> None:
     async with gateway(redis_url, "a") as a:
         # 10.78.0.0/29: .2 to .6 (the network, the gateway's .1 and broadcast kept).
-        members = [await a.claim("tiny") for _ in range(5)]
+        members = [await a.claim("tiny", "") for _ in range(5)]
+        assert sorted(m.name for m in members) == [f"member-{i}" for i in range(2, 7)]
         assert sorted(str(m.address) for m in members) == [f"10.78.0.{i}" for i in range(2, 7)]
-        with pytest.raises(LanExhaustedError):
+        with pytest.raises(OSError) as caught:
             await a.claim("tiny", "late")
+        assert caught.value.errno == errno.EADDRNOTAVAIL
         await a.release("tiny", members[2].name)
         again = await a.claim("tiny", "late")
         assert again.address == members[2].address
         with pytest.raises(KeyError):
             await a.claim("nowhere", "x")
+        with pytest.raises(ValueError):
+            await a.claim("demo", "not a label")
+        with pytest.raises(NameInUseError):
+            await a.claim("demo", "gateway")
 
 
-async def test_lookup_by_address_and_name(redis_url: str) -> None:
+async def test_route_by_address_and_name(redis_url: str) -> None:
     async with gateway(redis_url, "a") as a, gateway(redis_url, "b") as b:
         alice = await a.claim("demo", "alice")
-        for host in (str(alice.address), "alice", "alice.demo", "ALICE.demo."):
-            assert await b.lookup("demo", host) == alice
-        for host in ("bob", "bob.demo", "10.77.0.200", "10.1.2.3", "alice.other", "x.alice.demo"):
-            assert await b.lookup("demo", host) is None
-        assert await b.lookup("tiny", "alice") is None
+        for host in (alice.address, alice.address6, "alice.demo", "ALICE.demo."):
+            assert await b.route("demo", host) == alice
+        for host in ("alice", "bob.demo", "10.77.0.200", "10.1.2.3", "alice.other", "x.alice.demo"):
+            assert await b.route("demo", host) is None
+        assert await b.route("tiny", "alice.tiny") is None
+        assert await b.route("nowhere", "alice.nowhere") is None
+        # Answered from memory: B's own members and what it heard of A's.
+        bob = await b.claim("demo", "bob")
+        with anyio.fail_after(GUARD):
+            while len(await b.members("demo")) < 2:
+                await b.wait_renewals(1)
+        assert sorted(await b.members("demo"), key=lambda m: m.name) == [alice, bob]
         await a.release("demo", "alice")
-        assert await b.lookup("demo", "alice") is None
-        assert await b.lookup("demo", str(alice.address)) is None
+        assert await b.route("demo", "alice.demo") is None
+        assert await b.route("demo", alice.address) is None
 
 
 async def test_news_reach_other_gateways(redis_url: str) -> None:
@@ -222,8 +245,8 @@ async def test_members_of_a_gateway_that_stops_renewing_expire(redis_url: str) -
             await ears.wait_for(lambda news: len(news) == 2)
             # Renewed past several TTLs, they are still there.
             await wait_renewals(a, 4 * 3)
-            assert await b.lookup("demo", "alice") == alice
-            assert await b.is_listening("demo", alice.address, "tcp", 8000)
+            assert await b.route("demo", "alice.demo") == alice
+            assert await b.is_listening("demo", ipaddress.ip_address(alice.address), "tcp", 8000)
             # Now gateway A dies: nobody says goodbye.
             await a.stop_renewing()
             await ears.wait_for(lambda news: len(news) == 4)
@@ -231,9 +254,10 @@ async def test_members_of_a_gateway_that_stops_renewing_expire(redis_url: str) -
             (False, "alice"),
             (False, "carol"),
         }
-        assert await b.lookup("demo", "alice") is None
-        assert await b.lookup("demo", str(alice.address)) is None
-        assert not await b.is_listening("demo", alice.address, "tcp", 8000)
+        assert await b.route("demo", "alice.demo") is None
+        assert await b.route("demo", alice.address) is None
+        assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "tcp", 8000)
+        assert await b.read_members("demo") == []
         assert await b.members("demo") == []
         # The name and the address are free again.
         again = await b.claim("demo", "alice")
@@ -243,23 +267,23 @@ async def test_members_of_a_gateway_that_stops_renewing_expire(redis_url: str) -
 async def test_listener_registry(redis_url: str) -> None:
     async with gateway(redis_url, "a") as a, gateway(redis_url, "b") as b:
         alice = await a.claim("demo", "alice")
-        assert not await b.is_listening("demo", alice.address, "tcp", 8000)
+        assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "tcp", 8000)
         await a.add_listener("demo", "alice", "tcp", 8000)
         await a.add_listener("demo", "alice", "udp", 5353)
-        assert await b.is_listening("demo", alice.address, "tcp", 8000)
-        assert await b.is_listening("demo", alice.address, "udp", 5353)
-        assert not await b.is_listening("demo", alice.address, "udp", 8000)
+        assert await b.is_listening("demo", ipaddress.ip_address(alice.address), "tcp", 8000)
+        assert await b.is_listening("demo", ipaddress.ip_address(alice.address), "udp", 5353)
+        assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "udp", 8000)
         # Only the owner records its member's listeners.
         await b.add_listener("demo", "alice", "tcp", 9000)
-        assert not await b.is_listening("demo", alice.address, "tcp", 9000)
+        assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "tcp", 9000)
         await a.remove_listener("demo", "alice", "tcp", 8000)
-        assert not await b.is_listening("demo", alice.address, "tcp", 8000)
+        assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "tcp", 8000)
         await a.release("demo", "alice")
-        assert not await b.is_listening("demo", alice.address, "udp", 5353)
+        assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "udp", 5353)
         # The next member at that address starts with no listeners.
         await a.claim("tiny", "x")
         bob = await b.claim("demo", "bob")
-        assert not await a.is_listening("demo", bob.address, "udp", 5353)
+        assert not await a.is_listening("demo", ipaddress.ip_address(bob.address), "udp", 5353)
 
 
 async def test_a_member_taken_over_is_reported_lost(redis_url: str) -> None:
@@ -276,19 +300,149 @@ async def test_a_member_taken_over_is_reported_lost(redis_url: str) -> None:
         try:
             # Redis forgot everything (a restart): renewing puts it back.
             await client.flushall()
-            assert await b.lookup("demo", "alice") is None
+            assert await b.route("demo", "alice.demo") is None
             await a.renew()
             assert lost == []
-            assert (await b.lookup("demo", "alice")) is not None
+            assert (await b.route("demo", "alice.demo")) is not None
             # Alice's keys expired while A was away, and B took the name.
             await client.delete("netshim:lan:demo:n:alice")
             taken = await b.claim("demo", "alice")
             await a.renew()
             assert lost == [("demo", "alice")]
-            assert await b.lookup("demo", "alice") == taken
-            assert (await b.lookup("demo", "carol")) is not None
+            assert await b.route("demo", "alice.demo") == taken
+            assert (await b.route("demo", "carol.demo")) is not None
             # Releasing what it lost leaves the new owner alone.
             await a.release("demo", "alice")
-            assert await b.lookup("demo", "alice") == taken
+            assert await b.route("demo", "alice.demo") == taken
         finally:
             await client.aclose()
+
+
+# -- the hubs of two gateways over one Redis (no servers: the hubs' own methods)
+
+SECRET = "cluster-secret-for-tests"
+
+
+@contextlib.asynccontextmanager
+async def two_hubs(redis_url: str) -> AsyncIterator[list[tuple[GatewayCluster, LanHub]]]:
+    pairs = []
+    for name in "ab":
+        cluster = GatewayCluster(ClusterConfig(redis_url, f"ws://{name}.test:8080/", SECRET, 0.1))
+        hub = LanHub(LANS, directory=cluster.directory_for(LANS))
+        cluster.attach(hub)
+        pairs.append((cluster, hub))
+    async with pairs[0][0], pairs[1][0]:
+        yield pairs
+
+
+class Inbox:
+    """A member's MEMBERSHIP news; waits for one."""
+
+    def __init__(self) -> None:
+        self.events: list[wisp.Membership] = []
+        self._changed = anyio.Event()
+
+    def __call__(self, event: wisp.Membership) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, change: wisp.MembershipChange, name: str) -> None:
+        with anyio.fail_after(GUARD):
+            while not any(e.change is change and e.name == name for e in self.events):
+                await self._changed.wait()
+
+
+async def test_members_of_two_gateways_hear_of_each_other(redis_url: str) -> None:
+    async with two_hubs(redis_url) as [(_, hub_a), (b, hub_b)]:
+        alice_news, bob_news = Inbox(), Inbox()
+        alice, others = await hub_a.join("demo", "alice", alice_news)
+        assert others == []
+        assert b.directory is not None
+        with anyio.fail_after(GUARD):
+            while not b.directory.known("demo"):
+                await b.directory.wait_renewals(1)
+        # Names are the cluster's: B cannot give out alice again.
+        with pytest.raises(NameInUseError):
+            await hub_b.join("demo", "alice", bob_news)
+        bob, others = await hub_b.join("demo", "bob", bob_news)
+        assert [(o.name, o.address) for o in others] == [("alice", alice.address)]
+        assert bob.address != alice.address
+        await alice_news.wait_for(wisp.MembershipChange.MEMBER_JOINED, "bob.demo")
+        joined = [e for e in alice_news.events if e.name == "bob.demo"]
+        assert [(e.change, e.host) for e in joined] == [
+            (wisp.MembershipChange.MEMBER_JOINED, bob.address)
+        ]
+        # Each hub routes the other's member by name.
+        assert await hub_a.destination(alice, "bob.demo") == bob.address
+        await hub_b.leave(bob)
+        await alice_news.wait_for(wisp.MembershipChange.MEMBER_LEFT, "bob.demo")
+        with pytest.raises(socket.gaierror):
+            await hub_a.destination(alice, "bob.demo")
+
+
+async def test_a_relayed_stream_comes_from_the_source_address(redis_url: str) -> None:
+    async with two_hubs(redis_url) as [(_, hub_a), (b, hub_b)]:
+        alice, _ = await hub_a.join("demo", "alice", Inbox())
+        bob, _ = await hub_b.join("demo", "bob", Inbox())
+        listener = await bob.host.listen_tcp(bob.address, 8000)
+        listener6 = await bob.host.listen_tcp(bob.record.address6, 8000)
+        async with listener, listener6:
+            for source, destination, listening in (
+                (alice.address, bob.address, listener),
+                (alice.record.address6, bob.record.address6, listener6),
+            ):
+                stream = await b.accept(relay_host("demo", source, destination), 8000)
+                accepted = await listening.accept()
+                async with stream, accepted:
+                    assert accepted.remote_address[0] == source
+                    await stream.send(b"ping")
+                    assert await accepted.receive() == b"ping"
+            # A port nobody listens on, a member elsewhere, a malformed host.
+            with pytest.raises(ConnectionRefusedError):
+                await b.accept(relay_host("demo", alice.address, bob.address), 8001)
+            with pytest.raises(ConnectionRefusedError):
+                await b.accept(relay_host("demo", bob.address, alice.address), 8000)
+            for host in ("bob.demo", "10-77-0-2.bob.demo", "10-77-0-2.10-77-0-3.nowhere"):
+                with pytest.raises(ConnectionRefusedError):
+                    await b.accept(host, 8000)
+            # The stand-in goes when its member leaves; the address can be a local member's.
+            await hub_a.leave(alice)
+            assert b.directory is not None
+            with anyio.fail_after(GUARD):
+                while b.directory.known("demo"):
+                    await b.directory.wait_renewals(1)
+            assert hub_b.lans["demo"].network.owner_of(ipaddress.ip_address(alice.address)) is None
+
+
+def test_relay_hosts_round_trip() -> None:
+    assert relay_host("demo", "10.77.0.5", "10.77.0.9") == "10-77-0-5.10-77-0-9.demo"
+    lan, source, destination = parse_relay_host("10-77-0-5.10-77-0-9.demo")
+    assert (lan, str(source), str(destination)) == ("demo", "10.77.0.5", "10.77.0.9")
+    six = relay_host("demo", "fd00::5", "fd00::9")
+    assert six == (
+        "fd00-0000-0000-0000-0000-0000-0000-0005.fd00-0000-0000-0000-0000-0000-0000-0009.demo"
+    )
+    assert [str(x) for x in parse_relay_host(six)[1:]] == ["fd00::5", "fd00::9"]
+    for bad in ("demo", "a.b.c.d", "10-77-0-5.fd00-0-0-0-0-0-0-9.demo", "x-y.10-77-0-9.demo"):
+        with pytest.raises(ValueError):
+            parse_relay_host(bad)
+
+
+def test_cluster_config_is_checked() -> None:
+    good = ClusterConfig("redis://127.0.0.1:6379/0", "ws://10.0.0.1:8080/", SECRET)
+    assert SECRET not in repr(good)
+    for redis, url, secret in (
+        ("http://x/", "ws://10.0.0.1:8080/", SECRET),
+        ("redis://x/", "http://10.0.0.1:8080/", SECRET),
+        ("redis://x/", "ws://10.0.0.1:8080/a|b", SECRET),
+        ("redis://x/", "ws://10.0.0.1:8080/", "short"),
+    ):
+        with pytest.raises(ValueError):
+            ClusterConfig(redis, url, secret)
+    with pytest.raises(ValueError):
+        ClusterConfig("redis://x/", "ws://10.0.0.1:8080/", SECRET, refresh=1, ttl=0.5)
+    cluster = GatewayCluster(good)
+    assert cluster.secret_matches(SECRET)
+    assert not cluster.secret_matches(SECRET + "x")
+    assert not cluster.secret_matches("")
