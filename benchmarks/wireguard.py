@@ -252,6 +252,9 @@ async def ours(
                     await server.wait()
                 results[f"{direction} MiB/s"] = size / elapsed
                 results[f"{direction} CPU s/GiB"] = cpu / (size / 1024)
+            drops = {**client.wireguard_dropped, **client.dropped}
+            if drops:
+                print("dropped by netshim:", drops)
         return results
     finally:
         peer.close()

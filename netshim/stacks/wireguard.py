@@ -72,6 +72,7 @@ __all__ = [
     "WireGuardEvents",
     "WireGuardLink",
     "WireGuardStack",
+    "coalesce_tcp",
     "parse_config",
     "segment_tcp",
 ]
@@ -303,6 +304,102 @@ def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
     return pieces
 
 
+_ACK = 0x10
+_PSH = 0x08
+#: IP length of a packet :func:`coalesce_tcp` builds (IPv4's total length is 16 bits).
+_GRO_MAX_LENGTH = 65_000
+
+
+def _payload_offset(packet: bytes) -> int:
+    """Where a TCP segment's payload starts if :func:`coalesce_tcp` may join it, else 0.
+
+    That is IPv4 without options and not a fragment, or IPv6 without
+    extension headers, carrying TCP with ACK alone or with PSH, and data.
+    """
+    first = packet[0]
+    if first == 0x45:
+        # Byte 6: the MF flag (0x20) and the fragment offset's high bits.
+        if packet[9] != 6 or packet[6] & 0x3F or packet[7]:
+            return 0
+        tcp = 20
+    elif first >> 4 == 6:
+        if packet[6] != 6:
+            return 0
+        tcp = 40
+    else:
+        return 0
+    if len(packet) < tcp + 20 or packet[tcp + 13] & ~_PSH != _ACK:
+        return 0
+    end = tcp + (packet[tcp + 12] >> 4) * 4
+    return end if tcp + 20 <= end < len(packet) else 0
+
+
+def coalesce_tcp(packets: deque[bytes], limit: int = 64) -> tuple[bytes, int]:
+    """Take the first packet of ``packets`` and the TCP segments after it that continue it.
+
+    Returns one IP packet and how many were taken (at most ``limit``), as
+    Linux's GRO joins a burst before the TCP layer: the segments must be of
+    one connection, in sequence, with the same acknowledgment, window and
+    options (timestamps included) and no flag but ACK, PSH ending a run.
+    The result carries the first one's headers with the lengths (and IPv4
+    header checksum) made right; its TCP checksum is not, as for a GRO
+    packet whose parts the device checked.  Anything else comes out alone.
+    """
+    first = packets.popleft()
+    if not packets or limit < 2:
+        return first, 1
+    end = _payload_offset(first)
+    tcp = 20 if first[0] == 0x45 else 40
+    if not end or first[tcp + 13] & _PSH:
+        return first, 1
+    sequence = int.from_bytes(first[tcp + 4 : tcp + 8], "big")
+    length = len(first)
+    parts: list[memoryview] = []
+    flags = _ACK
+    while packets and len(parts) + 1 < limit:
+        following = packets[0]
+        size = len(following) - end
+        if (
+            length + size > _GRO_MAX_LENGTH
+            or _payload_offset(following) != end
+            # IP: version and header length, TOS or traffic class and flow
+            # label, fragment flags or next header, TTL, addresses.
+            or following[:2] != first[:2]
+            or (
+                following[6:10] != first[6:10] or following[12:20] != first[12:20]
+                if tcp == 20
+                else following[2:4] != first[2:4] or following[6:40] != first[6:40]
+            )
+            # TCP: ports, acknowledgment, offset, window, urgent, options.
+            or following[tcp : tcp + 4] != first[tcp : tcp + 4]
+            or following[tcp + 8 : tcp + 13] != first[tcp + 8 : tcp + 13]
+            or following[tcp + 14 : tcp + 16] != first[tcp + 14 : tcp + 16]
+            or following[tcp + 18 : end] != first[tcp + 18 : end]
+            or int.from_bytes(following[tcp + 4 : tcp + 8], "big")
+            != (sequence + length - end) & 0xFFFFFFFF
+        ):
+            break
+        packets.popleft()
+        parts.append(memoryview(following)[end:])
+        length += size
+        flags = following[tcp + 13]
+        if flags & _PSH:
+            break
+    if not parts:
+        return first, 1
+    header = bytearray(first[:end])
+    header[tcp + 13] = flags
+    if tcp == 20:
+        header[2:4] = length.to_bytes(2, "big")
+        header[10:12] = b"\x00\x00"
+        # An IPv4 header is never all zeros: a residue of 0 is 0xFFFF.
+        residue = int.from_bytes(header[:20], "big") % 0xFFFF or 0xFFFF
+        header[10:12] = (0xFFFF - residue).to_bytes(2, "big")
+    else:
+        header[4:6] = (length - 40).to_bytes(2, "big")
+    return b"".join([header, memoryview(first)[end:], *parts]), len(parts) + 1
+
+
 def _normalise(address: Any) -> Endpoint:
     host, port = str(address[0]), int(address[1])
     if host.startswith("::ffff:") and "." in host:
@@ -322,6 +419,11 @@ _GSO_MAX_BYTES = 65_000
 #: Datagrams taken from the host socket per pass before the packets go up:
 #: the IpStack driver's burst, so one pass of its transmit answers them all.
 _RECEIVE_BATCH = 64
+#: Packets :meth:`WireGuardLink.receive_nowait` gives between two
+#: :meth:`~WireGuardLink.receive` calls.  The IpStack driver takes at most 64
+#: per pass and loses what a 64th receive_nowait() returns (it asks before it
+#: counts), so a burst stops one short of that.
+_NOWAIT_PER_RECEIVE = 63
 #: The UDP socket's buffers asked for (wireguard-go asks 7 MiB); Linux caps
 #: them at net.core.rmem_max / wmem_max, 208 KiB unless raised.
 _SOCKET_BUFFER = 4 << 20
@@ -362,6 +464,10 @@ class WireGuardLink(Link):
     # with benchmarks/wireguard.py --direction upload, three runs each:
     # 15-18 CPU s/GiB against 26-30 with the engine's own segments.
     tso = True
+    # Consecutive TCP segments of one connection that arrive together go up
+    # as one packet (coalesce_tcp), as Linux's GRO does for its WireGuard:
+    # the TCP engine's cost is per segment, whatever its size.
+    gro = True
 
     def __init__(
         self,
@@ -395,6 +501,7 @@ class WireGuardLink(Link):
         self._view = memoryview(self._buffer)
         self._sources: dict[Any, Endpoint] = {}
         self._addresses: dict[Endpoint, tuple[str, int]] = {}
+        self._nowait_left = _NOWAIT_PER_RECEIVE
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -628,25 +735,35 @@ class WireGuardLink(Link):
         await self._flush(sock)
         self._deadline_moved()
 
+    def _next_packet(self) -> IncomingPacket:
+        if self.gro:
+            data, count = coalesce_tcp(self._packets, max(1, self._nowait_left))
+            self._nowait_left -= count - 1
+        else:
+            data = self._packets.popleft()
+        # Poly1305 authenticated every byte: like Linux's WireGuard
+        # (CHECKSUM_UNNECESSARY), the TCP/UDP checksums need no second look.
+        return IncomingPacket(data, checksum_verified=True)
+
     def receive_nowait(self) -> IncomingPacket | None:
         """The next decrypted packet if one is here or the host socket holds one, else ``None``."""
+        if self._nowait_left <= 0:
+            return None
+        self._nowait_left -= 1
         if not self._packets and self._raw is not None and not self._closed:
             self._read_ready()
             self._collect()
             # Replies the datagrams asked for (a handshake response) leave
             # now if the socket takes them, else with the next flush.
             self._write_ready()
-        if self._packets:
-            # Poly1305 authenticated every byte: like Linux's WireGuard
-            # (CHECKSUM_UNNECESSARY), the TCP/UDP checksums need no second look.
-            return IncomingPacket(self._packets.popleft(), checksum_verified=True)
-        return None
+        return self._next_packet() if self._packets else None
 
     async def receive(self) -> IncomingPacket:
         sock = await self._ensure_socket()
         raw = self._raw
         device = self.device
         waited = False
+        self._nowait_left = _NOWAIT_PER_RECEIVE
         while True:
             if self._packets:
                 if not waited:
@@ -655,7 +772,7 @@ class WireGuardLink(Link):
                     await anyio.lowlevel.checkpoint()
                     waited = True
                     continue
-                return IncomingPacket(self._packets.popleft(), checksum_verified=True)
+                return self._next_packet()
             if self._closed:
                 raise anyio.ClosedResourceError
             now = self._now()

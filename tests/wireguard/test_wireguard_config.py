@@ -186,3 +186,80 @@ def test_segment_tcp_checksums_hold_for_any_payload(
             assert internet_checksum(piece[:20]) == 0
         joined += segment[32:]
     assert joined == payload
+
+
+def _segments(count: int, *, version: int = 4, flags: int = 0x18) -> list[bytes]:
+    """A 1000-byte-per-piece TCP burst cut by segment_tcp (PSH only on the last piece)."""
+    from netshim.ip.iface import GsoInfo, GsoType
+    from netshim.stacks.wireguard import segment_tcp
+
+    tcp = (
+        (8080).to_bytes(2, "big")
+        + (40000).to_bytes(2, "big")
+        + (0xFFFFF000).to_bytes(4, "big")  # wraps within the burst
+        + (99).to_bytes(4, "big")
+        + bytes([0x80, flags])
+        + (1000).to_bytes(2, "big")
+        + bytes(4)
+        + bytes([1, 1, 8, 10])
+        + bytes(range(8))
+    )
+    if version == 4:
+        ip = bytes([0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2])
+    else:
+        ip = bytes([0x60, 0, 0, 0, 0, 0, 6, 64]) + bytes(15) + b"\x01" + bytes(15) + b"\x02"
+    payload = bytes(index % 251 for index in range(1000 * count - 1))
+    gso_type = GsoType.TCPV4 if version == 4 else GsoType.TCPV6
+    return segment_tcp(ip + tcp + payload, GsoInfo(gso_type, 1000, len(ip) + 32, len(ip)))
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_coalesce_tcp_joins_a_burst_back_into_one_segment(version: int) -> None:
+    from collections import deque
+
+    from netshim.protocols.ip.checksum import internet_checksum
+    from netshim.stacks.wireguard import coalesce_tcp
+
+    pieces = _segments(10, version=version)
+    queue = deque([*pieces, b"after"])
+    joined, count = coalesce_tcp(queue)
+    assert count == 10
+    assert list(queue) == [b"after"]
+    ip = 20 if version == 4 else 40
+    end = ip + 32
+    assert joined[end:] == b"".join(piece[end:] for piece in pieces)
+    assert joined[ip + 4 : ip + 8] == pieces[0][ip + 4 : ip + 8]
+    assert joined[ip + 13] == 0x18  # PSH from the last piece
+    assert joined[ip + 20 : end] == pieces[0][ip + 20 : end]
+    if version == 4:
+        assert int.from_bytes(joined[2:4], "big") == len(joined)
+        assert internet_checksum(joined[:20]) == 0
+    else:
+        assert int.from_bytes(joined[4:6], "big") == len(joined) - 40
+
+
+def test_coalesce_tcp_keeps_apart_what_does_not_continue() -> None:
+    from collections import deque
+
+    from netshim.stacks.wireguard import coalesce_tcp
+
+    pieces = _segments(4)
+    # A gap in the sequence: the run ends before it.
+    assert coalesce_tcp(deque([pieces[0], pieces[2]])) == (pieces[0], 1)
+    # Another connection (a different port).
+    other = bytearray(pieces[1])
+    other[20] ^= 1
+    assert coalesce_tcp(deque([pieces[0], bytes(other)])) == (pieces[0], 1)
+    # A different timestamp option.
+    stamped = bytearray(pieces[1])
+    stamped[-1000 - 1] ^= 1
+    assert coalesce_tcp(deque([pieces[0], bytes(stamped)])) == (pieces[0], 1)
+    # PSH ends a run; FIN, a bare ACK or a non-TCP packet are never joined.
+    assert coalesce_tcp(deque([pieces[3], pieces[0]]))[1] == 1
+    fin = _segments(2, flags=0x11)
+    assert coalesce_tcp(deque(fin))[1] == 1
+    assert coalesce_tcp(deque([pieces[0][:52], pieces[1]]))[1] == 1
+    # At most ``limit`` pieces.
+    queue = deque(pieces)
+    assert coalesce_tcp(queue, limit=3)[1] == 3
+    assert len(queue) == 1
