@@ -33,7 +33,17 @@ PYODIDE = ROOT / "tests" / "peers" / "pyodide" / "node_modules" / "pyodide"
 # Pyodide's Python; pip picks wheels that install there.
 PYODIDE_PYTHON = "3.13"
 # Pure-Python wheels (py3-none-any) of what the page imports, with their dependencies.
-REQUIREMENTS = ("anyio", "idna", "typing_extensions", "dnslib", "h11", "aiohttp", "httpx")
+# sniffio: httpcore asks for it when it picks its async backend.
+REQUIREMENTS = (
+    "anyio",
+    "idna",
+    "typing_extensions",
+    "dnslib",
+    "h11",
+    "aiohttp",
+    "httpx",
+    "sniffio",
+)
 LAN = "demo"
 SERVER_PORT = 8000
 
