@@ -96,7 +96,8 @@ class Cubic:
         self.mss = mss
         self.cwnd = INITIAL_WINDOW_SEGMENTS * mss
         self.ssthresh = _INFINITE
-        self._w_max = 0.0  # segments, before the last reduction
+        self._w_max = 0.0  # segments, before the last reduction (less after fast convergence)
+        self._cwnd_prior = 0.0  # segments, before the last reduction
         self._k = 0.0
         self._epoch_start: float | None = None
         self._w_est = 0.0  # segments
@@ -123,7 +124,10 @@ class Cubic:
         target = self.C * (t - self._k) ** 3 + self._w_max
         target = min(max(target, cwnd_segments), 1.5 * cwnd_segments)
         acked_segments = acked / mss
-        self._w_est += self.ALPHA * acked_segments / cwnd_segments
+        # Section 4.3: Reno's own growth once W_est is back where the last
+        # reduction began (cwnd_prior).
+        alpha = self.ALPHA if self._w_est < self._cwnd_prior else 1.0
+        self._w_est += alpha * acked_segments / cwnd_segments
         if self._w_est > target:
             # Section 4.3: the Reno-friendly region.
             target = self._w_est
@@ -132,6 +136,7 @@ class Cubic:
 
     def _reduce(self, flight: int) -> None:
         cwnd_segments = self.cwnd / self.mss
+        self._cwnd_prior = cwnd_segments
         # Section 4.7, fast convergence: yield bandwidth to newer flows.
         if cwnd_segments < self._w_max:
             self._w_max = cwnd_segments * (1 + self.BETA) / 2

@@ -296,6 +296,33 @@ def test_congestion_controllers_react_to_loss() -> None:
         make_congestion_control("bbr", mss)  # type: ignore[arg-type]
 
 
+def test_cubic_on_a_short_path_grows_as_reno_once_back_at_the_old_window() -> None:
+    # A 1 ms RTT puts CUBIC in its Reno-friendly region (RFC 9438 section 4.3):
+    # 0.53 segments per window acknowledged until W_est is back at the window
+    # the loss cut, then one segment per window, as Reno.
+    mss = 1000
+    cubic = Cubic(mss)
+    cubic.on_ack(90 * mss, 0.0, 0.001)
+    assert cubic.cwnd == 100 * mss
+    cubic.on_loss(0.0, 100 * mss)
+    assert cubic.cwnd == 70 * mss
+    now = 0.0
+
+    def window_acked() -> int:
+        nonlocal now
+        now += 0.001
+        before = cubic.cwnd
+        cubic.on_ack(cubic.cwnd, now, 0.001)
+        return cubic.cwnd - before
+
+    early = [window_acked() for _ in range(10)]
+    assert 4 * mss <= sum(early) <= 6 * mss
+    while cubic.cwnd < 101 * mss:
+        window_acked()
+    late = [window_acked() for _ in range(10)]
+    assert 9 * mss <= sum(late) <= 11 * mss
+
+
 @pytest.mark.parametrize("congestion", ["cubic", "newreno"])
 @pytest.mark.parametrize("sack", [True, False])
 def test_transfer_under_loss_each_controller(congestion: str, sack: bool) -> None:
