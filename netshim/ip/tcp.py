@@ -14,8 +14,9 @@ What is implemented, by RFC:
   option, zero-window probing (persist timer), Nagle's algorithm and its
   ``TCP_NODELAY`` switch, delayed ACKs (at least every second full segment,
   at once for out-of-order data, Linux's quick-ACK mode at the start and after
-  idle), sender and receiver silly-window avoidance, keepalives (RFC 1122
-  section 4.2.3.6), ``TCP_USER_TIMEOUT`` (RFC 5482).
+  idle), sender and receiver silly-window avoidance (and, with large
+  segments, Linux's deferral of a small one while ACKs are due), keepalives
+  (RFC 1122 section 4.2.3.6), ``TCP_USER_TIMEOUT`` (RFC 5482).
 * RFC 5961: RST and SYN in a synchronized state are accepted only at exactly
   RCV.NXT (RST) and otherwise answered with a challenge ACK; ACKs far below
   SND.UNA are challenged; challenge ACKs are rate-limited (section 7).
@@ -1882,6 +1883,14 @@ class TcpConnection:
                 elif not self.nodelay and snd_nxt > self._snd_una and not self._fin_queued:
                     # Nagle: a small segment waits while data is unacknowledged.
                     break
+            elif (
+                length < unsent
+                and length < max_payload
+                and max_payload > mss
+                and not self._in_recovery
+                and self._tso_defers(length, now)
+            ):
+                break
             self._send_data(snd_nxt, length, now, out)
             pipe += length
             sent_any = True
@@ -1901,6 +1910,24 @@ class TcpConnection:
             and self._persist_deadline is None
         ):
             self._persist_deadline = now + self._persist_interval()
+
+    def _tso_defers(self, length: int, now: float) -> bool:
+        """Whether a window-limited large segment waits for the next ACK (Linux's TSO deferral).
+
+        Sending each ACK's room at once makes a packet per ACK, most of them
+        small; waiting for the next ACK makes fewer, larger ones (less work
+        per byte on both ends).  It waits only while less than a third of the
+        window is free, so more than two thirds are in flight and ACKs are
+        coming, and while the oldest segment in flight was sent at least half
+        an RTT ago, so that its ACK is near (Linux's tcp_tso_should_defer).
+        """
+        if length * 3 >= min(self._snd_wnd, self._cc.cwnd):
+            return False
+        srtt = self.srtt
+        times = self._xmit_times
+        if srtt is None or not times:
+            return False
+        return now - times[0] >= srtt / 2
 
     def _send_data(self, start: int, length: int, now: float, out: list[TcpRepr]) -> None:
         end = start + length

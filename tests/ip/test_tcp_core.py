@@ -861,3 +861,47 @@ def test_reading_reopens_a_closed_window_with_an_update() -> None:
     assert len(updates) == 1
     assert updates[0].window >= 16000
     network.run_until(lambda: network.server.readable() == 40000 - 16100, timeout=5)
+
+
+def test_a_window_limited_tso_sender_waits_for_room_for_a_larger_segment() -> None:
+    # As Linux's TSO deferral: with large segments, an ACK that frees a little
+    # of the window does not send a small segment at once when more ACKs are
+    # due soon; the room adds up into a larger one.
+    network = Network(
+        a_config=TcpConfig(max_segment_payload=65000, send_buffer=1 << 20),
+        b_config=TcpConfig(receive_buffer=1 << 20),
+    )
+    network.handshake()
+    a, b = network.a, network.server
+    a.send(b"hello")
+    network.run_for(0.1)  # b's ACK carries its scaled window
+    assert a.srtt is not None
+    assert a._snd_wnd > 500_000
+    network.fault = lambda direction, segment, now: []  # ACKs come by hand from here
+    a._cc.cwnd = a._cc.ssthresh = 200_000
+    a.send(pattern(1 << 20))
+    first = a.poll(network.now)
+    # All that cwnd allows leaves at once: the oldest segment was just sent.
+    assert sum(len(s.payload) for s in first) == 200_000
+    assert max(len(s.payload) for s in first) > 60_000
+
+    def ack(acked: int) -> list[TcpRepr]:
+        network.now += a.srtt  # type: ignore[operator]
+        segment = TcpRepr(
+            src_port=B_ADDRESS[1],
+            dst_port=A_ADDRESS[1],
+            seq=b._snd_nxt & 0xFFFF_FFFF,
+            ack=(a.iss + 6 + acked) & 0xFFFF_FFFF,
+            flags=ACK,
+            window=a._snd_wnd >> a._snd_wscale,
+            options=(Timestamps(a._ts_recent + 1, 0),),
+        )
+        a.on_segment(segment, network.now)
+        return [s for s in a.poll(network.now) if s.payload]
+
+    # 20 kB freed out of 200 kB: nothing yet.
+    assert ack(20_000) == []
+    # A whole large segment's worth: it goes.
+    sent = ack(90_000)
+    assert len(sent) == 1
+    assert len(sent[0].payload) == a._max_payload
