@@ -29,6 +29,7 @@ import netshim.transports.websocket as websocket_module
 from netshim import WispStack, stack_from_url
 from netshim.gateway import Gateway, GatewayConfig
 from netshim.gateway._lan import LanSpec
+from netshim.policy import DestinationBlockedError, Policy
 from netshim.stack import TcpStream
 from netshim.stacks._tunnel import TunnelEvent, TunnelEventKind
 
@@ -39,7 +40,8 @@ LAN = LanSpec("demo", "10.77.0.0/24", TOKEN)
 
 
 def lan_config(**settings: Any) -> GatewayConfig:
-    return GatewayConfig(policy=LOOPBACK, lans=(LAN,), **settings)
+    settings.setdefault("policy", LOOPBACK)
+    return GatewayConfig(lans=(LAN,), **settings)
 
 
 @asynccontextmanager
@@ -214,6 +216,19 @@ async def test_listen_errors_are_faithful() -> None:
         # Closed listeners no longer count.
         third = await alice.listen_tcp("0.0.0.0", 8002)
         await third.aclose()
+
+
+async def test_a_port_the_policy_forbids() -> None:
+    policy = Policy(allow=["127.0.0.1"], ports="1024-65535")
+    async with lan_gateway(policy=policy) as url, members(url, "alice") as (alice,):
+        with pytest.raises(DestinationBlockedError) as caught:
+            await alice.listen_tcp("0.0.0.0", 80)
+        assert "BLOCKED" in str(caught.value)
+        assert isinstance(caught.value, PermissionError)
+        with pytest.raises(DestinationBlockedError):
+            await alice.open_udp("0.0.0.0", 53)
+        allowed = await alice.listen_tcp("0.0.0.0", 8080)
+        await allowed.aclose()
 
 
 async def test_a_client_that_is_not_a_member() -> None:
