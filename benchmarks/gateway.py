@@ -328,9 +328,20 @@ class Row:
 class Bench:
     """Runs clients against rows and checks every stream against the target's report."""
 
-    def __init__(self, target: Target, stall: float) -> None:
+    def __init__(
+        self,
+        target: Target,
+        stall: float,
+        *,
+        host: str = "127.0.0.1",
+        plan: dict[str, Any] | None = None,
+    ) -> None:
         self.target = target
         self.stall = stall
+        # Where the Wisp clients connect (the target's host), and what else
+        # their plans carry (benchmarks/lan.py: a LAN to join).
+        self.host = host
+        self.plan = dict(plan or {})
         # Failed streams' descriptions, by row label.
         self.failures: dict[str, list[str]] = {}
         self.tags: set[int] = set()
@@ -377,7 +388,7 @@ class Bench:
     ) -> None:
         """One client process moving ``specs`` ((upload, download) per stream) for ``row``."""
         streams = [{"tag": self.tag(), "upload": u, "download": d} for u, d in specs]
-        plan = {"host": "127.0.0.1", "streams": streams, "sequential": sequential}
+        plan = {"host": self.host, "streams": streams, "sequential": sequential, **self.plan}
         plan["stall"] = self.stall
         moved = sum(u + d for u, d in specs)
         process = subprocess.Popen(

@@ -14,7 +14,8 @@ direction moved for ``stall`` seconds (it is then aborted).
 A plan is ``{"url", "host", "port", "streams": [{"tag", "upload",
 "download"}], "sequential": bool, "stall": seconds, "confirm": bool
 (WispStack's confirm_streams, default true), "loop": "asyncio" or
-"uvloop"}``; the result is as benchmarks/socket_bench_client.py's.  The
+"uvloop", "lan": {"lan", "member", "token"} to join a gateway's LAN}``;
+the result is as benchmarks/socket_bench_client.py's.  The
 WebSocket and the Wisp handshake happen before the orchestrator's go, so
 outside the timed interval, as in the wisp-js client.
 
@@ -130,7 +131,11 @@ async def main(plan: dict[str, Any]) -> None:
     else:
         # The stack's own stall timeout is left out of the way of the watchdog's count.
         wisp_stack = WispStack(
-            plan["url"], stall_timeout=math.inf, confirm_streams=plan.get("confirm", True)
+            plan["url"],
+            stall_timeout=math.inf,
+            confirm_streams=plan.get("confirm", True),
+            # A LAN member (benchmarks/lan.py): {"lan", "member", "token"}.
+            **plan.get("lan", {}),
         )
         await wisp_stack.connect()
         stack = wisp_stack
