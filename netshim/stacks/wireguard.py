@@ -334,6 +334,23 @@ def _payload_offset(packet: bytes) -> int:
     return end if tcp + 20 <= end < len(packet) else 0
 
 
+# The fields of an IP and TCP header that must match for two segments to be
+# joined, with the sequence number and flags, in one unpack: by header
+# length, for IPv4 (no options) and IPv6 (no extension headers).  Skipped:
+# lengths, IPv4 identification, checksums.
+_GRO_FIELDS: dict[tuple[int, int], struct.Struct] = {}
+
+
+def _gro_fields(tcp: int, end: int) -> struct.Struct:
+    fields = _GRO_FIELDS.get((tcp, end))
+    if fields is None:
+        # IP up to the ports, in three items; then sequence, acknowledgment
+        # and offset, flags, window, (checksum), urgent pointer and options.
+        ip = "2s4x4s2x12s" if tcp == 20 else "4s2x38s0s"
+        fields = _GRO_FIELDS[tcp, end] = struct.Struct(f"!{ip}I5sB2s2x{end - tcp - 18}s")
+    return fields
+
+
 def coalesce_tcp(packets: deque[bytes], limit: int = 64) -> tuple[bytes, int]:
     """Take the first packet of ``packets`` and the TCP segments after it that continue it.
 
@@ -349,46 +366,42 @@ def coalesce_tcp(packets: deque[bytes], limit: int = 64) -> tuple[bytes, int]:
     if not packets or limit < 2:
         return first, 1
     end = _payload_offset(first)
-    tcp = 20 if first[0] == 0x45 else 40
-    if not end or first[tcp + 13] & _PSH:
+    if not end:
         return first, 1
-    sequence = int.from_bytes(first[tcp + 4 : tcp + 8], "big")
+    tcp = 20 if first[0] == 0x45 else 40
+    fields = _gro_fields(tcp, end)
+    one, two, three, sequence, acknowledgment, flags, window, rest = fields.unpack_from(first)
+    if flags & _PSH:
+        return first, 1
+    key = (one, two, three, acknowledgment, window, rest)
+    last_flags = flags
     length = len(first)
     parts: list[memoryview] = []
-    flags = _ACK
+    unpack = fields.unpack_from
     while packets and len(parts) + 1 < limit:
         following = packets[0]
         size = len(following) - end
+        if size <= 0 or length + size > _GRO_MAX_LENGTH:
+            break
+        # The header length is the same: the IP fields hold the version
+        # and IHL (or are IPv6's), the TCP ones the data offset.
+        one, two, three, number, acknowledgment, flags, window, rest = unpack(following)
         if (
-            length + size > _GRO_MAX_LENGTH
-            or _payload_offset(following) != end
-            # IP: version and header length, TOS or traffic class and flow
-            # label, fragment flags or next header, TTL, addresses.
-            or following[:2] != first[:2]
-            or (
-                following[6:10] != first[6:10] or following[12:20] != first[12:20]
-                if tcp == 20
-                else following[2:4] != first[2:4] or following[6:40] != first[6:40]
-            )
-            # TCP: ports, acknowledgment, offset, window, urgent, options.
-            or following[tcp : tcp + 4] != first[tcp : tcp + 4]
-            or following[tcp + 8 : tcp + 13] != first[tcp + 8 : tcp + 13]
-            or following[tcp + 14 : tcp + 16] != first[tcp + 14 : tcp + 16]
-            or following[tcp + 18 : end] != first[tcp + 18 : end]
-            or int.from_bytes(following[tcp + 4 : tcp + 8], "big")
-            != (sequence + length - end) & 0xFFFFFFFF
+            (one, two, three, acknowledgment, window, rest) != key
+            or flags & ~_PSH != _ACK
+            or number != (sequence + length - end) & 0xFFFFFFFF
         ):
             break
         packets.popleft()
         parts.append(memoryview(following)[end:])
         length += size
-        flags = following[tcp + 13]
+        last_flags = flags
         if flags & _PSH:
             break
     if not parts:
         return first, 1
     header = bytearray(first[:end])
-    header[tcp + 13] = flags
+    header[tcp + 13] = last_flags
     if tcp == 20:
         header[2:4] = length.to_bytes(2, "big")
         header[10:12] = b"\x00\x00"

@@ -259,6 +259,12 @@ def test_coalesce_tcp_keeps_apart_what_does_not_continue() -> None:
     fin = _segments(2, flags=0x11)
     assert coalesce_tcp(deque(fin))[1] == 1
     assert coalesce_tcp(deque([pieces[0][:52], pieces[1]]))[1] == 1
+    # The joined flags are the last joined piece's, not those of what ended the run.
+    pushed = bytearray(pieces[3])
+    pushed[20] ^= 1
+    joined, count = coalesce_tcp(deque([pieces[0], pieces[1], bytes(pushed)]))
+    assert count == 2
+    assert joined[33] == 0x10
     # At most ``limit`` pieces.
     queue = deque(pieces)
     assert coalesce_tcp(queue, limit=3)[1] == 3
