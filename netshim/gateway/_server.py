@@ -51,11 +51,12 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from .._addresses import Address, InvalidHostNameError, format_address
+from .._addresses import Address, InvalidHostNameError, format_address, parse_ip
 from .._errors import LocalProtocolError, RemoteProtocolError, os_error
 from ..policy import DestinationBlockedError, Policy, TokenBucket
 from ..protocols import socks5, wisp
 from ..stack import Stack, TcpListener, TcpStream, UdpSocket
+from ._cluster import RELAY_ADDRESS, RELAY_LAN, RELAY_NAME, ClusterConfig, GatewayCluster
 from ._lan import (
     DEFAULT_LAN_LISTENERS,
     Forward,
@@ -161,7 +162,9 @@ class GatewayConfig:
     ``X-Real-IP`` headers name the real client.
     ``lans`` are the LANs Wisp clients may join (``docs/lan.md``), each
     member holding at most ``lan_listeners`` listeners; ``forwards`` expose
-    members' listeners on the gateway's machine.
+    members' listeners on the gateway's machine.  ``cluster`` shares the LANs
+    with other gateway processes through Redis (``docs/lan.md``, "More than
+    one gateway").
     """
 
     policy: Policy = field(default_factory=Policy)
@@ -182,6 +185,7 @@ class GatewayConfig:
     lans: tuple[LanSpec, ...] = ()
     forwards: tuple[Forward, ...] = ()
     lan_listeners: int = DEFAULT_LAN_LISTENERS
+    cluster: ClusterConfig | None = None
 
     def __post_init__(self) -> None:
         self.lans = tuple(self.lans)
@@ -195,6 +199,8 @@ class GatewayConfig:
             for other in self.lans[index + 1 :]:
                 if lan.network.overlaps(other.network):
                     raise ValueError(f"LANs {lan.name} ({lan.cidr}) and {other.name} overlap")
+        if self.cluster is not None and not self.lans:
+            raise ValueError("a cluster shares LANs: declare at least one")
         for forward in self.forwards:
             if forward.lan not in declared:
                 raise ValueError(
@@ -332,8 +338,20 @@ class Gateway:
         )
         #: The LANs clients may join (``None``: none configured).
         self.lans: LanHub | None = None
+        #: This gateway's part of a cluster of gateways (``None``: on its own).
+        self.cluster: GatewayCluster | None = None
         if self.config.lans:
-            self.lans = LanHub(self.config.lans, listeners_per_member=self.config.lan_listeners)
+            directory = None
+            if self.config.cluster is not None:
+                self.cluster = GatewayCluster(self.config.cluster)
+                directory = self.cluster.directory_for(self.config.lans)
+            self.lans = LanHub(
+                self.config.lans,
+                listeners_per_member=self.config.lan_listeners,
+                directory=directory,
+            )
+            if self.cluster is not None:
+                self.cluster.attach(self.lans)
         #: Where each of ``config.forwards`` listens, in their order (once serving).
         self.forward_addresses: list[Address] = []
         # A member's listener is checked against the policy's port rules and
@@ -368,7 +386,10 @@ class Gateway:
 
             listen_stack = HostStack()
         try:
-            await self._listen_and_accept(host, port, socks_port, listen_stack, task_status)
+            async with contextlib.AsyncExitStack() as cluster:
+                if self.cluster is not None:
+                    await cluster.enter_async_context(self.cluster)
+                await self._listen_and_accept(host, port, socks_port, listen_stack, task_status)
         finally:
             with anyio.CancelScope(shield=True):
                 for listener in self._listeners:
@@ -1558,6 +1579,8 @@ class _WispSession:
             extensions.append(wisp.LanExtension())
         # The LAN member this client became in its handshake, if it joined one.
         self.member: LanMember | None = None
+        # Set when the client is another gateway of the cluster relaying streams.
+        self.relay: GatewayCluster | None = None
         self.group: anyio.abc.TaskGroup | None = None
         self._next_server_stream = wisp.SERVER_STREAM_BASE
         self.conn = wisp.WispConnection(
@@ -1658,6 +1681,10 @@ class _WispSession:
                 return False
         self.ws.send_nowait(self.conn.send(wisp.Continue(0, self.conn.buffer_size)))
         member = self.member
+        if self.relay is not None:
+            self._send_event(
+                wisp.Membership(wisp.MembershipChange.JOINED, RELAY_ADDRESS, RELAY_NAME)
+            )
         if member is not None:
             # Nothing awaited since the join: no news can have been lost or
             # sent before these.
@@ -1684,6 +1711,11 @@ class _WispSession:
         if hub is None or request is None or not request.lan:
             return 0, []
         lan = request.lan.lower()
+        cluster = self.gateway.cluster
+        if lan == RELAY_LAN and cluster is not None and cluster.secret_matches(request.token):
+            self.relay = cluster
+            logger.info("cluster-relay client=%s", format_address(self.peer))
+            return 0, []
         expected = hub.token_of(lan)
         # An unknown LAN costs the same comparison as a known one, and both
         # get the same answer.
@@ -1901,7 +1933,13 @@ class _WispSession:
                     # A member's own LAN is reached inside the gateway, not
                     # through the policy that guards the outside.
                     lan_ip = await self.hub.destination(self.member, record.host)
-                if lan_ip is not None:
+                if self.relay is not None:
+                    # Another gateway's member to one of ours, and nothing else.
+                    if stream.kind is not wisp.StreamType.TCP:
+                        raise os_error(errno.ECONNREFUSED, "relays carry TCP only")
+                    upstream = await self.relay.accept(record.host, record.port)
+                    target_ip = upstream.remote_address[0]
+                elif lan_ip is not None:
                     upstream = await self._connect_lan(
                         self.member, stream.kind, lan_ip, record.port
                     )
@@ -1934,13 +1972,15 @@ class _WispSession:
             if end_reason != ALREADY_CLOSED:
                 self._finish(stream, end_reason)
 
-    @staticmethod
     async def _connect_lan(
-        member: LanMember | None, kind: wisp.StreamType, ip: str, port: int
+        self, member: LanMember | None, kind: wisp.StreamType, ip: str, port: int
     ) -> TcpStream | UdpSocket:
         assert member is not None
         if kind is wisp.StreamType.TCP:
-            return await member.host.connect_tcp(ip, port)
+            cluster = self.gateway.cluster
+            # A member of another gateway of the cluster: relayed to it.
+            relayed = None if cluster is None else await cluster.connect(member, ip, port)
+            return relayed or await member.host.connect_tcp(ip, port)
         local = member.record.address6 if ":" in ip else member.address
         return await member.host.open_udp(local, 0, remote=(ip, port))
 
@@ -1970,8 +2010,9 @@ class _WispSession:
             return text
         if text == member.dns_name:
             return member.address
-        if member.owns(text):
-            return text
+        ip = parse_ip(text)
+        if ip is not None and member.owns(str(ip)):
+            return str(ip)
         raise os_error(errno.EADDRNOTAVAIL, f"{format_address((host, port))} is not this member's")
 
     async def _listener_body(self, stream: _WispStream) -> None:
@@ -2019,6 +2060,7 @@ class _WispSession:
             return
         member.listeners += 1
         gateway.metrics.stream_opened(record)
+        registered: tuple[str, int] | None = None
         try:
             async with socket_:
                 bound = socket_.local_address
@@ -2037,6 +2079,9 @@ class _WispSession:
                     )
                     self._finish(stream, wisp.CloseReason.BLOCKED)
                     return
+                # Known to the directory before the client hears it listens.
+                registered = ("udp" if udp else "tcp", bound[1])
+                await hub.directory.add_listener(member.lan.name, member.name, *registered)
                 self._send_event(wisp.Listening(stream.stream_id, bound[0], bound[1]))
                 reason: int = wisp.CloseReason.VOLUNTARY
                 with stream.scope:
@@ -2044,10 +2089,15 @@ class _WispSession:
                         await self._accept_loop(stream, socket_)
                     else:
                         reason = await self._udp_listener_pump(stream, socket_, member)
-                self._finish(stream, reason)
+                # Cancelled: the client closed it, or its CLOSE is already out.
+                if not stream.scope.cancel_called:
+                    self._finish(stream, reason)
         finally:
             member.listeners -= 1
             gateway.metrics.stream_ended(record)
+            if registered is not None:
+                with anyio.CancelScope(shield=True):
+                    await hub.directory.remove_listener(member.lan.name, member.name, *registered)
 
     async def _accept_loop(self, stream: _WispStream, listener: TcpListener) -> None:
         """Offer each connection to the client as a server-opened stream, till the listener ends."""
