@@ -188,8 +188,11 @@ class _Session:
         # Packets a dispatch decided to send (refusals of ACCEPTs): dispatch
         # cannot wait, so whoever next reads or sends does it.
         self.outbox: deque[wisp.Event] = deque()
-        # The LAN's JOINED news for this connection, once it came.
+        # The LAN's JOINED news for this connection, once it came, and whether
+        # the roster behind it (a MEMBER_JOINED for each member already
+        # there, before anything else) is complete.
         self.joined: wisp.Membership | None = None
+        self.roster_complete = False
         # Events wait here until "connected" was told (a pushed WebSocket
         # dispatches the LAN news before the opener's task resumes).
         self.announced = False
@@ -322,6 +325,13 @@ class _Session:
             self.die(os_error(errno.ECONNRESET, f"Wisp protocol error from the server: {exc}"))
 
     def _handle(self, event: wisp.Event) -> None:
+        if (
+            not self.roster_complete
+            and self.joined is not None
+            and not isinstance(event, wisp.Membership)
+        ):
+            self.roster_complete = True
+            self.stack._roster_complete(self)
         if isinstance(event, wisp.Data):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -1096,9 +1106,11 @@ class WispStack(TunnelStack):
     def members(self) -> Mapping[str, str]:
         """The other members of the LAN, DNS name -> address, as the server's news told.
 
-        A read-only snapshot.  After a reconnection the server tells the
-        members anew; one that left while the connection was down stays
-        until then.
+        A read-only snapshot.  News arrives while some task waits on the
+        stack (see the module documentation).  After a reconnection the
+        server tells the members anew: only those new or moved are told as
+        ``member-joined``, and those it no longer tells of as ``member-left``
+        once the first packet after its list arrives.
         """
         return MappingProxyType(dict(self._members))
 
@@ -1258,6 +1270,12 @@ class WispStack(TunnelStack):
             session.tell(
                 TunnelEvent(TunnelEventKind.MEMBER_LEFT, address=event.host, name=event.name)
             )
+
+    def _roster_complete(self, session: _Session) -> None:
+        """Members known before a reconnection and not told of again have left meanwhile."""
+        gone, self._before_rejoin = self._before_rejoin, {}
+        for name, address in gone.items():
+            session.tell(TunnelEvent(TunnelEventKind.MEMBER_LEFT, address=address, name=name))
 
     def _on_lan(self, host: str) -> bool:
         """Whether ``host`` (an address or a name) is on this member's LAN."""

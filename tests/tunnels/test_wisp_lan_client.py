@@ -374,12 +374,13 @@ async def test_a_full_backlog_refuses_more() -> None:
 
 async def test_the_listener_comes_back_after_the_gateway_restarts() -> None:
     port = 0
-    async with lan_gateway() as url:
+    async with lan_gateway() as url, members(url, "carol") as (carol,):
         port = int(url.rsplit(":", 1)[1].strip("/"))
         alice = WispStack(url, lan="demo", member="alice", token=TOKEN, reconnect_delay=0.05)
         news = Recorder(alice)
         await alice.connect()
         listener = await alice.listen_tcp("0.0.0.0", 8000)
+        assert dict(alice.members) == {"carol.demo": carol.lan_address}
     served: list[bytes] = []
 
     async def serve() -> None:
@@ -417,6 +418,14 @@ async def test_the_listener_comes_back_after_the_gateway_restarts() -> None:
                 with anyio.fail_after(10):
                     assert await client.receive() == b"STILL HERE"
             assert listener.local_address == (alice.lan_address, 8000)
+            # carol was not there any more; bob was new.
+            left = await news.wait_for(lambda e: e.kind is TunnelEventKind.MEMBER_LEFT)
+            assert (left.name, left.address) == ("carol.demo", carol.lan_address)
+            joined = await news.wait_for(
+                lambda e: e.kind is TunnelEventKind.MEMBER_JOINED and e.name == "bob.demo"
+            )
+            assert joined.address == bob.lan_address
+            assert dict(alice.members) == {"bob.demo": bob.lan_address}
             group.cancel_scope.cancel()
     assert served == [b"still here"]
     await listener.aclose()
