@@ -103,6 +103,26 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         help="expose a LAN member's listener on this machine (HOST defaults to 127.0.0.1)",
     )
     add("--lan-listeners", type=int, help="listeners one LAN member may hold (default 16)")
+    add(
+        "--cluster-redis",
+        metavar="URL",
+        help="share the LANs with other gateways through this Redis (redis://host:port/db)",
+    )
+    add(
+        "--cluster-url",
+        metavar="URL",
+        help="how the other gateways reach this one's WebSocket (default ws://HOST:PORT/)",
+    )
+    add(
+        "--cluster-secret-file",
+        type=Path,
+        help="the cluster's shared secret (first line, 16+ characters) for relays",
+    )
+    add(
+        "--cluster-refresh",
+        type=float,
+        help="seconds between renewals of this gateway's members in Redis (default 5)",
+    )
     add("--shutdown-grace", type=float, help="seconds to drain on SIGTERM (default 10)")
     add("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     add(
@@ -150,7 +170,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         Forward,
         lan_specs,
         load_lan_tokens,
-        parse_lan_flag,
+        parse_lan_flags,
     )
     from .gateway._server import (
         DEFAULT_READ_SIZE,
@@ -198,12 +218,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             raise ValueError(f"--user expects NAME:PASSWORD, got {entry!r}")
         users[name] = password
     token_file = _pick(arguments, file, "token_file", None)
-    lans: dict[str, str] = {}
-    for index, entry in enumerate([*file.get("lan", []), *(arguments.lan or [])]):
-        name, cidr = parse_lan_flag(str(entry), index)
-        if name in lans:
-            raise ValueError(f"--lan {name} is given twice")
-        lans[name] = cidr
+    lans = parse_lan_flags(str(entry) for entry in [*file.get("lan", []), *(arguments.lan or [])])
     lan_token_file = _pick(arguments, file, "lan_token_file", None)
     lan_tokens = load_lan_tokens(lan_token_file) if lan_token_file else {}
     specs, made_tokens = lan_specs(lans, lan_tokens, lambda: secrets.token_urlsafe(18))
@@ -212,6 +227,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         for entry in [*file.get("forward", []), *(arguments.forward or [])]
     ]
     lan_listeners = int(_pick(arguments, file, "lan_listeners", DEFAULT_LAN_LISTENERS))
+    cluster = _cluster_config(arguments, file, made_tokens)
     config = GatewayConfig(
         policy=policy,
         users=users,
@@ -235,6 +251,7 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         lans=tuple(specs),
         forwards=tuple(forwards),
         lan_listeners=lan_listeners,
+        cluster=cluster,
     )
     listen = {
         "host": _pick(arguments, file, "host", "127.0.0.1"),
@@ -255,7 +272,54 @@ def config_from(arguments: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         raise ValueError(
             f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {listen['event_loop']!r}"
         )
+    if cluster is not None and listen["event_loop"] == "trio":
+        raise ValueError("--cluster-redis needs asyncio or uvloop (redis-py's client), not trio")
     return config, listen
+
+
+def _cluster_config(
+    arguments: argparse.Namespace, file: dict[str, Any], made_tokens: dict[str, str]
+) -> Any:
+    """The ``ClusterConfig`` the ``--cluster-*`` flags ask for; ``None`` without a Redis."""
+    from .gateway._cluster import DEFAULT_REFRESH, ClusterConfig, import_redis
+
+    redis = _pick(arguments, file, "cluster_redis", None)
+    url = _pick(arguments, file, "cluster_url", None)
+    secret_file = _pick(arguments, file, "cluster_secret_file", None)
+    refresh = _pick(arguments, file, "cluster_refresh", None)
+    if redis is None:
+        if url is not None or secret_file is not None or refresh is not None:
+            raise ValueError(
+                "--cluster-url, --cluster-secret-file and --cluster-refresh need --cluster-redis"
+            )
+        return None
+    import_redis()
+    if secret_file is None:
+        raise ValueError(
+            "--cluster-redis needs --cluster-secret-file (the gateways' shared secret)"
+        )
+    lines = Path(secret_file).read_text().splitlines()
+    secret = lines[0].strip() if lines else ""
+    if made_tokens:
+        # A random token differs on every gateway: members could not move between them.
+        raise ValueError(
+            f"--cluster-redis: every LAN needs its token in --lan-token-file "
+            f"(none for {', '.join(sorted(made_tokens))})"
+        )
+    if url is None:
+        host = str(_pick(arguments, file, "host", "127.0.0.1"))
+        port = int(_pick(arguments, file, "port", 8080))
+        if host in ("", "0.0.0.0", "::") or port == 0:
+            raise ValueError(
+                "--cluster-url is needed when the gateway listens on every address or port 0"
+            )
+        url = f"ws://[{host}]:{port}/" if ":" in host else f"ws://{host}:{port}/"
+    return ClusterConfig(
+        str(redis),
+        str(url),
+        secret,
+        refresh=DEFAULT_REFRESH if refresh is None else float(refresh),
+    )
 
 
 def run(arguments: argparse.Namespace) -> int:

@@ -45,9 +45,9 @@ __all__ = [
     "LanSpec",
     "MemberRecord",
     "NameInUseError",
-    "default_cidr",
+    "DEFAULT_CIDRS",
     "load_lan_tokens",
-    "parse_lan_flag",
+    "parse_lan_flags",
 ]
 
 # Listeners (TCP and UDP) one member may hold: a server inside a page needs a
@@ -68,11 +68,8 @@ def _check_label(text: str, what: str) -> str:
     return name
 
 
-def default_cidr(index: int) -> str:
-    """The CIDR of the ``index``-th LAN declared without one: 10.77.0.0/24, 10.77.1.0/24, ..."""
-    if not 0 <= index < 256:
-        raise ValueError("at most 256 LANs get a default CIDR; give the others one")
-    return f"10.77.{index}.0/24"
+# LANs declared without a CIDR take the first of these that no other LAN overlaps.
+DEFAULT_CIDRS: Final = tuple(f"10.77.{n}.0/24" for n in range(256))
 
 
 def ipv6_subnet_for(name: str) -> ipaddress.IPv6Network:
@@ -111,17 +108,36 @@ class LanSpec:
         return ipaddress.IPv4Network(self.cidr)
 
 
-def parse_lan_flag(text: str, index: int) -> tuple[str, str]:
-    """``NAME[:CIDR]`` (``--lan``) as ``(name, cidr)``; ``index`` picks the default CIDR."""
-    name, sep, cidr = text.partition(":")
-    name = _check_label(name.strip(), "--lan: LAN name")
-    if not sep:
-        return name, default_cidr(index)
-    try:
-        network = ipaddress.IPv4Network(cidr.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"--lan {text!r}: {cidr!r} is not an IPv4 CIDR") from None
-    return name, str(network)
+def parse_lan_flags(entries: Iterable[str]) -> dict[str, str]:
+    """``NAME[:CIDR]`` values (``--lan``) as ``{name: cidr}``, in order.
+
+    A LAN without a CIDR gets the first of :data:`DEFAULT_CIDRS` (10.77.0.0/24,
+    10.77.1.0/24, ...) that overlaps no LAN given or chosen before.
+    """
+    given: dict[str, ipaddress.IPv4Network | None] = {}
+    for text in entries:
+        name, sep, cidr = text.partition(":")
+        name = _check_label(name.strip(), "--lan: LAN name")
+        if name in given:
+            raise ValueError(f"--lan {name} is given twice")
+        network = None
+        if sep:
+            try:
+                network = ipaddress.IPv4Network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"--lan {text!r}: {cidr!r} is not an IPv4 CIDR") from None
+        given[name] = network
+    taken = [network for network in given.values() if network is not None]
+    defaults = (ipaddress.IPv4Network(cidr) for cidr in DEFAULT_CIDRS)
+    result: dict[str, str] = {}
+    for name, network in given.items():
+        if network is None:
+            network = next((d for d in defaults if not any(d.overlaps(t) for t in taken)), None)
+            if network is None:
+                raise ValueError(f"--lan {name}: no free 10.77.N.0/24 left; give it a CIDR")
+            taken.append(network)
+        result[name] = str(network)
+    return result
 
 
 def load_lan_tokens(path: str | Path) -> dict[str, str]:
@@ -258,6 +274,16 @@ class LanDirectory:
             return None
         text = str(ip)
         return next((m for m in members.values() if text in (m.address, m.address6)), None)
+
+    async def add_listener(self, lan: str, name: str, transport: str, port: int) -> None:
+        """Note that member ``name`` listens on ``transport`` (``tcp``/``udp``) ``port``.
+
+        Nothing to do in one process (the virtual network knows its
+        listeners); a directory shared by several gateways records it.
+        """
+
+    async def remove_listener(self, lan: str, name: str, transport: str, port: int) -> None:
+        """Note that the listener :meth:`add_listener` noted is gone."""
 
 
 @dataclass(slots=True)

@@ -26,7 +26,13 @@ from lan_client import JoinRefusedError, LanClient, StreamClosedError, lan_clien
 from netshim import VirtualNetwork, WispStack
 from netshim._gateway_cli import add_arguments, config_from
 from netshim.gateway import Gateway, GatewayConfig
-from netshim.gateway._lan import Forward, LanDirectory, LanSpec, ipv6_subnet_for
+from netshim.gateway._lan import (
+    Forward,
+    LanDirectory,
+    LanSpec,
+    ipv6_subnet_for,
+    parse_lan_flags,
+)
 from netshim.gateway._server import QUEUE_BOUND_FACTOR
 from netshim.policy import Policy
 from netshim.protocols import wisp
@@ -496,7 +502,7 @@ def test_lan_flags_reach_the_config(tmp_path: Path) -> None:
         ("demo", "10.77.0.0/24", "abc"),
         ("lab", "192.168.50.0/24", "xyz"),
     ]
-    assert config.lans[2].cidr == "10.77.2.0/24"
+    assert config.lans[2].cidr == "10.77.1.0/24"
     assert len(config.lans[2].token) >= 20
     assert listen["lan_tokens_made"] == {"third": config.lans[2].token}
     assert config.forwards == (
@@ -531,6 +537,36 @@ def test_bad_lan_flags_are_one_clear_line(flags: list[str], message: str) -> Non
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_lan_keys_in_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("demo abc\n")
+    (tmp_path / "gateway.toml").write_text(
+        'lan = ["demo:10.5.0.0/16"]\nforward = ["9000=demo/web:80"]\nlan_listeners = 3\n'
+        f'lan_token_file = "{tmp_path / "tokens"}"\n'
+    )
+    config, listen = config_from(
+        parse("--config", str(tmp_path / "gateway.toml"), "--lan", "extra")
+    )
+    assert [(s.name, s.cidr) for s in config.lans] == [
+        ("demo", "10.5.0.0/16"),
+        ("extra", "10.77.0.0/24"),
+    ]
+    assert config.lans[0].token == "abc"
+    assert config.forwards == (Forward("127.0.0.1", 9000, "demo", "web", 80),)
+    assert config.lan_listeners == 3
+    assert set(listen["lan_tokens_made"]) == {"extra"}
+
+
+def test_default_cidrs_avoid_the_given_ones() -> None:
+    lans = parse_lan_flags(["a", "b:10.77.1.0/24", "c", "d:10.77.0.0/23", "e"])
+    assert lans == {
+        "a": "10.77.2.0/24",
+        "b": "10.77.1.0/24",
+        "c": "10.77.3.0/24",
+        "d": "10.77.0.0/23",
+        "e": "10.77.4.0/24",
+    }
 
 
 def test_token_file_naming_an_undeclared_lan_is_an_error(tmp_path: Path) -> None:
