@@ -222,7 +222,7 @@ def parse_config(text: str) -> WireGuardConfig:
 _FIN_AND_PSH = 0x01 | 0x08
 _SEQUENCE = struct.Struct("!I")
 _IPV4_LENGTH_AND_ID = struct.Struct("!HH")
-_IPV6_LENGTH = struct.Struct("!H")
+_WORD = struct.Struct("!H")
 # A large integer modulo 0xFFFF by folding: 2**16 is 1 modulo 0xFFFF, so
 # the high and low parts of a split at a multiple of 16 bits add up to the
 # same residue.  Two folds and a % take about half the time of one % on a
@@ -252,10 +252,10 @@ def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
     Encrypting and sending pieces here costs less than the TCP engine making
     each segment itself, which is why the link offers TSO.
 
-    The checksums are built from parts: the pseudo-header's addresses and
-    protocol once, each piece's payload once (as one integer, reduced modulo
-    0xFFFF) and its header of a few dozen bytes, so no piece is copied but
-    into its final bytes.
+    The checksums are sums of parts: the headers' fixed words once, then per
+    piece the words that change (lengths, identification, sequence number,
+    flags on the last) as small integers and the payload as one integer
+    reduced modulo 0xFFFF, so no piece is copied but into its final bytes.
     """
     tcp = gso.csum_start
     header_len = gso.header_len
@@ -267,39 +267,54 @@ def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
     template = bytearray(view[:header_len])
     sequence = _SEQUENCE.unpack_from(template, tcp + 4)[0]
     flags = template[tcp + 13]
+    middle_flags = flags & ~_FIN_AND_PSH
+    template[tcp + 13] = middle_flags
+    template[tcp + 4 : tcp + 8] = b"\x00\x00\x00\x00"
     template[tcp + 16 : tcp + 18] = b"\x00\x00"
-    # The pseudo-header less its length: addresses and protocol (6).  Its
-    # length word is the TCP length, under 2**16, in either family.
-    pseudo = int.from_bytes(view[12:20] if version4 else view[8:40], "big") % 0xFFFF + 6
+    # The flags are the low byte of their 16-bit word: the last piece's
+    # word is larger by the difference.
+    last_delta = flags - middle_flags
+    # The pseudo-header's addresses and protocol (6) and the TCP header's
+    # fixed words; the pseudo-header's length is the TCP length, under 2**16
+    # in either family, so one word.
+    fixed = (
+        int.from_bytes(view[12:20] if version4 else view[8:40], "big")
+        + int.from_bytes(template[tcp:], "big")
+    ) % 0xFFFF + 6
     tcp_header_len = header_len - tcp
-    identification = 0
+    identification = ip_fixed = 0
     if version4:
         identification = int.from_bytes(template[4:6], "big")
+        template[2:6] = b"\x00\x00\x00\x00"
         template[10:12] = b"\x00\x00"
+        ip_fixed = int.from_bytes(template[:tcp], "big") % 0xFFFF
     pieces = []
     for index, offset in enumerate(range(0, total, size)):
         chunk = payload[offset : offset + size]
         length = len(chunk)
         header = template[:]
-        _SEQUENCE.pack_into(header, tcp + 4, (sequence + offset) & 0xFFFFFFFF)
-        if offset + size < total:
-            header[tcp + 13] = flags & ~_FIN_AND_PSH
+        number = (sequence + offset) & 0xFFFFFFFF
+        _SEQUENCE.pack_into(header, tcp + 4, number)
+        extra = 0
+        if offset + size >= total:
+            header[tcp + 13] = flags
+            extra = last_delta
         tcp_length = tcp_header_len + length
         if version4:
-            _IPV4_LENGTH_AND_ID.pack_into(
-                header, 2, tcp + tcp_length, (identification + index) & 0xFFFF
-            )
+            ip_length = tcp + tcp_length
+            ident = (identification + index) & 0xFFFF
             # An IPv4 header is never all zeros: a residue of 0 is 0xFFFF.
-            residue = int.from_bytes(header[:tcp], "big") % 0xFFFF or 0xFFFF
-            header[10:12] = (0xFFFF - residue).to_bytes(2, "big")
+            residue = (ip_fixed + ip_length + ident) % 0xFFFF or 0xFFFF
+            _IPV4_LENGTH_AND_ID.pack_into(header, 2, ip_length, ident)
+            _WORD.pack_into(header, 10, 0xFFFF - residue)
         else:
-            _IPV6_LENGTH.pack_into(header, 4, tcp - 40 + tcp_length)
+            _WORD.pack_into(header, 4, tcp - 40 + tcp_length)
         # An odd last byte is a word padded with zero.
         data = int.from_bytes(chunk, "big") << (8 if length & 1 else 0)
         residue = (
-            pseudo + tcp_length + int.from_bytes(header[tcp:], "big") % 0xFFFF + _residue(data)
+            fixed + tcp_length + (number >> 16) + (number & 0xFFFF) + extra + _residue(data)
         ) % 0xFFFF or 0xFFFF  # never all zeros: the header holds ports and offset
-        header[tcp + 16 : tcp + 18] = (0xFFFF - residue).to_bytes(2, "big")
+        _WORD.pack_into(header, tcp + 16, 0xFFFF - residue)
         pieces.append(b"".join((header, chunk)))
     return pieces
 
