@@ -184,6 +184,8 @@ def _kdf(key: bytes, data: bytes, outputs: int) -> list[bytes]:
 # The AEAD nonce: 32 zero bits, then the counter as 64 bits little-endian.
 _NONCE: Final = struct.Struct("<4xQ")
 _TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
+_INDEX_AND_COUNTER: Final = struct.Struct("<IQ")
+_REPLAY_MASK: Final = (1 << REPLAY_WINDOW) - 1
 #: Zeros that pad a transport message's plaintext to 16 bytes, by count.
 _PADDING: Final = tuple(bytes(count) for count in range(16))
 #: Addresses whose longest-prefix match :class:`AllowedIps` remembers.
@@ -501,7 +503,7 @@ class _ReplayWindow:
         """Record an authenticated ``counter``; False if it was seen or is too old."""
         if counter > self.highest:
             shift = counter - self.highest
-            self.bits = ((self.bits << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self.bits = ((self.bits << shift) | 1) & _REPLAY_MASK
             self.highest = counter
             return True
         behind = self.highest - counter
@@ -1138,7 +1140,7 @@ class WireGuardDevice:
         if len(data) < TRANSPORT_HEADER_SIZE + TAG_SIZE:
             self.dropped["short transport message"] += 1
             return
-        receiver_index, counter = struct.unpack_from("<IQ", data, 4)
+        receiver_index, counter = _INDEX_AND_COUNTER.unpack_from(data, 4)
         entry = self._indices.get(receiver_index)
         if entry is None or not isinstance(entry[1], _Session):
             self.dropped["unknown receiver index"] += 1
@@ -1149,7 +1151,11 @@ class WireGuardDevice:
         if now - session.created >= timers.reject_after_time:
             self.dropped["expired keys"] += 1
             return
-        if counter >= timers.reject_after_messages or not session.replay.check(counter):
+        replay = session.replay
+        # A counter above the highest seen is new: the common case, checked
+        # and recorded here without the window's methods.
+        ahead = counter > replay.highest
+        if counter >= timers.reject_after_messages or not (ahead or replay.check(counter)):
             self.dropped["replayed counter"] += 1
             return
         try:
@@ -1159,7 +1165,10 @@ class WireGuardDevice:
         except InvalidTag:
             self.dropped["bad transport authentication"] += 1
             return
-        if not session.replay.accept(counter):
+        if ahead:
+            replay.bits = ((replay.bits << (counter - replay.highest)) | 1) & _REPLAY_MASK
+            replay.highest = counter
+        elif not replay.accept(counter):
             self.dropped["replayed counter"] += 1
             return
         peer.rx_bytes += len(data)
@@ -1170,8 +1179,10 @@ class WireGuardDevice:
             peer._current = session
             peer._next = None
             self._send_staged(peer, now)
-        self._set_endpoint(peer, source)
-        self._received_authenticated(peer, now)
+        if peer.endpoint != source:
+            self._set_endpoint(peer, source)
+        # Any authenticated packet answers the data we sent.
+        peer._new_handshake_at = None
         if (
             session is peer._current
             and session.initiator
