@@ -391,13 +391,14 @@ class RedisLanDirectory(LanDirectory):
         self._view: dict[str, dict[str, ClusterRecord]] = {lan: {} for lan in self._lans}
         self._news_count = 0
         self._heard: dict[tuple[str, str], int] = {}
-        self._sync_lock = anyio.Lock()
         self._group: anyio.abc.TaskGroup | None = None
-        self._subscribed = anyio.Event()
-        self._stopped = anyio.CancelScope()
         #: Renewals done; :meth:`wait_renewals` waits for more.
         self.renewals = 0
-        self._renewed = anyio.Event()
+        # Made in __aenter__: a gateway builds its directory before its event loop runs.
+        self._sync_lock: anyio.Lock
+        self._subscribed: anyio.Event
+        self._stopped: anyio.CancelScope
+        self._renewed: anyio.Event
 
     def __repr__(self) -> str:
         return f"RedisLanDirectory(gateway={self.gateway!r}, lans={sorted(self._lans)!r})"
@@ -405,6 +406,10 @@ class RedisLanDirectory(LanDirectory):
     # -- lifetime
 
     async def __aenter__(self) -> RedisLanDirectory:
+        self._sync_lock = anyio.Lock()
+        self._subscribed = anyio.Event()
+        self._stopped = anyio.CancelScope()
+        self._renewed = anyio.Event()
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group = group
@@ -598,9 +603,29 @@ class RedisLanDirectory(LanDirectory):
         if held is None:
             return
         offset = self._host_number(held)
-        await self._listener(
-            args=[self._key(lan), name, offset, self.gateway, op, f"{transport}:{port}"]
-        )
+        args: list[str | int] = [
+            self._key(lan),
+            name,
+            offset,
+            self.gateway,
+            op,
+            f"{transport}:{port}",
+        ]
+        # The listener works here whatever Redis says; without the record,
+        # other gateways' members are refused it until Redis is back.
+        try:
+            with anyio.fail_after(self.ttl):
+                await self._listener(args=args)
+        except Exception as exc:
+            logger.warning(
+                "cluster-redis-error action=listener-%s lan=%s member=%s port=%s:%d error=%r",
+                op,
+                lan,
+                name,
+                transport,
+                port,
+                exc,
+            )
 
     async def is_listening(self, lan: str, address: IPAddress, transport: str, port: int) -> bool:
         """Whether the member at ``address`` listens on ``port`` (as its gateway recorded)."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import ipaddress
+import os
 import socket
 import subprocess
 import time
@@ -19,8 +21,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
+from gateway_process import GatewayProcess, gateway_process
 
+from netshim import WispStack
+from netshim._addresses import Address
 from netshim.gateway._cluster import (
     ClusterConfig,
     ClusterRecord,
@@ -32,6 +38,8 @@ from netshim.gateway._cluster import (
 )
 from netshim.gateway._lan import LanHub, LanSpec, NameInUseError, ipv6_subnet_for
 from netshim.protocols import wisp
+from netshim.stack import TcpStream
+from netshim.stacks._tunnel import TunnelEvent, TunnelEventKind
 from netshim.testing import require_peer
 
 pytestmark = pytest.mark.anyio
@@ -446,3 +454,127 @@ def test_cluster_config_is_checked() -> None:
     assert cluster.secret_matches(SECRET)
     assert not cluster.secret_matches(SECRET + "x")
     assert not cluster.secret_matches("")
+
+
+# -- two gateway processes, one redis-server, WispStack members
+
+
+TOKEN = "demo-token-for-tests"
+
+
+@contextlib.contextmanager
+def two_gateways(redis_url: str, directory: Path) -> Iterator[list[GatewayProcess]]:
+    """``netshim gateway`` twice, sharing LAN ``demo`` through ``redis_url``."""
+    tokens = directory / "tokens.txt"
+    tokens.write_text(f"demo {TOKEN}\n")
+    secret = directory / "secret.txt"
+    secret.write_text(SECRET + "\n")
+    with contextlib.ExitStack() as stack:
+        gateways = []
+        for _ in range(2):
+            port = _free_port()
+            flags = [
+                "--port", str(port), "--lan", "demo:10.77.0.0/24",
+                "--lan-token-file", str(tokens), "--cluster-redis", redis_url,
+                "--cluster-url", f"ws://127.0.0.1:{port}/",
+                "--cluster-secret-file", str(secret), "--cluster-refresh", "0.2",
+            ]  # fmt: skip
+            gateways.append(stack.enter_context(gateway_process(*flags)))
+        yield gateways
+
+
+class Member:
+    """A WispStack joined to ``demo`` at one gateway, echoing on a port, hearing the news."""
+
+    def __init__(self, gateway: GatewayProcess, name: str) -> None:
+        host, port = gateway.http
+        self.stack = WispStack(f"ws://{host}:{port}/", lan="demo", member=name, token=TOKEN)
+        self.events: list[TunnelEvent] = []
+        self.peers: list[Address] = []
+        self._changed = anyio.Event()
+        self.stack.on_event(self._on_event)
+
+    def _on_event(self, event: TunnelEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, kind: TunnelEventKind, name: str) -> None:
+        with anyio.fail_after(GUARD):
+            while not any(e.kind is kind and e.name == name for e in self.events):
+                await self._changed.wait()
+
+    async def serve_echo(self, port: int, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Echo every connection to ``port``; accepting is what reads the news too."""
+        listener = await self.stack.listen_tcp(None, port)
+        task_status.started()
+        async with listener, anyio.create_task_group() as group:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError:
+                    # The gateway went away; only the news matters from here.
+                    await anyio.sleep_forever()
+                self.peers.append(stream.remote_address)
+                group.start_soon(self._echo, stream)
+
+    @staticmethod
+    async def _echo(stream: TcpStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, OSError):
+                while True:
+                    await stream.send(await stream.receive())
+
+
+async def echo_through(stack: WispStack, host: str, port: int, size: int) -> None:
+    payload = os.urandom(size)
+    stream = await stack.connect_tcp(host, port)
+    received = bytearray()
+    async with stream, anyio.create_task_group() as group:
+
+        async def send() -> None:
+            for offset in range(0, size, 1 << 16):
+                await stream.send(payload[offset : offset + (1 << 16)])
+
+        group.start_soon(send)
+        with anyio.fail_after(GUARD):
+            while len(received) < size:
+                received += await stream.receive()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_members_on_two_gateway_processes(redis_url: str, tmp_path: Path) -> None:
+    with two_gateways(redis_url, tmp_path) as (gateway_a, gateway_b):
+        alice, bob = Member(gateway_a, "alice"), Member(gateway_b, "bob")
+        async with anyio.create_task_group() as group:
+            await group.start(alice.serve_echo, 7000)
+            await group.start(bob.serve_echo, 8000)
+            assert alice.stack.lan_address is not None
+            assert bob.stack.lan_address is not None
+            assert alice.stack.lan_address != bob.stack.lan_address
+            await alice.wait_for(TunnelEventKind.MEMBER_JOINED, "bob.demo")
+            # Alice (gateway A) reaches Bob's listener (gateway B) by name and
+            # by address, and Bob sees Alice's LAN address; and back.
+            await echo_through(alice.stack, "bob.demo", 8000, 1 << 20)
+            await echo_through(alice.stack, bob.stack.lan_address, 8000, 1000)
+            assert [peer[0] for peer in bob.peers] == [alice.stack.lan_address] * 2
+            await echo_through(bob.stack, "alice.demo", 7000, 1 << 18)
+            assert [peer[0] for peer in alice.peers] == [bob.stack.lan_address]
+            # A port Bob does not listen on is refused.
+            with pytest.raises(ConnectionRefusedError):
+                await alice.stack.connect_tcp("bob.demo", 8001)
+            # Gateway B dies without a word: Bob leaves within the expiry.
+            bob_address = bob.stack.lan_address
+            gateway_b.process.kill()
+            gateway_b.process.wait()
+            await alice.wait_for(TunnelEventKind.MEMBER_LEFT, "bob.demo")
+            with pytest.raises(OSError) as caught:
+                await alice.stack.connect_tcp(bob_address, 8000)
+            assert caught.value.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH)
+            with pytest.raises(OSError):
+                await alice.stack.connect_tcp("bob.demo", 8000)
+            group.cancel_scope.cancel()
+        await alice.stack.aclose()
+        await bob.stack.aclose()
+        assert gateway_a.alive()
+        assert gateway_a.internal_errors() == []
