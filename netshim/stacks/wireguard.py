@@ -440,6 +440,12 @@ def _normalise(address: Any) -> Endpoint:
 # datagrams of one size, the last possibly shorter, and the kernel cuts them.
 _SOL_UDP = 17
 _UDP_SEGMENT = 103
+# Its receiving half (``UDP_GRO``, Linux 5.0): the kernel hands a socket
+# that asks for it a run of datagrams from one sender as one buffer, with
+# their size in a control message (a GSO sender's run as it was sent, and
+# datagrams a NIC's GRO joined).
+_UDP_GRO = 104
+_GRO_CONTROL_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 #: Datagrams in one segmented send (Linux's UDP_MAX_SEGMENTS is 64, 128 since 6.9).
 _GSO_MAX_SEGMENTS = 64
 #: Bytes in one segmented send: it must fit one UDP datagram over IPv6 (65,527).
@@ -529,6 +535,7 @@ class WireGuardLink(Link):
         self._view = memoryview(self._buffer)
         self._sources: dict[Any, Endpoint] = {}
         self._addresses: dict[Endpoint, tuple[str, int]] = {}
+        self._udp_gro = False
         self._nowait_left = _NOWAIT_PER_RECEIVE
 
     @property
@@ -566,6 +573,12 @@ class WireGuardLink(Link):
                         except OSError:
                             pass
                     self._gso = sys.platform == "linux"
+                    if self._gso and _GRO_CONTROL_SPACE:
+                        try:
+                            raw.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+                            self._udp_gro = True
+                        except OSError:
+                            pass
                 self._raw = raw
                 self._socket = sock
         return self._socket
@@ -605,10 +618,16 @@ class WireGuardLink(Link):
         raw = self._raw
         assert raw is not None
         device, view, sources = self.device, self._view, self._sources
+        buffers = [self._buffer]
+        gro = self._udp_gro
         now = self._now()
-        for _ in range(_RECEIVE_BATCH):
+        taken = 0
+        while taken < _RECEIVE_BATCH:
             try:
-                size, address = raw.recvfrom_into(self._buffer)
+                if gro:
+                    size, control, flags, address = raw.recvmsg_into(buffers, _GRO_CONTROL_SPACE)
+                else:
+                    size, address = raw.recvfrom_into(self._buffer)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -622,7 +641,20 @@ class WireGuardLink(Link):
                 source = sources[address] = _normalise(address)
             # The device keeps nothing of the view: the next datagram may
             # reuse the buffer.
-            device.receive_datagram(view[:size], source, now)
+            if gro and flags & socket.MSG_TRUNC:
+                device.dropped["datagram truncated"] += 1
+                taken += 1
+            elif gro and control:
+                segment = size
+                for level, kind, data in control:
+                    if level == _SOL_UDP and kind == _UDP_GRO:
+                        segment = int.from_bytes(data[:4], sys.byteorder) or size
+                for start in range(0, size, segment):
+                    device.receive_datagram(view[start : min(start + segment, size)], source, now)
+                    taken += 1
+            else:
+                device.receive_datagram(view[:size], source, now)
+                taken += 1
 
     def _write_ready(self) -> bool:
         """Send the queued datagrams without waiting; False if the socket's buffer filled."""

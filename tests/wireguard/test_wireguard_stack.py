@@ -8,6 +8,8 @@ an endpoint learnt from the initiator) on both anyio backends.
 from __future__ import annotations
 
 import hashlib
+import socket
+import sys
 
 import anyio
 import anyio.lowlevel
@@ -110,3 +112,29 @@ async def test_ipv6_endpoints() -> None:
                 await client.handshake()
     assert server.peers[0].endpoint is not None
     assert server.peers[0].endpoint[0] == "::1"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="UDP_SEGMENT and UDP_GRO are Linux's")
+async def test_the_link_takes_a_segmented_run_of_datagrams_one_by_one() -> None:
+    # One segmented send of ten transport messages (to an unknown receiver
+    # index): whether the kernel hands the link one coalesced buffer
+    # (UDP_GRO) or ten datagrams, the device sees ten.
+    from netshim.stacks import HostStack
+    from netshim.stacks.wireguard import WireGuardLink
+
+    device = wg.WireGuardDevice(wg.generate_private_key())
+    link = WireGuardLink(device, HostStack(), bind=("127.0.0.1", 0))
+    await link.open()
+    address = link.local_address
+    assert address is not None
+    message = (4).to_bytes(4, "little") + bytes(44)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        segment = [(17, 103, (len(message)).to_bytes(2, sys.byteorder))]  # SOL_UDP, UDP_SEGMENT
+        sender.sendmsg([message * 10], segment, 0, address)
+    for _ in range(100):
+        assert link.receive_nowait() is None
+        if device.dropped["unknown receiver index"] >= 10:
+            break
+        await anyio.sleep(0.01)
+    assert device.dropped == {"unknown receiver index": 10}
+    await link.aclose()
