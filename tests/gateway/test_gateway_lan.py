@@ -765,3 +765,14 @@ async def test_an_exception_in_a_lan_path_ends_that_stream_only(
     metrics = gateway.metrics.render().decode()
     assert 'netshim_gateway_internal_errors_total{front="wisp-stream"} 1.0' in metrics
     assert 'netshim_gateway_internal_errors_total{front="wisp-listener"} 1.0' in metrics
+
+
+async def test_no_lans_no_extension() -> None:
+    """A gateway without LANs does not announce the extension; a join is not answered."""
+    async with (
+        running_gateway(GatewayConfig(policy=Policy(allow=["127.0.0.1"]))) as gateway,
+        lan_client(gateway) as client,
+    ):
+        assert not client.conn.lan_enabled
+        assert client.news == []
+        assert gateway.lans is None
