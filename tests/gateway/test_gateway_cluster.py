@@ -9,6 +9,7 @@ guard so a broken build fails instead of hanging; nothing asserts a duration.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import hashlib
@@ -24,10 +25,14 @@ import anyio
 import anyio.abc
 import pytest
 from gateway_process import GatewayProcess, gateway_process
+from transfer_targets import running_gateway
 
 from netshim import WispStack
 from netshim._addresses import Address
+from netshim._gateway_cli import add_arguments, config_from
+from netshim.gateway import Gateway, GatewayConfig
 from netshim.gateway._cluster import (
+    RELAY_LAN,
     ClusterConfig,
     ClusterRecord,
     GatewayCluster,
@@ -37,6 +42,7 @@ from netshim.gateway._cluster import (
     relay_host,
 )
 from netshim.gateway._lan import LanHub, LanSpec, NameInUseError, ipv6_subnet_for
+from netshim.policy import Policy
 from netshim.protocols import wisp
 from netshim.stack import TcpStream
 from netshim.stacks._tunnel import TunnelEvent, TunnelEventKind
@@ -486,13 +492,18 @@ def two_gateways(redis_url: str, directory: Path) -> Iterator[list[GatewayProces
 class Member:
     """A WispStack joined to ``demo`` at one gateway, echoing on a port, hearing the news."""
 
-    def __init__(self, gateway: GatewayProcess, name: str) -> None:
-        host, port = gateway.http
-        self.stack = WispStack(f"ws://{host}:{port}/", lan="demo", member=name, token=TOKEN)
+    def __init__(self, gateway: GatewayProcess | None, name: str, url: str = "") -> None:
+        if gateway is not None:
+            url = "ws://{}:{}/".format(*gateway.http)
+        self.stack = WispStack(url, lan="demo", member=name, token=TOKEN)
         self.events: list[TunnelEvent] = []
         self.peers: list[Address] = []
         self._changed = anyio.Event()
         self.stack.on_event(self._on_event)
+
+    @classmethod
+    def at(cls, url: str, name: str) -> Member:
+        return cls(None, name, url)
 
     def _on_event(self, event: TunnelEvent) -> None:
         self.events.append(event)
@@ -578,3 +589,126 @@ async def test_members_on_two_gateway_processes(redis_url: str, tmp_path: Path) 
         await bob.stack.aclose()
         assert gateway_a.alive()
         assert gateway_a.internal_errors() == []
+
+
+# -- the relay end of one gateway, in process
+
+
+def cluster_config(redis_url: str, **overrides: object) -> GatewayConfig:
+    options: dict[str, object] = {
+        "policy": Policy(allow=["127.0.0.1"]),
+        "lans": (LanSpec("demo", "10.77.0.0/24", TOKEN),),
+        "cluster": ClusterConfig(redis_url, "ws://127.0.0.1:9/", SECRET, refresh=0.2),
+    }
+    options.update(overrides)
+    return GatewayConfig(**options)  # type: ignore[arg-type]
+
+
+def url_of(gateway: Gateway) -> str:
+    host, port = gateway.addresses["http"][:2]
+    return f"ws://{host}:{port}/"
+
+
+async def test_a_relay_needs_the_cluster_secret_and_reaches_members_only(
+    redis_url: str,
+) -> None:
+    async with (
+        running_gateway(cluster_config(redis_url)) as gateway,
+        anyio.create_task_group() as group,
+    ):
+        url = url_of(gateway)
+        with pytest.raises(PermissionError):
+            await WispStack(url, lan=RELAY_LAN, token="not-the-cluster-secret").connect()
+        bob = Member.at(url, "bob")
+        await group.start(bob.serve_echo, 8000)
+        assert bob.stack.lan_address is not None
+        relay = WispStack(url, lan=RELAY_LAN, token=SECRET)
+        try:
+            await relay.connect()
+            # The listener sees the source the relay names.
+            await echo_through(
+                relay, relay_host("demo", "10.77.0.77", bob.stack.lan_address), 8000, 1000
+            )
+            assert [peer[0] for peer in bob.peers] == ["10.77.0.77"]
+            # Nothing but members of this gateway: not the outside, not a name,
+            # not an address nobody here holds, not a source that is a member here.
+            with (
+                socket.create_server(("127.0.0.1", 0)) as outside,
+                pytest.raises(ConnectionRefusedError),
+            ):
+                await relay.connect_tcp("127.0.0.1", outside.getsockname()[1])
+            for host in (
+                "bob.demo",
+                relay_host("demo", "10.77.0.77", "10.77.0.99"),
+                relay_host("demo", bob.stack.lan_address, bob.stack.lan_address),
+            ):
+                with pytest.raises(ConnectionRefusedError):
+                    await relay.connect_tcp(host, 8000)
+            with pytest.raises(ConnectionRefusedError):
+                await relay.connect_tcp(
+                    relay_host("demo", "10.77.0.77", bob.stack.lan_address), 8001
+                )
+        finally:
+            await relay.aclose()
+            group.cancel_scope.cancel()
+            await bob.stack.aclose()
+
+
+async def test_a_gateway_on_its_own_refuses_relays(redis_url: str) -> None:
+    async with running_gateway(cluster_config(redis_url, cluster=None)) as gateway:
+        assert gateway.cluster is None
+        with pytest.raises(PermissionError):
+            await WispStack(url_of(gateway), lan=RELAY_LAN, token=SECRET).connect()
+
+
+# -- the command line
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(flags))
+
+
+def test_cluster_flags(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"demo {TOKEN}\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET + "\n")
+    base = ["--lan", "demo", "--lan-token-file", str(tokens), "--cluster-redis", "redis://r:6379/0"]
+    config, _ = config_from(parse(*base, "--port", "8081", "--cluster-secret-file", str(secret)))
+    assert config.cluster == ClusterConfig("redis://r:6379/0", "ws://127.0.0.1:8081/", SECRET)
+    config, _ = config_from(
+        parse(
+            *base, "--host", "0.0.0.0", "--cluster-url", "wss://g1.example/", "--cluster-refresh",
+            "2", "--cluster-secret-file", str(secret),
+        )
+    )  # fmt: skip
+    assert config.cluster.url == "wss://g1.example/"
+    assert config.cluster.refresh == 2
+    config, _ = config_from(parse("--lan", "demo", "--lan-token-file", str(tokens)))
+    assert config.cluster is None
+    for flags, words in (
+        (["--cluster-url", "ws://x:1/"], "need --cluster-redis"),
+        ([*base], "--cluster-secret-file"),
+        ([*base, "--cluster-secret-file", str(tokens), "--port", "0"], "--cluster-url is needed"),
+        ([*base, "--cluster-secret-file", str(secret), "--event-loop", "trio"], "not trio"),
+        (
+            [
+                "--lan",
+                "demo",
+                "--cluster-redis",
+                "redis://r/",
+                "--cluster-secret-file",
+                str(secret),
+            ],
+            "every LAN needs its token",
+        ),
+        (["--cluster-redis", "redis://r/", "--cluster-secret-file", str(secret)], "declare"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            config_from(parse(*flags))
+    short = tmp_path / "short.txt"
+    short.write_text("short\n")
+    with pytest.raises(ValueError, match="at least 16"):
+        config_from(parse(*base, "--cluster-secret-file", str(short)))
