@@ -138,3 +138,43 @@ async def test_the_link_takes_a_segmented_run_of_datagrams_one_by_one() -> None:
         await anyio.sleep(0.01)
     assert device.dropped == {"unknown receiver index": 10}
     await link.aclose()
+
+
+async def test_the_link_sends_one_by_one_when_segmenting_is_refused() -> None:
+    # A route whose device cannot segment refuses a UDP_SEGMENT send (EIO, or
+    # EINVAL beyond its MTU): the run goes out datagram by datagram, and so
+    # does everything after; a full buffer keeps the rest for later.
+    import errno
+
+    from netshim.stacks import HostStack
+    from netshim.stacks.wireguard import WireGuardLink
+
+    class Refusing:
+        family = socket.AF_INET
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.full = False
+
+        def sendmsg(self, buffers: list[bytes], *args: object) -> int:
+            raise OSError(errno.EIO, "no segmentation here")
+
+        def sendto(self, data: bytes, address: object) -> int:
+            if self.full:
+                raise BlockingIOError
+            self.sent.append(data)
+            return len(data)
+
+    link = WireGuardLink(wg.WireGuardDevice(wg.generate_private_key()), HostStack())
+    fake = Refusing()
+    link._raw = fake  # type: ignore[assignment]
+    link._gso = True
+    endpoint = ("192.0.2.1", 51820)
+    link._out = [(bytes([index]) * 100, endpoint) for index in range(5)]
+    assert link._write_ready()
+    assert fake.sent == [bytes([index]) * 100 for index in range(5)]
+    assert not link._gso
+    fake.full = True
+    link._out = [(b"later", endpoint)]
+    assert not link._write_ready()
+    assert link._out == [(b"later", endpoint)]
