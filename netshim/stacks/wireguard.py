@@ -587,12 +587,18 @@ class WireGuardLink(Link):
         clock = self._clock
         if clock is None:
             # anyio.current_time() asks sniffio for the event loop on every
-            # call, several times per datagram; asyncio's clock is the
-            # loop's time(), the same value, so keep that bound method.
-            if sniffio.current_async_library() == "asyncio":
+            # call, several times per burst; asyncio's clock is the loop's
+            # time() and trio's trio.current_time(), the same values, so
+            # keep those.
+            library = sniffio.current_async_library()
+            if library == "asyncio":
                 import asyncio
 
                 clock = asyncio.get_running_loop().time
+            elif library == "trio":
+                import trio
+
+                clock = trio.current_time
             else:
                 clock = anyio.current_time
             self._clock = clock
