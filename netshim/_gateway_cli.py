@@ -397,5 +397,15 @@ def run(arguments: argparse.Namespace) -> int:
                         break
                     break
 
-    anyio.run(main, backend=backend, backend_options=options)
+    from .gateway._cluster import ClusterUnavailableError
+
+    unavailable: list[BaseException] = []
+    try:
+        anyio.run(main, backend=backend, backend_options=options)
+    except* ClusterUnavailableError as failed:
+        unavailable.extend(failed.exceptions)
+    if unavailable:
+        # The cluster's Redis is down or unreachable at start: one line, not a traceback.
+        print(f"netshim gateway: {unavailable[0]}", file=sys.stderr)
+        return 1
     return 0

@@ -65,7 +65,7 @@ import ipaddress
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -100,6 +100,7 @@ __all__ = [
     "RELAY_LAN",
     "ClusterConfig",
     "ClusterRecord",
+    "ClusterUnavailableError",
     "GatewayCluster",
     "MemberNews",
     "RedisLanDirectory",
@@ -286,6 +287,10 @@ class ClusterConfig:
             raise ValueError(f"refresh must be a positive number of seconds, got {self.refresh!r}")
         if self.ttl is not None and not self.ttl > self.refresh:
             raise ValueError(f"ttl ({self.ttl!r}) must be longer than refresh ({self.refresh!r})")
+
+
+class ClusterUnavailableError(OSError):
+    """The cluster's Redis could not be reached (or did not answer in time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +486,18 @@ class RedisLanDirectory(LanDirectory):
     def _key(self, lan: str) -> str:
         return f"{self.prefix}{lan}:"
 
+    @contextlib.contextmanager
+    def _redis(self, action: str) -> Iterator[None]:
+        """Redis's failures (or silence past the TTL) as :class:`ClusterUnavailableError`."""
+        errors = import_redis().RedisError
+        try:
+            with anyio.fail_after(self.ttl):
+                yield
+        except (errors, TimeoutError) as exc:
+            raise ClusterUnavailableError(
+                errno.EAGAIN, f"the cluster's Redis failed ({action}): {exc or type(exc).__name__}"
+            ) from exc
+
     # -- membership
 
     async def claim(self, lan: str, wanted: str) -> ClusterRecord:
@@ -497,20 +514,21 @@ class RedisLanDirectory(LanDirectory):
             wanted = _check_label(wanted, "member name")
             if wanted == GATEWAY_NAME:
                 raise NameInUseError(f"{wanted}.{lan} is taken")
-        answer = await self._claim(
-            args=[
-                self._key(lan),
-                wanted,
-                self.gateway,
-                _ms(self.ttl),
-                where.first,
-                where.count,
-                MAX_SCAN,
-                "member-",
-                self.channel,
-                lan,
-            ]
-        )
+        with self._redis("claim"):
+            answer = await self._claim(
+                args=[
+                    self._key(lan),
+                    wanted,
+                    self.gateway,
+                    _ms(self.ttl),
+                    where.first,
+                    where.count,
+                    MAX_SCAN,
+                    "member-",
+                    self.channel,
+                    lan,
+                ]
+            )
         status = int(answer[0])
         if status == 0:
             raise NameInUseError(f"{wanted}.{lan} is taken")
@@ -529,7 +547,10 @@ class RedisLanDirectory(LanDirectory):
         if held is None:
             return
         offset = self._host_number(held)
-        await self._release(args=[self._key(lan), name, offset, self.gateway, self.channel, lan])
+        with self._redis("release"):
+            await self._release(
+                args=[self._key(lan), name, offset, self.gateway, self.channel, lan]
+            )
 
     async def members(self, lan: str) -> list[MemberRecord]:
         """The members of ``lan`` as this gateway knows them: its own and the others'.
@@ -543,7 +564,8 @@ class RedisLanDirectory(LanDirectory):
 
     async def read_members(self, lan: str) -> list[ClusterRecord]:
         """Every member of ``lan`` whose keys have not expired, as Redis has them now."""
-        entries = await self._index(args=[self._key(lan)])
+        with self._redis("members"):
+            entries = await self._index(args=[self._key(lan)])
         found = []
         for entry in entries:
             name, offset, gateway = _text(entry).split("|", 2)
@@ -564,7 +586,8 @@ class RedisLanDirectory(LanDirectory):
             name = text[: -len(suffix)]
             if not name or "." in name:
                 return None
-            value = await self._client.get(f"{self._key(lan)}n:{name}")
+            with self._redis("route"):
+                value = await self._client.get(f"{self._key(lan)}n:{name}")
             if value is None:
                 return None
             offset, gateway = _text(value).split("|", 1)
@@ -579,7 +602,8 @@ class RedisLanDirectory(LanDirectory):
         offset = self.offset(lan, address)
         if offset is None:
             return None, False
-        answer = await self._route(args=[self._key(lan), offset, f"{transport}:{port}"])
+        with self._redis("route"):
+            answer = await self._route(args=[self._key(lan), offset, f"{transport}:{port}"])
         if not answer:
             return None, False
         held_at, gateway = _text(answer[1]).split("|", 1)

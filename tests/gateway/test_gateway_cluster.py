@@ -17,6 +17,7 @@ import ipaddress
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -712,3 +713,42 @@ def test_cluster_flags(tmp_path: Path) -> None:
     short.write_text("short\n")
     with pytest.raises(ValueError, match="at least 16"):
         config_from(parse(*base, "--cluster-secret-file", str(short)))
+
+
+def test_a_gateway_whose_redis_is_down_says_so_in_one_line(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(f"demo {TOKEN}\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET + "\n")
+    command = [
+        sys.executable, "-m", "netshim", "gateway", "--port", str(_free_port()), "--lan", "demo",
+        "--lan-token-file", str(tokens), "--cluster-redis", f"redis://127.0.0.1:{_free_port()}/0",
+        "--cluster-secret-file", str(secret), "--cluster-refresh", "0.2",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=GUARD, check=False)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("netshim gateway: ")
+    assert "the cluster's Redis failed" in last
+    assert "Traceback" not in done.stderr
+
+
+async def test_a_member_whose_name_another_gateway_took_is_taken_off(redis_url: str) -> None:
+    import redis.asyncio
+
+    async with two_hubs(redis_url) as [(a, hub_a), (_, hub_b)]:
+        carol_news = Inbox()
+        alice, _ = await hub_a.join("demo", "alice", Inbox())
+        await hub_a.join("demo", "carol", carol_news)
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            # Gateway A was away past the TTL and B gave the name to another.
+            await client.delete("netshim:lan:demo:n:alice")
+            await hub_b.join("demo", "alice", Inbox())
+        finally:
+            await client.aclose()
+        assert a.directory is not None
+        # A's next renewal finds it out: alice leaves A's LAN, carol hears it.
+        await carol_news.wait_for(wisp.MembershipChange.MEMBER_LEFT, "alice.demo")
+        assert "alice" not in hub_a.lans["demo"].members
+        assert hub_a.lans["demo"].network.owner_of(ipaddress.ip_address(alice.address)) is None
