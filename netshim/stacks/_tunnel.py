@@ -26,13 +26,13 @@ import enum
 import errno
 import logging
 import socket
+import sys
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
-import sniffio
 
 from .._addresses import (
     IPAddress,
@@ -113,25 +113,35 @@ class TunnelEvent:
             raise ValueError("attempt and delay are never negative")
 
 
+def _thread_safe_caller() -> Callable[[Callable[[], object]], object] | None:
+    """How another thread schedules a call in the running event loop (``None``: no loop).
+
+    Asked of asyncio and trio themselves (not of sniffio, which Pyodide's
+    netshim does not install); without a running loop, only wakes from the
+    same thread work.
+    """
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+        except RuntimeError:
+            pass
+    return None
+
+
 class _Waker:
     """Sets an anyio event of one event loop from any thread (or from no task at all)."""
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()
         self.event = anyio.Event()
-        self._call_soon: Callable[[Callable[[], object]], object] | None = None
-        try:
-            library = sniffio.current_async_library()
-        except sniffio.AsyncLibraryNotFoundError:
-            library = None  # no loop to wake from elsewhere: same-thread wakes only
-        if library == "asyncio":
-            import asyncio
-
-            self._call_soon = asyncio.get_running_loop().call_soon_threadsafe
-        elif library == "trio":
-            import trio
-
-            self._call_soon = trio.lowlevel.current_trio_token().run_sync_soon
+        self._call_soon = _thread_safe_caller()
 
     def wake(self) -> None:
         if threading.get_ident() == self.thread or self._call_soon is None:
