@@ -27,9 +27,11 @@ and :class:`RedisLanDirectory` replaces the in-process
   gateways' clocks never matter), lists a LAN's members without scanning
   the keyspace.  Expired entries are dropped by whichever script looks.
 * **Listeners.**  ``netshim:lan:<LAN>:l:<offset>``, a set of ``tcp:<port>``
-  and ``udp:<port>``, expires with its member.  A gateway reads it with the
-  owner of an address, in one round trip, before it relays: a connection to
-  a port nobody listens on is refused without asking the owner.
+  and ``udp:<port>``, expires with its member; changes are published as
+  news.  Before it relays, a gateway goes by what news told it of the
+  destination (no round trip); when that says nothing of the port, it reads
+  the owner and the set in one round trip, so a connection to a port nobody
+  listens on is refused without asking the owner.
 * **News.**  Joins and departures are published on ``netshim:lan:news`` as
   they happen; every ``refresh`` seconds each gateway also reads the index
   of each LAN and compares it with what it believes, which is how the
@@ -218,6 +220,7 @@ return redis.call('ZRANGE', p .. 'm', 0, -1)
 # Only the member's owner changes its listeners, and only while it owns it.
 _LISTENER = """
 local p, name, off, gw, op, entry = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local channel, lan = ARGV[7], ARGV[8]
 if redis.call('GET', p .. 'n:' .. name) ~= off .. '|' .. gw then return 0 end
 if op == 'add' then
   redis.call('SADD', p .. 'l:' .. off, entry)
@@ -225,6 +228,7 @@ if op == 'add' then
 else
   redis.call('SREM', p .. 'l:' .. off, entry)
 end
+redis.call('PUBLISH', channel, cjson.encode({op, lan, name, tonumber(off), gw, entry}))
 return 1
 """
 
@@ -394,6 +398,11 @@ class RedisLanDirectory(LanDirectory):
         # What this gateway believes of other gateways' members, per LAN, and
         # when (in news counts) each name was last changed by news.
         self._view: dict[str, dict[str, ClusterRecord]] = {lan: {} for lan in self._lans}
+        # The same by address (IPv4 and IPv6), and the listeners news told of
+        # (``tcp:PORT``), by (LAN, name): what a connect can go by without
+        # asking Redis (see :meth:`cached`).
+        self._by_address: dict[tuple[str, str], ClusterRecord] = {}
+        self._listening: dict[tuple[str, str], set[str]] = {}
         self._news_count = 0
         self._heard: dict[tuple[str, str], int] = {}
         self._group: anyio.abc.TaskGroup | None = None
@@ -573,7 +582,12 @@ class RedisLanDirectory(LanDirectory):
         return found
 
     async def route(self, lan: str, host: str) -> ClusterRecord | None:
-        """The member ``host`` (``name.lan`` or an address) names on ``lan``, or ``None``."""
+        """The member ``host`` (``name.lan`` or an address) names on ``lan``, or ``None``.
+
+        A member this gateway serves or has heard of is answered from memory;
+        any other is looked up in Redis (one that joined a moment ago, whose
+        news is still on its way).
+        """
         if lan not in self._lans:
             return None
         text = host.lower().rstrip(".")
@@ -586,13 +600,18 @@ class RedisLanDirectory(LanDirectory):
             name = text[: -len(suffix)]
             if not name or "." in name:
                 return None
+            known = self._held.get((lan, name)) or self._view[lan].get(name)
+            if known is not None:
+                return known
             with self._redis("route"):
                 value = await self._client.get(f"{self._key(lan)}n:{name}")
             if value is None:
                 return None
             offset, gateway = _text(value).split("|", 1)
             return self._record(lan, name, int(offset), gateway)
-        found, _ = await self.route_port(lan, address, "tcp", 0)
+        found = self.cached(lan, str(address))
+        if found is None:
+            found, _ = await self.route_port(lan, address, "tcp", 0)
         return found
 
     async def route_port(
@@ -634,6 +653,8 @@ class RedisLanDirectory(LanDirectory):
             self.gateway,
             op,
             f"{transport}:{port}",
+            self.channel,
+            lan,
         ]
         # The listener works here whatever Redis says; without the record,
         # other gateways' members are refused it until Redis is back.
@@ -710,11 +731,11 @@ class RedisLanDirectory(LanDirectory):
                 view = self._view[lan]
                 for name, member in list(view.items()):
                     if seen.get(name) != member and not self._heard_after(lan, name, asked_at):
-                        del view[name]
+                        self._forget(member)
                         self._tell(MemberNews(False, member))
                 for name, member in seen.items():
                     if name not in view and not self._heard_after(lan, name, asked_at):
-                        view[name] = member
+                        self._learn(member)
                         self._tell(MemberNews(True, member))
             # Later readings are asked for after this one: older news cannot matter to them.
             self._heard = {k: v for k, v in self._heard.items() if v > started}
@@ -731,29 +752,77 @@ class RedisLanDirectory(LanDirectory):
         except Exception:
             logger.exception("cluster-news-callback-failed news=%r", news)
 
+    def _learn(self, member: ClusterRecord) -> None:
+        self._view[member.lan][member.name] = member
+        for address in (member.address, member.address6):
+            self._by_address[(member.lan, address)] = member
+
+    def _forget(self, member: ClusterRecord) -> None:
+        if self._view[member.lan].get(member.name) == member:
+            del self._view[member.lan][member.name]
+        for address in (member.address, member.address6):
+            if self._by_address.get((member.lan, address)) == member:
+                del self._by_address[(member.lan, address)]
+        self._listening.pop((member.lan, member.name), None)
+
     def _hear(self, payload: bytes | str) -> None:
         try:
-            kind, lan, name, offset, gateway = json.loads(payload)
+            kind, lan, name, offset, gateway, *rest = json.loads(payload)
             member = self._record(lan, name, int(offset), gateway)
         except (ValueError, TypeError, KeyError):
             logger.warning("cluster-news-malformed payload=%r", payload[:200])
             return
         if gateway == self.gateway:
             return
+        view = self._view[lan]
+        if kind in ("add", "remove") and rest and view.get(name) == member:
+            ports = self._listening.setdefault((lan, name), set())
+            if kind == "add":
+                ports.add(str(rest[0]))
+            else:
+                ports.discard(str(rest[0]))
+            return
         self._news_count += 1
         self._heard[(lan, name)] = self._news_count
-        view = self._view[lan]
         if kind == "joined":
             old = view.get(name)
             if old == member:
                 return
             if old is not None:
+                self._forget(old)
                 self._tell(MemberNews(False, old))
-            view[name] = member
+            self._learn(member)
             self._tell(MemberNews(True, member))
         elif kind == "left" and view.get(name) == member:
-            del view[name]
+            self._forget(member)
             self._tell(MemberNews(False, member))
+
+    def cached(self, lan: str, address: str) -> ClusterRecord | None:
+        """The member at ``address`` as this gateway knows it now (its own or heard of).
+
+        No Redis round trip: news keeps it current within the time news
+        takes.  :meth:`route_port` is the authority.
+        """
+        found = self._by_address.get((lan, address))
+        if found is not None:
+            return found
+        return next(
+            (
+                r
+                for (where, _), r in self._held.items()
+                if where == lan and address in (r.address, r.address6)
+            ),
+            None,
+        )
+
+    def listens(self, member: ClusterRecord, transport: str, port: int) -> bool:
+        """Whether news (or an earlier :meth:`route_port`) said ``member`` listens there."""
+        return f"{transport}:{port}" in self._listening.get((member.lan, member.name), ())
+
+    def note_listening(self, member: ClusterRecord, transport: str, port: int) -> None:
+        """Remember what :meth:`route_port` found, for the next connects."""
+        if self._view.get(member.lan, {}).get(member.name) == member:
+            self._listening.setdefault((member.lan, member.name), set()).add(f"{transport}:{port}")
 
     async def _listen_news(self) -> None:
         while True:
@@ -919,11 +988,18 @@ class GatewayCluster:
         owner = lan.network.owner_of(address)
         if directory is None or (owner is not None and not self._is_standin(lan.name, owner)):
             return None
-        record, listening = await directory.route_port(lan.name, address, "tcp", port)
-        if record is None or record.gateway == self.url:
+        # What news told is enough to relay (the peer refuses if it is out
+        # of date); anything else is asked of Redis, which has the last word.
+        record = directory.cached(lan.name, str(address))
+        if record is not None and record.gateway == self.url:
             return None
-        if not listening:
-            raise os_error(errno.ECONNREFUSED, f"{ip}:{port} ({record.dns_name})")
+        if record is None or not directory.listens(record, "tcp", port):
+            record, listening = await directory.route_port(lan.name, address, "tcp", port)
+            if record is None or record.gateway == self.url:
+                return None
+            if not listening:
+                raise os_error(errno.ECONNREFUSED, f"{ip}:{port} ({record.dns_name})")
+            directory.note_listening(record, "tcp", port)
         source = member.record.address6 if address.version == 6 else member.address
         stack = self._peer(record.gateway)
         try:

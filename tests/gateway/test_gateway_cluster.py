@@ -220,6 +220,9 @@ async def test_route_by_address_and_name(redis_url: str) -> None:
                 await b.wait_renewals(1)
         assert sorted(await b.members("demo"), key=lambda m: m.name) == [alice, bob]
         await a.release("demo", "alice")
+        with anyio.fail_after(GUARD):
+            while b.known("demo") != [bob] and alice in b.known("demo"):
+                await b.wait_renewals(1)
         assert await b.route("demo", "alice.demo") is None
         assert await b.route("demo", alice.address) is None
 
@@ -291,8 +294,19 @@ async def test_listener_registry(redis_url: str) -> None:
         # Only the owner records its member's listeners.
         await b.add_listener("demo", "alice", "tcp", 9000)
         assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "tcp", 9000)
+        # B also heard of them, so its connects need not ask Redis.
+        with anyio.fail_after(GUARD):
+            while not b.listens(alice, "udp", 5353):
+                await b.wait_renewals(1)
+        assert b.cached("demo", alice.address) == alice
+        assert b.cached("demo", alice.address6) == alice
+        assert b.listens(alice, "tcp", 8000)
+        assert not b.listens(alice, "tcp", 9000)
         await a.remove_listener("demo", "alice", "tcp", 8000)
         assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "tcp", 8000)
+        with anyio.fail_after(GUARD):
+            while b.listens(alice, "tcp", 8000):
+                await b.wait_renewals(1)
         await a.release("demo", "alice")
         assert not await b.is_listening("demo", ipaddress.ip_address(alice.address), "udp", 5353)
         # The next member at that address starts with no listeners.
@@ -312,23 +326,29 @@ async def test_a_member_taken_over_is_reported_lost(redis_url: str) -> None:
         await a.claim("demo", "alice")
         await a.claim("demo", "carol")
         client = redis.asyncio.Redis.from_url(redis_url)
+
+        async def holder(name: str) -> bytes | None:
+            value: bytes | None = await client.get(f"netshim:lan:demo:n:{name}")
+            return value
+
         try:
             # Redis forgot everything (a restart): renewing puts it back.
             await client.flushall()
-            assert await b.route("demo", "alice.demo") is None
+            assert await holder("alice") is None
             await a.renew()
             assert lost == []
-            assert (await b.route("demo", "alice.demo")) is not None
+            assert await holder("alice") == b"2|" + a.gateway.encode()
+            assert await holder("carol") == b"3|" + a.gateway.encode()
             # Alice's keys expired while A was away, and B took the name.
             await client.delete("netshim:lan:demo:n:alice")
             taken = await b.claim("demo", "alice")
             await a.renew()
             assert lost == [("demo", "alice")]
             assert await b.route("demo", "alice.demo") == taken
-            assert (await b.route("demo", "carol.demo")) is not None
+            assert await holder("carol") == b"3|" + a.gateway.encode()
             # Releasing what it lost leaves the new owner alone.
             await a.release("demo", "alice")
-            assert await b.route("demo", "alice.demo") == taken
+            assert await holder("alice") == b"4|" + b.gateway.encode()
         finally:
             await client.aclose()
 
