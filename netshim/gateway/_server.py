@@ -26,6 +26,16 @@ client's bytes provoke, an exception in its handling ends that connection
 ``netshim_gateway_internal_errors``, never the process and never another
 client's streams.  The accept loop itself outlives a failing ``accept()``
 (no file descriptors left, say): it logs, waits a moment and goes on.
+
+LANs (``docs/lan.md``, :mod:`._lan`): a Wisp client that joined one is a
+host on the LAN's virtual network.  Its listeners are that host's, and each
+connection they accept is offered to the client as a stream the server
+opens, which then runs exactly as a ``CONNECT`` stream does (the same
+:meth:`_WispSession._pump`, credits, budgets, idle timeout, limits and
+logs) with the virtual connection as its upstream: the virtual TCP window
+and the WebSocket's output bound are the backpressure, whichever side reads
+slowly.  Port forwards splice a connection on the gateway's machine to a
+member's listener as SOCKS5 splices to a destination.
 """
 
 from __future__ import annotations
@@ -1551,6 +1561,8 @@ MAX_QUEUED_DATAGRAMS = 256
 
 
 class _WispSession:
+    """One Wisp connection: its handshake (and LAN join), its streams and listeners."""
+
     def __init__(
         self,
         gateway: Gateway,
