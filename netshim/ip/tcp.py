@@ -1092,6 +1092,7 @@ class TcpConnection:
         window = segment.window << self._snd_wscale
         self._persist_unanswered = 0
         sack_enabled = self._sack_enabled
+        sacked_before = self._sacked_bytes
         if sack_enabled:
             if segment.options:
                 for option in segment.options:
@@ -1110,6 +1111,9 @@ class TcpConnection:
             and not flags & (_SYN | _FIN)
             and window == self._snd_wnd
             and self._snd_max > snd_una
+            # RFC 6675 section 2: with SACK, a duplicate ACK SACKs new data; one
+            # with only a D-SACK (a needless retransmission arrived) is not.
+            and (not sack_enabled or self._sacked_bytes > sacked_before)
         ):
             self._on_duplicate_ack(now)
         elif self._sack_enabled and not self._in_recovery and self._snd_max > snd_una:

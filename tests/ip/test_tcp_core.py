@@ -905,3 +905,37 @@ def test_a_window_limited_tso_sender_waits_for_room_for_a_larger_segment() -> No
     sent = ack(90_000)
     assert len(sent) == 1
     assert len(sent[0].payload) == a._max_payload
+
+
+def test_with_sack_only_acks_that_sack_new_data_count_as_duplicates() -> None:
+    # RFC 6675 section 2: ACKs that only report a duplicate (D-SACK, as after
+    # needless loss probes) do not start a recovery; three that SACK new data do.
+    for fresh in (False, True):
+        network = Network()
+        network.handshake()
+        a, b = network.a, network.server
+        a.send(b"hello")
+        network.run_for(0.1)
+        network.fault = lambda direction, segment, now: []  # ACKs come by hand from here
+        a.send(pattern(14_480))
+        assert sum(len(s.payload) for s in a.poll(network.now)) == 14_480
+        una = a.iss + 6
+        for n in range(3):
+            network.now += 0.0001
+            block = (una + 2000 + 100 * n, una + 2100 + 100 * n) if fresh else (una - 5, una)
+            duplicate = TcpRepr(
+                src_port=B_ADDRESS[1],
+                dst_port=A_ADDRESS[1],
+                seq=b._snd_nxt & 0xFFFF_FFFF,
+                ack=una & 0xFFFF_FFFF,
+                flags=ACK,
+                window=a._snd_wnd >> a._snd_wscale,
+                options=(
+                    Timestamps(a._ts_recent + 1, 0),
+                    SackBlocks(((block[0] & 0xFFFF_FFFF, block[1] & 0xFFFF_FFFF),)),
+                ),
+            )
+            a.on_segment(duplicate, network.now)
+        resent = [s for s in a.poll(network.now) if s.payload]
+        assert a.fast_recoveries == (1 if fresh else 0)
+        assert bool(resent) is fresh
