@@ -22,7 +22,7 @@ What the whitepaper specifies and this module does:
 * ``mac1`` on every handshake message (keyed by the receiver's public key),
   and under load ``mac2`` with a *cookie*: a responder under load answers a
   message without a valid ``mac2`` with a 64-byte cookie reply (section 5.4.7)
-  whose cookie is XChaCha20-Poly1305-sealed; ``cryptography`` has no
+  whose cookie is XChaCha20-Poly1305-sealed; neither crypto backend has
   XChaCha, so :func:`hchacha20` derives its subkey here in pure Python;
 * transport data (section 5.4.6) padded to 16 bytes, with a counter per key
   and a sliding window of :data:`REPLAY_WINDOW` counters against replays
@@ -41,9 +41,13 @@ What the whitepaper specifies and this module does:
 
 Untrusted datagrams never raise: a datagram that is short, unknown,
 replayed, forged or late is dropped and counted in :attr:`WireGuardDevice.dropped`
-by reason.  Randomness (ephemeral keys, indices, jitter, the cookie secret)
-comes from ``random_bytes`` (``os.urandom`` unless a test passes its own), the
-TAI64N wall clock from ``wall_clock``.
+by reason.  X25519 and ChaCha20-Poly1305 come from a :class:`CryptoBackend`:
+``cryptography`` where it imports, else tlslite-ng's pure Python (Pyodide
+without its CDN), with the same bytes on the wire
+(:mod:`netshim.protocols._wireguard_crypto`).  Randomness (ephemeral keys,
+indices, jitter, the cookie secret) comes from ``random_bytes``
+(``os.urandom`` unless a test passes its own), the TAI64N wall clock from
+``wall_clock``.
 """
 
 from __future__ import annotations
@@ -60,18 +64,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
-try:
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.asymmetric.x25519 import (
-        X25519PrivateKey,
-        X25519PublicKey,
-    )
-    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImportError(
-        "WireGuard needs the cryptography package: pip install 'netshim[wireguard]'"
-    ) from exc
+from ._wireguard_crypto import (
+    Aead,
+    CryptoBackend,
+    X25519Key,
+    crypto_backend,
+    default_backend,
+)
 
 __all__ = [
     "COOKIE_REFRESH_TIME",
@@ -84,6 +83,7 @@ __all__ = [
     "REKEY_TIMEOUT",
     "REPLAY_WINDOW",
     "AllowedIps",
+    "CryptoBackend",
     "Endpoint",
     "EndpointChanged",
     "HandshakeCompleted",
@@ -93,6 +93,8 @@ __all__ = [
     "WireGuardDevice",
     "WireGuardEvent",
     "WireGuardPeer",
+    "crypto_backend",
+    "default_backend",
     "generate_private_key",
     "hchacha20",
     "key_from_text",
@@ -196,14 +198,18 @@ def _nonce(counter: int) -> bytes:
     return _NONCE.pack(counter)
 
 
-def _aead_encrypt(key: bytes, counter: int, plaintext: bytes, associated: bytes) -> bytes:
-    return ChaCha20Poly1305(key).encrypt(_nonce(counter), plaintext, associated)
+def _aead_encrypt(
+    crypto: CryptoBackend, key: bytes, counter: int, plaintext: bytes, associated: bytes
+) -> bytes:
+    return crypto.aead(key).encrypt(_nonce(counter), plaintext, associated)
 
 
-def _aead_decrypt(key: bytes, counter: int, ciphertext: bytes, associated: bytes) -> bytes | None:
+def _aead_decrypt(
+    crypto: CryptoBackend, key: bytes, counter: int, ciphertext: bytes, associated: bytes
+) -> bytes | None:
     try:
-        return ChaCha20Poly1305(key).decrypt(_nonce(counter), ciphertext, associated)
-    except InvalidTag:
+        return crypto.aead(key).decrypt(_nonce(counter), ciphertext, associated)
+    except crypto.invalid_tag:
         return None
 
 
@@ -245,21 +251,33 @@ def hchacha20(key: bytes, nonce16: bytes) -> bytes:
 
 
 def xchacha20poly1305_encrypt(
-    key: bytes, nonce24: bytes, plaintext: bytes, associated: bytes
+    key: bytes,
+    nonce24: bytes,
+    plaintext: bytes,
+    associated: bytes,
+    *,
+    crypto: CryptoBackend | None = None,
 ) -> bytes:
     """XChaCha20-Poly1305 sealing: ChaCha20-Poly1305 under HChaCha20's subkey."""
+    crypto = crypto or default_backend()
     subkey = hchacha20(key, nonce24[:16])
-    return ChaCha20Poly1305(subkey).encrypt(b"\x00" * 4 + nonce24[16:], plaintext, associated)
+    return crypto.aead(subkey).encrypt(b"\x00" * 4 + nonce24[16:], plaintext, associated)
 
 
 def xchacha20poly1305_decrypt(
-    key: bytes, nonce24: bytes, ciphertext: bytes, associated: bytes
+    key: bytes,
+    nonce24: bytes,
+    ciphertext: bytes,
+    associated: bytes,
+    *,
+    crypto: CryptoBackend | None = None,
 ) -> bytes | None:
     """XChaCha20-Poly1305 opening; ``None`` when the tag does not verify."""
+    crypto = crypto or default_backend()
     subkey = hchacha20(key, nonce24[:16])
     try:
-        return ChaCha20Poly1305(subkey).decrypt(b"\x00" * 4 + nonce24[16:], ciphertext, associated)
-    except InvalidTag:
+        return crypto.aead(subkey).decrypt(b"\x00" * 4 + nonce24[16:], ciphertext, associated)
+    except crypto.invalid_tag:
         return None
 
 
@@ -300,21 +318,14 @@ def generate_private_key(random_bytes: Callable[[int], bytes] = os.urandom) -> b
     return bytes(key)
 
 
-def public_key(private_key: bytes) -> bytes:
+def public_key(private_key: bytes, *, crypto: CryptoBackend | None = None) -> bytes:
     """The X25519 public key of ``private_key`` (``wg pubkey``)."""
-    return (
-        X25519PrivateKey.from_private_bytes(private_key)
-        .public_key()
-        .public_bytes(Encoding.Raw, PublicFormat.Raw)
-    )
+    return (crypto or default_backend()).x25519(private_key).public_bytes()
 
 
-def _dh(private: X25519PrivateKey, public: bytes) -> bytes | None:
+def _dh(private: X25519Key, public: bytes) -> bytes | None:
     """X25519, or ``None`` for a public key of small order (an all-zero result)."""
-    try:
-        return private.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError:
-        return None
+    return private.exchange(public)
 
 
 def _mix_ephemeral(chaining_key: bytes, hash_: bytes, ephemeral: bytes) -> tuple[bytes, bytes]:
@@ -529,6 +540,7 @@ class _Session:
 
     def __init__(
         self,
+        aead: Callable[[bytes], Aead],
         send_key: bytes,
         receive_key: bytes,
         local_index: int,
@@ -536,8 +548,9 @@ class _Session:
         created: float,
         initiator: bool,
     ) -> None:
-        self.send_cipher = ChaCha20Poly1305(send_key)
-        self.receive_cipher = ChaCha20Poly1305(receive_key)
+        # One cipher object per key, made once: the transport path calls it directly.
+        self.send_cipher = aead(send_key)
+        self.receive_cipher = aead(receive_key)
         self.send_counter = 0
         self.replay = _ReplayWindow()
         self.local_index = local_index
@@ -554,7 +567,7 @@ class _Handshake:
     local_index: int
     chaining_key: bytes
     hash: bytes
-    ephemeral: X25519PrivateKey | None = None
+    ephemeral: X25519Key | None = None
     remote_ephemeral: bytes = b""
     remote_index: int = 0
 
@@ -626,6 +639,9 @@ class WireGuardDevice:
     ``private_key`` is 32 raw bytes.  ``timers`` shortens the protocol's
     timers for tests.  ``under_load`` forces (True) or forbids (False) the
     cookie mechanism; ``None`` judges by the rate of handshake messages.
+    ``crypto`` is where X25519 and ChaCha20-Poly1305 come from
+    (:func:`default_backend` unless given: ``cryptography`` when it imports,
+    else tlslite-ng's pure Python).
     """
 
     def __init__(
@@ -637,11 +653,13 @@ class WireGuardDevice:
         wall_clock: Callable[[], float] = time.time,
         under_load: bool | None = None,
         max_staged_packets: int = DEFAULT_MAX_STAGED_PACKETS,
+        crypto: CryptoBackend | None = None,
     ) -> None:
         if len(private_key) != 32:
             raise ValueError("a WireGuard private key is 32 bytes")
-        self._private = X25519PrivateKey.from_private_bytes(private_key)
-        self.public_key = public_key(private_key)
+        self.crypto = crypto = crypto or default_backend()
+        self._private = crypto.x25519(private_key)
+        self.public_key = self._private.public_bytes()
         self.timers = timers if timers is not None else Timers()
         self._random_bytes = random_bytes
         self._wall_clock = wall_clock
@@ -847,18 +865,18 @@ class WireGuardDevice:
             self.dropped["too many indices"] += 1
             return
         self._forget_index(peer._handshake)
-        ephemeral = X25519PrivateKey.from_private_bytes(self._random_bytes(32))
-        ephemeral_public = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        ephemeral = self.crypto.x25519(self._random_bytes(32))
+        ephemeral_public = ephemeral.public_bytes()
         chaining_key, hash_ = _mix_ephemeral(
             self._initial_chaining_key, _hash(self._initial_hash, peer.public_key), ephemeral_public
         )
         shared = _dh(ephemeral, peer.public_key)
         assert shared is not None  # the static-static DH above succeeded for this key
         chaining_key, key = _kdf(chaining_key, shared, 2)
-        encrypted_static = _aead_encrypt(key, 0, self.public_key, hash_)
+        encrypted_static = _aead_encrypt(self.crypto, key, 0, self.public_key, hash_)
         hash_ = _hash(hash_, encrypted_static)
         chaining_key, key = _kdf(chaining_key, peer._static_static, 2)
-        encrypted_timestamp = _aead_encrypt(key, 0, tai64n(self._wall_clock()), hash_)
+        encrypted_timestamp = _aead_encrypt(self.crypto, key, 0, tai64n(self._wall_clock()), hash_)
         hash_ = _hash(hash_, encrypted_timestamp)
         handshake = _Handshake(
             initiator=True,
@@ -956,7 +974,7 @@ class WireGuardDevice:
             struct.pack("<I", MESSAGE_COOKIE_REPLY)
             + sender
             + nonce
-            + xchacha20poly1305_encrypt(self._cookie_key, nonce, cookie, mac1)
+            + xchacha20poly1305_encrypt(self._cookie_key, nonce, cookie, mac1, crypto=self.crypto)
         )
         self._datagrams.append((reply, source))
         self.dropped["under load: cookie sent"] += 1
@@ -980,7 +998,7 @@ class WireGuardDevice:
             self.dropped["bad initiation"] += 1
             return
         chaining_key, key = _kdf(chaining_key, shared, 2)
-        static = _aead_decrypt(key, 0, encrypted_static, hash_)
+        static = _aead_decrypt(self.crypto, key, 0, encrypted_static, hash_)
         if static is None:
             self.dropped["bad initiation"] += 1
             return
@@ -993,7 +1011,7 @@ class WireGuardDevice:
             self.dropped["bad initiation"] += 1
             return
         chaining_key, key = _kdf(chaining_key, peer._static_static, 2)
-        timestamp = _aead_decrypt(key, 0, encrypted_timestamp, hash_)
+        timestamp = _aead_decrypt(self.crypto, key, 0, encrypted_timestamp, hash_)
         if timestamp is None:
             self.dropped["bad initiation"] += 1
             return
@@ -1014,8 +1032,8 @@ class WireGuardDevice:
 
         # The response (whitepaper 5.4.3).
         self._forget_index(peer._handshake)
-        ephemeral = X25519PrivateKey.from_private_bytes(self._random_bytes(32))
-        response_ephemeral = ephemeral.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        ephemeral = self.crypto.x25519(self._random_bytes(32))
+        response_ephemeral = ephemeral.public_bytes()
         ee = _dh(ephemeral, ephemeral_public)
         se = _dh(ephemeral, static)
         if ee is None or se is None:
@@ -1024,10 +1042,12 @@ class WireGuardDevice:
         chaining_key, hash_, key = _mix_response(
             chaining_key, hash_, response_ephemeral, ee, se, peer.preshared_key
         )
-        encrypted_nothing = _aead_encrypt(key, 0, b"", hash_)
+        encrypted_nothing = _aead_encrypt(self.crypto, key, 0, b"", hash_)
         receive_key, send_key = _kdf(chaining_key, b"", 2)
         peer._handshake = None
-        session = _Session(send_key, receive_key, 0, sender_index, now, initiator=False)
+        session = _Session(
+            self.crypto.aead, send_key, receive_key, 0, sender_index, now, initiator=False
+        )
         session.local_index = self._new_index(peer, session)
         self._set_endpoint(peer, source)
         body = (
@@ -1072,14 +1092,16 @@ class WireGuardDevice:
         chaining_key, hash_, key = _mix_response(
             handshake.chaining_key, handshake.hash, response_ephemeral, ee, se, peer.preshared_key
         )
-        if _aead_decrypt(key, 0, encrypted_nothing, hash_) is None:
+        if _aead_decrypt(self.crypto, key, 0, encrypted_nothing, hash_) is None:
             self.dropped["bad response"] += 1
             return
         send_key, receive_key = _kdf(chaining_key, b"", 2)
         del self._indices[receiver_index]
         peer.rx_bytes += len(data)
         peer._handshake = None
-        session = _Session(send_key, receive_key, 0, sender_index, now, initiator=True)
+        session = _Session(
+            self.crypto.aead, send_key, receive_key, 0, sender_index, now, initiator=True
+        )
         # The index that named the handshake now names its session.
         session.local_index = receiver_index
         self._indices[receiver_index] = (peer, session)
@@ -1126,7 +1148,7 @@ class WireGuardDevice:
             self.dropped["cookie reply to no handshake"] += 1
             return
         cookie = xchacha20poly1305_decrypt(
-            peer._cookie_key, data[8:32], data[32:64], peer._last_mac1
+            peer._cookie_key, data[8:32], data[32:64], peer._last_mac1, crypto=self.crypto
         )
         if cookie is None:
             self.dropped["bad cookie reply"] += 1
@@ -1162,7 +1184,7 @@ class WireGuardDevice:
             plaintext = session.receive_cipher.decrypt(
                 _NONCE.pack(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None
             )
-        except InvalidTag:
+        except self.crypto.invalid_tag:
             self.dropped["bad transport authentication"] += 1
             return
         if ahead:

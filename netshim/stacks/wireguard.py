@@ -45,13 +45,13 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import sniffio
 from anyio.abc import SocketAttribute
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..ip.iface import GsoInfo, Medium
 from ..ip.links import IncomingPacket, Link
 from ..protocols.wireguard import (
+    CryptoBackend,
     Endpoint,
     HandshakeCompleted,
     HandshakeFailed,
@@ -586,21 +586,21 @@ class WireGuardLink(Link):
     def _now(self) -> float:
         clock = self._clock
         if clock is None:
-            # anyio.current_time() asks sniffio for the event loop on every
-            # call, several times per burst; asyncio's clock is the loop's
-            # time() and trio's trio.current_time(), the same values, so
-            # keep those.
-            library = sniffio.current_async_library()
-            if library == "asyncio":
-                import asyncio
+            # anyio.current_time() looks for the event loop on every call,
+            # several times per burst; asyncio's clock is the loop's time()
+            # and trio's trio.current_time(), the same values, so keep those.
+            # Asked of asyncio and trio themselves, not of sniffio, which
+            # netshim does not install in Pyodide.
+            import asyncio
 
+            try:
                 clock = asyncio.get_running_loop().time
-            elif library == "trio":
-                import trio
-
-                clock = trio.current_time
-            else:
-                clock = anyio.current_time
+            except RuntimeError:
+                trio = sys.modules.get("trio")
+                if trio is not None and trio.lowlevel.in_trio_run():
+                    clock = trio.current_time
+                else:
+                    clock = anyio.current_time
             self._clock = clock
         return clock()
 
@@ -915,7 +915,10 @@ class WireGuardStack(IpStack):
     host network), bound at ``listen_host`` (default ``0.0.0.0``, or ``::``
     when a peer's endpoint is IPv6) and ``listen_port`` (0: any).  ``on_event`` is
     called with every :class:`~netshim.protocols.wireguard.WireGuardEvent`;
-    ``timers`` shortens the protocol's timers for tests.
+    ``timers`` shortens the protocol's timers for tests.  ``crypto`` picks where
+    X25519 and ChaCha20-Poly1305 come from (default: ``cryptography`` when it
+    imports, else tlslite-ng's pure Python, as in Pyodide; see
+    :func:`netshim.protocols.wireguard.crypto_backend`).
 
     The handshake starts with the first packet to a peer, or at once with
     :meth:`handshake`.  Packets to destinations no peer's AllowedIPs cover
@@ -938,6 +941,7 @@ class WireGuardStack(IpStack):
         tcp_config: Any = None,
         hostname: str = "localhost",
         random_bytes: Callable[[int], bytes] = os.urandom,
+        crypto: CryptoBackend | None = None,
     ) -> None:
         if isinstance(private_key, str):
             private_key = key_from_text(private_key)
@@ -950,7 +954,9 @@ class WireGuardStack(IpStack):
             # without IPv6 still work.
             wants6 = any(":" in c.endpoint[0] for c in peers if c.endpoint is not None)
             listen_host = "::" if wants6 else "0.0.0.0"
-        self.device = WireGuardDevice(private_key, timers=timers, random_bytes=random_bytes)
+        self.device = WireGuardDevice(
+            private_key, timers=timers, random_bytes=random_bytes, crypto=crypto
+        )
         unresolved: dict[bytes, tuple[str, int]] = {}
         for config in peers:
             endpoint = config.endpoint
@@ -997,6 +1003,7 @@ class WireGuardStack(IpStack):
         transport: Stack | None = None,
         on_event: Callable[[WireGuardEvent], None] | None = None,
         timers: Timers | None = None,
+        crypto: CryptoBackend | None = None,
     ) -> WireGuardStack:
         """A stack from a ``wg-quick`` file, or its text (anything with a ``[Interface]`` line)."""
         text = str(path_or_text)
@@ -1013,6 +1020,7 @@ class WireGuardStack(IpStack):
             transport=transport,
             on_event=on_event,
             timers=timers,
+            crypto=crypto,
         )
 
     # -- state for user interfaces -------------------------------------------
