@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import random
 import re
 import socket
 import subprocess
@@ -776,3 +777,62 @@ async def test_no_lans_no_extension() -> None:
         assert not client.conn.lan_enabled
         assert client.news == []
         assert gateway.lans is None
+
+
+async def test_random_lan_packets_never_hurt_the_gateway() -> None:
+    """Seeded garbage in the LAN packets' shapes: refused or ignored, never an internal error.
+
+    A packet that breaks the connection-level protocol ends that member's
+    connection only; the next round starts a new member.
+    """
+    rng = random.Random(19)
+    kinds = [
+        wisp.PacketType.LISTEN,
+        wisp.PacketType.LISTENING,
+        wisp.PacketType.ACCEPT,
+        wisp.PacketType.MEMBERSHIP,
+        wisp.PacketType.DATA,
+        wisp.PacketType.CLOSE,
+        wisp.PacketType.CONTINUE,
+    ]
+    sent = 0
+    async with (
+        running_gateway(config(lan_listeners=4)) as gateway,
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        bob_udp, _ = await bob.listen(6000, udp=True)
+        for round_ in range(40):
+            async with member(gateway, f"fuzz{round_}") as fuzz:  # type: ignore[attr-defined]
+                udp_listener, _ = await fuzz.listen(5353, udp=True)
+                for _ in range(50):
+                    kind = rng.choice(kinds)
+                    stream_id = rng.choice(
+                        [udp_listener, rng.randrange(1, 50), 0x8000_0000 + rng.randrange(4)] * 5
+                        + [0]
+                    )
+                    payload = rng.randbytes(rng.randrange(0, 40))
+                    if kind == wisp.PacketType.LISTEN and payload:
+                        # Mostly valid types, so that binding is exercised too.
+                        payload = bytes([rng.choice([1, 2, 3])]) + payload[1:]
+                    if kind == wisp.PacketType.DATA and stream_id == udp_listener and payload:
+                        # Addressed to Bob's port now and then.
+                        payload = wisp.pack_datagram("bob.demo", 6000, payload)
+                    packet = bytes([kind]) + stream_id.to_bytes(4, "little") + payload
+                    try:
+                        await fuzz.send_raw(packet)
+                    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        break
+                    sent += 1
+        assert sent > 400
+        # Bob is served still.
+        listener, _ = await bob.listen(8000)
+        stream = await bob.connect("bob.demo", 8000)
+        accepted = await bob.accept(listener)
+        await bob.send(stream, b"alive")
+        assert await bob.receive_exactly(accepted.stream_id, 5) == b"alive"
+        await bob.send_datagram(bob_udp, "bob.demo", 6000, b"self")
+        # (Behind whatever the members sent to Bob's port.)
+        while (datagram := await bob.receive_datagram(bob_udp))[2] != b"self":
+            assert datagram[1] == 5353
+        assert datagram == ("10.77.0.2", 6000, b"self")
+    assert "internal_errors_total{" not in gateway.metrics.render().decode()
