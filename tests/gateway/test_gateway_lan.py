@@ -836,3 +836,44 @@ async def test_random_lan_packets_never_hurt_the_gateway() -> None:
             assert datagram[1] == 5353
         assert datagram == ("10.77.0.2", 6000, b"self")
     assert "internal_errors_total{" not in gateway.metrics.render().decode()
+
+
+def test_gateway_process_memory_stays_bounded_when_a_member_does_not_read(
+    tmp_path: Path,
+) -> None:
+    """The process's resident memory, as an operator sees it, while Bob pushes at idle Alice."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"demo {TOKEN}\n")
+    flags = ("--lan", "demo", "--lan-token-file", str(tokens), "--wisp-buffer-size", "32")
+    with gateway_process(*flags) as process:
+
+        async def main() -> tuple[int, int, int]:
+            async with (
+                lan_client(process.http, "demo", "alice", TOKEN) as alice,
+                lan_client(process.http, "demo", "bob", TOKEN) as bob,
+            ):
+                listener, _ = await alice.listen(8000)
+                stream = await bob.connect("alice.demo", 8000)
+                accepted = await alice.accept(listener)
+                alice.pause()
+                idle = process.rss()
+                sent = 0
+                block = os.urandom(1 << 16)
+                with anyio.move_on_after(4):
+                    while True:
+                        await bob.send(stream, block)
+                        sent += len(block)
+                stalled = process.rss()
+                alice.resume()
+                received = await alice.receive_exactly(accepted.stream_id, sent)
+                assert len(received) == sent
+                return idle, stalled, sent
+
+        idle, stalled, sent = anyio.run(main)
+        print(f"\nsent {sent >> 20} MiB; RSS {idle >> 20} -> {stalled >> 20} MiB")
+        # Bob ran out of credit long before 256 MiB, and the gateway holds at
+        # most its bounds (2 MiB of queue, a 256 KiB window, a WebSocket's
+        # 1 MiB output) plus what the allocator keeps.
+        assert sent < 64 << 20, sent
+        assert stalled - idle < 32 << 20, (idle, stalled)
+        assert process.internal_errors() == []
