@@ -605,6 +605,34 @@ class _WispTcpStream(TcpStream):
         await self.session.close_stream(self.stream_id, wisp.CloseReason.NETWORK_ERROR)
 
 
+class _Waiters:
+    """Cancel scopes of the tasks waiting on one object, to wake them when it closes.
+
+    A waiter may be the one reading the WebSocket for everybody, in a read
+    that only the next message would end; closing the object from another
+    task must end that wait at once, as closing a socket wakes its
+    ``accept``.  Cancelling a read between messages loses nothing (a timed
+    ``connect_tcp`` does the same).
+    """
+
+    __slots__ = ("scopes",)
+
+    def __init__(self) -> None:
+        self.scopes: set[anyio.CancelScope] = set()
+
+    async def pump(self, session: _Session, ready: Callable[[], bool]) -> None:
+        with anyio.CancelScope() as scope:
+            self.scopes.add(scope)
+            try:
+                await session.pump_until(ready)
+            finally:
+                self.scopes.discard(scope)
+
+    def wake(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+
+
 class _LanBinding:
     """A LAN listener's stream (TCP or UDP), made again on each new connection.
 
@@ -697,6 +725,7 @@ class _WispListener(TcpListener):
         self.backlog = max(1, min(backlog, MAX_BACKLOG))
         self.pending: deque[_WispTcpStream] = deque()
         self.closed = False
+        self.waiters = _Waiters()
 
     def __repr__(self) -> str:
         return f"<Wisp LAN listener on {self.local_address[0]}:{self.local_address[1]}>"
@@ -735,7 +764,7 @@ class _WispListener(TcpListener):
             if session is None or not session.alive or not binding.live:
                 await self.stack._revive(binding)
                 continue
-            await session.pump_until(partial(self._ready, session))
+            await self.waiters.pump(session, partial(self._ready, session))
 
     def _ready(self, session: _Session) -> bool:
         binding = self.binding
@@ -750,6 +779,7 @@ class _WispListener(TcpListener):
         if self.closed:
             return
         self.closed = True
+        self.waiters.wake()
         self.stack._bindings_of(self.binding.key).discard(self.binding)
         pending, self.pending = list(self.pending), deque()
         for stream in pending:
@@ -797,6 +827,7 @@ class _WispUdpSocket(UdpSocket):
         self._broadcast = False
         self.session: _Session | None = None
         self.binding: _LanBinding | None = None
+        self.waiters = _Waiters()
 
     @property
     def local_address(self) -> Address:
@@ -898,7 +929,7 @@ class _WispUdpSocket(UdpSocket):
                     continue
                 session = binding.session
                 assert session is not None
-                await session.pump_until(partial(self._bound_ready, binding))
+                await self.waiters.pump(session, partial(self._bound_ready, binding))
                 if self.closed:
                     raise anyio.ClosedResourceError
                 continue
@@ -910,8 +941,8 @@ class _WispUdpSocket(UdpSocket):
                 if self.closed:
                     raise anyio.ClosedResourceError
                 continue
-            await session.pump_until(
-                lambda: bool(self.queue) or self.closed or self.pending_error is not None
+            await self.waiters.pump(
+                session, lambda: bool(self.queue) or self.closed or self.pending_error is not None
             )
             if self.closed:
                 raise anyio.ClosedResourceError
@@ -922,6 +953,7 @@ class _WispUdpSocket(UdpSocket):
         if self.closed:
             return
         self.closed = True
+        self.waiters.wake()
         streams, self.streams = list(self.streams.values()), {}
         for stream in streams:
             await stream.session.close_stream(stream.stream_id, wisp.CloseReason.VOLUNTARY)
@@ -1639,6 +1671,7 @@ class WispStack(TunnelStack):
             self._bindings.clear()
         for binding in bindings:
             binding.owner.closed = True
+            binding.owner.waiters.wake()
         announced = any(s.announced and s.alive for s in self._sessions.values())
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:

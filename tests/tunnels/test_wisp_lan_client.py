@@ -32,6 +32,7 @@ from netshim.gateway._lan import LanSpec
 from netshim.policy import DestinationBlockedError, Policy
 from netshim.stack import TcpStream
 from netshim.stacks._tunnel import TunnelEvent, TunnelEventKind
+from netshim.testing import CHECKS, StackPair
 
 pytestmark = pytest.mark.anyio
 
@@ -158,6 +159,34 @@ async def test_listen_and_connect_by_address_and_by_name_with_bulk_integrity() -
             transfer = target.find(up)
             assert transfer.up_bytes == 3 << 20
             assert transfer.down_sha == down
+
+
+#: Checks of the conformance kit two members pass, one listening, one
+#: connecting.  Left out: tcp_addresses (an outgoing stream's local address
+#: is the gateway's to know), tcp_half_close (Wisp has none),
+#: udp_connected_refused (no ICMP comes back through a tunnel), and
+#: tcp_abort_resets_peer: the gateway ends a member's connection with a
+#: normal close whatever reason the other member's CLOSE gave.
+LAN_CHECKS = (
+    "tcp_echo_both_ways",
+    "tcp_bulk_integrity",
+    "tcp_closed_resource",
+    "tcp_refused",
+    "tcp_address_in_use",
+    "listener_close_ends_iteration",
+    "bad_ports",
+    "udp_round_trip",
+    "udp_size_limit",
+    "getaddrinfo_numeric",
+)
+
+
+@pytest.mark.parametrize("check", LAN_CHECKS)
+async def test_conformance_between_members(check: str) -> None:
+    async with lan_gateway() as url, members(url, "alice", "bob") as (alice, bob):
+        pair = StackPair(alice, bob, alice.lan_address or "", bob.lan_address or "")
+        with anyio.fail_after(30):
+            await CHECKS[check](pair)
 
 
 async def test_accepted_streams_know_both_ends_and_the_listener_closes() -> None:
