@@ -355,6 +355,15 @@ async def test_udp_between_members() -> None:
                     data, source = await client.receive()
                 assert data == payload[::-1]
                 assert source == (alice.lan_address, 5300)
+            # An unbound socket (a client's, as before) reaches it too, one
+            # Wisp UDP stream per destination.
+            unbound = await bob.open_udp()
+            await unbound.send(b"abc", ("alice.demo", 5300))
+            with anyio.fail_after(10):
+                data, source = await unbound.receive()
+            assert data == b"cba"
+            assert source == ("alice.demo", 5300)
+            await unbound.aclose()
             group.cancel_scope.cancel()
         # A port in use is in use for UDP too.
         with pytest.raises(OSError) as in_use:
