@@ -78,6 +78,7 @@ from .._errors import os_error
 from ..protocols import wisp
 from ._lan import (
     GATEWAY_NAME,
+    Lan,
     LanDirectory,
     LanHub,
     LanMember,
@@ -139,6 +140,9 @@ MAX_SCAN = 4096
 MIN_SECRET_LENGTH = 16
 # How long a relay waits for the peer gateway's WebSocket and handshake.
 RELAY_OPEN_TIMEOUT = 5.0
+# How long a stopping gateway gives Redis to take its goodbyes (the members it
+# still had, its connections' close).
+CLOSE_TIMEOUT = 5.0
 
 
 _CLAIM = """
@@ -441,16 +445,18 @@ class RedisLanDirectory(LanDirectory):
 
     async def __aexit__(self, *exc_info: object) -> None:
         group, self._group = self._group, None
-        if group is not None:
-            group.cancel_scope.cancel()
-            await group.__aexit__(None, None, None)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.refresh):
-            for held in list(self._held.values()):
-                with contextlib.suppress(Exception):
-                    await self.release(held.lan, held.name)
-        if self._owns_client:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.refresh):
-                await self._client.aclose()
+        try:
+            if group is not None:
+                group.cancel_scope.cancel()
+                # Raises the cancellation of a caller that is being cancelled.
+                await group.__aexit__(None, None, None)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+                for held in list(self._held.values()):
+                    with contextlib.suppress(Exception):
+                        await self.release(held.lan, held.name)
+                if self._owns_client:
+                    await self._client.aclose()
 
     async def _background(self) -> None:
         with self._stopped:
@@ -840,7 +846,7 @@ class RedisLanDirectory(LanDirectory):
                 logger.warning("cluster-redis-error action=news error=%r", exc)
                 await anyio.sleep(self.refresh)
             finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                     await pubsub.aclose()
 
     def known(self, lan: str) -> list[ClusterRecord]:
@@ -925,7 +931,9 @@ class GatewayCluster:
         return self.directory
 
     def attach(self, hub: LanHub) -> None:
+        """Serve ``hub``'s members: news of other gateways' members, relays to them."""
         self.hub = hub
+        hub.remote = self.connect_from
 
     async def __aenter__(self) -> GatewayCluster:
         if self.directory is None:
@@ -982,8 +990,12 @@ class GatewayCluster:
         member there does not listen on ``port`` or the peer gateway cannot
         be reached, as the peer's refusal otherwise.
         """
+        source = member.record.address6 if ":" in ip else member.address
+        return await self.connect_from(member.lan, source, ip, port)
+
+    async def connect_from(self, lan: Lan, source: str, ip: str, port: int) -> TcpStream | None:
+        """As :meth:`connect`, from ``source`` on ``lan`` (a member's address or the gateway's)."""
         directory = self.directory
-        lan = member.lan
         address = ipaddress.ip_address(ip)
         owner = lan.network.owner_of(address)
         if directory is None or (owner is not None and not self._is_standin(lan.name, owner)):
@@ -1000,7 +1012,6 @@ class GatewayCluster:
             if not listening:
                 raise os_error(errno.ECONNREFUSED, f"{ip}:{port} ({record.dns_name})")
             directory.note_listening(record, "tcp", port)
-        source = member.record.address6 if address.version == 6 else member.address
         stack = self._peer(record.gateway)
         try:
             return await stack.connect_tcp(relay_host(lan.name, source, ip), port)
@@ -1062,8 +1073,11 @@ class GatewayCluster:
         assert self.hub is not None
         lan = self.hub.lans[lan_name]
         owner = lan.network.owner_of(source)
+        if owner is lan.gateway_host:
+            # A port forward of another gateway: from the gateways' own address.
+            return owner
         if owner is not None:
-            raise os_error(errno.ECONNREFUSED, f"a relay from {source}, an address of this gateway")
+            raise os_error(errno.ECONNREFUSED, f"a relay from {source}, a member of this gateway")
         prefix = lan.prefix_length if source.version == 4 else lan.network.ipv6_subnet.prefixlen
         standin = lan.network.add_host(f"_relay-{_label(source)}", [f"{source}/{prefix}"])
         self._standins[key] = standin

@@ -24,7 +24,7 @@ import hashlib
 import ipaddress
 import re
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -352,6 +352,10 @@ class LanHub:
             raise ValueError(f"listeners per member must be at least 1, got {listeners_per_member}")
         self.listeners_per_member = listeners_per_member
         self.directory = directory or LanDirectory(specs)
+        #: Connects to addresses another gateway serves (a cluster's relays):
+        #: ``(lan, source, destination, port)`` to a stream, or ``None`` when
+        #: the destination is this gateway's own.
+        self.remote: Callable[[Lan, str, str, int], Awaitable[TcpStream | None]] | None = None
         self.lans: dict[str, Lan] = {}
         for index, spec in enumerate(specs):
             if spec.name in self.lans:
@@ -449,6 +453,11 @@ class LanHub:
         found = await self.directory.route(lan, f"{member}.{lan}")
         if found is None:
             raise ConnectionRefusedError(errno.ECONNREFUSED, f"{member}.{lan} is not on the LAN")
+        if self.remote is not None:
+            source = str(where.spec.network[GATEWAY_HOST_NUMBER])
+            relayed = await self.remote(where, source, found.address, port)
+            if relayed is not None:
+                return relayed
         return await where.gateway_host.connect_tcp(found.address, port)
 
 

@@ -42,7 +42,7 @@ from netshim.gateway._cluster import (
     parse_relay_host,
     relay_host,
 )
-from netshim.gateway._lan import LanHub, LanSpec, NameInUseError, ipv6_subnet_for
+from netshim.gateway._lan import Forward, LanHub, LanSpec, NameInUseError, ipv6_subnet_for
 from netshim.policy import Policy
 from netshim.protocols import wisp
 from netshim.stack import TcpStream
@@ -651,6 +651,11 @@ async def test_a_relay_needs_the_cluster_secret_and_reaches_members_only(
                 relay, relay_host("demo", "10.77.0.77", bob.stack.lan_address), 8000, 1000
             )
             assert [peer[0] for peer in bob.peers] == ["10.77.0.77"]
+            # Another gateway's port forward comes from the gateways' own address.
+            await echo_through(
+                relay, relay_host("demo", "10.77.0.1", bob.stack.lan_address), 8000, 10
+            )
+            assert [peer[0] for peer in bob.peers] == ["10.77.0.77", "10.77.0.1"]
             # Nothing but members of this gateway: not the outside, not a name,
             # not an address nobody here holds, not a source that is a member here.
             with (
@@ -772,3 +777,49 @@ async def test_a_member_whose_name_another_gateway_took_is_taken_off(redis_url: 
         await carol_news.wait_for(wisp.MembershipChange.MEMBER_LEFT, "alice.demo")
         assert "alice" not in hub_a.lans["demo"].members
         assert hub_a.lans["demo"].network.owner_of(ipaddress.ip_address(alice.address)) is None
+
+
+@contextlib.asynccontextmanager
+async def serving(config: GatewayConfig, port: int) -> AsyncIterator[Gateway]:
+    gateway = Gateway(config=config)
+    async with anyio.create_task_group() as group:
+        await group.start(lambda task_status: gateway.serve(port=port, task_status=task_status))
+        try:
+            yield gateway
+        finally:
+            group.cancel_scope.cancel()
+
+
+async def test_a_port_forward_reaches_a_member_of_another_gateway(redis_url: str) -> None:
+    ports = _free_port(), _free_port()
+    configs = [
+        cluster_config(
+            redis_url,
+            cluster=ClusterConfig(redis_url, f"ws://127.0.0.1:{port}/", SECRET, refresh=0.2),
+            forwards=(Forward("127.0.0.1", 0, "demo", "bob", 8000),) if port == ports[0] else (),
+        )
+        for port in ports
+    ]
+    async with (
+        serving(configs[0], ports[0]) as gateway_a,
+        serving(configs[1], ports[1]),
+        anyio.create_task_group() as group,
+    ):
+        bob = Member.at(f"ws://127.0.0.1:{ports[1]}/", "bob")
+        await group.start(bob.serve_echo, 8000)
+        try:
+            (address,) = gateway_a.forward_addresses
+            payload = os.urandom(100_000)
+            stream = await anyio.connect_tcp(*address[:2])
+            async with stream:
+                await stream.send(payload)
+                received = b""
+                with anyio.fail_after(GUARD):
+                    while len(received) < len(payload):
+                        received += await stream.receive()
+            assert received == payload
+            # From gateway A's LAN address, as a forward of bob's own gateway would be.
+            assert [peer[0] for peer in bob.peers] == ["10.77.0.1"]
+        finally:
+            group.cancel_scope.cancel()
+            await bob.stack.aclose()
