@@ -163,6 +163,15 @@ async def test_echo_between_members_by_address_and_by_name() -> None:
         assert await alice.receive_exactly(stream, 4) == b"pong"
         await bob.close(accepted.stream_id)
         assert await alice.closed(stream) == CloseReason.VOLUNTARY
+        # IPv6: the LAN's /64 derived from its name; a listener on "::" takes both.
+        alice6 = str(ipv6_subnet_for("demo")[2])
+        listener6, bound = await alice.listen(8100, "::")
+        assert bound == ("::", 8100)
+        stream = await bob.connect(alice6, 8100)
+        accepted = await alice.accept(listener6)
+        assert accepted.host == str(ipv6_subnet_for("demo")[3])
+        await bob.send(stream, b"six")
+        assert await alice.receive_exactly(accepted.stream_id, 3) == b"six"
     metrics = gateway.metrics.render().decode()
     assert 'netshim_gateway_streams_closed_total{protocol="lan",reason=' in metrics
     assert "internal_errors_total{" not in metrics
