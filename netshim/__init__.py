@@ -42,6 +42,8 @@ from .stacks import LinkConditions as LinkConditions
 from .stacks import PolicyStack as PolicyStack
 from .stacks import RouterStack as RouterStack
 from .stacks import Socks5Stack as Socks5Stack
+from .stacks import TunnelEvent as TunnelEvent
+from .stacks import TunnelEventKind as TunnelEventKind
 from .stacks import VirtualHost as VirtualHost
 from .stacks import VirtualNetwork as VirtualNetwork
 from .stacks import WebsockifyStack as WebsockifyStack
@@ -62,6 +64,8 @@ __all__ = [
     "Stack",
     "TcpListener",
     "TcpStream",
+    "TunnelEvent",
+    "TunnelEventKind",
     "UdpSocket",
     "VirtualHost",
     "Socks5Stack",

@@ -7,6 +7,8 @@ tenth of a second to import, which programs that never use it should not pay.
 
 from typing import TYPE_CHECKING, Any
 
+from ._tunnel import TunnelEvent as TunnelEvent
+from ._tunnel import TunnelEventKind as TunnelEventKind
 from .host import HostStack as HostStack
 from .policed import PolicyStack as PolicyStack
 from .policed import RouterStack as RouterStack
@@ -30,6 +32,8 @@ __all__ = [
     "RouterStack",
     "VirtualHost",
     "Socks5Stack",
+    "TunnelEvent",
+    "TunnelEventKind",
     "VirtualNetwork",
     "WebsockifyStack",
     "WispStack",
