@@ -13,7 +13,11 @@ link, a socket call that left something to send, or the interface's next
 deadline (a retransmission, a delayed ACK, an ARP retry), whichever comes
 first; then it lets the interface take the packet or run its timers, puts
 what the interface gives out on the link, and wakes the tasks waiting on the
-sockets whose state changed.  The task starts with the first use of the stack,
+sockets whose state changed.  On a link that can write without waiting (a
+TUN or TAP device: ``write_nowait``) a socket call that leaves output
+transmits it itself, in that call, and the timer task is woken only when a
+deadline moved earlier: a round trip through the task cost loop iterations
+on every send.  The task starts with the first use of the stack,
 in that event loop (a system task: ``asyncio`` tasks or trio's system
 nursery), or in the caller's task group under ``async with stack:``; it is
 what answers ARP, pings and the peer's segments while no program task
@@ -36,7 +40,8 @@ import ipaddress
 import math
 import random
 import socket
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -107,6 +112,15 @@ def _endpoint(address: Address) -> tuple[IPAddress, int]:
     return ip, int(address[1])
 
 
+def _clock() -> Callable[[], float]:
+    """The running event loop's clock (anyio.current_time without asking which loop each time)."""
+    if sniffio.current_async_library() == "asyncio":
+        import asyncio
+
+        return asyncio.get_running_loop().time
+    return anyio.current_time
+
+
 class _Driver:
     """The background work of one :class:`IpStack`: link in, timers, link out, wake-ups."""
 
@@ -117,12 +131,22 @@ class _Driver:
         self.stopped = anyio.Event()
         self.scope: anyio.CancelScope | None = None
         self.error: BaseException | None = None
-        # A socket call left output to transmit (the reader's own output
-        # leaves in its flush; it only asks the timer task to look again).
+        # A socket call left output to transmit (links that cannot write
+        # without waiting: the timer task transmits for them).
         self.dirty = False
-
-    def now(self) -> float:
-        return anyio.current_time()
+        # Links that can write without waiting (TUN/TAP: write_nowait) get
+        # a socket call's packets at once, in that call: a 1-byte round trip
+        # through the driver's timer task took two more loop iterations.
+        self._write_nowait: Any = getattr(stack._link, "write_nowait", None)
+        # Packets transmitted but not yet written (the link would block, or
+        # cannot write without waiting): the timer task writes them, in order.
+        self.backlog: deque[Any] = deque()
+        # Set while a task writes the backlog (others wait for it).
+        self.draining: anyio.Event | None = None
+        self._event = type(anyio.Event())
+        # When the timer task sleeps until (inf: no deadline; -inf: awake).
+        self.sleep_until = -math.inf
+        self.now = _clock()
 
     def wake_changed(self) -> None:
         for interface in self.stack._interfaces:
@@ -137,7 +161,7 @@ class _Driver:
             raise os_error(errno.ENETDOWN, "the IpStack is closed")
         event = self.waiters.get(sock)
         if event is None:
-            event = self.waiters[sock] = anyio.Event()
+            event = self.waiters[sock] = self._event()
         await event.wait()
         if self.stopped.is_set():
             raise os_error(errno.ENETDOWN, str(self.error or "the IpStack is closed"))
@@ -161,14 +185,42 @@ class _Driver:
         if event is not None:
             event.set()
 
-    def poke(self) -> None:
-        """A socket call queued output or opened a window: transmit soon."""
-        self.dirty = True
-        self.kick.set()
+    def poke(self, connection: Any = None) -> None:
+        """A socket call queued output or opened a window: transmit now, or soon.
 
-    async def flush(self) -> None:
-        now = self.now()
+        On a link that writes without waiting the packets leave in this call;
+        the timer task is woken only when ``connection``'s next deadline
+        (any deadline, without one) may come before the one it sleeps until.
+        """
+        if self._write_nowait is None or self.stopped.is_set():
+            self.dirty = True
+            self.kick.set()
+            return
+        if connection is not None:
+            # The core's contract: a connection with output due has a
+            # deadline at or before now (a read that opened no window
+            # update worth sending costs no transmit pass).
+            when = connection.deadline()
+            if when is None or when > self.now():
+                if when is not None and when < self.sleep_until:
+                    self.kick.set()
+                return
+        self.transmit_now()
+        if connection is None:
+            self.kick.set()
+        else:
+            when = connection.deadline()
+            if when is not None and when < self.sleep_until:
+                self.kick.set()
+
+    def transmit_now(self) -> None:
+        """Run the interfaces' transmit pass and hand its packets to the link without waiting.
+
+        What the link cannot take now waits in :attr:`backlog` for the timer
+        task, and everything after it too, so packets keep their order.
+        """
         stack = self.stack
+        now = self.now()
         # The loopback interface's packets come straight back in.
         for _ in range(64):
             looped = stack._loopback.transmit(now)
@@ -176,15 +228,52 @@ class _Driver:
                 break
             for packet in looped:
                 stack._loopback.receive(packet.data, now, checksum_verified=True)
-        stack._run_dhcp(now)
+        if stack._dhcp is not None:
+            stack._run_dhcp(now)
         out = stack._interface.transmit(now)
         if out:
-            send_many = getattr(stack._link, "send_many", None)
-            if send_many is not None:
-                await send_many([(packet.data, packet.gso) for packet in out])
-            else:
-                for packet in out:
-                    await stack._link.send(packet.data, packet.gso)
+            self._put(out)
+        self.wake_changed()
+
+    def _put(self, out: list[Any]) -> None:
+        if not self.backlog and self.draining is None and self._write_nowait is not None:
+            try:
+                written = self._write_nowait([(packet.data, packet.gso) for packet in out])
+            except Exception:
+                # The timer task meets the same error writing, and stops the stack.
+                written = 0
+            if written == len(out):
+                return
+            out = out[written:]
+        self.backlog.extend(out)
+        self.kick.set()
+
+    async def flush(self) -> None:
+        """Transmit, and write everything transmitted (waiting for the link if it must)."""
+        self.transmit_now()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Write :attr:`backlog` to the link, waiting as the link asks."""
+        if self.draining is not None:
+            # Another task writes; what it writes includes ours.
+            await self.draining.wait()
+            return
+        link = self.stack._link
+        send_many = getattr(link, "send_many", None)
+        self.draining = done = self._event()
+        try:
+            while self.backlog:
+                batch = list(self.backlog)
+                self.backlog.clear()
+                if send_many is not None:
+                    await send_many([(packet.data, packet.gso) for packet in batch])
+                else:
+                    for packet in batch:
+                        await link.send(packet.data, packet.gso)
+        finally:
+            self.draining = None
+            done.set()
         self.wake_changed()
 
     async def run(self) -> None:
@@ -222,9 +311,12 @@ class _Driver:
                 if incoming is None:
                     break
             # Replies (ACKs, ARP answers) leave before the next read; the
-            # timer task looks again, as input may have set earlier timers.
-            await self.flush()
-            self.kick.set()
+            # timer task looks again if input set a timer earlier than its own.
+            self.transmit_now()
+            if self.backlog:
+                await self.drain()
+            if self._deadline() < self.sleep_until:
+                self.kick.set()
 
     def _deadline(self) -> float:
         stack = self.stack
@@ -243,16 +335,20 @@ class _Driver:
         self.dirty = True
         while True:
             deadline = self._deadline()
-            if self.dirty or deadline <= self.now():
+            if self.dirty or self.backlog or deadline <= self.now():
                 self.dirty = False
                 await self.flush()
                 deadline = self._deadline()
             if self.kick.is_set():
-                self.kick = anyio.Event()
+                self.kick = self._event()
                 continue
-            with anyio.move_on_after(max(0.0, deadline - self.now())):
-                await self.kick.wait()
-            self.kick = anyio.Event()
+            self.sleep_until = deadline
+            try:
+                with anyio.move_on_after(max(0.0, deadline - self.now())):
+                    await self.kick.wait()
+            finally:
+                self.sleep_until = -math.inf
+            self.kick = self._event()
 
 
 class _IpTcpStream(TcpStream):
@@ -278,43 +374,58 @@ class _IpTcpStream(TcpStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         connection = self._connection
         driver = self._stack._driver_for_use()
+        # One schedule point per call, before anything is taken (a
+        # cancellation must not lose data): the wait if there is one, else
+        # a checkpoint.  A yield after the data is taken would cost a loop
+        # iteration between its arrival and its use.
+        scheduled = False
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
+            if not scheduled and (connection.readable() or connection.at_eof):
+                await anyio.lowlevel.checkpoint()
+                scheduled = True
+                continue
             if connection.readable():
                 data = bytes(connection.receive(max_bytes))
                 # Reading opens the receive window: the update may be due.
-                driver.poke()
-                await anyio.lowlevel.checkpoint()
+                driver.poke(connection)
                 return data
             if connection.at_eof:
                 raise anyio.EndOfStream
             if connection.error is not None:
                 raise connection.error
             await driver.wait_for(connection)
+            scheduled = True
 
     async def send(self, item: bytes) -> None:
         connection = self._connection
         driver = self._stack._driver_for_use()
         view = memoryview(item).cast("B")
-        await anyio.lowlevel.checkpoint()
+        # The bytes leave first and the schedule point comes after (a
+        # cancelled send may have sent any part, as a socket's): before, it
+        # cost a loop iteration on every round trip.
+        waited = False
         while view:
             if self._closed:
                 raise anyio.ClosedResourceError
             taken = connection.send(view)
             if taken:
                 view = view[taken:]
-                driver.poke()
+                driver.poke(connection)
                 continue
             if connection.error is not None:
                 raise connection.error
             await driver.wait_for(connection)
+            waited = True
+        if not waited:
+            await anyio.lowlevel.checkpoint()
 
     async def send_eof(self) -> None:
         if self._closed:
             raise anyio.ClosedResourceError
         self._connection.shutdown()
-        self._stack._driver_for_use().poke()
+        self._stack._driver_for_use().poke(self._connection)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -333,7 +444,7 @@ class _IpTcpStream(TcpStream):
         else:
             connection.shutdown()
         driver.wake(connection)
-        driver.poke()
+        driver.poke(connection)
         await anyio.lowlevel.checkpoint()
 
     async def abort(self) -> None:
@@ -342,7 +453,7 @@ class _IpTcpStream(TcpStream):
             self._connection.abort()
             driver = self._stack._driver_for_use()
             driver.wake(self._connection)
-            driver.poke()
+            driver.poke(self._connection)
         await anyio.lowlevel.checkpoint()
 
 
@@ -494,7 +605,7 @@ class Interception:
         """Complete ``syn``'s handshake; the stream once established (its errors if not)."""
         driver = self._stack._driver_for_use()
         connection: Any = self._interceptor.accept(syn, driver.now())
-        driver.poke()
+        driver.poke(connection)
         try:
             await driver.wait_established(
                 connection, errno.ECONNRESET, "the connection ended in its handshake"
@@ -747,7 +858,7 @@ class IpStack(Stack):
             except OSError as exc:
                 errors.append(exc)
                 continue
-            driver.poke()
+            driver.poke(connection)
             try:
                 await driver.wait_established(connection, errno.ECONNREFUSED, f"{target}:{port}")
             except OSError as exc:

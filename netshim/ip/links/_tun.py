@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 import anyio
@@ -177,39 +177,59 @@ class _TunDeviceLink(Link):
         for packet, gso in packets:
             await self._write(packet, gso)
 
-    async def _write(self, packet: bytes, gso: GsoInfo | None) -> None:
+    def write_nowait(self, packets: Sequence[tuple[bytes, GsoInfo | None]]) -> int:
+        """Write ``packets`` in order while the device takes them; how many it took.
+
+        Stops at the first packet the device would have to wait for (the
+        caller sends it and the rest later, with :meth:`send_many`).  Raises
+        as :meth:`send` does.  A driver writes a socket call's packets in that
+        call this way, without a trip through the event loop.
+        """
+        written = 0
+        for packet, gso in packets:
+            if not self._write_once(self._buffers(packet, gso)):
+                break
+            written += 1
+        return written
+
+    def _buffers(self, packet: bytes, gso: GsoInfo | None) -> list[bytes]:
         if self._closed:
             raise anyio.ClosedResourceError
-        buffers: list[bytes]
         if not self.vnet_hdr:
             if gso is not None:
                 raise ValueError("GSO needs IFF_VNET_HDR")
-            buffers = [packet]
-        elif gso is None:
-            buffers = [_NO_VNET_HDR, packet]
-        else:
-            header = _VNET_HDR.pack(
-                VIRTIO_NET_HDR_F_NEEDS_CSUM,
-                gso.gso_type,
-                gso.header_len,
-                gso.gso_size,
-                gso.csum_start,
-                gso.csum_offset,
-            )
-            buffers = [header, packet]
-        while True:
-            try:
-                os.writev(self.fd, buffers)
-                return
-            except BlockingIOError:
-                await anyio.wait_writable(self.fd)
-            except OSError as exc:
-                if self._closed:
-                    raise anyio.ClosedResourceError from None
-                if exc.errno == errno.EIO:
-                    self.dropped += 1
-                    return
-                raise anyio.BrokenResourceError(str(exc)) from exc
+            return [packet]
+        if gso is None:
+            return [_NO_VNET_HDR, packet]
+        header = _VNET_HDR.pack(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            gso.gso_type,
+            gso.header_len,
+            gso.gso_size,
+            gso.csum_start,
+            gso.csum_offset,
+        )
+        return [header, packet]
+
+    def _write_once(self, buffers: list[bytes]) -> bool:
+        """One ``writev``: False if the device would block."""
+        try:
+            os.writev(self.fd, buffers)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if self._closed:
+                raise anyio.ClosedResourceError from None
+            if exc.errno == errno.EIO:
+                self.dropped += 1
+                return True
+            raise anyio.BrokenResourceError(str(exc)) from exc
+        return True
+
+    async def _write(self, packet: bytes, gso: GsoInfo | None) -> None:
+        buffers = self._buffers(packet, gso)
+        while not self._write_once(buffers):
+            await anyio.wait_writable(self.fd)
             if self._closed:
                 raise anyio.ClosedResourceError
 
