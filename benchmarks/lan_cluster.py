@@ -22,7 +22,8 @@ Measured per row, as benchmarks/gateway.py measures (its machinery): connect lat
 confirmation, which through two gateways comes once B's member accepted), one stream
 downloading and one uploading ``--size`` MiB (best of ``--repeats``), and CPU seconds
 per GiB of the client's gateway, the client and the target (gateway B's share of a
-relayed row is not in it; it is printed beside, per GiB as well).  Integrity is
+relayed row is not in it; it is printed beside, per GiB as well), and each gateway's
+CPU milliseconds per connect: on a machine with few cores, latency follows them.  Integrity is
 checked as there; a wrong or short stream makes the benchmark exit 1.  Timings are
 never asserted.
 
@@ -54,6 +55,7 @@ from gateway import (  # noqa: E402
     Server,
     Target,
     best_rate,
+    connect_cpu_ms,
     cpu_seconds,
     fixed,
     free_port,
@@ -118,6 +120,12 @@ def print_table(one: Row, two: Row, relay_cpu: dict[str, float]) -> None:
         f"down {ratio(best_rate(two, 'down'), best_rate(one, 'down'))}, "
         f"up {ratio(best_rate(two, 'up'), best_rate(one, 'up'))}"
     )
+    print(
+        "  gateway CPU ms per connect: one gateway "
+        f"{fixed(connect_cpu_ms(one, 'server'), 4, 2)}, two gateways "
+        f"{fixed(connect_cpu_ms(two, 'server'), 4, 2)} (A) + "
+        f"{relay_cpu.get('connect', 0.0) * 1000:.2f} (B)"
+    )
     moved = relay_cpu.get("bytes", 0.0)
     if moved:
         print(
@@ -148,11 +156,15 @@ def main(args: argparse.Namespace) -> int:
         joined = {"lan": {"lan": LAN, "member": "", "token": token}, "loop": args.loop}
         bench = Bench(target, args.stall, host=f"target.{LAN}", plan=joined)
         rows = {server.name: Row(server, "WispStack") for server in (gateway_b, gateway_a)}
-        relay_cpu = {"seconds": 0.0, "bytes": 0.0}
+        relay_cpu = {"seconds": 0.0, "bytes": 0.0, "connect": 0.0}
         print(f"connect latency x {args.connects}; 1 stream {args.size} MiB x {args.repeats}")
         print("  connect latency ...", flush=True)
         for row in rows.values():
+            assert gateway_b.process is not None
+            before = cpu_seconds(gateway_b.process.pid)
             bench.run(row, "latency", [(PING, PING)] * args.connects, sequential=True)
+            if row.server is gateway_a:
+                relay_cpu["connect"] = (cpu_seconds(gateway_b.process.pid) - before) / args.connects
         for kind, spec in (("down", (0, size)), ("up", (size, 0))):
             print(f"  1 stream {kind} ...", flush=True)
             for _ in range(args.repeats):
