@@ -11,6 +11,8 @@ wireguard-go.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 
 import anyio
@@ -35,6 +37,37 @@ def test_backends_are_what_they_say() -> None:
     assert wg.crypto_backend("tlslite-ng").invalid_tag is PurePythonTagError
     with pytest.raises(ValueError, match="no WireGuard crypto backend 'openssl'"):
         wg.crypto_backend("openssl")
+
+
+_WITHOUT = """
+import sys
+for name in sys.argv[1:]:
+    sys.modules[name] = None  # as if not installed: importing it raises ImportError
+from netshim.protocols import wireguard as wg
+try:
+    device = wg.WireGuardDevice(bytes(range(32)))
+except ImportError as error:
+    print("ImportError:", error)
+else:
+    print(device.crypto.name, wg.key_to_text(device.public_key))
+"""
+
+
+def _without(*modules: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, "-c", _WITHOUT, *modules], capture_output=True, text=True, check=True
+    )
+    return completed.stdout.strip()
+
+
+def test_default_backend_without_cryptography() -> None:
+    expected = wg.key_to_text(wg.public_key(bytes(range(32))))
+    assert _without() == f"cryptography {expected}"
+    # Where cryptography does not import (Pyodide offline): tlslite-ng, same key.
+    assert _without("cryptography") == f"tlslite-ng {expected}"
+    missing = _without("cryptography", "tlslite")
+    assert missing.startswith("ImportError: WireGuard needs the cryptography package")
+    assert "tlslite-ng" in missing
 
 
 # -- published vectors -------------------------------------------------------------------
