@@ -1448,6 +1448,7 @@ class _WispStream:
     """One Wisp stream on the gateway: its upload queue and its task."""
 
     __slots__ = (
+        "aborted_by_client",
         "budget",
         "client",
         "closed_by_client",
@@ -1481,6 +1482,9 @@ class _WispStream:
         # nobody waits on is wasted work on every DATA packet.
         self.waiting = False
         self.closed_by_client = False
+        # The client's CLOSE said its side failed (NETWORK_ERROR): the
+        # destination gets a reset, as a socket's abort gives, not an end.
+        self.aborted_by_client = False
         # Set when the destination's side ended: the upload stops too.
         self.stopping = False
         # Set by the WebSocket reader while it waits for this queue to drain.
@@ -1871,6 +1875,8 @@ class _WispSession:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.record.reason = f"client:{_reason(event.reason)}"
+                if event.reason == wisp.CloseReason.NETWORK_ERROR:
+                    stream.aborted_by_client = True
                 stream.client_closed()
                 if stream.listen is not None:
                     stream.scope.cancel()
@@ -2285,8 +2291,17 @@ class _WispSession:
             async def upload() -> None:
                 tcp = isinstance(upstream, TcpStream)
                 while not stream.stopping:
-                    while not stream.queue:
+                    while not stream.queue or stream.aborted_by_client:
                         if stream.stopping:
+                            return
+                        if stream.aborted_by_client and isinstance(upstream, TcpStream):
+                            # What the client had not yet sent is dropped with the
+                            # connection, as a reset drops a socket's unsent bytes.
+                            stream.discard()
+                            with contextlib.suppress(OSError):
+                                await upstream.abort()
+                            outcome.append(0)
+                            scope.cancel()
                             return
                         if stream.closed_by_client:
                             # Everything the client sent before its CLOSE is delivered.

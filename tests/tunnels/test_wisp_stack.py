@@ -125,6 +125,29 @@ async def test_close_reasons_become_faithful_errors() -> None:
         await stack.aclose()
 
 
+async def test_abort_resets_the_destination_and_close_ends_it() -> None:
+    # A client's CLOSE with NETWORK_ERROR (what abort() sends) reaches the
+    # destination as a reset; a plain close as an end of stream.
+    async with running_gateway() as gateway:
+        stack = WispStack(wisp_url(gateway))
+        listener = await HostStack().listen_tcp("127.0.0.1", 0)
+        port = listener.local_address[1]
+        try:
+            for how, expected in (("abort", ConnectionResetError), ("aclose", anyio.EndOfStream)):
+                stream = await stack.connect_tcp("127.0.0.1", port)
+                with anyio.fail_after(10):
+                    served = await listener.accept()
+                    await stream.send(b"x")
+                    assert await served.receive() == b"x"
+                    await getattr(stream, how)()
+                    with pytest.raises(expected):
+                        await served.receive()
+                await served.aclose()
+        finally:
+            await listener.aclose()
+            await stack.aclose()
+
+
 async def test_udp_round_trip() -> None:
     async with udp_echo() as echo, running_gateway() as gateway:
         stack = WispStack(wisp_url(gateway))
