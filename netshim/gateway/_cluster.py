@@ -52,6 +52,9 @@ The receiving gateway connects to its member's listener from a stand-in
 :class:`~netshim.stacks.virtual.VirtualHost` that holds the source's address
 on its LAN's virtual network, so the listener sees the true source address.
 A stand-in goes when its member leaves or a local member gets its address.
+A port forward to another gateway's member is relayed the same way, from
+the gateways' own address on the LAN (``.1``, the same on all of them).
+UDP is not relayed: it reaches the members of the sender's gateway only.
 
 Only one Redis server (or a primary with replicas) is supported: the scripts
 touch keys they do not declare, which Redis Cluster would refuse.  redis-py's
