@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from link_pump import pumping, receive_all, send_all
 
 from netshim.ip.iface import Interface, Medium
-from netshim.ip.links import Bridge, Cable, Faults, FaultyLink, PcapLink
+from netshim.ip.links import Bridge, Cable, CableEnd, Faults, FaultyLink, PcapLink
 from netshim.pcap import LinkType, PcapReader
 from netshim.protocols.ip import EthernetAddress, Icmpv4Repr, IpProtocol
 from netshim.testing import require_peer
@@ -229,6 +229,38 @@ async def test_faulty_link_wraps_any_link() -> None:
     assert cable.b._inbox.dropped == 0
     with pytest.raises(ValueError, match="latency"):
         FaultyLink(cable.a, Faults(latency=1))
+
+
+async def test_faulty_link_passes_bursts_through_with_the_same_faults() -> None:
+    # send_many and receive_nowait drop and reorder exactly as send and
+    # receive do for the same seed, so a driver's bursts keep working.
+    one_by_one, bursts = Cable(), Cable()
+    faults = Faults(loss=0.2, duplicate=0.1, reorder=0.2, seed=3)
+    single = FaultyLink(one_by_one.a, faults)
+    many = FaultyLink(bursts.a, faults)
+    packets = [bytes([n]) for n in range(200)]
+    for packet in packets:
+        await single.send(packet)
+    await many.send_many([(packet, None) for packet in packets])
+
+    async def drained(link: FaultyLink | CableEnd) -> list[bytes]:
+        got = []
+        while (incoming := link.receive_nowait()) is not None:
+            got.append(incoming.data)
+        return got
+
+    sent = await drained(one_by_one.b)
+    assert sent == await drained(bursts.b)
+    assert 100 < len(sent) < 200
+    # And inbound: the same faults again on the way in, through receive_nowait.
+    echo = Cable()
+    inbound = FaultyLink(echo.b, Faults(loss=0.3, seed=9))
+    for packet in packets:
+        echo.a.send_nowait(packet)
+    received = await drained(inbound)
+    assert inbound.inbound.lost == 200 - len(received)
+    assert received == sorted(received)
+    assert 100 < len(received) < 180
 
 
 async def test_pcap_of_an_ip_link_is_raw_ip(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import os
 import time
+from collections.abc import Iterable
 from typing import IO
 
 from netshim.ip.iface import GsoInfo, Medium
@@ -107,6 +108,47 @@ class FaultyLink(Link):
                     self._pending_in.append(self._held_in)
                     self._held_in = None
         return self._pending_in.popleft()
+
+    def receive_nowait(self) -> IncomingPacket | None:
+        """The next packet if one is waiting (after the faults), else None.
+
+        Passes the inner link's bursts through, so that a driver takes a burst
+        in one pass with faults as without them; an inner link that cannot
+        say "nothing more now" gives only what is already pending here.
+        """
+        inner_nowait = getattr(self.inner, "receive_nowait", None)
+        while not self._pending_in:
+            incoming = inner_nowait() if inner_nowait is not None else None
+            if incoming is None:
+                return None
+            for at in self.inbound.schedule(0.0):
+                if at > 0.0 and self._held_in is None:
+                    self._held_in = incoming
+                    continue
+                self._pending_in.append(incoming)
+                if self._held_in is not None:
+                    self._pending_in.append(self._held_in)
+                    self._held_in = None
+        return self._pending_in.popleft()
+
+    async def send_many(self, packets: Iterable[tuple[bytes, GsoInfo | None]]) -> None:
+        """Send each ``(packet, gso)`` with the faults, in one call of the inner link's own."""
+        out: list[tuple[bytes, GsoInfo | None]] = []
+        for packet, gso in packets:
+            for at in self.outbound.schedule(0.0):
+                if at > 0.0 and self._held_out is None:
+                    self._held_out = (bytes(packet), gso)
+                    continue
+                out.append((packet, gso))
+                if self._held_out is not None:
+                    out.append(self._held_out)
+                    self._held_out = None
+        inner_many = getattr(self.inner, "send_many", None)
+        if inner_many is not None:
+            await inner_many(out)
+        else:
+            for packet, gso in out:
+                await self.inner.send(packet, gso)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
