@@ -229,7 +229,11 @@ async def test_rekey_during_a_transfer_loses_nothing(
     wireguard_go: WireGuardPeerNamespace,
 ) -> None:
     events: list[WireGuardEvent] = []
-    timers = Timers(rekey_after_time=0.4, rekey_timeout=0.4)
+    # A rekey every 4096 packets sent as well as every 0.4 s, so the count
+    # of handshakes does not hang on how fast the transfer runs (by time
+    # alone, a fast run of 0.8 s saw only two); a new initiation may follow
+    # the previous one after 50 ms (wireguard-go takes one every 20 ms).
+    timers = Timers(rekey_after_time=0.4, rekey_timeout=0.05, rekey_after_messages=4096)
     stack = client_stack(wireguard_go, timers=timers, events=events)
     async with stack:
         await stack.handshake()
