@@ -54,7 +54,11 @@ on its LAN's virtual network, so the listener sees the true source address.
 A stand-in goes when its member leaves or a local member gets its address.
 A port forward to another gateway's member is relayed the same way, from
 the gateways' own address on the LAN (``.1``, the same on all of them).
-UDP is not relayed: it reaches the members of the sender's gateway only.
+UDP is relayed for a member's unbound (connected) UDP socket to another
+gateway's member's UDP listener: a Wisp UDP stream to the same relay host,
+answered from a stand-in's UDP socket, so the replies come back the same
+way.  A member's *bound* UDP socket (a LAN listener) reaches only the
+members of its own gateway.
 
 Only one Redis server (or a primary with replicas) is supported: the scripts
 touch keys they do not declare, which Redis Cluster would refuse.  redis-py's
@@ -97,7 +101,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
-    from ..stack import TcpStream
+    from ..stack import TcpStream, UdpSocket
     from ..stacks.virtual import VirtualHost
     from ..stacks.wisp import WispStack
 
@@ -127,8 +131,9 @@ TTL_PERIODS = 3
 DEFAULT_PREFIX = "netshim:lan:"
 #: The LAN a relay session joins (see the module docstring).
 RELAY_LAN: Final = "-relay"
-#: What a relay session is told it joined as.
-RELAY_ADDRESS: Final = "0.0.0.0"
+#: What a relay session is told it joined as: no address (nor the wildcard a
+#: client would take for "listen on my LAN address").
+RELAY_ADDRESS: Final = ""
 RELAY_NAME: Final = "relay.cluster"
 # Host numbers below this are never handed out: the network's own and the
 # gateway's (.1), as the in-process directory does.
@@ -179,18 +184,20 @@ return {2}
 """
 
 # ARGV: gateway, ttl, then (prefix, name, offset) per member.  Returns the
-# positions (0-based) of members somebody else owns now.
+# positions (0-based) of members somebody else owns now, and of those whose
+# keys had expired and were made again (their listener sets went with them).
 _RENEW = """
 local gw, ttl = ARGV[1], tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lost = {}
+local lost, made = {}, {}
 for i = 3, #ARGV, 3 do
   local p, name, off = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local mine = off .. '|' .. gw
   local held = redis.call('GET', p .. 'n:' .. name)
   local addr = redis.call('GET', p .. 'a:' .. off)
   if (held == mine or not held) and (addr == name or not addr) then
+    if not held or not addr then table.insert(made, (i - 3) / 3) end
     redis.call('SET', p .. 'n:' .. name, mine, 'PX', ttl)
     redis.call('SET', p .. 'a:' .. off, name, 'PX', ttl)
     redis.call('PEXPIRE', p .. 'l:' .. off, ttl)
@@ -199,7 +206,7 @@ for i = 3, #ARGV, 3 do
     table.insert(lost, (i - 3) / 3)
   end
 end
-return lost
+return {lost, made}
 """
 
 _RELEASE = """
@@ -400,8 +407,9 @@ class RedisLanDirectory(LanDirectory):
         self._index = self._client.register_script(_MEMBERS)
         self._listener = self._client.register_script(_LISTENER)
         self._route = self._client.register_script(_ROUTE)
-        # This gateway's members, by (LAN, name).
+        # This gateway's members, by (LAN, name), and their listeners.
         self._held: dict[tuple[str, str], ClusterRecord] = {}
+        self._own_listeners: dict[tuple[str, str], set[str]] = {}
         # What this gateway believes of other gateways' members, per LAN, and
         # when (in news counts) each name was last changed by news.
         self._view: dict[str, dict[str, ClusterRecord]] = {lan: {} for lan in self._lans}
@@ -474,6 +482,7 @@ class RedisLanDirectory(LanDirectory):
         they expire.
         """
         self._held.clear()
+        self._own_listeners.clear()
         self._stopped.cancel()
 
     # -- addresses
@@ -562,6 +571,7 @@ class RedisLanDirectory(LanDirectory):
     async def release(self, lan: str, name: str) -> None:
         """Give ``name`` and its address back (only if this gateway still holds them)."""
         held = self._held.pop((lan, name), None)
+        self._own_listeners.pop((lan, name), None)
         if held is None:
             return
         offset = self._host_number(held)
@@ -654,6 +664,11 @@ class RedisLanDirectory(LanDirectory):
         held = self._held.get((lan, name))
         if held is None:
             return
+        own = self._own_listeners.setdefault((lan, name), set())
+        if op == "add":
+            own.add(f"{transport}:{port}")
+        else:
+            own.discard(f"{transport}:{port}")
         offset = self._host_number(held)
         args: list[str | int] = [
             self._key(lan),
@@ -706,11 +721,20 @@ class RedisLanDirectory(LanDirectory):
             args: list[str | int] = [self.gateway, _ms(self.ttl)]
             for record in held:
                 args += [self._key(record.lan), record.name, self._host_number(record)]
-            lost = await self._renew(args=args)
+            lost, made = await self._renew(args=args)
+            for index in made:
+                # Back after its keys expired: its listeners must be told again.
+                record = held[int(index)]
+                for entry in list(self._own_listeners.get((record.lan, record.name), ())):
+                    transport, _, port = entry.partition(":")
+                    await self._change_listener(
+                        record.lan, record.name, "add", transport, int(port)
+                    )
             for index in lost:
                 record = held[int(index)]
                 if self._held.get((record.lan, record.name)) is record:
                     del self._held[(record.lan, record.name)]
+                    self._own_listeners.pop((record.lan, record.name), None)
                     logger.warning(
                         "cluster-member-lost lan=%s member=%s address=%s",
                         record.lan,
@@ -998,6 +1022,33 @@ class GatewayCluster:
 
     async def connect_from(self, lan: Lan, source: str, ip: str, port: int) -> TcpStream | None:
         """As :meth:`connect`, from ``source`` on ``lan`` (a member's address or the gateway's)."""
+        record = await self._relay_to(lan, ip, "tcp", port)
+        if record is None:
+            return None
+        stack = self._peer(record.gateway)
+        try:
+            return await stack.connect_tcp(relay_host(lan.name, source, ip), port)
+        except PermissionError as exc:
+            raise self._refused_by_peer(record, ip, port, exc) from None
+
+    async def open_udp(self, member: LanMember, ip: str, port: int) -> UdpSocket | None:
+        """A relayed UDP socket from ``member`` to ``ip``:``port``, as :meth:`connect` for TCP.
+
+        Only to a port the member there has a UDP listener on; the replies
+        its listener sends come back through the same relay.
+        """
+        record = await self._relay_to(member.lan, ip, "udp", port)
+        if record is None:
+            return None
+        source = member.record.address6 if ":" in ip else member.address
+        stack = self._peer(record.gateway)
+        try:
+            return await stack.open_udp(remote=(relay_host(member.lan.name, source, ip), port))
+        except PermissionError as exc:
+            raise self._refused_by_peer(record, ip, port, exc) from None
+
+    async def _relay_to(self, lan: Lan, ip: str, transport: str, port: int) -> ClusterRecord | None:
+        """The other gateway's member to relay to at ``ip``, or ``None`` if it is ours to reach."""
         directory = self.directory
         address = ipaddress.ip_address(ip)
         owner = lan.network.owner_of(address)
@@ -1008,23 +1059,23 @@ class GatewayCluster:
         record = directory.cached(lan.name, str(address))
         if record is not None and record.gateway == self.url:
             return None
-        if record is None or not directory.listens(record, "tcp", port):
-            record, listening = await directory.route_port(lan.name, address, "tcp", port)
+        if record is None or not directory.listens(record, transport, port):
+            record, listening = await directory.route_port(lan.name, address, transport, port)
             if record is None or record.gateway == self.url:
                 return None
             if not listening:
                 raise os_error(errno.ECONNREFUSED, f"{ip}:{port} ({record.dns_name})")
-            directory.note_listening(record, "tcp", port)
-        stack = self._peer(record.gateway)
-        try:
-            return await stack.connect_tcp(relay_host(lan.name, source, ip), port)
-        except PermissionError as exc:
-            logger.warning(
-                "cluster-relay-refused peer=%s detail=%r (the gateways' cluster secrets differ)",
-                record.gateway,
-                str(exc),
-            )
-            raise os_error(errno.ECONNREFUSED, f"{ip}:{port} ({record.dns_name})") from None
+            directory.note_listening(record, transport, port)
+        return record
+
+    @staticmethod
+    def _refused_by_peer(record: ClusterRecord, ip: str, port: int, exc: OSError) -> OSError:
+        logger.warning(
+            "cluster-relay-refused peer=%s detail=%r (the gateways' cluster secrets differ)",
+            record.gateway,
+            str(exc),
+        )
+        return os_error(errno.ECONNREFUSED, f"{ip}:{port} ({record.dns_name})")
 
     def _peer(self, url: str) -> WispStack:
         stack = self._peers.get(url)
@@ -1051,6 +1102,16 @@ class GatewayCluster:
         Raises ``ConnectionRefusedError`` when the destination is not a member
         of this gateway, or does not listen on ``port``.
         """
+        standin, _, destination = self._relayed(host, port)
+        return await standin.connect_tcp(str(destination), port)
+
+    async def accept_udp(self, host: str, port: int) -> UdpSocket:
+        """A UDP socket from the relay's source to a member's UDP port here, as :meth:`accept`."""
+        standin, source, destination = self._relayed(host, port)
+        return await standin.open_udp(str(source), 0, remote=(str(destination), port))
+
+    def _relayed(self, host: str, port: int) -> tuple[VirtualHost, IPAddress, IPAddress]:
+        """The host to connect from (a stand-in for the source), the source, the destination."""
         try:
             lan_name, source, destination = parse_relay_host(host)
         except ValueError:
@@ -1060,8 +1121,7 @@ class GatewayCluster:
             raise os_error(errno.ECONNREFUSED, f"{host}: no LAN {lan_name}")
         if not any(m.owns(str(destination)) for m in lan.members.values()):
             raise os_error(errno.ECONNREFUSED, f"{destination}:{port}: no such member here")
-        standin = self._standin(lan_name, source)
-        return await standin.connect_tcp(str(destination), port)
+        return self._standin(lan_name, source), source, destination
 
     def _is_standin(self, lan: str, host: VirtualHost) -> bool:
         return any(

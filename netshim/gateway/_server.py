@@ -1953,10 +1953,11 @@ class _WispSession:
                     lan_ip = await self.hub.destination(self.member, record.host)
                 if self.relay is not None:
                     # Another gateway's member to one of ours, and nothing else.
-                    if stream.kind is not wisp.StreamType.TCP:
-                        raise os_error(errno.ECONNREFUSED, "relays carry TCP only")
-                    upstream = await self.relay.accept(record.host, record.port)
-                    target_ip = upstream.remote_address[0]
+                    if stream.kind is wisp.StreamType.UDP:
+                        upstream = await self.relay.accept_udp(record.host, record.port)
+                    else:
+                        upstream = await self.relay.accept(record.host, record.port)
+                    target_ip = (upstream.remote_address or (record.host,))[0]
                 elif lan_ip is not None:
                     upstream = await self._connect_lan(
                         self.member, stream.kind, lan_ip, record.port
@@ -2000,7 +2001,9 @@ class _WispSession:
             relayed = None if cluster is None else await cluster.connect(member, ip, port)
             return relayed or await member.host.connect_tcp(ip, port)
         local = member.record.address6 if ":" in ip else member.address
-        return await member.host.open_udp(local, 0, remote=(ip, port))
+        cluster = self.gateway.cluster
+        relayed_udp = None if cluster is None else await cluster.open_udp(member, ip, port)
+        return relayed_udp or await member.host.open_udp(local, 0, remote=(ip, port))
 
     # -- LAN listeners (docs/lan.md)
 

@@ -324,7 +324,8 @@ async def test_a_member_taken_over_is_reported_lost(redis_url: str) -> None:
         gateway(redis_url, "b", refresh=3600) as b,
     ):
         await a.claim("demo", "alice")
-        await a.claim("demo", "carol")
+        carol = await a.claim("demo", "carol")
+        await a.add_listener("demo", "carol", "tcp", 80)
         client = redis.asyncio.Redis.from_url(redis_url)
 
         async def holder(name: str) -> bytes | None:
@@ -339,6 +340,8 @@ async def test_a_member_taken_over_is_reported_lost(redis_url: str) -> None:
             assert lost == []
             assert await holder("alice") == b"2|" + a.gateway.encode()
             assert await holder("carol") == b"3|" + a.gateway.encode()
+            # With the listeners it had.
+            assert await b.is_listening("demo", ipaddress.ip_address(carol.address), "tcp", 80)
             # Alice's keys expired while A was away, and B took the name.
             await client.delete("netshim:lan:demo:n:alice")
             taken = await b.claim("demo", "alice")
@@ -504,7 +507,7 @@ def two_gateways(redis_url: str, directory: Path) -> Iterator[list[GatewayProces
                 "--port", str(port), "--lan", "demo:10.77.0.0/24",
                 "--lan-token-file", str(tokens), "--cluster-redis", redis_url,
                 "--cluster-url", f"ws://127.0.0.1:{port}/",
-                "--cluster-secret-file", str(secret), "--cluster-refresh", "0.2",
+                "--cluster-secret-file", str(secret), "--cluster-refresh", "0.5",
             ]  # fmt: skip
             gateways.append(stack.enter_context(gateway_process(*flags)))
         yield gateways
@@ -519,6 +522,7 @@ class Member:
         self.stack = WispStack(url, lan="demo", member=name, token=TOKEN)
         self.events: list[TunnelEvent] = []
         self.peers: list[Address] = []
+        self.udp_peers: list[Address] = []
         self._changed = anyio.Event()
         self.stack.on_event(self._on_event)
 
@@ -549,6 +553,19 @@ class Member:
                     await anyio.sleep_forever()
                 self.peers.append(stream.remote_address)
                 group.start_soon(self._echo, stream)
+
+    async def serve_udp_echo(self, port: int, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Send every datagram to ``port`` back to its sender."""
+        sock = await self.stack.open_udp("0.0.0.0", port)
+        task_status.started()
+        async with sock:
+            while True:
+                try:
+                    data, source = await sock.receive()
+                except OSError:
+                    await anyio.sleep_forever()
+                self.udp_peers.append(source)
+                await sock.send(data, source)
 
     @staticmethod
     async def _echo(stream: TcpStream) -> None:
@@ -595,6 +612,17 @@ async def test_members_on_two_gateway_processes(redis_url: str, tmp_path: Path) 
             # A port Bob does not listen on is refused.
             with pytest.raises(ConnectionRefusedError):
                 await alice.stack.connect_tcp("bob.demo", 8001)
+            # UDP to Bob's bound socket, and his answer back to where it came from.
+            await group.start(bob.serve_udp_echo, 5353)
+            udp = await alice.stack.open_udp(remote=("bob.demo", 5353))
+            async with udp:
+                for size in (1, 1000, 60000):
+                    datagram = os.urandom(size)
+                    await udp.send(datagram)
+                    with anyio.fail_after(GUARD):
+                        answer, _ = await udp.receive()
+                    assert answer == datagram
+            assert {peer[0] for peer in bob.udp_peers} == {alice.stack.lan_address}
             # Gateway B dies without a word: Bob leaves within the expiry.
             bob_address = bob.stack.lan_address
             gateway_b.process.kill()
