@@ -622,6 +622,20 @@ class Interface:
                 earliest = when
         return earliest
 
+    def quiet(self) -> bool:
+        """Nothing queued, no connection, no timer: :meth:`transmit` would return nothing.
+
+        For a driver that would otherwise run a transmit pass on an idle
+        interface (a stack's loopback) on every socket call.
+        """
+        return (
+            not self._out
+            and not self._connections
+            and self._next_router_solicitation is None
+            and self.neighbors.deadline() is None
+            and not len(self.reassembler)
+        )
+
     def transmit(self, now: float) -> list[OutgoingPacket]:
         """Run due timers, collect every connection's segments, and return all that is to send."""
         self._run_timers(now)
@@ -830,9 +844,11 @@ class Interface:
         for _address, packets in failed:
             for ip_bytes, _gso in packets:
                 self._neighbor_failed(ip_bytes, now)
-        expired = self.reassembler.expire(now)
-        if expired:
-            self.dropped["reassembly timeout"] += expired
+        # Run on every transmit pass: nothing to expire is the usual case.
+        if len(self.reassembler):
+            expired = self.reassembler.expire(now)
+            if expired:
+                self.dropped["reassembly timeout"] += expired
         if self._next_router_solicitation is not None and now >= self._next_router_solicitation:
             self._router_solicitations += 1
             if self._router_solicitations >= ROUTER_SOLICITATIONS:

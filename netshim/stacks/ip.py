@@ -222,12 +222,15 @@ class _Driver:
         stack = self.stack
         now = self.now()
         # The loopback interface's packets come straight back in.
+        loopback = stack._loopback
         for _ in range(64):
-            looped = stack._loopback.transmit(now)
+            if loopback.quiet():
+                break
+            looped = loopback.transmit(now)
             if not looped:
                 break
             for packet in looped:
-                stack._loopback.receive(packet.data, now, checksum_verified=True)
+                loopback.receive(packet.data, now, checksum_verified=True)
         if stack._dhcp is not None:
             stack._run_dhcp(now)
         out = stack._interface.transmit(now)
@@ -297,8 +300,29 @@ class _Driver:
         # and answered with one transmit pass: a download's stream of ACKs
         # costs one pass per burst instead of one per ACK.
         receive_nowait = getattr(link, "receive_nowait", None)
+        # Links that can wait for a packet without taking it (TUN/TAP) are
+        # read only when the device says there is something: after a burst
+        # that emptied it, no read that fails and no extra loop iteration.
+        wait_readable = getattr(link, "wait_readable", None)
+        if receive_nowait is None:
+            wait_readable = None
+        drained = True
         while True:
-            incoming: _Incoming | None = await link.receive()
+            incoming: _Incoming | None
+            if wait_readable is None:
+                incoming = await link.receive()
+            else:
+                if drained:
+                    await wait_readable()
+                else:
+                    # A full burst: let the other tasks run before the next.
+                    await anyio.lowlevel.checkpoint()
+                assert receive_nowait is not None
+                incoming = receive_nowait()
+                if incoming is None:
+                    drained = True
+                    continue
+            drained = False
             now = self.now()
             for taken in range(1, _BURST + 1):
                 assert incoming is not None
@@ -309,6 +333,7 @@ class _Driver:
                     break
                 incoming = receive_nowait()
                 if incoming is None:
+                    drained = True
                     break
             # Replies (ACKs, ARP answers) leave before the next read; the
             # timer task looks again if input set a timer earlier than its own.

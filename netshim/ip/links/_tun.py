@@ -241,6 +241,12 @@ class _TunDeviceLink(Link):
                 return packet
             await anyio.wait_readable(self.fd)
 
+    async def wait_readable(self) -> None:
+        """Wait until a packet may be waiting (take it with :meth:`receive_nowait`)."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        await anyio.wait_readable(self.fd)
+
     def receive_nowait(self) -> IncomingPacket | None:
         """The next packet if one is waiting, else None (a driver drains a burst this way)."""
         while True:
