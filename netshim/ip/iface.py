@@ -75,6 +75,7 @@ import contextlib
 import dataclasses
 import enum
 import errno
+import heapq
 import ipaddress
 import logging
 import os
@@ -520,6 +521,13 @@ class Interface:
         self.dropped: collections.Counter[str] = collections.Counter()
         self._out: list[OutgoingPacket] = []
         self._connections: dict[_ConnectionKey, TcpConnection] = {}
+        # With visit_due_only(): the connections transmit() visits next (given
+        # work since the last pass), and a heap of (deadline, tie, key) for
+        # their timers, the earliest per connection in _scheduled.
+        self._due: dict[_ConnectionKey, TcpConnection] | None = None
+        self._timers: list[tuple[float, int, _ConnectionKey]] = []
+        self._scheduled: dict[_ConnectionKey, float] = {}
+        self._timer_tie = 0
         self._listener_of: dict[TcpConnection, TcpListener] = {}
         self._listeners: dict[tuple[IPAddress, int], TcpListener] = {}
         self._udp: dict[tuple[IPAddress, int], UdpSocket] = {}
@@ -609,6 +617,76 @@ class Interface:
         changed, self._changed = self._changed, set()
         return changed
 
+    def visit_due_only(self) -> None:
+        """Let :meth:`transmit` and :meth:`deadline` skip connections with nothing due.
+
+        By default every pass asks every connection (thousands in TIME-WAIT
+        cost a pass milliseconds).  After this call a pass visits only the
+        connections the interface gave work (a segment, an ICMP error, a
+        handshake) or that :meth:`touch` named since the last pass, and those
+        whose timers fall due.  The caller promises to :meth:`touch` every
+        connection whose socket calls (``send``, ``receive``, ``shutdown``,
+        ``abort``) it makes.
+        """
+        if self._due is None:
+            self._due = dict(self._connections)
+
+    def touch(self, connection: TcpConnection) -> None:
+        """A socket call gave ``connection`` work: the next pass visits it."""
+        if self._due is None:
+            return
+        local, remote = connection.local, connection.remote
+        key: _ConnectionKey = (local[0], local[1], remote[0], remote[1])
+        if self._connections.get(key) is connection:
+            self._due[key] = connection
+
+    def _mark_due(self, key: _ConnectionKey, connection: TcpConnection) -> None:
+        if self._due is not None:
+            self._due[key] = connection
+
+    def _schedule(self, key: _ConnectionKey, connection: TcpConnection, now: float) -> None:
+        """After a visit: when the connection is next due (its timers, or at once)."""
+        assert self._due is not None
+        if key not in self._connections:
+            self._scheduled.pop(key, None)
+            return
+        when = connection.deadline()
+        if when is None:
+            return
+        if when <= now:
+            self._due[key] = connection
+            return
+        scheduled = self._scheduled.get(key)
+        if scheduled is None or when < scheduled:
+            self._scheduled[key] = when
+            self._timer_tie += 1
+            heapq.heappush(self._timers, (when, self._timer_tie, key))
+
+    def _take_due(self, now: float) -> list[tuple[_ConnectionKey, TcpConnection]]:
+        assert self._due is not None
+        taken, self._due = self._due, {}
+        timers, scheduled, connections = self._timers, self._scheduled, self._connections
+        # A connection may have finished (and its key found a new one) since.
+        due = {key: c for key, c in taken.items() if connections.get(key) is c}
+        while timers and timers[0][0] <= now:
+            when, _, key = heapq.heappop(timers)
+            if scheduled.get(key) == when:
+                del scheduled[key]
+            connection = connections.get(key)
+            if connection is not None and key not in due:
+                due[key] = connection
+        return list(due.items())
+
+    def _next_timer(self) -> float | None:
+        timers, scheduled = self._timers, self._scheduled
+        # Entries of finished connections, or overtaken by an earlier one, go.
+        while timers:
+            when, _, key = timers[0]
+            if scheduled.get(key) == when and key in self._connections:
+                return when
+            heapq.heappop(timers)
+        return None
+
     def deadline(self) -> float | None:
         """When :meth:`transmit` must be called next even if nothing arrives (None: never)."""
         # Asked after every burst: one pass, no lists.
@@ -616,8 +694,14 @@ class Interface:
         for when in (self.neighbors.deadline(), self.reassembler.deadline()):
             if when is not None and (earliest is None or when < earliest):
                 earliest = when
-        for connection in self._connections.values():
+        due = self._due
+        visited = self._connections.values() if due is None else due.values()
+        for connection in visited:
             when = connection.deadline()
+            if when is not None and (earliest is None or when < earliest):
+                earliest = when
+        if due is not None:
+            when = self._next_timer()
             if when is not None and (earliest is None or when < earliest):
                 earliest = when
         return earliest
@@ -639,7 +723,9 @@ class Interface:
     def transmit(self, now: float) -> list[OutgoingPacket]:
         """Run due timers, collect every connection's segments, and return all that is to send."""
         self._run_timers(now)
-        for key, connection in list(self._connections.items()):
+        selective = self._due is not None
+        visits = self._take_due(now) if selective else list(self._connections.items())
+        for key, connection in visits:
             # The core's contract: after anything that gives it work, its
             # deadline is the time of that call; otherwise poll() has nothing.
             due = connection.deadline()
@@ -651,6 +737,8 @@ class Interface:
             if segments:
                 self._changed.add(connection)
             self._settle(key, connection)
+            if selective:
+                self._schedule(key, connection, now)
         out, self._out = self._out, []
         return out
 
@@ -713,7 +801,9 @@ class Interface:
         connection = self._tcp.open_active(
             local_end, remote, iss=iss, now=now, config=self._connection_config(remote_address)
         )
-        self._connections[(local_address, port, remote_address, remote_port)] = connection
+        key: _ConnectionKey = (local_address, port, remote_address, remote_port)
+        self._connections[key] = connection
+        self._mark_due(key, connection)
         return connection
 
     def tcp_listen(self, address: IPAddress, port: int, backlog: int = 128) -> TcpListener:
@@ -807,6 +897,7 @@ class Interface:
             abort = getattr(connection, "abort", None)
             if abort is not None:
                 abort()
+                self.touch(connection)
             self._listener_of.pop(connection, None)
         listener._half_open.clear()
         listener._ready.clear()
@@ -1226,6 +1317,7 @@ class Interface:
                 raise _DropError("icmp error for no connection")
             connection.on_icmp_error(code, now, mtu=mtu, seq=flow.seq)
             self._changed.add(connection)
+            self._mark_due((*local, *remote), connection)
             self._settle((*local, *remote), connection)
             return
         sock = self._udp.get(local) or self._udp.get((_unspecified(local[0]), local[1]))
@@ -1316,6 +1408,7 @@ class Interface:
         if connection is not None:
             connection.on_segment(segment, now)
             self._changed.add(connection)
+            self._mark_due(key, connection)
             self._settle(key, connection)
             return
         flags = segment.flags
@@ -1334,6 +1427,7 @@ class Interface:
                 local, remote, segment, iss=iss, now=now, config=self._connection_config(src)
             )
             self._connections[key] = connection
+            self._mark_due(key, connection)
             listener._half_open.add(connection)
             self._listener_of[connection] = listener
             self._settle(key, connection)
@@ -1368,6 +1462,7 @@ class Interface:
         )
         self._connections[key] = connection
         self._changed.add(connection)
+        self._mark_due(key, connection)
         self._settle(key, connection)
         return connection
 

@@ -158,7 +158,11 @@ class _Driver:
     async def wait_for(self, sock: object) -> None:
         """Wait until ``sock``'s state may have changed (or the stack stopped)."""
         if self.stopped.is_set():
-            raise os_error(errno.ENETDOWN, "the IpStack is closed")
+            # Still a schedule point: a task that retries on OSError (a
+            # server's receive loop) must not hold the event loop forever
+            # once the driver stopped (the TUN device went with its namespace).
+            await anyio.lowlevel.checkpoint()
+            raise os_error(errno.ENETDOWN, str(self.error or "the IpStack is closed"))
         event = self.waiters.get(sock)
         if event is None:
             event = self.waiters[sock] = self._event()
@@ -192,6 +196,10 @@ class _Driver:
         the timer task is woken only when ``connection``'s next deadline
         (any deadline, without one) may come before the one it sleeps until.
         """
+        if connection is not None:
+            # The interfaces visit only connections with something due.
+            for interface in self.stack._interfaces:
+                interface.touch(connection)
         if self._write_nowait is None or self.stopped.is_set():
             self.dirty = True
             self.kick.set()
@@ -637,7 +645,7 @@ class Interception:
             )
         except BaseException:
             connection.abort()
-            driver.poke()
+            driver.poke(connection)
             raise
         return _IpTcpStream(self._stack, connection)
 
@@ -720,6 +728,10 @@ class IpStack(Stack):
             slaac=False,
         )
         self._interfaces = (self._interface, self._loopback)
+        # The driver touches every connection it calls (see _Driver.poke):
+        # transmit passes and deadlines need not ask every connection.
+        for interface in self._interfaces:
+            interface.visit_due_only()
         self._dns_servers = [str(ipaddress.ip_address(server)) for server in dns]
         self._hostname = hostname
         self._dhcp: DhcpClient | None = None
@@ -891,7 +903,7 @@ class IpStack(Stack):
                 continue
             except BaseException:
                 connection.abort()
-                driver.poke()
+                driver.poke(connection)
                 raise
             return _IpTcpStream(self, connection)
         raise errors[0]
