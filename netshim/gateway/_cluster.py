@@ -148,6 +148,9 @@ MAX_SCAN = 4096
 MIN_SECRET_LENGTH = 16
 # How long a relay waits for the peer gateway's WebSocket and handshake.
 RELAY_OPEN_TIMEOUT = 5.0
+# The least a Redis call is given before it counts as a failure (the TTL, if
+# longer): a busy machine is not a dead Redis.
+MIN_REDIS_WAIT = 5.0
 # How long a stopping gateway gives Redis to take its goodbyes (the members it
 # still had, its connections' close).
 CLOSE_TIMEOUT = 5.0
@@ -425,6 +428,7 @@ class RedisLanDirectory(LanDirectory):
         self.renewals = 0
         # Made in __aenter__: a gateway builds its directory before its event loop runs.
         self._sync_lock: anyio.Lock
+        self._renew_lock: anyio.Lock
         self._subscribed: anyio.Event
         self._stopped: anyio.CancelScope
         self._renewed: anyio.Event
@@ -436,6 +440,7 @@ class RedisLanDirectory(LanDirectory):
 
     async def __aenter__(self) -> RedisLanDirectory:
         self._sync_lock = anyio.Lock()
+        self._renew_lock = anyio.Lock()
         self._subscribed = anyio.Event()
         self._stopped = anyio.CancelScope()
         self._renewed = anyio.Event()
@@ -479,11 +484,13 @@ class RedisLanDirectory(LanDirectory):
         """Stop renewing (and forget) this gateway's members, and stop hearing news.
 
         As if the gateway had died: the members' keys stay in Redis until
-        they expire.
+        they expire.  A renewal under way finishes first (cut off, it could
+        still reach Redis after this returned).
         """
-        self._held.clear()
-        self._own_listeners.clear()
-        self._stopped.cancel()
+        async with self._renew_lock:
+            self._held.clear()
+            self._own_listeners.clear()
+            self._stopped.cancel()
 
     # -- addresses
 
@@ -518,7 +525,7 @@ class RedisLanDirectory(LanDirectory):
         """Redis's failures (or silence past the TTL) as :class:`ClusterUnavailableError`."""
         errors = import_redis().RedisError
         try:
-            with anyio.fail_after(self.ttl):
+            with anyio.fail_after(max(self.ttl, MIN_REDIS_WAIT)):
                 yield
         except (errors, TimeoutError) as exc:
             raise ClusterUnavailableError(
@@ -683,7 +690,7 @@ class RedisLanDirectory(LanDirectory):
         # The listener works here whatever Redis says; without the record,
         # other gateways' members are refused it until Redis is back.
         try:
-            with anyio.fail_after(self.ttl):
+            with anyio.fail_after(max(self.ttl, MIN_REDIS_WAIT)):
                 await self._listener(args=args)
         except Exception as exc:
             logger.warning(
@@ -716,12 +723,20 @@ class RedisLanDirectory(LanDirectory):
 
     async def renew(self) -> None:
         """Renew this gateway's members now; report those another gateway took."""
+        async with self._renew_lock:
+            await self._renew_held()
+        self.renewals += 1
+        self._renewed.set()
+        self._renewed = anyio.Event()
+
+    async def _renew_held(self) -> None:
         held = list(self._held.values())
         if held:
             args: list[str | int] = [self.gateway, _ms(self.ttl)]
             for record in held:
                 args += [self._key(record.lan), record.name, self._host_number(record)]
-            lost, made = await self._renew(args=args)
+            with self._redis("renew"):
+                lost, made = await self._renew(args=args)
             for index in made:
                 # Back after its keys expired: its listeners must be told again.
                 record = held[int(index)]
@@ -743,9 +758,6 @@ class RedisLanDirectory(LanDirectory):
                     )
                     if self.on_lost is not None:
                         self.on_lost(record.lan, record.name)
-        self.renewals += 1
-        self._renewed.set()
-        self._renewed = anyio.Event()
 
     async def wait_renewals(self, count: int) -> None:
         """Wait until ``count`` more renewals are done (with or without members)."""
