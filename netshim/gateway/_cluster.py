@@ -576,16 +576,23 @@ class RedisLanDirectory(LanDirectory):
         return record
 
     async def release(self, lan: str, name: str) -> None:
-        """Give ``name`` and its address back (only if this gateway still holds them)."""
+        """Give ``name`` and its address back (only if this gateway still holds them).
+
+        Never raises for Redis: a member it could not release expires with
+        its TTL, since nobody renews it any more.
+        """
         held = self._held.pop((lan, name), None)
         self._own_listeners.pop((lan, name), None)
         if held is None:
             return
         offset = self._host_number(held)
-        with self._redis("release"):
-            await self._release(
-                args=[self._key(lan), name, offset, self.gateway, self.channel, lan]
-            )
+        try:
+            with self._redis("release"):
+                await self._release(
+                    args=[self._key(lan), name, offset, self.gateway, self.channel, lan]
+                )
+        except ClusterUnavailableError as exc:
+            logger.warning("cluster-redis-error action=release lan=%s member=%s %s", lan, name, exc)
 
     async def members(self, lan: str) -> list[MemberRecord]:
         """The members of ``lan`` as this gateway knows them: its own and the others'.

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import hashlib
 import ipaddress
+import logging
 import os
 import socket
 import subprocess
@@ -851,3 +852,34 @@ async def test_a_port_forward_reaches_a_member_of_another_gateway(redis_url: str
         finally:
             group.cancel_scope.cancel()
             await bob.stack.aclose()
+
+
+async def test_a_gateway_whose_redis_goes_away(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis.asyncio
+    import redis.exceptions
+
+    caplog.set_level(logging.INFO)
+    async with running_gateway(cluster_config(redis_url)) as gateway:
+        url = url_of(gateway)
+        alice = WispStack(url, lan="demo", member="alice", token=TOKEN)
+        await alice.connect()
+        client = redis.asyncio.Redis.from_url(redis_url)
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            await client.shutdown(nosave=True)
+        await client.aclose()
+        # A join needs Redis: refused, and said why in the log.
+        with pytest.raises(ConnectionRefusedError):
+            await WispStack(url, lan="demo", member="bob", token=TOKEN).connect()
+        assert "the cluster's Redis failed (claim)" in caplog.text
+        # Alice leaves: her keys would expire on their own; nothing breaks.
+        await alice.aclose()
+        assert gateway.lans is not None
+        members = gateway.lans.lans["demo"].members
+        for _ in range(int(GUARD * 100)):
+            if not members:
+                break
+            await anyio.sleep(0.01)
+        assert not members
+        assert "internal-error" not in caplog.text
