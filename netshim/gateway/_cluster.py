@@ -1024,7 +1024,23 @@ class GatewayCluster:
         member = None if where is None else where.members.get(name)
         if member is None or self._group is None or self.hub is None:
             return
-        self._group.start_soon(self.hub.leave, member)
+        self._group.start_soon(self._take_off, member)
+
+    async def _take_off(self, member: LanMember) -> None:
+        """Take a member this gateway lost off its LAN; the name's new holder stays known."""
+        assert self.hub is not None
+        assert self.directory is not None
+        await self.hub.leave(member)
+        # The others heard "left" for the name; the member that holds it now
+        # (heard of before this) is still there.
+        holder = next(
+            (m for m in self.directory.known(member.lan.name) if m.name == member.name), None
+        )
+        if holder is not None:
+            news = wisp.Membership(
+                wisp.MembershipChange.MEMBER_JOINED, holder.address, holder.dns_name
+            )
+            _tell(member.lan.members.values(), news)
 
     # -- relays out: this gateway's member to another gateway's
 

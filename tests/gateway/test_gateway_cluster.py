@@ -391,6 +391,9 @@ class Inbox:
             while not any(e.change is change and e.name == name for e in self.events):
                 await self._changed.wait()
 
+    async def changed(self) -> None:
+        await self._changed.wait()
+
 
 async def test_members_of_two_gateways_hear_of_each_other(redis_url: str) -> None:
     async with two_hubs(redis_url) as [(_, hub_a), (b, hub_b)]:
@@ -798,14 +801,20 @@ async def test_a_member_whose_name_another_gateway_took_is_taken_off(redis_url: 
         try:
             # Gateway A was away past the TTL and B gave the name to another.
             await client.delete("netshim:lan:demo:n:alice")
-            await hub_b.join("demo", "alice", Inbox())
+            taken, _ = await hub_b.join("demo", "alice", Inbox())
         finally:
             await client.aclose()
         assert a.directory is not None
-        # A's next renewal finds it out: alice leaves A's LAN, carol hears it.
+        # A's next renewal finds it out: alice leaves A's LAN, carol hears it,
+        # and ends knowing of the alice that B serves now.
         await carol_news.wait_for(wisp.MembershipChange.MEMBER_LEFT, "alice.demo")
         assert "alice" not in hub_a.lans["demo"].members
         assert hub_a.lans["demo"].network.owner_of(ipaddress.ip_address(alice.address)) is None
+        with anyio.fail_after(GUARD):
+            while carol_news.events[-1].change is not wisp.MembershipChange.MEMBER_JOINED:
+                await carol_news.changed()
+        about_alice = [(e.change, e.host) for e in carol_news.events if e.name == "alice.demo"]
+        assert about_alice[-1] == (wisp.MembershipChange.MEMBER_JOINED, taken.address)
 
 
 @contextlib.asynccontextmanager
