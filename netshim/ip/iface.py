@@ -524,9 +524,10 @@ class Interface:
         # With visit_due_only(): the connections transmit() visits next (given
         # work since the last pass), and a heap of (deadline, tie, key) for
         # their timers, the earliest per connection in _scheduled.
-        self._due: dict[_ConnectionKey, TcpConnection] | None = None
-        self._timers: list[tuple[float, int, _ConnectionKey]] = []
-        self._scheduled: dict[_ConnectionKey, float] = {}
+        self._due: dict[TcpConnection, _ConnectionKey] | None = None
+        self._key_of: dict[TcpConnection, _ConnectionKey] = {}
+        self._timers: list[tuple[float, int, TcpConnection]] = []
+        self._scheduled: dict[TcpConnection, float] = {}
         self._timer_tie = 0
         self._listener_of: dict[TcpConnection, TcpListener] = {}
         self._listeners: dict[tuple[IPAddress, int], TcpListener] = {}
@@ -629,60 +630,70 @@ class Interface:
         ``abort``) it makes.
         """
         if self._due is None:
-            self._due = dict(self._connections)
+            self._key_of = {c: key for key, c in self._connections.items()}
+            self._due = dict(self._key_of)
 
     def touch(self, connection: TcpConnection) -> None:
         """A socket call gave ``connection`` work: the next pass visits it."""
-        if self._due is None:
-            return
-        local, remote = connection.local, connection.remote
-        key: _ConnectionKey = (local[0], local[1], remote[0], remote[1])
-        if self._connections.get(key) is connection:
-            self._due[key] = connection
+        if self._due is not None:
+            key = self._key_of.get(connection)
+            if key is not None:
+                self._due[connection] = key
 
+    # Keyed by the connection (an identity hash), not by its addresses and
+    # ports: an ipaddress object's hash is a Python call.
     def _mark_due(self, key: _ConnectionKey, connection: TcpConnection) -> None:
         if self._due is not None:
-            self._due[key] = connection
+            self._due[connection] = key
+            self._key_of[connection] = key
 
-    def _schedule(self, key: _ConnectionKey, connection: TcpConnection, now: float) -> None:
+    def _schedule(self, connection: TcpConnection, now: float) -> None:
         """After a visit: when the connection is next due (its timers, or at once)."""
         assert self._due is not None
-        if key not in self._connections:
-            self._scheduled.pop(key, None)
+        key = self._key_of.get(connection)
+        if key is None:
+            self._scheduled.pop(connection, None)
             return
         when = connection.deadline()
         if when is None:
             return
         if when <= now:
-            self._due[key] = connection
+            self._due[connection] = key
             return
-        scheduled = self._scheduled.get(key)
+        scheduled = self._scheduled.get(connection)
         if scheduled is None or when < scheduled:
-            self._scheduled[key] = when
+            self._scheduled[connection] = when
             self._timer_tie += 1
-            heapq.heappush(self._timers, (when, self._timer_tie, key))
+            heapq.heappush(self._timers, (when, self._timer_tie, connection))
 
     def _take_due(self, now: float) -> list[tuple[_ConnectionKey, TcpConnection]]:
         assert self._due is not None
         taken, self._due = self._due, {}
-        timers, scheduled, connections = self._timers, self._scheduled, self._connections
-        # A connection may have finished (and its key found a new one) since.
-        due = {key: c for key, c in taken.items() if connections.get(key) is c}
+        timers, scheduled, key_of = self._timers, self._scheduled, self._key_of
+        # A connection may have finished since it was marked.
+        due = {c: key for c, key in taken.items() if c in key_of}
         while timers and timers[0][0] <= now:
-            when, _, key = heapq.heappop(timers)
-            if scheduled.get(key) == when:
-                del scheduled[key]
-            connection = connections.get(key)
-            if connection is not None and key not in due:
-                due[key] = connection
-        return list(due.items())
+            when, _, connection = heapq.heappop(timers)
+            if scheduled.get(connection) == when:
+                del scheduled[connection]
+            key = key_of.get(connection)
+            if key is not None and connection not in due:
+                due[connection] = key
+        if len(timers) > 64 and len(timers) > 4 * len(scheduled):
+            # Mostly entries of finished connections: keep the live ones.
+            self._timers = []
+            for connection, when in scheduled.items():
+                self._timer_tie += 1
+                self._timers.append((when, self._timer_tie, connection))
+            heapq.heapify(self._timers)
+        return [(key, c) for c, key in due.items()]
 
     def _next_timer(self) -> float | None:
         timers, scheduled = self._timers, self._scheduled
         # Entries of finished connections, or overtaken by an earlier one, go.
         while timers:
-            when, _, key = timers[0]
-            if scheduled.get(key) == when and key in self._connections:
+            when, _, connection = timers[0]
+            if scheduled.get(connection) == when and connection in self._key_of:
                 return when
             heapq.heappop(timers)
         return None
@@ -695,7 +706,7 @@ class Interface:
             if when is not None and (earliest is None or when < earliest):
                 earliest = when
         due = self._due
-        visited = self._connections.values() if due is None else due.values()
+        visited = self._connections.values() if due is None else due
         for connection in visited:
             when = connection.deadline()
             if when is not None and (earliest is None or when < earliest):
@@ -738,7 +749,7 @@ class Interface:
                 self._changed.add(connection)
             self._settle(key, connection)
             if selective:
-                self._schedule(key, connection, now)
+                self._schedule(connection, now)
         out, self._out = self._out, []
         return out
 
@@ -953,6 +964,8 @@ class Interface:
         listener = self._listener_of.get(connection)
         if connection.finished:
             del self._connections[key]
+            self._key_of.pop(connection, None)
+            self._scheduled.pop(connection, None)
             self._changed.add(connection)
             if listener is not None:
                 del self._listener_of[connection]

@@ -328,5 +328,6 @@ async def _relay(program: TcpStream, upstream: TcpStream) -> None:
             group.cancel_scope.cancel()
 
     async with anyio.create_task_group() as group:
-        group.start_soon(copy, program, upstream, group)
+        # One new task per connection, not two: this one copies the other way.
         group.start_soon(copy, upstream, program, group)
+        await copy(program, upstream, group)
