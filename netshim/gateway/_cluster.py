@@ -286,7 +286,8 @@ class ClusterConfig:
     ``refresh`` and ``ttl`` are as in :class:`RedisLanDirectory`.
     """
 
-    redis: str
+    # Not in the repr: a Redis URL may carry a password.
+    redis: str = field(repr=False)
     url: str
     secret: str = field(repr=False)
     refresh: float = DEFAULT_REFRESH
@@ -356,8 +357,9 @@ class RedisLanDirectory(LanDirectory):
     gateway just claimed, before :meth:`claim` returns.
 
     Use it as an async context manager, which runs the renewals and the news
-    in the background; the claims and lookups need Redis and raise redis-py's
-    ``ConnectionError`` when it is down.
+    in the background.  Claims and lookups that need Redis raise
+    :class:`ClusterUnavailableError` (an ``OSError``) when it fails or does
+    not answer in time; :meth:`release` only logs it.
     """
 
     def __init__(
