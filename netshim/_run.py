@@ -19,7 +19,8 @@ takes); without it the stack comes from the environment as
 for an uncaught exception, or the child's status (``128 + N`` for a child
 killed by signal N, as shells report it).
 
-``-- PROGRAM`` starts a child process with netshim's ``sitecustomize``
+``-- PROGRAM`` runs the program in this process's place (``exec``; a child
+process where there is no ``exec``) with netshim's ``sitecustomize``
 directory first on ``PYTHONPATH``, so the interpreter installs netshim before
 it runs anything of the program's; Python processes the program starts in
 turn inherit the environment and are patched too.  ``-m`` and a script run
@@ -174,8 +175,16 @@ def _child_environment(via: str | None) -> dict[str, str]:
 
 def _run_child(plan: Plan) -> int:
     program = plan.program
+    environment = _child_environment(plan.via)
     try:
-        child = subprocess.Popen(program, env=_child_environment(plan.via))
+        if os.name == "posix":
+            # The program takes this process's place: signals sent to
+            # ``netshim run`` (a supervisor's SIGTERM, a kill) reach the program
+            # itself, and nothing is left behind when it is killed.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execvpe(program[0], program, environment)
+        child = subprocess.Popen(program, env=environment)
     except OSError as exc:
         print(f"netshim run: cannot start {program[0]!r}: {exc.strerror or exc}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -174,3 +175,25 @@ def test_other_subcommands_still_parse() -> None:
         main(["gateway", "--help"])
     assert exited.value.code == 0
     assert main(["run", "--help"]) == 0
+
+
+def test_the_program_takes_the_place_of_netshim_run() -> None:
+    # A supervisor that stops ``netshim run`` stops the program: it is the
+    # same process, so nothing is left running.
+    import signal
+
+    program = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "netshim", "run", "--", sys.executable, "-c", program],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert int(process.stdout.readline()) == process.pid
+        process.terminate()
+        assert process.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
