@@ -543,10 +543,29 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
     async def _close_stream(self) -> None:
         # close(2): a FIN, or a reset when received data was left unread.
         with contextlib.suppress(Exception):
-            if self._held:
+            if self._held and self._unread_left():
                 await self._stream.abort()
             else:
                 await self._stream.aclose()
+
+    def _unread_left(self) -> bool:
+        """Whether received data really waits unread (``_held`` only says it may).
+
+        A pushed stream marks data held when reading paused; if the protocol
+        then read everything and closed before the resumed hand-on ran, nothing
+        is left, and the close must be a FIN.  Streams without a way to look
+        count as holding data.
+        """
+        receive_nowait = getattr(self._stream, "receive_nowait", None)
+        if receive_nowait is None:
+            return True
+        try:
+            receive_nowait(1)
+        except anyio.WouldBlock:
+            return False
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            return False
+        return True
 
     async def _finish(self, exc: Exception | None) -> None:
         await self._close_stream()
