@@ -1,10 +1,15 @@
-"""LANs across gateway processes: the Redis directory against a real redis-server.
+"""LANs across gateway processes (docs/lan.md, "More than one gateway") with a real redis-server.
 
-Every test here starts its own ``redis-server`` on a free loopback port (no
-persistence, in a temporary directory).  Gateways are played by
-:class:`RedisLanDirectory` objects with distinct cluster URLs sharing it.
-Waits are for events (news heard, renewals done), each bounded by a generous
-guard so a broken build fails instead of hanging; nothing asserts a duration.
+Every test that needs Redis starts its own ``redis-server`` on a free
+loopback port (no persistence, in a temporary directory).  Gateways are
+played at three depths: :class:`RedisLanDirectory` objects with distinct
+cluster URLs (claims, expiry, news, the listener registry), two
+:class:`LanHub` with their :class:`GatewayCluster` (membership news, relays
+in), gateways served in this process (relay sessions, forwards, Redis going
+away), and two ``netshim gateway`` processes with WispStack members (TCP and
+UDP between them, a gateway killed).  Waits are for events (news heard,
+renewals done), each bounded by a generous guard so a broken build fails
+instead of hanging; nothing asserts a duration.
 """
 
 from __future__ import annotations
