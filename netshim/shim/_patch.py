@@ -121,6 +121,7 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
 
                 for name, value in SYNC_SOCKET_NAMES.items():
                     _replace(socket, name, value)
+                _urllib3_on_sockets()
             return stack
         uninstall_loop_hooks()
         for name, value in _SOCKET_NAMES.items():
@@ -134,6 +135,39 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
             _replace(threading.Thread, "start", _thread_start_acting(threading.Thread.start))
     register_hooks()
     return stack
+
+
+def _urllib3_on_sockets() -> None:
+    """In Pyodide with JSPI, urllib3 (requests) connects through netshim's sockets.
+
+    urllib3 2.2+ swaps its connection classes, as it is imported in Pyodide,
+    for ones that send each request through the host's ``fetch``: CORS rules
+    apply and netshim's stack is never asked.  Where synchronous sockets work
+    (JSPI), put its own socket-speaking classes back for as long as netshim is
+    installed (``uninstall()`` restores the fetch ones).  Without JSPI a
+    blocking socket could not wait, so urllib3's fetch backend stays.
+    """
+    import importlib.util
+
+    from ..aio._sync import can_block
+
+    if not can_block() or importlib.util.find_spec("urllib3") is None:
+        return
+    try:
+        import urllib3.connection as connection
+        import urllib3.connectionpool as pools
+    except Exception:  # a broken install: leave urllib3 as it is
+        return
+    # connectionpool keeps the classes it imported before urllib3 swapped them.
+    native_http = getattr(pools, "HTTPConnection")  # noqa: B009 - not re-exported
+    native_https = getattr(pools, "HTTPSConnection")  # noqa: B009
+    if pools.HTTPConnectionPool.ConnectionCls is native_http:
+        return
+    _replace(pools.HTTPConnectionPool, "ConnectionCls", native_http)
+    _replace(pools.HTTPSConnectionPool, "ConnectionCls", native_https)
+    _replace(connection, "HTTPConnection", native_http)
+    _replace(connection, "HTTPSConnection", native_https)
+    _replace(connection, "VerifiedHTTPSConnection", native_https)
 
 
 def uninstall() -> None:

@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -126,6 +127,28 @@ def result_of(completed: subprocess.CompletedProcess[str]) -> Any:
 
 # What the Wisp client test installs besides netshim's own dependencies.
 CLIENT_LIBRARIES = ("redis", "httpx", "httpcore", "h11", "certifi", "sniffio")
+# Libraries whose wheel for this machine is compiled (charset_normalizer) or
+# which Pyodide needs as pure Python anyway: fetched as py3-none-any wheels.
+PURE_LIBRARIES = ("requests", "urllib3", "charset_normalizer")
+
+
+def pure_wheels(names: tuple[str, ...] = PURE_LIBRARIES) -> list[Path]:
+    """Pure-Python (py3-none-any) wheels of ``names`` for Pyodide's Python, from PyPI via pip.
+
+    Each call gets the current versions into a directory of its own (pip's
+    own cache keeps that quick).
+    """
+    destination = Path(tempfile.mkdtemp(prefix="netshim-pure-wheels-"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+         "--platform", "any", "--implementation", "py", "--abi", "none",
+         "--python-version", "3.13", "--dest", str(destination), *names],
+        check=True,
+    )  # fmt: skip
+    wheels = sorted(destination.glob("*.whl"))
+    if len(wheels) != len(names):
+        raise FileNotFoundError(f"pip left {[w.name for w in wheels]} for {names}")
+    return wheels
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from pyodide_support import (
     dependency_wheels,
     http_server,
     https_server,
+    pure_wheels,
     redis_server,
     require_pyodide,
     result_of,
@@ -81,7 +82,7 @@ JSPI = ("--experimental-wasm-stack-switching",)
 
 
 def run_sync_sockets(wheels: list[Path], node_options: tuple[str, ...]) -> dict[str, object]:
-    libraries = dependency_wheels(CLIENT_LIBRARIES)
+    libraries = [*dependency_wheels(CLIENT_LIBRARIES), *pure_wheels()]
     with redis_server() as redis_port, wisp_gateway() as wisp:
         completed = run_in_pyodide(
             "sync_sockets.py",
@@ -115,6 +116,9 @@ def test_sync_sockets_without_jspi(wheels: list[Path]) -> None:
     assert "can_run_sync() is False" in message
     assert result["after_answer"] == "cannot block"
     assert result["timeout"] == "cannot block"
+    # requests keeps urllib3's fetch backend, which cannot see the virtual network.
+    assert result["urllib3_connection"] == "EmscriptenHTTPConnection"
+    assert result["requests"] != [200, "requests via /netshim"]
     # A tunnel always waits for its gateway: the connect says so, also under redis-py.
     assert result["redis_error"][0] == "CannotBlockError"  # type: ignore[index]
     assert "socket.connect() would have to wait" in result["tunnel_connect"]  # type: ignore[operator]
@@ -128,6 +132,9 @@ def test_sync_sockets_with_jspi(wheels: list[Path]) -> None:
     assert result["async_server_answer"] == "FROM A BLOCKING SOCKET"
     assert result["after_answer"] == "eof"
     assert result["timeout"] == ["TimeoutError", "timed out"]
+    # requests on urllib3's own sockets, through netshim, to the virtual network.
+    assert result["urllib3_connection"] == "HTTPConnection"
+    assert result["requests"] == [200, "requests via /netshim"]
     # Blocking redis-py through the gateway over Wisp, to a real redis-server.
     assert result["redis_get"] == "blocking redis-py in wasm"
     assert result["redis_round_trips_per_second"] > 0  # type: ignore[operator]

@@ -100,6 +100,30 @@ async def main() -> None:
     idle.close()
     quiet.close()
 
+    # requests (urllib3 2.2+, which in Pyodide sends through fetch by itself):
+    # with JSPI netshim gives it back its sockets, so it reaches a host that
+    # only netshim's network has; without JSPI urllib3's fetch backend stays.
+    async def page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        body = b"requests via " + request.split(b" ")[1]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    with netshim.acting_as(web):
+        site = await asyncio.start_server(page, "0.0.0.0", 8080)
+    import requests
+    import urllib3.connectionpool
+
+    result["urllib3_connection"] = urllib3.connectionpool.HTTPConnectionPool.ConnectionCls.__name__
+    try:
+        # Blocking on purpose: with JSPI the loop (and the server) runs meanwhile.
+        answer = requests.get("http://web.internal:8080/netshim", timeout=10)  # noqa: ASYNC210
+        result["requests"] = [answer.status_code, answer.text]
+    except Exception as exc:
+        result["requests"] = [type(exc).__name__]
+    site.close()
+
     url = os.environ.get("NETSHIM_WISP_URL")
     if url:
         stack = WispStack(url)
