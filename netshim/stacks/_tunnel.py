@@ -255,6 +255,31 @@ class TunnelStack(Stack):
         """
         return TunnelEvents(self, max_queued)
 
+    # Stacks that open a connection to their server per stream (websockify,
+    # SOCKS5) have no session to watch: their state is whether the server
+    # answered last time ("up", "down"), "connecting" while a first attempt
+    # runs, None before any.
+    _server_state: str | None = None
+
+    def _server_connecting(self) -> None:
+        """A connection to the server is being opened: ``connecting`` unless it is up."""
+        if self._server_state in (None, "down"):
+            self._server_state = "connecting"
+            self.emit(TunnelEvent(TunnelEventKind.CONNECTING))
+
+    def _server_answered(self) -> None:
+        """The server answered: ``connected``, unless it was up already."""
+        if self._server_state != "up":
+            self._server_state = "up"
+            self.emit(TunnelEvent(TunnelEventKind.CONNECTED))
+
+    def _server_lost(self, error: BaseException | str) -> None:
+        """The server could not be reached: ``closed`` with why, unless it was down already."""
+        if self._server_state != "down":
+            self._server_state = "down"
+            reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+            self.emit(TunnelEvent(TunnelEventKind.CLOSED, reason=reason))
+
     def emit(self, event: TunnelEvent) -> None:
         """Hand ``event`` to every subscriber, in the order they subscribed."""
         for callback in self._event_callbacks or ():

@@ -280,6 +280,16 @@ class Socks5Stack(TunnelStack):
         return await self.resolver.getaddrinfo(host, port, family, type, proto, flags)
 
     async def _open_control(self) -> TcpStream:
+        self._server_connecting()
+        try:
+            control = await self._connect_to_proxy()
+        except (OSError, TimeoutError) as exc:
+            self._server_lost(exc)
+            raise
+        self._server_answered()
+        return control
+
+    async def _connect_to_proxy(self) -> TcpStream:
         if self.websocket is None:
             return await self._transport().connect_tcp(*self.proxy)
         from ..transports.websocket import open_websocket

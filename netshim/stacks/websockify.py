@@ -192,6 +192,7 @@ class WebsockifyStack(TunnelStack):
         if port == 0:
             raise os_error(errno.ECONNREFUSED, f"{host}:0")
         endpoint = self._endpoint_for(host, port)
+        self._server_connecting()
         try:
             websocket = await open_websocket(
                 endpoint,
@@ -207,8 +208,14 @@ class WebsockifyStack(TunnelStack):
             # refused ..."): raise that, as Wisp and SOCKS5 do.
             named = error_from_text(exc.body)
             if named is None:
+                self._server_lost(exc)
                 raise
+            self._server_answered()
             raise named from exc
+        except (OSError, TimeoutError) as exc:
+            self._server_lost(exc)
+            raise
+        self._server_answered()
         return WebSocketStream(websocket, (host, port), f"{host}:{port} via {self.url}")
 
     async def open_udp(

@@ -212,3 +212,33 @@ async def test_joining_a_lan_at_a_server_without_lans_is_refused() -> None:
         assert "demo" in str(caught.value)
         assert "secret-token" not in str(caught.value)
         await stack.aclose()
+
+
+@pytest.mark.parametrize("kind", ["websockify", "socks5"])
+async def test_per_connection_tunnels_tell_whether_their_server_answers(kind: str) -> None:
+    # websockify and SOCKS5 open a connection to their server per stream:
+    # connected when it answers, closed when it does not; nothing new while
+    # it keeps answering; each attempt while it is down is connecting, closed.
+    from netshim import Socks5Stack, WebsockifyStack
+
+    async with bulk_target() as target:
+        async with running_gateway(socks=True) as gateway:
+            if kind == "websockify":
+                host, port = gateway.addresses["http"]
+                stack: WebsockifyStack | Socks5Stack = WebsockifyStack(f"ws://{host}:{port}/")
+            else:
+                host, port = gateway.addresses["socks5"]
+                stack = Socks5Stack(f"socks5h://{host}:{port}")
+            told: list[TunnelEvent] = []
+            stack.on_event(told.append)
+            for _ in range(2):
+                stream = await stack.connect_tcp(*target.address)
+                async with stream:
+                    _, _, received = await bulk_exchange(stream, 3, 5)
+                assert received == 5
+            assert [e.kind for e in told] == [CONNECTING, CONNECTED]
+        for _ in range(2):
+            with pytest.raises(OSError), anyio.fail_after(10):
+                await stack.connect_tcp(*target.address)
+        assert [e.kind for e in told] == [CONNECTING, CONNECTED, CLOSED, CONNECTING, CLOSED]
+        assert "Error" in told[2].reason
