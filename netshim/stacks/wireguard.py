@@ -48,6 +48,7 @@ import anyio.lowlevel
 from anyio.abc import SocketAttribute
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._loops import loop_clock
 from ..ip.iface import GsoInfo, Medium
 from ..ip.links import IncomingPacket, Link
 from ..protocols.wireguard import (
@@ -587,20 +588,8 @@ class WireGuardLink(Link):
         clock = self._clock
         if clock is None:
             # anyio.current_time() looks for the event loop on every call,
-            # several times per burst; asyncio's clock is the loop's time()
-            # and trio's trio.current_time(), the same values, so keep those.
-            # Asked of asyncio and trio themselves, not of sniffio, which
-            # netshim does not install in Pyodide.
-            import asyncio
-
-            try:
-                clock = asyncio.get_running_loop().time
-            except RuntimeError:
-                trio = sys.modules.get("trio")
-                if trio is not None and trio.lowlevel.in_trio_run():
-                    clock = trio.current_time
-                else:
-                    clock = anyio.current_time
+            # several times per burst: keep the running loop's own clock.
+            clock = loop_clock()
             self._clock = clock
         return clock()
 
