@@ -1475,7 +1475,9 @@ class _WispStream:
         self.stream_id = stream_id
         self.kind = kind
         self.record = record
-        self.queue: deque[bytes] = deque()
+        # Payloads as they arrived: views into their WebSocket messages
+        # (DATA on TCP streams, see WispConnection.take_data) or bytes.
+        self.queue: deque[bytes | memoryview] = deque()
         self.queued_bytes = 0
         self.wake = anyio.Event()
         # Set while the stream's task waits on ``wake``: setting an Event
@@ -1494,7 +1496,7 @@ class _WispStream:
         # A LAN listener's request (its stream carries no bytes of its own).
         self.listen: wisp.Listen | None = None
 
-    def push(self, data: bytes) -> None:
+    def push(self, data: bytes | memoryview) -> None:
         self.queue.append(data)
         self.queued_bytes += len(data)
         self.budget.add(len(data))
@@ -1510,7 +1512,7 @@ class _WispStream:
         queue = self.queue
         first = queue.popleft()
         if not queue or len(first) >= limit:
-            return first, 1
+            return first if isinstance(first, bytes) else bytes(first), 1
         parts = [first]
         size = len(first)
         while queue and size + len(queue[0]) <= limit:
@@ -1824,6 +1826,11 @@ class _WispSession:
                         break
                     if isinstance(message, str):
                         continue
+                    taken = self.conn.take_data(message)
+                    if taken is not None:
+                        # DATA on a TCP stream: no event, no copy of the payload.
+                        self._data(*taken)
+                        continue
                     self.conn.receive_data(message)
                     try:
                         for event in self.conn.events():
@@ -1862,15 +1869,7 @@ class _WispSession:
             self.holding.add(new)
             group.start_soon(self._run_listener, new)
         elif isinstance(event, wisp.Data):
-            stream = self.streams.get(event.stream_id)
-            if stream is None:
-                return
-            if stream.kind is wisp.StreamType.UDP:
-                if len(stream.queue) >= MAX_QUEUED_DATAGRAMS:
-                    return
-            elif len(stream.queue) >= QUEUE_BOUND_FACTOR * self.conn.buffer_size:
-                self.full = stream
-            stream.push(event.data)
+            self._data(event.stream_id, event.data)
         elif isinstance(event, wisp.Close):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -1895,6 +1894,17 @@ class _WispSession:
                     stream.scope.cancel()
             if response is not None:
                 self.ws.send_nowait(_close_bytes(response))
+
+    def _data(self, stream_id: int, data: bytes | memoryview) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.kind is wisp.StreamType.UDP:
+            if len(stream.queue) >= MAX_QUEUED_DATAGRAMS:
+                return
+        elif len(stream.queue) >= QUEUE_BOUND_FACTOR * self.conn.buffer_size:
+            self.full = stream
+        stream.push(data)
 
     async def _run_stream(self, stream: _WispStream) -> None:
         try:

@@ -1067,6 +1067,39 @@ class WispConnection:
             raise LocalProtocolError("receive_data() after the end of the WebSocket")
         self._incoming.append(message)
 
+    def take_data(self, message: bytes) -> tuple[int, memoryview] | None:
+        """Server: ``message`` taken at once if it is DATA on an open TCP stream within its credit.
+
+        The bulk of an upload, without an event per packet: the state changes
+        exactly as :meth:`receive_data` and :meth:`next_event` would change it,
+        and the result is the stream id and a view of the payload (not a
+        copy; ``message`` must not change).  Anything else (another packet
+        type, a stream without credit, events still waiting) returns ``None``
+        and changes nothing: hand the message to :meth:`receive_data`.
+        """
+        if (
+            self.role is not Role.SERVER
+            or self.state is not ConnectionState.OPEN
+            or self._incoming
+            or self._pending
+            or len(message) < HEADER_SIZE
+            or message[0] != PacketType.DATA
+        ):
+            return None
+        stream_id = _U32.unpack_from(message, 1)[0]
+        stream = self._streams.get(stream_id)
+        if (
+            stream is None
+            or stream.listener
+            or stream.stream_type is not StreamType.TCP
+            or stream.received >= stream.granted
+        ):
+            return None
+        self.counters.packets_in += 1
+        stream.queued += 1
+        stream.received += 1
+        return stream_id, memoryview(message)[HEADER_SIZE:]
+
     def next_event(self) -> Event | _NeedData:
         """The next event from the received messages, or :data:`NEED_DATA`.
 

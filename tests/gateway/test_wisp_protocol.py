@@ -329,6 +329,32 @@ class TestCredits:
         # Later packets for the dead stream are dropped, not queued.
         assert events_of(server, DATA_1_HELLO) == []
 
+    def test_take_data_accounts_as_events_do_and_leaves_the_rest(self) -> None:
+        server = open_server(buffer_size=4)
+        # Nothing open yet, or not DATA: left to receive_data().
+        assert server.take_data(DATA_1_HELLO) is None
+        assert server.take_data(CONNECT_TCP_1) is None
+        events_of(server, CONNECT_TCP_1, CONNECT_UDP_2)
+        for _ in range(4):
+            taken = server.take_data(DATA_1_HELLO)
+            assert taken is not None
+            assert (taken[0], bytes(taken[1])) == (1, b"hello")
+        assert server.queued(1) == 4
+        assert server.release(1, 2) == Continue(1, 2)
+        # UDP datagrams and DATA past the credit take the event path, which
+        # rejects the credit-ignoring client as before.
+        udp = bytes.fromhex("02 02000000") + b"dns"
+        assert server.take_data(udp) is None
+        assert events_of(server, udp) == [Data(2, b"dns")]
+        server.take_data(DATA_1_HELLO)
+        server.take_data(DATA_1_HELLO)
+        assert server.take_data(DATA_1_HELLO) is None
+        got = events_of(server, DATA_1_HELLO)
+        assert isinstance(got[0], PacketRejected)
+        assert got[0].response() == Close(1, CloseReason.THROTTLED)
+        # A client has no fast path.
+        assert open_client().take_data(DATA_1_HELLO) is None
+
     def test_refills_crossing_data_do_not_blame_an_obedient_client(self) -> None:
         # The client spends its window of 4; the server refills twice before
         # the first refill reaches the client, and the client obeys each value
