@@ -892,6 +892,33 @@ class WispConnection:
         self.counters.packets_out += 1
         return message
 
+    def send_data_header(self, stream_id: int) -> bytes:
+        """What :meth:`send` does for ``Data(stream_id, payload)``, but only the header is returned.
+
+        The same checks and credit; the caller sends the five bytes and the
+        payload as one message (a WebSocket that takes a prefix joins them
+        where it builds the frame: one copy of the payload fewer).
+        """
+        self._check_usable()
+        self._take_data_credit(stream_id)
+        self.counters.packets_out += 1
+        return _HEADER.pack(PacketType.DATA, stream_id)
+
+    def _take_data_credit(self, stream_id: int) -> None:
+        if self.state is not ConnectionState.OPEN:
+            raise LocalProtocolError(
+                f"can't send Data when role={self.role.value} and state={self.state}"
+            )
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise LocalProtocolError(f"can't send DATA on stream {stream_id}: not open")
+        if self.role is Role.CLIENT and stream.stream_type is StreamType.TCP:
+            if stream.credit <= 0:
+                raise LocalProtocolError(
+                    f"can't send DATA on stream {stream_id}: no credit left (wait for CONTINUE)"
+                )
+            stream.credit -= 1
+
     def _not_now(self, event: Event) -> LocalProtocolError:
         return LocalProtocolError(
             f"can't send {type(event).__name__} when role={self.role.value} and state={self.state}"
@@ -900,18 +927,7 @@ class WispConnection:
     def _encode(self, event: Event) -> bytes:
         state, role = self.state, self.role
         if isinstance(event, Data):
-            if state is not ConnectionState.OPEN:
-                raise self._not_now(event)
-            stream = self._streams.get(event.stream_id)
-            if stream is None:
-                raise LocalProtocolError(f"can't send DATA on stream {event.stream_id}: not open")
-            if role is Role.CLIENT and stream.stream_type is StreamType.TCP:
-                if stream.credit <= 0:
-                    raise LocalProtocolError(
-                        f"can't send DATA on stream {event.stream_id}: no credit left "
-                        "(wait for CONTINUE)"
-                    )
-                stream.credit -= 1
+            self._take_data_credit(event.stream_id)
             return _HEADER.pack(PacketType.DATA, event.stream_id) + event.data
         if isinstance(event, Connect):
             if role is not Role.CLIENT or state is not ConnectionState.OPEN:

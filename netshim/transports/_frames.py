@@ -83,10 +83,26 @@ def close_reason(text: str) -> str:
     return encoded[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
 
 
-def masked_frame(data: bytes) -> bytes:
-    """One final binary frame as a client sends it: header, a fresh random mask, masked data."""
+def masked_frame(data: bytes, prefix: bytes = b"") -> bytes:
+    """One final binary frame as a client sends it: header, a fresh random mask, masked data.
+
+    The message is ``prefix + data``, masked in two parts (``data`` with the
+    mask turned by the prefix's length), so that ``data`` is copied twice
+    (masked, then joined) and never concatenated first.
+    """
     mask = os.urandom(4)
-    return b"".join((frame_header(len(data), masked=True), mask, apply_mask(data, mask)))
+    header = frame_header(len(prefix) + len(data), masked=True)
+    if not prefix:
+        return b"".join((header, mask, apply_mask(data, mask)))
+    turn = len(prefix) % 4
+    return b"".join(
+        (
+            header,
+            mask,
+            apply_mask(prefix, mask),
+            apply_mask(data, mask[turn:] + mask[:turn]),
+        )
+    )
 
 
 def _header_size(second: int) -> int:

@@ -225,9 +225,9 @@ class JsWebSocket:
     def closed(self) -> bool:
         return self._closed
 
-    async def send(self, data: bytes) -> None:
-        """Send one binary message; ``ConnectionResetError`` once the socket closed."""
-        self.send_nowait(data)
+    async def send(self, data: bytes, prefix: bytes = b"") -> None:
+        """Send one binary message, ``prefix + data``; ``ConnectionResetError`` once closed."""
+        self.send_nowait(prefix + data if prefix else data)
         # JavaScript has no "drained" event to wait for: polling it is.
         while self._buffered > DEFAULT_SEND_BUFFER and not self._closed:
             await asyncio.sleep(DRAIN_POLL_INTERVAL)

@@ -135,8 +135,8 @@ class ClientWebSocket:
                 # The protocol is done with the TCP connection.
                 await self._close_stream()
 
-    async def send(self, data: bytes) -> None:
-        """Send one binary message.
+    async def send(self, data: bytes, prefix: bytes = b"") -> None:
+        """Send one binary message, ``prefix + data`` (joined as the frame is built).
 
         Raises ``ConnectionResetError`` once the connection is gone.
         """
@@ -145,7 +145,7 @@ class ClientWebSocket:
                 raise connection_reset()
             # Whatever the protocol queued (a pong) goes first, then the frame.
             await self._flush_locked()
-            frame = masked_frame(data)
+            frame = masked_frame(data, prefix)
             try:
                 await self.stream.send(frame)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):

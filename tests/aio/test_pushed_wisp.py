@@ -68,8 +68,8 @@ class PushingWebSocket:
         self.sent_nowait += 1
         self.outgoing.put_nowait(data)
 
-    async def send(self, data: bytes) -> None:
-        self.outgoing.put_nowait(data)  # behind what send_nowait queued: one order
+    async def send(self, data: bytes, prefix: bytes = b"") -> None:
+        self.outgoing.put_nowait(prefix + data)  # behind what send_nowait queued: one order
 
     async def receive(self) -> bytes | None:
         assert self.reader is None, "receive() after set_message_handler()"

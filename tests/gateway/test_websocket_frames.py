@@ -19,7 +19,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from netshim.transports._frames import FrameReader, frame_header
+from netshim.transports._frames import FrameReader, frame_header, masked_frame
 
 LIMIT = 1 << 16
 
@@ -203,3 +203,13 @@ def test_fragments_adding_up_past_the_limit_fail_with_1009() -> None:
 def test_frame_header_matches_the_library(length: int) -> None:
     expected = Frame(Opcode.BINARY, b"\0" * length).serialize(mask=False)
     assert frame_header(length) == expected[: len(expected) - length]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=9), st.binary(max_size=300) | st.binary(min_size=65530, max_size=65540))
+def test_masked_frame_with_a_prefix_is_one_message(prefix: bytes, data: bytes) -> None:
+    # The prefix and the data are masked apart (the data with the mask
+    # turned by the prefix's length); a reader sees one message.
+    reader = FrameReader(open_protocol(), masked=True, max_message_size=1 << 20)
+    reader.feed(masked_frame(data, prefix))
+    assert list(reader.messages) == [prefix + data]

@@ -614,8 +614,8 @@ class PushingWebSocket:
     def send_nowait(self, data: bytes) -> None:
         self.outgoing.put_nowait(data)
 
-    async def send(self, data: bytes) -> None:
-        self.outgoing.put_nowait(data)
+    async def send(self, data: bytes, prefix: bytes = b"") -> None:
+        self.outgoing.put_nowait(prefix + data)
 
     async def receive(self) -> bytes | None:
         return await self.inner.receive()  # type: ignore[no-any-return]
