@@ -1411,7 +1411,11 @@ class _SessionUploads:
 
     @property
     def blocked(self) -> bool:
-        return self.queued > 0 and any(budget.over for budget in self.budgets)
+        if self.queued > 0:
+            for budget in self.budgets:
+                if budget.queued > budget.limit:
+                    return True
+        return False
 
     def add(self, nbytes: int) -> None:
         self.queued += nbytes
@@ -1826,10 +1830,7 @@ class _WispSession:
                         break
                     if isinstance(message, str):
                         continue
-                    taken = self.conn.take_data(message)
-                    if taken is not None:
-                        # DATA on a TCP stream: no event, no copy of the payload.
-                        self._data(*taken)
+                    if self._take_data(message):
                         continue
                     self.conn.receive_data(message)
                     try:
@@ -1894,6 +1895,31 @@ class _WispSession:
                     stream.scope.cancel()
             if response is not None:
                 self.ws.send_nowait(_close_bytes(response))
+
+    def _take_data(self, message: bytes) -> bool:
+        """Queue ``message`` if it is DATA on a TCP stream, and the like messages behind it.
+
+        The bulk of an upload: no event and no copy of the payload (see
+        :meth:`WispConnection.take_data`), and the messages the WebSocket
+        already holds go without a turn of the reading loop each, for as
+        long as no limit the loop checks is reached.  False (nothing done)
+        for any other message.
+        """
+        conn, ws, budget = self.conn, self.ws, self.budget
+        taken = conn.take_data(message)
+        if taken is None:
+            return False
+        self._data(*taken)
+        while self.full is None and not budget.blocked:
+            waiting = ws.ready_message()
+            if not isinstance(waiting, bytes):
+                break
+            taken = conn.take_data(waiting)
+            if taken is None:
+                break
+            ws.drop_message()
+            self._data(*taken)
+        return True
 
     def _data(self, stream_id: int, data: bytes | memoryview) -> None:
         stream = self.streams.get(stream_id)

@@ -225,6 +225,19 @@ class WebSocket:
             self._drain_waited = True
             await self._drained.wait()
 
+    def ready_message(self) -> bytes | str | None:
+        """The next whole message if :meth:`receive` would return it without waiting, else None.
+
+        It stays queued (see :meth:`drop_message`).
+        """
+        if self._messages and self._pending <= self.hard_limit:
+            return self._messages[0]
+        return None
+
+    def drop_message(self) -> None:
+        """Take the message :meth:`ready_message` returned off the queue."""
+        self._messages.popleft()
+
     async def receive(self) -> bytes | str | None:
         """The next whole message, or ``None`` once the WebSocket closed.
 
