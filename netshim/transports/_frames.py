@@ -46,7 +46,9 @@ __all__ = ["MAX_CLOSE_REASON", "FrameReader", "close_reason", "frame_header", "m
 _FIN = 0x80
 _RESERVED = 0x70
 _MASKED = 0x80
-_DATA_OPCODES = (Opcode.CONT.value, Opcode.TEXT.value, Opcode.BINARY.value)
+# Plain ints: an enum member's .value is a property lookup, paid per frame.
+_CONT, _TEXT = Opcode.CONT.value, Opcode.TEXT.value
+_DATA_OPCODES = (_CONT, _TEXT, Opcode.BINARY.value)
 _CONTROL_OPCODES = (Opcode.CLOSE.value, Opcode.PING.value, Opcode.PONG.value)
 _MAX_CONTROL_PAYLOAD = 125
 # A close frame's payload is a 2-byte code and the reason: 123 bytes of UTF-8.
@@ -273,7 +275,7 @@ class FrameReader:
         if self.protocol.state is not State.OPEN:
             # Data after a close frame is ignored (RFC 6455, 5.5.1).
             return
-        if opcode == Opcode.CONT.value:
+        if opcode == _CONT:
             if not self._fragment_size and not self._fragments:
                 self._fail(1002, "unexpected continuation frame")
                 return
@@ -283,7 +285,7 @@ class FrameReader:
             self._fail(1002, "expected a continuation frame")
             return
         elif fin:
-            if opcode == Opcode.TEXT.value:
+            if opcode == _TEXT:
                 self._text_message(data)
             else:
                 self.messages.append(data)
@@ -291,7 +293,7 @@ class FrameReader:
         else:
             self._fragments = [data]
             self._fragment_size = len(data)
-            self._fragment_text = opcode == Opcode.TEXT.value
+            self._fragment_text = opcode == _TEXT
         if fin:
             message = b"".join(self._fragments)
             self._fragments = []
