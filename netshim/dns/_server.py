@@ -17,7 +17,9 @@ with at most two messages buffered (:class:`~netshim.protocols.dns.DnsTcpFramer`
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
+import logging
 import random
 import struct
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,6 +51,8 @@ TCP_IDLE_TIMEOUT: Final = 10.0
 # Queries waiting on a handler or upstream at once.  Each holds one message
 # (at most 64 KiB, usually under 100 bytes) and one task; beyond this a flood
 # is dropped, which UDP clients handle as loss.
+logger = logging.getLogger("netshim.dns")
+
 DEFAULT_MAX_IN_FLIGHT: Final = 256
 DEFAULT_MAX_CONNECTIONS: Final = 128
 # How long a forwarded query waits for the upstream: below a stub resolver's
@@ -56,6 +60,8 @@ DEFAULT_MAX_CONNECTIONS: Final = 128
 UPSTREAM_TIMEOUT: Final = 3.0
 
 _RCODE_MASK: Final = 0x000F
+# Errors after which a UDP socket will never receive again.
+_SOCKET_GONE: Final = frozenset({errno.ENETDOWN, errno.EBADF, errno.ENOTSOCK})
 _NOERROR: Final = 0
 _SERVFAIL: Final = 2
 _NXDOMAIN: Final = 3
@@ -319,7 +325,12 @@ class DnsServer:
                 data, client = await sock.receive()
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
-            except OSError:
+            except OSError as exc:
+                if exc.errno in _SOCKET_GONE:
+                    # The network under the socket is gone (an IpStack whose
+                    # link closed): retrying would spin.
+                    logger.info("dns-server-stopped reason=%r", str(exc))
+                    return
                 continue  # An ICMP error from an earlier reply; nothing to do.
             self.queries += 1
             reply = self._answer_now(data, "udp")
@@ -357,8 +368,11 @@ class DnsServer:
                 stream = await listener.accept()
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
-            except OSError:
-                continue
+            except OSError as exc:
+                if exc.errno in _SOCKET_GONE:
+                    logger.info("dns-server-stopped reason=%r", str(exc))
+                    return
+                continue  # A connection that failed before it was accepted.
             if self._connections >= self.max_connections:
                 self.dropped += 1
                 await stream.aclose()

@@ -47,7 +47,6 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import sniffio
 
 from .._addresses import (
     Address,
@@ -60,6 +59,7 @@ from .._addresses import (
 )
 from .._addrinfo import AddrInfo, resolve_addrinfo
 from .._errors import name_temporarily_unresolvable, os_error
+from .._loops import loop_clock, running_library
 from ..ip.dhcp import CLIENT_PORT, SERVER_PORT, DhcpClient
 from ..ip.iface import GsoInfo, Interface, Medium
 from ..ip.intercept import InterceptedSyn, Interceptor, Refusal
@@ -114,11 +114,7 @@ def _endpoint(address: Address) -> tuple[IPAddress, int]:
 
 def _clock() -> Callable[[], float]:
     """The running event loop's clock (anyio.current_time without asking which loop each time)."""
-    if sniffio.current_async_library() == "asyncio":
-        import asyncio
-
-        return asyncio.get_running_loop().time
-    return anyio.current_time
+    return loop_clock()
 
 
 class _Driver:
@@ -464,6 +460,10 @@ class _IpTcpStream(TcpStream):
         if self._closed:
             return
         self._closed = True
+        if self._stack._closed:
+            # The stack went down first: nothing is left to tell the peer.
+            await anyio.lowlevel.checkpoint()
+            return
         connection = self._connection
         driver = self._stack._driver_for_use()
         # As a Linux close(): unread data means a reset, not a FIN.  A kernel
@@ -483,10 +483,11 @@ class _IpTcpStream(TcpStream):
     async def abort(self) -> None:
         if not self._closed:
             self._closed = True
-            self._connection.abort()
-            driver = self._stack._driver_for_use()
-            driver.wake(self._connection)
-            driver.poke(self._connection)
+            if not self._stack._closed:
+                self._connection.abort()
+                driver = self._stack._driver_for_use()
+                driver.wake(self._connection)
+                driver.poke(self._connection)
         await anyio.lowlevel.checkpoint()
 
 
@@ -528,12 +529,14 @@ class _IpTcpListener(TcpListener):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            driver = self._stack._driver_for_use()
-            for listener in self._listeners:
-                listener.close()
-                # A task waiting in accept() must see the close.
-                driver.wake(listener)
-            driver.poke()
+            # A stack that went down first has nobody left to tell.
+            if not self._stack._closed:
+                driver = self._stack._driver_for_use()
+                for listener in self._listeners:
+                    listener.close()
+                    # A task waiting in accept() must see the close.
+                    driver.wake(listener)
+                driver.poke()
         await anyio.lowlevel.checkpoint()
 
 
@@ -766,7 +769,7 @@ class IpStack(Stack):
 
     @staticmethod
     def _spawn_system_task(function: Any) -> None:
-        library = sniffio.current_async_library()
+        library = running_library()
         if library == "trio":
             import trio
 

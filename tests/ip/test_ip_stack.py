@@ -185,3 +185,29 @@ async def test_udp_to_a_broadcast_address_needs_so_broadcast(
     assert source[0] == "10.1.0.1"
     await client.aclose()
     await server.aclose()
+
+
+async def test_a_dns_server_stops_when_its_stack_goes_down() -> None:
+    # A closed IpStack answers ENETDOWN to its sockets: the server's UDP and
+    # TCP tasks end instead of retrying for ever.
+    from netshim import dns
+    from netshim.protocols.dns import Zone
+
+    cable = Cable(Medium.ETHERNET)
+    stack = IpStack(cable.b, addresses=["10.1.0.2/24"], hostname="right")
+    zone = Zone()
+    zone.add("web.test", "A", "10.1.0.9")
+
+    def serving() -> bool:
+        names = [task.name for task in anyio.get_running_tasks()]
+        return any("_serve_udp" in name or "_serve_tcp" in name for name in names)
+
+    async with stack:
+        server = dns.serve(stack, zone, "10.1.0.2", 53)
+        async with server, anyio.create_task_group() as group:
+            assert serving()
+            group.start_soon(stack.aclose)
+            # Polled: the task's end is what is watched, and nothing signals it.
+            with anyio.fail_after(5):
+                while serving():  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
