@@ -126,6 +126,8 @@ class _Driver:
         self.waiters: dict[object, anyio.Event] = {}
         self.stopped = anyio.Event()
         self.scope: anyio.CancelScope | None = None
+        # Set by IpStack.aclose(); run() honours it if it starts afterwards.
+        self.stop_requested = False
         self.error: BaseException | None = None
         # A socket call left output to transmit (links that cannot write
         # without waiting: the timer task transmits for them).
@@ -286,6 +288,10 @@ class _Driver:
     async def run(self) -> None:
         try:
             with anyio.CancelScope() as self.scope:
+                if self.stop_requested:
+                    # Closed before this task first ran (trio starts system
+                    # tasks later than asyncio): there was no scope to cancel.
+                    self.scope.cancel()
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._read_link)
                     await self._timers()
@@ -798,6 +804,7 @@ class IpStack(Stack):
                 for message in self._dhcp.release():
                     self._send_dhcp(message.payload, message.destination, now)
                 await driver.flush()
+            driver.stop_requested = True
             if driver.scope is not None:
                 driver.scope.cancel()
             await driver.stopped.wait()

@@ -187,10 +187,6 @@ async def test_udp_to_a_broadcast_address_needs_so_broadcast(
     await server.aclose()
 
 
-# asyncio only: under trio, IpStack.aclose() with a DNS server bound on the
-# stack sometimes waits for ever for its driver to stop (two runs in six), a
-# race in the driver's shutdown that is recorded and not yet fixed.
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_dns_server_stops_when_its_stack_goes_down() -> None:
     # A closed IpStack answers ENETDOWN to its sockets: the server's UDP and
     # TCP tasks end instead of retrying for ever.
