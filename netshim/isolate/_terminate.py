@@ -42,7 +42,7 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
-from .._addresses import Address, parse_ip
+from .._addresses import Address, IPAddress, parse_ip
 from ..dns import Record, Request, serve
 from ..ip.intercept import InterceptedSyn
 from ..ip.links import TunLink
@@ -63,6 +63,9 @@ UDP_IDLE_TIMEOUT = 30.0
 #: UDP flows alive at once; a new one beyond ends the least recently used.
 MAX_UDP_FLOWS = 1024
 _RELAY_CHUNK = 256 * 1024
+# Allowed TCP destinations remembered; beyond, the memory starts again (a
+# program that scans addresses must not grow it without bound).
+_MAX_ALLOWED_CACHED = 4096
 #: Bytes each program connection holds each way (its send buffer, and the
 #: window it offers the program): Linux's largest autotuned send buffer
 #: (net.ipv4.tcp_wmem), held only while data waits.  With 256 KiB a transfer
@@ -122,6 +125,9 @@ class Terminator:
         self.counters = TerminatorCounters()
         self._names = SyntheticNames() if stack.resolves_remotely else None
         self._udp_flows: OrderedDict[tuple[Address, Address], _UdpFlow] = OrderedDict()
+        # Program-side destinations the policy allowed, with the address to
+        # dial for each (the policy is read once per address and port).
+        self._allowed_tcp: dict[tuple[IPAddress, int], str] = {}
         addresses: list[str] = [
             f"{addressing.gateway4}/{addressing.program4.network.prefixlen}",
             f"{addressing.dns4}/{addressing.program4.network.prefixlen}",
@@ -186,8 +192,7 @@ class Terminator:
             interception.refuse(syn, "reset")
             return
         try:
-            with anyio.fail_after(self.connect_timeout):
-                upstream, _ = await self.policy.connect_tcp(self.stack, host, port)
+            upstream = await self._dial_tcp(syn.local, host, port)
         except DestinationBlockedError as exc:
             self.counters.tcp_refused += 1
             self.counters.refusals.append(str(exc))
@@ -217,6 +222,32 @@ class Terminator:
             self.counters.tcp_accepted += 1
             async with program:
                 await _relay(program, upstream)
+
+    async def _dial_tcp(
+        self, destination: tuple[IPAddress, int], host: str, port: int
+    ) -> TcpStream:
+        """``host``:``port`` on the outer stack through the policy, in :attr:`connect_timeout`.
+
+        Raises what :meth:`Policy.connect_tcp` raises, ``TimeoutError`` when
+        the destination did not answer in time.
+        """
+        allowed = self._allowed_tcp.get(destination)
+        # A bare cancel scope: anyio.fail_after wraps one in a generator,
+        # which showed in the profile of a connect-heavy run.
+        with anyio.CancelScope(deadline=anyio.current_time() + self.connect_timeout) as scope:
+            if allowed is not None:
+                return await self.stack.connect_tcp(allowed, port)
+            upstream, target = await self.policy.connect_tcp(self.stack, host, port)
+            if target.ip == host:
+                # An address (not a name) the policy let through: the same
+                # address and port always would.  Names are checked each
+                # time, since what they resolve to may change.
+                if len(self._allowed_tcp) >= _MAX_ALLOWED_CACHED:
+                    self._allowed_tcp.clear()
+                self._allowed_tcp[destination] = host
+            return upstream
+        assert scope.cancelled_caught
+        raise TimeoutError(f"{host}:{port} did not answer in {self.connect_timeout} s")
 
     # -- UDP --------------------------------------------------------------
 

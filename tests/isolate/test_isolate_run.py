@@ -110,6 +110,38 @@ async def test_refused_destinations_never_see_a_connection(http_server: HostServ
     assert http_server.connections == 0
 
 
+async def test_repeated_connections_allowed_each_time_and_refused_each_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The policy allows one port of the machine's loopback: the other port's
+    # server (a canary) must never see a connection, however often the
+    # program tries, and each refusal is logged.
+    allowed, canary = HostServer("send", b"x"), HostServer("send", b"x")
+    probe = (
+        "import socket\n"
+        f"for port in [{allowed.port}, {canary.port}] * 3:\n"
+        "    try:\n"
+        "        with socket.create_connection(('10.0.2.2', port), timeout=20) as s:\n"
+        "            print('ok', s.recv(1))\n"
+        "    except OSError as exc:\n"
+        "        print('refused', exc.errno)\n"
+    )
+    try:
+        with caplog.at_level("WARNING", logger="netshim.isolate"), anyio.fail_after(60):
+            status, output = await confined(
+                [sys.executable, "-c", probe], policy=Policy(allow=[f"127.0.0.1:{allowed.port}"])
+            )
+    finally:
+        allowed.close()
+        canary.close()
+    assert status == 0
+    assert output.split("\n")[:-1] == ["ok b'x'", "refused 111"] * 3
+    assert allowed.connections == 3
+    assert canary.connections == 0
+    refusals = [r for r in caplog.records if f"10.0.2.2:{canary.port}" in r.getMessage()]
+    assert len(refusals) == 3
+
+
 async def test_icmp_refusal_is_host_unreachable_for_the_program(http_server: HostServer) -> None:
     probe = (
         "import socket, sys\n"
