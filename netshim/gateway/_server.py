@@ -1858,7 +1858,8 @@ class _WispSession:
             new = _WispStream(event.stream_id, event.stream_type, record, self.budget)
             self.streams[event.stream_id] = new
             self.holding.add(new)
-            group.start_soon(self._run_stream, new)
+            body = functools.partial(self._admitted_stream, new)
+            group.start_soon(self._walled, new, body, "wisp-stream")
         elif isinstance(event, wisp.Listen):
             kind = "udp" if event.stream_type is wisp.StreamType.UDP else "tcp"
             record = StreamRecord(
@@ -1868,7 +1869,8 @@ class _WispSession:
             new.listen = event
             self.streams[event.stream_id] = new
             self.holding.add(new)
-            group.start_soon(self._run_listener, new)
+            body = functools.partial(self._listener_body, new)
+            group.start_soon(self._walled, new, body, "wisp-listener")
         elif isinstance(event, wisp.Data):
             self._data(event.stream_id, event.data)
         elif isinstance(event, wisp.Close):
@@ -1932,19 +1934,28 @@ class _WispSession:
             self.full = stream
         stream.push(data)
 
-    async def _run_stream(self, stream: _WispStream) -> None:
+    async def _walled(
+        self, stream: _WispStream, body: Callable[[], Awaitable[None]], where: str
+    ) -> None:
+        """Run ``body``, a stream's or a listener's task, inside its wall (see the module docs).
+
+        An exception ends that stream alone: counted as an internal error at
+        ``where``, its ``CLOSE`` says ``NETWORK_ERROR``.  However it ends,
+        whatever its queue still holds leaves the client's budget and the
+        stream leaves the session.
+        """
         try:
-            await self._admitted_stream(stream)
+            await body()
         except Exception as exc:
-            # One stream's failure ends that stream, not the session.
-            self.gateway._contain(exc, "wisp-stream", self.peer, stream.stream_id)
+            self.gateway._contain(exc, where, self.peer, stream.stream_id)
             if stream.record.reason == "-":
                 stream.record.reason = "internal-error"
             self._finish(stream, wisp.CloseReason.NETWORK_ERROR)
         finally:
-            # Whatever the stream's queue still holds leaves the client's budget.
             stream.discard()
             self.holding.discard(stream)
+            if self.streams.get(stream.stream_id) is stream:
+                del self.streams[stream.stream_id]
 
     async def _admitted_stream(self, stream: _WispStream) -> None:
         gateway = self.gateway
@@ -2042,21 +2053,6 @@ class _WispSession:
         return relayed_udp or await member.host.open_udp(local, 0, remote=(ip, port))
 
     # -- LAN listeners (docs/lan.md)
-
-    async def _run_listener(self, stream: _WispStream) -> None:
-        try:
-            await self._listener_body(stream)
-        except Exception as exc:
-            # One listener's failure ends that listener, not the session.
-            self.gateway._contain(exc, "wisp-listener", self.peer, stream.stream_id)
-            if stream.record.reason == "-":
-                stream.record.reason = "internal-error"
-            self._finish(stream, wisp.CloseReason.NETWORK_ERROR)
-        finally:
-            stream.discard()
-            self.holding.discard(stream)
-            if self.streams.get(stream.stream_id) is stream:
-                del self.streams[stream.stream_id]
 
     def _listen_address(self, member: LanMember, host: str, port: int) -> str:
         """Where a member's listener binds: its own addresses (or all of them) only."""
@@ -2204,33 +2200,25 @@ class _WispSession:
         self.streams[stream_id] = new
         self.holding.add(new)
         assert self.group is not None
-        self.group.start_soon(self._run_accepted, new, connection)
+        body = functools.partial(self._run_accepted, new, connection)
+        self.group.start_soon(self._walled, new, body, "wisp-stream")
 
     async def _run_accepted(self, stream: _WispStream, connection: TcpStream) -> None:
         """An accepted connection works as a CONNECT stream does, in :meth:`_pump`."""
         gateway = self.gateway
+        gateway.metrics.stream_opened(stream.record)
         try:
-            gateway.metrics.stream_opened(stream.record)
-            try:
-                with stream.scope:
-                    async with connection:
-                        end_reason = await self._pump(stream, connection)
-                        if end_reason != ALREADY_CLOSED:
-                            self._finish(stream, end_reason)
-            finally:
-                gateway._release(self.peer[0])
-                if self.streams.get(stream.stream_id) is stream:
-                    del self.streams[stream.stream_id]
-                stream.make_room(len(stream.queue))
-                gateway.metrics.stream_ended(stream.record)
-        except Exception as exc:
-            self.gateway._contain(exc, "wisp-stream", self.peer, stream.stream_id)
-            if stream.record.reason == "-":
-                stream.record.reason = "internal-error"
-            self._finish(stream, wisp.CloseReason.NETWORK_ERROR)
+            with stream.scope:
+                async with connection:
+                    end_reason = await self._pump(stream, connection)
+                    if end_reason != ALREADY_CLOSED:
+                        self._finish(stream, end_reason)
         finally:
-            stream.discard()
-            self.holding.discard(stream)
+            gateway._release(self.peer[0])
+            if self.streams.get(stream.stream_id) is stream:
+                del self.streams[stream.stream_id]
+            stream.make_room(len(stream.queue))
+            gateway.metrics.stream_ended(stream.record)
 
     async def _udp_listener_pump(
         self, stream: _WispStream, sock: UdpSocket, member: LanMember
