@@ -9,6 +9,17 @@ that members reach each other's listeners and UDP ports through the virtual
 network's TCP and UDP, with its flow control, at in-process speed.  A member
 that leaves is removed from the network: its listeners and sockets close.
 
+A TCP stream between two members of this gateway is *spliced*
+(:class:`SplicedStream`): the virtual network still makes the connection (so
+listeners, backlogs, refusals, addresses and resets before an accept behave
+as on any network), but no byte goes through its TCP.  Each of the two
+sessions holds one end; what one member's stream uploads is handed to the
+other member's session, which frames it for its own WebSocket in the
+uploader's task, with nothing between the two but that call.  The writer
+waits while the reader's WebSocket output is full, so a slow reader stops
+the writer's uploads, its credits stop, and what the gateway holds stays the
+two sessions' usual bounds.
+
 Names and addresses are handed out by a :class:`LanDirectory`, whose methods
 are async so that a directory shared by several gateway processes (in Redis,
 say) can replace the in-process one without touching the Wisp session.
@@ -19,17 +30,23 @@ asked for is on its LAN.  The wire protocol is specified in ``docs/lan.md``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import ipaddress
 import re
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
-from .._addresses import parse_ip
+import anyio
+import anyio.lowlevel
+
+from .._addresses import Address, parse_ip
+from .._errors import os_error
 from ..protocols import wisp
 from ..stack import TcpStream
 from ..stacks.virtual import VirtualHost, VirtualNetwork
@@ -45,6 +62,8 @@ __all__ = [
     "LanSpec",
     "MemberRecord",
     "NameInUseError",
+    "SPLICE_WINDOW",
+    "SplicedStream",
     "DEFAULT_CIDRS",
     "load_lan_tokens",
     "parse_lan_flags",
@@ -295,6 +314,8 @@ class LanMember:
     host: VirtualHost
     news: Callable[[wisp.Membership], None]
     listeners: int = 0
+    #: Its ends of spliced streams, reset when it leaves (as its host's sockets are).
+    splices: set[SplicedStream] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -320,6 +341,9 @@ class Lan:
     network: VirtualNetwork
     gateway_host: VirtualHost
     members: dict[str, LanMember] = field(default_factory=dict)
+    #: Spliced streams' accepting ends until the listener's session takes
+    #: them, by the virtual connection's (local, remote) address there.
+    unaccepted: dict[tuple[Address, Address], SplicedStream] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -415,6 +439,13 @@ class LanHub:
         if lan.members.get(member.name) is not member:
             return
         del lan.members[member.name]
+        for end in list(member.splices):
+            await end.abort()
+        # Ends left for a listener of this member, or by this member for
+        # another's listener, that nobody took: their connections die now.
+        for key, end in list(lan.unaccepted.items()):
+            if end.peer.member is member or member.owns(key[0][0]):
+                del lan.unaccepted[key]
         lan.network.remove_host(member.host)
         left = wisp.Membership(wisp.MembershipChange.MEMBER_LEFT, member.address, member.dns_name)
         _tell(lan.members.values(), left)
@@ -443,6 +474,43 @@ class LanHub:
             raise socket.gaierror(socket.EAI_NONAME, f"no member {host!r} on LAN {lan.name}")
         return found.address
 
+    async def connect_member(self, member: LanMember, ip: str, port: int) -> TcpStream:
+        """Connect ``member`` to ``ip``:``port`` on its LAN; a spliced stream's end.
+
+        The virtual network makes the connection and raises as it does
+        (``ConnectionRefusedError`` when nobody listens there).  The other
+        end waits for the listener's session in :meth:`accepted`; a listener
+        that is not a session's (a test's own host, say) gets the virtual
+        connection, which this end then carries as any stream would.
+        """
+        virtual = await member.host.connect_tcp(ip, port)
+        lan = member.lan
+        if not any(other.owns(ip) for other in lan.members.values()):
+            return virtual
+        # Nothing awaited since the connection went into the listener's
+        # queue: its session cannot have accepted it yet.
+        end = SplicedStream(member, virtual)
+        other = SplicedStream(None, None)
+        end.peer, other.peer = other, end
+        key = (_plain(virtual.remote_address), _plain(virtual.local_address))
+        end.unaccepted_key = key
+        lan.unaccepted[key] = other
+        return end
+
+    def accepted(self, member: LanMember, connection: TcpStream) -> TcpStream:
+        """What ``member``'s session serves for ``connection`` that its listener accepted.
+
+        The spliced end :meth:`connect_member` left for it, or ``connection``
+        itself when it came from anywhere else (a port forward, a relay, a
+        host that is no session's).
+        """
+        key = (_plain(connection.local_address), _plain(connection.remote_address))
+        end = member.lan.unaccepted.pop(key, None)
+        if end is None:
+            return connection
+        end.take(member, connection)
+        return end
+
     async def connect_forward(self, lan: str, member: str, port: int) -> TcpStream:
         """Connect from the gateway's host on ``lan`` to ``member``:``port``.
 
@@ -459,6 +527,268 @@ class LanHub:
             if relayed is not None:
                 return relayed
         return await where.gateway_host.connect_tcp(found.address, port)
+
+
+def _plain(address: Address) -> Address:
+    """``address`` with an IPv4-mapped IPv6 host written as IPv4 (a dual-stack listener's view)."""
+    host = address[0]
+    return (host[7:], address[1]) if host.startswith("::ffff:") else address
+
+
+# What a spliced stream's end holds for its reader before the writer waits,
+# while the reader's session has not taken it: the virtual network's TCP
+# window, the bound a member's stream had before the splice.
+SPLICE_WINDOW: Final = 256 * 1024
+
+_FIN: Final = "fin"
+_RST: Final = "rst"
+
+
+class SplicedStream(TcpStream):
+    """One end of a TCP stream between two members of this gateway (see the module docs).
+
+    It keeps the contract of :class:`~netshim.stack.TcpStream` (half-close,
+    resets after the data before them, ``aclose`` with unread data resets)
+    and carries bytes in one of two ways: queued for the other end's
+    :meth:`receive` (at most :data:`SPLICE_WINDOW` bytes, the writer waits
+    past that), or, once the reading session called :meth:`deliver_to`,
+    handed to its ``deliver`` function inside the writer's :meth:`send`.
+    The virtual connection under it gives the addresses; until the
+    accepting session took the other end, a reset of that connection (its
+    listener closed with it in the queue, a member left) resets this end.
+    """
+
+    def __init__(self, member: LanMember | None, virtual: TcpStream | None) -> None:
+        self.member = member
+        self.virtual = virtual
+        self.peer: SplicedStream = self
+        if member is not None:
+            member.splices.add(self)
+        # Set on the connecting end while the other end waits in Lan.unaccepted.
+        self.unaccepted_key: tuple[Address, Address] | None = None
+        self.taken = virtual is not None
+        self.inbound: deque[bytes] = deque()
+        self.buffered = 0
+        # How the peer ended its side (_FIN or _RST), read after ``inbound``.
+        self.ended: str | None = None
+        self.eof_sent = False
+        self.closed = False
+        # The errno the next send raises (the peer reset or closed).
+        self.send_error = 0
+        self.deliver: Callable[[bytes], Awaitable[None]] | None = None
+        self.reader_event: anyio.Event | None = None
+        self.writer_event: anyio.Event | None = None
+
+    def take(self, member: LanMember, connection: TcpStream) -> None:
+        """The accepting session takes this end, with its side of the virtual connection."""
+        self.member, self.virtual, self.taken = member, connection, True
+        member.splices.add(self)
+        self.peer.unaccepted_key = None
+        # The connecting end stops watching the virtual connection.
+        self.peer._wake_reader()
+
+    @property
+    def local_address(self) -> Address:
+        assert self.virtual is not None
+        return self.virtual.local_address
+
+    @property
+    def remote_address(self) -> Address:
+        assert self.virtual is not None
+        return self.virtual.remote_address
+
+    def _wake_reader(self) -> None:
+        event, self.reader_event = self.reader_event, None
+        if event is not None:
+            event.set()
+
+    def _wake_writer(self) -> None:
+        event, self.writer_event = self.writer_event, None
+        if event is not None:
+            event.set()
+
+    def _end(self, how: str) -> None:
+        """The peer ended its side: FIN or RST, read once ``inbound`` is."""
+        if self.ended is None:
+            self.ended = how
+        if how == _RST and not self.send_error:
+            self.send_error = errno.ECONNRESET
+        self._wake_reader()
+        self._wake_writer()
+
+    # -- sending ---------------------------------------------------------
+
+    async def send(self, item: bytes) -> None:
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if self.eof_sent:
+            raise os_error(errno.EPIPE, "the stream was shut down for writing")
+        if self.send_error:
+            raise os_error(self.send_error, f"{self.remote_address[0]}:{self.remote_address[1]}")
+        peer = self.peer
+        while True:
+            if peer.closed:
+                # As a closed socket answers data with RST: this send is
+                # lost, the next one fails.
+                self.send_error = errno.EPIPE if peer.eof_sent else errno.ECONNRESET
+                await anyio.lowlevel.checkpoint()
+                return
+            deliver = peer.deliver
+            if deliver is not None and not peer.inbound:
+                await deliver(item)
+                return
+            if peer.buffered < SPLICE_WINDOW:
+                peer.inbound.append(item)
+                peer.buffered += len(item)
+                peer._wake_reader()
+                await anyio.lowlevel.checkpoint()
+                return
+            event = self.writer_event = anyio.Event()
+            await event.wait()
+            if self.closed:
+                raise anyio.ClosedResourceError
+            if self.send_error:
+                raise os_error(self.send_error, "connection reset by peer")
+
+    async def send_eof(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if not self.eof_sent:
+            self.eof_sent = True
+            self.peer._end(_FIN)
+
+    # -- receiving -------------------------------------------------------
+
+    def _take_chunk(self, max_bytes: int) -> bytes:
+        first = self.inbound[0]
+        if len(first) > max_bytes:
+            self.inbound[0] = first[max_bytes:]
+            first = first[:max_bytes]
+        else:
+            self.inbound.popleft()
+        self.buffered -= len(first)
+        if self.buffered < SPLICE_WINDOW:
+            self.peer._wake_writer()
+        return first
+
+    def _check_end(self) -> None:
+        if self.closed:
+            raise anyio.ClosedResourceError
+        if self.ended == _FIN:
+            raise anyio.EndOfStream
+        if self.ended == _RST:
+            raise os_error(errno.ECONNRESET, "connection reset by peer")
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        while True:
+            if self.inbound and not self.closed:
+                await anyio.lowlevel.checkpoint()
+                return self._take_chunk(max_bytes)
+            self._check_end()
+            await self._wait()
+
+    async def deliver_to(self, deliver: Callable[[bytes], Awaitable[None]]) -> NoReturn:
+        """Hand what the peer sends to ``deliver``, in order, until the peer's side ends.
+
+        What was queued goes first, from this task; then the peer's
+        :meth:`send` calls ``deliver`` itself.  Raises ``anyio.EndOfStream``
+        at the peer's FIN and ``ConnectionResetError`` at its reset, as
+        :meth:`receive` would.
+        """
+        try:
+            while True:
+                if self.inbound and not self.closed:
+                    await deliver(self._take_chunk(1 << 62))
+                    continue
+                self._check_end()
+                self.deliver = deliver
+                await self._wait()
+                self.deliver = None
+        finally:
+            self.deliver = None
+
+    async def _wait(self) -> None:
+        event = self.reader_event = anyio.Event()
+        peer = self.peer
+        if peer.taken or self.virtual is None:
+            await event.wait()
+            return
+        # The accepting session has not taken the other end: only the
+        # virtual connection can tell that it died in the listener's queue.
+        virtual = self.virtual
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                # Nothing is ever sent on it: this returns only at its end.
+                with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, OSError):
+                    await virtual.receive(1)
+                if not peer.taken:
+                    self._abandon()
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            await event.wait()
+            group.cancel_scope.cancel()
+
+    def _abandon(self) -> None:
+        """The other end was never taken and never will be: a reset for this one."""
+        self._forget_unaccepted()
+        self.peer.closed = True
+        self._end(_RST)
+
+    def _forget_unaccepted(self) -> None:
+        key, self.unaccepted_key = self.unaccepted_key, None
+        if key is not None and self.member is not None:
+            unaccepted = self.member.lan.unaccepted
+            if unaccepted.get(key) is self.peer:
+                del unaccepted[key]
+
+    # -- closing ---------------------------------------------------------
+
+    def _close(self, reset: bool) -> TcpStream | None:
+        self.closed = True
+        self.deliver = None
+        peer = self.peer
+        if reset or self.inbound:
+            peer._end(_RST)
+        else:
+            if not self.eof_sent:
+                self.eof_sent = True
+                peer._end(_FIN)
+            # The peer's next send learns that nobody reads (see send).
+            peer._wake_writer()
+        self.inbound.clear()
+        self.buffered = 0
+        self._wake_reader()
+        self._wake_writer()
+        if not peer.inbound:
+            # Else the listener's session still takes the other end and
+            # reads what was sent before this close.
+            self._forget_unaccepted()
+        if self.member is not None:
+            self.member.splices.discard(self)
+        return self.virtual
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        virtual = self._close(reset=False)
+        if virtual is not None:
+            await virtual.aclose()
+        else:
+            await anyio.lowlevel.checkpoint()
+
+    async def abort(self) -> None:
+        if self.closed:
+            return
+        virtual = self._close(reset=True)
+        if virtual is not None:
+            await virtual.abort()
+        else:
+            await anyio.lowlevel.checkpoint()
 
 
 def _tell(members: Iterable[LanMember], news: wisp.Membership) -> None:

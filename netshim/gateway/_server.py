@@ -75,6 +75,7 @@ from ._lan import (
     LanSpec,
     MemberRecord,
     NameInUseError,
+    SplicedStream,
 )
 from ._observe import CONTENT_TYPE_LATEST, Metrics, StreamRecord, logger
 from ._websocket import DEFAULT_HIGH_WATER, WebSocket
@@ -2046,7 +2047,8 @@ class _WispSession:
             cluster = self.gateway.cluster
             # A member of another gateway of the cluster: relayed to it.
             relayed = None if cluster is None else await cluster.connect(member, ip, port)
-            return relayed or await member.host.connect_tcp(ip, port)
+            assert self.hub is not None
+            return relayed or await self.hub.connect_member(member, ip, port)
         local = member.record.address6 if ":" in ip else member.address
         cluster = self.gateway.cluster
         relayed_udp = None if cluster is None else await cluster.open_udp(member, ip, port)
@@ -2162,6 +2164,9 @@ class _WispSession:
                 connection = await listener.accept()
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
+            if self.hub is not None and self.member is not None:
+                # Another member's stream is served spliced (docs/lan.md).
+                connection = self.hub.accepted(self.member, connection)
             await self._accepted(stream, connection)
 
     def _new_server_stream_id(self) -> int:
@@ -2375,8 +2380,19 @@ class _WispSession:
                 # The hot path builds DATA directly (the core's checks were
                 # done at CONNECT); the WebSocket joins it with the payload.
                 data_header = wisp.data_header(stream.stream_id)
+
+                async def deliver(data: bytes) -> None:
+                    await self.gateway._throttle(client, len(data))
+                    await self.ws.send(data, prefix=data_header)
+                    record.down += len(data)
+                    touch()
+
                 while True:
                     try:
+                        if isinstance(upstream, SplicedStream):
+                            # Another member's uploads call ``deliver`` from
+                            # their own task; this returns only at the end.
+                            await upstream.deliver_to(deliver)
                         if isinstance(upstream, TcpStream):
                             data = await upstream.receive(self.config.read_size)
                         else:
@@ -2392,10 +2408,7 @@ class _WispSession:
                             outcome.append(wisp.CloseReason.NETWORK_ERROR)
                             break
                         continue
-                    await self.gateway._throttle(client, len(data))
-                    await self.ws.send(data, prefix=data_header)
-                    record.down += len(data)
-                    touch()
+                    await deliver(data)
                 stream.stopping = True
                 if stream.waiting:
                     # The upload is idle: waking it is enough, and cheaper than

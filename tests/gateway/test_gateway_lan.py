@@ -28,9 +28,13 @@ from netshim import VirtualNetwork, WispStack
 from netshim._gateway_cli import add_arguments, config_from
 from netshim.gateway import Gateway, GatewayConfig
 from netshim.gateway._lan import (
+    SPLICE_WINDOW,
     Forward,
     LanDirectory,
+    LanHub,
+    LanMember,
     LanSpec,
+    SplicedStream,
     ipv6_subnet_for,
     parse_lan_flags,
 )
@@ -38,6 +42,7 @@ from netshim.gateway._server import QUEUE_BOUND_FACTOR
 from netshim.policy import Policy
 from netshim.protocols import wisp
 from netshim.protocols.wisp import CloseReason, MembershipChange
+from netshim.stack import TcpStream
 
 pytestmark = pytest.mark.anyio
 
@@ -337,8 +342,13 @@ async def test_malformed_lan_packets_close_the_stream_not_the_session() -> None:
     assert "internal_errors_total{" not in gateway.metrics.render().decode()
 
 
-async def test_a_member_that_stops_reading_does_not_grow_the_gateway() -> None:
-    """Bob sends to Alice, who reads nothing: the bounds hold and Bob runs out of credit."""
+@pytest.mark.parametrize("writer", ["connecting", "accepting"])
+async def test_a_member_that_stops_reading_does_not_grow_the_gateway(writer: str) -> None:
+    """One member sends to another, who reads nothing: the bounds hold, the writer runs dry.
+
+    Both ways: the connecting member writing to the listener's, and the
+    listener's member writing back on the stream it accepted.
+    """
     high_water = 256 * 1024
     async with (
         running_gateway(config(high_water=high_water, wisp_buffer_size=32)) as gateway,
@@ -348,28 +358,37 @@ async def test_a_member_that_stops_reading_does_not_grow_the_gateway() -> None:
         listener, _ = await alice.listen(8000)
         stream = await bob.connect("alice.demo", 8000)
         accepted = await alice.accept(listener)
-        alice.pause()
+        assert _splices(gateway, "alice") == _splices(gateway, "bob") == 1
+        sender, sender_stream, reader, reader_stream = bob, stream, alice, accepted.stream_id
+        if writer == "accepting":
+            sender, sender_stream, reader, reader_stream = (
+                alice,
+                accepted.stream_id,
+                bob,
+                stream,
+            )
+        reader.pause()
         sent = 0
         block = os.urandom(1 << 16)
         with anyio.move_on_after(3):
             while True:
-                await bob.send(stream, block)
+                await sender.send(sender_stream, block)
                 sent += len(block)
-        # Bob is stuck: no credit left.
-        assert bob.conn.credit(stream) == 0
+        # The writer is stuck: no credit left.
+        assert sender.conn.credit(sender_stream) == 0
         total = 64 << 20
         assert sent < total / 4, sent
-        # What the gateway holds for this stream: Bob's queue within its
-        # credits, Alice's WebSocket output within its high-water mark plus a
-        # message, and the virtual connection's window.
+        # What the gateway holds for this stream: the writer's queue within
+        # its credits and the reader's WebSocket output within its high-water
+        # mark plus a message (the splice itself holds nothing).
         sessions = _sessions(gateway)
         queued = sum(s.budget.queued for s in sessions)
         assert queued <= QUEUE_BOUND_FACTOR * 32 * (1 << 16) + (1 << 16)
         for session in sessions:
             assert session.ws._pending <= high_water + (1 << 18) + (1 << 16)
-        alice.resume()
-        received = await alice.receive_exactly(accepted.stream_id, sent)
-        assert len(received) == sent
+        reader.resume()
+        received = await reader.receive_exactly(reader_stream, sent)
+        assert received == block * (sent // len(block))
 
 
 def _sessions(gateway: Gateway) -> list:  # type: ignore[type-arg]
@@ -378,6 +397,257 @@ def _sessions(gateway: Gateway) -> list:  # type: ignore[type-arg]
         member.news.__self__  # type: ignore[attr-defined]
         for member in gateway.lans.lans["demo"].members.values()
     ]
+
+
+def _splices(gateway: Gateway, name: str) -> int:
+    """How many spliced streams' ends the member ``name`` holds."""
+    assert gateway.lans is not None
+    return len(gateway.lans.lans["demo"].members[name].splices)
+
+
+# -- spliced streams between members (docs/lan.md, "On the gateway")
+
+
+async def _read_slowly(client: LanClient, stream_id: int, size: int) -> bytes:
+    """Read ``size`` bytes in pieces, letting the gateway's output back up before each."""
+    parts = []
+    while size:
+        client.pause()
+        # Long enough for the writer to fill what the gateway holds for us.
+        await anyio.sleep(0.02)
+        client.resume()
+        part = await client.receive_exactly(stream_id, min(size, 1 << 19))
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+async def test_spliced_streams_carry_both_ways_intact_to_slow_readers() -> None:
+    size = 6 << 20
+    async with (
+        running_gateway(config(high_water=128 * 1024, wisp_buffer_size=16)) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        listener, _ = await alice.listen(8000)
+        stream = await bob.connect("alice.demo", 8000)
+        accepted = await alice.accept(listener)
+        assert _splices(gateway, "alice") == _splices(gateway, "bob") == 1
+        up, down = os.urandom(size), os.urandom(size)
+        got: dict[str, bytes] = {}
+
+        async def read(name: str, client: LanClient, stream_id: int) -> None:
+            got[name] = await _read_slowly(client, stream_id, size)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(bob.send, stream, up)
+            group.start_soon(alice.send, accepted.stream_id, down)
+            group.start_soon(read, "alice", alice, accepted.stream_id)
+            group.start_soon(read, "bob", bob, stream)
+        assert hashlib.sha256(got["alice"]).digest() == hashlib.sha256(up).digest()
+        assert hashlib.sha256(got["bob"]).digest() == hashlib.sha256(down).digest()
+        await bob.close(stream)
+        assert await alice.closed(accepted.stream_id) == CloseReason.VOLUNTARY
+        await bob.wait_for(lambda: _splices(gateway, "alice") == _splices(gateway, "bob") == 0)
+    metrics = gateway.metrics.render().decode()
+    assert "internal_errors_total{" not in metrics
+
+
+@pytest.mark.parametrize("closer", ["connecting", "accepting"])
+async def test_a_spliced_stream_ends_after_its_last_bytes(closer: str) -> None:
+    """A member's CLOSE reaches the other member behind everything it sent, as an end."""
+    size = 2 << 20
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        listener, _ = await alice.listen(8000)
+        stream = await bob.connect("alice.demo", 8000)
+        accepted = await alice.accept(listener)
+        ends = {"connecting": (bob, stream), "accepting": (alice, accepted.stream_id)}
+        other = "accepting" if closer == "connecting" else "connecting"
+        (sender, sender_stream), (reader, reader_stream) = ends[closer], ends[other]
+        payload = os.urandom(size)
+        reader.pause()
+        await sender.send(sender_stream, payload)
+        await sender.close(sender_stream)
+        reader.resume()
+        assert await reader.receive_exactly(reader_stream, size) == payload
+        assert await reader.closed(reader_stream) == CloseReason.VOLUNTARY
+        await bob.wait_for(lambda: _splices(gateway, "alice") == _splices(gateway, "bob") == 0)
+
+
+@pytest.mark.parametrize("closer", ["connecting", "accepting"])
+async def test_a_reset_passes_through_a_spliced_stream_as_a_reset(closer: str) -> None:
+    async with (
+        running_gateway(config()) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        listener, _ = await alice.listen(8000)
+        stream = await bob.connect("alice.demo", 8000)
+        accepted = await alice.accept(listener)
+        ends = {"connecting": (bob, stream), "accepting": (alice, accepted.stream_id)}
+        other = "accepting" if closer == "connecting" else "connecting"
+        (sender, sender_stream), (reader, reader_stream) = ends[closer], ends[other]
+        await sender.send(sender_stream, b"before the reset")
+        assert await reader.receive_exactly(reader_stream, 16) == b"before the reset"
+        await sender.close(sender_stream, CloseReason.NETWORK_ERROR)
+        assert await reader.closed(reader_stream) == CloseReason.NETWORK_ERROR
+        await bob.wait_for(lambda: _splices(gateway, "alice") == _splices(gateway, "bob") == 0)
+
+
+async def _two_members() -> tuple[LanHub, LanMember, LanMember]:
+    hub = LanHub([DEMO])
+    alice, _ = await hub.join("demo", "alice", lambda news: None)
+    bob, _ = await hub.join("demo", "bob", lambda news: None)
+    return hub, alice, bob
+
+
+async def _splice(hub: LanHub, server: LanMember, client: LanMember) -> tuple[TcpStream, TcpStream]:
+    listener = await server.host.listen_tcp(server.address, 8000)
+    end = await hub.connect_member(client, server.address, 8000)
+    served = hub.accepted(server, await listener.accept())
+    await listener.aclose()
+    return end, served
+
+
+async def test_spliced_ends_keep_the_tcp_contract() -> None:
+    hub, alice, bob = await _two_members()
+    listener = await alice.host.listen_tcp(alice.address, 8000)
+    end = await hub.connect_member(bob, alice.address, 8000)
+    assert isinstance(end, SplicedStream)
+    # Sent and shut down before the listener's session took the connection:
+    # all of it waits for that session.
+    await end.send(b"early ")
+    await end.send(b"bytes")
+    await end.send_eof()
+    with pytest.raises(BrokenPipeError):
+        await end.send(b"after the end")
+    connection = await listener.accept()
+    served = hub.accepted(alice, connection)
+    assert isinstance(served, SplicedStream)
+    # The addresses are the virtual connection's: each sees the other member.
+    assert served.remote_address == (bob.address, end.local_address[1])
+    assert end.remote_address == (alice.address, 8000)
+    assert await served.receive(6) == b"early "
+    assert await served.receive() == b"bytes"
+    with pytest.raises(anyio.EndOfStream):
+        await served.receive()
+    # Half-closed: the other way still carries bytes.
+    await served.send(b"answer")
+    assert await end.receive() == b"answer"
+    await served.aclose()
+    with pytest.raises(anyio.EndOfStream):
+        await end.receive()
+    # A peer that is gone answers the next send with an error, not silence.
+    await end.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await end.send(b"x")
+    assert not hub.lans["demo"].unaccepted
+    assert not alice.splices
+    assert not bob.splices
+
+
+async def test_a_spliced_writer_waits_for_its_reader() -> None:
+    hub, alice, bob = await _two_members()
+    listener = await alice.host.listen_tcp(alice.address, 8000)
+    end = await hub.connect_member(bob, alice.address, 8000)
+    block = bytes(range(256)) * 256
+    written: list[int] = []
+
+    async def write() -> None:
+        for _ in range(8):
+            await end.send(block)
+            written.append(len(block))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(write)
+        await anyio.wait_all_tasks_blocked()
+        # Nobody took the other end yet: the writer stopped at the window.
+        assert sum(written) == SPLICE_WINDOW
+        served = hub.accepted(alice, await listener.accept())
+        assert isinstance(served, SplicedStream)
+        delivered: list[bytes] = []
+        ended: list[BaseException] = []
+
+        async def deliver(data: bytes) -> None:
+            delivered.append(data)
+
+        async def read() -> None:
+            try:
+                await served.deliver_to(deliver)
+            except anyio.EndOfStream as exc:
+                ended.append(exc)
+
+        group.start_soon(read)
+        await anyio.wait_all_tasks_blocked()
+        # What waited went first, in order; the writer got through.
+        assert b"".join(delivered) == block * 8
+        # From now on the writer's send is the delivery itself.
+        await end.send(b"straight through")
+        assert delivered[-1] == b"straight through"
+        await end.send_eof()
+    assert len(ended) == 1
+    assert b"".join(delivered) == block * 8 + b"straight through"
+
+
+async def test_resets_reach_a_spliced_end() -> None:
+    hub, alice, bob = await _two_members()
+    # Aborted: what was sent before is read, then the reset.
+    end, served = await _splice(hub, alice, bob)
+    await end.send(b"last words")
+    await end.abort()
+    assert await served.receive() == b"last words"
+    with pytest.raises(ConnectionResetError):
+        await served.receive()
+    with pytest.raises(ConnectionResetError):
+        await served.send(b"x")
+    await served.aclose()
+    # Closed with unread bytes: a reset, as a socket's close gives.
+    end, served = await _splice(hub, alice, bob)
+    await served.send(b"never read")
+    await end.aclose()
+    with pytest.raises(ConnectionResetError):
+        await served.receive()
+    await served.aclose()
+    # A member that leaves resets its streams' other ends.
+    end, served = await _splice(hub, alice, bob)
+    await hub.leave(bob)
+    with pytest.raises(ConnectionResetError):
+        await served.receive()
+    assert not bob.splices
+    await served.aclose()
+    assert not alice.splices
+
+
+async def test_a_connection_that_dies_in_the_listeners_queue_resets_the_spliced_end() -> None:
+    hub, alice, bob = await _two_members()
+    listener = await alice.host.listen_tcp(alice.address, 8000)
+    end = await hub.connect_member(bob, alice.address, 8000)
+    await end.send(b"queued")
+    # Closing a listener resets the connections still in its queue.
+    await listener.aclose()
+    with pytest.raises(ConnectionResetError):
+        with anyio.fail_after(10):
+            await end.receive()
+    assert not hub.lans["demo"].unaccepted
+    await end.aclose()
+
+
+async def test_a_listener_that_is_no_members_gets_the_virtual_connection() -> None:
+    hub, alice, bob = await _two_members()
+    lan = hub.lans["demo"]
+    other = lan.network.add_host("other", ["10.77.0.50/24"])
+    listener = await other.listen_tcp("10.77.0.50", 8000)
+    stream = await hub.connect_member(bob, "10.77.0.50", 8000)
+    assert not isinstance(stream, SplicedStream)
+    served = await listener.accept()
+    await stream.send(b"plain")
+    assert await served.receive() == b"plain"
+    assert hub.accepted(alice, served) is served
+    assert not lan.unaccepted
 
 
 # -- port forwards
