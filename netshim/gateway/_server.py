@@ -34,7 +34,9 @@ opens, which then runs exactly as a ``CONNECT`` stream does (the same
 :meth:`_WispSession._pump`, credits, budgets, idle timeout, limits and
 logs) with the virtual connection as its upstream: the virtual TCP window
 and the WebSocket's output bound are the backpressure, whichever side reads
-slowly.  Port forwards splice a connection on the gateway's machine to a
+slowly.  Between two members of this gateway that upstream is a
+:class:`~._lan.SplicedStream`, whose bytes the writer's task frames for the
+reader's WebSocket (its output bound is then the backpressure).  Port forwards splice a connection on the gateway's machine to a
 member's listener as SOCKS5 splices to a destination.
 """
 
