@@ -36,8 +36,9 @@ logs) with the virtual connection as its upstream: the virtual TCP window
 and the WebSocket's output bound are the backpressure, whichever side reads
 slowly.  Between two members of this gateway that upstream is a
 :class:`~._lan.SplicedStream`, whose bytes the writer's task frames for the
-reader's WebSocket (its output bound is then the backpressure).  Port forwards splice a connection on the gateway's machine to a
-member's listener as SOCKS5 splices to a destination.
+reader's WebSocket (its output bound is then the backpressure).  Port
+forwards splice a connection on the gateway's machine to a member's
+listener as SOCKS5 splices to a destination.
 """
 
 from __future__ import annotations
