@@ -27,8 +27,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import math
 import socket
+import sys
 from collections.abc import Coroutine
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import anyio
@@ -43,6 +46,7 @@ __all__ = [
     "SYNC_SOCKET_NAMES",
     "CannotBlockError",
     "StackSocket",
+    "blocking_call_timeout",
     "can_block",
     "getaddrinfo",
     "gethostbyname",
@@ -65,8 +69,23 @@ _WHY = (
 class CannotBlockError(OSError):
     """A blocking socket call had to wait, and this runtime cannot block (no JSPI)."""
 
-    def __init__(self, operation: str) -> None:
-        super().__init__(errno.EWOULDBLOCK, _WHY.format(operation=operation))
+    def __init__(self, operation: str, hint: str = "") -> None:
+        super().__init__(errno.EWOULDBLOCK, _WHY.format(operation=operation) + hint)
+
+
+# While a blocking call is stepped by hand (no JSPI): its timeout in seconds
+# (inf for none).  A stack that can wait by itself without the event loop
+# (FetchStack's synchronous XHR in a Web Worker) asks for it.
+_stepped_timeout: ContextVar[float | None] = ContextVar("netshim_stepped_timeout", default=None)
+
+
+def blocking_call_timeout() -> float | None:
+    """The timeout of the blocking call being stepped without JSPI (inf: none), else ``None``.
+
+    ``None`` also inside event-loop tasks, JSPI calls and non-blocking calls:
+    there nothing may wait outside the loop.
+    """
+    return _stepped_timeout.get()
 
 
 def can_block() -> bool:
@@ -80,6 +99,19 @@ def can_block() -> bool:
 
 def _step(coroutine: Coroutine[Any, Any, T], operation: str, nonblocking: bool) -> T:
     """Run ``coroutine`` as far as it goes without waiting; its result, or an error."""
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is None or sniffio.current_async_library_cvar.get() is not None:
+        return _step_through(coroutine, operation, nonblocking)
+    # Called from outside any task (a JavaScript callback, runPython): anyio
+    # asks sniffio, which looks for a task; the loop here is asyncio's.
+    token = sniffio.current_async_library_cvar.set("asyncio")
+    try:
+        return _step_through(coroutine, operation, nonblocking)
+    finally:
+        sniffio.current_async_library_cvar.reset(token)
+
+
+def _step_through(coroutine: Coroutine[Any, Any, T], operation: str, nonblocking: bool) -> T:
     while True:
         try:
             yielded = coroutine.send(None)
@@ -110,8 +142,14 @@ def run_blocking(
     ``None`` waits as long as it takes, a number raises ``TimeoutError``
     ("timed out", as ``socket.timeout``) after that many seconds.
     """
-    if timeout == 0.0 or not can_block():
-        return _step(coroutine, operation, timeout == 0.0)
+    if timeout == 0.0:
+        return _step(coroutine, operation, True)
+    if not can_block():
+        token = _stepped_timeout.set(math.inf if timeout is None else timeout)
+        try:
+            return _step(coroutine, operation, False)
+        finally:
+            _stepped_timeout.reset(token)
     from pyodide.ffi import run_sync
 
     async def bounded() -> T:

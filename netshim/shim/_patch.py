@@ -121,7 +121,7 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
 
                 for name, value in SYNC_SOCKET_NAMES.items():
                     _replace(socket, name, value)
-                _urllib3_on_sockets()
+                _urllib3_on_sockets(stack)
             return stack
         uninstall_loop_hooks()
         for name, value in _SOCKET_NAMES.items():
@@ -137,21 +137,23 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
     return stack
 
 
-def _urllib3_on_sockets() -> None:
+def _urllib3_on_sockets(stack: Stack) -> None:
     """In Pyodide with JSPI, urllib3 (requests) connects through netshim's sockets.
 
     urllib3 2.2+ swaps its connection classes, as it is imported in Pyodide,
     for ones that send each request through the host's ``fetch``: CORS rules
     apply and netshim's stack is never asked.  Where synchronous sockets work
-    (JSPI), put its own socket-speaking classes back for as long as netshim is
-    installed (``uninstall()`` restores the fetch ones).  Without JSPI a
+    (JSPI, or a FetchStack that blocks by itself: synchronous XHR in a Web
+    Worker), put its own socket-speaking classes back for as long as netshim
+    is installed (``uninstall()`` restores the fetch ones).  Otherwise a
     blocking socket could not wait, so urllib3's fetch backend stays.
     """
     import importlib.util
 
     from ..aio._sync import can_block
 
-    if not can_block() or importlib.util.find_spec("urllib3") is None:
+    blocks = can_block() or getattr(stack, "blocking_backend", None) is not None
+    if not blocks or importlib.util.find_spec("urllib3") is None:
         return
     try:
         import urllib3.connection as connection
@@ -168,6 +170,16 @@ def _urllib3_on_sockets() -> None:
     _replace(connection, "HTTPConnection", native_http)
     _replace(connection, "HTTPSConnection", native_https)
     _replace(connection, "VerifiedHTTPSConnection", native_https)
+    native_wait = getattr(connection, "wait_for_read")  # noqa: B009 - not re-exported
+
+    def wait_for_read(sock: Any, timeout: float | None = None) -> bool:
+        # urllib3 asks select whether a pooled connection was dropped; netshim's
+        # sockets here have no descriptor (-1), so one is taken as alive.
+        if sock.fileno() < 0:
+            return False
+        return bool(native_wait(sock, timeout))
+
+    _replace(connection, "wait_for_read", wait_for_read)
 
 
 def uninstall() -> None:

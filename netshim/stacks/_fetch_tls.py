@@ -183,7 +183,17 @@ class BrowserTlsSocket:
         return None
 
     def getpeercert(self, binary_form: bool = False) -> Any:
-        return None if binary_form else {}
+        """No certificate reaches Python; the browser checked it for ``server_hostname``.
+
+        So the parsed form names that host and nothing else: clients that
+        match the name themselves (urllib3) find it, and that is all it says.
+        """
+        if binary_form or not self.server_hostname:
+            return None if binary_form else {}
+        from .._addresses import parse_ip
+
+        kind = "DNS" if parse_ip(self.server_hostname) is None else "IP Address"
+        return {"subjectAltName": ((kind, self.server_hostname),)}
 
     def selected_alpn_protocol(self) -> str:
         return "http/1.1"

@@ -61,12 +61,20 @@ import anyio.lowlevel
 
 from .._addresses import Address
 from .._errors import os_error
+from ..aio._sync import CannotBlockError, blocking_call_timeout
 from ..stack import Stack, TcpStream, UdpSocket
 from . import _fetch_http as core
 from . import _fetch_tls
 from ._tunnel import UNKNOWN_LOCAL, ByteBuffer, TunnelStack
 
-__all__ = ["FetchBackend", "FetchResponse", "FetchStack", "JsFetchBackend"]
+__all__ = [
+    "BlockingFetchBackend",
+    "FetchBackend",
+    "FetchResponse",
+    "FetchStack",
+    "JsFetchBackend",
+    "XhrFetchBackend",
+]
 
 logger = logging.getLogger("netshim.fetch")
 
@@ -77,6 +85,9 @@ DEFAULT_MAX_REQUEST_BODY = 256 * 1024 * 1024
 WEBSOCKET_OPEN_TIMEOUT = 30.0
 # How much of a streamed request body may wait for fetch to take it.
 STREAMED_BODY_CHUNKS = 8
+# The pieces a whole response body (synchronous XHR) is handed out in: the
+# program's reads take bytes off the front of one piece at a time.
+BUFFERED_PIECE = 64 * 1024
 
 
 class FetchResponse(Protocol):
@@ -129,6 +140,23 @@ class FetchBackend(Protocol):
 
     async def open_websocket(self, url: str, protocols: tuple[str, ...]) -> WebSocketChannel:
         """Open a WebSocket to ``url``; ``ConnectionRefusedError`` when it fails to open."""
+
+
+class BlockingFetchBackend(Protocol):
+    """Requests made without the event loop: :class:`XhrFetchBackend`, or a fake.
+
+    Used for blocking sockets where Pyodide cannot suspend (no JSPI): the
+    call waits for the whole response and returns one whose reads never wait.
+    """
+
+    def fetch_blocking(
+        self, request: core.FetchRequest, body: bytes | None, timeout: float
+    ) -> FetchResponse:
+        """Make ``request`` (``timeout`` in seconds, inf for none).
+
+        ``ConnectionRefusedError`` when it fails, ``TimeoutError`` when it
+        takes longer than ``timeout``.
+        """
 
 
 class _Exchange:
@@ -241,7 +269,11 @@ class FetchStream(TcpStream):
                 self.exchange = _Exchange(event)
                 for name in event.dropped:
                     self.stack._warn_dropped(name)
-                if event.has_body and self.stack.backend.streams_uploads:
+                if (
+                    event.has_body
+                    and self.stack.backend.streams_uploads
+                    and not self._blocks_alone()
+                ):
                     await self._start_streaming(self.exchange, event)
             elif isinstance(event, core.RequestBody):
                 exchange = self.exchange
@@ -268,6 +300,10 @@ class FetchStream(TcpStream):
                 if self.channel is not None:
                     self.channel.close()
                 self._collect()
+
+    def _blocks_alone(self) -> bool:
+        """Whether a blocking call without JSPI is served by the blocking backend now."""
+        return blocking_call_timeout() is not None and self.stack.blocking_backend is not None
 
     async def _start_streaming(self, exchange: _Exchange, request: core.FetchRequest) -> None:
         sender, receiver = anyio.create_memory_object_stream[bytes](STREAMED_BODY_CHUNKS)
@@ -305,6 +341,8 @@ class FetchStream(TcpStream):
                 continue
             try:
                 await self._advance(exchange)
+            except CannotBlockError:
+                raise
             except OSError as exc:
                 self.output.error = exc
                 if exchange.response is not None:
@@ -326,7 +364,24 @@ class FetchStream(TcpStream):
     async def _advance(self, exchange: _Exchange) -> None:
         """One step of the response: its head, one piece of body, or its end."""
         request = exchange.request
+        # Set when a blocking socket call is stepped without JSPI: nothing
+        # here may then wait for the event loop.
+        blocking_timeout = blocking_call_timeout()
+        blocking = self.stack.blocking_backend if blocking_timeout is not None else None
+        if blocking_timeout is not None and blocking is None:
+            raise CannotBlockError("recv", _FETCH_BLOCKING_HINT)
         if isinstance(request, core.WebSocketRequest):
+            if blocking is not None:
+                # The host's WebSocket opens only while the event loop runs.
+                self.http.error_response(
+                    501,
+                    "a WebSocket cannot be opened from a blocking socket without JSPI "
+                    "(the browser opens it only while the event loop runs): use an "
+                    "asyncio client (websockets, aiohttp) or run under JSPI",
+                )
+                self.exchange = None
+                await self._take_events()
+                return
             self.channel = await self.stack.backend.open_websocket(request.url, request.protocols)
             self.http.accept_websocket(request.key, self.channel.protocol)
             self.exchange = None
@@ -339,7 +394,11 @@ class FetchStream(TcpStream):
             else:
                 body = bytes(exchange.body) if request.has_body else None
                 exchange.body = bytearray()
-                response = await self.stack.backend.fetch(request, body)
+                if blocking is not None:
+                    assert blocking_timeout is not None
+                    response = blocking.fetch_blocking(request, body, blocking_timeout)
+                else:
+                    response = await self.stack.backend.fetch(request, body)
             exchange.response = response
             self.http.start_response(response.status, list(response.headers), response.reason)
             exchange.remaining = _declared_length(request.method, response)
@@ -401,6 +460,12 @@ def _declared_length(method: str, response: FetchResponse) -> int | None:
         if lower == "content-length" and value.strip().isdigit():
             length = int(value)
     return length
+
+
+_FETCH_BLOCKING_HINT = (
+    "; in a browser, FetchStack also blocks without JSPI in a dedicated Web Worker "
+    "(synchronous XMLHttpRequest): run Pyodide there"
+)
 
 
 def _in_node() -> bool:
@@ -481,6 +546,134 @@ class _JsResponse:
             self._controller.abort()
 
 
+class _BufferedResponse:
+    """A whole response (synchronous XHR): its body handed out in pieces, never waiting."""
+
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self._body = memoryview(body)
+        self._offset = 0
+
+    async def read(self) -> bytes | None:
+        if self._offset >= len(self._body):
+            return None
+        start = self._offset
+        self._offset = min(start + BUFFERED_PIECE, len(self._body))
+        return bytes(self._body[start : self._offset])
+
+    def cancel(self) -> None:
+        self._offset = len(self._body)
+
+
+def _parse_header_block(block: str) -> list[tuple[str, str]]:
+    """``getAllResponseHeaders()``'s ``name: value`` lines as pairs."""
+    headers: list[tuple[str, str]] = []
+    for line in block.split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon and name.strip():
+            headers.append((name.strip().lower(), value.strip()))
+    return headers
+
+
+def xhr_available() -> bool:
+    """Whether synchronous ``XMLHttpRequest`` can be made here: Pyodide in a browser's Worker.
+
+    A page's main thread refuses synchronous XHR with a binary response (and
+    freezing it would freeze the page); Node and service workers have no XHR.
+    """
+    if sys.platform != "emscripten":
+        return False
+    from pyodide.code import run_js
+
+    return bool(
+        run_js(
+            'typeof XMLHttpRequest === "function" && typeof WorkerGlobalScope !== "undefined"'
+            " && self instanceof WorkerGlobalScope"
+        )
+    )
+
+
+# The JavaScript side of one synchronous request, made once.
+_js_xhr: Any = None
+
+
+def _xhr() -> Any:
+    global _js_xhr
+    if _js_xhr is None:
+        from pyodide.code import run_js
+
+        _js_xhr = run_js(
+            """(function (url, method, headers, body, withCredentials, timeout) {
+  const request = new XMLHttpRequest();
+  try {
+    request.open(method, url, false);
+    request.responseType = "arraybuffer";
+    request.withCredentials = withCredentials;
+    if (timeout > 0) request.timeout = timeout;
+    for (const [name, value] of headers) request.setRequestHeader(name, value);
+    request.send(body ?? null);
+  } catch (error) {
+    return [error.name ?? "Error", String(error.message ?? error)];
+  }
+  const data = request.response ? new Uint8Array(request.response) : new Uint8Array(0);
+  return [request.status, request.statusText, request.getAllResponseHeaders(), data];
+})"""
+        )
+    return _js_xhr
+
+
+class XhrFetchBackend:
+    """Blocking requests through synchronous ``XMLHttpRequest`` (a browser's Web Worker).
+
+    Each request waits, with the worker's thread, for its whole response
+    (``responseType = "arraybuffer"``): no streaming either way.  The rules
+    are fetch's: same origin or CORS, the same forbidden headers, redirects
+    always followed.  ``credentials="include"`` sets ``withCredentials``.
+    A failure reads no better than fetch's (``NetworkError``): a CORS
+    refusal, a refused connection and a body cut off midway all become
+    ``ConnectionRefusedError``.
+    """
+
+    forbidden_headers = core.BROWSER_FORBIDDEN_HEADERS
+
+    def __init__(self, *, credentials: str = "same-origin") -> None:
+        self.credentials = credentials
+
+    def fetch_blocking(
+        self, request: core.FetchRequest, body: bytes | None, timeout: float
+    ) -> FetchResponse:
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+        milliseconds = 0 if timeout == float("inf") else max(1, round(timeout * 1000))
+        answer = _xhr()(
+            request.url,
+            request.method,
+            to_js([list(pair) for pair in request.headers]),
+            None if body is None else to_js(body),
+            self.credentials == "include",
+            milliseconds,
+        ).to_py(depth=1)
+        if len(answer) == 2:
+            name, message = str(answer[0]), str(answer[1])
+            if name == "TimeoutError":
+                raise TimeoutError(errno.ETIMEDOUT, "timed out")
+            raise os_error(
+                errno.ECONNREFUSED,
+                f"XMLHttpRequest {request.method} {request.url} failed: {name}: {message} "
+                "(browsers say no more: a CORS refusal, a name that does not resolve, a "
+                "server that refused or broke the connection, or a body cut off midway; "
+                "the browser's console says which)",
+            )
+        status, reason, header_block, data = answer
+        return _BufferedResponse(
+            int(status), str(reason), _parse_header_block(str(header_block)), data.to_bytes()
+        )
+
+
 class _JsWebSocketChannel:
     """The host's ``WebSocket`` as a :class:`WebSocketChannel` (text stays text)."""
 
@@ -488,7 +681,7 @@ class _JsWebSocketChannel:
         import asyncio
         from collections import deque
 
-        from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
+        from pyodide.ffi import create_proxy
 
         self._socket = socket
         self.url = url
@@ -676,6 +869,7 @@ class FetchStack(TunnelStack):
         self,
         backend: FetchBackend | None = None,
         *,
+        blocking_backend: BlockingFetchBackend | None = None,
         max_request_body: int = DEFAULT_MAX_REQUEST_BODY,
     ) -> None:
         if backend is None:
@@ -685,7 +879,13 @@ class FetchStack(TunnelStack):
                     "elsewhere pass backend="
                 )
             backend = JsFetchBackend()
+        if blocking_backend is None and xhr_available():
+            credentials = getattr(backend, "credentials", "same-origin")
+            blocking_backend = XhrFetchBackend(credentials=credentials)
         self.backend = backend
+        #: Serves blocking sockets where Pyodide cannot suspend (no JSPI):
+        #: synchronous XHR in a Web Worker, else ``None`` (``CannotBlockError``).
+        self.blocking_backend = blocking_backend
         self.max_request_body = max_request_body
         self._warned: set[str] = set()
         _fetch_tls.install()

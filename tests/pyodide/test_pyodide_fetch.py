@@ -38,6 +38,8 @@ from netshim.testing import require_peer
 HTTPX = ("httpx", "httpcore", "h11", "certifi", "sniffio")
 # Node 20 has JSPI behind this flag (pyodide.ffi.can_run_sync() is then True).
 JSPI = ("--experimental-wasm-stack-switching",)
+# What the Web Worker script imports besides those.
+SYNC_CLIENTS = ("requests", "urllib3", "charset_normalizer")
 PAGE = Path(__file__).resolve().parent / "fetch_page"
 
 
@@ -186,9 +188,13 @@ def write_wheel_index(directory: Path) -> None:
     (directory / "index.json").write_text(json.dumps(names))
 
 
-@pytest.fixture(scope="module")
-def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """fetch_clients.py in Chromium, from a page whose origin is the test server."""
+def run_in_chromium(
+    wheels: list[Path], tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str]
+) -> dict[str, Any]:
+    """A script in Chromium from a page whose origin is the test server; its ``result``.
+
+    ``extra`` goes into the page's query (``script=``, ``worker=1``, ``jspi=0``).
+    """
     chromium = require_peer("chromium")
     if not (PEER_DIR / "node_modules" / "playwright-core").exists():
         pytest.fail("playwright-core is not installed: npm ci in tests/peers/pyodide")
@@ -218,6 +224,7 @@ def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory
                     "NETSHIM_HTTPS_BASE": secure + "cors/",
                     "NETSHIM_WS_URL": websocket_url,
                     "NETSHIM_REFUSED": f"http://127.0.0.1:{free_port()}/",
+                    **extra,
                 }
             )
             completed = subprocess.run(
@@ -246,6 +253,22 @@ def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory
     result: dict[str, Any] = report["result"]
     assert "error" not in result, report
     return result
+
+
+@pytest.fixture(scope="module")
+def chromium_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """fetch_clients.py in Chromium, from a page whose origin is the test server."""
+    return run_in_chromium(wheels, tmp_path_factory, {})
+
+
+@pytest.fixture(scope="module")
+def worker_result(wheels: list[Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """fetch_sync_clients.py in a dedicated Worker of that page, with JSPI hidden."""
+    return run_in_chromium(
+        [*wheels, *(pure_wheel(name) for name in SYNC_CLIENTS)],
+        tmp_path_factory,
+        {"script": "fetch_sync_clients.py", "worker": "1", "jspi": "0"},
+    )
 
 
 @pytest.mark.peer("chromium")
@@ -289,3 +312,68 @@ def test_fetch_stack_in_chromium_blocking_clients_with_jspi(
 def test_fetch_stack_in_chromium_https(chromium_result: dict[str, Any]) -> None:
     """httpx over https: TLS is the browser's (the test's key is trusted by its SPKI)."""
     assert chromium_result["https"] == [200, "hello through fetch"]
+
+
+@pytest.mark.peer("chromium")
+def test_fetch_stack_in_a_worker_without_jspi(worker_result: dict[str, Any]) -> None:
+    """Where Pyodide cannot suspend, a Worker's blocking sockets use synchronous XHR."""
+    result = worker_result
+    assert result["platform"] == "emscripten"
+    assert result["can_block"] is False
+    assert result["xhr_available"] is True
+    assert result["blocking_backend"] == "XhrFetchBackend"
+    errors = {name: value for name, value in result.items() if name.endswith("_error")}
+    assert errors == {}
+    # install() put urllib3's socket connections back in place of its own fetch backend.
+    assert result["urllib3_connection"] == "urllib3.connection"
+    # Every blocking request was one synchronous XHR; fetch served only asyncio's.
+    assert result["calls"]["xhr"] >= 20
+    assert result["calls"]["fetch"] == 1
+    # A plain JavaScript callback (no Python task) blocks the same way.
+    assert result["from_callback"] == [True, "hello through fetch"]
+    # asyncio beside them still goes through fetch, not XHR.
+    assert result["asyncio_beside"] == ["HTTP/1.1 200 OK", True, 1, 0]
+
+
+@pytest.mark.peer("chromium")
+def test_requests_in_a_worker(worker_result: dict[str, Any]) -> None:
+    result = worker_result
+    assert result["requests_get"] == [200, "hello through fetch", "netshim-test"]
+    assert result["requests_post"] == result["requests_post_expected"]
+    assert result["requests_chunked"] == "one,two,three"
+    status, text, url = result["requests_redirect"]
+    assert [status, text] == [200, "hello through fetch"]
+    assert url.endswith("/redirect")  # XHR follows it; the program sees the final answer
+    assert result["requests_statuses"] == [404, 500]
+    assert result["requests_cookie"] == "netshim=baked"
+    assert result["requests_big"] == 10 * 1024 * 1024
+    assert result["requests_cors_allowed"] == [200, "hello through fetch"]
+    assert "ConnectionRefusedError" in result["requests_cors_refused"]
+    assert "XMLHttpRequest GET" in result["requests_cors_message"]
+    assert "NetworkError" in result["requests_cors_message"]
+    # A body cut off midway: synchronous XHR reports it as it reports a refusal.
+    assert "ConnectionRefusedError" in result["requests_cut"]
+    assert result["requests_https"] == [200, "hello through fetch"]
+
+
+@pytest.mark.peer("chromium")
+def test_urllib_and_http_client_in_a_worker(worker_result: dict[str, Any]) -> None:
+    result = worker_result
+    assert result["urllib_chunked"] == "one,two,three"
+    assert result["urllib_post"] == 100000
+    assert result["urllib_redirect"] == [200, "hello through fetch"]
+    assert result["urllib_missing"] == [404, "no such thing"]
+    assert result["urllib_https"] == "one,two,three"
+    assert "ConnectionRefusedError" in result["urllib_refused"]
+    assert result["http_client"] == [
+        [200, "hello through fetch"],
+        [200, "hello through fetch"],
+        100000,
+        [500, "server error"],
+    ]
+    assert result["http_client_https"] == [200, "hello through fetch"]
+    # A WebSocket cannot open from a blocking socket: answered 501, saying why.
+    status, why = result["websocket_upgrade"]
+    assert status == 501
+    assert "WebSocket" in why
+    assert "JSPI" in why
