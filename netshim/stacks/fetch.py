@@ -40,6 +40,13 @@ works unmodified, within what fetch allows:
 * **Request bodies** are buffered and sent whole (browsers stream a request
   body only over HTTP/2 and later); under Node they stream.  Response
   bodies stream, read from fetch only as the program reads.
+* **Blocking sockets** without JSPI cannot wait for fetch.  In a browser's
+  Web Worker they need not: a blocking call stepped by hand
+  (:func:`netshim.aio._sync.blocking_call_timeout`) sends its request through
+  :attr:`FetchStack.blocking_backend`, a synchronous ``XMLHttpRequest``
+  (:class:`XhrFetchBackend`) whose whole response is then handed out; a
+  WebSocket upgrade there is answered 501.  Elsewhere such a call raises
+  ``CannotBlockError``.
 
 Only TCP through HTTP: :meth:`FetchStack.listen_tcp` and
 :meth:`FetchStack.open_udp` raise ``OSError(EOPNOTSUPP)``.  Names are the
