@@ -18,10 +18,15 @@ Destinations live in the test process: :func:`echo_server` (echoes),
 :func:`talking_server` (sends as fast as it can and never reads) and
 :func:`sink_server` (accepts and never reads); they run in a thread so that
 the test's own event loop stays free to play the client.
+
+The command line is tested without a process where it can be:
+:func:`config_from_flags` parses flags as ``netshim gateway`` does, and
+:func:`refused_flags` runs the process on flags it must refuse in one line.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -36,18 +41,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from websockets.sync.client import connect as ws_connect
 
+from netshim._gateway_cli import add_arguments, config_from
 from netshim.protocols import socks5, wisp
 from netshim.protocols.wisp import Role, WispConnection
 
 __all__ = [
     "GatewayProcess",
     "ThreadedServer",
+    "config_from_flags",
     "echo_server",
     "gateway_process",
     "recv_exactly",
+    "refused_flags",
     "sink_server",
     "talking_server",
     "wisp_echo",
@@ -144,6 +153,29 @@ def gateway_process(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+# -- the command line
+
+
+def config_from_flags(*flags: str) -> tuple[Any, dict[str, Any]]:
+    """The gateway config and run options that ``netshim gateway FLAGS`` would use."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from(parser.parse_args(flags))
+
+
+def refused_flags(*flags: str) -> str:
+    """Run ``netshim gateway FLAGS``, which must refuse them without a traceback; its stderr."""
+    result = subprocess.run(
+        [sys.executable, "-m", "netshim", "gateway", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    return result.stderr
 
 
 # -- destinations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import socket
 import subprocess
@@ -11,14 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from netshim._gateway_cli import add_arguments, config_from
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(argv)
+from gateway_process import config_from_flags, refused_flags
 
 
 def test_flags_override_the_config_file(tmp_path: Path) -> None:
@@ -27,8 +19,8 @@ def test_flags_override_the_config_file(tmp_path: Path) -> None:
         'port = 9000\nallow = ["10.0.0.0/8:5432"]\nmotd = "from file"\n'
         f'token_file = "{tmp_path / "tokens"}"\n[users]\nalice = "pw"\n'
     )
-    config, listen = config_from(
-        parse("--config", str(tmp_path / "gateway.toml"), "--port", "9100", "--user", "bob:x:y")
+    config, listen = config_from_flags(
+        "--config", str(tmp_path / "gateway.toml"), "--port", "9100", "--user", "bob:x:y"
     )
     assert listen == {"host": "127.0.0.1", "port": 9100, "socks_port": None, "event_loop": "auto"}
     assert config.motd == "from file"
@@ -78,8 +70,8 @@ def _check_process(process: subprocess.Popen[str]) -> None:
 
 def test_buffer_flags_reach_the_config(tmp_path: Path) -> None:
     (tmp_path / "gateway.toml").write_text("max_message_size = 65536\n")
-    config, _ = config_from(
-        parse("--config", str(tmp_path / "gateway.toml"), "--wisp-buffer-size", "16")
+    config, _ = config_from_flags(
+        "--config", str(tmp_path / "gateway.toml"), "--wisp-buffer-size", "16"
     )
     assert (config.wisp_buffer_size, config.max_message_size) == (16, 65536)
 
@@ -98,28 +90,12 @@ def test_buffer_flags_reach_the_config(tmp_path: Path) -> None:
     ],
 )
 def test_bad_configuration_is_one_clear_line(flags: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "netshim", "gateway", "--port", "0", *flags],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert message in refused_flags(*flags)
 
 
 def test_bad_config_file_syntax_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "gateway.toml").write_text("port = = 1\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "netshim", "gateway", "--config", str(tmp_path / "gateway.toml")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert "netshim gateway:" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "netshim gateway:" in refused_flags("--config", str(tmp_path / "gateway.toml"))
 
 
 def test_missing_gateway_dependencies_are_one_line_naming_the_extra() -> None:

@@ -14,7 +14,6 @@ instead of hanging; nothing asserts a duration.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import hashlib
@@ -31,12 +30,11 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import pytest
-from gateway_process import GatewayProcess, gateway_process
+from gateway_process import GatewayProcess, config_from_flags, gateway_process
 from transfer_targets import running_gateway
 
 from netshim import WispStack
 from netshim._addresses import Address
-from netshim._gateway_cli import add_arguments, config_from
 from netshim.gateway import Gateway, GatewayConfig
 from netshim.gateway._cluster import (
     RELAY_LAN,
@@ -727,29 +725,21 @@ async def test_a_gateway_on_its_own_refuses_relays(redis_url: str) -> None:
 # -- the command line
 
 
-def parse(*flags: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(flags))
-
-
 def test_cluster_flags(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(f"demo {TOKEN}\n")
     secret = tmp_path / "secret.txt"
     secret.write_text(SECRET + "\n")
     base = ["--lan", "demo", "--lan-token-file", str(tokens), "--cluster-redis", "redis://r:6379/0"]
-    config, _ = config_from(parse(*base, "--port", "8081", "--cluster-secret-file", str(secret)))
+    config, _ = config_from_flags(*base, "--port", "8081", "--cluster-secret-file", str(secret))
     assert config.cluster == ClusterConfig("redis://r:6379/0", "ws://127.0.0.1:8081/", SECRET)
-    config, _ = config_from(
-        parse(
-            *base, "--host", "0.0.0.0", "--cluster-url", "wss://g1.example/", "--cluster-refresh",
-            "2", "--cluster-secret-file", str(secret),
-        )
+    config, _ = config_from_flags(
+        *base, "--host", "0.0.0.0", "--cluster-url", "wss://g1.example/", "--cluster-refresh",
+        "2", "--cluster-secret-file", str(secret),
     )  # fmt: skip
     assert config.cluster.url == "wss://g1.example/"
     assert config.cluster.refresh == 2
-    config, _ = config_from(parse("--lan", "demo", "--lan-token-file", str(tokens)))
+    config, _ = config_from_flags("--lan", "demo", "--lan-token-file", str(tokens))
     assert config.cluster is None
     for flags, words in (
         (["--cluster-url", "ws://x:1/"], "need --cluster-redis"),
@@ -770,11 +760,11 @@ def test_cluster_flags(tmp_path: Path) -> None:
         (["--cluster-redis", "redis://r/", "--cluster-secret-file", str(secret)], "declare"),
     ):
         with pytest.raises(ValueError, match=words):
-            config_from(parse(*flags))
+            config_from_flags(*flags)
     short = tmp_path / "short.txt"
     short.write_text("short\n")
     with pytest.raises(ValueError, match="at least 16"):
-        config_from(parse(*base, "--cluster-secret-file", str(short)))
+        config_from_flags(*base, "--cluster-secret-file", str(short))
 
 
 def test_a_gateway_whose_redis_is_down_says_so_in_one_line(tmp_path: Path) -> None:

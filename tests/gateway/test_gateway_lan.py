@@ -7,25 +7,21 @@ WebSockets.  One test runs the ``netshim gateway`` process with the LAN flags.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import random
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import anyio
 import pytest
 from gateway_helpers import require_peer, running_gateway
-from gateway_process import gateway_process, recv_exactly
+from gateway_process import config_from_flags, gateway_process, recv_exactly, refused_flags
 from lan_client import JoinRefusedError, LanClient, StreamClosedError, lan_client
 
 from netshim import VirtualNetwork, WispStack
-from netshim._gateway_cli import add_arguments, config_from
 from netshim.gateway import Gateway, GatewayConfig
 from netshim.gateway._lan import (
     SPLICE_WINDOW,
@@ -752,31 +748,23 @@ def test_directory_hands_out_names_and_addresses() -> None:
 # -- the command line
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(argv)
-
-
 def test_lan_flags_reach_the_config(tmp_path: Path) -> None:
     (tmp_path / "tokens").write_text("# name token\ndemo abc\n\nlab  xyz\n")
-    config, listen = config_from(
-        parse(
-            "--lan",
-            "demo",
-            "--lan",
-            "lab:192.168.50.0/24",
-            "--lan",
-            "third",
-            "--lan-token-file",
-            str(tmp_path / "tokens"),
-            "--forward",
-            "9000=demo/alice:8000",
-            "--forward",
-            "[::1]:9001=lab/bob:22",
-            "--lan-listeners",
-            "4",
-        )
+    config, listen = config_from_flags(
+        "--lan",
+        "demo",
+        "--lan",
+        "lab:192.168.50.0/24",
+        "--lan",
+        "third",
+        "--lan-token-file",
+        str(tmp_path / "tokens"),
+        "--forward",
+        "9000=demo/alice:8000",
+        "--forward",
+        "[::1]:9001=lab/bob:22",
+        "--lan-listeners",
+        "4",
     )
     assert [(s.name, s.cidr, s.token) for s in config.lans[:2]] == [
         ("demo", "10.77.0.0/24", "abc"),
@@ -808,15 +796,7 @@ def test_lan_flags_reach_the_config(tmp_path: Path) -> None:
     ],
 )
 def test_bad_lan_flags_are_one_clear_line(flags: list[str], message: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "netshim", "gateway", "--port", "0", *flags],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert message in refused_flags(*flags)
 
 
 def test_lan_keys_in_the_config_file(tmp_path: Path) -> None:
@@ -825,9 +805,7 @@ def test_lan_keys_in_the_config_file(tmp_path: Path) -> None:
         'lan = ["demo:10.5.0.0/16"]\nforward = ["9000=demo/web:80"]\nlan_listeners = 3\n'
         f'lan_token_file = "{tmp_path / "tokens"}"\n'
     )
-    config, listen = config_from(
-        parse("--config", str(tmp_path / "gateway.toml"), "--lan", "extra")
-    )
+    config, listen = config_from_flags("--config", str(tmp_path / "gateway.toml"), "--lan", "extra")
     assert [(s.name, s.cidr) for s in config.lans] == [
         ("demo", "10.5.0.0/16"),
         ("extra", "10.77.0.0/24"),
@@ -852,10 +830,10 @@ def test_default_cidrs_avoid_the_given_ones() -> None:
 def test_token_file_naming_an_undeclared_lan_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "tokens").write_text("demo abc\nother xyz\n")
     with pytest.raises(ValueError, match="not declared: other"):
-        config_from(parse("--lan", "demo", "--lan-token-file", str(tmp_path / "tokens")))
+        config_from_flags("--lan", "demo", "--lan-token-file", str(tmp_path / "tokens"))
     (tmp_path / "tokens").write_text("demo abc extra\n")
     with pytest.raises(ValueError, match="expected 'NAME TOKEN'"):
-        config_from(parse("--lan", "demo", "--lan-token-file", str(tmp_path / "tokens")))
+        config_from_flags("--lan", "demo", "--lan-token-file", str(tmp_path / "tokens"))
 
 
 _FORWARD = re.compile(r"listening protocol=forward address=(\S+):(\d+)")
