@@ -6,7 +6,7 @@ at 10.99.0.1/24 inside the tunnel, and one end of a veth pair on a random
 /30 of 100.64.0.0/10 so two test runs never share addresses; the other end
 stays in the test's namespace, where the WireGuardStack's UDP socket lives.
 Each test gets fresh keys for its client: :meth:`WireGuardPeerNamespace.add_client`
-registers one.
+registers one, and :func:`client_stack` makes the WireGuardStack that is that client.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from dataclasses import dataclass
 import pytest
 
 from netshim.protocols import wireguard as wg
+from netshim.protocols.wireguard import CryptoBackend, Timers, WireGuardEvent
+from netshim.stacks.wireguard import PeerConfig, WireGuardStack
 from netshim.testing import require_peer
 
 TUNNEL_SERVER = "10.99.0.1"
 TUNNEL_CLIENT = "10.99.0.2"
+TUNNEL_NETWORK = "10.99.0.0/24"
 LISTEN_PORT = 51820
 
 
@@ -80,6 +83,60 @@ class WireGuardPeerNamespace:
     def latest_handshakes(self) -> dict[str, int]:
         lines = self.wg("show", self.device, "latest-handshakes").split("\n")
         return {k: int(v) for k, v in (line.split("\t") for line in lines if line)}
+
+
+def client_stack(
+    peer: WireGuardPeerNamespace,
+    *,
+    private: bytes | None = None,
+    register: bool = True,
+    server_key: bytes | None = None,
+    dial: bool = True,
+    preshared_key: bytes | None = None,
+    events: list[WireGuardEvent] | None = None,
+    timers: Timers | None = None,
+    dns: tuple[str, ...] = (),
+    crypto: CryptoBackend | None = None,
+) -> WireGuardStack:
+    """A WireGuardStack at TUNNEL_CLIENT whose one peer is ``peer``.
+
+    Its key is ``private`` (a new one if not given), registered with ``peer``
+    unless ``register`` is false; ``server_key`` stands in for the peer's
+    public key and ``events`` collects the stack's events.  Without ``dial``
+    the stack does not know the peer's endpoint: it learns it from the
+    peer's initiation (see :func:`register_to_be_called`).
+    """
+    private = private or wg.generate_private_key()
+    if register:
+        peer.add_client(wg.public_key(private, crypto=crypto), preshared_key=preshared_key)
+    return WireGuardStack(
+        private,
+        addresses=[f"{TUNNEL_CLIENT}/32"],
+        peers=[
+            PeerConfig(
+                public_key=server_key or peer.public_key,
+                allowed_ips=(TUNNEL_NETWORK,),
+                endpoint=peer.endpoint if dial else None,
+                preshared_key=preshared_key,
+            )
+        ],
+        dns=dns,
+        timers=timers,
+        on_event=events.append if events is not None else None,
+        crypto=crypto,
+    )
+
+
+async def register_to_be_called(peer: WireGuardPeerNamespace, stack: WireGuardStack) -> None:
+    """Open ``stack``'s UDP socket and register its key with ``peer`` at that address.
+
+    ``peer`` then initiates the handshake when it has something to send to
+    TUNNEL_CLIENT.
+    """
+    await stack.link.open()
+    local = stack.link.local_address
+    assert local is not None
+    peer.add_client(stack.device.public_key, endpoint=(peer.outer_ip, local[1]))
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,11 @@ from collections.abc import Callable
 
 import anyio
 import pytest
-from conftest import TUNNEL_CLIENT, TUNNEL_SERVER, WireGuardPeerNamespace
+from conftest import TUNNEL_SERVER, WireGuardPeerNamespace, client_stack
 
 from netshim.protocols import wireguard as wg
 from netshim.protocols._wireguard_crypto import PurePythonTagError
 from netshim.protocols.wireguard import CryptoBackend, WireGuardDevice
-from netshim.stacks.wireguard import PeerConfig, WireGuardStack
 
 BACKENDS = ("cryptography", "tlslite-ng")
 
@@ -321,20 +320,7 @@ async def test_pure_python_stack_with_wireguard_go(
     wireguard_go: WireGuardPeerNamespace, anyio_backend: str
 ) -> None:
     python = wg.crypto_backend("tlslite-ng")
-    private = wg.generate_private_key()
-    wireguard_go.add_client(wg.public_key(private, crypto=python))
-    stack = WireGuardStack(
-        private,
-        addresses=[f"{TUNNEL_CLIENT}/32"],
-        peers=[
-            PeerConfig(
-                public_key=wireguard_go.public_key,
-                allowed_ips=("10.99.0.0/24",),
-                endpoint=wireguard_go.endpoint,
-            )
-        ],
-        crypto=python,
-    )
+    stack = client_stack(wireguard_go, crypto=python)
     assert stack.device.crypto is python
     payload = random.Random(7).randbytes(48 * 1024)
     port = str(random.randrange(20000, 30000))

@@ -16,11 +16,17 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import TUNNEL_CLIENT, TUNNEL_SERVER, WireGuardPeerNamespace
+from conftest import (
+    TUNNEL_CLIENT,
+    TUNNEL_SERVER,
+    WireGuardPeerNamespace,
+    client_stack,
+    register_to_be_called,
+)
 
 from netshim.protocols import wireguard as wg
 from netshim.protocols.wireguard import HandshakeCompleted, Timers, WireGuardEvent
-from netshim.stacks.wireguard import PeerConfig, TransferUpdated, WireGuardStack
+from netshim.stacks.wireguard import TransferUpdated, WireGuardStack
 
 pytestmark = [pytest.mark.peer("wireguard-go"), pytest.mark.anyio]
 
@@ -46,34 +52,6 @@ conn.close()
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def client_stack(
-    peer: WireGuardPeerNamespace,
-    *,
-    server_key: bytes | None = None,
-    register: bool = True,
-    timers: Timers | None = None,
-    events: list[WireGuardEvent] | None = None,
-    preshared_key: bytes | None = None,
-) -> WireGuardStack:
-    private = wg.generate_private_key()
-    if register:
-        peer.add_client(wg.public_key(private), preshared_key=preshared_key)
-    return WireGuardStack(
-        private,
-        addresses=[f"{TUNNEL_CLIENT}/32"],
-        peers=[
-            PeerConfig(
-                public_key=server_key or peer.public_key,
-                allowed_ips=("10.99.0.0/24",),
-                endpoint=peer.endpoint,
-                preshared_key=preshared_key,
-            )
-        ],
-        timers=timers,
-        on_event=events.append if events is not None else None,
-    )
 
 
 async def upload(
@@ -201,19 +179,9 @@ async def test_wireguard_go_initiates_and_we_respond(
     wireguard_go: WireGuardPeerNamespace,
 ) -> None:
     events: list[WireGuardEvent] = []
-    private = wg.generate_private_key()
-    stack = WireGuardStack(
-        private,
-        addresses=[f"{TUNNEL_CLIENT}/32"],
-        # No endpoint: we learn it from wireguard-go's initiation.
-        peers=[PeerConfig(public_key=wireguard_go.public_key, allowed_ips=("10.99.0.0/24",))],
-        on_event=events.append,
-    )
+    stack = client_stack(wireguard_go, register=False, dial=False, events=events)
     async with stack:
-        await stack.link.open()
-        local = stack.link.local_address
-        assert local is not None
-        wireguard_go.add_client(wg.public_key(private), endpoint=(wireguard_go.outer_ip, local[1]))
+        await register_to_be_called(wireguard_go, stack)
         result = await anyio.run_process(
             wireguard_go.exec("ping", "-c", "2", "-i", "0.2", "-W", "3", TUNNEL_CLIENT),
             check=False,
@@ -268,17 +236,11 @@ async def test_wrong_keys_never_complete_a_handshake(
     else:
         private = wg.generate_private_key()
         wireguard_go.add_client(wg.public_key(private), preshared_key=bytes(32 * [7]))
-        stack = WireGuardStack(
-            private,
-            addresses=[f"{TUNNEL_CLIENT}/32"],
-            peers=[
-                PeerConfig(
-                    public_key=wireguard_go.public_key,
-                    allowed_ips=("10.99.0.0/24",),
-                    endpoint=wireguard_go.endpoint,
-                    preshared_key=bytes(32 * [8]),
-                )
-            ],
+        stack = client_stack(
+            wireguard_go,
+            private=private,
+            register=False,
+            preshared_key=bytes(32 * [8]),
             timers=timers,
         )
     async with stack:
@@ -329,20 +291,7 @@ async def test_names_from_dnsmasq_inside_the_tunnel(wireguard_go: WireGuardPeerN
     from netshim.testing import require_peer
 
     require_peer("dnsmasq")
-    private = wg.generate_private_key()
-    wireguard_go.add_client(wg.public_key(private))
-    stack = WireGuardStack(
-        private,
-        addresses=[f"{TUNNEL_CLIENT}/32"],
-        dns=[TUNNEL_SERVER],
-        peers=[
-            PeerConfig(
-                public_key=wireguard_go.public_key,
-                allowed_ips=("10.99.0.0/24",),
-                endpoint=wireguard_go.endpoint,
-            )
-        ],
-    )
+    stack = client_stack(wireguard_go, dns=(TUNNEL_SERVER,))
     async with await anyio.open_process(
         wireguard_go.exec(
             "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
@@ -412,19 +361,11 @@ def test_netshim_run_via_a_wireguard_url(
 async def test_initiations_from_an_unknown_peer_are_dropped_and_counted(
     wireguard_go: WireGuardPeerNamespace,
 ) -> None:
-    private = wg.generate_private_key()
     stranger = wg.public_key(wg.generate_private_key())
     # Our stack knows some other peer, not wireguard-go's key.
-    stack = WireGuardStack(
-        private,
-        addresses=[f"{TUNNEL_CLIENT}/32"],
-        peers=[PeerConfig(public_key=stranger, allowed_ips=("10.99.0.0/24",))],
-    )
+    stack = client_stack(wireguard_go, register=False, server_key=stranger, dial=False)
     async with stack:
-        await stack.link.open()
-        local = stack.link.local_address
-        assert local is not None
-        wireguard_go.add_client(wg.public_key(private), endpoint=(wireguard_go.outer_ip, local[1]))
+        await register_to_be_called(wireguard_go, stack)
         result = await anyio.run_process(
             wireguard_go.exec("ping", "-c", "1", "-W", "2", TUNNEL_CLIENT), check=False
         )

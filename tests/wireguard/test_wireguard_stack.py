@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import sys
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -22,27 +23,40 @@ from netshim.stacks.wireguard import PeerConfig, TransferUpdated, WireGuardStack
 pytestmark = pytest.mark.anyio
 
 
-async def test_two_stacks_talk_tcp_through_the_tunnel() -> None:
-    server_key, client_key = wg.generate_private_key(), wg.generate_private_key()
-    server_events: list[WireGuardEvent] = []
-    server = WireGuardStack(
-        server_key,
+def server_stack(
+    client_key: bytes,
+    listen_host: str | None = None,
+    on_event: Callable[[WireGuardEvent], None] | None = None,
+) -> WireGuardStack:
+    """The tunnel's 10.66.0.1, whose one peer is the client with ``client_key``."""
+    return WireGuardStack(
+        wg.generate_private_key(),
         addresses=["10.66.0.1/24"],
         peers=[PeerConfig(wg.public_key(client_key), ("10.66.0.2/32",))],
-        on_event=server_events.append,
+        listen_host=listen_host,
+        on_event=on_event,
     )
+
+
+async def client_of(server: WireGuardStack, client_key: bytes, host: str) -> WireGuardStack:
+    """The tunnel's 10.66.0.2, whose one peer is ``server``, reached at ``host``."""
     # The server's port is only known once its socket is bound.
+    await server.link.open()
+    address = server.link.local_address
+    assert address is not None
+    return WireGuardStack(
+        client_key,
+        addresses=["10.66.0.2/24"],
+        peers=[PeerConfig(server.device.public_key, ("10.66.0.0/24",), (host, address[1]))],
+    )
+
+
+async def test_two_stacks_talk_tcp_through_the_tunnel() -> None:
+    client_key = wg.generate_private_key()
+    server_events: list[WireGuardEvent] = []
+    server = server_stack(client_key, on_event=server_events.append)
     async with server:
-        await server.link.open()
-        address = server.link.local_address
-        assert address is not None
-        client = WireGuardStack(
-            client_key,
-            addresses=["10.66.0.2/24"],
-            peers=[
-                PeerConfig(wg.public_key(server_key), ("10.66.0.0/24",), ("127.0.0.1", address[1]))
-            ],
-        )
+        client = await client_of(server, client_key, "127.0.0.1")
         listener = await server.listen_tcp("10.66.0.1", 7000)
         payload = bytes(range(256)) * 4096  # 1 MiB
         received: list[WireGuardEvent] = []
@@ -91,22 +105,10 @@ async def test_two_stacks_talk_tcp_through_the_tunnel() -> None:
 
 
 async def test_ipv6_endpoints() -> None:
-    server_key, client_key = wg.generate_private_key(), wg.generate_private_key()
-    server = WireGuardStack(
-        server_key,
-        addresses=["10.66.0.1/24"],
-        peers=[PeerConfig(wg.public_key(client_key), ("10.66.0.2/32",))],
-        listen_host="::",
-    )
+    client_key = wg.generate_private_key()
+    server = server_stack(client_key, listen_host="::")
     async with server:
-        await server.link.open()
-        address = server.link.local_address
-        assert address is not None
-        client = WireGuardStack(
-            client_key,
-            addresses=["10.66.0.2/24"],
-            peers=[PeerConfig(wg.public_key(server_key), ("10.66.0.0/24",), ("::1", address[1]))],
-        )
+        client = await client_of(server, client_key, "::1")
         async with client:
             with anyio.fail_after(20):
                 await client.handshake()
