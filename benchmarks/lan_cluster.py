@@ -47,6 +47,7 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
 
+from bench_args import lan_arguments  # noqa: E402
 from gateway import (  # noqa: E402
     MIB,
     PING,
@@ -190,19 +191,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="16 MiB streams, fewer runs")
-    parser.add_argument("--size", type=int, help="MiB per stream (128)")
-    parser.add_argument("--repeats", type=int, help="runs per row and direction (3)")
-    parser.add_argument("--connects", type=int, help="sequential connects per row (200)")
-    parser.add_argument("--loop", default="uvloop", choices=("asyncio", "uvloop"))
-    parser.add_argument("--stall", type=float, default=10.0, help="seconds without progress")
-    args = parser.parse_args()
-    quick = args.quick
-    args.size = args.size or (16 if quick else 128)
-    args.repeats = args.repeats or (1 if quick else 3)
-    args.connects = args.connects or (50 if quick else 200)
-    return args
+    return lan_arguments(__doc__, size=128, quick_size=16)
 
 
 if __name__ == "__main__":
