@@ -1,7 +1,8 @@
-"""What the gateway tests add to tests/transfer_targets.py: Debian's nginx in front of a gateway."""
+"""What the gateway tests add to tests/transfer_targets.py: the wisp-js client, nginx in front."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import pytest
 from transfer_targets import NODE_PEERS as NODE_PEERS
 from transfer_targets import BulkTarget as BulkTarget
 from transfer_targets import Transfer as Transfer
@@ -22,6 +24,28 @@ from netshim.testing import REQUIRE_PEERS_VARIABLE
 from netshim.testing import require_peer as require_peer
 
 REQUIRE_PEERS = os.environ.get(REQUIRE_PEERS_VARIABLE) == "1"
+
+
+def node_client() -> list[str]:
+    """The command that runs tests/peers/node/wisp_client.mjs (wisp-js's client) under Node."""
+    node = require_peer("node")
+    if not (NODE_PEERS / "node_modules" / "@mercuryworkshop" / "wisp-js").is_dir():
+        message = f"run 'npm ci' in {NODE_PEERS} to install the Node peers"
+        if REQUIRE_PEERS:
+            pytest.fail(message)
+        pytest.skip(message)
+    return [node, str(NODE_PEERS / "wisp_client.mjs")]
+
+
+async def run_wisp_js_client(plan: dict[str, object], limit: float = 60) -> dict[str, object]:
+    """Run the wisp-js client on ``plan`` (JSON on its command line); the JSON it printed."""
+    command = [*node_client(), json.dumps(plan)]
+    # A stall guard, not a timing.
+    with anyio.fail_after(limit):
+        result = await anyio.run_process(command, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    output: dict[str, object] = json.loads(result.stdout)
+    return output
 
 
 NGINX_CONFIG = """\

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -16,6 +15,7 @@ from gateway_helpers import (
     REQUIRE_PEERS,
     bulk_target,
     require_peer,
+    run_wisp_js_client,
     running_gateway,
     udp_echo,
 )
@@ -26,25 +26,6 @@ from netshim.policy import Policy
 pytestmark = pytest.mark.anyio
 
 LOOPBACK = Policy(allow=["127.0.0.1"])
-
-
-def node_client() -> list[str]:
-    node = require_peer("node")
-    if not (NODE_PEERS / "node_modules" / "@mercuryworkshop" / "wisp-js").is_dir():
-        message = f"run 'npm ci' in {NODE_PEERS} to install the Node peers"
-        if REQUIRE_PEERS:
-            pytest.fail(message)
-        pytest.skip(message)
-    return [node, str(NODE_PEERS / "wisp_client.mjs")]
-
-
-async def run_node(plan: dict[str, object], limit: float = 60) -> dict[str, object]:
-    command = [*node_client(), json.dumps(plan)]
-    with anyio.fail_after(limit):
-        result = await anyio.run_process(command, check=False)
-    assert result.returncode == 0, result.stderr.decode()
-    output: dict[str, object] = json.loads(result.stdout)
-    return output
 
 
 def http_url(address: tuple[str, int], path: str = "/") -> str:
@@ -66,7 +47,7 @@ async def test_wisp_js_tcp_streams_keep_every_byte(version: int) -> None:
                 for up, down in sizes
             ],
         }
-        result = await run_node(plan)
+        result = await run_wisp_js_client(plan)
     assert result["version"] == version
     assert result["motd"] == ("welcome to netshim" if version == 2 else None)
     streams = result["streams"]
@@ -88,7 +69,7 @@ async def test_wisp_js_udp_stream(version: int) -> None:
             "version": version,
             "streams": [{"type": "udp", "host": echo[0], "port": echo[1], "datagrams": 50}],
         }
-        result = await run_node(plan)
+        result = await run_wisp_js_client(plan)
     [stream] = result["streams"]  # type: ignore[misc]
     assert stream["echoed"] == 50
     assert stream["down"] == stream["up"]
@@ -117,7 +98,7 @@ async def test_wisp_js_blocked_destination_gets_reason_0x48() -> None:
                 },
             ],
         }
-        result = await run_node(plan)
+        result = await run_wisp_js_client(plan)
         metrics = gateway.metrics.render().decode()
     assert [s["reason"] for s in result["streams"]] == [0x48, 0x48]  # type: ignore[union-attr]
     assert target.transfers == []
@@ -136,7 +117,7 @@ async def test_wisp_js_many_parallel_streams() -> None:
                 for _ in range(200)
             ],
         }
-        result = await run_node(plan, limit=120)
+        result = await run_wisp_js_client(plan, limit=120)
     streams = result["streams"]
     assert isinstance(streams, list)
     assert len(target.transfers) == 200
@@ -151,21 +132,21 @@ async def test_ws_client_through_wsproxy_path_and_token() -> None:
         config = GatewayConfig(policy=LOOPBACK, targets={"s3cret": (host, port)})
         async with running_gateway(config) as gateway:
             spec = [{"type": "tcp", "upload": 1 << 20, "download": 2 << 20}]
-            by_path = await run_node(
+            by_path = await run_wisp_js_client(
                 {
                     "mode": "wsproxy",
                     "url": http_url(gateway.addresses["http"], f"/{host}:{port}"),
                     "streams": spec,
                 }
             )
-            by_token = await run_node(
+            by_token = await run_wisp_js_client(
                 {
                     "mode": "wsproxy",
                     "url": http_url(gateway.addresses["http"], "/websockify?token=s3cret"),
                     "streams": spec,
                 }
             )
-            bad_token = await run_node(
+            bad_token = await run_wisp_js_client(
                 {
                     "mode": "wsproxy",
                     "url": http_url(gateway.addresses["http"], "/websockify?token=nope"),

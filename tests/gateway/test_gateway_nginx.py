@@ -10,18 +10,15 @@ changes nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import anyio
 import pytest
 from gateway_helpers import (
-    NODE_PEERS,
-    REQUIRE_PEERS,
     bulk_target,
     nginx_in_front,
-    require_peer,
+    run_wisp_js_client,
     running_gateway,
     udp_echo,
 )
@@ -35,24 +32,6 @@ pytestmark = pytest.mark.anyio
 
 LOOPBACK = Policy(allow=["127.0.0.1"])
 PROXY_IP = "127.0.0.2"
-
-
-def node_client() -> list[str]:
-    node = require_peer("node")
-    if not (NODE_PEERS / "node_modules" / "@mercuryworkshop" / "wisp-js").is_dir():
-        message = f"run 'npm ci' in {NODE_PEERS} to install the Node peers"
-        if REQUIRE_PEERS:
-            pytest.fail(message)
-        pytest.skip(message)
-    return [node, str(NODE_PEERS / "wisp_client.mjs")]
-
-
-async def run_node(plan: dict[str, object]) -> dict[str, object]:
-    with anyio.fail_after(60):
-        result = await anyio.run_process([*node_client(), json.dumps(plan)], check=False)
-    assert result.returncode == 0, result.stderr.decode()
-    output: dict[str, object] = json.loads(result.stdout)
-    return output
 
 
 def stream_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -78,7 +57,7 @@ async def test_wisp_js_through_nginx_keeps_every_byte_and_the_real_ip(
             for up, down in sizes
         ]
         streams.append({"type": "udp", "host": echo[0], "port": echo[1], "datagrams": 20})
-        result = await run_node(
+        result = await run_wisp_js_client(
             {
                 "mode": "wisp",
                 "url": f"ws://{proxy[0]}:{proxy[1]}/",
@@ -110,7 +89,7 @@ async def test_wsproxy_through_nginx(tmp_path: Path) -> None:
         nginx_in_front(gateway.addresses["http"], tmp_path, bind=PROXY_IP) as proxy,
     ):
         host, port = target.address
-        result = await run_node(
+        result = await run_wisp_js_client(
             {
                 "mode": "wsproxy",
                 "url": f"ws://{proxy[0]}:{proxy[1]}/{host}:{port}",
