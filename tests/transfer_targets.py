@@ -24,6 +24,7 @@ from netshim import HostStack, Stack, TcpStream
 from netshim._addresses import Address
 from netshim.gateway import Gateway, GatewayConfig
 from netshim.policy import Policy
+from netshim.stack import DEFAULT_BACKLOG
 
 TESTS = Path(__file__).resolve().parent
 NODE_PEERS = TESTS / "peers" / "node"
@@ -82,12 +83,18 @@ async def _serve_bulk(stream: TcpStream, target: BulkTarget) -> None:
 
 @asynccontextmanager
 async def bulk_target(
-    stack: Stack | None = None, host: str = "127.0.0.1"
+    stack: Stack | None = None, host: str = "127.0.0.1", *, backlog: int = DEFAULT_BACKLOG
 ) -> AsyncIterator[BulkTarget]:
-    """The bulk target listening on ``host`` of ``stack`` (the host network by default)."""
+    """The bulk target listening on ``host`` of ``stack`` (the host network by default).
+
+    A test that opens more connections at once than the default ``backlog``
+    passes a larger one: when the kernel's accept queue is full it drops
+    handshakes, and under load some of those connections then time out or
+    are reset (a failure of the target, not of what is tested).
+    """
     stack = stack or HostStack()
     target = BulkTarget()
-    listener = await stack.listen_tcp(host, 0)
+    listener = await stack.listen_tcp(host, 0, backlog=backlog)
     target.address = listener.local_address
     async with anyio.create_task_group() as group:
         group.start_soon(listener.serve, lambda s: _serve_bulk(s, target))

@@ -38,7 +38,8 @@ async def test_thousand_streams_of_one_mib_over_one_connection() -> None:
         limits=Limits(max_streams_per_client=STREAMS, max_streams_total=STREAMS),
     )
     async with (
-        bulk_target() as target,
+        # Every stream's connection waits in the target's accept queue at once.
+        bulk_target(backlog=STREAMS) as target,
         running_gateway(GatewayConfig(policy=policy)) as gateway,
     ):
         host, port = target.address
