@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "CommandError",
     "add_arguments",
     "build_netshim_wheel",
+    "download_pure_wheels",
     "run",
     "run_in_pyodide",
 ]
@@ -351,24 +353,42 @@ def _cached_wheel(requirement: _Requirement, directory: Path) -> Path | None:
     return None
 
 
-def _download(requirement: _Requirement, directory: Path) -> Path:
-    """A pure-Python wheel of ``requirement`` from the package index, via pip."""
+def download_pure_wheels(
+    requirements: Sequence[str], directory: Path, *, dependencies: bool = False
+) -> None:
+    """Put pure-Python wheels of ``requirements`` that install in Pyodide into ``directory``.
+
+    ``pip download`` fetches them from the package index (pip's own cache
+    keeps a second call quick); with ``dependencies``, the wheels of what pip
+    resolves they need as well.  Raises :class:`CommandError` with pip's last
+    line when one has no such wheel.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    # Only wheels any Python 3.13 can use: a py3-none-any wheel or nothing.
+    # Only wheels Pyodide's Python can use: a py3-none-any wheel or nothing.
     completed = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+        [sys.executable, "-m", "pip", "download", "--quiet",
+         *(() if dependencies else ("--no-deps",)),
          "--only-binary=:all:", "--platform", "any", "--implementation", "py",
          "--abi", "none", "--python-version", PYODIDE_PYTHON,
-         "--dest", str(directory), str(requirement)],
+         "--dest", str(directory), *requirements],
         capture_output=True,
         text=True,
         check=False,
     )  # fmt: skip
-    wheel = _cached_wheel(requirement, directory)
-    if completed.returncode != 0 or wheel is None:
+    if completed.returncode != 0:
         raise CommandError(
-            f"no pure-Python wheel of {requirement} to install in Pyodide "
+            f"no pure-Python wheel of {', '.join(requirements)} to install in Pyodide "
             f"(pip download: {_last_line(completed.stderr)})"
+        )
+
+
+def _download(requirement: _Requirement, directory: Path) -> Path:
+    """A pure-Python wheel of ``requirement`` from the package index, via pip."""
+    download_pure_wheels([str(requirement)], directory)
+    wheel = _cached_wheel(requirement, directory)
+    if wheel is None:
+        raise CommandError(
+            f"no pure-Python wheel of {requirement} to install in Pyodide (pip download left none)"
         )
     return wheel
 

@@ -27,11 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+from netshim._pyodide_cli import download_pure_wheels
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PYODIDE = ROOT / "tests" / "peers" / "pyodide" / "node_modules" / "pyodide"
-# Pyodide's Python; pip picks wheels that install there.
-PYODIDE_PYTHON = "3.13"
 # Pure-Python wheels (py3-none-any) of what the page imports, with their dependencies.
 # sniffio: httpcore asks for it when it picks its async backend.
 REQUIREMENTS = (
@@ -74,12 +74,7 @@ def build_wheels(wheel_dir: Path, cache: Path | None = None) -> None:
     """netshim's wheel from this checkout and pure-Python wheels of the rest from PyPI."""
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "-q", "--no-deps", "-w", str(wheel_dir), str(ROOT)], check=True)
-    subprocess.run(
-        [*pip, "download", "-q", "--only-binary=:all:", "--platform", "any",
-         "--implementation", "py", "--abi", "none", "--python-version", PYODIDE_PYTHON,
-         "-d", str(cache or wheel_dir), *REQUIREMENTS],
-        check=True,
-    )  # fmt: skip
+    download_pure_wheels(REQUIREMENTS, cache or wheel_dir, dependencies=True)
     if cache is not None:
         for wheel in cache.glob("*.whl"):
             (wheel_dir / wheel.name).write_bytes(wheel.read_bytes())

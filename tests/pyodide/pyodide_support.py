@@ -28,6 +28,7 @@ from typing import Any
 import anyio.from_thread
 import pytest
 
+from netshim._pyodide_cli import download_pure_wheels
 from netshim.testing import REQUIRE_PEERS_VARIABLE, require_peer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,12 +140,7 @@ def pure_wheels(names: tuple[str, ...] = PURE_LIBRARIES) -> list[Path]:
     own cache keeps that quick).
     """
     destination = Path(tempfile.mkdtemp(prefix="netshim-pure-wheels-"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "--platform", "any", "--implementation", "py", "--abi", "none",
-         "--python-version", "3.13", "--dest", str(destination), *names],
-        check=True,
-    )  # fmt: skip
+    download_pure_wheels(names, destination)
     wheels = sorted(destination.glob("*.whl"))
     if len(wheels) != len(names):
         raise FileNotFoundError(f"pip left {[w.name for w in wheels]} for {names}")

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,31 +83,6 @@ def test_uncaught_exception_prints_traceback_and_exits_1(cache: Path, tmp_path: 
     assert "Traceback" in completed.stderr
     assert f'File "{script}", line 3' in completed.stderr
     assert completed.stderr.rstrip().endswith("KeyError: 'nope'")
-
-
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    """A TCP echo server on loopback (one connection at a time)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(30)
-
-    def serve() -> None:
-        try:
-            while True:
-                connection, _ = server.accept()
-                with connection:
-                    while data := connection.recv(65536):
-                        connection.sendall(data)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
-        thread.join(5)
 
 
 ECHO_SCRIPT = """\

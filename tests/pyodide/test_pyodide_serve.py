@@ -18,8 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,31 +38,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for wheel in dependency_wheels():
         shutil.copy(wheel, directory / "wheels")
     return directory
-
-
-@pytest.fixture
-def echo_port() -> Iterator[int]:
-    """A TCP echo server on loopback (one connection at a time)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(60)
-
-    def serve() -> None:
-        try:
-            while True:
-                connection, _ = server.accept()
-                with connection:
-                    while data := connection.recv(65536):
-                        connection.sendall(data)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
-        thread.join(5)
 
 
 class Served:
