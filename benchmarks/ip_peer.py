@@ -31,7 +31,11 @@ it belongs (one memcmp), so neither end hashes while the clock runs.  A
 receiver's result carries its byte count and whether every piece matched.
 
 The IpStack process adopts a TAP or TUN descriptor (``fd``, inherited) with
-offloads, optionally behind :class:`netshim.ip.links.FaultyLink` (``loss``).
+offloads, optionally behind :class:`netshim.ip.links.FaultyLink` (``loss``;
+with ``wire_mtu`` the loss is drawn per wire segment of that MTU) and a
+:class:`netshim.ip.links.PcapLink` inside it (``pcap``: a path, recording
+what really crossed the device); ``trace`` prints the connection's recovery
+counters to stderr when the transfer ends.
 The pytcp process opens its own TAP device by name (pytcp's only way to get
 one), so it runs inside the kernel's namespace; its logging is switched off
 and it is run with ``python -O`` (its debug logging hides behind
@@ -195,13 +199,15 @@ def kernel_client(p: dict[str, Any]) -> None:
 async def ipstack(p: dict[str, Any]) -> None:
     import anyio
 
-    from netshim.ip.links import Faults, FaultyLink, TapLink, TunLink
+    from netshim.ip.links import Faults, FaultyLink, PcapLink, TapLink, TunLink
     from netshim.ip.tcp import TcpConfig
     from netshim.stacks.ip import IpStack
 
     link: Any = (TapLink if p["medium"] == "tap" else TunLink).from_fd(p["fd"])
+    if p.get("pcap"):
+        link = PcapLink(link, p["pcap"])
     if p.get("loss"):
-        link = FaultyLink(link, Faults(loss=p["loss"], seed=7))
+        link = FaultyLink(link, Faults(loss=p["loss"], seed=7), wire_mtu=p.get("wire_mtu"))
     config = TcpConfig(nodelay=p["mode"] == "ping")
     stack = IpStack(link, addresses=[p["address"]], tcp_config=config)
     address = (p["host"], p["port"])
@@ -245,31 +251,114 @@ async def ipstack(p: dict[str, Any]) -> None:
             stream = await stack.connect_tcp(*address)
             say({"ready": True})
             await go()
-            if mode == "send":
-                sent, size = 0, p["size"]
-                while sent < size:
-                    n = min(PIECE, size - sent)
-                    await stream.send(payload(TAG, sent, n))
-                    sent += n
-                await stream.aclose()
-                say({"sent": size})
-            elif mode == "recv":
-                checker = Checker()
-                try:
-                    while True:
-                        checker.feed(await stream.receive(PIECE))
-                except anyio.EndOfStream:
-                    pass
-                say({"received": checker.received, "ok": checker.ok})
-            else:
-                times = []
-                for _ in range(p["count"]):
-                    began = time.perf_counter()
-                    await stream.send(b"x")
-                    await stream.receive(1)
-                    times.append(time.perf_counter() - began)
-                say({"rtt": statistics.median(times)})
+            async with anyio.create_task_group() as tasks:
+                connection = stream._connection  # type: ignore[attr-defined]
+                if p.get("trace"):
+                    tasks.start_soon(trace, connection, stack)
+                if mode == "send":
+                    sent, size = 0, p["size"]
+                    while sent < size:
+                        n = min(PIECE, size - sent)
+                        await stream.send(payload(TAG, sent, n))
+                        sent += n
+                    await stream.aclose()
+                    say({"sent": size})
+                elif mode == "recv":
+                    checker = Checker()
+                    try:
+                        while True:
+                            checker.feed(await stream.receive(PIECE))
+                    except anyio.EndOfStream:
+                        pass
+                    say({"received": checker.received, "ok": checker.ok})
+                else:
+                    times = []
+                    for _ in range(p["count"]):
+                        began = time.perf_counter()
+                        await stream.send(b"x")
+                        await stream.receive(1)
+                        times.append(time.perf_counter() - began)
+                    say({"rtt": statistics.median(times)})
+                tasks.cancel_scope.cancel()
         await anyio.to_thread.run_sync(linger)
+
+
+async def trace(connection: Any, stack: Any) -> None:
+    """Print (to stderr, at the end) the connection's recovery counters and cwnd over time.
+
+    cwnd is sampled every 5 ms, in send-MSS segments; the counters are
+    TCP_INFO's (retransmitted segments, timeouts, fast recoveries) and the
+    core's RACK-TLP ones; each retransmission timeout records the state it
+    found (what was in flight, SACKed, in recovery, how long since a send),
+    which tells a needless timeout from a needed one.  It reads the core's
+    private fields: this is a measuring tool, not an interface.
+    """
+    import anyio
+
+    samples: list[int] = []
+    rtts: list[float] = []
+    timeouts: list[dict[str, Any]] = []
+    on_timeout = connection._on_retransmit_timeout
+
+    def traced_timeout(now: float, out: list[Any]) -> None:
+        # The state a retransmission timeout finds: what was outstanding and why.
+        c = connection
+        timeouts.append(
+            {
+                "flight": c._snd_max - c._snd_una,
+                "queued_beyond": c._send_queue.end - c._snd_max,
+                "cwnd": c.cwnd,
+                "sacked": c._sacked_bytes,
+                "recovery": c._in_recovery,
+                "rexmits": len(c._rexmits),
+                "high_rxt": c._high_rxt - c._snd_una,
+                "lost_edge": c._lost_edge - c._snd_una,
+                "send_window": c._snd_wnd,
+                "tlp": c._tlp_high is not None,
+                "last_sent_ago_ms": round((now - max(c._xmit_times[-1:] or [now])) * 1000, 1),
+            }
+        )
+        on_timeout(now, out)
+
+    connection._on_retransmit_timeout = traced_timeout
+    try:
+        while True:
+            samples.append(connection.cwnd // max(1, connection.send_mss))
+            # RACK's RTT of the newest delivered segment, from the clock the
+            # core is given (the timestamp option's RTT is in milliseconds).
+            rtts.append(connection._rack_rtt)
+            await anyio.sleep(0.005)
+    finally:
+        info = connection.info()
+        samples.sort()
+        quantiles = (
+            [samples[int(q * (len(samples) - 1))] for q in (0.1, 0.5, 0.9)] if samples else []
+        )
+        print(
+            json.dumps(
+                {
+                    "retransmissions": info.retransmissions,
+                    "timeouts": info.timeouts,
+                    "fast_recoveries": info.fast_recoveries,
+                    "segments_sent": info.segments_sent,
+                    "bytes_sent": info.bytes_sent,
+                    "cwnd_segments_p10_p50_p90": quantiles,
+                    "srtt_ms": info.srtt and round(info.srtt * 1000, 2),
+                    "rack_rtt_ms_median": rtts and round(sorted(rtts)[len(rtts) // 2] * 1000, 3),
+                    "loss_probes": connection.loss_probes,
+                    "lost_retransmissions": connection.lost_retransmissions,
+                    "spurious_recoveries": connection.spurious_recoveries,
+                    "at_timeouts": timeouts,
+                    "interface_dropped": dict(stack._interface.dropped),
+                    "link_lost": [
+                        getattr(getattr(stack._link, name, None), "lost", None)
+                        for name in ("outbound", "inbound")
+                    ],
+                }
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def rss() -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from ipaddress import IPv4Address, IPv4Interface, IPv6Interface
+import struct
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 
 import anyio
@@ -17,10 +18,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from link_pump import pumping, receive_all, send_all
 
-from netshim.ip.iface import Interface, Medium
-from netshim.ip.links import Bridge, Cable, CableEnd, Faults, FaultyLink, PcapLink
+from netshim.ip.iface import GsoInfo, GsoType, Interface, Medium
+from netshim.ip.links import (
+    Bridge,
+    Cable,
+    CableEnd,
+    Faults,
+    FaultyLink,
+    IncomingPacket,
+    Link,
+    PcapLink,
+)
 from netshim.pcap import LinkType, PcapReader
 from netshim.protocols.ip import EthernetAddress, Icmpv4Repr, IpProtocol
+from netshim.protocols.ip.checksum import (
+    internet_checksum,
+    ones_complement_sum,
+    pseudo_header_sum,
+)
 from netshim.testing import require_peer
 
 pytestmark = pytest.mark.anyio
@@ -261,6 +276,140 @@ async def test_faulty_link_passes_bursts_through_with_the_same_faults() -> None:
     assert inbound.inbound.lost == 200 - len(received)
     assert received == sorted(received)
     assert 100 < len(received) < 180
+
+
+class _Recorder(Link):
+    """A link that keeps what is sent and hands out what a test queued to receive."""
+
+    medium = Medium.IP
+    tso = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, GsoInfo | None]] = []
+        self.queued: list[IncomingPacket] = []
+
+    async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None:
+        self.sent.append((bytes(packet), gso))
+
+    async def receive(self) -> IncomingPacket:
+        return self.queued.pop(0)
+
+    async def aclose(self) -> None:
+        pass
+
+
+WIRE_MSS = 1448  # a 1500-byte MTU less IPv4, TCP and the timestamp option
+FIRST_SEQ = 0xFFFF_FF00  # the sequence numbers wrap inside the packet
+
+
+def _addresses(version: int) -> tuple[IPv4Address, IPv4Address] | tuple[IPv6Address, IPv6Address]:
+    if version == 4:
+        return IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2")
+    return IPv6Address("2001:db8::1"), IPv6Address("2001:db8::2")
+
+
+def _big_tcp_packet(version: int, segments: int, tail: int) -> tuple[bytes, bytes, int]:
+    """A TSO-sized TCP packet with PSH|FIN|ACK, its payload, and where its TCP header starts.
+
+    The TCP checksum field holds the pseudo-header sum, as for TSO; the TCP
+    header is 32 bytes (timestamps), so with IPv4 a 1500-byte wire segment
+    carries ``WIRE_MSS`` bytes (IPv6: with a 1520-byte MTU).
+    """
+    payload = random.Random(segments).randbytes(segments * WIRE_MSS + tail)
+    tcp_length = 32 + len(payload)
+    src, dst = _addresses(version)
+    partial = pseudo_header_sum(src, dst, 6, tcp_length)
+    tcp = struct.pack("!HHIIBBHHH", 1234, 80, FIRST_SEQ, 7, 8 << 4, 0x19, 500, partial, 0)
+    tcp += bytes((1, 1, 8, 10)) + bytes(8)
+    if version == 4:
+        ip = bytearray(struct.pack("!BBHHHBBH", 0x45, 0, 20 + tcp_length, 1, 0x4000, 64, 6, 0))
+        ip += src.packed + dst.packed
+        ip[10:12] = internet_checksum(ip).to_bytes(2, "big")
+    else:
+        ip = bytearray(struct.pack("!IHBB", 6 << 28, tcp_length, 6, 64)) + src.packed + dst.packed
+    return bytes(ip) + tcp + payload, payload, len(ip)
+
+
+def _check_pieces(
+    pieces: list[bytes], original: bytes, payload: bytes, tcp: int, lost: int, *, sent: bool
+) -> None:
+    """The pieces are the original packet's, cut at wire segments, headers made to fit.
+
+    ``sent``: pieces of a TSO packet (the checksum field the new pseudo-header
+    sum, or the full checksum on a one-segment piece); else of a received
+    packet (the field as it came: the kernel vouched for it).
+    """
+    version = original[0] >> 4
+    src, dst = _addresses(version)
+    covered = 0
+    for piece in pieces:
+        offset = (int.from_bytes(piece[tcp + 4 : tcp + 8], "big") - FIRST_SEQ) & 0xFFFF_FFFF
+        data = piece[tcp + 32 :]
+        assert offset % WIRE_MSS == 0
+        assert data
+        assert data == payload[offset : offset + len(data)]
+        covered += len(data)
+        last = offset + len(data) == len(payload)
+        assert piece[tcp + 13] == (0x19 if last else 0x10)
+        if version == 4:
+            assert int.from_bytes(piece[2:4], "big") == len(piece)
+            assert internet_checksum(piece[:20]) == 0
+        else:
+            assert int.from_bytes(piece[4:6], "big") == len(piece) - 40
+        field = piece[tcp + 16 : tcp + 18]
+        pseudo = pseudo_header_sum(src, dst, 6, len(piece) - tcp)
+        if not sent:
+            assert field == original[tcp + 16 : tcp + 18]
+        elif len(data) > WIRE_MSS:
+            assert int.from_bytes(field, "big") == pseudo
+        else:
+            assert ones_complement_sum(piece[tcp:], pseudo) == 0xFFFF
+    # What is missing is the lost wire segments, the last perhaps short.
+    missing = len(payload) - covered
+    assert (lost - 1) * WIRE_MSS < missing <= lost * WIRE_MSS
+
+
+@pytest.mark.parametrize("version", [4, 6])
+async def test_wire_loss_cuts_a_tso_packet_into_the_surviving_segments(version: int) -> None:
+    inner = _Recorder()
+    lossy = FaultyLink(inner, Faults(loss=0.2, seed=version), wire_mtu=1500 + 20 * (version == 6))
+    packet, payload, tcp = _big_tcp_packet(version, 30, 100)
+    gso = GsoInfo(GsoType.TCPV4 if version == 4 else GsoType.TCPV6, WIRE_MSS, tcp + 32, tcp)
+    # Until one packet loses a segment; the ones before went through whole.
+    while not lossy.outbound.lost:
+        inner.sent.clear()
+        await lossy.send(packet, gso)
+    assert inner.sent != [(packet, gso)]
+    for piece, piece_gso in inner.sent:
+        assert piece_gso == (gso if len(piece) - tcp - 32 > WIRE_MSS else None)
+    pieces = [piece for piece, _ in inner.sent]
+    _check_pieces(pieces, packet, payload, tcp, lossy.outbound.lost, sent=True)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+async def test_wire_loss_cuts_a_coalesced_packet_into_the_surviving_segments(version: int) -> None:
+    inner = _Recorder()
+    lossy = FaultyLink(inner, Faults(loss=0.2, seed=version), wire_mtu=1500 + 20 * (version == 6))
+    packet, payload, tcp = _big_tcp_packet(version, 30, 100)
+    pieces: list[bytes] = []
+    while not lossy.inbound.lost:
+        inner.queued.append(IncomingPacket(packet, True))
+        pieces = [(await lossy.receive()).data]
+        while (incoming := lossy.receive_nowait()) is not None:
+            pieces.append(incoming.data)
+    assert pieces != [packet]
+    _check_pieces(pieces, packet, payload, tcp, lossy.inbound.lost, sent=False)
+
+
+async def test_wire_loss_leaves_packets_within_one_segment_to_one_draw() -> None:
+    inner = _Recorder()
+    lossy = FaultyLink(inner, Faults(loss=0.5, seed=5), wire_mtu=1500)
+    small, _, _ = _big_tcp_packet(4, 1, 0)
+    for _ in range(40):
+        await lossy.send(small)
+    assert inner.sent == [(small, None)] * (40 - lossy.outbound.lost)
+    with pytest.raises(ValueError, match="wire_mtu"):
+        FaultyLink(inner, Faults(), wire_mtu=100)
 
 
 async def test_pcap_of_an_ip_link_is_raw_ip(tmp_path: Path) -> None:

@@ -67,11 +67,13 @@ class FaultInjector:
         self.duplicated = 0
         self.reordered = 0
 
-    def schedule(self, now: float) -> list[float]:
-        """When each copy of a packet sent at ``now`` arrives (empty: lost)."""
+    def schedule(self, now: float, *, lose: bool = True) -> list[float]:
+        """When each copy of a packet sent at ``now`` arrives (empty: lost).
+
+        ``lose=False`` when the loss was drawn already (:meth:`loses`).
+        """
         faults = self.faults
-        if faults.loss and self._rng.random() < faults.loss:
-            self.lost += 1
+        if lose and self.loses():
             return []
         copies = 1
         if faults.duplicate and self._rng.random() < faults.duplicate:
@@ -85,6 +87,13 @@ class FaultInjector:
                 at += faults.reorder_delay
             times.append(at)
         return times
+
+    def loses(self) -> bool:
+        """One draw of the loss (counted in :attr:`lost`)."""
+        if self.faults.loss and self._rng.random() < self.faults.loss:
+            self.lost += 1
+            return True
+        return False
 
 
 class _Sink(Protocol):

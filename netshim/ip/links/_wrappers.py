@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import collections
 import os
+import struct
 import time
 from collections.abc import Iterable
 from typing import IO
 
 from netshim.ip.iface import GsoInfo, Medium
 from netshim.pcap import LinkType, PcapWriter
+from netshim.protocols.ip.checksum import internet_checksum
 
 from ._base import IncomingPacket, Link
 from ._memory import FaultInjector, Faults
@@ -64,6 +66,85 @@ class PcapLink(Link):
                 self.writer.flush()
 
 
+# What a wire-segment cut needs of a packet: where its IP header, TCP header
+# and payload start, and the IP version (None: not a cuttable TCP packet).
+_Layout = tuple[int, int, int, int]
+_ETHERNET_HEADER = 14
+_ETHERTYPES = {b"\x08\x00": 4, b"\x86\xdd": 6}
+_TCP = 6
+_FIN, _PSH, _CWR = 0x01, 0x08, 0x80
+_TCP_SEQ = struct.Struct("!I")
+
+
+def _tcp_layout(data: bytes, medium: Medium) -> _Layout | None:
+    """Offsets of a whole (unfragmented) TCP packet's parts, or None for anything else."""
+    ip = 0
+    if medium is Medium.ETHERNET:
+        if _ETHERTYPES.get(bytes(data[12:14])) is None:
+            return None
+        ip = _ETHERNET_HEADER
+    if len(data) < ip + 40:
+        return None
+    version = data[ip] >> 4
+    if version == 4:
+        tcp = ip + (data[ip] & 0x0F) * 4
+        fragmented = int.from_bytes(data[ip + 6 : ip + 8], "big") & 0x3FFF
+        if (
+            data[ip + 9] != _TCP
+            or fragmented
+            or ip + int.from_bytes(data[ip + 2 : ip + 4], "big") != len(data)
+        ):
+            return None
+    elif version == 6:
+        tcp = ip + 40
+        if data[ip + 6] != _TCP or tcp + int.from_bytes(data[ip + 4 : ip + 6], "big") != len(data):
+            return None
+    else:
+        return None
+    if len(data) < tcp + 20:
+        return None
+    body = tcp + (data[tcp + 12] >> 4) * 4
+    if body > len(data):
+        return None
+    return version, ip, tcp, body
+
+
+def _cut(data: bytes, layout: _Layout, start: int, end: int, partial: bool) -> bytearray:
+    """The packet carrying payload bytes ``start:end`` of ``data``, headers made to fit.
+
+    The IP length (and an IPv4 header checksum), the sequence number and the
+    flags (FIN and PSH stay with the last piece, CWR with the first) are
+    rewritten.  ``partial``: the TCP checksum field holds the pseudo-header
+    sum (a packet for TSO), which is moved to the new length; otherwise the
+    field is left as it is (an incoming packet whose checksum the kernel
+    vouched for).
+    """
+    version, ip, tcp, body = layout
+    packet = bytearray(data[:body])
+    packet += memoryview(data)[body + start : body + end]
+    if version == 4:
+        packet[ip + 2 : ip + 4] = (len(packet) - ip).to_bytes(2, "big")
+        packet[ip + 10 : ip + 12] = b"\0\0"
+        packet[ip + 10 : ip + 12] = internet_checksum(packet[ip:tcp]).to_bytes(2, "big")
+    else:
+        packet[ip + 4 : ip + 6] = (len(packet) - tcp).to_bytes(2, "big")
+    (seq,) = _TCP_SEQ.unpack_from(packet, tcp + 4)
+    _TCP_SEQ.pack_into(packet, tcp + 4, (seq + start) & 0xFFFF_FFFF)
+    flags = packet[tcp + 13]
+    if body + end < len(data):
+        flags &= ~(_FIN | _PSH)
+    if start:
+        flags &= ~_CWR
+    packet[tcp + 13] = flags
+    if partial:
+        # The pseudo-header sum covers the TCP length: take the old one out
+        # (adding its ones' complement) and put the new one in.
+        field = int.from_bytes(packet[tcp + 16 : tcp + 18], "big")
+        total = field + (0xFFFF - (len(data) - tcp)) + (len(packet) - tcp)
+        packet[tcp + 16 : tcp + 18] = (total % 0xFFFF or 0xFFFF).to_bytes(2, "big")
+    return packet
+
+
 class FaultyLink(Link):
     """``inner`` with :class:`~netshim.ip.links.Faults` applied to both directions.
 
@@ -71,42 +152,115 @@ class FaultyLink(Link):
     the next one in the same direction (a held packet leaves right after the
     next packet, or with the next call if the link goes quiet on the send
     side); ``latency`` is not supported here (use a :class:`Cable`).
+
+    ``wire_mtu``: draw the loss once per wire segment of that MTU rather than
+    once per packet.  A TCP packet longer than one wire segment (a TSO packet
+    sent, a coalesced one received) is cut where the wire would cut it (at
+    its GSO size going out; at the MTU less its headers coming in) and loses
+    each piece with ``faults.loss``; the runs of pieces that survive go on as
+    packets of their own (still TSO packets when longer than one piece).
+    Duplication and reordering then apply to those packets.  Other packets
+    are one draw each, as without ``wire_mtu``.
     """
 
-    def __init__(self, inner: Link, faults: Faults) -> None:
+    def __init__(self, inner: Link, faults: Faults, *, wire_mtu: int | None = None) -> None:
         if faults.latency:
             raise ValueError("FaultyLink does not delay packets; use a Cable for latency")
+        if wire_mtu is not None and not 1280 <= wire_mtu <= 65535:
+            raise ValueError(f"wire_mtu must be in 1280..65535, got {wire_mtu}")
         self.inner = inner
         self.medium = inner.medium
         self.tso = inner.tso
+        self.wire_mtu = wire_mtu
         self.outbound = FaultInjector(faults, 1)
         self.inbound = FaultInjector(faults, 2)
         self._held_out: tuple[bytes, GsoInfo | None] | None = None
         self._pending_in: collections.deque[IncomingPacket] = collections.deque()
         self._held_in: IncomingPacket | None = None
 
-    async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None:
-        times = self.outbound.schedule(0.0)
-        for at in times:
-            if at > 0.0 and self._held_out is None:
-                self._held_out = (bytes(packet), gso)
-                continue
-            await self.inner.send(packet, gso)
-            if self._held_out is not None:
-                held, self._held_out = self._held_out, None
-                await self.inner.send(*held)
+    def _survivors(self, injector: FaultInjector, segments: int) -> list[tuple[int, int]]:
+        """Runs ``(first, end)`` of the segment indices that the loss draws spare."""
+        runs: list[tuple[int, int]] = []
+        first = 0
+        for index in range(segments):
+            if injector.loses():
+                if index > first:
+                    runs.append((first, index))
+                first = index + 1
+        if segments > first:
+            runs.append((first, segments))
+        return runs
 
-    async def receive(self) -> IncomingPacket:
-        while not self._pending_in:
-            incoming = await self.inner.receive()
-            for at in self.inbound.schedule(0.0):
-                if at > 0.0 and self._held_in is None:
-                    self._held_in = incoming
+    def _outgoing(self, packet: bytes, gso: GsoInfo | None) -> list[tuple[bytes, GsoInfo | None]]:
+        """What is left of ``packet`` after the loss, and the faults' copies and swaps."""
+        pieces: list[tuple[bytes, GsoInfo | None]] = [(packet, gso)]
+        lose = True
+        if self.wire_mtu is not None and gso is not None:
+            layout = _tcp_layout(packet, self.medium)
+            if layout is not None:
+                lose = False
+                size = gso.gso_size
+                payload = len(packet) - layout[3]
+                runs = self._survivors(self.outbound, -(-payload // size))
+                if runs != [(0, -(-payload // size))]:
+                    pieces = []
+                    for first, end in runs:
+                        start, stop = first * size, min(end * size, payload)
+                        cut = _cut(packet, layout, start, stop, partial=True)
+                        if stop - start > size:
+                            pieces.append((bytes(cut), gso))
+                        else:
+                            pieces.append((_completed(cut, layout), None))
+        out: list[tuple[bytes, GsoInfo | None]] = []
+        for piece in pieces:
+            for at in self.outbound.schedule(0.0, lose=lose):
+                if at > 0.0 and self._held_out is None:
+                    self._held_out = (bytes(piece[0]), piece[1])
                     continue
-                self._pending_in.append(incoming)
+                out.append(piece)
+                if self._held_out is not None:
+                    out.append(self._held_out)
+                    self._held_out = None
+        return out
+
+    def _incoming(self, incoming: IncomingPacket) -> None:
+        """Queue what is left of ``incoming`` after the faults."""
+        pieces = [incoming]
+        lose = True
+        if self.wire_mtu is not None and incoming.checksum_verified:
+            data = incoming.data
+            layout = _tcp_layout(data, self.medium)
+            if layout is not None:
+                lose = False
+                ip, body = layout[1], layout[3]
+                size = self.wire_mtu - (body - ip)
+                payload = len(data) - body
+                count = max(1, -(-payload // size))
+                runs = self._survivors(self.inbound, count)
+                if runs != [(0, count)]:
+                    pieces = [
+                        IncomingPacket(
+                            bytes(_cut(data, layout, a * size, min(b * size, payload), False)), True
+                        )
+                        for a, b in runs
+                    ]
+        for piece in pieces:
+            for at in self.inbound.schedule(0.0, lose=lose):
+                if at > 0.0 and self._held_in is None:
+                    self._held_in = piece
+                    continue
+                self._pending_in.append(piece)
                 if self._held_in is not None:
                     self._pending_in.append(self._held_in)
                     self._held_in = None
+
+    async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None:
+        for piece, piece_gso in self._outgoing(packet, gso):
+            await self.inner.send(piece, piece_gso)
+
+    async def receive(self) -> IncomingPacket:
+        while not self._pending_in:
+            self._incoming(await self.inner.receive())
         return self._pending_in.popleft()
 
     def receive_nowait(self) -> IncomingPacket | None:
@@ -121,28 +275,14 @@ class FaultyLink(Link):
             incoming = inner_nowait() if inner_nowait is not None else None
             if incoming is None:
                 return None
-            for at in self.inbound.schedule(0.0):
-                if at > 0.0 and self._held_in is None:
-                    self._held_in = incoming
-                    continue
-                self._pending_in.append(incoming)
-                if self._held_in is not None:
-                    self._pending_in.append(self._held_in)
-                    self._held_in = None
+            self._incoming(incoming)
         return self._pending_in.popleft()
 
     async def send_many(self, packets: Iterable[tuple[bytes, GsoInfo | None]]) -> None:
         """Send each ``(packet, gso)`` with the faults, in one call of the inner link's own."""
         out: list[tuple[bytes, GsoInfo | None]] = []
         for packet, gso in packets:
-            for at in self.outbound.schedule(0.0):
-                if at > 0.0 and self._held_out is None:
-                    self._held_out = (bytes(packet), gso)
-                    continue
-                out.append((packet, gso))
-                if self._held_out is not None:
-                    out.append(self._held_out)
-                    self._held_out = None
+            out += self._outgoing(packet, gso)
         inner_many = getattr(self.inner, "send_many", None)
         if inner_many is not None:
             await inner_many(out)
@@ -152,3 +292,12 @@ class FaultyLink(Link):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _completed(packet: bytearray, layout: _Layout) -> bytes:
+    """``packet`` (its TCP checksum field the pseudo-header sum) with the full checksum."""
+    tcp = layout[2]
+    pseudo = int.from_bytes(packet[tcp + 16 : tcp + 18], "big")
+    packet[tcp + 16 : tcp + 18] = b"\0\0"
+    packet[tcp + 16 : tcp + 18] = internet_checksum(packet[tcp:], pseudo).to_bytes(2, "big")
+    return bytes(packet)
