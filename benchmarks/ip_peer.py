@@ -316,11 +316,39 @@ async def trace(connection: Any, stack: Any) -> None:
                 "send_window": c._snd_wnd,
                 "tlp": c._tlp_high is not None,
                 "last_sent_ago_ms": round((now - max(c._xmit_times[-1:] or [now])) * 1000, 1),
+                "lost_again": len(c._lost_again),
+                "first_record": (c._xmit_ends[0] - c._snd_una) if c._xmit_ends else None,
+                "first_hole": [x - c._snd_una for x in c._next_hole(c._snd_una, c._snd_max) or ()],
+                "rack_order_minus_first": (c._rack_order - c._xmit_orders[0])
+                if c._xmit_orders
+                else None,
+                "rack_deadline": c._rack_deadline and round(c._rack_deadline - now, 4),
+                "sack_blocks": len(c._sacked_starts),
             }
         )
         on_timeout(now, out)
 
     connection._on_retransmit_timeout = traced_timeout
+    counts = {"read": 0, "delivered": 0}
+    inner = getattr(stack._link, "inner", None)
+    if inner is not None:
+        inner_nowait = inner.receive_nowait
+
+        def counted_nowait() -> Any:
+            got = inner_nowait()
+            if got is not None:
+                counts["read"] += 1
+            return got
+
+        inner.receive_nowait = counted_nowait
+        interface = stack._interface
+        interface_receive = interface.receive
+
+        def counted_receive(*args: Any, **kwargs: Any) -> Any:
+            counts["delivered"] += 1
+            return interface_receive(*args, **kwargs)
+
+        interface.receive = counted_receive
     try:
         while True:
             samples.append(connection.cwnd // max(1, connection.send_mss))
@@ -350,6 +378,7 @@ async def trace(connection: Any, stack: Any) -> None:
                     "spurious_recoveries": connection.spurious_recoveries,
                     "at_timeouts": timeouts,
                     "interface_dropped": dict(stack._interface.dropped),
+                    "link_counts": counts,
                     "link_lost": [
                         getattr(getattr(stack._link, name, None), "lost", None)
                         for name in ("outbound", "inbound")

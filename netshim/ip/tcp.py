@@ -456,9 +456,14 @@ class TcpConnection:
         self._xmit_times: list[float] = []
         self._xmit_orders: list[int] = []
         self._send_order = 0
-        # The most recently sent segment known delivered: its send order and RTT.
+        # The most recently sent segment known delivered: its send order and RTT,
+        # and how far its delivered data reaches.  One send (a TSO packet) is
+        # several wire segments with one order: those below the delivered end
+        # were sent before it, as Linux's tcp_rack_sent_after orders one skb's
+        # pieces by sequence.
         self._rack_order = -1
         self._rack_rtt = 0.0
+        self._rack_end = iss
         self._rack_reordering_seen = False
         # RFC 8985 section 6.2 step 4: the window grows by a quarter of the
         # minimum RTT per round trip that brought a D-SACK, as Linux's reo_wnd_steps.
@@ -1290,6 +1295,9 @@ class TcpConnection:
         if order > self._rack_order:
             self._rack_order = order
             self._rack_rtt = now - sent
+            self._rack_end = end
+        elif order == self._rack_order and end > self._rack_end:
+            self._rack_end = end
 
     def _rack_reordering_window(self) -> float:
         # As Linux's tcp_rack_reo_wnd: no allowance while no reordering was
@@ -1319,12 +1327,18 @@ class TcpConnection:
         times, ends = self._xmit_times, self._xmit_ends
         before = bisect_left(self._xmit_orders, rack_order)
         lost = min(before, bisect_right(times, cutoff))
-        if lost:
-            edge = ends[lost - 1]
-            if edge > self._lost_edge:
-                if self._next_hole(max(self._lost_edge, snd_una), edge) is not None:
-                    newly_lost = True
-                self._lost_edge = edge
+        edge = ends[lost - 1] if lost else snd_una
+        if lost == before < len(times) and self._xmit_orders[before] == rack_order:
+            # The RACK send itself: what of it lies below its delivered part.
+            below = min(self._rack_end, ends[before])
+            if times[before] <= cutoff:
+                edge = max(edge, below)
+            elif self._next_hole(max(edge, snd_una), below) is not None:
+                next_check = times[before] + wait
+        if edge > snd_una and edge > self._lost_edge:
+            if self._next_hole(max(self._lost_edge, snd_una), edge) is not None:
+                newly_lost = True
+            self._lost_edge = edge
         if lost < before:
             start = ends[lost - 1] if lost else snd_una
             if self._next_hole(max(start, snd_una), ends[before - 1]) is not None:
@@ -1336,6 +1350,19 @@ class TcpConnection:
                 start, end, sent, order = entry
                 if end <= snd_una:
                     continue
+                if order == rack_order and start < self._rack_end < end and sent <= cutoff:
+                    # A retransmitted TSO packet delivered in part: its pieces
+                    # below the delivered one are lost again.
+                    hole = self._next_hole(max(start, snd_una), self._rack_end)
+                    if hole is not None:
+                        self.lost_retransmissions += 1
+                        newly_lost = True
+                        if self._in_recovery:
+                            self._lost_again.append(hole)
+                        elif hole[1] > self._lost_edge:
+                            self._lost_edge = hole[1]
+                        kept.append((self._rack_end, end, sent, order))
+                        continue
                 if order < rack_order:
                     if sent > cutoff:
                         due = sent + wait
@@ -1485,8 +1512,9 @@ class TcpConnection:
         if not self._in_recovery:
             return flight - self._sacked_bytes
         # Above the lost edge and not SACKed is in flight; below it only what
-        # was retransmitted and not yet SACKed.
-        lost_edge = self._lost_edge
+        # was retransmitted and not yet SACKed.  A partial ACK can pass the
+        # lost edge: what it acknowledged is in flight no more.
+        lost_edge = max(self._lost_edge, self._snd_una)
         above = self._snd_nxt - lost_edge
         if self._sacked_bytes:
             above -= self._sacked_bytes - self._sacked_below(lost_edge)

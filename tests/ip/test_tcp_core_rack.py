@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 
@@ -109,6 +110,46 @@ def test_lost_retransmission_is_found_by_send_order_without_a_timeout() -> None:
     assert sends[10] == 3
     assert sends[20] == 2
     assert network.a.lost_retransmissions == 1
+
+
+def test_a_lost_head_of_a_tso_packet_is_found_by_sequence_without_a_probe() -> None:
+    """Pieces of one TSO send go out together: the part below a delivered one is lost.
+
+    The first flight is one 10-segment TSO packet; a lossy wire behind the
+    device delivers only its last segment.  One SACKed segment is below the
+    duplicate threshold and every piece has the same send time and order,
+    so RACK must order them by sequence (as Linux's tcp_rack_sent_after
+    does for one skb) to see the first nine lost a reordering window after
+    the SACK, before any probe or timeout.
+    """
+    cut: list[TcpRepr] = []
+
+    def deliver_only_the_tail(direction: str, segment: TcpRepr, now: float) -> list[float]:
+        if direction == "a>b" and len(segment.payload) == 10 * MSS and not cut:
+            tail = dataclasses.replace(
+                segment,
+                seq=(segment.seq + 9 * MSS) & 0xFFFF_FFFF,
+                payload=segment.payload[9 * MSS :],
+            )
+            cut.append(tail)
+            network.inject("b", tail, network.latency)
+            return []
+        return [0.0]
+
+    network = Network(a_config=TcpConfig(max_segment_payload=45 * MSS), fault=deliver_only_the_tail)
+    network.handshake()
+    began = network.now
+    run_to_completion(network, pattern(10 * MSS))
+    info = network.a.info()
+    assert cut
+    assert info.timeouts == 0
+    assert network.a.loss_probes == 0
+    assert info.fast_recoveries == 1
+    # The nine lost segments went again, the delivered one not.
+    resent = [s for s in network.segments("a>b") if s.payload][1:]
+    assert sum(len(s.payload) for s in resent) == 9 * MSS
+    assert all(ordinal(network, s) <= 9 for s in resent)
+    assert network.now - began < 0.02
 
 
 def test_reordering_within_the_window_sends_nothing_twice() -> None:
