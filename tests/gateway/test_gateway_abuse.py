@@ -300,6 +300,31 @@ def allow(server: ThreadedServer) -> tuple[str, str]:
     return "--allow", f"{server.address[0]}:{server.address[1]}"
 
 
+@contextlib.contextmanager
+def abused_gateway(
+    destination: Callable[[], contextlib.AbstractContextManager[ThreadedServer]],
+    loop: str,
+    scenario: str,
+    *flags: str,
+) -> Iterator[tuple[GatewayProcess, ThreadedServer]]:
+    """A gateway process on ``loop`` allowed to reach a new ``destination``; both, for the abuse.
+
+    A fresh client is served before the block; after it the destination
+    stops (ending what the abusers left open) and :func:`wrap_up` judges
+    ``scenario`` against :data:`MEMORY_BOUND`.
+    """
+    with contextlib.ExitStack() as destinations:
+        server = destinations.enter_context(destination())
+        with (
+            gateway_process(*allow(server), *flags, event_loop=loop) as gateway,
+            RssWatch(gateway) as watch,
+        ):
+            gateway.assert_serves(source=FRESH)
+            yield gateway, server
+            destinations.close()
+            wrap_up(scenario, loop, gateway, watch, MEMORY_BOUND)
+
+
 def wait_for(condition: Callable[[], bool], what: str, seconds: float = SOCKET_TIMEOUT) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -519,71 +544,49 @@ def flooding(floods: Sequence[Flood]) -> Iterator[None]:
 
 @pytest.mark.parametrize("loop", EVENT_LOOPS)
 def test_wisp_client_never_reads_talking_destinations(loop: str) -> None:
-    with contextlib.ExitStack() as destinations:
-        talker = destinations.enter_context(talking_server())
-        with (
-            gateway_process(*allow(talker), event_loop=loop) as gateway,
-            RssWatch(gateway) as watch,
-        ):
-            gateway.assert_serves(source=FRESH)
-            with contextlib.ExitStack() as clients:
-                sock, _ = wisp_v2_client(gateway.http, ABUSER)
-                clients.enter_context(sock)
-                sock.sendall(
-                    b"".join(
-                        ws_frame(connect_packet(i, talker.address)) for i in range(1, STREAMS + 1)
-                    )
-                )
-                # From here on the client never reads: the kernel buffers fill up.
-                wait_for(lambda: talker.connections >= STREAMS, "the 16 streams to connect")
-                check_fresh_clients_served(gateway, ABUSE_SECONDS)
-                assert talker.sent > MiB, f"the destinations sent only {talker.sent} bytes"
-                print(f"\n[abuse] the talking destinations got rid of {talker.sent / MiB:.1f} MiB")
-            destinations.close()
-            wrap_up("1 never reads: Wisp v2", loop, gateway, watch, MEMORY_BOUND)
+    with (
+        abused_gateway(talking_server, loop, "1 never reads: Wisp v2") as (gateway, talker),
+        contextlib.ExitStack() as clients,
+    ):
+        sock, _ = wisp_v2_client(gateway.http, ABUSER)
+        clients.enter_context(sock)
+        sock.sendall(
+            b"".join(ws_frame(connect_packet(i, talker.address)) for i in range(1, STREAMS + 1))
+        )
+        # From here on the client never reads: the kernel buffers fill up.
+        wait_for(lambda: talker.connections >= STREAMS, "the 16 streams to connect")
+        check_fresh_clients_served(gateway, ABUSE_SECONDS)
+        assert talker.sent > MiB, f"the destinations sent only {talker.sent} bytes"
+        print(f"\n[abuse] the talking destinations got rid of {talker.sent / MiB:.1f} MiB")
 
 
 @pytest.mark.parametrize("loop", EVENT_LOOPS)
 def test_socks5_clients_never_read_talking_destinations(loop: str) -> None:
-    with contextlib.ExitStack() as destinations:
-        talker = destinations.enter_context(talking_server())
-        with (
-            gateway_process(*allow(talker), event_loop=loop) as gateway,
-            RssWatch(gateway) as watch,
-        ):
-            gateway.assert_serves(source=FRESH)
-            with contextlib.ExitStack() as clients:
-                for _ in range(STREAMS):
-                    sock = clients.enter_context(open_socket(gateway.socks, ABUSER))
-                    socks5_connected(sock, talker.address)
-                wait_for(lambda: talker.connections >= STREAMS, "the 16 connections")
-                check_fresh_clients_served(gateway, ABUSE_SECONDS)
-                assert talker.sent > MiB, f"the destinations sent only {talker.sent} bytes"
-            destinations.close()
-            wrap_up("1 never reads: SOCKS5", loop, gateway, watch, MEMORY_BOUND)
+    with (
+        abused_gateway(talking_server, loop, "1 never reads: SOCKS5") as (gateway, talker),
+        contextlib.ExitStack() as clients,
+    ):
+        for _ in range(STREAMS):
+            sock = clients.enter_context(open_socket(gateway.socks, ABUSER))
+            socks5_connected(sock, talker.address)
+        wait_for(lambda: talker.connections >= STREAMS, "the 16 connections")
+        check_fresh_clients_served(gateway, ABUSE_SECONDS)
+        assert talker.sent > MiB, f"the destinations sent only {talker.sent} bytes"
 
 
 @pytest.mark.parametrize("loop", EVENT_LOOPS)
 def test_wsproxy_clients_never_read_talking_destinations(loop: str) -> None:
-    with contextlib.ExitStack() as destinations:
-        talker = destinations.enter_context(talking_server())
-        with (
-            gateway_process(*allow(talker), event_loop=loop) as gateway,
-            RssWatch(gateway) as watch,
-        ):
-            gateway.assert_serves(source=FRESH)
-            path = f"/{talker.address[0]}:{talker.address[1]}"
-            with contextlib.ExitStack() as clients:
-                for _ in range(STREAMS):
-                    sock = clients.enter_context(open_socket(gateway.http, ABUSER))
-                    sock.sendall(upgrade_request(gateway.http, path, "binary"))
-                    status, _ = read_response_head(sock)
-                    assert status == 101, status
-                wait_for(lambda: talker.connections >= STREAMS, "the 16 connections")
-                check_fresh_clients_served(gateway, ABUSE_SECONDS)
-                assert talker.sent > MiB, f"the destinations sent only {talker.sent} bytes"
-            destinations.close()
-            wrap_up("1 never reads: wsproxy", loop, gateway, watch, MEMORY_BOUND)
+    with abused_gateway(talking_server, loop, "1 never reads: wsproxy") as (gateway, talker):
+        path = f"/{talker.address[0]}:{talker.address[1]}"
+        with contextlib.ExitStack() as clients:
+            for _ in range(STREAMS):
+                sock = clients.enter_context(open_socket(gateway.http, ABUSER))
+                sock.sendall(upgrade_request(gateway.http, path, "binary"))
+                status, _ = read_response_head(sock)
+                assert status == 101, status
+            wait_for(lambda: talker.connections >= STREAMS, "the 16 connections")
+            check_fresh_clients_served(gateway, ABUSE_SECONDS)
+            assert talker.sent > MiB, f"the destinations sent only {talker.sent} bytes"
 
 
 # -- 2. a slow reader
@@ -594,73 +597,63 @@ SLOW_READ_RATE = 256 * KiB
 
 @pytest.mark.parametrize("loop", EVENT_LOOPS)
 def test_slow_wisp_reader(loop: str) -> None:
-    with contextlib.ExitStack() as destinations:
-        talker = destinations.enter_context(talking_server())
-        with (
-            gateway_process(*allow(talker), event_loop=loop) as gateway,
-            RssWatch(gateway) as watch,
-        ):
-            gateway.assert_serves(source=FRESH)
-            sock, frames = wisp_v2_client(gateway.http, ABUSER)
-            stop = threading.Event()
-            received: dict[int, int] = {}
-            problems: list[str] = []
-            timing: dict[str, float] = {}
+    with abused_gateway(talking_server, loop, "2 slow reader: Wisp v2") as (gateway, talker):
+        sock, frames = wisp_v2_client(gateway.http, ABUSER)
+        stop = threading.Event()
+        received: dict[int, int] = {}
+        problems: list[str] = []
+        timing: dict[str, float] = {}
 
-            def read_slowly() -> None:
-                started = time.monotonic()
-                total = 0
-                try:
-                    while not stop.is_set():
-                        allowed = SLOW_READ_RATE * (time.monotonic() - started) - total
-                        if allowed < 4 * KiB:
-                            stop.wait(0.01)
+        def read_slowly() -> None:
+            started = time.monotonic()
+            total = 0
+            try:
+                while not stop.is_set():
+                    allowed = SLOW_READ_RATE * (time.monotonic() - started) - total
+                    if allowed < 4 * KiB:
+                        stop.wait(0.01)
+                        continue
+                    data = sock.recv(min(int(allowed), 16 * KiB))
+                    if not data:
+                        problems.append("the gateway closed the connection")
+                        return
+                    total += len(data)
+                    frames.feed(data)
+                    for opcode, payload in frames.frames():
+                        if opcode != Opcode.BINARY or payload[:1] != b"\x02":
+                            problems.append(f"unexpected {opcode} {payload[:16]!r}")
                             continue
-                        data = sock.recv(min(int(allowed), 16 * KiB))
-                        if not data:
-                            problems.append("the gateway closed the connection")
-                            return
-                        total += len(data)
-                        frames.feed(data)
-                        for opcode, payload in frames.frames():
-                            if opcode != Opcode.BINARY or payload[:1] != b"\x02":
-                                problems.append(f"unexpected {opcode} {payload[:16]!r}")
-                                continue
-                            (stream_id,) = struct.unpack_from("<I", payload, 1)
-                            size = len(payload) - wisp.HEADER_SIZE
-                            received[stream_id] = received.get(stream_id, 0) + size
-                except Exception as exc:
-                    problems.append(repr(exc))
-                finally:
-                    timing["seconds"] = time.monotonic() - started
-                    timing["bytes"] = total
+                        (stream_id,) = struct.unpack_from("<I", payload, 1)
+                        size = len(payload) - wisp.HEADER_SIZE
+                        received[stream_id] = received.get(stream_id, 0) + size
+            except Exception as exc:
+                problems.append(repr(exc))
+            finally:
+                timing["seconds"] = time.monotonic() - started
+                timing["bytes"] = total
 
-            with sock:
-                sock.sendall(
-                    b"".join(
-                        ws_frame(connect_packet(i, talker.address)) for i in range(1, STREAMS + 1)
-                    )
-                )
-                reader = threading.Thread(target=read_slowly, name="abuse-slow-reader", daemon=True)
-                reader.start()
-                try:
-                    wait_for(lambda: talker.connections >= STREAMS, "the 16 streams to connect")
-                    check_fresh_clients_served(gateway, ABUSE_SECONDS)
-                finally:
-                    stop.set()
-                    reader.join(SOCKET_TIMEOUT)
-            assert not problems, problems
-            rate = timing["bytes"] / timing["seconds"]
-            print(
-                f"\n[abuse] slow reader: {timing['bytes'] / KiB:.0f} KiB in"
-                f" {timing['seconds']:.1f} s ({rate / KiB:.0f} KiB/s), DATA from"
-                f" {len(received)} streams"
+        with sock:
+            sock.sendall(
+                b"".join(ws_frame(connect_packet(i, talker.address)) for i in range(1, STREAMS + 1))
             )
-            # The gateway kept the slow reader fed (it is paced by the client only).
-            assert rate > SLOW_READ_RATE / 2, f"the slow reader got only {rate / KiB:.0f} KiB/s"
-            assert set(received) <= set(range(1, STREAMS + 1)), received
-            destinations.close()
-            wrap_up("2 slow reader: Wisp v2", loop, gateway, watch, MEMORY_BOUND)
+            reader = threading.Thread(target=read_slowly, name="abuse-slow-reader", daemon=True)
+            reader.start()
+            try:
+                wait_for(lambda: talker.connections >= STREAMS, "the 16 streams to connect")
+                check_fresh_clients_served(gateway, ABUSE_SECONDS)
+            finally:
+                stop.set()
+                reader.join(SOCKET_TIMEOUT)
+        assert not problems, problems
+        rate = timing["bytes"] / timing["seconds"]
+        print(
+            f"\n[abuse] slow reader: {timing['bytes'] / KiB:.0f} KiB in"
+            f" {timing['seconds']:.1f} s ({rate / KiB:.0f} KiB/s), DATA from"
+            f" {len(received)} streams"
+        )
+        # The gateway kept the slow reader fed (it is paced by the client only).
+        assert rate > SLOW_READ_RATE / 2, f"the slow reader got only {rate / KiB:.0f} KiB/s"
+        assert set(received) <= set(range(1, STREAMS + 1)), received
 
 
 # -- 3. early floods
@@ -699,47 +692,44 @@ def test_early_wisp_floods(loop: str) -> None:
     * 127.0.0.4, v2 without its INFO: CONNECTs and DATA at once; the
       gateway ends the connection; the client connects again and again.
     """
-    with contextlib.ExitStack() as destinations:
-        sink = destinations.enter_context(sink_server())
-        flags = (*allow(sink), "--upload-buffer", str(EARLY_FLOOD_BUDGET))
-        with (
-            gateway_process(*flags, event_loop=loop) as gateway,
-            RssWatch(gateway) as watch,
-        ):
-            gateway.assert_serves(source=FRESH)
-            http = gateway.http
-            connects = b"".join(
-                ws_frame(connect_packet(i, sink.address)) for i in range(1, STREAMS + 1)
+    with abused_gateway(
+        sink_server,
+        loop,
+        "3 early flood: Wisp (3 clients)",
+        "--upload-buffer",
+        str(EARLY_FLOOD_BUDGET),
+    ) as (gateway, sink):
+        http = gateway.http
+        connects = b"".join(
+            ws_frame(connect_packet(i, sink.address)) for i in range(1, STREAMS + 1)
+        )
+        small = [data_frame(i, 64 * KiB) for i in range(1, STREAMS + 1)]
+        budget_flood = Flood(
+            "v2-blind",
+            upgrade_then(http, "127.0.0.2", "/", "wisp-v2", ws_frame(client_info()) + connects),
+            [data_frame(i, BIG_DATA) for i in range(1, STREAMS + 1)],
+        )
+        credit_flood = Flood(
+            "v1-credits", upgrade_then(http, "127.0.0.3", "/", None, connects), small
+        )
+        no_info_flood = Flood(
+            "v2-no-info", upgrade_then(http, "127.0.0.4", "/", "wisp-v2", connects), small
+        )
+        floods = (budget_flood, credit_flood, no_info_flood)
+        with flooding(floods):
+            check_fresh_clients_served(gateway, ABUSE_SECONDS)
+        print(
+            "\n[abuse] sent "
+            + ", ".join(
+                f"{f.name} {f.sent / MiB:.0f} MiB on {f.connections} connection(s)"
+                f" ({len(f.failures)} failed connects)"
+                for f in floods
             )
-            small = [data_frame(i, 64 * KiB) for i in range(1, STREAMS + 1)]
-            budget_flood = Flood(
-                "v2-blind",
-                upgrade_then(http, "127.0.0.2", "/", "wisp-v2", ws_frame(client_info()) + connects),
-                [data_frame(i, BIG_DATA) for i in range(1, STREAMS + 1)],
-            )
-            credit_flood = Flood(
-                "v1-credits", upgrade_then(http, "127.0.0.3", "/", None, connects), small
-            )
-            no_info_flood = Flood(
-                "v2-no-info", upgrade_then(http, "127.0.0.4", "/", "wisp-v2", connects), small
-            )
-            floods = (budget_flood, credit_flood, no_info_flood)
-            with flooding(floods):
-                check_fresh_clients_served(gateway, ABUSE_SECONDS)
-            print(
-                "\n[abuse] sent "
-                + ", ".join(
-                    f"{f.name} {f.sent / MiB:.0f} MiB on {f.connections} connection(s)"
-                    f" ({len(f.failures)} failed connects)"
-                    for f in floods
-                )
-            )
-            # The floods did flood: past the budget, and past the credits of a stream.
-            assert budget_flood.sent > EARLY_FLOOD_BUDGET, budget_flood.sent
-            assert credit_flood.sent > 2 * 128 * 64 * KiB, credit_flood.sent
-            assert no_info_flood.sent > 0
-            destinations.close()
-            wrap_up("3 early flood: Wisp (3 clients)", loop, gateway, watch, MEMORY_BOUND)
+        )
+        # The floods did flood: past the budget, and past the credits of a stream.
+        assert budget_flood.sent > EARLY_FLOOD_BUDGET, budget_flood.sent
+        assert credit_flood.sent > 2 * 128 * 64 * KiB, credit_flood.sent
+        assert no_info_flood.sent > 0
 
 
 @pytest.mark.parametrize("loop", EVENT_LOOPS)
@@ -749,44 +739,34 @@ def test_early_socks5_and_wsproxy_floods(loop: str) -> None:
     Beside them (from another address) 16 wsproxy clients send 1 MiB messages
     right behind their upgrade request.  The destinations are sinks that never read.
     """
-    with contextlib.ExitStack() as destinations:
-        sink = destinations.enter_context(sink_server())
-        with (
-            gateway_process(*allow(sink), event_loop=loop) as gateway,
-            RssWatch(gateway) as watch,
-        ):
-            gateway.assert_serves(source=FRESH)
+    with abused_gateway(sink_server, loop, "3 early flood: SOCKS5 + wsproxy") as (gateway, sink):
 
-            def socks_start() -> socket.socket:
-                sock = open_socket(gateway.socks, "127.0.0.2")
-                try:
-                    sock.sendall(socks5_connect_request(sink.address))
-                except BaseException:
-                    sock.close()
-                    raise
-                return sock
+        def socks_start() -> socket.socket:
+            sock = open_socket(gateway.socks, "127.0.0.2")
+            try:
+                sock.sendall(socks5_connect_request(sink.address))
+            except BaseException:
+                sock.close()
+                raise
+            return sock
 
-            path = f"/{sink.address[0]}:{sink.address[1]}"
-            wsproxy_start = upgrade_then(gateway.http, "127.0.0.3", path, "binary", b"")
-            raw = [bytes(256 * KiB)]
-            messages = [ws_frame(bytes(wisp.DEFAULT_MAX_MESSAGE_SIZE))]
-            socks_floods = [Flood(f"socks5-{i}", socks_start, raw) for i in range(STREAMS)]
-            wsproxy_floods = [
-                Flood(f"wsproxy-{i}", wsproxy_start, messages) for i in range(STREAMS)
-            ]
-            with flooding([*socks_floods, *wsproxy_floods]):
-                wait_for(lambda: sink.connections >= 2 * STREAMS, "32 connections to the sink")
-                check_fresh_clients_served(gateway, ABUSE_SECONDS)
-            socks_sent = sum(f.sent for f in socks_floods)
-            wsproxy_sent = sum(f.sent for f in wsproxy_floods)
-            print(
-                f"\n[abuse] sent SOCKS5 {socks_sent / MiB:.0f} MiB,"
-                f" wsproxy {wsproxy_sent / MiB:.0f} MiB"
-            )
-            assert socks_sent > MiB, socks_sent
-            assert wsproxy_sent > MiB, wsproxy_sent
-            destinations.close()
-            wrap_up("3 early flood: SOCKS5 + wsproxy", loop, gateway, watch, MEMORY_BOUND)
+        path = f"/{sink.address[0]}:{sink.address[1]}"
+        wsproxy_start = upgrade_then(gateway.http, "127.0.0.3", path, "binary", b"")
+        raw = [bytes(256 * KiB)]
+        messages = [ws_frame(bytes(wisp.DEFAULT_MAX_MESSAGE_SIZE))]
+        socks_floods = [Flood(f"socks5-{i}", socks_start, raw) for i in range(STREAMS)]
+        wsproxy_floods = [Flood(f"wsproxy-{i}", wsproxy_start, messages) for i in range(STREAMS)]
+        with flooding([*socks_floods, *wsproxy_floods]):
+            wait_for(lambda: sink.connections >= 2 * STREAMS, "32 connections to the sink")
+            check_fresh_clients_served(gateway, ABUSE_SECONDS)
+        socks_sent = sum(f.sent for f in socks_floods)
+        wsproxy_sent = sum(f.sent for f in wsproxy_floods)
+        print(
+            f"\n[abuse] sent SOCKS5 {socks_sent / MiB:.0f} MiB,"
+            f" wsproxy {wsproxy_sent / MiB:.0f} MiB"
+        )
+        assert socks_sent > MiB, socks_sent
+        assert wsproxy_sent > MiB, wsproxy_sent
 
 
 # -- 4. a thousand idle connections
