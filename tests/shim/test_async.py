@@ -4,41 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 
 import anyio
 import pytest
 import trio
-import trustme
-from shim_support import Installed
+from shim_support import Installed, answer_upper, tls_contexts
 
 from netshim.shim import acting_as
-
-
-def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    authority = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("web.internal").configure_cert(server)
-    client = ssl.create_default_context()
-    authority.configure_trust(client)
-    return server, client
 
 
 def test_asyncio_streams_with_and_without_tls(installed: Installed) -> None:
     server_tls, client_tls = tls_contexts()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = await reader.readline()
-        peer = writer.get_extra_info("peername")
-        writer.write(line.upper() + f"{peer[0]}\n".encode())
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
     async def main() -> None:
         with acting_as(installed.web):
-            plain = await asyncio.start_server(handle, "0.0.0.0", 8080)
-            secure = await asyncio.start_server(handle, "0.0.0.0", 8443, ssl=server_tls)
+            plain = await asyncio.start_server(answer_upper, "0.0.0.0", 8080)
+            secure = await asyncio.start_server(answer_upper, "0.0.0.0", 8443, ssl=server_tls)
         assert plain.sockets[0].getsockname() == ("0.0.0.0", 8080)
         reader, writer = await asyncio.open_connection("web.internal", 8080)
         assert writer.get_extra_info("peername")[:2] in (("10.0.0.2", 8080), ("fd00::2", 8080))

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import threading
 
 import pytest
-import trustme
-from shim_support import Installed
+from shim_support import Installed, answer_upper, tls_contexts
 
 import netshim
 from netshim.shim import acting_as
 
 uvloop = pytest.importorskip("uvloop")
-
-
-def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    authority = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert("web.internal").configure_cert(server)
-    client = ssl.create_default_context()
-    authority.configure_trust(client)
-    return server, client
 
 
 def listen_on_web(installed: Installed, port: int) -> socket.socket:
@@ -77,17 +66,10 @@ def test_create_connection_sock_both_ways_with_half_close(installed: Installed) 
 def test_create_server_sock_with_tls(installed: Installed) -> None:
     server_tls, client_tls = tls_contexts()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = await reader.readline()
-        peer = writer.get_extra_info("peername")
-        writer.write(line.upper() + f"{peer[0]}\n".encode())
-        await writer.drain()
-        writer.close()
-
     async def main() -> None:
-        plain = await asyncio.start_server(handle, sock=listen_on_web(installed, 8080))
+        plain = await asyncio.start_server(answer_upper, sock=listen_on_web(installed, 8080))
         secure = await asyncio.start_server(
-            handle, sock=listen_on_web(installed, 8443), ssl=server_tls
+            answer_upper, sock=listen_on_web(installed, 8443), ssl=server_tls
         )
         assert plain.is_serving()
         assert plain.sockets[0].getsockname() == ("0.0.0.0", 8080)
