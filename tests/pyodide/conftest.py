@@ -1,12 +1,26 @@
-"""Fixtures the Pyodide tests share: a destination for the sockets of code running in Pyodide."""
+"""Fixtures the Pyodide tests share: netshim's cache for its commands, an echo destination."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from pyodide_support import dependency_wheels, require_pyodide
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``--cache-dir`` for ``netshim pyodide`` holding netshim's dependencies' wheels."""
+    require_pyodide()
+    directory = tmp_path_factory.mktemp("netshim-cache")
+    (directory / "wheels").mkdir()
+    for wheel in dependency_wheels():
+        shutil.copy(wheel, directory / "wheels")
+    return directory
 
 
 @pytest.fixture

@@ -16,19 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from pyodide_support import PEER_DIR, dependency_wheels, free_port, require_pyodide, wisp_gateway
+from pyodide_support import PEER_DIR, free_port, require_pyodide, wisp_gateway
 
 PYODIDE_DIR = PEER_DIR / "node_modules" / "pyodide"
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_pyodide()
-    directory = tmp_path_factory.mktemp("netshim-cache")
-    (directory / "wheels").mkdir()
-    for wheel in dependency_wheels():
-        shutil.copy(wheel, directory / "wheels")
-    return directory
 
 
 def netshim_pyodide(

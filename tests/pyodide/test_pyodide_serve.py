@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,22 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyodide_support import PEER_DIR, dependency_wheels, free_port, require_pyodide
+from pyodide_support import PEER_DIR, free_port, require_pyodide
 
 from netshim._pyodide_serve import ConsolePages
 from netshim.testing import REQUIRE_PEERS_VARIABLE, require_peer
 
 PYODIDE_DIR = PEER_DIR / "node_modules" / "pyodide"
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_pyodide()
-    directory = tmp_path_factory.mktemp("netshim-cache")
-    (directory / "wheels").mkdir()
-    for wheel in dependency_wheels():
-        shutil.copy(wheel, directory / "wheels")
-    return directory
 
 
 class Served:
