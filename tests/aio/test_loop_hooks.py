@@ -10,7 +10,6 @@ import asyncio
 import errno
 import socket
 import ssl
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -27,18 +26,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def hosts() -> Iterator[tuple[VirtualHost, VirtualHost]]:
-    net = VirtualNetwork(seed=1)
-    web = net.add_host("web.internal", ["10.0.0.2", "fd00::2"])
-    laptop = net.add_host("laptop")
-    netshim.install(laptop, mode="loop")
-    try:
-        yield web, laptop
-    finally:
-        netshim.uninstall()
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

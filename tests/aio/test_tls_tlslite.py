@@ -17,7 +17,7 @@ import trustme
 
 import netshim
 import netshim.tls
-from netshim import VirtualHost, VirtualNetwork, _ssl_standin
+from netshim import VirtualHost, _ssl_standin
 from netshim.tls._x509 import Certificate, CertificateError, match_hostname, verify_chain
 
 pytest.importorskip("tlslite")
@@ -30,17 +30,13 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def hosts() -> Iterator[tuple[VirtualHost, VirtualHost]]:
-    net = VirtualNetwork(seed=1)
-    web = net.add_host("web.internal", ["10.0.0.2", "fd00::2"])
-    laptop = net.add_host("laptop")
-    netshim.install(laptop, mode="loop")
+def hosts(hosts: tuple[VirtualHost, VirtualHost]) -> Iterator[tuple[VirtualHost, VirtualHost]]:
+    """The shared hosts (tests/aio/conftest.py) with netshim's TLS in place of ``ssl``."""
     netshim.tls.enable()
     try:
-        yield web, laptop
+        yield hosts
     finally:
         netshim.tls.disable()
-        netshim.uninstall()
 
 
 def client_context(ca: trustme.CA | None) -> _ssl_standin.SSLContext:
