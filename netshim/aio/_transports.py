@@ -108,6 +108,10 @@ class StackSocketView:
         self.proto = socket.IPPROTO_TCP if kind == socket.SOCK_STREAM else socket.IPPROTO_UDP
         self._local = local
         self._remote = remote
+        #: Whether the stream behind ended (EOF, reset, closed): what a pool's
+        #: "did the server close this idle connection?" check asks here, since
+        #: select cannot (``netshim.install`` answers httpcore's with it).
+        self.ended = False
 
     def fileno(self) -> int:
         return -1
@@ -248,6 +252,7 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
         self._stream = stream
         self._protocol = protocol
         self._on_lost = on_lost
+        self._view = view
         self._buffer = bytearray()
         self._in_flight = 0
         self._reading_paused = False
@@ -342,6 +347,12 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
             set_callback(None)
 
     async def _read_loop(self) -> None:
+        try:
+            await self._read_until_done()
+        finally:
+            self._view.ended = True
+
+    async def _read_until_done(self) -> None:
         while True:
             try:
                 data = await self._stream.receive(MAX_RECEIVE)

@@ -115,6 +115,7 @@ def install(stack: Stack | None = None, *, mode: str = "auto") -> Stack:
         if mode == "loop":
             _restore()
             install_loop_hooks(stack)
+            _httpcore_on_views()
             if sys.platform == "emscripten":
                 # Pyodide's own sockets reach nothing; ours run on the stack.
                 from ..aio._sync import SYNC_SOCKET_NAMES
@@ -180,6 +181,34 @@ def _urllib3_on_sockets(stack: Stack) -> None:
         return bool(native_wait(sock, timeout))
 
     _replace(connection, "wait_for_read", wait_for_read)
+
+
+def _httpcore_on_views() -> None:
+    """httpcore (httpx) keeps pooled connections the server has not closed.
+
+    It asks select whether an idle connection is readable (a server's close
+    would be), and takes a socket without a descriptor for a closed one, so
+    over the loop hooks' transports (``fileno()`` -1) it opened a connection
+    per request.  Their socket view knows when its stream ended: ask it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("httpcore") is None:
+        return
+    try:
+        import httpcore._backends.anyio as backend
+    except Exception:  # a broken install: leave httpcore as it is
+        return
+    from ..aio._transports import StackSocketView
+
+    native = getattr(backend, "is_socket_readable")  # noqa: B009 - not re-exported
+
+    def is_socket_readable(sock: Any) -> bool:
+        if isinstance(sock, StackSocketView):
+            return sock.ended
+        return bool(native(sock))
+
+    _replace(backend, "is_socket_readable", is_socket_readable)
 
 
 def uninstall() -> None:

@@ -212,6 +212,39 @@ async def test_httpx_through_the_loop_hooks(installed: FakeFetch) -> None:
 
 
 @pytest.mark.anyio
+async def test_httpx_keeps_its_connection() -> None:
+    """httpcore asks whether an idle connection was closed; the socket view answers."""
+    fake = FakeFetch()
+    stack = FetchStack(fake)
+    opened: list[str] = []
+    native = stack.connect_tcp
+
+    async def counting(host: str, port: int, **kwargs: Any) -> Any:
+        opened.append(host)
+        return await native(host, port, **kwargs)
+
+    stack.connect_tcp = counting  # type: ignore[method-assign]
+    with netshim.installed(stack, mode="loop"):
+        async with httpx.AsyncClient() as client:
+            for _ in range(3):
+                assert (await client.get("http://example.org/again")).status_code == 200
+    assert opened == ["example.org"]
+    assert len(fake.requests) == 3
+
+
+@pytest.mark.anyio
+async def test_socket_view_tells_when_its_stream_ended(installed: FakeFetch) -> None:
+    reader, writer = await asyncio.open_connection("example.org", 80)
+    view = writer.get_extra_info("socket")
+    assert view.fileno() == -1
+    assert view.ended is False
+    writer.write(b"GET / HTTP/1.1\r\nHost: example.org\r\nConnection: close\r\n\r\n")
+    assert b"GET http://example.org/" in await reader.read()
+    assert view.ended is True
+    writer.close()
+
+
+@pytest.mark.anyio
 async def test_https_through_the_loop_hooks_marks_the_stream_secure(
     installed: FakeFetch,
 ) -> None:
