@@ -4,7 +4,10 @@ Runs benchmarks/pyodide_fetch/fetch_figures.py in real Pyodide under Node
 (the pinned npm package) and in Debian's headless Chromium (a page served by
 the same test server, tests/pyodide/fetch_support.py, with TCP_NODELAY so the
 server is not the bottleneck), and prints, per runtime, each figure beside
-the ceiling: JavaScript's ``fetch`` called from the same Python.
+the ceiling: JavaScript's ``fetch`` called from the same Python.  In Chromium
+it also runs benchmarks/pyodide_fetch/xhr_figures.py in a dedicated Worker
+without JSPI: blocking clients (http.client, requests) on FetchStack's
+synchronous-XHR path against JavaScript's own synchronous XHR there.
 
     python benchmarks/pyodide_fetch.py [--no-browser]
 
@@ -28,6 +31,7 @@ sys.path.insert(0, str(ROOT / "tests" / "pyodide"))
 
 import pyodide_support  # noqa: E402 - found through the path set just above
 from fetch_support import origin_server  # noqa: E402
+from test_pyodide_fetch import SYNC_CLIENTS, pure_wheel  # noqa: E402
 
 HERE = ROOT / "benchmarks" / "pyodide_fetch"
 PAGE = ROOT / "tests" / "pyodide" / "fetch_page"
@@ -39,6 +43,12 @@ PAIRS = (
     ("httpx_download_mb_per_s", "js_download_mb_per_s"),
     ("httpx_upload_mb_per_s", "js_upload_mb_per_s"),
 )
+WORKER_PAIRS = (
+    ("http_client_requests_per_s", "js_xhr_requests_per_s"),
+    ("requests_requests_per_s", "js_xhr_requests_per_s"),
+    ("requests_download_mb_per_s", "js_xhr_download_mb_per_s"),
+    ("requests_upload_mb_per_s", "js_xhr_upload_mb_per_s"),
+)
 
 
 def wheels(directory: Path) -> list[Path]:
@@ -46,6 +56,7 @@ def wheels(directory: Path) -> list[Path]:
         pyodide_support.build_netshim_wheel(directory),
         *pyodide_support.dependency_wheels(),
         *pyodide_support.dependency_wheels(HTTPX),
+        *(pure_wheel(name) for name in SYNC_CLIENTS),
     ]
 
 
@@ -58,7 +69,7 @@ def under_node(found: list[Path]) -> dict[str, float]:
     return figures
 
 
-def in_chromium(found: list[Path]) -> dict[str, float]:
+def in_chromium(found: list[Path], extra: dict[str, str] | None = None) -> dict[str, float]:
     wheel_dir = Path(tempfile.mkdtemp(prefix="netshim-fetch-bench-"))
     for wheel in found:
         shutil.copy(wheel, wheel_dir)
@@ -71,7 +82,9 @@ def in_chromium(found: list[Path]) -> dict[str, float]:
         "/scripts/": HERE,
     }
     with origin_server(files) as (base, _):
-        query = urllib.parse.urlencode({"NETSHIM_BASE": base, "script": "fetch_figures.py"})
+        query = urllib.parse.urlencode(
+            {"NETSHIM_BASE": base, "script": "fetch_figures.py", **(extra or {})}
+        )
         completed = subprocess.run(
             [
                 "node",
@@ -93,9 +106,11 @@ def in_chromium(found: list[Path]) -> dict[str, float]:
     return figures
 
 
-def show(runtime: str, figures: dict[str, float]) -> None:
+def show(
+    runtime: str, figures: dict[str, float], pairs: tuple[tuple[str, str], ...] = PAIRS
+) -> None:
     print(f"{runtime}:")
-    for ours, ceiling in PAIRS:
+    for ours, ceiling in pairs:
         ratio = figures[ours] / figures[ceiling] if figures[ceiling] else 0.0
         print(
             f"  {ours:26} {figures[ours]:8.1f}   {ceiling} {figures[ceiling]:8.1f}   {ratio:4.2f}x"
@@ -111,6 +126,8 @@ def main() -> None:
         show("Pyodide under Node", under_node(found))
         if not arguments.no_browser:
             show("Pyodide in Chromium", in_chromium(found))
+            worker = {"script": "xhr_figures.py", "worker": "1", "jspi": "0"}
+            show("Chromium Worker, no JSPI", in_chromium(found, worker), WORKER_PAIRS)
 
 
 if __name__ == "__main__":
