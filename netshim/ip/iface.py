@@ -159,6 +159,11 @@ _MAX_CACHED_ROUTES = 1024
 # The IPv4 fast paths (RFC 791 section 3.1): a header without options.
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _TCP_HEADER = struct.Struct("!HHIIHHHH")
+_TCP_SYN = int(TcpFlags.SYN)
+_TCP_FIN_PSH = int(TcpFlags.FIN | TcpFlags.PSH)
+# GsoInfo values kept for reuse, by (IP header, segment size, TCP header):
+# a handful per interface (the path MTUs and option layouts in use).
+_MAX_CACHED_GSO_INFOS = 64
 _IPV4_FIELDS = struct.Struct("!2xH2xH1xB2x4s4s")
 _IPV4_HEADER_LEN = 20
 _IPV4_MAX_LEN = 0xFFFF
@@ -499,6 +504,7 @@ class Interface:
         self._addresses: list[IPInterface] = []
         # dst -> (next hop, source), forgotten whenever addresses or routes change.
         self._route_cache: dict[IPAddress, tuple[IPAddress, IPAddress] | None] = {}
+        self._gso_infos: dict[tuple[int, int, int], GsoInfo] = {}
         # Per-packet answers that depend only on the address and on our
         # addresses, routes and interception (cleared when those change):
         # ipaddress's properties cost microseconds a call.
@@ -1484,11 +1490,19 @@ class Interface:
     ) -> None:
         src, dst = local[0], remote[0]
         ip_header = 20 if isinstance(dst, ipaddress.IPv4Address) else 40
-        tcp_header = segment.header_len()
+        payload = segment.payload
+        if len(payload) <= mss and len(payload) + ip_header + 60 <= self.mtu:
+            # Within the MSS and the MTU even with the longest options: one
+            # packet, without adding up the options' lengths first.
+            self._send_ip(src, dst, IpProtocol.TCP, segment.emit(src, dst), now)
+            return
+        # The options' bytes once per segment: their length is the header's.
+        options = b"".join([option.emit() for option in segment.options])
+        tcp_header = _TCP_HEADER.size + len(options)
         # The connection's MSS already allows for its usual options and the
         # path MTU it learnt; the MTU bound covers a segment with more options.
         per_segment = max(1, min(self.mtu - ip_header - tcp_header, mss))
-        if len(segment.payload) <= per_segment:
+        if len(payload) <= per_segment:
             self._send_ip(src, dst, IpProtocol.TCP, segment.emit(src, dst), now)
             return
         # Larger than the MTU: one GSO packet per 64 KiB if the link segments,
@@ -1498,20 +1512,20 @@ class Interface:
             chunk = max(per_segment, room // per_segment * per_segment)
         else:
             chunk = per_segment
-        payload = segment.payload
         view = memoryview(payload)
-        options = b"".join([option.emit() for option in segment.options])
         offset = tcp_header // 4 << 12
+        # Plain ints: flag arithmetic on the enum costs more than the rest
+        # of a 64 KiB packet's header.
+        segment_flags = int(segment.flags)
+        syn = segment_flags & _TCP_SYN
         for start in range(0, len(payload), chunk):
             last = start + chunk >= len(payload)
-            flags = segment.flags
+            flags = segment_flags
             if not last:
-                flags &= ~(TcpFlags.FIN | TcpFlags.PSH)
+                flags &= ~_TCP_FIN_PSH
             if start:
-                flags &= ~TcpFlags.SYN
-            seq = (segment.seq + start + (1 if start and segment.flags & TcpFlags.SYN else 0)) & (
-                0xFFFF_FFFF
-            )
+                flags &= ~_TCP_SYN
+            seq = (segment.seq + start + (1 if start and syn else 0)) & 0xFFFF_FFFF
             data = view[start : start + chunk]
             if self.tso and len(data) > per_segment:
                 # The kernel completes each segment's checksum: the header
@@ -1528,12 +1542,17 @@ class Interface:
                     partial,
                     segment.urgent,
                 )
-                gso = GsoInfo(
-                    GsoType.TCPV4 if ip_header == 20 else GsoType.TCPV6,
-                    per_segment,
-                    ip_header + tcp_header,
-                    ip_header,
-                )
+                gso_key = (ip_header, per_segment, tcp_header)
+                gso = self._gso_infos.get(gso_key)
+                if gso is None:
+                    if len(self._gso_infos) >= _MAX_CACHED_GSO_INFOS:
+                        self._gso_infos.clear()
+                    gso = self._gso_infos[gso_key] = GsoInfo(
+                        GsoType.TCPV4 if ip_header == 20 else GsoType.TCPV6,
+                        per_segment,
+                        ip_header + tcp_header,
+                        ip_header,
+                    )
                 self._send_ip(src, dst, IpProtocol.TCP, header + options, now, gso, body=data)
             else:
                 piece = TcpRepr(
@@ -1541,7 +1560,7 @@ class Interface:
                     segment.dst_port,
                     seq,
                     segment.ack,
-                    flags,
+                    TcpFlags(flags),
                     segment.window,
                     segment.options,
                     bytes(data),
