@@ -53,6 +53,7 @@ from ..shim._names import SyntheticNames
 from ..stack import Stack, TcpStream, UdpSocket
 from ..stacks.ip import Interception, IpStack
 from . import Addressing
+from ._splice import Splice, splice
 
 __all__ = ["MAX_UDP_FLOWS", "TCP_BUFFER", "UDP_IDLE_TIMEOUT", "Terminator", "TerminatorCounters"]
 
@@ -221,7 +222,11 @@ class Terminator:
                 return
             self.counters.tcp_accepted += 1
             async with program:
-                await _relay(program, upstream)
+                joined = splice(program, upstream)
+                if joined is None:
+                    await _relay(program, upstream)
+                else:
+                    await _spliced(joined, program, upstream)
 
     async def _dial_tcp(
         self, destination: tuple[IPAddress, int], host: str, port: int
@@ -346,6 +351,21 @@ class Terminator:
             except OSError:
                 return None
         return []
+
+
+async def _spliced(joined: Splice, program: TcpStream, upstream: TcpStream) -> None:
+    """Relay with ``joined`` (callbacks, no task) until it is done; carry a reset across."""
+    joined.start()
+    try:
+        await joined.done.wait()
+    finally:
+        joined.stop()
+    if joined.outcome == "closed":
+        return
+    first, second = (upstream, program) if joined.outcome == "reset-host" else (program, upstream)
+    for stream in (first, second):
+        with contextlib.suppress(OSError, anyio.ClosedResourceError):
+            await stream.abort()
 
 
 async def _relay(program: TcpStream, upstream: TcpStream) -> None:

@@ -8,10 +8,12 @@ stack (the host network, or a VirtualNetwork) through a policy.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -43,6 +45,9 @@ class HostServer:
         self.connections = 0
         self.received = hashlib.sha256()
         self.received_bytes = 0
+        self.kept = b""
+        self.error: int | None = None
+        self.finished = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -71,6 +76,27 @@ class HostServer:
                     self.received.update(data)
                     self.received_bytes += len(data)
                 conn.sendall(self.received.hexdigest().encode())
+            elif self.handler == "reset":
+                # Once the program speaks (its connect is done: a reset before
+                # would fail the connect), the payload, then a reset, no FIN.
+                conn.recv(1)
+                conn.sendall(self.payload)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif self.handler == "half-close":
+                # The payload and a FIN; what the program sends after is kept.
+                conn.sendall(self.payload)
+                conn.shutdown(socket.SHUT_WR)
+                self._keep(conn)
+            elif self.handler == "keep":
+                self._keep(conn)
+        self.finished.set()
+
+    def _keep(self, conn: socket.socket) -> None:
+        try:
+            while data := conn.recv(1 << 20):
+                self.kept += data
+        except OSError as exc:
+            self.error = exc.errno
 
     def close(self) -> None:
         self.listener.close()
@@ -190,6 +216,51 @@ with socket.create_connection(("10.0.2.2", {sink.port})) as s:
     chunk = bytes(range(256)) * 4096
     assert up == hashlib.sha256(chunk * (size // len(chunk))).hexdigest()
     assert sink.received_bytes == size
+
+
+async def test_half_closes_and_resets_cross_in_both_directions() -> None:
+    half, reset, keep = (
+        HostServer("half-close", b"greeting"),
+        HostServer("reset", b"doomed"),
+        HostServer("keep"),
+    )
+    program = f"""
+import socket, struct
+with socket.create_connection(("10.0.2.2", {half.port})) as s:
+    got = b""
+    while data := s.recv(100):
+        got += data
+    s.sendall(b"after the host's FIN")
+    s.shutdown(socket.SHUT_WR)
+    print(got.decode(), s.recv(100))
+with socket.create_connection(("10.0.2.2", {reset.port})) as s:
+    s.sendall(b"!")
+    got = b""
+    try:
+        while data := s.recv(100):
+            got += data
+        print("eof", got)
+    except OSError as exc:
+        print("error", exc.errno, got)
+s = socket.create_connection(("10.0.2.2", {keep.port}))
+s.sendall(b"last words")
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+"""
+    try:
+        with anyio.fail_after(60):
+            status, output = await confined(
+                [sys.executable, "-c", program], policy=Policy(allow=["127.0.0.1"])
+            )
+            await anyio.to_thread.run_sync(keep.finished.wait, 30)
+    finally:
+        for server in (half, reset, keep):
+            server.close()
+    assert status == 0, output
+    assert output.splitlines() == ["greeting b''", f"error {errno.ECONNRESET} b'doomed'"]
+    assert half.kept == b"after the host's FIN"
+    assert keep.kept == b"last words"
+    assert keep.error == errno.ECONNRESET
 
 
 async def test_udp_and_dns_through_the_stack() -> None:

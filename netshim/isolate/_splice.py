@@ -1,0 +1,258 @@
+"""A relay without tasks: one intercepted connection and one host socket, joined by callbacks.
+
+The terminator's general relay (:func:`netshim.isolate._terminate._relay`)
+copies with two tasks, one each way, over the :class:`~netshim.stack.Stack`
+stream contract.  Under asyncio, with the host network as the outer stack,
+each piece then crossed two event-loop hops: the host socket's transport
+woke the task that waits in ``receive()`` (and was registered with the
+selector for that one read, then unregistered), and the task copied; the
+other way the IpStack driver woke a task that wrote to the socket.  A
+1-byte round trip took four loop iterations, and a connection that opens
+and closes cost a task group, a second task and two selector registrations
+of the host socket, which showed in the profile of a connect-heavy run.
+
+A :class:`Splice` is the host socket's asyncio protocol instead: bytes the
+host sends go straight into the program's TCP connection (the IpStack core)
+in ``data_received``, and the IpStack driver, which wakes whatever waits on
+a connection whose state changed, calls the splice (through
+``call_soon``: never inside the driver's own pass) to write what the
+program sent to the host socket.  The host socket stays registered for
+reading for the whole connection.
+
+Flow control is kept both ways: when the program's send buffer is full, the
+host socket stops being read (the kernel's window closes) until the
+connection takes the rest; when the host socket's write buffer passes
+:data:`HOST_WRITE_LIMIT`, nothing more is taken from the program's
+connection (its window closes) until the transport drains.  Half-closes
+are carried each way; a reset or error on one side resets the other, as
+the general relay does.
+
+:func:`splice` says whether a pair of streams can be joined this way
+(an asyncio transport under a host stream, an IpStack connection on the
+other side); otherwise the caller uses the general relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import anyio
+
+from ..stack import TcpStream
+
+__all__ = ["HOST_WRITE_LIMIT", "Splice", "splice"]
+
+#: Bytes the host socket's transport may hold unsent before the splice stops
+#: taking data from the program (the relay's chunk size, as before).
+HOST_WRITE_LIMIT = 256 * 1024
+# Bytes taken from the program's connection per read.
+_CHUNK = 256 * 1024
+
+Outcome = Literal["closed", "reset-host", "reset-program"]
+
+
+class _Wake:
+    """Stands in the IpStack driver's table of waiters for a splice: its ``set`` calls back."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Any) -> None:
+        self._callback = callback
+
+    def set(self) -> None:
+        self._callback()
+
+
+class Splice(asyncio.Protocol):
+    """Relays between an IpStack connection (the program's) and a host socket's transport.
+
+    :attr:`done` is set when both sides finished sending (:attr:`outcome`
+    ``"closed"``) or one failed: ``"reset-host"`` (the program's side
+    failed: the host side is to be reset) or ``"reset-program"`` (the
+    other way round).  The owner then closes or aborts both streams.
+    """
+
+    def __init__(self, connection: Any, driver: Any, transport: asyncio.Transport) -> None:
+        self._connection = connection
+        self._driver = driver
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._wake = _Wake(self._schedule)
+        self._scheduled = False
+        # Host bytes the program's send buffer could not take yet.
+        self._pending: memoryview | None = None
+        self._host_eof = False
+        self._program_fin_queued = False
+        self._host_eof_sent = False
+        self._writing_paused = False
+        self.outcome: Outcome | None = None
+        self.done = anyio.Event()
+
+    def start(self) -> None:
+        """Take over the transport and carry what either side already sent."""
+        transport = self._transport
+        transport.set_protocol(self)
+        transport.set_write_buffer_limits(high=HOST_WRITE_LIMIT)
+        transport.resume_reading()
+        self._program_ready()
+
+    def stop(self) -> None:
+        """Stop relaying (the owner closes both sides); idempotent."""
+        if self.outcome is None:
+            self._finish("closed")
+
+    # -- the host side (asyncio.Protocol) ---------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.outcome is not None:
+            return
+        if self._pending is not None:
+            # Read before the pause took effect: keep it behind the rest.
+            self._pending = memoryview(bytes(self._pending) + bytes(data))
+            return
+        self._to_program(memoryview(data))
+
+    def eof_received(self) -> bool:
+        self._host_eof = True
+        if self.outcome is None and self._pending is None:
+            self._program_fin()
+        # Keep the transport open: the program may still send (a half-close).
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.outcome is None:
+            self._finish("reset-program" if exc is not None else "closed")
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.outcome is None:
+            self._program_ready()
+
+    # -- the program side -------------------------------------------------
+
+    def _to_program(self, view: memoryview) -> None:
+        connection = self._connection
+        try:
+            taken = connection.send(view)
+        except OSError:
+            # The program's connection failed (reset): the host's goes too.
+            self._finish("reset-host")
+            return
+        if taken:
+            self._driver.poke(connection)
+        if taken < len(view):
+            self._pending = view[taken:]
+            self._transport.pause_reading()
+            self._watch()
+
+    def _program_fin(self) -> None:
+        if not self._program_fin_queued:
+            self._program_fin_queued = True
+            self._connection.shutdown()
+            self._driver.poke(self._connection)
+            self._maybe_done()
+
+    def _watch(self) -> None:
+        self._driver.waiters[self._connection] = self._wake
+
+    def _schedule(self) -> None:
+        # Called from the driver's wake-ups, at the end of a transmit pass
+        # (which takes a new set of changed connections each time, so the
+        # writes and pokes here may run their own pass).  A stopping driver
+        # wakes every waiter while it walks their table: the work waits for
+        # a callback of its own then.
+        if not self._driver.stopped.is_set():
+            self._program_ready()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._scheduled_ready)
+
+    def _scheduled_ready(self) -> None:
+        self._scheduled = False
+        if self.outcome is None:
+            self._program_ready()
+
+    def _program_ready(self) -> None:
+        """The program's connection may have changed: move what can move, then watch it again."""
+        connection, driver = self._connection, self._driver
+        if driver.stopped.is_set():
+            self._finish("reset-host")
+            return
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._to_program(pending)
+            if self.outcome is not None:
+                return
+            if self._pending is None:
+                if self._host_eof:
+                    self._program_fin()
+                    if self.outcome is not None:
+                        return
+                else:
+                    self._transport.resume_reading()
+        transport = self._transport
+        while not self._host_eof_sent and not self._writing_paused:
+            if connection.readable():
+                data = connection.receive(_CHUNK)
+                transport.write(data)
+                # Reading opened the receive window: the update may be due.
+                driver.poke(connection)
+            elif connection.at_eof:
+                self._host_eof_sent = True
+                if not transport.is_closing():
+                    transport.write_eof()
+            else:
+                break
+        if self.outcome is not None:
+            # A write failed and the transport reported it.
+            return
+        if connection.error is not None and not connection.readable():
+            self._finish("reset-host")
+            return
+        if not self._maybe_done():
+            self._watch()
+
+    def _maybe_done(self) -> bool:
+        if self._host_eof_sent and self._program_fin_queued and self.outcome is None:
+            self._finish("closed")
+        return self.outcome is not None
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        waiters = self._driver.waiters
+        if waiters.get(self._connection) is self._wake:
+            del waiters[self._connection]
+        if not self._transport.is_closing():
+            self._transport.pause_reading()
+        self.done.set()
+
+
+def splice(program: TcpStream, upstream: TcpStream) -> Splice | None:
+    """A :class:`Splice` for ``program`` (an IpStack stream) and ``upstream`` (a host stream).
+
+    None when the pair is of another kind (another stack, trio, a stream
+    that already holds data): the caller relays with tasks then.
+    """
+    connection = getattr(program, "_connection", None)
+    stack = getattr(program, "_stack", None)
+    inner = getattr(upstream, "_stream", None)
+    transport = getattr(inner, "_transport", None)
+    protocol = getattr(inner, "_protocol", None)
+    if connection is None or stack is None or protocol is None:
+        return None
+    if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        return None
+    # What the stream's own protocol already holds would be lost.
+    if getattr(protocol, "read_queue", True) or getattr(protocol, "is_at_eof", True):
+        return None
+    if getattr(protocol, "exception", None) is not None:
+        return None
+    driver = stack._driver_for_use()
+    if connection in driver.waiters:
+        return None
+    return Splice(connection, driver, transport)
