@@ -27,7 +27,48 @@ __all__ = ["StackServer"]
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
-class StackServer(asyncio.AbstractServer):
+class ServesForever(asyncio.AbstractServer):
+    """``serve_forever()`` as ``asyncio.Server`` has it: serve until cancelled, then close.
+
+    A subclass sets ``_loop``, starts accepting in :meth:`_start` (at once,
+    without yielding, so that a cancellation always finds the server
+    serving and closes it), says whether it is closed in :meth:`_is_closed`
+    and calls :meth:`_stop_serving_forever` from ``close()``.
+    """
+
+    _loop: asyncio.AbstractEventLoop
+    _forever: asyncio.Future[None] | None = None
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _is_closed(self) -> bool:
+        raise NotImplementedError
+
+    async def serve_forever(self) -> None:
+        if self._forever is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._is_closed():
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start()
+        self._forever = self._loop.create_future()
+        try:
+            await self._forever
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._forever = None
+
+    def _stop_serving_forever(self) -> None:
+        if self._forever is not None and not self._forever.done():
+            self._forever.cancel()
+
+
+class StackServer(ServesForever):
     """An ``asyncio.AbstractServer`` over one or more :class:`~netshim.stack.TcpListener`."""
 
     def __init__(
@@ -51,7 +92,6 @@ class StackServer(asyncio.AbstractServer):
         self._accepting: list[asyncio.Task[None]] = []
         self._transports: set[StackStreamTransport] = set()
         self._waiters: list[asyncio.Future[None]] = []
-        self._serving_forever: asyncio.Future[None] | None = None
         self._views = tuple(
             StackSocketView(
                 family_of(listener.local_address), socket.SOCK_STREAM, listener.local_address
@@ -75,6 +115,10 @@ class StackServer(asyncio.AbstractServer):
     async def start_serving(self) -> None:
         if self._closed:
             raise RuntimeError(f"server {self!r} is closed")
+        self._start()
+        await asyncio.sleep(0)
+
+    def _start(self) -> None:
         if self._serving:
             return
         self._serving = True
@@ -82,25 +126,9 @@ class StackServer(asyncio.AbstractServer):
             self._accepting.append(
                 _spawn(self._loop, self._accept_loop(listener), "netshim server accept")
             )
-        await asyncio.sleep(0)
 
-    async def serve_forever(self) -> None:
-        if self._serving_forever is not None:
-            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
-        if self._closed:
-            raise RuntimeError(f"server {self!r} is closed")
-        await self.start_serving()
-        self._serving_forever = self._loop.create_future()
-        try:
-            await self._serving_forever
-        except asyncio.CancelledError:
-            try:
-                self.close()
-                await self.wait_closed()
-            finally:
-                raise
-        finally:
-            self._serving_forever = None
+    def _is_closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         if self._closed:
@@ -111,8 +139,7 @@ class StackServer(asyncio.AbstractServer):
             task.cancel()
         self._accepting.clear()
         _spawn(self._loop, self._close_listeners(), "netshim server close")
-        if self._serving_forever is not None and not self._serving_forever.done():
-            self._serving_forever.cancel()
+        self._stop_serving_forever()
         self._wake_if_done()
 
     async def _close_listeners(self) -> None:

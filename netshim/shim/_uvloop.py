@@ -27,6 +27,7 @@ from asyncio import sslproto, trsock
 from collections.abc import Callable
 from typing import Any
 
+from ..aio._server import ServesForever
 from ..aio._transports import _FlowControl, feed_protocol
 
 __all__ = ["ShimServer", "ShimTransport", "uvloop_patches"]
@@ -364,7 +365,7 @@ async def _open(
     return transport, protocol
 
 
-class ShimServer(asyncio.AbstractServer):
+class ShimServer(ServesForever):
     """What ``create_server`` returns on shim sockets: accepts on their listening descriptors."""
 
     def __init__(
@@ -389,7 +390,6 @@ class ShimServer(asyncio.AbstractServer):
         self._serving = False
         self._active = 0
         self._idle: asyncio.Future[None] | None = None
-        self._forever: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<ShimServer sockets={self.sockets!r}>"
@@ -417,23 +417,8 @@ class ShimServer(asyncio.AbstractServer):
             sock.listen(self._backlog)
             self._loop.add_reader(fd, self._on_acceptable, sock)
 
-    async def serve_forever(self) -> None:
-        if self._forever is not None:
-            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
-        if self._socks is None:
-            raise RuntimeError(f"server {self!r} is closed")
-        self._start()
-        self._forever = self._loop.create_future()
-        try:
-            await self._forever
-        except asyncio.CancelledError:
-            try:
-                self.close()
-                await self.wait_closed()
-            finally:
-                raise
-        finally:
-            self._forever = None
+    def _is_closed(self) -> bool:
+        return self._socks is None
 
     def close(self) -> None:
         socks, self._socks = self._socks, None
@@ -445,8 +430,7 @@ class ShimServer(asyncio.AbstractServer):
                 self._loop.remove_reader(fd)
         for sock in socks:
             sock.close()
-        if self._forever is not None and not self._forever.done():
-            self._forever.cancel()
+        self._stop_serving_forever()
 
     async def wait_closed(self) -> None:
         """Wait until the server is closed and every connection it accepted is gone."""

@@ -95,6 +95,34 @@ def test_create_server_sock_with_tls(installed: Installed) -> None:
     uvloop.run(asyncio.wait_for(main(), 20))
 
 
+def test_serve_forever_serves_until_cancelled_then_closes(installed: Installed) -> None:
+    async def main() -> None:
+        server = await asyncio.start_server(
+            answer_upper, sock=listen_on_web(installed, 8090), start_serving=False
+        )
+        assert not server.is_serving()
+        serving = asyncio.ensure_future(server.serve_forever())
+        await asyncio.sleep(0)
+        assert server.is_serving()
+        reader, writer = await asyncio.open_connection("web.internal", 8090)
+        writer.write(b"hi\n")
+        assert await reader.readline() == b"HI\n"
+        writer.close()
+        with pytest.raises(RuntimeError, match="already being awaited"):
+            await server.serve_forever()
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        assert not server.is_serving()
+        assert server.sockets == ()
+        with pytest.raises(RuntimeError, match="is closed"):
+            await server.serve_forever()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("10.0.0.2", 8090)
+
+    uvloop.run(asyncio.wait_for(main(), 20))
+
+
 def test_create_server_with_host_and_port_listens_on_the_stack(installed: Installed) -> None:
     # What uvicorn.run(app) does under uvloop: no sock=, a host and a port.
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
