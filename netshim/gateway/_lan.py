@@ -314,7 +314,7 @@ class LanMember:
     host: VirtualHost
     news: Callable[[wisp.Membership], None]
     listeners: int = 0
-    #: Its ends of spliced streams, reset when it leaves (as its host's sockets are).
+    #: Its ends of spliced streams that are open (to inspect; each closes with its stream).
     splices: set[SplicedStream] = field(default_factory=set)
 
     @property
@@ -439,13 +439,12 @@ class LanHub:
         if lan.members.get(member.name) is not member:
             return
         del lan.members[member.name]
-        for end in list(member.splices):
-            await end.abort()
-        # Ends left for a listener of this member, or by this member for
-        # another's listener, that nobody took: their connections die now.
-        for key, end in list(lan.unaccepted.items()):
-            if end.peer.member is member or member.owns(key[0][0]):
-                del lan.unaccepted[key]
+        # Its listeners close now: what was left for them nobody takes any
+        # more (the connecting ends see their connections reset).  Its own
+        # streams, spliced or not, end with its session's streams, after
+        # they delivered what it sent before it went.
+        for key in [key for key in lan.unaccepted if member.owns(key[0][0])]:
+            del lan.unaccepted[key]
         lan.network.remove_host(member.host)
         left = wisp.Membership(wisp.MembershipChange.MEMBER_LEFT, member.address, member.dns_name)
         _tell(lan.members.values(), left)
