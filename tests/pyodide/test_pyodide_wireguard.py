@@ -3,7 +3,7 @@
 The browser has no UDP, so a page's WireGuard datagrams ride Wisp UDP streams
 to netshim's gateway (CPython, on this machine), which sends them on to the
 peer as its policy allows: here only the peer's own address and port.  The
-peer is wireguard-go in a network namespace (tests/wireguard/conftest.py);
+peer is wireguard-go in a network namespace (tests/wireguard/wireguard_peer.py);
 behind its kernel interface, on the tunnel address, the standard library's
 HTTP server serves a file.  The script (scripts/wireguard_over_wisp.py) runs
 the handshake and fetches that file through the tunnel, with Pyodide's
@@ -42,9 +42,9 @@ from netshim.protocols import wireguard as wg
 
 
 def _load_wireguard_fixtures() -> ModuleType:
-    # The namespace and wireguard-go peer of the WireGuard tests, loaded under
-    # a name of its own (every test folder's conftest is "conftest").
-    path = ROOT / "tests" / "wireguard" / "conftest.py"
+    # The namespace and wireguard-go peer of the WireGuard tests, loaded by
+    # path under a name of its own (tests/wireguard is not on sys.path here).
+    path = ROOT / "tests" / "wireguard" / "wireguard_peer.py"
     spec = importlib.util.spec_from_file_location("wireguard_peer_fixtures", path)
     assert spec is not None
     assert spec.loader is not None
@@ -126,16 +126,7 @@ def test_pyodide_wireguard_over_wisp_to_wireguard_go(
     private = wg.generate_private_key()
     wireguard_go.add_client(wg.public_key(private))
     host, port = wireguard_go.endpoint
-    config = f"""
-[Interface]
-PrivateKey = {wg.key_to_text(private)}
-Address = {TUNNEL_CLIENT}/32
-
-[Peer]
-PublicKey = {wg.key_to_text(wireguard_go.public_key)}
-AllowedIPs = 10.99.0.0/24
-Endpoint = {host}:{port}
-"""
+    config = _fixtures.client_config(wireguard_go, private)
     with (
         http_server_in(wireguard_go, tmp_path / "site") as (http_port, server),
         gateway_for(wireguard_go.endpoint) as wisp,

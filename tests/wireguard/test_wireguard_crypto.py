@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import anyio
 import pytest
-from conftest import TUNNEL_SERVER, WireGuardPeerNamespace, client_stack
+from wireguard_peer import TUNNEL_SERVER, WireGuardPeerNamespace, client_stack
 
 from netshim.protocols import wireguard as wg
 from netshim.protocols._wireguard_crypto import PurePythonTagError

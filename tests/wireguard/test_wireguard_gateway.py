@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import TUNNEL_CLIENT, TUNNEL_SERVER, WireGuardPeerNamespace, run
+from wireguard_peer import TUNNEL_CLIENT, TUNNEL_SERVER, WireGuardPeerNamespace, run
 
 from netshim.gateway._wireguard import WireGuardServer
 from netshim.policy import Policy

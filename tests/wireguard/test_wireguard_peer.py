@@ -16,10 +16,11 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import (
+from wireguard_peer import (
     TUNNEL_CLIENT,
     TUNNEL_SERVER,
     WireGuardPeerNamespace,
+    client_config,
     client_stack,
     register_to_be_called,
 )
@@ -322,13 +323,8 @@ def test_netshim_run_via_a_wireguard_url(
     """Unmodified urllib code, its sockets in the tunnel: ``netshim run --via wireguard://``."""
     private = wg.generate_private_key()
     wireguard_go.add_client(wg.public_key(private))
-    host, port = wireguard_go.endpoint
     config = tmp_path / "wg0.conf"
-    config.write_text(
-        f"[Interface]\nPrivateKey = {wg.key_to_text(private)}\nAddress = {TUNNEL_CLIENT}/32\n"
-        f"[Peer]\nPublicKey = {wg.key_to_text(wireguard_go.public_key)}\n"
-        f"AllowedIPs = 10.99.0.0/24\nEndpoint = {host}:{port}\n"
-    )
+    config.write_text(client_config(wireguard_go, private))
     (tmp_path / "hello.txt").write_text("hello from behind wireguard-go\n")
     script = tmp_path / "fetch.py"
     script.write_text(
