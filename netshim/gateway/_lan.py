@@ -682,9 +682,11 @@ class SplicedStream(TcpStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        # Before looking: an abort from another task may empty ``inbound``
+        # while this one waits for its turn.
+        await anyio.lowlevel.checkpoint()
         while True:
             if self.inbound and not self.closed:
-                await anyio.lowlevel.checkpoint()
                 return self._take_chunk(max_bytes)
             self._check_end()
             await self._wait()
