@@ -664,6 +664,9 @@ class XhrFetchBackend:
             self.credentials == "include",
             milliseconds,
         ).to_py(depth=1)
+        if len(answer) == 4 and not 100 <= int(answer[0]) <= 999:
+            # No HTTP status (a scheme XHR answers without one): no response to relay.
+            answer = ["NetworkError", f"no HTTP status ({answer[0]})"]
         if len(answer) == 2:
             name, message = str(answer[0]), str(answer[1])
             if name == "TimeoutError":

@@ -210,3 +210,83 @@ async def test_buffered_response_pieces_and_cancel() -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class _Answer:
+    """What the JavaScript side returns, as a JsProxy would hand it over."""
+
+    def __init__(self, *items: object) -> None:
+        self.items = list(items)
+
+    def to_py(self, depth: int = -1) -> list[object]:
+        return self.items
+
+
+class _Bytes:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def to_bytes(self) -> bytes:
+        return self.data
+
+
+@dataclass
+class FakeXhr:
+    """Stands in for XhrFetchBackend's JavaScript: records calls, returns ``answers`` in turn."""
+
+    answers: list[_Answer] = field(default_factory=list)
+    calls: list[tuple[object, ...]] = field(default_factory=list)
+
+    def __call__(self, *args: object) -> _Answer:
+        self.calls.append(args)
+        return self.answers.pop(0)
+
+
+@pytest.fixture
+def fake_xhr(monkeypatch: pytest.MonkeyPatch) -> FakeXhr:
+    import sys
+    import types
+
+    from netshim.stacks import fetch
+
+    ffi = types.ModuleType("pyodide.ffi")
+    ffi.to_js = lambda value: value  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pyodide", types.ModuleType("pyodide"))
+    monkeypatch.setitem(sys.modules, "pyodide.ffi", ffi)
+    fake = FakeXhr()
+    monkeypatch.setattr(fetch, "_js_xhr", fake)
+    return fake
+
+
+def _request(method: str = "GET") -> FetchRequest:
+    return FetchRequest(method, "http://h/x", (("x-a", "1"),), method == "POST", None)
+
+
+def test_xhr_backend_answers_and_failures(fake_xhr: FakeXhr) -> None:
+    from netshim.stacks.fetch import XhrFetchBackend
+
+    backend = XhrFetchBackend(credentials="include")
+    answers = fake_xhr.answers
+    answers.append(_Answer(201, "Created", "content-length: 2\r\nx-b: 3\r\n", _Bytes(b"ok")))
+    response = backend.fetch_blocking(_request("POST"), b"body", 2.5)
+    assert (response.status, response.reason) == (201, "Created")
+    assert response.headers == [("content-length", "2"), ("x-b", "3")]
+    url, method, headers, body, with_credentials, milliseconds = fake_xhr.calls[0]
+    assert (url, method, body, with_credentials, milliseconds) == (
+        "http://h/x",
+        "POST",
+        b"body",
+        True,
+        2500,
+    )
+    assert headers == [["x-a", "1"]]
+    answers.append(_Answer("NetworkError", "Failed to load 'http://h/x'."))
+    with pytest.raises(ConnectionRefusedError, match="XMLHttpRequest GET http://h/x failed"):
+        backend.fetch_blocking(_request(), None, float("inf"))
+    assert fake_xhr.calls[1][5] == 0  # no timeout
+    answers.append(_Answer("TimeoutError", "timed out"))
+    with pytest.raises(TimeoutError):
+        backend.fetch_blocking(_request(), None, 1.0)
+    answers.append(_Answer(0, "", "", _Bytes(b"")))
+    with pytest.raises(ConnectionRefusedError, match="no HTTP status"):
+        backend.fetch_blocking(_request(), None, 1.0)
