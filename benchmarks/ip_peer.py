@@ -329,26 +329,6 @@ async def trace(connection: Any, stack: Any) -> None:
         on_timeout(now, out)
 
     connection._on_retransmit_timeout = traced_timeout
-    counts = {"read": 0, "delivered": 0}
-    inner = getattr(stack._link, "inner", None)
-    if inner is not None:
-        inner_nowait = inner.receive_nowait
-
-        def counted_nowait() -> Any:
-            got = inner_nowait()
-            if got is not None:
-                counts["read"] += 1
-            return got
-
-        inner.receive_nowait = counted_nowait
-        interface = stack._interface
-        interface_receive = interface.receive
-
-        def counted_receive(*args: Any, **kwargs: Any) -> Any:
-            counts["delivered"] += 1
-            return interface_receive(*args, **kwargs)
-
-        interface.receive = counted_receive
     try:
         while True:
             samples.append(connection.cwnd // max(1, connection.send_mss))
@@ -378,7 +358,6 @@ async def trace(connection: Any, stack: Any) -> None:
                     "spurious_recoveries": connection.spurious_recoveries,
                     "at_timeouts": timeouts,
                     "interface_dropped": dict(stack._interface.dropped),
-                    "link_counts": counts,
                     "link_lost": [
                         getattr(getattr(stack._link, name, None), "lost", None)
                         for name in ("outbound", "inbound")
