@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -90,22 +91,40 @@ class Metrics:
 
         self._bytes_up = self.bytes.labels("up")
         self._bytes_down = self.bytes.labels("down")
+        # The children of the per-stream metrics, by label values: labels()
+        # takes a lock and builds its key on every call, a good part of what
+        # counting a short stream cost (benchmarks/gateway.py, connect latency).
+        self._open: dict[tuple[str, str], Gauge] = {}
+        self._closed: dict[tuple[str, str], Counter] = {}
 
     def stream_opened(self, record: StreamRecord) -> None:
         """Count a stream that is now open."""
-        self.streams.labels(record.protocol, record.transport).inc()
+        _child(self._open, self.streams, record.protocol, record.transport).inc()
 
     def stream_ended(self, record: StreamRecord) -> None:
         """Count a stream that :meth:`stream_opened` counted, now ended, and log its line."""
-        self.streams.labels(record.protocol, record.transport).dec()
-        self.streams_closed.labels(record.protocol, record.reason).inc()
-        self._bytes_up.inc(record.up)
-        self._bytes_down.inc(record.down)
+        _child(self._open, self.streams, record.protocol, record.transport).dec()
+        _child(self._closed, self.streams_closed, record.protocol, record.reason).inc()
+        if record.up:
+            self._bytes_up.inc(record.up)
+        if record.down:
+            self._bytes_down.inc(record.down)
         if logger.isEnabledFor(logging.INFO):
             logger.info(record.line())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+MetricT = TypeVar("MetricT", Counter, Gauge)
+
+
+def _child(cache: dict[tuple[str, str], MetricT], metric: MetricT, a: str, b: str) -> MetricT:
+    """``metric.labels(a, b)``, kept in ``cache`` after the first call."""
+    child = cache.get((a, b))
+    if child is None:
+        child = cache[a, b] = metric.labels(a, b)
+    return child
 
 
 def _loggable(text: str) -> str:

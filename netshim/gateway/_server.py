@@ -1863,7 +1863,7 @@ class _WispSession:
             self.streams[event.stream_id] = new
             self.holding.add(new)
             body = functools.partial(self._admitted_stream, new)
-            group.start_soon(self._walled, new, body, "wisp-stream")
+            group.start_soon(self._walled, new, body, "wisp-stream", name="wisp-stream")
         elif isinstance(event, wisp.Listen):
             kind = "udp" if event.stream_type is wisp.StreamType.UDP else "tcp"
             record = StreamRecord(
@@ -1874,7 +1874,7 @@ class _WispSession:
             self.streams[event.stream_id] = new
             self.holding.add(new)
             body = functools.partial(self._listener_body, new)
-            group.start_soon(self._walled, new, body, "wisp-listener")
+            group.start_soon(self._walled, new, body, "wisp-listener", name="wisp-listener")
         elif isinstance(event, wisp.Data):
             self._data(event.stream_id, event.data)
         elif isinstance(event, wisp.Close):
@@ -2209,7 +2209,7 @@ class _WispSession:
         self.holding.add(new)
         assert self.group is not None
         body = functools.partial(self._run_accepted, new, connection)
-        self.group.start_soon(self._walled, new, body, "wisp-stream")
+        self.group.start_soon(self._walled, new, body, "wisp-stream", name="wisp-stream")
 
     async def _run_accepted(self, stream: _WispStream, connection: TcpStream) -> None:
         """An accepted connection works as a CONNECT stream does, in :meth:`_pump`."""
@@ -2303,7 +2303,7 @@ class _WispSession:
                     await self.ws.send(payload, prefix=header + address)
                     record.down += len(payload)
 
-            group.start_soon(upload)
+            group.start_soon(upload, name="wisp-upload")
             await download()
         return outcome[0] if outcome else wisp.CloseReason.VOLUNTARY
 
@@ -2420,7 +2420,7 @@ class _WispSession:
                 else:
                     scope.cancel()
 
-            group.start_soon(upload)
+            group.start_soon(upload, name="wisp-upload")
             # The download runs in this task: one task fewer per stream.
             await download()
         if not outcome:
