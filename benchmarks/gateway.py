@@ -40,7 +40,8 @@ Measured per row:
 3. connect latency: connect, send 16 bytes, get the first byte of the 16
    sent back (median of ``--connects``, one after another); WispStack waits
    for the v2 stream confirmation our gateway sends (as a socket's connect
-   waits), which the peers do not offer;
+   waits), which the peers do not offer, and is measured again declining it
+   (``--repeats 0 --runs 0`` measures connects alone, in seconds);
 4. CPU seconds per GiB moved of the server (with its children: socat forks
    one per connection), the client and the target: utime + stime (+ cutime +
    cstime) from /proc/PID/stat right before and right after the timed
