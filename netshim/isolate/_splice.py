@@ -29,12 +29,14 @@ the general relay does.
 
 :func:`splice` says whether a pair of streams can be joined this way
 (an asyncio transport under a host stream, an IpStack connection on the
-other side); otherwise the caller uses the general relay.
+other side), and takes over what the host stream read already; otherwise
+the caller uses the general relay.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any, Literal
 
 import anyio
@@ -73,8 +75,19 @@ class Splice(asyncio.Protocol):
     other way round).  The owner then closes or aborts both streams.
     """
 
-    def __init__(self, connection: Any, driver: Any, transport: asyncio.Transport) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        driver: Any,
+        transport: asyncio.Transport,
+        *,
+        received: list[bytes] | None = None,
+        received_eof: bool = False,
+    ) -> None:
         self._connection = connection
+        # What the host sent before the splice took over (its stream's queue).
+        self._received = received or []
+        self._received_eof = received_eof
         self._driver = driver
         self._transport = transport
         self._loop = asyncio.get_running_loop()
@@ -94,8 +107,15 @@ class Splice(asyncio.Protocol):
         transport = self._transport
         transport.set_protocol(self)
         transport.set_write_buffer_limits(high=HOST_WRITE_LIMIT)
-        transport.resume_reading()
-        self._program_ready()
+        for data in self._received:
+            self.data_received(data)
+        self._received = []
+        if self._received_eof:
+            self.eof_received()
+        elif self.outcome is None and self._pending is None:
+            transport.resume_reading()
+        if self.outcome is None:
+            self._program_ready()
 
     def stop(self) -> None:
         """Stop relaying (the owner closes both sides); idempotent."""
@@ -245,14 +265,20 @@ def splice(program: TcpStream, upstream: TcpStream) -> Splice | None:
     protocol = getattr(inner, "_protocol", None)
     if connection is None or stack is None or protocol is None:
         return None
+    # A transport that failed already (its error waits in the stream) is
+    # left to the task relay, which reads what came before the error.
     if not isinstance(transport, asyncio.Transport) or transport.is_closing():
         return None
-    # What the stream's own protocol already holds would be lost.
-    if getattr(protocol, "read_queue", True) or getattr(protocol, "is_at_eof", True):
+    queue = getattr(protocol, "read_queue", None)
+    at_eof = getattr(protocol, "is_at_eof", None)
+    if not isinstance(queue, deque) or not isinstance(at_eof, bool):
         return None
     if getattr(protocol, "exception", None) is not None:
         return None
     driver = stack._driver_for_use()
     if connection in driver.waiters:
         return None
-    return Splice(connection, driver, transport)
+    # The stream's protocol hands over what it read: the splice replaces it.
+    received = list(queue)
+    queue.clear()
+    return Splice(connection, driver, transport, received=received, received_eof=at_eof)
