@@ -1,7 +1,7 @@
 """A confined program's network: ``netshim run --isolate`` against slirp4netns and pasta.
 
     python benchmarks/isolate.py [--quick] [--size MIB] [--repeats N] [--connects N]
-                                 [--pings N] [--only NAMES]
+                                 [--pings N] [--only NAMES] [--kinds KINDS]
 
 Run as root.  The same program (benchmarks/ip_peer.py's ``kernel-client``:
 blocking Python sockets, ``sendall`` of 1 MiB slices of a prebuilt buffer,
@@ -220,6 +220,8 @@ def main(args: argparse.Namespace) -> int:
         "ping": ({"mode": "ping", "count": args.pings}, {"mode": "echo"}, 0),
     }
     for kind, (client, server, moved) in kinds.items():
+        if kind not in args.kinds:
+            continue
         print(f"  {kind} ...", flush=True)
         runs = args.repeats if moved else 1
         collected: dict[str, list[Result]] = {}
@@ -321,8 +323,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(CONFINERS), help="confiners: direct,netshim,slirp4netns,pasta"
     )
+    parser.add_argument(
+        "--kinds", default="down,up,connects,ping", help="what to measure: down,up,connects,ping"
+    )
     args = parser.parse_args()
     args.only = args.only.split(",")
+    args.kinds = args.kinds.split(",")
     defaults = (32, 1, 200, 500) if args.quick else (256, 2, 500, 2000)
     for name, default in zip(("size", "repeats", "connects", "pings"), defaults, strict=True):
         if getattr(args, name) is None:
