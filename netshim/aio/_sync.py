@@ -88,13 +88,22 @@ def blocking_call_timeout() -> float | None:
     return _stepped_timeout.get()
 
 
+# pyodide.ffi.can_run_sync, found once: the import machinery cost more than
+# a blocking recv's own work (False where there is no Pyodide).
+_can_run_sync: Any = None
+
+
 def can_block() -> bool:
     """Whether a synchronous call can wait for the event loop here (JSPI in Pyodide)."""
-    try:
-        from pyodide.ffi import can_run_sync  # type: ignore[import-not-found]
-    except ImportError:
-        return False
-    return bool(can_run_sync())
+    global _can_run_sync
+    if _can_run_sync is None:
+        try:
+            from pyodide.ffi import can_run_sync  # type: ignore[import-not-found]
+        except ImportError:
+            _can_run_sync = False
+        else:
+            _can_run_sync = can_run_sync
+    return _can_run_sync is not False and bool(_can_run_sync())
 
 
 def _step(coroutine: Coroutine[Any, Any, T], operation: str, nonblocking: bool) -> T:

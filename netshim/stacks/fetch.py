@@ -334,7 +334,9 @@ class FetchStream(TcpStream):
             if self.closed:
                 raise anyio.ClosedResourceError
             if self.output.ready:
-                await anyio.lowlevel.checkpoint()
+                # A blocking call stepped by hand has no other task to let run.
+                if blocking_call_timeout() is None:
+                    await anyio.lowlevel.checkpoint()
                 return self.output.take(max_bytes)
             channel = self.channel
             if channel is not None:
