@@ -57,7 +57,9 @@ def flag_names(network: Network) -> list[tuple[str, str]]:
 
 
 def test_three_way_handshake_negotiates_options() -> None:
-    network = Network(b_config=TcpConfig(receive_buffer=4 << 20))
+    network = Network(
+        a_config=TcpConfig(receive_buffer=256 << 10), b_config=TcpConfig(receive_buffer=4 << 20)
+    )
     network.handshake()
     assert flag_names(network) == [("a>b", "S"), ("b>a", "S."), ("a>b", ".")]
     syn, syn_ack, _ = network.segments()
