@@ -1636,9 +1636,17 @@ class TcpConnection:
         self._fin_received = True
         self._peer_fin_seq = None
         self._reorder.clear()
-        self._ack_now = True
         self._output_wanted = True
         state = self.state
+        if state is TcpState.ESTABLISHED and self.config.delayed_ack > 0:
+            # A passive close: the ACK waits as a delayed ACK does (Linux's
+            # tcp_fin enters its "pingpong" mode here), so that an application
+            # that closes at once answers with one FIN+ACK segment, not an ACK
+            # and then a FIN.  The peer's FIN_WAIT_1 lasts that much longer.
+            if self._delack_deadline is None:
+                self._delack_deadline = now + self.config.delayed_ack
+        else:
+            self._ack_now = True
         if state is TcpState.ESTABLISHED:
             self.state = TcpState.CLOSE_WAIT
         elif state is TcpState.FIN_WAIT_1:

@@ -238,6 +238,38 @@ def test_active_close_then_passive_close_and_time_wait() -> None:
     assert network.a.error is None
 
 
+def test_a_passive_close_that_follows_at_once_answers_the_fin_with_one_segment() -> None:
+    network = Network()
+    network.handshake()
+    before = len(network.log)
+    network.a.shutdown()
+    network.run_until(lambda: network.server.state is TcpState.CLOSE_WAIT)
+    # The application closes as soon as it sees the end (a relay, a server
+    # done with its answer): its FIN carries the ACK of the peer's FIN.
+    network.server.shutdown()
+    network.run_until(lambda: network.server.state is TcpState.CLOSED)
+    assert flag_names(network)[before:] == [("a>b", "F."), ("b>a", "F."), ("a>b", ".")]
+
+
+def test_a_fin_nobody_answers_is_acknowledged_after_the_delayed_ack_time() -> None:
+    network = Network()
+    network.handshake()
+    before = len(network.log)
+    network.a.shutdown()
+    network.run_until(lambda: network.a.state is TcpState.FIN_WAIT_2, timeout=1)
+    fin, ack = network.log[before : before + 2]
+    assert (fin.direction, ack.direction) == ("a>b", "b>a")
+    assert ack.flags == ACK
+    assert ack.time - fin.time - network.latency == pytest.approx(0.04, abs=1e-6)
+    # A FIN that ends a close we started is acknowledged at once.
+    network.server.shutdown()
+    before = len(network.log)
+    network.run_until(lambda: network.a.state is TcpState.TIME_WAIT, timeout=1)
+    fin, ack = network.log[before : before + 2]
+    assert (fin.direction, ack.direction) == ("b>a", "a>b")
+    assert ack.time - fin.time - network.latency == pytest.approx(0.0, abs=1e-6)
+
+
 def test_simultaneous_close_goes_through_closing() -> None:
     network = Network(latency=0.01)
     network.handshake()
