@@ -9,13 +9,17 @@ library, which stays the owner of the connection's state:
 
 * :class:`FrameReader` splits what arrived into frames over a memoryview.
   Data frames (binary, text, continuation) are unmasked straight out of the
-  received bytes into the message (one copy) and reassembled here; control
-  frames (ping, pong, close) and anything unusual (reserved bits, an unknown
-  opcode, a frame masked the wrong way) are handed, whole, to the protocol's
-  ``receive_data``, so pongs, the closing handshake and protocol errors
-  behave exactly as the library defines them.  The protocol never sees a
-  data frame, so its fragmentation state stays empty and the two never
-  disagree.
+  received bytes into the message (one copy) and reassembled here.  A data
+  frame cut by the end of a read (every one, when frames are a little larger
+  than a read) keeps what arrived as views of the received bytes and is
+  joined once whole: one copy of a server's frame instead of two (into a
+  buffer, then out of it), and for a client's the join and the unmasking,
+  as before.  Control frames (ping, pong, close) and anything unusual
+  (reserved bits, an unknown opcode, a frame masked the wrong way) are
+  handed, whole, to the protocol's ``receive_data``, so pongs, the closing
+  handshake and protocol errors behave exactly as the library defines them.
+  The protocol never sees a data frame, so its fragmentation state stays
+  empty and the two never disagree.
 * :func:`frame_header` builds a frame's header, so that a server's message
   goes out as one ``b"".join`` of header and payload, and
   :func:`masked_frame` a client's whole frame (RFC 6455 wants a fresh
@@ -55,6 +59,11 @@ _MAX_CONTROL_PAYLOAD = 125
 MAX_CLOSE_REASON = _MAX_CONTROL_PAYLOAD - 2
 _U16 = struct.Struct("!H")
 _U64 = struct.Struct("!Q")
+# A data frame cut by the end of a read keeps the parts that arrived as views
+# of the received bytes, joined once when the frame is whole.  Parts shorter
+# than this are copied together instead, so that a peer trickling a frame in
+# tiny reads cannot make us hold a view object per few bytes.
+_MIN_VIEW_PART = 16 * 1024
 
 
 def frame_header(length: int, opcode: int = Opcode.BINARY.value, *, masked: bool = False) -> bytes:
@@ -162,6 +171,14 @@ class FrameReader:
         self._fragment_size = 0
         self._fragment_text = False
         self._finished = False
+        # The data frame a read ended in (see _MIN_VIEW_PART): its payload's
+        # parts so far, how many bytes are still missing, and its header.
+        self._parts: list[memoryview | bytearray] = []
+        self._parts_size = 0
+        self._missing_payload = 0
+        self._part_opcode = 0
+        self._part_fin = False
+        self._part_mask: bytes | None = None
         # Frames handed to the protocol: a caller that sees this change has
         # protocol output (a pong, a close) to flush.
         self.control_frames = 0
@@ -169,7 +186,7 @@ class FrameReader:
     @property
     def buffered(self) -> int:
         """Bytes held for messages not yet whole: a frame's start and earlier fragments."""
-        return len(self._buffer) + self._fragment_size
+        return len(self._buffer) + self._parts_size + self._fragment_size
 
     @property
     def finished(self) -> bool:
@@ -182,6 +199,15 @@ class FrameReader:
             return
         with memoryview(data) as view:
             start, size = 0, len(data)
+            if self._missing_payload:
+                start = min(self._missing_payload, size)
+                self._add_part(view[:start])
+                self._missing_payload -= start
+                if self._missing_payload:
+                    return
+                self._end_cut_frame()
+                if self._finished:
+                    return
             # A frame begun in an earlier read is completed from the front of
             # this one; only its missing bytes are copied, not the whole read.
             while self._buffer and start < size:
@@ -197,7 +223,9 @@ class FrameReader:
                     del self._buffer[:used]
             if start < size:
                 with view[start:] as rest:
-                    used = self._parse(rest)
+                    # ``data`` is bytes (it never changes): a frame cut at the
+                    # end may keep views of it.
+                    used = self._parse(rest, keep_views=isinstance(data, bytes))
                     if used < len(rest) and not self._finished:
                         self._buffer = bytearray(rest[used:])
 
@@ -211,18 +239,50 @@ class FrameReader:
             return header - len(buffer)
         return max(1, header + _payload_length(buffer, 0) - len(buffer))
 
+    def _add_part(self, part: memoryview) -> None:
+        parts = self._parts
+        if len(part) >= _MIN_VIEW_PART:
+            parts.append(part)
+        elif parts and isinstance(parts[-1], bytearray):
+            parts[-1] += part
+        else:
+            parts.append(bytearray(part))
+        self._parts_size += len(part)
+
+    def _end_cut_frame(self) -> None:
+        """The cut data frame is whole: one join, unmasked if it was masked."""
+        parts, self._parts = self._parts, []
+        self._parts_size = 0
+        payload = b"".join(parts)
+        mask = self._part_mask
+        if mask is not None:
+            payload = apply_mask(payload, mask)
+        self._data_frame(self._part_opcode, self._part_fin, payload)
+
+    def _drop_cut_frame(self) -> None:
+        self._parts = []
+        self._parts_size = 0
+        self._missing_payload = 0
+
     def feed_eof(self) -> None:
         """The stream ended; the protocol decides what that means."""
         self._buffer = bytearray()
+        self._drop_cut_frame()
         self.protocol.receive_eof()
 
     def _fail(self, code: int, reason: str) -> None:
         self._finished = True
         self._fragments = []
+        self._drop_cut_frame()
         self.protocol.fail(code, reason)
 
-    def _parse(self, view: memoryview) -> int:
-        """Handle every whole frame in ``view``; return how many bytes were used."""
+    def _parse(self, view: memoryview, *, keep_views: bool = False) -> int:
+        """Handle every whole frame in ``view``; return how many bytes were used.
+
+        With ``keep_views`` (``view`` is over bytes that never change), a data
+        frame cut by the end of ``view`` is taken as far as it goes (see
+        :attr:`_parts`) instead of being left for the caller to buffer.
+        """
         position, end = 0, len(view)
         masked, limit = self.masked, self.max_message_size
         while end - position >= 2:
@@ -242,6 +302,16 @@ class FrameReader:
                 return end
             stop = position + header + length
             if stop > end:
+                if keep_views and data_frame:
+                    self._part_opcode = opcode
+                    self._part_fin = bool(first & _FIN)
+                    start = position + header
+                    self._part_mask = bytes(view[start - 4 : start]) if masked else None
+                    # Counted in ``buffered`` as a buffered frame start would be.
+                    self._parts_size = header
+                    self._add_part(view[start:end])
+                    self._missing_payload = stop - end
+                    return end
                 break
             if not data_frame:
                 self._to_protocol(view[position:stop])

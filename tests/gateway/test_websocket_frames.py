@@ -142,6 +142,61 @@ def test_unmasked_reader_for_server_frames() -> None:
     assert list(reader.messages) == [b"hello", b"x" * 70000]
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.booleans(),
+    st.lists(st.integers(min_value=1, max_value=150_000), min_size=1, max_size=4),
+    st.lists(st.integers(min_value=0), max_size=10),
+    st.booleans(),
+)
+def test_large_frames_cut_anywhere_in_either_direction(
+    masked: bool, sizes: list[int], cuts: list[int], fragmented: bool
+) -> None:
+    """Frames larger than a read, cut into views and small copies, come back whole.
+
+    While a frame is incomplete, ``buffered`` counts exactly the bytes of it
+    that arrived: the gateway charges them to the client's upload budget.
+    """
+    protocol = open_protocol()
+    reader = FrameReader(protocol, masked=masked, max_message_size=1 << 20)
+    payloads = [bytes([index + 1]) * size for index, size in enumerate(sizes)]
+    frames = []
+    for index, payload in enumerate(payloads):
+        opcode = Opcode.CONT if fragmented and index else Opcode.BINARY
+        fin = not fragmented or index == len(payloads) - 1
+        if masked:
+            frames.append(client_frame(opcode, payload, fin))
+        else:
+            frames.append(frame_header(len(payload), opcode.value) + payload)
+            if not fin:
+                # frame_header makes final frames only: clear FIN by hand.
+                frames[-1] = bytes([frames[-1][0] & 0x7F]) + frames[-1][1:]
+    wire = b"".join(frames)
+    header_sizes = [
+        len(frame) - len(payload) for frame, payload in zip(frames, payloads, strict=True)
+    ]
+    at = 0
+    for cut in [*sorted({c % (len(wire) + 1) for c in cuts}), len(wire)]:
+        reader.feed(wire[at:cut])
+        at = cut
+        # What arrived of the frame in progress, plus the payloads of the
+        # message's earlier fragments.
+        start = 0
+        held = 0
+        for frame, header in zip(frames, header_sizes, strict=True):
+            if start + len(frame) > at:
+                held += at - start
+                break
+            held += len(frame) - header if fragmented else 0
+            start += len(frame)
+        else:
+            held = 0
+        assert reader.buffered == held
+    expected = [b"".join(payloads)] if fragmented else payloads
+    assert list(reader.messages) == expected
+    assert not reader.finished
+
+
 def bad(first: int, second: int, rest: bytes = b"") -> bytes:
     return bytes((first, second)) + rest
 
