@@ -23,13 +23,19 @@ Throughput comes from offloads (linux/if_tun.h, linux/virtio_net.h).  With
 So one ``read`` or ``write`` moves up to 64 KiB, where plain packets would
 take 45 system calls and 45 Python-level checksums.
 
-The descriptor is non-blocking and waited on with ``anyio.wait_readable``.
+The descriptor is non-blocking.  Under asyncio (and uvloop) a driver waiting
+for packets keeps it registered with the loop's selector between waits
+(``loop.add_reader``) instead of registering and unregistering it on every
+wait as ``anyio.wait_readable`` does: two ``epoll_ctl`` calls and their Python
+around each packet burst.  Under trio it is waited on with
+``anyio.wait_readable``.
 The header is in the host's byte order, which is what the kernel uses for a
 legacy ``virtio_net_hdr`` unless ``TUNSETVNETLE``/``BE`` say otherwise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import struct
@@ -102,6 +108,12 @@ class _TunDeviceLink(Link):
         self.tso = vnet_hdr
         self.offload = False
         self._closed = False
+        # The asyncio loop the descriptor is registered with for reading, if
+        # any, the future a wait_readable() is waiting on, and whether the
+        # device became readable while nobody waited.
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._reader_waiter: asyncio.Future[None] | None = None
+        self._reader_ready = False
         #: Packets the kernel refused (device down: EIO), dropped as a wire would.
         self.dropped = 0
         os.set_blocking(fd, False)
@@ -239,13 +251,54 @@ class _TunDeviceLink(Link):
             packet = self.receive_nowait()
             if packet is not None:
                 return packet
-            await anyio.wait_readable(self.fd)
+            await self.wait_readable()
 
     async def wait_readable(self) -> None:
-        """Wait until a packet may be waiting (take it with :meth:`receive_nowait`)."""
+        """Wait until a packet may be waiting (take it with :meth:`receive_nowait`).
+
+        One task at a time may wait (``anyio.BusyResourceError`` otherwise).
+        Under asyncio the descriptor stays registered for reading after the
+        wait, so that the next wait costs no ``epoll_ctl``; it is unregistered
+        when it turns readable with nobody waiting (a selector would otherwise
+        report it on every loop iteration until it is read) and on close.
+        """
         if self._closed:
             raise anyio.ClosedResourceError
-        await anyio.wait_readable(self.fd)
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            await anyio.wait_readable(self.fd)
+            return
+        if self._reader_waiter is not None:
+            raise anyio.BusyResourceError("waiting")
+        if self._reader_ready:
+            # Readable since the last wait: the task yielded in between, so
+            # this returns without another trip through the loop.
+            self._reader_ready = False
+            return
+        if self._reader_loop is not loop:
+            self._drop_reader()
+            loop.add_reader(self.fd, self._became_readable)
+            self._reader_loop = loop
+        waiter = self._reader_waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._reader_waiter = None
+
+    def _became_readable(self) -> None:
+        waiter = self._reader_waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        # Nobody waits: stop the selector reporting it until the next wait.
+        self._reader_ready = True
+        self._drop_reader()
+
+    def _drop_reader(self) -> None:
+        loop, self._reader_loop = self._reader_loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.fd)
 
     def receive_nowait(self) -> IncomingPacket | None:
         """The next packet if one is waiting, else None (a driver drains a burst this way)."""
@@ -272,6 +325,12 @@ class _TunDeviceLink(Link):
         if self._closed:
             return
         self._closed = True
+        # Unregistered before the descriptor is closed: its number may be
+        # reused at once, and the loop must not watch the new one for us.
+        self._drop_reader()
+        waiter = self._reader_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(anyio.ClosedResourceError())
         anyio.notify_closing(self.fd)
         os.close(self.fd)
         await anyio.lowlevel.checkpoint()

@@ -1,0 +1,159 @@
+"""Waiting for a TUN device to turn readable: registration with the loop and its teardown.
+
+A pipe's read end stands in for the device's descriptor (``TunLink`` reads it
+with ``os.read`` like any other), so no namespace or root is needed.  Under
+asyncio the descriptor stays registered with the loop between waits and is
+unregistered when it turns readable with nobody waiting and on close; under
+trio the waits go through ``anyio.wait_readable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from netshim.ip.links import TunLink
+
+pytestmark = pytest.mark.anyio
+
+
+@contextmanager
+def pipe_link() -> Iterator[tuple[TunLink, int]]:
+    read_end, write_end = os.pipe()
+    link = TunLink(read_end, "pipe", vnet_hdr=False, offload=False)
+    try:
+        yield link, write_end
+    finally:
+        os.close(write_end)
+        if not link._closed:
+            os.close(read_end)
+
+
+@contextmanager
+def counted_add_reader() -> Iterator[list[int]]:
+    """The descriptors the running asyncio loop is asked to watch for reading."""
+    loop = asyncio.get_running_loop()
+    added: list[int] = []
+    original = loop.add_reader
+
+    def add_reader(fd: int, *args: object) -> None:
+        added.append(fd)
+        original(fd, *args)  # type: ignore[arg-type]
+
+    loop.add_reader = add_reader  # type: ignore[method-assign]
+    try:
+        yield added
+    finally:
+        del loop.add_reader  # type: ignore[method-assign]
+
+
+async def test_packets_are_received_after_each_wait() -> None:
+    with pipe_link() as (link, write_end):
+        for round_ in range(5):
+            packet = f"packet {round_}".encode()
+            async with anyio.create_task_group() as group:
+
+                async def write_later(data: bytes = packet) -> None:
+                    await anyio.sleep(0.01)
+                    os.write(write_end, data)
+
+                group.start_soon(write_later)
+                with anyio.fail_after(5):
+                    received = await link.receive()
+            assert received.data == packet
+        assert link.receive_nowait() is None
+        await link.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_descriptor_stays_registered_between_waits() -> None:
+    with pipe_link() as (link, write_end), counted_add_reader() as added:
+        for _ in range(5):
+            os.write(write_end, b"x")
+            with anyio.fail_after(5):
+                await link.wait_readable()
+            assert link.receive_nowait() is not None
+            assert link.receive_nowait() is None
+        assert added == [link.fd]
+        fd = link.fd
+        await link.aclose()
+        # Closing unregistered it: the loop no longer watches the number.
+        assert asyncio.get_running_loop().remove_reader(fd) is False
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_readable_with_nobody_waiting_unregisters_until_the_next_wait() -> None:
+    with pipe_link() as (link, write_end), counted_add_reader() as added:
+        os.write(write_end, b"first")
+        with anyio.fail_after(5):
+            await link.wait_readable()
+        # Unread data while the driver is busy elsewhere: reported once, then
+        # the loop stops watching (it would report it on every iteration).
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        assert asyncio.get_running_loop().remove_reader(link.fd) is False
+        # The next wait returns at once, and the data is still there.
+        with anyio.fail_after(5):
+            await link.wait_readable()
+        received = link.receive_nowait()
+        assert received is not None
+        assert received.data == b"first"
+        os.write(write_end, b"second")
+        with anyio.fail_after(5):
+            await link.wait_readable()
+        received = link.receive_nowait()
+        assert received is not None
+        assert received.data == b"second"
+        assert added == [link.fd, link.fd]
+        await link.aclose()
+
+
+async def test_closing_wakes_a_waiter_with_closed_resource_error() -> None:
+    with pipe_link() as (link, _write_end):
+        outcome: list[BaseException] = []
+
+        async def wait() -> None:
+            try:
+                await link.wait_readable()
+            except anyio.ClosedResourceError as exc:
+                outcome.append(exc)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                await link.aclose()
+        assert len(outcome) == 1
+        with pytest.raises(anyio.ClosedResourceError):
+            await link.wait_readable()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_second_waiter_is_refused() -> None:
+    with pipe_link() as (link, write_end):
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(link.wait_readable)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(anyio.BusyResourceError):
+                    await link.wait_readable()
+                os.write(write_end, b"x")
+        await link.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_cancelled_wait_leaves_no_waiter_behind() -> None:
+    with pipe_link() as (link, write_end):
+        with anyio.move_on_after(0.01):
+            await link.wait_readable()
+        os.write(write_end, b"x")
+        with anyio.fail_after(5):
+            await link.wait_readable()
+        assert link.receive_nowait() is not None
+        await link.aclose()
