@@ -88,29 +88,52 @@ async def test_the_descriptor_stays_registered_between_waits() -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_readable_with_nobody_waiting_unregisters_until_the_next_wait() -> None:
+async def test_a_packet_with_nobody_waiting_unregisters_until_the_next_wait() -> None:
     with pipe_link() as (link, write_end), counted_add_reader() as added:
         os.write(write_end, b"first")
         with anyio.fail_after(5):
             await link.wait_readable()
-        # Unread data while the driver is busy elsewhere: reported once, then
+        # More arrives while the driver is busy elsewhere: reported once, then
         # the loop stops watching (it would report it on every iteration).
+        os.write(write_end, b"second")
         for _ in range(3):
             await anyio.lowlevel.checkpoint()
         assert asyncio.get_running_loop().remove_reader(link.fd) is False
-        # The next wait returns at once, and the data is still there.
-        with anyio.fail_after(5):
-            await link.wait_readable()
         received = link.receive_nowait()
         assert received is not None
         assert received.data == b"first"
-        os.write(write_end, b"second")
         with anyio.fail_after(5):
             await link.wait_readable()
         received = link.receive_nowait()
         assert received is not None
         assert received.data == b"second"
+        assert link.receive_nowait() is None
         assert added == [link.fd, link.fd]
+        await link.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_stale_readiness_report_does_not_wake_the_waiter() -> None:
+    # A selector's report can predate a read made in the same loop iteration.
+    with pipe_link() as (link, write_end):
+        woken = anyio.Event()
+
+        async def wait() -> None:
+            await link.wait_readable()
+            woken.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            link._became_readable()
+            await anyio.wait_all_tasks_blocked()
+            assert not woken.is_set()
+            os.write(write_end, b"x")
+            with anyio.fail_after(5):
+                await woken.wait()
+        received = link.receive_nowait()
+        assert received is not None
+        assert received.data == b"x"
         await link.aclose()
 
 

@@ -109,11 +109,11 @@ class _TunDeviceLink(Link):
         self.offload = False
         self._closed = False
         # The asyncio loop the descriptor is registered with for reading, if
-        # any, the future a wait_readable() is waiting on, and whether the
-        # device became readable while nobody waited.
+        # any, the future a wait_readable() is waiting on, and a packet the
+        # loop's readiness callback took off the device (handed out first).
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._reader_waiter: asyncio.Future[None] | None = None
-        self._reader_ready = False
+        self._pending: IncomingPacket | None = None
         #: Packets the kernel refused (device down: EIO), dropped as a wire would.
         self.dropped = 0
         os.set_blocking(fd, False)
@@ -259,22 +259,21 @@ class _TunDeviceLink(Link):
         One task at a time may wait (``anyio.BusyResourceError`` otherwise).
         Under asyncio the descriptor stays registered for reading after the
         wait, so that the next wait costs no ``epoll_ctl``; it is unregistered
-        when it turns readable with nobody waiting (a selector would otherwise
+        when a packet arrives with nobody waiting (a selector would otherwise
         report it on every loop iteration until it is read) and on close.
         """
         if self._closed:
             raise anyio.ClosedResourceError
+        if self._pending is not None:
+            # Taken off the device while nobody waited; the task has yielded
+            # since, so this returns without another trip through the loop.
+            return
         loop = asyncio._get_running_loop()
         if loop is None:
             await anyio.wait_readable(self.fd)
             return
         if self._reader_waiter is not None:
             raise anyio.BusyResourceError("waiting")
-        if self._reader_ready:
-            # Readable since the last wait: the task yielded in between, so
-            # this returns without another trip through the loop.
-            self._reader_ready = False
-            return
         if self._reader_loop is not loop:
             self._drop_reader()
             loop.add_reader(self.fd, self._became_readable)
@@ -286,14 +285,25 @@ class _TunDeviceLink(Link):
             self._reader_waiter = None
 
     def _became_readable(self) -> None:
+        # The selector's report may be stale: a task woken in the same loop
+        # iteration can have emptied the device since.  Reading here tells,
+        # and the read is the one the woken driver would make first.
         waiter = self._reader_waiter
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)
-            return
-        # Nobody waits: stop the selector reporting it until the next wait.
-        self._reader_ready = True
-        self._drop_reader()
+        if self._pending is None:
+            try:
+                self._pending = self._read_packet()
+            except Exception:
+                # The driver's own read raises it again.
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+                return
+            if self._pending is None:
+                return
+        if waiter is None:
+            # Nobody waits: stop the selector reporting it until the next wait.
+            self._drop_reader()
+        elif not waiter.done():
+            waiter.set_result(None)
 
     def _drop_reader(self) -> None:
         loop, self._reader_loop = self._reader_loop, None
@@ -302,6 +312,15 @@ class _TunDeviceLink(Link):
 
     def receive_nowait(self) -> IncomingPacket | None:
         """The next packet if one is waiting, else None (a driver drains a burst this way)."""
+        packet = self._pending
+        if packet is not None:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            self._pending = None
+            return packet
+        return self._read_packet()
+
+    def _read_packet(self) -> IncomingPacket | None:
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
