@@ -505,6 +505,9 @@ class Interface:
         # dst -> (next hop, source), forgotten whenever addresses or routes change.
         self._route_cache: dict[IPAddress, tuple[IPAddress, IPAddress] | None] = {}
         self._gso_infos: dict[tuple[int, int, int], GsoInfo] = {}
+        # IP version -> (tcp_config, mtu, tso, the configuration a connection
+        # gets): made once, not per connection (TcpConfig is frozen).
+        self._connection_configs: dict[int, tuple[TcpConfig, int, bool, TcpConfig]] = {}
         # Per-packet answers that depend only on the address and on our
         # addresses, routes and interception (cleared when those change):
         # ipaddress's properties cost microseconds a call.
@@ -863,13 +866,18 @@ class Interface:
 
     def _connection_config(self, remote: IPAddress) -> TcpConfig:
         """:attr:`tcp_config` with the MSS this interface's MTU allows (and TSO's payload)."""
-        config = self.tcp_config
-        header = (20 if remote.version == 4 else 40) + 20
-        changes: dict[str, Any] = {"mss": min(config.mss, self.mtu - header)}
-        if self.tso and config.max_segment_payload is None:
+        config, mtu, tso, version = self.tcp_config, self.mtu, self.tso, remote.version
+        cached = self._connection_configs.get(version)
+        if cached is not None and cached[0] is config and cached[1] == mtu and cached[2] == tso:
+            return cached[3]
+        header = (20 if version == 4 else 40) + 20
+        changes: dict[str, Any] = {"mss": min(config.mss, mtu - header)}
+        if tso and config.max_segment_payload is None:
             # 64 KiB of IP, less the largest IP and TCP headers.
             changes["max_segment_payload"] = 0xFFFF - 40 - 60
-        return dataclasses.replace(config, **changes)
+        made = dataclasses.replace(config, **changes)
+        self._connection_configs[version] = (config, mtu, tso, made)
+        return made
 
     def _check_local_address(self, address: IPAddress) -> None:
         if not address.is_unspecified and not self.has_address(address):

@@ -8,6 +8,7 @@ IP and link plumbing alone; the real core runs in the last tests here, in
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import random
 from dataclasses import dataclass, field
@@ -799,6 +800,27 @@ def test_real_tcp_gets_tso_payloads_when_the_link_segments() -> None:
     iface = Interface(Medium.IP, addresses=[IPv4Interface("10.0.0.1/24")], tso=True)
     connection = iface.tcp_connect((PEER_V4, 80), now=0.0)
     assert connection.config.max_segment_payload == 65435
+
+
+def test_connections_follow_changes_of_mtu_tso_and_tcp_config() -> None:
+    iface = Interface(
+        Medium.IP,
+        addresses=[IPv4Interface("10.0.0.1/24"), IPv6Interface("2001:db8::1/64")],
+        mtu=1400,
+        rng=random.Random(3),
+    )
+    first = iface.tcp_connect((PEER_V4, 80), now=0.0)
+    assert first.config.mss == 1360
+    assert iface.tcp_connect((PEER_V6, 80), now=0.0).config.mss == 1340
+    iface.mtu = 1300
+    assert iface.tcp_connect((PEER_V4, 81), now=0.0).config.mss == 1260
+    iface.tcp_config = dataclasses.replace(iface.tcp_config, mss=1000)
+    changed = iface.tcp_connect((PEER_V4, 82), now=0.0).config
+    assert changed.mss == 1000
+    assert changed.max_segment_payload is None
+    iface.tso = True
+    assert iface.tcp_connect((PEER_V4, 83), now=0.0).config.max_segment_payload == 65435
+    assert first.config.mss == 1360
 
 
 def test_a_reply_over_the_mtu_is_dropped_not_fragmented() -> None:
