@@ -540,6 +540,10 @@ def test_initial_sequence_numbers_follow_rfc_6528() -> None:
     assert initial_sequence_number(b"other", local, remote, 100.0) != first
     assert initial_sequence_number(b"secret", (local[0], 1001), remote, 100.0) != first
     assert 0 <= first < 2**32
+    # Secrets longer than the hash's key limit still key it, all of them.
+    long_secret = bytes(range(48))
+    keyed = initial_sequence_number(long_secret, local, remote, 100.0)
+    assert initial_sequence_number(long_secret[:-1] + b"\xff", local, remote, 100.0) != keyed
 
 
 # --------------------------------------------------------------------- timers
