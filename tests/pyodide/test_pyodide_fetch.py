@@ -32,6 +32,7 @@ from pyodide_support import (
     run_in_pyodide,
 )
 
+from netshim._pyodide_cli import download_pure_wheels
 from netshim.testing import require_peer
 
 # What the script imports besides netshim's own dependencies.
@@ -47,19 +48,13 @@ def pure_wheel(name: str) -> Path:
     """The pure-Python wheel of ``name`` at its installed version (pip picks a
     platform wheel for this Python otherwise), cached beside the others."""
     import importlib.metadata
-    import sys
 
     version = importlib.metadata.version(name)
     cache = PEER_DIR / ".wheels"
-    wanted = f"{name}-{version}-py3-none-any.whl"
-    if not (cache / wanted).exists():
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--only-binary=:all:", "--platform", "any", "--implementation", "py",
-             "--python-version", "3.13", "--dest", str(cache), f"{name}=={version}"],
-            check=True,
-        )  # fmt: skip
-    return cache / wanted
+    wanted = cache / f"{name}-{version}-py3-none-any.whl"
+    if not wanted.exists():
+        download_pure_wheels([f"{name}=={version}"], cache)
+    return wanted
 
 
 @pytest.fixture(scope="module")
