@@ -557,6 +557,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             if state is not None and family not in (-1, state.family):
                 # Told the descriptor is of another family: take it as that,
                 # as CPython does (it does not check).
+                _abandon_unused(state)
                 state = None
             if state is not None:
                 super().__init__(socket.AF_UNIX, state.kind, 0, fileno)
@@ -850,6 +851,21 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         if state is not None:
             state.user_socket = lambda: None
         return super().detach()
+
+
+def _abandon_unused(state: SocketState) -> None:
+    """Let go of ``state`` when its descriptor is taken as another kind of socket.
+
+    Only a socket that never did anything (detached, not bound or connected)
+    is let go: nothing else will ever close its engine end.  A state in use
+    keeps its engine end, whose task owns it.
+    """
+    if state.phase is not Phase.NEW or state.user_socket() is not None:
+        return
+    state.unregister()
+    if state.engine_end is not None:
+        state.engine_end.close()
+        state.engine_end = None
 
 
 def _sendmsg_buffers(buffers: Iterable[Any]) -> list[bytes]:

@@ -1010,6 +1010,32 @@ def test_errors_read_as_the_standard_library_words_them(installed: Installed) ->
     listener.close()
 
 
+def test_a_detached_descriptor_taken_as_another_family_lets_its_engine_end_go(
+    installed: Installed,
+) -> None:
+    """Nothing would ever close the engine's end of a pair whose user end became another socket."""
+    from netshim.shim._state import lookup_state
+
+    fd = socket.socket().detach()
+    state = lookup_state(fd)
+    assert state is not None
+    assert state.engine_end is not None
+    engine_end = state.engine_end
+    with socket.socket(family=43, type=socket.SOCK_STREAM, fileno=fd) as unknown:
+        assert unknown.family == 43
+        assert engine_end.fileno() == -1
+        assert lookup_state(fd) is None
+    # A socket still in use keeps its state when its descriptor is wrapped again.
+    with socket.socket() as kept:
+        kept.bind(("10.0.0.2", 0))
+        held = lookup_state(kept.fileno())
+        assert held is not None
+        again = socket.socket(family=43, type=socket.SOCK_STREAM, fileno=kept.fileno())
+        assert held.engine_end is not None
+        assert held.engine_end.fileno() != -1
+        again.detach()
+
+
 def test_more_details_as_cpython_has_them(installed: Installed) -> None:
     # From CPython's test_socket and test_ssl, run under the shim.
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
