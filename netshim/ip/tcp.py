@@ -1367,12 +1367,8 @@ class TcpConnection:
                     # below the delivered one are lost again.
                     hole = self._next_hole(max(start, snd_una), self._rack_end)
                     if hole is not None:
-                        self.lost_retransmissions += 1
+                        self._retransmission_lost(hole)
                         newly_lost = True
-                        if self._in_recovery:
-                            self._lost_again.append(hole)
-                        elif hole[1] > self._lost_edge:
-                            self._lost_edge = hole[1]
                         kept.append((self._rack_end, end, sent, order))
                         continue
                 if order < rack_order:
@@ -1384,12 +1380,8 @@ class TcpConnection:
                         continue
                     hole = self._next_hole(max(start, snd_una), end)
                     if hole is not None:
-                        self.lost_retransmissions += 1
+                        self._retransmission_lost(hole)
                         newly_lost = True
-                        if self._in_recovery:
-                            self._lost_again.append(hole)
-                        elif hole[1] > self._lost_edge:
-                            self._lost_edge = hole[1]
                     continue
                 kept.append(entry)
             self._rexmits = kept
@@ -1536,6 +1528,14 @@ class TcpConnection:
         if self._high_rxt > self._snd_una:
             retransmitted = self._high_rxt - self._snd_una - self._sacked_below(self._high_rxt)
         return max(0, above) + retransmitted
+
+    def _retransmission_lost(self, hole: tuple[int, int]) -> None:
+        """Count ``hole`` of a retransmission as lost again: resent in this recovery, or marked."""
+        self.lost_retransmissions += 1
+        if self._in_recovery:
+            self._lost_again.append(hole)
+        elif hole[1] > self._lost_edge:
+            self._lost_edge = hole[1]
 
     def _next_hole(self, start: int, limit: int) -> tuple[int, int] | None:
         """The first un-SACKed range at or after ``start`` and below ``limit``."""
