@@ -7,12 +7,15 @@ WebSockets.  One test runs the ``netshim gateway`` process with the LAN flags.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
 import re
 import socket
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -346,23 +349,10 @@ async def test_a_member_that_stops_reading_does_not_grow_the_gateway(writer: str
     listener's member writing back on the stream it accepted.
     """
     high_water = 256 * 1024
-    async with (
-        running_gateway(config(high_water=high_water, wisp_buffer_size=32)) as gateway,
-        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
-        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
-    ):
-        listener, _ = await alice.listen(8000)
-        stream = await bob.connect("alice.demo", 8000)
-        accepted = await alice.accept(listener)
+    async with _joined(config(high_water=high_water, wisp_buffer_size=32)) as joined:
+        gateway = joined.gateway
         assert _splices(gateway, "alice") == _splices(gateway, "bob") == 1
-        sender, sender_stream, reader, reader_stream = bob, stream, alice, accepted.stream_id
-        if writer == "accepting":
-            sender, sender_stream, reader, reader_stream = (
-                alice,
-                accepted.stream_id,
-                bob,
-                stream,
-            )
+        (sender, sender_stream), (reader, reader_stream) = joined.from_end(writer)
         reader.pause()
         sent = 0
         block = os.urandom(1 << 16)
@@ -395,6 +385,35 @@ def _sessions(gateway: Gateway) -> list:  # type: ignore[type-arg]
     ]
 
 
+@dataclass
+class _Joined:
+    """Members alice and bob of a running gateway, bob connected to alice's listener."""
+
+    gateway: Gateway
+    alice: LanClient
+    bob: LanClient
+    stream: int
+    accepted_id: int
+
+    def from_end(self, end: str) -> tuple[tuple[LanClient, int], tuple[LanClient, int]]:
+        """(client, stream id) of the ``"connecting"`` or ``"accepting"`` end, then the other's."""
+        connecting, accepting = (self.bob, self.stream), (self.alice, self.accepted_id)
+        return (connecting, accepting) if end == "connecting" else (accepting, connecting)
+
+
+@contextlib.asynccontextmanager
+async def _joined(gateway_config: GatewayConfig) -> AsyncIterator[_Joined]:
+    async with (
+        running_gateway(gateway_config) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
+    ):
+        listener, _ = await alice.listen(8000)
+        stream = await bob.connect("alice.demo", 8000)
+        accepted = await alice.accept(listener)
+        yield _Joined(gateway, alice, bob, stream, accepted.stream_id)
+
+
 def _splices(gateway: Gateway, name: str) -> int:
     """How many spliced streams' ends the member ``name`` holds."""
     assert gateway.lans is not None
@@ -420,14 +439,9 @@ async def _read_slowly(client: LanClient, stream_id: int, size: int) -> bytes:
 
 async def test_spliced_streams_carry_both_ways_intact_to_slow_readers() -> None:
     size = 6 << 20
-    async with (
-        running_gateway(config(high_water=128 * 1024, wisp_buffer_size=16)) as gateway,
-        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
-        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
-    ):
-        listener, _ = await alice.listen(8000)
-        stream = await bob.connect("alice.demo", 8000)
-        accepted = await alice.accept(listener)
+    async with _joined(config(high_water=128 * 1024, wisp_buffer_size=16)) as joined:
+        gateway, alice, bob, stream = joined.gateway, joined.alice, joined.bob, joined.stream
+        accepted_id = joined.accepted_id
         assert _splices(gateway, "alice") == _splices(gateway, "bob") == 1
         up, down = os.urandom(size), os.urandom(size)
         got: dict[str, bytes] = {}
@@ -437,13 +451,13 @@ async def test_spliced_streams_carry_both_ways_intact_to_slow_readers() -> None:
 
         async with anyio.create_task_group() as group:
             group.start_soon(bob.send, stream, up)
-            group.start_soon(alice.send, accepted.stream_id, down)
-            group.start_soon(read, "alice", alice, accepted.stream_id)
+            group.start_soon(alice.send, accepted_id, down)
+            group.start_soon(read, "alice", alice, accepted_id)
             group.start_soon(read, "bob", bob, stream)
         assert hashlib.sha256(got["alice"]).digest() == hashlib.sha256(up).digest()
         assert hashlib.sha256(got["bob"]).digest() == hashlib.sha256(down).digest()
         await bob.close(stream)
-        assert await alice.closed(accepted.stream_id) == CloseReason.VOLUNTARY
+        assert await alice.closed(accepted_id) == CloseReason.VOLUNTARY
         await bob.wait_for(lambda: _splices(gateway, "alice") == _splices(gateway, "bob") == 0)
     metrics = gateway.metrics.render().decode()
     assert "internal_errors_total{" not in metrics
@@ -453,17 +467,9 @@ async def test_spliced_streams_carry_both_ways_intact_to_slow_readers() -> None:
 async def test_a_spliced_stream_ends_after_its_last_bytes(closer: str) -> None:
     """A member's CLOSE reaches the other member behind everything it sent, as an end."""
     size = 2 << 20
-    async with (
-        running_gateway(config()) as gateway,
-        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
-        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
-    ):
-        listener, _ = await alice.listen(8000)
-        stream = await bob.connect("alice.demo", 8000)
-        accepted = await alice.accept(listener)
-        ends = {"connecting": (bob, stream), "accepting": (alice, accepted.stream_id)}
-        other = "accepting" if closer == "connecting" else "connecting"
-        (sender, sender_stream), (reader, reader_stream) = ends[closer], ends[other]
+    async with _joined(config()) as joined:
+        gateway, bob = joined.gateway, joined.bob
+        (sender, sender_stream), (reader, reader_stream) = joined.from_end(closer)
         payload = os.urandom(size)
         reader.pause()
         await sender.send(sender_stream, payload)
@@ -476,17 +482,9 @@ async def test_a_spliced_stream_ends_after_its_last_bytes(closer: str) -> None:
 
 @pytest.mark.parametrize("closer", ["connecting", "accepting"])
 async def test_a_reset_passes_through_a_spliced_stream_as_a_reset(closer: str) -> None:
-    async with (
-        running_gateway(config()) as gateway,
-        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
-        member(gateway, "bob") as bob,  # type: ignore[attr-defined]
-    ):
-        listener, _ = await alice.listen(8000)
-        stream = await bob.connect("alice.demo", 8000)
-        accepted = await alice.accept(listener)
-        ends = {"connecting": (bob, stream), "accepting": (alice, accepted.stream_id)}
-        other = "accepting" if closer == "connecting" else "connecting"
-        (sender, sender_stream), (reader, reader_stream) = ends[closer], ends[other]
+    async with _joined(config()) as joined:
+        gateway, bob = joined.gateway, joined.bob
+        (sender, sender_stream), (reader, reader_stream) = joined.from_end(closer)
         await sender.send(sender_stream, b"before the reset")
         assert await reader.receive_exactly(reader_stream, 16) == b"before the reset"
         await sender.close(sender_stream, CloseReason.NETWORK_ERROR)
