@@ -89,21 +89,32 @@ def check_port(port: object, function: str) -> int:
     return port
 
 
-# One connection's host is parsed in several layers (the Wisp core, the policy,
-# the stack); ipaddress takes microseconds for a literal and raises twice for a
-# name, while a cache hit costs a fraction of that.  The addresses are immutable.
-@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> IPAddress | None:
     """The address ``text`` spells, or ``None`` when it is a host name.
 
     An IPv6 zone (``fe80::1%eth0``) is accepted and dropped: virtual networks
     have one link per host pair, so the zone cannot change the answer.
     """
+    # Text longer than any valid host name (a client's, unchecked yet) is
+    # parsed without the cache, so that the cache holds at most 4096 short
+    # strings whatever clients send.
+    if len(text) > MAX_NAME_LENGTH:
+        return _parse_ip(text)
+    return _parse_ip_cached(text)
+
+
+def _parse_ip(text: str) -> IPAddress | None:
     candidate = text.split("%", 1)[0] if ":" in text else text
     try:
         return ipaddress.ip_address(candidate)
     except ValueError:
         return None
+
+
+# One connection's host is parsed in several layers (the Wisp core, the policy,
+# the stack); ipaddress takes microseconds for a literal and raises twice for a
+# name, while a cache hit costs a fraction of that.  The addresses are immutable.
+_parse_ip_cached = functools.lru_cache(maxsize=4096)(_parse_ip)
 
 
 def is_ip(text: str) -> bool:

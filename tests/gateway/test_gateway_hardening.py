@@ -516,3 +516,17 @@ async def test_idle_connections_and_wsproxy_streams_end_after_the_idle_timeout()
             assert received.startswith(b"HTTP/1.1 101")
         metrics = gateway.metrics.render().decode()
         assert 'streams_closed_total{protocol="wsproxy",reason="idle-timeout"} 1.0' in metrics
+
+
+def test_the_address_cache_keeps_no_long_text_a_client_sent() -> None:
+    """Host text longer than any valid name is parsed without the cache (a bounded memory)."""
+    import ipaddress
+
+    from netshim._addresses import _parse_ip_cached, parse_ip
+
+    before = _parse_ip_cached.cache_info().currsize
+    for number in range(50):
+        assert parse_ip("a" * 300 + str(number)) is None
+    assert parse_ip("fe80::1%" + "x" * 300) == ipaddress.ip_address("fe80::1")
+    assert _parse_ip_cached.cache_info().currsize == before
+    assert parse_ip("fe80::1%eth0") == ipaddress.ip_address("fe80::1")
