@@ -16,6 +16,7 @@ import smtplib
 import socket
 import socketserver
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -229,6 +230,23 @@ def _smtp_controller(installed: Installed, handler: Collect, **kwargs: Any) -> C
     return controller
 
 
+def _stop_when_sessions_ended(controller: Controller) -> None:
+    """Stop the server once it has seen the client's last connection end.
+
+    ``Controller.stop()`` stops the server's loop at once; a session whose
+    close is still on its way (a TLS session waits for the client's end of
+    the stream before it lets go of its socket) is then never closed, and its
+    socket is reported unclosed at some later test's garbage collection.
+    """
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        session = controller.smtpd
+        if session is None or session.transport is None:
+            break
+        time.sleep(0.01)
+    controller.stop()
+
+
 def _message(subject: str) -> EmailMessage:
     message = EmailMessage()
     message["From"] = "alice@client"
@@ -250,7 +268,7 @@ def test_smtplib_with_aiosmtpd(installed: Installed) -> None:
             assert refused == {}
             assert client.noop()[0] == 250
     finally:
-        controller.stop()
+        _stop_when_sessions_ended(controller)
     [(sender, recipients, content, peer)] = handler.messages
     assert sender == "alice@client"
     assert recipients == ["bob@web.internal"]
@@ -273,7 +291,7 @@ def test_smtplib_starttls_with_aiosmtpd(installed: Installed, tls: Tls) -> None:
             assert client.sock.getpeername()[:2] in (("10.0.0.2", 2525), ("fd00::2", 2525))
             client.send_message(_message("secret"))
     finally:
-        controller.stop()
+        _stop_when_sessions_ended(controller)
     [(_, _, content, peer)] = handler.messages
     assert b"Subject: secret" in content
     assert peer in CLIENT_ADDRESSES
