@@ -434,6 +434,25 @@ async def test_pcap_of_an_ip_link_is_raw_ip(tmp_path: Path) -> None:
     assert result.stdout.decode().split() == ["raw:ip:udp:dns", "53"]
 
 
+async def test_pcap_link_passes_bursts_through_and_records_them(tmp_path: Path) -> None:
+    cable = Cable(Medium.IP)
+    path = tmp_path / "burst.pcap"
+    captured = PcapLink(cable.a, path)
+    arriving = [bytes([0x45, n]) * 10 for n in range(3)]
+    for packet in arriving:
+        await cable.b.send(packet)
+    taken = []
+    while (incoming := captured.receive_nowait()) is not None:
+        taken.append(incoming.data)
+    assert taken == arriving
+    leaving = [bytes([0x45, 0x80 + n]) * 10 for n in range(2)]
+    await captured.send_many([(packet, None) for packet in leaving])
+    assert [(await cable.b.receive()).data for _ in leaving] == leaving
+    await captured.aclose()
+    with PcapReader(path) as reader:
+        assert [record.data for record in reader] == arriving + leaving
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.binary(max_size=40)), max_size=20))
 async def test_any_bytes_through_a_bridge_never_raise(frames: list[tuple[int, bytes]]) -> None:

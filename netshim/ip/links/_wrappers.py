@@ -56,6 +56,32 @@ class PcapLink(Link):
             self.writer.write(incoming.data, time.time())
         return incoming
 
+    def receive_nowait(self) -> IncomingPacket | None:
+        """The inner link's next waiting packet, recorded; None when it has none or cannot say.
+
+        Passing bursts through keeps a captured link's timing that of the
+        link itself: without it a driver takes one packet per wait.
+        """
+        inner_nowait = getattr(self.inner, "receive_nowait", None)
+        incoming: IncomingPacket | None = inner_nowait() if inner_nowait is not None else None
+        if incoming is not None and not self.writer.closed:
+            self.writer.write(incoming.data, time.time())
+        return incoming
+
+    async def send_many(self, packets: Iterable[tuple[bytes, GsoInfo | None]]) -> None:
+        """Record and send each ``(packet, gso)``, in one call of the inner link's own."""
+        batch = list(packets)
+        if not self.writer.closed:
+            now = time.time()
+            for packet, _ in batch:
+                self.writer.write(bytes(packet), now)
+        inner_many = getattr(self.inner, "send_many", None)
+        if inner_many is not None:
+            await inner_many(batch)
+        else:
+            for packet, gso in batch:
+                await self.inner.send(packet, gso)
+
     async def aclose(self) -> None:
         try:
             await self.inner.aclose()
