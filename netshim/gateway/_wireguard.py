@@ -81,7 +81,7 @@ class WireGuardServer:
             program6=None,
             mtu=parsed.mtu,
         )
-        self.device = WireGuardDevice(parsed.private_key)
+        self.device = WireGuardDevice(parsed.private_key, mtu=parsed.mtu)
         for peer in parsed.peers:
             self.device.add_peer(
                 peer.public_key,

@@ -24,7 +24,8 @@ What the whitepaper specifies and this module does:
   message without a valid ``mac2`` with a 64-byte cookie reply (section 5.4.7)
   whose cookie is XChaCha20-Poly1305-sealed; neither crypto backend has
   XChaCha, so :func:`hchacha20` derives its subkey here in pure Python;
-* transport data (section 5.4.6) padded to 16 bytes, with a counter per key
+* transport data (section 5.4.6) padded to 16 bytes but never beyond the
+  interface's MTU (as Linux and wireguard-go pad), with a counter per key
   and a sliding window of :data:`REPLAY_WINDOW` counters against replays
   (RFC 6479's idea, kept as one Python integer used as a bit set);
 * the timers of section 6: rekey after :data:`REKEY_AFTER_TIME` or
@@ -187,6 +188,8 @@ def _kdf(key: bytes, data: bytes, outputs: int) -> list[bytes]:
 _NONCE: Final = struct.Struct("<4xQ")
 _TRANSPORT_HEADER: Final = struct.Struct("<IIQ")
 _INDEX_AND_COUNTER: Final = struct.Struct("<IQ")
+_MESSAGE_WORD: Final = struct.Struct("<I")
+_IPV4_LENGTH: Final = struct.Struct("!H")
 _REPLAY_MASK: Final = (1 << REPLAY_WINDOW) - 1
 #: Zeros that pad a transport message's plaintext to 16 bytes, by count.
 _PADDING: Final = tuple(bytes(count) for count in range(16))
@@ -641,7 +644,9 @@ class WireGuardDevice:
     cookie mechanism; ``None`` judges by the rate of handshake messages.
     ``crypto`` is where X25519 and ChaCha20-Poly1305 come from
     (:func:`default_backend` unless given: ``cryptography`` when it imports,
-    else tlslite-ng's pure Python).
+    else tlslite-ng's pure Python).  ``mtu`` is the tunnel interface's: padding
+    stops there, so a full-sized packet's datagram is no larger than it must
+    be (``None``: always pad to 16 bytes).
     """
 
     def __init__(
@@ -654,6 +659,7 @@ class WireGuardDevice:
         under_load: bool | None = None,
         max_staged_packets: int = DEFAULT_MAX_STAGED_PACKETS,
         crypto: CryptoBackend | None = None,
+        mtu: int | None = None,
     ) -> None:
         if len(private_key) != 32:
             raise ValueError("a WireGuard private key is 32 bytes")
@@ -665,6 +671,8 @@ class WireGuardDevice:
         self._wall_clock = wall_clock
         self.under_load = under_load
         self.max_staged_packets = max_staged_packets
+        # Largest padded plaintext (inf: no cap); a packet already longer is not cut.
+        self._pad_limit: float = float("inf") if mtu is None else mtu
         self._peers: dict[bytes, WireGuardPeer] = {}
         self._routes = AllowedIps()
         self._indices: dict[int, tuple[WireGuardPeer, _Handshake | _Session]] = {}
@@ -769,6 +777,87 @@ class WireGuardDevice:
             return
         self.send_to_peer(peer, packet, now)
 
+    def send_packets(self, packets: Iterable[bytes], now: float) -> None:
+        """:meth:`send_packet` for each of ``packets`` in turn, the per-packet work shared.
+
+        A burst from one connection goes to one peer under one key: the
+        route, the key's checks and the timers are settled once per run of
+        packets with the same destination, and only the counter, padding and
+        AEAD are done per packet.  The datagrams are the ones
+        :meth:`send_packet` would give, except that a rekey a run makes due
+        starts its handshake after the run rather than amid it.
+        """
+        run: list[bytes] = []
+        run_destination: bytes | None = None
+        for packet in packets:
+            destination = _destination(packet)
+            if destination is None:
+                self.dropped["not an IP packet"] += 1
+                continue
+            if destination != run_destination:
+                if run:
+                    self._send_run(run_destination, run, now)
+                    run = []
+                run_destination = destination
+            run.append(packet)
+        if run:
+            self._send_run(run_destination, run, now)
+
+    def _send_run(self, destination: bytes | None, packets: list[bytes], now: float) -> None:
+        """Encrypt ``packets``, all to ``destination``, to its peer."""
+        assert destination is not None
+        peer = self._routes.lookup(destination)
+        if peer is None:
+            self.dropped["no peer for destination"] += len(packets)
+            return
+        session = peer._current
+        endpoint = peer.endpoint
+        timers = self.timers
+        if (
+            endpoint is None
+            or session is None
+            or now - session.created >= timers.reject_after_time
+            or session.send_counter + len(packets) > timers.reject_after_messages
+        ):
+            # Staged for a handshake, dropped, or a key that runs out
+            # within the run: the general path, packet by packet.
+            for packet in packets:
+                self.send_to_peer(peer, packet, now)
+            return
+        counter = session.send_counter
+        remote = session.remote_index
+        seal = session.send_cipher.encrypt
+        pack_header = _TRANSPORT_HEADER.pack
+        pack_nonce = _NONCE.pack
+        limit = self._pad_limit
+        out = self._datagrams
+        sent = 0
+        for packet in packets:
+            length = len(packet)
+            padding = -length % 16
+            if padding:
+                if length + padding > limit:
+                    padding = max(0, int(limit) - length)
+                if padding:
+                    packet = packet + _PADDING[padding]
+            datagram = pack_header(MESSAGE_TRANSPORT, remote, counter) + seal(
+                pack_nonce(counter), packet, None
+            )
+            counter += 1
+            sent += len(datagram)
+            out.append((datagram, endpoint))
+        session.send_counter = counter
+        peer.tx_bytes += sent
+        # As _send_transport: every packet here is data, not a keepalive.
+        peer._keepalive_at = None
+        if peer._new_handshake_at is None:
+            peer._new_handshake_at = now + timers.keepalive_timeout + timers.rekey_timeout
+        self._touch_persistent(peer, now)
+        if counter >= timers.rekey_after_messages or (
+            session.initiator and now - session.created >= timers.rekey_after_time
+        ):
+            self._initiate(peer, now, retry=False)
+
     def send_to_peer(self, peer: WireGuardPeer, packet: bytes, now: float) -> None:
         """Encrypt ``packet`` to ``peer`` whatever its destination (``b""`` sends a keepalive)."""
         if peer.endpoint is None:
@@ -802,7 +891,10 @@ class WireGuardDevice:
         assert peer.endpoint is not None
         counter = session.send_counter
         session.send_counter = counter + 1
-        padding = -len(packet) % 16
+        length = len(packet)
+        padding = -length % 16
+        if padding and length + padding > self._pad_limit:
+            padding = max(0, int(self._pad_limit) - length)
         if padding:
             packet = packet + _PADDING[padding]
         datagram = _TRANSPORT_HEADER.pack(
@@ -920,13 +1012,15 @@ class WireGuardDevice:
         if len(data) < 4:
             self.dropped["short datagram"] += 1
             return
-        kind = data[0]
-        if data[1:4] != b"\x00\x00\x00":
-            self.dropped["bad reserved bytes"] += 1
-            return
-        if kind == MESSAGE_TRANSPORT:
+        # The type and the three reserved zero bytes as one little-endian word.
+        word = _MESSAGE_WORD.unpack_from(data)[0]
+        if word == MESSAGE_TRANSPORT:
             self._receive_transport(data, source, now)
             return
+        if word > 0xFF:
+            self.dropped["bad reserved bytes"] += 1
+            return
+        kind = word
         data = bytes(data)
         if kind == MESSAGE_INITIATION:
             self._receive_initiation(data, source, now)
@@ -1216,11 +1310,19 @@ class WireGuardDevice:
             return  # a keepalive
         if peer._keepalive_at is None:
             peer._keepalive_at = now + timers.keepalive_timeout
-        parsed = _source_and_length(plaintext)
-        if parsed is None:
-            self.dropped["not an IP packet inside"] += 1
-            return
-        source_address, length = parsed
+        # IPv4 without a call (the common case), else _source_and_length.
+        if len(plaintext) >= 20 and plaintext[0] >> 4 == 4:
+            length = _IPV4_LENGTH.unpack_from(plaintext, 2)[0]
+            if length < 20 or length > len(plaintext):
+                self.dropped["not an IP packet inside"] += 1
+                return
+            source_address = plaintext[12:16]
+        else:
+            parsed = _source_and_length(plaintext)
+            if parsed is None:
+                self.dropped["not an IP packet inside"] += 1
+                return
+            source_address, length = parsed
         if self._routes.lookup(source_address) is not peer:
             self.dropped["source not in allowed IPs"] += 1
             return

@@ -58,13 +58,14 @@ class Wire:
         under_load_b: bool | None = None,
         preshared: bytes | None = None,
         preshared_b: bytes | None = None,
+        mtu: int | None = None,
     ) -> None:
         self.now = 1000.0
         self.clock = 1_700_000_000.0
         a_key = wg.generate_private_key(_random_bytes(1))
         b_key = wg.generate_private_key(_random_bytes(2))
         self.a = WireGuardDevice(
-            a_key, timers=timers, random_bytes=_random_bytes(3), wall_clock=self.wall
+            a_key, timers=timers, random_bytes=_random_bytes(3), wall_clock=self.wall, mtu=mtu
         )
         self.b = WireGuardDevice(
             b_key,
@@ -72,6 +73,7 @@ class Wire:
             random_bytes=_random_bytes(4),
             wall_clock=self.wall,
             under_load=under_load_b,
+            mtu=mtu,
         )
         self.a_peer = self.a.add_peer(
             self.b.public_key,
@@ -352,6 +354,75 @@ def test_rekey_after_time_keeps_old_keys_for_packets_in_flight() -> None:
     wire.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"new"), wire.now)
     wire.pump()
     assert [p[20:] for p, _ in wire.b.take_packets()] == [b"new"]
+
+
+def test_send_packets_gives_what_send_packet_gives() -> None:
+    # The batched path settles route, key and timers once per run of one
+    # destination; its datagrams, drops and counters must be send_packet's,
+    # before the handshake (staged), after it, and across runs and drops.
+    to_b = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([size % 251]) * size) for size in (1, 300)]
+    nowhere = ipv4_packet("10.0.0.1", "10.9.9.9")
+    burst = [*to_b, b"\x00not ip", nowhere, *to_b, to_b[0]]
+    one_by_one, batched = Wire(mtu=1420), Wire(mtu=1420)
+    for packet in to_b:
+        one_by_one.a.send_packet(packet, one_by_one.now)
+    batched.a.send_packets(to_b, batched.now)
+    initiation = batched.a.take_datagrams()
+    assert one_by_one.a.take_datagrams() == initiation
+    for wire in (one_by_one, batched):
+        for data, _ in initiation:
+            wire.b.receive_datagram(data, A_ENDPOINT, wire.now)
+        wire.pump()
+        assert [p for p, _ in wire.b.take_packets()] == to_b
+    for packet in burst:
+        one_by_one.a.send_packet(packet, one_by_one.now)
+    batched.a.send_packets(burst, batched.now)
+    sent = batched.a.take_datagrams()
+    assert one_by_one.a.take_datagrams() == sent
+    assert len(sent) == 5
+    assert (
+        one_by_one.a.dropped
+        == batched.a.dropped
+        == {
+            "not an IP packet": 1,
+            "no peer for destination": 1,
+        }
+    )
+    assert one_by_one.a_peer.tx_bytes == batched.a_peer.tx_bytes
+    for data, _ in sent:
+        batched.b.receive_datagram(data, A_ENDPOINT, batched.now)
+    assert [p for p, _ in batched.b.take_packets()] == [*to_b, *to_b, to_b[0]]
+
+
+def test_send_packets_starts_a_due_rekey_after_its_run() -> None:
+    wire = Wire(Timers(rekey_after_messages=4))
+    wire.handshake()
+    wire.advance(wg.REKEY_TIMEOUT + 0.1)
+    wire.a.send_packets([ipv4_packet("10.0.0.1", "10.0.0.2")] * 5, wire.now)
+    kinds = [d[0] for d, _ in wire.a.take_datagrams()]
+    assert kinds == [wg.MESSAGE_TRANSPORT] * 5 + [wg.MESSAGE_INITIATION]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_padding_stops_at_the_mtu(batched: bool) -> None:
+    # Sizes: a full-MTU packet is not padded (its datagram would not fit a
+    # 1500-byte IPv6 path otherwise), one just under pads up to the MTU only,
+    # a small one to 16; without an MTU, to 16 always.
+    sizes = (1420, 1410, 100)
+    for mtu, expected in ((1420, [1452, 1452, 144]), (None, [1456, 1456, 144])):
+        wire = Wire(mtu=mtu)
+        wire.handshake()
+        packets = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes(size - 20)) for size in sizes]
+        if batched:
+            wire.a.send_packets(packets, wire.now)
+        else:
+            for packet in packets:
+                wire.a.send_packet(packet, wire.now)
+        datagrams = wire.a.take_datagrams()
+        assert [len(data) for data, _ in datagrams] == expected
+        for data, _ in datagrams:
+            wire.b.receive_datagram(data, A_ENDPOINT, wire.now)
+        assert [p for p, _ in wire.b.take_packets()] == packets
 
 
 def test_rekey_after_messages() -> None:
