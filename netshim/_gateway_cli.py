@@ -372,6 +372,7 @@ def run(arguments: argparse.Namespace) -> int:
         except (ValueError, OSError) as exc:
             print(f"netshim gateway: --wireguard-config: {exc}", file=sys.stderr)
             return 2
+        wireguard.register_metrics(gateway.metrics.registry)
 
     async def main() -> None:
         async with anyio.create_task_group() as group:

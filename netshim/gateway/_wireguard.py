@@ -16,22 +16,39 @@ Inside the tunnel the gateway's address stands for the machine's loopback
 (reachable only where the policy allows ``127.0.0.1``) and the name server
 is the ``[Interface]`` DNS address if it lies in the clients' network, else
 the network's last usable address; clients put that address in their
-``DNS =`` line.
+``DNS =`` line.  An IPv6 ``Address`` beside the IPv4 one carries IPv6 inside
+the tunnel the same way: its network is the clients', the address stands
+for ``::1``, and the DNS address is chosen by the same rule.
+
+What the server did is exported as Prometheus metrics beside the gateway's
+own (:meth:`WireGuardServer.register_metrics`): clients configured and with
+live keys, handshakes, datagram bytes each way, datagrams dropped by reason,
+and the clients' flows accepted and refused.  They are read from the
+protocol core's counters when scraped, so the data path counts nothing more.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import anyio.abc
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..isolate import Addressing
 from ..isolate._terminate import Terminator
 from ..policy import Policy
-from ..protocols.wireguard import WireGuardDevice
+from ..protocols.wireguard import (
+    HandshakeCompleted,
+    HandshakeFailed,
+    WireGuardDevice,
+    WireGuardEvent,
+)
 from ..stack import Stack
 from ..stacks.wireguard import WireGuardLink, parse_config
 
@@ -63,25 +80,29 @@ class WireGuardServer:
         parsed = parse_config(text)
         ours = [ipaddress.ip_interface(a) for a in parsed.addresses]
         ours4 = [a for a in ours if isinstance(a, ipaddress.IPv4Interface)]
+        ours6 = [a for a in ours if isinstance(a, ipaddress.IPv6Interface)]
         if not ours4:
             raise ValueError("the WireGuard server's [Interface] needs an IPv4 Address")
-        gateway = ours4[0]
-        network = gateway.network
         dns = [ipaddress.ip_address(d) for d in parsed.dns]
-        dns4 = next(
-            (d for d in dns if d in network and d != gateway.ip),
-            network.broadcast_address - 1,
-        )
-        if dns4 == gateway.ip:
-            raise ValueError(f"{network} is too small for a gateway and a DNS address")
+        gateway = ours4[0]
+        gateway6 = ours6[0] if ours6 else None
         self.addressing = Addressing(
             program4=gateway,
             gateway4=gateway.ip,
-            dns4=ipaddress.IPv4Address(dns4),
+            dns4=ipaddress.IPv4Address(_dns_address(gateway, dns)),
             program6=None,
             mtu=parsed.mtu,
         )
+        if gateway6 is not None:
+            self.addressing = dataclasses.replace(
+                self.addressing,
+                program6=gateway6,
+                gateway6=gateway6.ip,
+                dns6=ipaddress.IPv6Address(_dns_address(gateway6, dns)),
+            )
         self.device = WireGuardDevice(parsed.private_key, mtu=parsed.mtu)
+        self.handshakes = 0
+        self.failed_handshakes = 0
         for peer in parsed.peers:
             self.device.add_peer(
                 peer.public_key,
@@ -94,7 +115,9 @@ class WireGuardServer:
 
             transport = HostStack()
         listen_port = parsed.listen_port if port is None else port
-        self.link = WireGuardLink(self.device, transport, bind=(host, listen_port))
+        self.link = WireGuardLink(
+            self.device, transport, bind=(host, listen_port), on_event=self._count
+        )
         self.terminator = Terminator(
             self.link, stack, policy=policy, addressing=self.addressing, refusal="reset"
         )
@@ -103,6 +126,16 @@ class WireGuardServer:
     def counters(self) -> Any:
         """The terminator's counters (connections accepted and refused, UDP flows, DNS)."""
         return self.terminator.counters
+
+    def _count(self, event: WireGuardEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.handshakes += 1
+        elif isinstance(event, HandshakeFailed):
+            self.failed_handshakes += 1
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Export this server's metrics in ``registry`` (the gateway's, for its ``/metrics``)."""
+        registry.register(_WireGuardMetrics(self))
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -115,3 +148,75 @@ class WireGuardServer:
             # Cancelled, the terminator's IpStack may not reach its link's aclose.
             with anyio.CancelScope(shield=True):
                 await self.link.aclose()
+
+
+def _dns_address(
+    gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+    configured: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The name server's address in ``gateway``'s network: ``DNS =``'s if there, else the last."""
+    network = gateway.network
+    found = next(
+        (d for d in configured if d in network and d != gateway.ip),
+        network.broadcast_address - 1,
+    )
+    if found == gateway.ip or found not in network:
+        raise ValueError(f"{network} is too small for a gateway and a DNS address")
+    return found
+
+
+class _WireGuardMetrics(Collector):
+    """The server's counters as Prometheus metrics, read when scraped."""
+
+    def __init__(self, server: WireGuardServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        device = server.device
+        peers = device.peers
+        clients = GaugeMetricFamily(
+            "netshim_gateway_wireguard_peers",
+            "WireGuard clients: configured, and with live keys (a handshake in the last 180 s).",
+            labels=["state"],
+        )
+        clients.add_metric(["configured"], len(peers))
+        clients.add_metric(["connected"], sum(1 for peer in peers if peer.has_session))
+        yield clients
+        handshakes = CounterMetricFamily(
+            "netshim_gateway_wireguard_handshakes",
+            "WireGuard handshakes with clients, by outcome (failed: gave up after 90 s).",
+            labels=["outcome"],
+        )
+        handshakes.add_metric(["completed"], server.handshakes)
+        handshakes.add_metric(["failed"], server.failed_handshakes)
+        yield handshakes
+        moved = CounterMetricFamily(
+            "netshim_gateway_wireguard_bytes",
+            "WireGuard datagram bytes, by direction (up: from clients).",
+            labels=["direction"],
+        )
+        moved.add_metric(["up"], sum(peer.rx_bytes for peer in peers))
+        moved.add_metric(["down"], sum(peer.tx_bytes for peer in peers))
+        yield moved
+        dropped = CounterMetricFamily(
+            "netshim_gateway_wireguard_dropped",
+            "Datagrams and packets the WireGuard layer dropped, by reason "
+            "(unknown peer, bad mac1, replayed counter, ...).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(device.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        counters = server.counters
+        flows = CounterMetricFamily(
+            "netshim_gateway_wireguard_flows",
+            "Flows WireGuard clients started, by protocol and outcome "
+            "(refused: by the policy, or the destination failed).",
+            labels=["protocol", "outcome"],
+        )
+        flows.add_metric(["tcp", "accepted"], counters.tcp_accepted)
+        flows.add_metric(["tcp", "refused"], counters.tcp_refused)
+        flows.add_metric(["udp", "accepted"], counters.udp_flows)
+        flows.add_metric(["dns", "accepted"], counters.dns_queries)
+        yield flows

@@ -2,7 +2,9 @@
 
 The namespace's default route is wireguard-go's ``wg0``; ``curl`` there
 reaches a loopback HTTP server of the test's machine through the gateway's
-address, which only the policy's allowed port lets through.
+address, which only the policy's allowed port lets through, over IPv4 and
+over IPv6 inside the tunnel; the server's Prometheus metrics count what
+happened.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from wireguard_peer import TUNNEL_CLIENT, TUNNEL_SERVER, WireGuardPeerNamespace, run
 
 from netshim.gateway._wireguard import WireGuardServer
@@ -51,13 +55,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_servers() -> Iterator[list[tuple[int, list[str]]]]:
+class _Server6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.fixture(params=["127.0.0.1"])
+def http_servers(request: pytest.FixtureRequest) -> Iterator[list[tuple[int, list[str]]]]:
+    """Two HTTP servers on the loopback address ``request.param``: (port, paths asked) each."""
+    host = request.param
     servers = []
     for _ in range(2):
         seen: list[str] = []
         handler = type("Handler", (_Handler,), {"connections": seen})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        kind = _Server6 if ":" in host else http.server.ThreadingHTTPServer
+        server = kind((host, 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append((server, seen))
     try:
@@ -193,6 +204,11 @@ def test_netshim_gateway_command_line_serves_wireguard(
             timeout=60,
             check=False,
         )
+        # The WireGuard metrics are the gateway's /metrics too.
+        with urllib.request.urlopen(
+            f"http://{wireguard_go.outer_ip}:{http_port}/metrics", timeout=20
+        ) as response:
+            metrics = response.read().decode()
     finally:
         gateway.terminate()
         try:
@@ -205,3 +221,90 @@ def test_netshim_gateway_command_line_serves_wireguard(
     assert refused.returncode == 7
     assert allowed_seen == ["/"]
     assert refused_seen == []
+    assert 'netshim_gateway_wireguard_flows_total{outcome="refused",protocol="tcp"} 1.0' in metrics
+    assert 'netshim_gateway_wireguard_peers{state="connected"} 1.0' in metrics
+
+
+TUNNEL6_SERVER = "fd99:99::1"
+TUNNEL6_CLIENT = "fd99:99::2"
+
+
+def _metrics(server: WireGuardServer) -> dict[str, float]:
+    """The server's metrics as one registry renders them: ``name{labels}`` to value."""
+    registry = CollectorRegistry()
+    server.register_metrics(registry)
+    values = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("http_servers", ["::1"], indirect=True)
+async def test_ipv6_inside_the_tunnel_and_metrics(
+    wireguard_go: WireGuardPeerNamespace, http_servers: list[tuple[int, list[str]]]
+) -> None:
+    # The server's [Interface] has an IPv6 address too: the client's IPv6
+    # connections to it reach the machine's ::1 as the policy allows.
+    (allowed_port, allowed_seen), (refused_port, refused_seen) = http_servers
+    server_key = wg.generate_private_key()
+    config = f"""
+[Interface]
+PrivateKey = {wg.key_to_text(server_key)}
+Address = {TUNNEL_SERVER}/24, {TUNNEL6_SERVER}/64
+
+[Peer]
+PublicKey = {wg.key_to_text(wireguard_go.public_key)}
+AllowedIPs = {TUNNEL_CLIENT}/32, {TUNNEL6_CLIENT}/128
+"""
+    server = WireGuardServer(
+        config,
+        stack=HostStack(),
+        policy=Policy(allow=[f"[::1]:{allowed_port}"]),
+        port=0,
+        host=wireguard_go.outer_ip,
+    )
+    assert str(server.addressing.dns6) == "fd99:99::ffff:ffff:ffff:fffe"
+    namespace = wireguard_go.name
+    device = wireguard_go.device
+    run("ip", "-n", namespace, "addr", "flush", "dev", device)
+    run("ip", "-n", namespace, "addr", "add", f"{TUNNEL_CLIENT}/24", "dev", device)
+    run("ip", "-n", namespace, "addr", "add", f"{TUNNEL6_CLIENT}/64", "dev", device, "nodad")
+    run("ip", "-n", namespace, "route", "replace", "default", "dev", device)
+    run("ip", "-n", namespace, "-6", "route", "replace", "default", "dev", device)
+    before = _metrics(server)
+    assert before['netshim_gateway_wireguard_peers{state="configured"}'] == 1
+    assert before['netshim_gateway_wireguard_peers{state="connected"}'] == 0
+    async with anyio.create_task_group() as group:
+        await group.start(server.run)
+        local = server.link.local_address
+        assert local is not None
+        for old in wireguard_go.wg("show", device, "peers").split():
+            wireguard_go.wg("set", device, "peer", old, "remove")
+        wireguard_go.wg(
+            "set", device, "peer", wg.key_to_text(wg.public_key(server_key)),
+            "endpoint", f"{local[0]}:{local[1]}", "allowed-ips", "0.0.0.0/0,::/0",
+        )  # fmt: skip
+        curl = ["curl", "-sS", "--max-time", "20"]
+        with anyio.fail_after(60):
+            ok = await anyio.run_process(
+                wireguard_go.exec(*curl, f"http://[{TUNNEL6_SERVER}]:{allowed_port}/"), check=False
+            )
+            refused = await anyio.run_process(
+                wireguard_go.exec(*curl, f"http://[{TUNNEL6_SERVER}]:{refused_port}/"), check=False
+            )
+        after = _metrics(server)
+        group.cancel_scope.cancel()
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert ok.stdout == b"hello through wireguard\n"
+    assert refused.returncode == 7  # CURLE_COULDNT_CONNECT: a reset, as a refusal
+    assert allowed_seen == ["/"]
+    assert refused_seen == []
+    assert after['netshim_gateway_wireguard_peers{state="connected"}'] == 1
+    assert after['netshim_gateway_wireguard_handshakes_total{outcome="completed"}'] >= 1
+    assert after['netshim_gateway_wireguard_bytes_total{direction="up"}'] > 0
+    assert after['netshim_gateway_wireguard_bytes_total{direction="down"}'] > 0
+    assert after['netshim_gateway_wireguard_flows_total{outcome="accepted",protocol="tcp"}'] == 1
+    assert after['netshim_gateway_wireguard_flows_total{outcome="refused",protocol="tcp"}'] == 1
