@@ -1031,6 +1031,120 @@ class WireGuardDevice:
         else:
             self.dropped["unknown message type"] += 1
 
+    def receive_datagrams(
+        self, datagrams: Iterable[tuple[bytes | memoryview, Endpoint]], now: float
+    ) -> None:
+        """:meth:`receive_datagram` for each of ``datagrams`` in turn, the per-datagram work shared.
+
+        A burst of transport messages under a peer's current key from its
+        known endpoint shares the key's lookup and checks; per datagram
+        remain the replay window, the AEAD and the inner packet's source.
+        Anything else (handshake messages, a new key, a roamed endpoint, a
+        key due for renewal) goes through the general path, with the same
+        results as :meth:`receive_datagram`.  Nothing of ``data`` is kept
+        after the call.
+        """
+        timers = self.timers
+        reject_after_messages = timers.reject_after_messages
+        packets = self._packets
+        unpack_word = _MESSAGE_WORD.unpack_from
+        unpack_index = _INDEX_AND_COUNTER.unpack_from
+        pack_nonce = _NONCE.pack
+        invalid_tag = self.crypto.invalid_tag
+        lookup = self._routes.lookup
+        run_index = -1
+        # The run's key, when the fast path holds for it, else None.
+        session: _Session | None = None
+        peer: WireGuardPeer | None = None
+        endpoint: Endpoint | None = None
+        allowed_source = b""
+        received = 0
+        for data, source in datagrams:
+            if (
+                len(data) < TRANSPORT_HEADER_SIZE + TAG_SIZE
+                or unpack_word(data)[0] != MESSAGE_TRANSPORT
+            ):
+                self.receive_datagram(data, source, now)
+                run_index = -1
+                continue
+            receiver_index, counter = unpack_index(data, 4)
+            if receiver_index != run_index:
+                if peer is not None:
+                    peer.rx_bytes += received
+                    received = 0
+                run_index = receiver_index
+                session = peer = None
+                allowed_source = b""
+                entry = self._indices.get(receiver_index)
+                if entry is not None:
+                    candidate, state = entry
+                    if (
+                        isinstance(state, _Session)
+                        and state is candidate._current
+                        and now - state.created < timers.reject_after_time
+                        and not (
+                            state.initiator
+                            and now - state.created
+                            >= timers.reject_after_time
+                            - timers.keepalive_timeout
+                            - timers.rekey_timeout
+                        )
+                    ):
+                        session, peer, endpoint = state, candidate, candidate.endpoint
+            if session is None or peer is None or (source is not endpoint and source != endpoint):
+                if peer is not None:
+                    peer.rx_bytes += received
+                    received = 0
+                self._receive_transport(data, source, now)
+                run_index = -1
+                peer = None
+                continue
+            replay = session.replay
+            ahead = counter > replay.highest
+            if counter >= reject_after_messages or not (ahead or replay.check(counter)):
+                self.dropped["replayed counter"] += 1
+                continue
+            try:
+                plaintext = session.receive_cipher.decrypt(
+                    pack_nonce(counter), data[TRANSPORT_HEADER_SIZE:], None
+                )
+            except invalid_tag:
+                self.dropped["bad transport authentication"] += 1
+                continue
+            if ahead:
+                replay.bits = ((replay.bits << (counter - replay.highest)) | 1) & _REPLAY_MASK
+                replay.highest = counter
+            elif not replay.accept(counter):
+                self.dropped["replayed counter"] += 1
+                continue
+            received += len(data)
+            # Any authenticated packet answers the data we sent.
+            peer._new_handshake_at = None
+            if not plaintext:
+                continue  # a keepalive
+            if peer._keepalive_at is None:
+                peer._keepalive_at = now + timers.keepalive_timeout
+            if len(plaintext) >= 20 and plaintext[0] >> 4 == 4:
+                length = _IPV4_LENGTH.unpack_from(plaintext, 2)[0]
+                if length < 20 or length > len(plaintext):
+                    self.dropped["not an IP packet inside"] += 1
+                    continue
+                source_address = plaintext[12:16]
+            else:
+                parsed = _source_and_length(plaintext)
+                if parsed is None:
+                    self.dropped["not an IP packet inside"] += 1
+                    continue
+                source_address, length = parsed
+            if source_address != allowed_source:
+                if lookup(source_address) is not peer:
+                    self.dropped["source not in allowed IPs"] += 1
+                    continue
+                allowed_source = source_address
+            packets.append((plaintext[:length], peer))
+        if peer is not None:
+            peer.rx_bytes += received
+
     def _is_under_load(self, now: float) -> bool:
         times = self._handshake_times
         times.append(now)

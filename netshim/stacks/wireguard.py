@@ -467,6 +467,9 @@ _NOWAIT_PER_RECEIVE = 63
 _SOCKET_BUFFER = 4 << 20
 #: Room for one datagram: the largest UDP payload.
 _DATAGRAM_ROOM = 65_536
+#: The receive buffer: a burst's datagrams side by side (about 130 of 1,452
+#: bytes) before they go to the device together.
+_RECEIVE_ROOM = 4 * _DATAGRAM_ROOM
 #: Raw addresses remembered in the source cache before it starts afresh.
 _MAX_CACHED_ADDRESSES = 1024
 
@@ -535,7 +538,7 @@ class WireGuardLink(Link):
         self._raw: socket.socket | None = None
         self._out: list[tuple[bytes, Endpoint]] = []
         self._gso = False
-        self._buffer = bytearray(_DATAGRAM_ROOM)
+        self._buffer = bytearray(_RECEIVE_ROOM)
         self._view = memoryview(self._buffer)
         self._sources: dict[Any, Endpoint] = {}
         self._addresses: dict[Endpoint, tuple[str, int]] = {}
@@ -612,20 +615,33 @@ class WireGuardLink(Link):
         return address
 
     def _read_ready(self) -> None:
-        """Hand the device every datagram the host socket holds, up to a burst, without waiting."""
+        """Hand the device every datagram the host socket holds, up to a burst, without waiting.
+
+        Datagrams are read one after another into the receive buffer and
+        handed over together (:meth:`WireGuardDevice.receive_datagrams`)
+        when the buffer has no room left for the largest one, and at the end.
+        """
         raw = self._raw
         assert raw is not None
         device, view, sources = self.device, self._view, self._sources
-        buffers = [self._buffer]
         gro = self._udp_gro
         now = self._now()
+        batch: list[tuple[memoryview, Endpoint]] = []
+        offset = 0
         taken = 0
         while taken < _RECEIVE_BATCH:
+            if offset > _RECEIVE_ROOM - _DATAGRAM_ROOM:
+                # The device keeps nothing of the views: the buffer is free again.
+                device.receive_datagrams(batch, now)
+                batch = []
+                offset = 0
             try:
                 if gro:
-                    size, control, flags, address = raw.recvmsg_into(buffers, _GRO_CONTROL_SPACE)
+                    size, control, flags, address = raw.recvmsg_into(
+                        [view[offset:]], _GRO_CONTROL_SPACE
+                    )
                 else:
-                    size, address = raw.recvfrom_into(self._buffer)
+                    size, address = raw.recvfrom_into(view[offset:])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -637,8 +653,7 @@ class WireGuardLink(Link):
                 if len(sources) >= _MAX_CACHED_ADDRESSES:
                     sources.clear()
                 source = sources[address] = _normalise(address)
-            # The device keeps nothing of the view: the next datagram may
-            # reuse the buffer.
+            end = offset + size
             if gro and flags & _MSG_TRUNC:
                 device.dropped["datagram truncated"] += 1
                 taken += 1
@@ -647,12 +662,15 @@ class WireGuardLink(Link):
                 for level, kind, data in control:
                     if level == _SOL_UDP and kind == _UDP_GRO:
                         segment = int.from_bytes(data[:4], sys.byteorder) or size
-                for start in range(0, size, segment):
-                    device.receive_datagram(view[start : min(start + segment, size)], source, now)
+                for start in range(offset, end, segment):
+                    batch.append((view[start : min(start + segment, end)], source))
                     taken += 1
             else:
-                device.receive_datagram(view[:size], source, now)
+                batch.append((view[offset:end], source))
                 taken += 1
+            offset = end
+        if batch:
+            device.receive_datagrams(batch, now)
 
     def _write_ready(self) -> bool:
         """Send the queued datagrams without waiting; False if the socket's buffer filled."""

@@ -394,6 +394,75 @@ def test_send_packets_gives_what_send_packet_gives() -> None:
     assert [p for p, _ in batched.b.take_packets()] == [*to_b, *to_b, to_b[0]]
 
 
+def test_receive_datagrams_gives_what_receive_datagram_gives() -> None:
+    # The batched path shares the key's checks across a run; whatever breaks
+    # the run (a handshake message, the first data under new keys, a replay,
+    # a forgery, a roamed endpoint, a keepalive, a foreign inner source, an
+    # unknown index, a runt) must come out as receive_datagram has it.
+    one_by_one, batched = Wire(), Wire()
+    for wire in (one_by_one, batched):
+        wire.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"first"), wire.now)
+    initiation = [(data, A_ENDPOINT) for data, _ in batched.a.take_datagrams()]
+    one_by_one.a.take_datagrams()
+    one_by_one.b.receive_datagram(*initiation[0], one_by_one.now)
+    batched.b.receive_datagrams(initiation, batched.now)
+    response = batched.b.take_datagrams()
+    assert one_by_one.b.take_datagrams() == response
+    sender = batched.a  # one sender's bytes for both receivers
+    sender.receive_datagram(response[0][0], B_ENDPOINT, batched.now)
+    sender.send_packets(
+        [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([n]) * 90) for n in range(3)], batched.now
+    )
+    sender.send_packet(ipv4_packet("10.0.0.9", "10.0.0.2"), batched.now)
+    sender.send_to_peer(batched.a_peer, b"", batched.now)
+    sender.send_packets(
+        [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([n]) * 40) for n in range(2)], batched.now
+    )
+    staged, *data, foreign, keepalive, late1, late2 = [d for d, _ in sender.take_datagrams()]
+    forged = bytearray(data[1])
+    forged[-1] ^= 1
+    unknown = bytearray(data[2])
+    unknown[4] ^= 0xFF
+    roamed = ("192.0.2.77", 4000)
+    burst = [
+        (staged, A_ENDPOINT),  # confirms B's new keys
+        (data[0], A_ENDPOINT),
+        (data[0], A_ENDPOINT),  # replayed
+        (bytes(forged), A_ENDPOINT),
+        (data[1], A_ENDPOINT),
+        (b"\x04\x00", A_ENDPOINT),
+        (bytes(unknown), A_ENDPOINT),
+        (foreign, A_ENDPOINT),
+        (keepalive, A_ENDPOINT),
+        (data[2], roamed),
+        (late1, roamed),
+        (initiation[0][0], A_ENDPOINT),  # replayed initiation
+        (late2, roamed),
+    ]
+    for data_, source in burst:
+        one_by_one.b.receive_datagram(data_, source, one_by_one.now)
+    batched.b.receive_datagrams([(memoryview(d), s) for d, s in burst], batched.now)
+    got = [(p, peer.public_key) for p, peer in batched.b.take_packets()]
+    assert [(p, peer.public_key) for p, peer in one_by_one.b.take_packets()] == got
+    assert len(got) == 6
+    assert one_by_one.b.dropped == batched.b.dropped
+    assert set(batched.b.dropped) == {
+        "replayed counter",
+        "bad transport authentication",
+        "short datagram",
+        "unknown receiver index",
+        "source not in allowed IPs",
+        "replayed initiation",
+    }
+    assert one_by_one.b.take_events() == batched.b.take_events()
+    assert one_by_one.b.take_datagrams() == batched.b.take_datagrams()
+    for left, right in ((one_by_one.b_peer, batched.b_peer),):
+        assert left.endpoint == right.endpoint == roamed
+        assert left.rx_bytes == right.rx_bytes
+        assert left._keepalive_at == right._keepalive_at
+        assert left._new_handshake_at == right._new_handshake_at
+
+
 def test_send_packets_starts_a_due_rekey_after_its_run() -> None:
     wire = Wire(Timers(rekey_after_messages=4))
     wire.handshake()
@@ -551,3 +620,36 @@ def test_mutated_messages_never_raise(data: bytes, position: int, flip: int, loa
     mutated[position % len(mutated)] ^= flip
     device.receive_datagram(bytes(mutated), A_ENDPOINT, 1.0)
     assert device.take_packets() == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 200), st.integers(0, 255)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_mutated_bursts_batched_as_one_by_one(picks: list[tuple[int, int, int]]) -> None:
+    # Transport messages of a live session, repeated, reordered and mutated
+    # (flip 0 leaves one intact), through receive_datagrams and through
+    # receive_datagram on twin devices: nothing raises, the results agree.
+    one_by_one, batched = Wire(), Wire()
+    for wire in (one_by_one, batched):
+        wire.handshake()
+        wire.a.send_packets(
+            [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([n]) * (20 + 30 * n)) for n in range(6)],
+            wire.now,
+        )
+    sent = [data for data, _ in batched.a.take_datagrams()]
+    burst = []
+    for index, position, flip in picks:
+        mutated = bytearray(sent[index])
+        mutated[position % len(mutated)] ^= flip
+        burst.append((bytes(mutated), A_ENDPOINT))
+    for data, source in burst:
+        one_by_one.b.receive_datagram(data, source, one_by_one.now)
+    batched.b.receive_datagrams(burst, batched.now)
+    assert [p for p, _ in one_by_one.b.take_packets()] == [p for p, _ in batched.b.take_packets()]
+    assert one_by_one.b.dropped == batched.b.dropped
+    assert one_by_one.b_peer.rx_bytes == batched.b_peer.rx_bytes
