@@ -650,6 +650,11 @@ class TcpConnection:
         return max(0, self.config.send_buffer - len(self._send_queue))
 
     @property
+    def max_payload(self) -> int:
+        """The most payload one segment carries: a whole number of MSS, up to a TSO packet's."""
+        return self._max_payload
+
+    @property
     def cwnd(self) -> int:
         return self._cc.cwnd
 
@@ -1828,7 +1833,7 @@ class TcpConnection:
         self,
         seq: int,
         flags: int,
-        payload: bytes,
+        payload: bytes | memoryview,
         *,
         options: tuple[TcpOption, ...] | None = None,
         sack: list[tuple[int, int]] | None = None,
