@@ -18,11 +18,15 @@ class _Connection:
 
     max_payload = 45 * 1448
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
         self.writes: list[int] = []
+        self.expected = expected
+        self.all_taken = anyio.Event()
 
     def send(self, data: memoryview) -> int:
         self.writes.append(len(data))
+        if sum(self.writes) >= self.expected:
+            self.all_taken.set()
         return len(data)
 
     def readable(self) -> int:
@@ -47,8 +51,6 @@ async def test_full_host_reads_are_whole_tso_packets() -> None:
     ours, theirs = socket.socketpair()
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    connection = _Connection()
-    splice = Splice(connection, _Driver(), transport)
     transport.pause_reading()
     # Queued before the relay reads, so that its reads are full ones.
     theirs.setblocking(False)
@@ -58,9 +60,9 @@ async def test_full_host_reads_are_whole_tso_packets() -> None:
             sent += theirs.send(bytes(256 * 1024))
     except BlockingIOError:
         pass
-    splice.start()
-    while sum(connection.writes) < sent:
-        await anyio.sleep(0.001)
+    connection = _Connection(sent)
+    Splice(connection, _Driver(), transport).start()
+    await connection.all_taken.wait()
     transport.close()
     theirs.close()
     full = connection.writes[:-1]
