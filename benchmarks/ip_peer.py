@@ -354,6 +354,7 @@ async def trace(connection: Any, stack: Any) -> None:
                     "srtt_ms": info.srtt and round(info.srtt * 1000, 2),
                     "rack_rtt_ms_median": rtts and round(sorted(rtts)[len(rtts) // 2] * 1000, 3),
                     "loss_probes": connection.loss_probes,
+                    "loss_probe_repairs": connection.loss_probe_repairs,
                     "lost_retransmissions": connection.lost_retransmissions,
                     "spurious_recoveries": connection.spurious_recoveries,
                     "at_timeouts": timeouts,

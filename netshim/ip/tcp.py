@@ -36,7 +36,10 @@ What is implemented, by RFC:
   re-checks segments still inside it.  A tail loss probe goes two smoothed
   RTTs after the last send (plus a delayed-ACK allowance when one segment is
   out, capped at the RTO) with new data, or the last segment again, so that a
-  lost tail is found by SACK instead of the RTO.  The duplicate-ACK
+  lost tail is found by SACK instead of the RTO; a probe that sent data
+  again and drew no D-SACK repaired a loss, and the window is reduced as
+  after a fast recovery (section 7.4; one that was not needed, or that
+  sent new data, changes nothing).  The duplicate-ACK
   threshold still starts recovery too.  RFC 2883 D-SACK both ways: a recovery
   whose retransmissions all arrived twice is undone and the reordering
   window opened.  Without SACK, NewReno fast retransmit and recovery (RFC 6582).
@@ -47,9 +50,8 @@ What is implemented, by RFC:
 
 Not implemented: urgent data (URG is ignored), ECN, TCP Fast Open, MD5 and
 TCP-AO signatures, path MTU probing (RFC 4821; ICMP-driven PMTU discovery is
-in :meth:`TcpConnection.on_icmp_error`), F-RTO, the decay of RACK's
-reordering window after recoveries without D-SACKs, and TLP's congestion
-response to a probe that repaired a single loss (RFC 8985 section 7.4).  An RST in
+in :meth:`TcpConnection.on_icmp_error`), F-RTO, and the decay of RACK's
+reordering window after recoveries without D-SACKs.  An RST in
 TIME-WAIT ends it, as Linux does by default (no RFC 1337 protection).
 
 Sequence numbers are 32-bit on the wire and unbounded inside.  Each incoming
@@ -488,6 +490,11 @@ class TcpConnection:
         self._tlp_deadline: float | None = None
         self._tlp_high: int | None = None
         self.loss_probes = 0
+        # RFC 8985 section 7.4: a probe that sent data again, as
+        # ``(start, end, SND.MAX then)``, until an ACK beyond it tells whether
+        # it repaired a loss (no D-SACK for it came) or was not needed.
+        self._tlp_retransmitted: tuple[int, int, int] | None = None
+        self.loss_probe_repairs = 0
         # Duplicate ACKs (or SACKed segments) that mean a loss; raised when a
         # recovery proves spurious, as Linux adapts tp->reordering.
         self._reordering = _DUPLICATE_ACK_THRESHOLD
@@ -1175,6 +1182,17 @@ class TcpConnection:
             del xmit_ends[:gone], self._xmit_times[:gone], self._xmit_orders[:gone]
         if self._tlp_high is not None and ack >= self._tlp_high:
             self._tlp_high = None
+        probe = self._tlp_retransmitted
+        if probe is not None and ack > probe[2]:
+            # RFC 8985 section 7.4: past the probe with no D-SACK for it, so
+            # the probe repaired a loss; the congestion response is a fast
+            # recovery's, as Linux's CWR state gives (one reduction, at once).
+            self._tlp_retransmitted = None
+            if not self._in_recovery:
+                self.loss_probe_repairs += 1
+                # The flight as this ACK found it.
+                self._cc.on_loss(now, self._snd_max - ack + acked)
+                self._cc.on_recovery_end(now)
         self._retries = 0
         self._persist_backoff = 0
         # Something worked: forget soft errors (as Linux clears sk_err_soft).
@@ -1253,6 +1271,8 @@ class TcpConnection:
     def _enter_recovery(self, now: float) -> None:
         self._in_recovery = True
         self._tlp_deadline = None
+        # This recovery's reduction covers whatever a probe repaired.
+        self._tlp_retransmitted = None
         self.fast_recoveries += 1
         self._recover = self._snd_max - 1
         self._undo_cwnd = self._cc.cwnd
@@ -1279,6 +1299,10 @@ class TcpConnection:
             right = left + ((right_wire - left_wire) & _MASK)
             if index == 0 and left < right <= ack:
                 # RFC 2883: a first block below the cumulative ACK reports a duplicate.
+                probe = self._tlp_retransmitted
+                if probe is not None and left < probe[1] and right > probe[0]:
+                    # The probe's data had arrived before it: nothing was lost.
+                    self._tlp_retransmitted = None
                 self._on_dsack(left)
                 continue
             # Anything beyond what we sent is bogus.
@@ -1429,6 +1453,7 @@ class TcpConnection:
         usable = min(data_end - snd_nxt, snd_una + self._snd_wnd - snd_nxt, self.send_mss)
         if usable > 0 and (usable == data_end - snd_nxt or usable == self.send_mss):
             self._send_data(snd_nxt, usable, now, out)
+            self._tlp_retransmitted = None
         else:
             end = min(self._snd_max, data_end)
             start = max(snd_una, end - self.send_mss)
@@ -1437,6 +1462,7 @@ class TcpConnection:
             self._send_data(start, end - start, now, out)
             if len(self._rexmits) < _MAX_TRACKED_RETRANSMISSIONS:
                 self._rexmits.append((start, end, now, self._send_order))
+            self._tlp_retransmitted = (start, end, self._snd_max)
         self.loss_probes += 1
         self._tlp_high = self._snd_max
         self._rtx_deadline = now + self.rto
@@ -2068,6 +2094,7 @@ class TcpConnection:
         self._undo_cwnd = None
         self._tlp_deadline = None
         self._tlp_high = None
+        self._tlp_retransmitted = None
         self._rack_deadline = None
         self._recover = self._snd_max - 1
         if self._retries > 1:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from tcp_core_harness import Network, pattern, transfer
 
 from netshim.ip.tcp import TcpConfig
-from netshim.protocols.ip import TcpRepr
+from netshim.protocols.ip import SackBlocks, TcpRepr
 
 MSS = 1448
 Fault = Callable[[str, TcpRepr, float], list[float]]
@@ -34,6 +34,14 @@ def data_sends(network: Network, number: int) -> list[float]:
 def run_to_completion(network: Network, data: bytes, timeout: float = 5.0) -> None:
     network.a.send(data)
     network.run_until(lambda: network.server.readable() == len(data), timeout=timeout)
+    assert network.server.receive(len(data)) == data
+
+
+def send_all_acknowledged(network: Network, data: bytes) -> None:
+    """Send ``data`` after what went before and run until a has every byte acknowledged."""
+    before = network.a.info().bytes_acked
+    network.a.send(data)
+    network.run_until(lambda: network.a.info().bytes_acked == before + len(data))
     assert network.server.receive(len(data)) == data
 
 
@@ -85,6 +93,63 @@ def test_probe_sends_new_data_when_the_window_allows() -> None:
     assert network.a.loss_probes == 1
     assert info.retransmissions == 0
     assert len(data_sends(network, 11)) == 1
+
+
+def test_a_probe_that_repaired_a_lost_tail_reduces_the_window_once() -> None:
+    """RFC 8985 section 7.4: no D-SACK for the probe by the next ACK beyond it means a loss."""
+    sends: dict[int, int] = {}
+
+    def drop_the_first_tail(direction: str, segment: TcpRepr, now: float) -> list[float]:
+        if direction != "a>b" or not segment.payload:
+            return [0.0]
+        number = ordinal(network, segment)
+        sends[number] = sends.get(number, 0) + 1
+        return [] if number == 10 and sends[number] == 1 else [0.0]
+
+    network = Network(fault=drop_the_first_tail)
+    network.handshake()
+    unreduced = network.a.ssthresh
+    data = pattern(20 * MSS)
+    # The probe resends segment 10, the only one lost; the ACK that passes
+    # it comes with the second write's data.
+    run_to_completion(network, data[: 10 * MSS])
+    network.run_until(lambda: network.a.info().bytes_acked == 10 * MSS)
+    assert network.a.ssthresh == unreduced
+    send_all_acknowledged(network, data[10 * MSS :])
+    info = network.a.info()
+    assert sends[10] == 2
+    assert network.a.loss_probes == 1
+    assert network.a.loss_probe_repairs == 1
+    assert info.fast_recoveries == 0
+    assert info.timeouts == 0
+    assert info.ssthresh < unreduced
+
+
+def test_a_probe_answered_by_a_dsack_leaves_the_window_alone() -> None:
+    """The tail arrived and only its ACK was lost: the probe's data arrives twice, no loss."""
+
+    def drop_the_ack_of_the_tail(direction: str, segment: TcpRepr, now: float) -> list[float]:
+        if direction == "b>a" and not segment.payload:
+            acked = (segment.ack - network.iss_a - 1) & 0xFFFF_FFFF
+            if acked == 10 * MSS and segment.find_option(SackBlocks) is None:
+                return []
+        return [0.0]
+
+    network = Network(fault=drop_the_ack_of_the_tail)
+    network.handshake()
+    unreduced = network.a.ssthresh
+    data = pattern(20 * MSS)
+    run_to_completion(network, data[: 10 * MSS])
+    # Only the probe's D-SACK acknowledges the first write.
+    network.run_until(lambda: network.a.info().bytes_acked == 10 * MSS)
+    send_all_acknowledged(network, data[10 * MSS :])
+    info = network.a.info()
+    assert network.a.loss_probes == 1
+    assert info.retransmissions == 1
+    assert network.a.loss_probe_repairs == 0
+    assert info.fast_recoveries == 0
+    assert info.timeouts == 0
+    assert info.ssthresh == unreduced
 
 
 def test_lost_retransmission_is_found_by_send_order_without_a_timeout() -> None:
