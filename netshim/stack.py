@@ -83,7 +83,8 @@ class StreamAttribute(anyio.TypedAttributeSet):
     #: Offered only while a connection joins two ends in this process and
     #: nothing observes, delays or breaks it: ``(peer stream, the listener
     #: the peer waits in)``.  The socket shim then joins the two programs'
-    #: sockets directly, so the bytes never pass through Python.
+    #: sockets directly, so the bytes never pass through Python.  (Most such
+    #: connections it makes with :meth:`Stack.connect_tcp_joined` instead.)
     splice_peer: tuple[Any, Any] = anyio.typed_attribute()
 
 
@@ -129,6 +130,17 @@ class TcpStream(anyio.abc.ByteStream):
         Data not yet delivered to the peer may be lost; this side is closed.
         Idempotent, like :meth:`aclose`.
         """
+
+    def close_joined(self) -> bool:
+        """Close now, from any thread, an end whose bytes travel another way.
+
+        Only for the ends of a connection the socket shim joined (see
+        ``StreamAttribute.splice_peer`` and :meth:`Stack.connect_tcp_joined`):
+        no task reads or writes them.  Returns False when the stack cannot
+        (the default): the stream is then closed with :meth:`aclose` on its
+        event loop.
+        """
+        return False
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -410,6 +422,32 @@ class Stack(ABC):
         ``EHOSTUNREACH`` / ``ENETUNREACH`` / ``EADDRNOTAVAIL`` /
         ``EADDRINUSE``, or ``socket.gaierror``.
         """
+
+    def connect_tcp_joined(
+        self,
+        host: str,
+        port: int,
+        claim: Callable[[TcpListener, TcpStream], bool],
+        *,
+        local_address: tuple[str, int] | None = None,
+    ) -> TcpStream | None:
+        """Connect at once, from any thread, when the connection can be joined in this process.
+
+        The socket shim's common case: its own client connecting to its own
+        listener, in one process.  A stack whose connection to ``host`` (an
+        IP) and ``port`` would join two ends in this process with nothing
+        observing, delaying or breaking it (what ``StreamAttribute.splice_peer``
+        offers) may make it here, without waiting and outside its event loop,
+        and hand the server's end to ``claim(listener, server_end)`` instead
+        of the listener's queue.  When ``claim`` returns True the connection
+        is made and the client's end returned; both ends carry no bytes
+        (the caller joins the two programs' sockets) and are closed with
+        :meth:`TcpStream.close_joined`.  Returns None, having changed
+        nothing, whenever it cannot (the default, a name to look up, a fault,
+        a listener missing, busy or refusing, ``claim`` saying no): then
+        :meth:`connect_tcp` connects or raises the error.
+        """
+        return None
 
     #: True for stacks whose far end resolves names (tunnels): the socket
     #: shim then hands out synthetic addresses and connects by name.

@@ -65,6 +65,14 @@ ABORT_GRACE = 0.5
 # to move in few calls, small enough that one busy socket cannot starve others.
 PUMP_CHUNK = 256 * 1024
 
+# How long the end a closed joined socket leaves open (see Engine.hold) may
+# wait before the engine watches it.  Most peers close soon after, which
+# releases the end in their own thread; one wake of the engine then covers
+# every end held in this time instead of one wake per connection.  It is the
+# longest a peer's send after the close can go unanswered by a reset, a
+# fraction of the 40 ms Linux waits for a delayed ACK.
+HOLD_WATCH_DELAY = 0.002
+
 
 class Engine:
     """The background thread and its event loop; shared by every shim socket."""
@@ -77,8 +85,16 @@ class Engine:
         self._ready = threading.Event()
         self.thread_id: int | None = None
         # Stack listeners that a shim listening socket serves (the objects, not
-        # their ids, so that a freed object's id can never match).
-        self.shim_listeners: set[object] = set()
+        # their ids, so that a freed object's id can never match), with the
+        # listening socket's state.
+        self.shim_listeners: dict[object, SocketState] = {}
+        # Guards every listening socket's accept queue and announcements,
+        # which connect() (joining in the caller's thread), accept() and
+        # the engine's serve_listener all change.
+        self.queue_lock = threading.Lock()
+        # Ends of closed joined sockets not watched yet: state -> end (see hold).
+        self._held: dict[SocketState, socket.socket] = {}
+        self._held_watch_due = False
         # Connected shim sockets whose peer is a shim socket still to be
         # accepted: server stream -> (client state, listener).
         self.splice_waiting: dict[object, tuple[SocketState, object]] = {}
@@ -212,6 +228,42 @@ class Engine:
             self._start(run)
         return future
 
+    def hold(self, state: SocketState, held: socket.socket) -> None:
+        """Keep ``held``, the end a closed joined socket leaves open, until its peer acts.
+
+        The peer's close releases it at once, in the peer's thread
+        (:meth:`release_held`).  Ends still held after ``HOLD_WATCH_DELAY``
+        are watched by the engine, which closes each when the peer sends or
+        closes; one engine wake serves all the ends held meanwhile.
+        """
+        with self.queue_lock:
+            self._held[state] = held
+            if self._held_watch_due:
+                return
+            self._held_watch_due = True
+        self.call_soon(self._watch_held_later)
+
+    def release_held(self, state: SocketState) -> None:
+        """The peer of ``state``'s held end closed: close that end, unless the engine watches it."""
+        if not self._held:
+            return
+        with self.queue_lock:
+            held = self._held.pop(state, None)
+        if held is not None:
+            held.close()
+
+    def _watch_held_later(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.call_later(HOLD_WATCH_DELAY, self._watch_held, context=self._context)
+
+    def _watch_held(self) -> None:
+        with self.queue_lock:
+            held, self._held = self._held, {}
+            self._held_watch_due = False
+        for end in held.values():
+            _release_when_readable(end)
+
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
         """Run the plain function ``callback(*args)`` on the engine loop soon, from any thread.
 
@@ -262,6 +314,22 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _release_when_readable(held: socket.socket) -> None:
+    """Close ``held`` once the peer sends or closes (a plain callback on the engine loop).
+
+    Data the peer sent stays unread in it, so Linux reports ECONNRESET to
+    the peer, as TCP's reset would.
+    """
+    loop = asyncio.get_running_loop()
+    fd = held.fileno()
+
+    def release() -> None:
+        loop.remove_reader(fd)
+        held.close()
+
+    loop.add_reader(fd, release)
 
 
 # -- moving bytes -------------------------------------------------------------
@@ -474,6 +542,78 @@ def unpack_accepted(frame: bytes) -> tuple[tuple[str, int], tuple[str, int]]:
     )
 
 
+def join_accepted(client: SocketState, listener: TcpListener, server_end: TcpStream) -> bool:
+    """Join a connecting shim socket to the shim listener ``listener`` at once, in any thread.
+
+    The ``claim`` of :meth:`~netshim.stack.Stack.connect_tcp_joined`: the
+    client's engine end becomes the accepted socket's descriptor (one kernel
+    socketpair joins the two programs) and is announced on the listener's
+    pair as :func:`serve_listener` announces connections, so ``accept()``
+    finds it and ``select`` sees the listener readable before ``connect()``
+    returns.  Says no (False, nothing changed) when the listener is not
+    served by this engine, its queue is full, or its pair has no room.
+    """
+    engine = client.engine
+    served = engine.shim_listeners.get(listener)
+    user_end = client.engine_end
+    if served is None or user_end is None or client.filler:
+        return False
+    with engine.queue_lock:
+        engine_end = served.engine_end
+        if not served.serving or engine_end is None or len(served.accept_queue) > served.backlog:
+            return False
+        from ._state import SocketState as State
+
+        # The descriptor the program gets blocks, as a fresh socket does.
+        user_end.setblocking(True)
+        accepted = State.for_accepted(served, server_end, None, user_end)
+        accepted.splice_partner = client
+        try:
+            engine_end.sendmsg(*_announcement(accepted, user_end))
+        except OSError:
+            accepted.unregister()
+            user_end.setblocking(False)
+            return False
+        served.accept_queue.append((user_end, accepted))
+    client.engine_end = None
+    client.splice_partner = accepted
+    return True
+
+
+def take_accepted(state: SocketState) -> None:
+    """``accept()`` took a joined connection from the listener ``state``, in this process.
+
+    What the accepting process's answer byte tells :func:`serve_listener`,
+    done in the caller's thread: the queue's first entry (every entry before
+    a taken one was taken: announcements are read in order) is dropped,
+    and the engine hears of it only if it waits for room in the queue.
+    """
+    engine = state.engine
+    with engine.queue_lock:
+        queue = state.accept_queue
+        entry = queue.popleft() if queue else None
+        event = state.room_event
+        if event is not None and len(queue) <= state.backlog:
+            state.room_event = None
+        else:
+            event = None
+    if entry is not None:
+        entry[0].close()
+    if event is not None:
+        engine.call_soon(event.set)
+
+
+def _announcement(
+    accepted: SocketState, user_end: socket.socket
+) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    assert accepted.local is not None
+    assert accepted.remote is not None
+    return (
+        [pack_accepted(accepted.local, accepted.remote)],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", user_end.fileno()))],
+    )
+
+
 async def serve_listener(state: SocketState, listener: TcpListener) -> None:
     """Accept from the stack while the program's queue has room, and hand each over.
 
@@ -484,6 +624,8 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
     with one byte; only then does the engine drop its own reference to the
     connection's end (until then it may still have to report a reset on it,
     see :func:`reset_user_end`) and count the connection out of the backlog.
+    (Connections joined in ``connect()`` by :func:`join_accepted` are
+    queued and announced the same way, and taken by :func:`take_accepted`.)
     This task owns the listener's engine end from here on and closes it.
     """
     from ._state import SocketState as State
@@ -492,6 +634,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
     assert engine_end is not None
     engine = state.engine
     queue = state.accept_queue
+    lock = engine.queue_lock
     loop = asyncio.get_running_loop()
     fd = engine_end.fileno()
 
@@ -506,21 +649,32 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
         if not answers:  # every process closed the listener
             loop.remove_reader(fd)
             return
-        for _ in range(min(len(answers), len(queue))):
-            queue.popleft()[0].close()
-        event = state.room_event
-        if event is not None and len(queue) <= state.backlog:
-            state.room_event = None
+        taken = []
+        with lock:
+            for _ in range(min(len(answers), len(queue))):
+                taken.append(queue.popleft()[0])
+            event = state.room_event
+            if event is not None and len(queue) <= state.backlog:
+                state.room_event = None
+            else:
+                event = None
+        for user_end in taken:
+            user_end.close()
+        if event is not None:
             event.set()
 
-    state.serving = True
+    with lock:
+        state.serving = True
+        engine.shim_listeners[listener] = state
     loop.add_reader(fd, take_answers)
-    engine.shim_listeners.add(listener)
     try:
         while True:
-            while len(queue) > state.backlog:
-                event = anyio.Event()
-                state.room_event = event
+            while True:
+                with lock:
+                    if len(queue) <= state.backlog:
+                        break
+                    event = anyio.Event()
+                    state.room_event = event
                 await event.wait()
             stream = await listener.accept()
             waiting = engine.splice_waiting.pop(stream, None)
@@ -543,31 +697,40 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
                 engine_side.setblocking(False)
                 accepted = State.for_accepted(state, stream, engine_side, user_end)
                 engine.spawn(pump_tcp, accepted, stream)
-            queue.append((user_end, accepted))
-            assert accepted.local is not None
-            assert accepted.remote is not None
-            announcement = (
-                [pack_accepted(accepted.local, accepted.remote)],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", user_end.fileno()))],
-            )
+            announcement = _announcement(accepted, user_end)
             while True:
-                try:
-                    engine_end.sendmsg(*announcement)
-                    break
-                except BlockingIOError:
-                    await anyio.wait_writable(engine_end)
+                # Sent and queued together, so that the queue keeps the
+                # order in which accept() reads the announcements.
+                with lock:
+                    try:
+                        engine_end.sendmsg(*announcement)
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        # Closed by every process: reset, as a closing listener's queue.
+                        accepted.unregister()
+                        user_end.close()
+                        raise
+                    else:
+                        queue.append((user_end, accepted))
+                        break
+                await anyio.wait_writable(engine_end)
     except (anyio.ClosedResourceError, OSError):
         pass
     finally:
-        state.serving = False
+        with lock:
+            state.serving = False
+            engine.shim_listeners.pop(listener, None)
+            queued = list(queue)
+            queue.clear()
         loop.remove_reader(fd)
-        engine.shim_listeners.discard(listener)
         for client, waiting_in in list(engine.splice_waiting.values()):
             if waiting_in is listener:
                 unsplice(client)
         await listener.aclose()
-        while queue:
-            user_end, accepted = queue.popleft()
+        for user_end, accepted in queued:
+            # Never accepted: forget it, before its inode can be reused.
+            accepted.unregister()
             user_end.close()
         engine_end.close()
 

@@ -104,9 +104,16 @@ def synthetic_name(host: str) -> str | None:
 
 
 def _stack() -> Any:
-    from ._socket import acting_stack
+    # Looked up once: an import statement costs more than the rest of a call.
+    global _acting_stack
+    if _acting_stack is None:
+        from ._socket import acting_stack
 
-    return acting_stack()
+        _acting_stack = acting_stack
+    return _acting_stack()
+
+
+_acting_stack: Any = None
 
 
 def getaddrinfo(
@@ -124,6 +131,13 @@ def getaddrinfo_on(
         return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
     # As the C function's argument parsing: integers (bools and IntEnums too).
     family, type, proto, flags = (operator.index(v) for v in (family, type, proto, flags))
+    key = (host, port.__class__, port, family, type, proto, flags)
+    try:
+        known = _numeric_answers.get(key)
+    except TypeError:  # unhashable: the checks below say what is wrong
+        known = None
+    if known is not None:
+        return list(known)
     raw = _as_cpython_encodes(host)
     name = None if host is None else check_host(raw, "getaddrinfo")
     ip = parse_ip(name) if name is not None else None
@@ -146,6 +160,10 @@ def getaddrinfo_on(
                 (*info[:4], (*info[4][:3], scope_id)) if len(info[4]) == 4 else info
                 for info in infos
             ]
+        if isinstance(host, str) and len(host) <= _MAX_NUMERIC_TEXT:
+            if len(_numeric_answers) >= _MAX_NUMERIC_ANSWERS:
+                _numeric_answers.clear()
+            _numeric_answers[key] = tuple(infos)
         return infos
     if (
         stack.resolves_remotely
@@ -168,6 +186,15 @@ def getaddrinfo_on(
         stack.getaddrinfo, name, port, family, type, proto, flags
     )
     return result
+
+
+# Answers for addresses given as text (``create_connection`` asks for the
+# same few each time): they depend on the arguments alone.  Bounded, as
+# programs may pass any text: the table starts over when full.
+_numeric_answers: dict[tuple[Any, ...], tuple[AddrInfo, ...]] = {}
+_MAX_NUMERIC_ANSWERS = 256
+# The longest IP literal with a zone worth keeping (an IPv6 address is 45).
+_MAX_NUMERIC_TEXT = 64
 
 
 def _finish_now(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -20,7 +20,6 @@ without ``SO_BROADCAST``, ``EMSGSIZE``, ``ENETUNREACH``).
 from __future__ import annotations
 
 import _socket
-import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -31,7 +30,7 @@ import socket
 import struct
 import sys
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +48,12 @@ from ._engine import (
     drain_filler,
     establish,
     get_engine,
+    join_accepted,
     pack_datagram,
     pump_udp,
     send_datagram,
     serve_listener,
+    take_accepted,
     unpack_accepted,
     unpack_datagram,
     unsplice,
@@ -72,9 +73,16 @@ _HEADER_ROOM = 64
 
 def acting_stack() -> Stack:
     """The stack new shim sockets use (see :func:`netshim.acting_as`)."""
-    from ._patch import current_acting_stack
+    # Looked up once: an import statement costs more than the rest of a call.
+    global _current_acting_stack
+    if _current_acting_stack is None:
+        from ._patch import current_acting_stack
 
-    return current_acting_stack()
+        _current_acting_stack = current_acting_stack
+    return _current_acting_stack()
+
+
+_current_acting_stack: Callable[[], Stack] | None = None
 
 
 def _not_connected() -> OSError:
@@ -226,7 +234,8 @@ class _ShimCommon(_Base):
         if state.stack.resolves_remotely and parse_ip(host) is None and host:
             return (host, port)
         target = self._resolve(host, port, passive=False)
-        ip = ipaddress.ip_address(target[0])
+        ip = parse_ip(target[0])
+        assert ip is not None  # _resolve gives an IP
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             target = (str(ip.ipv4_mapped), port)
         name = _names.synthetic_name(target[0])
@@ -402,10 +411,15 @@ class _ShimCommon(_Base):
             raise os_error(errno.EBADF, "the listener was closed")
         fd = fds[0]
         local, remote = unpack_accepted(frame)
-        if lookup_state(fd) is None:
+        accepted = lookup_state(fd)
+        if accepted is None:
             # Accepted by the engine of the process this one was forked
             # from (a pre-fork worker): served through that engine's pair.
             SocketState.for_inherited_connection(state, fd, local, remote)
+        elif accepted.splice_partner is not None and not state.engine.left_behind:
+            # Joined: the engine has nothing more to do for it.
+            take_accepted(state)
+            return fd, self._sockaddr(remote)
         # Tell the engine the connection was taken (see serve_listener).
         with contextlib.suppress(OSError):
             ORIGINAL_SOCKET.send(self, b"\1", socket.MSG_DONTWAIT)
@@ -435,6 +449,13 @@ class _ShimCommon(_Base):
             local = state.listener.local_address
             _engine_call(state, state.listener.aclose)
             state.listener = None
+        elif self._connect_joined(target):
+            if self.gettimeout() == 0.0:
+                # As a kernel's non-blocking connect does even on loopback;
+                # the socket is writable at once.
+                state.report_connected = True
+                return errno.EINPROGRESS
+            return 0
         timeout = self.gettimeout()
         if timeout == 0.0:
             self._start_nonblocking_connect(target, local)
@@ -455,6 +476,30 @@ class _ShimCommon(_Base):
                 raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno)) from None
             return exc.errno or errno.EIO
         return 0
+
+    def _connect_joined(self, target: tuple[str, int]) -> bool:
+        """Connect to a shim listener of this process at once, joined to it (the common case).
+
+        Made in the caller's thread, with no trip to the engine (see
+        :meth:`netshim.stack.Stack.connect_tcp_joined`); False when the stack
+        cannot, and the engine connects as for any other connection.
+        """
+        state = self._netshim
+        assert state is not None
+        if state.engine.left_behind:
+            return False
+        stream = state.stack.connect_tcp_joined(
+            target[0],
+            target[1],
+            lambda listener, server_end: join_accepted(state, listener, server_end),
+        )
+        if stream is None:
+            return False
+        state.stream = stream
+        state.local = stream.local_address
+        state.remote = stream.remote_address
+        state.phase = Phase.CONNECTED
+        return True
 
     def _start_nonblocking_connect(self, target: tuple[str, int], local: Any) -> None:
         state = self._netshim
@@ -1255,6 +1300,7 @@ async def _stop_udp(state: SocketState) -> None:
 
 def _closing(state: SocketState) -> None:
     partner = state.splice_partner
+    engine = state.engine
     if state.shared_by_fork:
         # Another process may still hold this socket (a forking server's
         # child): as with the kernel's own sockets, only the last close ends
@@ -1268,13 +1314,29 @@ def _closing(state: SocketState) -> None:
         if peer is not None and peer.fileno() >= 0:
             with contextlib.suppress(OSError):
                 ORIGINAL_SOCKET.send(peer, b"\0", socket.MSG_DONTWAIT)
-    elif (partner is not None or state.splice_pending) and not state.abort_on_close:
+    elif (
+        (partner is not None or state.splice_pending)
+        and not state.abort_on_close
+        # Not when the peer closed already: its FIN came, it sends no more.
+        and (partner is None or not partner.closed_by_user or partner.shared_by_fork)
+    ):
         # Pending too: the listener may still join this end to its peer.
         _hold_joined_end(state)
+    if partner is not None and not state.shared_by_fork and not partner.engine.left_behind:
+        # The end the peer held open when it closed waited for this close.
+        partner.engine.release_held(partner)
     state.closed_by_user = True
     state.phase = Phase.CLOSED
     state.unregister()
-    state.engine.spawn(_close_engine_side, state)
+    stream = state.stream
+    if (
+        partner is not None
+        and state.engine_end is None
+        and stream is not None
+        and stream.close_joined()
+    ):
+        return  # the engine never took part in a joined connection
+    engine.spawn(_close_engine_side, state)
 
 
 def _hold_joined_end(state: SocketState) -> None:
@@ -1284,7 +1346,8 @@ def _hold_joined_end(state: SocketState) -> None:
     afterwards still succeeds (the reply is a reset); only later calls fail.
     Closing one end of an AF_UNIX pair would fail that first ``send`` with
     EPIPE at once.  So the end is duplicated and half-closed (the FIN), and
-    the engine closes the duplicate when the peer next sends or closes:
+    the duplicate is closed when the peer next sends or closes (see
+    :meth:`~netshim.shim._engine.Engine.hold`):
     unread data then makes the kernel report ECONNRESET to the peer, as the
     reset would.  With data the program left unread nothing is held, so the
     close resets the peer at once, as on TCP.
@@ -1311,19 +1374,7 @@ def _hold_joined_end(state: SocketState) -> None:
         return
     with contextlib.suppress(OSError):
         held.shutdown(socket.SHUT_WR)
-    state.engine.call_soon(_release_when_readable, held)
-
-
-def _release_when_readable(held: socket.socket) -> None:
-    """Close ``held`` once the peer sends or closes (a plain callback on the engine loop)."""
-    loop = asyncio.get_running_loop()
-    fd = held.fileno()
-
-    def release() -> None:
-        loop.remove_reader(fd)
-        held.close()
-
-    loop.add_reader(fd, release)
+    state.engine.hold(state, held)
 
 
 async def _close_engine_side(state: SocketState) -> None:

@@ -76,6 +76,10 @@ def _inode(fd: int) -> int | None:
         return None
 
 
+def _nobody() -> None:
+    return None
+
+
 def lookup_state(fd: int) -> SocketState | None:
     """The state of the shim socket whose pair end ``fd`` is, if any."""
     if not _registry:
@@ -85,56 +89,68 @@ def lookup_state(fd: int) -> SocketState | None:
 
 
 class SocketState:
-    """The virtual side of one shim socket."""
+    """The virtual side of one shim socket.
+
+    Attributes that start the same for every socket are class attributes
+    until a socket changes them: a connection makes two states, and setting
+    thirty attributes each was a measurable share of a connect.
+    """
+
+    phase = Phase.NEW
+    # What the program asked for (0, or IPPROTO_TCP/UDP as getaddrinfo
+    # gives it): reported back by ``sock.proto``, as a real socket does.
+    proto = 0
+    local: tuple[str, int] | None = None
+    remote: tuple[str, int] | None = None
+    bind_request: tuple[str, int] | None = None
+    error = 0
+    engine_end: socket.socket | None = None
+    # Joined directly to an in-process peer (see _engine.establish and
+    # _engine.join_accepted).
+    splice_pending = False
+    splice_partner: SocketState | None = None
+    inode: int | None = None
+    stream: TcpStream | None = None
+    listener: TcpListener | None = None
+    udp: UdpSocket | None = None
+    backlog = 128
+    room_event: anyio.Event | None = None
+    # A listener whose engine end serve_listener owns (and closes).
+    serving = False
+    pump_scope: Any = None
+    filler = 0
+    original_sndbuf = 0
+    closed_by_user = False
+    upstream_done = False
+    abort_on_close = False
+    # The peer reset the connection: as on Linux, whose socket is then
+    # CLOSED, getpeername() says ENOTCONN while unread data stays readable
+    # (ssl's check for data that arrived before a handshake relies on it).
+    peer_reset = False
+    # The descriptor was open when the process forked: another process may
+    # hold the same socket, so closing ours must not end the connection.
+    shared_by_fork = False
+    # A non-blocking connect is under way or done and no second connect()
+    # has asked yet (see ShimSocket._connect).
+    report_connected = False
+    # UDP data sent with MSG_MORE, waiting for the rest of its datagram.
+    corked = b""
 
     def __init__(self, family: int, kind: int, stack: Stack, engine: Engine) -> None:
-        self.family = socket.AddressFamily(family)
-        self.kind = socket.SocketKind(kind)
+        # Converted only when needed: an enum's call is slow.
+        self.family: socket.AddressFamily = (
+            family if family.__class__ is socket.AddressFamily else socket.AddressFamily(family)
+        )
+        self.kind: socket.SocketKind = (
+            kind if kind.__class__ is socket.SocketKind else socket.SocketKind(kind)
+        )
         self.stack = stack
         self.engine = engine
-        self.phase = Phase.NEW
-        # What the program asked for (0, or IPPROTO_TCP/UDP as getaddrinfo
-        # gives it): reported back by ``sock.proto``, as a real socket does.
-        self.proto = 0
-        self.local: tuple[str, int] | None = None
-        self.remote: tuple[str, int] | None = None
-        self.bind_request: tuple[str, int] | None = None
-        self.error = 0
         self.options: dict[tuple[int, int], Any] = dict(
             _TCP_DEFAULTS if kind == socket.SOCK_STREAM else _UDP_DEFAULTS
         )
-        self.engine_end: socket.socket | None = None
-        # Joined directly to an in-process peer (see _engine.establish).
-        self.splice_pending = False
-        self.splice_partner: SocketState | None = None
-        self.user_socket: Callable[[], socket.socket | None] = lambda: None
-        self.inode: int | None = None
-        self.stream: TcpStream | None = None
-        self.listener: TcpListener | None = None
-        self.udp: UdpSocket | None = None
-        self.backlog = 128
+        self.user_socket: Callable[[], socket.socket | None] = _nobody
         self.accept_queue: deque[tuple[socket.socket, SocketState]] = deque()
-        self.room_event: anyio.Event | None = None
-        # A listener whose engine end serve_listener owns (and closes).
-        self.serving = False
-        self.pump_scope: Any = None
-        self.filler = 0
-        self.original_sndbuf = 0
-        self.closed_by_user = False
-        self.upstream_done = False
-        self.abort_on_close = False
-        # The peer reset the connection: as on Linux, whose socket is then
-        # CLOSED, getpeername() says ENOTCONN while unread data stays readable
-        # (ssl's check for data that arrived before a handshake relies on it).
-        self.peer_reset = False
-        # The descriptor was open when the process forked: another process may
-        # hold the same socket, so closing ours must not end the connection.
-        self.shared_by_fork = False
-        # A non-blocking connect is under way or done and no second connect()
-        # has asked yet (see ShimSocket._connect).
-        self.report_connected = False
-        # UDP data sent with MSG_MORE, waiting for the rest of its datagram.
-        self.corked = b""
 
     def __repr__(self) -> str:
         return f"<SocketState {self.kind.name} {self.phase.value} {self.local} -> {self.remote}>"

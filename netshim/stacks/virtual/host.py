@@ -19,11 +19,12 @@ route timeouts a kernel would wait, which keeps tests fast and deterministic.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import random
 import socket
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -66,6 +67,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PortBinding", "VirtualHost"]
 
+T = TypeVar("T")
+
 EPHEMERAL_PORTS: Final = range(32768, 61000)
 _IPV4_ANY: Final = ipaddress.IPv4Address("0.0.0.0")
 _IPV6_ANY: Final = ipaddress.IPv6Address("::")
@@ -78,6 +81,23 @@ def _unmap(ip: IPAddress) -> IPAddress:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+# Entries a per-host table of routing answers keeps before it starts over:
+# programs may address any number of IPs, the table must stay small.
+_MAX_REMEMBERED = 1024
+
+
+def _remember(table: dict[IPAddress, T], ip: IPAddress, answer: T) -> None:
+    if len(table) >= _MAX_REMEMBERED:
+        table.clear()
+    table[ip] = answer
+
+
+@functools.lru_cache(maxsize=_MAX_REMEMBERED)
+def ip_text(ip: IPAddress) -> str:
+    """``str(ip)``, remembered: a connection's addresses are spelled out each time."""
+    return str(ip)
 
 
 def _mapped(ip: IPAddress) -> str:
@@ -134,6 +154,12 @@ class VirtualHost(Stack):
         self.network = network
         self.name = name
         self.interfaces = list(interfaces)
+        # Routing asks these for every connection; ipaddress's own answers
+        # (an interface's ip, is_loopback, str) are slow, and never change
+        # for one address.
+        self._interface_ips = frozenset(i.ip for i in self.interfaces)
+        self._owned: dict[IPAddress, bool] = {}
+        self._sources: dict[IPAddress, IPAddress] = {}
         self._ports: dict[str, dict[int, list[PortBinding]]] = {"tcp": {}, "udp": {}}
         self._owners: dict[int, dict[int, object]] = {}
         self._ephemeral_rng = random.Random(f"{network.seed}/ports/{name}")
@@ -157,8 +183,12 @@ class VirtualHost(Stack):
         return [i.ip for i in self.interfaces if i.version == version]
 
     def owns(self, ip: IPAddress) -> bool:
-        ip = _unmap(ip)
-        return ip.is_loopback or ip.is_unspecified or any(i.ip == ip for i in self.interfaces)
+        owned = self._owned.get(ip)
+        if owned is None:
+            plain = _unmap(ip)
+            owned = plain.is_loopback or plain.is_unspecified or plain in self._interface_ips
+            _remember(self._owned, ip, owned)
+        return owned
 
     # -- ports -------------------------------------------------------------
 
@@ -167,13 +197,14 @@ class VirtualHost(Stack):
         if not self.owns(ip):
             raise address_not_available((str(ip), port))
         table = self._ports[protocol]
-        if port == 0:
-            port = self._ephemeral_port(protocol, ip, dual)
-        binding = PortBinding(protocol, ip, port, dual)
-        for other in table.get(port, ()):
-            if binding.overlaps(other):
-                raise address_in_use((str(ip), port))
-        table.setdefault(port, []).append(binding)
+        with self.network.lock:
+            if port == 0:
+                port = self._ephemeral_port(protocol, ip, dual)
+            binding = PortBinding(protocol, ip, port, dual)
+            for other in table.get(port, ()):
+                if binding.overlaps(other):
+                    raise address_in_use((str(ip), port))
+            table.setdefault(port, []).append(binding)
         return binding
 
     def _ephemeral_port(self, protocol: str, ip: IPAddress, dual: bool) -> int:
@@ -195,15 +226,16 @@ class VirtualHost(Stack):
 
     def release(self, binding: PortBinding) -> None:
         table = self._ports[binding.protocol]
-        bound = table.get(binding.port)
-        if bound is None:
-            return
-        try:
-            bound.remove(binding)
-        except ValueError:
-            return
-        if not bound:
-            del table[binding.port]
+        with self.network.lock:
+            bound = table.get(binding.port)
+            if bound is None:
+                return
+            try:
+                bound.remove(binding)
+            except ValueError:
+                return
+            if not bound:
+                del table[binding.port]
 
     def _parse_local(
         self, host: str | None, port: object, function: str
@@ -227,6 +259,13 @@ class VirtualHost(Stack):
 
     def source_for(self, destination: IPAddress) -> IPAddress:
         """The address this host sends from to reach ``destination``."""
+        source = self._sources.get(destination)
+        if source is None:
+            source = self._source_for(destination)
+            _remember(self._sources, destination, source)
+        return source
+
+    def _source_for(self, destination: IPAddress) -> IPAddress:
         if destination.is_loopback or destination.is_unspecified:
             return _IPV4_LOOPBACK if destination.version == 4 else _IPV6_LOOPBACK
         candidates = [i for i in self.interfaces if i.version == destination.version]
@@ -282,17 +321,19 @@ class VirtualHost(Stack):
         if isinstance(backlog, bool) or not isinstance(backlog, int):
             raise TypeError(f"listen_tcp(): backlog must be an integer, not {backlog!r}")
         ip, number, dual = self._parse_local(host, port, "listen_tcp")
-        binding = self.bind("tcp", ip, number, dual=dual and not ipv6_only)
-        # Linux clamps a negative backlog to 0 and a huge one to somaxconn.
-        listener = VirtualTcpListener(self, binding, max(0, min(backlog, 4096)))
-        listener.service = service
-        self.listeners.setdefault(binding.port, []).append(listener)
+        with self.network.lock:
+            binding = self.bind("tcp", ip, number, dual=dual and not ipv6_only)
+            # Linux clamps a negative backlog to 0 and a huge one to somaxconn.
+            listener = VirtualTcpListener(self, binding, max(0, min(backlog, 4096)))
+            listener.service = service
+            self.listeners.setdefault(binding.port, []).append(listener)
         return listener
 
     def release_listener(self, listener: VirtualTcpListener) -> None:
-        bound = self.listeners.get(listener.binding.port, [])
-        if listener in bound:
-            bound.remove(listener)
+        with self.network.lock:
+            bound = self.listeners.get(listener.binding.port, [])
+            if listener in bound:
+                bound.remove(listener)
 
     async def connect_tcp(
         self, host: str, port: int, *, local_address: tuple[str, int] | None = None
@@ -352,17 +393,37 @@ class VirtualHost(Stack):
             except BaseException:
                 self.release(binding)
                 raise
-        if (
-            listener is None
-            or listener.closed
-            or not listener.accepting
-            or network.is_refused(server_host, port)
-        ):
-            self.release(binding)
-            network.observe_tcp_refused(client_address, server_address)
-            raise connection_refused(server_address)
+        with network.lock:
+            if (
+                listener is None
+                or listener.closed
+                or not listener.accepting
+                or network.is_refused(server_host, port)
+            ):
+                self.release(binding)
+                network.observe_tcp_refused(client_address, server_address)
+                raise connection_refused(server_address)
+            client, server = self._open_connection(link, listener, destination_ip, binding)
+            network.observe_tcp_open(client._conn.conn_id, client_address, server_address)
+            if listener.service is not None:
+                server._inbound.sink = _service_sink(server, listener.service())
+            else:
+                server.accepted_from = listener
+                listener.enqueue(server)
+        return client
 
-        conn = Connection(network, link, network.next_connection_id())
+    def _open_connection(
+        self,
+        link: Link,
+        listener: VirtualTcpListener,
+        destination_ip: IPAddress,
+        binding: PortBinding,
+    ) -> tuple[VirtualTcpStream, VirtualTcpStream]:
+        """The two ends of a new connection from ``binding`` to ``listener`` (nothing queued)."""
+        port = listener.binding.port
+        client_address = (ip_text(binding.ip), binding.port)
+        server_address = (ip_text(destination_ip), port)
+        conn = Connection(self.network, link, self.network.next_connection_id())
         forward, backward = Pipe(), Pipe()
         client = VirtualTcpStream(
             conn, self, True, client_address, server_address, backward, forward, binding
@@ -370,18 +431,68 @@ class VirtualHost(Stack):
         server_local, server_remote = server_address, client_address
         if listener.binding.dual and destination_ip.version == 4:
             server_local = (_mapped(destination_ip), port)
-            server_remote = (_mapped(source_ip), binding.port)
+            server_remote = (_mapped(binding.ip), binding.port)
         server = VirtualTcpStream(
-            conn, server_host, False, server_local, server_remote, forward, backward, None
+            conn, listener.host, False, server_local, server_remote, forward, backward, None
         )
         conn.client_end = client
         conn.server_end = server
-        network.observe_tcp_open(conn.conn_id, client_address, server_address)
-        if listener.service is not None:
-            forward.sink = _service_sink(server, listener.service())
-        else:
+        return client, server
+
+    def connect_tcp_joined(
+        self,
+        host: str,
+        port: int,
+        claim: Callable[[TcpListener, TcpStream], bool],
+        *,
+        local_address: tuple[str, int] | None = None,
+    ) -> TcpStream | None:
+        """Connect at once, in the caller's thread, a connection nothing observes or delays.
+
+        See :meth:`netshim.stack.Stack.connect_tcp_joined`.  Only for an IP
+        literal, over a perfect link (no latency, partition or reset budget)
+        of a network without observers, to a listener that accepts, has an
+        empty queue and is not refused: then no task of the network could
+        tell the connection from one made by :meth:`connect_tcp`, and its
+        server end goes to ``claim`` instead of the listener's queue.
+        """
+        network = self.network
+        ip = parse_ip(host) if local_address is None and not network.has_observers else None
+        if ip is None or not 0 < port <= 65535:
+            return None
+        ip = _unmap(ip)
+        destination_ip = ip
+        if ip.is_unspecified:
+            destination_ip = _IPV4_LOOPBACK if ip.version == 4 else _IPV6_LOOPBACK
+        with network.lock:
+            try:
+                source_ip = self.source_for(destination_ip)
+                server_host = self.route(destination_ip, port)
+            except OSError:
+                return None  # connect_tcp gives the error
+            link = network.link(self, server_host)
+            listener = server_host.find_listener(destination_ip, port)
+            if (
+                listener is None
+                or listener.closed
+                or not listener.accepting
+                or listener.queue
+                or listener.service is not None
+                or link.partitioned
+                or link.conditions.delays
+                or link.reset_after is not None
+                or network.is_refused(server_host, port)
+            ):
+                return None
+            try:
+                binding = self.bind("tcp", source_ip, 0)
+            except OSError:
+                return None
+            client, server = self._open_connection(link, listener, destination_ip, binding)
             server.accepted_from = listener
-            listener.enqueue(server)
+            if not claim(listener, server):
+                self.release(binding)
+                return None
         return client
 
     async def _wait_for_handshake(

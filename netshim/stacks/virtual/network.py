@@ -13,7 +13,11 @@ Faults are set per pair of hosts and are deterministic for a given seed:
 records everything that crosses the network as a pcap file.
 
 The network needs no background task and no thread: all work happens inside
-the calls of the programs using it, under asyncio or trio.
+the calls of the programs using it, under asyncio or trio.  Its bookkeeping
+(bound ports, listeners and their queues) is kept under one lock,
+``network.lock``, because the socket shim makes the connections its own
+sockets join directly (see ``VirtualHost.connect_tcp_joined``) in whichever
+thread calls ``connect()``, while its engine thread works on the same network.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import ipaddress
 import itertools
 import os
 import random
+import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import IO, Final
 
@@ -43,6 +49,28 @@ DEFAULT_CONNECT_TIMEOUT: Final = 127.0
 DEFAULT_DNS_TIMEOUT: Final = 5.0
 DEFAULT_DNS_ATTEMPTS: Final = 2
 RESOLVER_HOST_NUMBER: Final = 53
+
+# Every network's lock is held across fork(), so that a child never inherits
+# one held by a thread that does not exist there (nor half-changed state).
+_networks: weakref.WeakSet[VirtualNetwork] = weakref.WeakSet()
+
+
+def _lock_all_before_fork() -> None:
+    for network in list(_networks):
+        network.lock.acquire()
+
+
+def _unlock_all_after_fork() -> None:
+    for network in list(_networks):
+        network.lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_lock_all_before_fork,
+        after_in_parent=_unlock_all_after_fork,
+        after_in_child=_unlock_all_after_fork,
+    )
 
 
 class VirtualNetwork:
@@ -68,6 +96,10 @@ class VirtualNetwork:
         from ...protocols.dns import Zone
 
         self.seed = seed
+        # Reentrant: closing a listener closes its queued streams, which
+        # release their ports, each taking the lock again.
+        self.lock = threading.RLock()
+        _networks.add(self)
         self.connect_timeout = float(connect_timeout)
         self.dns_timeout = float(dns_timeout)
         self.dns_attempts = int(dns_attempts)
@@ -276,7 +308,11 @@ class VirtualNetwork:
         key = (first.name, second.name) if first.name <= second.name else (second.name, first.name)
         link = self._links.get(key)
         if link is None:
-            link = self._links[key] = Link(random.Random(f"{self.seed}/link/{key[0]}/{key[1]}"))
+            with self.lock:
+                link = self._links.get(key)
+                if link is None:
+                    link = Link(random.Random(f"{self.seed}/link/{key[0]}/{key[1]}"))
+                    self._links[key] = link
         return link
 
     def set_link(

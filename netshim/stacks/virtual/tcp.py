@@ -125,8 +125,18 @@ class Pipe:
             self.writer_event = None
             event.set()
 
-    def has_arrived_data(self, now: float) -> bool:
-        return any(isinstance(seg, bytes) and at <= now for at, seg in self.segments)
+    def has_arrived_data(self) -> bool:
+        """Whether data is here to read (reads the clock only for segments still in flight)."""
+        now = None
+        for at, segment in self.segments:
+            if isinstance(segment, bytes):
+                if not at:
+                    return True
+                if now is None:
+                    now = anyio.current_time()
+                if at <= now:
+                    return True
+        return False
 
     def discard(self) -> None:
         self.segments.clear()
@@ -463,12 +473,35 @@ class VirtualTcpStream(TcpStream):
         if self._closed:
             return
         if not self._conn.reset:
-            unread = self._inbound.has_arrived_data(anyio.current_time())
+            unread = self._inbound.has_arrived_data()
             if reset or unread:
                 self._send_rst()
             else:
                 self.send_fin()
         self._finish()
+
+    def close_joined(self) -> bool:
+        """Close, from any thread, an end whose bytes went another way (see ``splice_peer``).
+
+        Nothing was ever sent or received on such a stream, and no task waits
+        on it: closing it only tells the network (a FIN, the client's port
+        released), which needs no clock and wakes nobody.  Anything else is
+        left to :meth:`aclose` on the network's loop (returns False).
+        """
+        inbound, outbound = self._inbound, self._outbound
+        with self._conn.network.lock:
+            if (
+                self._closed
+                or inbound.buffered
+                or inbound.reader_event is not None
+                or inbound.writer_event is not None
+                or outbound.writer_event is not None
+                or outbound.reader_event is not None
+                or self._conn.link.conditions.delays
+            ):
+                return self._closed
+            self.close_now()
+        return True
 
     async def aclose(self) -> None:
         self.close_now()
@@ -539,13 +572,16 @@ class VirtualTcpListener(TcpListener):
                     self._accept_event = None
 
     def close_now(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.host.release(self.binding)
-        self.host.release_listener(self)
-        while self.queue:
-            self.queue.popleft().close_now(reset=True)
+        with self.host.network.lock:
+            if self.closed:
+                return
+            self.closed = True
+            self.host.release(self.binding)
+            self.host.release_listener(self)
+            queued = list(self.queue)
+            self.queue.clear()
+        for stream in queued:
+            stream.close_now(reset=True)
         if self._accept_event is not None:
             self._accept_event.set()
         for event in self._room_waiters:
