@@ -38,17 +38,14 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from .._ip_header import DEFAULT_HEADER, CarriesIpHeader, IpHeader
 from ..stack import StreamAttribute, TcpListener, TcpStream, UdpSocket
-from ._state import Phase
-
-if TYPE_CHECKING:
-    from ._state import SocketState
+from ._state import Phase, SocketState
 
 __all__ = ["Engine", "get_engine"]
 
@@ -562,11 +559,9 @@ def join_accepted(client: SocketState, listener: TcpListener, server_end: TcpStr
         engine_end = served.engine_end
         if not served.serving or engine_end is None or len(served.accept_queue) > served.backlog:
             return False
-        from ._state import SocketState as State
-
         # The descriptor the program gets blocks, as a fresh socket does.
         user_end.setblocking(True)
-        accepted = State.for_accepted(served, server_end, None, user_end)
+        accepted = SocketState.for_accepted(served, server_end, None, user_end)
         accepted.splice_partner = client
         try:
             engine_end.sendmsg(*_announcement(accepted, user_end))
@@ -628,8 +623,6 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
     queued and announced the same way, and taken by :func:`take_accepted`.)
     This task owns the listener's engine end from here on and closes it.
     """
-    from ._state import SocketState as State
-
     engine_end = state.engine_end
     assert engine_end is not None
     engine = state.engine
@@ -686,7 +679,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
                 user_end.setblocking(True)
                 client.engine_end = None
                 client.splice_pending = False
-                accepted = State.for_accepted(state, stream, None, user_end)
+                accepted = SocketState.for_accepted(state, stream, None, user_end)
                 accepted.splice_partner = client
                 client.splice_partner = accepted
             else:
@@ -695,7 +688,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
                 pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 user_end, engine_side = pair
                 engine_side.setblocking(False)
-                accepted = State.for_accepted(state, stream, engine_side, user_end)
+                accepted = SocketState.for_accepted(state, stream, engine_side, user_end)
                 engine.spawn(pump_tcp, accepted, stream)
             announcement = _announcement(accepted, user_end)
             while True:

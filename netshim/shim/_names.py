@@ -98,6 +98,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_synthetic_lock)
 
 
+def in_synthetic_range(ip: IPAddress) -> bool:
+    """Whether ``ip`` may stand for a name, now or later."""
+    return ip in SYNTHETIC_IPV4 if ip.version == 4 else ip in SYNTHETIC_IPV6
+
+
 def synthetic_name(host: str) -> str | None:
     """The name a synthetic address stands for, or ``None``."""
     return synthetic.name_for(host)
@@ -130,7 +135,10 @@ def getaddrinfo_on(
     if stack.uses_host_sockets:
         return _system.getaddrinfo(host, port, family, type, proto, flags)  # type: ignore[return-value]
     # As the C function's argument parsing: integers (bools and IntEnums too).
-    family, type, proto, flags = (operator.index(v) for v in (family, type, proto, flags))
+    family = operator.index(family)
+    type = operator.index(type)
+    proto = operator.index(proto)
+    flags = operator.index(flags)
     key = (host, port.__class__, port, family, type, proto, flags)
     try:
         known = _numeric_answers.get(key)

@@ -85,6 +85,14 @@ def acting_stack() -> Stack:
 _current_acting_stack: Callable[[], Stack] | None = None
 
 
+# The IP each address literal a program connects or sends to stands for, per
+# family (connect() parses the same few again and again): an answer that
+# depends on the text alone, as no synthetic address can ever be one of
+# them.  Bounded: the table starts over when full.
+_literal_destinations: dict[tuple[int, str], str] = {}
+_MAX_LITERAL_DESTINATIONS = 1024
+
+
 def _not_connected() -> OSError:
     return os_error(errno.ENOTCONN)
 
@@ -228,18 +236,30 @@ class _ShimCommon(_Base):
         host, port = self._parse_address(address, function)
         state = self._netshim
         assert state is not None
+        key = (state.family, host)
+        known = _literal_destinations.get(key)
+        if known is not None:
+            return (known, port)
         name = _names.synthetic_name(host)
         if name is not None:
             return (name, port)
-        if state.stack.resolves_remotely and parse_ip(host) is None and host:
+        literal = parse_ip(host)
+        if state.stack.resolves_remotely and literal is None and host:
             return (host, port)
         target = self._resolve(host, port, passive=False)
         ip = parse_ip(target[0])
         assert ip is not None  # _resolve gives an IP
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            target = (str(ip.ipv4_mapped), port)
+            ip = ip.ipv4_mapped
+            target = (str(ip), port)
         name = _names.synthetic_name(target[0])
-        return (name, port) if name is not None else target
+        if name is not None:
+            return (name, port)
+        if literal is not None and not _names.in_synthetic_range(ip):
+            if len(_literal_destinations) >= _MAX_LITERAL_DESTINATIONS:
+                _literal_destinations.clear()
+            _literal_destinations[key] = target[0]
+        return target
 
     # -- options -------------------------------------------------------------
 

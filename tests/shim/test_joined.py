@@ -119,7 +119,10 @@ def test_asyncio_streams_on_joined_sockets_skip_the_engine(
         with acting_as(installed.web):
             server = await asyncio.start_server(echo, "10.0.0.2", 7702)
         async with server:
-            await asyncio.sleep(0)
+            # The first connection may come before the listener's serving task runs.
+            reader, writer = await asyncio.open_connection("10.0.0.2", 7702)
+            writer.close()
+            await writer.wait_closed()
             engine_work.clear()
             for _ in range(5):
                 reader, writer = await asyncio.open_connection("10.0.0.2", 7702)

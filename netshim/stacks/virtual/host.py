@@ -19,7 +19,6 @@ route timeouts a kernel would wait, which keeps tests fast and deterministic.
 from __future__ import annotations
 
 import errno
-import functools
 import ipaddress
 import random
 import socket
@@ -94,10 +93,9 @@ def _remember(table: dict[IPAddress, T], ip: IPAddress, answer: T) -> None:
     table[ip] = answer
 
 
-@functools.lru_cache(maxsize=_MAX_REMEMBERED)
-def ip_text(ip: IPAddress) -> str:
-    """``str(ip)``, remembered: a connection's addresses are spelled out each time."""
-    return str(ip)
+# A connect's way to an IP: the IP (loopback for the unspecified address) and
+# its text, the host owning it, the source address and its text.
+_Route = tuple[IPAddress, str, "VirtualHost", IPAddress, str]
 
 
 def _mapped(ip: IPAddress) -> str:
@@ -108,7 +106,7 @@ def _mapped(ip: IPAddress) -> str:
 class PortBinding:
     """One bound port: which addresses it covers and what holds it."""
 
-    __slots__ = ("dual", "ip", "port", "protocol")
+    __slots__ = ("dual", "ip", "port", "protocol", "unspecified")
 
     def __init__(self, protocol: str, ip: IPAddress, port: int, dual: bool) -> None:
         self.protocol = protocol
@@ -116,6 +114,8 @@ class PortBinding:
         self.port = port
         # A "::" binding that also takes IPv4 (IPV6_V6ONLY off, Linux's default).
         self.dual = dual
+        # Asked for every connection: ipaddress computes it anew each time.
+        self.unspecified = ip.is_unspecified
 
     @property
     def version(self) -> int:
@@ -126,12 +126,12 @@ class PortBinding:
         return (str(self.ip), self.port)
 
     def covers(self, ip: IPAddress) -> bool:
-        if self.ip.is_unspecified:
+        if self.unspecified:
             return ip.version == self.ip.version or (self.dual and ip.version == 4)
         return self.ip == ip
 
     def overlaps(self, other: PortBinding) -> bool:
-        if self.ip.is_unspecified:
+        if self.unspecified:
             return self.covers(other.ip) or (other.dual and self.ip.version == 4)
         return other.covers(self.ip)
 
@@ -160,6 +160,9 @@ class VirtualHost(Stack):
         self._interface_ips = frozenset(i.ip for i in self.interfaces)
         self._owned: dict[IPAddress, bool] = {}
         self._sources: dict[IPAddress, IPAddress] = {}
+        # Where a connect to an address given as text goes (see _route_to);
+        # the network empties it when hosts come or go.
+        self.routes: dict[str, _Route] = {}
         self._ports: dict[str, dict[int, list[PortBinding]]] = {"tcp": {}, "udp": {}}
         self._owners: dict[int, dict[int, object]] = {}
         self._ephemeral_rng = random.Random(f"{network.seed}/ports/{name}")
@@ -196,6 +199,10 @@ class VirtualHost(Stack):
         """Claim ``ip:port``; port 0 picks an ephemeral port. Raises EADDRINUSE/EADDRNOTAVAIL."""
         if not self.owns(ip):
             raise address_not_available((str(ip), port))
+        return self._claim(protocol, ip, port, dual)
+
+    def _claim(self, protocol: str, ip: IPAddress, port: int, dual: bool) -> PortBinding:
+        """:meth:`bind` for an address this host owns."""
         table = self._ports[protocol]
         with self.network.lock:
             if port == 0:
@@ -293,7 +300,7 @@ class VirtualHost(Stack):
         best: VirtualTcpListener | None = None
         for listener in self.listeners.get(port, ()):
             if listener.binding.covers(ip):
-                if not listener.binding.ip.is_unspecified:
+                if not listener.binding.unspecified:
                     return listener
                 best = listener
         return best
@@ -412,17 +419,39 @@ class VirtualHost(Stack):
                 listener.enqueue(server)
         return client
 
+    def _route_to(self, text: str) -> _Route | None:
+        """Where a connect to the IP ``text`` goes, remembered; None for a name or an error."""
+        ip = parse_ip(text)
+        if ip is None:
+            return None
+        ip = _unmap(ip)
+        destination_ip = ip
+        if ip.is_unspecified:
+            destination_ip = _IPV4_LOOPBACK if ip.version == 4 else _IPV6_LOOPBACK
+        try:
+            source_ip = self.source_for(destination_ip)
+            server_host = self.route(destination_ip, 0)
+        except OSError:
+            return None
+        route = (destination_ip, str(destination_ip), server_host, source_ip, str(source_ip))
+        if len(self.routes) >= _MAX_REMEMBERED:
+            self.routes.clear()
+        self.routes[text] = route
+        return route
+
     def _open_connection(
         self,
         link: Link,
         listener: VirtualTcpListener,
         destination_ip: IPAddress,
         binding: PortBinding,
+        destination_text: str | None = None,
+        source_text: str | None = None,
     ) -> tuple[VirtualTcpStream, VirtualTcpStream]:
         """The two ends of a new connection from ``binding`` to ``listener`` (nothing queued)."""
         port = listener.binding.port
-        client_address = (ip_text(binding.ip), binding.port)
-        server_address = (ip_text(destination_ip), port)
+        client_address = (source_text or str(binding.ip), binding.port)
+        server_address = (destination_text or str(destination_ip), port)
         conn = Connection(self.network, link, self.network.next_connection_id())
         forward, backward = Pipe(), Pipe()
         client = VirtualTcpStream(
@@ -457,19 +486,13 @@ class VirtualHost(Stack):
         server end goes to ``claim`` instead of the listener's queue.
         """
         network = self.network
-        ip = parse_ip(host) if local_address is None and not network.has_observers else None
-        if ip is None or not 0 < port <= 65535:
+        if local_address is not None or network.has_observers or not 0 < port <= 65535:
             return None
-        ip = _unmap(ip)
-        destination_ip = ip
-        if ip.is_unspecified:
-            destination_ip = _IPV4_LOOPBACK if ip.version == 4 else _IPV6_LOOPBACK
         with network.lock:
-            try:
-                source_ip = self.source_for(destination_ip)
-                server_host = self.route(destination_ip, port)
-            except OSError:
+            route = self.routes.get(host) or self._route_to(host)
+            if route is None:
                 return None  # connect_tcp gives the error
+            destination_ip, destination_text, server_host, source_ip, source_text = route
             link = network.link(self, server_host)
             listener = server_host.find_listener(destination_ip, port)
             if (
@@ -485,10 +508,12 @@ class VirtualHost(Stack):
             ):
                 return None
             try:
-                binding = self.bind("tcp", source_ip, 0)
+                binding = self._claim("tcp", source_ip, 0, False)
             except OSError:
                 return None
-            client, server = self._open_connection(link, listener, destination_ip, binding)
+            client, server = self._open_connection(
+                link, listener, destination_ip, binding, destination_text, source_text
+            )
             server.accepted_from = listener
             if not claim(listener, server):
                 self.release(binding)

@@ -162,9 +162,12 @@ class VirtualNetwork:
                 raise ValueError(f"address {interface.ip} already belongs to {owner.name}")
         host = VirtualHost(self, canonical, interfaces)
         host.resolvers = list(self.resolver_addresses)
-        self._hosts[canonical] = host
+        with self.lock:
+            self._hosts[canonical] = host
+            for interface in interfaces:
+                self._owners[interface.ip] = host
+            self._forget_routes()
         for interface in interfaces:
-            self._owners[interface.ip] = host
             if interface.network not in self.subnets:
                 self.subnets.append(interface.network)
             self.zone.add(canonical, "A" if interface.version == 4 else "AAAA", str(interface.ip))
@@ -191,16 +194,24 @@ class VirtualNetwork:
         for sockets in list(target.udp_sockets.values()):
             for sock in list(sockets):
                 sock.close_now()
-        del self._hosts[target.name]
+        with self.lock:
+            del self._hosts[target.name]
+            for interface in target.interfaces:
+                if self._owners.get(interface.ip) is target:
+                    del self._owners[interface.ip]
+            self._forget_routes()
         for interface in target.interfaces:
-            if self._owners.get(interface.ip) is target:
-                del self._owners[interface.ip]
             self.zone.remove(interface.ip.reverse_pointer, "PTR")
         self.zone.remove(target.name, "A")
         self.zone.remove(target.name, "AAAA")
         for key in [key for key in self._links if target.name in key]:
             del self._links[key]
         self._refused = {key for key in self._refused if key[0] != target.name}
+
+    def _forget_routes(self) -> None:
+        # Which host owns an address changed: every host's remembered routes may be wrong.
+        for host in self._hosts.values():
+            host.routes.clear()
 
     def _allocate(self) -> list[Interface]:
         used = {ip for ip in self._owners}

@@ -484,23 +484,32 @@ class VirtualTcpStream(TcpStream):
         """Close, from any thread, an end whose bytes went another way (see ``splice_peer``).
 
         Nothing was ever sent or received on such a stream, and no task waits
-        on it: closing it only tells the network (a FIN, the client's port
-        released), which needs no clock and wakes nobody.  Anything else is
-        left to :meth:`aclose` on the network's loop (returns False).
+        on it: closing it only marks it closed and releases the client's
+        port, which needs no clock and wakes nobody.  A stream that carried
+        anything is left to :meth:`aclose` on the network's loop (False).
         """
         inbound, outbound = self._inbound, self._outbound
         with self._conn.network.lock:
+            if self._closed:
+                return True
             if (
-                self._closed
-                or inbound.buffered
+                inbound.segments
+                or outbound.segments
                 or inbound.reader_event is not None
                 or inbound.writer_event is not None
                 or outbound.writer_event is not None
                 or outbound.reader_event is not None
-                or self._conn.link.conditions.delays
             ):
-                return self._closed
-            self.close_now()
+                return False
+            # close_now() without its FIN: no reader will ever take it, and
+            # no observer saw the connection open.
+            self._eof_sent = True
+            self._closed = True
+            inbound.reader_gone = True
+            binding = self._binding
+            if binding is not None:
+                self._binding = None
+                self.host.release(binding)
         return True
 
     async def aclose(self) -> None:
