@@ -2,6 +2,7 @@
 
     python benchmarks/wireguard.py [--size MIB] [--handshakes N] [--no-tso]
                                    [--direction upload|download] [--no-baseline]
+    python benchmarks/wireguard.py --loopback [--size MIB] [--rounds N]
 
 Run as root (it makes network namespaces, removed at the end).  Three figures:
 
@@ -18,6 +19,13 @@ Run as root (it makes network namespaces, removed at the end).  Three figures:
   wireguard-go, kernel sockets at both ends (C speed everywhere but the
   tunnel, which is wireguard-go's Go), with both wireguard-go processes'
   CPU from /proc.
+
+With ``--loopback`` (no root, no peer) two WireGuardStacks in this one
+process exchange ``--size`` MiB over the host's loopback UDP, ``--rounds``
+times: netshim's whole data path at both ends and nothing else, so its CPU
+seconds per GiB move less with the machine's load than the figures above
+(which include how promptly wireguard-go gets a core); for comparing two
+versions of netshim, not for the issue's ratio.
 
 Ratios are netshim over the baseline in the same run.  ``--no-tso`` makes the
 TCP engine cut its own segments instead of handing the link 64 KiB packets
@@ -265,6 +273,63 @@ async def ours(
         await anyio.run_process(["ip", "link", "del", outer], check=False)
 
 
+async def loopback(size: int, rounds: int) -> list[tuple[float, float, float]]:
+    """MiB/s, CPU s/GiB and kernel s/GiB of ``size`` MiB between two stacks in this process."""
+    client_key, server_key = wg.generate_private_key(), wg.generate_private_key()
+    server = WireGuardStack(
+        server_key,
+        addresses=["10.66.0.1/24"],
+        peers=[PeerConfig(wg.public_key(client_key), ("10.66.0.2/32",))],
+        listen_host="127.0.0.1",
+    )
+    figures = []
+    async with server:
+        await server.link.open()
+        local = server.link.local_address
+        assert local is not None
+        client = WireGuardStack(
+            client_key,
+            addresses=["10.66.0.2/24"],
+            peers=[PeerConfig(wg.public_key(server_key), ("10.66.0.0/24",), local)],
+            listen_host="127.0.0.1",
+        )
+        listener = await server.listen_tcp("10.66.0.1", 7000)
+        async with client:
+            await client.handshake()
+
+            async def sink(got: list[int]) -> None:
+                stream = await listener.accept()
+                count = 0
+                try:
+                    while True:
+                        count += len(await stream.receive(1 << 20))
+                except anyio.EndOfStream:
+                    pass
+                got.append(count)
+                await stream.aclose()
+
+            for _ in range(rounds):
+                got: list[int] = []
+                async with anyio.create_task_group() as group:
+                    group.start_soon(sink, got)
+                    before = os.times()
+                    started = time.perf_counter()
+                    stream = await client.connect_tcp("10.66.0.1", 7000)
+                    block = bytes(MIB)
+                    for _ in range(size):
+                        await stream.send(block)
+                    await stream.send_eof()
+                await stream.aclose()
+                elapsed = time.perf_counter() - started
+                after = os.times()
+                assert got == [size * MIB]
+                user, system = after.user - before.user, after.system - before.system
+                gib = size / 1024
+                figures.append((size / elapsed, (user + system) / gib, system / gib))
+        await listener.aclose()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=64, help="MiB per transfer (default 64)")
@@ -276,7 +341,18 @@ def main() -> None:
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip wireguard-go <-> wireguard-go (profiling)"
     )
+    parser.add_argument(
+        "--loopback", action="store_true", help="only two stacks in this process (no root)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="transfers with --loopback")
     arguments = parser.parse_args()
+    if arguments.loopback:
+        for rate, cpu, kernel in anyio.run(loopback, arguments.size, arguments.rounds):
+            print(
+                f"netshim -> netshim over loopback: {rate:8.1f} MiB/s, {cpu:.1f} CPU s/GiB "
+                f"for both ends (kernel {kernel:.1f})"
+            )
+        return
     tag = str(os.getpid() % 10000)
     directions = (arguments.direction,) if arguments.direction else ("upload", "download")
     base_rate = math.nan
