@@ -244,6 +244,27 @@ def _residue(value: int) -> int:
     return value % 0xFFFF
 
 
+# Folds that bring a payload of so many bits near 512, by bit count: every
+# full-sized piece of a packet has the same.
+_fold_plans: dict[int, tuple[tuple[int, int], ...]] = {}
+
+
+def _fold_plan(bits: int) -> tuple[tuple[int, int], ...]:
+    """``(shift, mask)`` pairs: ``v = (v >> shift) + (v & mask)`` keeps ``v`` modulo 0xFFFF."""
+    plan = _fold_plans.get(bits)
+    if plan is None:
+        steps = []
+        left = bits
+        while left > 512:
+            words = (left + 31) // 32
+            steps.append((16 * words, (1 << (16 * words)) - 1))
+            left = max(left - 16 * words, 16 * words) + 1
+        if len(_fold_plans) >= 64:
+            _fold_plans.clear()
+        plan = _fold_plans[bits] = tuple(steps)
+    return plan
+
+
 def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
     """Cut one large TCP packet into ``gso.gso_size`` pieces, as a NIC's TSO would.
 
@@ -257,6 +278,8 @@ def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
     piece the words that change (lengths, identification, sequence number,
     flags on the last) as small integers and the payload as one integer
     reduced modulo 0xFFFF, so no piece is copied but into its final bytes.
+    Every piece but the last is full-sized, so its lengths, their share of
+    the checksums and the folds that reduce its payload are worked out once.
     """
     tcp = gso.csum_start
     header_len = gso.header_len
@@ -264,6 +287,8 @@ def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
     view = memoryview(packet)
     payload = view[header_len:]
     total = len(payload)
+    if not total:
+        return []
     version4 = packet[0] >> 4 == 4
     template = bytearray(view[:header_len])
     sequence = _SEQUENCE.unpack_from(template, tcp + 4)[0]
@@ -289,34 +314,64 @@ def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
         template[2:6] = b"\x00\x00\x00\x00"
         template[10:12] = b"\x00\x00"
         ip_fixed = int.from_bytes(template[:tcp], "big") % 0xFFFF
-    pieces = []
-    for index, offset in enumerate(range(0, total, size)):
+    pieces: list[bytes] = []
+    append = pieces.append
+    pack_sequence = _SEQUENCE.pack_into
+    pack_word = _WORD.pack_into
+    pack_length_and_id = _IPV4_LENGTH_AND_ID.pack_into
+    sequence_at = tcp + 4
+    checksum_at = tcp + 16
+    full_tcp_length = tcp_header_len + size
+    full_fixed = fixed + full_tcp_length
+    full_ip_length = tcp + full_tcp_length
+    full_ip_fixed = ip_fixed + full_ip_length
+    full_ip6_length = full_tcp_length + tcp - 40
+    # An odd-sized piece ends in a word padded with zero.
+    odd_shift = 8 if size & 1 else 0
+    folds = _fold_plan(8 * size + odd_shift)
+    last_offset = (total - 1) // size * size
+    index = 0
+    for offset in range(0, last_offset, size):
         chunk = payload[offset : offset + size]
-        length = len(chunk)
         header = template[:]
         number = (sequence + offset) & 0xFFFFFFFF
-        _SEQUENCE.pack_into(header, tcp + 4, number)
-        extra = 0
-        if offset + size >= total:
-            header[tcp + 13] = flags
-            extra = last_delta
-        tcp_length = tcp_header_len + length
+        pack_sequence(header, sequence_at, number)
         if version4:
-            ip_length = tcp + tcp_length
             ident = (identification + index) & 0xFFFF
+            pack_length_and_id(header, 2, full_ip_length, ident)
             # An IPv4 header is never all zeros: a residue of 0 is 0xFFFF.
-            residue = (ip_fixed + ip_length + ident) % 0xFFFF or 0xFFFF
-            _IPV4_LENGTH_AND_ID.pack_into(header, 2, ip_length, ident)
-            _WORD.pack_into(header, 10, 0xFFFF - residue)
+            pack_word(header, 10, 0xFFFF - ((full_ip_fixed + ident) % 0xFFFF or 0xFFFF))
         else:
-            _WORD.pack_into(header, 4, tcp - 40 + tcp_length)
-        # An odd last byte is a word padded with zero.
-        data = int.from_bytes(chunk, "big") << (8 if length & 1 else 0)
-        residue = (
-            fixed + tcp_length + (number >> 16) + (number & 0xFFFF) + extra + _residue(data)
-        ) % 0xFFFF or 0xFFFF  # never all zeros: the header holds ports and offset
-        _WORD.pack_into(header, tcp + 16, 0xFFFF - residue)
-        pieces.append(b"".join((header, chunk)))
+            pack_word(header, 4, full_ip6_length)
+        data = int.from_bytes(chunk, "big") << odd_shift
+        for shift, mask in folds:
+            data = (data >> shift) + (data & mask)
+        # Never all zeros: the header holds ports and offset.
+        residue = (full_fixed + (number >> 16) + (number & 0xFFFF) + data) % 0xFFFF or 0xFFFF
+        pack_word(header, checksum_at, 0xFFFF - residue)
+        append(b"".join((header, chunk)))
+        index += 1
+    # The last piece: its own length, and the flags of the large packet.
+    chunk = payload[last_offset:]
+    length = len(chunk)
+    header = template[:]
+    number = (sequence + last_offset) & 0xFFFFFFFF
+    pack_sequence(header, sequence_at, number)
+    header[tcp + 13] = flags
+    tcp_length = tcp_header_len + length
+    if version4:
+        ip_length = tcp + tcp_length
+        ident = (identification + index) & 0xFFFF
+        pack_length_and_id(header, 2, ip_length, ident)
+        pack_word(header, 10, 0xFFFF - ((ip_fixed + ip_length + ident) % 0xFFFF or 0xFFFF))
+    else:
+        pack_word(header, 4, tcp - 40 + tcp_length)
+    data = int.from_bytes(chunk, "big") << (8 if length & 1 else 0)
+    residue = (
+        fixed + tcp_length + (number >> 16) + (number & 0xFFFF) + last_delta + _residue(data)
+    ) % 0xFFFF or 0xFFFF
+    pack_word(header, checksum_at, 0xFFFF - residue)
+    append(b"".join((header, chunk)))
     return pieces
 
 
