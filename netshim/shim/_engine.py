@@ -332,7 +332,7 @@ def _release_when_readable(held: socket.socket) -> None:
 # -- moving bytes -------------------------------------------------------------
 
 
-async def _write_all(sock: socket.socket, data: bytes | memoryview) -> None:
+async def _write_all(sock: _socket.socket, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         try:
@@ -343,7 +343,7 @@ async def _write_all(sock: socket.socket, data: bytes | memoryview) -> None:
         view = view[sent:]
 
 
-async def _read_some(sock: socket.socket, size: int = PUMP_CHUNK) -> bytes:
+async def _read_some(sock: _socket.socket, size: int = PUMP_CHUNK) -> bytes:
     while True:
         try:
             return sock.recv(size)
@@ -449,7 +449,7 @@ async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
     engine_end.close()
 
 
-async def _send_what_was_written(engine_end: socket.socket, stream: TcpStream) -> None:
+async def _send_what_was_written(engine_end: _socket.socket, stream: TcpStream) -> None:
     """Send what the program wrote before it closed with ``SO_LINGER`` 0, then let it reset.
 
     Linux sends at ``send()`` time when the window allows (always, on
@@ -599,7 +599,7 @@ def take_accepted(state: SocketState) -> None:
 
 
 def _announcement(
-    accepted: SocketState, user_end: socket.socket
+    accepted: SocketState, user_end: _socket.socket
 ) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
     assert accepted.local is not None
     assert accepted.remote is not None
@@ -833,7 +833,7 @@ async def pump_udp(state: SocketState, udp: UdpSocket) -> None:
             engine_end.close()
 
 
-def drain_filler(sock: socket.socket, count: int) -> None:
+def drain_filler(sock: _socket.socket, count: int) -> None:
     """Read the bytes written to keep a connecting socket unwritable."""
     while count > 0:
         try:

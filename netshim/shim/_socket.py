@@ -421,25 +421,29 @@ class _ShimCommon(_Base):
             self, ACCEPTED_SIZE, socket.CMSG_SPACE(_INT.size), _MSG_CMSG_CLOEXEC
         )
         fds = [
-            _INT.unpack(data[: _INT.size])[0]
+            _INT.unpack_from(data)[0]
             for level, kind, data in ancillary
-            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS) and len(data) >= _INT.size
+            if level == _SOL_SOCKET and kind == _SCM_RIGHTS and len(data) >= _INT.size
         ]
         if len(frame) != ACCEPTED_SIZE or not fds:
             for fd in fds:
                 os.close(fd)
             raise os_error(errno.EBADF, "the listener was closed")
         fd = fds[0]
-        local, remote = unpack_accepted(frame)
         accepted = lookup_state(fd)
         if accepted is None:
             # Accepted by the engine of the process this one was forked
             # from (a pre-fork worker): served through that engine's pair.
+            local, remote = unpack_accepted(frame)
             SocketState.for_inherited_connection(state, fd, local, remote)
-        elif accepted.splice_partner is not None and not state.engine.left_behind:
-            # Joined: the engine has nothing more to do for it.
-            take_accepted(state)
-            return fd, self._sockaddr(remote)
+        else:
+            known = accepted.remote  # what the frame says too
+            assert known is not None
+            remote = known
+            if accepted.splice_partner is not None and not state.engine.left_behind:
+                # Joined: the engine has nothing more to do for it.
+                take_accepted(state)
+                return fd, self._sockaddr(remote)
         # Tell the engine the connection was taken (see serve_listener).
         with contextlib.suppress(OSError):
             ORIGINAL_SOCKET.send(self, b"\1", socket.MSG_DONTWAIT)
@@ -609,9 +613,10 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 state.proto = proto
                 user_end, engine_end = _socket.socketpair(socket.AF_UNIX, kind)
                 super().__init__(socket.AF_UNIX, kind, 0, user_end.detach())
-                engine = ORIGINAL_SOCKET(socket.AF_UNIX, kind, 0, engine_end.detach())
-                engine.setblocking(False)
-                state.engine_end = engine
+                # The C socket object as it comes: the engine needs none of
+                # what socket.socket adds, and making one costs a microsecond.
+                engine_end.setblocking(False)
+                state.engine_end = engine_end
                 state.register(self.fileno(), self)
                 if type & getattr(socket, "SOCK_NONBLOCK", 0):
                     self.setblocking(False)
@@ -977,6 +982,8 @@ _SOCKET_MESSAGES = {
     61,  # SCM_TXTIME
 }
 _INT = struct.Struct("i")
+_SOL_SOCKET = socket.SOL_SOCKET
+_SCM_RIGHTS = getattr(socket, "SCM_RIGHTS", 1)
 
 
 def _per_message_fields(ancdata: Iterable[Any], family: int) -> _PerMessage:

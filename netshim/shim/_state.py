@@ -10,6 +10,7 @@ find the state again through the registry, keyed by the pair end's inode.
 
 from __future__ import annotations
 
+import _socket
 import enum
 import os
 import socket
@@ -104,7 +105,7 @@ class SocketState:
     remote: tuple[str, int] | None = None
     bind_request: tuple[str, int] | None = None
     error = 0
-    engine_end: socket.socket | None = None
+    engine_end: _socket.socket | None = None
     # Joined directly to an in-process peer (see _engine.establish and
     # _engine.join_accepted).
     splice_pending = False
@@ -149,8 +150,9 @@ class SocketState:
         self.options: dict[tuple[int, int], Any] = dict(
             _TCP_DEFAULTS if kind == socket.SOCK_STREAM else _UDP_DEFAULTS
         )
-        self.user_socket: Callable[[], socket.socket | None] = _nobody
-        self.accept_queue: deque[tuple[socket.socket, SocketState]] = deque()
+        # The program's socket object for this state (the accepted end, until accepted).
+        self.user_socket: Callable[[], _socket.socket | None] = _nobody
+        self.accept_queue: deque[tuple[_socket.socket, SocketState]] = deque()
 
     def __repr__(self) -> str:
         return f"<SocketState {self.kind.name} {self.phase.value} {self.local} -> {self.remote}>"
@@ -197,8 +199,8 @@ class SocketState:
         cls,
         listener: SocketState,
         stream: TcpStream,
-        engine_end: socket.socket | None,
-        user_end: socket.socket,
+        engine_end: _socket.socket | None,
+        user_end: _socket.socket,
     ) -> SocketState:
         state = cls(listener.family, socket.SOCK_STREAM, listener.stack, listener.engine)
         state.phase = Phase.CONNECTED
