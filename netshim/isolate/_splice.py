@@ -36,14 +36,16 @@ the caller uses the general relay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal
-
-import anyio
 
 from ..stack import TcpStream
 
-__all__ = ["HOST_WRITE_LIMIT", "Splice", "splice"]
+__all__ = ["HOST_WRITE_LIMIT", "SocketTransport", "Splice", "splice"]
 
 #: Bytes the host socket's transport may hold unsent before the splice stops
 #: taking data from the program (the relay's chunk size, as before).
@@ -69,10 +71,11 @@ class _Wake:
 class Splice(asyncio.Protocol):
     """Relays between an IpStack connection (the program's) and a host socket's transport.
 
-    :attr:`done` is set when both sides finished sending (:attr:`outcome`
-    ``"closed"``) or one failed: ``"reset-host"`` (the program's side
-    failed: the host side is to be reset) or ``"reset-program"`` (the
-    other way round).  The owner then closes or aborts both streams.
+    ``on_done`` is called (once) when both sides finished sending
+    (:attr:`outcome` ``"closed"``) or one failed: ``"reset-host"`` (the
+    program's side failed: the host side is to be reset) or
+    ``"reset-program"`` (the other way round).  The owner then closes or
+    aborts both sides.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Splice(asyncio.Protocol):
         connection: Any,
         driver: Any,
         transport: asyncio.Transport,
+        on_done: Callable[[], object],
         *,
         received: list[bytes] | None = None,
         received_eof: bool = False,
@@ -100,7 +104,7 @@ class Splice(asyncio.Protocol):
         self._host_eof_sent = False
         self._writing_paused = False
         self.outcome: Outcome | None = None
-        self.done = anyio.Event()
+        self._on_done = on_done
 
     def start(self) -> None:
         """Take over the transport and carry what either side already sent."""
@@ -239,7 +243,11 @@ class Splice(asyncio.Protocol):
         if self.outcome is not None:
             # A write failed and the transport reported it.
             return
-        if connection.error is not None and not connection.readable():
+        if (
+            connection.error is not None or (connection.finished and not connection.established)
+        ) and not connection.readable():
+            # Failed, or (spliced during its handshake) ended before it
+            # completed: the program went away.
             self._finish("reset-host")
             return
         if not self._maybe_done():
@@ -257,10 +265,10 @@ class Splice(asyncio.Protocol):
             del waiters[self._connection]
         if not self._transport.is_closing():
             self._transport.pause_reading()
-        self.done.set()
+        self._on_done()
 
 
-def splice(program: TcpStream, upstream: TcpStream) -> Splice | None:
+def splice(program: TcpStream, upstream: TcpStream, on_done: Callable[[], object]) -> Splice | None:
     """A :class:`Splice` for ``program`` (an IpStack stream) and ``upstream`` (a host stream).
 
     None when the pair is of another kind (another stack, trio, a stream
@@ -289,4 +297,196 @@ def splice(program: TcpStream, upstream: TcpStream) -> Splice | None:
     # The stream's protocol hands over what it read: the splice replaces it.
     received = list(queue)
     queue.clear()
-    return Splice(connection, driver, transport, received=received, received_eof=at_eof)
+    return Splice(connection, driver, transport, on_done, received=received, received_eof=at_eof)
+
+
+class SocketTransport(asyncio.Transport):
+    """The little of an asyncio transport a :class:`Splice` uses, over a connected socket.
+
+    An asyncio transport is made by a coroutine (``loop.create_connection``
+    with ``sock=``: a loop iteration for ``connection_made``, and a
+    selector registration that the host stream's pause then removed again).
+    This one is made at once, in the callback that accepted the program's
+    connection, so a connection onto the host network needs no task: the
+    socket is registered for reading while it is read, and for writing only
+    while bytes wait.  Reads of up to :data:`_CHUNK` go to the protocol's
+    ``data_received``; writes go to the socket at once, and what it does
+    not take waits, with ``pause_writing`` past the high-water mark and
+    ``resume_writing`` once drained.  Failures reach ``connection_lost``
+    from a loop callback of their own, as asyncio's transports report them.
+    The owner closes it: :meth:`close` (a FIN after what waits) or
+    :meth:`abort` (a reset).
+    """
+
+    def __init__(self, sock: socket.socket, protocol: asyncio.Protocol | None = None) -> None:
+        super().__init__()
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._protocol: Any = protocol
+        self._reading = False
+        self._writing = False
+        self._closing = False
+        self._eof_wanted = False
+        self._close_after_write = False
+        self._waiting: deque[memoryview] = deque()
+        self._waiting_bytes = 0
+        self._high = HOST_WRITE_LIMIT
+        self._protocol_paused = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._sock if name == "socket" else default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol  # type: ignore[no-any-return]
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = HOST_WRITE_LIMIT if high is None else high
+
+    def get_write_buffer_size(self) -> int:
+        return self._waiting_bytes
+
+    # -- reading ----------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = self._sock.recv(_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if data:
+            self._protocol.data_received(data)
+        else:
+            self.pause_reading()
+            self._protocol.eof_received()
+
+    # -- writing ----------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._eof_wanted:
+            return
+        view = memoryview(data).cast("B")
+        if not self._waiting:
+            try:
+                sent = self._sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if sent == len(view):
+                return
+            view = view[sent:]
+            self._writing = True
+            self._loop.add_writer(self._fd, self._writable)
+        # A view of the caller's bytes: the connection hands out new
+        # objects each read, never a buffer it reuses.
+        self._waiting.append(view)
+        self._waiting_bytes += len(view)
+        if self._waiting_bytes > self._high and not self._protocol_paused:
+            self._protocol_paused = True
+            self._protocol.pause_writing()
+
+    def _writable(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            view = waiting[0]
+            try:
+                sent = self._sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self._waiting_bytes -= sent
+            if sent < len(view):
+                waiting[0] = view[sent:]
+                return
+            waiting.popleft()
+        self._writing = False
+        self._loop.remove_writer(self._fd)
+        if self._close_after_write:
+            self._release()
+            self._sock.close()
+            return
+        if self._eof_wanted:
+            self._shut_write()
+        if self._protocol_paused:
+            self._protocol_paused = False
+            self._protocol.resume_writing()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_wanted:
+            return
+        self._eof_wanted = True
+        if not self._waiting:
+            self._shut_write()
+
+    def _shut_write(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fail(exc)
+
+    # -- the end ----------------------------------------------------------
+
+    def _fail(self, exc: OSError) -> None:
+        closed_by_owner = self._closing
+        self._release()
+        if self._close_after_write:
+            self._sock.close()
+        elif not closed_by_owner:
+            self._loop.call_soon(self._protocol.connection_lost, exc)
+
+    def _release(self) -> None:
+        self._closing = True
+        self.pause_reading()
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+        self._waiting.clear()
+        self._waiting_bytes = 0
+
+    def close(self) -> None:
+        """Close the socket once what waits is sent (as asyncio's transports do); idempotent."""
+        if self._closing:
+            return
+        if self._waiting:
+            self._closing = self._close_after_write = True
+            self.pause_reading()
+            return
+        self._release()
+        self._sock.close()
+
+    def abort(self) -> None:
+        """Close the socket with a reset (``SO_LINGER`` zero), dropping what waits; idempotent."""
+        if self._sock.fileno() < 0:
+            return
+        self._release()
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._sock.close()

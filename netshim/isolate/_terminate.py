@@ -29,6 +29,7 @@ Each refusal is logged once, naming the rule, as the gateway logs it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -43,6 +44,8 @@ import anyio
 import anyio.abc
 
 from .._addresses import Address, IPAddress, parse_ip
+from .._errors import os_error
+from .._loops import running_library
 from ..dns import Record, Request, serve
 from ..ip.intercept import InterceptedSyn
 from ..ip.links import TunLink
@@ -51,9 +54,10 @@ from ..policy import DestinationBlockedError, Policy
 from ..protocols.dns import from_reverse_name
 from ..shim._names import SyntheticNames
 from ..stack import Stack, TcpStream, UdpSocket
+from ..stacks.host import HostStack
 from ..stacks.ip import Interception, IpStack
 from . import Addressing
-from ._splice import Splice, splice
+from ._splice import SocketTransport, Splice, splice
 
 __all__ = ["MAX_UDP_FLOWS", "TCP_BUFFER", "UDP_IDLE_TIMEOUT", "Terminator", "TerminatorCounters"]
 
@@ -129,6 +133,8 @@ class Terminator:
         # Program-side destinations the policy allowed, with the address to
         # dial for each (the policy is read once per address and port).
         self._allowed_tcp: dict[tuple[IPAddress, int], str] = {}
+        self._direct = False
+        self._direct_flows: set[_DirectFlow] = set()
         addresses: list[str] = [
             f"{addressing.gateway4}/{addressing.program4.network.prefixlen}",
             f"{addressing.dns4}/{addressing.program4.network.prefixlen}",
@@ -154,17 +160,27 @@ class Terminator:
             servers = [serve(self.inner, self._answer_dns, str(addressing.dns4), 53)]
             if addressing.program6 is not None:
                 servers.append(serve(self.inner, self._answer_dns, str(addressing.dns6), 53))
+            # Onto the host network under asyncio, a connection to a
+            # destination the policy allowed before is carried by callbacks
+            # (see _direct_tcp); anything else by a task of its own.
+            self._direct = type(self.stack) is HostStack and running_library() == "asyncio"
             async with contextlib.AsyncExitStack() as exits:
                 for server in servers:
                     await exits.enter_async_context(server)
                 group.start_soon(self._expire_udp_flows)
                 task_status.started()
-                while True:
-                    flow = await interception.next_flow()
-                    if isinstance(flow, InterceptedSyn):
-                        group.start_soon(self._tcp_flow, interception, flow)
-                    else:
-                        await self._udp_datagram(interception, group, *flow)
+                try:
+                    while True:
+                        flow = await interception.next_flow()
+                        if isinstance(flow, InterceptedSyn):
+                            if not self._direct_tcp(interception, flow):
+                                group.start_soon(self._tcp_flow, interception, flow)
+                        else:
+                            await self._udp_datagram(interception, group, *flow)
+                finally:
+                    for direct in list(self._direct_flows):
+                        direct.close()
+                    self._direct_flows.clear()
 
     # -- destinations ---------------------------------------------------
 
@@ -188,32 +204,13 @@ class Terminator:
     async def _tcp_flow(self, interception: Interception, syn: InterceptedSyn) -> None:
         host = self._destination(syn.local[0])
         port = syn.local[1]
-        where = f"{syn.local[0]}:{port}"
         if host is None:
             interception.refuse(syn, "reset")
             return
         try:
             upstream = await self._dial_tcp(syn.local, host, port)
-        except DestinationBlockedError as exc:
-            self.counters.tcp_refused += 1
-            self.counters.refusals.append(str(exc))
-            logger.warning("refused protocol=tcp destination=%s %s", where, exc)
-            interception.refuse(syn, "reset" if self.refusal == "reset" else "prohibited")
-            return
-        except TimeoutError:
-            self.counters.tcp_refused += 1
-            logger.info("unreachable protocol=tcp destination=%s timed out", where)
-            interception.refuse(syn, "host-unreachable")
-            return
         except OSError as exc:
-            self.counters.tcp_refused += 1
-            logger.info("failed protocol=tcp destination=%s error=%s", where, exc)
-            if exc.errno == errno.ENETUNREACH:
-                interception.refuse(syn, "net-unreachable")
-            elif exc.errno == errno.EHOSTUNREACH or isinstance(exc, socket.gaierror):
-                interception.refuse(syn, "host-unreachable")
-            else:
-                interception.refuse(syn, "reset")
+            self._dial_failed(interception, syn, exc)
             return
         async with upstream:
             try:
@@ -222,11 +219,66 @@ class Terminator:
                 return
             self.counters.tcp_accepted += 1
             async with program:
-                joined = splice(program, upstream)
+                done = anyio.Event()
+                joined = splice(program, upstream, done.set)
                 if joined is None:
                     await _relay(program, upstream)
                 else:
-                    await _spliced(joined, program, upstream)
+                    await _spliced(joined, done, program, upstream)
+
+    def _dial_failed(self, interception: Interception, syn: InterceptedSyn, exc: OSError) -> None:
+        """Refuse ``syn`` as the failure to dial its destination says; log it."""
+        where = f"{syn.local[0]}:{syn.local[1]}"
+        self.counters.tcp_refused += 1
+        if isinstance(exc, DestinationBlockedError):
+            self.counters.refusals.append(str(exc))
+            logger.warning("refused protocol=tcp destination=%s %s", where, exc)
+            interception.refuse(syn, "reset" if self.refusal == "reset" else "prohibited")
+        elif isinstance(exc, TimeoutError):
+            logger.info("unreachable protocol=tcp destination=%s timed out", where)
+            interception.refuse(syn, "host-unreachable")
+        else:
+            logger.info("failed protocol=tcp destination=%s error=%s", where, exc)
+            if exc.errno == errno.ENETUNREACH:
+                interception.refuse(syn, "net-unreachable")
+            elif exc.errno == errno.EHOSTUNREACH or isinstance(exc, socket.gaierror):
+                interception.refuse(syn, "host-unreachable")
+            else:
+                interception.refuse(syn, "reset")
+
+    def _direct_tcp(self, interception: Interception, syn: InterceptedSyn) -> bool:
+        """Carry ``syn`` onto the host network with callbacks, no task; False if it cannot be.
+
+        Only for an address and port the policy allowed before (its
+        decision is remembered, as :meth:`_dial_tcp` does: a refused or new
+        destination takes the task, which asks the policy and logs), with
+        the host network as the outer stack under asyncio.  The host socket's
+        connect starts here; once it is connected (at once, on loopback) the
+        program's SYN is answered and a :class:`Splice` over a
+        :class:`SocketTransport` relays; a connect that fails or times out
+        refuses the SYN as :meth:`_tcp_flow` would.  A task per connection,
+        anyio's stream and asyncio's transport cost the parent about as
+        much as the TCP work itself on a connect-heavy run.
+        """
+        if not self._direct:
+            return False
+        host = self._allowed_tcp.get(syn.local)
+        if host is None:
+            return False
+        stack = self.stack
+        assert isinstance(stack, HostStack)
+        try:
+            sock, connected = stack.connect_nowait(host, syn.local[1])
+        except OSError as exc:
+            self._dial_failed(interception, syn, exc)
+            return True
+        flow = _DirectFlow(self, interception, syn, sock)
+        self._direct_flows.add(flow)
+        if connected:
+            flow.splice()
+        else:
+            flow.wait_connected(self.connect_timeout)
+        return True
 
     async def _dial_tcp(
         self, destination: tuple[IPAddress, int], host: str, port: int
@@ -353,11 +405,13 @@ class Terminator:
         return []
 
 
-async def _spliced(joined: Splice, program: TcpStream, upstream: TcpStream) -> None:
-    """Relay with ``joined`` (callbacks, no task) until it is done; carry a reset across."""
+async def _spliced(
+    joined: Splice, done: anyio.Event, program: TcpStream, upstream: TcpStream
+) -> None:
+    """Relay with ``joined`` (callbacks, no task) until ``done``; carry a reset across."""
     joined.start()
     try:
-        await joined.done.wait()
+        await done.wait()
     finally:
         joined.stop()
     if joined.outcome == "closed":
@@ -366,6 +420,128 @@ async def _spliced(joined: Splice, program: TcpStream, upstream: TcpStream) -> N
     for stream in (first, second):
         with contextlib.suppress(OSError, anyio.ClosedResourceError):
             await stream.abort()
+
+
+class _DirectFlow:
+    """One connection of :meth:`Terminator._direct_tcp`: the host socket's connect, then the relay.
+
+    Every step is a loop callback: the host socket turning writable (its
+    connect ended) or the connect timer; the splice's end, which closes
+    both sides as :func:`_spliced` and the streams' ``aclose`` do.
+    """
+
+    __slots__ = (
+        "_connection",
+        "_driver",
+        "_interception",
+        "_joined",
+        "_loop",
+        "_owner",
+        "_sock",
+        "_syn",
+        "_timer",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        owner: Terminator,
+        interception: Interception,
+        syn: InterceptedSyn,
+        sock: socket.socket,
+    ) -> None:
+        self._owner = owner
+        self._interception = interception
+        self._syn = syn
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: SocketTransport | None = None
+        self._joined: Splice | None = None
+        self._connection: Any = None
+        self._driver: Any = None
+
+    def wait_connected(self, timeout: float) -> None:
+        self._loop.add_writer(self._sock.fileno(), self._connect_ended)
+        self._timer = self._loop.call_later(timeout, self._connect_timed_out)
+
+    def _stop_waiting(self) -> None:
+        self._loop.remove_writer(self._sock.fileno())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _connect_ended(self) -> None:
+        self._stop_waiting()
+        code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._refused(os_error(code, f"{self._syn.local[0]}:{self._syn.local[1]}"))
+        else:
+            self.splice()
+
+    def _connect_timed_out(self) -> None:
+        self._timer = None
+        self._stop_waiting()
+        self._refused(TimeoutError(f"did not answer in {self._owner.connect_timeout} s"))
+
+    def _refused(self, exc: OSError) -> None:
+        self._sock.close()
+        self._owner._direct_flows.discard(self)
+        self._owner._dial_failed(self._interception, self._syn, exc)
+
+    def splice(self) -> None:
+        """The host socket is connected: answer the program's SYN and relay."""
+        try:
+            self._connection, self._driver = self._interception.accept_nowait(self._syn)
+        except OSError:
+            # The stack went down meanwhile.
+            self._sock.close()
+            self._owner._direct_flows.discard(self)
+            return
+        self._owner.counters.tcp_accepted += 1
+        self._transport = SocketTransport(self._sock)
+        self._joined = Splice(self._connection, self._driver, self._transport, self._done)
+        self._joined.start()
+
+    def _done(self) -> None:
+        # Called inside the splice's own callbacks: the sides close after them.
+        self._loop.call_soon(self._close_both)
+
+    def _close_both(self) -> None:
+        self._owner._direct_flows.discard(self)
+        joined, transport = self._joined, self._transport
+        assert joined is not None
+        assert transport is not None
+        connection, driver = self._connection, self._driver
+        program_open = not driver.stopped.is_set()
+        if joined.outcome == "closed":
+            transport.close()
+            if program_open:
+                # As the program's stream's aclose(): unread data means a reset.
+                if connection.readable():
+                    driver.transmit_now()
+                    connection.abort()
+                else:
+                    connection.shutdown()
+        else:
+            if joined.outcome == "reset-host":
+                transport.abort()
+            if program_open:
+                connection.abort()
+            transport.abort()
+        if program_open:
+            driver.wake(connection)
+            driver.poke(connection)
+
+    def close(self) -> None:
+        """The terminator stops: end the relay, or the connect, leaving the sockets closed."""
+        if self._joined is None:
+            self._stop_waiting()
+            self._sock.close()
+            return
+        self._joined.stop()
+        assert self._transport is not None
+        self._transport.close()
 
 
 async def _relay(program: TcpStream, upstream: TcpStream) -> None:

@@ -105,6 +105,32 @@ def _connected(sock: socket.socket) -> bool:
     return True
 
 
+def _start_connect(
+    family: int, sockaddr: Any, local_address: Address | None
+) -> tuple[socket.socket, bool]:
+    """A non-blocking TCP socket connecting to ``sockaddr``, and whether it is connected yet.
+
+    Raises (with the socket closed) the ``OSError`` of a connect that failed at once.
+    """
+    sock = _system.socket_class(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if local_address is not None:
+            sock.bind(local_address)
+        try:
+            sock.connect(sockaddr)
+        except BlockingIOError:
+            # On loopback the kernel completes the handshake inside
+            # connect(): waiting for writability then only costs a
+            # selector registration and a loop iteration per connection.
+            return sock, _connected(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, True
+
+
 def _short(sockaddr: Any) -> Address:
     return (str(sockaddr[0]), int(sockaddr[1]))
 
@@ -392,26 +418,34 @@ class HostStack(Stack):
                 errors.append(exc)
         raise errors[0]
 
+    def connect_nowait(self, ip: str, port: int) -> tuple[socket.socket, bool]:
+        """Start a TCP connect to the address ``ip``:``port`` without waiting for it.
+
+        The non-blocking socket (``TCP_NODELAY`` set, as every stream here)
+        and whether it is connected already (on loopback the kernel
+        completes the handshake inside ``connect()``); if not, it becomes
+        writable when the connect ends and ``SO_ERROR`` says how.  For a
+        caller that drives the socket with event-loop callbacks instead of
+        a stream (``netshim run --isolate``'s relay onto the host network).
+        Raises the ``OSError`` of a connect that failed at once
+        (``ECONNREFUSED`` on loopback), ``socket.gaierror`` for a name.
+        """
+        port = check_port(port, "connect_tcp")
+        family, _, _, _, sockaddr = _getaddrinfo(
+            ip, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+        )[0]
+        return _start_connect(family, sockaddr, None)
+
     async def _connect_one(
         self, family: int, sockaddr: Any, local_address: Address | None
     ) -> TcpStream:
-        sock = _system.socket_class(family, socket.SOCK_STREAM)
+        sock, connected = _start_connect(family, sockaddr, local_address)
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if local_address is not None:
-                sock.bind(local_address)
-            try:
-                sock.connect(sockaddr)
-            except BlockingIOError:
-                # On loopback the kernel completes the handshake inside
-                # connect(): waiting for writability then only costs a
-                # selector registration and a loop iteration per connection.
-                if not _connected(sock):
-                    await anyio.wait_writable(sock)
-                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if code:
-                        raise os_error(code, f"{sockaddr[0]}:{sockaddr[1]}") from None
+            if not connected:
+                await anyio.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise os_error(code, f"{sockaddr[0]}:{sockaddr[1]}") from None
             stream = await anyio.abc.SocketStream.from_socket(sock)
         except BaseException:
             sock.close()

@@ -659,6 +659,21 @@ class Interception:
             raise
         return _IpTcpStream(self._stack, connection)
 
+    def accept_nowait(self, syn: InterceptedSyn) -> tuple[Any, _Driver]:
+        """Answer ``syn`` (its SYN-ACK leaves now) without waiting for the handshake.
+
+        The engine's connection, still in its handshake, and the stack's
+        driver: for a relay made of callbacks
+        (:class:`netshim.isolate._splice.Splice`), which may queue data and
+        a FIN at once (they leave once the handshake completes) and sees a
+        handshake that failed as the connection's error, or as finished
+        without having been established.
+        """
+        driver = self._stack._driver_for_use()
+        connection: Any = self._interceptor.accept(syn, driver.now())
+        driver.poke(connection)
+        return connection, driver
+
     def refuse(self, syn: InterceptedSyn, how: Refusal) -> None:
         """Turn ``syn`` down: a reset, an ICMP unreachable, or silence."""
         driver = self._stack._driver_for_use()

@@ -48,6 +48,8 @@ class HostServer:
         self.kept = b""
         self.error: int | None = None
         self.finished = threading.Event()
+        # Released once per connection handled.
+        self.handled = threading.Semaphore(0)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -57,6 +59,9 @@ class HostServer:
             except OSError:
                 return
             self.connections += 1
+            if self.handler == "once":
+                # Nobody listens after the first connection.
+                self.listener.close()
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _one(self, conn: socket.socket) -> None:
@@ -69,7 +74,7 @@ class HostServer:
                     % len(body)
                     + body
                 )
-            elif self.handler == "send":
+            elif self.handler in ("send", "once"):
                 conn.sendall(self.payload)
             elif self.handler == "sink":
                 while data := conn.recv(1 << 20):
@@ -90,6 +95,7 @@ class HostServer:
             elif self.handler == "keep":
                 self._keep(conn)
         self.finished.set()
+        self.handled.release()
 
     def _keep(self, conn: socket.socket) -> None:
         try:
@@ -261,6 +267,124 @@ s.close()
     assert half.kept == b"after the host's FIN"
     assert keep.kept == b"last words"
     assert keep.error == errno.ECONNRESET
+
+
+@pytest.mark.parametrize("connected_at_once", [True, False], ids=["loopback", "connect-waited"])
+async def test_connections_after_the_first_are_carried_by_callbacks_intact(
+    monkeypatch: pytest.MonkeyPatch, connected_at_once: bool, anyio_backend_name: str
+) -> None:
+    # The first connection to an address and port asks the policy (a task);
+    # the next ones are relayed by callbacks (Terminator._direct_tcp).  Each
+    # case runs three times, so that both ways are exercised: data from the
+    # host before the program's handshake completes, half-closes and resets
+    # each way, transfers each way, and a destination that stopped listening.
+    # "connect-waited" makes the host socket's connect report itself
+    # unfinished, as off loopback, so that the relay waits for writability.
+    from netshim.isolate._terminate import Terminator
+    from netshim.stacks.host import HostStack
+
+    carried: list[bool] = []
+    direct_tcp = Terminator._direct_tcp
+
+    def counted(self: Terminator, interception: object, syn: object) -> bool:
+        taken = direct_tcp(self, interception, syn)  # type: ignore[arg-type]
+        carried.append(taken)
+        return taken
+
+    monkeypatch.setattr(Terminator, "_direct_tcp", counted)
+    if not connected_at_once:
+        connect_nowait = HostStack.connect_nowait
+
+        def unfinished(self: HostStack, ip: str, port: int) -> tuple[socket.socket, bool]:
+            return connect_nowait(self, ip, port)[0], False
+
+        monkeypatch.setattr(HostStack, "connect_nowait", unfinished)
+    size = 8 << 20
+    payload = os.urandom(size)
+    half, reset, keep = (
+        HostServer("half-close", b"greeting"),
+        HostServer("reset", b"doomed"),
+        HostServer("keep"),
+    )
+    sender, sink, once = HostServer("send", payload), HostServer("sink"), HostServer("once", b"x")
+    servers = (half, reset, keep, sender, sink, once)
+    program = f"""
+import hashlib, socket, struct
+uploaded = hashlib.sha256()
+for round in range(3):
+    with socket.create_connection(("10.0.2.2", {half.port})) as s:
+        got = b""
+        while data := s.recv(100):
+            got += data
+        s.sendall(b"after the host's FIN %d;" % round)
+        s.shutdown(socket.SHUT_WR)
+        print(got.decode(), s.recv(100))
+    with socket.create_connection(("10.0.2.2", {reset.port})) as s:
+        s.sendall(b"!")
+        got = b""
+        try:
+            while data := s.recv(100):
+                got += data
+            print("eof", got)
+        except OSError as exc:
+            print("error", exc.errno, got)
+    s = socket.create_connection(("10.0.2.2", {keep.port}))
+    s.sendall(b"last words;")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    with socket.create_connection(("10.0.2.2", {sender.port})) as s:
+        got = hashlib.sha256()
+        while data := s.recv(1 << 20):
+            got.update(data)
+        print("down", got.hexdigest())
+    chunk = bytes(range(256)) * 1024
+    with socket.create_connection(("10.0.2.2", {sink.port})) as s:
+        for _ in range({size} // len(chunk)):
+            s.sendall(chunk)
+            uploaded.update(chunk)
+        s.shutdown(socket.SHUT_WR)
+        print("up", s.recv(100).decode() == uploaded.hexdigest())
+    try:
+        with socket.create_connection(("10.0.2.2", {once.port}), timeout=20) as s:
+            print("ok", s.recv(1))
+    except OSError as exc:
+        print("refused", exc.errno)
+"""
+    try:
+        with anyio.fail_after(120):
+            status, output = await confined(
+                [sys.executable, "-c", program], policy=Policy(allow=["127.0.0.1"])
+            )
+            for _ in range(3):
+                await anyio.to_thread.run_sync(keep.handled.acquire, True, 30)
+    finally:
+        for server in servers:
+            server.close()
+    assert status == 0, output
+    down = f"down {hashlib.sha256(payload).hexdigest()}"
+    expected = []
+    for round in range(3):
+        expected += [
+            "greeting b''",
+            f"error {errno.ECONNRESET} b'doomed'",
+            down,
+            "up True",
+            "ok b'x'" if round == 0 else f"refused {errno.ECONNREFUSED}",
+        ]
+    assert output.splitlines() == expected
+    assert half.kept == b"after the host's FIN 0;after the host's FIN 1;after the host's FIN 2;"
+    assert keep.kept == b"last words;" * 3
+    assert keep.error == errno.ECONNRESET
+    assert sink.received_bytes == 3 * size
+    assert once.connections == 1
+    if anyio_backend_name == "asyncio":
+        # Six destinations: each one's first connection took a task, the
+        # other two (refused ones included) the callbacks.
+        assert carried.count(False) == 6
+        assert carried.count(True) == 12
+    else:
+        # The callbacks are asyncio's: under trio every connection is a task.
+        assert carried == [False] * 18
 
 
 async def test_udp_and_dns_through_the_stack() -> None:
