@@ -172,6 +172,31 @@ _IPV4_DONT_FRAGMENT = 0x4000
 # Reserved flag, more fragments, fragment offset: a fragment or bad input.
 _IPV4_UNUSUAL_FLAGS = 0x8000 | 0x2000 | 0x1FFF
 _MAX_CACHED_ADDRESSES = 4096
+
+
+class _HashedIPv4Address(ipaddress.IPv4Address):
+    """An IPv4Address that computes its hash once.
+
+    A packet's addresses are dictionary keys many times over (connections,
+    listeners, routes, the interceptor's pending SYNs, the caches here):
+    about 40 hashes per connection, 8 per round trip.  ipaddress computes
+    each one in Python (``hash(hex(int(self)))``); this one returns the
+    same value, kept, so it equals and looks up as a plain IPv4Address.
+    """
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, address: bytes) -> None:
+        super().__init__(address)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"IPv4Address('{self}')"
+
+
 _ipv4_addresses: dict[bytes, ipaddress.IPv4Address] = {}
 _ipv4_packed_cache: dict[ipaddress.IPv4Address, bytes] = {}
 
@@ -182,7 +207,7 @@ def _ipv4_address(packed: bytes) -> ipaddress.IPv4Address:
     if address is None:
         if len(_ipv4_addresses) >= _MAX_CACHED_ADDRESSES:
             _ipv4_addresses.clear()
-        address = _ipv4_addresses[packed] = ipaddress.IPv4Address(packed)
+        address = _ipv4_addresses[packed] = _HashedIPv4Address(packed)
     return address
 
 
@@ -1736,8 +1761,8 @@ class Interface:
         packet: Ipv4Repr | Ipv6Repr
         if (
             hop_limit is None
-            and type(src) is ipaddress.IPv4Address
-            and type(dst) is ipaddress.IPv4Address
+            and isinstance(src, ipaddress.IPv4Address)
+            and isinstance(dst, ipaddress.IPv4Address)
             and _IPV4_HEADER_LEN + len(payload) + body_len <= _IPV4_MAX_LEN
         ):
             # What Ipv4Repr(src, dst, protocol, payload).emit() gives, without
