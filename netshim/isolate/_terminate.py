@@ -164,6 +164,8 @@ class Terminator:
             # destination the policy allowed before is carried by callbacks
             # (see _direct_tcp); anything else by a task of its own.
             self._direct = type(self.stack) is HostStack and running_library() == "asyncio"
+            if self._direct:
+                interception.take_syns_with(lambda syn: self._take_syn(interception, syn))
             async with contextlib.AsyncExitStack() as exits:
                 for server in servers:
                     await exits.enter_async_context(server)
@@ -173,8 +175,7 @@ class Terminator:
                     while True:
                         flow = await interception.next_flow()
                         if isinstance(flow, InterceptedSyn):
-                            if not self._direct_tcp(interception, flow):
-                                group.start_soon(self._tcp_flow, interception, flow)
+                            group.start_soon(self._tcp_flow, interception, flow)
                         else:
                             await self._udp_datagram(interception, group, *flow)
                 finally:
@@ -245,6 +246,20 @@ class Terminator:
                 interception.refuse(syn, "host-unreachable")
             else:
                 interception.refuse(syn, "reset")
+
+    def _take_syn(self, interception: Interception, syn: InterceptedSyn) -> bool:
+        """The IpStack's offer of a new SYN (in its driver's wake-up): True if carried here.
+
+        A failure here would stop the driver, and every flow with it: it
+        ends this connection only (a reset for the program), and is logged.
+        """
+        try:
+            return self._direct_tcp(interception, syn)
+        except Exception:
+            logger.exception("relaying tcp to %s:%s failed", syn.local[0], syn.local[1])
+            with contextlib.suppress(Exception):
+                interception.refuse(syn, "reset")
+            return True
 
     def _direct_tcp(self, interception: Interception, syn: InterceptedSyn) -> bool:
         """Carry ``syn`` onto the host network with callbacks, no task; False if it cannot be.

@@ -431,8 +431,14 @@ class HostStack(Stack):
         (``ECONNREFUSED`` on loopback), ``socket.gaierror`` for a name.
         """
         port = check_port(port, "connect_tcp")
+        address = parse_ip(ip)
+        if address is None:
+            raise socket.gaierror(socket.EAI_NONAME, f"not an address: {ip!r}")
+        if address.version == 4:
+            return _start_connect(socket.AF_INET, (ip, port), None)
+        # getaddrinfo turns an IPv6 zone into its scope id.
         family, _, _, _, sockaddr = _getaddrinfo(
-            ip, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+            ip, port, socket.AF_INET6, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
         )[0]
         return _start_connect(family, sockaddr, None)
 

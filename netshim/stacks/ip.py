@@ -610,6 +610,18 @@ class _IpUdpSocket(UdpSocket):
         await anyio.lowlevel.checkpoint()
 
 
+class _Callback:
+    """Stands in the driver's table of waiters for a callback: ``set`` calls it."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+
+    def set(self) -> None:
+        self._callback()
+
+
 class Interception:
     """Every flow an :class:`IpStack`'s link carries to destinations it does not serve.
 
@@ -621,19 +633,64 @@ class Interception:
     def __init__(self, stack: IpStack, interceptor: Interceptor) -> None:
         self._stack = stack
         self._interceptor = interceptor
+        # See take_syns_with(): the SYNs it declined, for next_flow().
+        self._syn_handler: Callable[[InterceptedSyn], bool] | None = None
+        self._declined: deque[InterceptedSyn] = deque()
+        self._flow_waiter: anyio.Event | None = None
 
     @property
     def pending(self) -> int:
         return self._interceptor.pending
 
+    def take_syns_with(self, handler: Callable[[InterceptedSyn], bool]) -> None:
+        """From now on, offer each new SYN to ``handler`` as soon as the interface takes it.
+
+        ``handler(syn)`` runs in the driver's wake-up after the packet's
+        receive pass (as a waiter's wake-up does: no task runs it, and it
+        must not wait); it returns True when it took the SYN (accepted or
+        refused it), False to leave it to :meth:`next_flow`.  A program's
+        connect then costs no task switch before its SYN is answered.
+        """
+        self._syn_handler = handler
+        self._arm(self._stack._driver_for_use())
+
+    def _arm(self, driver: _Driver) -> None:
+        if not driver.stopped.is_set():
+            driver.waiters[self._interceptor] = _Callback(self._changed)  # type: ignore[assignment]
+
+    def _changed(self) -> None:
+        driver = self._stack._driver
+        handler = self._syn_handler
+        assert driver is not None
+        assert handler is not None
+        interceptor = self._interceptor
+        if not driver.stopped.is_set():
+            while (syn := interceptor.take_syn()) is not None:
+                if not handler(syn):
+                    self._declined.append(syn)
+            self._arm(driver)
+        waiter = self._flow_waiter
+        if waiter is not None and (
+            self._declined or interceptor.readable() or driver.stopped.is_set()
+        ):
+            self._flow_waiter = None
+            waiter.set()
+
     async def next_flow(self) -> InterceptedSyn | tuple[bytes, Address, Address]:
-        """The next connection attempt, or the next ``(payload, source, destination)`` datagram."""
+        """The next connection attempt, or the next ``(payload, source, destination)`` datagram.
+
+        With :meth:`take_syns_with`, the next SYN its handler declined.
+        """
         driver = self._stack._driver_for_use()
         interceptor = self._interceptor
         while True:
+            if self._declined:
+                return self._declined.popleft()
             syn = interceptor.take_syn()
             if syn is not None:
-                return syn
+                if self._syn_handler is None or not self._syn_handler(syn):
+                    return syn
+                continue
             datagram = interceptor.take_datagram()
             if datagram is not None:
                 payload, source, destination = datagram
@@ -642,7 +699,14 @@ class Interception:
                     (_ip(source[0]), source[1]),
                     (_ip(destination[0]), destination[1]),
                 )
-            await driver.wait_for(interceptor)
+            if self._syn_handler is None:
+                await driver.wait_for(interceptor)
+                continue
+            if driver.stopped.is_set():
+                await anyio.lowlevel.checkpoint()
+                raise os_error(errno.ENETDOWN, str(driver.error or "the IpStack is closed"))
+            waiter = self._flow_waiter = anyio.Event()
+            await waiter.wait()
 
     async def accept(self, syn: InterceptedSyn) -> TcpStream:
         """Complete ``syn``'s handshake; the stream once established (its errors if not)."""

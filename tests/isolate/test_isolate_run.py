@@ -384,7 +384,7 @@ for round in range(3):
         assert carried.count(True) == 12
     else:
         # The callbacks are asyncio's: under trio every connection is a task.
-        assert carried == [False] * 18
+        assert True not in carried
 
 
 async def test_udp_and_dns_through_the_stack() -> None:
