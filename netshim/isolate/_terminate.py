@@ -173,7 +173,16 @@ class Terminator:
                 task_status.started()
                 try:
                     while True:
-                        flow = await interception.next_flow()
+                        try:
+                            flow = await interception.next_flow()
+                        except OSError as exc:
+                            if exc.errno != errno.ENETDOWN:
+                                raise
+                            # The device failed: its namespace ended (the
+                            # program exited) before the owner stopped us.
+                            # Nothing more can come; the owner cancels us.
+                            logger.info("the namespace's device is gone: %s", exc)
+                            break
                         if isinstance(flow, InterceptedSyn):
                             group.start_soon(self._tcp_flow, interception, flow)
                         else:

@@ -1,12 +1,14 @@
-"""DNS inside an isolated namespace: answered from the stack, synthetic addresses for tunnels."""
+"""The terminator without a namespace: DNS answered from the stack, synthetic addresses for
+tunnels, and the end of its device."""
 
 from __future__ import annotations
 
 import ipaddress
 
+import anyio
 import pytest
 
-from netshim import VirtualHost, VirtualNetwork
+from netshim import HostStack, VirtualHost, VirtualNetwork
 from netshim.dns import Request
 from netshim.ip.iface import Medium
 from netshim.ip.links import Cable
@@ -76,3 +78,20 @@ async def test_a_tunnel_gets_synthetic_addresses_that_connect_by_name() -> None:
     assert terminator._destination(addressing.gateway6) == "::1"
     assert terminator._destination(addressing.dns4) is None
     assert terminator._destination(ipaddress.ip_address("192.0.2.7")) == "192.0.2.7"
+
+
+async def test_a_device_that_fails_ends_the_terminator_quietly() -> None:
+    # The namespace's TUN device fails when the program exits before the
+    # terminator is stopped: the terminator waits to be cancelled, no error.
+    cable = Cable(Medium.IP)
+    terminator = Terminator(cable.a, HostStack(), policy=Policy(), addressing=Addressing())
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            await group.start(terminator.run)
+            driver = terminator.inner._driver
+            assert driver is not None
+            await cable.a.aclose()
+            await driver.stopped.wait()
+            await anyio.wait_all_tasks_blocked()
+            group.cancel_scope.cancel()
+    assert driver.error is not None
