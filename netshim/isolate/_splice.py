@@ -333,6 +333,8 @@ class SocketTransport(asyncio.Transport):
         self._waiting_bytes = 0
         self._high = HOST_WRITE_LIMIT
         self._protocol_paused = False
+        #: Bytes taken per read (a Splice sets whole TSO packets, as with asyncio's).
+        self.max_size = _CHUNK
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._sock if name == "socket" else default
@@ -369,7 +371,7 @@ class SocketTransport(asyncio.Transport):
 
     def _readable(self) -> None:
         try:
-            data = self._sock.recv(_CHUNK)
+            data = self._sock.recv(self.max_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:

@@ -8,7 +8,7 @@ import socket
 import anyio
 import pytest
 
-from netshim.isolate._splice import Splice
+from netshim.isolate._splice import SocketTransport, Splice
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +34,8 @@ class _Connection:
 
     at_eof = False
     error = None
+    established = True
+    finished = False
 
 
 class _Driver:
@@ -46,12 +48,19 @@ class _Driver:
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_full_host_reads_are_whole_tso_packets() -> None:
+@pytest.mark.parametrize("kind", ["asyncio", "socket"])
+async def test_full_host_reads_are_whole_tso_packets(kind: str) -> None:
+    # "socket": the transport of the connections relayed without a task.
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
-    transport.pause_reading()
+    transport: asyncio.Transport
+    if kind == "asyncio":
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        transport.pause_reading()
+    else:
+        ours.setblocking(False)
+        transport = SocketTransport(ours)
     # Queued before the relay reads, so that its reads are full ones.
     theirs.setblocking(False)
     sent = 0
@@ -61,7 +70,7 @@ async def test_full_host_reads_are_whole_tso_packets() -> None:
     except BlockingIOError:
         pass
     connection = _Connection(sent)
-    Splice(connection, _Driver(), transport).start()
+    Splice(connection, _Driver(), transport, lambda: None).start()
     await connection.all_taken.wait()
     transport.close()
     theirs.close()
