@@ -108,6 +108,7 @@ def check_async_clients(result: dict[str, Any]) -> None:
     # this idle connection?" check from the transport (no descriptor to select on).
     assert result["connections_for_51_gets"] == 1
     assert result["head"] == [200, "19", ""]
+    assert result["download"] == [10 * 1024 * 1024, result["post_expected"]]
     assert result["post"]["size"] == 10 * 1024 * 1024
     assert result["post"]["sha256"] == result["post_expected"]
     assert result["chunked_upload"] == len(b"piece 0;") * 4

@@ -72,6 +72,9 @@ async def async_clients() -> None:
             await client.get(BASE + "hello")
         result["requests_per_second"] = round(rounds / (time.perf_counter() - start))
         result["connections_for_51_gets"] = len(opened)
+        # A 10 MiB body: read ahead by JavaScript in many chunks, joined in pieces.
+        big = await client.get(BASE + "big")
+        result["download"] = [len(big.content), hashlib.sha256(big.content).hexdigest()]
         head = await client.head(BASE + "hello")
         result["head"] = [head.status_code, head.headers.get("content-length"), head.text]
         start = time.perf_counter()
