@@ -4,7 +4,9 @@ Runs benchmarks/pyodide_fetch/fetch_figures.py in real Pyodide under Node
 (the pinned npm package) and in Debian's headless Chromium (a page served by
 the same test server, tests/pyodide/fetch_support.py, with TCP_NODELAY so the
 server is not the bottleneck), and prints, per runtime, each figure beside
-the ceiling: JavaScript's ``fetch`` called from the same Python.  In Chromium
+the ceiling: JavaScript's ``fetch`` called from the same Python, measured in
+rounds that alternate with FetchStack's.  Under Node it also prints the
+process's CPU time per request and per GiB beside fetch's own.  In Chromium
 it also runs benchmarks/pyodide_fetch/xhr_figures.py in a dedicated Worker
 without JSPI: blocking clients (http.client, requests) on FetchStack's
 synchronous-XHR path against JavaScript's own synchronous XHR there.
@@ -42,6 +44,14 @@ PAIRS = (
     ("httpx_requests_per_s", "js_fetch_requests_per_s"),
     ("httpx_download_mb_per_s", "js_download_mb_per_s"),
     ("httpx_upload_mb_per_s", "js_upload_mb_per_s"),
+)
+# CPU time (Pyodide under Node only): FetchStack's cost against fetch's own.
+CPU_PAIRS = (
+    ("stream_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
+    ("asyncio_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
+    ("httpx_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
+    ("httpx_download_cpu_s_per_gib", "js_download_cpu_s_per_gib"),
+    ("httpx_upload_cpu_s_per_gib", "js_upload_cpu_s_per_gib"),
 )
 WORKER_PAIRS = (
     ("http_client_requests_per_s", "js_xhr_requests_per_s"),
@@ -114,6 +124,15 @@ def show(
         ratio = figures[ours] / figures[ceiling] if figures[ceiling] else 0.0
         print(
             f"  {ours:26} {figures[ours]:8.1f}   {ceiling} {figures[ceiling]:8.1f}   {ratio:4.2f}x"
+        )
+    cpu = [(ours, ceiling) for ours, ceiling in CPU_PAIRS if ours in figures]
+    if cpu:
+        print("  CPU time of the Node process (FetchStack's against fetch's own):")
+    for ours, ceiling in cpu:
+        ratio = figures[ours] / figures[ceiling] if figures[ceiling] else 0.0
+        print(
+            f"  {ours:30} {figures[ours]:7.2f}   {ceiling} {figures[ceiling]:7.2f}"
+            f"   {ratio:4.2f}x the CPU"
         )
 
 

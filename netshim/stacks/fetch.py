@@ -492,9 +492,11 @@ _js_helpers: Any = None
 # chunk at a time).  Past this, the body waits for the program, which is
 # its backpressure.
 READ_AHEAD = 1024 * 1024
-# The most one read hands Python: chunks already read ahead are joined up to
-# this (asyncio's transports read 256 KiB at a time too).
-READ_PIECE = 256 * 1024
+# The most one read hands Python, cut from a chunk without a copy in
+# JavaScript: the size httpcore and anyio's streams read, so each piece is
+# taken whole (anyio copies both halves of a larger one to split it; with
+# 256 KiB pieces a 10 MiB httpx download under Node cost 30% more CPU).
+READ_PIECE = 64 * 1024
 # What the helpers' take() answers instead of bytes.
 _BODY_WAIT = 0
 _BODY_END = 1
@@ -545,32 +547,19 @@ def _helpers() -> Any:
       }
       return [response.status, response.statusText, Array.from(response.headers.entries()), body];
     },
-    // Up to max bytes already read (one copy at most, joining chunks); else
-    // WAIT (call wait()) or END; throws the body's error once its bytes are taken.
+    // The next chunk already read (up to max bytes of it); else WAIT (call
+    // wait()) or END; throws the body's error once its bytes are taken.
     take(body, max) {
       if (body.size === 0) {
         if (body.error !== undefined) throw body.error;
         return body.done ? END : WAIT;
       }
-      const chunks = body.chunks;
-      let piece = chunks[0];
+      let piece = body.chunks[0];
       if (piece.byteLength > max) {
-        chunks[0] = piece.subarray(max);
+        body.chunks[0] = piece.subarray(max);
         piece = piece.subarray(0, max);
-      } else if (chunks.length === 1 || piece.byteLength + chunks[1].byteLength > max) {
-        chunks.shift();
       } else {
-        let count = 0, length = 0;
-        while (count < chunks.length && length + chunks[count].byteLength <= max) {
-          length += chunks[count].byteLength;
-          count += 1;
-        }
-        piece = new Uint8Array(length);
-        let offset = 0;
-        for (const chunk of chunks.splice(0, count)) {
-          piece.set(chunk, offset);
-          offset += chunk.byteLength;
-        }
+        body.chunks.shift();
       }
       body.size -= piece.byteLength;
       pump(body);
