@@ -349,7 +349,9 @@ class ByteBuffer:
     __slots__ = ("chunks", "eof", "error", "size")
 
     def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
+        # A chunk read in part is kept as a view of what is left of it, so
+        # small reads of a big chunk copy only what they take.
+        self.chunks: deque[bytes | memoryview] = deque()
         self.size = 0
         self.eof = False
         self.error: OSError | None = None
@@ -375,10 +377,11 @@ class ByteBuffer:
             if len(first) <= max_bytes:
                 self.chunks.popleft()
                 self.size -= len(first)
-                return first
-            self.chunks[0] = first[max_bytes:]
+                return first if type(first) is bytes else bytes(first)
+            rest = first if isinstance(first, memoryview) else memoryview(first)
+            self.chunks[0] = rest[max_bytes:]
             self.size -= max_bytes
-            return first[:max_bytes]
+            return bytes(rest[:max_bytes])
         if self.error is not None:
             raise self.error
         if self.eof:
