@@ -42,6 +42,7 @@ PAIRS = (
     ("stream_requests_per_s", "js_fetch_requests_per_s"),
     ("asyncio_requests_per_s", "js_fetch_requests_per_s"),
     ("httpx_requests_per_s", "js_fetch_requests_per_s"),
+    ("stream_download_mb_per_s", "js_download_mb_per_s"),
     ("httpx_download_mb_per_s", "js_download_mb_per_s"),
     ("httpx_upload_mb_per_s", "js_upload_mb_per_s"),
 )
@@ -50,6 +51,7 @@ CPU_PAIRS = (
     ("stream_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
     ("asyncio_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
     ("httpx_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
+    ("stream_download_cpu_s_per_gib", "js_download_cpu_s_per_gib"),
     ("httpx_download_cpu_s_per_gib", "js_download_cpu_s_per_gib"),
     ("httpx_upload_cpu_s_per_gib", "js_upload_cpu_s_per_gib"),
 )

@@ -85,6 +85,16 @@ async def main() -> None:
     async def js_download() -> None:
         await (await js.fetch(BASE + "big")).arrayBuffer()
 
+    async def stream_download() -> None:
+        # FetchStack's own share of a download: the raw stream, read as httpcore reads.
+        await stream.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive(65536)
+        left = MIB10 - len(head.partition(b"\r\n\r\n")[2])
+        while left > 0:
+            left -= len(await stream.receive(65536))
+
     async def httpx_download() -> None:
         assert len((await client.get(BASE + "big")).content) == MIB10
 
@@ -105,12 +115,13 @@ async def main() -> None:
     }
     transfers = {
         "js_download": js_download,
+        "stream_download": stream_download,
         "httpx_download": httpx_download,
         "js_upload": js_upload,
         "httpx_upload": httpx_upload,
     }
     # Warm-up: the first fetches cost more everywhere.
-    for action in [*requests.values(), js_download, httpx_download]:
+    for action in [*requests.values(), js_download, stream_download, httpx_download]:
         await action()
     seconds.clear()
     cpu_seconds.clear()

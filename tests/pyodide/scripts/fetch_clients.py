@@ -171,7 +171,29 @@ async def websocket_client() -> None:
     result["websocket"] = [text, len(binary), binary == bytes(range(256)) * 400]
 
 
+async def read_ahead() -> None:
+    """How much of a 10 MiB body JavaScript reads ahead of a program that stopped reading."""
+    import asyncio
+
+    from netshim.stacks import fetch
+
+    host, port = BASE.split("//")[1].rstrip("/").split(":")
+    stream = await _connect(host, int(port))
+    await stream.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    await stream.receive()
+    body = stream.exchange.response._body  # type: ignore[attr-defined]
+    # Until the reading ahead stops (it stops at the bound, or at the end
+    # when the bound is not kept).
+    for _ in range(1000):
+        if not body.reading:
+            break
+        await asyncio.sleep(0.01)
+    result["read_ahead"] = [body.size, body.done, fetch.READ_AHEAD]
+    await stream.aclose()
+
+
 await async_clients()  # type: ignore[top-level-await]  # noqa: F704 - Pyodide runs this at top level
+await read_ahead()  # type: ignore[top-level-await]  # noqa: F704
 if WS_URL:
     await websocket_client()  # type: ignore[top-level-await]  # noqa: F704
 try:
