@@ -269,3 +269,26 @@ def test_coalesce_tcp_keeps_apart_what_does_not_continue() -> None:
     queue = deque(pieces)
     assert coalesce_tcp(queue, limit=3)[1] == 3
     assert len(queue) == 1
+
+
+def test_gateway_server_addressing_from_its_config() -> None:
+    # The gateway's side: each family's network is the clients', the DNS
+    # address is DNS ='s where it lies in that network, else the last but one.
+    from netshim.gateway._wireguard import WireGuardServer
+    from netshim.policy import Policy
+    from netshim.stacks import HostStack
+
+    def server(interface: str) -> WireGuardServer:
+        text = f"[Interface]\nPrivateKey = {PRIVATE}\n{interface}\n[Peer]\nPublicKey = {PEER}\n"
+        return WireGuardServer(text, stack=HostStack(), policy=Policy(), port=0)
+
+    both = server("Address = 10.99.0.1/24, fd99::1/64\nDNS = fd99::53, 10.1.1.1")
+    addressing = both.addressing
+    assert (str(addressing.gateway4), str(addressing.dns4)) == ("10.99.0.1", "10.99.0.254")
+    assert addressing.program6 is not None
+    assert (str(addressing.gateway6), str(addressing.dns6)) == ("fd99::1", "fd99::53")
+    assert server("Address = 10.99.0.1/24").addressing.program6 is None
+    with pytest.raises(ValueError, match="too small"):
+        server("Address = 10.99.0.1/24, fd99::1/128")
+    with pytest.raises(ValueError, match="needs an IPv4 Address"):
+        server("Address = fd99::1/64")
