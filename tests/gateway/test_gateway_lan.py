@@ -371,7 +371,7 @@ async def test_a_member_that_stops_reading_does_not_grow_the_gateway(writer: str
         queued = sum(s.budget.queued for s in sessions)
         assert queued <= QUEUE_BOUND_FACTOR * 32 * (1 << 16) + (1 << 16)
         for session in sessions:
-            assert session.ws._pending <= high_water + (1 << 18) + (1 << 16)
+            assert session.ws.queued_bytes <= high_water + (1 << 18) + (1 << 16)
         reader.resume()
         received = await reader.receive_exactly(reader_stream, sent)
         assert received == block * (sent // len(block))

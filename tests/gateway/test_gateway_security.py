@@ -83,6 +83,11 @@ async def raw_websocket(
             responses = [e for e in events if isinstance(e, Response)]
             if responses:
                 assert responses[0].status_code == 101, responses[0]
+                # Frames that came in the same read as the response (the
+                # gateway's Wisp INFO, say) are kept for receive().
+                for event in events:
+                    if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
+                        websocket._pending.append(bytes(event.data))
                 break
             protocol.receive_data(await stream.receive())
         yield websocket
