@@ -411,6 +411,13 @@ class _ShimCommon(_Base):
         state = self._netshim
         if state is None:
             return super()._accept()  # type: ignore[misc,no-any-return]
+        fd, address, _ = self._take_connection()
+        return fd, address
+
+    def _take_connection(self) -> tuple[int, Any, SocketState | None]:
+        """The next connection's descriptor, address and state (None: another process's)."""
+        state = self._netshim
+        assert state is not None
         _check_open(self)
         if state.phase is not Phase.LISTENING:
             raise os_error(errno.EINVAL)
@@ -436,6 +443,7 @@ class _ShimCommon(_Base):
             # from (a pre-fork worker): served through that engine's pair.
             local, remote = unpack_accepted(frame)
             SocketState.for_inherited_connection(state, fd, local, remote)
+            accepted = None
         else:
             known = accepted.remote  # what the frame says too
             assert known is not None
@@ -443,11 +451,11 @@ class _ShimCommon(_Base):
             if accepted.splice_partner is not None and not state.engine.left_behind:
                 # Joined: the engine has nothing more to do for it.
                 take_accepted(state)
-                return fd, self._sockaddr(remote)
+                return fd, self._sockaddr(remote), accepted
         # Tell the engine the connection was taken (see serve_listener).
         with contextlib.suppress(OSError):
             ORIGINAL_SOCKET.send(self, b"\1", socket.MSG_DONTWAIT)
-        return fd, self._sockaddr(remote)
+        return fd, self._sockaddr(remote), accepted
 
     def _connect(self, address: Any, function: str) -> int:
         state = self._netshim
@@ -592,6 +600,8 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             type = socket.SOCK_STREAM if type == -1 else type
             proto = 0 if proto == -1 else proto
             kind = type & _TYPE_MASK
+            if kind == type:
+                kind = type  # keeps a SocketKind a SocketKind (converting one is slow)
             if family in _INET_FAMILIES and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
                 stack = acting_stack()
                 if stack.uses_host_sockets:
@@ -635,6 +645,26 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             else:
                 super().__init__(family, type, proto, fileno)
         self._netshim = state
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        """``socket.accept()``, making the new socket from the state ``_accept`` found.
+
+        The standard method would look the state up again from the descriptor.
+        """
+        state = self._netshim
+        if state is None:
+            return super().accept()
+        fd, address, accepted = self._take_connection()
+        if accepted is None:
+            sock = ShimSocket(self.family, self.type, self.proto, fileno=fd)
+        else:
+            sock = ShimSocket.__new__(ShimSocket)
+            ORIGINAL_SOCKET.__init__(sock, socket.AF_UNIX, accepted.kind, 0, fd)
+            sock._netshim = accepted
+            accepted.user_socket = weakref.ref(sock)
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            sock.setblocking(True)
+        return sock, address
 
     def __repr__(self) -> str:
         state = self._netshim

@@ -94,8 +94,10 @@ def _remember(table: dict[IPAddress, T], ip: IPAddress, answer: T) -> None:
 
 
 # A connect's way to an IP: the IP (loopback for the unspecified address) and
-# its text, the host owning it, the source address and its text.
-_Route = tuple[IPAddress, str, "VirtualHost", IPAddress, str]
+# its text, the host owning it, the source address and its text, and the link
+# (faults change a link in place; removing a host forgets its links and
+# every route).
+_Route = tuple[IPAddress, str, "VirtualHost", IPAddress, str, Link]
 
 
 def _mapped(ip: IPAddress) -> str:
@@ -114,8 +116,9 @@ class PortBinding:
         self.port = port
         # A "::" binding that also takes IPv4 (IPV6_V6ONLY off, Linux's default).
         self.dual = dual
-        # Asked for every connection: ipaddress computes it anew each time.
-        self.unspecified = ip.is_unspecified
+        # Asked for every connection: ipaddress's is_unspecified compares
+        # with a new address each time.
+        self.unspecified = int(ip) == 0
 
     @property
     def version(self) -> int:
@@ -433,7 +436,8 @@ class VirtualHost(Stack):
             server_host = self.route(destination_ip, 0)
         except OSError:
             return None
-        route = (destination_ip, str(destination_ip), server_host, source_ip, str(source_ip))
+        link = self.network.link(self, server_host)
+        route = (destination_ip, str(destination_ip), server_host, source_ip, str(source_ip), link)
         if len(self.routes) >= _MAX_REMEMBERED:
             self.routes.clear()
         self.routes[text] = route
@@ -492,8 +496,7 @@ class VirtualHost(Stack):
             route = self.routes.get(host) or self._route_to(host)
             if route is None:
                 return None  # connect_tcp gives the error
-            destination_ip, destination_text, server_host, source_ip, source_text = route
-            link = network.link(self, server_host)
+            destination_ip, destination_text, server_host, source_ip, source_text, link = route
             listener = server_host.find_listener(destination_ip, port)
             if (
                 listener is None
