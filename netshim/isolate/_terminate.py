@@ -10,7 +10,10 @@ on it that owns the gateway and DNS addresses and intercepts everything else
   gets a reset (``ECONNREFUSED``) or, with ``refusal="icmp"``, an ICMP
   administratively prohibited (``EHOSTUNREACH``); an unreachable or
   timed-out destination is an ICMP unreachable.  An accepted connection is
-  relayed both ways with half-closes and resets carried across;
+  relayed both ways with half-closes and resets carried across.  Onto the
+  host network under asyncio, a connection to an address and port the
+  policy allowed before is carried by callbacks alone, from the SYN on
+  (:meth:`Terminator._direct_tcp`): no task, no anyio stream;
 * a UDP flow (program address and port to destination address and port) gets
   a socket on the outer stack, connected to the destination; replies come
   back from the destination's address; flows idle for
