@@ -39,8 +39,9 @@ works unmodified, within what fetch allows:
   A failed open is ``ConnectionRefusedError``.
 * **Request bodies** are buffered and sent whole (browsers stream a request
   body only over HTTP/2 and later); under Node they stream.  Response
-  bodies stream: JavaScript reads at most :data:`READ_AHEAD` (1 MiB) ahead
-  of the program, which holds the rest back.
+  bodies stream: JavaScript stops reading ahead of the program once
+  :data:`READ_AHEAD` (1 MiB) waits, one chunk past it at most (Chromium's
+  are up to 2 MiB), which holds the rest back.
 * **Blocking sockets** without JSPI cannot wait for fetch.  In a browser's
   Web Worker they need not: a blocking call stepped by hand
   (:func:`netshim.aio._sync.blocking_call_timeout`) sends its request through
@@ -489,8 +490,9 @@ _js_helpers: Any = None
 # reads the network only while its body is being read: reading ahead lets
 # the next chunks arrive while Python handles the last ones (under Node a
 # 10 MiB download spent half its time waiting for reads that asked for one
-# chunk at a time).  Past this, the body waits for the program, which is
-# its backpressure.
+# chunk at a time).  Once this much waits (one chunk past it at most:
+# Chromium hands chunks of up to 2 MiB) the body waits for the program,
+# which is its backpressure.
 READ_AHEAD = 1024 * 1024
 # The most one read hands Python, cut from a chunk without a copy in
 # JavaScript: the size httpcore and anyio's streams read, so each piece is
