@@ -258,10 +258,6 @@ def _superseded_ack(earlier: bytes, later: bytes, offset: int) -> bool:
     acknowledges more: an ACK followed by a duplicate of itself or by a
     window update (the same cumulative ACK) is kept.
     """
-    # A pure ACK is at most an IPv6 header and 32 bytes of TCP header (with
-    # Ethernet padding, never more): data segments stop here.
-    if len(earlier) > offset + 72:
-        return False
     first = _pure_ack(earlier, offset)
     if first is None:
         return False
