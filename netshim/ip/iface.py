@@ -81,7 +81,7 @@ import logging
 import os
 import random
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -209,74 +209,6 @@ def _ipv4_address(packed: bytes) -> ipaddress.IPv4Address:
             _ipv4_addresses.clear()
         address = _ipv4_addresses[packed] = _HashedIPv4Address(packed)
     return address
-
-
-# The 12 option bytes of a segment that carries timestamps alone, as
-# Linux and this core lay them out (two NOPs, then kind 8, length 10).
-_TIMESTAMPS_ONLY = b"\x01\x01\x08\x0a"
-
-
-def _pure_ack(data: bytes, offset: int) -> tuple[int, int] | None:
-    """``(start of the TCP header, its length)`` if ``data`` is a pure ACK without SACK.
-
-    Pure: a TCP segment in an unfragmented IPv4 packet without options or an
-    IPv6 packet without extension headers, with the ACK flag alone, no
-    payload, and no options but timestamps.  Anything else is None.
-    """
-    if len(data) < offset + 40:
-        return None
-    first = data[offset]
-    if first == 0x45:
-        if data[offset + 9] != 6 or data[offset + 6] & 0x3F or data[offset + 7]:
-            return None
-        tcp = offset + 20
-        ip_end = offset + int.from_bytes(data[offset + 2 : offset + 4], "big")
-    elif first >> 4 == 6:
-        if data[offset + 6] != 6:
-            return None
-        tcp = offset + 40
-        ip_end = tcp + int.from_bytes(data[offset + 4 : offset + 6], "big")
-    else:
-        return None
-    if len(data) < tcp + 20 or data[tcp + 13] != 0x10:
-        return None
-    header = (data[tcp + 12] >> 4) * 4
-    if ip_end != tcp + header or len(data) < ip_end:
-        return None
-    if header == 32:
-        if data[tcp + 20 : tcp + 24] != _TIMESTAMPS_ONLY:
-            return None
-    elif header != 20:
-        return None
-    return tcp, header
-
-
-def _superseded_ack(earlier: bytes, later: bytes, offset: int) -> bool:
-    """Whether pure ACK ``earlier`` says nothing that the pure ACK ``later`` does not.
-
-    Same link header, addresses, ports and sequence number, and ``later``
-    acknowledges more: an ACK followed by a duplicate of itself or by a
-    window update (the same cumulative ACK) is kept.
-    """
-    first = _pure_ack(earlier, offset)
-    if first is None:
-        return False
-    second = _pure_ack(later, offset)
-    if second is None or second[0] != first[0]:
-        return False
-    tcp = first[0]
-    # Link header and IP addresses: for IPv4 bytes 12-20 of the header, for
-    # IPv6 8-40; then ports and sequence number, eight bytes from tcp.
-    addresses = offset + (12 if tcp - offset == 20 else 8)
-    if earlier[:offset] != later[:offset] or earlier[addresses:tcp] != later[addresses:tcp]:
-        return False
-    if earlier[tcp : tcp + 8] != later[tcp : tcp + 8]:
-        return False
-    advance = (
-        int.from_bytes(later[tcp + 8 : tcp + 12], "big")
-        - int.from_bytes(earlier[tcp + 8 : tcp + 12], "big")
-    ) & 0xFFFF_FFFF
-    return 0 < advance < 0x8000_0000
 
 
 _group_or_unspecified_cache: dict[IPAddress, bool] = {}
@@ -621,8 +553,6 @@ class Interface:
         self.reassembler = Reassembler()
         #: Packets dropped, by reason ("ipv4 bad checksum", "udp port unreachable"...).
         self.dropped: collections.Counter[str] = collections.Counter()
-        #: Pure ACKs :meth:`receive_many` skipped because the next packet superseded them.
-        self.coalesced_acks = 0
         self._out: list[OutgoingPacket] = []
         self._connections: dict[_ConnectionKey, TcpConnection] = {}
         # With visit_due_only(): the connections transmit() visits next (given
@@ -880,27 +810,6 @@ class Interface:
             # and the interface keeps going, as DESIGN decision 11 asks.
             _logger.exception("interface failed on a received packet (dropped)")
             self.dropped["internal error"] += 1
-
-    def receive_many(self, packets: Sequence[tuple[bytes, bool]], now: float) -> None:
-        """Take the ``(data, checksum_verified)`` packets of one read burst, in order.
-
-        As :meth:`receive` for each, except that a pure ACK directly followed
-        by a later pure ACK of the same connection is skipped (counted in
-        :attr:`coalesced_acks`): a receiver sends about one ACK per packet of
-        a bulk transfer and a burst holds several, and the last says all that
-        the others do.  Only ACKs without data, other flags or SACK blocks,
-        with the same sequence number and a cumulative ACK the next one
-        passes, are skipped, so no SACK, data or FIN is lost, and duplicate
-        ACKs and window updates reach the core while they are the news;
-        TCP takes the rest as it takes the loss of an ACK.
-        """
-        last = len(packets) - 1
-        offset = 14 if self.medium is Medium.ETHERNET else 0
-        for index, (data, verified) in enumerate(packets):
-            if index < last and _superseded_ack(data, packets[index + 1][0], offset):
-                self.coalesced_acks += 1
-                continue
-            self.receive(data, now, checksum_verified=verified)
 
     # Sockets.
 

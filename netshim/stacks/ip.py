@@ -334,18 +334,17 @@ class _Driver:
                     continue
             drained = False
             now = self.now()
-            assert incoming is not None
-            burst = [(incoming.data, incoming.checksum_verified)]
-            # After a full burst, the next packet waits for the next read:
-            # asking for it now would take it off the link and drop it.
-            while receive_nowait is not None and len(burst) < _BURST:
+            for taken in range(1, _BURST + 1):
+                assert incoming is not None
+                interface.receive(incoming.data, now, checksum_verified=incoming.checksum_verified)
+                # After a full pass, the next packet waits for the next read:
+                # asking for it now would take it off the link and drop it.
+                if receive_nowait is None or taken == _BURST:
+                    break
                 incoming = receive_nowait()
                 if incoming is None:
                     drained = True
                     break
-                burst.append((incoming.data, incoming.checksum_verified))
-            # Taken together, so that a run of ACKs costs the core only the last.
-            interface.receive_many(burst, now)
             # Replies (ACKs, ARP answers) leave before the next read; the
             # timer task looks again if input set a timer earlier than its own.
             self.transmit_now()

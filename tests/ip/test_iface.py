@@ -50,13 +50,10 @@ from netshim.protocols.ip import (
     MaxSegmentSize,
     NeighborAdvert,
     NeighborSolicit,
-    NoOperation,
     PrefixInformation,
     RouterAdvert,
-    SackBlocks,
     TcpFlags,
     TcpRepr,
-    Timestamps,
     UdpRepr,
 )
 
@@ -960,48 +957,3 @@ def test_fragmented_neighbour_discovery_is_ignored() -> None:
     iface.receive(frame(packet.emit(), EtherType.IPV6), 0.0)
     assert iface.transmit(0.0) == []
     assert iface.dropped["ndp in fragments"] == 1
-
-
-def test_a_burst_of_acks_reaches_the_connection_as_its_last_but_loses_nothing_else() -> None:
-    iface = ip_interface()
-    iface.tcp_listen(IPv4Address("0.0.0.0"), 80, backlog=2)
-    iface.receive(tcp4(TcpRepr(40000, 80, 500, 0, TcpFlags.SYN, 1000)), 0.0)
-    iface.transmit(0.0)
-    iface.receive(tcp4(TcpRepr(40000, 80, 501, 1001, TcpFlags.ACK, 1000)), 0.1)
-    [connection] = iface.connections()
-
-    def ack(number: int, window: int = 1000, **kwargs: Any) -> bytes:
-        options = (NoOperation(), NoOperation(), Timestamps(7, number))
-        return tcp4(
-            TcpRepr(40000, 80, 501, number, TcpFlags.ACK, window, options=options, **kwargs)
-        )
-
-    sack = (NoOperation(), NoOperation(), SackBlocks(((5000, 6000),)))
-    burst = [
-        ack(2001),  # skipped: the next acknowledges more
-        ack(3001),  # the next is a duplicate ACK
-        ack(3001),  # the next carries SACK blocks
-        tcp4(TcpRepr(40000, 80, 501, 3001, TcpFlags.ACK, 1000, options=sack)),
-        ack(4001),  # the next carries data
-        ack(5001, payload=b"x"),
-        ack(5001),  # the next is a window update
-        ack(5001, window=2000),  # the next is another connection's
-        tcp4(TcpRepr(40001, 80, 501, 7001, TcpFlags.ACK, 1000)),
-        ack(6001),  # skipped: the next acknowledges more
-        ack(7001),
-    ]
-    iface.receive_many([(packet, False) for packet in burst], 0.2)
-    received = connection.received[2:]  # type: ignore[attr-defined]
-    assert [
-        (s.ack, s.window, s.payload, s.find_option(SackBlocks) is not None) for s in received
-    ] == [
-        (3001, 1000, b"", False),
-        (3001, 1000, b"", False),
-        (3001, 1000, b"", True),
-        (4001, 1000, b"", False),
-        (5001, 1000, b"x", False),
-        (5001, 1000, b"", False),
-        (5001, 2000, b"", False),
-        (7001, 1000, b"", False),
-    ]
-    assert iface.coalesced_acks == 2
