@@ -2417,6 +2417,15 @@ class _WispSession:
                 # The hot path builds DATA directly (the core's checks were
                 # done at CONNECT); the WebSocket joins it with the payload.
                 data_header = wisp.data_header(stream.stream_id)
+                # A host socket on asyncio is read from its protocol's queue
+                # directly: the stream's receive adds a guard and, with a
+                # chunk already queued, a trip round the event loop.
+                direct = (
+                    socket_transport(upstream)
+                    if isinstance(upstream, TcpStream) and not isinstance(upstream, SplicedStream)
+                    else None
+                )
+                read_size = self.config.read_size
 
                 async def deliver(data: bytes) -> None:
                     await self.gateway._throttle(client, len(data))
@@ -2430,8 +2439,10 @@ class _WispSession:
                             # Another member's uploads call ``deliver`` from
                             # their own task; this returns only at the end.
                             await upstream.deliver_to(deliver)
-                        if isinstance(upstream, TcpStream):
-                            data = await upstream.receive(self.config.read_size)
+                        if direct is not None:
+                            data = await _read_chunk(*direct, read_size)
+                        elif isinstance(upstream, TcpStream):
+                            data = await upstream.receive(read_size)
                         else:
                             data, _ = await upstream.receive()
                     except anyio.EndOfStream:
@@ -2483,6 +2494,40 @@ async def _write_parts(
         await protocol.write_event.wait()
         if protocol.exception is not None:
             raise os_error(errno.EPIPE, f"the connection was closed ({protocol.exception})")
+
+
+async def _read_chunk(transport: SocketTransport, protocol: Any, max_bytes: int) -> bytes:
+    """What the host socket's stream would ``receive(max_bytes)``, from its protocol's queue.
+
+    Raises ``anyio.EndOfStream`` at the end and the connection's error (an
+    ``OSError``) once the bytes before it were read, as the stream does.
+    """
+    queue = protocol.read_queue
+    if (
+        not queue
+        and not protocol.is_at_eof
+        and protocol.exception is None
+        and not transport.is_closing()
+    ):
+        transport.resume_reading()
+        try:
+            await protocol.read_event.wait()
+        finally:
+            transport.pause_reading()
+    if queue:
+        chunk: bytes = queue.popleft()
+        if len(chunk) > max_bytes:
+            queue.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        if not queue:
+            protocol.read_event.clear()
+        return chunk
+    error = protocol.exception
+    if error is not None:
+        if isinstance(error, OSError):
+            raise error
+        raise os_error(errno.ECONNRESET, f"the connection was reset ({error})")
+    raise anyio.EndOfStream
 
 
 def _close_bytes(event: wisp.Close) -> bytes:
