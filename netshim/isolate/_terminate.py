@@ -33,6 +33,7 @@ Each refusal is logged once, naming the rule, as the gateway logs it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import ipaddress
@@ -86,15 +87,26 @@ TCP_BUFFER = 4 * 1024 * 1024
 _TCP_CONFIG = TcpConfig(nodelay=True, send_buffer=TCP_BUFFER, receive_buffer=TCP_BUFFER)
 
 
+#: Refusal reasons :class:`TerminatorCounters` keeps (the latest ones).
+RECENT_REFUSALS = 64
+
+
 @dataclass
 class TerminatorCounters:
-    """What the terminator did, for logs and tests."""
+    """What the terminator did, for logs and tests.
+
+    ``refusals`` holds the reasons of the latest :data:`RECENT_REFUSALS`
+    policy refusals only: a confined program, or a WireGuard client of the
+    gateway, may repeat a refused connect for as long as it runs.
+    """
 
     tcp_accepted: int = 0
     tcp_refused: int = 0
     udp_flows: int = 0
     dns_queries: int = 0
-    refusals: list[str] = field(default_factory=list)
+    refusals: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_REFUSALS)
+    )
 
 
 class _UdpFlow:

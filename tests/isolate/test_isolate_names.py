@@ -1,5 +1,5 @@
 """The terminator without a namespace: DNS answered from the stack, synthetic addresses for
-tunnels, and the end of its device."""
+tunnels, the end of its device, and what it keeps of refusals."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import ipaddress
 import anyio
 import pytest
 
-from netshim import HostStack, VirtualHost, VirtualNetwork
+from netshim import HostStack, IpStack, VirtualHost, VirtualNetwork
 from netshim.dns import Request
 from netshim.ip.iface import Medium
 from netshim.ip.links import Cable
 from netshim.isolate import Addressing
-from netshim.isolate._terminate import Terminator
+from netshim.isolate._terminate import RECENT_REFUSALS, Terminator
 from netshim.policy import Policy
 from netshim.stack import ForwardingStack
 
@@ -95,3 +95,29 @@ async def test_a_device_that_fails_ends_the_terminator_quietly() -> None:
             await anyio.wait_all_tasks_blocked()
             group.cancel_scope.cancel()
     assert driver.error is not None
+
+
+async def test_repeated_refusals_keep_a_bounded_record() -> None:
+    # The gateway address stands for the host's loopback, which the default
+    # policy refuses: a program (or a gateway's WireGuard client) repeating
+    # that connect is refused each time, and the record of reasons stays
+    # bounded.
+    cable = Cable(Medium.IP)
+    terminator = Terminator(cable.a, HostStack(), policy=Policy(), addressing=Addressing())
+    attempts = RECENT_REFUSALS + 16
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as group:
+            await group.start(terminator.run)
+            async with IpStack(
+                cable.b, addresses=["10.0.2.100/24"], gateway4="10.0.2.2"
+            ) as program:
+                for _ in range(attempts):
+                    with pytest.raises(ConnectionRefusedError):
+                        await program.connect_tcp("10.0.2.2", 9)
+            group.cancel_scope.cancel()
+    assert terminator.counters.tcp_refused == attempts
+    assert len(terminator.counters.refusals) == RECENT_REFUSALS
+    assert all(
+        "127.0.0.1" in reason or "loopback" in reason.lower()
+        for reason in terminator.counters.refusals
+    )
