@@ -218,5 +218,6 @@ class _WireGuardMetrics(Collector):
         flows.add_metric(["tcp", "accepted"], counters.tcp_accepted)
         flows.add_metric(["tcp", "refused"], counters.tcp_refused)
         flows.add_metric(["udp", "accepted"], counters.udp_flows)
+        flows.add_metric(["udp", "refused"], counters.udp_refused)
         flows.add_metric(["dns", "accepted"], counters.dns_queries)
         yield flows

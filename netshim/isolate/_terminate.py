@@ -103,6 +103,7 @@ class TerminatorCounters:
     tcp_accepted: int = 0
     tcp_refused: int = 0
     udp_flows: int = 0
+    udp_refused: int = 0
     dns_queries: int = 0
     refusals: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=RECENT_REFUSALS)
@@ -365,12 +366,14 @@ class Terminator:
             try:
                 upstream, _ = await self.policy.open_udp(self.stack, host, destination[1])
             except DestinationBlockedError as exc:
+                self.counters.udp_refused += 1
                 self.counters.refusals.append(str(exc))
                 logger.warning(
                     "refused protocol=udp destination=%s:%s %s", destination[0], destination[1], exc
                 )
                 return
             except OSError as exc:
+                self.counters.udp_refused += 1
                 logger.info("failed protocol=udp destination=%s error=%s", destination, exc)
                 return
             flow = _UdpFlow(upstream, source, destination)

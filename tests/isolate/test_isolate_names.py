@@ -101,7 +101,7 @@ async def test_repeated_refusals_keep_a_bounded_record() -> None:
     # The gateway address stands for the host's loopback, which the default
     # policy refuses: a program (or a gateway's WireGuard client) repeating
     # that connect is refused each time, and the record of reasons stays
-    # bounded.
+    # bounded; a UDP flow there is refused and counted too.
     cable = Cable(Medium.IP)
     terminator = Terminator(cable.a, HostStack(), policy=Policy(), addressing=Addressing())
     attempts = RECENT_REFUSALS + 16
@@ -114,8 +114,13 @@ async def test_repeated_refusals_keep_a_bounded_record() -> None:
                 for _ in range(attempts):
                     with pytest.raises(ConnectionRefusedError):
                         await program.connect_tcp("10.0.2.2", 9)
+                udp = await program.open_udp("0.0.0.0", 0)
+                await udp.send(b"refused too", ("10.0.2.2", 9))
+                await anyio.wait_all_tasks_blocked()
             group.cancel_scope.cancel()
     assert terminator.counters.tcp_refused == attempts
+    assert terminator.counters.udp_refused == 1
+    assert terminator.counters.udp_flows == 0
     assert len(terminator.counters.refusals) == RECENT_REFUSALS
     assert all(
         "127.0.0.1" in reason or "loopback" in reason.lower()
