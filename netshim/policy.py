@@ -108,6 +108,17 @@ METADATA_ADDRESSES: Final[dict[str, str]] = {
 _REFUSED_NETWORKS: Final = tuple(
     (ipaddress.ip_network(cidr), label) for cidr, label in DEFAULT_REFUSED
 )
+# The same per IP version, as (network as int, netmask as int, network,
+# label): a check masks the address once per network instead of testing
+# membership through ipaddress objects, in the same order.
+_REFUSED_BY_VERSION: Final = {
+    version: tuple(
+        (int(network.network_address), int(network.netmask), network, label)
+        for network, label in _REFUSED_NETWORKS
+        if network.version == version
+    )
+    for version in (4, 6)
+}
 _METADATA: Final = {ipaddress.ip_address(ip): label for ip, label in METADATA_ADDRESSES.items()}
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 # SIIT's IPv4-translated addresses (RFC 2765 section 2.1, ::ffff:0:a.b.c.d).
@@ -365,26 +376,28 @@ class Policy:
         ``host`` is the name the client asked for; name rules match it.
         """
         address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
-        where = format_address((str(address), port))
-        if host and host != str(address):
-            where = f"{where} (asked as {host!r})"
+
+        def where() -> str:
+            # Built only for a refusal: an allowed destination needs no text.
+            text = format_address((str(address), port))
+            return f"{text} (asked as {host!r})" if host and host != str(address) else text
+
         if transport == "tcp" and not self.allow_tcp:
             raise DestinationBlockedError(
-                where, "TCP is switched off", "set allow_tcp (--allow-tcp)"
+                where(), "TCP is switched off", "set allow_tcp (--allow-tcp)"
             )
         if transport == "udp" and not self.allow_udp:
             raise DestinationBlockedError(
-                where, "UDP is switched off", "set allow_udp (--allow-udp)"
+                where(), "UDP is switched off", "set allow_udp (--allow-udp)"
             )
-        exact = _allow_hint(address, port)
         for rule in self._deny:
             if rule.matches(host, address, port):
                 raise DestinationBlockedError(
-                    where, f"matches deny rule {rule.text!r}", "remove that deny rule"
+                    where(), f"matches deny rule {rule.text!r}", "remove that deny rule"
                 )
         if self._ports and not any(low <= port <= high for low, high in self._ports):
             raise DestinationBlockedError(
-                where,
+                where(),
                 f"port {port} is outside the allowed ports {self.ports}",
                 "widen ports (--ports)",
             )
@@ -395,9 +408,8 @@ class Policy:
         if metadata is not None:
             if any(rule.names_exactly(address) for rule in self._allow):
                 return
-            raise DestinationBlockedError(
-                where, metadata, f"add an allow rule naming exactly that address ({exact})"
-            )
+            hint = f"add an allow rule naming exactly that address ({_allow_hint(address, port)})"
+            raise DestinationBlockedError(where(), metadata, hint)
         if any(rule.matches(host, address, port) for rule in self._allow):
             return
         if self.allow_private:
@@ -405,9 +417,10 @@ class Policy:
         refused = _refused_label(address)
         if refused is not None:
             raise DestinationBlockedError(
-                where,
+                where(),
                 refused,
-                f"add an allow rule ({exact}) or set allow_private (--allow-private)",
+                f"add an allow rule ({_allow_hint(address, port)}) or set allow_private"
+                " (--allow-private)",
             )
 
     # -- resolving and connecting
@@ -511,8 +524,9 @@ def _rules(items: Iterable[str | Rule]) -> Iterable[Rule]:
 
 
 def _refused_label(address: IPAddress) -> str | None:
-    for network, label in _REFUSED_NETWORKS:
-        if address.version == network.version and address in network:
+    value = int(address)
+    for network_value, netmask, network, label in _REFUSED_BY_VERSION[address.version]:
+        if value & netmask == network_value:
             return f"{label} address ({network})"
     embedded = _embedded_ipv4(address)
     if embedded is not None:

@@ -8,13 +8,18 @@ import socket
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from netshim import HostStack, VirtualNetwork
 from netshim.policy import (
+    DEFAULT_REFUSED,
     DestinationBlockedError,
     Policy,
     Rule,
     TokenBucket,
+    _embedded_ipv4,
+    _refused_label,
     parse_numeric_ipv4,
 )
 
@@ -214,3 +219,22 @@ async def test_resolve_uses_no_thread_for_literals() -> None:
     with anyio.fail_after(1):
         targets = await Policy().resolve(HostStack(), "1.1.1.1", 53, "udp")
     assert targets[0].address == ("1.1.1.1", 53)
+
+
+def _refused_by_membership(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """The first default-refused network holding ``address``, by ipaddress's own test."""
+    for cidr, label in DEFAULT_REFUSED:
+        network = ipaddress.ip_network(cidr)
+        if address.version == network.version and address in network:
+            return f"{label} address ({network})"
+    return None
+
+
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)))
+def test_refused_networks_match_as_ipaddress_membership_does(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    expected = _refused_by_membership(address)
+    if expected is None and _embedded_ipv4(address) is not None:
+        return  # an embedded IPv4 address: labelled by its inner address (tests above)
+    assert _refused_label(address) == expected
