@@ -481,7 +481,7 @@ def _destination(packet: bytes) -> bytes | None:
 def _source_and_length(packet: bytes) -> tuple[bytes, int] | None:
     """An IP packet's source address and total length, or ``None`` if it is not one."""
     if len(packet) >= 20 and packet[0] >> 4 == 4:
-        length = int.from_bytes(packet[2:4], "big")
+        length = _IPV4_LENGTH.unpack_from(packet, 2)[0]
         if length < 20 or length > len(packet):
             return None
         return packet[12:16], length
@@ -1124,18 +1124,11 @@ class WireGuardDevice:
                 continue  # a keepalive
             if peer._keepalive_at is None:
                 peer._keepalive_at = now + timers.keepalive_timeout
-            if len(plaintext) >= 20 and plaintext[0] >> 4 == 4:
-                length = _IPV4_LENGTH.unpack_from(plaintext, 2)[0]
-                if length < 20 or length > len(plaintext):
-                    self.dropped["not an IP packet inside"] += 1
-                    continue
-                source_address = plaintext[12:16]
-            else:
-                parsed = _source_and_length(plaintext)
-                if parsed is None:
-                    self.dropped["not an IP packet inside"] += 1
-                    continue
-                source_address, length = parsed
+            parsed = _source_and_length(plaintext)
+            if parsed is None:
+                self.dropped["not an IP packet inside"] += 1
+                continue
+            source_address, length = parsed
             if source_address != allowed_source:
                 if lookup(source_address) is not peer:
                     self.dropped["source not in allowed IPs"] += 1
@@ -1424,19 +1417,11 @@ class WireGuardDevice:
             return  # a keepalive
         if peer._keepalive_at is None:
             peer._keepalive_at = now + timers.keepalive_timeout
-        # IPv4 without a call (the common case), else _source_and_length.
-        if len(plaintext) >= 20 and plaintext[0] >> 4 == 4:
-            length = _IPV4_LENGTH.unpack_from(plaintext, 2)[0]
-            if length < 20 or length > len(plaintext):
-                self.dropped["not an IP packet inside"] += 1
-                return
-            source_address = plaintext[12:16]
-        else:
-            parsed = _source_and_length(plaintext)
-            if parsed is None:
-                self.dropped["not an IP packet inside"] += 1
-                return
-            source_address, length = parsed
+        parsed = _source_and_length(plaintext)
+        if parsed is None:
+            self.dropped["not an IP packet inside"] += 1
+            return
+        source_address, length = parsed
         if self._routes.lookup(source_address) is not peer:
             self.dropped["source not in allowed IPs"] += 1
             return
