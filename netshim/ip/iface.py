@@ -998,19 +998,23 @@ class Interface:
                 self._next_router_solicitation = now + ROUTER_SOLICITATION_INTERVAL
             self._send_router_solicitation(now)
 
+    def _forget(self, key: _ConnectionKey, connection: TcpConnection) -> None:
+        """Drop ``connection`` (finished, or a TIME-WAIT a new SYN ends) from every table."""
+        del self._connections[key]
+        self._key_of.pop(connection, None)
+        self._scheduled.pop(connection, None)
+        self._changed.add(connection)
+        listener = self._listener_of.pop(connection, None)
+        if listener is not None:
+            listener._half_open.discard(connection)
+            if connection in listener._ready:
+                listener._ready.remove(connection)
+
     def _settle(self, key: _ConnectionKey, connection: TcpConnection) -> None:
         """Move a listener's connection once it is established; forget finished ones."""
         listener = self._listener_of.get(connection)
         if connection.finished:
-            del self._connections[key]
-            self._key_of.pop(connection, None)
-            self._scheduled.pop(connection, None)
-            self._changed.add(connection)
-            if listener is not None:
-                del self._listener_of[connection]
-                listener._half_open.discard(connection)
-                if connection in listener._ready:
-                    listener._ready.remove(connection)
+            self._forget(key, connection)
             return
         if listener is not None and connection.established and connection in listener._half_open:
             listener._half_open.discard(connection)
@@ -1457,6 +1461,15 @@ class Interface:
             raise _DropError(_wire_reason("tcp", exc)) from None
         key: _ConnectionKey = (dst, segment.dst_port, src, segment.src_port)
         connection = self._connections.get(key)
+        if connection is not None and connection.accepts_new_syn(segment):
+            # A new connection reusing the pair of one of ours in TIME-WAIT
+            # (RFC 6191): the old one is forgotten and the SYN goes to the
+            # listener or the interceptor, as Linux does.  A peer that
+            # closed second may reuse its port at once: a connect-heavy
+            # program behind `--isolate`, whose ephemeral ports wrap in
+            # seconds, otherwise waited out our 2MSL on every reuse.
+            self._forget(key, connection)
+            connection = None
         if connection is not None:
             connection.on_segment(segment, now)
             self._changed.add(connection)

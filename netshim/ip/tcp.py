@@ -775,8 +775,8 @@ class TcpConnection:
         beyond the old connection's.  The interface then forgets this
         connection and hands the SYN to its listener, as Linux does.
         """
-        flags = int(syn.flags)
-        if self.state is not TcpState.TIME_WAIT or flags & (_SYN | _ACK | _RST) != _SYN:
+        # The state first: the interface asks for every segment of a known pair.
+        if self.state is not TcpState.TIME_WAIT or int(syn.flags) & (_SYN | _ACK | _RST) != _SYN:
             return False
         timestamps = syn.find_option(Timestamps)
         if self._ts_enabled and timestamps is not None:

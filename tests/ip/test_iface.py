@@ -81,6 +81,9 @@ class FakeConnection:
     aborted: bool = False
     send_mss: int = 1460
 
+    def accepts_new_syn(self, segment: TcpRepr) -> bool:
+        return False
+
     def on_segment(self, segment: TcpRepr, now: float) -> None:
         self.received.append(segment)
         if segment.flags & TcpFlags.ACK:

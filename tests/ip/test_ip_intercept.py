@@ -11,6 +11,7 @@ import pytest
 from netshim.ip.iface import Medium
 from netshim.ip.intercept import InterceptedSyn
 from netshim.ip.links import Cable
+from netshim.ip.tcp import TcpConfig
 from netshim.stacks.ip import Interception, IpStack
 
 pytestmark = pytest.mark.anyio
@@ -134,3 +135,47 @@ async def test_a_retransmitted_syn_is_not_a_second_flow(
         assert router.dropped.get("tcp syn intercepted already or backlog full", 0) >= 1
         interception.refuse(syn, "reset")
         group.cancel_scope.cancel()
+
+
+async def test_a_syn_reusing_a_pair_in_time_wait_is_a_new_flow() -> None:
+    # The router closes first, so its end waits in TIME-WAIT; the program,
+    # which closed second, reuses its port at once (as a kernel whose
+    # ephemeral ports wrapped does).  Its new SYN, whose sequence number is
+    # beyond the old connection's (RFC 6528's clock; no timestamps, so that
+    # RFC 6191's sequence rule decides), is a new flow at once.
+    cable = Cable(Medium.IP)
+    program = IpStack(
+        cable.a,
+        addresses=["10.0.2.100/24"],
+        gateway4="10.0.2.2",
+        tcp_config=TcpConfig(timestamps=False),
+    )
+    router = IpStack(cable.b, addresses=["10.0.2.2/24"])
+    retransmissions: list[int] = []
+    async with program, router:
+        interception = router.intercept()
+        for _ in range(2):
+            async with anyio.create_task_group() as group:
+
+                async def connect() -> None:
+                    stream = await program.connect_tcp(
+                        "203.0.113.9", 443, local_address=("10.0.2.100", 40000)
+                    )
+                    # Answered the first time: the TIME-WAIT end did not take
+                    # the SYN (a reset, then a retransmitted SYN, were needed).
+                    info = stream._connection.info()  # type: ignore[attr-defined]
+                    retransmissions.append(info.retransmissions)
+                    assert await stream.receive() == b"hello"
+                    with pytest.raises(anyio.EndOfStream):
+                        await stream.receive()
+                    await stream.aclose()
+
+                group.start_soon(connect)
+                with anyio.fail_after(10):
+                    stream = await interception.accept(await next_syn(interception))
+                    await stream.send(b"hello")
+                    await stream.aclose()
+            await anyio.wait_all_tasks_blocked()
+            states = [c.state.name for c in router._interface._connections.values()]
+            assert states == ["TIME_WAIT"]
+    assert retransmissions == [0, 0]
