@@ -1517,16 +1517,10 @@ class _WispStream:
         The bytes stay counted (in :attr:`queued_bytes` and the budget) until
         :meth:`sent`: while a write waits, the transport holds them.
         """
-        queue = self.queue
-        first = queue.popleft()
-        if not queue or len(first) >= limit:
+        parts, _ = self.take_parts(limit)
+        if len(parts) == 1:
+            first = parts[0]
             return first if isinstance(first, bytes) else bytes(first), 1
-        parts = [first]
-        size = len(first)
-        while queue and size + len(queue[0]) <= limit:
-            part = queue.popleft()
-            parts.append(part)
-            size += len(part)
         return b"".join(parts), len(parts)
 
     def take_parts(self, limit: int) -> tuple[list[bytes | memoryview], int]:
