@@ -224,51 +224,6 @@ with socket.create_connection(("10.0.2.2", {sink.port})) as s:
     assert sink.received_bytes == size
 
 
-async def test_half_closes_and_resets_cross_in_both_directions() -> None:
-    half, reset, keep = (
-        HostServer("half-close", b"greeting"),
-        HostServer("reset", b"doomed"),
-        HostServer("keep"),
-    )
-    program = f"""
-import socket, struct
-with socket.create_connection(("10.0.2.2", {half.port})) as s:
-    got = b""
-    while data := s.recv(100):
-        got += data
-    s.sendall(b"after the host's FIN")
-    s.shutdown(socket.SHUT_WR)
-    print(got.decode(), s.recv(100))
-with socket.create_connection(("10.0.2.2", {reset.port})) as s:
-    s.sendall(b"!")
-    got = b""
-    try:
-        while data := s.recv(100):
-            got += data
-        print("eof", got)
-    except OSError as exc:
-        print("error", exc.errno, got)
-s = socket.create_connection(("10.0.2.2", {keep.port}))
-s.sendall(b"last words")
-s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-s.close()
-"""
-    try:
-        with anyio.fail_after(60):
-            status, output = await confined(
-                [sys.executable, "-c", program], policy=Policy(allow=["127.0.0.1"])
-            )
-            await anyio.to_thread.run_sync(keep.finished.wait, 30)
-    finally:
-        for server in (half, reset, keep):
-            server.close()
-    assert status == 0, output
-    assert output.splitlines() == ["greeting b''", f"error {errno.ECONNRESET} b'doomed'"]
-    assert half.kept == b"after the host's FIN"
-    assert keep.kept == b"last words"
-    assert keep.error == errno.ECONNRESET
-
-
 @pytest.mark.parametrize("connected_at_once", [True, False], ids=["loopback", "connect-waited"])
 async def test_connections_after_the_first_are_carried_by_callbacks_intact(
     monkeypatch: pytest.MonkeyPatch, connected_at_once: bool, anyio_backend_name: str
