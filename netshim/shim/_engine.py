@@ -583,19 +583,31 @@ def take_accepted(state: SocketState) -> None:
     a taken one was taken: announcements are read in order) is dropped,
     and the engine hears of it only if it waits for room in the queue.
     """
-    engine = state.engine
-    with engine.queue_lock:
+    taken, event = _dequeue_taken(state, 1)
+    for user_end in taken:
+        user_end.close()
+    if event is not None:
+        state.engine.call_soon(event.set)
+
+
+def _dequeue_taken(
+    state: SocketState, count: int
+) -> tuple[list[_socket.socket], anyio.Event | None]:
+    """Drop the first ``count`` queued connections (those taken) from listener ``state``'s queue.
+
+    Returns their ends, for the caller to close outside the lock, and the
+    event a waiting :func:`serve_listener` is to be woken by when the queue
+    now has room (else None).
+    """
+    with state.engine.queue_lock:
         queue = state.accept_queue
-        entry = queue.popleft() if queue else None
+        taken = [queue.popleft()[0] for _ in range(min(count, len(queue)))]
         event = state.room_event
         if event is not None and len(queue) <= state.backlog:
             state.room_event = None
         else:
             event = None
-    if entry is not None:
-        entry[0].close()
-    if event is not None:
-        engine.call_soon(event.set)
+    return taken, event
 
 
 def _announcement(
@@ -642,15 +654,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
         if not answers:  # every process closed the listener
             loop.remove_reader(fd)
             return
-        taken = []
-        with lock:
-            for _ in range(min(len(answers), len(queue))):
-                taken.append(queue.popleft()[0])
-            event = state.room_event
-            if event is not None and len(queue) <= state.backlog:
-                state.room_event = None
-            else:
-                event = None
+        taken, event = _dequeue_taken(state, len(answers))
         for user_end in taken:
             user_end.close()
         if event is not None:
