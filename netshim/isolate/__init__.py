@@ -242,6 +242,7 @@ async def run(
     policy: Any = None,
     addressing: Addressing | None = None,
     refusal: str = "reset",
+    connect_timeout: float = 30.0,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     stdin: int | IO[Any] | None = None,
@@ -254,7 +255,9 @@ async def run(
     ``policy`` to :class:`netshim.policy.Policy`'s defaults (private,
     loopback and metadata destinations refused).  ``refusal`` is how a
     refused connection reaches the program: ``"reset"`` or ``"icmp"``.
-    Returns the exit status as a shell reports it (``128 + N`` after signal
+    ``connect_timeout`` is how long a destination has to answer a
+    connection before the program gets an ICMP host unreachable
+    (``EHOSTUNREACH``).  Returns the exit status as a shell reports it (``128 + N`` after signal
     N); cancelled, the program is killed.
     """
     import anyio
@@ -283,6 +286,7 @@ async def run(
             policy=policy if policy is not None else Policy(),
             addressing=addressing,
             refusal="icmp" if refusal == "icmp" else "reset",
+            connect_timeout=connect_timeout,
         )
         async with anyio.create_task_group() as group:
             await group.start(terminator.run)

@@ -342,6 +342,63 @@ for round in range(3):
         assert True not in carried
 
 
+async def test_a_destination_that_stops_answering_times_out_on_either_path(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, anyio_backend_name: str
+) -> None:
+    # A listener with a backlog of 0 that never accepts holds one finished
+    # handshake in its queue; Linux drops every later SYN to it (the
+    # queue is full), so the second connection's host connect() never
+    # ends: a blackholed destination.  The first connection asks the
+    # policy (a task); the second, under asyncio, is carried by callbacks
+    # (Terminator._direct_tcp), whose connect waits for writability and
+    # its own timer.  Both paths end in the configured timeout, an ICMP
+    # host unreachable for the program, and a log line.
+    from netshim.isolate._terminate import Terminator
+
+    carried: list[bool] = []
+    direct_tcp = Terminator._direct_tcp
+
+    def counted(self: Terminator, interception: object, syn: object) -> bool:
+        taken = direct_tcp(self, interception, syn)  # type: ignore[arg-type]
+        carried.append(taken)
+        return taken
+
+    monkeypatch.setattr(Terminator, "_direct_tcp", counted)
+    full = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = full.getsockname()[1]
+    program = f"""
+import socket
+first = socket.create_connection(("10.0.2.2", {port}), timeout=20)
+print("first connected")
+for attempt in range(2):
+    try:
+        socket.create_connection(("10.0.2.2", {port}), timeout=20)
+        print("connected")
+    except OSError as exc:
+        print("failed", exc.errno)
+first.close()
+"""
+    try:
+        with caplog.at_level("INFO", logger="netshim.isolate"), anyio.fail_after(25):
+            status, output = await confined(
+                [sys.executable, "-c", program],
+                policy=Policy(allow=["127.0.0.1"]),
+                connect_timeout=0.5,
+            )
+    finally:
+        full.close()
+    assert status == 0, output
+    assert output.splitlines() == ["first connected"] + [f"failed {errno.EHOSTUNREACH}"] * 2
+    timeouts = [r for r in caplog.records if "timed out" in r.getMessage()]
+    assert [f"10.0.2.2:{port}" in r.getMessage() for r in timeouts] == [True, True]
+    if anyio_backend_name == "asyncio":
+        # The first connection took the task; the timed-out one did not
+        # teach the terminator anything, and the later two took callbacks.
+        assert carried == [False, True, True]
+    else:
+        assert True not in carried
+
+
 async def test_udp_and_dns_through_the_stack() -> None:
     echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     echo.bind(("127.0.0.1", 0))
