@@ -27,8 +27,10 @@ The descriptor is non-blocking.  Under asyncio (and uvloop) a driver waiting
 for packets keeps it registered with the loop's selector between waits
 (``loop.add_reader``) instead of registering and unregistering it on every
 wait as ``anyio.wait_readable`` does: two ``epoll_ctl`` calls and their Python
-around each packet burst.  Under trio it is waited on with
-``anyio.wait_readable``.
+around each packet burst.  A driver can also have the loop call it directly
+whenever the device is readable (:meth:`TunLink.watch_readable`), so that a
+burst is handled in the loop's readiness callback without waking a task.
+Under trio it is waited on with ``anyio.wait_readable``.
 The header is in the host's byte order, which is what the kernel uses for a
 legacy ``virtio_net_hdr`` unless ``TUNSETVNETLE``/``BE`` say otherwise.
 """
@@ -39,7 +41,7 @@ import asyncio
 import errno
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import anyio
@@ -304,6 +306,33 @@ class _TunDeviceLink(Link):
             self._drop_reader()
         elif not waiter.done():
             waiter.set_result(None)
+
+    def watch_readable(self, callback: Callable[[], object]) -> bool:
+        """Under asyncio, call ``callback`` from the loop whenever a packet may be waiting.
+
+        The descriptor stays registered with the running loop's selector
+        until :meth:`unwatch_readable` (or :meth:`aclose`); ``callback``
+        takes the packets with :meth:`receive_nowait` (a report may be
+        stale: the read then finds nothing), and as long as it leaves any
+        on the device the loop calls it again on its next iteration.  For a
+        driver that handles a burst in the loop's readiness callback, with no
+        task to wake.  False, and nothing registered, without a running
+        asyncio loop (trio: use :meth:`wait_readable`) or while a task
+        waits in :meth:`wait_readable`.
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        loop = asyncio._get_running_loop()
+        if loop is None or self._reader_waiter is not None:
+            return False
+        self._drop_reader()
+        loop.add_reader(self.fd, callback)
+        self._reader_loop = loop
+        return True
+
+    def unwatch_readable(self) -> None:
+        """Undo :meth:`watch_readable`; idempotent."""
+        self._drop_reader()
 
     def _drop_reader(self) -> None:
         loop, self._reader_loop = self._reader_loop, None
