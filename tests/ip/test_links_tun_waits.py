@@ -180,3 +180,57 @@ async def test_a_cancelled_wait_leaves_no_waiter_behind() -> None:
             await link.wait_readable()
         assert link.receive_nowait() is not None
         await link.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_watched_descriptor_calls_back_while_packets_wait_until_unwatched() -> None:
+    with pipe_link() as (link, write_end):
+        taken: list[bytes] = []
+        took = [anyio.Event()]
+
+        def take_one() -> None:
+            packet = link.receive_nowait()
+            if packet is not None:
+                taken.append(packet.data)
+                took[0].set()
+
+        async def next_taken() -> None:
+            with anyio.fail_after(5):
+                await took[0].wait()
+            took[0] = anyio.Event()
+
+        assert link.watch_readable(take_one)
+        os.write(write_end, b"a")
+        await next_taken()
+        os.write(write_end, b"b")
+        await next_taken()
+        link.unwatch_readable()
+        os.write(write_end, b"c")
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        assert taken == [b"a", b"b"]
+        assert asyncio.get_running_loop().remove_reader(link.fd) is False
+        # Watched again, the packet that waited is reported.
+        assert link.watch_readable(take_one)
+        await next_taken()
+        assert taken == [b"a", b"b", b"c"]
+        fd = link.fd
+        await link.aclose()
+        # Closing unregistered it, as after a wait.
+        assert asyncio.get_running_loop().remove_reader(fd) is False
+
+
+async def test_watching_is_refused_where_the_loop_cannot_call_back(
+    anyio_backend_name: str,
+) -> None:
+    with pipe_link() as (link, _write_end):
+        if anyio_backend_name == "asyncio":
+            # A task already waits on the descriptor: it keeps it.
+            async with anyio.create_task_group() as group:
+                group.start_soon(link.wait_readable)
+                await anyio.wait_all_tasks_blocked()
+                assert link.watch_readable(lambda: None) is False
+                group.cancel_scope.cancel()
+        else:
+            assert link.watch_readable(lambda: None) is False
+        await link.aclose()
