@@ -27,12 +27,16 @@ measurement alone and removed after it:
   "wire loss" (``wire_mtu`` 1500): 1 % of 1500-byte wire segments, each
   drawn alone; a TSO or coalesced packet that loses some is passed on as
   the runs of segments that survive, as a lossy wire behind the device
-  would leave it.  The second is what "1 % loss" means on a wire (netem on
-  the kernel's side would be the other reference, but this kernel has no
-  netem, and netem drops whole GSO packets too); ``--trace`` prints each
-  lossy IpStack connection's recovery counters (retransmissions, timeouts,
-  fast recoveries, loss probes, cwnd percentiles) to stderr;
-  ``--loss-only`` measures just the TAP rows and the two loss rows;
+  would leave it.  The second is what "1 % loss" means on a wire.  The
+  reference for both is the kernel pair over veth under the same loss
+  (nftables drops ``--loss`` of the TCP packets each namespace sends; with
+  offloads on a drop is a whole GSO packet, and for "wire loss" TSO and GSO
+  are turned off so a drop is one wire segment): what Linux's own CUBIC
+  makes of the same loss; it needs ``nft`` and ``ethtool``.  ``--trace``
+  prints each lossy IpStack connection's recovery counters
+  (retransmissions, timeouts, fast recoveries, loss probes, cwnd
+  percentiles) to stderr; ``--loss-only`` measures just the loss-free TAP
+  and veth rows and the four loss rows;
 * connection setup: ``--connects`` connect + close one after another,
   IpStack (TAP) to a kernel listener that accepts and closes, against kernel
   to kernel over veth;
@@ -107,6 +111,31 @@ def run(*command: str) -> None:
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def drop_outgoing_tcp(ns: str, fraction: float) -> None:
+    """Drop ``fraction`` of the TCP packets leaving namespace ``ns``, each drawn alone.
+
+    This kernel has no netem; nftables' random number generator on the output
+    hook draws the same loss.  It sees the packets the kernel's TCP hands down,
+    so with offloads on a dropped packet is a whole GSO packet, as in
+    IpStack's "loss" rows, and with them off it is one wire segment.
+    """
+    parts_per_million = round(fraction * 1_000_000)
+    script = (
+        "table inet benchloss {\n"
+        " chain out {\n"
+        "  type filter hook output priority 0; policy accept;\n"
+        f"  meta l4proto tcp numgen random mod 1000000 < {parts_per_million} drop\n"
+        " }\n"
+        "}\n"
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+        input=script.encode(),
+        check=True,
+        capture_output=True,
+    )
 
 
 def configure(ns: str, device: str, address: str) -> None:
@@ -279,12 +308,35 @@ class Bench:
     # -- set-ups
 
     def veth(
-        self, client: dict[str, Any], server: dict[str, Any], receiver: str, size: int, label: str
+        self,
+        client: dict[str, Any],
+        server: dict[str, Any],
+        receiver: str,
+        size: int,
+        label: str,
+        *,
+        loss: float = 0.0,
+        wire: bool = False,
     ) -> Result:
         with namespace("nsbench") as a, namespace("nsbench") as b:
             run("ip", "link", "add", "vb0", "netns", a, "type", "veth", "peer", "vb1", "netns", b)
             configure(a, "vb0", KERNEL)
             configure(b, "vb1", OURS)
+            try:
+                for ns, device in ((a, "vb0"), (b, "vb1")):
+                    if wire:
+                        # Without segmentation offloads every packet the kernel's TCP
+                        # sends is one 1500-byte wire segment, so the drop below is
+                        # drawn per wire segment, as IpStack's "wire loss" rows draw it.
+                        run("ip", "netns", "exec", ns, "ethtool", "-K", device, "tso", "off")
+                        run("ip", "netns", "exec", ns, "ethtool", "-K", device, "gso", "off")
+                    if loss:
+                        drop_outgoing_tcp(ns, loss)
+            except (OSError, subprocess.CalledProcessError) as error:
+                detail = getattr(error, "stderr", b"") or str(error).encode()
+                failure = f"cannot set up the loss ({detail.decode().strip()});"
+                failure += " it needs nftables and ethtool"
+                return Result(failure=failure)
             srv = Peer("kernel-server", {"port": PORT, **server}, a)
             cli = self._after_ready(
                 srv, lambda: Peer("kernel-client", {"host": KERNEL, "port": PORT, **client}, b)
@@ -394,8 +446,20 @@ def main(args: argparse.Namespace) -> int:
                 size,
                 f"IpStack TAP {args.loss:.0%} {model} {direction}",
             )
+        for model, wire in (("kernel loss", False), ("kernel wire loss", True)):
+            measures[model] = partial(
+                bench.veth,
+                client,
+                server,
+                receiver,
+                size,
+                f"veth {args.loss:.0%} {model} {direction}",
+                loss=args.loss,
+                wire=wire,
+            )
         if args.loss_only:
-            measures = {k: v for k, v in measures.items() if k in ("tap", "loss", "wire loss")}
+            kept = ("tap", "loss", "wire loss", "veth", "kernel loss", "kernel wire loss")
+            measures = {k: v for k, v in measures.items() if k in kept}
         for _ in range(args.repeats):
             for name, measure in measures.items():
                 runs.setdefault(name, []).append(measure())
@@ -438,6 +502,8 @@ NAMES = {
     "loss": "IpStack <-> kernel, TAP, loss",
     "wire loss": "  the same, wire-segment loss",
     "pytcp": "pytcp <-> kernel, TAP",
+    "kernel loss": "kernel <-> kernel, veth, loss",
+    "kernel wire loss": "  the same, wire-segment loss",
 }
 
 
@@ -470,7 +536,8 @@ def print_bulk(args: argparse.Namespace, bulk: dict[tuple[str, str], Result]) ->
         sender, receiver = (
             ("client", "server") if direction == "to kernel" else ("server", "client")
         )
-        for name in ("veth", "tap", "tun", "loss", "wire loss", "pytcp"):
+        rows = ("veth", "kernel loss", "kernel wire loss", "tap", "tun", "loss", "wire loss")
+        for name in (*rows, "pytcp"):
             result = bulk.get((name, direction))
             if result is None:
                 continue
@@ -485,18 +552,28 @@ def print_bulk(args: argparse.Namespace, bulk: dict[tuple[str, str], Result]) ->
                 f" {result.per_gib(sender):9.2f} {result.per_gib(receiver):9.2f}"
             )
     print(
-        "\nThroughput under loss against the loss-free TAP figure (loss drawn per TAP packet,"
-        "\nwhich with offloads is up to 45 wire segments, and per 1500-byte wire segment):"
+        "\nThroughput under loss against the same pair's loss-free figure (loss drawn per"
+        "\npacket the TCP hands down, which with offloads is up to 45 wire segments, and per"
+        "\n1500-byte wire segment); the kernel pair over veth is the reference for what"
+        "\nstandard congestion control makes of the same loss:"
     )
-    for model in ("loss", "wire loss"):
+    pairs = (
+        ("IpStack", "loss", "tap"),
+        ("IpStack", "wire loss", "tap"),
+        ("kernel", "kernel loss", "veth"),
+        ("kernel", "kernel wire loss", "veth"),
+    )
+    for who, model, clean_row in pairs:
         for direction in ("to kernel", "from kernel"):
-            lossy, clean = bulk[model, direction], bulk["tap", direction]
+            lossy = bulk.get((model, direction), Result(failure="not measured"))
+            clean = bulk.get((clean_row, direction), Result(failure="not measured"))
+            name = f"{who} {model.removeprefix('kernel ')}"
             if lossy.failure or clean.failure:
-                print(f"  {model:<10} {direction:<12} -")
+                print(f"  {name:<18} {direction:<12} -")
             else:
                 print(
-                    f"  {model:<10} {direction:<12} {lossy.mib_s:8.1f} of {clean.mib_s:8.1f} MiB/s"
-                    f" = {lossy.mib_s / clean.mib_s:5.2f}x"
+                    f"  {name:<18} {direction:<12} {lossy.mib_s:8.1f} of {clean.mib_s:8.1f}"
+                    f" MiB/s = {lossy.mib_s / clean.mib_s:5.2f}x"
                 )
 
 
@@ -557,7 +634,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--loss-only",
         action="store_true",
-        help="only the loss-free TAP rows and the two loss rows (no floor, pytcp, connects)",
+        help="only the loss-free TAP and veth rows and the loss rows (no TUN, pytcp, connects)",
     )
     parser.add_argument(
         "--trace", action="store_true", help="lossy IpStack runs print TCP counters to stderr"
