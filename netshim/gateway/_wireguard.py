@@ -23,8 +23,12 @@ for ``::1``, and the DNS address is chosen by the same rule.
 What the server did is exported as Prometheus metrics beside the gateway's
 own (:meth:`WireGuardServer.register_metrics`): clients configured and with
 live keys, handshakes, datagram bytes each way, datagrams dropped by reason,
-and the clients' flows accepted and refused.  They are read from the
-protocol core's counters when scraped, so the data path counts nothing more.
+and the clients' flows accepted and refused; and per client (labelled with
+its public key, as ``wg show`` names peers) its handshakes, the wall-clock
+time of its latest one and its datagram bytes each way.  The label's values
+are the configured clients only, so their number is bounded by the file.
+They are read from the protocol core's counters when scraped, so the data
+path counts nothing more.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,6 +54,8 @@ from ..protocols.wireguard import (
     HandshakeFailed,
     WireGuardDevice,
     WireGuardEvent,
+    WireGuardPeer,
+    key_to_text,
 )
 from ..stack import Stack
 from ..stacks.wireguard import WireGuardLink, parse_config
@@ -103,6 +111,11 @@ class WireGuardServer:
         self.device = WireGuardDevice(parsed.private_key, mtu=parsed.mtu)
         self.handshakes = 0
         self.failed_handshakes = 0
+        #: Per client's public key: handshakes completed and failed, and the
+        #: wall-clock time (``time.time()``) its latest one completed.
+        self.peer_handshakes: Counter[bytes] = Counter()
+        self.peer_failed_handshakes: Counter[bytes] = Counter()
+        self.peer_latest_handshake: dict[bytes, float] = {}
         for peer in parsed.peers:
             self.device.add_peer(
                 peer.public_key,
@@ -130,8 +143,11 @@ class WireGuardServer:
     def _count(self, event: WireGuardEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self.handshakes += 1
+            self.peer_handshakes[event.public_key] += 1
+            self.peer_latest_handshake[event.public_key] = time.time()
         elif isinstance(event, HandshakeFailed):
             self.failed_handshakes += 1
+            self.peer_failed_handshakes[event.public_key] += 1
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         """Export this server's metrics in ``registry`` (the gateway's, for its ``/metrics``)."""
@@ -221,3 +237,33 @@ class _WireGuardMetrics(Collector):
         flows.add_metric(["udp", "refused"], counters.udp_refused)
         flows.add_metric(["dns", "accepted"], counters.dns_queries)
         yield flows
+        yield from self._per_peer(peers)
+
+    def _per_peer(self, peers: list[WireGuardPeer]) -> Iterator[Metric]:
+        server = self._server
+        handshakes = CounterMetricFamily(
+            "netshim_gateway_wireguard_peer_handshakes",
+            "WireGuard handshakes with each client, by outcome (failed: gave up after 90 s).",
+            labels=["peer", "outcome"],
+        )
+        latest = GaugeMetricFamily(
+            "netshim_gateway_wireguard_peer_latest_handshake_seconds",
+            "Unix time of each client's latest completed handshake (0: none yet).",
+            labels=["peer"],
+        )
+        moved = CounterMetricFamily(
+            "netshim_gateway_wireguard_peer_bytes",
+            "WireGuard datagram bytes of each client, by direction (up: from the client).",
+            labels=["peer", "direction"],
+        )
+        for peer in peers:
+            key = peer.public_key
+            name = key_to_text(key)
+            handshakes.add_metric([name, "completed"], server.peer_handshakes[key])
+            handshakes.add_metric([name, "failed"], server.peer_failed_handshakes[key])
+            latest.add_metric([name], server.peer_latest_handshake.get(key, 0.0))
+            moved.add_metric([name, "up"], peer.rx_bytes)
+            moved.add_metric([name, "down"], peer.tx_bytes)
+        yield handshakes
+        yield latest
+        yield moved

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,6 +251,8 @@ async def test_ipv6_inside_the_tunnel_and_metrics(
     # connections to it reach the machine's ::1 as the policy allows.
     (allowed_port, allowed_seen), (refused_port, refused_seen) = http_servers
     server_key = wg.generate_private_key()
+    # A second client that never connects: its per-client metrics stay at zero.
+    idle_client = wg.key_to_text(wg.public_key(wg.generate_private_key()))
     config = f"""
 [Interface]
 PrivateKey = {wg.key_to_text(server_key)}
@@ -258,6 +261,10 @@ Address = {TUNNEL_SERVER}/24, {TUNNEL6_SERVER}/64
 [Peer]
 PublicKey = {wg.key_to_text(wireguard_go.public_key)}
 AllowedIPs = {TUNNEL_CLIENT}/32, {TUNNEL6_CLIENT}/128
+
+[Peer]
+PublicKey = {idle_client}
+AllowedIPs = 10.99.0.3/32
 """
     server = WireGuardServer(
         config,
@@ -275,7 +282,8 @@ AllowedIPs = {TUNNEL_CLIENT}/32, {TUNNEL6_CLIENT}/128
     run("ip", "-n", namespace, "route", "replace", "default", "dev", device)
     run("ip", "-n", namespace, "-6", "route", "replace", "default", "dev", device)
     before = _metrics(server)
-    assert before['netshim_gateway_wireguard_peers{state="configured"}'] == 1
+    started = time.time()
+    assert before['netshim_gateway_wireguard_peers{state="configured"}'] == 2
     assert before['netshim_gateway_wireguard_peers{state="connected"}'] == 0
     async with anyio.create_task_group() as group:
         await group.start(server.run)
@@ -308,3 +316,18 @@ AllowedIPs = {TUNNEL_CLIENT}/32, {TUNNEL6_CLIENT}/128
     assert after['netshim_gateway_wireguard_bytes_total{direction="down"}'] > 0
     assert after['netshim_gateway_wireguard_flows_total{outcome="accepted",protocol="tcp"}'] == 1
     assert after['netshim_gateway_wireguard_flows_total{outcome="refused",protocol="tcp"}'] == 1
+    # Per client: the one that connected, and the one that did not.
+    client = wg.key_to_text(wireguard_go.public_key)
+    handshakes = 'netshim_gateway_wireguard_peer_handshakes_total{outcome="completed",peer="%s"}'
+    latest = 'netshim_gateway_wireguard_peer_latest_handshake_seconds{peer="%s"}'
+    moved = 'netshim_gateway_wireguard_peer_bytes_total{direction="%s",peer="%s"}'
+    assert after[handshakes % client] >= 1
+    assert after[handshakes % idle_client] == 0
+    assert before[latest % client] == 0
+    assert started <= after[latest % client] <= time.time()
+    assert after[latest % idle_client] == 0
+    peer = server.device.peer(wireguard_go.public_key)
+    assert peer is not None
+    assert 0 < after[moved % ("up", client)] <= peer.rx_bytes
+    assert 0 < after[moved % ("down", client)] <= peer.tx_bytes
+    assert after[moved % ("up", idle_client)] == after[moved % ("down", idle_client)] == 0
