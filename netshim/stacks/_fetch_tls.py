@@ -82,6 +82,13 @@ class BrowserTlsObject:
         self.session_reused = False
         self._state = "start"
 
+    @classmethod
+    def opened(cls, context: Any, server_hostname: str | None) -> BrowserTlsObject:
+        """One past its hello, with no buffers: what a stream that skipped it reports."""
+        tls = cls(context, None, None, server_hostname)
+        tls._state = "open"
+        return tls
+
     def __repr__(self) -> str:
         return f"<BrowserTlsObject {self.server_hostname} {self._state}>"
 

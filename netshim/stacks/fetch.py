@@ -100,7 +100,12 @@ BUFFERED_PIECE = 64 * 1024
 
 
 class FetchResponse(Protocol):
-    """A response as fetch gave it: status line and headers now, the body by reads."""
+    """A response as fetch gave it: status line and headers now, the body by reads.
+
+    It may also have ``ready() -> bool``: whether ``read()`` answers now (a
+    piece, the end or the error) without waiting.  One without it is taken
+    to wait, which costs a reader with a timeout one timer per read.
+    """
 
     status: int
     reason: str
@@ -329,7 +334,31 @@ class FetchStream(TcpStream):
         exchange.started = asyncio.ensure_future(self.stack.backend.fetch(request, chunks()))
         await anyio.lowlevel.checkpoint()
 
+    def send_ready(self) -> bool:
+        """Whether :meth:`send` returns without waiting (no request body is being streamed).
+
+        A streamed body waits for fetch to take its chunks; anything else the
+        program writes is parsed on the spot.
+        """
+        return self.exchange is None or self.exchange.upload is None
+
     # -- to the program ------------------------------------------------------
+
+    def receive_ready(self) -> bool:
+        """Whether :meth:`receive` answers without waiting for fetch or the program.
+
+        True when bytes (or the end, or an error) wait for the program, or
+        when the response body has its next piece already read by JavaScript.
+        A caller with a timeout needs no timer then (see
+        :mod:`netshim.stacks._fetch_httpcore`).
+        """
+        if self.closed or self.output.ready:
+            return True
+        exchange = self.exchange
+        if exchange is None or self.channel is not None or exchange.response is None:
+            return False
+        ready = getattr(exchange.response, "ready", None)
+        return ready is not None and bool(ready())
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while True:
@@ -476,6 +505,20 @@ _FETCH_BLOCKING_HINT = (
 )
 
 
+def _install_httpcore_path() -> None:
+    """httpcore's short way to FetchStack streams, where httpcore is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("httpcore") is None:
+        return
+    try:
+        from . import _fetch_httpcore
+    except Exception:  # a broken or unexpected httpcore: the usual way stays
+        logger.debug("httpcore's short way to FetchStack is not installed", exc_info=True)
+        return
+    _fetch_httpcore.install()
+
+
 def _in_node() -> bool:
     import js  # type: ignore[import-not-found]
 
@@ -502,6 +545,8 @@ READ_PIECE = 64 * 1024
 # What the helpers' take() answers instead of bytes.
 _BODY_WAIT = 0
 _BODY_END = 1
+# No piece taken ahead (see _JsResponse.ready).
+_NOTHING = object()
 
 
 def _helpers() -> Any:
@@ -606,28 +651,49 @@ class _JsResponse:
         self.headers = list(zip(names_and_values[::2], names_and_values[1::2], strict=True))
         self._body = body
         self._controller = controller
+        # What ready() took from JavaScript for the next read(): bytes, the
+        # end (None) or the error; _NOTHING when it took nothing.
+        self._next: bytes | OSError | object | None = _NOTHING
+
+    def _take(self) -> bytes | OSError | object | None:
+        """The next piece, None at the end, the error, or _NOTHING (not there yet)."""
+        if self._body is None:
+            return None
+        try:
+            piece = _helpers().take(self._body, READ_PIECE)
+        except Exception as exc:
+            self._body = None
+            return os_error(
+                errno.ECONNRESET, f"the body of {self.url} was cut off ({_js_reason(exc)})"
+            )
+        if isinstance(piece, int):
+            if piece == _BODY_END:
+                self._body = None
+                return None
+            return _NOTHING
+        data: bytes = piece.to_bytes()
+        return data
+
+    def ready(self) -> bool:
+        if self._next is _NOTHING:
+            self._next = self._take()
+        return self._next is not _NOTHING
 
     async def read(self) -> bytes | None:
-        helpers = _helpers()
-        while self._body is not None:
-            try:
-                piece = helpers.take(self._body, READ_PIECE)
-            except Exception as exc:
-                self._body = None
-                raise os_error(
-                    errno.ECONNRESET, f"the body of {self.url} was cut off ({_js_reason(exc)})"
-                ) from None
-            if isinstance(piece, int):
-                if piece == _BODY_END:
-                    self._body = None
-                else:
-                    await helpers.wait(self._body)
-            else:
-                data: bytes = piece.to_bytes()
-                return data
-        return None
+        while True:
+            piece, self._next = self._next, _NOTHING
+            if piece is _NOTHING:
+                piece = self._take()
+            if piece is _NOTHING:
+                await _helpers().wait(self._body)
+                continue
+            if isinstance(piece, OSError):
+                raise piece
+            assert piece is None or isinstance(piece, bytes)
+            return piece
 
     def cancel(self) -> None:
+        self._next = _NOTHING
         if self._body is not None:
             _helpers().cancel(self._body, self._controller)
             self._body = None
@@ -651,6 +717,9 @@ class _BufferedResponse:
         start = self._offset
         self._offset = min(start + BUFFERED_PIECE, len(self._body))
         return bytes(self._body[start : self._offset])
+
+    def ready(self) -> bool:
+        return True
 
     def cancel(self) -> None:
         self._offset = len(self._body)
@@ -951,6 +1020,9 @@ class FetchStack(TunnelStack):
 
     ``backend`` makes the requests: :class:`JsFetchBackend` (the default, in
     Pyodide) or any object with its interface (tests use a fake).
+    ``direct_httpcore=False`` sends httpx's connections the usual way, through
+    the loop hooks' transport and anyio's stream, instead of handing httpcore
+    the stream itself (:mod:`netshim.stacks._fetch_httpcore`).
     """
 
     kind = "fetch"
@@ -961,6 +1033,7 @@ class FetchStack(TunnelStack):
         *,
         blocking_backend: BlockingFetchBackend | None = None,
         max_request_body: int = DEFAULT_MAX_REQUEST_BODY,
+        direct_httpcore: bool = True,
     ) -> None:
         if backend is None:
             if sys.platform != "emscripten":
@@ -977,8 +1050,13 @@ class FetchStack(TunnelStack):
         #: synchronous XHR in a Web Worker, else ``None`` (``CannotBlockError``).
         self.blocking_backend = blocking_backend
         self.max_request_body = max_request_body
+        #: Whether httpx's async connections to this stack skip asyncio's
+        #: transport and anyio's stream (:mod:`netshim.stacks._fetch_httpcore`).
+        self.direct_httpcore = direct_httpcore
         self._warned: set[str] = set()
         _fetch_tls.install()
+        if direct_httpcore:
+            _install_httpcore_path()
 
     def __repr__(self) -> str:
         return f"FetchStack({type(self.backend).__name__})"
