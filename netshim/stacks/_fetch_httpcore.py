@@ -35,8 +35,11 @@ the usual way.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import ssl
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import anyio
 import httpcore
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["FetchNetworkStream", "install"]
 
 _installed: list[Any] = []
+_T = TypeVar("_T")
 
 
 class FetchNetworkStream(httpcore.AsyncNetworkStream):
@@ -58,6 +62,7 @@ class FetchNetworkStream(httpcore.AsyncNetworkStream):
     def __init__(self, stream: FetchStream) -> None:
         self.stream = stream
         self._tls: BrowserTlsObject | None = None
+        self._watchdog = _Watchdog()
 
     def __repr__(self) -> str:
         return f"<FetchNetworkStream {self.stream!r}>"
@@ -70,10 +75,9 @@ class FetchNetworkStream(httpcore.AsyncNetworkStream):
         stream = self.stream
         try:
             if timeout is None or stream.receive_ready():
-                # Answered without waiting: no timer to start and cancel.
+                # Answered without waiting: no timeout to watch.
                 return await stream.receive(max_bytes)
-            with anyio.fail_after(timeout):
-                return await stream.receive(max_bytes)
+            return await self._watchdog.run(stream.receive(max_bytes), timeout)
         except anyio.EndOfStream:
             return b""
         except TimeoutError as exc:
@@ -94,9 +98,8 @@ class FetchNetworkStream(httpcore.AsyncNetworkStream):
         try:
             if timeout is None or stream.send_ready():
                 await stream.send(buffer)
-                return
-            with anyio.fail_after(timeout):
-                await stream.send(buffer)
+            else:
+                await self._watchdog.run(stream.send(buffer), timeout)
         except TimeoutError as exc:
             raise httpcore.WriteTimeout(exc) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
@@ -133,6 +136,69 @@ class FetchNetworkStream(httpcore.AsyncNetworkStream):
             # (or failed), which is what a server's close looks like.
             return self.stream.closed or self.stream.output.ready
         return None
+
+
+class _Watchdog:
+    """The timeouts of one stream's waiting reads and writes, with one loop timer at most.
+
+    ``anyio.fail_after`` schedules a timer per call, and Pyodide's ``WebLoop``
+    makes each a JavaScript ``setTimeout`` with a callable of its own, which
+    calls into Python when it fires, cancelled or not.  Here a wait notes its
+    deadline; the one timer, when it fires, cancels the wait under way if
+    its deadline passed, moves itself to that deadline if not, and stops if
+    none is under way.  A download that waits for the network every other
+    64 KiB read arms it about once per timeout (httpx's 5 s) instead of once
+    per wait.  The cancellation is the task's own (``Task.cancel``), as
+    anyio's cancel scopes do it, taken back (``uncancel``) and raised as
+    ``TimeoutError`` where the wait began.
+    """
+
+    __slots__ = ("_deadline", "_expired", "_task", "_timer", "_timer_at")
+
+    def __init__(self) -> None:
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = math.inf
+        self._task: asyncio.Task[Any] | None = None
+        self._deadline = math.inf
+        self._expired = False
+
+    async def run(self, waiting: Coroutine[Any, Any, _T], seconds: float) -> _T:
+        """Await ``waiting``; ``TimeoutError`` once ``seconds`` passed first."""
+        task = asyncio.current_task()
+        if task is None or self._task is not None:
+            # Not in a task, or a second wait at once on this stream: the usual way.
+            with anyio.fail_after(seconds):
+                return await waiting
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        self._task, self._deadline, self._expired = task, deadline, False
+        if self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._arm(loop, deadline)
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            if self._expired and task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._task = None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._timer_at = None, math.inf
+        task = self._task
+        if task is None:
+            return
+        if loop.time() >= self._deadline:
+            self._expired = True
+            task.cancel()
+        else:
+            self._arm(loop, self._deadline)
 
 
 def _raise_broken(exc: OSError, kind: type[Exception]) -> NoReturn:

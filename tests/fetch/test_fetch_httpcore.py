@@ -198,3 +198,99 @@ async def test_only_destinations_routed_to_fetch_go_direct() -> None:
                 assert not isinstance(network_stream(local), FetchNetworkStream)
         tasks.cancel_scope.cancel()
     await listener.aclose()
+
+
+@dataclass
+class LateResponse(FakeResponse):
+    """A body whose every piece comes after a wait (the network slower than the program)."""
+
+    def ready(self) -> bool:
+        return False
+
+
+@pytest.mark.anyio
+async def test_waiting_reads_share_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def late(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        return LateResponse(200, "OK", [("content-length", "20")], [b"x" * 2] * 10)
+
+    stream = await FetchStack(FakeFetch(late)).connect_tcp("h", 80)
+    network = FetchNetworkStream(stream)  # type: ignore[arg-type]
+    timers: list[float] = []
+    loop = asyncio.get_running_loop()
+    native = loop.call_at
+
+    def counting(when: float, *args: Any, **kwargs: Any) -> Any:
+        timers.append(when)
+        return native(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    await network.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=5)
+    data = b""
+    reads = 0
+    while not data.endswith(b"x" * 20):
+        assert not stream.receive_ready()
+        data += await network.read(65536, timeout=5)
+        reads += 1
+    assert reads > 5
+    # One timer for all the waits, each under its own 5 s deadline.
+    assert len(timers) == 1
+    await network.aclose()
+
+
+@dataclass
+class StalledResponse(LateResponse):
+    """Its pieces after a wait each, then nothing more, ever (a stalled download)."""
+
+    async def read(self) -> bytes | None:
+        if not self.chunks:
+            await asyncio.Event().wait()
+        return await super().read()
+
+
+@pytest.mark.anyio
+async def test_a_timeout_leaves_the_task_uncancelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def stalled(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        return StalledResponse(200, "OK", [("content-length", "10")], [b"abc"])
+
+    stream = await FetchStack(FakeFetch(stalled)).connect_tcp("h", 80)
+    network = FetchNetworkStream(stream)  # type: ignore[arg-type]
+    timers: list[float] = []
+    loop = asyncio.get_running_loop()
+    native = loop.call_at
+
+    def counting(when: float, *args: Any, **kwargs: Any) -> Any:
+        timers.append(when)
+        return native(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    await network.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=5)
+    data = b""
+    while not data.endswith(b"abc"):
+        data += await network.read(65536, timeout=5)
+    # The timer is still set for the reads' 5 s; a shorter wait moves it sooner.
+    with pytest.raises(httpcore.ReadTimeout):
+        await network.read(65536, timeout=0.01)
+    assert len(timers) == 2
+    assert timers[1] < timers[0]
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)
+    await network.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_wait_stays_cancelled() -> None:
+    never = asyncio.Event()
+
+    async def hang(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    stream = await FetchStack(FakeFetch(hang)).connect_tcp("h", 80)
+    network = FetchNetworkStream(stream)  # type: ignore[arg-type]
+    await network.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=5)
+    with anyio.move_on_after(0.01) as scope:
+        await network.read(65536, timeout=5)
+    assert scope.cancelled_caught
+    await network.aclose()
