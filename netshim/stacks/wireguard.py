@@ -31,6 +31,7 @@ async iterator.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import os
@@ -599,6 +600,13 @@ class WireGuardLink(Link):
         self._addresses: dict[Endpoint, tuple[str, int]] = {}
         self._udp_gro = False
         self._nowait_left = _NOWAIT_PER_RECEIVE
+        # Under asyncio the wait for the host socket is a future of our own
+        # (see _wait_asyncio): the loop it is registered with, the waiting
+        # future, and until when it waits.
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._reader_waiter: asyncio.Future[None] | None = None
+        self._wait_deadline = math.inf
+        self._own_wait = True
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -837,10 +845,14 @@ class WireGuardLink(Link):
 
     def _deadline_moved(self) -> None:
         # A packet sent may bring a timer nearer than the receive wait's deadline.
-        scope = self._wait_scope
         deadline = self.device.deadline()
-        if scope is not None and deadline is not None and deadline < scope.deadline:
+        if deadline is None:
+            return
+        scope = self._wait_scope
+        if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
+        if self._reader_waiter is not None and deadline < self._wait_deadline:
+            self._wake_waiter()
 
     async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None:
         await self.send_many(((packet, gso),))
@@ -915,6 +927,12 @@ class WireGuardLink(Link):
             deadline = device.deadline()
             if self._report_due is not None:
                 deadline = min(deadline or math.inf, self._report_due)
+            if raw is not None and self._own_wait:
+                loop = asyncio._get_running_loop()
+                if loop is not None and await self._wait_asyncio(loop, raw, deadline):
+                    waited = True
+                    continue
+                self._own_wait = False
             with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
                 self._wait_scope = scope
                 try:
@@ -930,12 +948,66 @@ class WireGuardLink(Link):
             device.receive_datagram(data, _normalise(source), self._now())
             await self._flush(sock)
 
+    async def _wait_asyncio(
+        self, loop: asyncio.AbstractEventLoop, raw: socket.socket, deadline: float | None
+    ) -> bool:
+        """Wait until the host socket may hold a datagram, or ``deadline`` (the loop's time).
+
+        What ``anyio.wait_readable`` in a ``CancelScope`` with a deadline
+        does, at about a quarter of its cost (78 against 21 us a wake-up on
+        a loaded machine): the socket stays registered with the loop's
+        selector between waits instead of two ``epoll_ctl`` calls around
+        each, the deadline is one timer handle, and there is no cancel
+        scope.  A wait costs that on every burst of datagrams.  False if the
+        loop cannot watch the socket (a proactor loop): the caller waits
+        the anyio way from then on.
+        """
+        if self._reader_loop is not loop:
+            self._drop_reader()
+            try:
+                loop.add_reader(raw.fileno(), self._became_readable)
+            except NotImplementedError:
+                return False
+            self._reader_loop = loop
+        waiter = self._reader_waiter = loop.create_future()
+        self._wait_deadline = math.inf if deadline is None else deadline
+        timer = None if deadline is None else loop.call_at(deadline, self._wake_waiter)
+        try:
+            await waiter
+        finally:
+            self._reader_waiter = None
+            if timer is not None:
+                timer.cancel()
+        return True
+
+    def _wake_waiter(self) -> None:
+        waiter = self._reader_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _became_readable(self) -> None:
+        if self._reader_waiter is None:
+            # Nobody waits (the driver is busy with a burst): the selector
+            # would report the socket on every loop iteration until it is
+            # read, so it is watched again from the next wait.
+            self._drop_reader()
+        else:
+            self._wake_waiter()
+
+    def _drop_reader(self) -> None:
+        loop, self._reader_loop = self._reader_loop, None
+        if loop is not None and not loop.is_closed() and self._raw is not None:
+            loop.remove_reader(self._raw.fileno())
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
+        self._wake_waiter()
+        # Before the socket closes: its descriptor number may be reused.
+        self._drop_reader()
         if self._socket is not None:
             await self._socket.aclose()
 

@@ -180,3 +180,43 @@ async def test_the_link_sends_one_by_one_when_segmenting_is_refused() -> None:
     link._out = [(b"later", endpoint)]
     assert not link._write_ready()
     assert link._out == [(b"later", endpoint)]
+
+
+async def test_the_link_wait_wakes_for_timers_and_for_close() -> None:
+    # Nobody answers: the handshake retries come from the link's wait
+    # ending at the protocol's deadlines (asyncio: its own timer handle and
+    # reader; trio: a cancel scope), and the failure after the attempt time
+    # too.  Closing the stack ends the wait it is in.
+    from netshim.protocols.wireguard import Timers
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.setblocking(False)
+        stack = WireGuardStack(
+            wg.generate_private_key(),
+            addresses=["10.66.0.2/24"],
+            peers=[
+                PeerConfig(
+                    wg.public_key(wg.generate_private_key()),
+                    ("10.66.0.0/24",),
+                    silent.getsockname(),
+                )
+            ],
+            # Retries every 0.05 s plus up to 0.333 s of jitter: three at least.
+            timers=Timers(rekey_timeout=0.05, rekey_attempt_time=1.2),
+        )
+        with anyio.fail_after(20):
+            async with stack:
+                with pytest.raises(ConnectionError, match="failed"):
+                    await stack.handshake()
+                # The driver waits in the link again, with no deadline left.
+                await anyio.sleep(0.05)
+            initiations = []
+            while True:
+                try:
+                    initiations.append(silent.recv(2048))
+                except BlockingIOError:
+                    break
+    assert len(initiations) >= 3
+    assert all(len(message) == 148 and message[0] == 1 for message in initiations)
+    assert stack.link._reader_loop is None
