@@ -870,6 +870,40 @@ class WireGuardLink(Link):
         await self._flush(sock)
         self._deadline_moved()
 
+    def write_nowait(self, packets: Sequence[tuple[bytes, GsoInfo | None]]) -> int:
+        """Encrypt and send ``packets`` now if the host socket is ready; how many were taken.
+
+        All of them, or none: 0 before the socket is open, on a transport
+        that is not the host network's, and while datagrams of an earlier
+        call still wait for room (the caller sends with :meth:`send_many`,
+        which waits).  Datagrams the socket's buffer cannot take now stay
+        queued here, and the task waiting in :meth:`receive` is woken to
+        send them as room comes.  For the IpStack driver: a pass's packets
+        leave in the call that made them, with no wake-up of its timer task
+        and no second transmit pass there (one of each per burst received).
+        """
+        raw = self._raw
+        if raw is None or self._closed or (self._out and not self._write_ready()):
+            return 0
+        plain: list[bytes] = []
+        for packet, gso in packets:
+            if gso is None:
+                plain.append(packet)
+            else:
+                plain.extend(segment_tcp(packet, gso))
+        self.device.send_packets(plain, self._now())
+        self._collect()
+        if not self._write_ready():
+            self._wake_receive()
+        self._deadline_moved()
+        return len(packets)
+
+    def _wake_receive(self) -> None:
+        """End the wait in :meth:`receive` now (it then sends what is queued, as room comes)."""
+        if self._wait_scope is not None:
+            self._wait_scope.deadline = -math.inf
+        self._wake_waiter()
+
     async def send_to_peer(self, peer: WireGuardPeer, packet: bytes) -> None:
         """Send ``packet`` to ``peer`` (``b""``: a keepalive, or a handshake if no keys)."""
         sock = await self._ensure_socket()

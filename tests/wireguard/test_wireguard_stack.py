@@ -220,3 +220,46 @@ async def test_the_link_wait_wakes_for_timers_and_for_close() -> None:
     assert len(initiations) >= 3
     assert all(len(message) == 148 and message[0] == 1 for message in initiations)
     assert stack.link._reader_loop is None
+
+
+async def test_the_link_writes_without_waiting_while_the_socket_takes_its_datagrams() -> None:
+    # write_nowait takes a pass's packets whole (here, a packet for a peer
+    # without keys: a handshake initiation goes out) or not at all: before
+    # the socket is open, and while earlier datagrams wait for room.
+    from netshim.stacks import HostStack
+    from netshim.stacks.wireguard import WireGuardLink
+
+    class Socket:
+        family = socket.AF_INET
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.full = False
+
+        def sendto(self, data: bytes, address: object) -> int:
+            if self.full:
+                raise BlockingIOError
+            self.sent.append(data)
+            return len(data)
+
+    device = wg.WireGuardDevice(wg.generate_private_key())
+    peer_key = wg.public_key(wg.generate_private_key())
+    device.add_peer(peer_key, endpoint=("192.0.2.1", 51820), allowed_ips=["10.66.0.0/24"])
+    link = WireGuardLink(device, HostStack())
+    # An IPv4 header to 10.66.0.1 (the device routes on the destination alone).
+    packet = bytes([0x45, 0, 0, 20]) + bytes(8) + bytes([10, 66, 0, 2, 10, 66, 0, 1])
+    assert link.write_nowait([(packet, None)]) == 0
+    fake = Socket()
+    link._raw = fake  # type: ignore[assignment]
+    assert link.write_nowait([(packet, None)]) == 1
+    assert [len(datagram) for datagram in fake.sent] == [148]
+    # The socket is full: the packet is staged for the handshake, and a
+    # retry's initiation would wait in the link (none is due yet).
+    fake.full = True
+    link._out = [(b"queued", ("192.0.2.1", 51820))]
+    assert link.write_nowait([(packet, None)]) == 0
+    assert link._out == [(b"queued", ("192.0.2.1", 51820))]
+    fake.full = False
+    assert link.write_nowait([(packet, None)]) == 1
+    assert fake.sent[1:] == [b"queued"]
+    assert link._out == []
