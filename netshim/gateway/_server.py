@@ -19,6 +19,16 @@ Data paths and why they are shaped so:
   client that ignores them is throttled by the core) and the stream's own
   task writes upstream and releases credits, so one stalled destination never
   stalls the other streams.
+* Under asyncio and uvloop a host destination's download needs no task at
+  all: its reads are framed into the client's WebSocket transport from the
+  read callback (:class:`_DownloadSplice`), which stops reading while the
+  client's output is over its high-water mark, with the same bound and the
+  same order (the ``CLOSE`` leaves from the callback that saw the end).  A
+  ``CONNECT`` stream and its upload run as bare asyncio tasks that the
+  session ends as a task group would (:meth:`_WispSession._spawn`,
+  :class:`_BareTaskGroup`): anyio's task spawns, task groups and their
+  cancel scopes were a good part of a connect's CPU time.  Trio keeps
+  anyio's tasks throughout.
 
 A wall around every connection and every stream (DESIGN 11): whatever one
 client's bytes provoke, an exception in its handling ends that connection
@@ -43,6 +53,7 @@ listener as SOCKS5 splices to a destination.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import errno
@@ -1342,19 +1353,27 @@ class _IdleTimer:
     which keeps the timeout within 10 % of what was asked for.
     """
 
-    __slots__ = ("idle", "last", "scope", "step")
+    __slots__ = ("clock", "idle", "last", "scope", "step")
 
-    def __init__(self, scope: anyio.CancelScope, idle: float | None) -> None:
+    def __init__(
+        self,
+        scope: anyio.CancelScope,
+        idle: float | None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.scope = scope
         self.idle = idle
         self.step = idle / 10 if idle is not None else 0.0
-        self.last = anyio.current_time()
+        # anyio's clock is the loop's under asyncio; read there directly it
+        # also works from the loop's callbacks (see _DownloadSplice).
+        self.clock: Callable[[], float] = anyio.current_time if loop is None else loop.time
+        self.last = self.clock()
         if idle is not None:
             scope.deadline = self.last + idle
 
     def touch(self) -> None:
         if self.idle is not None:
-            now = anyio.current_time()
+            now = self.clock()
             if now - self.last >= self.step:
                 self.last = now
                 self.scope.deadline = now + self.idle
@@ -1634,6 +1653,11 @@ class _WispSession:
         # A stream whose queue went past QUEUE_BOUND_FACTOR windows; the reader
         # waits for it to drain back to one window before reading on.
         self.full: _WispStream | None = None
+        # Under asyncio (and uvloop) a CONNECT stream runs as a bare task of
+        # this loop, its upload as another (see _spawn); under trio both are
+        # children of the session's task group, as everything else is.
+        self.loop = _running_asyncio_loop()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def _wait_for_room(self) -> None:
         stream = self.full
@@ -1861,9 +1885,54 @@ class _WispSession:
                         stream.scope.cancel()
                 # Its listeners close and the other members hear of it now,
                 # not after the streams' last bytes.
-                await self._leave_lan()
-                # Streams finish their queued uploads and stop; downloads end now.
-                group.cancel_scope.deadline = anyio.current_time() + CLOSE_WAIT
+                try:
+                    await self._leave_lan()
+                finally:
+                    # Streams finish their queued uploads and stop; downloads end now.
+                    deadline = anyio.current_time() + CLOSE_WAIT
+                    group.cancel_scope.deadline = deadline
+                    await self._end_tasks(deadline)
+
+    def _spawn(
+        self,
+        group: anyio.abc.TaskGroup,
+        stream: _WispStream,
+        body: Callable[[], Awaitable[None]],
+        where: str,
+    ) -> None:
+        """Run a stream's ``body`` in its wall (:meth:`_walled`), in a task of its own.
+
+        Under asyncio a bare task of the loop, which :meth:`_end_tasks` ends
+        with the session: a spawn through anyio's task group cost several
+        times as much (its cancel scope, its task state, a check of the
+        running loop per step), a share of every connect's CPU time.
+        """
+        if self.loop is None:
+            group.start_soon(self._walled, stream, body, where, name=where)
+            return
+        task = self.loop.create_task(self._walled(stream, body, where))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _end_tasks(self, deadline: float) -> None:
+        """Give the bare stream tasks until ``deadline`` to finish, then cancel what is left.
+
+        What the session's task group does for its children: the session
+        ends only once every stream task has ended, so no stream outlives it.
+        """
+        tasks = self.tasks
+        try:
+            if tasks:
+                with anyio.CancelScope(deadline=deadline):
+                    await asyncio.wait(set(tasks))
+        finally:
+            # A cancellation of this task (pending, or arriving meanwhile)
+            # does not cut the wait short: cancelled, they end at once.
+            while tasks:
+                for task in tasks:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait(set(tasks))
 
     def _dispatch(self, event: wisp.Event, group: anyio.abc.TaskGroup) -> None:
         if isinstance(event, wisp.Connect):
@@ -1872,8 +1941,7 @@ class _WispSession:
             new = _WispStream(event.stream_id, event.stream_type, record, self.budget)
             self.streams[event.stream_id] = new
             self.holding.add(new)
-            body = functools.partial(self._admitted_stream, new)
-            group.start_soon(self._walled, new, body, "wisp-stream", name="wisp-stream")
+            self._spawn(group, new, functools.partial(self._admitted_stream, new), "wisp-stream")
         elif isinstance(event, wisp.Listen):
             kind = "udp" if event.stream_type is wisp.StreamType.UDP else "tcp"
             record = StreamRecord(
@@ -2329,9 +2397,10 @@ class _WispSession:
         client = stream.client
         assert client is not None
 
-        async with anyio.create_task_group() as group:
+        # Under asyncio the upload is a bare task (see _spawn).
+        async with _task_group(self.loop) as group:
             scope = group.cancel_scope
-            touch = _IdleTimer(scope, idle).touch
+            touch = _IdleTimer(scope, idle, self.loop).touch
 
             async def upload() -> None:
                 tcp = isinstance(upstream, TcpStream)
@@ -2420,6 +2489,25 @@ class _WispSession:
                     else None
                 )
                 read_size = self.config.read_size
+                # Under asyncio the reads of a host destination go to the client
+                # from the read callback (_DownloadSplice), unless a bandwidth
+                # limit needs a task to wait in.
+                splice = (
+                    _DownloadSplice(
+                        *direct,
+                        self.ws,
+                        data_header,
+                        read_size,
+                        record,
+                        touch,
+                        functools.partial(self._finish, stream, wisp.CloseReason.VOLUNTARY),
+                    )
+                    if direct is not None
+                    and self.loop is not None
+                    and self.ws.calls_when_room
+                    and client.bandwidth is None
+                    else None
+                )
 
                 async def deliver(data: bytes) -> None:
                     await self.gateway._throttle(client, len(data))
@@ -2429,6 +2517,9 @@ class _WispSession:
 
                 while True:
                     try:
+                        if splice is not None:
+                            assert self.loop is not None
+                            await splice.run(self.loop)
                         if isinstance(upstream, SplicedStream):
                             # Another member's uploads call ``deliver`` from
                             # their own task; this returns only at the end.
@@ -2442,7 +2533,8 @@ class _WispSession:
                     except anyio.EndOfStream:
                         # CLOSE goes out now, right behind the last DATA, not
                         # after the upload task has wound down.
-                        self._finish(stream, wisp.CloseReason.VOLUNTARY)
+                        if splice is None or not splice.ended_here:
+                            self._finish(stream, wisp.CloseReason.VOLUNTARY)
                         outcome.append(ALREADY_CLOSED)
                         break
                     except OSError:
@@ -2465,6 +2557,191 @@ class _WispSession:
         if not outcome:
             return wisp.CloseReason.TRANSFER_TIMEOUT if scope.cancelled_caught else 0
         return outcome[0]
+
+
+class _BareTaskGroup:
+    """What :func:`_task_group` gives under asyncio: a task group whose children are bare tasks.
+
+    ``start_soon`` makes a bare asyncio task; ``cancel_scope`` is entered in
+    the owner's task.  As in anyio's task group, cancelling the scope (from
+    any task, or by its deadline) or leaving with an exception cancels the
+    children, a child's exception cancels the scope, and leaving waits
+    until every child ended, then raises the first exception, if any.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.cancel_scope = anyio.CancelScope()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.failures: list[Exception] = []
+
+    def start_soon(self, func: Callable[[], Awaitable[None]], *, name: str | None = None) -> None:
+        self.tasks.append(self.loop.create_task(self._child(func), name=name))
+
+    async def _child(self, func: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await func()
+        except Exception as exc:
+            self.failures.append(exc)
+            self.cancel_scope.cancel()
+
+    async def __aenter__(self) -> _BareTaskGroup:
+        self.cancel_scope.__enter__()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        scope, tasks = self.cancel_scope, self.tasks
+        caught: BaseException | None = None
+        if exc is not None or scope.cancel_called:
+            self._cancel_children()
+        # As anyio's task group waits: a cancellation that arrives meanwhile
+        # (or is already pending on this task) cancels the children, and the
+        # scope is shielded from more while they end, which they do at once.
+        while pending := [task for task in tasks if not task.done()]:
+            try:
+                await asyncio.wait(pending)
+            except asyncio.CancelledError as error:
+                if exc is None:
+                    caught = exc = error
+                scope.shield = True
+                self._cancel_children()
+        if exc is None:
+            swallowed = scope.__exit__(None, None, None)
+        else:
+            swallowed = scope.__exit__(type(exc), exc, exc.__traceback__)
+        if self.failures:
+            raise self.failures[0]
+        if caught is not None and not swallowed:
+            raise caught
+        return bool(swallowed)
+
+    def _cancel_children(self) -> None:
+        for task in self.tasks:
+            if not task.done():
+                task.cancel()
+
+
+def _task_group(loop: asyncio.AbstractEventLoop | None) -> anyio.abc.TaskGroup | _BareTaskGroup:
+    """A stream's task group: bare asyncio tasks under asyncio, anyio's under trio."""
+    return anyio.create_task_group() if loop is None else _BareTaskGroup(loop)
+
+
+class _DownloadSplice(asyncio.Protocol):
+    """A host destination's protocol while its stream's download is spliced to the client.
+
+    Under asyncio, with frames going straight into the client's transport
+    (:attr:`WebSocket.calls_when_room`), each read of the destination is
+    framed as ``DATA`` and written from the read callback itself: no task
+    wakes up per read, and reading is not resumed and paused again around
+    each one.  The bounds stay those of the task path: once the client's
+    output is over its high-water mark the destination stops being read
+    (its kernel buffer fills, its TCP window closes) until the output
+    drained to half of it, so each stream adds at most one read beyond the
+    mark.  anyio's protocol keeps what the upload uses (the write-side
+    callbacks and the connection's loss are passed on to it); while the
+    splice runs it gets no data, and it is the transport's protocol again
+    once the splice ends.
+    """
+
+    def __init__(
+        self,
+        transport: SocketTransport,
+        inner: Any,
+        websocket: WebSocket,
+        header: bytes,
+        read_size: int,
+        record: StreamRecord,
+        touch: Callable[[], None],
+        at_end: Callable[[], None],
+    ) -> None:
+        self.transport = transport
+        self.inner = inner
+        self.ws = websocket
+        self.header = header
+        self.read_size = read_size
+        self.record = record
+        self.touch = touch
+        # Called at the destination's end, from its callback: the stream's
+        # CLOSE leaves with its last DATA, in the same turn of the loop.
+        self.at_end = at_end
+        self.ended_here = False
+        self.paused = False
+        self.ended: asyncio.Future[Exception | None] | None = None
+
+    async def run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Splice until the destination's end: raise ``anyio.EndOfStream``, or its ``OSError``.
+
+        Chunks anyio's protocol had already read go first.  Cancellable;
+        however it ends, the destination is no longer read and anyio's
+        protocol is the transport's again.
+        """
+        inner, transport = self.inner, self.transport
+        queue = inner.read_queue
+        while queue:
+            self.data_received(queue.popleft())
+        inner.read_event.clear()
+        if not (inner.is_at_eof or inner.exception is not None or transport.is_closing()):
+            self.ended = loop.create_future()
+            transport.set_protocol(self)
+            try:
+                if not self.paused:
+                    transport.resume_reading()
+                await self.ended
+            finally:
+                self.ended = None
+                self.ws.forget_room_callback(self._room)
+                if not transport.is_closing():
+                    transport.pause_reading()
+                transport.set_protocol(inner)
+        error = inner.exception
+        if error is None:
+            raise anyio.EndOfStream
+        if isinstance(error, OSError):
+            raise error
+        raise os_error(errno.ECONNRESET, f"the connection was reset ({error})")
+
+    def data_received(self, data: bytes) -> None:
+        ws, size = self.ws, len(data)
+        if size > self.read_size:
+            view = memoryview(data)
+            for offset in range(0, size, self.read_size):
+                ws.send_nowait(view[offset : offset + self.read_size], self.header)
+        else:
+            ws.send_nowait(data, self.header)
+        self.record.down += size
+        self.touch()
+        if ws.output_full and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+            ws.call_when_room(self._room)
+
+    def _room(self) -> None:
+        self.paused = False
+        if self.ended is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        keep_open = self.inner.eof_received()
+        if self.ended is not None and not self.ended.done():
+            self.at_end()
+            self.ended_here = True
+        self._end()
+        return keep_open  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+        self._end()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def _end(self) -> None:
+        ended = self.ended
+        if ended is not None and not ended.done():
+            ended.set_result(None)
 
 
 async def _write_parts(
@@ -2522,6 +2799,14 @@ async def _read_chunk(transport: SocketTransport, protocol: Any, max_bytes: int)
             raise error
         raise os_error(errno.ECONNRESET, f"the connection was reset ({error})")
     raise anyio.EndOfStream
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio (or uvloop) event loop; ``None`` under trio."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _close_bytes(event: wisp.Close) -> bytes:

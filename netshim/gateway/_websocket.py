@@ -36,6 +36,7 @@ Elsewhere (trio, a virtual stack's streams) the writer task does the writing.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -156,6 +157,8 @@ class WebSocket:
         self._drain_waited = False
         # Senders waiting for room, first come first served (see send()).
         self._waiters: deque[anyio.Event] = deque()
+        # Producers that write from callbacks (see call_when_room()).
+        self._room_callbacks: list[Callable[[], None]] = []
         self._closed = False
         self._leftover = leftover
         # Set by the writer once the output is empty (see flush()).
@@ -200,6 +203,7 @@ class WebSocket:
             self._drained.set()
             self._drained = anyio.Event()
         self._wake_next_sender()
+        self._call_room_callbacks()
         if self._flushed is not None or self._end_asked:
             self._wake.set()
 
@@ -207,6 +211,7 @@ class WebSocket:
         self._closed = True
         self._drained.set()
         self._wake_next_sender()
+        self._call_room_callbacks()
         self._signal_flushed()
         self._wake.set()
 
@@ -386,6 +391,36 @@ class WebSocket:
                 raise
         self.send_nowait(data, prefix)
         self._wake_next_sender()
+
+    @property
+    def output_full(self) -> bool:
+        """Whether an open WebSocket has more than ``high_water`` queued: producers stop."""
+        return not self._closed and self.queued_bytes > self.high_water
+
+    def call_when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the output drained to half of ``high_water`` (or closed).
+
+        For producers that write with :meth:`send_nowait` from event-loop
+        callbacks (no task to wait in :meth:`send`) and stop producing while
+        :attr:`output_full`.  Only on the direct path, whose transport says
+        when it drained; each callback is called once, in the order given.
+        """
+        self._room_callbacks.append(callback)
+
+    def forget_room_callback(self, callback: Callable[[], None]) -> None:
+        """Take back a :meth:`call_when_room` callback not called yet (nothing if it was)."""
+        with contextlib.suppress(ValueError):
+            self._room_callbacks.remove(callback)
+
+    @property
+    def calls_when_room(self) -> bool:
+        """Whether :meth:`call_when_room` works here (frames go straight into a transport)."""
+        return self._transport is not None
+
+    def _call_room_callbacks(self) -> None:
+        callbacks, self._room_callbacks = self._room_callbacks, []
+        for callback in callbacks:
+            callback()
 
     @property
     def has_room(self) -> bool:
