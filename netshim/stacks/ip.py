@@ -154,7 +154,7 @@ class _Driver:
         self._unwatch_link: Callable[[], None] = lambda: None
 
     def wake_changed(self) -> None:
-        for interface in self.stack._interfaces:
+        for interface in self.stack._used_interfaces:
             for changed in interface.take_changed():
                 event = self.waiters.pop(changed, None)
                 if event is not None:
@@ -203,7 +203,7 @@ class _Driver:
         """
         if connection is not None:
             # The interfaces visit only connections with something due.
-            for interface in self.stack._interfaces:
+            for interface in self.stack._used_interfaces:
                 interface.touch(connection)
         if self._write_nowait is None or self.stopped.is_set():
             self.dirty = True
@@ -235,15 +235,16 @@ class _Driver:
         stack = self.stack
         now = self.now()
         # The loopback interface's packets come straight back in.
-        loopback = stack._loopback
-        for _ in range(64):
-            if loopback.quiet():
-                break
-            looped = loopback.transmit(now)
-            if not looped:
-                break
-            for packet in looped:
-                loopback.receive(packet.data, now, checksum_verified=True)
+        if stack._loopback_used:
+            loopback = stack._loopback
+            for _ in range(64):
+                if loopback.quiet():
+                    break
+                looped = loopback.transmit(now)
+                if not looped:
+                    break
+                for packet in looped:
+                    loopback.receive(packet.data, now, checksum_verified=True)
         if stack._dhcp is not None:
             stack._run_dhcp(now)
         out = stack._interface.transmit(now)
@@ -436,7 +437,7 @@ class _Driver:
             d
             for d in (
                 stack._interface.deadline(),
-                stack._loopback.deadline(),
+                stack._loopback.deadline() if stack._loopback_used else None,
                 stack._dhcp.deadline() if stack._dhcp is not None else None,
             )
             if d is not None
@@ -893,6 +894,12 @@ class IpStack(Stack):
             slaac=False,
         )
         self._interfaces = (self._interface, self._loopback)
+        # The driver's passes (wake-ups, transmit, deadlines) visit the
+        # loopback interface only once something was made on it: a stack on
+        # a TUN device (--isolate) never uses it, and asking it cost each
+        # socket call and each received burst a few calls for nothing.
+        self._used_interfaces: tuple[Interface, ...] = (self._interface,)
+        self._loopback_used = False
         # The driver touches every connection it calls (see _Driver.poke):
         # transmit passes and deadlines need not ask every connection.
         for interface in self._interfaces:
@@ -1032,7 +1039,14 @@ class IpStack(Stack):
         return self._hostname
 
     def _interface_for(self, address: IPAddress) -> Interface:
-        return self._loopback if address.is_loopback else self._interface
+        return self._use_loopback() if address.is_loopback else self._interface
+
+    def _use_loopback(self) -> Interface:
+        """The loopback interface, which the driver visits from now on."""
+        if not self._loopback_used:
+            self._loopback_used = True
+            self._used_interfaces = self._interfaces
+        return self._loopback
 
     async def connect_tcp(
         self, host: str, port: int, *, local_address: tuple[str, int] | None = None
@@ -1097,6 +1111,8 @@ class IpStack(Stack):
                 chosen = port or (listeners[0].local[1] if listeners else 0)
                 for interface in self._interfaces:
                     if address.is_unspecified or interface.has_address(address):
+                        if interface is self._loopback:
+                            self._use_loopback()
                         listener = interface.tcp_listen(address, chosen, backlog)
                         listeners.append(listener)
                         chosen = listener.local[1]
@@ -1123,7 +1139,7 @@ class IpStack(Stack):
         ip = parse_ip(host) if host not in ("", "::") else _ANY6
         if ip is None:
             raise os_error(errno.EADDRNOTAVAIL, f"not an address: {host!r}")
-        interface = self._loopback if ip.is_loopback else self._interface
+        interface = self._use_loopback() if ip.is_loopback else self._interface
         sock = interface.udp_bind(ip, port)
         if remote is not None:
             sock.connect(_endpoint(remote))
