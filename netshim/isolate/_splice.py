@@ -197,7 +197,7 @@ class Splice(asyncio.Protocol):
         # writes and pokes here may run their own pass).  A stopping driver
         # wakes every waiter while it walks their table: the work waits for
         # a callback of its own then.
-        if not self._driver.stopped.is_set():
+        if not self._driver.has_stopped:
             self._program_ready()
         elif not self._scheduled:
             self._scheduled = True
@@ -211,7 +211,7 @@ class Splice(asyncio.Protocol):
     def _program_ready(self) -> None:
         """The program's connection may have changed: move what can move, then watch it again."""
         connection, driver = self._connection, self._driver
-        if driver.stopped.is_set():
+        if driver.has_stopped:
             self._finish("reset-host")
             return
         pending = self._pending

@@ -555,7 +555,7 @@ class _DirectFlow:
         assert joined is not None
         assert transport is not None
         connection, driver = self._connection, self._driver
-        program_open = not driver.stopped.is_set()
+        program_open = not driver.has_stopped
         if joined.outcome == "closed":
             transport.close()
             if program_open:

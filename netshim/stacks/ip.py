@@ -125,6 +125,9 @@ class _Driver:
         self.kick = anyio.Event()
         self.waiters: dict[object, anyio.Event] = {}
         self.stopped = anyio.Event()
+        # stopped.is_set() as a plain attribute: asked on every socket call
+        # and wake-up (anyio's is_set is two Python calls).
+        self.has_stopped = False
         self.scope: anyio.CancelScope | None = None
         # Set by IpStack.aclose(); run() honours it if it starts afterwards.
         self.stop_requested = False
@@ -162,7 +165,7 @@ class _Driver:
 
     async def wait_for(self, sock: object) -> None:
         """Wait until ``sock``'s state may have changed (or the stack stopped)."""
-        if self.stopped.is_set():
+        if self.has_stopped:
             # Still a schedule point: a task that retries on OSError (a
             # server's receive loop) must not hold the event loop forever
             # once the driver stopped (the TUN device went with its namespace).
@@ -172,7 +175,7 @@ class _Driver:
         if event is None:
             event = self.waiters[sock] = self._event()
         await event.wait()
-        if self.stopped.is_set():
+        if self.has_stopped:
             raise os_error(errno.ENETDOWN, str(self.error or "the IpStack is closed"))
 
     async def wait_established(self, connection: Any, ended: int, detail: str) -> None:
@@ -205,7 +208,7 @@ class _Driver:
             # The interfaces visit only connections with something due.
             for interface in self.stack._used_interfaces:
                 interface.touch(connection)
-        if self._write_nowait is None or self.stopped.is_set():
+        if self._write_nowait is None or self.has_stopped:
             self.dirty = True
             self.kick.set()
             return
@@ -306,6 +309,7 @@ class _Driver:
         except Exception as exc:
             self.error = exc
         finally:
+            self.has_stopped = True
             self.stopped.set()
             for event in self.waiters.values():
                 event.set()
@@ -732,7 +736,7 @@ class Interception:
         self._arm(self._stack._driver_for_use())
 
     def _arm(self, driver: _Driver) -> None:
-        if not driver.stopped.is_set():
+        if not driver.has_stopped:
             driver.waiters[self._interceptor] = _Callback(self._changed)  # type: ignore[assignment]
 
     def _changed(self) -> None:
@@ -741,15 +745,13 @@ class Interception:
         assert driver is not None
         assert handler is not None
         interceptor = self._interceptor
-        if not driver.stopped.is_set():
+        if not driver.has_stopped:
             while (syn := interceptor.take_syn()) is not None:
                 if not handler(syn):
                     self._declined.append(syn)
             self._arm(driver)
         waiter = self._flow_waiter
-        if waiter is not None and (
-            self._declined or interceptor.readable() or driver.stopped.is_set()
-        ):
+        if waiter is not None and (self._declined or interceptor.readable() or driver.has_stopped):
             self._flow_waiter = None
             waiter.set()
 
@@ -779,7 +781,7 @@ class Interception:
             if self._syn_handler is None:
                 await driver.wait_for(interceptor)
                 continue
-            if driver.stopped.is_set():
+            if driver.has_stopped:
                 await anyio.lowlevel.checkpoint()
                 raise os_error(errno.ENETDOWN, str(driver.error or "the IpStack is closed"))
             waiter = self._flow_waiter = anyio.Event()
@@ -961,7 +963,7 @@ class IpStack(Stack):
         if self._closed:
             return
         driver = self._driver
-        if driver is not None and not driver.stopped.is_set():
+        if driver is not None and not driver.has_stopped:
             if self._dhcp is not None and self._dhcp.lease is not None:
                 now = driver.now()
                 for message in self._dhcp.release():

@@ -42,6 +42,7 @@ class _Driver:
     def __init__(self) -> None:
         self.waiters: dict[object, object] = {}
         self.stopped = anyio.Event()
+        self.has_stopped = False
 
     def poke(self, connection: object) -> None:
         pass
