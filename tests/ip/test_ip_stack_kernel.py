@@ -196,6 +196,11 @@ http {{
     access_log off;
     client_body_temp_path {directory}/body;
     proxy_temp_path {directory}/proxy;
+    # A response that comes faster than curl takes it is held in memory,
+    # never spilled to a temporary file: nginx's worker runs as nobody and
+    # cannot write under the test's directory (it resets the upstream
+    # connection, "Permission denied", and fails the request).
+    proxy_max_temp_file_size 0;
     fastcgi_temp_path {directory}/fastcgi;
     uwsgi_temp_path {directory}/uwsgi;
     scgi_temp_path {directory}/scgi;
