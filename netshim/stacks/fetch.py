@@ -42,6 +42,10 @@ works unmodified, within what fetch allows:
   bodies stream: JavaScript stops reading ahead of the program once
   :data:`READ_AHEAD` (1 MiB) waits, one chunk past it at most (Chromium's
   are up to 2 MiB), which holds the rest back.
+* **httpx** (httpcore's default backend under asyncio) is handed the stream
+  itself, not a transport over it (:mod:`netshim.stacks._fetch_httpcore`):
+  body pieces that JavaScript already read reach it with no loop turn and
+  no timer; ``FetchStack(direct_httpcore=False)`` keeps the usual way.
 * **Blocking sockets** without JSPI cannot wait for fetch.  In a browser's
   Web Worker they need not: a blocking call stepped by hand
   (:func:`netshim.aio._sync.blocking_call_timeout`) sends its request through
