@@ -1008,6 +1008,11 @@ class TcpConnection:
             elif self._retries == 0:
                 self._rtt_sample(now - self._rtt_time)
             self._snd_una = ack
+            if self._snd_nxt < ack:
+                # The peer's SYN came again (_resend_syn_ack put SND.NXT back
+                # on our SYN), and then its ACK of the first SYN-ACK: what
+                # was queued meanwhile (data, a FIN) leaves from ISS + 1.
+                self._snd_nxt = ack
             self._enter_established(now)
             self._output_wanted = True
         elif not self._process_ack(segment, flags, seq, ack, timestamps, now):

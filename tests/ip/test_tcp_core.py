@@ -977,3 +977,39 @@ def test_with_sack_only_acks_that_sack_new_data_count_as_duplicates() -> None:
         resent = [s for s in a.poll(network.now) if s.payload]
         assert a.fast_recoveries == (1 if fresh else 0)
         assert bool(resent) is fresh
+
+
+@pytest.mark.parametrize("data", [b"", b"sent before the handshake ended"])
+def test_the_peers_syn_again_then_its_handshake_ack_leaves_the_send_sequence_intact(
+    data: bytes,
+) -> None:
+    # A peer whose SYN-ACK came late sends its SYN again, then ACKs the
+    # first SYN-ACK; both can arrive in one read burst, with no poll between
+    # (a confined program's kernel behind a busy --isolate parent).  The SYN
+    # again schedules our SYN-ACK once more (SND.NXT back on the SYN); the
+    # ACK then completes the handshake, and what was queued meanwhile (data,
+    # a FIN) must leave from ISS + 1, not from the SYN's sequence number.
+    now = 1000.0
+    config = TcpConfig()
+    client = TcpConnection.open_active(A_ADDRESS, B_ADDRESS, iss=1_000_000, now=now, config=config)
+    [syn] = client.poll(now)
+    server = TcpConnection.open_passive(
+        B_ADDRESS, A_ADDRESS, syn, iss=5_000_000, now=now, config=config
+    )
+    [syn_ack] = server.poll(now)
+    client.on_segment(syn_ack, now)
+    [handshake_ack] = client.poll(now)
+    if data:
+        assert server.send(data) == len(data)
+    server.shutdown()
+    now += 1.0
+    server.on_segment(syn, now)
+    server.on_segment(handshake_ack, now)
+    assert server.state is TcpState.FIN_WAIT_1
+    sent = server.poll(now)
+    assert [s.seq for s in sent if s.payload or s.flags & TcpFlags.FIN] == [5_000_001]
+    for segment in sent:
+        client.on_segment(segment, now)
+    assert client.receive(100) == data if data else client.at_eof
+    if data:
+        assert client.receive(100) == b""
