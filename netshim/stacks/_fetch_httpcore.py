@@ -24,8 +24,9 @@ without waiting.  So :func:`install` (called by the first
 httpcore's ``AutoBackend.connect_tcp``: a connection that the acting stack
 sends to a FetchStack (directly, or through a ``RouterStack``'s routes) is
 the FetchStream itself behind a :class:`FetchNetworkStream`, which reads and
-writes it directly and starts a timeout only when the stream would wait (for
-fetch's answer, or for the network).  Its exceptions are the ones httpcore's
+writes it directly.  A read or write that will not wait needs no timeout; one
+that waits (for fetch's answer, or for the network) is watched by one timer
+per stream (:class:`_Watchdog`), not one per wait.  Its exceptions are the ones httpcore's
 anyio backend raises, with the same causes (``httpx.ReadError`` caused by the
 ``ConnectionRefusedError`` of a CORS refusal or the ``ConnectionResetError``
 of a body cut off).  Every other connection (another stack, trio, a local
