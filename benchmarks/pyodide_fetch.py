@@ -5,8 +5,11 @@ Runs benchmarks/pyodide_fetch/fetch_figures.py in real Pyodide under Node
 the same test server, tests/pyodide/fetch_support.py, with TCP_NODELAY so the
 server is not the bottleneck), and prints, per runtime, each figure beside
 the ceiling: JavaScript's ``fetch`` called from the same Python, measured in
-rounds that alternate with FetchStack's.  Under Node it also prints the
-process's CPU time per request and per GiB beside fetch's own.  In Chromium
+rounds that alternate with FetchStack's.  httpx is measured both ways: handed
+the stream itself (the default) and the usual way, through the loop hooks'
+transport (``httpx_usual``: ``FetchStack(direct_httpcore=False)``).  Under
+Node it also prints the process's CPU time per request and per GiB beside
+fetch's own.  In Chromium
 it also runs benchmarks/pyodide_fetch/xhr_figures.py in a dedicated Worker
 without JSPI: blocking clients (http.client, requests) on FetchStack's
 synchronous-XHR path against JavaScript's own synchronous XHR there.
@@ -42,8 +45,10 @@ PAIRS = (
     ("stream_requests_per_s", "js_fetch_requests_per_s"),
     ("asyncio_requests_per_s", "js_fetch_requests_per_s"),
     ("httpx_requests_per_s", "js_fetch_requests_per_s"),
+    ("httpx_usual_requests_per_s", "js_fetch_requests_per_s"),
     ("stream_download_mb_per_s", "js_download_mb_per_s"),
     ("httpx_download_mb_per_s", "js_download_mb_per_s"),
+    ("httpx_usual_download_mb_per_s", "js_download_mb_per_s"),
     ("httpx_upload_mb_per_s", "js_upload_mb_per_s"),
 )
 # CPU time (Pyodide under Node only): FetchStack's cost against fetch's own.
@@ -51,8 +56,10 @@ CPU_PAIRS = (
     ("stream_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
     ("asyncio_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
     ("httpx_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
+    ("httpx_usual_cpu_ms_per_request", "js_fetch_cpu_ms_per_request"),
     ("stream_download_cpu_s_per_gib", "js_download_cpu_s_per_gib"),
     ("httpx_download_cpu_s_per_gib", "js_download_cpu_s_per_gib"),
+    ("httpx_usual_download_cpu_s_per_gib", "js_download_cpu_s_per_gib"),
     ("httpx_upload_cpu_s_per_gib", "js_upload_cpu_s_per_gib"),
 )
 WORKER_PAIRS = (

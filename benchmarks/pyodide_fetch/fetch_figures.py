@@ -59,6 +59,10 @@ async def main() -> None:
     stream = await stack.connect_tcp("127.0.0.1", PORT)
     reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
     client = httpx.AsyncClient()
+    # httpx the usual way (the loop hooks' transport and anyio's stream),
+    # as FetchStack(direct_httpcore=False) sends it: what the direct way saves.
+    usual_stack = FetchStack(direct_httpcore=False)
+    usual_client = httpx.AsyncClient()
 
     async def js_requests() -> None:
         for _ in range(REQUESTS):
@@ -82,6 +86,11 @@ async def main() -> None:
         for _ in range(REQUESTS):
             await client.get(BASE + "hello")
 
+    async def httpx_usual_requests() -> None:
+        with netshim.acting_as(usual_stack):
+            for _ in range(REQUESTS):
+                await usual_client.get(BASE + "hello")
+
     async def js_download() -> None:
         await (await js.fetch(BASE + "big")).arrayBuffer()
 
@@ -98,6 +107,10 @@ async def main() -> None:
     async def httpx_download() -> None:
         assert len((await client.get(BASE + "big")).content) == MIB10
 
+    async def httpx_usual_download() -> None:
+        with netshim.acting_as(usual_stack):
+            assert len((await usual_client.get(BASE + "big")).content) == MIB10
+
     js_body = js.Uint8Array.new(MIB10)
     body = b"x" * MIB10
 
@@ -112,16 +125,24 @@ async def main() -> None:
         "stream": stream_requests,
         "asyncio": asyncio_requests,
         "httpx": httpx_requests,
+        "httpx_usual": httpx_usual_requests,
     }
     transfers = {
         "js_download": js_download,
         "stream_download": stream_download,
         "httpx_download": httpx_download,
+        "httpx_usual_download": httpx_usual_download,
         "js_upload": js_upload,
         "httpx_upload": httpx_upload,
     }
     # Warm-up: the first fetches cost more everywhere.
-    for action in [*requests.values(), js_download, stream_download, httpx_download]:
+    for action in [
+        *requests.values(),
+        js_download,
+        stream_download,
+        httpx_download,
+        httpx_usual_download,
+    ]:
         await action()
     seconds.clear()
     cpu_seconds.clear()
@@ -136,6 +157,7 @@ async def main() -> None:
     await stream.aclose()
     writer.close()
     await client.aclose()
+    await usual_client.aclose()
     count = REQUESTS * REQUEST_ROUNDS
     for name in requests:
         result[f"{name}_requests_per_s"] = round(count / seconds[name], 1)
