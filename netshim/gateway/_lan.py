@@ -575,6 +575,9 @@ class SplicedStream(TcpStream):
         # The errno the next send raises (the peer reset or closed).
         self.send_error = 0
         self.deliver: Callable[[bytes], Awaitable[None]] | None = None
+        # The reading session's way of taking a packet at once, without a
+        # task switch (see :meth:`send_now`); set while ``deliver`` is.
+        self.deliver_now: Callable[[bytes | memoryview], bool] | None = None
         self.reader_event: anyio.Event | None = None
         self.writer_event: anyio.Event | None = None
 
@@ -649,6 +652,24 @@ class SplicedStream(TcpStream):
             if self.send_error:
                 raise os_error(self.send_error, "connection reset by peer")
 
+    def send_now(self, item: bytes | memoryview) -> bool:
+        """Hand ``item`` to the reading session at once if it can take it; whether it did.
+
+        The writer's session calls it from its WebSocket reader for each
+        DATA packet of this stream, and queues the packet as usual when the
+        answer is no: the reader has not taken its end or still has bytes
+        queued (they go first), its WebSocket output is full (the queued
+        path then waits for room, which keeps the bounds), or either side
+        ended.  Nothing is awaited, so no byte overtakes one sent before.
+        """
+        if self.closed or self.eof_sent or self.send_error:
+            return False
+        peer = self.peer
+        deliver_now = peer.deliver_now
+        if deliver_now is None or peer.closed or peer.inbound:
+            return False
+        return deliver_now(item)
+
     async def send_eof(self) -> None:
         await anyio.lowlevel.checkpoint()
         if self.closed:
@@ -691,12 +712,18 @@ class SplicedStream(TcpStream):
             self._check_end()
             await self._wait()
 
-    async def deliver_to(self, deliver: Callable[[bytes], Awaitable[None]]) -> NoReturn:
+    async def deliver_to(
+        self,
+        deliver: Callable[[bytes], Awaitable[None]],
+        deliver_now: Callable[[bytes | memoryview], bool] | None = None,
+    ) -> NoReturn:
         """Hand what the peer sends to ``deliver``, in order, until the peer's side ends.
 
         What was queued goes first, from this task; then the peer's
-        :meth:`send` calls ``deliver`` itself.  Raises ``anyio.EndOfStream``
-        at the peer's FIN and ``ConnectionResetError`` at its reset, as
+        :meth:`send` calls ``deliver`` itself, and the peer's
+        :meth:`send_now` calls ``deliver_now`` (which says whether it took
+        the bytes without waiting).  Raises ``anyio.EndOfStream`` at the
+        peer's FIN and ``ConnectionResetError`` at its reset, as
         :meth:`receive` would.
         """
         try:
@@ -705,11 +732,11 @@ class SplicedStream(TcpStream):
                     await deliver(self._take_chunk(1 << 62))
                     continue
                 self._check_end()
-                self.deliver = deliver
+                self.deliver, self.deliver_now = deliver, deliver_now
                 await self._wait()
-                self.deliver = None
+                self.deliver = self.deliver_now = None
         finally:
-            self.deliver = None
+            self.deliver = self.deliver_now = None
 
     async def _wait(self) -> None:
         event = self.reader_event = anyio.Event()
@@ -751,7 +778,7 @@ class SplicedStream(TcpStream):
 
     def _close(self, reset: bool) -> TcpStream | None:
         self.closed = True
-        self.deliver = None
+        self.deliver = self.deliver_now = None
         peer = self.peer
         if reset or self.inbound:
             peer._end(_RST)

@@ -1479,6 +1479,7 @@ class _WispStream:
         "budget",
         "client",
         "closed_by_client",
+        "forward",
         "kind",
         "listen",
         "progress_at",
@@ -1522,6 +1523,9 @@ class _WispStream:
         self.client: _Client | None = None
         # A LAN listener's request (its stream carries no bytes of its own).
         self.listen: wisp.Listen | None = None
+        # Set while the upstream can take a packet at once, from the reader,
+        # with nothing queued before it (a spliced LAN stream, see _pump).
+        self.forward: Callable[[bytes | memoryview], bool] | None = None
 
     def push(self, data: bytes | memoryview) -> None:
         self.queue.append(data)
@@ -2009,6 +2013,11 @@ class _WispSession:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
+        # Nothing queued or being written (queued_bytes counts both): the
+        # packet may overtake nothing.
+        forward = stream.forward
+        if forward is not None and not stream.queued_bytes and forward(data):
+            return
         if stream.kind is wisp.StreamType.UDP:
             if len(stream.queue) >= MAX_QUEUED_DATAGRAMS:
                 return
@@ -2401,6 +2410,8 @@ class _WispSession:
         async with _task_group(self.loop) as group:
             scope = group.cancel_scope
             touch = _IdleTimer(scope, idle, self.loop).touch
+            if isinstance(upstream, SplicedStream) and client.bandwidth is None:
+                stream.forward = self._forwarder(stream, upstream, touch)
 
             async def upload() -> None:
                 tcp = isinstance(upstream, TcpStream)
@@ -2515,15 +2526,27 @@ class _WispSession:
                     record.down += len(data)
                     touch()
 
+                ws = self.ws
+
+                def deliver_now(data: bytes | memoryview) -> bool:
+                    # What ``deliver`` does when it would not wait.
+                    if client.bandwidth is not None or not ws.has_room:
+                        return False
+                    ws.send_nowait(data, prefix=data_header)
+                    record.down += len(data)
+                    touch()
+                    return True
+
                 while True:
                     try:
                         if splice is not None:
                             assert self.loop is not None
                             await splice.run(self.loop)
                         if isinstance(upstream, SplicedStream):
-                            # Another member's uploads call ``deliver`` from
-                            # their own task; this returns only at the end.
-                            await upstream.deliver_to(deliver)
+                            # Another member's uploads call ``deliver`` (or,
+                            # from its session's reader, ``deliver_now``);
+                            # this returns only at the end.
+                            await upstream.deliver_to(deliver, deliver_now)
                         if direct is not None:
                             data = await _read_chunk(*direct, read_size)
                         elif isinstance(upstream, TcpStream):
@@ -2553,10 +2576,40 @@ class _WispSession:
 
             group.start_soon(upload, name="wisp-upload")
             # The download runs in this task: one task fewer per stream.
-            await download()
+            try:
+                await download()
+            finally:
+                stream.forward = None
         if not outcome:
             return wisp.CloseReason.TRANSFER_TIMEOUT if scope.cancelled_caught else 0
         return outcome[0]
+
+    def _forwarder(
+        self, stream: _WispStream, upstream: SplicedStream, touch: Callable[[], None]
+    ) -> Callable[[bytes | memoryview], bool]:
+        """What the reader calls to pass a DATA packet of ``stream`` on to another member.
+
+        The packet goes into the other member's WebSocket output at once, as
+        the upload task would have put it after a wake-up and a join, or not
+        at all (False: it is queued as usual).  Its credit is released as
+        the upload task releases it once the other side took the bytes.
+        """
+        record = stream.record
+        stream_id = stream.stream_id
+        conn = self.conn
+
+        def forward(data: bytes | memoryview) -> bool:
+            if stream.stopping or not upstream.send_now(data):
+                return False
+            record.up += len(data)
+            stream.progress_at = anyio.current_time()
+            touch()
+            refill = conn.release(stream_id, 1)
+            if refill is not None:
+                self._send_event(refill)
+            return True
+
+        return forward
 
 
 class _BareTaskGroup:
