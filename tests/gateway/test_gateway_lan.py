@@ -605,6 +605,77 @@ async def test_a_spliced_writer_waits_for_its_reader() -> None:
     assert b"".join(delivered) == block * 8 + b"straight through"
 
 
+async def test_send_now_hands_over_only_what_may_not_wait() -> None:
+    """``send_now`` passes bytes on at once only when nothing is ahead of them."""
+    hub, alice, bob = await _two_members()
+    end, served = await _splice(hub, alice, bob)
+    assert isinstance(end, SplicedStream)
+    assert isinstance(served, SplicedStream)
+    delivered: list[bytes] = []
+    room = [True]
+
+    async def deliver(data: bytes) -> None:
+        delivered.append(data)
+
+    def deliver_now(data: bytes | memoryview) -> bool:
+        if room[0]:
+            delivered.append(bytes(data))
+        return room[0]
+
+    # Nobody reads yet: the bytes must be queued (the writer's session does).
+    assert not end.send_now(b"early")
+    await end.send(b"queued")
+    ended: list[BaseException] = []
+
+    async def read() -> None:
+        try:
+            await served.deliver_to(deliver, deliver_now)
+        except anyio.EndOfStream as exc:
+            ended.append(exc)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(read)
+        await anyio.wait_all_tasks_blocked()
+        assert delivered == [b"queued"]
+        assert end.send_now(memoryview(b"at once"))
+        # The reader's output is full: refused, nothing delivered.
+        room[0] = False
+        assert not end.send_now(b"refused")
+        room[0] = True
+        await end.send_eof()
+        assert not end.send_now(b"after the end")
+    assert delivered == [b"queued", b"at once"]
+    assert len(ended) == 1
+    await end.aclose()
+    await served.aclose()
+
+
+async def test_a_reading_member_gets_spliced_packets_without_the_upload_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room in the reader's output, the writer's packets are never queued at the gateway."""
+    from netshim.gateway import _server
+
+    queued: list[int] = []
+    push = _server._WispStream.push
+
+    def counting_push(self: _server._WispStream, data: bytes | memoryview) -> None:
+        queued.append(len(data))
+        push(self, data)
+
+    monkeypatch.setattr(_server._WispStream, "push", counting_push)
+    size = 1 << 20
+    async with _joined(config(high_water=4 * size)) as joined:
+        for writer in ("connecting", "accepting"):
+            (sender, sender_stream), (reader, reader_stream) = joined.from_end(writer)
+            reader.pause()
+            data = os.urandom(size)
+            await sender.send(sender_stream, data)
+            reader.resume()
+            assert await reader.receive_exactly(reader_stream, size) == data
+    assert queued == []
+
+
 async def test_resets_reach_a_spliced_end() -> None:
     hub, alice, bob = await _two_members()
     # Aborted: what was sent before is read, then the reset.
