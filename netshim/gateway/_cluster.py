@@ -1139,16 +1139,17 @@ class GatewayCluster:
         Raises ``ConnectionRefusedError`` when the destination is not a member
         of this gateway, or does not listen on ``port``.
         """
-        standin, _, destination = self._relayed(host, port)
-        return await standin.connect_tcp(str(destination), port)
+        lan, standin, _, destination = self._relayed(host, port)
+        assert self.hub is not None
+        return await self.hub.connect_relayed(lan, standin, str(destination), port)
 
     async def accept_udp(self, host: str, port: int) -> UdpSocket:
         """A UDP socket from the relay's source to a member's UDP port here, as :meth:`accept`."""
-        standin, source, destination = self._relayed(host, port)
+        _, standin, source, destination = self._relayed(host, port)
         return await standin.open_udp(str(source), 0, remote=(str(destination), port))
 
-    def _relayed(self, host: str, port: int) -> tuple[VirtualHost, IPAddress, IPAddress]:
-        """The host to connect from (a stand-in for the source), the source, the destination."""
+    def _relayed(self, host: str, port: int) -> tuple[Lan, VirtualHost, IPAddress, IPAddress]:
+        """The LAN, the host to connect from (a stand-in for the source), source, destination."""
         try:
             lan_name, source, destination = parse_relay_host(host)
         except ValueError:
@@ -1158,7 +1159,7 @@ class GatewayCluster:
             raise os_error(errno.ECONNREFUSED, f"{host}: no LAN {lan_name}")
         if not any(m.owns(str(destination)) for m in lan.members.values()):
             raise os_error(errno.ECONNREFUSED, f"{destination}:{port}: no such member here")
-        return self._standin(lan_name, source), source, destination
+        return lan, self._standin(lan_name, source), source, destination
 
     def _is_standin(self, lan: str, host: VirtualHost) -> bool:
         return any(

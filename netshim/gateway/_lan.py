@@ -482,14 +482,28 @@ class LanHub:
         that is not a session's (a test's own host, say) gets the virtual
         connection, which this end then carries as any stream would.
         """
-        virtual = await member.host.connect_tcp(ip, port)
-        lan = member.lan
+        return await self._connect_spliced(member.lan, member.host, member, ip, port)
+
+    async def connect_relayed(
+        self, lan: Lan, standin: VirtualHost, ip: str, port: int
+    ) -> TcpStream:
+        """Connect ``standin`` (another gateway's member, see ``_cluster``) to ``ip``:``port``.
+
+        Spliced as :meth:`connect_member` splices, so that a relayed stream
+        reaches this gateway's member without the virtual network's TCP.
+        """
+        return await self._connect_spliced(lan, standin, None, ip, port)
+
+    async def _connect_spliced(
+        self, lan: Lan, host: VirtualHost, member: LanMember | None, ip: str, port: int
+    ) -> TcpStream:
+        virtual = await host.connect_tcp(ip, port)
         if not any(other.owns(ip) for other in lan.members.values()):
             return virtual
         # Nothing awaited since the connection went into the listener's
         # queue: its session cannot have accepted it yet.
-        end = SplicedStream(member, virtual)
-        other = SplicedStream(None, None)
+        end = SplicedStream(member, virtual, lan)
+        other = SplicedStream(None, None, lan)
         end.peer, other.peer = other, end
         key = (_plain(virtual.remote_address), _plain(virtual.local_address))
         end.unaccepted_key = key
@@ -557,8 +571,11 @@ class SplicedStream(TcpStream):
     listener closed with it in the queue, a member left) resets this end.
     """
 
-    def __init__(self, member: LanMember | None, virtual: TcpStream | None) -> None:
+    def __init__(self, member: LanMember | None, virtual: TcpStream | None, lan: Lan) -> None:
+        # The member whose session holds this end (None for a relay's end,
+        # and for an accepting end until its session takes it).
         self.member = member
+        self.lan = lan
         self.virtual = virtual
         self.peer: SplicedStream = self
         if member is not None:
@@ -578,6 +595,8 @@ class SplicedStream(TcpStream):
         # The reading session's way of taking a packet at once, without a
         # task switch (see :meth:`send_now`); set while ``deliver`` is.
         self.deliver_now: Callable[[bytes | memoryview], bool] | None = None
+        # Writes out what ``deliver_now`` took and held back (see :meth:`flush`).
+        self.flush_now: Callable[[], None] | None = None
         self.reader_event: anyio.Event | None = None
         self.writer_event: anyio.Event | None = None
 
@@ -670,6 +689,17 @@ class SplicedStream(TcpStream):
             return False
         return deliver_now(item)
 
+    def flush(self) -> None:
+        """Let the reading session write out what :meth:`send_now` handed it.
+
+        The writer's session calls it before it awaits anything, so that the
+        packets it passed on in one go leave as one message and nothing
+        else the reading session writes for this stream can come first.
+        """
+        flush_now = self.peer.flush_now
+        if flush_now is not None:
+            flush_now()
+
     async def send_eof(self) -> None:
         await anyio.lowlevel.checkpoint()
         if self.closed:
@@ -716,15 +746,16 @@ class SplicedStream(TcpStream):
         self,
         deliver: Callable[[bytes], Awaitable[None]],
         deliver_now: Callable[[bytes | memoryview], bool] | None = None,
+        flush_now: Callable[[], None] | None = None,
     ) -> NoReturn:
         """Hand what the peer sends to ``deliver``, in order, until the peer's side ends.
 
         What was queued goes first, from this task; then the peer's
         :meth:`send` calls ``deliver`` itself, and the peer's
         :meth:`send_now` calls ``deliver_now`` (which says whether it took
-        the bytes without waiting).  Raises ``anyio.EndOfStream`` at the
-        peer's FIN and ``ConnectionResetError`` at its reset, as
-        :meth:`receive` would.
+        the bytes without waiting) and its :meth:`flush` ``flush_now``.
+        Raises ``anyio.EndOfStream`` at the peer's FIN and
+        ``ConnectionResetError`` at its reset, as :meth:`receive` would.
         """
         try:
             while True:
@@ -732,11 +763,11 @@ class SplicedStream(TcpStream):
                     await deliver(self._take_chunk(1 << 62))
                     continue
                 self._check_end()
-                self.deliver, self.deliver_now = deliver, deliver_now
+                self.deliver, self.deliver_now, self.flush_now = deliver, deliver_now, flush_now
                 await self._wait()
-                self.deliver = self.deliver_now = None
+                self.deliver = self.deliver_now = self.flush_now = None
         finally:
-            self.deliver = self.deliver_now = None
+            self.deliver = self.deliver_now = self.flush_now = None
 
     async def _wait(self) -> None:
         event = self.reader_event = anyio.Event()
@@ -769,8 +800,8 @@ class SplicedStream(TcpStream):
 
     def _forget_unaccepted(self) -> None:
         key, self.unaccepted_key = self.unaccepted_key, None
-        if key is not None and self.member is not None:
-            unaccepted = self.member.lan.unaccepted
+        if key is not None:
+            unaccepted = self.lan.unaccepted
             if unaccepted.get(key) is self.peer:
                 del unaccepted[key]
 
@@ -778,7 +809,7 @@ class SplicedStream(TcpStream):
 
     def _close(self, reset: bool) -> TcpStream | None:
         self.closed = True
-        self.deliver = self.deliver_now = None
+        self.deliver = self.deliver_now = self.flush_now = None
         peer = self.peer
         if reset or self.inbound:
             peer._end(_RST)

@@ -1662,6 +1662,9 @@ class _WispSession:
         # children of the session's task group, as everything else is.
         self.loop = _running_asyncio_loop()
         self.tasks: set[asyncio.Task[None]] = set()
+        # Spliced LAN streams whose packets the reader passed on (_forwarder)
+        # and whose reading sessions hold them until _flush_forwarded.
+        self.flushing: list[SplicedStream] = []
 
     async def _wait_for_room(self) -> None:
         stream = self.full
@@ -1880,6 +1883,9 @@ class _WispSession:
                             self._dispatch(event, group)
                     except RemoteProtocolError:
                         break
+                    finally:
+                        if self.flushing:
+                            self._flush_forwarded()
                     if self.conn.state is wisp.ConnectionState.CLOSED:
                         break
             finally:
@@ -2007,7 +2013,16 @@ class _WispSession:
                 break
             ws.drop_message()
             self._data(*taken)
+        if self.flushing:
+            self._flush_forwarded()
         return True
+
+    def _flush_forwarded(self) -> None:
+        """Write out the packets passed on to other members (see :meth:`_forwarder`)."""
+        flushing = self.flushing
+        for upstream in flushing:
+            upstream.flush()
+        flushing.clear()
 
     def _data(self, stream_id: int, data: bytes | memoryview) -> None:
         stream = self.streams.get(stream_id)
@@ -2527,14 +2542,29 @@ class _WispSession:
                     touch()
 
                 ws = self.ws
+                # Packets another member's reader passed on, held until its
+                # flush so that they leave as one message (see _forwarder).
+                held: list[bytes | memoryview] = []
+                held_size = 0
+
+                def flush_now() -> None:
+                    nonlocal held_size
+                    if held:
+                        ws.send_parts_nowait(held, prefix=data_header)
+                        record.down += held_size
+                        held.clear()
+                        held_size = 0
+                        touch()
 
                 def deliver_now(data: bytes | memoryview) -> bool:
                     # What ``deliver`` does when it would not wait.
+                    nonlocal held_size
                     if client.bandwidth is not None or not ws.has_room:
                         return False
-                    ws.send_nowait(data, prefix=data_header)
-                    record.down += len(data)
-                    touch()
+                    held.append(data)
+                    held_size += len(data)
+                    if held_size >= MAX_UPLOAD_BATCH:
+                        flush_now()
                     return True
 
                 while True:
@@ -2546,7 +2576,7 @@ class _WispSession:
                             # Another member's uploads call ``deliver`` (or,
                             # from its session's reader, ``deliver_now``);
                             # this returns only at the end.
-                            await upstream.deliver_to(deliver, deliver_now)
+                            await upstream.deliver_to(deliver, deliver_now, flush_now)
                         if direct is not None:
                             data = await _read_chunk(*direct, read_size)
                         elif isinstance(upstream, TcpStream):
@@ -2589,18 +2619,23 @@ class _WispSession:
     ) -> Callable[[bytes | memoryview], bool]:
         """What the reader calls to pass a DATA packet of ``stream`` on to another member.
 
-        The packet goes into the other member's WebSocket output at once, as
+        The packet goes to the other member's WebSocket output at once, as
         the upload task would have put it after a wake-up and a join, or not
-        at all (False: it is queued as usual).  Its credit is released as
+        at all (False: it is queued as usual).  The other session holds the
+        packets of one batch of reads until :meth:`_flush_forwarded` (before
+        this session awaits anything), so several leave as one message.  Its credit is released as
         the upload task releases it once the other side took the bytes.
         """
         record = stream.record
         stream_id = stream.stream_id
         conn = self.conn
+        flushing = self.flushing
 
         def forward(data: bytes | memoryview) -> bool:
             if stream.stopping or not upstream.send_now(data):
                 return False
+            if upstream not in flushing:
+                flushing.append(upstream)
             record.up += len(data)
             stream.progress_at = anyio.current_time()
             touch()

@@ -368,6 +368,28 @@ class WebSocket:
         self._pending += len(frame)
         self._wake.set()
 
+    def send_parts_nowait(self, parts: list[bytes | memoryview], prefix: bytes = b"") -> None:
+        """As :meth:`send_nowait`, for the message ``prefix`` followed by ``parts``.
+
+        On the direct path the parts are not joined: the header and the parts
+        leave in one ``writelines`` (a LAN member's packets passed on to
+        another member, several per message).
+        """
+        if len(parts) == 1:
+            self.send_nowait(parts[0], prefix)
+            return
+        if self._closed or self._end_asked or self.protocol.state is not State.OPEN:
+            return
+        length = len(prefix) + sum(len(part) for part in parts)
+        transport = self._transport
+        if transport is not None:
+            self._write(transport, (frame_header(length) + prefix, *parts))
+            return
+        frame = b"".join((frame_header(length), prefix, *parts))
+        self._output.append(frame)
+        self._pending += len(frame)
+        self._wake.set()
+
     async def send(self, data: bytes | memoryview, prefix: bytes = b"") -> None:
         """Queue the binary message ``prefix + data`` once the output is under ``high_water``.
 

@@ -438,11 +438,13 @@ async def test_a_relayed_stream_comes_from_the_source_address(redis_url: str) ->
                 (alice.record.address6, bob.record.address6, listener6),
             ):
                 stream = await b.accept(relay_host("demo", source, destination), 8000)
-                accepted = await listening.accept()
+                # As bob's session takes it: the relayed stream is spliced to it.
+                accepted = hub_b.accepted(bob, await listening.accept())
                 async with stream, accepted:
                     assert accepted.remote_address[0] == source
                     await stream.send(b"ping")
-                    assert await accepted.receive() == b"ping"
+                    with anyio.fail_after(GUARD):
+                        assert await accepted.receive() == b"ping"
             # A port nobody listens on, a member elsewhere, a malformed host.
             with pytest.raises(ConnectionRefusedError):
                 await b.accept(relay_host("demo", alice.address, bob.address), 8001)
