@@ -352,6 +352,7 @@ def main() -> None:
                 f"netshim -> netshim over loopback: {rate:8.1f} MiB/s, {cpu:.1f} CPU s/GiB "
                 f"for both ends (kernel {kernel:.1f})"
             )
+        print("load average: " + ", ".join(f"{load:.2f}" for load in os.getloadavg()))
         return
     tag = str(os.getpid() % 10000)
     directions = (arguments.direction,) if arguments.direction else ("upload", "download")
@@ -371,9 +372,11 @@ def main() -> None:
         print(
             f"netshim {direction:8s} via wireguard-go: {rate:8.1f} MiB/s "
             f"({rate * 8 * 1.048576:.0f} Mbit/s), {figures[f'{direction} CPU s/GiB']:.1f} "
-            f"CPU s/GiB (kernel {figures[f'{direction} system s/GiB']:.1f}), "
-            f"{rate / base_rate:.3f}x the baseline"
+            f"CPU s/GiB (kernel {figures[f'{direction} system s/GiB']:.1f})"
+            + ("" if math.isnan(base_rate) else f", {rate / base_rate:.3f}x the baseline")
         )
+    # The rates move with the machine's load (2 cores shared here): say it.
+    print("load average: " + ", ".join(f"{load:.2f}" for load in os.getloadavg()))
 
 
 if __name__ == "__main__":
