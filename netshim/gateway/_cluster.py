@@ -50,7 +50,8 @@ source and the destination as ``<source>.<destination>.<lan>``, addresses
 written as DNS labels (``10-77-0-5``; IPv6 in full with ``-`` for ``:``).
 The receiving gateway connects to its member's listener from a stand-in
 :class:`~netshim.stacks.virtual.VirtualHost` that holds the source's address
-on its LAN's virtual network, so the listener sees the true source address.
+on its LAN's virtual network, so the listener sees the true source address,
+and splices that connection as two members' are (:mod:`._lan`).
 A stand-in goes when its member leaves or a local member gets its address.
 A port forward to another gateway's member is relayed the same way, from
 the gateways' own address on the LAN (``.1``, the same on all of them).

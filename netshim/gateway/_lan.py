@@ -18,7 +18,11 @@ other member's session, which frames it for its own WebSocket in the
 uploader's task, with nothing between the two but that call.  The writer
 waits while the reader's WebSocket output is full, so a slow reader stops
 the writer's uploads, its credits stop, and what the gateway holds stays the
-two sessions' usual bounds.
+two sessions' usual bounds.  While nothing of the stream is queued and that
+output has room, the writer's WebSocket reader hands each DATA packet over
+itself (:meth:`SplicedStream.send_now`), without the stream's task.  A
+stream relayed from another gateway of a cluster is spliced the same way
+from its stand-in host (:meth:`LanHub.connect_relayed`).
 
 Names and addresses are handed out by a :class:`LanDirectory`, whose methods
 are async so that a directory shared by several gateway processes (in Redis,
