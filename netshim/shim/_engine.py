@@ -89,8 +89,8 @@ class Engine:
         # which connect() (joining in the caller's thread), accept() and
         # the engine's serve_listener all change.
         self.queue_lock = threading.Lock()
-        # Ends of closed joined sockets not watched yet: state -> end (see hold).
-        self._held: dict[SocketState, socket.socket] = {}
+        # Descriptors of closed joined sockets not watched yet: state -> fd (see hold).
+        self._held: dict[SocketState, int] = {}
         self._held_watch_due = False
         # Connected shim sockets whose peer is a shim socket still to be
         # accepted: server stream -> (client state, listener).
@@ -225,8 +225,8 @@ class Engine:
             self._start(run)
         return future
 
-    def hold(self, state: SocketState, held: socket.socket) -> None:
-        """Keep ``held``, the end a closed joined socket leaves open, until its peer acts.
+    def hold(self, state: SocketState, held: int) -> None:
+        """Keep ``held``, the descriptor a closed joined socket leaves open, until its peer acts.
 
         The peer's close releases it at once, in the peer's thread
         (:meth:`release_held`).  Ends still held after ``HOLD_WATCH_DELAY``
@@ -247,7 +247,7 @@ class Engine:
         with self.queue_lock:
             held = self._held.pop(state, None)
         if held is not None:
-            held.close()
+            os.close(held)
 
     def _watch_held_later(self) -> None:
         loop = self._loop
@@ -313,20 +313,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _release_when_readable(held: socket.socket) -> None:
-    """Close ``held`` once the peer sends or closes (a plain callback on the engine loop).
+def _release_when_readable(held: int) -> None:
+    """Close the descriptor ``held`` once the peer sends or closes (a plain loop callback).
 
     Data the peer sent stays unread in it, so Linux reports ECONNRESET to
     the peer, as TCP's reset would.
     """
     loop = asyncio.get_running_loop()
-    fd = held.fileno()
 
     def release() -> None:
-        loop.remove_reader(fd)
-        held.close()
+        loop.remove_reader(held)
+        os.close(held)
 
-    loop.add_reader(fd, release)
+    loop.add_reader(held, release)
 
 
 # -- moving bytes -------------------------------------------------------------
@@ -525,6 +524,15 @@ async def close_tcp(state: SocketState) -> None:
 # so that one recvmsg() takes exactly one.
 _ACCEPTED = struct.Struct("!46sH46sH")
 ACCEPTED_SIZE = _ACCEPTED.size
+# The announcement of a connection joined in this process (see join_accepted):
+# no descriptor and no addresses (no IP's text is empty): the connection waits
+# in the listener's queue, in this process's memory, and in that of a child
+# forked meanwhile, which tells the parent's engine when it takes one.
+JOINED_ANNOUNCEMENT = bytes(ACCEPTED_SIZE)
+# What the accepting process answers on the listener's pair (see serve_listener):
+# it took a connection whose descriptor came with its announcement, or a
+# joined one (only a forked child answers those: this process takes its own).
+TOOK_PASSED, TOOK_JOINED = b"\1", b"\2"
 
 
 def pack_accepted(local: tuple[str, int], remote: tuple[str, int]) -> bytes:
@@ -544,11 +552,14 @@ def join_accepted(client: SocketState, listener: TcpListener, server_end: TcpStr
 
     The ``claim`` of :meth:`~netshim.stack.Stack.connect_tcp_joined`: the
     client's engine end becomes the accepted socket's descriptor (one kernel
-    socketpair joins the two programs) and is announced on the listener's
-    pair as :func:`serve_listener` announces connections, so ``accept()``
-    finds it and ``select`` sees the listener readable before ``connect()``
-    returns.  Says no (False, nothing changed) when the listener is not
-    served by this engine, its queue is full, or its pair has no room.
+    socketpair joins the two programs) and waits in the listener's queue,
+    announced on the listener's pair so that ``accept()`` finds it and
+    ``select`` sees the listener readable before ``connect()`` returns.  The
+    announcement carries no descriptor (``accept()`` takes the queued one)
+    unless the listener is shared with another process since a fork, where
+    it goes as :func:`serve_listener` passes its connections.  Says no
+    (False, nothing changed) when the listener is not served by this engine,
+    its queue is full, or its pair has no room.
     """
     engine = client.engine
     served = engine.shim_listeners.get(listener)
@@ -563,45 +574,75 @@ def join_accepted(client: SocketState, listener: TcpListener, server_end: TcpStr
         user_end.setblocking(True)
         accepted = SocketState.for_accepted(served, server_end, None, user_end)
         accepted.splice_partner = client
+        passed = served.shared_by_fork
         try:
-            engine_end.sendmsg(*_announcement(accepted, user_end))
+            if passed:
+                engine_end.sendmsg(*_announcement(accepted, user_end))
+            else:
+                engine_end.send(JOINED_ANNOUNCEMENT)
         except OSError:
             accepted.unregister()
             user_end.setblocking(False)
             return False
-        served.accept_queue.append((user_end, accepted))
+        served.accept_queue.append((user_end, accepted, passed))
     client.engine_end = None
     client.splice_partner = accepted
     return True
 
 
 def take_accepted(state: SocketState) -> None:
-    """``accept()`` took a joined connection from the listener ``state``, in this process.
+    """``accept()`` took a joined connection passed with its announcement, in this process.
 
     What the accepting process's answer byte tells :func:`serve_listener`,
-    done in the caller's thread: the queue's first entry (every entry before
-    a taken one was taken: announcements are read in order) is dropped,
-    and the engine hears of it only if it waits for room in the queue.
+    done in the caller's thread: the queue's first such entry (every one
+    before a taken one was taken: announcements are read in order) is
+    dropped, and the engine hears of it only if it waits for room in the queue.
     """
-    taken, event = _dequeue_taken(state, 1)
-    for user_end in taken:
+    taken, event = _dequeue_taken(state, 1, passed=True)
+    for user_end, _ in taken:
         user_end.close()
     if event is not None:
         state.engine.call_soon(event.set)
 
 
-def _dequeue_taken(
-    state: SocketState, count: int
-) -> tuple[list[_socket.socket], anyio.Event | None]:
-    """Drop the first ``count`` queued connections (those taken) from listener ``state``'s queue.
+def take_joined(state: SocketState) -> tuple[_socket.socket, SocketState] | None:
+    """The connection a joined announcement stands for, out of listener ``state``'s queue.
 
-    Returns their ends, for the caller to close outside the lock, and the
-    event a waiting :func:`serve_listener` is to be woken by when the queue
-    now has room (else None).
+    The first joined entry: joined announcements are read in the order
+    their entries were queued.  None when this process's queue has none
+    (the listener was closed).  The caller owns the end it returns.
+    """
+    taken, event = _dequeue_taken(state, 1, passed=False)
+    if event is not None:
+        state.engine.call_soon(event.set)
+    return taken[0] if taken else None
+
+
+def _dequeue_taken(
+    state: SocketState, count: int, *, passed: bool
+) -> tuple[list[tuple[_socket.socket, SocketState]], anyio.Event | None]:
+    """Drop the first ``count`` taken connections of one kind from listener ``state``'s queue.
+
+    ``passed`` says which kind: those whose descriptor went with their
+    announcement, or those joined in this process (the queue keeps both, in
+    the order of their announcements).  Returns their ends and states, for
+    the caller to close or use outside the lock, and the event a waiting
+    :func:`serve_listener` is to be woken by when the queue now has room
+    (else None).
     """
     with state.engine.queue_lock:
         queue = state.accept_queue
-        taken = [queue.popleft()[0] for _ in range(min(count, len(queue)))]
+        taken = []
+        if count == 1 and queue and queue[0][2] is passed:
+            user_end, accepted, _ = queue.popleft()  # the usual case
+            taken.append((user_end, accepted))
+        else:
+            for entry in list(queue):
+                if len(taken) == count:
+                    break
+                if entry[2] is passed:
+                    queue.remove(entry)
+                    taken.append((entry[0], entry[1]))
         event = state.room_event
         if event is not None and len(queue) <= state.backlog:
             state.room_event = None
@@ -654,11 +695,14 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
         if not answers:  # every process closed the listener
             loop.remove_reader(fd)
             return
-        taken, event = _dequeue_taken(state, len(answers))
-        for user_end in taken:
-            user_end.close()
-        if event is not None:
-            event.set()
+        joined = answers.count(TOOK_JOINED)
+        for passed, count in ((True, len(answers) - joined), (False, joined)):
+            if count:
+                taken, event = _dequeue_taken(state, count, passed=passed)
+                for user_end, _ in taken:
+                    user_end.close()
+                if event is not None:
+                    event.set()
 
     with lock:
         state.serving = True
@@ -709,7 +753,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
                         user_end.close()
                         raise
                     else:
-                        queue.append((user_end, accepted))
+                        queue.append((user_end, accepted, True))
                         break
                 await anyio.wait_writable(engine_end)
     except (anyio.ClosedResourceError, OSError):
@@ -725,7 +769,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
             if waiting_in is listener:
                 unsplice(client)
         await listener.aclose()
-        for user_end, accepted in queued:
+        for user_end, accepted, _ in queued:
             # Never accepted: forget it, before its inode can be reused.
             accepted.unregister()
             user_end.close()

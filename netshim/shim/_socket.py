@@ -44,6 +44,9 @@ from . import _names
 from ._engine import (
     ACCEPTED_SIZE,
     DATA,
+    JOINED_ANNOUNCEMENT,
+    TOOK_JOINED,
+    TOOK_PASSED,
     close_tcp,
     drain_filler,
     establish,
@@ -54,6 +57,7 @@ from ._engine import (
     send_datagram,
     serve_listener,
     take_accepted,
+    take_joined,
     unpack_accepted,
     unpack_datagram,
     unsplice,
@@ -411,7 +415,10 @@ class _ShimCommon(_Base):
         state = self._netshim
         if state is None:
             return super()._accept()  # type: ignore[misc,no-any-return]
-        fd, address, _ = self._take_connection()
+        fd, address, accepted = self._take_connection()
+        if accepted is not None:
+            # The caller makes the socket from the number alone.
+            accepted.index(fd)
         return fd, address
 
     def _take_connection(self) -> tuple[int, Any, SocketState | None]:
@@ -422,11 +429,14 @@ class _ShimCommon(_Base):
         if state.phase is not Phase.LISTENING:
             raise os_error(errno.EINVAL)
         # One announcement per waiting connection, with its descriptor (see
-        # serve_listener): reading it honours blocking mode and timeout
+        # serve_listener) or none for one joined in this process (see
+        # join_accepted): reading it honours blocking mode and timeout
         # exactly as accept() on a real listening socket would.
         frame, ancillary, _, _ = ORIGINAL_SOCKET.recvmsg(
             self, ACCEPTED_SIZE, socket.CMSG_SPACE(_INT.size), _MSG_CMSG_CLOEXEC
         )
+        if frame == JOINED_ANNOUNCEMENT and not ancillary:
+            return self._take_joined()
         fds = [
             _INT.unpack_from(data)[0]
             for level, kind, data in ancillary
@@ -454,8 +464,25 @@ class _ShimCommon(_Base):
                 return fd, self._sockaddr(remote), accepted
         # Tell the engine the connection was taken (see serve_listener).
         with contextlib.suppress(OSError):
-            ORIGINAL_SOCKET.send(self, b"\1", socket.MSG_DONTWAIT)
+            ORIGINAL_SOCKET.send(self, TOOK_PASSED, socket.MSG_DONTWAIT)
         return fd, self._sockaddr(remote), accepted
+
+    def _take_joined(self) -> tuple[int, Any, SocketState]:
+        """The connection a joined announcement stands for: its end waits in the queue."""
+        state = self._netshim
+        assert state is not None
+        taken = take_joined(state)
+        if taken is None:
+            raise os_error(errno.EBADF, "the listener was closed")
+        user_end, accepted = taken
+        if state.engine.left_behind:
+            # A child forked after the connection was queued took its copy:
+            # the parent's engine drops its own (see serve_listener).
+            with contextlib.suppress(OSError):
+                ORIGINAL_SOCKET.send(self, TOOK_JOINED, socket.MSG_DONTWAIT)
+        remote = accepted.remote
+        assert remote is not None
+        return user_end.detach(), self._sockaddr(remote), accepted
 
     def _connect(self, address: Any, function: str) -> int:
         state = self._netshim
@@ -627,7 +654,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 # what socket.socket adds, and making one costs a microsecond.
                 engine_end.setblocking(False)
                 state.engine_end = engine_end
-                state.register(self.fileno(), self)
+                state.register(self)
                 if type & getattr(socket, "SOCK_NONBLOCK", 0):
                     self.setblocking(False)
             else:
@@ -943,12 +970,14 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
     def _real_close(self) -> None:
         state = self._netshim
         if state is not None and self.fileno() >= 0 and state.user_socket() is self:
-            _closing(state)
+            _closing(state, self)
         ORIGINAL_SOCKET._real_close(self)  # type: ignore[attr-defined]
 
     def detach(self) -> int:
         state = self._netshim
         if state is not None:
+            if self.fileno() >= 0:
+                state.index(self.fileno())  # the number alone must find it from now on
             state.user_socket = lambda: None
         return super().detach()
 
@@ -1157,6 +1186,7 @@ def _check_open(sock: Any) -> None:
 
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_MSG_PEEK_NOW = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _IPPROTO_UDPLITE = getattr(socket, "IPPROTO_UDPLITE", 136)
 # What a stack appends to an errno's text when all it adds is the address.
@@ -1355,7 +1385,12 @@ async def _stop_udp(state: SocketState) -> None:
     # The pump closed the engine's end; give the socket a fresh pair side.
 
 
-def _closing(state: SocketState) -> None:
+def _closing(state: SocketState, user: socket.socket) -> None:
+    """The program closes ``user``, the socket of ``state``: what the connection does then.
+
+    A joined socket whose peer may still send keeps its descriptor open (see
+    :func:`_hold_joined_end`): ``user`` is then left detached, its close a no-op.
+    """
     partner = state.splice_partner
     engine = state.engine
     if state.shared_by_fork:
@@ -1378,7 +1413,7 @@ def _closing(state: SocketState) -> None:
         and (partner is None or not partner.closed_by_user or partner.shared_by_fork)
     ):
         # Pending too: the listener may still join this end to its peer.
-        _hold_joined_end(state)
+        _hold_joined_end(state, user)
     if partner is not None and not state.shared_by_fork and not partner.engine.left_behind:
         # The end the peer held open when it closed waited for this close.
         partner.engine.release_held(partner)
@@ -1396,30 +1431,25 @@ def _closing(state: SocketState) -> None:
     engine.spawn(_close_engine_side, state)
 
 
-def _hold_joined_end(state: SocketState) -> None:
+def _hold_joined_end(state: SocketState, user: socket.socket) -> None:
     """Keep a joined socket's end open past ``close()``, as TCP keeps the connection.
 
     On TCP the peer of a closed socket gets a FIN, and its first ``send``
     afterwards still succeeds (the reply is a reset); only later calls fail.
     Closing one end of an AF_UNIX pair would fail that first ``send`` with
-    EPIPE at once.  So the end is duplicated and half-closed (the FIN), and
-    the duplicate is closed when the peer next sends or closes (see
-    :meth:`~netshim.shim._engine.Engine.hold`):
-    unread data then makes the kernel report ECONNRESET to the peer, as the
-    reset would.  With data the program left unread nothing is held, so the
-    close resets the peer at once, as on TCP.
+    EPIPE at once.  So the end is half-closed (the FIN) and its descriptor
+    taken from ``user`` (detached, so that the socket's own close leaves it
+    open), and closed when the peer next sends or closes (see
+    :meth:`~netshim.shim._engine.Engine.hold`): unread data then makes the
+    kernel report ECONNRESET to the peer, as the reset would.  With data the
+    program left unread nothing is held, so the close resets the peer at
+    once, as on TCP.
     """
-    user = state.user_socket()
-    if user is None or user.fileno() < 0:
-        return
     try:
-        held = ORIGINAL_SOCKET(socket.AF_UNIX, socket.SOCK_STREAM, 0, os.dup(user.fileno()))
-    except OSError:
-        return
-    # Non-blocking, so the peek cannot wait out the socket's timeout.
-    held.setblocking(False)
-    try:
-        unread = held.recv(1, socket.MSG_PEEK)
+        if _socket.socket.gettimeout(user) is not None:
+            # With a timeout, recv() would wait for data before its peek.
+            _socket.socket.setblocking(user, False)
+        unread: bytes | None = _socket.socket.recv(user, 1, _MSG_PEEK_NOW)
     except BlockingIOError:
         unread = None
     except OSError:
@@ -1427,11 +1457,10 @@ def _hold_joined_end(state: SocketState) -> None:
     if unread is not None:
         # Unread data: closing resets the peer at once, as on TCP.  Or the
         # peer's FIN came already: it sends nothing more, nothing to hold.
-        held.close()
         return
     with contextlib.suppress(OSError):
-        held.shutdown(socket.SHUT_WR)
-    state.engine.hold(state, held)
+        _socket.socket.shutdown(user, socket.SHUT_WR)
+    state.engine.hold(state, _socket.socket.detach(user))
 
 
 async def _close_engine_side(state: SocketState) -> None:

@@ -121,7 +121,7 @@ class ShimSSLSocket(_ShimCommon, _ORIGINAL_SSL_SOCKET):
         if state is not None and self.fileno() >= 0 and state.user_socket() is self:
             from ._socket import _closing
 
-            _closing(state)
+            _closing(state, self)
         super()._real_close()  # type: ignore[misc]
 
 

@@ -5,7 +5,9 @@ kind, the stack it runs on, its phase (new, bound, listening, connecting,
 connected, failed), its virtual addresses, options, and the stack objects the
 engine drives for it.  The program's file descriptor is one end of a
 socketpair; ``socket.dup()``, ``detach()`` and ``socket.socket(fileno=...)``
-find the state again through the registry, keyed by the pair end's inode.
+find the state again through the registry, keyed by the pair end's inode,
+which is read only when a lookup first needs it: most sockets are never
+looked up by descriptor, and reading an inode is a system call.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ _UDP_DEFAULTS: dict[tuple[int, int], int] = {
 }
 
 _registry: dict[int, SocketState] = {}
+# Registered states whose inode was not read yet (see _index_unindexed).
+_unindexed: set[SocketState] = set()
 _registry_lock = threading.Lock()
 
 
@@ -62,7 +66,7 @@ def _new_registry_lock() -> None:
 def _mark_shared_by_fork() -> None:
     # Both processes now hold every open shim socket (the child's copies are
     # marked too: the flag is copied with the memory).
-    for state in list(_registry.values()):
+    for state in [*_registry.values(), *_unindexed]:
         state.shared_by_fork = True
 
 
@@ -83,10 +87,34 @@ def _nobody() -> None:
 
 def lookup_state(fd: int) -> SocketState | None:
     """The state of the shim socket whose pair end ``fd`` is, if any."""
-    if not _registry:
+    if not _registry and not _unindexed:
         return None
     inode = _inode(fd)
-    return _registry.get(inode) if inode is not None else None
+    if inode is None:
+        return None
+    state = _registry.get(inode)
+    if state is None and _unindexed:
+        _index_unindexed()
+        state = _registry.get(inode)
+    return state
+
+
+def _index_unindexed() -> None:
+    """Read the inode of every registered state's descriptor not read yet.
+
+    Under the lock, so that a state unregistered meanwhile (its socket
+    closing) is never added after it left.  A state whose descriptor has no
+    socket object now (accept() is making one) stays to be read later.
+    """
+    with _registry_lock:
+        for state in list(_unindexed):
+            user = state.user_socket()
+            if user is None:
+                _unindexed.discard(state)  # its socket is gone, and its descriptor
+                continue
+            fd = user.fileno()
+            if fd >= 0:
+                state._index_locked(fd)
 
 
 class SocketState:
@@ -152,7 +180,10 @@ class SocketState:
         )
         # The program's socket object for this state (the accepted end, until accepted).
         self.user_socket: Callable[[], _socket.socket | None] = _nobody
-        self.accept_queue: deque[tuple[_socket.socket, SocketState]] = deque()
+        # A listener's connections waiting for accept(): their ends, states,
+        # and whether the descriptor went with the announcement (see
+        # _engine.join_accepted).
+        self.accept_queue: deque[tuple[_socket.socket, SocketState, bool]] = deque()
 
     def __repr__(self) -> str:
         return f"<SocketState {self.kind.name} {self.phase.value} {self.local} -> {self.remote}>"
@@ -161,18 +192,28 @@ class SocketState:
     def is_tcp(self) -> bool:
         return self.kind == socket.SOCK_STREAM
 
-    def register(self, fd: int, user: socket.socket) -> None:
-        self.inode = _inode(fd)
+    def register(self, user: socket.socket) -> None:
+        """Make the state findable from ``user``'s descriptor (read when first needed)."""
         self.user_socket = weakref.ref(user)
+        with _registry_lock:
+            _unindexed.add(self)
+
+    def index(self, fd: int) -> None:
+        """Make the state findable from ``fd``, its pair end, now (before it loses its socket)."""
+        with _registry_lock:
+            self._index_locked(fd)
+
+    def _index_locked(self, fd: int) -> None:
+        _unindexed.discard(self)
+        self.inode = _inode(fd)
         if self.inode is not None:
-            with _registry_lock:
-                _registry[self.inode] = self
+            _registry[self.inode] = self
 
     def unregister(self) -> None:
-        if self.inode is not None:
-            with _registry_lock:
-                if _registry.get(self.inode) is self:
-                    del _registry[self.inode]
+        with _registry_lock:
+            _unindexed.discard(self)
+            if self.inode is not None and _registry.get(self.inode) is self:
+                del _registry[self.inode]
 
     @classmethod
     def for_inherited_connection(
@@ -208,10 +249,8 @@ class SocketState:
         state.local = stream.local_address
         state.remote = stream.remote_address
         state.engine_end = engine_end
-        state.inode = _inode(user_end.fileno())
-        if state.inode is not None:
-            with _registry_lock:
-                _registry[state.inode] = state
         queued = user_end
         state.user_socket = lambda: queued
+        with _registry_lock:
+            _unindexed.add(state)
         return state

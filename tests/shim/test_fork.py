@@ -86,3 +86,39 @@ def test_pre_fork_workers_accept_on_an_inherited_listener(installed: Installed) 
     assert client.recv(100) == b"from the parent"
     for sock in (conn, client, listener):
         sock.close()
+
+
+def test_a_child_accepts_a_connection_joined_before_the_fork(installed: Installed) -> None:
+    # A connection joined in connect() waits in the listener's queue, in
+    # memory, announced with no descriptor.  A child forked meanwhile takes
+    # it from its copy of the queue and tells the parent's engine, which
+    # drops the parent's copy: the client sees the child's data, then the end.
+    with acting_as(installed.web):
+        listener = socket.create_server(("0.0.0.0", 8101))
+    listener.settimeout(5)
+    socket.create_connection(("10.0.0.2", 8101), timeout=5).close()
+    listener.accept()[0].close()  # the listener's serving task runs from here on
+    client = socket.create_connection(("10.0.0.2", 8101), timeout=5)
+    queue = listener._netshim.accept_queue  # type: ignore[attr-defined]
+    assert [passed for _, _, passed in queue] == [False]
+
+    def worker() -> None:
+        conn, address = listener.accept()
+        with conn:
+            assert address == client.getsockname()
+            conn.sendall(b"from the child")
+
+    assert in_child(worker) == 0
+    received = b""
+    while chunk := client.recv(100):
+        received += chunk
+    assert received == b"from the child"
+    assert not queue
+    # The parent's queue is in step: its own next connection comes next.
+    second = socket.create_connection(("10.0.0.2", 8101), timeout=5)
+    conn, address = listener.accept()
+    assert address == second.getsockname()
+    conn.sendall(b"from the parent")
+    assert second.recv(100) == b"from the parent"
+    for sock in (conn, second, client, listener):
+        sock.close()
