@@ -32,6 +32,7 @@ import contextvars
 import errno
 import logging
 import os
+import select
 import socket
 import struct
 import sys
@@ -62,13 +63,14 @@ ABORT_GRACE = 0.5
 # to move in few calls, small enough that one busy socket cannot starve others.
 PUMP_CHUNK = 256 * 1024
 
-# How long the end a closed joined socket leaves open (see Engine.hold) may
-# wait before the engine watches it.  Most peers close soon after, which
-# releases the end in their own thread; one wake of the engine then covers
-# every end held in this time instead of one wake per connection.  It is the
-# longest a peer's send after the close can go unanswered by a reset, a
-# fraction of the 40 ms Linux waits for a delayed ACK.
+# Where there is no epoll (see Engine.hold): how long the end a closed joined
+# socket leaves open may wait before the engine watches it.  Most peers close
+# soon after, which releases the end in their own thread; one wake of the
+# engine then covers every end held in this time instead of one wake per
+# connection.  It is the longest a peer's send after the close can go
+# unanswered by a reset, a fraction of the 40 ms Linux waits for a delayed ACK.
 HOLD_WATCH_DELAY = 0.002
+_EPOLL = getattr(select, "epoll", None)
 
 
 class Engine:
@@ -92,6 +94,10 @@ class Engine:
         # Descriptors of closed joined sockets not watched yet: state -> fd (see hold).
         self._held: dict[SocketState, int] = {}
         self._held_watch_due = False
+        # The kernel's watch over the held ends, where epoll exists: each end
+        # is registered when held, and the engine loop wakes only when one
+        # of them becomes readable.
+        self._held_events: select.epoll | None = None
         # Connected shim sockets whose peer is a shim socket still to be
         # accepted: server stream -> (client state, listener).
         self.splice_waiting: dict[object, tuple[SocketState, object]] = {}
@@ -229,12 +235,26 @@ class Engine:
         """Keep ``held``, the descriptor a closed joined socket leaves open, until its peer acts.
 
         The peer's close releases it at once, in the peer's thread
-        (:meth:`release_held`).  Ends still held after ``HOLD_WATCH_DELAY``
-        are watched by the engine, which closes each when the peer sends or
-        closes; one engine wake serves all the ends held meanwhile.
+        (:meth:`release_held`).  Otherwise the engine closes it when the peer
+        sends or closes: an epoll set watches every held end from the moment
+        it is held, and wakes the engine only when one becomes readable, so
+        holding and releasing cost the program's thread two quick system
+        calls and the engine nothing.  Without epoll, ends still held after
+        ``HOLD_WATCH_DELAY`` are handed to the engine loop, one wake serving
+        all the ends held meanwhile.
         """
+        watcher = self._held_events
+        if watcher is None and _EPOLL is not None:
+            watcher = self._watch_held_events()
         with self.queue_lock:
             self._held[state] = held
+            if watcher is not None:
+                try:
+                    watcher.register(held, select.EPOLLIN)
+                except OSError:
+                    pass  # (ENOMEM, ENOSPC) as if there were no epoll
+                else:
+                    return
             if self._held_watch_due:
                 return
             self._held_watch_due = True
@@ -246,8 +266,49 @@ class Engine:
             return
         with self.queue_lock:
             held = self._held.pop(state, None)
+            if held is not None and self._held_events is not None:
+                with contextlib.suppress(OSError):  # (held before the epoll failed)
+                    self._held_events.unregister(held)
         if held is not None:
             os.close(held)
+
+    def _watch_held_events(self) -> select.epoll:
+        """The epoll set of held ends, made and handed to the engine loop on first use."""
+        assert _EPOLL is not None
+        with self._lock:
+            made = self._held_events is None
+            if made:
+                self._held_events = _EPOLL()
+            watcher = self._held_events
+            assert watcher is not None
+        if made:
+            # Level-triggered: ends that became readable before the loop
+            # watches the set are seen then.
+            self.call_soon(self._add_held_reader)
+        return watcher
+
+    def _add_held_reader(self) -> None:
+        loop = self._loop
+        watcher = self._held_events
+        assert loop is not None
+        assert watcher is not None
+        loop.add_reader(watcher.fileno(), self._release_ready_held)
+
+    def _release_ready_held(self) -> None:
+        """On the engine loop: close the held ends whose peer sent or closed (the reset)."""
+        watcher = self._held_events
+        assert watcher is not None
+        with self.queue_lock:
+            # Asked under the lock: an end released (and its number reused)
+            # since the loop saw the set readable is not reported now.
+            ready = {fd for fd, _ in watcher.poll(0)}
+            taken = [(state, fd) for state, fd in self._held.items() if fd in ready]
+            for state, fd in taken:
+                del self._held[state]
+                with contextlib.suppress(OSError):
+                    watcher.unregister(fd)
+        for _, fd in taken:
+            os.close(fd)
 
     def _watch_held_later(self) -> None:
         loop = self._loop
@@ -306,6 +367,8 @@ def _after_fork_in_child() -> None:
     """
     global _engine
     _engine.left_behind = True
+    if _engine._held_events is not None:
+        _engine._held_events.close()  # the parent's watch, which the child has no part in
     _engine = Engine()
 
 
@@ -350,6 +413,19 @@ async def _read_some(sock: _socket.socket, size: int = PUMP_CHUNK) -> bytes:
             await anyio.wait_readable(sock)
 
 
+def engine_end_of(state: SocketState) -> _socket.socket:
+    """``state``'s engine end, made non-blocking: every engine task that uses one asks here.
+
+    A shim socket's pair is made blocking (see ``ShimSocket.__init__``): the
+    end the engine never takes up (a connection joined in ``connect()``)
+    becomes the accepted socket's as it is.
+    """
+    engine_end = state.engine_end
+    assert engine_end is not None
+    engine_end.setblocking(False)
+    return engine_end
+
+
 def reset_user_end(state: SocketState) -> None:
     """Close the engine's end so that the user's end reports ECONNRESET."""
     engine_end = state.engine_end
@@ -374,8 +450,7 @@ async def pump_tcp(state: SocketState, stream: TcpStream) -> None:
     or ``SO_LINGER`` with a zero timeout, resets the stream, as Linux does.
     A reset from the network becomes ECONNRESET on the program's socket.
     """
-    engine_end = state.engine_end
-    assert engine_end is not None
+    engine_end = engine_end_of(state)
     # "network": the stack's stream failed; "local": the program's end did
     # (it closed, or reset with SO_LINGER 0).
     failures: dict[str, BaseException] = {}
@@ -570,8 +645,8 @@ def join_accepted(client: SocketState, listener: TcpListener, server_end: TcpStr
         engine_end = served.engine_end
         if not served.serving or engine_end is None or len(served.accept_queue) > served.backlog:
             return False
-        # The descriptor the program gets blocks, as a fresh socket does.
-        user_end.setblocking(True)
+        # The descriptor the program gets blocks, as a fresh socket does (and
+        # as the client's engine end still does, see engine_end_of).
         accepted = SocketState.for_accepted(served, server_end, None, user_end)
         accepted.splice_partner = client
         passed = served.shared_by_fork
@@ -582,7 +657,6 @@ def join_accepted(client: SocketState, listener: TcpListener, server_end: TcpStr
                 engine_end.send(JOINED_ANNOUNCEMENT)
         except OSError:
             accepted.unregister()
-            user_end.setblocking(False)
             return False
         served.accept_queue.append((user_end, accepted, passed))
     client.engine_end = None
@@ -676,8 +750,7 @@ async def serve_listener(state: SocketState, listener: TcpListener) -> None:
     queued and announced the same way, and taken by :func:`take_accepted`.)
     This task owns the listener's engine end from here on and closes it.
     """
-    engine_end = state.engine_end
-    assert engine_end is not None
+    engine_end = engine_end_of(state)
     engine = state.engine
     queue = state.accept_queue
     lock = engine.queue_lock
@@ -828,8 +901,7 @@ async def pump_udp(state: SocketState, udp: UdpSocket) -> None:
     from a process that inherited the socket across ``fork()``: it writes
     framed datagrams into the pair, which this pump sends.
     """
-    engine_end = state.engine_end
-    assert engine_end is not None
+    engine_end = engine_end_of(state)
     receive_with_header = udp.receive_with_header if isinstance(udp, CarriesIpHeader) else None
 
     async def upstream() -> None:
@@ -883,6 +955,7 @@ async def pump_udp(state: SocketState, udp: UdpSocket) -> None:
 
 def drain_filler(sock: _socket.socket, count: int) -> None:
     """Read the bytes written to keep a connecting socket unwritable."""
+    sock.setblocking(False)
     while count > 0:
         try:
             count -= len(sock.recv(count))

@@ -176,6 +176,10 @@ class _ShimCommon(_Base):
     # -- addresses -----------------------------------------------------------
 
     def _parse_address(self, address: Any, function: str) -> tuple[str, int]:
+        if address.__class__ is tuple and len(address) == 2:
+            host, port = address
+            if host.__class__ is str and port.__class__ is int and 0 <= port <= 65535:
+                return address  # the usual (ip, port)
         state = self._netshim
         assert state is not None
         family_name = "AF_INET6" if state.family == socket.AF_INET6 else "AF_INET"
@@ -652,7 +656,9 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 super().__init__(socket.AF_UNIX, kind, 0, user_end.detach())
                 # The C socket object as it comes: the engine needs none of
                 # what socket.socket adds, and making one costs a microsecond.
-                engine_end.setblocking(False)
+                # Still blocking: the engine makes it non-blocking when it
+                # takes it up (see _engine.engine_end_of), and a connection
+                # joined in connect() gives it to the accepted socket as is.
                 state.engine_end = engine_end
                 state.register(self)
                 if type & getattr(socket, "SOCK_NONBLOCK", 0):
@@ -1186,7 +1192,16 @@ def _check_open(sock: Any) -> None:
 
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
-_MSG_PEEK_NOW = socket.MSG_PEEK | socket.MSG_DONTWAIT
+# Linux's count of the bytes waiting in a socket (SIOCINQ), where the
+# platform has the ioctl (Pyodide has neither module).
+try:
+    import fcntl
+    import termios
+
+    _FIONREAD: int | None = termios.FIONREAD
+except ImportError:
+    _FIONREAD = None
+_NO_BYTES = bytes(4)
 _MSG_CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _IPPROTO_UDPLITE = getattr(socket, "IPPROTO_UDPLITE", 136)
 # What a stack appends to an errno's text when all it adds is the address.
@@ -1445,22 +1460,31 @@ def _hold_joined_end(state: SocketState, user: socket.socket) -> None:
     program left unread nothing is held, so the close resets the peer at
     once, as on TCP.
     """
-    try:
-        if _socket.socket.gettimeout(user) is not None:
-            # With a timeout, recv() would wait for data before its peek.
-            _socket.socket.setblocking(user, False)
-        unread: bytes | None = _socket.socket.recv(user, 1, _MSG_PEEK_NOW)
-    except BlockingIOError:
-        unread = None
-    except OSError:
-        unread = b""
-    if unread is not None:
-        # Unread data: closing resets the peer at once, as on TCP.  Or the
-        # peer's FIN came already: it sends nothing more, nothing to hold.
-        return
+    if _has_unread_data(user):
+        return  # closing resets the peer at once, as on TCP
     with contextlib.suppress(OSError):
         _socket.socket.shutdown(user, socket.SHUT_WR)
-    state.engine.hold(state, _socket.socket.detach(user))
+    held = _socket.socket.detach(user)
+    if held >= 0:  # (-1: another thread closed the socket meanwhile)
+        state.engine.hold(state, held)
+
+
+def _has_unread_data(sock: socket.socket) -> bool:
+    """Whether bytes wait unread in ``sock`` (or, where the ioctl is missing, its peer's FIN)."""
+    if _FIONREAD is not None:
+        # One system call, and no exception to raise as a peek's EAGAIN does.
+        try:
+            return fcntl.ioctl(sock.fileno(), _FIONREAD, _NO_BYTES) != _NO_BYTES
+        except OSError:
+            return False
+    try:
+        if _socket.socket.gettimeout(sock) is not None:
+            # With a timeout, recv() would wait for data before its peek.
+            _socket.socket.setblocking(sock, False)
+        _socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:  # EAGAIN: nothing there
+        return False
+    return True  # data, or the peer's FIN: it sends nothing more, nothing to hold
 
 
 async def _close_engine_side(state: SocketState) -> None:

@@ -207,24 +207,30 @@ class VirtualHost(Stack):
     def _claim(self, protocol: str, ip: IPAddress, port: int, dual: bool) -> PortBinding:
         """:meth:`bind` for an address this host owns."""
         table = self._ports[protocol]
+        binding = PortBinding(protocol, ip, port, dual)
         with self.network.lock:
             if port == 0:
-                port = self._ephemeral_port(protocol, ip, dual)
-            binding = PortBinding(protocol, ip, port, dual)
-            for other in table.get(port, ()):
-                if binding.overlaps(other):
-                    raise address_in_use((str(ip), port))
-            table.setdefault(port, []).append(binding)
+                # A port no binding overlaps: nothing more to check.
+                binding.port = self._ephemeral_port(table, binding)
+            else:
+                for other in table.get(port, ()):
+                    if binding.overlaps(other):
+                        raise address_in_use((str(ip), port))
+            bound = table.get(binding.port)
+            if bound is None:
+                table[binding.port] = [binding]
+            else:
+                bound.append(binding)
         return binding
 
-    def _ephemeral_port(self, protocol: str, ip: IPAddress, dual: bool) -> int:
-        table = self._ports[protocol]
+    def _ephemeral_port(self, table: dict[int, list[PortBinding]], binding: PortBinding) -> int:
+        """The next ephemeral port where ``binding`` overlaps no other (EADDRINUSE: none)."""
+        protocol = binding.protocol
         start = self._next_ephemeral[protocol]
         port = start
-        probe = PortBinding(protocol, ip, 0, dual)
         while True:
             taken = table.get(port)
-            if not taken or not any(probe.overlaps(other) for other in taken):
+            if not taken or not any(binding.overlaps(other) for other in taken):
                 nxt = port + 1
                 self._next_ephemeral[protocol] = (
                     nxt if nxt in EPHEMERAL_PORTS else EPHEMERAL_PORTS[0]
@@ -232,7 +238,7 @@ class VirtualHost(Stack):
                 return port
             port = port + 1 if port + 1 in EPHEMERAL_PORTS else EPHEMERAL_PORTS[0]
             if port == start:
-                raise address_in_use((str(ip), 0))
+                raise address_in_use((str(binding.ip), 0))
 
     def release(self, binding: PortBinding) -> None:
         table = self._ports[binding.protocol]
