@@ -20,7 +20,9 @@ What the engine does to the pair is how the program sees the network:
   "writable" exactly when a real socket would;
 * a listener's end becomes readable when a connection is waiting: the engine
   passes each queued connection's descriptor through it (SCM_RIGHTS) and
-  ``accept`` takes one, in whichever process holds the listener.
+  ``accept`` takes one, in whichever process holds the listener (a
+  connection joined in ``connect()`` is announced without one: its end waits
+  in the listener's queue, see ``join_accepted``).
 """
 
 from __future__ import annotations
