@@ -234,3 +234,27 @@ async def test_watching_is_refused_where_the_loop_cannot_call_back(
         else:
             assert link.watch_readable(lambda: None) is False
         await link.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_packet_taken_by_an_earlier_wait_is_reported_when_watched() -> None:
+    with pipe_link() as (link, write_end):
+        # A wait's readiness callback takes the packet off the pipe; the
+        # watch that follows must still be told of it.
+        os.write(write_end, b"held")
+        with anyio.fail_after(5):
+            await link.wait_readable()
+        taken = anyio.Event()
+        packets: list[bytes] = []
+
+        def take() -> None:
+            packet = link.receive_nowait()
+            if packet is not None:
+                packets.append(packet.data)
+                taken.set()
+
+        assert link.watch_readable(take)
+        with anyio.fail_after(5):
+            await taken.wait()
+        assert packets == [b"held"]
+        await link.aclose()

@@ -328,6 +328,10 @@ class _TunDeviceLink(Link):
         self._drop_reader()
         loop.add_reader(self.fd, callback)
         self._reader_loop = loop
+        if self._pending is not None:
+            # A packet an earlier wait took off the device: no readiness
+            # report will come for it.
+            loop.call_soon(callback)
         return True
 
     def unwatch_readable(self) -> None:
