@@ -247,8 +247,7 @@ def install() -> None:
         local_address: str | None = None,
         socket_options: Any = None,
     ) -> httpcore.AsyncNetworkStream:
-        stack = _fetch_stack_for(host, port) if local_address is None else None
-        if stack is None or _async_library() != "asyncio":
+        async def the_usual_way() -> httpcore.AsyncNetworkStream:
             return await original(
                 self,
                 host,
@@ -257,6 +256,10 @@ def install() -> None:
                 local_address=local_address,
                 socket_options=socket_options,
             )
+
+        stack = _fetch_stack_for(host, port) if local_address is None else None
+        if stack is None or _async_library() != "asyncio":
+            return await the_usual_way()
         from .fetch import FetchStream
 
         try:
@@ -269,14 +272,7 @@ def install() -> None:
         if not isinstance(stream, FetchStream):
             # A wrapped connect_tcp that answers with another kind of stream.
             await stream.aclose()
-            return await original(
-                self,
-                host,
-                port,
-                timeout=timeout,
-                local_address=local_address,
-                socket_options=socket_options,
-            )
+            return await the_usual_way()
         return FetchNetworkStream(stream)
 
     AutoBackend.connect_tcp = connect_tcp  # type: ignore[method-assign]

@@ -860,13 +860,7 @@ class WireGuardLink(Link):
     async def send_many(self, packets: Iterable[tuple[bytes, GsoInfo | None]]) -> None:
         """Encrypt ``packets`` and send their datagrams together (one pass of IpStack output)."""
         sock = await self._ensure_socket()
-        plain: list[bytes] = []
-        for packet, gso in packets:
-            if gso is None:
-                plain.append(packet)
-            else:
-                plain.extend(segment_tcp(packet, gso))
-        self.device.send_packets(plain, self._now())
+        self.device.send_packets(_wire_packets(packets), self._now())
         await self._flush(sock)
         self._deadline_moved()
 
@@ -885,13 +879,7 @@ class WireGuardLink(Link):
         raw = self._raw
         if raw is None or self._closed or (self._out and not self._write_ready()):
             return 0
-        plain: list[bytes] = []
-        for packet, gso in packets:
-            if gso is None:
-                plain.append(packet)
-            else:
-                plain.extend(segment_tcp(packet, gso))
-        self.device.send_packets(plain, self._now())
+        self.device.send_packets(_wire_packets(packets), self._now())
         self._collect()
         if not self._write_ready():
             self._wake_receive()
@@ -1271,3 +1259,14 @@ class WireGuardStack(IpStack):
         event = found[0]
         if not isinstance(event, HandshakeCompleted):
             raise ConnectionError(f"WireGuard handshake with {event.peer} failed")
+
+
+def _wire_packets(packets: Iterable[tuple[bytes, GsoInfo | None]]) -> list[bytes]:
+    """IpStack's output as the tunnel carries it: a TSO packet cut into its wire segments."""
+    plain: list[bytes] = []
+    for packet, gso in packets:
+        if gso is None:
+            plain.append(packet)
+        else:
+            plain.extend(segment_tcp(packet, gso))
+    return plain
