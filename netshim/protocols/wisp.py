@@ -1116,6 +1116,30 @@ class WispConnection:
         stream.received += 1
         return stream_id, memoryview(message)[HEADER_SIZE:]
 
+    def take_client_data(self, message: bytes | memoryview) -> tuple[int, memoryview] | None:
+        """Client: ``message`` taken at once if it is DATA on an open stream.
+
+        The client's side of :meth:`take_data`: the state changes exactly as
+        :meth:`receive_data` and :meth:`next_event` would change it, and the
+        result is the stream id and a view of the payload (not a copy;
+        ``message`` must not change).  Anything else returns ``None`` and
+        changes nothing: hand the message to :meth:`receive_data`.
+        """
+        if (
+            self.role is not Role.CLIENT
+            or self.state is not ConnectionState.OPEN
+            or self._incoming
+            or self._pending
+            or len(message) < HEADER_SIZE
+            or message[0] != PacketType.DATA
+        ):
+            return None
+        stream_id = _U32.unpack_from(message, 1)[0]
+        if stream_id == 0 or stream_id not in self._streams:
+            return None
+        self.counters.packets_in += 1
+        return stream_id, memoryview(message)[HEADER_SIZE:]
+
     def next_event(self) -> Event | _NeedData:
         """The next event from the received messages, or :data:`NEED_DATA`.
 

@@ -356,7 +356,7 @@ class ByteBuffer:
         self.eof = False
         self.error: OSError | None = None
 
-    def push(self, data: bytes) -> None:
+    def push(self, data: bytes | memoryview) -> None:
         if data and not self.eof and self.error is None:
             self.chunks.append(data)
             self.size += len(data)

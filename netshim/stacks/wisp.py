@@ -70,7 +70,7 @@ import sys
 import threading
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -175,6 +175,13 @@ def error_for_reason(reason: int, host: str, port: int, server: str) -> OSError 
     return os_error(errno.ECONNRESET, f"{where}, close reason {name}")
 
 
+def _stream_id_of(message: bytes | memoryview) -> int:
+    """The stream id of a DATA packet (0, which no stream has, for anything else)."""
+    if len(message) < wisp.HEADER_SIZE or message[0] != wisp.PacketType.DATA:
+        return 0
+    return int.from_bytes(message[1:5], "little")
+
+
 class _Session:
     """One WebSocket and its Wisp connection, shared by the streams opened on it."""
 
@@ -210,6 +217,10 @@ class _Session:
         self._pushed_event: anyio.Event | None = None
         if self.pushed:
             websocket.set_message_handler(self._on_message)  # type: ignore[attr-defined]
+        # Messages as views of what was read where the WebSocket offers them.
+        self._receive: Callable[[], Awaitable[bytes | memoryview | None]] = getattr(
+            websocket, "receive_view", websocket.receive
+        )
 
     @property
     def alive(self) -> bool:
@@ -236,7 +247,7 @@ class _Session:
             self._reading = True
             wake = self._dispatched
             try:
-                message = await self.ws.receive()
+                message = await self._receive()
                 if message is None:
                     self.die(connection_reset())
                 else:
@@ -316,7 +327,17 @@ class _Session:
         if wake is not None:
             wake.set()
 
-    def dispatch(self, message: bytes | bytearray) -> None:
+    def dispatch(self, message: bytes | bytearray | memoryview) -> None:
+        if isinstance(message, bytes) or (isinstance(message, memoryview) and message.readonly):
+            # The bulk of a download: DATA for a TCP stream goes to its
+            # buffer as a view of the message (which never changes), with no
+            # event and no copy (the stream's reader copies what it takes).
+            stream = self.streams.get(_stream_id_of(message))
+            if type(stream) is _WispTcpStream and (self.roster_complete or self.joined is None):
+                taken = self.conn.take_client_data(message)
+                if taken is not None:
+                    stream.on_data(taken[1])
+                    return
         try:
             self.conn.receive_data(message)
             for event in self.conn.events():
@@ -480,7 +501,7 @@ class _WispTcpStream(TcpStream):
     def remote_address(self) -> Address:
         return (self.host, self.port)
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         self.buffer.push(data)
         if self.on_readable is not None:
             self.on_readable()

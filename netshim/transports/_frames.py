@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import deque
+from typing import cast
 
 from websockets.frames import Opcode
 from websockets.protocol import Protocol, State
@@ -51,7 +52,7 @@ _FIN = 0x80
 _RESERVED = 0x70
 _MASKED = 0x80
 # Plain ints: an enum member's .value is a property lookup, paid per frame.
-_CONT, _TEXT = Opcode.CONT.value, Opcode.TEXT.value
+_CONT, _TEXT, _BINARY = Opcode.CONT.value, Opcode.TEXT.value, Opcode.BINARY.value
 _DATA_OPCODES = (_CONT, _TEXT, Opcode.BINARY.value)
 _CONTROL_OPCODES = (Opcode.CLOSE.value, Opcode.PING.value, Opcode.PONG.value)
 _MAX_CONTROL_PAYLOAD = 125
@@ -161,10 +162,17 @@ class FrameReader:
     rest of the input is discarded.
     """
 
-    def __init__(self, protocol: Protocol, *, masked: bool, max_message_size: int) -> None:
+    def __init__(
+        self, protocol: Protocol, *, masked: bool, max_message_size: int, views: bool = False
+    ) -> None:
         self.protocol = protocol
         self.masked = masked
         self.max_message_size = max_message_size
+        # With ``views``, an unmasked binary message that is one whole frame
+        # of a ``bytes`` read is kept as a read-only view of that read: no
+        # copy here (its reader copies what it keeps).  Such views are in
+        # ``messages`` as well; only a reader that asked for them sees them.
+        self.views = views and not masked
         self.messages: deque[bytes | str] = deque()
         self._buffer = bytearray()
         self._fragments: list[bytes] = []
@@ -322,6 +330,16 @@ class FrameReader:
                 if masked:
                     mask = bytes(view[position + header - 4 : position + header])
                     data = apply_mask(payload, mask)
+                elif keep_views and self.views and first == _FIN | _BINARY:
+                    # A whole message in one frame, over bytes that never change.
+                    if self.protocol.state is State.OPEN and not self._fragments:
+                        self.messages.append(cast(bytes, payload))
+                    else:
+                        self._data_frame(opcode, True, bytes(payload))
+                    if self._finished:
+                        return end
+                    position = stop
+                    continue
                 else:
                     data = bytes(payload)
                 self._data_frame(opcode, bool(first & _FIN), data)

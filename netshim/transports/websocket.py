@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -209,8 +209,11 @@ class ClientWebSocket:
         self.protocol = protocol
         self.max_message_size = max_message_size
         self._leftover = leftover
-        self._reader = FrameReader(protocol, masked=False, max_message_size=max_message_size)
-        self._messages = self._reader.messages
+        self._reader = FrameReader(
+            protocol, masked=False, max_message_size=max_message_size, views=True
+        )
+        # Read-only views among them too (``views=True``).
+        self._messages = cast("deque[bytes | str | memoryview]", self._reader.messages)
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._receive_lock = anyio.Lock(fast_acquire=True)
         self._closed = False
@@ -270,6 +273,15 @@ class ClientWebSocket:
 
         Returns at once, without a scheduling point, while messages from an
         earlier read are waiting.
+        """
+        message = await self.receive_view()
+        return message if message is None or type(message) is bytes else bytes(message)
+
+    async def receive_view(self) -> bytes | memoryview | None:
+        """:meth:`receive`, where a message may come as a read-only view of what was read.
+
+        Such a view never changes; taking it saves the copy :meth:`receive`
+        makes of it.
         """
         if self._messages:
             return _as_bytes(self._messages.popleft())
@@ -432,5 +444,5 @@ def _response_in(protocol: ClientProtocol) -> Response | None:
     return None
 
 
-def _as_bytes(message: bytes | str) -> bytes:
+def _as_bytes(message: bytes | str | memoryview) -> bytes | memoryview:
     return message.encode() if isinstance(message, str) else message
