@@ -65,6 +65,10 @@ _U64 = struct.Struct("!Q")
 # than this are copied together instead, so that a peer trickling a frame in
 # tiny reads cannot make us hold a view object per few bytes.
 _MIN_VIEW_PART = 16 * 1024
+# A one-frame message is kept as a view of its read only if it is at least
+# this share (1/_VIEW_SHARE) of the read: at most this many bytes of reads are
+# held per byte of messages waiting as views.
+_VIEW_SHARE = 4
 
 
 def frame_header(length: int, opcode: int = Opcode.BINARY.value, *, masked: bool = False) -> bytes:
@@ -330,8 +334,16 @@ class FrameReader:
                 if masked:
                     mask = bytes(view[position + header - 4 : position + header])
                     data = apply_mask(payload, mask)
-                elif keep_views and self.views and first == _FIN | _BINARY:
+                elif (
+                    keep_views
+                    and self.views
+                    and first == _FIN | _BINARY
+                    and length * _VIEW_SHARE >= len(view.obj)  # type: ignore[arg-type]
+                ):
                     # A whole message in one frame, over bytes that never change.
+                    # Only a large share of the read is kept as a view: a view
+                    # keeps its whole read alive until the reader takes it, and a
+                    # small message left unread must not hold a large read.
                     if self.protocol.state is State.OPEN and not self._fragments:
                         self.messages.append(cast(bytes, payload))
                     else:

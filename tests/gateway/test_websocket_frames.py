@@ -142,6 +142,25 @@ def test_unmasked_reader_for_server_frames() -> None:
     assert list(reader.messages) == [b"hello", b"x" * 70000]
 
 
+def test_views_only_of_messages_that_are_a_large_share_of_their_read() -> None:
+    # A view keeps its whole read alive: a small message left unread must not
+    # hold a large read, so it is copied; a large one is handed over as a view.
+    protocol = open_protocol()
+    reader = FrameReader(protocol, masked=False, max_message_size=1 << 20, views=True)
+    small, large = b"s" * 100, bytes(range(256)) * 300
+    reader.feed(frame_header(len(small)) + small + frame_header(len(large)) + large)
+    first, second = reader.messages
+    assert type(first) is bytes
+    assert first == small
+    assert isinstance(second, memoryview)
+    assert second.readonly
+    assert second == large
+    # The same small message alone in its read is most of it: a view.
+    reader.feed(frame_header(len(small)) + small)
+    assert isinstance(reader.messages[2], memoryview)
+    assert reader.messages[2] == small
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     st.booleans(),
