@@ -7,7 +7,8 @@ Three forms::
     netshim run [--via URL] SCRIPT.py [ARGS]    # in this interpreter, like python SCRIPT.py
 
 and with ``--isolate`` (plus the gateway's policy options ``--allow``,
-``--deny``, ``--allow-private`` and ``--refuse reset|icmp``) the program and
+``--deny``, ``--allow-private`` and ``--refuse reset|icmp``, and
+``--connect-timeout SECONDS``) the program and
 everything it starts run in a network namespace whose only way out is
 netshim (:mod:`netshim.isolate`): C extensions and child processes included.
 ``-m`` and a script then run in a new interpreter inside the namespace.
@@ -68,6 +69,8 @@ policy (with --isolate; the gateway's rules and defaults):
   --allow-private      reach private and loopback ranges too
   --refuse reset|icmp  a refused connection is a reset (ECONNREFUSED, the
                        default) or ICMP prohibited (EHOSTUNREACH)
+  --connect-timeout S  seconds a destination has to answer a connection
+                       (default 30); then the program gets EHOSTUNREACH
 """
 
 
@@ -90,6 +93,7 @@ class Plan:
     deny: list[str] = field(default_factory=list)
     allow_private: bool = False
     refuse: str = "reset"
+    connect_timeout: float | None = None
 
 
 def parse(argv: list[str]) -> Plan:
@@ -112,8 +116,8 @@ def parse(argv: list[str]) -> Plan:
         if word == "--allow-private":
             plan.allow_private = True
             continue
-        if word in ("--allow", "--deny", "--refuse") or word.startswith(
-            ("--allow=", "--deny=", "--refuse=")
+        if word in ("--allow", "--deny", "--refuse", "--connect-timeout") or word.startswith(
+            ("--allow=", "--deny=", "--refuse=", "--connect-timeout=")
         ):
             name, _, value = word.partition("=")
             if not value:
@@ -125,6 +129,8 @@ def parse(argv: list[str]) -> Plan:
                 if value not in ("reset", "icmp"):
                     raise UsageError(f"--refuse is reset or icmp, got {value!r}")
                 plan.refuse = value
+            elif name == "--connect-timeout":
+                plan.connect_timeout = _seconds(name, value)
             else:
                 (plan.allow if name == "--allow" else plan.deny).append(value)
             continue
@@ -160,6 +166,17 @@ def parse(argv: list[str]) -> Plan:
         plan.arguments = argv[index:]
         return plan
     raise UsageError("nothing to run: give -- PROGRAM, -m MODULE or SCRIPT.py")
+
+
+def _seconds(option: str, value: str) -> float:
+    """``value`` as a positive, finite number of seconds, or a UsageError naming ``option``."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UsageError(f"{option} takes seconds, got {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise UsageError(f"{option} must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def _child_environment(via: str | None) -> dict[str, str]:
@@ -234,7 +251,15 @@ def _run_isolated(plan: Plan) -> int:
         logging.basicConfig(level=logging.WARNING, format="netshim: %(message)s")
 
     async def confined() -> int:
-        return await run(argv, stack=stack, policy=policy, refusal=plan.refuse)
+        if plan.connect_timeout is None:
+            return await run(argv, stack=stack, policy=policy, refusal=plan.refuse)
+        return await run(
+            argv,
+            stack=stack,
+            policy=policy,
+            refusal=plan.refuse,
+            connect_timeout=plan.connect_timeout,
+        )
 
     # The program shares our terminal: Ctrl-C reaches it, and it decides.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -327,6 +352,9 @@ def main(argv: list[str]) -> int:
         return _run_isolated(plan)
     if plan.allow or plan.deny or plan.allow_private or plan.refuse != "reset":
         print(f"{USAGE}\nnetshim run: policy options need --isolate", file=sys.stderr)
+        return 2
+    if plan.connect_timeout is not None:
+        print(f"{USAGE}\nnetshim run: --connect-timeout needs --isolate", file=sys.stderr)
         return 2
     if plan.program:
         return _run_child(plan)

@@ -486,3 +486,54 @@ def test_the_command_line_runs_a_confined_program_and_passes_its_status(
     assert refused.returncode == 7
     assert b"refused protocol=tcp destination=10.0.2.2" in refused.stderr
     assert b"--allow" in refused.stderr, "the log line says how to allow it"
+
+
+def test_the_command_line_sets_the_connect_timeout() -> None:
+    # A blackholed destination (see the test of both paths above): the
+    # program's connect fails with EHOSTUNREACH after --connect-timeout, not
+    # after the default 30 s (which its own 20 s timeout would cut short).
+    full = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = full.getsockname()[1]
+    program = f"""
+import socket, time
+first = socket.create_connection(("10.0.2.2", {port}), timeout=20)
+began = time.monotonic()
+try:
+    socket.create_connection(("10.0.2.2", {port}), timeout=20)
+    print("connected")
+except OSError as exc:
+    print("failed", exc.errno, round(time.monotonic() - began))
+"""
+    command = [sys.executable, "-m", "netshim", "run", "--isolate", "--allow", "127.0.0.1"]
+    try:
+        finished = subprocess.run(
+            [*command, "--connect-timeout", "1.5", "--", sys.executable, "-c", program],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        full.close()
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.decode().split() == ["failed", str(errno.EHOSTUNREACH), "2"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (["--isolate", "--connect-timeout", "soon"], "--connect-timeout takes seconds"),
+        (["--isolate", "--connect-timeout=0"], "must be a positive number"),
+        (["--isolate", "--connect-timeout", "inf"], "must be a positive number"),
+        (["--isolate", "--connect-timeout"], "--connect-timeout takes seconds, got '--'"),
+        (["--connect-timeout", "5"], "--connect-timeout needs --isolate"),
+    ],
+)
+def test_bad_connect_timeouts_are_usage_errors(arguments: list[str], complaint: str) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "netshim", "run", *arguments, "--", "true"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert finished.returncode == 2
+    assert complaint in finished.stderr.decode()
