@@ -173,6 +173,16 @@ class TcpListener(anyio.abc.Listener[TcpStream]):
     def local_address(self) -> Address:
         """``(ip, port)`` the listener is bound to; the port is the real one when 0 was asked."""
 
+    def set_backlog(self, backlog: int) -> None:
+        """``listen(backlog)`` again: the queue of finished connections takes a new bound.
+
+        The socket shim listens at ``bind()`` (see :attr:`accepting`), before
+        the program's ``listen(n)`` says how many connections may wait, and a
+        program may call ``listen()`` again to change it, as Linux allows.
+        Called in the stack's event loop.  A stack that cannot bound its queue
+        (or whose bound is the host kernel's) ignores it, as this default does.
+        """
+
     @abstractmethod
     async def accept(self) -> TcpStream:
         """The next incoming connection.

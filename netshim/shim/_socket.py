@@ -39,7 +39,7 @@ import anyio
 from .._addresses import parse_ip
 from .._errors import os_error
 from .._ip_header import DEFAULT_HEADER, DEFAULT_HOP_LIMIT, IpHeader
-from ..stack import Stack
+from ..stack import Stack, TcpListener
 from . import _names
 from ._engine import (
     ACCEPTED_SIZE,
@@ -396,11 +396,15 @@ class _ShimCommon(_Base):
         ORIGINAL_SOCKET.getsockopt(self, socket.SOL_SOCKET, socket.SO_TYPE)
         if state.phase is Phase.LISTENING:
             state.backlog = max(0, backlog)
+            _engine_call(state, _set_backlog, state.listener, state.backlog)
             return None
         if state.phase not in (Phase.NEW, Phase.BOUND):
             raise os_error(errno.EINVAL)
         state.backlog = max(0, backlog)
-        if state.listener is None:
+        if state.listener is not None:
+            # Made at bind(), with the backlog a socket has before listen().
+            _engine_call(state, _set_backlog, state.listener, state.backlog)
+        else:
             state.listener = _engine_call(
                 state, _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
             )
@@ -1335,6 +1339,10 @@ _OPTION_DEFAULTS = {
 
 async def _listen(stack: Stack, host: str, port: int, backlog: int, v6only: bool) -> Any:
     return await stack.listen_tcp(host, port, backlog=backlog, ipv6_only=v6only)
+
+
+async def _set_backlog(listener: TcpListener, backlog: int) -> None:
+    listener.set_backlog(backlog)
 
 
 async def _open_udp(stack: Stack, host: str | None, port: int, remote: Any, v6only: bool) -> Any:

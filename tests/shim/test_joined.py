@@ -137,15 +137,20 @@ def test_asyncio_streams_on_joined_sockets_skip_the_engine(
     asyncio.run(run())
 
 
-def test_a_connect_beyond_a_full_backlog_waits_for_room(installed: Installed) -> None:
+@pytest.mark.parametrize("bound_first", [False, True], ids=["listen", "bind-listen"])
+def test_a_connect_beyond_a_full_backlog_waits_for_room(
+    installed: Installed, bound_first: bool
+) -> None:
     # Linux keeps backlog + 1 connections waiting for accept(); a connect
     # beyond that waits (the SYN is dropped and retried) until accept() makes
     # room, or times out.  Joined connections count as any other.  (The
-    # shim's listener queue and the stack's each hold backlog + 1, one more
-    # waits between them, and the stack's queue keeps the backlog bind()
-    # gave it: listen() without bind() here.)
+    # shim's listener queue and the stack's each hold backlog + 1, and one
+    # more waits between them.)  bind() makes the stack's listener before
+    # listen() gives the backlog, which must then reach it.
     with acting_as(installed.web):
         server = socket.socket()
+        if bound_first:
+            server.bind(("0.0.0.0", 0))
         server.listen(0)
     server.settimeout(5)
     address = ("10.0.0.2", server.getsockname()[1])

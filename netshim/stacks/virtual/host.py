@@ -52,6 +52,7 @@ from ...stack import DEFAULT_BACKLOG, AddrInfo, Stack, TcpListener, TcpStream, U
 from .link import REORDER_HOLD, Link
 from .tcp import (
     FIN,
+    MAX_BACKLOG,
     Connection,
     Pipe,
     Segment,
@@ -340,7 +341,7 @@ class VirtualHost(Stack):
         with self.network.lock:
             binding = self.bind("tcp", ip, number, dual=dual and not ipv6_only)
             # Linux clamps a negative backlog to 0 and a huge one to somaxconn.
-            listener = VirtualTcpListener(self, binding, max(0, min(backlog, 4096)))
+            listener = VirtualTcpListener(self, binding, max(0, min(backlog, MAX_BACKLOG)))
             listener.service = service
             self.listeners.setdefault(binding.port, []).append(listener)
         return listener

@@ -41,12 +41,22 @@ if TYPE_CHECKING:
     from .host import PortBinding, VirtualHost
     from .network import VirtualNetwork
 
-__all__ = ["DEFAULT_WINDOW", "Pipe", "TcpServiceHandler", "VirtualTcpListener", "VirtualTcpStream"]
+__all__ = [
+    "DEFAULT_WINDOW",
+    "MAX_BACKLOG",
+    "Pipe",
+    "TcpServiceHandler",
+    "VirtualTcpListener",
+    "VirtualTcpStream",
+]
 
 # Bytes a pipe holds before the sender waits: Linux's default receive buffer
 # (net.ipv4.tcp_rmem) is 128 KiB; twice that keeps bulk transfers streaming
 # without letting one connection hoard memory.
 DEFAULT_WINDOW: Final = 256 * 1024
+
+# The largest listen() backlog: Linux clamps larger ones to net.core.somaxconn.
+MAX_BACKLOG: Final = 4096
 
 
 class _Marker:
@@ -547,6 +557,14 @@ class VirtualTcpListener(TcpListener):
         """Whether a connect waits for room: never while not accepting (it is refused)."""
         # Linux's sk_acceptq_is_full(): the queue holds backlog + 1 connections.
         return self.accepting and len(self.queue) > self.backlog
+
+    def set_backlog(self, backlog: int) -> None:
+        # Clamped as VirtualHost.listen_tcp clamps it (Linux: 0 .. somaxconn).
+        self.backlog = max(0, min(backlog, MAX_BACKLOG))
+        # A larger queue may have room now: waiting connects look again.
+        waiters, self._room_waiters = self._room_waiters, []
+        for event in waiters:
+            event.set()
 
     def enqueue(self, stream: VirtualTcpStream) -> None:
         self.queue.append(stream)
