@@ -403,7 +403,11 @@ class _ShimCommon(_Base):
         state.backlog = max(0, backlog)
         if state.listener is not None:
             # Made at bind(), with the backlog a socket has before listen().
-            _engine_call(state, _set_backlog, state.listener, state.backlog)
+            # Set here, not through the engine: a connect the engine is
+            # already making must find the listener accepting (just below)
+            # as soon as listen() returns, and nothing waits for room on a
+            # listener that is not accepting (its connects are refused).
+            state.listener.set_backlog(state.backlog)
         else:
             state.listener = _engine_call(
                 state, _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
@@ -1411,8 +1415,9 @@ async def _stop_udp(state: SocketState) -> None:
 def _closing(state: SocketState, user: socket.socket) -> None:
     """The program closes ``user``, the socket of ``state``: what the connection does then.
 
-    A joined socket whose peer may still send keeps its descriptor open (see
-    :func:`_hold_joined_end`): ``user`` is then left detached, its close a no-op.
+    A joined socket whose peer may still send keeps its end open through a
+    duplicate descriptor (see :func:`_hold_joined_end`); ``user``'s own
+    descriptor is closed as usual.
     """
     partner = state.splice_partner
     engine = state.engine
@@ -1460,9 +1465,8 @@ def _hold_joined_end(state: SocketState, user: socket.socket) -> None:
     On TCP the peer of a closed socket gets a FIN, and its first ``send``
     afterwards still succeeds (the reply is a reset); only later calls fail.
     Closing one end of an AF_UNIX pair would fail that first ``send`` with
-    EPIPE at once.  So the end is half-closed (the FIN) and its descriptor
-    taken from ``user`` (detached, so that the socket's own close leaves it
-    open), and closed when the peer next sends or closes (see
+    EPIPE at once.  So the end is half-closed (the FIN) and a duplicate of
+    its descriptor kept, and closed when the peer next sends or closes (see
     :meth:`~netshim.shim._engine.Engine.hold`): unread data then makes the
     kernel report ECONNRESET to the peer, as the reset would.  With data the
     program left unread nothing is held, so the close resets the peer at
@@ -1472,9 +1476,14 @@ def _hold_joined_end(state: SocketState, user: socket.socket) -> None:
         return  # closing resets the peer at once, as on TCP
     with contextlib.suppress(OSError):
         _socket.socket.shutdown(user, socket.SHUT_WR)
-    held = _socket.socket.detach(user)
-    if held >= 0:  # (-1: another thread closed the socket meanwhile)
-        state.engine.hold(state, held)
+    # A duplicate, not the socket's own descriptor: close() must free the
+    # number the program knew at once, as on Linux (a later os.read() on it
+    # fails with EBADF, and the number can be given out again).
+    try:
+        held = os.dup(user.fileno())
+    except OSError:  # another thread closed the socket meanwhile
+        return
+    state.engine.hold(state, held)
 
 
 def _has_unread_data(sock: socket.socket) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import select
 import socket
 import threading
@@ -237,4 +238,22 @@ def test_connect_refused_and_unreachable_still_raise(installed: Installed) -> No
     server = listening(installed, 7708)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("10.0.0.2", 7708), timeout=5)
+    server.close()
+
+
+def test_close_frees_the_descriptor_number_while_the_end_is_held(installed: Installed) -> None:
+    # The closed socket's end stays open for its peer (TCP's FIN, then a
+    # reset), but through a duplicate: the number the program knew is free at
+    # once, as on Linux, and an os.read() on it fails with EBADF.
+    server = listening(installed, 7707)
+    client = socket.create_connection(("10.0.0.2", 7707), timeout=5)
+    conn, _ = server.accept()
+    number = client.fileno()
+    client.close()
+    with pytest.raises(OSError) as caught:
+        os.read(number, 0)
+    assert caught.value.errno == errno.EBADF
+    conn.settimeout(5)
+    assert conn.recv(10) == b"", "the peer still sees the FIN of the held end"
+    conn.close()
     server.close()
