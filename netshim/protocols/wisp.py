@@ -1083,6 +1083,23 @@ class WispConnection:
             raise LocalProtocolError("receive_data() after the end of the WebSocket")
         self._incoming.append(message)
 
+    def _data_to_take(self, message: bytes | memoryview, role: Role) -> int | None:
+        """The stream id of DATA that ``role``'s fast path may take, else ``None``.
+
+        For :meth:`take_data` and :meth:`take_client_data`: the connection is
+        open in ``role`` and no events wait (they must come first).
+        """
+        if (
+            self.role is not role
+            or self.state is not ConnectionState.OPEN
+            or self._incoming
+            or self._pending
+            or len(message) < HEADER_SIZE
+            or message[0] != PacketType.DATA
+        ):
+            return None
+        return int(_U32.unpack_from(message, 1)[0])
+
     def take_data(self, message: bytes) -> tuple[int, memoryview] | None:
         """Server: ``message`` taken at once if it is DATA on an open TCP stream within its credit.
 
@@ -1093,16 +1110,9 @@ class WispConnection:
         type, a stream without credit, events still waiting) returns ``None``
         and changes nothing: hand the message to :meth:`receive_data`.
         """
-        if (
-            self.role is not Role.SERVER
-            or self.state is not ConnectionState.OPEN
-            or self._incoming
-            or self._pending
-            or len(message) < HEADER_SIZE
-            or message[0] != PacketType.DATA
-        ):
+        stream_id = self._data_to_take(message, Role.SERVER)
+        if stream_id is None:
             return None
-        stream_id = _U32.unpack_from(message, 1)[0]
         stream = self._streams.get(stream_id)
         if (
             stream is None
@@ -1125,17 +1135,8 @@ class WispConnection:
         ``message`` must not change).  Anything else returns ``None`` and
         changes nothing: hand the message to :meth:`receive_data`.
         """
-        if (
-            self.role is not Role.CLIENT
-            or self.state is not ConnectionState.OPEN
-            or self._incoming
-            or self._pending
-            or len(message) < HEADER_SIZE
-            or message[0] != PacketType.DATA
-        ):
-            return None
-        stream_id = _U32.unpack_from(message, 1)[0]
-        if stream_id == 0 or stream_id not in self._streams:
+        stream_id = self._data_to_take(message, Role.CLIENT)
+        if stream_id is None or stream_id == 0 or stream_id not in self._streams:
             return None
         self.counters.packets_in += 1
         return stream_id, memoryview(message)[HEADER_SIZE:]
