@@ -486,6 +486,34 @@ def test_unusual_tcp_options_read_back_exactly() -> None:
     )
 
 
+def test_tcp_options_near_the_common_layouts_read_as_written() -> None:
+    # Linux's two usual layouts are read in one step; these have their
+    # lengths but not their bytes, and must read option by option.
+    timestamps = b"\x08\x0a\x00\x00\x00\x07\x00\x00\x00\x09"
+    assert TcpRepr.parse(
+        tcp_segment(timestamps + b"\x01\x01"), LOCALHOST_V4, LOCALHOST_V4
+    ).options == (Timestamps(7, 9), NoOperation(), NoOperation())
+    syn_like = b"\x02\x04\x05\xb4\x01\x01" + timestamps + b"\x01\x03\x03\x07"
+    assert TcpRepr.parse(tcp_segment(syn_like), LOCALHOST_V4, LOCALHOST_V4).options == (
+        MaxSegmentSize(1460),
+        NoOperation(),
+        NoOperation(),
+        Timestamps(7, 9),
+        NoOperation(),
+        WindowScale(7),
+    )
+    # Linux's SYN layout but a window scale of length 4: malformed, still caught.
+    bad_scale = b"\x02\x04\x05\xb4\x04\x02" + timestamps + b"\x01\x03\x04\x07"
+    with pytest.raises(WireError, match="kind 3 truncated: length 4"):
+        TcpRepr.parse(tcp_segment(bad_scale), LOCALHOST_V4, LOCALHOST_V4)
+    for options in (b"\x01\x01" + timestamps, syn_like, syn_like[:4] + b"\x04\x02" + syn_like[6:]):
+        segment = tcp_segment(options)
+        assert (
+            TcpRepr.parse(segment, LOCALHOST_V4, LOCALHOST_V4).emit(LOCALHOST_V4, LOCALHOST_V4)
+            == segment
+        )
+
+
 def test_tcp_reserved_bits_survive() -> None:
     segment = bytearray(tcp_segment(b""))
     segment[12] |= 0x0F  # three reserved bits and AE

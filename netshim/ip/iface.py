@@ -161,6 +161,8 @@ _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _TCP_HEADER = struct.Struct("!HHIIHHHH")
 _TCP_SYN = int(TcpFlags.SYN)
 _TCP_FIN_PSH = int(TcpFlags.FIN | TcpFlags.PSH)
+_TCP_SYN_ACK_RST = int(TcpFlags.SYN | TcpFlags.ACK | TcpFlags.RST)
+_TCP_SYN_ACK_RST_FIN = _TCP_SYN_ACK_RST | int(TcpFlags.FIN)
 # GsoInfo values kept for reuse, by (IP header, segment size, TCP header):
 # a handful per interface (the path MTUs and option layouts in use).
 _MAX_CACHED_GSO_INFOS = 64
@@ -182,13 +184,18 @@ class _HashedIPv4Address(ipaddress.IPv4Address):
     about 40 hashes per connection, 8 per round trip.  ipaddress computes
     each one in Python (``hash(hex(int(self)))``); this one returns the
     same value, kept, so it equals and looks up as a plain IPv4Address.
+    Its ``packed`` is the four bytes it was made from, a slot: the
+    property's is two Python calls, asked for every checksum's pseudo-header
+    and every initial sequence number.
     """
 
-    __slots__ = ("_hash",)
+    __slots__ = ("_hash", "packed")
 
     def __init__(self, address: bytes) -> None:
         super().__init__(address)
         self._hash = super().__hash__()
+        # The slot shadows the read-only property mypy knows.
+        object.__setattr__(self, "packed", address)
 
     def __hash__(self) -> int:
         return self._hash
@@ -1476,13 +1483,12 @@ class Interface:
             self._mark_due(key, connection)
             self._settle(key, connection)
             return
-        flags = segment.flags
+        # A plain int: flag arithmetic on the enum is a Python call per operator.
+        flags = int(segment.flags)
         listener = self._listeners.get((dst, segment.dst_port)) or self._listeners.get(
             (_unspecified(dst), segment.dst_port)
         )
-        if listener is not None and flags & (TcpFlags.SYN | TcpFlags.ACK | TcpFlags.RST) == (
-            TcpFlags.SYN
-        ):
+        if listener is not None and flags & _TCP_SYN_ACK_RST == _TCP_SYN:
             if not listener._has_room():
                 raise _DropError("tcp syn backlog full")
             local: Endpoint = (dst, segment.dst_port)
@@ -1498,10 +1504,7 @@ class Interface:
             self._settle(key, connection)
             return
         interceptor = self._interceptor
-        if (
-            interceptor is not None
-            and flags & (TcpFlags.SYN | TcpFlags.ACK | TcpFlags.RST | TcpFlags.FIN) == TcpFlags.SYN
-        ):
+        if interceptor is not None and flags & _TCP_SYN_ACK_RST_FIN == _TCP_SYN:
             syn = InterceptedSyn(
                 (dst, segment.dst_port), (src, segment.src_port), segment, raw, now
             )

@@ -123,6 +123,27 @@ _NOP = NoOperation()
 # out on 4-byte boundaries.  Untrusted segments still come through TcpRepr.parse.
 _new = object.__new__
 _set = object.__setattr__
+_SACK_PERMITTED = SackPermitted()
+# A connection's SYN options, made once per value (every SYN-ACK has them).
+_mss_options: dict[int, MaxSegmentSize] = {}
+_window_scale_options: dict[int, WindowScale] = {}
+
+
+def _mss_option(mss: int) -> MaxSegmentSize:
+    option = _mss_options.get(mss)
+    if option is None:
+        if len(_mss_options) >= 64:
+            _mss_options.clear()
+        option = _mss_options[mss] = MaxSegmentSize(mss)
+    return option
+
+
+def _window_scale_option(shift: int) -> WindowScale:
+    option = _window_scale_options.get(shift)
+    if option is None:
+        option = _window_scale_options[shift] = WindowScale(shift)
+    return option
+
 
 # RFC 9293 section 3.7.1: the MSS a peer is assumed to take when its SYN has no option.
 _DEFAULT_MSS_V4 = 536
@@ -1825,25 +1846,46 @@ class TcpConnection:
     def _send_syn(self, now: float, out: list[TcpRepr]) -> None:
         config = self.config
         syn_ack = self.state is TcpState.SYN_RECEIVED
-        options: list[TcpOption] = [MaxSegmentSize(config.mss)]
+        options: list[TcpOption] = [_mss_option(config.mss)]
         if self._sack_enabled:
-            options.append(SackPermitted())
+            options.append(_SACK_PERMITTED)
         if self._ts_enabled:
-            options.append(Timestamps(self._ts_value(now), self._ts_recent if syn_ack else 0))
+            timestamps = _new(Timestamps)
+            _set(timestamps, "value", self._ts_value(now))
+            _set(timestamps, "echo_reply", self._ts_recent if syn_ack else 0)
+            options.append(timestamps)
         if self._ws_enabled:
-            options += (NoOperation(), WindowScale(self._rcv_wscale))
+            options += (_NOP, _window_scale_option(self._rcv_wscale))
         if syn_ack:
             self._rcv_adv = self._rcv_nxt + min(config.receive_buffer, 0xFFFF)
             self._last_ack_sent = self._rcv_nxt
-        segment = TcpRepr(
-            src_port=self.local[1],
-            dst_port=self.remote[1],
-            seq=self.iss,
-            ack=self._rcv_nxt & _MASK if syn_ack else 0,
-            flags=_FLAGS[_SYN | _ACK] if syn_ack else _FLAGS[_SYN],
-            window=min(config.receive_buffer, 0xFFFF),
-            options=tuple(options),
-        )
+        ack = self._rcv_nxt & _MASK if syn_ack else 0
+        flags = _FLAGS[_SYN | _ACK] if syn_ack else _FLAGS[_SYN]
+        window = min(config.receive_buffer, 0xFFFF)
+        if self._sack_enabled is self._ts_enabled:
+            # MSS (4), NOP + window scale (4), SACK permitted with timestamps
+            # (12): whole words, so the segment may skip TcpRepr's checks.
+            segment = _new(TcpRepr)
+            _set(segment, "src_port", self.local[1])
+            _set(segment, "dst_port", self.remote[1])
+            _set(segment, "seq", self.iss & _MASK)
+            _set(segment, "ack", ack)
+            _set(segment, "flags", flags)
+            _set(segment, "window", window)
+            _set(segment, "options", tuple(options))
+            _set(segment, "payload", b"")
+            _set(segment, "urgent", 0)
+        else:
+            # TcpRepr pads the options to a word.
+            segment = TcpRepr(
+                src_port=self.local[1],
+                dst_port=self.remote[1],
+                seq=self.iss,
+                ack=ack,
+                flags=flags,
+                window=window,
+                options=tuple(options),
+            )
         out.append(segment)
         self._syn_pending = False
         self._ack_now = False

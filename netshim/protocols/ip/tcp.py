@@ -274,17 +274,60 @@ def _parse_option(kind: int, data: bytes) -> TcpOption:
         )
     if kind == Timestamps.KIND and size == 10:
         # Two 32-bit fields are in range by construction: skip the checks.
-        timestamps = object.__new__(Timestamps)
-        value, echo_reply = _TIMESTAMP_FIELDS.unpack(data)
-        object.__setattr__(timestamps, "value", value)
-        object.__setattr__(timestamps, "echo_reply", echo_reply)
-        return timestamps
+        return _trusted_timestamps(*_TIMESTAMP_FIELDS.unpack(data))
     if kind in _KNOWN_KINDS:
         raise WireError(f"TCP option kind {kind} has invalid length {size}")
     return UnknownOption(kind, data)
 
 
+# The two layouts nearly every segment from Linux carries, read with one
+# unpack instead of option by option: NOP, NOP, timestamps (every segment
+# after the handshake), and MSS, SACK permitted, timestamps, NOP, window scale
+# (every SYN and SYN-ACK).  The fields are in range by construction.
+_NOP_NOP_TIMESTAMPS = b"\x01\x01\x08\x0a"
+_NOP_NOP_TIMESTAMPS_LAYOUT = struct.Struct("!4sII")
+_SYN_LAYOUT = struct.Struct("!HHHHIIHBB")
+_SYN_LAYOUT_MARKS = (0x0204, 0x0402, 0x080A, 0x0103, 3)
+_NO_OPERATION = NoOperation()
+_SACK_PERMITTED = SackPermitted()
+
+
+def _trusted_timestamps(value: int, echo_reply: int) -> Timestamps:
+    timestamps = object.__new__(Timestamps)
+    object.__setattr__(timestamps, "value", value)
+    object.__setattr__(timestamps, "echo_reply", echo_reply)
+    return timestamps
+
+
+def _parse_common_options(area: bytes) -> tuple[TcpOption, ...] | None:
+    """What :func:`_parse_options` gives for Linux's two usual layouts; None for others."""
+    if len(area) == 12:
+        marks, value, echo_reply = _NOP_NOP_TIMESTAMPS_LAYOUT.unpack(area)
+        if marks == _NOP_NOP_TIMESTAMPS:
+            return (_NO_OPERATION, _NO_OPERATION, _trusted_timestamps(value, echo_reply))
+    elif len(area) == 20:
+        mss_mark, mss, sack_mark, ts_mark, value, echo_reply, nop_ws_mark, ws_len, shift = (
+            _SYN_LAYOUT.unpack(area)
+        )
+        if (mss_mark, sack_mark, ts_mark, nop_ws_mark, ws_len) == _SYN_LAYOUT_MARKS:
+            mss_option = object.__new__(MaxSegmentSize)
+            object.__setattr__(mss_option, "mss", mss)
+            scale = object.__new__(WindowScale)
+            object.__setattr__(scale, "shift", shift)
+            return (
+                mss_option,
+                _SACK_PERMITTED,
+                _trusted_timestamps(value, echo_reply),
+                _NO_OPERATION,
+                scale,
+            )
+    return None
+
+
 def _parse_options(area: bytes) -> tuple[TcpOption, ...]:
+    common = _parse_common_options(area)
+    if common is not None:
+        return common
     options: list[TcpOption] = []
     at = 0
     while at < len(area):
@@ -456,7 +499,8 @@ class TcpRepr:
             self.dst_port,
             self.seq,
             self.ack,
-            header_len // 4 << 12 | self.flags,
+            # int(): OR-ing the IntFlag itself is an enum call per segment.
+            header_len // 4 << 12 | int(self.flags),
             self.window,
             0,
             self.urgent,
