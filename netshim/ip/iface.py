@@ -1546,7 +1546,7 @@ class Interface:
             self._send_ip(src, dst, IpProtocol.TCP, segment.emit(src, dst), now)
             return
         # The options' bytes once per segment: their length is the header's.
-        options = b"".join([option.emit() for option in segment.options])
+        options = segment.options_bytes()
         tcp_header = _TCP_HEADER.size + len(options)
         # The connection's MSS already allows for its usual options and the
         # path MTU it learnt; the MTU bound covers a segment with more options.

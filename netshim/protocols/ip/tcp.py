@@ -486,13 +486,29 @@ class TcpRepr:
                 return option
         return None
 
+    def options_bytes(self) -> bytes:
+        """The options area as on the wire."""
+        options = self.options
+        if len(options) == 3:
+            # NOP, NOP, timestamps: nearly every segment after a handshake.
+            first, second, timestamps = options
+            if (
+                type(timestamps) is Timestamps
+                and type(first) is NoOperation
+                and type(second) is NoOperation
+            ):
+                return _NOP_NOP_TIMESTAMPS_LAYOUT.pack(
+                    _NOP_NOP_TIMESTAMPS, timestamps.value, timestamps.echo_reply
+                )
+        return b"".join([option.emit() for option in options])
+
     def emit(self, src_addr: IPAddress, dst_addr: IPAddress) -> bytes:
         """The segment with its checksum for these IP addresses.
 
         Raises ``ValueError`` when the addresses are of different families or
         the segment is too long for an IPv4 pseudo-header.
         """
-        options = b"".join([option.emit() for option in self.options])
+        options = self.options_bytes()
         header_len = HEADER_LEN + len(options)
         header = _HEADER.pack(
             self.src_port,
