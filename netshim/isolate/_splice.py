@@ -87,6 +87,7 @@ class Splice(asyncio.Protocol):
         *,
         received: list[bytes] | None = None,
         received_eof: bool = False,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self._connection = connection
         # What the host sent before the splice took over (its stream's queue).
@@ -94,7 +95,7 @@ class Splice(asyncio.Protocol):
         self._received_eof = received_eof
         self._driver = driver
         self._transport = transport
-        self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop() if loop is None else loop
         self._wake = _Wake(self._schedule)
         self._scheduled = False
         # Host bytes the program's send buffer could not take yet.
@@ -318,11 +319,17 @@ class SocketTransport(asyncio.Transport):
     :meth:`abort` (a reset).
     """
 
-    def __init__(self, sock: socket.socket, protocol: asyncio.Protocol | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.Protocol | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__()
         self._sock = sock
         self._fd = sock.fileno()
-        self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop() if loop is None else loop
         self._protocol: Any = protocol
         self._reading = False
         self._writing = False

@@ -150,6 +150,7 @@ class Terminator:
         # dial for each (the policy is read once per address and port).
         self._allowed_tcp: dict[tuple[IPAddress, int], str] = {}
         self._direct = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._direct_flows: set[_DirectFlow] = set()
         addresses: list[str] = [
             f"{addressing.gateway4}/{addressing.program4.network.prefixlen}",
@@ -181,6 +182,9 @@ class Terminator:
             # (see _direct_tcp); anything else by a task of its own.
             self._direct = type(self.stack) is HostStack and running_library() == "asyncio"
             if self._direct:
+                # Kept: asyncio.get_running_loop() is a getpid() system call
+                # each time, and three objects per connection asked it.
+                self._loop = asyncio.get_running_loop()
                 interception.take_syns_with(lambda syn: self._take_syn(interception, syn))
             async with contextlib.AsyncExitStack() as exits:
                 for server in servers:
@@ -312,7 +316,8 @@ class Terminator:
         except OSError as exc:
             self._dial_failed(interception, syn, exc)
             return True
-        flow = _DirectFlow(self, interception, syn, sock)
+        assert self._loop is not None
+        flow = _DirectFlow(self, interception, syn, sock, self._loop)
         self._direct_flows.add(flow)
         if connected:
             flow.splice()
@@ -491,12 +496,13 @@ class _DirectFlow:
         interception: Interception,
         syn: InterceptedSyn,
         sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._owner = owner
         self._interception = interception
         self._syn = syn
         self._sock = sock
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._transport: SocketTransport | None = None
         self._joined: Splice | None = None
@@ -541,8 +547,10 @@ class _DirectFlow:
             self._owner._direct_flows.discard(self)
             return
         self._owner.counters.tcp_accepted += 1
-        self._transport = SocketTransport(self._sock)
-        self._joined = Splice(self._connection, self._driver, self._transport, self._done)
+        self._transport = SocketTransport(self._sock, loop=self._loop)
+        self._joined = Splice(
+            self._connection, self._driver, self._transport, self._done, loop=self._loop
+        )
         self._joined.start()
 
     def _done(self) -> None:

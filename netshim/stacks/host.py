@@ -96,6 +96,9 @@ def _closed_transport(exc: RuntimeError) -> OSError:
     return os_error(errno.EPIPE, f"the connection was closed ({exc})")
 
 
+_SOCK_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+
+
 def _connected(sock: socket.socket) -> bool:
     """Whether a non-blocking ``connect()`` that said "in progress" has completed already."""
     try:
@@ -112,9 +115,12 @@ def _start_connect(
 
     Raises (with the socket closed) the ``OSError`` of a connect that failed at once.
     """
-    sock = _system.socket_class(family, socket.SOCK_STREAM)
+    # Non-blocking from its creation where the platform can (Linux): one
+    # ioctl less per connection than setblocking(False).
+    sock = _system.socket_class(family, socket.SOCK_STREAM | _SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
+        if not _SOCK_NONBLOCK:
+            sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if local_address is not None:
             sock.bind(local_address)

@@ -812,7 +812,12 @@ class Interception:
         handshake that failed as the connection's error, or as finished
         without having been established.
         """
-        driver = self._stack._driver_for_use()
+        # Called in the driver's own wake-up (take_syns_with), so in its
+        # event loop: the check of _driver_for_use (anyio's current token,
+        # a getpid() system call under asyncio) is needed only without one.
+        driver = self._stack._driver
+        if driver is None or self._stack._closed:
+            driver = self._stack._driver_for_use()
         connection: Any = self._interceptor.accept(syn, driver.now())
         driver.poke(connection)
         return connection, driver
