@@ -35,11 +35,13 @@ the lease (renewals; a lost lease removes the address).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import math
 import random
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -114,7 +116,13 @@ def _endpoint(address: Address) -> tuple[IPAddress, int]:
 
 def _clock() -> Callable[[], float]:
     """The running event loop's clock (anyio.current_time without asking which loop each time)."""
-    return loop_clock()
+    clock = loop_clock()
+    # asyncio's own loop.time() is time.monotonic() behind a Python call,
+    # read about ten times per connection: the C function itself then (a
+    # loop class with a clock of its own keeps it).
+    if getattr(clock, "__func__", None) is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return clock
 
 
 class _Driver:
@@ -951,8 +959,6 @@ class IpStack(Stack):
 
             trio.lowlevel.spawn_system_task(function)
         else:
-            import asyncio
-
             task = asyncio.get_running_loop().create_task(function())
             _background_tasks.add(task)
             task.add_done_callback(_background_tasks.discard)
