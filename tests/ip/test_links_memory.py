@@ -412,6 +412,46 @@ async def test_wire_loss_leaves_packets_within_one_segment_to_one_draw() -> None
         FaultyLink(inner, Faults(), wire_mtu=100)
 
 
+class _NowaitRecorder(_Recorder):
+    """A recorder that also writes without waiting, taking at most ``room`` packets a call."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write_nowait(self, packets: list[tuple[bytes, GsoInfo | None]]) -> int:
+        taken = packets[: self.room]
+        self.sent += [(bytes(packet), gso) for packet, gso in taken]
+        return len(taken)
+
+
+async def test_wire_loss_passes_write_nowait_through_and_finishes_a_partial_write() -> None:
+    """write_nowait sends the same surviving pieces as send; a packet the device took
+    only in part is not counted, and handed over again it sends only the rest, with no
+    second loss draw."""
+    packet, _, tcp = _big_tcp_packet(4, 30, 100)
+    gso = GsoInfo(GsoType.TCPV4, WIRE_MSS, tcp + 32, tcp)
+    by_send = _Recorder()
+    await FaultyLink(by_send, Faults(loss=0.2, seed=3), wire_mtu=1500).send(packet, gso)
+    assert len(by_send.sent) > 2  # cut into several runs
+
+    inner = _NowaitRecorder(room=1)
+    lossy = FaultyLink(inner, Faults(loss=0.2, seed=3), wire_mtu=1500)
+    assert lossy.write_nowait([(packet, gso)]) == 0
+    assert inner.sent == by_send.sent[:1]
+    draws = lossy.outbound.lost
+    await lossy.send_many([(packet, gso)])
+    assert inner.sent == by_send.sent
+    assert lossy.outbound.lost == draws
+
+    roomy = _NowaitRecorder(room=100)
+    lossy = FaultyLink(roomy, Faults(loss=0.2, seed=3), wire_mtu=1500)
+    assert lossy.write_nowait([(packet, gso)]) == 1
+    assert roomy.sent == by_send.sent
+    # An inner link that cannot write without waiting takes nothing this way.
+    assert FaultyLink(_Recorder(), Faults()).write_nowait([(packet, gso)]) == 0
+
+
 async def test_pcap_of_an_ip_link_is_raw_ip(tmp_path: Path) -> None:
     tshark = require_peer("tshark")
     cable = Cable(Medium.IP)

@@ -9,11 +9,12 @@ no faults of its own (a TUN or TAP device), in both directions.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO
 
 from netshim.ip.iface import GsoInfo, Medium
@@ -188,6 +189,12 @@ class FaultyLink(Link):
     packets of their own (still TSO packets when longer than one piece).
     Duplication and reordering then apply to those packets.  Other packets
     are one draw each, as without ``wire_mtu``.
+
+    A TUN or TAP device's ways of moving packets without a trip through a
+    task (``write_nowait``, ``wait_readable``, ``watch_readable``) pass
+    through with the same faults, so that a driver moves packets over a
+    lossy device as it does over the device alone and the loss is the only
+    difference a measurement sees.
     """
 
     def __init__(self, inner: Link, faults: Faults, *, wire_mtu: int | None = None) -> None:
@@ -204,6 +211,12 @@ class FaultyLink(Link):
         self._held_out: tuple[bytes, GsoInfo | None] | None = None
         self._pending_in: collections.deque[IncomingPacket] = collections.deque()
         self._held_in: IncomingPacket | None = None
+        # What write_nowait cut from a packet and the device did not take,
+        # and that packet: the driver hands it over again (to send_many or
+        # write_nowait), and its pieces go then, without a second loss draw.
+        self._unwritten: list[tuple[bytes, GsoInfo | None]] = []
+        self._unwritten_of: bytes | None = None
+        self._watching: Callable[[], object] | None = None
 
     def _survivors(self, injector: FaultInjector, segments: int) -> list[tuple[int, int]]:
         """Runs ``(first, end)`` of the segment indices that the loss draws spare."""
@@ -282,8 +295,72 @@ class FaultyLink(Link):
                     self._held_in = None
 
     async def send(self, packet: bytes, gso: GsoInfo | None = None) -> None:
-        for piece, piece_gso in self._outgoing(packet, gso):
+        for piece, piece_gso in self._faulted(packet, gso):
             await self.inner.send(piece, piece_gso)
+
+    def write_nowait(self, packets: Sequence[tuple[bytes, GsoInfo | None]]) -> int:
+        """As the inner link's ``write_nowait``, with the faults; 0 if it has none.
+
+        How many of ``packets`` went (what is left of them after the loss).
+        A packet whose pieces the device took only in part is not counted:
+        the caller hands it over again, and only its remaining pieces go.
+        """
+        inner_nowait = getattr(self.inner, "write_nowait", None)
+        if inner_nowait is None:
+            return 0
+        taken = 0
+        for packet, gso in packets:
+            pieces = self._faulted(packet, gso)
+            written = inner_nowait(pieces)
+            if written < len(pieces):
+                self._unwritten, self._unwritten_of = pieces[written:], packet
+                break
+            taken += 1
+        return taken
+
+    async def wait_readable(self) -> None:
+        """Wait until :meth:`receive_nowait` may have a packet (one may have been lost since)."""
+        if self._pending_in:
+            return
+        inner_wait = getattr(self.inner, "wait_readable", None)
+        if inner_wait is not None:
+            await inner_wait()
+        else:
+            self._incoming(await self.inner.receive())
+
+    def watch_readable(self, callback: Callable[[], object]) -> bool:
+        """As the inner link's ``watch_readable``; False if it has none.
+
+        ``callback`` is also called again, on the loop's next iteration,
+        while packets cut from what it read still wait here: the device's
+        readiness no longer reports them.
+        """
+        inner_watch = getattr(self.inner, "watch_readable", None)
+        loop = asyncio._get_running_loop()
+        if inner_watch is None or loop is None:
+            return False
+
+        def readable() -> None:
+            if self._watching is not readable:
+                return
+            callback()
+            if self._pending_in and self._watching is readable:
+                loop.call_soon(readable)
+
+        self._watching = readable
+        if not inner_watch(readable):
+            self._watching = None
+            return False
+        if self._pending_in:
+            loop.call_soon(readable)
+        return True
+
+    def unwatch_readable(self) -> None:
+        """Undo :meth:`watch_readable`; idempotent."""
+        self._watching = None
+        inner_unwatch = getattr(self.inner, "unwatch_readable", None)
+        if inner_unwatch is not None:
+            inner_unwatch()
 
     async def receive(self) -> IncomingPacket:
         while not self._pending_in:
@@ -305,11 +382,19 @@ class FaultyLink(Link):
             self._incoming(incoming)
         return self._pending_in.popleft()
 
+    def _faulted(self, packet: bytes, gso: GsoInfo | None) -> list[tuple[bytes, GsoInfo | None]]:
+        """``_outgoing``, or the pieces left over from an earlier write of this same packet."""
+        if self._unwritten_of is not None and packet is self._unwritten_of:
+            pieces = self._unwritten
+            self._unwritten, self._unwritten_of = [], None
+            return pieces
+        return self._outgoing(packet, gso)
+
     async def send_many(self, packets: Iterable[tuple[bytes, GsoInfo | None]]) -> None:
         """Send each ``(packet, gso)`` with the faults, in one call of the inner link's own."""
         out: list[tuple[bytes, GsoInfo | None]] = []
         for packet, gso in packets:
-            out += self._outgoing(packet, gso)
+            out += self._faulted(packet, gso)
         inner_many = getattr(self.inner, "send_many", None)
         if inner_many is not None:
             await inner_many(out)
