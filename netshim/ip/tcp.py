@@ -35,11 +35,12 @@ What is implemented, by RFC:
   duplicate threshold until reordering has been seen; a timer
   re-checks segments still inside it.  A tail loss probe goes two smoothed
   RTTs after the last send (plus a delayed-ACK allowance when one segment is
-  out, capped at the RTO) with new data, or the last segment again, so that a
-  lost tail is found by SACK instead of the RTO; a probe that sent data
-  again and drew no D-SACK repaired a loss, and the window is reduced as
-  after a fast recovery (section 7.4; one that was not needed, or that
-  sent new data, changes nothing).  The duplicate-ACK
+  out, capped at the RTO) with the last segment again (not new data: a
+  receiver answers a duplicate at once, but may hold the ACK of one new
+  segment for its delayed-ACK timer), so that a lost tail is found by SACK,
+  or a lost ACK by a D-SACK, instead of the RTO; a probe that drew no
+  D-SACK repaired a loss, and the window is reduced as after a fast
+  recovery (section 7.4; one that was not needed changes nothing).  The duplicate-ACK
   threshold still starts recovery too.  RFC 2883 D-SACK both ways: a recovery
   whose retransmissions all arrived twice is undone and the reordering
   window opened.  Without SACK, NewReno fast retransmit and recovery (RFC 6582).
@@ -1500,26 +1501,34 @@ class TcpConnection:
         self._tlp_deadline = now + pto
 
     def _on_loss_probe(self, now: float, out: list[TcpRepr]) -> None:
-        """RFC 8985 section 7.3: new data if any may go, else the last segment again."""
+        """RFC 8985 section 7.3: the last segment sent, again.
+
+        The RFC's first choice is a new segment when one may go.  But the
+        flights that need a probe are mostly ones whose only ACK was lost (a
+        receiver acknowledges a whole TSO packet, or a coalesced one, with a
+        single ACK), and a receiver may hold the ACK of one new in-order
+        full-sized segment for its delayed-ACK timer (Linux: 40 ms at
+        least, 200 ms at worst), while it acknowledges a duplicate at once
+        (RFC 9293 section 3.10.7.4: an unacceptable segment is answered
+        with an ACK; Linux adds a D-SACK and its quick-ACK mode).  The last
+        segment again is the RFC's own alternative, and the original TLP
+        proposal's only probe (draft-dukkipati-tcpm-tcp-loss-probe): its ACK
+        says as much about the tail (a D-SACK if it had arrived, a SACK above
+        a hole if not) one round trip after the probe rather than 40 ms.
+        """
         self._tlp_deadline = None
         snd_una = self._snd_una
         if self._in_recovery or self._snd_max <= snd_una or self.state not in _SENDING:
             return
         data_end = self._send_queue.end
-        snd_nxt = self._snd_nxt
-        usable = min(data_end - snd_nxt, snd_una + self._snd_wnd - snd_nxt, self.send_mss)
-        if usable > 0 and (usable == data_end - snd_nxt or usable == self.send_mss):
-            self._send_data(snd_nxt, usable, now, out)
-            self._tlp_retransmitted = None
-        else:
-            end = min(self._snd_max, data_end)
-            start = max(snd_una, end - self.send_mss)
-            if start >= end:
-                return  # only the FIN is out: the RTO sends it again
-            self._send_data(start, end - start, now, out)
-            if len(self._rexmits) < _MAX_TRACKED_RETRANSMISSIONS:
-                self._rexmits.append((start, end, now, self._send_order))
-            self._tlp_retransmitted = (start, end, self._snd_max)
+        end = min(self._snd_max, data_end)
+        start = max(snd_una, end - self.send_mss)
+        if start >= end:
+            return  # only the FIN is out: the RTO sends it again
+        self._send_data(start, end - start, now, out)
+        if len(self._rexmits) < _MAX_TRACKED_RETRANSMISSIONS:
+            self._rexmits.append((start, end, now, self._send_order))
+        self._tlp_retransmitted = (start, end, self._snd_max)
         self.loss_probes += 1
         self._tlp_high = self._snd_max
         self._rtx_deadline = now + self.rto

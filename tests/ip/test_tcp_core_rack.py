@@ -75,24 +75,50 @@ def test_tail_loss_is_repaired_by_a_probe_without_a_timeout() -> None:
     assert 0.004 <= last_sends[1] - last_sends[0] <= 0.01
 
 
-def test_probe_sends_new_data_when_the_window_allows() -> None:
-    def drop_acks_of_first_flight(direction: str, segment: TcpRepr, now: float) -> list[float]:
-        if direction == "b>a" and segment.payload == b"":
+def test_a_probe_after_lost_acks_is_the_tail_again_and_answered_at_once() -> None:
+    """Every ACK of a flight is lost and more data waits: the probe resends the tail.
+
+    A new segment as the probe would reach a receiver that has nothing else
+    to acknowledge, and it holds the ACK of one in-order segment for its
+    delayed-ACK timer (40 ms here, as Linux's minimum); a duplicate is
+    answered at once, with a D-SACK, so the transfer goes on a round trip
+    after the probe and the window is left alone (nothing was lost).
+    """
+    flight: list[int] = []
+
+    def drop_acks_of_the_flight(direction: str, segment: TcpRepr, now: float) -> list[float]:
+        if flight and direction == "b>a" and segment.find_option(SackBlocks) is None:
             acked = (segment.ack - network.iss_a - 1) & 0xFFFF_FFFF
-            if 0 < acked <= 10 * MSS:
+            if flight[0] < acked <= flight[1]:
                 return []
         return [0.0]
 
-    network = Network(fault=drop_acks_of_first_flight)
+    network = Network(fault=drop_acks_of_the_flight)
     network.handshake()
-    # Ten segments fill the initial window; every ACK for them is lost, so the
-    # eleventh waits until the probe sends it, and its ACK covers everything.
-    run_to_completion(network, pattern(11 * MSS))
+    data = pattern(200 * MSS)
+    # Past the receiver's quick-ACK start: from here it acknowledges every
+    # second segment and delays a lone one.
+    send_all_acknowledged(network, data[: 40 * MSS])
+    segments = network.a.cwnd // MSS // 2 * 2
+    assert 40 + segments + 1 < 200
+    flight[:] = [40 * MSS, (40 + segments) * MSS]
+    unreduced = network.a.ssthresh
+    began = network.now
+    network.a.send(data[40 * MSS : (40 + segments + 1) * MSS])
+    network.run_until(lambda: network.a.info().bytes_acked >= flight[1])
+    # The probe timer (two 2 ms round trips and two ticks) and the round trip
+    # of its answer: far from the receiver's 40 ms delayed ACK.
+    assert network.now - began < 0.025
+    network.run_until(lambda: network.a.info().bytes_acked == (40 + segments + 1) * MSS)
+    assert network.server.receive(len(data)) == data[40 * MSS : (40 + segments + 1) * MSS]
     info = network.a.info()
-    assert info.timeouts == 0
     assert network.a.loss_probes == 1
-    assert info.retransmissions == 0
-    assert len(data_sends(network, 11)) == 1
+    assert info.retransmissions == 1
+    assert len(data_sends(network, 40 + segments)) == 2  # the tail, and the probe
+    assert len(data_sends(network, 40 + segments + 1)) == 1
+    assert network.a.loss_probe_repairs == 0
+    assert info.timeouts == 0
+    assert info.ssthresh == unreduced
 
 
 def test_a_probe_that_repaired_a_lost_tail_reduces_the_window_once() -> None:
