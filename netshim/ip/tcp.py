@@ -180,6 +180,8 @@ _MAX_RACK_STEPS = 256
 # Linux's TCP_TIMEOUT_MIN (two ticks): slack on a loss probe's timer for ACKs
 # that the peer's interrupt moderation or its scheduler hold back a little.
 _TLP_SLACK = 0.002
+# Rounding allowance when a deadline computed as ``t + d`` is compared with ``now - d``.
+_CLOCK_SLACK = 1e-9
 
 
 class TcpState(enum.Enum):
@@ -405,11 +407,11 @@ class TcpConnection:
         "_pending", "_persist_backoff", "_persist_deadline", "_persist_unanswered", "_pmtu_mss",
         "_quickacks", "_rack_deadline", "_rack_end", "_rack_order", "_rack_reordering_seen",
         "_rack_rtt", "_rack_steps", "_rack_steps_round_end", "_rcv_adv", "_rcv_mss", "_rcv_nxt",
-        "_rcv_wscale", "_recover", "_recv_buf", "_reorder", "_reordering", "_retries", "_rexmits",
-        "_rtt_seq", "_rtt_time", "_rtx_deadline", "_sack_enabled", "_sacked_bytes",
-        "_sacked_ends", "_sacked_starts", "_send_order", "_send_queue", "_snd_max", "_snd_nxt",
-        "_snd_una", "_snd_wl1", "_snd_wl2", "_snd_wnd", "_snd_wscale", "_soft_error",
-        "_stall_start", "_syn_pending", "_time_wait_deadline", "_timeout_recovery",
+        "_rcv_wscale", "_recover", "_recv_buf", "_reorder", "_reordering", "_retries",
+        "_rexmit_high", "_rexmits", "_rtt_seq", "_rtt_time", "_rtx_deadline", "_sack_enabled",
+        "_sacked_bytes", "_sacked_ends", "_sacked_starts", "_send_order", "_send_queue",
+        "_snd_max", "_snd_nxt", "_snd_una", "_snd_wl1", "_snd_wl2", "_snd_wnd", "_snd_wscale",
+        "_soft_error", "_stall_start", "_syn_pending", "_time_wait_deadline", "_timeout_recovery",
         "_tlp_deadline", "_tlp_high", "_tlp_retransmitted", "_ts_enabled", "_ts_offset",
         "_ts_recent", "_undo_cwnd", "_undo_entry_segments", "_undo_from", "_undo_retrans",
         "_undo_ssthresh", "_ws_enabled", "_xmit_ends", "_xmit_orders", "_xmit_times",
@@ -523,6 +525,9 @@ class TcpConnection:
         self._xmit_times: list[float] = []
         self._xmit_orders: list[int] = []
         self._send_order = 0
+        # The end of the highest data sent more than once: an ACK below it may
+        # be for a retransmission, and gives no RTT sample from send times (Karn).
+        self._rexmit_high = iss
         # The most recently sent segment known delivered: its send order and RTT,
         # and how far its delivered data reaches.  One send (a TSO packet) is
         # several wire segments with one order: those below the delivered end
@@ -915,10 +920,11 @@ class TcpConnection:
             self._snd_wl1 = self._rcv_nxt - 1
             self._snd_wl2 = self._snd_una
             timestamps = segment.find_option(Timestamps) if self._ts_enabled else None
-            if timestamps is not None and timestamps.echo_reply:
-                self._timestamp_rtt(timestamps.echo_reply, now)
-            elif self._retries == 0:
+            # The SYN's send time first (a SYN sent once: Karn), as for data.
+            if self._retries == 0:
                 self._rtt_sample(now - self._rtt_time)
+            elif timestamps is not None and timestamps.echo_reply:
+                self._timestamp_rtt(timestamps.echo_reply, now)
             self._enter_established(now)
             self._ack_now = True
         else:
@@ -1056,10 +1062,10 @@ class TcpConnection:
             self._max_snd_wnd = max(self._max_snd_wnd, self._snd_wnd)
             self._snd_wl1 = seq
             self._snd_wl2 = ack
-            if timestamps is not None and timestamps.echo_reply:
-                self._timestamp_rtt(timestamps.echo_reply, now)
-            elif self._retries == 0:
+            if self._retries == 0:
                 self._rtt_sample(now - self._rtt_time)
+            elif timestamps is not None and timestamps.echo_reply:
+                self._timestamp_rtt(timestamps.echo_reply, now)
             self._snd_una = ack
             if self._snd_nxt < ack:
                 # The peer's SYN came again (_resend_syn_ack put SND.NXT back
@@ -1227,6 +1233,7 @@ class TcpConnection:
         # RFC 7661 / Linux's tcp_is_cwnd_limited: the window grows only while it
         # is what limits the sender, not after an idle or application-limited spell.
         cwnd_limited = 2 * (self._snd_max - self._snd_una) >= self._cc.cwnd
+        sample_sends = self._snd_una >= self._rexmit_high
         self._snd_una = ack
         if self._snd_nxt < ack:
             # After a go-back-N the originals arrived: skip what they covered.
@@ -1235,8 +1242,12 @@ class TcpConnection:
         if self._sacked_starts:
             self._trim_scoreboard(ack)
         xmit_ends = self._xmit_ends
+        oldest_sent: float | None = None
         if xmit_ends and xmit_ends[0] <= ack:
             gone = bisect_right(xmit_ends, ack)
+            if sample_sends:
+                oldest_sent = self._xmit_times[0]
+                newest_sent = self._xmit_times[gone - 1]
             del xmit_ends[:gone], self._xmit_times[:gone], self._xmit_orders[:gone]
         if self._tlp_high is not None and ack >= self._tlp_high:
             self._tlp_high = None
@@ -1257,7 +1268,16 @@ class TcpConnection:
         self._soft_error = None
         self._output_wanted = True
 
-        if timestamps is not None and timestamps.echo_reply:
+        if oldest_sent is not None:
+            # As Linux prefers: the send times of the data this ACK covers,
+            # to the microsecond, rather than the timestamp option's
+            # millisecond clock (at sub-millisecond round trips its samples
+            # are 0 or 1 ms, and a minimum RTT of 0 leaves RACK no
+            # reordering window).  The oldest send gives the smoothed RTT
+            # (tcp_ack_update_rtt's seq_rtt), the newest the minimum (ca_rtt).
+            self._rtt_sample(now - oldest_sent, now - newest_sent)
+            self._rtt_seq = None
+        elif timestamps is not None and timestamps.echo_reply:
             self._timestamp_rtt(timestamps.echo_reply, now)
         elif self._rtt_seq is not None and ack >= self._rtt_seq:
             self._rtt_sample(now - self._rtt_time)
@@ -1417,7 +1437,10 @@ class TcpConnection:
         if rack_order < 0 or self._snd_max <= snd_una:
             return
         wait = self._rack_rtt + self._rack_reordering_window()
-        cutoff = now - wait
+        # A nanosecond of slack: a re-check is due at ``sent + wait``, and in
+        # floating point that can be ``now`` while ``sent`` is still a hair
+        # above ``now - wait`` (the timer would fire at the same instant forever).
+        cutoff = now - wait + _CLOCK_SLACK
         next_check: float | None = None
         newly_lost = False
 
@@ -1655,11 +1678,13 @@ class TcpConnection:
         if elapsed <= _MAX_RTT_SAMPLE:
             self._rtt_sample(elapsed)
 
-    def _rtt_sample(self, rtt: float) -> None:
+    def _rtt_sample(self, rtt: float, newest: float | None = None) -> None:
+        """One RTT measurement; ``newest``, if given, is the one for the minimum RTT."""
         if rtt < 0:
             return
-        if self._min_rtt is None or rtt < self._min_rtt:
-            self._min_rtt = rtt
+        least = rtt if newest is None or newest < 0 else newest
+        if self._min_rtt is None or least < self._min_rtt:
+            self._min_rtt = least
         if self.srtt is None or self.rttvar is None:
             self.srtt = rtt
             self.rttvar = rtt / 2
@@ -2112,6 +2137,8 @@ class TcpConnection:
         if start < self._snd_max:
             self.retransmissions += 1
             self._rtt_seq = None
+            if end > self._rexmit_high:
+                self._rexmit_high = end
             if self._undo_cwnd is not None:
                 self._undo_retrans += 1
         else:

@@ -304,3 +304,18 @@ def test_random_loss_both_ways_is_repaired_without_timeouts() -> None:
     assert info.fast_recoveries >= 20
     assert info.timeouts <= 1
     assert network.now - began < 1.5
+
+
+def test_round_trips_below_a_millisecond_are_measured_from_send_times() -> None:
+    """The timestamp option's clock ticks in milliseconds; a 0.3 ms round trip is
+    measured from the send times of the data each ACK covers, as Linux does."""
+    network = Network(latency=0.00015)
+    network.handshake()
+    run_to_completion(network, pattern(200 * MSS))
+    srtt = network.a.info().srtt
+    assert srtt is not None
+    # 0.3 ms, more by the receiver's ACK of every second segment.
+    assert 0.00029 <= srtt < 0.0006
+    min_rtt = network.a._min_rtt
+    assert min_rtt is not None
+    assert 0.00029 <= min_rtt < 0.0006
