@@ -2,7 +2,7 @@
 
     python benchmarks/ip.py [--quick] [--size MIB] [--pytcp-size MIB] [--repeats N]
                             [--connects N] [--pings N] [--idle N] [--loss FRACTION]
-                            [--loss-only] [--trace]
+                            [--loss-only] [--trace] [--kernel-cc NAME]
 
 Run as root (it makes network namespaces).  Every measurement is a pair of
 processes (benchmarks/ip_peer.py), each in a network namespace made for that
@@ -32,7 +32,11 @@ measurement alone and removed after it:
   (nftables drops ``--loss`` of the TCP packets each namespace sends; with
   offloads on a drop is a whole GSO packet, and for "wire loss" TSO and GSO
   are turned off so a drop is one wire segment): what Linux's own CUBIC
-  makes of the same loss; it needs ``nft`` and ``ethtool``.  ``--trace``
+  makes of the same loss; it needs ``nft`` and ``ethtool``.  Every kernel
+  socket here runs ``--kernel-cc`` (CUBIC by default: ``TCP_CONGESTION``
+  on each socket), whatever the machine's default is: a machine whose
+  default is BBR (not loss-based) would otherwise be the reference for a
+  loss-based CUBIC, and would be the sender in the "from kernel" rows.  ``--trace``
   prints each lossy IpStack connection's recovery counters
   (retransmissions, timeouts, fast recoveries, loss probes, cwnd
   percentiles) to stderr; ``--loss-only`` measures just the loss-free TAP
@@ -337,9 +341,11 @@ class Bench:
                 failure = f"cannot set up the loss ({detail.decode().strip()});"
                 failure += " it needs nftables and ethtool"
                 return Result(failure=failure)
-            srv = Peer("kernel-server", {"port": PORT, **server}, a)
+            cc = {"cc": self.args.kernel_cc}
+            srv = Peer("kernel-server", {"port": PORT, **server, **cc}, a)
             cli = self._after_ready(
-                srv, lambda: Peer("kernel-client", {"host": KERNEL, "port": PORT, **client}, b)
+                srv,
+                lambda: Peer("kernel-client", {"host": KERNEL, "port": PORT, **client, **cc}, b),
             )
             return self.pair(label, srv, cli, receiver, size, self.args.limit)
 
@@ -356,7 +362,7 @@ class Bench:
             fd = open_device(ns, IFF_TAP if medium == "tap" else IFF_TUN)
             try:
                 configure(ns, DEVICE, KERNEL)
-                srv = Peer("kernel-server", {"port": PORT, **server}, ns)
+                srv = Peer("kernel-server", {"port": PORT, **server, "cc": self.args.kernel_cc}, ns)
                 params = {
                     "medium": medium,
                     "fd": fd,
@@ -383,7 +389,12 @@ class Bench:
                 configure(ns, PYTCP_DEVICE, KERNEL)
                 srv = Peer(
                     "kernel-server",
-                    {"port": PORT, "mode": "sink" if mode == "send" else "source", "size": size},
+                    {
+                        "port": PORT,
+                        "mode": "sink" if mode == "send" else "source",
+                        "size": size,
+                        "cc": self.args.kernel_cc,
+                    },
                     ns,
                 )
                 srv.expect(30)
@@ -414,6 +425,8 @@ def main(args: argparse.Namespace) -> int:
         f" {args.connects} connects; {args.pings} pings; {args.idle} idle connections;"
         f" loss {args.loss:.0%}"
     )
+    default_cc = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    print(f"kernel congestion control: {args.kernel_cc} (this machine's default: {default_cc})")
     bench = Bench(args)
     bulk: dict[tuple[str, str], Result] = {}
     directions = {
@@ -555,7 +568,7 @@ def print_bulk(args: argparse.Namespace, bulk: dict[tuple[str, str], Result]) ->
         "\nThroughput under loss against the same pair's loss-free figure (loss drawn per"
         "\npacket the TCP hands down, which with offloads is up to 45 wire segments, and per"
         "\n1500-byte wire segment); the kernel pair over veth is the reference for what"
-        "\nstandard congestion control makes of the same loss:"
+        f"\nstandard congestion control ({args.kernel_cc}) makes of the same loss:"
     )
     pairs = (
         ("IpStack", "loss", "tap"),
@@ -638,6 +651,11 @@ def arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--trace", action="store_true", help="lossy IpStack runs print TCP counters to stderr"
+    )
+    parser.add_argument(
+        "--kernel-cc",
+        default="cubic",
+        help="congestion control of every kernel socket here (cubic)",
     )
     parser.add_argument("--limit", type=float, default=300, help="seconds a transfer may take")
     parser.add_argument("--pytcp-limit", type=float, default=300, help="seconds pytcp may take")

@@ -114,6 +114,12 @@ def kernel_send(sock: socket.socket, size: int) -> None:
         sent += n
 
 
+def congestion_control(sock: socket.socket, p: dict[str, Any]) -> None:
+    """``sock`` uses the congestion control ``p["cc"]`` names (the system's default without)."""
+    if p.get("cc"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, p["cc"].encode())
+
+
 def kernel_server(p: dict[str, Any]) -> None:
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -135,6 +141,7 @@ def kernel_server(p: dict[str, Any]) -> None:
                 threading.Thread(target=echo, args=(conn,), daemon=True).start()
     say({"ready": True})
     conn, _ = listener.accept()
+    congestion_control(conn, p)
     wait_for_go()
     if mode == "sink":
         checker = kernel_receive(conn)
@@ -172,6 +179,7 @@ def kernel_client(p: dict[str, Any]) -> None:
         linger()
         return
     sock = socket.create_connection(address)
+    congestion_control(sock, p)
     say({"ready": True})
     wait_for_go()
     if mode == "send":
