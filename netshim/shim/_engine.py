@@ -248,7 +248,11 @@ class Engine:
         watcher = self._held_events
         if watcher is None and _EPOLL is not None:
             watcher = self._watch_held_events()
-        with self.queue_lock:
+        lock = self.queue_lock
+        # acquire()/release(), not a with block: once per connection, and
+        # the with protocol costs more than the lock itself.
+        lock.acquire()
+        try:
             self._held[state] = held
             if watcher is not None:
                 try:
@@ -260,17 +264,29 @@ class Engine:
             if self._held_watch_due:
                 return
             self._held_watch_due = True
+        finally:
+            lock.release()
         self.call_soon(self._watch_held_later)
 
     def release_held(self, state: SocketState) -> None:
         """The peer of ``state``'s held end closed: close that end, unless the engine watches it."""
-        if not self._held:
+        if state not in self._held:
+            # Nothing held for it (the usual answer, read without the lock):
+            # an end held at this moment by another thread is released by
+            # the engine's watch when this socket's close reaches it.
             return
-        with self.queue_lock:
+        lock = self.queue_lock
+        lock.acquire()
+        try:
             held = self._held.pop(state, None)
             if held is not None and self._held_events is not None:
-                with contextlib.suppress(OSError):  # (held before the epoll failed)
+                # Not contextlib.suppress, which costs more than the call.
+                try:  # noqa: SIM105
                     self._held_events.unregister(held)
+                except OSError:  # (held before the epoll failed)
+                    pass
+        finally:
+            lock.release()
         if held is not None:
             os.close(held)
 
@@ -643,9 +659,12 @@ def join_accepted(client: SocketState, listener: TcpListener, server_end: TcpStr
     user_end = client.engine_end
     if served is None or user_end is None or client.filler:
         return False
-    with engine.queue_lock:
+    lock = engine.queue_lock
+    lock.acquire()  # not a with block: see Engine.hold
+    try:
         engine_end = served.engine_end
-        if not served.serving or engine_end is None or len(served.accept_queue) > served.backlog:
+        queue = served.accept_queue
+        if not served.serving or engine_end is None or len(queue) > served.backlog:
             return False
         # The descriptor the program gets blocks, as a fresh socket does (and
         # as the client's engine end still does, see engine_end_of).
@@ -660,7 +679,9 @@ def join_accepted(client: SocketState, listener: TcpListener, server_end: TcpStr
         except OSError:
             accepted.unregister()
             return False
-        served.accept_queue.append((user_end, accepted, passed))
+        queue.append((user_end, accepted, passed))
+    finally:
+        lock.release()
     client.engine_end = None
     client.splice_partner = accepted
     return True
@@ -706,13 +727,15 @@ def _dequeue_taken(
     :func:`serve_listener` is to be woken by when the queue now has room
     (else None).
     """
-    with state.engine.queue_lock:
+    lock = state.engine.queue_lock
+    lock.acquire()  # not a with block: see Engine.hold
+    try:
         queue = state.accept_queue
-        taken = []
         if count == 1 and queue and queue[0][2] is passed:
             user_end, accepted, _ = queue.popleft()  # the usual case
-            taken.append((user_end, accepted))
+            taken = [(user_end, accepted)]
         else:
+            taken = []
             for entry in list(queue):
                 if len(taken) == count:
                     break
@@ -724,6 +747,8 @@ def _dequeue_taken(
             state.room_event = None
         else:
             event = None
+    finally:
+        lock.release()
     return taken, event
 
 

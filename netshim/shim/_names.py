@@ -112,9 +112,9 @@ def _stack() -> Any:
     # Looked up once: an import statement costs more than the rest of a call.
     global _acting_stack
     if _acting_stack is None:
-        from ._socket import acting_stack
+        from ._patch import current_acting_stack
 
-        _acting_stack = acting_stack
+        _acting_stack = current_acting_stack
     return _acting_stack()
 
 
@@ -125,7 +125,7 @@ def getaddrinfo(
     host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
 ) -> list[AddrInfo]:
     """:func:`socket.getaddrinfo` on the acting stack."""
-    return getaddrinfo_on(_stack(), host, port, family, type, proto, flags)
+    return getaddrinfo_on((_acting_stack or _stack)(), host, port, family, type, proto, flags)
 
 
 def getaddrinfo_on(

@@ -30,6 +30,7 @@ import socket
 import struct
 import sys
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,8 @@ from ._state import Phase, SocketState, lookup_state
 __all__ = ["ORIGINAL_SOCKET", "ShimSocket", "acting_stack"]
 
 ORIGINAL_SOCKET = socket.socket
+# A state's kind is always a SocketKind (see SocketState), so `is` compares it.
+_SOCK_STREAM = socket.SOCK_STREAM
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _TYPE_MASK = ~(getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0))
 # Largest UDP payloads, as in the stacks.
@@ -236,7 +239,9 @@ class _ShimCommon(_Base):
         # Checked here, in the caller's thread, so that a refusal reaches the
         # program as the stack raised it, even from a non-blocking connect
         # whose outcome would otherwise travel as an errno in SO_ERROR.
-        state.stack.check_destination(target[0], target[1], "tcp" if state.is_tcp else "udp")
+        state.stack.check_destination(
+            target[0], target[1], "tcp" if state.kind is _SOCK_STREAM else "udp"
+        )
         return target
 
     def _destination(self, address: Any, function: str) -> tuple[str, int]:
@@ -413,6 +418,7 @@ class _ShimCommon(_Base):
                 state, _listen, state.stack, self._wildcard(), 0, state.backlog, self._v6only()
             )
             state.local = state.listener.local_address
+        state.accept_queue = deque()
         state.listener.accepting = True
         state.phase = Phase.LISTENING
         state.engine.spawn(serve_listener, state, state.listener)
@@ -437,7 +443,8 @@ class _ShimCommon(_Base):
         """The next connection's descriptor, address and state (None: another process's)."""
         state = self._netshim
         assert state is not None
-        _check_open(self)
+        if self.fileno() < 0:  # _check_open, inlined: once per connection
+            raise os_error(errno.EBADF)
         if state.phase is not Phase.LISTENING:
             raise os_error(errno.EINVAL)
         # One announcement per waiting connection, with its descriptor (see
@@ -499,8 +506,9 @@ class _ShimCommon(_Base):
     def _connect(self, address: Any, function: str) -> int:
         state = self._netshim
         assert state is not None
-        _check_open(self)
-        if not state.is_tcp:
+        if self.fileno() < 0:  # _check_open, inlined: once per connection
+            raise os_error(errno.EBADF)
+        if state.kind is not _SOCK_STREAM:
             return self._connect_udp(address, function)
         if state.phase is Phase.CONNECTED:
             if state.report_connected:
@@ -642,7 +650,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             if kind == type:
                 kind = type  # keeps a SocketKind a SocketKind (converting one is slow)
             if family in _INET_FAMILIES and kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-                stack = acting_stack()
+                stack = (_current_acting_stack or acting_stack)()
                 if stack.uses_host_sockets:
                     # The host network with nothing added: a real socket is
                     # exact and free (UDP-Lite, SCTP and the rest included).
@@ -659,9 +667,14 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 if proto not in allowed:
                     raise os_error(errno.EPROTONOSUPPORT)
                 state = SocketState(family, kind, stack, get_engine())
-                state.proto = proto
+                if proto:
+                    state.proto = proto
                 user_end, engine_end = _socket.socketpair(socket.AF_UNIX, kind)
-                super().__init__(socket.AF_UNIX, kind, 0, user_end.detach())
+                # socket.socket.__init__'s work without its Python frame (a
+                # connection makes two sockets).
+                _socket.socket.__init__(self, socket.AF_UNIX, kind, 0, user_end.detach())
+                self._io_refs = 0
+                self._closed = False
                 # The C socket object as it comes: the engine needs none of
                 # what socket.socket adds, and making one costs a microsecond.
                 # Still blocking: the engine makes it non-blocking when it
@@ -700,7 +713,10 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
             sock = ShimSocket(self.family, self.type, self.proto, fileno=fd)
         else:
             sock = ShimSocket.__new__(ShimSocket)
-            ORIGINAL_SOCKET.__init__(sock, socket.AF_UNIX, accepted.kind, 0, fd)
+            # socket.socket.__init__ inlined, as in __init__.
+            _socket.socket.__init__(sock, socket.AF_UNIX, accepted.kind, 0, fd)
+            sock._io_refs = 0
+            sock._closed = False
             sock._netshim = accepted
             accepted.user_socket = weakref.ref(sock)
         if socket.getdefaulttimeout() is None and self.gettimeout():
@@ -985,7 +1001,8 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
         state = self._netshim
         if state is not None and self.fileno() >= 0 and state.user_socket() is self:
             _closing(state, self)
-        ORIGINAL_SOCKET._real_close(self)  # type: ignore[attr-defined]
+        # What socket.socket._real_close does, without its Python frame.
+        _socket.socket.close(self)
 
     def detach(self) -> int:
         state = self._netshim
@@ -1200,6 +1217,7 @@ def _check_open(sock: Any) -> None:
 
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_SHUT_WR = socket.SHUT_WR
 # Linux's count of the bytes waiting in a socket (SIOCINQ), where the
 # platform has the ioctl (Pyodide has neither module).
 try:
@@ -1474,8 +1492,11 @@ def _hold_joined_end(state: SocketState, user: socket.socket) -> None:
     """
     if _has_unread_data(user):
         return  # closing resets the peer at once, as on TCP
-    with contextlib.suppress(OSError):
-        _socket.socket.shutdown(user, socket.SHUT_WR)
+    # Not contextlib.suppress, which costs more than the call.
+    try:  # noqa: SIM105
+        _socket.socket.shutdown(user, _SHUT_WR)
+    except OSError:  # (the peer's end is gone already)
+        pass
     # A duplicate, not the socket's own descriptor: close() must free the
     # number the program knew at once, as on Linux (a later os.read() on it
     # fails with EBADF, and the number can be given out again).
@@ -1489,11 +1510,15 @@ def _hold_joined_end(state: SocketState, user: socket.socket) -> None:
 def _has_unread_data(sock: socket.socket) -> bool:
     """Whether bytes wait unread in ``sock`` (or, where the ioctl is missing, its peer's FIN)."""
     if _FIONREAD is not None:
-        # One system call, and no exception to raise as a peek's EAGAIN does.
+        # One system call, and no exception to raise as a peek's EAGAIN does;
+        # into a buffer of our own, which ioctl() fills in place (cheaper
+        # than the copy it returns for an immutable one).
+        count = bytearray(4)
         try:
-            return fcntl.ioctl(sock.fileno(), _FIONREAD, _NO_BYTES) != _NO_BYTES
+            fcntl.ioctl(sock.fileno(), _FIONREAD, count, True)
         except OSError:
             return False
+        return count != _NO_BYTES
     try:
         if _socket.socket.gettimeout(sock) is not None:
             # With a timeout, recv() would wait for data before its peek.

@@ -8,6 +8,11 @@ socketpair; ``socket.dup()``, ``detach()`` and ``socket.socket(fileno=...)``
 find the state again through the registry, keyed by the pair end's inode,
 which is read only when a lookup first needs it: most sockets are never
 looked up by descriptor, and reading an inode is a system call.
+
+Registering and unregistering take no lock (they run for every socket, and
+a lock costs more than the rest of them); each is one atomic change of a
+set or dict under the GIL, and the rare indexing, which does take the lock,
+checks afterwards whether the state it indexed left meanwhile.
 """
 
 from __future__ import annotations
@@ -85,6 +90,13 @@ def _nobody() -> None:
     return None
 
 
+def _forget(inode: int, state: SocketState) -> None:
+    """Take ``state`` out of the registry at ``inode``, unless another state is there now."""
+    if _registry.get(inode) is state:
+        # pop(), not del: another thread may be forgetting it at the same time.
+        _registry.pop(inode, None)
+
+
 def lookup_state(fd: int) -> SocketState | None:
     """The state of the shim socket whose pair end ``fd`` is, if any."""
     if not _registry and not _unindexed:
@@ -102,9 +114,10 @@ def lookup_state(fd: int) -> SocketState | None:
 def _index_unindexed() -> None:
     """Read the inode of every registered state's descriptor not read yet.
 
-    Under the lock, so that a state unregistered meanwhile (its socket
-    closing) is never added after it left.  A state whose descriptor has no
-    socket object now (accept() is making one) stays to be read later.
+    A state unregistered meanwhile (its socket closing) is never left in
+    the registry (see :meth:`SocketState._index_locked`).  A state whose
+    descriptor has no socket object now (accept() is making one) stays to be
+    read later.
     """
     with _registry_lock:
         for state in list(_unindexed):
@@ -164,6 +177,16 @@ class SocketState:
     report_connected = False
     # UDP data sent with MSG_MORE, waiting for the rest of its datagram.
     corked = b""
+    # The socket closed (or its descriptor was taken as another kind): the
+    # registry must not find it again (see _index_locked).
+    unregistered = False
+    # Options the program set, over its kind's Linux defaults: copied from
+    # those on first use (see options), as most sockets never set one.
+    _options: dict[tuple[int, int], Any] | None = None
+    # A listening socket's connections waiting for accept(): their ends,
+    # states, and whether the descriptor went with the announcement (see
+    # _engine.join_accepted).  Made by listen().
+    accept_queue: deque[tuple[_socket.socket, SocketState, bool]]
 
     def __init__(self, family: int, kind: int, stack: Stack, engine: Engine) -> None:
         # Converted only when needed: an enum's call is slow.
@@ -175,15 +198,8 @@ class SocketState:
         )
         self.stack = stack
         self.engine = engine
-        self.options: dict[tuple[int, int], Any] = dict(
-            _TCP_DEFAULTS if kind == socket.SOCK_STREAM else _UDP_DEFAULTS
-        )
         # The program's socket object for this state (the accepted end, until accepted).
         self.user_socket: Callable[[], _socket.socket | None] = _nobody
-        # A listener's connections waiting for accept(): their ends, states,
-        # and whether the descriptor went with the announcement (see
-        # _engine.join_accepted).
-        self.accept_queue: deque[tuple[_socket.socket, SocketState, bool]] = deque()
 
     def __repr__(self) -> str:
         return f"<SocketState {self.kind.name} {self.phase.value} {self.local} -> {self.remote}>"
@@ -192,11 +208,20 @@ class SocketState:
     def is_tcp(self) -> bool:
         return self.kind == socket.SOCK_STREAM
 
+    @property
+    def options(self) -> dict[tuple[int, int], Any]:
+        """Every option's value as the program set it or Linux starts it."""
+        options = self._options
+        if options is None:
+            options = self._options = dict(
+                _TCP_DEFAULTS if self.kind == socket.SOCK_STREAM else _UDP_DEFAULTS
+            )
+        return options
+
     def register(self, user: socket.socket) -> None:
         """Make the state findable from ``user``'s descriptor (read when first needed)."""
         self.user_socket = weakref.ref(user)
-        with _registry_lock:
-            _unindexed.add(self)
+        _unindexed.add(self)
 
     def index(self, fd: int) -> None:
         """Make the state findable from ``fd``, its pair end, now (before it loses its socket)."""
@@ -205,15 +230,22 @@ class SocketState:
 
     def _index_locked(self, fd: int) -> None:
         _unindexed.discard(self)
-        self.inode = _inode(fd)
-        if self.inode is not None:
-            _registry[self.inode] = self
+        inode = self.inode = _inode(fd)
+        if inode is not None:
+            _registry[inode] = self
+            if self.unregistered:
+                # unregister() ran meanwhile, in another thread, and may have
+                # looked for the inode before it was set: take it out here.
+                _forget(inode, self)
 
     def unregister(self) -> None:
-        with _registry_lock:
-            _unindexed.discard(self)
-            if self.inode is not None and _registry.get(self.inode) is self:
-                del _registry[self.inode]
+        # The flag first: an indexing under way then either sees it or has
+        # set the inode by the time it is read below.
+        self.unregistered = True
+        _unindexed.discard(self)
+        inode = self.inode
+        if inode is not None:
+            _forget(inode, self)
 
     @classmethod
     def for_inherited_connection(
@@ -229,10 +261,8 @@ class SocketState:
         state.local = local
         state.remote = remote
         state.shared_by_fork = True
-        state.inode = _inode(fd)
-        if state.inode is not None:
-            with _registry_lock:
-                _registry[state.inode] = state
+        with _registry_lock:
+            state._index_locked(fd)
         return state
 
     @classmethod
@@ -251,6 +281,5 @@ class SocketState:
         state.engine_end = engine_end
         queued = user_end
         state.user_socket = lambda: queued
-        with _registry_lock:
-            _unindexed.add(state)
+        _unindexed.add(state)
         return state

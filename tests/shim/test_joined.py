@@ -257,3 +257,36 @@ def test_close_frees_the_descriptor_number_while_the_end_is_held(installed: Inst
     assert conn.recv(10) == b"", "the peer still sees the FIN of the held end"
     conn.close()
     server.close()
+
+
+def test_a_joined_connection_to_a_dual_stack_listener_holds_its_port_until_closed(
+    installed: Installed, engine_work: Counter[str]
+) -> None:
+    # The server's end names both sides as IPv4-mapped addresses, as Linux's
+    # dual-stack listener does; the client's port is bound while it is open.
+    with acting_as(installed.web):
+        server = socket.create_server(
+            ("", 7709), family=socket.AF_INET6, dualstack_ipv6=True, backlog=8
+        )
+    server.settimeout(5)
+    warm = socket.create_connection(("10.0.0.2", 7709), timeout=5)
+    server.accept()[0].close()
+    warm.close()
+    engine_work.clear()
+    client = socket.create_connection(("10.0.0.2", 7709), timeout=5)
+    conn, address = server.accept()
+    assert engine_work["task"] == 0, "joined in connect(), without the engine"
+    port = client.getsockname()[1]
+    assert client.getsockname() == ("10.0.0.3", port)
+    assert client.getpeername() == ("10.0.0.2", 7709)
+    assert address == conn.getpeername() == ("::ffff:10.0.0.3", port, 0, 0)
+    assert conn.getsockname() == ("::ffff:10.0.0.2", 7709, 0, 0)
+    squatter = socket.socket()
+    with pytest.raises(OSError) as caught:
+        squatter.bind(("10.0.0.3", port))
+    assert caught.value.errno == errno.EADDRINUSE
+    client.close()
+    conn.close()
+    squatter.bind(("10.0.0.3", port))  # free again once the client closed
+    squatter.close()
+    server.close()

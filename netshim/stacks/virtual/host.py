@@ -54,6 +54,7 @@ from .tcp import (
     FIN,
     MAX_BACKLOG,
     Connection,
+    JoinedTcpStream,
     Pipe,
     Segment,
     TcpServiceHandler,
@@ -207,21 +208,25 @@ class VirtualHost(Stack):
 
     def _claim(self, protocol: str, ip: IPAddress, port: int, dual: bool) -> PortBinding:
         """:meth:`bind` for an address this host owns."""
+        with self.network.lock:
+            return self._claim_locked(protocol, ip, port, dual)
+
+    def _claim_locked(self, protocol: str, ip: IPAddress, port: int, dual: bool) -> PortBinding:
+        """:meth:`_claim` for a caller that holds the network's lock."""
         table = self._ports[protocol]
         binding = PortBinding(protocol, ip, port, dual)
-        with self.network.lock:
-            if port == 0:
-                # A port no binding overlaps: nothing more to check.
-                binding.port = self._ephemeral_port(table, binding)
-            else:
-                for other in table.get(port, ()):
-                    if binding.overlaps(other):
-                        raise address_in_use((str(ip), port))
-            bound = table.get(binding.port)
-            if bound is None:
-                table[binding.port] = [binding]
-            else:
-                bound.append(binding)
+        if port == 0:
+            # A port no binding overlaps: nothing more to check.
+            binding.port = self._ephemeral_port(table, binding)
+        else:
+            for other in table.get(port, ()):
+                if binding.overlaps(other):
+                    raise address_in_use((str(ip), port))
+        bound = table.get(binding.port)
+        if bound is None:
+            table[binding.port] = [binding]
+        else:
+            bound.append(binding)
         return binding
 
     def _ephemeral_port(self, table: dict[int, list[PortBinding]], binding: PortBinding) -> int:
@@ -242,17 +247,23 @@ class VirtualHost(Stack):
                 raise address_in_use((str(binding.ip), 0))
 
     def release(self, binding: PortBinding) -> None:
-        table = self._ports[binding.protocol]
-        with self.network.lock:
-            bound = table.get(binding.port)
-            if bound is None:
-                return
-            try:
-                bound.remove(binding)
-            except ValueError:
-                return
-            if not bound:
-                del table[binding.port]
+        lock = self.network.lock
+        lock.acquire()  # see connect_tcp_joined
+        try:
+            self._release_locked(binding)
+        finally:
+            lock.release()
+
+    def _release_locked(self, binding: PortBinding) -> None:
+        bound = self._ports[binding.protocol].get(binding.port)
+        if bound is None:
+            return
+        try:
+            bound.remove(binding)
+        except ValueError:
+            return
+        if not bound:
+            del self._ports[binding.protocol][binding.port]
 
     def _parse_local(
         self, host: str | None, port: object, function: str
@@ -456,13 +467,11 @@ class VirtualHost(Stack):
         listener: VirtualTcpListener,
         destination_ip: IPAddress,
         binding: PortBinding,
-        destination_text: str | None = None,
-        source_text: str | None = None,
     ) -> tuple[VirtualTcpStream, VirtualTcpStream]:
         """The two ends of a new connection from ``binding`` to ``listener`` (nothing queued)."""
         port = listener.binding.port
-        client_address = (source_text or str(binding.ip), binding.port)
-        server_address = (destination_text or str(destination_ip), port)
+        client_address = (str(binding.ip), binding.port)
+        server_address = (str(destination_ip), port)
         conn = Connection(self.network, link, self.network.next_connection_id())
         forward, backward = Pipe(), Pipe()
         client = VirtualTcpStream(
@@ -499,7 +508,11 @@ class VirtualHost(Stack):
         network = self.network
         if local_address is not None or network.has_observers or not 0 < port <= 65535:
             return None
-        with network.lock:
+        # acquire()/release() rather than a with block: this runs once per
+        # connection, and the with protocol costs more than the lock itself.
+        lock = network.lock
+        lock.acquire()
+        try:
             route = self.routes.get(host) or self._route_to(host)
             if route is None:
                 return None  # connect_tcp gives the error
@@ -518,16 +531,26 @@ class VirtualHost(Stack):
             ):
                 return None
             try:
-                binding = self._claim("tcp", source_ip, 0, False)
+                binding = self._claim_locked("tcp", source_ip, 0, False)
             except OSError:
                 return None
-            client, server = self._open_connection(
-                link, listener, destination_ip, binding, destination_text, source_text
-            )
-            server.accepted_from = listener
+            client_address = (source_text, binding.port)
+            server_address = (destination_text, port)
+            client = JoinedTcpStream(self, client_address, server_address, binding)
+            if listener.binding.dual and destination_ip.version == 4:
+                server = JoinedTcpStream(
+                    server_host,
+                    (_mapped(destination_ip), port),
+                    (_mapped(source_ip), binding.port),
+                    None,
+                )
+            else:
+                server = JoinedTcpStream(server_host, server_address, client_address, None)
             if not claim(listener, server):
-                self.release(binding)
+                self._release_locked(binding)
                 return None
+        finally:
+            lock.release()
         return client
 
     async def _wait_for_handshake(
