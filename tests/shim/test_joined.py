@@ -121,8 +121,13 @@ def test_asyncio_streams_on_joined_sockets_skip_the_engine(
         with acting_as(installed.web):
             server = await asyncio.start_server(echo, "10.0.0.2", 7702)
         async with server:
-            # The first connection may come before the listener's serving task runs.
+            # The first connection may come before the listener's serving task
+            # runs; its echo is awaited to the end, so that the server's close
+            # of it (through the engine) comes before the count starts.
             reader, writer = await asyncio.open_connection("10.0.0.2", 7702)
+            writer.write(b"first\n")
+            assert await reader.readline() == b"first\n"
+            assert await reader.read() == b""
             writer.close()
             await writer.wait_closed()
             engine_work.clear()
