@@ -248,24 +248,25 @@ class Engine:
         watcher = self._held_events
         if watcher is None and _EPOLL is not None:
             watcher = self._watch_held_events()
-        lock = self.queue_lock
-        # acquire()/release(), not a with block: once per connection, and
-        # the with protocol costs more than the lock itself.
-        lock.acquire()
-        try:
+        if watcher is not None:
+            try:
+                watcher.register(held, select.EPOLLIN)
+            except OSError:
+                # (ENOMEM, ENOSPC) The engine watches this end on its own;
+                # unlisted, it waits for the peer to send or close.
+                self.call_soon(_release_when_readable, held)
+                return
+            # Watched before it is listed, and no lock: until it is listed no
+            # other thread knows the descriptor, so none can close it; the
+            # engine's watch takes listed ends only, under the lock (see
+            # _release_ready_held).
             self._held[state] = held
-            if watcher is not None:
-                try:
-                    watcher.register(held, select.EPOLLIN)
-                except OSError:
-                    pass  # (ENOMEM, ENOSPC) as if there were no epoll
-                else:
-                    return
+            return
+        with self.queue_lock:
+            self._held[state] = held
             if self._held_watch_due:
                 return
             self._held_watch_due = True
-        finally:
-            lock.release()
         self.call_soon(self._watch_held_later)
 
     def release_held(self, state: SocketState) -> None:
@@ -320,7 +321,8 @@ class Engine:
             # Asked under the lock: an end released (and its number reused)
             # since the loop saw the set readable is not reported now.
             ready = {fd for fd, _ in watcher.poll(0)}
-            taken = [(state, fd) for state, fd in self._held.items() if fd in ready]
+            # A copy: hold() lists ends without the lock.
+            taken = [(state, fd) for state, fd in list(self._held.items()) if fd in ready]
             for state, fd in taken:
                 del self._held[state]
                 with contextlib.suppress(OSError):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import _socket
 import contextlib
 import errno
+import functools
 import ipaddress
 import operator
 import os
@@ -70,6 +71,7 @@ __all__ = ["ORIGINAL_SOCKET", "ShimSocket", "acting_stack"]
 ORIGINAL_SOCKET = socket.socket
 # A state's kind is always a SocketKind (see SocketState), so `is` compares it.
 _SOCK_STREAM = socket.SOCK_STREAM
+_AF_INET = socket.AF_INET
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 _TYPE_MASK = ~(getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0))
 # Largest UDP payloads, as in the stacks.
@@ -501,7 +503,9 @@ class _ShimCommon(_Base):
                 ORIGINAL_SOCKET.send(self, TOOK_JOINED, socket.MSG_DONTWAIT)
         remote = accepted.remote
         assert remote is not None
-        return user_end.detach(), self._sockaddr(remote), accepted
+        if state.family is not _AF_INET:
+            remote = self._sockaddr(remote)  # (an IPv4 pair is reported as it is)
+        return user_end.detach(), remote, accepted
 
     def _connect(self, address: Any, function: str) -> int:
         state = self._netshim
@@ -567,10 +571,9 @@ class _ShimCommon(_Base):
         assert state is not None
         if state.engine.left_behind:
             return False
+        # A partial, not a lambda: called in C, with no frame of its own.
         stream = state.stack.connect_tcp_joined(
-            target[0],
-            target[1],
-            lambda listener, server_end: join_accepted(state, listener, server_end),
+            target[0], target[1], functools.partial(join_accepted, state)
         )
         if stream is None:
             return False
@@ -1463,6 +1466,12 @@ def _closing(state: SocketState, user: socket.socket) -> None:
     if partner is not None and not state.shared_by_fork and not partner.engine.left_behind:
         # The end the peer held open when it closed waited for this close.
         partner.engine.release_held(partner)
+    if partner is not None and partner.closed_by_user:
+        # Both closed: the two states refer to each other, a cycle that only
+        # the garbage collector would free (its collections were a twentieth
+        # of a connect + accept + close); nothing asks for the partner now.
+        state.splice_partner = None
+        partner.splice_partner = None
     state.closed_by_user = True
     state.phase = Phase.CLOSED
     state.unregister()
