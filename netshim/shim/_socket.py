@@ -1463,8 +1463,16 @@ def _closing(state: SocketState, user: socket.socket) -> None:
     ):
         # Pending too: the listener may still join this end to its peer.
         _hold_joined_end(state, user)
-    if partner is not None and not state.shared_by_fork and not partner.engine.left_behind:
+    if (
+        partner is not None
+        and partner.closed_by_user
+        and not state.shared_by_fork
+        and not partner.engine.left_behind
+    ):
         # The end the peer held open when it closed waited for this close.
+        # (A peer closing at this very moment, in another thread, is not
+        # closed_by_user yet: the engine's watch releases its end, which
+        # this close makes readable.)
         partner.engine.release_held(partner)
     if partner is not None and partner.closed_by_user:
         # Both closed: the two states refer to each other, a cycle that only

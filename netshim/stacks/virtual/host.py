@@ -112,15 +112,17 @@ class PortBinding:
 
     __slots__ = ("dual", "ip", "port", "protocol", "unspecified")
 
-    def __init__(self, protocol: str, ip: IPAddress, port: int, dual: bool) -> None:
+    def __init__(
+        self, protocol: str, ip: IPAddress, port: int, dual: bool, unspecified: bool | None = None
+    ) -> None:
         self.protocol = protocol
         self.ip = ip
         self.port = port
         # A "::" binding that also takes IPv4 (IPV6_V6ONLY off, Linux's default).
         self.dual = dual
         # Asked for every connection: ipaddress's is_unspecified compares
-        # with a new address each time.
-        self.unspecified = int(ip) == 0
+        # with a new address each time.  (A caller that knows says so.)
+        self.unspecified = int(ip) == 0 if unspecified is None else unspecified
 
     @property
     def version(self) -> int:
@@ -211,10 +213,12 @@ class VirtualHost(Stack):
         with self.network.lock:
             return self._claim_locked(protocol, ip, port, dual)
 
-    def _claim_locked(self, protocol: str, ip: IPAddress, port: int, dual: bool) -> PortBinding:
+    def _claim_locked(
+        self, protocol: str, ip: IPAddress, port: int, dual: bool, unspecified: bool | None = None
+    ) -> PortBinding:
         """:meth:`_claim` for a caller that holds the network's lock."""
         table = self._ports[protocol]
-        binding = PortBinding(protocol, ip, port, dual)
+        binding = PortBinding(protocol, ip, port, dual, unspecified)
         if port == 0:
             # A port no binding overlaps: nothing more to check.
             binding.port = self._ephemeral_port(table, binding)
@@ -506,7 +510,9 @@ class VirtualHost(Stack):
         server end goes to ``claim`` instead of the listener's queue.
         """
         network = self.network
-        if local_address is not None or network.has_observers or not 0 < port <= 65535:
+        # The network's own fields, not its properties: this runs once per
+        # connection, and each property is a call.
+        if local_address is not None or network._observers or not 0 < port <= 65535:
             return None
         # acquire()/release() rather than a with block: this runs once per
         # connection, and the with protocol costs more than the lock itself.
@@ -527,11 +533,12 @@ class VirtualHost(Stack):
                 or link.partitioned
                 or link.conditions.delays
                 or link.reset_after is not None
-                or network.is_refused(server_host, port)
+                or (network._refused and (server_host.name, port) in network._refused)
             ):
                 return None
             try:
-                binding = self._claim_locked("tcp", source_ip, 0, False)
+                # A source address is never the unspecified one (see _source_for).
+                binding = self._claim_locked("tcp", source_ip, 0, False, unspecified=False)
             except OSError:
                 return None
             client_address = (source_text, binding.port)
