@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import struct
 
@@ -189,3 +190,52 @@ async def test_record_validation_names_the_problem() -> None:
         net.add_record("x.example", "A", "not-an-address")
     with pytest.raises(ValueError):
         net.add_record("a" * 64 + ".example", "A", "10.0.0.1")
+
+
+async def test_getaddrinfo_now_answers_as_getaddrinfo_does_when_nothing_can_wait() -> None:
+    net, _, client = network()
+    net.add_record("www.example.com", "CNAME", "web.internal.")
+    net.add_record("mail.example.com", "MX", "10 mx.example.com.")
+    questions: list[tuple[object, ...]] = [
+        ("web.internal", 80),
+        ("www.example.com", "https", 0, socket.SOCK_STREAM, 0, socket.AI_CANONNAME),
+        ("www.example.com", 80, socket.AF_INET, socket.SOCK_DGRAM),
+        ("client", 22),
+        ("localhost", 80),
+    ]
+    for question in questions:
+        now = client.getaddrinfo_now(*question)  # type: ignore[arg-type]
+        assert now is not None, question
+        assert now == await client.getaddrinfo(*question), question  # type: ignore[arg-type]
+    for name, code in (("missing.example", socket.EAI_NONAME), ("mail.example.com", None)):
+        with pytest.raises(socket.gaierror) as now_error:
+            client.getaddrinfo_now(name, 80)
+        with pytest.raises(socket.gaierror) as awaited_error:
+            await client.getaddrinfo(name, 80)
+        assert now_error.value.errno == awaited_error.value.errno
+        assert code is None or now_error.value.errno == code
+    # Each query draws its id and binds a port as one sent over UDP would,
+    # so what the network draws next is the same either way.
+    now_net, _, now_client = network()
+    awaited_net, _, awaited_client = network()
+    assert now_client.getaddrinfo_now("web.internal", 80) is not None
+    await awaited_client.getaddrinfo("web.internal", 80)
+    assert now_net.rng.random() == awaited_net.rng.random()
+    now_port = (await now_client.open_udp()).local_address
+    assert now_port == (await awaited_client.open_udp()).local_address
+
+
+async def test_getaddrinfo_now_declines_what_could_wait_or_be_seen() -> None:
+    net, _, client = network()
+    net.set_link(client, "resolver", latency=0.001)
+    assert client.getaddrinfo_now("web.internal", 80) is None
+    net.clear_faults()
+    net.partition(client, "resolver")
+    assert client.getaddrinfo_now("web.internal", 80) is None
+    net.heal()
+    assert client.getaddrinfo_now("web.internal", 80) is not None
+    capture = net.capture(io.BytesIO())
+    assert client.getaddrinfo_now("web.internal", 80) is None  # the queries belong in it
+    capture.close()
+    client.resolvers = ["10.0.0.99"]  # nobody there
+    assert client.getaddrinfo_now("web.internal", 80) is None

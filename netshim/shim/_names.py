@@ -190,6 +190,9 @@ def getaddrinfo_on(
                 lookup, name, number, family, type, proto, flags, service_socket_types(port)
             )
         )
+    answered: list[AddrInfo] | None = stack.getaddrinfo_now(name, port, family, type, proto, flags)
+    if answered is not None:
+        return answered  # no trip to the engine
     result: list[AddrInfo] = get_engine().call(
         stack.getaddrinfo, name, port, family, type, proto, flags
     )

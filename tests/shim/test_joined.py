@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import os
 import select
 import socket
@@ -295,3 +296,31 @@ def test_a_joined_connection_to_a_dual_stack_listener_holds_its_port_until_close
     squatter.bind(("10.0.0.3", port))  # free again once the client closed
     squatter.close()
     server.close()
+
+
+def test_a_name_the_network_answers_at_once_is_connected_without_the_engine(
+    installed: Installed, engine_work: Counter[str]
+) -> None:
+    # Dual-stack: the name's first address is IPv6 (the client has one).
+    with acting_as(installed.web):
+        server = socket.create_server(("", 7710), family=socket.AF_INET6, dualstack_ipv6=True)
+    server.settimeout(5)
+    socket.create_connection(("10.0.0.2", 7710), timeout=5).close()
+    server.accept()[0].close()
+    engine_work.clear()
+    answer = socket.getaddrinfo("web.internal", 7710, type=socket.SOCK_STREAM)
+    client = socket.create_connection(("web.internal", 7710), timeout=5)
+    conn, _ = server.accept()
+    assert engine_work["task"] == 0, "looked up, connected and accepted in this thread"
+    assert client.getpeername()[:2] == answer[0][4][:2]
+    with pytest.raises(socket.gaierror) as caught:
+        socket.getaddrinfo("missing.internal", 80)
+    assert caught.value.errno == socket.EAI_NONAME
+    assert engine_work["task"] == 0
+    # Captured, the queries cross the network through the engine: same answer.
+    capture = installed.net.capture(io.BytesIO())
+    assert socket.getaddrinfo("web.internal", 7710, type=socket.SOCK_STREAM) == answer
+    assert engine_work["task"] >= 1
+    capture.close()
+    for sock in (client, conn, server):
+        sock.close()

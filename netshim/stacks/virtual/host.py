@@ -783,6 +783,29 @@ class VirtualHost(Stack):
         kinds = service_socket_types(port)
         return await getaddrinfo(self, name, number, family, type, proto, flags, kinds)
 
+    def getaddrinfo_now(
+        self,
+        host: str | bytes | None,
+        port: str | bytes | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[AddrInfo] | None:
+        """See :meth:`netshim.stack.Stack.getaddrinfo_now`.
+
+        Answered when the host's first DNS server is this network's own,
+        over a perfect link nobody observes: the queries :meth:`getaddrinfo`
+        would send could then neither wait nor be seen, so they are answered
+        from the zone directly (same answers, same errors).
+        """
+        from .resolver import getaddrinfo_now
+
+        number = parse_service(port, type, flags)
+        name = None if host is None else check_host(host, "getaddrinfo")
+        kinds = service_socket_types(port)
+        return getaddrinfo_now(self, name, number, family, type, proto, flags, kinds)
+
 
 def _service_sink(
     server: VirtualTcpStream, handler: TcpServiceHandler

@@ -18,8 +18,10 @@ name without addresses, ``EAI_AGAIN`` when no server answers.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
@@ -37,15 +39,19 @@ from ...protocols.dns import (
     parse_response,
 )
 from ...stack import AddrInfo
+from .link import LinkConditions
 from .udp import VirtualUdpSocket
 
 if TYPE_CHECKING:
     from .host import VirtualHost
 
-__all__ = ["getaddrinfo", "start_dns_server"]
+__all__ = ["getaddrinfo", "getaddrinfo_now", "start_dns_server"]
 
 DNS_PORT = 53
 _RCODE_NXDOMAIN = 3
+_PERFECT: Final = LinkConditions()
+_IPV4_ANY: Final = ipaddress.IPv4Address("0.0.0.0")
+_IPV6_ANY: Final = ipaddress.IPv6Address("::")
 
 
 class _DnsUdpServer(VirtualUdpSocket):
@@ -151,13 +157,17 @@ async def _ask_tcp(
     return None
 
 
+def _servers(host: VirtualHost) -> list[IPAddress]:
+    """The DNS servers ``host`` asks, in order: over a family it has, IPv4 first as glibc lists."""
+    servers = [ip for text in host.resolvers if (ip := parse_ip(text)) is not None]
+    own = host.ips(4) + host.ips(6)
+    return [ip for ip in servers if ip.is_loopback or any(o.version == ip.version for o in own)]
+
+
 async def query(host: VirtualHost, name: str, qtype: str) -> DnsResponse:
     """Ask ``host``'s DNS servers for ``name``/``qtype`` as glibc's stub resolver does."""
     network = host.network
-    servers = [ip for text in host.resolvers if (ip := parse_ip(text)) is not None]
-    own = host.ips(4) + host.ips(6)
-    # Ask over a family this host has, IPv4 first as glibc lists servers.
-    servers = [ip for ip in servers if ip.is_loopback or any(o.version == ip.version for o in own)]
+    servers = _servers(host)
     for _ in range(max(1, network.dns_attempts)):
         for server in servers:
             query_id = network.rng.randrange(65536)
@@ -189,7 +199,12 @@ async def reverse_lookup(host: VirtualHost, ip: str) -> str:
     return names[0].rstrip(".")
 
 
-async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAddress], str]:
+async def _lookup(
+    host: VirtualHost,
+    name: str,
+    family: int,
+    ask_servers: Callable[[VirtualHost, str, str], Awaitable[DnsResponse]] = query,
+) -> tuple[list[IPAddress], str]:
     qtypes = []
     prefer_ipv6 = bool(host.ips(6))
     if family in (0, socket.AF_INET6):
@@ -202,7 +217,7 @@ async def _lookup(host: VirtualHost, name: str, family: int) -> tuple[list[IPAdd
     async def ask(name: str, qtype: str) -> DnsResponse:
         # The first failure ends the lookup: one wait for a silent server, not one per type.
         try:
-            response = await query(host, name, qtype)
+            response = await ask_servers(host, name, qtype)
         except _UnansweredError:
             raise name_temporarily_unresolvable(name) from None
         if response.rcode == _RCODE_NXDOMAIN:
@@ -232,3 +247,91 @@ async def getaddrinfo(
         return await _lookup(host, name, family)
 
     return await resolve_addrinfo(lookup, name, port, family, type, proto, flags, service_kinds)
+
+
+class _CannotAnswerNowError(Exception):
+    """A query would have to wait, or would be seen: ask over the network instead."""
+
+
+def _first_server_now(host: VirtualHost) -> tuple[IPAddress, Zone] | None:
+    """The server :func:`query` asks first and its zone, when nothing could delay or see its answer.
+
+    That is: nobody observes the network, the link to the server is perfect
+    (no partition, delay, loss, duplication or reordering) and the server is
+    this network's own DNS server, listening; then :func:`query` would have
+    its answer on the first try, with nothing in between.
+    """
+    network = host.network
+    if network._observers:
+        return None
+    servers = _servers(host)
+    if not servers:
+        return None
+    server = servers[0]
+    try:
+        server_host = host.route(server, DNS_PORT)
+    except OSError:
+        return None
+    link = network.link(host, server_host)
+    if link.partitioned or link.conditions != _PERFECT:
+        return None
+    listening = server_host._find_udp_socket(server, DNS_PORT)
+    if not isinstance(listening, _DnsUdpServer) or listening.closed:
+        return None
+    return server, listening.zone
+
+
+async def _query_now(host: VirtualHost, name: str, qtype: str) -> DnsResponse:
+    """:func:`query`'s answer computed at once (see :func:`_first_server_now`); never waits."""
+    first = _first_server_now(host)
+    if first is None:
+        raise _CannotAnswerNowError
+    server, zone = first
+    network = host.network
+    # What query() would draw and bind, so that the network's random draws
+    # and ephemeral ports go on as if it had asked over UDP.
+    query_id = network.rng.randrange(65536)
+    if server.version == 4:
+        host.release(host.bind("udp", _IPV4_ANY, 0))
+    else:
+        host.release(host.bind("udp", _IPV6_ANY, 0, dual=True))
+    payload = build_query(name, qtype, query_id)
+    reply = answer_query(zone, payload, max_udp_size=512)
+    if reply is None:
+        raise _CannotAnswerNowError
+    response = parse_response(reply, query_id=query_id, name=name, rtype=qtype)
+    if response.truncated:
+        raise _CannotAnswerNowError  # query() retries over TCP: let it
+    return response
+
+
+def getaddrinfo_now(
+    host: VirtualHost,
+    name: str | None,
+    port: int,
+    family: int,
+    type: int,
+    proto: int,
+    flags: int,
+    service_kinds: tuple[int, ...] | None = None,
+) -> list[AddrInfo] | None:
+    """:func:`getaddrinfo` answered at once, in any thread, or None when a query would wait.
+
+    The same answer and errors, from the same zone, when the first DNS server
+    answers over a perfect link nobody observes (see :func:`_first_server_now`).
+    """
+
+    async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
+        if name == host.name:
+            return host.ips(6) + host.ips(4), name
+        return await _lookup(host, name, family, _query_now)
+
+    coroutine = resolve_addrinfo(lookup, name, port, family, type, proto, flags, service_kinds)
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    except _CannotAnswerNowError:
+        return None
+    coroutine.close()  # it tried to wait: nothing here does, but never block a caller
+    return None
