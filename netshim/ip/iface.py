@@ -184,9 +184,9 @@ class _HashedIPv4Address(ipaddress.IPv4Address):
     about 40 hashes per connection, 8 per round trip.  ipaddress computes
     each one in Python (``hash(hex(int(self)))``); this one returns the
     same value, kept, so it equals and looks up as a plain IPv4Address.
-    Its ``packed`` is the four bytes it was made from, a slot: the
-    property's is two Python calls, asked for every checksum's pseudo-header
-    and every initial sequence number.
+    Its ``packed`` is kept too, in a slot: the property's is two Python
+    calls, asked for every checksum's pseudo-header and every initial
+    sequence number.
     """
 
     __slots__ = ("_hash", "packed")
@@ -194,8 +194,10 @@ class _HashedIPv4Address(ipaddress.IPv4Address):
     def __init__(self, address: bytes) -> None:
         super().__init__(address)
         self._hash = super().__hash__()
-        # The slot shadows the read-only property mypy knows.
-        object.__setattr__(self, "packed", address)
+        # The slot shadows the read-only property mypy knows; read from the
+        # property, not taken from ``address``, which a copy or an unpickled
+        # address passes as an int.
+        object.__setattr__(self, "packed", super().packed)
 
     def __hash__(self) -> int:
         return self._hash

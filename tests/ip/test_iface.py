@@ -8,8 +8,10 @@ IP and link plumbing alone; the real core runs in the last tests here, in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import errno
+import pickle
 import random
 from dataclasses import dataclass, field
 from ipaddress import (
@@ -31,6 +33,7 @@ from netshim.ip.iface import (
     Interface,
     Medium,
     OutgoingPacket,
+    _ipv4_address,
 )
 from netshim.protocols.ip import (
     BROADCAST,
@@ -209,6 +212,16 @@ def learn_peer(iface: Interface) -> None:
 
 
 # ARP.
+
+
+def test_an_interned_address_copied_or_unpickled_keeps_its_packed_bytes() -> None:
+    # Received packets' addresses are interned with their hash and packed
+    # bytes kept; copy and pickle rebuild one from its integer.
+    interned = _ipv4_address(bytes([10, 0, 2, 2]))
+    for again in (copy.copy(interned), pickle.loads(pickle.dumps(interned))):
+        assert again.packed == bytes([10, 0, 2, 2])
+        assert again == IPv4Address("10.0.2.2")
+        assert hash(again) == hash(IPv4Address("10.0.2.2"))
 
 
 def test_arp_request_for_us_is_answered_and_the_sender_learnt() -> None:
