@@ -29,6 +29,17 @@ Bodies from fetch are already decoded (fetch undoes ``Content-Encoding``),
 so a response that had one loses it and its ``Content-Length`` and goes
 chunked.  Hop-by-hop headers are ours to write, never fetch's.
 
+The common request is parsed without h11: a request line and header fields
+with nothing unusual (HTTP/1.1, one ``Host``, no body or a single
+``Content-Length`` body, no ``Transfer-Encoding``, ``Expect`` or
+``Upgrade``), and its response is written by hand with the framing h11
+would choose.  Anything else (chunked uploads, upgrades, ``100-continue``,
+HTTP/1.0, what fetch cannot send, malformed or oversized heads, a close in
+mid-request) hands the connection's unparsed bytes to h11, which serves it
+from then on, so every such case gets h11's handling and errors.  Under
+Pyodide h11's event machinery was most of FetchStack's own cost per
+request.
+
 TLS: the browser does it.  A program that wraps its connection with TLS
 (see :mod:`netshim.stacks._fetch_tls`) first sends :data:`TLS_HELLO`; the
 core answers :data:`TLS_READY` and builds ``https://`` URLs from then on.
@@ -39,6 +50,7 @@ connection closes.
 from __future__ import annotations
 
 import http
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -126,6 +138,25 @@ _FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
 _HOP_BY_HOP_RESPONSE = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "trailer", "upgrade"}
 )
+
+
+# The grammar h11 parses with (RFC 9110/9112): a request line with HTTP/1.1,
+# and a header field line.  The fast way takes only what these match whole.
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1")
+_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*")
+_FIELD_NAME_ONLY = re.compile(_TOKEN)
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_FIELD_VALUE_ONLY = re.compile(_FIELD_VALUE)
+# Request fields that need h11: framing and protocol switches it handles.
+_FIELDS_FOR_H11 = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+# A Content-Length with more digits goes to h11 (which has its own limit).
+_MAX_LENGTH_DIGITS = 18
+# Where a request stands on the fast way.
+_IDLE, _BODY, _DONE = "IDLE", "SEND_BODY", "DONE"
+# The fast writer's body framing: a count of bytes still due, or chunked.
+_CHUNKED = -1
 
 
 class Event:
@@ -262,7 +293,24 @@ class FetchHttp:
         self.port = port
         self.forbidden = forbidden
         self.secure = False
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self._max_head = max_incomplete_event_size
+        # h11, once a request needed it: it serves the connection from then on.
+        self._h11: h11.Connection | None = None
+        # The fast way's state: the program's unparsed bytes, where the
+        # search for the head's end resumes, whether the program closed its
+        # side (and whether that was reported), where its request stands,
+        # the body bytes still due, and whether the connection stays open.
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._eof = False
+        self._eof_reported = False
+        self._phase = _IDLE
+        self._body_left = self._body_length = 0
+        self._keep_alive = True
+        # Whether the response to the request being read has ended.
+        self._answered = False
+        # The fast writer's framing of the response under way: bytes due, or _CHUNKED.
+        self._writing = 0
         # Pieces for the program, joined only when taken: a body's bytes pass
         # through without a copy when nothing else is waiting.
         self._out: list[bytes] = []
@@ -296,7 +344,12 @@ class FetchHttp:
         return self._responding
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"{self._h11.their_state}/{self._h11.our_state}"
+        if self.closed:
+            state = "closed"
+        elif self._h11 is not None:
+            state = f"{self._h11.their_state}/{self._h11.our_state}"
+        else:
+            state = f"{self._phase}/{'SEND_BODY' if self._responding else 'IDLE'}"
         return f"<FetchHttp {self.scheme}://{self._authority()} {state}>"
 
     def _authority(self) -> str:
@@ -327,9 +380,13 @@ class FetchHttp:
             else:
                 # The program closed before its first bytes told anything.
                 pending, self._prelude = bytes(self._prelude), None
-                if pending:
-                    self._h11.receive_data(pending)
-        self._h11.receive_data(data)
+                self._buffer += pending
+        if self._h11 is not None:
+            self._h11.receive_data(data)
+        elif data:
+            self._buffer += data
+        else:
+            self._eof = True
 
     def _sort_prelude(self) -> bool:
         """Whether the stream's start is known: a TLS hello (answered), a ClientHello, or HTTP."""
@@ -354,6 +411,14 @@ class FetchHttp:
 
     def next_event(self) -> Event | _NeedData:
         """The next thing to do for the program, or :data:`NEED_DATA`."""
+        if self._h11 is None:
+            if self._closed_reason is not None or self._prelude is not None:
+                return NEED_DATA
+            fast = self._fast_event()
+            if fast is not None:
+                return fast
+        connection = self._h11
+        assert connection is not None
         while True:
             if self._closed_reason is not None:
                 return NEED_DATA
@@ -362,7 +427,7 @@ class FetchHttp:
             if self._frames is not None:
                 return self._next_frame()
             try:
-                event = self._h11.next_event()
+                event = connection.next_event()
             except h11.RemoteProtocolError as exc:
                 self._bad_request(exc.error_status_hint, str(exc))
                 return ProgramClosed(f"malformed request: {exc}")
@@ -389,40 +454,161 @@ class FetchHttp:
                 self._closed_reason = "the program closed the connection"
                 return ProgramClosed(self._closed_reason)
 
-    def _request(self, event: h11.Request) -> FetchRequest | WebSocketRequest | None:
-        method = event.method.decode("ascii")
+    def _fast_event(self) -> Event | _NeedData | None:
+        """The next event on the fast way, or ``None`` once h11 took the connection over."""
+        buffer = self._buffer
+        phase = self._phase
+        if phase is _BODY:
+            left = self._body_left
+            if left == 0:
+                self._phase = _DONE
+                if self._answered:
+                    # The response ended before the request's body did.
+                    self._next_cycle()
+                return RequestEnd()
+            if buffer:
+                piece = bytes(buffer[:left])
+                del buffer[:left]
+                self._body_left = left - len(piece)
+                return RequestBody(piece)
+            if self._eof:
+                message = (
+                    "peer closed connection without sending complete message body "
+                    f"(received {self._body_length - left} bytes, expected {self._body_length})"
+                )
+                self._bad_request(400, message)
+                return ProgramClosed(f"malformed request: {message}")
+            return NEED_DATA
+        if phase is _DONE:
+            if self._eof and not buffer and not self._eof_reported:
+                self._eof_reported = True
+                self._closed_reason = "the program closed the connection"
+                return ProgramClosed(self._closed_reason)
+            return NEED_DATA
+        if not buffer:
+            if self._eof:
+                self._eof_reported = True
+                self._closed_reason = "the program closed the connection"
+                return ProgramClosed(self._closed_reason)
+            return NEED_DATA
+        # The head ends at a blank line; h11 also takes bare LFs, which it is left to.
+        blank = _BLANK_LINE.search(buffer, max(0, self._scanned - 2))
+        if blank is None:
+            self._scanned = len(buffer)
+            if len(buffer) > self._max_head or self._eof or buffer[0] < 0x21:
+                self._hand_to_h11()
+                return None
+            return NEED_DATA
+        end = blank.start() - 1
+        request = None
+        if blank.end() - blank.start() == 3 and end >= 0 and buffer[end] == 0x0D:
+            request = self._fast_request(bytes(buffer[:end]))
+        if request is None:
+            self._hand_to_h11()
+            return None
+        del buffer[: blank.end()]
+        self._scanned = 0
+        return request
+
+    def _fast_request(self, head: bytes) -> FetchRequest | None:
+        """``head`` as a request when it is of the common kind, else ``None`` (h11's then)."""
+        lines = head.split(b"\r\n")
+        matched = _REQUEST_LINE.fullmatch(lines[0])
+        if matched is None:
+            return None
+        fields: list[tuple[bytes, bytes]] = []
+        hosts = 0
+        length: int | None = None
+        keep_alive = True
+        for line in lines[1:]:
+            field_line = _HEADER_LINE.fullmatch(line)
+            if field_line is None:
+                return None
+            name = field_line[1].lower()
+            value = field_line[2]
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
+                if length is not None or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+                    return None
+                length = int(value)
+            elif name == b"connection":
+                if b"close" in {token.strip().lower() for token in value.split(b",")}:
+                    keep_alive = False
+            elif name in _FIELDS_FOR_H11:
+                return None
+            fields.append((name, value))
+        if hosts != 1:
+            return None
+        method = matched[1].decode("ascii")
+        translated = self._translate(method, matched[2].decode("ascii"), fields)
+        if not isinstance(translated, FetchRequest):
+            return None
         self._head_method = method
-        if self._h11.they_are_waiting_for_100_continue:
+        self._keep_alive = keep_alive
+        self._phase = _BODY
+        self._body_left = self._body_length = length or 0
+        return translated
+
+    def _hand_to_h11(self) -> None:
+        """From now on h11 serves the connection, starting with the bytes not yet parsed."""
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        self._h11 = connection
+        pending = bytes(self._buffer)
+        self._buffer = bytearray()
+        if pending:
+            connection.receive_data(pending)
+        if self._eof:
+            connection.receive_data(b"")
+
+    def _request(self, event: h11.Request) -> FetchRequest | WebSocketRequest | None:
+        connection = self._h11
+        assert connection is not None
+        self._head_method = event.method.decode("ascii")
+        if connection.they_are_waiting_for_100_continue:
             # fetch cannot pass Expect on, and would want the whole body
             # anyway: invite it at once, as a server that accepts would.
-            self._out.append(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
-        target = event.target.decode("ascii")
+            self._out.append(
+                connection.send(h11.InformationalResponse(status_code=100, headers=[]))
+            )
+        translated = self._translate(
+            self._head_method, event.target.decode("ascii"), list(event.headers)
+        )
+        if isinstance(translated, tuple):
+            self._refusal = translated
+            return None
+        return translated
+
+    def _translate(
+        self, method: str, target: str, fields: list[tuple[bytes, bytes]]
+    ) -> FetchRequest | WebSocketRequest | tuple[int, str]:
+        """The request to make for these parts, or the status and reason to refuse it with."""
         headers: list[tuple[str, str]] = []
         dropped: list[str] = []
         content_length: int | None = None
         chunked = False
-        for raw_name, raw_value in event.headers:
+        forbidden = self.forbidden
+        for raw_name, raw_value in fields:
             name = raw_name.decode("ascii")
             value = raw_value.decode("latin-1")
-            if name == "content-length":
-                content_length = int(value)
-            elif name == "transfer-encoding":
-                chunked = True
             if name in FRAMING_HEADERS:
+                if name == "content-length":
+                    content_length = int(value)
+                elif name == "transfer-encoding":
+                    chunked = True
                 continue
-            if name in self.forbidden or name.startswith(_FORBIDDEN_PREFIXES):
-                if self.forbidden and name not in dropped:
+            if forbidden and (name in forbidden or name.startswith(_FORBIDDEN_PREFIXES)):
+                if name not in dropped:
                     dropped.append(name)
-                if self.forbidden:
-                    continue
+                continue
             headers.append((name, value))
         has_body = chunked or bool(content_length)
-        upgrade = next((v for n, v in event.headers if n == b"upgrade"), b"").lower()
-        key = next((v for n, v in event.headers if n == b"sec-websocket-key"), None)
+        upgrade = next((v for n, v in fields if n == b"upgrade"), b"").lower()
+        key = next((v for n, v in fields if n == b"sec-websocket-key"), None)
         if method == "GET" and b"websocket" in upgrade and key is not None:
             protocols = tuple(
                 part.strip()
-                for n, v in event.headers
+                for n, v in fields
                 if n == b"sec-websocket-protocol"
                 for part in v.decode("latin-1").split(",")
                 if part.strip()
@@ -431,20 +617,16 @@ class FetchHttp:
             return WebSocketRequest(
                 f"{scheme}://{self._authority()}{target}", protocols, key.decode("ascii")
             )
-        why: str | None = None
         if method in _FORBIDDEN_METHODS:
-            why = f"fetch cannot send {method} requests" + (
+            return 501, f"fetch cannot send {method} requests" + (
                 " (no tunnels through FetchStack: use a WispStack route for this destination)"
                 if method == "CONNECT"
                 else " (a forbidden method)"
             )
-        elif target == "*":
-            why = "fetch cannot send a request for '*' (asterisk-form)"
-        elif has_body and method in ("GET", "HEAD"):
-            why = f"fetch cannot send a body with {method}"
-        if why is not None:
-            self._refusal = (501, why)
-            return None
+        if target == "*":
+            return 501, "fetch cannot send a request for '*' (asterisk-form)"
+        if has_body and method in ("GET", "HEAD"):
+            return 501, f"fetch cannot send a body with {method}"
         # An absolute-form target (a program that takes us for a proxy) names its URL.
         url = f"{self.scheme}://{self._authority()}{target}" if target.startswith("/") else target
         return FetchRequest(
@@ -469,31 +651,100 @@ class FetchHttp:
         """Begin the response to the oldest request: fetch's status and headers.
 
         Decoded bodies lose ``Content-Encoding`` and ``Content-Length``;
-        hop-by-hop headers are dropped: the framing is ours.
+        hop-by-hop headers are dropped: the framing is ours.  Header values
+        are written as Latin-1 (fetch's are byte strings).
         """
         decoded = any(name.lower() == "content-encoding" for name, _ in headers)
-        kept: list[tuple[str, str]] = []
+        kept: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             lower = name.lower()
             if lower in _HOP_BY_HOP_RESPONSE:
                 continue
             if decoded and lower in ("content-encoding", "content-length"):
                 continue
-            kept.append((lower, value))
+            kept.append((lower.encode("latin-1"), value.encode("latin-1")))
         phrase = reason.encode("latin-1", "replace") if reason else _reason(status)
-        self._out.append(
-            self._h11.send(h11.Response(status_code=status, headers=kept, reason=phrase))
-        )
+        self._start(status, kept, phrase)
+
+    def _start(self, status: int, headers: list[tuple[bytes, bytes]], phrase: bytes) -> None:
+        connection = self._h11
+        if connection is not None:
+            self._out.append(
+                connection.send(h11.Response(status_code=status, headers=headers, reason=phrase))
+            )
+        else:
+            self._out.append(self._fast_head(status, headers, phrase))
         self._responding = True
+
+    def _fast_head(self, status: int, headers: list[tuple[bytes, bytes]], phrase: bytes) -> bytes:
+        """The response head as h11 would write it, and the framing of the body to follow."""
+        if not 200 <= status < 1000:
+            raise h11.LocalProtocolError(
+                f"Response status_code should be in range [200, 1000), not {status}"
+            )
+        length: bytes | None = None
+        fields: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            if _FIELD_NAME_ONLY.fullmatch(name) is None:
+                raise h11.LocalProtocolError(f"Illegal header name {name!r}")
+            if _FIELD_VALUE_ONLY.fullmatch(value) is None:
+                raise h11.LocalProtocolError(f"Illegal header value {value!r}")
+            if name.lower() == b"content-length":
+                # As h11 takes it: one value, however often repeated.
+                values = {part.strip() for part in value.split(b",")}
+                if len(values) != 1:
+                    raise h11.LocalProtocolError("conflicting Content-Length headers")
+                value = values.pop()
+                if not value.isdigit() or len(value) > 20:
+                    raise h11.LocalProtocolError("bad Content-Length")
+                if length is not None:
+                    if value != length:
+                        raise h11.LocalProtocolError("conflicting Content-Length headers")
+                    continue
+                length = value
+            fields.append((name, value))
+        if status in (204, 304):
+            self._writing = 0
+        elif length is not None:
+            self._writing = int(length)
+        else:
+            fields.append((b"Transfer-Encoding", b"chunked"))
+            self._writing = _CHUNKED
+        if self._head_method == "HEAD":
+            self._writing = 0
+        if not self._keep_alive:
+            fields.append((b"Connection", b"close"))
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+        # h11 writes Host first (RFC 9110 asks it of requests; it does it always).
+        lines += [b"%s: %s\r\n" % field for field in fields if field[0].lower() == b"host"]
+        lines += [b"%s: %s\r\n" % field for field in fields if field[0].lower() != b"host"]
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     def send_data(self, data: bytes) -> None:
         """Part of the response's body (nothing is written for HEAD, 204 and 304)."""
-        if data:
-            self._out.extend(self._h11.send_with_data_passthrough(h11.Data(data=data)) or ())
+        if not data:
+            return
+        connection = self._h11
+        if connection is not None:
+            self._out.extend(connection.send_with_data_passthrough(h11.Data(data=data)) or ())
+        elif self._writing == _CHUNKED:
+            self._out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self._writing -= len(data)
+            if self._writing < 0:
+                raise h11.LocalProtocolError("Too much data for declared Content-Length")
+            self._out.append(data)
 
     def end_response(self) -> None:
         """The response is complete: the connection is ready for the next request, or closes."""
-        self._out.append(self._h11.send(h11.EndOfMessage()))
+        connection = self._h11
+        if connection is not None:
+            self._out.append(connection.send(h11.EndOfMessage()))
+        elif self._writing == _CHUNKED:
+            self._out.append(b"0\r\n\r\n")
+        elif self._writing != 0:
+            raise h11.LocalProtocolError("Too little data for declared Content-Length")
         self._responding = False
         self._next_cycle()
 
@@ -517,10 +768,12 @@ class FetchHttp:
         ]
         if protocol:
             headers.append(("sec-websocket-protocol", protocol))
+        connection = self._h11
+        assert connection is not None  # upgrades are h11's
         self._out.append(
-            self._h11.send(h11.InformationalResponse(status_code=101, headers=headers))
+            connection.send(h11.InformationalResponse(status_code=101, headers=headers))
         )
-        self._frames = bytearray(self._h11.trailing_data[0])
+        self._frames = bytearray(connection.trailing_data[0])
 
     def send_websocket_message(self, data: str | bytes) -> None:
         """One message to the program: text for ``str``, binary for ``bytes``."""
@@ -600,46 +853,52 @@ class FetchHttp:
     def _local_response(self, status: int, message: str) -> None:
         body = (message.rstrip("\n") + "\n").encode("utf-8")
         headers = [
-            ("content-type", "text/plain; charset=utf-8"),
-            ("content-length", str(len(body))),
-            (
-                "x-netshim-fetch-error",
-                message.splitlines()[0][:200].encode("ascii", "replace").decode(),
-            ),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            (b"x-netshim-fetch-error", message.splitlines()[0][:200].encode("ascii", "replace")),
         ]
-        self._out.append(
-            self._h11.send(
-                h11.Response(status_code=status, headers=headers, reason=_reason(status))
-            )
-        )
+        self._start(status, headers, _reason(status))
         if self._head_method != "HEAD":
-            self._out.append(self._h11.send(h11.Data(data=body)))
-        self._out.append(self._h11.send(h11.EndOfMessage()))
-        self._next_cycle()
+            self.send_data(body)
+        self.end_response()
 
     def _bad_request(self, status: int, message: str) -> None:
         body = f"netshim FetchStack: malformed HTTP request: {message}\n".encode()
         headers = [
-            ("content-type", "text/plain; charset=utf-8"),
-            ("content-length", str(len(body))),
-            ("connection", "close"),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
         ]
-        if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        connection = self._h11
+        if connection is None:
+            if not self._responding:
+                self._out += (self._fast_head(status, headers, _reason(status)), body)
+        elif connection.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
                 self._out.append(
-                    self._h11.send(
+                    connection.send(
                         h11.Response(status_code=status, headers=headers, reason=_reason(status))
                     )
                 )
-                self._out.append(self._h11.send(h11.Data(data=body)))
-                self._out.append(self._h11.send(h11.EndOfMessage()))
+                self._out.append(connection.send(h11.Data(data=body)))
+                self._out.append(connection.send(h11.EndOfMessage()))
             except h11.LocalProtocolError:
                 pass
         self._closed_reason = f"malformed request: {message}"
 
     def _next_cycle(self) -> None:
         state = self._h11
-        if state.our_state is h11.DONE and state.their_state is h11.DONE:
+        if state is None:
+            if self._phase is _BODY:
+                # Answered before its body was read: the cycle ends with the body.
+                self._answered = True
+                return
+            self._answered = False
+            if not self._keep_alive or self._eof_reported:
+                self._closed_reason = "the program's request asked for the connection to close"
+            else:
+                self._phase = _IDLE
+        elif state.our_state is h11.DONE and state.their_state is h11.DONE:
             state.start_next_cycle()
         elif state.our_state in (h11.MUST_CLOSE, h11.CLOSED):
             self._closed_reason = "the program's request asked for the connection to close"
