@@ -546,6 +546,10 @@ READ_AHEAD = 1024 * 1024
 # taken whole (anyio copies both halves of a larger one to split it; with
 # 256 KiB pieces a 10 MiB httpx download under Node cost 30% more CPU).
 READ_PIECE = 64 * 1024
+# How many microtasks the head waits for a body chunk that came with it
+# (reading a chunk already queued settles within one or two): a response's
+# head is never held for the network.
+FIRST_CHUNK_MICROTASKS = 4
 # What the helpers' take() answers instead of bytes.
 _BODY_WAIT = 0
 _BODY_END = 1
@@ -559,7 +563,7 @@ def _helpers() -> Any:
         from pyodide.code import run_js  # type: ignore[import-not-found]
 
         _js_helpers = run_js(
-            """(function (WAIT, END, READ_AHEAD) {
+            """(function (WAIT, END, READ_AHEAD, FIRST_CHUNK_MICROTASKS) {
   // One response body, read ahead of the program into chunks.
   function pump(body) {
     if (body.reading || body.done || body.error !== undefined || body.size >= READ_AHEAD) return;
@@ -582,25 +586,35 @@ def _helpers() -> Any:
     if (waiter !== undefined) waiter();
   }
   return {
-    start(url, method, headers, body, redirect, credentials, duplex) {
+    // One call per request: fetch, then the head as [status, statusText,
+    // header fields, body, controller].  Header fields cross as one string
+    // each way (fetch allows no NUL in them), and the body's first chunk is
+    // given the few microtasks it needs when it came with the head, so that
+    // a small response reaches Python whole, with no wait for its body.
+    async start(url, method, fields, body, redirect, credentials, duplex) {
       const controller = new AbortController();
+      const headers = [];
+      if (fields) {
+        const parts = fields.split("\\0");
+        for (let i = 0; i < parts.length; i += 2) headers.push([parts[i], parts[i + 1]]);
+      }
       const init = {method, headers, redirect, credentials, signal: controller.signal};
       if (body !== undefined && body !== null) init.body = body;
       if (duplex) init.duplex = "half";
-      return {promise: fetch(url, init), controller};
-    },
-    head(response) {
-      let body;
+      const response = await fetch(url, init);
+      let state;
       if (response.body) {
-        body = {reader: response.body.getReader(), chunks: [], size: 0, done: false,
-                error: undefined, reading: false, waiter: undefined};
-        pump(body);
+        state = {reader: response.body.getReader(), chunks: [], size: 0, done: false,
+                 error: undefined, reading: false, waiter: undefined};
+        pump(state);
+        for (let turn = 0; turn < FIRST_CHUNK_MICROTASKS; turn++) {
+          if (state.size > 0 || state.done || state.error !== undefined) break;
+          await null;
+        }
       }
-      // The header fields as one string (fetch allows no NUL in them): one
-      // crossing instead of two per field.
-      const fields = [];
-      for (const [name, value] of response.headers) fields.push(name, value);
-      return [response.status, response.statusText, fields.join("\\0"), body];
+      const out = [];
+      for (const [name, value] of response.headers) out.push(name, value);
+      return [response.status, response.statusText, out.join("\\0"), state, controller];
     },
     // The next chunk already read (up to max bytes of it); else WAIT (call
     // wait()) or END; throws the body's error once its bytes are taken.
@@ -641,13 +655,13 @@ def _helpers() -> Any:
     },
   };
 })"""
-        )(_BODY_WAIT, _BODY_END, READ_AHEAD)
+        )(_BODY_WAIT, _BODY_END, READ_AHEAD, FIRST_CHUNK_MICROTASKS)
     return _js_helpers
 
 
 class _JsResponse:
-    def __init__(self, url: str, head: Any, controller: Any) -> None:
-        status, reason, fields, body = head
+    def __init__(self, url: str, head: Any) -> None:
+        status, reason, fields, body, controller = head
         self.url = url
         self.status = int(status)
         self.reason = str(reason)
@@ -973,18 +987,17 @@ class JsFetchBackend:
 
             pull = create_proxy(next_chunk)
             js_body = helpers.stream(pull)
-        headers = to_js([list(pair) for pair in request.headers])
-        started = helpers.start(
-            request.url,
-            request.method,
-            headers,
-            js_body,
-            self.redirect,
-            self.credentials,
-            pull is not None,
-        )
+        fields = "\0".join(part for pair in request.headers for part in pair)
         try:
-            response = await started.promise
+            head = await helpers.start(
+                request.url,
+                request.method,
+                fields,
+                js_body,
+                self.redirect,
+                self.credentials,
+                pull is not None,
+            )
         except Exception as exc:
             raise os_error(
                 errno.ECONNREFUSED,
@@ -996,7 +1009,7 @@ class JsFetchBackend:
             if pull is not None and body is not None:
                 # The body was taken whole once fetch answered.
                 pull.destroy()
-        return _JsResponse(request.url, helpers.head(response).to_py(depth=1), started.controller)
+        return _JsResponse(request.url, head.to_py(depth=1))
 
     async def open_websocket(self, url: str, protocols: tuple[str, ...]) -> WebSocketChannel:
         """The host's ``WebSocket`` to ``url`` (no custom headers: browsers send none)."""
