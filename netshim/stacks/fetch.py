@@ -208,8 +208,11 @@ class FetchStream(TcpStream):
         self.closed = False
         self.eof_sent = False
         # Set whenever the program sent something: a receive with nothing
-        # to do waits for the next request.
-        self._sent = anyio.Event()
+        # to do waits for the next request.  Made only when a receive waits
+        # (a client that writes its request before reading needs none).
+        self._sent: anyio.Event | None = None
+        # Whether the program sent its first bytes (no TLS wrap can start then).
+        self._settled = False
         _fetch_tls.expect_tls(host, self)
 
     def __repr__(self) -> str:
@@ -243,7 +246,9 @@ class FetchStream(TcpStream):
             # The failure is the receiving side's to report; a socket whose
             # connection failed answers later sends with EPIPE.
             raise os_error(errno.EPIPE, f"the connection failed: {self.output.error.strerror}")
-        _fetch_tls.settled(self.host, self)
+        if not self._settled:
+            self._settled = True
+            _fetch_tls.settled(self.host, self)
         self.http.receive_data(bytes(item))
         await self._take_events()
         self._wake()
@@ -259,8 +264,9 @@ class FetchStream(TcpStream):
 
     def _wake(self) -> None:
         self._collect()
-        sent, self._sent = self._sent, anyio.Event()
-        sent.set()
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            sent.set()
 
     def _collect(self) -> None:
         """Move what the core wrote for the program into the output."""
@@ -378,6 +384,8 @@ class FetchStream(TcpStream):
             exchange = self.exchange
             if exchange is None or not (exchange.complete or exchange.started is not None):
                 # Waiting for the program's (next) request, as a server would.
+                if self._sent is None:
+                    self._sent = anyio.Event()
                 await self._sent.wait()
                 continue
             try:
@@ -482,7 +490,8 @@ class FetchStream(TcpStream):
         if self.channel is not None:
             self.channel.close()
             self.channel = None
-        self._sent.set()
+        if self._sent is not None:
+            self._sent.set()
         await anyio.lowlevel.checkpoint()
 
     async def abort(self) -> None:
