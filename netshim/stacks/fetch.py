@@ -367,8 +367,7 @@ class FetchStream(TcpStream):
         exchange = self.exchange
         if exchange is None or self.channel is not None or exchange.response is None:
             return False
-        ready = getattr(exchange.response, "ready", None)
-        return ready is not None and bool(ready())
+        return _ready(exchange.response)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while True:
@@ -390,6 +389,15 @@ class FetchStream(TcpStream):
                 continue
             try:
                 await self._advance(exchange)
+                # Body pieces JavaScript already holds join the head (up to
+                # max_bytes): a small response is then one read.
+                while (
+                    self.exchange is exchange
+                    and exchange.response is not None
+                    and self.output.size < max_bytes
+                    and _ready(exchange.response)
+                ):
+                    await self._advance(exchange)
             except CannotBlockError:
                 raise
             except OSError as exc:
@@ -496,6 +504,12 @@ class FetchStream(TcpStream):
 
     async def abort(self) -> None:
         await self.aclose()
+
+
+def _ready(response: FetchResponse) -> bool:
+    """Whether ``response.read()`` answers at once (see :class:`FetchResponse`)."""
+    ready = getattr(response, "ready", None)
+    return ready is not None and bool(ready())
 
 
 def _declared_length(method: str, response: FetchResponse) -> int | None:

@@ -126,8 +126,9 @@ async def test_a_read_with_the_body_there_starts_no_timer(monkeypatch: pytest.Mo
     stream = await FetchStack(FakeFetch(ready)).connect_tcp("h", 80)
     network = FetchNetworkStream(stream)  # type: ignore[arg-type]
     await network.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=5)
-    # The head waits for fetch's answer: under a timeout.
-    head = await network.read(65536, timeout=5)
+    # The head waits for fetch's answer: under a timeout.  A read smaller
+    # than the head leaves the body with fetch.
+    head = await network.read(20, timeout=5)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     timers: list[float] = []
     loop = asyncio.get_running_loop()
@@ -138,11 +139,11 @@ async def test_a_read_with_the_body_there_starts_no_timer(monkeypatch: pytest.Mo
         return native(when, *args, **kwargs)
 
     monkeypatch.setattr(loop, "call_at", counting)
-    body = b""
-    while len(body) < 6:
+    rest = b""
+    while not rest.endswith(b"abcdef"):
         assert stream.receive_ready()
-        body += await network.read(65536, timeout=5)
-    assert body == b"abcdef"
+        rest += await network.read(65536, timeout=5)
+    assert (head + rest).endswith(b"\r\n\r\nabcdef")
     assert timers == []
     # Nothing left and no request: a read would wait, so it is under its timeout.
     assert not stream.receive_ready()
@@ -151,6 +152,22 @@ async def test_a_read_with_the_body_there_starts_no_timer(monkeypatch: pytest.Mo
     assert len(timers) == 1
     await network.aclose()
     assert network.get_extra_info("is_readable")
+
+
+@pytest.mark.anyio
+async def test_a_small_response_comes_whole_with_its_head() -> None:
+    async def ready(request: FetchRequest, body: bytes | None) -> FakeResponse:
+        return ReadyResponse(200, "OK", [("content-length", "6")], [b"abc", b"def"])
+
+    stream = await FetchStack(FakeFetch(ready)).connect_tcp("h", 80)
+    network = FetchNetworkStream(stream)  # type: ignore[arg-type]
+    await network.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=5)
+    answer = await network.read(65536, timeout=5)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\nabcdef")
+    # The exchange is over: the next request can follow.
+    assert stream.exchange is None
+    await network.aclose()
 
 
 @pytest.mark.anyio
