@@ -2,9 +2,10 @@
 
 A program connected through :class:`FetchStack` gets a stream that behaves
 as an HTTP/1.1 server: each request it writes is parsed
-(:mod:`netshim.stacks._fetch_http`, sans-I/O on h11), made with the
-JavaScript ``fetch`` of the browser or of Node, and the response is written
-back as HTTP/1.1 with the framing the request calls for.  Keep-alive and
+(:mod:`netshim.stacks._fetch_http`, sans-I/O: the common request by hand,
+the rest with h11), made with the JavaScript ``fetch`` of the browser or of
+Node, and the response is written back as HTTP/1.1 with the framing the
+request calls for.  Keep-alive and
 pipelining hold, so connection pools (httpx, aiohttp, urllib3) reuse the
 stream as they would a socket.  So any HTTP client that speaks over a socket
 works unmodified, within what fetch allows:
