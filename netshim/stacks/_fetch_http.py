@@ -426,6 +426,15 @@ class FetchHttp:
                 return NEED_DATA
             if self._frames is not None:
                 return self._next_frame()
+            if connection.their_state is h11.MUST_CLOSE:
+                # Bytes after a request that asked to close are never read
+                # (RFC 9112 9.6); h11 would take them for a malformed request.
+                pending, closed = connection.trailing_data
+                if pending and not closed:
+                    return NEED_DATA
+                if pending:
+                    self._closed_reason = "the program closed the connection"
+                    return ProgramClosed(self._closed_reason)
             try:
                 event = connection.next_event()
             except h11.RemoteProtocolError as exc:
@@ -480,7 +489,8 @@ class FetchHttp:
                 return ProgramClosed(f"malformed request: {message}")
             return NEED_DATA
         if phase is _DONE:
-            if self._eof and not buffer and not self._eof_reported:
+            # After a request that asked to close, what follows is never read.
+            if self._eof and not self._eof_reported and (not buffer or not self._keep_alive):
                 self._eof_reported = True
                 self._closed_reason = "the program closed the connection"
                 return ProgramClosed(self._closed_reason)

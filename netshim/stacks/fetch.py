@@ -321,10 +321,19 @@ class FetchStream(TcpStream):
                     await exchange.upload[0].aclose()
                 if event.trailers:
                     self.stack._warn_dropped("trailer fields")
-            elif isinstance(event, core.ProgramClosed) and self.exchange is None:
-                if self.channel is not None:
-                    self.channel.close()
-                self._collect()
+            elif isinstance(event, core.ProgramClosed):
+                exchange = self.exchange
+                if exchange is not None and not exchange.complete:
+                    # Closed (or broken off) before its request was whole:
+                    # that request is never made, and the stream ends after
+                    # what the core answered.
+                    self.exchange = None
+                    if exchange.started is not None:
+                        exchange.started.cancel()
+                if self.exchange is None:
+                    if self.channel is not None:
+                        self.channel.close()
+                    self._collect()
 
     def _blocks_alone(self) -> bool:
         """Whether a blocking call without JSPI is served by the blocking backend now."""
