@@ -11,6 +11,8 @@ whose upload fails; the bare task group ends its tasks as anyio's does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 import anyio
 import anyio.abc
@@ -21,7 +23,7 @@ from test_gateway_security import RawWebSocket, next_event, wisp_client
 from netshim import HostStack, TcpStream
 from netshim._addresses import Address
 from netshim.gateway import GatewayConfig
-from netshim.gateway._server import _BareTaskGroup
+from netshim.gateway._server import MAX_UPLOAD_BATCH, QUEUE_BOUND_FACTOR, _BareTaskGroup
 from netshim.policy import Policy
 from netshim.protocols import wisp
 from netshim.protocols.wisp import CloseReason, WispConnection
@@ -152,6 +154,81 @@ async def test_an_upload_that_raises_ends_only_its_stream() -> None:
                 assert b"".join(await download(websocket, conn, 3)) == BANNER + BODY
             metrics = gateway.metrics.render().decode()
             assert 'netshim_gateway_internal_errors_total{front="wisp-stream"} 1.0' in metrics
+
+
+async def test_an_upload_to_a_stalling_destination_arrives_whole_within_the_credits() -> None:
+    # The destination reads nothing at first, with a small receive buffer:
+    # once the kernel's buffers are full the gateway parks what the client
+    # may still send, within the stream's bound, then everything arrives in
+    # order once it reads, and the parked bytes leave the budget.
+    packet, packets = 16 * 1024, 800
+    upload = bytes((i * 13 + i // 509) % 256 for i in range(packet * packets))
+    listener = (await anyio.create_tcp_listener(local_host="127.0.0.1")).listeners[0]
+    # Taken over by the accepted socket: no autotuning up to many MiB.
+    raw = listener.extra(anyio.abc.SocketAttribute.raw_socket)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = listener.extra(anyio.abc.SocketAttribute.local_address)
+    release = anyio.Event()
+    received = bytearray()
+
+    async def stalling_destination() -> None:
+        stream = await listener.accept()
+        async with stream:
+            await release.wait()
+            # Small reads: the gateway's writes keep finding a full socket.
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    received.extend(await stream.receive(8192))
+
+    config = GatewayConfig(policy=LOOPBACK)
+    async with (
+        listener,
+        anyio.create_task_group() as group,
+        running_gateway(config) as gateway,
+        wisp_client(gateway.addresses["http"]) as (websocket, conn),
+    ):
+        group.start_soon(stalling_destination)
+        await websocket.send(conn.send(wisp.Connect(1, host, port)))
+        peak = 0
+
+        async def watch_the_budget() -> None:
+            nonlocal peak
+            # Parked bytes show the kernel's buffers are full; the
+            # destination starts reading once they stop growing for a while.
+            steady = 0
+            while not release.is_set():
+                budget = gateway._budgets.get("127.0.0.1")
+                queued = budget.queued if budget is not None else 0
+                steady = steady + 1 if queued and queued == peak else 0
+                peak = max(peak, queued)
+                if steady >= 50:
+                    release.set()
+                await anyio.sleep(0.002)
+
+        group.start_soon(watch_the_budget)
+        with anyio.fail_after(30):
+            for offset in range(0, len(upload), packet):
+                while not conn.credit(1):
+                    event = await next_event(websocket, conn)
+                    assert not isinstance(event, wisp.Close), event
+                await websocket.send(conn.send(wisp.Data(1, upload[offset : offset + packet])))
+            release.set()
+            await websocket.send(conn.send(wisp.Close(1, CloseReason.VOLUNTARY)))
+            while len(received) < len(upload):  # noqa: ASYNC110 - filled by the destination
+                await anyio.sleep(0.01)
+        # Refills that cross DATA forgive what was in flight, so the queue's
+        # own bound holds (QUEUE_BOUND_FACTOR windows), then one batch being
+        # written and one message arriving.
+        window = QUEUE_BOUND_FACTOR * conn.buffer_size + 1
+        assert 0 < peak <= window * packet + MAX_UPLOAD_BATCH + packet + wisp.HEADER_SIZE
+        assert received == upload
+        with anyio.fail_after(5):
+            # The stream's task settles after the last write; nothing to wait on.
+            while gateway._budgets.get("127.0.0.1") is not None and (  # noqa: ASYNC110
+                gateway._budgets["127.0.0.1"].queued
+            ):
+                await anyio.sleep(0.01)
+        group.cancel_scope.cancel()
 
 
 # -- the bare task group that runs a stream's upload beside its download (asyncio)
