@@ -29,6 +29,12 @@ Data paths and why they are shaped so:
   :class:`_BareTaskGroup`): anyio's task spawns, task groups and their
   cancel scopes were a good part of a connect's CPU time.  Trio keeps
   anyio's tasks throughout.
+* Under asyncio and uvloop a host destination's upload needs no task either
+  while it keeps up: the reader writes the DATA of one read into the
+  destination's transport itself (:class:`_DirectUpload`), and gives the
+  credits back once the socket took the bytes.  Only when the socket does
+  not take everything do later packets queue for the stream's task, as
+  above, with the same credits and budgets.
 
 A wall around every connection and every stream (DESIGN 11): whatever one
 client's bytes provoke, an exception in its handling ends that connection
