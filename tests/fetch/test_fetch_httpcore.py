@@ -49,6 +49,20 @@ def network_stream(client: httpx.AsyncClient) -> Any:
     return connection._connection._network_stream
 
 
+def count_timers(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The deadlines of the timers the running loop sets from now on, filled as they come."""
+    timers: list[float] = []
+    loop = asyncio.get_running_loop()
+    native = loop.call_at
+
+    def counting(when: float, *args: Any, **kwargs: Any) -> Any:
+        timers.append(when)
+        return native(when, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    return timers
+
+
 @pytest.fixture(params=[True, False], ids=["direct", "through the transport"])
 def direct(request: pytest.FixtureRequest) -> bool:
     flag: bool = request.param
@@ -130,15 +144,7 @@ async def test_a_read_with_the_body_there_starts_no_timer(monkeypatch: pytest.Mo
     # than the head leaves the body with fetch.
     head = await network.read(20, timeout=5)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-    timers: list[float] = []
-    loop = asyncio.get_running_loop()
-    native = loop.call_at
-
-    def counting(when: float, *args: Any, **kwargs: Any) -> Any:
-        timers.append(when)
-        return native(when, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", counting)
+    timers = count_timers(monkeypatch)
     rest = b""
     while not rest.endswith(b"abcdef"):
         assert stream.receive_ready()
@@ -232,15 +238,7 @@ async def test_waiting_reads_share_one_timer(monkeypatch: pytest.MonkeyPatch) ->
 
     stream = await FetchStack(FakeFetch(late)).connect_tcp("h", 80)
     network = FetchNetworkStream(stream)  # type: ignore[arg-type]
-    timers: list[float] = []
-    loop = asyncio.get_running_loop()
-    native = loop.call_at
-
-    def counting(when: float, *args: Any, **kwargs: Any) -> Any:
-        timers.append(when)
-        return native(when, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", counting)
+    timers = count_timers(monkeypatch)
     await network.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=5)
     data = b""
     reads = 0
@@ -271,15 +269,7 @@ async def test_a_timeout_leaves_the_task_uncancelled(monkeypatch: pytest.MonkeyP
 
     stream = await FetchStack(FakeFetch(stalled)).connect_tcp("h", 80)
     network = FetchNetworkStream(stream)  # type: ignore[arg-type]
-    timers: list[float] = []
-    loop = asyncio.get_running_loop()
-    native = loop.call_at
-
-    def counting(when: float, *args: Any, **kwargs: Any) -> Any:
-        timers.append(when)
-        return native(when, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "call_at", counting)
+    timers = count_timers(monkeypatch)
     await network.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", timeout=5)
     data = b""
     while not data.endswith(b"abc"):
