@@ -2,6 +2,7 @@
 
     python benchmarks/gateway.py [--quick] [--size MIB] [--parallel-size MIB] [--runs N]
                                  [--repeats N] [--connects N] [--only NAMES] [--loops LOOPS]
+                                 [--compare LABEL=PATH ...]
 
 What is measured, each row a (server, event loop, client):
 
@@ -19,6 +20,10 @@ What is measured, each row a (server, event loop, client):
   TCP, on asyncio) and ``wisp-js`` (tests/peers/node/bench_client.mjs: the
   wisp-js 0.5.0 client library, or node:net over plain TCP), a client that is
   not ours.  Every ratio is to the same client's ``direct`` row.
+* ``--compare before=/path/to/checkout`` adds rows named ``before``: our
+  gateway run from that source tree (another commit, e.g. from ``git
+  worktree add``) on the same loops, so that a change is measured against
+  the code before it in one run, the rows alternating within each repeat.
 
 The target (``benchmarks/bulk_target.py --pattern``, a process of its own) is
 built not to be the bottleneck: a thread per stream, blocking sockets,
@@ -191,7 +196,8 @@ def node() -> str:
 @contextmanager
 def started(command: list[str], **options: Any) -> Iterator[subprocess.Popen[str]]:
     """``command`` running for the duration, then terminated (killed after 5 s)."""
-    process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, text=True, **options)
+    options.setdefault("cwd", ROOT)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, text=True, **options)
     try:
         yield process
     finally:
@@ -243,13 +249,19 @@ class Server:
     process: subprocess.Popen[str] | None = None
 
 
-def start_gateway(stack: ExitStack, loop: str) -> Server:
+def start_gateway(
+    stack: ExitStack, loop: str, name: str = "gateway", tree: Path | None = None
+) -> Server:
+    """Our gateway on ``loop``; from the source tree ``tree`` (a checkout) when given."""
     port = free_port()
     command = [sys.executable, "-m", "netshim", "gateway", "--port", str(port)]
     command += ["--allow", "127.0.0.1", "--log-level", "WARNING", "--event-loop", loop]
-    process = stack.enter_context(started(command))
+    options: dict[str, Any] = {}
+    if tree is not None:
+        options = {"cwd": tree, "env": {**os.environ, "PYTHONPATH": str(tree)}}
+    process = stack.enter_context(started(command, **options))
     wait_for_port(port, process)
-    return Server("gateway", loop, port, f"wisp://127.0.0.1:{port}/", process)
+    return Server(name, loop, port, f"wisp://127.0.0.1:{port}/", process)
 
 
 def start_wisp_js(stack: ExitStack) -> Server:
@@ -628,10 +640,16 @@ def make_rows(stack: ExitStack, target: Target, args: argparse.Namespace) -> lis
     starters: list[tuple[str, Callable[[], Server]]] = [
         ("gateway", partial(start_gateway, stack, loop)) for loop in args.loops
     ]
+    for label, tree in args.compare:
+        # Rows of another checkout's gateway, measured alternately with ours.
+        starters += [
+            (label, partial(start_gateway, stack, loop, label, tree)) for loop in args.loops
+        ]
     starters += [("wisp-js", partial(start_wisp_js, stack))]
     starters += [("wisp-python", partial(start_wisp_python, stack))]
+    compared = {label for label, _ in args.compare}
     for name, start in starters:
-        if want(name):
+        if want(name) or name in compared:
             rows += [Row(start(), client) for client in WISP_CLIENTS]
     return rows
 
@@ -708,8 +726,23 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--loops", default=",".join(LOOPS), help="the gateway's event loops (asyncio,uvloop,trio)"
     )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="also our gateway from the checkout PATH (another commit), in rows named LABEL",
+    )
     args = parser.parse_args()
     args.loops = [loop for loop in args.loops.split(",") if loop]
+    compare = []
+    for item in args.compare:
+        label, _, path = item.partition("=")
+        tree = Path(path).resolve()
+        if not label or not (tree / "netshim" / "__main__.py").is_file():
+            parser.error(f"--compare {item!r}: want LABEL=PATH of a checkout of this project")
+        compare.append((label[:11], tree))
+    args.compare = compare
     defaults = (32, 32, 2, 1, 30) if args.quick else (256, 256, 10, 3, 200)
     for name, default in zip(
         ("size", "parallel_size", "runs", "repeats", "connects"), defaults, strict=True
