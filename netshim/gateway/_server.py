@@ -2453,7 +2453,12 @@ class _WispSession:
             elif direct is not None and self.loop is not None and client.bandwidth is None:
                 # The reader writes DATA straight into the transport while
                 # nothing is queued and the socket keeps up (_DirectUpload).
-                stream.forward = _DirectUpload(self, stream, *direct, touch).forward
+                writer = _DirectUpload(self, stream, *direct, touch)
+                stream.forward = writer.forward
+                # What the client sent before the connect completed (it did
+                # not wait for the confirmation) leaves now, not a turn of
+                # the loop later from the upload task.
+                writer.write_queued()
 
             async def upload() -> None:
                 while not stream.stopping:
@@ -2752,16 +2757,19 @@ class _DirectUpload:
         # In the session's ``flushing`` list since its last flush.
         self.listed = False
 
-    def forward(self, data: bytes | memoryview) -> bool:
-        """Take ``data`` for the next write, or decline it (False: it is queued)."""
-        stream = self.stream
-        if (
-            stream.stopping
-            or stream.in_transport
+    def _declines(self) -> bool:
+        """Whether the destination's socket may not take a write from the reader now."""
+        return bool(
+            self.stream.stopping
+            or self.stream.in_transport
             or not self.protocol.write_event.is_set()
             or self.protocol.exception is not None
             or self.transport.is_closing()
-        ):
+        )
+
+    def forward(self, data: bytes | memoryview) -> bool:
+        """Take ``data`` for the next write, or decline it (False: it is queued)."""
+        if self._declines():
             return False
         self.parts.append(data)
         self.size += len(data)
@@ -2771,6 +2779,26 @@ class _DirectUpload:
         if self.size >= MAX_UPLOAD_BATCH:
             self._write()
         return True
+
+    def write_queued(self) -> None:
+        """Write what the stream queued before this writer existed, as :meth:`forward` would.
+
+        Nothing is done if the client already aborted the stream (its bytes
+        are dropped with the connection) or if this writer would decline.
+        """
+        stream = self.stream
+        queue = stream.queue
+        if not queue or stream.aborted_by_client or self.parts or self._declines():
+            return
+        size = stream.queued_bytes
+        self.parts = list(queue)
+        self.size = size
+        queue.clear()
+        # A reader waiting for this queue to drain (QUEUE_BOUND_FACTOR) goes on.
+        stream.make_room(0)
+        # Out of the budget now; _write counts again what the socket does not take.
+        stream.sent(size)
+        self._write()
 
     def flush(self) -> None:
         """Write what :meth:`forward` took (the reader calls it before it awaits anything)."""

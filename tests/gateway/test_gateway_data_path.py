@@ -231,6 +231,52 @@ async def test_an_upload_to_a_stalling_destination_arrives_whole_within_the_cred
         group.cancel_scope.cancel()
 
 
+async def test_uploads_sent_before_the_connect_completed_arrive_whole_then_the_end() -> None:
+    # A client that does not wait for the confirmation: its first packets
+    # are queued while the gateway connects, then leave before any later one.
+    packet, packets = 16 * 1024, 300
+    upload = bytes((i * 11 + i // 487) % 256 for i in range(packet * packets))
+    listener = (await anyio.create_tcp_listener(local_host="127.0.0.1")).listeners[0]
+    host, port = listener.extra(anyio.abc.SocketAttribute.local_address)
+    received = bytearray()
+    ended = anyio.Event()
+
+    async def reading_destination() -> None:
+        stream = await listener.accept()
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    received.extend(await stream.receive())
+        ended.set()
+
+    config = GatewayConfig(policy=LOOPBACK)
+    async with (
+        listener,
+        anyio.create_task_group() as group,
+        running_gateway(config) as gateway,
+        wisp_client(gateway.addresses["http"]) as (websocket, conn),
+    ):
+        group.start_soon(reading_destination)
+        # CONNECT and the whole first window in one go, before any answer.
+        early = conn.buffer_size
+        burst = [conn.send(wisp.Connect(1, host, port))]
+        burst += [
+            conn.send(wisp.Data(1, upload[i * packet : (i + 1) * packet])) for i in range(early)
+        ]
+        for message in burst:
+            await websocket.send(message)
+        with anyio.fail_after(20):
+            for offset in range(early * packet, len(upload), packet):
+                while not conn.credit(1):
+                    event = await next_event(websocket, conn)
+                    assert not isinstance(event, wisp.Close), event
+                await websocket.send(conn.send(wisp.Data(1, upload[offset : offset + packet])))
+            await websocket.send(conn.send(wisp.Close(1, CloseReason.VOLUNTARY)))
+            await ended.wait()
+        assert received == upload
+        group.cancel_scope.cancel()
+
+
 # -- the bare task group that runs a stream's upload beside its download (asyncio)
 
 
