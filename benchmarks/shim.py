@@ -1,6 +1,6 @@
 """Socket-shim benchmarks, each against a baseline measured in the same run.
 
-    python benchmarks/shim.py [--quick]
+    python benchmarks/shim.py [--quick] [--connects-only]
 
 * ``install(HostStack())`` vs no patch, over kernel loopback: bulk TCP
   throughput with blocking sockets, and the time one connect (create_connection,
@@ -17,12 +17,14 @@
   alternated so that both see the same load, each run after a warm-up of a tenth
   of its connections; and how many times per connection the program's thread
   handed work to the engine's (each hand-over is a hop between threads under the
-  GIL, which the machine's load stretches).
+  GIL, which the machine's load stretches).  ``--connects-only`` runs this
+  one alone, and each figure is printed with the load average it ran under.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 import threading
@@ -164,13 +166,44 @@ def on_virtual_network(function: Callable[[], T]) -> T:
         return function()
 
 
+def virtual_connects(connects: int) -> None:
+    """Print connect + accept + close through joined shim sockets against kernel loopback's."""
+    virtual_connect = virtual_cpu = kernel_connect = kernel_cpu = float("inf")
+    hand_overs = 0
+    load_before = os.getloadavg()[0]
+    for _ in range(5):
+        wall, cpu = connect_costs(connects)
+        kernel_connect, kernel_cpu = min(kernel_connect, wall), min(kernel_cpu, cpu)
+        count = engine_hand_overs()
+        wall, cpu = on_virtual_network(lambda: connect_costs(connects, "10.0.0.2"))
+        hand_overs += count()
+        virtual_connect, virtual_cpu = min(virtual_connect, wall), min(virtual_cpu, cpu)
+    print(
+        f"connect+accept+close through shim sockets on a VirtualNetwork: "
+        f"{virtual_connect * 1e6:.1f} us, {virtual_connect / kernel_connect:.2f}x kernel "
+        f"loopback ({kernel_connect * 1e6:.1f} us) (target <= 2x); CPU {virtual_cpu * 1e6:.1f} us "
+        f"per connection, {virtual_cpu / kernel_cpu:.2f}x the kernel's {kernel_cpu * 1e6:.1f} us; "
+        f"{hand_overs / (5 * connects):.2f} hand-overs to the engine per connection; "
+        f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
-    quick = parser.parse_args().quick
+    parser.add_argument(
+        "--connects-only",
+        action="store_true",
+        help="only connect + accept + close through shim sockets vs the kernel's",
+    )
+    arguments = parser.parse_args()
+    quick = arguments.quick
     total = (64 if quick else 512) << 20
     connects = 300 if quick else 2000
     requests = 300 if quick else 3000
+    if arguments.connects_only:
+        virtual_connects(connects)
+        return
 
     plain_bps = shim_bps = 0.0
     for _ in range(3):  # alternate, keep the best of each: warm-up hits neither
@@ -193,22 +226,7 @@ def main() -> None:
         f"install(HostStack) {shim_connect * 1e6:.1f} us, "
         f"added {(shim_connect - plain_connect) * 1e6:+.1f} us (target <= 50 us)"
     )
-    virtual_connect = virtual_cpu = kernel_connect = kernel_cpu = float("inf")
-    hand_overs = 0
-    for _ in range(5):
-        wall, cpu = connect_costs(connects)
-        kernel_connect, kernel_cpu = min(kernel_connect, wall), min(kernel_cpu, cpu)
-        count = engine_hand_overs()
-        wall, cpu = on_virtual_network(lambda: connect_costs(connects, "10.0.0.2"))
-        hand_overs += count()
-        virtual_connect, virtual_cpu = min(virtual_connect, wall), min(virtual_cpu, cpu)
-    print(
-        f"connect+accept+close through shim sockets on a VirtualNetwork: "
-        f"{virtual_connect * 1e6:.1f} us, {virtual_connect / kernel_connect:.1f}x kernel "
-        f"loopback ({kernel_connect * 1e6:.1f} us) (target <= 2x); CPU {virtual_cpu * 1e6:.1f} us "
-        f"per connection, {virtual_cpu / kernel_cpu:.1f}x the kernel's {kernel_cpu * 1e6:.1f} us; "
-        f"{hand_overs / (5 * connects):.2f} hand-overs to the engine per connection"
-    )
+    virtual_connects(connects)
     virtual_bps = on_virtual_network(lambda: bulk_throughput(total, "10.0.0.2"))
     print(
         f"bulk TCP through shim sockets on a VirtualNetwork: {virtual_bps / 1e6:,.0f} MB/s, "
