@@ -73,7 +73,8 @@ ORIGINAL_SOCKET = socket.socket
 _SOCK_STREAM = socket.SOCK_STREAM
 _AF_INET = socket.AF_INET
 _INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)
-_TYPE_MASK = ~(getattr(socket, "SOCK_NONBLOCK", 0) | getattr(socket, "SOCK_CLOEXEC", 0))
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_TYPE_MASK = ~(_SOCK_NONBLOCK | getattr(socket, "SOCK_CLOEXEC", 0))
 # Largest UDP payloads, as in the stacks.
 _MAX_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 # Room for the address header that datagrams carry across the pair.
@@ -454,7 +455,7 @@ class _ShimCommon(_Base):
         # join_accepted): reading it honours blocking mode and timeout
         # exactly as accept() on a real listening socket would.
         frame, ancillary, _, _ = ORIGINAL_SOCKET.recvmsg(
-            self, ACCEPTED_SIZE, socket.CMSG_SPACE(_INT.size), _MSG_CMSG_CLOEXEC
+            self, ACCEPTED_SIZE, _ONE_DESCRIPTOR_SPACE, _MSG_CMSG_CLOEXEC
         )
         if frame == JOINED_ANNOUNCEMENT and not ancillary:
             return self._take_joined()
@@ -685,7 +686,7 @@ class ShimSocket(_ShimCommon, ORIGINAL_SOCKET, metaclass=_ShimMeta):
                 # joined in connect() gives it to the accepted socket as is.
                 state.engine_end = engine_end
                 state.register(self)
-                if type & getattr(socket, "SOCK_NONBLOCK", 0):
+                if type & _SOCK_NONBLOCK:
                     self.setblocking(False)
             else:
                 super().__init__(family, type, proto)
@@ -1075,6 +1076,8 @@ _SOCKET_MESSAGES = {
     61,  # SCM_TXTIME
 }
 _INT = struct.Struct("i")
+# Room for one passed descriptor (where the platform has ancillary data at all).
+_ONE_DESCRIPTOR_SPACE = socket.CMSG_SPACE(_INT.size) if hasattr(socket, "CMSG_SPACE") else 0
 _SOL_SOCKET = socket.SOL_SOCKET
 _SCM_RIGHTS = getattr(socket, "SCM_RIGHTS", 1)
 
