@@ -286,9 +286,8 @@ def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
     header_len = gso.header_len
     size = gso.gso_size
     view = memoryview(packet)
-    payload = view[header_len:]
-    total = len(payload)
-    if not total:
+    total = len(packet) - header_len
+    if total <= 0:
         return []
     version4 = packet[0] >> 4 == 4
     template = bytearray(view[:header_len])
@@ -332,30 +331,32 @@ def segment_tcp(packet: bytes, gso: GsoInfo) -> list[bytes]:
     folds = _fold_plan(8 * size + odd_shift)
     last_offset = (total - 1) // size * size
     index = 0
-    for offset in range(0, last_offset, size):
-        chunk = payload[offset : offset + size]
-        header = template[:]
-        number = (sequence + offset) & 0xFFFFFFFF
-        pack_sequence(header, sequence_at, number)
+    # Every field a piece changes is written for each piece into the one
+    # header, which the join copies; the payload is sliced from the packet
+    # as bytes, which int.from_bytes takes without a copy of its own.
+    for start in range(header_len, header_len + last_offset, size):
+        chunk = packet[start : start + size]
+        number = (sequence + start - header_len) & 0xFFFFFFFF
+        pack_sequence(template, sequence_at, number)
         if version4:
             ident = (identification + index) & 0xFFFF
-            pack_length_and_id(header, 2, full_ip_length, ident)
+            pack_length_and_id(template, 2, full_ip_length, ident)
             # An IPv4 header is never all zeros: a residue of 0 is 0xFFFF.
-            pack_word(header, 10, 0xFFFF - ((full_ip_fixed + ident) % 0xFFFF or 0xFFFF))
+            pack_word(template, 10, 0xFFFF - ((full_ip_fixed + ident) % 0xFFFF or 0xFFFF))
         else:
-            pack_word(header, 4, full_ip6_length)
+            pack_word(template, 4, full_ip6_length)
         data = int.from_bytes(chunk, "big") << odd_shift
         for shift, mask in folds:
             data = (data >> shift) + (data & mask)
         # Never all zeros: the header holds ports and offset.
         residue = (full_fixed + (number >> 16) + (number & 0xFFFF) + data) % 0xFFFF or 0xFFFF
-        pack_word(header, checksum_at, 0xFFFF - residue)
-        append(b"".join((header, chunk)))
+        pack_word(template, checksum_at, 0xFFFF - residue)
+        append(b"".join((template, chunk)))
         index += 1
     # The last piece: its own length, and the flags of the large packet.
-    chunk = payload[last_offset:]
+    chunk = packet[header_len + last_offset :]
     length = len(chunk)
-    header = template[:]
+    header = template
     number = (sequence + last_offset) & 0xFFFFFFFF
     pack_sequence(header, sequence_at, number)
     header[tcp + 13] = flags

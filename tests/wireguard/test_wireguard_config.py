@@ -188,6 +188,87 @@ def test_segment_tcp_checksums_hold_for_any_payload(
     assert joined == payload
 
 
+def _cut_one_by_one(packet: bytes, header_len: int, tcp: int, size: int) -> list[bytes]:
+    """The cutting ``segment_tcp`` does, piece by piece from the RFCs' definitions."""
+    import ipaddress
+
+    from netshim.protocols.ip.checksum import internet_checksum, pseudo_header_sum
+
+    version4 = packet[0] >> 4 == 4
+    if version4:
+        source, destination = (ipaddress.ip_address(packet[at : at + 4]) for at in (12, 16))
+    else:
+        source, destination = (ipaddress.ip_address(packet[at : at + 16]) for at in (8, 24))
+    payload = packet[header_len:]
+    sequence = int.from_bytes(packet[tcp + 4 : tcp + 8], "big")
+    pieces = []
+    for index, offset in enumerate(range(0, len(payload), size)):
+        chunk = payload[offset : offset + size]
+        header = bytearray(packet[:header_len])
+        header[tcp + 4 : tcp + 8] = ((sequence + offset) % 2**32).to_bytes(4, "big")
+        if offset + size < len(payload):
+            header[tcp + 13] &= ~0x09  # FIN and PSH only on the last piece
+        header[tcp + 16 : tcp + 18] = bytes(2)
+        tcp_length = header_len - tcp + len(chunk)
+        if version4:
+            header[2:4] = (tcp + tcp_length).to_bytes(2, "big")
+            identification = int.from_bytes(packet[4:6], "big")
+            header[4:6] = ((identification + index) % 2**16).to_bytes(2, "big")
+            header[10:12] = bytes(2)
+            header[10:12] = internet_checksum(bytes(header[:tcp])).to_bytes(2, "big")
+        else:
+            header[4:6] = (tcp - 40 + tcp_length).to_bytes(2, "big")
+        pseudo = pseudo_header_sum(source, destination, 6, tcp_length)
+        checksum = internet_checksum(bytes(header[tcp:]) + chunk, pseudo)
+        header[tcp + 16 : tcp + 18] = checksum.to_bytes(2, "big")
+        pieces.append(bytes(header) + chunk)
+    return pieces
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.binary(min_size=1, max_size=6000),
+    size=st.integers(min_value=1, max_value=3000),
+    sequence=st.integers(min_value=0, max_value=0xFFFFFFFF),
+    identification=st.integers(min_value=0, max_value=0xFFFF),
+    flags=st.sampled_from([0x10, 0x18, 0x11, 0x19]),
+    version=st.sampled_from([4, 6]),
+    options=st.sampled_from([0, 12]),
+)
+def test_segment_tcp_gives_the_pieces_cut_one_by_one(
+    payload: bytes,
+    size: int,
+    sequence: int,
+    identification: int,
+    flags: int,
+    version: int,
+    options: int,
+) -> None:
+    from netshim.ip.iface import GsoInfo, GsoType
+    from netshim.stacks.wireguard import segment_tcp
+
+    tcp = (
+        (443).to_bytes(2, "big")
+        + (50000).to_bytes(2, "big")
+        + sequence.to_bytes(4, "big")
+        + (1).to_bytes(4, "big")
+        + bytes([(5 + options // 4) << 4, flags])
+        + (502).to_bytes(2, "big")
+        + bytes([0x12, 0x34, 0, 0])  # a pseudo-header sum's place, overwritten
+        + bytes(range(1, options + 1))
+    )
+    if version == 4:
+        ip = bytes([0x45, 0, 0, 0]) + identification.to_bytes(2, "big")
+        ip += bytes([0x40, 0, 64, 6, 0, 0, 192, 0, 2, 1, 198, 51, 100, 7])
+    else:
+        ip = bytes([0x60, 0, 0, 0, 0, 0, 6, 64]) + bytes(range(32))
+    gso_type = GsoType.TCPV4 if version == 4 else GsoType.TCPV6
+    packet = ip + tcp + payload
+    header_len = len(ip) + len(tcp)
+    pieces = segment_tcp(packet, GsoInfo(gso_type, size, header_len, len(ip)))
+    assert [bytes(piece) for piece in pieces] == _cut_one_by_one(packet, header_len, len(ip), size)
+
+
 def _segments(count: int, *, version: int = 4, flags: int = 0x18) -> list[bytes]:
     """A 1000-byte-per-piece TCP burst cut by segment_tcp (PSH only on the last piece)."""
     from netshim.ip.iface import GsoInfo, GsoType
