@@ -593,7 +593,7 @@ class WireGuardLink(Link):
         # The host socket path: the OS socket, datagrams not sent yet (its
         # buffer was full), a receive buffer, and address translations.
         self._raw: socket.socket | None = None
-        self._out: list[tuple[bytes, Endpoint]] = []
+        self._out: list[tuple[bytes | memoryview, Endpoint]] = []
         self._gso = False
         self._buffer = bytearray(_RECEIVE_ROOM)
         self._view = memoryview(self._buffer)
@@ -651,6 +651,9 @@ class WireGuardLink(Link):
                         except OSError:
                             pass
                 self._raw = raw
+                # The host socket's sends take the device's datagrams as
+                # views of one buffer per run, and nothing else sees them.
+                self.device.datagram_views = raw is not None
                 self._socket = sock
         return self._socket
 
@@ -809,7 +812,7 @@ class WireGuardLink(Link):
         out, self._out = self._out, []
         for data, endpoint in out:
             try:
-                await sock.send(data, endpoint)
+                await sock.send(bytes(data), endpoint)
             except OSError:
                 # Unreachable networks and full buffers lose the datagram,
                 # as UDP does; the protocol's timers retry what matters.

@@ -494,6 +494,48 @@ def test_padding_stops_at_the_mtu(batched: bool) -> None:
         assert [p for p, _ in wire.b.take_packets()] == packets
 
 
+class _SealOnly:
+    """A send cipher without ``encrypt_into``, as older ``cryptography`` releases have."""
+
+    def __init__(self, cipher: object) -> None:
+        self._cipher = cipher
+
+    def encrypt(self, nonce: bytes, data: bytes, associated: bytes | None) -> bytes:
+        return self._cipher.encrypt(nonce, data, associated)  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.mark.parametrize("mtu", [1420, None])
+@pytest.mark.parametrize("cipher", ["as given", "without encrypt_into"])
+def test_datagram_views_hold_the_bytes_the_plain_path_gives(mtu: int | None, cipher: str) -> None:
+    # Random sizes around the MTU and the 16-byte padding steps: the views
+    # written in place (or, without encrypt_into, the bytes path) must hold
+    # exactly the datagrams of a device that makes bytes, and decrypt.
+    rng = random.Random(mtu or 0)
+    sizes = [20, 21, 35, 36, 1400, 1404, 1405, 1419, 1420, 1500] + [
+        rng.randrange(20, 1500) for _ in range(40)
+    ]
+    packets = [ipv4_packet("10.0.0.1", "10.0.0.2", rng.randbytes(size - 20)) for size in sizes]
+    plain, views = Wire(mtu=mtu), Wire(mtu=mtu)
+    views.a.datagram_views = True
+    for wire in (plain, views):
+        wire.handshake()
+        session = wire.a_peer._current
+        assert session is not None
+        if cipher == "without encrypt_into":
+            session.send_cipher = _SealOnly(session.send_cipher)  # type: ignore[assignment]
+        wire.a.send_packets(packets, wire.now)
+    expected = plain.a.take_datagrams()
+    got = views.a.take_datagrams()
+    assert all(isinstance(data, bytes) for data, _ in expected)
+    if cipher == "as given" and hasattr(views.a_peer._current.send_cipher, "encrypt_into"):  # type: ignore[union-attr]
+        assert all(isinstance(data, memoryview) for data, _ in got)
+    assert [(bytes(data), where) for data, where in got] == expected
+    assert views.a_peer.tx_bytes == plain.a_peer.tx_bytes
+    for data, _ in got:
+        views.b.receive_datagram(data, A_ENDPOINT, views.now)
+    assert [p for p, _ in views.b.take_packets()] == packets
+
+
 def test_rekey_after_messages() -> None:
     wire = Wire(Timers(rekey_after_messages=4))
     wire.handshake()
