@@ -904,6 +904,23 @@ class WispConnection:
         self.counters.packets_out += 1
         return _HEADER.pack(PacketType.DATA, stream_id)
 
+    def take_data_header(self, stream_id: int) -> bytes | None:
+        """:meth:`send_data_header` where it needs no waiting; ``None`` (nothing taken) otherwise.
+
+        ``None`` when the connection is not open, the stream is not open, or
+        a client's TCP stream has no credit left: the caller then takes the
+        way that waits (or raises), :meth:`send_data_header` after it.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or self.state is not ConnectionState.OPEN:
+            return None
+        if self.role is Role.CLIENT and stream.stream_type is StreamType.TCP:
+            if stream.credit <= 0:
+                return None
+            stream.credit -= 1
+        self.counters.packets_out += 1
+        return _HEADER.pack(PacketType.DATA, stream_id)
+
     def _take_data_credit(self, stream_id: int) -> None:
         if self.state is not ConnectionState.OPEN:
             raise LocalProtocolError(

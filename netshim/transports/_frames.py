@@ -22,7 +22,8 @@ library, which stays the owner of the connection's state:
   empty and the two never disagree.
 * :func:`frame_header` builds a frame's header, so that a server's message
   goes out as one ``b"".join`` of header and payload, and
-  :func:`masked_frame` a client's whole frame (RFC 6455 wants a fresh
+  :func:`masked_frame` a client's whole frame, or :func:`masked_frame_parts`
+  its head and masked payload for a ``writelines`` (RFC 6455 wants a fresh
   unpredictable mask per frame: ``os.urandom``, as the library uses).
 
 RFC 6455 rules enforced here for the frames kept: a continuation needs a
@@ -46,7 +47,14 @@ try:
 except ImportError:  # Pyodide and other builds without the C extension
     from websockets.utils import apply_mask
 
-__all__ = ["MAX_CLOSE_REASON", "FrameReader", "close_reason", "frame_header", "masked_frame"]
+__all__ = [
+    "MAX_CLOSE_REASON",
+    "FrameReader",
+    "close_reason",
+    "frame_header",
+    "masked_frame",
+    "masked_frame_parts",
+]
 
 _FIN = 0x80
 _RESERVED = 0x70
@@ -102,22 +110,26 @@ def close_reason(text: str) -> str:
 def masked_frame(data: bytes, prefix: bytes = b"") -> bytes:
     """One final binary frame as a client sends it: header, a fresh random mask, masked data.
 
-    The message is ``prefix + data``, masked in two parts (``data`` with the
-    mask turned by the prefix's length), so that ``data`` is copied twice
-    (masked, then joined) and never concatenated first.
+    The message is ``prefix + data``; see :func:`masked_frame_parts`.
+    """
+    return b"".join(masked_frame_parts(data, prefix))
+
+
+def masked_frame_parts(data: bytes | memoryview, prefix: bytes = b"") -> tuple[bytes, bytes]:
+    """:func:`masked_frame` in two parts: header, mask and masked ``prefix``; masked ``data``.
+
+    ``data`` is masked with the mask turned by the prefix's length, so that it
+    is copied once (masked, from a view as well) and never joined to the
+    prefix: a transport's ``writelines`` sends both parts with one ``writev``.
     """
     mask = os.urandom(4)
     header = frame_header(len(prefix) + len(data), masked=True)
     if not prefix:
-        return b"".join((header, mask, apply_mask(data, mask)))
+        return header + mask, apply_mask(data, mask)
     turn = len(prefix) % 4
-    return b"".join(
-        (
-            header,
-            mask,
-            apply_mask(prefix, mask),
-            apply_mask(data, mask[turn:] + mask[:turn]),
-        )
+    return (
+        header + mask + apply_mask(prefix, mask),
+        apply_mask(data, mask[turn:] + mask[:turn]),
     )
 
 

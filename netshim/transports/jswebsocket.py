@@ -193,14 +193,19 @@ class JsWebSocket:
         """Whether :meth:`send_nowait` may be called: open, with room in the send buffer."""
         return not self._closed and self._buffered <= DEFAULT_SEND_BUFFER
 
-    def send_nowait(self, data: bytes) -> None:
-        """Hand one binary message to JavaScript; ``ConnectionResetError`` once closed.
+    def send_nowait(self, data: bytes | memoryview, prefix: bytes = b"") -> None:
+        """Hand the message ``prefix + data`` to JavaScript; ``ConnectionResetError`` if closed.
 
         JavaScript buffers whatever it is given: callers that care about
-        memory look at :attr:`writable` first, as :meth:`send` does after.
+        memory look at :attr:`writable` first, and :meth:`drain` while
+        :attr:`must_drain`, as :meth:`send` does.
         """
         if self._closed:
             raise connection_reset()
+        if prefix:
+            data = prefix + data
+        elif not isinstance(data, bytes):
+            data = bytes(data)
         if self._send is None:
             from pyodide.ffi import to_js
 
@@ -225,13 +230,22 @@ class JsWebSocket:
     def closed(self) -> bool:
         return self._closed
 
-    async def send(self, data: bytes, prefix: bytes = b"") -> None:
-        """Send one binary message, ``prefix + data``; ``ConnectionResetError`` once closed."""
-        self.send_nowait(prefix + data if prefix else data)
+    @property
+    def must_drain(self) -> bool:
+        """Whether JavaScript's send buffer is over the bound: :meth:`drain` before sending more."""
+        return self._buffered > DEFAULT_SEND_BUFFER and not self._closed
+
+    async def drain(self) -> None:
+        """Wait until JavaScript's send buffer is back under the bound (or the socket closed)."""
         # JavaScript has no "drained" event to wait for: polling it is.
         while self._buffered > DEFAULT_SEND_BUFFER and not self._closed:
             await asyncio.sleep(DRAIN_POLL_INTERVAL)
             self._buffered = int(self._socket.bufferedAmount)
+
+    async def send(self, data: bytes, prefix: bytes = b"") -> None:
+        """Send one binary message, ``prefix + data``; ``ConnectionResetError`` once closed."""
+        self.send_nowait(data, prefix)
+        await self.drain()
 
     async def receive(self) -> bytes | None:
         """The next message, or ``None`` once the WebSocket closed."""

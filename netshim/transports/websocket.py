@@ -45,6 +45,7 @@ from typing import Any, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.streams.tls
 from websockets.client import ClientProtocol
 from websockets.http11 import Response
@@ -53,7 +54,7 @@ from websockets.typing import Subprotocol
 
 from .._errors import connection_reset
 from ..stack import Stack
-from ._frames import FrameReader, close_reason, masked_frame
+from ._frames import FrameReader, close_reason, masked_frame, masked_frame_parts
 from ._url import WebSocketEndpoint as WebSocketEndpoint
 from ._url import parse_websocket_url as parse_websocket_url
 
@@ -79,6 +80,11 @@ READ_SIZE = 1 << 20
 # How much a :class:`_TransportReader` takes in ahead of its consumer before
 # it pauses the transport: four of asyncio's largest reads.
 READ_AHEAD = 1 << 20
+# Frames written straight into a host connection's transport wait for it
+# only while more than this waits in its buffer (until a quarter of it is
+# left): the kernel's socket buffer takes the rest.  anyio's own limit is 0,
+# a wait for every write that the kernel did not take whole.
+WRITE_HIGH_WATER = 256 * 1024
 # A server's response head (status line and headers) fits in this.
 MAX_RESPONSE_HEAD = 64 * 1024
 
@@ -119,6 +125,13 @@ class _TransportReader(asyncio.Protocol):
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.paused = not transport.is_reading()
+        # Write flow control for frames written straight into the transport
+        # (ClientWebSocket.send_nowait): whether the transport's buffer is
+        # above WRITE_HIGH_WATER, and who waits for it to drain.
+        self.writing_paused = not inner.write_event.is_set()
+        self.drainers: list[asyncio.Future[None]] = []
+        self.lost = False
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_HIGH_WATER // 4)
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -137,14 +150,32 @@ class _TransportReader(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.error = exc
+        self.lost = True
         self._wake()
+        self._wake_drainers()
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake_drainers()
         self.inner.resume_writing()
+
+    def _wake_drainers(self) -> None:
+        drainers, self.drainers = self.drainers, []
+        for drainer in drainers:
+            if not drainer.done():
+                drainer.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer is under its low-water mark, or the connection lost."""
+        while self.writing_paused and not self.lost:
+            drainer = asyncio.get_running_loop().create_future()
+            self.drainers.append(drainer)
+            await drainer
 
     def _wake(self) -> None:
         waiter, self.waiter = self.waiter, None
@@ -250,11 +281,70 @@ class ClientWebSocket:
                 # The protocol is done with the TCP connection.
                 await self._close_stream()
 
+    @property
+    def writable(self) -> bool:
+        """Whether :meth:`send_nowait` may be called: a message goes out now, with no waiting.
+
+        Only on asyncio and uvloop with a host connection (its transport is
+        written directly), while the connection is open, nothing else is
+        being sent, and the transport's buffer is below its high-water mark.
+        """
+        reader = self._transport_reader
+        return (
+            reader is not None
+            and not reader.writing_paused
+            and not reader.lost
+            and not self._send_lock.locked()
+            and not self.protocol.writes
+            and not self._closed
+            and not self._eof
+            and self.protocol.state is State.OPEN
+        )
+
+    def send_nowait(self, data: bytes | memoryview, prefix: bytes = b"") -> None:
+        """Write one binary message, ``prefix + data``, into the transport at once.
+
+        Only while :attr:`writable`.  The frame is written as two parts (one
+        ``writev`` on uvloop) with ``data`` masked straight from the caller's
+        buffer; a caller that sends more should :meth:`drain` while
+        :attr:`must_drain`.
+        """
+        reader = self._transport_reader
+        if reader is None or not self.writable:
+            raise connection_reset()
+        head, payload = masked_frame_parts(data, prefix)
+        reader.transport.writelines((head, payload))
+        self.bytes_out += len(head) + len(payload)
+
+    @property
+    def must_drain(self) -> bool:
+        """Whether a sender should :meth:`drain` before its next :meth:`send_nowait`."""
+        reader = self._transport_reader
+        return reader is not None and reader.writing_paused and not reader.lost
+
+    async def drain(self) -> None:
+        """Wait until what :meth:`send_nowait` wrote went out far enough to write more."""
+        reader = self._transport_reader
+        if reader is not None:
+            await reader.drain()
+
     async def send(self, data: bytes, prefix: bytes = b"") -> None:
         """Send one binary message, ``prefix + data`` (joined as the frame is built).
 
-        Raises ``ConnectionResetError`` once the connection is gone.
+        Where the connection is :attr:`writable`, the frame goes into the
+        transport at once (no lock) and this waits for the transport only
+        when its buffer is then above its high-water mark; it is a scheduling
+        point either way, as anyio's ``send`` is (bulk senders that want none
+        per message use :meth:`send_nowait`).  Raises
+        ``ConnectionResetError`` once the connection is gone.
         """
+        if self.writable:
+            self.send_nowait(data, prefix)
+            if self.must_drain:
+                await self.drain()
+            else:
+                await anyio.lowlevel.checkpoint()
+            return
         async with self._send_lock:
             if self.closed or self.protocol.state is not State.OPEN:
                 raise connection_reset()

@@ -64,9 +64,18 @@ class PushingWebSocket:
             message = await self.outgoing.get()
             await self.inner.send(message)
 
-    def send_nowait(self, data: bytes) -> None:
+    def send_nowait(self, data: bytes | memoryview, prefix: bytes = b"") -> None:
         self.sent_nowait += 1
-        self.outgoing.put_nowait(data)
+        self.outgoing.put_nowait(prefix + data)
+
+    @property
+    def must_drain(self) -> bool:
+        return not self.inner.closed and self.outgoing.qsize() >= 64
+
+    async def drain(self) -> None:
+        # As JsWebSocket.drain, which polls JavaScript's bufferedAmount.
+        while self.must_drain:
+            await asyncio.sleep(0.001)
 
     async def send(self, data: bytes, prefix: bytes = b"") -> None:
         self.outgoing.put_nowait(prefix + data)  # behind what send_nowait queued: one order

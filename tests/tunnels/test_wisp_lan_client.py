@@ -611,8 +611,15 @@ class PushingWebSocket:
         while True:
             await self.inner.send(await self.outgoing.get())
 
-    def send_nowait(self, data: bytes) -> None:
-        self.outgoing.put_nowait(data)
+    def send_nowait(self, data: bytes | memoryview, prefix: bytes = b"") -> None:
+        self.outgoing.put_nowait(prefix + data)
+
+    @property
+    def must_drain(self) -> bool:
+        return False
+
+    async def drain(self) -> None:
+        pass
 
     async def send(self, data: bytes, prefix: bytes = b"") -> None:
         self.outgoing.put_nowait(prefix + data)
