@@ -28,6 +28,11 @@ Flow control is the server's: each TCP stream may have as many DATA packets
 outstanding as the last ``CONTINUE`` said.  A sender without credit waits
 (reading messages meanwhile, so the ``CONTINUE`` is seen at once) for at most
 ``stall_timeout`` seconds, then the stream fails with ``TimeoutError``.
+Where the WebSocket takes a message at once (``writable``: a host
+connection under asyncio or uvloop, or JavaScript's), a packet with credit
+is written straight into it, with no lock and no scheduling point; the
+sender waits only for credit or for the WebSocket to drain, and lets other
+tasks run after every :data:`UNPACED_BYTES` written without a wait.
 
 Close reasons become the errors a socket gives for the same event: 0x42
 ``EHOSTUNREACH``, 0x43 ``TimeoutError``, 0x44 ``ConnectionRefusedError``,
@@ -595,7 +600,7 @@ class _WispTcpStream(TcpStream):
         ws: Any = session.ws
         if session.outbox or session.error is not None or not getattr(ws, "writable", False):
             return False
-        if self._send_error() is not None:
+        if self.closed or self._send_error() is not None:
             return False
         header = session.conn.take_data_header(self.stream_id)
         if header is None:

@@ -30,9 +30,16 @@ pauses it after (a selector registration and removal per read, 12.6 % of a
 download's client CPU under asyncio), while this reader leaves it reading
 and pauses it only when :data:`READ_AHEAD` bytes wait unconsumed, so that a
 program that does not read still stops the client's reading, the kernel's
-buffers fill and the gateway stops sending.  Writes stay with anyio's
-stream: the reader passes the transport's write flow control on to anyio's
-protocol.  Trio, TLS and the other stacks read through ``receive()``.
+buffers fill and the gateway stops sending.  Writes go into the same
+transport directly (:meth:`ClientWebSocket.send_nowait`: header and masked
+payload in one ``writelines``, no lock, no scheduling point), with a
+high-water mark of :data:`WRITE_HIGH_WATER` instead of anyio's 0 (a wait
+for every write the kernel did not take whole); a sender waits through
+:meth:`ClientWebSocket.drain` only above it.  Anything the protocol writes
+(pongs, the close) takes anyio's stream under the send lock, and a direct
+write waits while that lock is held, so frames never interleave.  Trio,
+TLS and the other stacks read through ``receive()`` and write through
+anyio's stream.
 """
 
 from __future__ import annotations
