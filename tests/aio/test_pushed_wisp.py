@@ -73,8 +73,7 @@ class PushingWebSocket:
         return not self.inner.closed and self.outgoing.qsize() >= 64
 
     async def drain(self) -> None:
-        # As JsWebSocket.drain, which polls JavaScript's bufferedAmount.
-        while self.must_drain:
+        while self.must_drain:  # noqa: ASYNC110 - polled, as JsWebSocket polls bufferedAmount
             await asyncio.sleep(0.001)
 
     async def send(self, data: bytes, prefix: bytes = b"") -> None:
