@@ -238,13 +238,18 @@ async def getaddrinfo(
     proto: int,
     flags: int,
     service_kinds: tuple[int, ...] | None = None,
+    ask_servers: Callable[[VirtualHost, str, str], Awaitable[DnsResponse]] = query,
 ) -> list[AddrInfo]:
-    """``socket.getaddrinfo`` on ``host`` (arguments already checked)."""
+    """``socket.getaddrinfo`` on ``host`` (arguments already checked).
+
+    ``ask_servers`` sends one DNS query (:func:`query`, or :func:`_query_now`
+    for :func:`getaddrinfo_now`).
+    """
 
     async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
         if name == host.name:
             return host.ips(6) + host.ips(4), name
-        return await _lookup(host, name, family)
+        return await _lookup(host, name, family, ask_servers)
 
     return await resolve_addrinfo(lookup, name, port, family, type, proto, flags, service_kinds)
 
@@ -321,12 +326,9 @@ def getaddrinfo_now(
     answers over a perfect link nobody observes (see :func:`_first_server_now`).
     """
 
-    async def lookup(name: str, family: int) -> tuple[list[IPAddress], str]:
-        if name == host.name:
-            return host.ips(6) + host.ips(4), name
-        return await _lookup(host, name, family, _query_now)
-
-    coroutine = resolve_addrinfo(lookup, name, port, family, type, proto, flags, service_kinds)
+    coroutine = getaddrinfo(
+        host, name, port, family, type, proto, flags, service_kinds, ask_servers=_query_now
+    )
     try:
         coroutine.send(None)
     except StopIteration as done:
