@@ -40,6 +40,7 @@ import contextlib
 import contextvars
 import logging
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
@@ -165,6 +166,57 @@ def feed_protocol(protocol: asyncio.BaseProtocol, data: bytes) -> None:
         protocol.data_received(data)  # type: ignore[attr-defined]
 
 
+def _web_loop_class() -> type | None:
+    """Pyodide's ``WebLoop`` where it is loaded, else None."""
+    if "pyodide" not in sys.modules and sys.platform != "emscripten":
+        return None
+    try:
+        from pyodide.webloop import WebLoop  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    web_loop: type = WebLoop
+    return web_loop
+
+
+class _DirectFutures:
+    """A loop as a ``StreamReader`` sees it: its waits are plain ``asyncio.Future`` objects.
+
+    Pyodide's ``WebLoop.create_future`` adds a done callback to every future
+    (its count of work in progress), and each callback is one more
+    JavaScript task and call into Python when the future is set: a
+    ``StreamReader`` waiting for a reply woke through two hops instead of
+    one.  The task that waits is counted by the loop all the same.
+    Everything else is the loop's own.
+    """
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self._loop)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+def _let_readers_wait_directly(
+    loop: asyncio.AbstractEventLoop, protocol: asyncio.BaseProtocol
+) -> None:
+    """In Pyodide, let ``protocol``'s ``StreamReader`` (if any) wait with one hop, not two."""
+    web_loop = _web_loop_class()
+    if web_loop is None or not isinstance(loop, web_loop):
+        return
+    # asyncio's SSL protocol carries the application's protocol inside.
+    application = getattr(protocol, "_app_protocol", protocol)
+    if not isinstance(application, asyncio.StreamReaderProtocol):
+        return
+    reader = getattr(application, "_stream_reader", None)
+    if isinstance(reader, asyncio.StreamReader) and getattr(reader, "_loop", None) is loop:
+        reader._loop = _DirectFutures(loop)  # type: ignore[attr-defined]
+
+
 class _FlowControl:
     """Write buffer accounting and the protocol's pause/resume_writing calls."""
 
@@ -270,6 +322,7 @@ class StackStreamTransport(_FlowControl, asyncio.Transport):
         self._receive_nowait: Callable[[int], bytes] | None = None
         self._send_nowait: Callable[[bytes], bool] | None = getattr(stream, "send_nowait", None)
         self._feeding = False
+        _let_readers_wait_directly(loop, protocol)
         loop.call_soon(self._start, waiter)
 
     def __repr__(self) -> str:
