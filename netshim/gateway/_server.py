@@ -1495,6 +1495,7 @@ class _WispStream:
         "queue",
         "queued_bytes",
         "record",
+        "release_listener",
         "room",
         "scope",
         "stopping",
@@ -1532,6 +1533,9 @@ class _WispStream:
         self.client: _Client | None = None
         # A LAN listener's request (its stream carries no bytes of its own).
         self.listen: wisp.Listen | None = None
+        # Set while that listener is open: closes it and gives the member's
+        # place back at once (see _WispSession._listener_body).
+        self.release_listener: Callable[[], None] | None = None
         # Set while the upstream can take a packet at once, from the reader,
         # with nothing queued before it (a spliced LAN stream or a host
         # socket's transport, see _pump).
@@ -1992,6 +1996,8 @@ class _WispSession:
                     stream.aborted_by_client = True
                 stream.client_closed()
                 if stream.listen is not None:
+                    if stream.release_listener is not None:
+                        stream.release_listener()
                     stream.scope.cancel()
         elif isinstance(event, wisp.PacketRejected):
             logger.info(
@@ -2238,6 +2244,24 @@ class _WispSession:
             )
             return
         member.listeners += 1
+        released = False
+
+        def release() -> None:
+            # Called by the reader when the client's CLOSE arrives, before
+            # this task ends: as close() on Linux, the port and the member's
+            # place are free at once, so a listen that follows straight away
+            # (a server restarting) is not refused.
+            nonlocal released
+            if released:
+                return
+            released = True
+            stream.release_listener = None
+            member.listeners -= 1
+            close_now = getattr(socket_, "close_now", None)
+            if close_now is not None:
+                close_now()
+
+        stream.release_listener = release
         gateway.metrics.stream_opened(record)
         registered: tuple[str, int] | None = None
         try:
@@ -2272,7 +2296,7 @@ class _WispSession:
                 if not stream.scope.cancel_called:
                     self._finish(stream, reason)
         finally:
-            member.listeners -= 1
+            release()
             gateway.metrics.stream_ended(record)
             if registered is not None:
                 with anyio.CancelScope(shield=True):

@@ -1215,3 +1215,28 @@ def test_gateway_process_memory_stays_bounded_when_a_member_does_not_read(
         assert sent < 64 << 20, sent
         assert stalled - idle < 32 << 20, (idle, stalled)
         assert process.internal_errors() == []
+
+
+async def test_a_listener_closed_gives_its_port_and_place_back_at_once() -> None:
+    # A server that closes its listening socket and listens again on the same
+    # port at once (a restart) works on Linux: close() frees the port there
+    # and then.  The new LISTEN follows the CLOSE at once, so the gateway
+    # reads it before the closed listener's task has ended.
+    async with (
+        running_gateway(config(lan_listeners=1)) as gateway,
+        member(gateway, "alice") as alice,  # type: ignore[attr-defined]
+    ):
+        for kind in ("tcp", "udp"):
+            udp = kind == "udp"
+            first, _ = await alice.listen(8000, udp=udp)
+            again = alice._new_id()
+            stream_type = wisp.StreamType.UDP if udp else wisp.StreamType.TCP
+            await alice.close(first)
+            await alice.send_event(wisp.Listen(again, 8000, "", stream_type))
+            stream = alice.streams[again]
+            await alice.wait_for(lambda s=stream: s.listening is not None or s.closed is not None)
+            assert stream.closed is None, f"{kind}: refused with {stream.closed:#x}"
+            assert stream.listening is not None
+            assert stream.listening.port == 8000
+            await alice.close(again)
+            await alice.wait_for(lambda: _listeners(gateway) == 0)
