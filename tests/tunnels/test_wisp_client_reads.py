@@ -12,11 +12,11 @@ from typing import Any
 
 import anyio
 import pytest
-from tunnel_helpers import running_gateway
+from tunnel_helpers import pattern, running_gateway, websocket_of
 
 from netshim import HostStack, WispStack
 from netshim.stack import TcpStream
-from netshim.transports.websocket import READ_AHEAD, ClientWebSocket
+from netshim.transports.websocket import READ_AHEAD
 
 pytestmark = pytest.mark.anyio
 
@@ -32,19 +32,6 @@ LARGEST_READ = 256 << 10
 )
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
-
-
-def pattern(size: int) -> bytes:
-    """``size`` bytes of a 251-byte cycle: a byte lost, repeated or moved shows."""
-    cycle = bytes(range(251))
-    return (cycle * (size // 251 + 1))[:size]
-
-
-def websocket_of(stack: WispStack) -> ClientWebSocket:
-    (session,) = stack._sessions.values()
-    websocket = session.ws
-    assert isinstance(websocket, ClientWebSocket)
-    return websocket
 
 
 async def serve_once(data: bytes, sent: list[int]) -> tuple[Any, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from tunnel_helpers import LOOPBACK, running_gateway
+from tunnel_helpers import LOOPBACK, pattern, running_gateway, websocket_of
 
 from netshim import HostStack, WispStack
 from netshim.gateway import GatewayConfig
@@ -39,19 +39,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
 def direct_writes(anyio_backend: Any) -> bool:
     """Whether the WebSocket is written straight into its transport on this backend."""
     return anyio_backend != "trio"
-
-
-def pattern(size: int) -> bytes:
-    """``size`` bytes of a 251-byte cycle: a byte lost, repeated or moved shows."""
-    cycle = bytes(range(251))
-    return (cycle * (size // 251 + 1))[:size]
-
-
-def websocket_of(stack: WispStack) -> ClientWebSocket:
-    (session,) = stack._sessions.values()
-    websocket = session.ws
-    assert isinstance(websocket, ClientWebSocket)
-    return websocket
 
 
 class Collector:

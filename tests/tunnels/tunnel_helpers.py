@@ -21,8 +21,9 @@ from transfer_targets import udp_echo as udp_echo
 from transfer_targets import wait_for_port as wait_for_port
 
 from netshim import HostStack as HostStack
-from netshim import Stack
+from netshim import Stack, WispStack
 from netshim.testing import CHECKS, StackPair
+from netshim.transports.websocket import ClientWebSocket
 
 #: Checks of the conformance kit that a tunnel can pass.  Left out, because a
 #: tunnel cannot answer them: local addresses (they are the server's),
@@ -83,3 +84,17 @@ async def wisp_js_server(**settings: object) -> AsyncIterator[str]:
             yield f"wisp://127.0.0.1:{port}/"
         finally:
             process.kill()
+
+
+def pattern(size: int) -> bytes:
+    """``size`` bytes of a 251-byte cycle: a byte lost, repeated or moved shows."""
+    cycle = bytes(range(251))
+    return (cycle * (size // 251 + 1))[:size]
+
+
+def websocket_of(stack: WispStack) -> ClientWebSocket:
+    """The WebSocket of ``stack``'s one session (its host connection's client side)."""
+    (session,) = stack._sessions.values()
+    websocket = session.ws
+    assert isinstance(websocket, ClientWebSocket)
+    return websocket
