@@ -1727,6 +1727,12 @@ class _WispSession:
         with contextlib.suppress(LocalProtocolError):
             self.ws.send_nowait(self.conn.send(event))
 
+    def _credit_written(self, stream_id: int, packets: int) -> None:
+        """``packets`` DATA packets of the stream left for its destination: CONTINUE if due."""
+        refill = self.conn.release(stream_id, packets)
+        if refill is not None:
+            self._send_event(refill)
+
     async def _handshake(self) -> bool:
         self.ws.send_nowait(self.conn.initiate())
         if self.conn.version == 1:
@@ -2531,9 +2537,7 @@ class _WispSession:
                             return
                         stream.progress_at = anyio.current_time()
                         touch()
-                        refill = self.conn.release(stream.stream_id, packets)
-                        if refill is not None:
-                            self._send_event(refill)
+                        self._credit_written(stream.stream_id, packets)
                         continue
                     if direct is not None:
                         parts, size = stream.take_parts(MAX_UPLOAD_BATCH)
@@ -2573,9 +2577,7 @@ class _WispSession:
                     record.up += size
                     stream.progress_at = anyio.current_time()
                     touch()
-                    refill = self.conn.release(stream.stream_id, packets)
-                    if refill is not None:
-                        self._send_event(refill)
+                    self._credit_written(stream.stream_id, packets)
 
             async def download() -> None:
                 # The hot path builds DATA directly (the core's checks were
@@ -2703,7 +2705,6 @@ class _WispSession:
         """
         record = stream.record
         stream_id = stream.stream_id
-        conn = self.conn
         flushing = self.flushing
 
         def forward(data: bytes | memoryview) -> bool:
@@ -2714,9 +2715,7 @@ class _WispSession:
             record.up += len(data)
             stream.progress_at = anyio.current_time()
             touch()
-            refill = conn.release(stream_id, 1)
-            if refill is not None:
-                self._send_event(refill)
+            self._credit_written(stream_id, 1)
             return True
 
         return forward
@@ -2854,9 +2853,7 @@ class _DirectUpload:
                 stream.wake.set()
             return
         stream.progress_at = self.clock()
-        refill = self.session.conn.release(stream.stream_id, len(parts))
-        if refill is not None:
-            self.session._send_event(refill)
+        self.session._credit_written(stream.stream_id, len(parts))
 
 
 class _BareTaskGroup:
